@@ -1,0 +1,114 @@
+"""The ``datacrumbs`` command: subcommands are the modules of this package.
+
+Each module ``cli/<name>.py`` defines ``HELP`` (one line), ``setup_parser(parser)``
+and ``main(args) -> int``; adding a subcommand is adding a file. ``main`` here
+only maps errors to one readable line and an exit code (tracebacks only with
+``--debug`` or ``DATACRUMBS_DEBUG=1``).
+
+The daemon form used by ``datacrumbs@.service`` is kept as the seed wrote it:
+``datacrumbs <signed-probes.json.gz> <run-id> <user>`` is ``datacrumbs run ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import DatacrumbsError
+
+PROG = "datacrumbs"
+
+
+def _subcommand_modules():
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            yield info.name.replace("_", "-"), importlib.import_module(f"{__name__}.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Per-job eBPF I/O tracing for HPC clusters run by Flux.",
+        epilog=(
+            "examples:\n"
+            "  datacrumbs trace -- dd if=/dev/zero of=/tmp/x bs=4k count=100\n"
+            "  datacrumbs probes generate --set posix --set stdio --sign -o probes.json.gz\n"
+            "  datacrumbs report /var/lib/datacrumbs/traces/alice/2026-11-25/\n"
+            "  datacrumbs PROBES.json.gz RUN_ID USER    (daemon form, as run by datacrumbs@.service)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _subcommand_modules():
+        sp = sub.add_parser(name, help=module.HELP, description=module.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.setup_parser(sp)
+        sp.set_defaults(_main=module.main)
+    return parser
+
+
+def _known_commands() -> set[str]:
+    return {name for name, _ in ((i.name.replace("_", "-"), None)
+                                 for i in pkgutil.iter_modules(__path__)) if not name.startswith("-")}
+
+
+def _rewrite_daemon_form(argv: list[str]) -> list[str]:
+    """``datacrumbs FILE RUNID USER`` (the unit's form) means ``datacrumbs run FILE RUNID USER``."""
+    positional = [a for a in argv if not a.startswith("-")]
+    if positional and positional[0] not in _known_commands() and len(positional) == 3:
+        return ["run", *argv]
+    return argv
+
+
+def run_cli(argv: list[str] | None, prog: str = PROG) -> int:
+    """Parse and run one command, turning every failure into one ``prog: error:`` line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DATACRUMBS_DEBUG") == "1"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(_rewrite_daemon_form(argv))
+        if not getattr(args, "_main", None):
+            parser.print_help()
+            return 2
+        return int(args._main(args) or 0)
+    except DatacrumbsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the one place that catches everything
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --debug for details and report it)", file=sys.stderr)
+        return 70
+
+
+def main() -> None:
+    sys.exit(run_cli(None))
+
+
+def configurator_main() -> None:
+    """``datacrumbs_probe_configurator``: the original tool's name for signed generation.
+
+    Site scripts written for LLNL DataCrumbs call this name; it is
+    ``datacrumbs probes generate --sign`` with the same options.
+    """
+    argv = sys.argv[1:]
+    if "--sign" not in argv and "-h" not in argv and "--help" not in argv:
+        argv = [*argv, "--sign"]
+    sys.exit(run_cli(["probes", "generate", *argv], prog="datacrumbs_probe_configurator"))

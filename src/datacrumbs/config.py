@@ -1,0 +1,136 @@
+"""The one site configuration file, and the defaults used without it.
+
+Every component (signing service, daemon, prolog, epilog, reports) reads its
+paths and limits from here so that an admin changes them in one place:
+``<prefix>/etc/datacrumbs/datacrumbs.toml``. ``DATACRUMBS_CONFIG`` points
+elsewhere (tests use it).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_PREFIX = Path("/opt/datacrumbs")
+CONFIG_ENV = "DATACRUMBS_CONFIG"
+
+
+def default_config_path(prefix: Path = DEFAULT_PREFIX) -> Path:
+    return prefix / "etc" / "datacrumbs" / "datacrumbs.toml"
+
+
+@dataclass
+class SiteConfig:
+    """Values an admin may set; each section of the TOML file maps to a prefix."""
+
+    prefix: Path = DEFAULT_PREFIX
+    # [paths]
+    run_dir: Path = Path("/run/datacrumbs")
+    log_dir: Path = Path("/var/log/datacrumbs")
+    # Placeholders: {user} {jobid} {host} {date} (YYYY-MM-DD of the job start).
+    trace_dir: str = "/var/lib/datacrumbs/traces/{user}/{date}"
+    public_key_dir: Path = DEFAULT_PREFIX / "etc/datacrumbs/keys"
+    probe_sets_dir: Path = DEFAULT_PREFIX / "etc/datacrumbs/probe-sets"
+    bpf_object: Path = DEFAULT_PREFIX / "lib/datacrumbs/datacrumbs.bpf.o"
+    # [signing]
+    socket_path: Path = Path("/run/datacrumbs/sign.sock")
+    private_key_dir: Path = Path("/etc/datacrumbs/private")
+    policy_file: Path = DEFAULT_PREFIX / "etc/datacrumbs/sign-policy.toml"
+    audit_log: Path = Path("/var/log/datacrumbs/sign-audit.log")
+    max_validity_days: int = 30
+    # [service]
+    prolog_timeout: float = 30.0
+    ready_timeout: float = 20.0
+    stop_timeout: float = 60.0
+    fail_job_on_error: bool = False
+    # [limits]
+    max_probes_file_bytes: int = 1 << 20          # compressed
+    max_probes_document_bytes: int = 8 << 20      # decompressed
+    max_probes: int = 4096
+    source: Path | None = field(default=None, compare=False)
+
+    def trace_dir_for(self, *, user: str, jobid: str, host: str, date: str) -> Path:
+        try:
+            return Path(self.trace_dir.format(user=user, jobid=jobid, host=host, date=date))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"trace_dir pattern {self.trace_dir!r} in {self.source or 'defaults'} is invalid "
+                f"({exc}); use only {{user}}, {{jobid}}, {{host}} and {{date}}"
+            ) from None
+
+
+_SECTIONS = {
+    "paths": ("run_dir", "log_dir", "trace_dir", "public_key_dir", "probe_sets_dir", "bpf_object"),
+    "signing": ("socket_path", "private_key_dir", "policy_file", "audit_log", "max_validity_days"),
+    "service": ("prolog_timeout", "ready_timeout", "stop_timeout", "fail_job_on_error"),
+    "limits": ("max_probes_file_bytes", "max_probes_document_bytes", "max_probes"),
+}
+
+
+def _coerce(name: str, value, path: Path):
+    kind = {f.name: f.type for f in fields(SiteConfig)}[name]
+    ok = {
+        "Path": isinstance(value, str) and value.startswith("/"),
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+        "bool": isinstance(value, bool),
+    }[kind]
+    if not ok:
+        expected = {"Path": "an absolute path", "str": "a string", "int": "a positive integer",
+                    "float": "a positive number", "bool": "true or false"}[kind]
+        raise ConfigError(f"{path}: {name} = {value!r} must be {expected}")
+    return Path(value) if kind == "Path" else value
+
+
+def load_config(path: str | os.PathLike | None = None) -> SiteConfig:
+    """Read the site file (explicit path, $DATACRUMBS_CONFIG, or the default prefix)."""
+    explicit = path or os.environ.get(CONFIG_ENV)
+    cfg_path = Path(explicit) if explicit else default_config_path()
+    if not cfg_path.exists():
+        if explicit:
+            raise ConfigError(f"configuration file {cfg_path} does not exist; "
+                              f"check {CONFIG_ENV} or the --config option")
+        return SiteConfig()
+    try:
+        data = tomllib.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {cfg_path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {cfg_path} is not valid TOML: {exc}") from None
+    values: dict = {"source": cfg_path}
+    if "prefix" in data:
+        values["prefix"] = _coerce("prefix", data.pop("prefix"), cfg_path)
+    for section, table in data.items():
+        if section not in _SECTIONS or not isinstance(table, dict):
+            raise ConfigError(f"{cfg_path}: unknown section [{section}]; "
+                              f"known: {', '.join(sorted(_SECTIONS))}")
+        for key, value in table.items():
+            if key not in _SECTIONS[section]:
+                raise ConfigError(f"{cfg_path}: unknown key {key!r} in [{section}]; "
+                                  f"known: {', '.join(_SECTIONS[section])}")
+            values[key] = _coerce(key, value, cfg_path)
+    return SiteConfig(**values)
+
+
+def render_config(cfg: SiteConfig) -> str:
+    """The TOML text the installer writes, with every value spelled out."""
+    lines = ["# datacrumbs site configuration (read by every datacrumbs component)",
+             f'prefix = "{cfg.prefix}"', ""]
+    for section, keys in _SECTIONS.items():
+        lines.append(f"[{section}]")
+        for key in keys:
+            value = getattr(cfg, key)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                text = repr(value)
+            else:
+                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)

@@ -20,11 +20,11 @@ _HEX = re.compile(r"0x[0-9a-fA-F]{1,16}")
 _DOTHEX = re.compile(r"[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}")
 
 
-def _f58_decode(text: str) -> int:
+def _f58_decode(text: str, original: str) -> int:
     value = 0
     for char in text:
         if char not in _F58_INDEX:
-            raise InvalidJobId(f"job id {text!r}: {char!r} is not an F58 digit")
+            raise InvalidJobId(f"job id {original!r}: {char!r} is not an F58 digit")
         value = value * 58 + _F58_INDEX[char]
     return value
 
@@ -58,7 +58,7 @@ def parse_jobid(text: str) -> int:
     elif _DOTHEX.fullmatch(raw):
         value = int(raw.replace(".", ""), 16)
     elif raw[0] in _F58_PREFIXES and 1 < len(raw) <= 12:
-        value = _f58_decode(raw[1:])
+        value = _f58_decode(raw[1:], text)
     else:
         raise InvalidJobId(
             f"job id {text!r} is not a Flux job id (expected decimal, F58 like "

@@ -1,0 +1,1 @@
+"""The trace file: DFTracer's pfw layout in whole gzip members (writer and reader)."""

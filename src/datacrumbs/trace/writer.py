@@ -1,0 +1,310 @@
+"""TraceWriter: the ``.pfw.gz`` file in whole gzip members, crash-safe.
+
+The layout is the contract in docs/design.md (DFTracer's pfw v1): first line
+``[``, one JSON object per line, ``]`` alone in the final member of a clean
+close. Every member is complete and ends at a line end and is written with one
+``os.write`` (looping on short writes), so a killed daemon leaves at most a torn
+last member that readers drop. A write error (disk full) stops writing for good
+with one log line: the file is cut back to its last complete member so it stays
+readable, and the events not written are counted for the summary.
+
+Lines are formatted column by column from numpy arrays (one list comprehension
+per field, per-probe prefixes precomputed) because a ``json.dumps`` per event
+would cap the daemon far below the kernel's event rate.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import hashlib
+import json
+import logging
+import os
+import time
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("datacrumbs.trace")
+
+#: Columns of the operations array :meth:`TraceWriter.write_ops` takes. ``-1``
+#: means "unknown" for fd, count, offset and size; errno 0 means "no error".
+OPS_DTYPE = np.dtype([
+    ("ts_us", np.int64), ("dur_us", np.int64), ("pid", np.int64), ("tid", np.int64),
+    ("probe", np.int32), ("ret", np.int64), ("errno", np.int32), ("fd", np.int64),
+    ("count", np.int64), ("offset", np.int64), ("size", np.int64),
+])
+
+_HASH_CACHE_MAX = 65536
+
+
+def name_hash(name: str) -> str:
+    """DFTracer-style short hash: first 16 hex digits of SHA-256 of the UTF-8 name."""
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _json_str(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _header_args(header: dict, hhash: str) -> dict:
+    args = {}
+    for key, value in header.items():
+        if key != "ts":
+            args[key] = value
+        if key == "host":
+            args["hhash"] = hhash
+    args.setdefault("hhash", hhash)
+    return args
+
+
+def probe_name(probe: dict) -> str:
+    """The operation name of an event: the syscall or symbol, or the tracepoint's event."""
+    target = str(probe.get("target") or probe.get("id", "?"))
+    return target.rsplit(":", 1)[-1]
+
+
+class TraceWriter:
+    """Writes one trace file; create it with the job's header, then feed it batches."""
+
+    def __init__(self, path, *, header: dict, owner_uid: int | None = None,
+                 owner_gid: int | None = None, mode: int = 0o640, flush_interval: float = 1.0,
+                 member_events: int = 16384, clock=time.monotonic):
+        self.path = Path(path)
+        self.flush_interval = float(flush_interval)
+        self.member_events = int(member_events)
+        self._clock = clock
+        self.events_written = 0      # events inside members that reached the file
+        self.events_dropped = 0      # events not written because of a write error
+        self.bytes_written = 0
+        self.error: str | None = None
+        self.closed = False
+        self._complete = False
+        self._next_id = 1
+        self._lines: list[str] = []
+        self._pending_events = 0
+        self._last_flush = clock()
+        self._hashes: OrderedDict[str, str] = OrderedDict()
+        self._named_pids: set[int] = set()
+        self._probe_prefix: list[str] = []
+        self._probe_args: list[str] = []
+        self._probe_ret: list[bool] = []
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, mode)
+        try:
+            os.fchmod(self._fd, mode)  # the umask must not widen or narrow it
+            if owner_uid is not None or owner_gid is not None:
+                os.fchown(self._fd, -1 if owner_uid is None else owner_uid,
+                          -1 if owner_gid is None else owner_gid)
+        except OSError:
+            os.close(self._fd)
+            os.unlink(self.path)
+            raise
+        host = str(header.get("host", ""))
+        self.hhash = name_hash(host)
+        self._hhash_arg = f'"hhash":"{self.hhash}"'
+        head = {"id": 0, "name": "datacrumbs", "cat": "datacrumbs", "pid": 0, "tid": 0,
+                "ts": int(header.get("ts", time.time_ns() // 1000)), "ph": "M",
+                "args": _header_args(header, self.hhash)}
+        self._lines.append("[")
+        self._lines.append(json.dumps(head, ensure_ascii=False, separators=(",", ":")))
+        self._hash_line("HH", host, 0, 0)
+        self.flush()
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def set_probes(self, probes: list[dict]) -> None:
+        """Precompute each probe's line prefix; ``ops["probe"]`` indexes this list."""
+        self._probe_prefix, self._probe_args, self._probe_ret = [], [], []
+        for probe in probes:
+            name = probe_name(probe)
+            cat = str(probe.get("category") or "SYSCALL")
+            self._probe_prefix.append(f'"name":{_json_str(name)},"cat":{_json_str(cat)},')
+            pid_ = str(probe.get("id", ""))
+            extra = "" if pid_ == f"{cat.lower()}.{name}" else f',"probe":{_json_str(pid_)}'
+            self._probe_args.append(extra)
+            self._probe_ret.append(probe.get("kind") != "tracepoint")
+
+    def _hash_line(self, kind: str, name: str, pid: int, tid: int) -> str:
+        value = name_hash(name)
+        self._lines.append(
+            f'{{"id":{self._take_id()},"name":"{kind}","cat":"dftracer","pid":{pid},"tid":{tid},'
+            f'"ph":"M","args":{{"name":{_json_str(name)},"value":"{value}"}}}}')
+        return value
+
+    def _take_id(self) -> int:
+        n = self._next_id
+        self._next_id += 1
+        return n
+
+    def file_hash(self, path: str, pid: int = 0) -> str:
+        """Hash of a file path, writing its ``FH`` line first if this writer has not yet."""
+        value = self._hashes.get(path)
+        if value is not None:
+            self._hashes.move_to_end(path)
+            return value
+        value = self._hash_line("FH", path, pid, pid)
+        self._hashes[path] = value
+        if len(self._hashes) > _HASH_CACHE_MAX:
+            self._hashes.popitem(last=False)  # re-emitting an FH line later is harmless
+        return value
+
+    def string_hash(self, text: str, pid: int = 0) -> str:
+        """``SH`` table entry (e.g. a command line), written before first use."""
+        return self._hash_line("SH", text, pid, pid)
+
+    def process_name(self, pid: int, name: str) -> None:
+        if pid in self._named_pids:
+            return
+        if len(self._named_pids) > 1_000_000:
+            self._named_pids.clear()
+        self._named_pids.add(pid)
+        self._lines.append(
+            f'{{"id":{self._take_id()},"name":"process_name","cat":"dftracer","pid":{pid},'
+            f'"tid":{pid},"ph":"M","args":{{"name":{_json_str(name)}}}}}')
+
+    def named(self, pid: int) -> bool:
+        return pid in self._named_pids
+
+    # -- events ---------------------------------------------------------------------------
+
+    def write_ops(self, ops: np.ndarray, paths: list | None = None) -> None:
+        """Append completed operations (``OPS_DTYPE`` rows); ``paths[i]`` names row i's file."""
+        n = len(ops)
+        if n == 0:
+            return
+        if self.error is not None or self.closed:
+            self.events_dropped += n
+            return
+        fh = [""] * n
+        if paths is not None:
+            for i, p in enumerate(paths):
+                if p is not None:
+                    fh[i] = f',"fhash":"{self.file_hash(p, int(ops["pid"][i]))}"'
+        start = self._next_id
+        self._next_id += n
+        ids = range(start, start + n)
+        prefix = self._probe_prefix
+        extra = self._probe_args
+        has_ret = self._probe_ret
+        probe = ops["probe"].tolist()
+        pre = [prefix[p] for p in probe]
+        head = [f'"pid":{a},"tid":{b},"ts":{c},"dur":{d},"ph":"X","args":{{{self._hhash_arg}'
+                for a, b, c, d in zip(ops["pid"].tolist(), ops["tid"].tolist(),
+                                      ops["ts_us"].tolist(), ops["dur_us"].tolist())]
+        cols = [fh]
+        for key in ("fd", "count", "offset", "size"):
+            col = ops[key]
+            if (col < 0).all():
+                continue
+            if (col >= 0).all():
+                cols.append([f',"{key}":{v}' for v in col.tolist()])
+            else:
+                cols.append([f',"{key}":{v}' if v >= 0 else "" for v in col.tolist()])
+        errs = ops["errno"]
+        if errs.any():
+            rets = [(f',"ret":{r}' if e == 0 else f',"ret":-1,"errno":{e}') if has_ret[p] else ""
+                    for r, e, p in zip(ops["ret"].tolist(), errs.tolist(), probe)]
+        elif all(has_ret):
+            rets = [f',"ret":{r}' for r in ops["ret"].tolist()]
+        else:
+            rets = [f',"ret":{r}' if has_ret[p] else "" for r, p in zip(ops["ret"].tolist(), probe)]
+        cols.append(rets)
+        cols.append([extra[p] for p in probe])
+        body = ["".join(parts) for parts in zip(*cols)]
+        self._lines.extend(f'{{"id":{i},{p}{h}{b}}}}}' for i, p, h, b in zip(ids, pre, head, body))
+        self._pending_events += n
+        if self._pending_events >= self.member_events:
+            self.flush()
+
+    def write_counters(self, rows) -> None:
+        """Profile counters: rows of (ts_us, pid, probe, count, bytes, time_us)."""
+        if self.error is not None or self.closed:
+            self.events_dropped += len(rows)
+            return
+        for ts, pid, probe, count, nbytes, time_us in rows:
+            self._lines.append(
+                f'{{"id":{self._take_id()},{self._probe_prefix[probe]}"pid":{pid},"tid":{pid},'
+                f'"ts":{ts},"ph":"C","args":{{"count":{count},"bytes":{nbytes},'
+                f'"time_us":{time_us}}}}}')
+        self._pending_events += len(rows)
+        if self._pending_events >= self.member_events:
+            self.flush()
+
+    # -- members --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Close the current member if it is older than ``flush_interval`` (call often)."""
+        if self._lines and self._clock() - self._last_flush >= self.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything buffered as one complete gzip member."""
+        self._last_flush = self._clock()
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        pending, self._pending_events = self._pending_events, 0
+        if self.error is not None:
+            self.events_dropped += pending
+            return
+        comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+        data = comp.compress(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+        data += comp.flush(zlib.Z_FINISH)
+        if self._write_all(data):
+            self.events_written += pending
+        else:
+            self.events_dropped += pending
+
+    def _write_all(self, data: bytes) -> bool:
+        view = memoryview(data)
+        try:
+            while view:
+                done = os.write(self._fd, view)
+                if done <= 0:
+                    raise OSError(errno_mod.EIO, "write returned 0")
+                view = view[done:]
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        self.bytes_written += len(data)
+        return True
+
+    def _fail(self, exc: OSError) -> None:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        self.error = f"{self.path}: {reason}"
+        try:  # drop the torn member so the file ends at a complete one
+            os.ftruncate(self._fd, self.bytes_written)
+        except OSError:
+            pass
+        log.error("cannot write trace %s (%s): stopped writing; the trace is readable up to "
+                  "the last complete member and the job is not affected", self.path, reason)
+
+    @property
+    def complete(self) -> bool:
+        """True once a clean close wrote the final ``]`` and no write failed."""
+        return self._complete
+
+    def close(self) -> None:
+        """Flush, write ``]`` in its own member, fsync and close (idempotent)."""
+        if self.closed:
+            return
+        self.flush()
+        if self.error is None:
+            self._lines.append("]")
+            self.flush()
+            self._complete = self.error is None
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass
+        self.closed = True
+        os.close(self._fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

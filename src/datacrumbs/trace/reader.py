@@ -1,0 +1,411 @@
+"""Streaming reader of ``.pfw.gz`` traces: whole gzip members, torn tails, hash tables.
+
+A trace is a series of gzip members (docs/design.md, "The trace"). A daemon
+killed mid-write leaves a torn last member; gzip.open would raise on it and
+lose everything, so members are inflated one by one with
+``zlib.decompressobj(wbits=31)`` and only complete members (CRC checked by
+zlib) count. A torn or corrupt tail is dropped and reported in
+:class:`ReadStats`, never raised: a crashed job's trace is still readable.
+
+Memory stays bounded: a member is buffered until its end is verified, up to
+``max_member_bytes``; beyond that (a foreign producer writing one huge member)
+whole lines are handed on as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from ..errors import DatacrumbsError
+
+GZIP_MAGIC = b"\x1f\x8b"
+READ_CHUNK = 1 << 20
+#: Upper bound on the decompressed bytes produced per zlib call (bounds memory
+#: on highly compressible input).
+INFLATE_STEP = 16 << 20
+DEFAULT_MAX_MEMBER = 64 << 20
+DEFAULT_CHUNK_EVENTS = 32768
+HASH_KINDS = {"HH": "hosts", "FH": "files", "SH": "strings"}
+
+
+class TraceReadError(DatacrumbsError):
+    """A trace file that cannot be read at all (missing, unreadable, not a trace)."""
+
+
+@dataclass
+class ReadStats:
+    """What reading one file (or one member range of it) found."""
+
+    path: str
+    members: int = 0            # complete gzip members read
+    records: int = 0            # JSON object lines, metadata included
+    events: int = 0             # records that are not metadata ("ph" != "M")
+    bad_lines: int = 0          # lines that are not a JSON object
+    torn_tail: bool = False     # the file ends inside a gzip member (crash)
+    tail_error: str | None = None   # why the tail was dropped (torn / corrupt)
+    dropped_bytes: int = 0      # compressed bytes after the last complete member
+    partial_member_kept: bool = False  # lines of an oversize torn member were kept
+    closed: bool = False        # the final "]" line was seen (clean close)
+    compressed_bytes: int = 0
+    uncompressed_bytes: int = 0
+
+    def merge(self, other: "ReadStats") -> None:
+        for name in ("members", "records", "events", "bad_lines", "dropped_bytes",
+                     "compressed_bytes", "uncompressed_bytes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.torn_tail |= other.torn_tail
+        self.partial_member_kept |= other.partial_member_kept
+        self.closed |= other.closed
+        self.tail_error = self.tail_error or other.tail_error
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MemberInfo:
+    offset: int
+    length: int
+
+
+@dataclass
+class TailInfo:
+    """Set by :func:`iter_members` when the data after the last complete member is bad."""
+
+    torn: bool = False
+    error: str | None = None
+    dropped_bytes: int = 0
+    partial_kept: bool = False
+
+
+def open_trace(path: str | os.PathLike) -> BinaryIO:
+    """Open a trace for reading, refusing non-regular files with a readable message."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise TraceReadError(f"{p}: no such file; give a .pfw.gz trace or a trace directory") from None
+    except PermissionError:
+        raise TraceReadError(f"{p}: permission denied; run as the job's user or root") from None
+    except OSError as exc:
+        raise TraceReadError(f"{p}: cannot open: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise TraceReadError(f"{p}: not a regular file; give a .pfw.gz trace file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def is_gzip(path: str | os.PathLike) -> bool:
+    with open_trace(path) as f:
+        head = f.read(2)
+    return head == GZIP_MAGIC or (head == b"" and str(path).endswith(".gz"))
+
+
+def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
+                 tail: TailInfo | None = None, max_member_bytes: int = DEFAULT_MAX_MEMBER,
+                 ) -> Iterator[tuple[MemberInfo | None, bytes]]:
+    """Yield ``(member, data)`` for each complete gzip member in ``[start, end)``.
+
+    ``member`` is None for a piece of an oversize member handed on early
+    (whole lines only); the member's last piece carries its MemberInfo.
+    Problems after the last complete member are recorded in ``tail``.
+    """
+    tail = tail if tail is not None else TailInfo()
+    f.seek(start)
+    offset = start              # file offset of the first byte of `data`
+    member_start = start
+    d = zlib.decompressobj(31)
+    fed = False                 # current decompressor has consumed input
+    parts: list[bytes] = []
+    buffered = 0
+    data = b""
+    while True:
+        if not data:
+            want = READ_CHUNK if end is None else min(READ_CHUNK, end - offset)
+            data = f.read(want) if want > 0 else b""
+            if not data:
+                break
+        try:
+            out = d.decompress(data, INFLATE_STEP)
+        except zlib.error as exc:
+            what = "not a gzip file" if member_start == start and start == 0 else \
+                f"corrupt gzip data at byte {member_start}"
+            tail.error = f"{what} ({exc})"
+            tail.dropped_bytes = _remaining(f, member_start, end)
+            return
+        fed = True
+        if out:
+            parts.append(out)
+            buffered += len(out)
+        if d.eof:
+            used = len(data) - len(d.unused_data)
+            member_end = offset + used
+            payload = b"".join(parts)
+            parts, buffered = [], 0
+            yield MemberInfo(member_start, member_end - member_start), payload
+            offset = member_end
+            member_start = member_end
+            data = d.unused_data
+            d = zlib.decompressobj(31)
+            fed = False
+            continue
+        consumed = len(data) - len(d.unconsumed_tail)
+        offset += consumed
+        data = d.unconsumed_tail
+        if buffered > max_member_bytes:
+            joined = b"".join(parts)
+            cut = joined.rfind(b"\n") + 1
+            if cut:
+                tail.partial_kept = True
+                yield None, joined[:cut]
+                joined = joined[cut:]
+            parts, buffered = [joined], len(joined)
+    if fed:
+        tail.torn = True
+        tail.error = "the file ends inside a gzip member (the writer was killed or the copy is short)"
+        tail.dropped_bytes = offset - member_start
+    else:
+        tail.partial_kept = False
+
+
+def _remaining(f: BinaryIO, member_start: int, end: int | None) -> int:
+    if end is not None:
+        return max(0, end - member_start)
+    try:
+        return max(0, os.fstat(f.fileno()).st_size - member_start)
+    except OSError:
+        return 0
+
+
+def index_members(path: str | os.PathLike) -> tuple[list[MemberInfo], TailInfo]:
+    """One pass over a file: where each complete member starts (to split work)."""
+    tail = TailInfo()
+    members = []
+    with open_trace(path) as f:
+        for info, _ in iter_members(f, tail=tail, max_member_bytes=1 << 62):
+            members.append(info)
+    return members, tail
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
+    """Object lines of a piece, and whether the closing ``]`` was among them."""
+    lines = []
+    closed = False
+    for raw in data.split(b"\n"):
+        line = raw.strip()
+        if not line or line == b"[":
+            continue
+        if line == b"]":
+            closed = True
+            continue
+        if line.endswith(b","):      # comma-separated Chrome JSON (our Perfetto export)
+            line = line[:-1]
+        lines.append(line)
+    return lines, closed
+
+
+def parse_lines(lines: list[bytes]) -> tuple[list[dict], int]:
+    """Decode JSON object lines; one json.loads for the whole batch when all are good."""
+    if not lines:
+        return [], 0
+    try:
+        records = json.loads(b"[" + b",".join(lines) + b"]")
+        if all(type(r) is dict for r in records):
+            return records, 0
+    except (ValueError, UnicodeDecodeError):
+        pass
+    records, bad = [], 0
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            bad += 1
+            continue
+        if type(rec) is dict:
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
+
+
+@dataclass
+class TraceMeta:
+    """What the metadata lines of a trace say (header, hash tables, process names)."""
+
+    header: dict | None = None
+    hosts: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    strings: dict[str, str] = field(default_factory=dict)
+    process_names: dict[int, str] = field(default_factory=dict)
+
+    def absorb(self, rec: dict) -> bool:
+        """Take a metadata record; True when it was one (and is not an event)."""
+        if rec.get("ph") != "M":
+            return False
+        name = rec.get("name")
+        args = rec.get("args")
+        if not isinstance(args, dict):
+            return True
+        if name in HASH_KINDS:
+            value, text = args.get("value"), args.get("name")
+            if isinstance(value, str) and isinstance(text, str):
+                getattr(self, HASH_KINDS[name])[value] = text
+        elif name == "process_name":
+            pid, text = rec.get("pid"), args.get("name")
+            if isinstance(pid, int) and isinstance(text, str):
+                self.process_names[pid] = text
+        elif name == "datacrumbs" and rec.get("cat") == "datacrumbs" and self.header is None:
+            self.header = dict(args, ts=rec.get("ts"))
+        return True
+
+    def merge(self, other: "TraceMeta") -> None:
+        if self.header is None:
+            self.header = other.header
+        self.hosts.update(other.hosts)
+        self.files.update(other.files)
+        self.strings.update(other.strings)
+        for pid, name in other.process_names.items():
+            self.process_names.setdefault(pid, name)
+
+    def resolve(self, args: dict) -> dict:
+        """Args with hashes resolved into ``fname``/``hostname`` (DFTracer's names)."""
+        out = dict(args)
+        fh, hh = args.get("fhash"), args.get("hhash")
+        if fh is not None and "fname" not in out and fh in self.files:
+            out["fname"] = self.files[fh]
+        if hh is not None and "hostname" not in out and hh in self.hosts:
+            out["hostname"] = self.hosts[hh]
+        return out
+
+
+class TraceReader:
+    """Read one trace file (or a member range of it) as chunks of event dicts.
+
+    Metadata lines (header, HH/FH/SH, process names) are absorbed into
+    :attr:`meta` as they pass; :attr:`stats` is complete once iteration ends.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, start: int = 0, end: int | None = None,
+                 chunk_events: int = DEFAULT_CHUNK_EVENTS,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER):
+        self.path = Path(path)
+        self.start, self.end = start, end
+        self.chunk_events = chunk_events
+        self.max_member_bytes = max_member_bytes
+        self.meta = TraceMeta()
+        self.stats = ReadStats(str(self.path))
+
+    def _raw_pieces(self) -> Iterator[bytes]:
+        """Decompressed text in whole lines: gzip members, or the plain text of a .pfw/.json."""
+        f = open_trace(self.path)
+        with f:
+            head = f.read(2)
+            size = os.fstat(f.fileno()).st_size
+            end = size if self.end is None else min(self.end, size)
+            self.stats.compressed_bytes = end - self.start
+            if head != GZIP_MAGIC and head and self.start == 0 and not self.path.name.endswith(".gz"):
+                yield from self._plain_pieces(f, end)
+                return
+            if head and head != GZIP_MAGIC and self.start == 0:
+                raise TraceReadError(
+                    f"{self.path}: not a gzip file (a .pfw.gz trace starts with bytes 1f 8b); "
+                    "check that this is a datacrumbs or DFTracer trace")
+            tail = TailInfo()
+            for info, data in iter_members(f, start=self.start, end=end, tail=tail,
+                                           max_member_bytes=self.max_member_bytes):
+                if info is not None:
+                    self.stats.members += 1
+                self.stats.uncompressed_bytes += len(data)
+                yield data
+            if tail.error and self.stats.members == 0 and not tail.partial_kept \
+                    and tail.error.startswith("not a gzip"):
+                raise TraceReadError(f"{self.path}: {tail.error}")
+            self.stats.torn_tail = tail.torn
+            self.stats.tail_error = tail.error
+            self.stats.dropped_bytes = tail.dropped_bytes
+            self.stats.partial_member_kept = tail.partial_kept and tail.error is not None
+
+    def _plain_pieces(self, f: BinaryIO, end: int) -> Iterator[bytes]:
+        f.seek(self.start)
+        rest = b""
+        left = end - self.start
+        while left > 0:
+            block = f.read(min(READ_CHUNK * 4, left))
+            if not block:
+                break
+            left -= len(block)
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            self.stats.uncompressed_bytes += cut
+            if cut:
+                yield block[:cut]
+        if rest:
+            self.stats.uncompressed_bytes += len(rest)
+            yield rest
+        self.stats.members = 0
+
+    def chunks(self) -> Iterator[list[dict]]:
+        """Lists of up to ``chunk_events`` raw event dicts (metadata absorbed into meta)."""
+        pending: list[dict] = []
+        for data in self._raw_pieces():
+            lines, closed = _split_lines(data)
+            self.stats.closed |= closed
+            for i in range(0, len(lines), self.chunk_events):
+                records, bad = parse_lines(lines[i:i + self.chunk_events])
+                self.stats.bad_lines += bad
+                self.stats.records += len(records)
+                for rec in records:
+                    if not self.meta.absorb(rec):
+                        pending.append(rec)
+                if len(pending) >= self.chunk_events:
+                    self.stats.events += len(pending)
+                    yield pending
+                    pending = []
+        if pending:
+            self.stats.events += len(pending)
+            yield pending
+
+    def events(self, *, resolve: bool = True) -> Iterator[dict]:
+        """One event dict at a time; with ``resolve`` args gain ``fname``/``hostname``."""
+        for chunk in self.chunks():
+            for rec in chunk:
+                if resolve and isinstance(rec.get("args"), dict):
+                    rec["args"] = self.meta.resolve(rec["args"])
+                yield rec
+
+    def dataframes(self, *, resolve: bool = True):
+        """pandas DataFrames of up to ``chunk_events`` events, ``args`` flattened to ``args.*``."""
+        import pandas as pd
+
+        for chunk in self.chunks():
+            if resolve:
+                for rec in chunk:
+                    if isinstance(rec.get("args"), dict):
+                        rec["args"] = self.meta.resolve(rec["args"])
+            yield pd.json_normalize(chunk)
+
+    def read_all(self) -> list[dict]:
+        """Every event of a small trace (tests and tools; use :meth:`chunks` for big ones)."""
+        return list(self.events())
+
+
+def read_header(path: str | os.PathLike) -> dict | None:
+    """The trace header from the first member only (cheap: no full decompression)."""
+    reader = TraceReader(path, chunk_events=64)
+    chunks = reader.chunks()
+    try:
+        for _ in chunks:
+            if reader.meta.header is not None:
+                break
+    finally:
+        chunks.close()
+    return reader.meta.header

@@ -1,0 +1,153 @@
+"""JSON Schema (Draft 2020-12) of the probes document, format 1.
+
+Strict on purpose: the document crosses from users to the signing service
+and from users' files into a root daemon, so every field is typed, bounded
+and closed (``additionalProperties: false``). Catalog entries use the same
+probe schema, except that a uprobe's library may still be a soname there;
+in a document it must be the absolute path resolved on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jsonschema
+
+PROBES_FORMAT = "datacrumbs-probes"
+PROBES_VERSION = 1
+
+ID_PATTERN = r"^[a-z0-9_.-]{1,64}$"
+ROLES = ("fd", "count", "offset", "path", "flags", "size", "nmemb", "stream", "whence")
+KINDS = ("syscall", "uprobe", "tracepoint", "kprobe", "usdt")
+MAX_ARG_INDEX = 5  # six register arguments on x86_64: what BPF can read directly
+
+_NAME = {"type": "string", "pattern": ID_PATTERN}
+# No NUL, no control characters, no "." or ".." components, no doubled slashes.
+_ABS_PATH = {"type": "string", "maxLength": 4096,
+             "pattern": r"^(/(?!\.\.?(/|$))[^/\x00-\x1f\x7f]+)+$"}
+_SONAME = {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*\.so(\.[0-9]+)*$"}
+_TARGETS = {
+    "syscall": r"^[a-z][a-z0-9_]{0,63}$",
+    "uprobe": r"^[A-Za-z_][A-Za-z0-9_.$@]{0,254}$",
+    "tracepoint": r"^[a-z0-9_]{1,64}:[a-z0-9_]{1,128}$",
+    "kprobe": r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$",
+    "usdt": r"^[A-Za-z_][A-Za-z0-9_]{0,63}:[A-Za-z_][A-Za-z0-9_]{0,63}$",
+}
+BYTES_PATTERN = r"^(ret|ret\*arg[0-5]|arg[0-5]|field:[a-z_][a-z0-9_]{0,63})$"
+
+
+def probe_schema(*, resolved: bool = True) -> dict:
+    """One probe entry; ``resolved`` requires absolute library paths (documents)."""
+    library = _ABS_PATH if resolved else {"anyOf": [_ABS_PATH, _SONAME]}
+    by_kind = []
+    for kind, pattern in _TARGETS.items():
+        rule = {"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                "then": {"properties": {"target": {"pattern": pattern}}}}
+        if kind in ("uprobe", "usdt"):
+            rule["then"]["required"] = ["library"]
+        else:
+            rule["else"] = {}
+            rule["then"]["not"] = {"required": ["library"]}
+        by_kind.append(rule)
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "kind", "target", "category", "args", "bytes"],
+        "properties": {
+            "id": _NAME,
+            "kind": {"enum": list(KINDS)},
+            "target": {"type": "string", "minLength": 1, "maxLength": 256},
+            "library": library,
+            "category": {"type": "string", "pattern": r"^[A-Z][A-Z0-9_]{0,31}$"},
+            "args": {
+                "type": "object",
+                "propertyNames": {"enum": list(ROLES)},
+                "additionalProperties": {"type": "integer", "minimum": 0,
+                                         "maximum": MAX_ARG_INDEX},
+            },
+            "bytes": {"anyOf": [{"type": "null"},
+                                {"type": "string", "pattern": BYTES_PATTERN}]},
+        },
+        "allOf": by_kind,
+    }
+
+
+# Hard ceiling independent of the site limit, so a schema check alone is bounded.
+MAX_PROBES_HARD = 65536
+
+DOCUMENT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datacrumbs.invalid/schemas/probes-1.json",
+    "title": "datacrumbs probes document, format 1",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["format", "version", "owner", "issued_at", "expires_at", "host", "sets",
+                 "capture", "probes"],
+    "properties": {
+        "format": {"const": PROBES_FORMAT},
+        "version": {"const": PROBES_VERSION},
+        "owner": {
+            "type": "object", "additionalProperties": False, "required": ["uid", "user"],
+            "properties": {
+                "uid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
+                "user": {"type": "string", "pattern": r"^[a-z_][a-z0-9_-]{0,31}\$?$"},
+            },
+        },
+        "issued_at": {"type": "integer", "minimum": 0, "maximum": 1 << 40},
+        "expires_at": {"type": "integer", "minimum": 0, "maximum": 1 << 40},
+        "host": {"type": "string", "pattern": r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$"},
+        "sets": {"type": "array", "items": _NAME, "maxItems": 64, "uniqueItems": True},
+        "capture": {
+            "type": "object", "additionalProperties": False,
+            "required": ["mode", "interval_ms", "paths"],
+            "properties": {
+                "mode": {"enum": ["trace", "profile"]},
+                "interval_ms": {"type": "integer", "minimum": 10, "maximum": 3600000},
+                "paths": {"type": "boolean"},
+            },
+        },
+        "probes": {"type": "array", "minItems": 1, "maxItems": MAX_PROBES_HARD,
+                   "items": probe_schema(resolved=True)},
+        "key_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$"},
+        # 64 bytes of Ed25519 signature are exactly 88 base64 characters.
+        "signature": {"type": "string", "pattern": r"^[A-Za-z0-9+/]{86}==$"},
+    },
+}
+
+PROBE_SET_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "datacrumbs probe set (built-in or <prefix>/etc/datacrumbs/probe-sets/*.json)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "description", "probes"],
+    "properties": {
+        "name": _NAME,
+        "description": {"type": "string", "maxLength": 500},
+        # A site set with a built-in set's name must say so explicitly.
+        "override": {"type": "boolean"},
+        "probes": {"type": "array", "minItems": 1, "maxItems": 4096,
+                   "items": probe_schema(resolved=False)},
+    },
+}
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = {"document": DOCUMENT_SCHEMA, "set": PROBE_SET_SCHEMA}[name]
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def schema_problem(instance, which: str = "document") -> str | None:
+    """The most relevant violation as one short sentence, or None when valid."""
+    error = jsonschema.exceptions.best_match(_validator(which).iter_errors(instance))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    message = error.message
+    if error.validator == "not":
+        message = "'library' is only allowed for uprobe and usdt probes"
+    if len(message) > 300:
+        message = message[:300] + "..."
+    return f"{where}: {message}"

@@ -1,0 +1,1 @@
+"""The signing side: keys, admin policy, audit log, the signing daemon and its client."""

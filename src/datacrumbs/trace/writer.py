@@ -71,7 +71,7 @@ class TraceWriter:
 
     def __init__(self, path, *, header: dict, owner_uid: int | None = None,
                  owner_gid: int | None = None, mode: int = 0o640, flush_interval: float = 1.0,
-                 member_events: int = 16384, clock=time.monotonic):
+                 member_events: int = 16384, dir_fd: int | None = None, clock=time.monotonic):
         self.path = Path(path)
         self.flush_interval = float(flush_interval)
         self.member_events = int(member_events)
@@ -92,7 +92,8 @@ class TraceWriter:
         self._probe_args: list[str] = []
         self._probe_ret: list[bool] = []
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._fd = os.open(self.path, flags, mode)
+        # dir_fd: the caller walked the directory without following links; stay inside it.
+        self._fd = os.open(self.path, flags, mode, dir_fd=dir_fd)
         try:
             os.fchmod(self._fd, mode)  # the umask must not widen or narrow it
             if owner_uid is not None or owner_gid is not None:
@@ -100,7 +101,7 @@ class TraceWriter:
                           -1 if owner_gid is None else owner_gid)
         except OSError:
             os.close(self._fd)
-            os.unlink(self.path)
+            os.unlink(self.path, dir_fd=dir_fd)
             raise
         host = str(header.get("host", ""))
         self.hhash = name_hash(host)
@@ -178,6 +179,15 @@ class TraceWriter:
         if self.error is not None or self.closed:
             self.events_dropped += n
             return
+        room = self.member_events - self._pending_events
+        if n > room:  # a member never holds more than member_events events
+            self.write_ops(ops[:room], None if paths is None else paths[:room])
+            self.write_ops(ops[room:], None if paths is None else paths[room:])
+            return
+        self._format_ops(ops, paths)
+
+    def _format_ops(self, ops: np.ndarray, paths: list | None) -> None:
+        n = len(ops)
         fh = [""] * n
         if paths is not None:
             for i, p in enumerate(paths):

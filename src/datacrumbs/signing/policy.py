@@ -1,0 +1,195 @@
+"""The admin's signing policy: who may have which probe sets and kinds, and for how long.
+
+Read from ``SiteConfig.policy_file`` (TOML). Without that file the policy
+shipped in ``datacrumbs/data/sign-policy.toml`` applies, so the documented
+default and the real default are one text. Rules only add permissions
+(defaults, then every group the user is in, then the user's own table); the
+``[deny]`` table removes them again and always wins.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import grp
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+
+from ..errors import ConfigError, DatacrumbsError
+from ..probes.schema import KINDS
+
+DEFAULT_CONTACT = "your site's datacrumbs administrators"
+
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 256},
+          "uniqueItems": True}
+_RULE = {
+    "type": "object",
+    "properties": {
+        "allow_kinds": {"type": "array", "items": {"enum": list(KINDS)}, "uniqueItems": True},
+        "allow_sets": _NAMES,
+        "max_validity_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+    },
+    "additionalProperties": False,
+}
+POLICY_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "contact": {"type": "string", "minLength": 1, "maxLength": 200},
+        "defaults": _RULE,
+        "users": {"type": "object", "additionalProperties": _RULE},
+        "groups": {"type": "object", "additionalProperties": _RULE},
+        "deny": {
+            "type": "object",
+            "properties": {
+                "users": _NAMES, "groups": _NAMES, "sets": _NAMES,
+                "kinds": {"type": "array", "items": {"enum": list(KINDS)}, "uniqueItems": True},
+                "probes": _NAMES, "targets": _NAMES, "libraries": _NAMES,
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+_validator = jsonschema.Draft202012Validator(POLICY_SCHEMA)
+
+
+class PolicyError(ConfigError):
+    """The policy file cannot be used; the message names it and the bad value."""
+
+
+class PolicyRefused(DatacrumbsError):
+    """The policy does not allow this request; the message says what and whom to ask."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, as the kernel told the service (SO_PEERCRED) and pwd named them."""
+
+    uid: int
+    user: str
+    gid: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    validity_days: int
+    max_validity_days: int
+
+
+@dataclass
+class Policy:
+    default_max_days: int
+    contact: str = DEFAULT_CONTACT
+    defaults: dict = field(default_factory=dict)
+    users: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)
+    deny: dict = field(default_factory=dict)
+    source: str = "the built-in default policy"
+
+    def _rules_for(self, caller: Caller, groups: list[str]) -> list[dict]:
+        rules = [self.defaults]
+        rules += [self.groups[g] for g in groups if g in self.groups]
+        if caller.user in self.users:
+            rules.append(self.users[caller.user])
+        return rules
+
+    def _ask(self) -> str:
+        return f"ask {self.contact} to change the signing policy ({self.source})"
+
+    def check(self, caller: Caller, *, sets: list[str], probes: list[dict],
+              validity_days: int, groups: list[str] | None = None) -> Grant:
+        """Allow the request and say how long the signature lasts, or raise PolicyRefused."""
+        groups = group_names(caller) if groups is None else groups
+        deny = self.deny
+        who = f"user {caller.user} (uid {caller.uid})"
+        if caller.user in deny.get("users", ()):
+            raise PolicyRefused(f"{who} may not have probes files signed; {self._ask()}")
+        for g in groups:
+            if g in deny.get("groups", ()):
+                raise PolicyRefused(f"members of group {g} may not have probes files signed, "
+                                    f"and {who} is one; {self._ask()}")
+        rules = self._rules_for(caller, groups)
+        kinds = {k for r in rules for k in r.get("allow_kinds", ())} - set(deny.get("kinds", ()))
+        allowed_sets = {s for r in rules for s in r.get("allow_sets", ())}
+        for name in sets:
+            if _matches(name, deny.get("sets", ())) or not _matches(name, allowed_sets):
+                raise PolicyRefused(f"probe set {name!r} is not allowed for {who}; "
+                                    f"leave it out or {self._ask()}")
+        for probe in probes:
+            pid, kind, target = probe.get("id"), probe.get("kind"), probe.get("target")
+            label = f"probe {pid!r} ({kind} {target!r})"
+            if kind not in kinds:
+                raise PolicyRefused(f"{label} is refused: probes of kind {kind!r} are not allowed "
+                                    f"for {who}; leave it out or {self._ask()}")
+            if _matches(str(pid), deny.get("probes", ())):
+                raise PolicyRefused(f"{label} is on the signing policy's deny list; "
+                                    f"leave it out or {self._ask()}")
+            if _matches(str(target), deny.get("targets", ())):
+                raise PolicyRefused(f"{label} is refused: target {target!r} is on the signing "
+                                    f"policy's deny list; leave it out or {self._ask()}")
+            library = probe.get("library")
+            if library is not None and _matches(str(library), deny.get("libraries", ())):
+                raise PolicyRefused(f"{label} is refused: library {library!r} is on the signing "
+                                    f"policy's deny list; leave it out or {self._ask()}")
+        longest = max(r.get("max_validity_days", self.default_max_days) for r in rules)
+        return Grant(validity_days=min(validity_days, longest), max_validity_days=longest)
+
+
+def _matches(value: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def group_names(caller: Caller) -> list[str]:
+    """Every group the caller belongs to (primary and supplementary), by name."""
+    try:
+        gids = os.getgrouplist(caller.user, caller.gid)
+    except OSError:
+        gids = [caller.gid]
+    names = []
+    for gid in gids:
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return names
+
+
+def default_policy_text() -> str:
+    return resources.files("datacrumbs").joinpath("data/sign-policy.toml").read_text("utf-8")
+
+
+def parse_policy(text: str, *, source: str, default_max_days: int) -> Policy:
+    """Turn policy TOML into a Policy, or raise PolicyError naming ``source`` and the problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"signing policy {source} is not valid TOML: {exc}; "
+                          "fix it (the shipped sign-policy.toml shows the format)") from None
+    error = jsonschema.exceptions.best_match(_validator.iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "top level"
+        raise PolicyError(f"signing policy {source}: {where}: {error.message}; "
+                          "fix it (the shipped sign-policy.toml shows the format)")
+    defaults = {"allow_kinds": [], "allow_sets": [], "max_validity_days": default_max_days,
+                **data.get("defaults", {})}
+    return Policy(default_max_days=defaults["max_validity_days"],
+                  contact=data.get("contact", DEFAULT_CONTACT), defaults=defaults,
+                  users=data.get("users", {}), groups=data.get("groups", {}),
+                  deny=data.get("deny", {}), source=source)
+
+
+def load_policy(path: str | os.PathLike | None, *, default_max_days: int) -> Policy:
+    """The policy at ``path``; the shipped default when that file does not exist."""
+    if path is None or not Path(path).exists():
+        return parse_policy(default_policy_text(), source="the built-in default policy",
+                            default_max_days=default_max_days)
+    try:
+        text = Path(path).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read signing policy {path}: {exc}") from None
+    return parse_policy(text, source=str(path), default_max_days=default_max_days)

@@ -1,0 +1,440 @@
+"""datacrumbs_sign_probes: the node's signing service for probes files.
+
+Any local user may connect to its Unix socket and ask for a signature; the
+kernel tells the service who is asking (SO_PEERCRED), so the signed owner is
+always the real caller and no secret is ever shared with users. The admin's
+policy decides what may be signed and for how long; every decision is
+appended to the audit log before the reply leaves. One thread per connection
+with an overall read deadline keeps a slow or silent client from blocking
+anyone else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pwd
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..config import SiteConfig, load_config
+from ..errors import DatacrumbsError
+from .audit import GRANTED, REFUSED, AuditLog, digest
+from .policy import Caller, Policy, PolicyError, load_policy
+from .protocol import (MAX_REQUEST_BYTES, ProtocolError, ReadTimeout, RequestTooLarge, encode,
+                       error_reply, ok_reply, parse_request, read_line)
+
+PROG = "datacrumbs_sign_probes"
+log = logging.getLogger(PROG)
+_PEERCRED = struct.Struct("3i")
+
+
+class ServiceError(DatacrumbsError):
+    """The service cannot start; the message says what to fix."""
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT to leave accept()."""
+
+
+@dataclass
+class _Decision:
+    reply: dict
+    audit: dict | None  # None: nothing to record (ping)
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, as the kernel recorded at connect()."""
+    return _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
+class SigningService:
+    def __init__(self, config: SiteConfig, *, socket_path: Path | None = None,
+                 read_timeout: float = 5.0, max_clients: int = 256):
+        from .keys import KeyStore  # the key store is the only holder of the private key
+
+        self.config = config
+        self.socket_path = Path(socket_path or config.socket_path)
+        self.read_timeout = read_timeout
+        self.keystore = KeyStore(config.private_key_dir, config.public_key_dir)
+        self.audit = AuditLog(config.audit_log)
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._sign_lock = threading.Lock()
+        self._policy_lock = threading.Lock()
+        self._policy: Policy | None = None
+        self._policy_error: str | None = None
+        self._policy_stamp: object = object()
+        self._listener: socket.socket | None = None
+        self._socket_id: tuple[int, int] | None = None
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
+
+    # ---- start-up -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check key, policy and audit log, then bind the socket: fail before serving anyone."""
+        key_id = self.keystore.current_key_id()
+        self._reload_policy_if_changed()
+        if self._policy_error:
+            raise ServiceError(self._policy_error)
+        try:
+            self.audit.prepare()
+        except OSError as exc:
+            raise ServiceError(f"cannot open the audit log {self.config.audit_log}: "
+                               f"{exc.strerror or exc}; check [signing] audit_log in "
+                               f"{self.config.source or 'the site configuration'}") from None
+        self._listener = self._bind()
+        log.info("signing with key %s; policy %s; audit log %s; listening on %s",
+                 key_id, self._policy.source, self.config.audit_log, self.socket_path)
+
+    def _bind(self) -> socket.socket:
+        path = self.socket_path
+        parent = path.parent
+        if not parent.exists():
+            parent.mkdir(mode=0o755, parents=True)
+            os.chmod(parent, 0o755)
+        st = os.lstat(parent)
+        if not stat.S_ISDIR(st.st_mode):
+            raise ServiceError(f"socket directory {parent} is not a directory")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise ServiceError(f"socket directory {parent} is writable by other users, who could "
+                               f"replace the socket; make it mode 0755 (chmod 0755 {parent})")
+        if st.st_mode & 0o005 != 0o005:
+            log.warning("socket directory %s is not world-readable and searchable (mode %o): "
+                        "users cannot reach the socket", parent, stat.S_IMODE(st.st_mode))
+        self._remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o111)  # the socket is born 0666: no window with other modes
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            raise ServiceError(f"cannot create the socket {path}: {exc.strerror or exc}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o666)
+        st = os.lstat(path)
+        self._socket_id = (st.st_dev, st.st_ino)
+        sock.listen(128)
+        return sock
+
+    def _remove_stale(self, path: Path) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ServiceError(f"{path} exists and is not a socket; move it away or choose "
+                               "another path with --socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing stale socket %s left by a previous run", path)
+            path.unlink(missing_ok=True)
+            return
+        except OSError as exc:
+            raise ServiceError(f"cannot tell whether {path} is in use ({exc.strerror or exc}); "
+                               "remove it if no signing service runs") from None
+        finally:
+            probe.close()
+        raise ServiceError(f"another signing service is already answering on {path}; stop it "
+                           f"first (systemctl stop {PROG}.service) or choose another --socket")
+
+    # ---- serving --------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Accept until SIGTERM/SIGINT (raised here as _Stop), then clean up."""
+        assert self._listener is not None, "start() first"
+        try:
+            while True:
+                conn, _ = self._listener.accept()
+                if not self._slots.acquire(blocking=False):
+                    self._refuse_busy(conn)
+                    continue
+                thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True)
+                with self._threads_lock:
+                    self._threads.add(thread)
+                thread.start()
+        except _Stop:
+            log.info("stopping on signal")
+        finally:
+            self.close()
+
+    def close(self, grace: float = 5.0) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._unlink_own_socket()
+        deadline = time.monotonic() + grace
+        with self._threads_lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _unlink_own_socket(self) -> None:
+        try:
+            st = os.lstat(self.socket_path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._socket_id:  # never remove a successor's socket
+            self.socket_path.unlink(missing_ok=True)
+
+    def _refuse_busy(self, conn: socket.socket) -> None:
+        try:
+            conn.setblocking(False)
+            conn.send(encode(error_reply("the signing service is busy; try again in a moment")))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        log.warning("refused a connection: %s", "too many clients at once")
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        try:
+            self._handle(conn)
+        except Exception:  # noqa: BLE001 - one bad connection must never stop the service
+            log.exception("internal error while serving a connection")
+        finally:
+            conn.close()
+            self._slots.release()
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
+
+    def _handle(self, conn: socket.socket) -> None:
+        pid, uid, gid = peer_credentials(conn)
+        who = f"uid {uid} pid {pid}"
+        try:
+            raw = read_line(conn, limit=MAX_REQUEST_BYTES, timeout=self.read_timeout)
+        except RequestTooLarge:
+            decision = self._refusal(uid, pid, b"", f"the request is larger than the limit of "
+                                     f"{MAX_REQUEST_BYTES} bytes; ask for fewer probes at once")
+        except ReadTimeout as exc:
+            log.info("%s: %s; closing", who, exc)
+            self._send(conn, error_reply(f"{exc}; send one JSON request line"), who)
+            return
+        except OSError as exc:
+            log.info("%s: connection lost while reading: %s", who, exc)
+            return
+        else:
+            if not raw:
+                log.info("%s: closed without sending a request", who)
+                self._send(conn, error_reply("the request is empty"), who)
+                return
+            decision = self._decide(raw, pid, uid, gid)
+        if decision.audit is not None:
+            try:
+                self.audit.record(**decision.audit)
+            except OSError as exc:
+                log.error("cannot write the audit log %s: %s; refusing", self.audit.path, exc)
+                decision.reply = error_reply("the signing service cannot write its audit log, so "
+                                             "it signs nothing; ask your admin to check the disk "
+                                             f"holding {self.audit.path}")
+            else:
+                a = decision.audit
+                log.info("%s %s (uid %d pid %d): %s", a["decision"], a["user"], uid, pid,
+                         a["reason"])
+        self._send(conn, decision.reply, who)
+
+    def _send(self, conn: socket.socket, reply: dict, who: str) -> None:
+        try:
+            conn.settimeout(self.read_timeout)
+            conn.sendall(encode(reply))
+        except OSError as exc:  # the client went away: its loss, nobody else's
+            log.info("%s: could not deliver the reply: %s", who, exc)
+
+    # ---- deciding -------------------------------------------------------------------------
+
+    def _refusal(self, uid: int, pid: int, raw: bytes, reason: str, *, user: str | None = None,
+                 probes: int = 0) -> _Decision:
+        if user is None:
+            user = _user_name(uid)
+        return _Decision(error_reply(reason), dict(
+            uid=uid, user=user, pid=pid, decision=REFUSED, reason=reason, sha256=digest(raw),
+            key_id=None, probes=probes))
+
+    def _decide(self, raw: bytes, pid: int, uid: int, gid: int) -> _Decision:
+        user = _user_name(uid)
+        try:
+            request = parse_request(raw)
+        except ProtocolError as exc:
+            return self._refusal(uid, pid, raw, str(exc), user=user)
+        if request["op"] == "ping":
+            return _Decision({"ok": True, "pong": True}, None)
+        body = request["request"]
+        nprobes = len(body["probes"])
+        if user is None:
+            return self._refusal(uid, pid, raw, f"uid {uid} has no account name on this host, "
+                                 "and a probes file is signed for a named account", probes=nprobes)
+        try:
+            signed, grant_days = self._sign(Caller(uid=uid, user=user, gid=gid), body)
+        except DatacrumbsError as exc:  # policy refusals, schema violations, limits
+            return self._refusal(uid, pid, raw, str(exc), user=user, probes=nprobes)
+        from ..probes.document import canonical_bytes
+
+        return _Decision(ok_reply(signed), dict(
+            uid=uid, user=user, pid=pid, decision=GRANTED,
+            reason=f"signed {nprobes} probes valid for {grant_days} days",
+            sha256=digest(canonical_bytes(signed)), key_id=signed.get("key_id"), probes=nprobes))
+
+    def _sign(self, caller: Caller, body: dict) -> tuple[dict, int]:
+        from ..probes import SchemaViolation, TooLarge
+        from ..probes.document import build_document, check_document
+
+        capture = body["capture"]
+        now = int(time.time())
+        try:
+            doc = build_document(
+                body["probes"], owner_uid=caller.uid, owner_user=caller.user, sets=body["sets"],
+                mode=capture.get("mode", "trace"), interval_ms=capture.get("interval_ms", 1000),
+                paths=capture.get("paths", True), issued_at=now, validity_days=1)
+            check_document(doc, source="request", max_probes=self.config.max_probes)
+        except (SchemaViolation, TooLarge) as exc:
+            raise DatacrumbsError(f"the request is not a valid probes document: {exc.problem}; "
+                                  "build it with `datacrumbs probes generate`") from None
+        grant = self._current_policy().check(caller, sets=doc["sets"], probes=doc["probes"],
+                                             validity_days=int(body["validity_days"]))
+        doc["expires_at"] = now + grant.validity_days * 86400
+        with self._sign_lock:
+            signed = self.keystore.sign(doc)
+        return signed, grant.validity_days
+
+    def _current_policy(self) -> Policy:
+        self._reload_policy_if_changed()
+        if self._policy_error:
+            raise PolicyError(f"{self._policy_error}; until then nothing is signed — "
+                              "ask your admin to fix it")
+        return self._policy
+
+    def _reload_policy_if_changed(self) -> None:
+        """Re-read the policy when its file changes, so admins need no restart."""
+        path = self.config.policy_file
+        try:
+            st = os.stat(path)
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        except OSError as exc:
+            stamp = ("error", str(exc))
+        with self._policy_lock:
+            if stamp == self._policy_stamp:
+                return
+            try:
+                self._policy = load_policy(path, default_max_days=self.config.max_validity_days)
+                self._policy_error = None
+                log.info("signing policy loaded from %s", self._policy.source)
+            except PolicyError as exc:
+                self._policy_error = str(exc)
+                log.error("%s", exc)
+            self._policy_stamp = stamp
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _notify_ready() -> None:
+    """Tell systemd (Type=notify) that the socket is listening."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(address)
+            s.sendall(b"READY=1\nSTATUS=signing probes files")
+        except OSError as exc:
+            log.warning("could not notify systemd (%s): %s", address, exc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Sign datacrumbs probes files for the local users who ask.\n\n"
+            "Users run `datacrumbs probes generate --sign`, which sends the unsigned probes to\n"
+            "this service over a Unix socket. The kernel tells the service who is asking, so\n"
+            "the signed owner is always the real caller. The admin's policy (policy_file)\n"
+            "decides which probe sets and kinds each user or group may have and for how\n"
+            "long; every grant and refusal is appended to the audit log (audit_log). The\n"
+            "private key never leaves the key store (private_key_dir).\n\n"
+            "Runs in the foreground and logs to stderr (the journal under systemd); stop it\n"
+            "with SIGTERM or SIGINT, which removes the socket."
+        ),
+        epilog=(
+            "examples:\n"
+            "  systemctl enable --now datacrumbs_sign_probes.service\n"
+            f"  {PROG} --config /opt/datacrumbs/etc/datacrumbs/datacrumbs.toml\n"
+            f"  {PROG} --foreground --socket /tmp/sign.sock     (try it by hand)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="site configuration file (default: $DATACRUMBS_CONFIG, else "
+                             "/opt/datacrumbs/etc/datacrumbs/datacrumbs.toml)")
+    parser.add_argument("--socket", metavar="PATH", type=Path,
+                        help="Unix socket to listen on (default: socket_path from the "
+                             "configuration, /run/datacrumbs/sign.sock)")
+    parser.add_argument("--foreground", action="store_true",
+                        help="running by hand in a terminal: timestamp each log line (the "
+                             "journal adds its own); the service never forks either way")
+    parser.add_argument("--read-timeout", metavar="SECONDS", type=float, default=5.0,
+                        help="drop a client that has not sent a complete request in this time "
+                             "(default: %(default)s)")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fmt = "%(asctime)s %(levelname)s: %(message)s" if args.foreground else "%(levelname)s: %(message)s"
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=fmt)
+    if args.read_timeout <= 0:
+        print(f"{PROG}: error: --read-timeout must be positive", file=sys.stderr)
+        return 2
+    service = None
+
+    def stop(signum, frame):
+        # Once: a second signal must not interrupt the clean-up the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        config = load_config(args.config)
+        service = SigningService(config, socket_path=args.socket, read_timeout=args.read_timeout)
+        service.start()
+        _notify_ready()
+        service.serve_forever()
+    except _Stop:
+        if service is not None:
+            service.close()
+    except DatacrumbsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+

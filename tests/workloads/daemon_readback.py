@@ -17,16 +17,16 @@ import pandas as pd
 
 def members(path) -> tuple[list[bytes], bytes]:
     """(complete members' text, torn tail bytes) of a multi-member gzip file."""
-    data = Path(path).read_bytes()
+    data = memoryview(Path(path).read_bytes())
     out, pos = [], 0
     while pos < len(data):
         d = zlib.decompressobj(31)
         try:
             text = d.decompress(data[pos:])
         except zlib.error:
-            return out, data[pos:]
+            return out, bytes(data[pos:])
         if not d.eof:
-            return out, data[pos:]
+            return out, bytes(data[pos:])
         out.append(text)
         pos = len(data) - len(d.unused_data)
     return out, b""

@@ -1,0 +1,4 @@
+#!/bin/sh
+# Flux epilog (run as root on each node of the job): stop datacrumbs tracing
+# and wait for the trace to be flushed. Logic in datacrumbs.flux.epilog.
+exec @PREFIX@/bin/datacrumbs-python -m datacrumbs.flux.epilog "$@"

@@ -1,0 +1,98 @@
+"""``<run_dir>/datacrumbs-<jobid>.env``: the values the unit's ExecStart receives.
+
+systemd reads this file with ``EnvironmentFile=`` and passes each ``${VAR}``
+as one argument, with no shell. What could still break that is the file's own
+syntax (newlines, quotes, backslashes, surrounding blanks), so such values are
+refused rather than escaped. The file is written as root, 0600, by rename, so
+the unit never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import DatacrumbsError
+from ..jobid import validate_run_id
+
+KEYS = ("DATACRUMBS_JOBID", "DATACRUMBS_USER", "DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG",
+        "DATACRUMBS_CGROUP")
+REQUIRED = KEYS[:4]
+PATH_KEYS = ("DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG", "DATACRUMBS_CGROUP")
+_FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte",
+              "\\": "a backslash", '"': "a double quote", "'": "a single quote"}
+MAX_VALUE = 4096
+
+
+class EnvFileError(DatacrumbsError, ValueError):
+    """A value that cannot be written safely to the unit's environment file."""
+
+
+def env_path(run_dir: Path, jobid: str) -> Path:
+    return Path(run_dir) / f"datacrumbs-{validate_run_id(jobid)}.env"
+
+
+def check_value(key: str, value: str) -> str:
+    """Return value if systemd will read it back byte for byte, else raise EnvFileError."""
+    if key not in KEYS:
+        raise EnvFileError(f"{key!r} is not a datacrumbs environment key ({', '.join(KEYS)})")
+    if not isinstance(value, str) or not value:
+        raise EnvFileError(f"{key} is empty")
+    for char, name in _FORBIDDEN.items():
+        if char in value:
+            raise EnvFileError(f"{key} value {value!r} contains {name}; "
+                               "rename the file or directory so it does not")
+    if value != value.strip() or not value.isprintable():
+        raise EnvFileError(f"{key} value {value!r} has leading/trailing blanks or control "
+                           "characters; rename it so it does not")
+    if len(value) > MAX_VALUE:
+        raise EnvFileError(f"{key} value is longer than {MAX_VALUE} characters")
+    if key in PATH_KEYS and not value.startswith("/"):
+        raise EnvFileError(f"{key} value {value!r} is not an absolute path")
+    return value
+
+
+def render(values: dict[str, str]) -> str:
+    missing = [k for k in REQUIRED if k not in values]
+    if missing:
+        raise EnvFileError(f"environment file is missing {', '.join(missing)}")
+    return "".join(f"{k}={check_value(k, values[k])}\n" for k in KEYS if values.get(k) is not None)
+
+
+def write_env_file(run_dir: Path, jobid: str, values: dict[str, str]) -> Path:
+    """Write atomically (temp file + rename), mode 0600, owned by the caller (root)."""
+    text = render(values)
+    target = env_path(run_dir, jobid)
+    Path(run_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a file this module wrote (tests and troubleshooting)."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = value
+    return values
+
+
+def remove_env_file(run_dir: Path, jobid: str) -> bool:
+    """Remove the file if present; True when something was removed."""
+    try:
+        env_path(run_dir, jobid).unlink()
+        return True
+    except FileNotFoundError:
+        return False

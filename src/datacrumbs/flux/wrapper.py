@@ -1,0 +1,87 @@
+"""``datacrumbs_service_wrapper start|stop JOBID USER PROBE_FILE``: the prolog without Flux.
+
+Fabricates what Flux would give the prolog and epilog (``FLUX_JOB_ID``,
+``FLUX_JOB_USERID`` and the job metadata with the probes file's digest in
+``DATACRUMBS_JOB_METADATA``) and runs the very same code path, so an admin can
+test a node's setup before wiring up the real prolog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import DatacrumbsError
+from ..jobid import normalize_jobid
+from ..users import lookup_user
+from .epilog import run_epilog
+from .jobinfo import METADATA_ENV
+from .prolog import file_digest, run_prolog, systemctl
+
+PROG = "datacrumbs_service_wrapper"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "exit status: 0 when tracing started (start) or the unit is stopped (stop),\n"
+            "1 with one line saying why otherwise.\n\n"
+            "examples:\n"
+            f"  sudo {PROG} start 1 alice /home/alice/probes.json.gz\n"
+            "  systemctl status datacrumbs@1.service\n"
+            f"  sudo {PROG} stop 1 alice /home/alice/probes.json.gz\n"
+            "job ids may be given in any Flux form (1234, \u01922kP8DU5B, f2kP8DU5B, 0x...)."),
+    )
+    parser.add_argument("action", choices=("start", "stop"),
+                        help="start: run the prolog path; stop: run the epilog path")
+    parser.add_argument("jobid", help="Flux job id (any form Flux prints)")
+    parser.add_argument("user", help="the job's user (name or uid)")
+    parser.add_argument("probe_file", type=Path, help="signed probes file (*.json.gz)")
+    return parser
+
+
+def fabricate_environ(action: str, jobid: str, user: str, probe_file: Path) -> dict:
+    """The environment a Flux prolog/epilog would see for this job."""
+    account = lookup_user(user)
+    env = dict(os.environ, FLUX_JOB_ID=normalize_jobid(jobid), FLUX_JOB_USERID=str(account.uid))
+    if action == "start":
+        path = Path(os.path.abspath(probe_file))
+        cfg = load_config()
+        env[METADATA_ENV] = json.dumps({
+            "enable": "yes", "probe_file": str(path),
+            "probe_digest": file_digest(path, cfg.max_probes_file_bytes)})
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        env = fabricate_environ(args.action, args.jobid, args.user, args.probe_file)
+    except DatacrumbsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "start":
+        result = run_prolog(env)
+        if not result.started:
+            print(f"{PROG}: error: {result.message or 'tracing was not enabled'}",
+                  file=sys.stderr)
+            return 1
+        print(f"{systemctl.unit_name(result.jobid)} is active and ready")
+        return 0
+    result = run_epilog(env)
+    if result.message or not result.stopped:
+        print(f"{PROG}: error: {result.message or 'the unit did not stop'}", file=sys.stderr)
+        return 1
+    print(f"{systemctl.unit_name(result.jobid)} is stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Compile datacrumbs' BPF object for this kernel (run once by the installer).
+
+Generates vmlinux.h from /sys/kernel/btf/vmlinux with bpftool and compiles
+the generic CO-RE programs with clang into the site's bpf_object path.
+
+examples:
+  datacrumbs build-bpf
+  datacrumbs build-bpf -o /opt/datacrumbs/lib/datacrumbs/datacrumbs.bpf.o
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import load_config
+from ..tracer.build import build_bpf_object
+
+HELP = "compile the BPF object for this kernel (installer step)"
+
+
+def setup_parser(parser) -> None:
+    parser.add_argument("-o", "--output", type=Path, metavar="OUT",
+                        help="where to write the object (default: bpf_object from the site config)")
+
+
+def main(args) -> int:
+    out = args.output or load_config().bpf_object
+    path = build_bpf_object(out)
+    print(f"built {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""The tracer: eBPF engine (engine, scope, libbpf, build) and the daemon around it."""

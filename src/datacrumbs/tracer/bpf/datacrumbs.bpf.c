@@ -1,0 +1,571 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* datacrumbs: one generic CO-RE object for every probe kind.
+ *
+ * Nothing here is specific to one function: tracer/engine.py fills the
+ * maps from the probes document (which syscalls, which argument is the fd,
+ * the byte count, the path ...) and attaches the generic uprobe, kprobe and
+ * tracepoint programs once per target with a BPF cookie naming the probe.
+ * Scope (pid tree, uid or cgroup) is decided here, so events of processes
+ * outside the job never reach user space.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "datacrumbs.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Sizes of ring buffers are set by the engine before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} paths SEC(".maps");
+
+/* [0] events lost, [1] paths lost, [2] profile rows lost */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_config);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DC_MAX_SYSCALLS);
+	__type(key, __u32);
+	__type(value, struct dc_spec);
+} sys_specs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DC_MAX_PROBES);
+	__type(key, __u32);
+	__type(value, struct dc_spec);
+} probe_specs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} scope_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} scope_cgroup SEC(".maps");
+
+/* Per-thread entry state; LRU bounds it when a function never returns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dc_key);
+	__type(value, struct dc_entry);
+} entries SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dc_pkey);
+	__type(value, struct dc_pval);
+} profile SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_pval);
+} zero_pval SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, char[16]);
+} comms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dc_block_key);
+	__type(value, struct dc_block_start);
+} block_starts SEC(".maps");
+
+static __always_inline struct dc_config *get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+static __always_inline void count_lost(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&lost, &which);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
+{
+	if (tgid == c->self_tgid)
+		return false;
+	if (c->scope == DC_SCOPE_CGROUP)
+		return bpf_current_task_under_cgroup(&scope_cgroup, 0) == 1;
+	if (c->scope == DC_SCOPE_UID && (__u32)bpf_get_current_uid_gid() == c->uid)
+		return true;
+	return bpf_map_lookup_elem(&scope_pids, &tgid) != NULL;
+}
+
+static __always_inline __u64 arg_of(struct dc_entry *e, __s8 idx)
+{
+	switch (idx) {
+	case 0: return e->args[0];
+	case 1: return e->args[1];
+	case 2: return e->args[2];
+	case 3: return e->args[3];
+	case 4: return e->args[4];
+	case 5: return e->args[5];
+	}
+	return 0;
+}
+
+static __always_inline __u32 log2_bucket(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 r = 0;
+
+	if (!us)
+		return 0;
+	if (us >> 32) { us >>= 32; r += 32; }
+	if (us >> 16) { us >>= 16; r += 16; }
+	if (us >> 8) { us >>= 8; r += 8; }
+	if (us >> 4) { us >>= 4; r += 4; }
+	if (us >> 2) { us >>= 2; r += 2; }
+	if (us >> 1) { r += 1; }
+	r += 1;
+	return r > DC_HIST_BUCKETS - 1 ? DC_HIST_BUCKETS - 1 : r;
+}
+
+static __always_inline void profile_add(__u32 tgid, __u32 probe, __u64 dur, __s64 bytes)
+{
+	struct dc_pkey k = { .tgid = tgid, .probe = probe };
+	struct dc_pval *v = bpf_map_lookup_elem(&profile, &k);
+	__u32 zero = 0;
+
+	if (!v) {
+		struct dc_pval *z = bpf_map_lookup_elem(&zero_pval, &zero);
+
+		if (!z)
+			return;
+		bpf_map_update_elem(&profile, &k, z, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&profile, &k);
+		if (!v) {
+			count_lost(2);
+			return;
+		}
+	}
+	v->count += 1;
+	if (bytes > 0)
+		v->bytes += bytes;
+	v->time_ns += dur;
+	if (v->count == 1 || dur < v->min_ns)
+		v->min_ns = dur;
+	if (dur > v->max_ns)
+		v->max_ns = dur;
+	v->hist[log2_bucket(dur) & (DC_HIST_BUCKETS - 1)] += 1;
+}
+
+static __always_inline __s64 bytes_of(struct dc_spec *sp, struct dc_entry *e, __s64 ret)
+{
+	switch (sp->bytes_kind) {
+	case DC_BYTES_RET:
+		return ret >= 0 ? ret : 0;
+	case DC_BYTES_RET_ARG:
+		return ret >= 0 ? ret * (__s64)arg_of(e, sp->bytes_arg) : 0;
+	case DC_BYTES_ARG:
+		return ret >= 0 ? (__s64)arg_of(e, sp->bytes_arg) : 0;
+	}
+	return -1;
+}
+
+static __always_inline void emit_path(struct dc_spec *sp, struct dc_entry *e, __u32 tid)
+{
+	__u64 ptr = arg_of(e, sp->path);
+	struct dc_path *p;
+
+	if (!ptr)
+		return;
+	p = bpf_ringbuf_reserve(&paths, sizeof(*p), 0);
+	if (!p) {
+		count_lost(1);
+		return;
+	}
+	p->ts = e->ts;
+	p->tid = tid;
+	p->probe = e->probe;
+	/* Read at exit: the kernel has faulted the string in by now, so the
+	 * read cannot fail on a not-yet-touched page as it can at entry. */
+	if (sp->kernel)
+		bpf_probe_read_kernel_str(p->path, sizeof(p->path), (void *)ptr);
+	else if (bpf_probe_read_user_str(p->path, sizeof(p->path), (void *)ptr) < 0)
+		p->path[0] = 0;
+	bpf_ringbuf_submit(p, 0);
+}
+
+/* Common exit path: profile it, or emit one event (and its path). */
+static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
+				   __u64 tid_tgid, __s64 ret)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 tgid = tid_tgid >> 32, tid = (__u32)tid_tgid;
+	__s64 bytes = bytes_of(sp, e, ret);
+	struct dc_event *ev;
+
+	if (c->mode == DC_MODE_PROFILE) {
+		profile_add(tgid, e->probe, now - e->ts, bytes);
+		return;
+	}
+	if (c->capture_paths && sp->path >= 0)
+		emit_path(sp, e, tid);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_lost(0);
+		return;
+	}
+	ev->ts = e->ts;
+	ev->dur = now - e->ts;
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->probe = e->probe;
+	ev->ret = ret;
+	ev->bytes = bytes;
+	ev->count = 0;
+	if (sp->count >= 0)
+		ev->count = arg_of(e, sp->count);
+	else if (sp->size >= 0 && sp->nmemb >= 0)
+		ev->count = arg_of(e, sp->size) * arg_of(e, sp->nmemb);
+	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
+	ev->fd = -1;
+	if (sp->fd >= 0) {
+		ev->fd = (__s32)arg_of(e, sp->fd);
+	} else if (sp->stream >= 0 && !sp->kernel) {
+		__u64 stream = arg_of(e, sp->stream);
+		__s32 fd = -1;
+
+		if (stream && bpf_probe_read_user(&fd, sizeof(fd),
+						  (void *)(stream + DC_GLIBC_FILENO_OFF)) < 0)
+			fd = -1;
+		ev->fd = fd;
+	}
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* ---- system calls: one pair of programs, a table of wanted numbers ---- */
+
+SEC("tp/raw_syscalls/sys_enter")
+int dc_sys_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	long nr = ctx->id;
+	__u32 k = (__u32)nr;
+	__u64 tid_tgid;
+	struct dc_spec *sp;
+	struct dc_config *c;
+	struct dc_entry e = {};
+	struct dc_key key;
+
+	if (nr < 0 || nr >= DC_MAX_SYSCALLS)
+		return 0;
+	sp = bpf_map_lookup_elem(&sys_specs, &k);
+	if (!sp || !sp->active)
+		return 0;
+	c = get_config();
+	tid_tgid = bpf_get_current_pid_tgid();
+	if (!c || !in_scope(c, tid_tgid >> 32))
+		return 0;
+	e.ts = bpf_ktime_get_ns();
+	e.nr = k;
+	e.probe = sp->probe;
+	e.args[0] = ctx->args[0];
+	e.args[1] = ctx->args[1];
+	e.args[2] = ctx->args[2];
+	e.args[3] = ctx->args[3];
+	e.args[4] = ctx->args[4];
+	e.args[5] = ctx->args[5];
+	key.tid = (__u32)tid_tgid;
+	key.slot = DC_SYSCALL_SLOT;
+	bpf_map_update_elem(&entries, &key, &e, BPF_ANY);
+	return 0;
+}
+
+SEC("tp/raw_syscalls/sys_exit")
+int dc_sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	long nr = ctx->id;
+	__u32 k = (__u32)nr;
+	__u64 tid_tgid;
+	struct dc_spec *sp;
+	struct dc_config *c;
+	struct dc_entry *e;
+	struct dc_key key;
+
+	if (nr < 0 || nr >= DC_MAX_SYSCALLS)
+		return 0;
+	sp = bpf_map_lookup_elem(&sys_specs, &k);
+	if (!sp || !sp->active)
+		return 0;
+	tid_tgid = bpf_get_current_pid_tgid();
+	key.tid = (__u32)tid_tgid;
+	key.slot = DC_SYSCALL_SLOT;
+	e = bpf_map_lookup_elem(&entries, &key);
+	if (!e)
+		return 0;
+	c = get_config();
+	if (c && e->nr == k)
+		finish(c, sp, e, tid_tgid, ctx->ret);
+	bpf_map_delete_elem(&entries, &key);
+	return 0;
+}
+
+/* ---- uprobes and kprobes: generic, the cookie is the probe index ---- */
+
+static __always_inline int probe_entry(struct pt_regs *ctx)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	__u64 tid_tgid = bpf_get_current_pid_tgid();
+	struct dc_config *c = get_config();
+	struct dc_spec *sp;
+	struct dc_entry e = {};
+	struct dc_key key;
+
+	if (!c || !in_scope(c, tid_tgid >> 32))
+		return 0;
+	sp = bpf_map_lookup_elem(&probe_specs, &probe);
+	if (!sp || !sp->active)
+		return 0;
+	e.ts = bpf_ktime_get_ns();
+	e.probe = probe;
+	e.args[0] = PT_REGS_PARM1(ctx);
+	e.args[1] = PT_REGS_PARM2(ctx);
+	e.args[2] = PT_REGS_PARM3(ctx);
+	e.args[3] = PT_REGS_PARM4(ctx);
+	e.args[4] = PT_REGS_PARM5(ctx);
+#ifdef PT_REGS_PARM6
+	e.args[5] = PT_REGS_PARM6(ctx);
+#else
+	e.args[5] = ctx->r9;	/* x86_64 ABI; libbpf 1.1 lacks PT_REGS_PARM6 */
+#endif
+	key.tid = (__u32)tid_tgid;
+	key.slot = probe;
+	bpf_map_update_elem(&entries, &key, &e, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int probe_return(struct pt_regs *ctx)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	__u64 tid_tgid = bpf_get_current_pid_tgid();
+	struct dc_config *c;
+	struct dc_spec *sp;
+	struct dc_entry *e;
+	struct dc_key key = { .tid = (__u32)tid_tgid, .slot = probe };
+	__s64 ret;
+
+	e = bpf_map_lookup_elem(&entries, &key);
+	if (!e)
+		return 0;
+	c = get_config();
+	sp = bpf_map_lookup_elem(&probe_specs, &probe);
+	if (c && sp) {
+		ret = (__s64)PT_REGS_RC(ctx);
+		if (sp->ret32)
+			ret = (__s64)(__s32)ret;
+		finish(c, sp, e, tid_tgid, ret);
+	}
+	bpf_map_delete_elem(&entries, &key);
+	return 0;
+}
+
+SEC("uprobe")
+int dc_uprobe(struct pt_regs *ctx)
+{
+	return probe_entry(ctx);
+}
+
+SEC("uretprobe")
+int dc_uretprobe(struct pt_regs *ctx)
+{
+	return probe_return(ctx);
+}
+
+SEC("kprobe")
+int dc_kprobe(struct pt_regs *ctx)
+{
+	return probe_entry(ctx);
+}
+
+SEC("kretprobe")
+int dc_kretprobe(struct pt_regs *ctx)
+{
+	return probe_return(ctx);
+}
+
+/* ---- tracepoints ---- */
+
+/* Any tracepoint: one instant event (or a profile count) per hit in scope. */
+SEC("tp")
+int dc_tracepoint(void *ctx)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	__u64 tid_tgid = bpf_get_current_pid_tgid();
+	struct dc_config *c = get_config();
+	struct dc_spec *sp;
+	struct dc_entry e = {};
+	__u64 value = 0;
+	__s64 ret = 0;
+
+	if (!c || !in_scope(c, tid_tgid >> 32))
+		return 0;
+	sp = bpf_map_lookup_elem(&probe_specs, &probe);
+	if (!sp || !sp->active)
+		return 0;
+	e.ts = bpf_ktime_get_ns();
+	e.probe = probe;
+	if (sp->bytes_kind == DC_BYTES_FIELD) {
+		__u32 size = sp->field_size;
+
+		if (size > 8)
+			size = 8;
+		bpf_probe_read_kernel(&value, size & 15, (char *)ctx + (sp->field_off & 4095));
+		/* finish() turns "arg0 when ret >= 0" into bytes */
+		e.args[0] = value;
+		sp = &(struct dc_spec){ .probe = probe, .bytes_kind = DC_BYTES_ARG, .bytes_arg = 0,
+					.fd = -1, .count = -1, .offset = -1, .path = -1,
+					.size = -1, .nmemb = -1, .stream = -1 };
+	}
+	finish(c, sp, &e, tid_tgid, ret);
+	return 0;
+}
+
+/* Block requests: issue (in the submitting process) starts the clock,
+ * complete (often in interrupt context) ends it and is attributed to the
+ * issuer. Requests issued by kernel workers on the job's behalf (writeback)
+ * are outside any job's scope and are not reported. */
+SEC("tp/block/block_rq_issue")
+int dc_block_issue(struct trace_event_raw_block_rq *ctx)
+{
+	__u64 tid_tgid = bpf_get_current_pid_tgid();
+	struct dc_config *c = get_config();
+	struct dc_block_key k = {};
+	struct dc_block_start s;
+
+	if (!c || !in_scope(c, tid_tgid >> 32))
+		return 0;
+	k.dev = BPF_CORE_READ(ctx, dev);
+	k.sector = BPF_CORE_READ(ctx, sector);
+	s.ts = bpf_ktime_get_ns();
+	s.tid_tgid = tid_tgid;
+	bpf_map_update_elem(&block_starts, &k, &s, BPF_ANY);
+	return 0;
+}
+
+SEC("tp/block/block_rq_complete")
+int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	struct dc_config *c = get_config();
+	struct dc_block_key k = {};
+	struct dc_block_start *s;
+	struct dc_spec *sp;
+	struct dc_entry e = {};
+	__u64 tid_tgid;
+
+	k.dev = BPF_CORE_READ(ctx, dev);
+	k.sector = BPF_CORE_READ(ctx, sector);
+	s = bpf_map_lookup_elem(&block_starts, &k);
+	if (!s)
+		return 0;
+	e.ts = s->ts;
+	tid_tgid = s->tid_tgid;
+	bpf_map_delete_elem(&block_starts, &k);
+	sp = bpf_map_lookup_elem(&probe_specs, &probe);
+	if (!c || !sp || !sp->active)
+		return 0;
+	e.probe = probe;
+	e.args[0] = (__u64)BPF_CORE_READ(ctx, nr_sector) << 9;
+	e.args[1] = BPF_CORE_READ(ctx, sector);
+	sp = &(struct dc_spec){ .probe = probe, .bytes_kind = DC_BYTES_ARG, .bytes_arg = 0,
+				.fd = -1, .count = 0, .offset = 1, .path = -1,
+				.size = -1, .nmemb = -1, .stream = -1 };
+	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error));
+	return 0;
+}
+
+/* ---- process tree and names ---- */
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(dc_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct dc_config *c = get_config();
+	__u32 ctgid = child->tgid;
+	__u8 one = 1;
+
+	if (!c || !c->follow || child->pid != ctgid)
+		return 0;
+	if (!in_scope(c, parent->tgid))
+		return 0;
+	bpf_map_update_elem(&scope_pids, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("tp/sched/sched_process_exec")
+int dc_exec(void *ctx)
+{
+	__u64 tid_tgid = bpf_get_current_pid_tgid();
+	struct dc_config *c = get_config();
+	__u32 tgid = tid_tgid >> 32;
+	char comm[16];
+
+	if (!c || !in_scope(c, tgid))
+		return 0;
+	bpf_get_current_comm(comm, sizeof(comm));
+	bpf_map_update_elem(&comms, &tgid, comm, BPF_ANY);
+	return 0;
+}
+
+SEC("tp/sched/sched_process_exit")
+int dc_exit(void *ctx)
+{
+	__u64 tid_tgid = bpf_get_current_pid_tgid();
+	struct dc_key key = { .tid = (__u32)tid_tgid, .slot = DC_SYSCALL_SLOT };
+	__u32 tgid = tid_tgid >> 32;
+
+	bpf_map_delete_elem(&entries, &key);
+	if (tgid == (__u32)tid_tgid) {
+		struct dc_config *c = get_config();
+
+		if (c && in_scope(c, tgid)) {
+			char comm[16];
+
+			bpf_get_current_comm(comm, sizeof(comm));
+			bpf_map_update_elem(&comms, &tgid, comm, BPF_NOEXIST);
+		}
+		bpf_map_delete_elem(&scope_pids, &tgid);
+	}
+	return 0;
+}

@@ -1,0 +1,117 @@
+/* Record and map layouts shared by datacrumbs.bpf.c and tracer/engine.py.
+ *
+ * engine.py mirrors every struct here with numpy dtypes / ctypes; change both
+ * together (test_engine checks the sizes against the compiled object's BTF).
+ */
+#ifndef DATACRUMBS_H
+#define DATACRUMBS_H
+
+#define DC_MAX_SYSCALLS 512
+#define DC_MAX_PROBES 4096
+#define DC_PATH_MAX 240
+#define DC_HIST_BUCKETS 32
+#define DC_SYSCALL_SLOT 0xffffffffu
+#define DC_NO_PROBE 0xffffffffu
+/* glibc x86_64: offsetof(struct _IO_FILE, _fileno) */
+#define DC_GLIBC_FILENO_OFF 112
+
+enum dc_scope_kind { DC_SCOPE_PIDS = 0, DC_SCOPE_UID = 1, DC_SCOPE_CGROUP = 2 };
+enum dc_mode { DC_MODE_TRACE = 0, DC_MODE_PROFILE = 1 };
+enum dc_bytes_kind {
+	DC_BYTES_NONE = 0,	/* not a data operation */
+	DC_BYTES_RET = 1,	/* return value when >= 0 */
+	DC_BYTES_RET_ARG = 2,	/* ret * arg[bytes_arg] when ret >= 0 */
+	DC_BYTES_ARG = 3,	/* arg[bytes_arg] when ret >= 0 */
+	DC_BYTES_FIELD = 4,	/* tracepoint field at field_off/field_size */
+	DC_BYTES_SECTORS = 5,	/* block request: nr_sector * 512 */
+};
+
+struct dc_config {
+	__u32 scope;		/* enum dc_scope_kind */
+	__u32 mode;		/* enum dc_mode */
+	__u32 uid;
+	__u32 self_tgid;	/* the tracer never traces itself */
+	__u32 follow;		/* add forked children of in-scope processes */
+	__u32 capture_paths;
+};
+
+/* How to read one probe's arguments: -1 = role absent, else argument index. */
+struct dc_spec {
+	__u32 probe;		/* index into Engine.probes */
+	__u8 active;
+	__u8 bytes_kind;
+	__s8 bytes_arg;
+	__u8 kernel;		/* kprobe: pointers are kernel memory */
+	__s8 fd;
+	__s8 count;
+	__s8 offset;
+	__s8 path;
+	__s8 size;
+	__s8 nmemb;
+	__s8 stream;
+	__s8 ret32;		/* return value is a C int: sign-extend 32 bits */
+	__u16 field_off;
+	__u16 field_size;
+	__u32 pad;
+};
+
+struct dc_key {
+	__u32 tid;
+	__u32 slot;		/* probe index, or DC_SYSCALL_SLOT */
+};
+
+struct dc_entry {
+	__u64 ts;
+	__u64 args[6];
+	__u32 nr;
+	__u32 probe;
+};
+
+/* One completed operation: fixed 64 bytes so the ring buffer has a fixed stride. */
+struct dc_event {
+	__u64 ts;		/* bpf_ktime_get_ns() at entry */
+	__u64 dur;
+	__u32 pid;
+	__u32 tid;
+	__u32 probe;
+	__s32 fd;
+	__s64 ret;
+	__u64 count;
+	__s64 offset;
+	__s64 bytes;
+};
+
+/* A path read for an open-like operation, matched to its event by (tid, ts). */
+struct dc_path {
+	__u64 ts;
+	__u32 tid;
+	__u32 probe;
+	char path[DC_PATH_MAX];
+};
+
+struct dc_pkey {
+	__u32 tgid;
+	__u32 probe;
+};
+
+struct dc_pval {
+	__u64 count;
+	__u64 bytes;
+	__u64 time_ns;
+	__u64 min_ns;
+	__u64 max_ns;
+	__u64 hist[DC_HIST_BUCKETS];	/* [0] < 1 us, [i] in [2^(i-1), 2^i) us */
+};
+
+struct dc_block_key {
+	__u32 dev;
+	__u32 pad;
+	__u64 sector;
+};
+
+struct dc_block_start {
+	__u64 ts;
+	__u64 tid_tgid;
+};
+
+#endif

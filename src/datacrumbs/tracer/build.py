@@ -1,0 +1,87 @@
+"""Compile the BPF object once, at install time, for this kernel's BTF.
+
+The daemon never compiles: it only loads the object built here, so nodes
+need clang and bpftool only where the installer runs. vmlinux.h is generated
+from the running kernel's BTF; CO-RE relocations let the object keep working
+across kernel updates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from ..errors import DatacrumbsError
+
+BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+SOURCE_NAME = "datacrumbs.bpf.c"
+TOOL_PACKAGES = {"clang": "clang (and llvm)", "bpftool": "bpftool"}
+BUILD_TIMEOUT = 300
+
+
+class BuildError(DatacrumbsError):
+    """The BPF object could not be built."""
+
+
+def source_dir() -> Path:
+    """Directory holding datacrumbs.bpf.c and its header inside the installed package."""
+    return Path(str(resources.files("datacrumbs.tracer") / "bpf"))
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+    if not path:
+        raise BuildError(f"{name} not found: install the Debian/Ubuntu package "
+                         f"{TOOL_PACKAGES[name]} (RHEL: {name}) to build the BPF object")
+    return path
+
+
+def _run(argv: list[str], what: str, stdout=None) -> None:
+    try:
+        proc = subprocess.run(argv, stdout=stdout if stdout is not None else subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=BUILD_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{what} took longer than {BUILD_TIMEOUT} s; aborted") from None
+    except OSError as exc:
+        raise BuildError(f"cannot run {argv[0]}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        tail = " | ".join(detail[-5:]) if detail else f"exit status {proc.returncode}"
+        raise BuildError(f"{what} failed: {tail}")
+
+
+def build_bpf_object(out: Path, *, btf: Path = BTF_PATH, clang: str | None = None,
+                     bpftool: str | None = None) -> Path:
+    """Generate vmlinux.h from ``btf`` and compile the object into ``out`` atomically."""
+    out = Path(out)
+    if not btf.is_file():
+        raise BuildError(f"kernel BTF {btf} not found: the kernel needs CONFIG_DEBUG_INFO_BTF=y "
+                         "for datacrumbs' CO-RE BPF programs")
+    clang = clang or _tool("clang")
+    bpftool = bpftool or _tool("bpftool")
+    src = source_dir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"cannot create directory {out.parent}: {exc.strerror}") from None
+    with tempfile.TemporaryDirectory(prefix="datacrumbs-bpf-") as tmp:
+        vmlinux_h = Path(tmp) / "vmlinux.h"
+        with open(vmlinux_h, "wb") as f:
+            _run([bpftool, "btf", "dump", "file", str(btf), "format", "c"],
+                 f"bpftool btf dump of {btf}", stdout=f)
+        fd, partial = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
+        try:
+            _run([clang, "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86",
+                  "-I", tmp, "-I", str(src), "-c", str(src / SOURCE_NAME), "-o", partial],
+                 f"clang compiling {src / SOURCE_NAME}")
+            os.chmod(partial, 0o644)
+            os.replace(partial, out)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    return out

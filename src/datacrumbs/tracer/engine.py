@@ -1,0 +1,630 @@
+"""The eBPF engine: load the generic object, configure it from the probes, attach, drain.
+
+Usage (what the daemon does)::
+
+    with Engine(doc["probes"], Scope.for_cgroup(cg), mode="trace") as eng:
+        report = eng.attach()          # AttachReport(attached=[probe...], refused=[(probe, why)])
+        while running:
+            batch = eng.poll(100)      # EventBatch or None
+            ...                        # batch.events (numpy), batch.paths {row: path}
+        eng.lost()                     # events the kernel dropped (ring buffer full)
+
+``Engine.probes[i]`` is the probe dict of every event whose ``probe`` field is
+``i`` (the order of the probes given). Events are fixed-size records in a BPF
+ring buffer that this module maps into memory itself and decodes with numpy
+in one go per poll, so draining costs far less than a per-event callback.
+
+Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
+``dur_ns``, ``pid`` (tgid), ``tid``, ``probe``, ``ret`` (raw: syscalls give
+-errno), ``fd`` (-1 if none), ``count`` (bytes requested, 0 if none),
+``offset`` (-1 if none), ``bytes`` (bytes moved by the probe's ``bytes`` rule,
+-1 when it is not a data operation).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import mmap
+import os
+import re
+import select
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatacrumbsError
+from . import libbpf
+from .libbpf import AttachFailed, BpfObject
+from .scope import Scope
+from .syscalls import syscall_number
+
+log = logging.getLogger("datacrumbs.engine")
+
+EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
+                        ("probe", "<u4"), ("fd", "<i4"), ("ret", "<i8"), ("count", "<u8"),
+                        ("offset", "<i8"), ("bytes", "<i8")])
+PATH_MAX = 240
+PATH_DTYPE = np.dtype([("ts", "<u8"), ("tid", "<u4"), ("probe", "<u4"), ("path", f"S{PATH_MAX}")])
+HIST_BUCKETS = 32
+MAX_SYSCALLS = 512
+MAX_PROBES = 4096
+PATHS_RING_BYTES = 4 << 20
+KINDS = ("syscall", "uprobe", "uretprobe", "kprobe", "tracepoint")
+ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream")
+BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
+NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
+TRACEFS = Path("/sys/kernel/tracing")
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@]{0,127}$")
+TRACEPOINT_RE = re.compile(r"^([a-z0-9_]{1,64}):([a-z0-9_]{1,128})$")
+# uprobe targets declared to return C int: the upper half of rax is garbage for them.
+INT_RETURNING = frozenset({
+    "open", "open64", "openat", "openat64", "creat", "creat64", "close", "fsync", "fdatasync",
+    "fclose", "fflush", "fseek", "fseeko", "fseeko64", "ftruncate", "ftruncate64", "truncate",
+    "mkdir", "rmdir", "unlink", "rename", "access", "dup", "dup2", "fcntl", "ioctl", "stat",
+    "fstat", "lstat", "stat64", "fstat64", "lstat64", "posix_fadvise", "fileno", "feof",
+    "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync"})
+
+_SPEC = struct.Struct("<IBBbBbbbbbbbbHHI")      # struct dc_spec
+_CONFIG = struct.Struct("<IIIIII")              # struct dc_config
+_PKEY = struct.Struct("<II")                    # struct dc_pkey
+_PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
+_RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
+
+
+class EngineError(DatacrumbsError):
+    """The BPF object cannot be loaded or nothing could be attached."""
+
+
+@dataclass
+class AttachReport:
+    attached: list[dict] = field(default_factory=list)
+    refused: list[tuple[dict, str]] = field(default_factory=list)
+
+
+@dataclass
+class EventBatch:
+    events: np.ndarray                      # EVENT_DTYPE rows
+    paths: dict[int, str] = field(default_factory=dict)   # row index -> path (open-like)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+@dataclass
+class ProfileRow:
+    pid: int
+    probe: int
+    count: int
+    bytes: int
+    time_ns: int
+    min_ns: int
+    max_ns: int
+    hist: list[int]          # [0] < 1 us, [i] in [2^(i-1), 2^i) us
+
+
+class _Refused(Exception):
+    """A probe cannot be attached; str() is the reason the summary shows."""
+
+
+def _realtime_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns), from the tightest of a few reads."""
+    best = None
+    for _ in range(8):
+        m1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        rt = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        m2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if best is None or m2 - m1 < best[0]:
+            best = (m2 - m1, rt - (m1 + m2) // 2)
+    return best[1]
+
+
+def ensure_tracefs() -> None:
+    """Mount tracefs if missing: tracepoint attachment reads event ids from it."""
+    if (TRACEFS / "events").is_dir():
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_void_p]
+    if libc.mount(b"nodev", bytes(TRACEFS), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EBUSY:
+            raise EngineError(f"cannot mount tracefs on {TRACEFS}: {os.strerror(err)} "
+                              f"(run `mount -t tracefs nodev {TRACEFS}` as root)")
+
+
+def kernel_has_kprobes() -> bool:
+    return KPROBE_PMU.exists() or (TRACEFS / "kprobe_events").exists()
+
+
+def _tracepoint_field(category: str, name: str, fname: str) -> tuple[int, int]:
+    """(offset, size) of a tracepoint field, from tracefs' format file."""
+    fmt = TRACEFS / "events" / category / name / "format"
+    try:
+        text = fmt.read_text()
+    except OSError:
+        raise _Refused(f"cannot read {fmt}") from None
+    for m in re.finditer(r"field:([^;]*);\s*offset:(\d+);\s*size:(\d+);", text):
+        decl = m.group(1).split()
+        if decl and decl[-1].split("[")[0] == fname:
+            off, size = int(m.group(2)), int(m.group(3))
+            if size not in (1, 2, 4, 8) or off > 4095:
+                raise _Refused(f"tracepoint field {fname} of {category}:{name} is not an integer")
+            return off, size
+    raise _Refused(f"tracepoint {category}:{name} has no field {fname}")
+
+
+def _arg_index(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
+        raise _Refused(f"{what} must be an argument index 0..5, not {value!r}")
+    return value
+
+
+def _bytes_rule(rule) -> tuple[int, int, str | None]:
+    """(kind, arg index, field name) for a probe's ``bytes`` rule."""
+    if rule is None:
+        return BYTES_NONE, -1, None
+    if rule == "ret":
+        return BYTES_RET, -1, None
+    if isinstance(rule, str):
+        if m := re.fullmatch(r"ret\*arg(\d)", rule):
+            return BYTES_RET_ARG, _arg_index(int(m.group(1)), "bytes rule argument"), None
+        if m := re.fullmatch(r"arg(\d)", rule):
+            return BYTES_ARG, _arg_index(int(m.group(1)), "bytes rule argument"), None
+        if m := re.fullmatch(r"field:([A-Za-z_][A-Za-z0-9_]{0,63})", rule):
+            return BYTES_FIELD, -1, m.group(1)
+    raise _Refused(f"bytes rule {rule!r} is not one of ret, ret*argN, argN, field:NAME or null")
+
+
+class _Ring:
+    """A BPF ring buffer of fixed-size records, mapped and decoded without libbpf.
+
+    Layout (kernel/bpf/ringbuf.c): page 0 = consumer position (rw), page 1 =
+    producer position, then the data area mapped twice in a row so a record
+    that wraps is still contiguous. Each record has an 8-byte header
+    (len | BUSY | DISCARD, page offset) and is padded to 8 bytes.
+    """
+
+    def __init__(self, fd: int, size: int, dtype: np.dtype):
+        page = mmap.PAGESIZE
+        self.size, self.mask, self.page = size, size - 1, page
+        self.dtype = dtype
+        self.stride = (dtype.itemsize + 8 + 7) & ~7
+        self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._prod_map = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                                   offset=page)
+        self._cons = np.frombuffer(self._cons_map, dtype="<u8", count=1)
+        self._prod = np.frombuffer(self._prod_map, dtype="<u8", count=1)
+
+    def pending(self) -> bool:
+        return int(self._prod[0]) > int(self._cons[0])
+
+    def drain(self) -> np.ndarray:
+        cons = int(self._cons[0])
+        prod = int(self._prod[0])
+        n = min((prod - cons) // self.stride, self.size // self.stride)
+        if n <= 0:
+            return np.empty(0, self.dtype)
+        start = self.page + (cons & self.mask)
+        hdr = np.ndarray((n,), "<u4", buffer=self._prod_map, offset=start, strides=(self.stride,))
+        busy = (hdr & _RB_BUSY) != 0
+        if busy.any():
+            n = int(np.argmax(busy))
+            hdr = hdr[:n]
+        if n == 0:
+            return np.empty(0, self.dtype)
+        lengths = hdr & ~np.uint32(_RB_BUSY | _RB_DISCARD)
+        if (lengths != self.dtype.itemsize).any():
+            raise EngineError("the BPF ring buffer holds records of an unexpected size: the BPF "
+                              "object does not match this datacrumbs; run `datacrumbs build-bpf`")
+        recs = np.ndarray((n,), self.dtype, buffer=self._prod_map, offset=start + 8,
+                          strides=(self.stride,)).copy()
+        keep = (hdr & _RB_DISCARD) == 0
+        self._cons[0] = cons + n * self.stride
+        return recs if keep.all() else recs[keep]
+
+    def close(self) -> None:
+        # numpy views pin the buffers: drop them before unmapping
+        self._cons = self._prod = None
+        for m in (self._cons_map, self._prod_map):
+            try:
+                m.close()
+            except BufferError:
+                pass
+
+
+class Engine:
+    """One tracing session: a loaded BPF object configured for ``probes`` and ``scope``.
+
+    ``mode`` is "trace" (events through the ring buffer) or "profile" (per
+    process and probe aggregates in a BPF map, read with read_profile()).
+    ``bpf_object`` defaults to the site configuration's ``bpf_object``.
+    """
+
+    def __init__(self, probes: list[dict], scope: Scope, *, mode: str = "trace",
+                 interval_ms: int = 1000, bpf_object: Path | None = None,
+                 ringbuf_bytes: int = 16 << 20, capture_paths: bool = True):
+        if mode not in ("trace", "profile"):
+            raise EngineError(f"capture mode {mode!r} is neither 'trace' nor 'profile'")
+        if not isinstance(scope, Scope):
+            raise EngineError("the engine needs a Scope (Scope.for_cgroup/for_user/for_pids)")
+        if not isinstance(probes, list) or not probes:
+            raise EngineError("no probes given: the probes file lists none")
+        if len(probes) > MAX_PROBES:
+            raise EngineError(f"{len(probes)} probes given; at most {MAX_PROBES} are supported")
+        page = mmap.PAGESIZE
+        if ringbuf_bytes < page or ringbuf_bytes & (ringbuf_bytes - 1) or ringbuf_bytes > 1 << 30:
+            raise EngineError(f"ring buffer size {ringbuf_bytes} must be a power of two "
+                              f"between {page} and {1 << 30} bytes")
+        if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or interval_ms <= 0:
+            raise EngineError(f"profile interval {interval_ms!r} ms must be a positive integer")
+        if bpf_object is None:
+            from ..config import load_config
+            bpf_object = load_config().bpf_object
+        self.bpf_object = Path(bpf_object)
+        if not self.bpf_object.is_file():
+            raise EngineError(f"BPF object {self.bpf_object} not built: run `datacrumbs build-bpf` "
+                              "(or the installer)")
+        self.probes = list(probes)
+        self.scope = scope
+        self.mode = mode
+        self.interval_ms = interval_ms
+        self.ringbuf_bytes = ringbuf_bytes
+        self.capture_paths = bool(capture_paths) and mode == "trace"
+        self._obj: BpfObject | None = None
+        self._links: list[libbpf.Link] = []
+        self._events: _Ring | None = None
+        self._paths: _Ring | None = None
+        self._epoll = None
+        self._offset_ns = 0
+        self._path_probes = np.empty(0, np.uint32)
+        self._pending_paths: dict[tuple[int, int], str] = {}
+        self._names: dict[int, str] = {}
+        self._seen: set[int] = set()
+        self._closed = False
+
+    # -- setup --
+
+    def attach(self) -> AttachReport:
+        """Load, configure and attach; refuse probes that cannot attach, with their reason."""
+        if self._obj is not None:
+            raise EngineError("attach() was already called on this engine")
+        ensure_tracefs()
+        try:
+            return self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self) -> AttachReport:
+        obj = self._obj = BpfObject(self.bpf_object)
+        obj.set_max_entries("events", self.ringbuf_bytes)
+        obj.set_max_entries("paths", PATHS_RING_BYTES)
+        obj.load()
+        self._check_layout()
+        mode = 1 if self.mode == "profile" else 0
+        kind = {"pids": 0, "user": 1, "cgroup": 2}[self.scope.kind]
+        libbpf.map_update(obj.map_fd("settings"), struct.pack("<I", 0), _CONFIG.pack(
+            kind, mode, self.scope.uid or 0, os.getpid(), int(self.scope.follow),
+            int(self.capture_paths)))
+        if self.scope.kind == "cgroup":
+            fd = os.open(self.scope.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                libbpf.map_update(obj.map_fd("scope_cgroup"), struct.pack("<I", 0),
+                                  struct.pack("<I", fd))
+            finally:
+                os.close(fd)
+        # Process tracking first, then seed: a fork racing the seed is still caught.
+        for prog in ("dc_fork", "dc_exec", "dc_exit"):
+            try:
+                self._links.append(obj.attach(prog))
+            except AttachFailed as exc:
+                raise EngineError(f"cannot follow processes ({prog}: {exc}); the kernel needs "
+                                  "sched tracepoints and BTF") from None
+        self._seed_pids()
+
+        report = AttachReport()
+        syscalls: list[tuple[int, int, bytes]] = []
+        path_probes = []
+        block_issue_needed = False
+        has_kprobes = kernel_has_kprobes()
+        for i, probe in enumerate(self.probes):
+            try:
+                kind, spec = self._spec(i, probe)
+                if kind == "syscall":
+                    nr = spec[1]
+                    if any(nr == s[1] for s in syscalls):
+                        raise _Refused(f"syscall {probe['target']} is already traced by another "
+                                       "probe in this file")
+                    syscalls.append((i, nr, spec[0]))
+                    if spec[2]:
+                        path_probes.append(i)
+                    continue
+                libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
+                if kind == "kprobe" and not has_kprobes:
+                    raise _Refused(NO_KPROBES)
+                self._attach_one(i, probe, kind)
+                if kind == "tracepoint" and probe["target"] == "block:block_rq_complete":
+                    block_issue_needed = True
+                if spec[2]:
+                    path_probes.append(i)
+                report.attached.append(probe)
+            except _Refused as exc:
+                report.refused.append((probe, str(exc)))
+        if syscalls:
+            self._attach_syscalls(syscalls, report)
+        if block_issue_needed:
+            try:
+                self._links.append(obj.attach("dc_block_issue"))
+            except AttachFailed as exc:
+                log.warning("block request start times unavailable: %s", exc)
+        if not report.attached:
+            reasons = "; ".join(f"{p.get('id', p.get('target'))}: {r}" for p, r in report.refused)
+            raise EngineError(f"none of the {len(self.probes)} probes could be attached ({reasons})")
+        # keep the document order in the report
+        order = {id(p): n for n, p in enumerate(self.probes)}
+        report.attached.sort(key=lambda p: order[id(p)])
+        report.refused.sort(key=lambda pr: order[id(pr[0])])
+        self._path_probes = np.array(sorted(path_probes), dtype=np.uint32)
+        self._offset_ns = _realtime_offset_ns()
+        self._events = _Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE)
+        self._paths = _Ring(obj.map_fd("paths"), PATHS_RING_BYTES, PATH_DTYPE)
+        self._epoll = select.epoll()
+        self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
+        return report
+
+    def _check_layout(self) -> None:
+        """The object must have been built from the same header as this module."""
+        expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
+                  "profile": _PVAL_WORDS * 8}
+        for name, size in expect.items():
+            got = self._obj.map_value_size(name)
+            if got != size:
+                raise EngineError(f"BPF object {self.bpf_object} does not match this datacrumbs "
+                                  f"(map {name}: {got} != {size} bytes); run `datacrumbs build-bpf`")
+
+    def _seed_pids(self) -> None:
+        fd = self._obj.map_fd("scope_pids")
+        for pid in self.scope.seed_pids():
+            try:
+                libbpf.map_update(fd, struct.pack("<I", pid), b"\x01")
+            except libbpf.LibbpfError as exc:
+                raise EngineError(f"cannot add process {pid} to the trace scope: {exc}") from None
+
+    def _spec(self, index: int, probe) -> tuple[str, tuple]:
+        """Validate one probe dict; return (kind, (packed spec, syscall nr, has path))."""
+        if not isinstance(probe, dict):
+            raise _Refused("probe is not an object")
+        kind, target = probe.get("kind"), probe.get("target")
+        if kind not in KINDS:
+            raise _Refused(f"unknown probe kind {kind!r}; known: {', '.join(KINDS)}")
+        if not isinstance(target, str) or not target:
+            raise _Refused("probe has no target")
+        args = probe.get("args") or {}
+        if not isinstance(args, dict):
+            raise _Refused("probe args must map roles to argument indexes")
+        roles = {r: -1 for r in ROLES}
+        for role, idx in args.items():
+            if role in roles:
+                roles[role] = _arg_index(idx, f"argument role {role!r}")
+        bkind, barg, fname = _bytes_rule(probe.get("bytes"))
+        field_off = field_size = 0
+        nr = -1
+        if kind == "syscall":
+            nr = syscall_number(target) if SYMBOL_RE.match(target) else None
+            if nr is None or not 0 <= nr < MAX_SYSCALLS:
+                raise _Refused(f"no system call named {target!r} on this host")
+        elif kind == "tracepoint":
+            m = TRACEPOINT_RE.match(target)
+            if not m:
+                raise _Refused(f"tracepoint {target!r} is not of the form category:name")
+            if not (TRACEFS / "events" / m.group(1) / m.group(2)).is_dir():
+                raise _Refused(f"tracepoint {target} does not exist on this kernel")
+            roles = {r: -1 for r in ROLES}     # tracepoints have no call arguments
+            if bkind == BYTES_FIELD and target != "block:block_rq_complete":
+                field_off, field_size = _tracepoint_field(m.group(1), m.group(2), fname)
+            elif bkind not in (BYTES_NONE, BYTES_FIELD):
+                raise _Refused(f"bytes rule {probe.get('bytes')!r} needs call arguments; "
+                               "tracepoints take field:NAME")
+        else:
+            if not SYMBOL_RE.match(target):
+                raise _Refused(f"{target!r} is not a function name")
+            if bkind == BYTES_FIELD:
+                raise _Refused("bytes rule field:NAME is only for tracepoints")
+        ret32 = 1 if kind in ("uprobe", "uretprobe") and target.split("@")[0] in INT_RETURNING else 0
+        packed = _SPEC.pack(index, 1, bkind, barg, 1 if kind == "kprobe" else 0,
+                            roles["fd"], roles["count"], roles["offset"], roles["path"],
+                            roles["size"], roles["nmemb"], roles["stream"], ret32,
+                            field_off, field_size, 0)
+        return kind, (packed, nr, roles["path"] >= 0)
+
+    def _attach_one(self, i: int, probe: dict, kind: str) -> None:
+        obj, target = self._obj, probe["target"]
+        try:
+            if kind in ("uprobe", "uretprobe"):
+                library = probe.get("library")
+                if not isinstance(library, str) or not library.startswith("/"):
+                    raise _Refused("uprobe needs an absolute library path")
+                if not os.path.isfile(library):
+                    raise _Refused(f"library {library} not found on this host")
+                links = []
+                try:
+                    for prog, ret in (("dc_uprobe", False), ("dc_uretprobe", True)):
+                        links.append(obj.attach_uprobe(prog, library, 0, i, retprobe=ret,
+                                                       func_name=target))
+                except AttachFailed as exc:
+                    for link in links:
+                        link.destroy()
+                    if "No such file" in str(exc):
+                        raise _Refused(f"symbol {target} not found in {library}") from None
+                    raise
+                self._links.extend(links)
+            elif kind == "kprobe":
+                links = [obj.attach_kprobe("dc_kprobe", target, i)]
+                try:
+                    links.append(obj.attach_kprobe("dc_kretprobe", target, i, retprobe=True))
+                except AttachFailed:
+                    links[0].destroy()
+                    raise
+                self._links.extend(links)
+            else:
+                category, name = target.split(":")
+                prog = "dc_block_complete" if target == "block:block_rq_complete" else "dc_tracepoint"
+                self._links.append(obj.attach_tracepoint(prog, category, name, i))
+        except AttachFailed as exc:
+            raise _Refused(f"cannot attach {kind} {target}: {exc}") from None
+
+    def _attach_syscalls(self, syscalls, report: AttachReport) -> None:
+        fd = self._obj.map_fd("sys_specs")
+        for _i, nr, packed in syscalls:
+            libbpf.map_update(fd, struct.pack("<I", nr), packed)
+        try:
+            for prog in ("dc_sys_enter", "dc_sys_exit"):
+                self._links.append(self._obj.attach(prog))
+        except AttachFailed as exc:
+            for i, _nr, _p in syscalls:
+                report.refused.append((self.probes[i], f"cannot attach raw_syscalls: {exc}"))
+            return
+        report.attached.extend(self.probes[i] for i, _nr, _p in syscalls)
+
+    # -- running --
+
+    def poll(self, timeout_ms: int) -> EventBatch | None:
+        """Everything available now, or wait up to timeout_ms for something; None if nothing."""
+        if self._events is None:
+            raise EngineError("poll() before attach() or after close()")
+        if not self._events.pending() and timeout_ms > 0:
+            try:
+                self._epoll.poll(timeout_ms / 1000.0)
+            except InterruptedError:
+                pass
+        events = self._events.drain()
+        paths = self._paths.drain() if self.capture_paths else None
+        if paths is not None and len(paths):
+            self._stash_paths(paths)
+        if not len(events):
+            return None
+        matched = self._match_paths(events) if self._pending_paths else {}
+        pids = np.unique(events["pid"])
+        if len(pids) and len(self._seen) < 65536:
+            self._seen.update(int(p) for p in pids if int(p) not in self._seen)
+        events["ts_ns"] += np.uint64(self._offset_ns)
+        return EventBatch(events=events, paths=matched)
+
+    def _stash_paths(self, recs: np.ndarray) -> None:
+        for ts, tid, raw in zip(recs["ts"].tolist(), recs["tid"].tolist(), recs["path"].tolist()):
+            if raw:
+                self._pending_paths[(tid, ts)] = raw.decode("utf-8", errors="surrogateescape")
+        if len(self._pending_paths) > 65536:      # bounded: drop the oldest unmatched
+            for key in list(self._pending_paths)[:len(self._pending_paths) - 65536]:
+                del self._pending_paths[key]
+
+    def _match_paths(self, events: np.ndarray) -> dict[int, str]:
+        rows = np.flatnonzero(np.isin(events["probe"], self._path_probes))
+        out: dict[int, str] = {}
+        tids, tss = events["tid"][rows].tolist(), events["ts_ns"][rows].tolist()
+        for row, tid, ts in zip(rows.tolist(), tids, tss):
+            path = self._pending_paths.pop((tid, ts), None)
+            if path is not None:
+                out[row] = path
+        return out
+
+    def _percpu_sum(self, name: str, index: int) -> int:
+        ncpu = libbpf.num_possible_cpus()
+        raw = libbpf.map_lookup(self._obj.map_fd(name), struct.pack("<I", index), 8 * ncpu)
+        return int(np.frombuffer(raw, "<u8").sum()) if raw else 0
+
+    def lost(self) -> int:
+        """Events the kernel dropped because the ring buffer was full."""
+        return self._percpu_sum("lost", 0) if self._obj else 0
+
+    def lost_paths(self) -> int:
+        return self._percpu_sum("lost", 1) if self._obj else 0
+
+    def read_profile(self) -> list[ProfileRow]:
+        """Profile mode: cumulative totals per (pid, probe) since attach."""
+        if self._obj is None:
+            raise EngineError("read_profile() before attach() or after close()")
+        fd = self._obj.map_fd("profile")
+        ncpu = libbpf.num_possible_cpus()
+        rows = []
+        for key in libbpf.map_keys(fd, _PKEY.size, limit=self._obj.map_max_entries("profile")):
+            raw = libbpf.map_lookup(fd, key, _PVAL_WORDS * 8 * ncpu)
+            if raw is None:
+                continue
+            v = np.frombuffer(raw, "<u8").reshape(ncpu, _PVAL_WORDS)
+            v = v[v[:, 0] > 0]
+            if not len(v):
+                continue
+            tgid, probe = _PKEY.unpack(key)
+            rows.append(ProfileRow(pid=tgid, probe=probe, count=int(v[:, 0].sum()),
+                                   bytes=int(v[:, 1].sum()), time_ns=int(v[:, 2].sum()),
+                                   min_ns=int(v[:, 3].min()), max_ns=int(v[:, 4].max()),
+                                   hist=[int(x) for x in v[:, 5:].sum(axis=0)]))
+        rows.sort(key=lambda r: (r.pid, r.probe))
+        return rows
+
+    def process_names(self) -> dict[int, str]:
+        """comm of every tgid seen in events: /proc while alive, else as recorded at exec/exit."""
+        comms_fd = self._obj.map_fd("comms") if self._obj else None
+        for pid in self._seen:
+            if pid in self._names:
+                continue
+            name = None
+            try:
+                with open(f"/proc/{pid}/comm", "rb") as f:
+                    name = f.read().rstrip(b"\n").decode(errors="replace")
+            except OSError:
+                raw = libbpf.map_lookup(comms_fd, struct.pack("<I", pid), 16) if comms_fd else None
+                if raw:
+                    name = raw.split(b"\0", 1)[0].decode(errors="replace")
+            if name:
+                self._names[pid] = name
+        return dict(self._names)
+
+    @staticmethod
+    def resolve_fd(pid: int, fd: int) -> str | None:
+        """Path of a file descriptor opened before attach (None if gone or not a file)."""
+        if isinstance(pid, bool) or isinstance(fd, bool) or not isinstance(pid, int) \
+                or not isinstance(fd, int) or pid <= 0 or fd < 0:
+            return None
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            return None
+        return target if target.startswith("/") else None
+
+    def close(self) -> None:
+        """Detach everything and free the object; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for link in reversed(self._links):
+            link.destroy()
+        self._links.clear()
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for ring in (self._events, self._paths):
+            if ring is not None:
+                ring.close()
+        self._events = self._paths = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

@@ -1,0 +1,274 @@
+"""ctypes binding of the few libbpf.so.1 calls datacrumbs needs.
+
+PyPI has no maintained libbpf binding for Python 3.11 and BCC needs kernel
+headers that nodes lack, so the engine talks to the distribution's libbpf
+(Debian ``libbpf1``, >= 1.0 semantics: NULL + errno on failure) directly.
+libbpf's own diagnostics go to the ``datacrumbs.libbpf`` logger, never to
+stderr, so a daemon's journal shows them only at debug level.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t,
+                    c_uint32, c_uint64, c_void_p)
+
+from ..errors import DatacrumbsError
+
+log = logging.getLogger("datacrumbs.libbpf")
+
+LIBBPF_SONAME = "libbpf.so.1"
+
+
+class LibbpfError(DatacrumbsError):
+    """libbpf is missing or one of its calls failed."""
+
+
+class _UprobeOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("ref_ctr_offset", c_size_t), ("bpf_cookie", c_uint64),
+                ("retprobe", c_bool), ("func_name", c_char_p)]
+
+
+class _KprobeOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("bpf_cookie", c_uint64), ("offset", c_size_t),
+                ("retprobe", c_bool)]
+
+
+class _TracepointOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("bpf_cookie", c_uint64)]
+
+
+_PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+# Debug level only: the engine reports every failure itself, in a sentence for the user.
+_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG}
+_lib = None
+_libc = None
+_print_cb = None  # kept referenced for as long as libbpf may call it
+
+
+def _on_print(level, fmt, args):
+    buf = ctypes.create_string_buffer(1024)
+    _libc.vsnprintf(buf, len(buf), fmt, args)
+    log.log(_LEVELS.get(level, logging.DEBUG), "%s", buf.value.decode(errors="replace").rstrip())
+    return 0
+
+
+def _declare(lib):
+    sig = {
+        "bpf_object__open_file": (c_void_p, [c_char_p, c_void_p]),
+        "bpf_object__load": (c_int, [c_void_p]),
+        "bpf_object__close": (None, [c_void_p]),
+        "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
+        "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
+        "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
+        "bpf_map__fd": (c_int, [c_void_p]),
+        "bpf_map__value_size": (c_uint32, [c_void_p]),
+        "bpf_map__key_size": (c_uint32, [c_void_p]),
+        "bpf_map__max_entries": (c_uint32, [c_void_p]),
+        "bpf_program__attach": (c_void_p, [c_void_p]),
+        "bpf_program__attach_uprobe_opts": (c_void_p, [c_void_p, c_int, c_char_p, c_size_t,
+                                                       POINTER(_UprobeOpts)]),
+        "bpf_program__attach_kprobe_opts": (c_void_p, [c_void_p, c_char_p, POINTER(_KprobeOpts)]),
+        "bpf_program__attach_tracepoint_opts": (c_void_p, [c_void_p, c_char_p, c_char_p,
+                                                           POINTER(_TracepointOpts)]),
+        "bpf_link__destroy": (c_int, [c_void_p]),
+        "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
+        "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
+        "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+        "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+        "libbpf_num_possible_cpus": (c_int, []),
+        "libbpf_set_print": (c_void_p, [_PRINT_FN]),
+        "libbpf_major_version": (c_uint32, []),
+        "libbpf_minor_version": (c_uint32, []),
+    }
+    for name, (restype, argtypes) in sig.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise LibbpfError(f"{LIBBPF_SONAME} has no {name}(): install libbpf 1.0 or newer "
+                              "(Debian/Ubuntu package libbpf1)") from None
+        fn.restype, fn.argtypes = restype, argtypes
+
+
+def lib():
+    """The loaded libbpf, with prototypes declared and printing routed to logging."""
+    global _lib, _libc, _print_cb
+    if _lib is None:
+        try:
+            handle = ctypes.CDLL(LIBBPF_SONAME, use_errno=True)
+        except OSError as exc:
+            raise LibbpfError(f"cannot load {LIBBPF_SONAME} ({exc}): install libbpf "
+                              "(Debian/Ubuntu package libbpf1, RHEL libbpf)") from None
+        _declare(handle)
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+        _libc.vsnprintf.restype = c_int
+        _print_cb = _PRINT_FN(_on_print)
+        handle.libbpf_set_print(_print_cb)
+        _lib = handle
+    return _lib
+
+
+def version() -> tuple[int, int]:
+    return (lib().libbpf_major_version(), lib().libbpf_minor_version())
+
+
+def _fail(what: str) -> LibbpfError:
+    err = ctypes.get_errno()
+    return LibbpfError(f"{what}: {os.strerror(err) if err else 'unknown error'}")
+
+
+def _errno_reason() -> str:
+    err = ctypes.get_errno()
+    return os.strerror(err) if err else "unknown error"
+
+
+class Link:
+    """One attachment; destroy() detaches it."""
+
+    def __init__(self, ptr: int):
+        self._ptr = ptr
+
+    def destroy(self) -> None:
+        if self._ptr:
+            lib().bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+
+class AttachFailed(Exception):
+    """An attach call failed; str() is the reason (errno text)."""
+
+
+class BpfObject:
+    """An opened (then loaded) BPF object file and its maps and programs."""
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = str(path)
+        ctypes.set_errno(0)
+        self._obj = lib().bpf_object__open_file(os.fsencode(self.path), None)
+        if not self._obj:
+            raise LibbpfError(f"cannot open BPF object {self.path}: {_errno_reason()}; "
+                              "rebuild it with `datacrumbs build-bpf`")
+        self._loaded = False
+
+    def _map(self, name: str) -> int:
+        ptr = lib().bpf_object__find_map_by_name(self._obj, name.encode())
+        if not ptr:
+            raise LibbpfError(f"BPF object {self.path} has no map {name!r}; it was built from "
+                              "another datacrumbs version: rebuild it with `datacrumbs build-bpf`")
+        return ptr
+
+    def program(self, name: str) -> int:
+        ptr = lib().bpf_object__find_program_by_name(self._obj, name.encode())
+        if not ptr:
+            raise LibbpfError(f"BPF object {self.path} has no program {name!r}; rebuild it with "
+                              "`datacrumbs build-bpf`")
+        return ptr
+
+    def set_max_entries(self, name: str, n: int) -> None:
+        if lib().bpf_map__set_max_entries(self._map(name), n) != 0:
+            raise _fail(f"cannot size BPF map {name} to {n}")
+
+    def load(self) -> None:
+        ctypes.set_errno(0)
+        if lib().bpf_object__load(self._obj) != 0:
+            raise LibbpfError(f"the kernel refused to load BPF object {self.path}: "
+                              f"{_errno_reason()} (run as root on a kernel with BTF; "
+                              "details at debug level from the datacrumbs.libbpf logger)")
+        self._loaded = True
+
+    def map_fd(self, name: str) -> int:
+        return lib().bpf_map__fd(self._map(name))
+
+    def map_value_size(self, name: str) -> int:
+        return lib().bpf_map__value_size(self._map(name))
+
+    def map_max_entries(self, name: str) -> int:
+        return lib().bpf_map__max_entries(self._map(name))
+
+    # -- attaching: each returns a Link or raises AttachFailed(reason) --
+
+    def attach(self, prog: str) -> Link:
+        ctypes.set_errno(0)
+        ptr = lib().bpf_program__attach(self.program(prog))
+        if not ptr:
+            raise AttachFailed(_errno_reason())
+        return Link(ptr)
+
+    def attach_uprobe(self, prog: str, binary: str, offset: int, cookie: int, *,
+                      retprobe: bool = False, func_name: str | None = None, pid: int = -1) -> Link:
+        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), bpf_cookie=cookie, retprobe=retprobe,
+                           func_name=func_name.encode() if func_name else None)
+        ctypes.set_errno(0)
+        ptr = lib().bpf_program__attach_uprobe_opts(self.program(prog), pid, os.fsencode(binary),
+                                                     offset, ctypes.byref(opts))
+        if not ptr:
+            raise AttachFailed(_errno_reason())
+        return Link(ptr)
+
+    def attach_kprobe(self, prog: str, func: str, cookie: int, *, retprobe: bool = False) -> Link:
+        opts = _KprobeOpts(sz=ctypes.sizeof(_KprobeOpts), bpf_cookie=cookie, retprobe=retprobe)
+        ctypes.set_errno(0)
+        ptr = lib().bpf_program__attach_kprobe_opts(self.program(prog), func.encode(),
+                                                     ctypes.byref(opts))
+        if not ptr:
+            raise AttachFailed(_errno_reason())
+        return Link(ptr)
+
+    def attach_tracepoint(self, prog: str, category: str, name: str, cookie: int) -> Link:
+        opts = _TracepointOpts(sz=ctypes.sizeof(_TracepointOpts), bpf_cookie=cookie)
+        ctypes.set_errno(0)
+        ptr = lib().bpf_program__attach_tracepoint_opts(self.program(prog), category.encode(),
+                                                         name.encode(), ctypes.byref(opts))
+        if not ptr:
+            raise AttachFailed(_errno_reason())
+        return Link(ptr)
+
+    def close(self) -> None:
+        if self._obj:
+            lib().bpf_object__close(self._obj)
+            self._obj = None
+
+
+# -- map element access on fds (bytes in, bytes out) --
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
+    ctypes.set_errno(0)
+    if lib().bpf_map_update_elem(fd, key, value, flags) != 0:
+        raise _fail("cannot update BPF map")
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    buf = ctypes.create_string_buffer(value_size)
+    if lib().bpf_map_lookup_elem(fd, key, buf) != 0:
+        return None
+    return buf.raw
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    return lib().bpf_map_delete_elem(fd, key) == 0
+
+
+def map_keys(fd: int, key_size: int, limit: int = 1 << 20):
+    """Yield every key of a hash map (bounded: maps are bounded too)."""
+    cur = None
+    nxt = ctypes.create_string_buffer(key_size)
+    for _ in range(limit):
+        if lib().bpf_map_get_next_key(fd, cur, nxt) != 0:
+            return
+        cur = ctypes.create_string_buffer(nxt.raw, key_size)
+        yield nxt.raw
+
+
+def num_possible_cpus() -> int:
+    n = lib().libbpf_num_possible_cpus()
+    if n <= 0:
+        raise LibbpfError(f"libbpf cannot count the possible CPUs: {os.strerror(-n)}")
+    return n
+
+
+__all__ = ["BpfObject", "Link", "LibbpfError", "AttachFailed", "lib", "version", "map_update",
+           "map_lookup", "map_delete", "map_keys", "num_possible_cpus"]

@@ -1,0 +1,124 @@
+"""Which processes belong to the job: a cgroup, a user, or a process tree.
+
+A Scope is only a validated description; the engine turns it into BPF map
+contents so the decision is taken in the kernel and events of other
+processes never reach user space.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DatacrumbsError
+
+CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
+MAX_SEED_PIDS = 65536
+UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no uid"
+
+
+class ScopeError(DatacrumbsError):
+    """A cgroup, uid or pid list that cannot define which processes to trace."""
+
+
+def cgroup2_root() -> Path:
+    """Mount point of the cgroup v2 hierarchy (hybrid layout: .../unified)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        mounts = []
+    for fields in mounts:
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1].replace("\\040", " "))
+    return CGROUP2_ROOT
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                kids.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return kids
+
+
+def descendants(pids) -> set[int]:
+    """The given pids plus every living descendant (read from /proc, bounded)."""
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo and len(seen) < MAX_SEED_PIDS:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(_children(pid))
+    return seen
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Processes to trace. Build with for_cgroup, for_user or for_pids."""
+
+    kind: str                      # "cgroup" | "user" | "pids"
+    cgroup: Path | None = None
+    uid: int | None = None
+    pids: tuple[int, ...] = ()
+    follow: bool = True
+
+    @classmethod
+    def for_cgroup(cls, path) -> "Scope":
+        """A cgroup v2 directory; processes in it and in its descendants."""
+        root = cgroup2_root().resolve()
+        p = Path(path)
+        if not p.is_absolute():
+            raise ScopeError(f"cgroup {str(path)!r} must be an absolute path under {root}")
+        real = p.resolve()
+        if real != root and root not in real.parents:
+            raise ScopeError(f"cgroup {path} is not in the cgroup v2 hierarchy at {root}; "
+                             "pass the job's cgroup directory there")
+        if not (real / "cgroup.procs").is_file():
+            raise ScopeError(f"cgroup {path} does not exist or is not a cgroup v2 directory "
+                             "(no cgroup.procs)")
+        return cls(kind="cgroup", cgroup=real, follow=False)
+
+    @classmethod
+    def for_user(cls, uid) -> "Scope":
+        """Every process running as this uid, and the children they fork."""
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= UID_MAX:
+            raise ScopeError(f"uid {uid!r} is not a valid user id (0..{UID_MAX})")
+        return cls(kind="user", uid=uid, follow=True)
+
+    @classmethod
+    def for_pids(cls, pids, follow: bool = True) -> "Scope":
+        """These processes (tgids) and, with follow, every descendant via fork."""
+        clean: list[int] = []
+        for pid in pids:
+            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < (1 << 22) + 1:
+                raise ScopeError(f"process id {pid!r} is not a valid pid")
+            clean.append(pid)
+        if not clean:
+            raise ScopeError("no process ids given to trace")
+        if len(clean) > MAX_SEED_PIDS:
+            raise ScopeError(f"{len(clean)} process ids given; at most {MAX_SEED_PIDS} allowed")
+        return cls(kind="pids", pids=tuple(dict.fromkeys(clean)), follow=bool(follow))
+
+    def seed_pids(self) -> set[int]:
+        """tgids to put in the kernel's pid set at start."""
+        if self.kind != "pids":
+            return set()
+        return descendants(self.pids) if self.follow else set(self.pids)
+
+    def describe(self) -> str:
+        if self.kind == "cgroup":
+            return f"cgroup {self.cgroup}"
+        if self.kind == "user":
+            return f"uid {self.uid}"
+        return f"pids {', '.join(map(str, self.pids))}" + (" and descendants" if self.follow else "")

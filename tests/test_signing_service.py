@@ -1,0 +1,597 @@
+"""The signing service as users meet it: a real daemon process on a real Unix socket.
+
+Clients run as root in-process and as the real unprivileged account dctest1
+in a separate process, so SO_PEERCRED reports real, different credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from datacrumbs.probes import OwnerMismatch
+from datacrumbs.probes.document import build_document, canonical_bytes, write_document
+from datacrumbs.probes.verify import verify_probes_file
+from datacrumbs.signing.audit import read_records
+from datacrumbs.signing.client import (ServiceNotRunning, SigningError, SigningRefused, ping,
+                                       request_signature)
+from datacrumbs.signing.keys import KeyStore
+from datacrumbs.signing.protocol import MAX_REQUEST_BYTES, encode
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SERVICE_BIN = VENV_BIN / "datacrumbs_sign_probes"
+UNIT = REPO / "src/datacrumbs/data/systemd/datacrumbs_sign_probes.service"
+READ_TIMEOUT = 1.0
+RUNUSER = shutil.which("runuser", path="/usr/sbin:/usr/bin:/sbin:/bin") or "runuser"
+
+PROBES = {
+    "write": {"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX",
+              "args": {"fd": 0, "count": 2}, "bytes": "ret"},
+    "fwrite": {"id": "stdio.fwrite", "kind": "uprobe", "target": "fwrite",
+               "library": "/usr/lib/x86_64-linux-gnu/libc.so.6", "category": "STDIO",
+               "args": {"size": 1, "nmemb": 2, "stream": 3}, "bytes": "ret*arg1"},
+    "rq": {"id": "block.rq_complete", "kind": "tracepoint", "target": "block:block_rq_complete",
+           "category": "BLOCK", "args": {}, "bytes": "field:nr_bytes"},
+    "vfs": {"id": "kernel.vfs_write", "kind": "kprobe", "target": "vfs_write", "category": "VFS",
+            "args": {"count": 2}, "bytes": "ret"},
+}
+
+
+@pytest.fixture
+def tmp_path():
+    """A world-traversable temp dir: pytest's own lives under a 0700 directory that the
+    unprivileged client could not enter (and other pytest sessions reset its mode)."""
+    path = Path(tempfile.mkdtemp(prefix="datacrumbs-signing-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def keystore(site):
+    store = KeyStore(site.private_key_dir, site.public_key_dir)
+    store.init()
+    return store
+
+
+class Service:
+    def __init__(self, site, *extra: str):
+        self.site = site
+        self.socket = site.socket_path
+        self.log = site.log_dir / f"service-{time.monotonic_ns()}.stderr"
+        self._log_file = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [str(SERVICE_BIN), "--config", str(site.source), "--read-timeout", str(READ_TIMEOUT),
+             *extra], stdout=subprocess.DEVNULL, stderr=self._log_file)
+
+    def wait_ready(self, timeout: float = 20.0) -> "Service":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"signing service exited {self.proc.returncode}: {self.stderr()}")
+            if self.socket.exists() and ping(socket_path=self.socket):
+                return self
+            time.sleep(0.05)
+        pytest.fail(f"signing service not ready within {timeout} s: {self.stderr()}")
+
+    def stderr(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def service(site, keystore):
+    svc = Service(site).wait_ready()
+    yield svc
+    svc.stop()
+
+
+def unsigned(*names: str, owner=("root", 0), sets=("posix",), days: int = 7) -> dict:
+    return build_document([PROBES[n] for n in names], owner_uid=owner[1], owner_user=owner[0],
+                          sets=list(sets), validity_days=days)
+
+
+CLIENT = r"""
+import json, sys
+from datacrumbs.errors import DatacrumbsError
+from datacrumbs.signing.client import request_signature
+try:
+    doc = request_signature(json.load(sys.stdin), socket_path=sys.argv[1])
+except DatacrumbsError as exc:
+    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    sys.exit(3)
+json.dump(doc, sys.stdout)
+"""
+
+
+def sign_as(user: str, doc: dict, site) -> subprocess.CompletedProcess:
+    """request_signature() in a process of the real account ``user``.
+
+    The venv's interpreter lives under /root (mode 0700), out of reach of other
+    accounts, so the client runs on the system Python 3.11 with the project's
+    source and the venv's libraries on PYTHONPATH.
+    """
+    env = {"PATH": "/usr/bin:/bin", "DATACRUMBS_CONFIG": str(site.source),
+           "PYTHONPATH": f"{REPO / 'src'}:{VENV_BIN.parent / 'lib/python3.11/site-packages'}"}
+    return subprocess.run([RUNUSER, "-u", user, "--", "/usr/bin/python3", "-c", CLIENT,
+                           str(site.socket_path)], input=json.dumps(doc), env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def raw_exchange(path: Path, data: bytes, *, shutdown: bool = True, timeout: float = 10) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        try:
+            s.sendall(data)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return json.loads(reply)
+
+
+def write_policy(site, text: str) -> None:
+    """Replace the policy atomically, with a new inode, so the service notices at once."""
+    tmp = site.policy_file.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, site.policy_file)
+
+
+def validity(doc: dict) -> float:
+    return (doc["expires_at"] - doc["issued_at"]) / 86400
+
+
+# ---- ownership comes from the kernel, not from the request ---------------------------------
+
+
+def test_unprivileged_caller_owns_the_signature_whatever_the_request_claims(site, service, keystore,
+                                                                            user1, user2, tmp_path):
+    claimed = unsigned("write", "fwrite", "rq", owner=(user2.pw_name, user2.pw_uid))
+    result = sign_as(user1.pw_name, claimed, site)
+    assert result.returncode == 0, result.stderr
+    signed = json.loads(result.stdout)
+    assert signed["owner"] == {"uid": user1.pw_uid, "user": user1.pw_name}
+    assert signed["key_id"] == keystore.current_key_id()
+    path = write_document(tmp_path / "probes.json.gz", signed)
+    assert verify_probes_file(path, user1.pw_name)["owner"]["uid"] == user1.pw_uid
+    assert verify_probes_file(path, user1.pw_uid)
+    with pytest.raises(OwnerMismatch, match=f"signed for {user1.pw_name}"):
+        verify_probes_file(path, user2.pw_name)
+
+
+def test_root_caller_owns_the_signature_even_when_claiming_a_user(site, service, keystore, user1,
+                                                                   tmp_path):
+    signed = request_signature(unsigned("write", owner=(user1.pw_name, user1.pw_uid)),
+                               socket_path=site.socket_path)
+    assert signed["owner"] == {"uid": 0, "user": "root"}
+    assert signed["key_id"] == keystore.current_key_id()
+    assert [p["id"] for p in signed["probes"]] == ["posix.write"]
+    path = write_document(tmp_path / "root.json.gz", signed)
+    assert verify_probes_file(path, "root")
+    with pytest.raises(OwnerMismatch):
+        verify_probes_file(path, user1.pw_name)
+
+
+def test_issued_now_and_requested_validity_kept_when_under_the_maximum(site, service):
+    before = int(time.time())
+    signed = request_signature(unsigned("write", days=2), socket_path=site.socket_path)
+    assert before <= signed["issued_at"] <= int(time.time())
+    assert validity(signed) == 2
+
+
+# ---- policy ---------------------------------------------------------------------------------
+
+
+def test_kprobe_refused_by_default_policy_with_a_sentence(site, service, user1):
+    result = sign_as(user1.pw_name, unsigned("write", "vfs"), site)
+    assert result.returncode == 3
+    assert "SigningRefused" in result.stderr
+    assert "kernel.vfs_write" in result.stderr and "'kprobe'" in result.stderr
+    assert "user dctest1" in result.stderr and "administrators" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_group_rule_allows_kprobe_for_members_only(site, service, user1):
+    write_policy(site, '[defaults]\nallow_kinds = ["syscall"]\nallow_sets = ["*"]\n'
+                       f'[groups.{user1.pw_name}]\nallow_kinds = ["kprobe"]\n')
+    result = sign_as(user1.pw_name, unsigned("write", "vfs"), site)
+    assert result.returncode == 0, result.stderr
+    assert {p["kind"] for p in json.loads(result.stdout)["probes"]} == {"syscall", "kprobe"}
+    with pytest.raises(SigningRefused, match="kind 'kprobe' are not allowed for user root"):
+        request_signature(unsigned("write", "vfs"), socket_path=site.socket_path)
+
+
+def test_disallowed_set_refused_naming_the_set_and_contact(site, service):
+    write_policy(site, 'contact = "hpc-help@example.org"\n'
+                       '[defaults]\nallow_kinds = ["syscall", "uprobe"]\nallow_sets = ["posix"]\n')
+    with pytest.raises(SigningRefused) as info:
+        request_signature(unsigned("write", sets=("posix", "stdio")), socket_path=site.socket_path)
+    message = str(info.value)
+    assert "probe set 'stdio' is not allowed" in message
+    assert "hpc-help@example.org" in message and str(site.policy_file) in message
+    assert request_signature(unsigned("write"), socket_path=site.socket_path)["sets"] == ["posix"]
+
+
+def test_validity_capped_to_site_maximum_and_to_policy_maximum(site, service, user1):
+    assert site.max_validity_days == 30
+    assert validity(request_signature(unsigned("write", days=400),
+                                      socket_path=site.socket_path)) == 30
+    write_policy(site, '[defaults]\nallow_kinds = ["syscall"]\nallow_sets = ["*"]\n'
+                       'max_validity_days = 3\n'
+                       f'[users.{user1.pw_name}]\nmax_validity_days = 10\n')
+    assert validity(request_signature(unsigned("write", days=30),
+                                      socket_path=site.socket_path)) == 3
+    result = sign_as(user1.pw_name, unsigned("write", days=30), site)
+    assert result.returncode == 0, result.stderr
+    assert validity(json.loads(result.stdout)) == 10
+
+
+def test_policy_broken_while_running_refuses_until_fixed(site, service):
+    write_policy(site, "[defaults\n")
+    with pytest.raises(SigningRefused, match="not valid TOML.*nothing is signed"):
+        request_signature(unsigned("write"), socket_path=site.socket_path)
+    site.policy_file.unlink()  # back to the built-in default
+    assert request_signature(unsigned("write"), socket_path=site.socket_path)
+    assert service.proc.poll() is None
+
+
+def test_invalid_probe_refused_with_the_schema_problem(site, service):
+    request = {"op": "sign", "request": {
+        "sets": ["posix"], "capture": {"mode": "trace", "interval_ms": 1000, "paths": True},
+        "validity_days": 1,
+        "probes": [{**PROBES["write"], "target": "write; rm -rf /"}]}}
+    reply = raw_exchange(site.socket_path, encode(request))
+    assert reply["ok"] is False
+    assert "not a valid probes document" in reply["error"] and "probes/0/target" in reply["error"]
+
+
+# ---- the audit log --------------------------------------------------------------------------
+
+
+def test_audit_has_one_line_per_decision_with_uid_decision_and_digest(site, service, user1):
+    result = sign_as(user1.pw_name, unsigned("write", "rq"), site)
+    assert result.returncode == 0, result.stderr
+    signed = json.loads(result.stdout)
+    refused = encode({"op": "sign", "request": {**unsigned("vfs"), "validity_days": 1}})
+    reply = raw_exchange(site.socket_path, refused)
+    assert reply["ok"] is False
+    raw_exchange(site.socket_path, encode({"op": "ping"}))  # not a decision: not recorded
+
+    records = read_records(site.audit_log)
+    assert [r["decision"] for r in records] == ["granted", "refused"]
+    granted, denied = records
+    assert (granted["uid"], granted["user"]) == (user1.pw_uid, user1.pw_name)
+    assert granted["sha256"] == hashlib.sha256(canonical_bytes(signed)).hexdigest()
+    assert granted["key_id"] == signed["key_id"] and granted["probes"] == 2
+    assert granted["pid"] > 0 and granted["time"].endswith("Z")
+    assert (denied["uid"], denied["user"], denied["probes"]) == (0, "root", 1)
+    assert denied["sha256"] == hashlib.sha256(refused.rstrip(b"\n")).hexdigest()
+    assert "kprobe" in denied["reason"] and denied["key_id"] is None
+    assert stat.S_IMODE(site.audit_log.stat().st_mode) == 0o640
+
+
+# ---- robustness -----------------------------------------------------------------------------
+
+
+def assert_still_serving(site):
+    assert ping(socket_path=site.socket_path)
+    signed = request_signature(unsigned("write"), socket_path=site.socket_path)
+    assert signed["owner"]["user"] == "root"
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"\x00\xff\xfegarbage\x80\n", "not UTF-8"),
+    (b"{\"op\": \"sign\", \"request\": \n", "not valid JSON"),
+    (b"[1, 2, 3]\n", "must be a JSON object"),
+    (b"[" * 60000 + b"\n", "nested more than"),
+    (b'{"op": "sign", "op": "ping"}\n', "duplicate key"),
+    (b'{"op": "shutdown"}\n', "does not match the signing protocol"),
+    (b'{"op": "sign", "request": {"sets": [], "probes": []}}\n', "does not match"),
+    (b"\n", "empty"),
+])
+def test_bad_requests_get_an_error_reply_and_service_survives(site, service, data, expected):
+    reply = raw_exchange(site.socket_path, data)
+    assert reply["ok"] is False and expected in reply["error"]
+    assert_still_serving(site)
+
+
+def test_oversized_request_refused_and_connection_closed(site, service):
+    data = b'{"op":"sign","request":{"sets":["' + b"a" * (MAX_REQUEST_BYTES * 4) + b'"]}}\n'
+    reply = raw_exchange(site.socket_path, data)
+    assert reply["ok"] is False and f"larger than the limit of {MAX_REQUEST_BYTES}" in reply["error"]
+    assert_still_serving(site)
+
+
+def test_half_closed_connection_gets_answered(site, service):
+    data = encode({"op": "sign", "request": {**unsigned("write"), "validity_days": 1}})
+    reply = raw_exchange(site.socket_path, data.rstrip(b"\n"), shutdown=True)
+    assert reply["ok"] is True and reply["document"]["owner"]["uid"] == 0
+
+
+def test_silent_and_trickling_clients_are_cut_and_block_nobody(site, service):
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(str(site.socket_path))
+    trickle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    trickle.connect(str(site.socket_path))
+    stop = threading.Event()
+
+    def drip():
+        try:
+            while not stop.is_set():
+                trickle.send(b" ")
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    try:
+        start = time.monotonic()
+        assert_still_serving(site)  # served while both others hold their connections
+        assert time.monotonic() - start < READ_TIMEOUT
+        silent.settimeout(READ_TIMEOUT * 5)
+        reply = json.loads(silent.recv(4096))
+        assert reply["ok"] is False and "no complete request" in reply["error"]
+        assert silent.recv(4096) == b""  # and then closed
+        waited = time.monotonic() - start
+        assert READ_TIMEOUT * 0.8 <= waited < READ_TIMEOUT * 4
+        trickle.settimeout(READ_TIMEOUT * 5)
+        assert b"no complete request" in trickle.recv(4096)  # the deadline is overall
+    finally:
+        stop.set()
+        dripper.join()
+        silent.close()
+        trickle.close()
+    assert_still_serving(site)
+
+
+def test_client_vanishing_before_the_reply_does_not_hurt(site, service):
+    data = encode({"op": "sign", "request": {**unsigned("write", "rq"), "validity_days": 1}})
+    for _ in range(20):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(site.socket_path))
+            s.sendall(data)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # connects and leaves at once
+        s.connect(str(site.socket_path))
+    assert_still_serving(site)
+    assert service.proc.poll() is None
+
+
+def test_hundred_concurrent_clients_each_get_a_valid_signature(site, service):
+    docs = [unsigned("write", "fwrite", "rq", days=1 + i % 5) for i in range(100)]
+    barrier = threading.Barrier(100)
+
+    def one(doc):
+        barrier.wait()
+        return request_signature(doc, socket_path=site.socket_path, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        results = list(pool.map(one, docs))
+    assert len(results) == 100
+    assert len({r["signature"] for r in results}) >= 5  # different validities, different bytes
+    for doc, signed in zip(docs, results):
+        assert signed["owner"]["uid"] == 0 and len(signed["probes"]) == 3
+        assert validity(signed) == validity(doc)
+    assert len(read_records(site.audit_log)) == 100
+    assert_still_serving(site)
+
+
+# ---- the socket and the process -------------------------------------------------------------
+
+
+def test_socket_is_0666_in_a_0755_directory_and_removed_on_sigterm(site, service):
+    assert stat.S_ISSOCK(site.socket_path.lstat().st_mode)
+    assert stat.S_IMODE(site.socket_path.stat().st_mode) == 0o666
+    assert stat.S_IMODE(site.socket_path.parent.stat().st_mode) == 0o755
+    assert service.stop(signal.SIGTERM) == 0
+    assert not site.socket_path.exists()
+    assert "Traceback" not in service.stderr()
+
+
+def test_sigint_stops_cleanly_too(site, service):
+    assert service.stop(signal.SIGINT) == 0
+    assert not site.socket_path.exists()
+
+
+def test_creates_missing_socket_directory_0755(site, keystore, tmp_path):
+    sock = tmp_path / "fresh" / "dir" / "sign.sock"
+    svc = Service(site, "--socket", str(sock))
+    try:
+        deadline = time.monotonic() + 20
+        while not ping(socket_path=sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755
+        assert request_signature(unsigned("write"), socket_path=sock)["owner"]["uid"] == 0
+    finally:
+        assert svc.stop() == 0
+    assert not sock.exists()
+
+
+def test_second_service_on_a_live_socket_is_refused(site, service):
+    second = subprocess.run([str(SERVICE_BIN), "--config", str(site.source)],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert "another signing service is already answering" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert_still_serving(site)  # the first one's socket was left alone
+
+
+def test_stale_socket_is_replaced(site, keystore):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(site.socket_path))
+    stale.close()  # the file stays, nobody listens: what a killed service leaves
+    svc = Service(site).wait_ready()
+    try:
+        assert_still_serving(site)
+        assert "stale socket" in svc.stderr()
+    finally:
+        svc.stop()
+
+
+def test_regular_file_at_the_socket_path_is_not_touched(site, keystore):
+    site.socket_path.write_text("precious\n")
+    result = subprocess.run([str(SERVICE_BIN), "--config", str(site.source)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"{site.socket_path} exists and is not a socket" in result.stderr
+    assert site.socket_path.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("nokey", "run `datacrumbs keys init`"),
+    ("badpolicy", "is not valid TOML"),
+    ("unknownkind", "allow_kinds"),
+])
+def test_start_up_problems_give_one_clear_line(site, setup, expected):
+    if setup != "nokey":
+        KeyStore(site.private_key_dir, site.public_key_dir).init()
+        text = "[defaults\n" if setup == "badpolicy" else '[defaults]\nallow_kinds = ["kprobes"]\n'
+        site.policy_file.write_text(text)
+    result = subprocess.run([str(SERVICE_BIN), "--config", str(site.source)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not site.socket_path.exists()
+
+
+def test_help_explains_the_service():
+    result = subprocess.run([str(SERVICE_BIN), "--help"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0
+    for word in ("--config", "--socket", "--foreground", "kernel",
+                 "audit", "examples:"):
+        assert word in result.stdout
+
+
+# ---- the client's own errors ----------------------------------------------------------------
+
+
+def test_client_says_the_service_is_not_running(site):
+    with pytest.raises(ServiceNotRunning) as info:
+        request_signature(unsigned("write"), socket_path=site.socket_path)
+    message = str(info.value)
+    assert "not running on this node" in message and str(site.socket_path) in message
+    assert "systemctl enable --now datacrumbs_sign_probes.service" in message
+    assert ping(socket_path=site.socket_path) is False
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (b"HTTP/1.1 200 OK\r\n\r\n", "unusable reply"),
+    (b'{"ok": true, "document": {"format": "x"}}\n', "does not verify"),
+    (b'{"ok": "maybe"}\n', "unusable reply"),
+    (b"", "unusable reply"),
+])
+def test_client_rejects_a_garbage_answer(site, keystore, tmp_path, answer, expected):
+    path = tmp_path / "impostor.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer_once():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(MAX_REQUEST_BYTES)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=answer_once)
+    thread.start()
+    try:
+        with pytest.raises(SigningError, match=expected):
+            request_signature(unsigned("write"), socket_path=path, timeout=5)
+    finally:
+        thread.join(10)
+        server.close()
+
+
+def test_client_rejects_a_signature_by_an_untrusted_key(site, keystore, tmp_path):
+    rogue = KeyStore(tmp_path / "rogue-private", tmp_path / "rogue-public")
+    rogue.init()
+    forged = rogue.sign({**unsigned("write"), "issued_at": int(time.time())})
+    path = tmp_path / "rogue.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer_once():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(MAX_REQUEST_BYTES)
+            conn.sendall(encode({"ok": True, "document": forged}))
+
+    thread = threading.Thread(target=answer_once)
+    thread.start()
+    try:
+        with pytest.raises(SigningError, match="not among the trusted keys"):
+            request_signature(unsigned("write"), socket_path=path, timeout=5)
+    finally:
+        thread.join(10)
+        server.close()
+
+
+# ---- the systemd unit -----------------------------------------------------------------------
+
+
+def test_unit_template_passes_systemd_analyze_verify(tmp_path):
+    prefix = tmp_path / "prefix"
+    exe = prefix / "bin" / "datacrumbs_sign_probes"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    text = UNIT.read_text().replace("@PREFIX@", str(prefix))
+    assert "@PREFIX@" not in text and str(prefix) in text
+    units = tmp_path / "units"
+    units.mkdir()
+    unit = units / "datacrumbs_sign_probes.service"
+    unit.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    service = dict(line.split("=", 1) for line in text.splitlines()
+                   if "=" in line and not line.startswith("#"))
+    assert service["ExecStart"] == (f"{exe} --config "
+                                    f"{prefix}/etc/datacrumbs/datacrumbs.toml")
+    assert service["RuntimeDirectory"] == "datacrumbs"
+    assert service["RuntimeDirectoryPreserve"] == "yes"
+    assert service["RuntimeDirectoryMode"] == "0755"
+    assert service["ProtectSystem"] == "strict"
+    assert "/var/log/datacrumbs" in service["ReadWritePaths"].split()
+    assert service["NoNewPrivileges"] == service["PrivateTmp"] == "yes"
+    assert service["Restart"] == "on-failure"

@@ -1,0 +1,57 @@
+"""Manage the signing service's Ed25519 keys (run as root on the signing host).
+
+Private keys stay in the site's private_key_dir (0700, files 0600); public
+keys go to public_key_dir, where every host that verifies probes files reads
+them. `rotate` makes a new signing key and keeps old public keys, so files
+signed before stay valid until they expire; delete an old `<key_id>.pub`
+everywhere to revoke every file it signed.
+
+examples:
+  datacrumbs keys init
+  datacrumbs keys list
+  datacrumbs keys rotate
+  datacrumbs keys export-public /shared/cluster/etc/datacrumbs/keys
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from ..config import load_config
+from ..signing.keys import KeyStore
+
+HELP = "create, rotate, list and export the signing keys"
+
+
+def setup_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    sub.add_parser("init", help="create the first signing key (refuses if one exists)")
+    sub.add_parser("rotate", help="make a new signing key; old public keys stay trusted")
+    sub.add_parser("list", help="list the keys, marking the current one")
+    export = sub.add_parser("export-public", help="copy all public keys to a directory")
+    export.add_argument("dest", metavar="DEST", help="directory to copy <key_id>.pub files to")
+
+
+def main(args) -> int:
+    store = KeyStore.from_config(load_config())
+    if args.keys_command == "init":
+        print(f"created signing key {store.init()} in {store.private_dir}; public key in "
+              f"{store.public_dir}")
+    elif args.keys_command == "rotate":
+        print(f"new signing key {store.rotate()}; older public keys stay in {store.public_dir}")
+    elif args.keys_command == "export-public":
+        for path in store.export_public(args.dest):
+            print(path)
+    else:
+        table = Table(title=f"keys ({store.public_dir})", title_justify="left")
+        for column in ("key id", "current", "private key", "public key"):
+            table.add_column(column, no_wrap=True)
+        for info in store.list():
+            table.add_row(info.key_id, "yes" if info.current else "",
+                          "present" if info.has_private else "-",
+                          str(info.public_path) if info.public_path else "MISSING")
+        Console().print(table)
+    return 0

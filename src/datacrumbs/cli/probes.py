@@ -1,0 +1,239 @@
+"""Make, inspect and check probes files: what a job's tracer may attach.
+
+A probes file names the probes (syscalls, library functions, tracepoints,
+kernel functions) to trace in your jobs. `generate` picks probe sets, drops
+the probes this host cannot attach (and says why), and with --sign has the
+site's signing service sign it for you. Flux jobs only trace with a signed,
+unexpired file that belongs to the job's user.
+
+examples:
+  datacrumbs probes list-sets
+  datacrumbs probes generate --set posix --set stdio --sign -o ~/probes.json.gz
+  datacrumbs probes generate --set mpiio --library /opt/mpich/lib/libmpich.so.12 --sign -o mpi.json.gz
+  datacrumbs probes generate --set posix --mode profile --interval-ms 500 --sign -o prof.json.gz
+  datacrumbs probes show ~/probes.json.gz
+  datacrumbs probes verify ~/probes.json.gz --user alice
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from ..config import load_config
+from ..errors import UsageError
+
+HELP = "generate, show and verify signed probes files"
+
+
+def setup_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="probes_command", metavar="ACTION", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    gen = sub.add_parser("generate", formatter_class=fmt, help="build a probes file from sets",
+                         description="Build a probes file from named probe sets, keeping only "
+                         "the probes this host can attach.",
+                         epilog="examples:\n"
+                         "  datacrumbs probes generate --set posix --set stdio --sign -o p.json.gz\n"
+                         "  datacrumbs probes generate --set hdf5 --library "
+                         "/opt/hdf5/lib/libhdf5.so.310 --sign -o h5.json.gz")
+    gen.add_argument("--set", dest="sets", action="append", metavar="NAME", required=True,
+                     help="probe set to include (repeat; see `datacrumbs probes list-sets`)")
+    gen.add_argument("--library", dest="libraries", action="append", default=[], metavar="PATH",
+                     help="use this library file for uprobes on the library of the same "
+                          "soname or file name (repeat)")
+    gen.add_argument("--mode", choices=("trace", "profile"), default="trace",
+                     help="trace: every call as an event; profile: counters per interval")
+    gen.add_argument("--interval-ms", type=int, default=1000, metavar="N",
+                     help="profile interval in milliseconds (default 1000)")
+    gen.add_argument("--no-paths", dest="paths", action="store_false",
+                     help="do not record file paths")
+    gen.add_argument("--validity-days", type=int, default=7, metavar="N",
+                     help="days the file stays valid (default 7; the site may allow fewer)")
+    gen.add_argument("--sign", action="store_true",
+                     help="have the site's signing service sign the file (needed for Flux jobs)")
+    gen.add_argument("--socket", metavar="PATH", help="signing service socket (default from the "
+                     "site configuration)")
+    gen.add_argument("-o", "--output", required=True, metavar="FILE",
+                     help="file to write (name ends in .json.gz)")
+    gen.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    gen.set_defaults(_action=_generate)
+
+    ls = sub.add_parser("list-sets", formatter_class=fmt, help="list the probe sets",
+                        description="List built-in and site probe sets.",
+                        epilog="example:\n  datacrumbs probes list-sets")
+    ls.set_defaults(_action=_list_sets)
+
+    show = sub.add_parser("show", formatter_class=fmt, help="print a probes file",
+                          description="Print a probes file's owner, validity, key and probes, "
+                          "and whether it verifies for you.",
+                          epilog="example:\n  datacrumbs probes show ~/probes.json.gz")
+    show.add_argument("file", metavar="FILE")
+    show.set_defaults(_action=_show)
+
+    ver = sub.add_parser("verify", formatter_class=fmt, help="check a probes file",
+                         description="Check a probes file exactly as a job's tracer will: "
+                         "prints `valid: ...` and exits 0, or prints why not and exits 1.",
+                         epilog="examples:\n  datacrumbs probes verify ~/probes.json.gz\n"
+                         "  datacrumbs probes verify /home/alice/p.json.gz --user alice")
+    ver.add_argument("file", metavar="FILE")
+    ver.add_argument("--user", metavar="USER", help="whose job it is for (default: you)")
+    ver.set_defaults(_action=_verify)
+
+
+def main(args) -> int:
+    return args._action(args)
+
+
+def _me() -> tuple[int, str]:
+    uid = os.getuid()
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise UsageError(f"uid {uid} has no account name on this host") from None
+
+
+def _generate(args) -> int:
+    from ..probes.catalog import load_catalog, select_probes
+    from ..probes.document import build_document, write_document
+    from ..probes.host_check import check_probes, host_info
+
+    config = load_config()
+    output = os.path.abspath(args.output)
+    if not output.endswith(".json.gz"):
+        raise UsageError(f"output file {args.output} must end in .json.gz")
+    if os.path.lexists(output) and not args.force:
+        raise UsageError(f"{args.output} already exists; use --force to replace it")
+    if not 1 <= args.validity_days <= config.max_validity_days:
+        raise UsageError(f"--validity-days {args.validity_days} must be between 1 and "
+                         f"{config.max_validity_days} (the site's max_validity_days)")
+    if not 10 <= args.interval_ms <= 3600000:
+        raise UsageError(f"--interval-ms {args.interval_ms} must be between 10 and 3600000")
+    for library in args.libraries:
+        if not os.path.isfile(library):
+            raise UsageError(f"--library {library}: no such file")
+
+    err = Console(stderr=True)
+    sets = list(dict.fromkeys(args.sets))
+    probes = select_probes(load_catalog(config), sets)
+    host = host_info()
+    kept, dropped = check_probes(probes, libraries=args.libraries, host=host)
+    if dropped:
+        table = Table(title=f"{len(dropped)} probe(s) dropped: not attachable on this host",
+                      title_justify="left")
+        table.add_column("probe", no_wrap=True)
+        table.add_column("reason")
+        for d in dropped:
+            table.add_row(d.probe["id"], d.reason)
+        err.print(table)
+    if host.tracefs is None:
+        err.print("note: tracefs is not readable here, so tracepoints were not checked and "
+                  "syscalls were checked against the syscall table only")
+    if not kept:
+        raise UsageError(f"none of the {len(probes)} probes of {', '.join(sets)} can attach "
+                         "on this host; nothing written")
+    uid, user = _me()
+    doc = build_document(kept, owner_uid=uid, owner_user=user, sets=sets, mode=args.mode,
+                         interval_ms=args.interval_ms, paths=args.paths,
+                         validity_days=args.validity_days)
+    if args.sign:
+        from ..signing.client import request_signature
+
+        doc = request_signature(doc, socket_path=args.socket or config.socket_path)
+    write_document(output, doc)
+    state = f"signed by key {doc['key_id']}" if "signature" in doc else \
+        "NOT signed (Flux jobs need --sign)"
+    print(f"wrote {output}: {len(kept)} probes for {user}, {state}, "
+          f"valid until {_local(doc['expires_at'])}")
+    return 0
+
+
+def _list_sets(args) -> int:
+    from ..probes.catalog import load_catalog
+
+    table = Table(title="probe sets")
+    table.add_column("set", no_wrap=True)
+    table.add_column("probes", justify="right")
+    table.add_column("from")
+    table.add_column("description")
+    for name, probe_set in sorted(load_catalog(load_config()).items()):
+        table.add_row(name, str(len(probe_set.probes)),
+                      "built-in" if probe_set.builtin else probe_set.source,
+                      probe_set.description)
+    Console().print(table)
+    return 0
+
+
+def _local(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
+
+
+def _relative(ts: float, now: float) -> str:
+    delta = int(ts - now)
+    span = abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if span >= size or unit == "s":
+            text = f"{span // size}{unit}"
+            break
+    return f"in {text}" if delta >= 0 else f"{text} ago"
+
+
+def _show(args) -> int:
+    from ..probes import ProbesFileError
+    from ..probes.document import check_document, read_document
+    from ..probes.verify import verify_document
+
+    config = load_config()
+    doc = read_document(args.file, max_compressed=config.max_probes_file_bytes,
+                        max_decompressed=config.max_probes_document_bytes)
+    check_document(doc, source=args.file, max_probes=config.max_probes)
+    uid, user = _me()
+    try:
+        verify_document(doc, uid, config=config, source=args.file)
+        status = f"[green]valid for {user}[/green]"
+    except ProbesFileError as exc:
+        status = f"[red]not valid for {user}: {exc.problem}[/red]"
+    now = time.time()
+    out = Console()
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("file", os.path.abspath(args.file))
+    head.add_row("owner", f"{doc['owner']['user']} (uid {doc['owner']['uid']})")
+    head.add_row("issued", f"{_local(doc['issued_at'])} ({_relative(doc['issued_at'], now)})")
+    head.add_row("expires", f"{_local(doc['expires_at'])} ({_relative(doc['expires_at'], now)})")
+    head.add_row("host", doc["host"])
+    head.add_row("sets", ", ".join(doc["sets"]))
+    capture = doc["capture"]
+    mode = capture["mode"] + (f", every {capture['interval_ms']} ms"
+                              if capture["mode"] == "profile" else "")
+    head.add_row("mode", mode + ("" if capture["paths"] else ", no paths"))
+    head.add_row("key", doc.get("key_id", "(unsigned)"))
+    head.add_row("status", status)
+    out.print(head)
+    table = Table(title=f"{len(doc['probes'])} probes", title_justify="left")
+    for column in ("id", "kind", "target", "library", "category", "bytes"):
+        table.add_column(column, no_wrap=column in ("id", "target"))
+    for p in doc["probes"]:
+        table.add_row(p["id"], p["kind"], p["target"], p.get("library", ""), p["category"],
+                      str(p["bytes"]) if p["bytes"] is not None else "-")
+    out.print(table)
+    return 0
+
+
+def _verify(args) -> int:
+    from ..probes.verify import verify_probes_file
+    from ..users import lookup_user
+
+    user = lookup_user(args.user) if args.user else lookup_user(os.getuid())
+    doc = verify_probes_file(args.file, user.name, config=load_config())
+    print(f"valid: {args.file} for {user.name} (uid {user.uid}), {len(doc['probes'])} probes, "
+          f"key {doc['key_id']}, expires {_local(doc['expires_at'])}")
+    sys.stdout.flush()
+    return 0

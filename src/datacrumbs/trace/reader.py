@@ -312,6 +312,11 @@ class TraceReader:
             end = size if self.end is None else min(self.end, size)
             self.stats.compressed_bytes = end - self.start
             if head != GZIP_MAGIC and head and self.start == 0 and not self.path.name.endswith(".gz"):
+                first = (head + f.read(4094)).lstrip()
+                if not first.startswith((b"[", b"{")):
+                    raise TraceReadError(
+                        f"{self.path}: not a trace (neither gzip nor JSON lines); give a .pfw.gz "
+                        "trace written by datacrumbs or DFTracer")
                 yield from self._plain_pieces(f, end)
                 return
             if head and head != GZIP_MAGIC and self.start == 0:

@@ -1,0 +1,76 @@
+"""Summarise a job's traces: per operation, file, node and process.
+
+PATH is a trace file (*.pfw.gz) or a directory holding a job's traces (all
+nodes are merged; each trace's *.summary.json adds events lost and probes
+refused). A trace cut short by a crash is read up to its last complete gzip
+member, and a file that cannot be read is reported while the rest are
+summarised.
+
+examples:
+  datacrumbs report /var/lib/datacrumbs/traces/alice/2026-11-25/
+  datacrumbs report trace-alice-1234-node1.pfw.gz --html job1234.html --json job1234.json
+  datacrumbs report --dask --top 20 traces/
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import DatacrumbsError, UsageError
+
+HELP = "summarise traces (terminal tables, --html page with plots, --json)"
+
+
+def setup_parser(parser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="trace files or trace directories")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with plots")
+    parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON ('-' for stdout, "
+                        "which replaces the tables)")
+    parser.add_argument("--dask", action="store_true", help="compute with dask (same numbers)")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="rows in top-N tables (default 10)")
+    parser.add_argument("-j", "--jobs", type=int, metavar="N", help="worker processes (default: all cores)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no tables (only warnings)")
+
+
+def compute(args) -> dict:
+    if args.dask:
+        from ..report import dask_backend
+
+        return dask_backend.summarize(args.paths, top=args.top, jobs=args.jobs)
+    from ..report.merge import summarize
+    from ..report.terminal import progress_bar
+
+    with progress_bar() as update:
+        return summarize(args.paths, jobs=args.jobs, top=args.top, on_progress=update)
+
+
+def main(args) -> int:
+    if args.top < 1:
+        raise UsageError(f"--top {args.top}: give a positive number of rows")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: give a positive number of worker processes")
+    summary = compute(args)
+    if not summary["traces"]:
+        bad = summary["unreadable"]
+        for entry in bad[:-1]:
+            print(f"datacrumbs: warning: {entry['error']}", file=sys.stderr)
+        raise DatacrumbsError(bad[-1]["error"] if bad else "no trace could be read")
+
+    from ..report import json_out, terminal
+
+    if args.json == "-":
+        sys.stdout.write(json_out.dumps(summary))
+        terminal._notes(summary, terminal.make_console(sys.stderr))
+    elif not args.quiet:
+        terminal.render(summary, terminal.make_console())
+    else:
+        terminal._notes(summary, terminal.make_console(sys.stderr))
+    if args.json and args.json != "-":
+        path = json_out.write_json(summary, args.json)
+        print(f"JSON summary: {path}", file=sys.stderr)
+    if args.html:
+        from ..report import html
+
+        path = json_out.write_text_atomic(args.html, html.render(summary))
+        print(f"HTML report: {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,220 @@
+"""One Perfetto / chrome://tracing trace from a job's traces (``datacrumbs export``).
+
+The output is a strict JSON array of Chrome trace events, one per line with
+commas (``json.load`` reads it, so do Perfetto UI and chrome://tracing), plain
+or as a single complete gzip member when OUT ends in ``.gz``. Hash tables are
+dropped and their names resolved into ``args.fname``/``args.hostname``. All
+nodes share one timeline (``ts`` is µs since the epoch on every node); each
+node's pids are offset so they stay distinct, and ``process_name`` metadata
+names host, command and the real pid.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import DatacrumbsError, UsageError
+from ..trace.reader import TraceReadError, TraceReader, read_header
+from .merge import find_traces
+
+DEFAULT_MAX_BYTES = 1 << 30
+PID_STRIDE = 10_000_000     # > Linux pid_max (4194304): node i's pids become (i+1)*STRIDE + pid
+ABSOLUTE_US = 10**12        # a time at least this large is absolute µs, else seconds from start
+
+
+class ExportTooLarge(DatacrumbsError):
+    """The export would pass the size limit."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    events: int = 0
+    bytes: int = 0
+    nodes: list[str] = field(default_factory=list)
+    start_us: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_time(text: str, option: str) -> tuple[str, float]:
+    """``T``: seconds from the trace start (e.g. 12.5), or absolute µs since the epoch."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: give seconds from the trace start (e.g. 12.5) "
+                         "or absolute microseconds since the epoch") from None
+    if value != value or value < 0 or value == float("inf"):
+        raise UsageError(f"{option} {text!r}: must be a non-negative number")
+    return ("absolute", value) if value >= ABSOLUTE_US else ("relative", value)
+
+
+def _host_of(trace: Path, header: dict | None) -> str:
+    host = (header or {}).get("host")
+    return host if isinstance(host, str) and host else trace.name
+
+
+def _first_ts(trace: Path) -> int | None:
+    """Earliest event time of a file without a header (one streaming pass)."""
+    best = None
+    for chunk in TraceReader(trace).chunks():
+        for rec in chunk:
+            ts = rec.get("ts")
+            if type(ts) in (int, float) and (best is None or ts < best):
+                best = int(ts)
+    return best
+
+
+def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+                    nodes: list[str] | None = None, since: tuple[str, float] | None = None,
+                    until: tuple[str, float] | None = None, pids: list[int] | None = None,
+                    force: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
+                    on_progress: Callable[[int, int], None] | None = None) -> ExportResult:
+    out = Path(out)
+    if out.is_dir():
+        raise DatacrumbsError(f"{out} is a directory; give a file name such as job.json or job.json.gz")
+    if out.exists() and not force:
+        raise DatacrumbsError(f"{out} already exists; choose another name or pass --force to replace it")
+    traces = find_traces(paths)
+    result = ExportResult(out)
+    readable: list[tuple[Path, str]] = []
+    starts = []
+    for trace in traces:
+        try:
+            header = read_header(trace)
+        except TraceReadError as exc:
+            result.warnings.append(str(exc))
+            continue
+        readable.append((trace, _host_of(trace, header)))
+        ts = (header or {}).get("ts")
+        if type(ts) is not int or ts <= 0:
+            ts = _first_ts(trace) if (since and since[0] == "relative") or \
+                (until and until[0] == "relative") else None
+        if ts is not None:
+            starts.append(ts)
+    if not readable:
+        raise DatacrumbsError(result.warnings[-1] if result.warnings else "no trace could be read")
+    hosts = sorted({h for _, h in readable})
+    if nodes:
+        unknown = sorted(set(nodes) - set(hosts))
+        if unknown:
+            raise UsageError(f"--node {', '.join(unknown)}: no such node in these traces; "
+                             f"nodes: {', '.join(hosts)}")
+        readable = [(t, h) for t, h in readable if h in nodes]
+    node_index = {h: i for i, h in enumerate(hosts)}
+    result.start_us = min(starts) if starts else None
+    lo = _bound(since, result.start_us)
+    hi = _bound(until, result.start_us)
+    if lo is not None and hi is not None and hi < lo:
+        raise UsageError("--until is before --since; give a time range that is not empty")
+    pid_set = set(pids) if pids else None
+    total = sum(t.stat().st_size for t, _ in readable)
+    done = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    try:
+        opener = (lambda p: gzip.open(p, "wt", encoding="utf-8", compresslevel=6)) \
+            if out.name.endswith(".gz") else (lambda p: open(p, "w", encoding="utf-8"))
+        with opener(tmp) as f:
+            writer = _Writer(f, max_bytes if not force else None)
+            writer.write_raw("[\n")
+            for trace, host in readable:
+                result.warnings += _export_file(trace, host, node_index[host], writer, lo, hi, pid_set)
+                done += trace.stat().st_size
+                if on_progress:
+                    on_progress(done, total)
+            writer.write_raw("\n]\n")
+        result.events, result.bytes = writer.events, writer.bytes
+        result.nodes = sorted({h for _, h in readable})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return result
+
+
+def _bound(spec: tuple[str, float] | None, start: int | None) -> int | None:
+    if spec is None:
+        return None
+    kind, value = spec
+    if kind == "absolute":
+        return int(value)
+    if start is None:
+        raise UsageError("relative --since/--until need a trace start time, and these traces have "
+                         "no events; give absolute microseconds instead")
+    return start + int(round(value * 1e6))
+
+
+class _Writer:
+    """Comma-separated event lines with a running size check."""
+
+    def __init__(self, f, limit: int | None):
+        self.f, self.limit = f, limit
+        self.events = 0
+        self.bytes = 0
+
+    def write_raw(self, text: str) -> None:
+        self.f.write(text)
+        self.bytes += len(text)
+
+    def event(self, ev: dict) -> None:
+        line = json.dumps(ev, separators=(",", ":"), ensure_ascii=False)
+        self.write_raw(line if self.events == 0 else ",\n" + line)
+        self.events += 1
+        if self.limit is not None and self.bytes > self.limit:
+            raise ExportTooLarge(
+                f"the export would be larger than {self.limit / (1 << 30):.1f} GiB of JSON "
+                f"(passed it after {self.events:,} events), too big for Perfetto UI; slice it with "
+                "--since/--until (seconds from the start), --node or --pid, or pass --force")
+
+
+def _export_file(trace: Path, host: str, index: int, writer: _Writer, lo, hi, pid_set) -> list[str]:
+    reader = TraceReader(trace)
+    named: set[int] = set()
+    base = (index + 1) * PID_STRIDE
+    try:
+        for chunk in reader.chunks():
+            for ev in chunk:
+                pid = ev.get("pid")
+                if type(pid) is not int or not 0 <= pid < PID_STRIDE:
+                    continue
+                if pid_set is not None and pid not in pid_set:
+                    continue
+                ts = ev.get("ts")
+                if type(ts) not in (int, float):
+                    continue
+                dur = ev.get("dur") if type(ev.get("dur")) in (int, float) else 0
+                if (lo is not None and ts + dur < lo) or (hi is not None and ts > hi):
+                    continue
+                if pid not in named:
+                    named.add(pid)
+                    comm = reader.meta.process_names.get(pid, "")
+                    label = f"{host}: {comm} ({pid})" if comm else f"{host}: pid {pid}"
+                    writer.event({"name": "process_name", "ph": "M", "pid": base + pid, "tid": 0,
+                                  "args": {"name": label}})
+                    writer.event({"name": "process_sort_index", "ph": "M", "pid": base + pid,
+                                  "tid": 0, "args": {"sort_index": base + pid}})
+                out = dict(ev)
+                out["pid"] = base + pid
+                tid = ev.get("tid")
+                out["tid"] = tid if type(tid) is int else pid
+                args = ev.get("args")
+                out["args"] = reader.meta.resolve(args) if isinstance(args, dict) else {}
+                out["args"].setdefault("hostname", host)
+                out["args"]["pid"] = pid
+                writer.event(out)
+    except TraceReadError as exc:
+        return [str(exc)]
+    st = reader.stats
+    if st.tail_error:
+        return [f"{trace}: {st.tail_error}; exported {st.members:,} complete gzip members"]
+    return []

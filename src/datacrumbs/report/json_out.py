@@ -1,0 +1,44 @@
+"""Writing report files: the summary as JSON, and any text output, atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import DatacrumbsError
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write via a temporary file and rename, so a reader never sees half a report."""
+    out = Path(path)
+    if out.is_dir():
+        raise DatacrumbsError(f"{out}: is a directory; give a file name for the report")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=parent)
+    except FileNotFoundError:
+        raise DatacrumbsError(f"{out}: directory {parent} does not exist; create it first") from None
+    except PermissionError:
+        raise DatacrumbsError(f"{out}: cannot write in {parent} (permission denied)") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return out
+
+
+def dumps(summary: dict) -> str:
+    return json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json(summary: dict, path: str | os.PathLike) -> Path:
+    return write_text_atomic(path, dumps(summary))

@@ -1,0 +1,211 @@
+"""Summarise many traces (a job's directory, all its nodes) on every core.
+
+Work is cut into units: a whole file, or for a big file a range of its gzip
+members (found in one inflate-only pass), so even a single huge trace keeps
+both cores busy. Each unit becomes a partial :class:`Aggregate` in a worker
+process; partials merge in unit order, which is exact (see model.py), so the
+result does not depend on the number of workers or on dask.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..trace.reader import ReadStats, TraceReadError, TraceReader, index_members
+from .model import Aggregate, summarize_reader
+
+TRACE_PATTERNS = ("*.pfw.gz", "*.pfw")
+SUMMARY_SUFFIX = ".summary.json"
+#: Files larger than this (compressed) are split into member ranges.
+SPLIT_BYTES = 32 << 20
+MAX_SUMMARY_BYTES = 16 << 20
+
+
+class NoTraces(TraceReadError):
+    """A path that names no trace at all."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A slice of work: ``path`` from byte ``start`` to ``end`` (None: to its end)."""
+
+    path: str
+    start: int = 0
+    end: int | None = None
+    size: int = 0
+
+
+def find_traces(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The trace files named by files and directories (searched recursively), in a stable order."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists() and not p.is_symlink():
+            raise NoTraces(f"{p}: no such file or directory; give trace files (*.pfw.gz) "
+                           "or a job's trace directory")
+        if p.is_dir():
+            try:
+                hits = sorted({h for pat in TRACE_PATTERNS for h in p.rglob(pat) if h.is_file()})
+            except PermissionError as exc:
+                raise TraceReadError(f"{exc.filename or p}: permission denied; "
+                                     "run as the job's user or root") from None
+            if not hits:
+                raise NoTraces(f"{p}: directory contains no traces (*.pfw.gz); "
+                               "give the directory the job's traces were written to")
+            found.extend(hits)
+        else:
+            found.append(p)
+    unique, seen = [], set()
+    for p in found:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def summary_path(trace: Path) -> Path | None:
+    """``trace-U-J-H.pfw.gz`` -> ``trace-U-J-H.summary.json`` (the daemon's run summary)."""
+    for suffix in (".pfw.gz", ".pfw"):
+        if trace.name.endswith(suffix):
+            return trace.with_name(trace.name[: -len(suffix)] + SUMMARY_SUFFIX)
+    return None
+
+
+def read_run_summary(path: Path) -> dict:
+    """A daemon summary.json, bounded in size; raises TraceReadError with a readable message."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SUMMARY_BYTES + 1)
+    except OSError as exc:
+        raise TraceReadError(f"{path}: cannot read run summary: {exc.strerror}") from None
+    if len(data) > MAX_SUMMARY_BYTES:
+        raise TraceReadError(f"{path}: run summary larger than {MAX_SUMMARY_BYTES} bytes; ignored")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TraceReadError(f"{path}: run summary is not valid JSON ({exc}); ignored") from None
+    if not isinstance(doc, dict) or doc.get("format") != "datacrumbs-summary":
+        raise TraceReadError(f"{path}: not a datacrumbs run summary (format "
+                             f"{doc.get('format') if isinstance(doc, dict) else None!r}); ignored")
+    return doc
+
+
+def plan_units(traces: list[Path], jobs: int, pre: Aggregate) -> list[Unit]:
+    """Cut the work; big files are indexed by member so ranges can go to different workers."""
+    units: list[Unit] = []
+    for trace in traces:
+        path = str(trace)
+        try:
+            size = trace.stat().st_size
+        except OSError as exc:
+            pre.add_unreadable(path, f"{path}: cannot read: {exc.strerror}")
+            continue
+        if jobs <= 1 or size <= SPLIT_BYTES:
+            units.append(Unit(path, 0, None, size))
+            continue
+        try:
+            members, tail = index_members(trace)
+        except TraceReadError as exc:
+            pre.add_unreadable(path, str(exc))
+            continue
+        if not members:
+            units.append(Unit(path, 0, None, size))
+            continue
+        stats = ReadStats(path, torn_tail=tail.torn, tail_error=tail.error,
+                          dropped_bytes=tail.dropped_bytes)
+        pre.source(path).stats = stats
+        target = max(SPLIT_BYTES // 4, size // (jobs * 4))
+        start = members[0].offset
+        for i, m in enumerate(members):
+            end = m.offset + m.length
+            if end - start >= target or i == len(members) - 1:
+                units.append(Unit(path, start, end, end - start))
+                start = end
+    return units
+
+
+def summarize_unit(unit: Unit) -> Aggregate:
+    """One unit's partial summary (runs in a worker process; must not raise for bad data)."""
+    agg = Aggregate()
+    try:
+        reader = TraceReader(unit.path, start=unit.start, end=unit.end)
+        summarize_reader(reader, agg)
+        if reader.stats.records == 0 and reader.stats.bad_lines:
+            agg = Aggregate()
+            agg.add_unreadable(unit.path, f"{unit.path}: not a trace ({reader.stats.bad_lines:,} lines, "
+                                          "none a JSON event object)")
+    except TraceReadError as exc:
+        agg = Aggregate()
+        agg.add_unreadable(unit.path, str(exc))
+    except OSError as exc:
+        agg = Aggregate()
+        agg.add_unreadable(unit.path, f"{unit.path}: cannot read: {exc.strerror or exc}")
+    return agg
+
+
+def add_run_summaries(traces: list[Path], agg: Aggregate) -> None:
+    for trace in traces:
+        sp = summary_path(trace)
+        if sp is None or not sp.exists():
+            continue
+        try:
+            agg.add_run_summary(str(sp), read_run_summary(sp))
+        except TraceReadError as exc:
+            agg.add_unreadable(str(sp), str(exc))
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = None,
+                    on_progress: Callable[[int, int], None] | None = None) -> Aggregate:
+    """Everything the report shows for ``paths``: traces found, split, summarised, merged."""
+    traces = find_traces(paths)
+    jobs = default_jobs() if jobs is None else max(1, jobs)
+    agg = Aggregate()
+    units = plan_units(traces, jobs, agg)
+    total = sum(u.size for u in units)
+    done = 0
+    if on_progress:
+        on_progress(0, total)
+    partials: list[Aggregate | None] = [None] * len(units)
+    if jobs <= 1 or len(units) <= 1:
+        for i, unit in enumerate(units):
+            partials[i] = summarize_unit(unit)
+            done += unit.size
+            if on_progress:
+                on_progress(done, total)
+    else:
+        # forkserver: the parent may run threads (rich's progress refresh), which fork would copy.
+        ctx = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=ctx) as pool:
+            futures = {pool.submit(summarize_unit, u): i for i, u in enumerate(units)}
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                i = futures[fut]
+                partials[i] = fut.result()
+                done += units[i].size
+                if on_progress:
+                    on_progress(done, total)
+    for part in partials:
+        agg.merge(part)
+    add_run_summaries(traces, agg)
+    return agg
+
+
+def summarize(paths: Iterable[str | os.PathLike], *, jobs: int | None = None, top: int = 10,
+              on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """The finished summary dict of ``paths`` (what ``datacrumbs report`` renders)."""
+    return summarize_paths(paths, jobs=jobs, on_progress=on_progress).finalize(top=top)

@@ -1,0 +1,564 @@
+"""The summary numbers of a job's traces, aggregated in bounded memory.
+
+:class:`Aggregate` is a partial summary of any slice of the events (a member
+range, a file, a node). Partials merge exactly and in any order: every sum is
+an integer, latency percentiles come from exact durations while an operation
+has at most ``EXACT_CAP`` of them and from a fixed log-scale histogram after
+that, and the bandwidth timeline coarsens to the smallest power-of-two bin
+width that fits ``TIMELINE_CAP`` bins. So a run split across processes, or
+dask, gives the very same numbers as one sequential pass.
+
+:meth:`Aggregate.finalize` turns it into the plain dict that the terminal,
+HTML and JSON outputs all render.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..trace.reader import ReadStats, TraceMeta
+
+LAT_SUB = 8                         # log-scale bins per power of two of µs
+LAT_BINS = 1 + LAT_SUB * 48         # bin 0 holds dur == 0; up to 2**48 µs
+SIZE_BINS = 66                      # bin 0: 0 bytes; bin k: [2**(k-1), 2**k)
+EXACT_CAP = 50_000                  # durations kept per operation for exact percentiles
+TIMELINE_BASE_US = 10_000           # finest timeline bin: 10 ms
+TIMELINE_CAP = 20_000               # non-empty (node, bin) cells kept
+PERCENTILES = (50, 90, 99)
+REPORT_FORMAT = "datacrumbs-report"
+REPORT_VERSION = 1
+_EMPTY: dict = {}
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def _numbers(values: list, default: float) -> np.ndarray:
+    """Untrusted JSON values as float64; anything not a finite non-negative number -> default."""
+    try:
+        arr = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.array([v if type(v) in (int, float) else np.nan for v in values], dtype=np.float64)
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        arr[bad] = default
+    return arr
+
+
+@dataclass
+class OpStats:
+    count: int = 0          # operations (counter rows add their count)
+    bytes: int = 0
+    time_us: int = 0
+    errors: int = 0
+    timed: int = 0          # operations with a duration (complete events)
+    min_us: int | None = None
+    max_us: int = 0
+    counters: bool = False  # some numbers came from profile-mode counters
+    lat_hist: np.ndarray = field(default_factory=lambda: np.zeros(LAT_BINS, np.int64))
+    size_hist: np.ndarray = field(default_factory=lambda: np.zeros(SIZE_BINS, np.int64))
+    exact: list | None = field(default_factory=list)
+
+    def merge(self, o: "OpStats") -> None:
+        self.count += o.count
+        self.bytes += o.bytes
+        self.time_us += o.time_us
+        self.errors += o.errors
+        self.timed += o.timed
+        if o.min_us is not None:
+            self.min_us = o.min_us if self.min_us is None else min(self.min_us, o.min_us)
+        self.max_us = max(self.max_us, o.max_us)
+        self.counters |= o.counters
+        self.lat_hist += o.lat_hist
+        self.size_hist += o.size_hist
+        if self.exact is None or o.exact is None or self.timed > EXACT_CAP:
+            self.exact = None
+        else:
+            self.exact.extend(o.exact)
+
+
+@dataclass
+class Source:
+    """One trace file: its metadata tables and what reading it found."""
+
+    meta: TraceMeta = field(default_factory=TraceMeta)
+    stats: ReadStats | None = None
+    first_hhash: str | None = None
+
+    def merge(self, o: "Source") -> None:
+        self.meta.merge(o.meta)
+        if o.stats is not None:
+            if self.stats is None:
+                self.stats = ReadStats(o.stats.path)
+            self.stats.merge(o.stats)
+        self.first_hhash = self.first_hhash or o.first_hhash
+
+
+class Aggregate:
+    """A mergeable partial summary (see the module docstring)."""
+
+    def __init__(self):
+        self.ops: dict[tuple[str, str], OpStats] = {}
+        self.files: dict[str, list[int]] = {}           # file key -> [count, bytes, time]
+        self.nodes: dict[str, list[int]] = {}           # source -> [events, count, bytes, time]
+        self.procs: dict[tuple[str, int], list[int]] = {}
+        self.errors: dict[tuple[str, str, int], int] = {}
+        self.timeline: dict[tuple[str, int], int] = {}  # (source, bin) -> bytes
+        self.bin_us = TIMELINE_BASE_US
+        self.sources: dict[str, Source] = {}
+        self.unreadable: dict[str, str] = {}
+        self.run_summaries: dict[str, dict] = {}
+        self.ts_min: int | None = None
+        self.ts_max: int | None = None
+        self.other_events = 0
+
+    # -- adding ---------------------------------------------------------------
+
+    def source(self, path: str) -> Source:
+        src = self.sources.get(path)
+        if src is None:
+            src = self.sources[path] = Source()
+        return src
+
+    def add_events(self, records: list[dict], source: str) -> None:
+        """Aggregate one chunk of raw event dicts read from ``source``."""
+        kidx: dict = {}
+        keys: list[tuple[str, str]] = []
+        fidx: dict = {}
+        op, ts, dur, size, weight, pid, fil, timed = [], [], [], [], [], [], [], []
+        errs = []
+        hh = None
+        for r in records:
+            ph = r.get("ph")
+            if ph != "X" and ph != "C":
+                self.other_events += 1
+                continue
+            a = r.get("args")
+            if type(a) is not dict:
+                a = _EMPTY
+            k = (r.get("cat"), r.get("name"))
+            try:
+                oi = kidx.get(k)
+            except TypeError:
+                k = (_text(k[0]), _text(k[1]))
+                oi = kidx.get(k)
+            if oi is None:
+                oi = kidx[k] = len(keys)
+                keys.append((_text(k[0]), _text(k[1])))
+            op.append(oi)
+            ts.append(r.get("ts"))
+            pid.append(r.get("pid"))
+            if ph == "X":
+                dur.append(r.get("dur"))
+                size.append(a.get("size", -1))
+                weight.append(1)
+                timed.append(True)
+                fk = a.get("fhash")
+                if fk is None and type(a.get("fname")) is str:
+                    fk = "\0" + a["fname"]
+                if fk is None:
+                    fil.append(-1)
+                else:
+                    try:
+                        fi = fidx.get(fk)
+                    except TypeError:
+                        fk, fi = _text(fk), None
+                    if fi is None:
+                        fi = fidx[fk] = len(fidx)
+                    fil.append(fi)
+                e = a.get("errno")
+                if e:
+                    errs.append((oi, e))
+                if hh is None:
+                    hh = a.get("hhash")
+            else:
+                c = a.get("count", 0)
+                weight.append(c)
+                size.append(a.get("bytes", -1))
+                dur.append(a.get("time_us", 0))
+                timed.append(False)
+                fil.append(-1)
+        if hh is not None and isinstance(hh, str):
+            src = self.source(source)
+            src.first_hhash = src.first_hhash or hh
+        if not op:
+            return
+        self._add_arrays(source, keys, list(fidx), errs,
+                         np.array(op, np.int64), _numbers(ts, -1), _numbers(dur, 0),
+                         _numbers(size, -1), _numbers(weight, 0), _numbers(pid, -1),
+                         np.array(fil, np.int64), np.array(timed, bool))
+
+    def _add_arrays(self, source, keys, fkeys, errs, op, ts, dur, size, weight, pid, fil, timed):
+        n_ops = len(keys)
+        dur_i = dur.astype(np.int64)
+        weight_i = weight.astype(np.int64)
+        data = size >= 0
+        size_i = np.where(data, size, 0).astype(np.int64)
+        counts = np.bincount(op, weights=weight, minlength=n_ops).astype(np.int64)
+        times = np.bincount(op, weights=dur, minlength=n_ops).astype(np.int64)
+        byts = np.bincount(op, weights=size_i, minlength=n_ops).astype(np.int64)
+        timed_counts = np.bincount(op[timed], minlength=n_ops)
+        counter_rows = np.bincount(op[~timed], minlength=n_ops)
+        # Latency histogram over complete events only.
+        tdur = dur_i[timed]
+        tbin = np.zeros(len(tdur), np.int64)
+        pos = tdur > 0
+        tbin[pos] = np.minimum(LAT_BINS - 1, 1 + np.floor(np.log2(tdur[pos]) * LAT_SUB)).astype(np.int64)
+        lat = np.bincount(op[timed] * LAT_BINS + tbin, minlength=n_ops * LAT_BINS).reshape(n_ops, LAT_BINS)
+        # Access sizes over complete data events.
+        sel = data & timed
+        ssz = size_i[sel]
+        sbin = np.zeros(len(ssz), np.int64)
+        spos = ssz > 0
+        sbin[spos] = np.minimum(SIZE_BINS - 1, 1 + np.floor(np.log2(ssz[spos]))).astype(np.int64)
+        sizes = np.bincount(op[sel] * SIZE_BINS + sbin, minlength=n_ops * SIZE_BINS).reshape(n_ops, SIZE_BINS)
+        # Per-op durations, grouped by one stable sort.
+        t_op = op[timed]
+        order = np.argsort(t_op, kind="stable")
+        sorted_dur = tdur[order]
+        bounds = np.concatenate(([0], np.cumsum(timed_counts)))
+        err_counts = np.zeros(n_ops, np.int64)
+        for oi, e in errs:
+            err_counts[oi] += 1
+            code = int(e) if type(e) in (int, float) and math.isfinite(e) else -1
+            key = (keys[oi][0], keys[oi][1], code)
+            self.errors[key] = self.errors.get(key, 0) + 1
+        for i, key in enumerate(keys):
+            st = self.ops.get(key)
+            if st is None:
+                st = self.ops[key] = OpStats()
+            st.count += int(counts[i])
+            st.bytes += int(byts[i])
+            st.time_us += int(times[i])
+            st.errors += int(err_counts[i])
+            n_t = int(timed_counts[i])
+            if n_t:
+                d = sorted_dur[bounds[i]:bounds[i + 1]]
+                lo, hi = int(d.min()), int(d.max())
+                st.min_us = lo if st.min_us is None else min(st.min_us, lo)
+                st.max_us = max(st.max_us, hi)
+                st.timed += n_t
+                if st.exact is not None:
+                    if st.timed > EXACT_CAP:
+                        st.exact = None
+                    else:
+                        st.exact.append(d.copy())
+            if counter_rows[i]:
+                st.counters = True
+            st.lat_hist += lat[i]
+            st.size_hist += sizes[i]
+        # Files.
+        fmask = fil >= 0
+        if fmask.any():
+            fi = fil[fmask]
+            nf = len(fkeys)
+            fc = np.bincount(fi, minlength=nf)
+            fb = np.bincount(fi, weights=size_i[fmask], minlength=nf).astype(np.int64)
+            ft = np.bincount(fi, weights=dur[fmask], minlength=nf).astype(np.int64)
+            for j, fk in enumerate(fkeys):
+                row = self.files.get(fk)
+                if row is None:
+                    self.files[fk] = [int(fc[j]), int(fb[j]), int(ft[j])]
+                else:
+                    row[0] += int(fc[j]); row[1] += int(fb[j]); row[2] += int(ft[j])
+        # Node (= source file) and processes.
+        node = self.nodes.setdefault(source, [0, 0, 0, 0])
+        node[0] += len(op)
+        node[1] += int(weight_i.sum())
+        node[2] += int(size_i.sum())
+        node[3] += int(dur_i.sum())
+        upid, pinv = np.unique(pid.astype(np.int64), return_inverse=True)
+        pc = np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
+        pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
+        pt = np.bincount(pinv, weights=dur, minlength=len(upid)).astype(np.int64)
+        for j, p in enumerate(upid.tolist()):
+            row = self.procs.get((source, p))
+            if row is None:
+                self.procs[(source, p)] = [int(pc[j]), int(pb[j]), int(pt[j])]
+            else:
+                row[0] += int(pc[j]); row[1] += int(pb[j]); row[2] += int(pt[j])
+        # Time range and bandwidth timeline.
+        tsi = ts.astype(np.int64)
+        valid = ts >= 0
+        if valid.any():
+            t0 = int(tsi[valid].min())
+            t1 = int((tsi[valid] + dur_i[valid]).max())
+            self.ts_min = t0 if self.ts_min is None else min(self.ts_min, t0)
+            self.ts_max = t1 if self.ts_max is None else max(self.ts_max, t1)
+            tl = valid & (size_i > 0)
+            if tl.any():
+                bins, binv = np.unique(tsi[tl] // self.bin_us, return_inverse=True)
+                bb = np.bincount(binv, weights=size_i[tl]).astype(np.int64)
+                for b, v in zip(bins.tolist(), bb.tolist()):
+                    cell = (source, b)
+                    self.timeline[cell] = self.timeline.get(cell, 0) + v
+                self._fit_timeline()
+
+    def _rebin(self, width: int) -> None:
+        if width == self.bin_us:
+            return
+        factor = width // self.bin_us
+        out: dict = {}
+        for (src, b), v in self.timeline.items():
+            cell = (src, b // factor)
+            out[cell] = out.get(cell, 0) + v
+        self.timeline, self.bin_us = out, width
+
+    def _fit_timeline(self) -> None:
+        width = self.bin_us
+        while len(self.timeline) > TIMELINE_CAP:
+            width *= 2
+            self._rebin(width)
+
+    def add_run_summary(self, path: str, summary: dict) -> None:
+        """A daemon's ``*.summary.json`` (events lost, probes refused)."""
+        self.run_summaries[path] = summary
+
+    def add_unreadable(self, path: str, message: str) -> None:
+        self.unreadable[path] = message
+
+    # -- merging --------------------------------------------------------------
+
+    def merge(self, o: "Aggregate") -> "Aggregate":
+        for key, st in o.ops.items():
+            mine = self.ops.get(key)
+            if mine is None:
+                self.ops[key] = st
+            else:
+                mine.merge(st)
+        for table in ("files", "nodes", "procs"):
+            mine_t, other_t = getattr(self, table), getattr(o, table)
+            for key, row in other_t.items():
+                mine = mine_t.get(key)
+                if mine is None:
+                    mine_t[key] = list(row)
+                else:
+                    for i, v in enumerate(row):
+                        mine[i] += v
+        for key, c in o.errors.items():
+            self.errors[key] = self.errors.get(key, 0) + c
+        width = max(self.bin_us, o.bin_us)
+        self._rebin(width)
+        factor = width // o.bin_us
+        for (src, b), v in o.timeline.items():
+            cell = (src, b // factor)
+            self.timeline[cell] = self.timeline.get(cell, 0) + v
+        self._fit_timeline()
+        for path, src in o.sources.items():
+            self.source(path).merge(src)
+        self.unreadable.update(o.unreadable)
+        self.run_summaries.update(o.run_summaries)
+        for name, pick in (("ts_min", min), ("ts_max", max)):
+            a, b = getattr(self, name), getattr(o, name)
+            setattr(self, name, b if a is None else a if b is None else pick(a, b))
+        self.other_events += o.other_events
+        return self
+
+    # -- the summary ------------------------------------------------------------
+
+    def _hosts(self) -> dict[str, str]:
+        """Source file -> host name (header, else the events' host hash, else the file name)."""
+        hosts = {}
+        all_hosts: dict[str, str] = {}
+        for src in self.sources.values():
+            all_hosts.update(src.meta.hosts)
+        for path in set(self.sources) | set(self.nodes):
+            src = self.sources.get(path) or Source()
+            header = src.meta.header or {}
+            host = header.get("host") if isinstance(header.get("host"), str) else None
+            if not host and src.first_hhash:
+                host = all_hosts.get(src.first_hhash)
+            hosts[path] = host or os.path.basename(path)
+        return hosts
+
+    def finalize(self, top: int = 10) -> dict:
+        """The plain, JSON-serialisable summary every output renders."""
+        hosts = self._hosts()
+        file_names: dict[str, str] = {}
+        for src in self.sources.values():
+            file_names.update(src.meta.files)
+        ops = []
+        for (cat, name), st in self.ops.items():
+            ops.append({
+                "category": cat, "name": name, "count": st.count, "bytes": st.bytes,
+                "time_us": st.time_us,
+                "mean_us": round(st.time_us / st.count, 3) if st.count else 0.0,
+                "bandwidth_Bps": round(st.bytes / (st.time_us / 1e6), 1) if st.time_us and st.bytes else 0.0,
+                "errors": st.errors,
+                "latency_us": _latency(st),
+                "from_counters": st.counters,
+            })
+        ops.sort(key=lambda o: (-o["time_us"], -o["count"], o["category"], o["name"]))
+
+        files = []
+        for key, (c, b, t) in self.files.items():
+            path = key[1:] if key.startswith("\0") else file_names.get(key, f"<unresolved {key}>")
+            files.append({"path": path, "count": c, "bytes": b, "time_us": t})
+        merged_files: dict[str, dict] = {}
+        for f in files:
+            m = merged_files.setdefault(f["path"], {"path": f["path"], "count": 0, "bytes": 0, "time_us": 0})
+            for k in ("count", "bytes", "time_us"):
+                m[k] += f[k]
+        files = list(merged_files.values())
+        by_bytes = sorted(files, key=lambda f: (-f["bytes"], -f["time_us"], f["path"]))[:top]
+        by_time = sorted(files, key=lambda f: (-f["time_us"], -f["bytes"], f["path"]))[:top]
+
+        names: dict[tuple[str, int], str] = {}
+        for path, src in self.sources.items():
+            for pid, comm in src.meta.process_names.items():
+                names.setdefault((hosts.get(path, path), pid), comm)
+        nodes: dict[str, dict] = {}
+        for path, (ev, c, b, t) in self.nodes.items():
+            host = hosts[path]
+            n = nodes.setdefault(host, {"host": host, "events": 0, "count": 0, "bytes": 0,
+                                        "time_us": 0, "processes": 0})
+            n["events"] += ev; n["count"] += c; n["bytes"] += b; n["time_us"] += t
+        procs: dict[tuple[str, int], dict] = {}
+        for (path, pid), (c, b, t) in self.procs.items():
+            host = hosts[path]
+            p = procs.setdefault((host, pid), {"host": host, "pid": pid,
+                                               "name": names.get((host, pid), ""),
+                                               "count": 0, "bytes": 0, "time_us": 0})
+            p["count"] += c; p["bytes"] += b; p["time_us"] += t
+        for (host, _pid) in procs:
+            nodes[host]["processes"] += 1
+        node_list = sorted(nodes.values(), key=lambda n: n["host"])
+        proc_list = sorted(procs.values(), key=lambda p: (-p["bytes"], -p["time_us"], p["host"], p["pid"]))
+
+        by_errno: dict[int, dict] = {}
+        for (cat, name, code), c in sorted(self.errors.items(), key=lambda kv: kv[0]):
+            e = by_errno.setdefault(code, {"errno": code, "name": errno_mod.errorcode.get(code, "unknown"),
+                                           "message": os.strerror(code) if code > 0 else "unknown error",
+                                           "count": 0, "operations": {}})
+            e["count"] += c
+            e["operations"][f"{cat}/{name}"] = c
+        errors = sorted(by_errno.values(), key=lambda e: (-e["count"], e["errno"]))
+
+        series: dict[str, dict[int, int]] = {}
+        for (path, b), v in self.timeline.items():
+            s = series.setdefault(hosts[path], {})
+            s[b] = s.get(b, 0) + v
+        timeline = {"bin_us": self.bin_us,
+                    "series": {h: [[b * self.bin_us, s[b]] for b in sorted(s)] for h, s in sorted(series.items())}}
+
+        read = []
+        for path in sorted(self.sources):
+            st = self.sources[path].stats
+            if st is not None:
+                d = st.as_dict()
+                d["host"] = hosts.get(path, "")
+                read.append(d)
+        headers = [s.meta.header for s in self.sources.values() if s.meta.header]
+        jobs = sorted({str(h.get("job")) for h in headers if h.get("job") is not None})
+        users = sorted({str(h.get("user")) for h in headers if h.get("user") is not None})
+        modes = sorted({str(h.get("mode")) for h in headers if h.get("mode") is not None})
+
+        lost, refused, incomplete = 0, {}, []
+        for path, summ in sorted(self.run_summaries.items()):
+            lost += _int(summ.get("events_lost"))
+            if summ.get("complete") is False:
+                incomplete.append(path)
+            for pr in summ.get("probes_refused") or []:
+                if isinstance(pr, dict):
+                    key = (_text(pr.get("id")), _text(pr.get("reason")))
+                    r = refused.setdefault(key, {"id": key[0], "kind": _text(pr.get("kind")),
+                                                 "target": _text(pr.get("target")),
+                                                 "reason": key[1], "hosts": []})
+                    host = _text(summ.get("host"))
+                    if host and host not in r["hosts"]:
+                        r["hosts"].append(host)
+        start = self.ts_min
+        if start is None:
+            hts = [h.get("ts") for h in headers if isinstance(h.get("ts"), int)]
+            start = min(hts) if hts else None
+        end = self.ts_max if self.ts_max is not None else start
+        total_count = sum(o["count"] for o in ops)
+        return {
+            "format": REPORT_FORMAT, "version": REPORT_VERSION,
+            "job": {"jobs": jobs, "users": users, "modes": modes,
+                    "nodes": len(node_list), "processes": len(proc_list),
+                    "start_us": start, "end_us": end,
+                    "wall_time_s": round((end - start) / 1e6, 6) if start is not None else 0.0},
+            "totals": {"events": sum(n["events"] for n in node_list),
+                       "operations": total_count,
+                       "bytes": sum(o["bytes"] for o in ops),
+                       "time_us": sum(o["time_us"] for o in ops),
+                       "errors": sum(o["errors"] for o in ops),
+                       "files": len(files)},
+            "operations": ops,
+            "top_files_by_bytes": by_bytes,
+            "top_files_by_time": by_time,
+            "nodes": node_list,
+            "processes": proc_list[:top],
+            "errors": errors,
+            "timeline": timeline,
+            "access_sizes": {f"{c}/{n}": _size_bins(st) for (c, n), st in sorted(self.ops.items())
+                             if st.size_hist.any()},
+            "latency_histograms": {f"{c}/{n}": _lat_bins(st) for (c, n), st in sorted(self.ops.items())
+                                   if st.lat_hist.any()},
+            "traces": read,
+            "unreadable": [{"path": p, "error": m} for p, m in sorted(self.unreadable.items())],
+            "events_lost": lost,
+            "runs": len(self.run_summaries),
+            "incomplete_runs": incomplete,
+            "probes_refused": sorted(refused.values(), key=lambda r: (r["id"], r["reason"])),
+        }
+
+
+def _int(v) -> int:
+    return int(v) if type(v) is int and v >= 0 else 0
+
+
+def lat_edge(b: int) -> float:
+    """Upper edge in µs of latency bin ``b``."""
+    return 0.0 if b == 0 else 2.0 ** (b / LAT_SUB)
+
+
+def _latency(st: OpStats) -> dict | None:
+    if not st.timed:
+        return None
+    out = {"min": st.min_us, "max": st.max_us}
+    if st.exact is not None:
+        d = np.sort(np.concatenate(st.exact)) if st.exact else np.zeros(0, np.int64)
+        n = len(d)
+        for p in PERCENTILES:
+            out[f"p{p}"] = int(d[max(0, math.ceil(p / 100 * n) - 1)])
+        out["exact"] = True
+        return out
+    cum = np.cumsum(st.lat_hist)
+    n = int(cum[-1])
+    for p in PERCENTILES:
+        b = int(np.searchsorted(cum, max(1, math.ceil(p / 100 * n))))
+        out[f"p{p}"] = int(min(st.max_us, max(st.min_us or 0, round(lat_edge(b)))))
+    out["exact"] = False
+    return out
+
+
+def _lat_bins(st: OpStats) -> list[list]:
+    return [[round(lat_edge(b - 1), 3) if b else 0.0, round(lat_edge(b), 3), int(c)]
+            for b, c in enumerate(st.lat_hist.tolist()) if c]
+
+
+def _size_bins(st: OpStats) -> list[list]:
+    return [[0 if b == 0 else 2 ** (b - 1), 0 if b == 0 else 2 ** b, int(c)]
+            for b, c in enumerate(st.size_hist.tolist()) if c]
+
+
+def summarize_reader(reader, agg: Aggregate | None = None) -> Aggregate:
+    """Feed every chunk of a :class:`~datacrumbs.trace.reader.TraceReader` into an Aggregate."""
+    agg = agg or Aggregate()
+    path = str(reader.path)
+    for chunk in reader.chunks():
+        agg.add_events(chunk, path)
+    src = agg.source(path)
+    src.meta.merge(reader.meta)
+    if src.stats is None:
+        src.stats = ReadStats(path)
+    src.stats.merge(reader.stats)
+    return agg

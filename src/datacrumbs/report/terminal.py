@@ -1,0 +1,166 @@
+"""The summary as rich tables in a terminal, and a progress bar for long reads.
+
+Counts and bytes are printed exactly (with thousands separators) so the
+terminal, the JSON and the HTML agree number for number; only times,
+bandwidths and latencies are scaled to readable units.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_rate(bps: float) -> str:
+    return human_bytes(bps) + "/s" if bps else "-"
+
+
+def human_us(us: float | None) -> str:
+    if us is None:
+        return "-"
+    if us < 1000:
+        return f"{us:g} µs" if isinstance(us, int) else f"{us:.1f} µs"
+    if us < 1_000_000:
+        return f"{us / 1000:.2f} ms"
+    return f"{us / 1e6:.2f} s"
+
+
+def exact(n: int) -> str:
+    return f"{n:,}"
+
+
+def when(us: int | None) -> str:
+    if us is None:
+        return "-"
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(title: str, *columns: str, numeric_from: int = 1) -> Table:
+    t = Table(title=title, title_justify="left", title_style="bold")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="right" if i >= numeric_from else "left",
+                     no_wrap=i >= numeric_from, overflow="fold")
+    return t
+
+
+def render(summary: dict, console: Console) -> None:
+    """Print every section of the summary."""
+    job = summary["job"]
+    tot = summary["totals"]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("Job", ", ".join(job["jobs"]) or "-")
+    head.add_row("User", ", ".join(job["users"]) or "-")
+    head.add_row("Nodes", exact(job["nodes"]))
+    head.add_row("Processes", exact(job["processes"]))
+    head.add_row("Wall time", f"{job['wall_time_s']:.3f} s  ({when(job['start_us'])} .. {when(job['end_us'])})")
+    head.add_row("Operations", exact(tot["operations"]))
+    head.add_row("Bytes", f"{exact(tot['bytes'])} ({human_bytes(tot['bytes'])})")
+    head.add_row("I/O time", human_us(tot["time_us"]))
+    head.add_row("Errors", exact(tot["errors"]))
+    head.add_row("Traces read", exact(len(summary["traces"])))
+    head.add_row("Events lost", exact(summary["events_lost"]))
+    console.print(head)
+    console.print()
+
+    if not summary["operations"]:
+        console.print("No I/O operations in these traces.")
+    ops = _table("Operations", "Category", "Operation", "Count", "Bytes", "Total time", "Mean",
+                 "Bandwidth", "p50", "p90", "p99", "Max", "Errors", numeric_from=2)
+    for o in summary["operations"]:
+        lat = o["latency_us"] or {}
+        mark = "" if lat.get("exact", True) else "~"
+        ops.add_row(o["category"], o["name"], exact(o["count"]), exact(o["bytes"]),
+                    human_us(o["time_us"]), human_us(o["mean_us"]), human_rate(o["bandwidth_Bps"]),
+                    *(mark + human_us(lat.get(k)) if lat else "-" for k in ("p50", "p90", "p99")),
+                    human_us(lat.get("max")) if lat else "-", exact(o["errors"]))
+    if summary["operations"]:
+        console.print(ops)
+    if any(not (o["latency_us"] or {}).get("exact", True) for o in summary["operations"]):
+        console.print("~ percentile from a log-scale histogram (within 9%)", style="dim")
+
+    for key, title in (("top_files_by_bytes", "Top files by bytes"), ("top_files_by_time", "Top files by time")):
+        if summary[key]:
+            t = _table(title, "File", "Count", "Bytes", "Time")
+            for f in summary[key]:
+                t.add_row(f["path"], exact(f["count"]), exact(f["bytes"]), human_us(f["time_us"]))
+            console.print(t)
+
+    if summary["nodes"]:
+        t = _table("Per node", "Host", "Processes", "Count", "Bytes", "Time")
+        for n in summary["nodes"]:
+            t.add_row(n["host"], exact(n["processes"]), exact(n["count"]), exact(n["bytes"]),
+                      human_us(n["time_us"]))
+        console.print(t)
+    if summary["processes"]:
+        shown = len(summary["processes"])
+        t = _table(f"Per process (top {shown} of {job['processes']} by bytes)",
+                   "Host", "PID", "Command", "Count", "Bytes", "Time", numeric_from=3)
+        for p in summary["processes"]:
+            t.add_row(p["host"], str(p["pid"]), p["name"] or "-", exact(p["count"]),
+                      exact(p["bytes"]), human_us(p["time_us"]))
+        console.print(t)
+    if summary["errors"]:
+        t = _table("Errors by errno", "Errno", "Name", "Count", "Operations", numeric_from=2)
+        for e in summary["errors"]:
+            opnames = ", ".join(f"{k} ({v:,})" for k, v in e["operations"].items())
+            t.add_row(str(e["errno"]), f"{e['name']}: {e['message']}", exact(e["count"]), opnames)
+        console.print(t)
+    _notes(summary, console)
+
+
+def _notes(summary: dict, console: Console) -> None:
+    """Everything that makes the numbers incomplete, said plainly."""
+    for tr in summary["traces"]:
+        if tr["tail_error"]:
+            console.print(Text(f"warning: {tr['path']}: {tr['tail_error']}; read {tr['members']:,} "
+                               f"complete gzip members ({tr['events']:,} events), dropped "
+                               f"{tr['dropped_bytes']:,} bytes at the end", style="yellow"))
+        if tr["bad_lines"]:
+            console.print(Text(f"warning: {tr['path']}: {tr['bad_lines']:,} lines are not JSON "
+                               "objects and were skipped", style="yellow"))
+    for bad in summary["unreadable"]:
+        console.print(Text(f"warning: {bad['error']}", style="yellow"))
+    for path in summary["incomplete_runs"]:
+        console.print(Text(f"warning: {path}: the tracer did not finish cleanly", style="yellow"))
+    if summary["events_lost"]:
+        console.print(Text(f"warning: {summary['events_lost']:,} events were lost by the tracer "
+                           "(ring buffer full); counts are lower bounds", style="yellow"))
+    for pr in summary["probes_refused"]:
+        hosts = f" on {', '.join(pr['hosts'])}" if pr["hosts"] else ""
+        console.print(Text(f"probe refused{hosts}: {pr['id']} ({pr['kind']} {pr['target']}): "
+                           f"{pr['reason']}", style="dim"))
+
+
+def make_console(file=None) -> Console:
+    return Console(file=file or sys.stdout, highlight=False)
+
+
+@contextmanager
+def progress_bar(label: str = "Reading traces"):
+    """A byte progress bar on stderr while a long summary runs (silent when not a terminal)."""
+    console = Console(file=sys.stderr)
+    progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    task = progress.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    with progress:
+        yield update

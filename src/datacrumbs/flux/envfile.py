@@ -1,10 +1,12 @@
-"""``<run_dir>/datacrumbs-<jobid>.env``: the values the unit's ExecStart receives.
+r"""``<run_dir>/datacrumbs-<jobid>.env``: the values the unit's ExecStart receives.
 
 systemd reads this file with ``EnvironmentFile=`` and passes each ``${VAR}``
-as one argument, with no shell. What could still break that is the file's own
-syntax (newlines, quotes, backslashes, surrounding blanks), so such values are
-refused rather than escaped. The file is written as root, 0600, by rename, so
-the unit never sees a half-written file.
+as one argument, with no shell. Every value is written double-quoted with
+``\ " $ ` `` backslash-escaped, which systemd reads back byte for byte (tested
+against a real manager with spaces, quotes, ``;``, ``$(...)``, backslashes);
+only what the line syntax cannot carry (newline, NUL, other control
+characters) is refused. The file is written as root, 0600, by rename, so the
+unit never sees a half-written file.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ KEYS = ("DATACRUMBS_JOBID", "DATACRUMBS_USER", "DATACRUMBS_PROBE_FILE", "DATACRU
         "DATACRUMBS_CGROUP")
 REQUIRED = KEYS[:4]
 PATH_KEYS = ("DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG", "DATACRUMBS_CGROUP")
-_FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte",
-              "\\": "a backslash", '"': "a double quote", "'": "a single quote"}
+_FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte"}
+_ESCAPED = '\\"$`'
 MAX_VALUE = 4096
 
 
@@ -43,9 +45,9 @@ def check_value(key: str, value: str) -> str:
         if char in value:
             raise EnvFileError(f"{key} value {value!r} contains {name}; "
                                "rename the file or directory so it does not")
-    if value != value.strip() or not value.isprintable():
-        raise EnvFileError(f"{key} value {value!r} has leading/trailing blanks or control "
-                           "characters; rename it so it does not")
+    if not value.isprintable():
+        raise EnvFileError(f"{key} value {value!r} contains control characters; "
+                           "rename it so it does not")
     if len(value) > MAX_VALUE:
         raise EnvFileError(f"{key} value is longer than {MAX_VALUE} characters")
     if key in PATH_KEYS and not value.startswith("/"):
@@ -57,7 +59,21 @@ def render(values: dict[str, str]) -> str:
     missing = [k for k in REQUIRED if k not in values]
     if missing:
         raise EnvFileError(f"environment file is missing {', '.join(missing)}")
-    return "".join(f"{k}={check_value(k, values[k])}\n" for k in KEYS if values.get(k) is not None)
+    return "".join(f"{k}={_quote(check_value(k, values[k]))}\n"
+                   for k in KEYS if values.get(k) is not None)
+
+
+def _quote(value: str) -> str:
+    return '"' + "".join("\\" + c if c in _ESCAPED else c for c in value) + '"'
+
+
+def _unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise EnvFileError(f"{text!r} is not a value written by datacrumbs")
+    out, chars = [], iter(text[1:-1])
+    for c in chars:
+        out.append(next(chars, "") if c == "\\" else c)
+    return "".join(out)
 
 
 def write_env_file(run_dir: Path, jobid: str, values: dict[str, str]) -> Path:
@@ -85,7 +101,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     for line in Path(path).read_text().splitlines():
         key, sep, value = line.partition("=")
         if sep:
-            values[key] = value
+            values[key] = _unquote(value)
     return values
 
 

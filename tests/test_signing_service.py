@@ -269,6 +269,26 @@ def test_policy_broken_while_running_refuses_until_fixed(site, service):
     assert service.proc.poll() is None
 
 
+def test_sighup_forces_a_policy_reread(site, service):
+    def refusal() -> str:
+        with pytest.raises(SigningRefused) as info:
+            request_signature(unsigned("write"), socket_path=site.socket_path)
+        return str(info.value)
+
+    write_policy(site, 'contact = "first"\n[defaults]\nallow_kinds = ["uprobe"]\n')
+    assert "ask first" in refusal()
+    st = site.policy_file.stat()
+    site.policy_file.write_text('contact = "later"\n[defaults]\nallow_kinds = ["uprobe"]\n')
+    os.utime(site.policy_file, ns=(st.st_atime_ns, st.st_mtime_ns))  # looks unchanged
+    assert "ask first" in refusal()
+    service.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "ask later" not in refusal() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "ask later" in refusal()
+    assert service.proc.poll() is None
+
+
 def test_invalid_probe_refused_with_the_schema_problem(site, service):
     request = {"op": "sign", "request": {
         "sets": ["posix"], "capture": {"mode": "trace", "interval_ms": 1000, "paths": True},

@@ -76,7 +76,9 @@ class ProtocolError(DatacrumbsError):
 
 
 class RequestTooLarge(ProtocolError):
-    pass
+    def __init__(self, message: str, head: bytes = b""):
+        super().__init__(message)
+        self.head = head  # what was read before giving up, for the audit digest
 
 
 class ReadTimeout(ProtocolError):
@@ -128,7 +130,7 @@ def read_line(sock: socket.socket, *, limit: int, timeout: float) -> bytes:
         size += len(chunk)
         if size > limit:
             break
-    raise RequestTooLarge(f"message is larger than {limit} bytes")
+    raise RequestTooLarge(f"message is larger than {limit} bytes", b"".join(chunks))
 
 
 def _decode_object(raw: bytes, what: str) -> dict:

@@ -216,8 +216,8 @@ class SigningService:
         who = f"uid {uid} pid {pid}"
         try:
             raw = read_line(conn, limit=MAX_REQUEST_BYTES, timeout=self.read_timeout)
-        except RequestTooLarge:
-            decision = self._refusal(uid, pid, b"", f"the request is larger than the limit of "
+        except RequestTooLarge as exc:
+            decision = self._refusal(uid, pid, exc.head, f"the request is larger than the limit of "
                                      f"{MAX_REQUEST_BYTES} bytes; ask for fewer probes at once")
         except ReadTimeout as exc:
             log.info("%s: %s; closing", who, exc)
@@ -316,6 +316,10 @@ class SigningService:
                               "ask your admin to fix it")
         return self._policy
 
+    def request_policy_reload(self) -> None:
+        """SIGHUP: reread the policy on the next request even if its file looks unchanged."""
+        self._policy_stamp = object()
+
     def _reload_policy_if_changed(self) -> None:
         """Re-read the policy when its file changes, so admins need no restart."""
         path = self.config.policy_file
@@ -373,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
             "long; every grant and refusal is appended to the audit log (audit_log). The\n"
             "private key never leaves the key store (private_key_dir).\n\n"
             "Runs in the foreground and logs to stderr (the journal under systemd); stop it\n"
-            "with SIGTERM or SIGINT, which removes the socket."
+            "with SIGTERM or SIGINT, which removes the socket. The policy is reread when its\n"
+            "file changes; SIGHUP (systemctl reload) forces a reread."
         ),
         epilog=(
             "examples:\n"
@@ -414,8 +419,13 @@ def run(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise _Stop()
 
+    def reload(signum, frame):
+        if service is not None:
+            service.request_policy_reload()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     try:
         config = load_config(args.config)
         service = SigningService(config, socket_path=args.socket, read_timeout=args.read_timeout)

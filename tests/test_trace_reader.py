@@ -1,0 +1,323 @@
+"""The streaming trace reader against traces written independently with gzip + json.
+
+``TraceBuilder`` here is a second producer of the design.md layout (not the
+project's writer), so the reader is checked against the contract, and the
+report tests reuse it (``from test_trace_reader import TraceBuilder``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datacrumbs.trace.reader import (TraceReadError, TraceReader, index_members, iter_members,
+                                     parse_lines, read_header)
+
+START_US = 1_764_079_200_000_000
+
+
+def h16(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class TraceBuilder:
+    """Writes a pfw.gz exactly as docs/design.md describes, one gzip member per N lines."""
+
+    def __init__(self, path, *, host="node1", job="1234", user="alice", start_us=START_US,
+                 member_lines=50, mode="trace"):
+        self.path = Path(path)
+        self.host, self.start_us, self.member_lines = host, start_us, member_lines
+        self.next_id = 1
+        self.hashes: set[str] = set()
+        self.named: set[int] = set()
+        self.lines = ["[", self._dumps({
+            "id": 0, "name": "datacrumbs", "cat": "datacrumbs", "pid": 0, "tid": 0, "ts": start_us,
+            "ph": "M", "args": {"version": "0.1.0", "job": job, "user": user, "host": host,
+                                "hhash": h16(host), "mode": mode, "clock": "realtime-us"}})]
+        self._hash("HH", host, 0)
+        self.event_lines = 0       # non-metadata lines written
+        self.member_bounds: list[int] = []   # event lines completed at each member end
+
+    @staticmethod
+    def _dumps(obj) -> str:
+        return json.dumps(obj, separators=(",", ":"))
+
+    def _take(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def _hash(self, kind, name, pid) -> str:
+        value = h16(name)
+        if (kind, value) not in self.hashes:
+            self.hashes.add((kind, value))
+            self.lines.append(self._dumps({"id": self._take(), "name": kind, "cat": "dftracer",
+                                           "pid": pid, "tid": pid, "ph": "M",
+                                           "args": {"name": name, "value": value}}))
+        return value
+
+    def process(self, pid: int, comm: str) -> None:
+        if pid not in self.named:
+            self.named.add(pid)
+            self.lines.append(self._dumps({"id": self._take(), "name": "process_name",
+                                           "cat": "dftracer", "pid": pid, "tid": pid, "ph": "M",
+                                           "args": {"name": comm}}))
+
+    def op(self, name, *, cat="POSIX", pid=100, tid=None, ts=0, dur=5, path=None, size=None,
+           ret=None, errno=None, **extra) -> None:
+        """An ``X`` event; ``ts`` is µs after the trace start."""
+        args = {"hhash": h16(self.host)}
+        if path is not None:
+            args["fhash"] = self._hash("FH", path, pid)
+        args.update(extra)
+        if size is not None:
+            args["size"] = size
+        if errno is not None:
+            args["ret"], args["errno"] = -1, errno
+        elif ret is not None:
+            args["ret"] = ret
+        elif size is not None:
+            args["ret"] = size
+        self.lines.append(self._dumps({"id": self._take(), "name": name, "cat": cat, "pid": pid,
+                                       "tid": pid if tid is None else tid,
+                                       "ts": self.start_us + ts, "dur": dur, "ph": "X",
+                                       "args": args}))
+        self.event_lines += 1
+
+    def counter(self, name, *, cat="POSIX", pid=100, ts=0, count=0, nbytes=0, time_us=0) -> None:
+        self.lines.append(self._dumps({"id": self._take(), "name": name, "cat": cat, "pid": pid,
+                                       "tid": pid, "ts": self.start_us + ts, "ph": "C",
+                                       "args": {"count": count, "bytes": nbytes, "time_us": time_us}}))
+        self.event_lines += 1
+
+    def raw(self, line: str, event: bool = False) -> None:
+        self.lines.append(line)
+        self.event_lines += int(event)
+
+    def write(self, *, close=True, torn_bytes: int | None = None) -> Path:
+        """Members of ``member_lines`` lines; ``]`` alone last; optionally a torn extra member."""
+        members = []
+        count = 0
+        for i in range(0, len(self.lines), self.member_lines):
+            chunk = self.lines[i:i + self.member_lines]
+            members.append(gzip.compress(("\n".join(chunk) + "\n").encode()))
+            count += sum(1 for ln in chunk if '"ph":"M"' not in ln and ln not in ("[", "]"))
+            self.member_bounds.append(count)
+        if close:
+            members.append(gzip.compress(b"]\n"))
+        data = b"".join(members)
+        if torn_bytes is not None:
+            extra = gzip.compress(b'{"id":999999,"name":"write","cat":"POSIX","pid":1,"tid":1,'
+                                  b'"ts":1,"dur":1,"ph":"X","args":{}}\n')
+            data += extra[:torn_bytes]
+        self.path.write_bytes(data)
+        return self.path
+
+
+def simple_trace(path, n=200, member_lines=50, **kw) -> TraceBuilder:
+    b = TraceBuilder(path, member_lines=member_lines, **kw)
+    b.process(100, "writer")
+    for i in range(n):
+        b.op("write", ts=i * 10, dur=i % 7 + 1, path="/data/out.dat", size=4096, fd=3, count=4096)
+    return b
+
+
+def test_reads_every_event_with_hash_tables_resolved(tmp_path):
+    b = simple_trace(tmp_path / "t.pfw.gz")
+    b.write()
+    reader = TraceReader(b.path)
+    events = reader.read_all()
+    assert len(events) == 200
+    assert all(e["args"]["fname"] == "/data/out.dat" for e in events)
+    assert all(e["args"]["hostname"] == "node1" for e in events)
+    assert sum(e["args"]["size"] for e in events) == 200 * 4096
+    st = reader.stats
+    assert (st.events, st.bad_lines, st.torn_tail, st.closed) == (200, 0, False, True)
+    assert st.members == len(b.member_bounds) + 1     # + the "]" member
+    assert st.records == len(b.lines) - 1              # every line but "["
+    assert reader.meta.header["job"] == "1234" and reader.meta.header["host"] == "node1"
+    assert reader.meta.process_names == {100: "writer"}
+    assert read_header(b.path)["user"] == "alice"
+
+
+def test_pandas_read_json_of_the_event_lines_agrees(tmp_path):
+    b = simple_trace(tmp_path / "t.pfw.gz", n=321, member_lines=37)
+    b.op("openat", path="/etc/none", errno=2, ts=5000)
+    b.write()
+    text = gzip.open(b.path, "rt").read().splitlines()
+    assert text[0] == "[" and text[-1] == "]"
+    df = pd.read_json(io.StringIO("\n".join(text[1:-1])), lines=True)
+    reader = TraceReader(b.path)
+    events = reader.read_all()
+    assert len(df) == reader.stats.records
+    assert int((df["ph"] != "M").sum()) == reader.stats.events == len(events) == 322
+    assert int((df["ph"] == "X").sum()) == sum(1 for e in events if e["ph"] == "X")
+    frames = list(TraceReader(b.path, chunk_events=100).dataframes())
+    assert sum(len(f) for f in frames) == 322
+    whole = pd.concat(frames)
+    assert int(whole["args.size"].sum()) == int(df["args"].map(lambda a: a.get("size", 0)).sum())
+    assert set(whole["args.fname"].dropna()) == {"/data/out.dat", "/etc/none"}
+
+
+def test_torn_tail_is_dropped_and_reported(tmp_path):
+    b = simple_trace(tmp_path / "t.pfw.gz")
+    b.write(close=False, torn_bytes=30)
+    reader = TraceReader(b.path)
+    events = reader.read_all()
+    assert len(events) == 200                      # the torn member's event is not counted
+    st = reader.stats
+    assert st.torn_tail and not st.closed and st.dropped_bytes == 30
+    assert "ends inside a gzip member" in st.tail_error
+    assert st.members == len(b.member_bounds)
+
+
+def test_every_cut_point_reads_the_complete_members_before_it(tmp_path):
+    """A crash can cut the file anywhere: the reader never raises and keeps whole members."""
+    b = simple_trace(tmp_path / "full.pfw.gz", n=120, member_lines=20)
+    b.write()
+    data = b.path.read_bytes()
+    with open(b.path, "rb") as f:
+        ends = [m.offset + m.length for m, _ in iter_members(f)]
+    per_member = [0] + b.member_bounds + [b.member_bounds[-1]]   # events complete after member k
+    cut_path = tmp_path / "cut.pfw.gz"
+    for cut in range(0, len(data) + 1, 7):
+        cut_path.write_bytes(data[:cut])
+        reader = TraceReader(cut_path)
+        n = sum(len(c) for c in reader.chunks())
+        complete = sum(1 for e in ends if e <= cut)
+        assert reader.stats.members == complete
+        assert n == per_member[complete]
+        assert reader.stats.torn_tail == (cut not in [0, *ends])
+
+
+def test_missing_close_bracket_and_empty_files_are_fine(tmp_path):
+    b = simple_trace(tmp_path / "open.pfw.gz", n=10)
+    b.write(close=False)
+    r = TraceReader(b.path)
+    assert len(r.read_all()) == 10 and not r.stats.closed and not r.stats.torn_tail
+    empty = tmp_path / "empty.pfw.gz"
+    empty.write_bytes(b"")
+    r = TraceReader(empty)
+    assert r.read_all() == [] and r.stats.members == 0 and not r.stats.torn_tail
+    only = tmp_path / "only.pfw.gz"
+    only.write_bytes(gzip.compress(b"[\n") + gzip.compress(b"]\n"))
+    r = TraceReader(only)
+    assert r.read_all() == [] and r.stats.members == 2 and r.stats.closed
+
+
+def test_not_gzip_and_corrupt_member(tmp_path):
+    bad = tmp_path / "bad.pfw.gz"
+    bad.write_text("hello\n")
+    with pytest.raises(TraceReadError, match=r"bad\.pfw\.gz: not a gzip file"):
+        TraceReader(bad).read_all()
+    b = simple_trace(tmp_path / "t.pfw.gz", n=100, member_lines=25)
+    b.write()
+    data = bytearray(b.path.read_bytes())
+    with open(b.path, "rb") as f:
+        members = [m for m, _ in iter_members(f)]
+    third = members[2]
+    data[third.offset + 20: third.offset + 40] = b"\xff" * 20   # inside the deflate data
+    b.path.write_bytes(bytes(data))
+    r = TraceReader(b.path)
+    n = len(r.read_all())
+    assert r.stats.members == 2
+    assert n == b.member_bounds[1]
+    assert r.stats.tail_error.startswith(f"corrupt gzip data at byte {third.offset}")
+    assert not r.stats.torn_tail
+
+
+def test_bad_lines_are_counted_not_fatal(tmp_path):
+    b = simple_trace(tmp_path / "t.pfw.gz", n=10)
+    b.raw("this is not json")
+    b.raw("[1, 2, 3]")
+    b.op("write", size=1, path="/x")
+    b.write()
+    r = TraceReader(b.path)
+    assert len(r.read_all()) == 11
+    assert r.stats.bad_lines == 2
+    assert parse_lines([b'{"a":1}', b"nope"]) == ([{"a": 1}], 1)
+
+
+def test_oversize_member_is_streamed_in_whole_lines(tmp_path):
+    b = simple_trace(tmp_path / "big.pfw.gz", n=500, member_lines=10_000)   # one member
+    b.write()
+    r = TraceReader(b.path, max_member_bytes=2000)
+    assert len(r.read_all()) == 500 and not r.stats.partial_member_kept
+    b2 = simple_trace(tmp_path / "bigtorn.pfw.gz", n=500, member_lines=10_000)
+    b2.write(close=False)
+    data = b2.path.read_bytes()
+    b2.path.write_bytes(data[: len(data) - 50])
+    r = TraceReader(b2.path, max_member_bytes=2000)
+    n = len(r.read_all())
+    assert r.stats.torn_tail and r.stats.partial_member_kept and 0 < n < 500
+
+
+def test_member_ranges_add_up_to_the_whole(tmp_path):
+    b = simple_trace(tmp_path / "t.pfw.gz", n=1000, member_lines=40)
+    b.write(torn_bytes=25)
+    members, tail = index_members(b.path)
+    assert tail.torn and len(members) == len(b.member_bounds) + 1
+    total = 0
+    for lo in range(0, len(members), 5):
+        group = members[lo:lo + 5]
+        r = TraceReader(b.path, start=group[0].offset, end=group[-1].offset + group[-1].length)
+        total += sum(len(c) for c in r.chunks())
+        assert r.stats.members == len(group) and not r.stats.torn_tail
+    assert total == 1000
+
+
+def test_plain_json_and_non_trace_files(tmp_path):
+    plain = tmp_path / "t.pfw"
+    plain.write_text("[\n" + "\n".join(
+        json.dumps({"name": "read", "cat": "POSIX", "pid": 1, "tid": 1, "ts": i, "dur": 1,
+                    "ph": "X", "args": {"size": 2}}) + "," for i in range(5)) + "\n]\n")
+    r = TraceReader(plain)
+    assert len(r.read_all()) == 5 and r.stats.closed and r.stats.bad_lines == 0
+    other = tmp_path / "notes.txt"
+    other.write_text("just text\n")
+    with pytest.raises(TraceReadError, match="not a trace"):
+        TraceReader(other).read_all()
+    with pytest.raises(TraceReadError, match="no such file"):
+        TraceReader(tmp_path / "missing.pfw.gz").read_all()
+    with pytest.raises(TraceReadError, match="not a regular file"):
+        TraceReader(tmp_path).read_all()
+
+
+def test_reads_the_project_writer_output(tmp_path):
+    """The project's TraceWriter and this reader agree on the contract."""
+    from datacrumbs.trace import writer as writer_mod
+
+    path = tmp_path / "w.pfw.gz"
+    w = writer_mod.TraceWriter(path, header={"job": "77", "user": "alice", "host": "nodeW",
+                                             "mode": "trace", "version": "0.1.0"},
+                               member_events=100)
+    w.set_probes([{"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX"}])
+    ops = np.zeros(250, dtype=writer_mod.OPS_DTYPE)
+    ops["ts_us"] = START_US + np.arange(250)
+    ops["dur_us"] = 3
+    ops["pid"] = ops["tid"] = 4242
+    ops["fd"], ops["count"], ops["offset"], ops["size"], ops["ret"] = 3, 512, -1, 512, 512
+    w.process_name(4242, "dd")
+    w.write_ops(ops, ["/tmp/out"] * 250)
+    w.close()
+    r = TraceReader(path)
+    events = r.read_all()
+    assert len(events) == 250 and r.stats.closed and not r.stats.torn_tail
+    assert {e["args"]["fname"] for e in events} == {"/tmp/out"}
+    assert sum(e["args"]["size"] for e in events) == 250 * 512
+    assert r.meta.header["host"] == "nodeW" and r.meta.process_names[4242] == "dd"
+    assert r.stats.members >= 3
+
+
+def test_unused_data_between_members_is_not_lost():
+    """Many tiny members inside one read chunk: each decompressor hands on its unused_data."""
+    parts = [gzip.compress(f'{{"ph":"X","name":"w","ts":{i}}}\n'.encode()) for i in range(300)]
+    f = io.BytesIO(b"".join(parts))
+    got = [data for _, data in iter_members(f)]
+    assert len(got) == 300 and got[299] == b'{"ph":"X","name":"w","ts":299}\n'

@@ -22,7 +22,9 @@ class ProbesFileError(DatacrumbsError):
     def __init__(self, source: str | os.PathLike, problem: str, advice: str | None = None):
         self.source = str(source)
         self.problem = problem
-        super().__init__(f"probes file {self.source}: {problem}; {advice or self.advice}")
+        # A file name with a newline or escape must not forge or hide output lines.
+        shown = self.source if self.source.isprintable() else repr(self.source)
+        super().__init__(f"probes file {shown}: {problem}; {advice or self.advice}")
 
 
 class Unreadable(ProbesFileError):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from datacrumbs.config import SiteConfig, load_config, render_config
 from datacrumbs.probes import OwnerMismatch
 from datacrumbs.probes.document import build_document, canonical_bytes, write_document
 from datacrumbs.probes.verify import verify_probes_file
@@ -615,3 +616,66 @@ def test_unit_template_passes_systemd_analyze_verify(tmp_path):
     assert "/var/log/datacrumbs" in service["ReadWritePaths"].split()
     assert service["NoNewPrivileges"] == service["PrivateTmp"] == "yes"
     assert service["Restart"] == "on-failure"
+
+
+@pytest.mark.systemd
+def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
+    """Type=notify readiness, the hardening and RuntimeDirectory as systemd really applies them.
+
+    Everything the hardened service must see lives in /run/datacrumbs (shared with the private
+    manager, writable by the unit) and its audit log in /var/log/datacrumbs, as on a node:
+    PrivateTmp hides pytest's /tmp directories from the service.
+    """
+    manager = systemd_manager
+    name = "datacrumbs_sign_probes.service"
+    unique = f"{os.getpid()}-{time.monotonic_ns()}"
+    root = Path("/run/datacrumbs") / f"test-sign-{unique}"
+    logs = Path("/var/log/datacrumbs")
+    logs_existed = logs.exists()
+    audit_log = logs / f"sign-audit-test-{unique}.log"
+    unit = manager.unit_dir / name
+    try:
+        root.mkdir(mode=0o755, parents=True)
+        root.chmod(0o755)
+        prefix = root / "prefix"
+        (prefix / "bin").mkdir(parents=True)
+        (prefix / "etc/datacrumbs").mkdir(parents=True)
+        (prefix / "bin/datacrumbs_sign_probes").symlink_to(SERVICE_BIN)
+        config_path = prefix / "etc/datacrumbs/datacrumbs.toml"
+        config_path.write_text(render_config(SiteConfig(
+            prefix=prefix, run_dir=root, log_dir=logs, public_key_dir=root / "keys",
+            private_key_dir=root / "private", socket_path=root / "sign.sock",
+            policy_file=root / "sign-policy.toml", audit_log=audit_log)))
+        config = load_config(config_path)
+        KeyStore(config.private_key_dir, config.public_key_dir).init()
+        unit.write_text(UNIT.read_text().replace("@PREFIX@", str(prefix)))
+        manager.systemctl("daemon-reload", check=True)
+
+        started = manager.systemctl("start", name)
+        assert started.returncode == 0, started.stderr + manager.journal(name)
+        assert manager.is_active(name) == "active"  # only after READY=1: the socket listens
+        assert stat.S_IMODE(config.socket_path.stat().st_mode) == 0o666
+        result = sign_as(user1.pw_name, unsigned("write", owner=("root", 0)), config)
+        assert result.returncode == 0, result.stderr + manager.journal(name)
+        assert json.loads(result.stdout)["owner"]["user"] == user1.pw_name
+        assert manager.systemctl("reload", name).returncode == 0
+        assert ping(socket_path=config.socket_path)
+
+        assert manager.systemctl("stop", name).returncode == 0
+        assert manager.is_active(name) == "inactive"
+        assert not config.socket_path.exists()
+        assert Path("/run/datacrumbs").is_dir()  # RuntimeDirectoryPreserve: kept for the prolog
+        journal = manager.journal(name)
+        assert "listening on" in journal and "stopping on signal" in journal
+        assert "Traceback" not in journal
+        records = read_records(audit_log)
+        assert [(r["user"], r["decision"]) for r in records] == [(user1.pw_name, "granted")]
+    finally:
+        manager.systemctl("stop", name)
+        manager.systemctl("reset-failed", name)
+        unit.unlink(missing_ok=True)
+        manager.systemctl("daemon-reload")
+        shutil.rmtree(root, ignore_errors=True)
+        audit_log.unlink(missing_ok=True)
+        if not logs_existed:
+            shutil.rmtree(logs, ignore_errors=True)

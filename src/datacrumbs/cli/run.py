@@ -1,0 +1,36 @@
+"""Trace one Flux job: the daemon that ``datacrumbs@<jobid>.service`` runs as root.
+
+Verifies the signed probes file for USER, attaches its probes to the job's
+processes (the cgroup in DATACRUMBS_CGROUP, else every process of USER),
+writes <run_dir>/datacrumbs-<RUN_ID>.ready once events flow, and traces until
+SIGINT or SIGTERM. Then it drains, closes the trace, writes the summary beside
+it, removes the ready file and exits 0. Logs go to stderr (the journal).
+
+examples:
+  datacrumbs run /home/alice/probes.json.gz 1234 alice
+  datacrumbs /home/alice/probes.json.gz 1234 alice     (same; the unit's form)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+HELP = "trace one job (the daemon run by datacrumbs@.service)"
+
+
+def setup_parser(parser) -> None:
+    parser.add_argument("probes", metavar="PROBES", help="signed probes file (*.json.gz)")
+    parser.add_argument("run_id", metavar="RUN_ID", help="the job id in decimal")
+    parser.add_argument("user", metavar="USER", help="the job's user")
+
+
+def main(args) -> int:
+    from ..tracer.daemon import run_daemon
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("datacrumbs: %(message)s"))
+    root = logging.getLogger("datacrumbs")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return run_daemon(args.probes, args.run_id, args.user)

@@ -1,0 +1,448 @@
+"""One tracing run: verify, attach, ready file, drain and write, stop cleanly, summary.
+
+This is what ``datacrumbs@<jobid>.service`` runs as root for one job. Every
+value it is given (run id, user, probes file, cgroup) is checked before it
+names a file; the probes file is trusted only through ``verify_probes_file``.
+The job must never be harmed by the tracer: a full disk stops the trace, not
+the daemon, and a stop is bounded even if the job keeps writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..config import SiteConfig, load_config
+from ..errors import ConfigError, DatacrumbsError
+from ..jobid import validate_run_id
+from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
+from ..users import User, lookup_user
+from .paths import CLOSE_OPS, OPEN_OPS, FdPaths
+from .summary import SummaryBuilder, SummaryFile
+
+log = logging.getLogger("datacrumbs.daemon")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+CGROUP_ENV = "DATACRUMBS_CGROUP"
+STOP_DRAIN_SECONDS = 30.0
+_POLL_MS = 100
+_SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class TraceDirError(DatacrumbsError):
+    """The trace directory cannot be created or written."""
+
+
+class NothingAttached(DatacrumbsError):
+    """No probe of the probes file could be attached on this host."""
+
+
+def short_host() -> str:
+    """Host name as it appears in trace names: first label, filename-safe."""
+    name = socket.gethostname().split(".")[0] or "localhost"
+    return _SAFE_HOST.sub("_", name)[:64]
+
+
+def cgroup_from_env(env=os.environ) -> Path | None:
+    """The job's cgroup from ``DATACRUMBS_CGROUP``: an existing directory under the v2 root."""
+    raw = env.get(CGROUP_ENV)
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_absolute() or ".." in path.parts:
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} must be an absolute path under {CGROUP_ROOT}")
+    real = Path(os.path.realpath(path))
+    if real != CGROUP_ROOT and CGROUP_ROOT not in real.parents or not real.is_dir():
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not an existing cgroup directory under "
+                          f"{CGROUP_ROOT}; check the job's cgroup path in the env file")
+    return real
+
+
+# -- the trace directory and file names --------------------------------------------------
+
+def open_trace_dir(config: SiteConfig, user: User, *, jobid: str, host: str, date: str) -> int:
+    """Open (creating as needed) the trace directory without following links; return its fd.
+
+    Components from the one that contains ``{user}`` on are created 0750 and owned by the
+    user (the user reads them); those above are root's. Walking with ``dir_fd`` and
+    ``O_NOFOLLOW`` means a user cannot redirect root's writes with a symlink.
+    """
+    pattern = Path(config.trace_dir)
+    target = config.trace_dir_for(user=user.name, jobid=jobid, host=host, date=date)
+    if not target.is_absolute() or len(pattern.parts) != len(target.parts):
+        raise TraceDirError(f"trace_dir {config.trace_dir!r} must be an absolute path whose "
+                            "placeholders fill whole components")
+    user_from = next((i for i, part in enumerate(pattern.parts) if "{user}" in part), None)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    try:
+        for i, part in enumerate(target.parts[1:], start=1):
+            if part in ("..", "."):
+                raise TraceDirError(f"trace directory {target} contains {part!r}")
+            owned = user_from is not None and i >= user_from
+            try:
+                os.mkdir(part, 0o750 if owned else 0o755, dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            nfd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            if owned:
+                st = os.fstat(fd)
+                if created or st.st_uid != user.uid:
+                    os.fchown(fd, user.uid, user.gid)
+                    os.fchmod(fd, 0o750)
+            elif created:
+                os.fchmod(fd, 0o755)
+        if not os.access(f"/proc/self/fd/{fd}", os.W_OK):
+            raise TraceDirError(f"trace directory {target} is not writable; fix its permissions "
+                                "or trace_dir in the site configuration")
+        probe = f".datacrumbs-write-test.{os.getpid()}"
+        try:  # os.access says yes on a read-only mount for nothing; try for real
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600, dir_fd=fd))
+            os.unlink(probe, dir_fd=fd)
+        except OSError as exc:
+            raise TraceDirError(f"trace directory {target} is not writable ({exc.strerror}); "
+                                "fix it or trace_dir in the site configuration") from None
+        return fd
+    except OSError as exc:
+        os.close(fd)
+        raise TraceDirError(f"cannot create trace directory {target}: {exc.strerror}; "
+                            "fix it or trace_dir in the site configuration") from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def claim_trace_name(dir_fd: int, stem: str, make_writer) -> tuple[TraceWriter, str, str]:
+    """Create ``stem.pfw.gz`` (or ``stem.1.pfw.gz``, ...): an existing trace is never replaced."""
+    for k in range(10000):
+        base = stem if k == 0 else f"{stem}.{k}"
+        summary = f"{base}.summary.json"
+        if _exists(summary, dir_fd):
+            continue
+        try:
+            return make_writer(f"{base}.pfw.gz"), f"{base}.pfw.gz", summary
+        except FileExistsError:
+            continue
+    raise TraceDirError(f"too many traces named {stem}.*; remove old ones")
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# -- ready file --------------------------------------------------------------------------
+
+def ready_path(config: SiteConfig, run_id: str) -> Path:
+    return Path(config.run_dir) / f"datacrumbs-{run_id}.ready"
+
+
+def write_ready(path: Path, text: str) -> None:
+    """Atomically publish the ready file (the unit's start waits for it)."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def remove_ready(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# -- events -> operations ----------------------------------------------------------------
+
+@dataclass
+class EventConverter:
+    """Turns engine batches into trace rows: µs times, errno, and file paths."""
+
+    probes: list[dict]
+    fdpaths: FdPaths
+    capture_paths: bool = True
+    _errno_kind: np.ndarray = field(init=False)
+    _close: set = field(init=False)
+    _open: set = field(init=False)
+
+    def __post_init__(self):
+        self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe") for p in self.probes]
+                                    or [False])
+        self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
+        self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
+
+    def convert(self, batch) -> tuple[np.ndarray, list | None]:
+        ev = batch.events
+        n = len(ev)
+        ops = np.empty(n, OPS_DTYPE)
+        ops["ts_us"] = ev["ts_ns"] // 1000
+        ops["dur_us"] = ev["dur_ns"] // 1000
+        ops["pid"] = ev["pid"]
+        ops["tid"] = ev["tid"]
+        ops["probe"] = ev["probe"]
+        ret = ev["ret"].astype(np.int64)
+        failed = ret < 0
+        kernel_errno = failed & self._errno_kind[ev["probe"]]
+        ops["errno"] = np.where(kernel_errno, np.minimum(-ret, 4095), 0)
+        ops["ret"] = np.where(failed, -1, ret)
+        ops["fd"] = ev["fd"]
+        ops["count"] = np.where(ev["count"] > 0, ev["count"], -1)
+        ops["offset"] = ev["offset"]
+        ops["size"] = ev["bytes"]
+        if not self.capture_paths:
+            return ops, None
+        return ops, self._paths(ops, getattr(batch, "paths", None) or {})
+
+    def _paths(self, ops: np.ndarray, opened: dict) -> list:
+        fdp = self.fdpaths
+        close, open_ = self._close, self._open
+        out: list = [None] * len(ops)
+        rows = zip(range(len(ops)), ops["pid"].tolist(), ops["fd"].tolist(),
+                   ops["probe"].tolist(), ops["ret"].tolist())
+        last_key = last_path = None
+        for i, pid, fd, probe, ret in rows:
+            path = opened.get(i)
+            if path is not None:
+                if ret >= 0 and probe in open_:
+                    fdp.opened(pid, ret, path)  # the new descriptor (or FILE*) is the return
+                out[i] = path
+                last_key = None
+                continue
+            if fd < 0:
+                continue
+            if probe in close:
+                out[i] = fdp.closed(pid, fd) or fdp.lookup(pid, fd)
+                fdp.closed(pid, fd)
+                last_key = None
+                continue
+            key = (pid, fd)
+            if key != last_key:
+                last_key, last_path = key, fdp.lookup(pid, fd)
+            out[i] = last_path
+        return out
+
+
+# -- the run -----------------------------------------------------------------------------
+
+class StopFlag:
+    """Signal handler that asks the drain loop to finish (the loop drains first)."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal = None
+
+    def __call__(self, signum, frame):
+        self.requested = True
+        self.signal = signum
+
+
+def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None = None,
+               env=os.environ) -> int:
+    """Trace one job until SIGINT/SIGTERM; 0 on a clean stop, DatacrumbsError otherwise."""
+    run_id = validate_run_id(run_id)      # both name files: check before anything else
+    account = lookup_user(user)
+    config = config or load_config()
+    from ..probes.verify import verify_probes_file
+    from .engine import Engine
+    from .scope import Scope
+
+    doc = verify_probes_file(Path(probes_path), account.name, config=config)
+    capture = doc.get("capture") or {}
+    mode = capture.get("mode", "trace")
+    interval_ms = int(capture.get("interval_ms", 1000))
+    capture_paths = bool(capture.get("paths", True))
+    cgroup = cgroup_from_env(env)
+    scope = Scope.for_cgroup(cgroup) if cgroup else Scope.for_user(account.uid)
+    host = short_host()
+    start = datetime.now(timezone.utc)
+    dir_fd = open_trace_dir(config, account, jobid=run_id, host=host,
+                            date=start.strftime("%Y-%m-%d"))
+    stop = StopFlag()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    ready = ready_path(config, run_id)
+    try:
+        engine = Engine(doc["probes"], scope, mode=mode, interval_ms=interval_ms,
+                        bpf_object=config.bpf_object, capture_paths=capture_paths)
+        with engine:
+            report = engine.attach()
+            for probe, reason in report.refused:
+                log.warning("probe %s (%s %s) refused: %s", probe.get("id"), probe.get("kind"),
+                            probe.get("target"), reason)
+            if not report.attached:
+                raise NothingAttached(
+                    f"no probe of {probes_path} could be attached on {host} "
+                    f"({len(report.refused)} refused); check the probes file's sets against "
+                    "this node with `datacrumbs probes check`")
+            log.info("attached %d of %d probes (%s) for job %s of user %s, scope %s",
+                     len(report.attached), len(doc["probes"]),
+                     ", ".join(str(p.get("id")) for p in report.attached), run_id, account.name,
+                     cgroup or f"uid {account.uid}")
+            run = TraceRun(engine, report, run_id=run_id, user=account, host=host, mode=mode,
+                       interval_ms=interval_ms, capture_paths=capture_paths, dir_fd=dir_fd,
+                       start=start)
+            return run.loop(stop, lambda: write_ready(ready, f"{run.trace_name}\n"))
+    finally:
+        remove_ready(ready)
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(dir_fd)
+
+
+class TraceRun:
+    """The drain loop of one attached engine and everything it writes (daemon and
+    ``datacrumbs trace`` share it). ``loop`` returns once ``stop.requested`` is true and
+    the ring buffer is drained; ``summary_doc`` and ``summary_name`` tell what was written.
+    """
+
+    def __init__(self, engine, report, *, run_id, user: User, host, mode, interval_ms,
+                 capture_paths, dir_fd, start: datetime, flush_interval: float = 1.0):
+        self.engine = engine
+        self.report = report
+        self.run_id, self.user, self.host, self.mode = run_id, user, host, mode
+        self.interval_s = max(interval_ms, 10) / 1000.0
+        self.dir_fd = dir_fd
+        self.start_us = int(start.timestamp() * 1_000_000)
+        probes = list(engine.probes)
+        self.probes = probes
+        header = {"version": __version__, "job": run_id, "user": user.name, "host": host,
+                  "mode": mode, "clock": "realtime-us", "ts": self.start_us}
+        stem = f"trace-{user.name}-{run_id}-{host}"
+
+        def make(name):
+            return TraceWriter(name, header=header, owner_uid=user.uid, owner_gid=user.gid,
+                               dir_fd=dir_fd, flush_interval=flush_interval)
+
+        self.writer, self.trace_name, self.summary_name = claim_trace_name(dir_fd, stem, make)
+        self.writer.set_probes(probes)
+        try:
+            self.summary_file = SummaryFile(dir_fd, self.summary_name, owner_uid=user.uid,
+                                            owner_gid=user.gid)
+        except BaseException:
+            self.writer.close()
+            raise
+        self.summary = SummaryBuilder(probes)
+        self.converter = EventConverter(probes, FdPaths(engine.resolve_fd),
+                                        capture_paths=capture_paths)
+        self._prev_profile: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self._last_lost = 0
+        self._last_lost_log = 0.0
+
+    def loop(self, stop, on_ready) -> int:
+        try:
+            return self._loop(stop, on_ready)
+        finally:  # whatever happened, leave a closed trace and no reserved space behind
+            self.writer.close()
+            self.summary_file.discard()
+
+    def _loop(self, stop, on_ready) -> int:
+        ready_sent = False
+        next_sample = time.monotonic() + self.interval_s
+        while not stop.requested:
+            self._drain_once(_POLL_MS)
+            if not ready_sent:
+                on_ready()  # after attach and a completed poll: events flow
+                ready_sent = True
+                log.info("ready: tracing to %s", self.trace_name)
+            now = time.monotonic()
+            if self.mode == "profile" and now >= next_sample:
+                self._sample_profile()
+                next_sample = now + self.interval_s
+            self.writer.tick()
+            self._check_lost()
+        log.info("stop requested (signal %s): draining", stop.signal)
+        deadline = time.monotonic() + STOP_DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            if not self._drain_once(0):
+                break
+        else:
+            log.warning("stopped draining after %.0f s: the job is still producing events",
+                        STOP_DRAIN_SECONDS)
+        return self._finish()
+
+    def _drain_once(self, timeout_ms: int) -> int:
+        batch = self.engine.poll(timeout_ms)
+        if batch is None or len(batch.events) == 0:
+            return 0
+        ops, paths = self.converter.convert(batch)
+        pids = np.unique(ops["pid"]).tolist()
+        new = [p for p in pids if not self.writer.named(p)]
+        if new:
+            names = self.engine.process_names()
+            for pid in new:
+                if pid in names:
+                    self.writer.process_name(pid, names[pid])
+        self.writer.write_ops(ops, paths)
+        if self.mode != "profile":
+            self.summary.add_ops(ops, paths)
+        return len(ops)
+
+    def _sample_profile(self) -> list:
+        rows = self.engine.read_profile()
+        ts = time.time_ns() // 1000
+        counters = []
+        for row in rows:
+            key = (row.pid, row.probe)
+            cur = (row.count, row.bytes, row.time_ns)
+            prev = self._prev_profile.get(key, (0, 0, 0))
+            if cur[0] != prev[0]:
+                counters.append((ts, row.pid, row.probe, cur[0] - prev[0],
+                                 max(cur[1] - prev[1], 0), (cur[2] - prev[2]) // 1000))
+            self._prev_profile[key] = cur
+        self.writer.write_counters(counters)
+        return rows
+
+    def _check_lost(self) -> None:
+        lost = self.engine.lost()
+        now = time.monotonic()
+        if lost > self._last_lost and now - self._last_lost_log >= 10:
+            log.warning("%d events lost so far (the ring buffer was full)", lost)
+            self._last_lost, self._last_lost_log = lost, now
+
+    def _finish(self) -> int:
+        rows = self._sample_profile() if self.mode == "profile" else None
+        self.writer.close()
+        lost = int(self.engine.lost())
+        if rows is not None:
+            self.summary.set_profile(rows)
+        extra = {}
+        if self.writer.error:
+            extra["write_error"] = self.writer.error
+            extra["events_not_written"] = self.writer.events_dropped
+        doc = self.summary.to_dict(
+            job=self.run_id, user=self.user.name, host=self.host, mode=self.mode,
+            start_ts=self.start_us, end_ts=time.time_ns() // 1000,
+            complete=self.writer.complete, events_written=self.writer.events_written,
+            events_lost=lost, trace_file=self.trace_name, attached=self.report.attached,
+            refused=self.report.refused, **extra)
+        self.summary_doc = doc
+        try:
+            self.summary_file.commit(doc)
+        except OSError as exc:
+            log.error("cannot write summary %s: %s", self.summary_name, exc.strerror or exc)
+        log.info("stopped: %d events written to %s, %d lost%s", self.writer.events_written,
+                 self.trace_name, lost,
+                 f", {self.writer.events_dropped} not written ({self.writer.error})"
+                 if self.writer.error else "")
+        return 0

@@ -1,0 +1,70 @@
+"""fd -> path tables per process, so events on a descriptor carry their file.
+
+Open-like events tell us the path of the descriptor they return; descriptors
+opened before the tracer attached are resolved once through /proc (the engine's
+``resolve_fd``). Tables are capped per process and in number of processes so a
+job that opens millions of files cannot grow the daemon without bound.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+# Operations whose return value is the new descriptor for the path argument (fopen returns
+# a FILE*, but the open(2) inside it is traced and stdio events carry fileno).
+OPEN_OPS = frozenset({"open", "open64", "openat", "openat64", "openat2", "creat", "creat64"})
+# Operations that release a descriptor or stream.
+CLOSE_OPS = frozenset({"close", "fclose"})
+_MAX_RESOLVABLE_FD = 1 << 20  # larger "fds" are FILE* values: nothing in /proc to read
+
+
+class FdPaths:
+    """Which file each (process, descriptor) refers to, within fixed memory."""
+
+    def __init__(self, resolve: Callable[[int, int], str | None] | None = None, *,
+                 max_fds_per_pid: int = 4096, max_pids: int = 4096):
+        self._resolve = resolve
+        self._max_fds = max_fds_per_pid
+        self._max_pids = max_pids
+        self._tables: OrderedDict[int, OrderedDict[int, str | None]] = OrderedDict()
+
+    def _table(self, pid: int) -> OrderedDict:
+        table = self._tables.get(pid)
+        if table is None:
+            table = self._tables[pid] = OrderedDict()
+            if len(self._tables) > self._max_pids:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(pid)
+        return table
+
+    def opened(self, pid: int, fd: int, path: str) -> None:
+        table = self._table(pid)
+        table[fd] = path
+        table.move_to_end(fd)
+        if len(table) > self._max_fds:
+            table.popitem(last=False)
+
+    def closed(self, pid: int, fd: int) -> str | None:
+        table = self._tables.get(pid)
+        path = table.pop(fd, None) if table is not None else None
+        return path if path is not None else None
+
+    def lookup(self, pid: int, fd: int) -> str | None:
+        table = self._table(pid)
+        if fd in table:
+            return table[fd]
+        path = None
+        if self._resolve is not None and 0 <= fd < _MAX_RESOLVABLE_FD:
+            path = self._resolve(pid, fd)
+        table[fd] = path  # remember misses too: /proc is read once per descriptor
+        if len(table) > self._max_fds:
+            table.popitem(last=False)
+        return path
+
+    def forget(self, pid: int) -> None:
+        self._tables.pop(pid, None)
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self._tables.values())

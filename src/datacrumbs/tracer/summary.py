@@ -1,0 +1,192 @@
+"""summary.json beside each trace, built incrementally batch by batch.
+
+Users and the epilog read the summary without opening the trace, so it is kept
+up to date as events are written (never by re-reading the trace) and holds
+only bounded tables: one row per probe and at most ``max_files`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..trace.writer import probe_name
+
+OTHER_FILES = "(other files)"
+
+
+def op_key(probe: dict) -> str:
+    return f"{probe.get('category') or 'SYSCALL'}/{probe_name(probe)}"
+
+
+class SummaryBuilder:
+    """Totals per operation and per file for one run."""
+
+    def __init__(self, probes: list[dict], *, max_files: int = 10000):
+        self.probes = list(probes)
+        self.keys = [op_key(p) for p in self.probes]
+        self._has_ret = np.array([p.get("kind") != "tracepoint" for p in self.probes] or [True])
+        n = len(self.probes)
+        self.count = np.zeros(n, np.int64)
+        self.bytes = np.zeros(n, np.int64)
+        self.time_us = np.zeros(n, np.int64)
+        self.errors = np.zeros(n, np.int64)
+        self.files: dict[str, list[int]] = {}
+        self.max_files = max_files
+        self.profile: dict[str, dict] = {}
+
+    def add_ops(self, ops: np.ndarray, paths: list | None = None) -> None:
+        if len(ops) == 0:
+            return
+        n = len(self.probes)
+        probe = ops["probe"]
+        size = np.where(ops["size"] > 0, ops["size"], 0)
+        self.count += np.bincount(probe, minlength=n)[:n]
+        self.bytes += np.bincount(probe, weights=size, minlength=n)[:n].astype(np.int64)
+        self.time_us += np.bincount(probe, weights=ops["dur_us"], minlength=n)[:n].astype(np.int64)
+        failed = (ops["ret"] < 0) & self._has_ret[probe]
+        if failed.any():
+            self.errors += np.bincount(probe[failed], minlength=n)[:n]
+        if paths is None:
+            return
+        files = self.files
+        for path, nbytes, dur in zip(paths, size.tolist(), ops["dur_us"].tolist()):
+            if path is None:
+                continue
+            row = files.get(path)
+            if row is None:
+                if len(files) >= self.max_files:
+                    path = OTHER_FILES
+                    row = files.get(path)
+                if row is None:
+                    row = files[path] = [0, 0, 0]
+            row[0] += 1
+            row[1] += nbytes
+            row[2] += dur
+
+    def set_profile(self, rows) -> None:
+        """Final in-kernel profile (ProfileRow list): totals, extremes and histograms."""
+        n = len(self.probes)
+        self.count[:] = 0
+        self.bytes[:] = 0
+        self.time_us[:] = 0
+        profile: dict[str, dict] = {}
+        for row in rows:
+            if not 0 <= row.probe < n:
+                continue
+            self.count[row.probe] += row.count
+            self.bytes[row.probe] += max(row.bytes, 0)
+            self.time_us[row.probe] += row.time_ns // 1000
+            key = self.keys[row.probe]
+            cur = profile.get(key)
+            hist = [int(h) for h in row.hist]
+            if cur is None:
+                profile[key] = {"count": int(row.count), "bytes": int(max(row.bytes, 0)),
+                                "time_us": int(row.time_ns // 1000),
+                                "min_us": int(row.min_ns // 1000), "max_us": int(row.max_ns // 1000),
+                                "hist_log2_us": hist}
+                continue
+            cur["count"] += int(row.count)
+            cur["bytes"] += int(max(row.bytes, 0))
+            cur["time_us"] += int(row.time_ns // 1000)
+            if row.count:
+                cur["min_us"] = min(cur["min_us"], int(row.min_ns // 1000))
+                cur["max_us"] = max(cur["max_us"], int(row.max_ns // 1000))
+            width = max(len(cur["hist_log2_us"]), len(hist))
+            a = cur["hist_log2_us"] + [0] * (width - len(cur["hist_log2_us"]))
+            b = hist + [0] * (width - len(hist))
+            cur["hist_log2_us"] = [x + y for x, y in zip(a, b)]
+        self.profile = profile
+
+    def operations(self) -> dict[str, dict]:
+        ops: dict[str, dict] = {}
+        for i, key in enumerate(self.keys):
+            if not self.count[i]:
+                continue
+            cur = ops.setdefault(key, {"count": 0, "bytes": 0, "time_us": 0, "errors": 0})
+            cur["count"] += int(self.count[i])
+            cur["bytes"] += int(self.bytes[i])
+            cur["time_us"] += int(self.time_us[i])
+            cur["errors"] += int(self.errors[i])
+        return ops
+
+    def to_dict(self, *, job: str, user: str, host: str, mode: str, start_ts: int, end_ts: int,
+                complete: bool, events_written: int, events_lost: int, trace_file: str,
+                attached: list[dict], refused: list[tuple[dict, str]], **extra) -> dict:
+        doc = {
+            "format": "datacrumbs-summary", "version": 1, "job": job, "user": user, "host": host,
+            "mode": mode, "start_ts": int(start_ts), "end_ts": int(end_ts),
+            "complete": bool(complete), "events_written": int(events_written),
+            "events_lost": int(events_lost), "trace_file": trace_file,
+            "probes_attached": [_probe_ref(p) for p in attached],
+            "probes_refused": [_probe_ref(p) | {"reason": str(r)} for p, r in refused],
+            "operations": self.operations(),
+            "files": {p: {"count": c, "bytes": b, "time_us": t}
+                      for p, (c, b, t) in self.files.items()},
+        }
+        if self.profile or mode == "profile":
+            doc["profile"] = self.profile
+        doc.update(extra)
+        return doc
+
+
+def _probe_ref(probe: dict) -> dict:
+    return {"id": probe.get("id"), "kind": probe.get("kind"), "target": probe.get("target")}
+
+
+class SummaryFile:
+    """The summary's file, with its disk space reserved when the run starts.
+
+    A full disk must not cost the summary that says the disk was full, so the
+    space is allocated up front in an anonymous file (``O_TMPFILE``, nothing
+    left behind by a crash) that is linked under its name only when complete,
+    and never over an existing file.
+    """
+
+    def __init__(self, dir_fd: int, name: str, *, owner_uid: int | None = None,
+                 owner_gid: int | None = None, reserve: int = 64 << 10):
+        self.dir_fd, self.name = dir_fd, name
+        self._tmpname = None
+        try:
+            self.fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
+        except OSError:  # file systems without O_TMPFILE: a hidden named temp file
+            self._tmpname = f".{name}.{os.getpid()}.tmp"
+            self.fd = os.open(self._tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
+        os.fchmod(self.fd, 0o640)
+        if owner_uid is not None:
+            os.fchown(self.fd, owner_uid, -1 if owner_gid is None else owner_gid)
+        try:
+            os.posix_fallocate(self.fd, 0, reserve)
+        except OSError:
+            pass  # no reservation possible: still try to write at the end
+
+    def commit(self, doc: dict) -> None:
+        data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8",
+                                                                              "surrogateescape")
+        try:
+            view, pos = memoryview(data), 0
+            while pos < len(data):
+                pos += os.pwrite(self.fd, view[pos:], pos)
+            os.ftruncate(self.fd, len(data))
+            os.fsync(self.fd)
+            if self._tmpname is None:
+                os.link(f"/proc/self/fd/{self.fd}", self.name, dst_dir_fd=self.dir_fd)
+            else:
+                os.link(self._tmpname, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self._tmpname is not None:
+            try:
+                os.unlink(self._tmpname, dir_fd=self.dir_fd)
+            except OSError:
+                pass
+            self._tmpname = None

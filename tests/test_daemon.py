@@ -1,0 +1,373 @@
+"""The tracer daemon as the unit runs it: `datacrumbs run PROBES RUN_ID USER`, real eBPF.
+
+Workloads are real processes of the real test users doing a known number of
+writes; traces are read back with independent readers (zlib + json, pandas)
+and with the project's reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from datacrumbs.probes.catalog import load_catalog, select_probes
+from datacrumbs.probes.document import build_document, write_document
+from datacrumbs.signing.keys import KeyStore
+from datacrumbs.trace.reader import TraceReader
+from datacrumbs.trace.writer import name_hash
+from datacrumbs.tracer.daemon import short_host
+from workloads import daemon_readback as rb
+from workloads.daemon_build import build
+
+pytestmark = pytest.mark.ebpf
+DATACRUMBS = [
+    str(Path(sys.executable).with_name("datacrumbs"))]
+HOST = short_host()
+
+
+@pytest.fixture(scope="module")
+def shared_dir():
+    """World-traversable scratch space: pytest's tmp_path is private to root."""
+    d = Path(tempfile.mkdtemp(prefix="datacrumbs-daemon-test-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def writes_bin(shared_dir):
+    return build("writes", shared_dir)
+
+
+@pytest.fixture
+def workdir(shared_dir, request):
+    """A directory every test user can write in (their workloads' files)."""
+    d = Path(tempfile.mkdtemp(dir=shared_dir, prefix="work-"))
+    d.chmod(0o1777)
+    return d
+
+
+def sign_for(site, user, *, sets=("posix",), mode="trace", name="probes.json.gz") -> Path:
+    """A probes file for ``user`` signed by a key store of the test site."""
+    store = KeyStore.from_config(site)
+    if not (site.private_key_dir / "current").exists():
+        store.init()
+    probes = select_probes(load_catalog(site), list(sets))
+    doc = build_document(probes, owner_uid=user.pw_uid, owner_user=user.pw_name,
+                         sets=list(sets), mode=mode, interval_ms=200)
+    path = site.prefix.parent / f"{user.pw_name}-{name}"
+    write_document(path, store.sign(doc))
+    return path
+
+
+class Daemon:
+    """`datacrumbs run` as a subprocess, with its ready file and outputs."""
+
+    def __init__(self, site, probes, run_id, user, env=None):
+        self.site, self.run_id, self.user = site, run_id, user
+        self.ready = site.run_dir / f"datacrumbs-{run_id}.ready"
+        full_env = dict(os.environ, **(env or {}))
+        self.proc = subprocess.Popen([*DATACRUMBS, "run", str(probes), run_id, user],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+
+    def wait_ready(self, timeout=30.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.ready.exists():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: "
+                                     f"{self.proc.stderr.read().decode()}")
+            time.sleep(0.02)
+        raise AssertionError("daemon never became ready")
+
+    def stop(self, sig=signal.SIGINT, timeout=40.0):
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stderr = err.decode()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+    def trace_dir(self):
+        return Path(self.site.trace_dir.format(user=self.user, jobid=self.run_id, host=HOST,
+                                               date=""))
+
+    def trace(self, k=0):
+        suffix = "" if k == 0 else f".{k}"
+        return self.trace_dir() / f"trace-{self.user}-{self.run_id}-{HOST}{suffix}.pfw.gz"
+
+    def summary(self, k=0):
+        return json.loads(Path(str(self.trace(k))[:-len(".pfw.gz")] + ".summary.json").read_text())
+
+
+@pytest.fixture
+def daemons():
+    started = []
+
+    def start(*args, **kw):
+        d = Daemon(*args, **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+        d.ready.unlink(missing_ok=True)
+
+
+def run_as(user, argv, **kw):
+    """A workload process of ``user`` (setuid in the child, so its pid is the workload's)."""
+    return subprocess.Popen(argv, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+N_WRITES, SIZE = 3000, 4096
+
+
+def test_user_workload_traced_exactly_root_absent(site, user1, workdir, writes_bin, daemons):
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "4242", user1.pw_name)
+    d.wait_ready()
+    target = workdir / "user1.dat"
+    rootfile = workdir / "root.dat"
+    root_proc = subprocess.Popen([str(writes_bin), str(rootfile), "2000", "512"],
+                                 stdout=subprocess.PIPE)
+    work = run_as(user1, [str(writes_bin), str(target), str(N_WRITES), str(SIZE)])
+    out, err = work.communicate(timeout=60)
+    assert work.returncode == 0, err
+    root_proc.communicate(timeout=60)
+    time.sleep(0.2)
+    assert d.stop() == 0, d.stderr
+    assert not d.ready.exists()
+    assert "Traceback" not in d.stderr
+    trace = d.trace()
+    st = trace.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (user1.pw_uid, 0o640)
+    lines = rb.lines(trace)
+    assert lines[0] == "[" and lines[-1] == "]"
+    recs = rb.records(trace)
+    fh = name_hash(str(target))
+    writes = [e for e in recs if e.get("ph") == "X" and e["name"] == "write"
+              and e["args"].get("fhash") == fh]
+    assert len(writes) == N_WRITES
+    assert sum(e["args"]["size"] for e in writes) == N_WRITES * SIZE
+    assert {e["pid"] for e in writes} == {work.pid}
+    assert all(e["args"]["count"] == SIZE and e["args"]["fd"] >= 3 for e in writes)
+    fhs = {r["args"]["name"] for r in recs if r["name"] == "FH"}
+    assert str(target) in fhs and str(rootfile) not in fhs
+    assert root_proc.pid not in {r["pid"] for r in recs}
+    # pandas, independently
+    frame = rb.pandas_frame(trace)
+    x = frame[(frame["ph"] == "X") & (frame["name"] == "write")]
+    mine = x[x["args"].map(lambda a: a.get("fhash") == fh)]
+    assert len(mine) == N_WRITES and mine["args"].map(lambda a: a["size"]).sum() == N_WRITES * SIZE
+    # the project's reader agrees
+    ours = [e for e in TraceReader(trace).events() if e.get("ph") == "X" and e["name"] == "write"
+            and e["pid"] == work.pid and e["args"].get("fhash") == fh]
+    assert len(ours) == N_WRITES
+    summary = d.summary()
+    assert summary["complete"] is True and summary["events_lost"] == 0
+    assert summary["trace_file"] == trace.name and summary["job"] == "4242"
+    assert summary["files"][str(target)] == {
+        "count": N_WRITES + 2,  # openat + writes + close
+        "bytes": N_WRITES * SIZE,
+        "time_us": summary["files"][str(target)]["time_us"]}
+    assert summary["events_written"] == sum(1 for r in recs if r["ph"] == "X")
+    assert summary["operations"]["POSIX/write"]["count"] >= N_WRITES
+
+
+def _pid_write_totals_trace(trace, pid):
+    ev = [e for e in rb.events(trace) if e["pid"] == pid and e["name"] == "write"]
+    return len(ev), sum(e["args"].get("size", 0) for e in ev)
+
+
+def _pid_write_totals_profile(trace, pid):
+    ev = [e for e in rb.events(trace, ph="C") if e["pid"] == pid and e["name"] == "write"]
+    return sum(e["args"]["count"] for e in ev), sum(e["args"]["bytes"] for e in ev)
+
+
+def test_profile_mode_gives_the_same_totals(site, user1, workdir, writes_bin, daemons):
+    totals = {}
+    for mode in ("trace", "profile"):
+        probes = sign_for(site, user1, mode=mode, name=f"{mode}.json.gz")
+        d = daemons(site, probes, "77" if mode == "trace" else "78", user1.pw_name)
+        d.wait_ready()
+        work = run_as(user1, [str(writes_bin), str(workdir / f"{mode}.dat"), "2500", "16"])
+        out, _ = work.communicate(timeout=60)
+        time.sleep(0.4 if mode == "profile" else 0.1)
+        assert d.stop() == 0, d.stderr
+        expected = (2501, 2500 * 16 + len(out))  # the writes and the "done ..." line
+        if mode == "trace":
+            totals[mode] = _pid_write_totals_trace(d.trace(), work.pid)
+        else:
+            totals[mode] = _pid_write_totals_profile(d.trace(), work.pid)
+            summary = d.summary()
+            prof = summary["profile"]["POSIX/write"]
+            assert prof["count"] >= expected[0] and sum(prof["hist_log2_us"]) == prof["count"]
+            assert summary["mode"] == "profile" and rb.lines(d.trace())[-1] == "]"
+        assert totals[mode] == expected, mode
+
+
+def test_sigkill_leaves_a_readable_trace(site, user1, workdir, writes_bin, daemons):
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "555", user1.pw_name)
+    d.wait_ready()
+    # ~20,000 writes/s for 3 s; the daemon is killed after 2 s
+    work = run_as(user1, [str(writes_bin), str(workdir / "k.dat"), "60000", "16", "20000"])
+    time.sleep(2.0)
+    killed_at = time.time()
+    d.proc.kill()
+    d.proc.communicate()
+    work.communicate(timeout=60)
+    trace = d.trace()
+    members, tail = rb.members(trace)
+    assert len(members) >= 2
+    writes = [e for e in rb.events(trace) if e["name"] == "write" and e["pid"] == work.pid]
+    assert len(writes) > 10000
+    last_ts = max(e["ts"] for e in writes) / 1e6
+    assert killed_at - last_ts < 1.6, "more than about a second of events was lost"
+    assert rb.lines(trace)[-1] != "]"
+    frame = rb.pandas_frame(trace)
+    assert (frame["ph"] == "X").sum() >= len(writes)
+    reader = TraceReader(trace)
+    assert sum(1 for e in reader.events() if e.get("ph") == "X" and e["pid"] == work.pid
+               and e["name"] == "write") == len(writes)
+
+
+def _only_one_error_line(stderr: str, *needles):
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("datacrumbs: error: "), stderr
+    assert "Traceback" not in stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def _files_under(*dirs):
+    return sorted(str(p) for d in dirs if d.exists() for p in d.rglob("*"))
+
+
+@pytest.mark.parametrize("run_id,user,needle", [
+    ("../x", "dctest1", "'../x'"),
+    ("1;reboot", "dctest1", "'1;reboot'"),
+    ("\u01922kP8", "dctest1", "decimal"),
+    ("100", "nosuchuser", "'nosuchuser'"),
+    ("100", "../../etc", "'../../etc'"),
+])
+def test_bad_run_id_or_user_is_one_line_and_writes_nothing(site, user1, run_id, user, needle):
+    probes = sign_for(site, user1)
+    traces = site.prefix.parent / "traces"
+    before = _files_under(traces, site.run_dir)
+    proc = subprocess.run([*DATACRUMBS, "run", str(probes), run_id, user], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    _only_one_error_line(proc.stderr, needle)
+    assert _files_under(traces, site.run_dir) == before
+
+
+def test_bad_probes_files_are_refused(site, user1, user2, tmp_path):
+    own = sign_for(site, user1)
+    other = sign_for(site, user2)
+    tampered = tmp_path / "tampered.json.gz"
+    import gzip
+    doc = json.loads(gzip.decompress(own.read_bytes()))
+    doc["probes"] = doc["probes"][:1]
+    tampered.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    traces = site.prefix.parent / "traces"
+    before = _files_under(traces, site.run_dir)
+    for path, needle in ((tampered, str(tampered)), (other, str(other)),
+                         (tmp_path / "missing.json.gz", "missing.json.gz")):
+        proc = subprocess.run([*DATACRUMBS, str(path), "100", user1.pw_name],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        _only_one_error_line(proc.stderr, needle)
+    assert _files_under(traces, site.run_dir) == before
+
+
+def test_bad_cgroup_env_is_refused(site, user1):
+    probes = sign_for(site, user1)
+    proc = subprocess.run([*DATACRUMBS, "run", str(probes), "100", user1.pw_name],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, DATACRUMBS_CGROUP="/etc"))
+    assert proc.returncode == 1
+    _only_one_error_line(proc.stderr, "DATACRUMBS_CGROUP")
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    mounted = []
+
+    def mount(path: Path, options: str):
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_unwritable_trace_directory(site, user1, mount_tmpfs):
+    probes = sign_for(site, user1)
+    ro = mount_tmpfs(site.prefix.parent / "traces", "ro,size=64k,mode=0755")
+    proc = subprocess.run([*DATACRUMBS, "run", str(probes), "100", user1.pw_name],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    _only_one_error_line(proc.stderr, str(ro))
+    assert _files_under(ro, site.run_dir) == []
+
+
+def test_existing_trace_is_never_overwritten(site, user1, daemons):
+    probes = sign_for(site, user1)
+    first = daemons(site, probes, "900", user1.pw_name)
+    first.wait_ready()
+    assert first.stop() == 0
+    original = first.trace().read_bytes()
+    second = daemons(site, probes, "900", user1.pw_name)
+    second.wait_ready()
+    assert second.stop() == 0
+    assert first.trace().read_bytes() == original
+    assert second.trace(1).exists() and second.summary(1)["trace_file"] == second.trace(1).name
+    assert first.summary(0)["trace_file"] == first.trace().name
+
+
+def test_disk_full_keeps_daemon_alive_and_trace_readable(site, user1, workdir, writes_bin,
+                                                         daemons, mount_tmpfs):
+    probes = sign_for(site, user1)
+    mount_tmpfs(site.prefix.parent / "traces", "size=256k,mode=0755")
+    d = daemons(site, probes, "31337", user1.pw_name)
+    d.wait_ready()
+    # random-ish small writes at a high rate: far more trace than 256 KiB
+    for i in range(4):
+        work = run_as(user1, [str(writes_bin), str(workdir / f"full{i}.dat"), "100000", "16"])
+        _, err = work.communicate(timeout=120)
+        assert work.returncode == 0, err  # the job is unharmed
+    time.sleep(1.2)
+    assert d.proc.poll() is None, "the daemon died on a full disk"
+    assert d.stop() == 0
+    errors = [x for x in d.stderr.splitlines() if "cannot write trace" in x]
+    assert len(errors) == 1, d.stderr
+    assert "No space left on device" in errors[0]
+    members, tail = rb.members(d.trace())
+    assert tail == b"" and rb.lines(d.trace())[0] == "["
+    summary = d.summary()
+    assert summary["complete"] is False
+    assert "No space left on device" in summary["write_error"]
+    assert summary["events_not_written"] > 0
+    assert summary["events_written"] == len(rb.events(d.trace()))
+    assert summary["operations"]["POSIX/write"]["count"] >= 400000

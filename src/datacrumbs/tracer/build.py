@@ -21,6 +21,8 @@ BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 SOURCE_NAME = "datacrumbs.bpf.c"
 TOOL_PACKAGES = {"clang": "clang (and llvm)", "bpftool": "bpftool"}
 BUILD_TIMEOUT = 300
+# bpftool lives in sbin, which a user's PATH often lacks
+SBIN_PATH = "/usr/sbin:/sbin:/usr/local/sbin"
 
 
 class BuildError(DatacrumbsError):
@@ -33,7 +35,7 @@ def source_dir() -> Path:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+    path = shutil.which(name) or shutil.which(name, path=SBIN_PATH)
     if not path:
         raise BuildError(f"{name} not found: install the Debian/Ubuntu package "
                          f"{TOOL_PACKAGES[name]} (RHEL: {name}) to build the BPF object")

@@ -23,8 +23,6 @@ Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
 import mmap
 import os
@@ -41,7 +39,7 @@ from ..errors import DatacrumbsError
 from . import libbpf
 from .libbpf import AttachFailed, BpfObject
 from .scope import Scope
-from .syscalls import syscall_number
+from ..probes import host_check
 
 log = logging.getLogger("datacrumbs.engine")
 
@@ -126,15 +124,25 @@ def _realtime_offset_ns() -> int:
 
 def ensure_tracefs() -> None:
     """Mount tracefs if missing: tracepoint attachment reads event ids from it."""
-    if (TRACEFS / "events").is_dir():
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_void_p]
-    if libc.mount(b"nodev", bytes(TRACEFS), b"tracefs", 0, None) != 0:
-        err = ctypes.get_errno()
-        if err != errno.EBUSY:
-            raise EngineError(f"cannot mount tracefs on {TRACEFS}: {os.strerror(err)} "
-                              f"(run `mount -t tracefs nodev {TRACEFS}` as root)")
+    if host_check.ensure_tracefs(TRACEFS) is None:
+        raise EngineError(f"tracefs is not mounted on {TRACEFS} and could not be mounted: run "
+                          f"`mount -t tracefs nodev {TRACEFS}` as root")
+
+
+def syscall_number(name: str) -> int | None:
+    try:
+        return host_check.syscall_number(name)
+    except KeyError:
+        return None
+
+
+def resolve_library(library) -> str | None:
+    """Absolute path of a uprobe library given as a path or a soname (ld.so cache)."""
+    if not isinstance(library, str) or not library or "\0" in library:
+        return None
+    if not library.startswith("/") and "/" in library:
+        return None
+    return host_check.LibraryResolver().resolve(library)
 
 
 def kernel_has_kprobes() -> bool:
@@ -446,11 +454,10 @@ class Engine:
         obj, target = self._obj, probe["target"]
         try:
             if kind in ("uprobe", "uretprobe"):
-                library = probe.get("library")
-                if not isinstance(library, str) or not library.startswith("/"):
-                    raise _Refused("uprobe needs an absolute library path")
-                if not os.path.isfile(library):
-                    raise _Refused(f"library {library} not found on this host")
+                given = probe.get("library")
+                library = resolve_library(given)
+                if library is None:
+                    raise _Refused(f"library {given} not found on this host")
                 links = []
                 try:
                     for prog, ret in (("dc_uprobe", False), ("dc_uretprobe", True)):

@@ -508,8 +508,9 @@ int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
 		return 0;
 	e.probe = probe;
 	e.args[0] = (__u64)BPF_CORE_READ(ctx, nr_sector) << 9;
-	e.args[1] = BPF_CORE_READ(ctx, sector);
-	sp = &(struct dc_spec){ .probe = probe, .bytes_kind = DC_BYTES_ARG, .bytes_arg = 0,
+	e.args[1] = BPF_CORE_READ(ctx, sector) << 9;	/* byte offset on the device */
+	sp = &(struct dc_spec){ .probe = probe, .bytes_arg = 0,
+				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1 };
 	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error));

@@ -1,0 +1,324 @@
+"""The eBPF engine against the real kernel: scopes, event contents, uprobes,
+profile mode, refusals, a bpftrace cross-check and a loss-free burst."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from datacrumbs.tracer.engine import NO_KPROBES, Engine, EngineError, kernel_has_kprobes
+from datacrumbs.tracer.scope import Scope, ScopeError
+
+from fixtures.tracing import collect, stdio_sizes, write_sizes
+
+pytestmark = pytest.mark.ebpf
+
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+WRITE = {"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX",
+         "args": {"fd": 0, "count": 2}, "bytes": "ret"}
+OPEN = {"id": "posix.open", "kind": "syscall", "target": "open", "category": "POSIX",
+        "args": {"path": 0, "flags": 1}, "bytes": None}
+OPENAT = {"id": "posix.openat", "kind": "syscall", "target": "openat", "category": "POSIX",
+          "args": {"fd": 0, "path": 1, "flags": 2}, "bytes": None}
+FWRITE = {"id": "stdio.fwrite", "kind": "uprobe", "target": "fwrite", "library": LIBC,
+          "category": "STDIO", "args": {"size": 1, "nmemb": 2, "stream": 3}, "bytes": "ret*arg1"}
+FREAD = {"id": "stdio.fread", "kind": "uprobe", "target": "fread", "library": "libc.so.6",
+         "category": "STDIO", "args": {"size": 1, "nmemb": 2, "stream": 3}, "bytes": "ret*arg1"}
+FOPEN = {"id": "stdio.fopen", "kind": "uprobe", "target": "fopen", "library": LIBC,
+         "category": "STDIO", "args": {"path": 0}, "bytes": None}
+KPROBE = {"id": "kernel.vfs_write", "kind": "kprobe", "target": "vfs_write", "category": "VFS",
+          "args": {"count": 2}, "bytes": "ret"}
+NOSYM = {"id": "x.missing", "kind": "uprobe", "target": "datacrumbs_no_such_function",
+         "library": LIBC, "category": "X", "args": {}, "bytes": None}
+NOLIB = {"id": "x.nolib", "kind": "uprobe", "target": "H5Fopen",
+         "library": "/nonexistent/libhdf5.so.1", "category": "X", "args": {}, "bytes": None}
+NOTP = {"id": "x.notp", "kind": "tracepoint", "target": "nosuch:event", "category": "X",
+        "args": {}, "bytes": None}
+POSIX = [WRITE, OPEN, OPENAT]
+
+
+def _write_index(engine) -> int:
+    return next(i for i, p in enumerate(engine.probes) if p["id"] == "posix.write")
+
+
+def test_pid_scope_sees_exact_writes_and_nothing_else(bpf_object, tracefs, engine_io, workloads,
+                                                      tmp_path, user2):
+    n = 57
+    target = tmp_path / "out.bin"
+    child = workloads([engine_io, "write", target, n])
+    outsider_root = workloads([engine_io, "write", tmp_path / "root.bin", n])
+    outsider_user = workloads([engine_io, "write", "/dev/null", n], user=user2)
+    with Engine(POSIX, Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        assert [p["id"] for p in report.attached] == ["posix.write", "posix.open", "posix.openat"]
+        assert report.refused == []
+        for w in (outsider_root, outsider_user, child):
+            w.go()
+        events, paths = collect(eng, [child, outsider_root, outsider_user])
+        assert eng.lost() == 0
+        names = eng.process_names()
+
+    assert set(events["pid"].tolist()) == {child.pid}, "events of out-of-scope processes leaked"
+    opens = [i for i, p in paths.items() if p == str(target)]
+    assert len(opens) == 1, paths
+    fd = int(events["ret"][opens[0]])
+    assert fd >= 3
+    assert eng.probes[events["probe"][opens[0]]]["id"] in ("posix.open", "posix.openat")
+    writes = events[events["probe"] == _write_index(eng)]
+    assert len(writes) == n
+    assert writes["bytes"].tolist() == write_sizes(n)
+    assert writes["count"].tolist() == write_sizes(n)
+    assert writes["ret"].tolist() == write_sizes(n)
+    assert set(writes["fd"].tolist()) == {fd}
+    assert set(writes["offset"].tolist()) == {-1}
+    assert (writes["tid"] == child.pid).all()
+    # realtime microseconds line up with the wall clock, durations are sane
+    now = time.time_ns()
+    assert (now - 60e9 < writes["ts_ns"]).all() and (writes["ts_ns"] <= now).all()
+    assert (np.diff(writes["ts_ns"].astype(np.int64)) > 0).all()
+    assert (writes["dur_ns"] > 0).all() and (writes["dur_ns"] < 1e9).all()
+    assert names[child.pid] == "engine_io"
+    assert target.stat().st_size == sum(write_sizes(n))
+
+
+def test_pid_scope_follows_forked_children(bpf_object, tracefs, engine_io, workloads, tmp_path):
+    n = 23
+    parent = workloads([engine_io, "fork", tmp_path / "child.bin", n])
+    with Engine([WRITE], Scope.for_pids([parent.pid]), bpf_object=bpf_object) as eng:
+        eng.attach()
+        parent.go()
+        events, _ = collect(eng, [parent])
+    pids = set(events["pid"].tolist())
+    assert len(pids) == 1 and parent.pid not in pids, "the write happen in the forked child"
+    assert events["bytes"].tolist() == write_sizes(n)
+
+
+def test_pid_scope_without_follow_ignores_children(bpf_object, tracefs, engine_io, workloads,
+                                                   tmp_path):
+    parent = workloads([engine_io, "fork", tmp_path / "child.bin", 5])
+    with Engine([WRITE], Scope.for_pids([parent.pid], follow=False), bpf_object=bpf_object) as eng:
+        eng.attach()
+        parent.go()
+        events, _ = collect(eng, [parent])
+    assert len(events) == 0
+
+
+def test_user_scope(bpf_object, tracefs, engine_io, workloads, tmp_path, user1):
+    n = 31
+    mine = workloads([engine_io, "write", "/dev/null", n], user=user1)
+    roots = workloads([engine_io, "write", tmp_path / "root.bin", n])
+    with Engine([WRITE], Scope.for_user(user1.pw_uid), bpf_object=bpf_object) as eng:
+        eng.attach()
+        mine.go()
+        roots.go()
+        events, _ = collect(eng, [mine, roots])
+    assert roots.pid not in set(events["pid"].tolist())
+    seen = events[events["pid"] == mine.pid]
+    assert seen["bytes"].tolist() == write_sizes(n)
+
+
+def test_cgroup_scope(bpf_object, tracefs, engine_io, workloads, tmp_path, cgroup):
+    n = 19
+    inside = workloads([engine_io, "write", tmp_path / "in.bin", n])
+    outside = workloads([engine_io, "write", tmp_path / "out.bin", n])
+    (cgroup / "cgroup.procs").write_text(str(inside.pid))
+    with Engine([WRITE], Scope.for_cgroup(cgroup), bpf_object=bpf_object) as eng:
+        eng.attach()
+        inside.go()
+        outside.go()
+        events, _ = collect(eng, [inside, outside])
+    assert set(events["pid"].tolist()) == {inside.pid}
+    assert events["bytes"].tolist() == write_sizes(n)
+
+
+def test_uprobes_stdio_bytes_and_stream_fd(bpf_object, tracefs, engine_io, workloads, tmp_path):
+    n = 40
+    target = tmp_path / "stdio.bin"
+    child = workloads([engine_io, "stdio", target, n])
+    with Engine([FOPEN, FWRITE, FREAD], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        assert len(report.attached) == 3, report.refused
+        child.go()
+        events, paths = collect(eng, [child])
+    opens = events[events["probe"] == 0]
+    assert len(opens) == 1 and list(paths.values()) == [str(target)]
+    assert opens["ret"][0] > 0, "fopen returns a FILE pointer"
+    for probe in (1, 2):
+        rows = events[events["probe"] == probe]
+        assert len(rows) == n
+        assert rows["ret"].tolist() == [1] * n          # nmemb = 1 each time
+        assert rows["bytes"].tolist() == stdio_sizes(n)  # bytes = ret * size
+        assert rows["count"].tolist() == stdio_sizes(n)  # size * nmemb requested
+        assert len(set(rows["fd"].tolist())) == 1 and rows["fd"][0] >= 3
+
+
+def test_profile_mode_matches_trace_mode(bpf_object, tracefs, engine_io, workloads, tmp_path):
+    n = 300
+    probes = [WRITE, FWRITE, FREAD]
+    child = workloads([engine_io, "stdio", tmp_path / "t.bin", n])
+    with Engine(probes, Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        eng.attach()
+        child.go()
+        events, _ = collect(eng, [child])
+        assert eng.read_profile() == [], "trace mode keeps no profile"
+    traced = {i: (int((events["probe"] == i).sum()), int(events["bytes"][events["probe"] == i].sum()))
+              for i in range(len(probes))}
+
+    child = workloads([engine_io, "stdio", tmp_path / "p.bin", n])
+    with Engine(probes, Scope.for_pids([child.pid]), mode="profile", bpf_object=bpf_object) as eng:
+        eng.attach()
+        child.go()
+        events, _ = collect(eng, [child])
+        assert len(events) == 0, "profile mode sends no events"
+        rows = eng.read_profile()
+    profiled = {r.probe: (r.count, r.bytes) for r in rows}
+    assert {r.pid for r in rows} == {child.pid}
+    assert profiled == traced
+    assert traced[1] == (n, sum(stdio_sizes(n)))
+    for r in rows:
+        assert sum(r.hist) == r.count and len(r.hist) == 32
+        assert 0 < r.min_ns <= r.max_ns <= r.time_ns
+
+
+def test_kprobe_and_missing_targets_are_refused_while_others_attach(bpf_object, tracefs):
+    probes = [KPROBE, NOSYM, NOLIB, NOTP, WRITE]
+    with Engine(probes, Scope.for_pids([os.getppid()]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+    assert [p["id"] for p in report.attached] == ["posix.write"]
+    reasons = {p["id"]: r for p, r in report.refused}
+    if not kernel_has_kprobes():
+        assert reasons["kernel.vfs_write"] == NO_KPROBES == \
+            "kernel has no kprobes (CONFIG_KPROBES not set)"
+    assert reasons["x.missing"] == f"symbol datacrumbs_no_such_function not found in {LIBC}"
+    assert reasons["x.nolib"] == "library /nonexistent/libhdf5.so.1 not found on this host"
+    assert reasons["x.notp"] == "tracepoint nosuch:event does not exist on this kernel"
+
+
+def test_nothing_attachable_is_one_clear_error(bpf_object, tracefs):
+    with pytest.raises(EngineError) as exc:
+        Engine([KPROBE, NOSYM], Scope.for_pids([os.getpid()]), bpf_object=bpf_object).attach()
+    msg = str(exc.value)
+    assert msg.startswith("none of the 2 probes could be attached")
+    assert "x.missing: symbol datacrumbs_no_such_function not found" in msg
+
+
+def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
+    bad = [{"id": "b1", "kind": "syscall", "target": "no_such_syscall", "args": {}, "bytes": None},
+           {"id": "b2", "kind": "syscall", "target": "read", "args": {"fd": 9}, "bytes": "ret"},
+           {"id": "b3", "kind": "syscall", "target": "read", "args": {}, "bytes": "ret*x"},
+           {"id": "b4", "kind": "usdt", "target": "x", "args": {}, "bytes": None},
+           {"id": "b5", "kind": "uprobe", "target": "a;rm -rf /", "library": LIBC, "args": {}},
+           dict(WRITE), dict(WRITE, id="dup")]
+    with Engine(bad, Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+    reasons = {p["id"]: r for p, r in report.refused}
+    assert [p["id"] for p in report.attached] == ["posix.write"]
+    assert reasons["b1"] == "no system call named 'no_such_syscall' on this host"
+    assert reasons["b2"] == "argument role 'fd' must be an argument index 0..5, not 9"
+    assert reasons["b3"].startswith("bytes rule 'ret*x' is not one of")
+    assert reasons["b4"].startswith("unknown probe kind 'usdt'")
+    assert reasons["b5"] == "'a;rm -rf /' is not a function name"
+    assert reasons["dup"] == "syscall write is already traced by another probe in this file"
+
+
+def test_missing_bpf_object_names_the_fix(tmp_path):
+    missing = tmp_path / "none.bpf.o"
+    with pytest.raises(EngineError) as exc:
+        Engine([WRITE], Scope.for_pids([1]), bpf_object=missing)
+    assert str(exc.value) == (f"BPF object {missing} not built: run `datacrumbs build-bpf` "
+                              "(or the installer)")
+
+
+def test_engine_defaults_to_the_site_bpf_object(site, bpf_object, tracefs):
+    eng = Engine([WRITE], Scope.for_pids([os.getpid()]))
+    assert eng.bpf_object == site.bpf_object
+    eng.close()
+
+
+def test_close_is_idempotent_and_detaches(bpf_object, tracefs, engine_io, workloads, tmp_path):
+    child = workloads([engine_io, "write", tmp_path / "x.bin", 3])
+    eng = Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object)
+    eng.attach()
+    eng.close()
+    eng.close()
+    with pytest.raises(EngineError):
+        eng.poll(0)
+    child.go().wait()
+
+
+def test_resolve_fd_reads_proc(tmp_path):
+    path = tmp_path / "f.txt"
+    with open(path, "w") as f:
+        assert Engine.resolve_fd(os.getpid(), f.fileno()) == str(path)
+    assert Engine.resolve_fd(os.getpid(), 987654) is None
+    assert Engine.resolve_fd(-1, 0) is None
+    assert Engine.resolve_fd(True, 0) is None
+
+
+def test_scope_validation(tmp_path):
+    with pytest.raises(ScopeError, match="not in the cgroup v2 hierarchy"):
+        Scope.for_cgroup(tmp_path)
+    with pytest.raises(ScopeError, match="must be an absolute path"):
+        Scope.for_cgroup("relative/cg")
+    with pytest.raises(ScopeError, match="does not exist"):
+        Scope.for_cgroup("/sys/fs/cgroup/unified/dctest-does-not-exist")
+    with pytest.raises(ScopeError, match="not a valid user id"):
+        Scope.for_user(-1)
+    with pytest.raises(ScopeError, match="not a valid user id"):
+        Scope.for_user("0")
+    with pytest.raises(ScopeError, match="no process ids"):
+        Scope.for_pids([])
+    with pytest.raises(ScopeError, match="not a valid pid"):
+        Scope.for_pids([0])
+
+
+def test_bpftrace_sees_the_same_writes(bpf_object, tracefs, engine_io, workloads, tmp_path):
+    n = 123
+    child = workloads([engine_io, "write", tmp_path / "bt.bin", n])
+    # BEGIN runs once every probe is attached: "ready" means counting has started
+    program = (f'BEGIN {{ printf("ready\\n"); }} '
+               f"tracepoint:syscalls:sys_enter_write /pid == {child.pid}/ {{ @c = count(); }}")
+    bt = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    try:
+        head = b""
+        deadline = time.monotonic() + 30
+        while b"ready\n" not in head:         # bpftrace may warn first (RLIMIT_MEMLOCK)
+            assert time.monotonic() < deadline and bt.poll() is None, head
+            if select.select([bt.stdout], [], [], 0.5)[0]:
+                head += os.read(bt.stdout.fileno(), 4096)
+        with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+            eng.attach()
+            child.go()
+            events, _ = collect(eng, [child])
+        bt.send_signal(signal.SIGINT)
+        out = (head + bt.communicate(timeout=30)[0]).decode(errors="replace")
+    finally:
+        if bt.poll() is None:
+            bt.kill()
+            bt.wait()
+    m = re.search(r"@c: (\d+)", out)
+    assert m, out
+    assert int(m.group(1)) == len(events) == n
+
+
+def test_burst_of_200k_events_without_loss(bpf_object, tracefs, engine_io, workloads):
+    n = 200_000
+    child = workloads([engine_io, "spin", n])
+    with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        eng.attach()
+        start = time.perf_counter()
+        child.go()
+        events, _ = collect(eng, [child], timeout=120)
+        elapsed = time.perf_counter() - start
+        assert eng.lost() == 0
+    assert len(events) == n
+    assert (events["bytes"] == 1).all()
+    print(f"{n} events in {elapsed:.2f} s ({n / elapsed:,.0f} events/s)")

@@ -588,3 +588,61 @@ def test_signature_compatible_with_package_signing(install):
     assert module.canonical_bytes(doc) == canonical_bytes(doc)
     raw = base64.b64decode(doc["signature"])
     assert len(raw) == 64
+
+
+def _hostile(install, case, uid):
+    """(path, words) for byte-level and document-level attacks the validator must refuse."""
+    w = install.world
+    doc = signed_doc(install, uid, "dctest1")
+    text = json.dumps(doc).encode()
+    if case == "fifo":
+        path = w / "fifo.json.gz"
+        os.mkfifo(path)
+        return path, "is not a regular file"
+    if case == "truncated":
+        return _bytes_file(install, "trunc.json.gz", gzip.compress(text)[:-12]), "is truncated"
+    if case == "trailing-garbage":
+        return _bytes_file(install, "trail.json.gz", gzip.compress(text) + b"junk"), "trailing garbage"
+    if case == "duplicate-key":
+        raw = b'{"format": "datacrumbs-probes", "format": "x"}'
+        return _bytes_file(install, "dup.json.gz", gzip.compress(raw)), "repeats the key format"
+    if case == "nan":
+        return _bytes_file(install, "nan.json.gz", gzip.compress(b'{"a": NaN}')), "contains NaN"
+    if case == "deep":
+        raw = b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}"
+        return _bytes_file(install, "deep.json.gz", gzip.compress(raw)), "nested more than 32"
+    if case == "too-large":
+        return _bytes_file(install, "big.json.gz", os.urandom((1 << 20) + 10)), "is too large"
+    if case == "unsigned":
+        del doc["signature"]
+        return write_probes(install, "unsigned.json.gz", doc), "is not signed"
+    if case == "not-yet-valid":
+        now = int(time.time())
+        doc = signed_doc(install, uid, "dctest1", issued_at=now + 3600, expires_at=now + 7200)
+        return write_probes(install, "future.json.gz", doc), "is not valid before"
+    if case == "bad-public-key-file":
+        (install.cfg.public_key_dir / f"{doc['key_id']}.pub").write_text("bm90IGEga2V5\n")
+        return write_probes(install, "badpub.json.gz", doc), "does not hold the Ed25519 key"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["fifo", "truncated", "trailing-garbage", "duplicate-key", "nan",
+                                  "deep", "too-large", "unsigned", "not-yet-valid",
+                                  "bad-public-key-file"])
+def test_validate_refuses_hostile_files(flux, install, user1, case):
+    runner = flux("v0.88")
+    path, words = _hostile(install, case, user1.pw_uid)
+    data = b"" if case == "fifo" else path.read_bytes()
+    result = runner.ingest(jobspec_with(meta_for(path, data)), user1.pw_uid)
+    assert result.errnum == 1 and words in result.errmsg, result.errmsg
+    named = install.cfg.public_key_dir if case == "bad-public-key-file" else path
+    assert result.errmsg.startswith("datacrumbs: ") and str(named) in result.errmsg
+
+
+def test_validate_accepts_multi_member_gzip(flux, install, user1):
+    """gzip allows several members; the bounded reader must join them like gzip does."""
+    runner = flux("v0.88")
+    text = json.dumps(signed_doc(install, user1.pw_uid, "dctest1")).encode()
+    half = len(text) // 2
+    path = _bytes_file(install, "multi.json.gz", gzip.compress(text[:half]) + gzip.compress(text[half:]))
+    assert runner.ingest(jobspec_with(meta_for(path)), user1.pw_uid).errnum == 0

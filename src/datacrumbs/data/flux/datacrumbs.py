@@ -22,17 +22,15 @@ Why this file looks the way it does:
   through ``_guard``, which turns any failure into one ValueError sentence.
 """
 
-import base64
-import binascii
 import errno
-import hashlib
 import json
 import os
 import re
 import stat
 import sys
 import time
-import zlib
+
+# hashlib (OpenSSL), zlib and base64 are imported where used: most `flux run`s never need them.
 
 try:
     from flux.cli.plugin import CLIPlugin as _PluginBase
@@ -287,6 +285,8 @@ def _read_probes_file(path, site, reader):
 
 def _gunzip(data, limit, name):
     """Decompress all gzip members, never producing more than ``limit`` bytes (gzip bombs)."""
+    import zlib
+
     if data[:2] != b"\x1f\x8b":
         raise _Refusal(f"datacrumbs: probes file {name} is not gzip-compressed; {REGENERATE}")
     out = bytearray()
@@ -376,6 +376,9 @@ def _check_shape(doc, name, site):
         raise bad("is not signed")
     if not isinstance(doc.get("key_id"), str) or not KEY_ID_RE.match(doc["key_id"]):
         raise bad("has no valid key_id (16 lowercase hex digits)")
+    import base64
+    import binascii
+
     signature = doc["signature"]
     try:
         raw = base64.b64decode(signature, validate=True) if isinstance(signature, str) else b""
@@ -417,6 +420,10 @@ def _public_key(key_id, site, name):
     except (OSError, _TooBig) as exc:
         raise _Refusal(f"datacrumbs: cannot read public key {_show(path)} ({_reason(exc)}); "
                        f"ask your admin") from None
+    import base64
+    import binascii
+    import hashlib
+
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -456,6 +463,8 @@ def _check_document(path, data, site, uid, crypto, now=None):
 
 
 def _digest(data):
+    import hashlib
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

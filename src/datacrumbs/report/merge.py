@@ -46,10 +46,16 @@ def find_traces(paths: Iterable[str | os.PathLike]) -> list[Path]:
     found: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        if not p.exists() and not p.is_symlink():
+        try:
+            is_dir = p.is_dir()
+            exists = is_dir or p.exists() or p.is_symlink()
+        except PermissionError:
+            raise TraceReadError(f"{p}: permission denied (a directory on the way is not "
+                                 "accessible); run as the job's user or root") from None
+        if not exists:
             raise NoTraces(f"{p}: no such file or directory; give trace files (*.pfw.gz) "
                            "or a job's trace directory")
-        if p.is_dir():
+        if is_dir:
             try:
                 hits = sorted({h for pat in TRACE_PATTERNS for h in p.rglob(pat) if h.is_file()})
             except PermissionError as exc:

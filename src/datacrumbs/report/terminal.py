@@ -53,7 +53,7 @@ def _table(title: str, *columns: str, numeric_from: int = 1) -> Table:
     t = Table(title=title, title_justify="left", title_style="bold")
     for i, c in enumerate(columns):
         t.add_column(c, justify="right" if i >= numeric_from else "left",
-                     no_wrap=i >= numeric_from, overflow="fold")
+                     no_wrap=i >= numeric_from, overflow="fold", min_width=min(len(c), 9))
     return t
 
 

@@ -1,0 +1,386 @@
+"""`datacrumbs report`: numbers checked against traces whose operations are known exactly."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datacrumbs.cli import run_cli
+from datacrumbs.report import merge, model
+from datacrumbs.report.merge import summarize, summarize_paths
+from test_trace_reader import START_US, TraceBuilder
+
+REPO = Path(__file__).resolve().parents[1]
+DATACRUMBS = str(REPO / ".venv/bin/datacrumbs")
+
+
+def nearest_rank(values, p):
+    v = np.sort(np.asarray(values))
+    return int(v[max(0, math.ceil(p / 100 * len(v)) - 1)])
+
+
+def write_summary_json(trace: Path, **fields) -> None:
+    doc = {"format": "datacrumbs-summary", "version": 1, "job": "1234", "user": "alice",
+           "mode": "trace", "complete": True, "events_written": 0, "events_lost": 0,
+           "trace_file": trace.name, "probes_attached": [], "probes_refused": []}
+    doc.update(fields)
+    trace.with_name(trace.name.replace(".pfw.gz", ".summary.json")).write_text(json.dumps(doc))
+
+
+def make_job(d: Path) -> dict:
+    """Two nodes with known operations; returns the expected numbers."""
+    d.mkdir(parents=True, exist_ok=True)
+    n1 = TraceBuilder(d / "trace-alice-1234-node1.pfw.gz", host="node1", member_lines=64)
+    n1.process(100, "writer")
+    n1.process(101, "reader")
+    write_durs = []
+    for i in range(1000):
+        dur = i % 100 + 1
+        write_durs.append(dur)
+        n1.op("write", pid=100, ts=i * 1000, dur=dur, path="/data/out.dat", size=4096, fd=3, count=4096)
+    for i in range(500):
+        n1.op("read", pid=101, ts=i * 2000 + 7, dur=2, path="/data/in.dat", size=1024, fd=4, count=1024)
+    for i in range(5):
+        n1.op("openat", pid=100, ts=1_000_000 + i, dur=4, path="/missing", errno=errno.ENOENT)
+    n1.write()
+    write_summary_json(n1.path, host="node1", events_lost=7, probes_refused=[
+        {"id": "kernel.vfs_write", "kind": "kprobe", "target": "vfs_write",
+         "reason": "kernel has no kprobes (CONFIG_KPROBES not set)"}])
+    n2 = TraceBuilder(d / "trace-alice-1234-node2.pfw.gz", host="node2", member_lines=64)
+    n2.process(100, "writer")
+    for i in range(300):
+        write_durs.append(10)
+        n2.op("write", pid=100, ts=500_000 + i * 100, dur=10, path="/data/out.dat", size=8192)
+    for i in range(2):
+        write_durs.append(1)
+        n2.op("write", pid=100, ts=600_000 + i, dur=1, path="/data/out.dat", errno=errno.EIO)
+    n2.write()
+    write_summary_json(n2.path, host="node2", events_lost=3, complete=False)
+    return {"write_durs": write_durs, "paths": [n1.path, n2.path]}
+
+
+def op(summary, cat, name):
+    return next(o for o in summary["operations"] if (o["category"], o["name"]) == (cat, name))
+
+
+def test_summary_numbers_are_exact(tmp_path):
+    job = make_job(tmp_path / "job")
+    s = summarize([tmp_path / "job"], jobs=1)
+    w = op(s, "POSIX", "write")
+    assert (w["count"], w["bytes"], w["time_us"], w["errors"]) == (
+        1302, 1000 * 4096 + 300 * 8192, 10 * sum(range(1, 101)) + 3000 + 2, 2)
+    lat = w["latency_us"]
+    assert lat["exact"] and (lat["min"], lat["max"]) == (1, 100)
+    for p in (50, 90, 99):
+        assert lat[f"p{p}"] == nearest_rank(job["write_durs"], p)
+    r = op(s, "POSIX", "read")
+    assert (r["count"], r["bytes"], r["time_us"], r["errors"]) == (500, 512_000, 1000, 0)
+    assert r["bandwidth_Bps"] == pytest.approx(512_000 / 0.001)
+    o = op(s, "POSIX", "openat")
+    assert (o["count"], o["bytes"], o["errors"]) == (5, 0, 5)
+    assert s["totals"]["operations"] == 1807 and s["totals"]["errors"] == 7
+    assert s["job"] == {**s["job"], "jobs": ["1234"], "users": ["alice"], "nodes": 2, "processes": 3}
+    assert s["job"]["start_us"] == START_US
+    assert s["job"]["end_us"] == START_US + 1_000_004 + 4        # the last failed openat
+    top = s["top_files_by_bytes"][0]
+    assert (top["path"], top["count"], top["bytes"]) == ("/data/out.dat", 1302, 4096 * 1000 + 8192 * 300)
+    assert s["top_files_by_time"][0]["path"] == "/data/out.dat"
+    assert {f["path"] for f in s["top_files_by_bytes"]} == {"/data/out.dat", "/data/in.dat", "/missing"}
+    nodes = {n["host"]: n for n in s["nodes"]}
+    assert (nodes["node1"]["count"], nodes["node1"]["processes"]) == (1505, 2)
+    assert (nodes["node2"]["count"], nodes["node2"]["bytes"]) == (302, 300 * 8192)
+    procs = {(p["host"], p["pid"]): p for p in s["processes"]}
+    assert procs[("node1", 101)]["name"] == "reader" and procs[("node1", 101)]["bytes"] == 512_000
+    assert procs[("node2", 100)]["name"] == "writer"
+    errs = {e["name"]: e for e in s["errors"]}
+    assert errs["ENOENT"]["count"] == 5 and errs["ENOENT"]["operations"] == {"POSIX/openat": 5}
+    assert errs["EIO"]["count"] == 2 and errs["EIO"]["errno"] == errno.EIO
+    assert s["access_sizes"]["POSIX/write"] == [[4096, 8192, 1000], [8192, 16384, 300]]
+    series = s["timeline"]["series"]
+    assert sum(v for _, v in series["node1"]) == nodes["node1"]["bytes"]
+    assert sum(v for _, v in series["node2"]) == nodes["node2"]["bytes"]
+    assert s["events_lost"] == 10 and s["runs"] == 2
+    assert s["incomplete_runs"] == [str(job["paths"][1]).replace(".pfw.gz", ".summary.json")]
+    assert s["probes_refused"][0]["id"] == "kernel.vfs_write" and s["probes_refused"][0]["hosts"] == ["node1"]
+    assert sum(sum(r[2] for r in h) for h in s["latency_histograms"].values()) == 1807
+
+
+def _without_read_stats(s):
+    return {k: v for k, v in s.items() if k != "traces"}
+
+
+def test_parallel_split_and_merge_order_give_identical_numbers(tmp_path, monkeypatch):
+    make_job(tmp_path / "job")
+    one = summarize([tmp_path / "job"], jobs=1)
+    two = summarize([tmp_path / "job"], jobs=2)              # process pool, one file per worker
+    assert two == one
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 2000)          # split each file into member ranges
+    units = merge.plan_units(merge.find_traces([tmp_path / "job"]), 2, model.Aggregate())
+    assert len(units) > 4 and all(u.end is not None for u in units)
+    split = summarize([tmp_path / "job"], jobs=2)
+    assert split == one
+    parts = [merge.summarize_unit(u) for u in units]
+    backwards = model.Aggregate()
+    for part in reversed(parts):
+        backwards.merge(part)
+    merge.add_run_summaries(merge.find_traces([tmp_path / "job"]), backwards)
+    assert _without_read_stats(backwards.finalize()) == _without_read_stats(one)
+
+
+def test_percentiles_from_the_histogram_beyond_the_exact_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "EXACT_CAP", 100)
+    rng = np.random.default_rng(7)
+    durs = rng.lognormal(4, 1.2, 3000).astype(int) + 1
+    b = TraceBuilder(tmp_path / "t.pfw.gz", member_lines=500)
+    for i, d in enumerate(durs.tolist()):
+        b.op("read", ts=i, dur=d, size=10, path="/f")
+    b.write()
+    lat = op(summarize([b.path], jobs=1), "POSIX", "read")["latency_us"]
+    assert lat["exact"] is False and lat["max"] == durs.max() and lat["min"] == durs.min()
+    for p in (50, 90, 99):
+        true = nearest_rank(durs, p)
+        assert abs(lat[f"p{p}"] - true) <= 0.1 * true + 1, (p, lat, true)
+
+
+def test_timeline_coarsens_the_same_way_split_or_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "TIMELINE_CAP", 8)
+    b = TraceBuilder(tmp_path / "t.pfw.gz", member_lines=20)
+    for i in range(200):
+        b.op("write", ts=i * 37_000, dur=1, size=100 + i, path="/f")
+    b.write()
+    whole = summarize([b.path], jobs=1)
+    assert len(whole["timeline"]["series"]["node1"]) <= 8
+    assert whole["timeline"]["bin_us"] > model.TIMELINE_BASE_US
+    assert sum(v for _, v in whole["timeline"]["series"]["node1"]) == sum(100 + i for i in range(200))
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 500)
+    units = merge.plan_units([b.path], 2, model.Aggregate())
+    agg = model.Aggregate()
+    for u in units:
+        agg.merge(merge.summarize_unit(u))
+    assert len(units) > 3
+    assert agg.finalize()["timeline"] == whole["timeline"]
+
+
+def test_profile_counters_are_summed(tmp_path):
+    b = TraceBuilder(tmp_path / "p.pfw.gz", mode="profile")
+    b.counter("write", pid=7, ts=0, count=10, nbytes=40960, time_us=55)
+    b.counter("write", pid=7, ts=1_000_000, count=5, nbytes=20480, time_us=20)
+    b.write()
+    s = summarize([b.path], jobs=1)
+    w = op(s, "POSIX", "write")
+    assert (w["count"], w["bytes"], w["time_us"], w["from_counters"], w["latency_us"]) == (
+        15, 61440, 75, True, None)
+    assert s["job"]["modes"] == ["profile"]
+
+
+def _run(args, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    rc = run_cli(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_torn_empty_and_corrupt_traces_among_good_ones(tmp_path, capsys, monkeypatch):
+    d = tmp_path / "job"
+    make_job(d)
+    torn = TraceBuilder(d / "trace-alice-1234-node3.pfw.gz", host="node3", member_lines=10)
+    for i in range(95):
+        torn.op("write", pid=5, ts=i, dur=1, size=1, path="/t")
+    torn.write(close=False, torn_bytes=40)
+    (d / "trace-alice-1234-node4.pfw.gz").write_bytes(b"")
+    (d / "trace-alice-1234-node5.pfw.gz").write_bytes(b"this is not gzip")
+    rc, out, err = _run(["report", str(d), "--json", str(tmp_path / "s.json")], capsys, monkeypatch)
+    assert rc == 0, err
+    s = json.loads((tmp_path / "s.json").read_text())
+    traces = {Path(t["path"]).name: t for t in s["traces"]}
+    t3 = traces["trace-alice-1234-node3.pfw.gz"]
+    assert t3["torn_tail"] and t3["members"] == len(torn.member_bounds)
+    assert t3["events"] == torn.member_bounds[-1]
+    assert traces["trace-alice-1234-node4.pfw.gz"]["events"] == 0
+    assert [Path(u["path"]).name for u in s["unreadable"]] == ["trace-alice-1234-node5.pfw.gz"]
+    assert "not a gzip file" in s["unreadable"][0]["error"]
+    assert op(s, "POSIX", "write")["count"] == 1302 + torn.member_bounds[-1]
+    flat = " ".join(out.split())
+    assert "node3.pfw.gz: the file ends inside a gzip member" in flat
+    assert f"read {len(torn.member_bounds)} complete gzip members" in flat
+    assert "node5.pfw.gz: not a gzip file" in flat
+    assert "10 events were lost" in flat and "kernel.vfs_write" in flat
+
+
+def test_empty_trace_reports_zeros(tmp_path, capsys, monkeypatch):
+    b = TraceBuilder(tmp_path / "e.pfw.gz")
+    b.write()
+    rc, out, err = _run(["report", str(b.path), "--json", "-"], capsys, monkeypatch)
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["totals"]["operations"] == 0 and s["operations"] == [] and s["job"]["jobs"] == ["1234"]
+    rc, out, _ = _run(["report", str(b.path)], capsys, monkeypatch)
+    assert rc == 0 and "No I/O operations" in out
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables, self.images, self.cells = [], [], {}
+        self._table = None
+        self._in_td = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = attrs.get("id", "")
+            self.tables.append(self._table)
+            self.cells[self._table] = []
+        elif tag == "td":
+            self._in_td = True
+        elif tag == "img":
+            self.images.append(attrs["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._in_td = False
+
+    def handle_data(self, data):
+        if self._in_td and self._table is not None:
+            self.cells[self._table].append(data)
+
+
+def test_terminal_json_and_html_show_the_same_numbers(tmp_path, capsys, monkeypatch):
+    make_job(tmp_path / "job")
+    html_path, json_path = tmp_path / "r.html", tmp_path / "r.json"
+    rc, out, err = _run(["report", str(tmp_path / "job"), "--html", str(html_path), "--json",
+                         str(json_path)], capsys, monkeypatch)
+    assert rc == 0, err
+    s = json.loads(json_path.read_text())
+    lines = out.splitlines()
+    for o in s["operations"]:
+        row = next(ln for ln in lines if f" {o['category']} " in ln and f" {o['name']} " in ln)
+        cells = [c.strip() for c in row.split("│") if c.strip()]
+        assert cells[2] == f"{o['count']:,}" and cells[3] == f"{o['bytes']:,}", row
+    for n in s["nodes"]:
+        row = next(ln for ln in lines if f" {n['host']} " in ln and f"{n['bytes']:,}" in ln)
+        assert f"{n['count']:,}" in row
+    assert f"{s['totals']['bytes']:,}" in out
+    page = _Page()
+    page.feed(html_path.read_text())
+    assert {"job", "operations", "top_files_by_bytes", "nodes", "processes", "errors"} <= set(page.tables)
+    ops_cells = page.cells["operations"]
+    for o in s["operations"]:
+        i = ops_cells.index(o["name"])
+        assert ops_cells[i + 1] == f"{o['count']:,}" and ops_cells[i + 2] == f"{o['bytes']:,}"
+    assert len(page.images) == 4
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    import matplotlib.pyplot as plt
+    assert plt.get_fignums() == []          # figures are never left open
+
+
+def test_html_escapes_names_from_the_trace(tmp_path):
+    b = TraceBuilder(tmp_path / "x.pfw.gz", host="<b>node</b>")
+    b.process(100, "<script>alert(1)</script>")
+    b.op("write", path="/tmp/<img src=x onerror=alert(1)>", size=10)
+    b.write()
+    from datacrumbs.report import html
+    page = html.render(summarize([b.path], jobs=1))
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+AS_USER = """import contextlib, io, os, sys
+from datacrumbs.cli import run_cli
+uid, gid, warm = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    run_cli(["report", warm])        # as root: load every lazily imported module first
+os.setgroups([]); os.setegid(gid); os.seteuid(uid)   # file access is now checked as that user
+sys.exit(run_cli(sys.argv[4:]))
+"""
+
+
+def _cli_as(user, *args, warm=None):
+    """The CLI as root, or with the real permissions of an unprivileged test user (the
+    venv's interpreter lives under /root, so the user cannot exec it directly)."""
+    if user:
+        cmd = [sys.executable, "-c", AS_USER, str(user.pw_uid), str(user.pw_gid), str(warm), *args]
+    else:
+        cmd = [DATACRUMBS, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.fixture
+def open_tmp():
+    """A world-traversable temp dir (pytest's own is under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="datacrumbs-report-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_bad_inputs_give_one_clear_line(open_tmp, user1):
+    tmp_path = open_tmp
+    (tmp_path / "empty").mkdir()
+    notgz = tmp_path / "x.pfw.gz"
+    notgz.write_text("plain text, not gzip\n")
+    secret = tmp_path / "secret.pfw.gz"
+    TraceBuilder(secret).write()
+    secret.chmod(0o600)
+    tmp_path.chmod(0o755)
+    warm = tmp_path / "warm.pfw.gz"
+    wb = TraceBuilder(warm)
+    wb.op("write", size=1, path="/w")
+    wb.write()
+    cases = [
+        (None, [str(tmp_path / "nope")], "nope: no such file or directory"),
+        (None, [str(tmp_path / "empty")], "empty: directory contains no traces"),
+        (None, [str(notgz)], "x.pfw.gz: not a gzip file"),
+        (user1, [str(secret)], "secret.pfw.gz: permission denied"),
+        (None, [str(secret), "--top", "0"], "--top 0"),
+        (user1, [str(Path(tempfile.gettempdir()) / "pytest-of-root" / "x.pfw.gz")], "permission denied"),
+    ]
+    for user, args, expected in cases:
+        r = _cli_as(user, "report", *args, warm=warm)
+        assert r.returncode in (1, 2), (args, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("datacrumbs: error: ") and expected in lines[0], r.stderr
+        assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_report_of_a_real_traced_workload(tmp_path, site):
+    """End to end: `datacrumbs trace -- workload` with real eBPF, then `datacrumbs report`."""
+    out_dir = tmp_path / "traces"
+    out_dir.mkdir()
+    target = tmp_path / "out.bin"
+    n, size = 300, 4096
+    workload = (f"import os\nfd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT, 0o644)\n"
+                f"for _ in range({n}):\n    os.write(fd, b'x' * {size})\nos.close(fd)\n")
+    r = subprocess.run([DATACRUMBS, "trace", "-o", str(out_dir), "--", sys.executable, "-c", workload],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert target.stat().st_size == n * size
+    traces = sorted(out_dir.rglob("*.pfw.gz"))
+    assert traces, r.stdout + r.stderr
+    json_path = tmp_path / "s.json"
+    rep = _cli_as(None, "report", str(out_dir), "--json", str(json_path))
+    assert rep.returncode == 0, rep.stderr
+    s = json.loads(json_path.read_text())
+    file_row = next(f for f in s["top_files_by_bytes"] if f["path"] == str(target))
+    assert file_row["bytes"] == n * size
+    writes = [o for o in s["operations"] if o["name"] == "write"]
+    assert writes and sum(o["count"] for o in writes) >= n
+    assert max(o["bytes"] for o in writes) >= n * size
+    assert s["traces"][0]["closed"] and not s["traces"][0]["torn_tail"]
+    assert f"{n * size:,}" in rep.stdout

@@ -3,6 +3,7 @@ profile mode, refusals, a bpftrace cross-check and a loss-free burst."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import select
@@ -201,6 +202,37 @@ def test_kprobe_and_missing_targets_are_refused_while_others_attach(bpf_object, 
     assert reasons["x.notp"] == "tracepoint nosuch:event does not exist on this kernel"
 
 
+def test_generic_tracepoint_reads_a_field(bpf_object, tracefs, engine_io, workloads, tmp_path):
+    n = 17
+    probe = {"id": "tp.write", "kind": "tracepoint", "target": "syscalls:sys_enter_write",
+             "category": "SYSCALL", "args": {}, "bytes": "field:count"}
+    child = workloads([engine_io, "write", tmp_path / "tp.bin", n])
+    with Engine([probe], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        assert eng.attach().refused == []
+        child.go()
+        events, _ = collect(eng, [child])
+    assert set(events["pid"].tolist()) == {child.pid}
+    assert events["bytes"].tolist() == write_sizes(n)
+    assert (events["dur_ns"] == 0).all() and (events["fd"] == -1).all()
+
+
+def test_tracepoint_field_must_exist(bpf_object, tracefs):
+    probe = {"id": "tp.bad", "kind": "tracepoint", "target": "syscalls:sys_enter_write",
+             "category": "SYSCALL", "args": {}, "bytes": "field:no_such_field"}
+    with pytest.raises(EngineError, match="tracepoint syscalls:sys_enter_write has no field "
+                                          "no_such_field"):
+        Engine([probe], Scope.for_pids([os.getpid()]), bpf_object=bpf_object).attach()
+
+
+def test_libbpf_messages_go_to_the_logger_not_stderr(bpf_object, tracefs, caplog, capfd):
+    caplog.set_level(logging.DEBUG, logger="datacrumbs.libbpf")
+    with Engine([NOSYM, WRITE], Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
+        eng.attach()
+    assert capfd.readouterr().err == ""
+    assert any("datacrumbs_no_such_function" in r.getMessage() for r in caplog.records
+               if r.name == "datacrumbs.libbpf")
+
+
 def test_nothing_attachable_is_one_clear_error(bpf_object, tracefs):
     with pytest.raises(EngineError) as exc:
         Engine([KPROBE, NOSYM], Scope.for_pids([os.getpid()]), bpf_object=bpf_object).attach()
@@ -213,8 +245,10 @@ def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
     bad = [{"id": "b1", "kind": "syscall", "target": "no_such_syscall", "args": {}, "bytes": None},
            {"id": "b2", "kind": "syscall", "target": "read", "args": {"fd": 9}, "bytes": "ret"},
            {"id": "b3", "kind": "syscall", "target": "read", "args": {}, "bytes": "ret*x"},
-           {"id": "b4", "kind": "usdt", "target": "x", "args": {}, "bytes": None},
+           {"id": "b4", "kind": "fentry", "target": "x", "args": {}, "bytes": None},
            {"id": "b5", "kind": "uprobe", "target": "a;rm -rf /", "library": LIBC, "args": {}},
+           {"id": "b6", "kind": "usdt", "target": "p:n", "library": LIBC, "args": {},
+            "bytes": None},
            dict(WRITE), dict(WRITE, id="dup")]
     with Engine(bad, Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
         report = eng.attach()
@@ -223,7 +257,8 @@ def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
     assert reasons["b1"] == "no system call named 'no_such_syscall' on this host"
     assert reasons["b2"] == "argument role 'fd' must be an argument index 0..5, not 9"
     assert reasons["b3"].startswith("bytes rule 'ret*x' is not one of")
-    assert reasons["b4"].startswith("unknown probe kind 'usdt'")
+    assert reasons["b4"] == "unknown probe kind 'fentry'; known: syscall, uprobe, kprobe, tracepoint"
+    assert reasons["b6"] == "USDT probes are not supported by this datacrumbs engine yet"
     assert reasons["b5"] == "'a;rm -rf /' is not a function name"
     assert reasons["dup"] == "syscall write is already traced by another probe in this file"
 
@@ -322,3 +357,27 @@ def test_burst_of_200k_events_without_loss(bpf_object, tracefs, engine_io, workl
     assert len(events) == n
     assert (events["bytes"] == 1).all()
     print(f"{n} events in {elapsed:.2f} s ({n / elapsed:,.0f} events/s)")
+
+
+def test_drain_costs_well_under_a_microsecond_per_event(bpf_object, tracefs, engine_io,
+                                                        workloads):
+    """Fill the ring first, then time only the draining polls."""
+    n = 150_000
+    child = workloads([engine_io, "spin", n])
+    with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object,
+                ringbuf_bytes=32 << 20) as eng:
+        eng.attach()
+        child.go().wait()
+        got, cpu = 0, 0.0
+        while True:
+            t0 = time.thread_time()
+            batch = eng.poll(0)
+            cpu += time.thread_time() - t0
+            if batch is None:
+                break
+            got += len(batch)
+        assert eng.lost() == 0
+    assert got == n
+    per_event_ns = cpu / n * 1e9
+    print(f"drain: {per_event_ns:.0f} ns of CPU per event")
+    assert per_event_ns < 500

@@ -52,13 +52,13 @@ HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
 PATHS_RING_BYTES = 4 << 20
-KINDS = ("syscall", "uprobe", "uretprobe", "kprobe", "tracepoint")
+KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream")
 BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
 TRACEFS = Path("/sys/kernel/tracing")
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
-SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@]{0,127}$")
+SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.$@]{0,254}$")
 TRACEPOINT_RE = re.compile(r"^([a-z0-9_]{1,64}):([a-z0-9_]{1,128})$")
 # uprobe targets declared to return C int: the upper half of rax is garbage for them.
 INT_RETURNING = frozenset({
@@ -294,6 +294,7 @@ class Engine:
         self._names: dict[int, str] = {}
         self._seen: set[int] = set()
         self._closed = False
+        self._final_lost = (0, 0)
 
     # -- setup --
 
@@ -408,6 +409,8 @@ class Engine:
         if not isinstance(probe, dict):
             raise _Refused("probe is not an object")
         kind, target = probe.get("kind"), probe.get("target")
+        if kind == "usdt":
+            raise _Refused("USDT probes are not supported by this datacrumbs engine yet")
         if kind not in KINDS:
             raise _Refused(f"unknown probe kind {kind!r}; known: {', '.join(KINDS)}")
         if not isinstance(target, str) or not target:
@@ -443,7 +446,7 @@ class Engine:
                 raise _Refused(f"{target!r} is not a function name")
             if bkind == BYTES_FIELD:
                 raise _Refused("bytes rule field:NAME is only for tracepoints")
-        ret32 = 1 if kind in ("uprobe", "uretprobe") and target.split("@")[0] in INT_RETURNING else 0
+        ret32 = 1 if kind == "uprobe" and target.split("@")[0] in INT_RETURNING else 0
         packed = _SPEC.pack(index, 1, bkind, barg, 1 if kind == "kprobe" else 0,
                             roles["fd"], roles["count"], roles["offset"], roles["path"],
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
@@ -453,7 +456,7 @@ class Engine:
     def _attach_one(self, i: int, probe: dict, kind: str) -> None:
         obj, target = self._obj, probe["target"]
         try:
-            if kind in ("uprobe", "uretprobe"):
+            if kind == "uprobe":
                 given = probe.get("library")
                 library = resolve_library(given)
                 if library is None:
@@ -546,11 +549,12 @@ class Engine:
         return int(np.frombuffer(raw, "<u8").sum()) if raw else 0
 
     def lost(self) -> int:
-        """Events the kernel dropped because the ring buffer was full."""
-        return self._percpu_sum("lost", 0) if self._obj else 0
+        """Events the kernel dropped because the ring buffer was full (also after close)."""
+        return self._percpu_sum("lost", 0) if self._obj else self._final_lost[0]
 
     def lost_paths(self) -> int:
-        return self._percpu_sum("lost", 1) if self._obj else 0
+        """Path records dropped (their events still arrive, without a path)."""
+        return self._percpu_sum("lost", 1) if self._obj else self._final_lost[1]
 
     def read_profile(self) -> list[ProfileRow]:
         """Profile mode: cumulative totals per (pid, probe) since attach."""
@@ -621,6 +625,7 @@ class Engine:
                 ring.close()
         self._events = self._paths = None
         if self._obj is not None:
+            self._final_lost = (self._percpu_sum("lost", 0), self._percpu_sum("lost", 1))
             self._obj.close()
             self._obj = None
 

@@ -42,17 +42,19 @@ class _TracepointOpts(Structure):
 
 
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
-# Debug level only: the engine reports every failure itself, in a sentence for the user.
-_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG}
 _lib = None
 _libc = None
 _print_cb = None  # kept referenced for as long as libbpf may call it
 
 
 def _on_print(level, fmt, args):
+    if not log.isEnabledFor(logging.DEBUG):
+        return 0
     buf = ctypes.create_string_buffer(1024)
     _libc.vsnprintf(buf, len(buf), fmt, args)
-    log.log(_LEVELS.get(level, logging.DEBUG), "%s", buf.value.decode(errors="replace").rstrip())
+    # Debug level only, whatever libbpf's level: the engine reports every failure
+    # itself, in a sentence for the user; these lines are for diagnosis.
+    log.debug("%s", buf.value.decode(errors="replace").rstrip())
     return 0
 
 

@@ -230,9 +230,8 @@ static __always_inline void emit_path(struct dc_spec *sp, struct dc_entry *e, __
 
 /* Common exit path: profile it, or emit one event (and its path). */
 static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
-				   __u64 tid_tgid, __s64 ret)
+				   __u64 tid_tgid, __s64 ret, __u64 now)
 {
-	__u64 now = bpf_ktime_get_ns();
 	__u32 tgid = tid_tgid >> 32, tid = (__u32)tid_tgid;
 	__s64 bytes = bytes_of(sp, e, ret);
 	struct dc_event *ev;
@@ -337,7 +336,7 @@ int dc_sys_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	c = get_config();
 	if (c && e->nr == k)
-		finish(c, sp, e, tid_tgid, ctx->ret);
+		finish(c, sp, e, tid_tgid, ctx->ret, bpf_ktime_get_ns());
 	bpf_map_delete_elem(&entries, &key);
 	return 0;
 }
@@ -395,7 +394,7 @@ static __always_inline int probe_return(struct pt_regs *ctx)
 		ret = (__s64)PT_REGS_RC(ctx);
 		if (sp->ret32)
 			ret = (__s64)(__s32)ret;
-		finish(c, sp, e, tid_tgid, ret);
+		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns());
 	}
 	bpf_map_delete_elem(&entries, &key);
 	return 0;
@@ -458,7 +457,7 @@ int dc_tracepoint(void *ctx)
 					.fd = -1, .count = -1, .offset = -1, .path = -1,
 					.size = -1, .nmemb = -1, .stream = -1 };
 	}
-	finish(c, sp, &e, tid_tgid, ret);
+	finish(c, sp, &e, tid_tgid, ret, e.ts);	/* an instant: no duration */
 	return 0;
 }
 
@@ -513,7 +512,7 @@ int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1 };
-	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error));
+	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns());
 	return 0;
 }
 

@@ -400,6 +400,29 @@ def test_silent_and_trickling_clients_are_cut_and_block_nobody(site, service):
     assert_still_serving(site)
 
 
+def test_one_users_connections_are_capped_and_others_still_served(site, keystore, user1):
+    svc = Service(site, "--max-per-user", "3").wait_ready()
+    held = []
+    try:
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(site.socket_path))
+            held.append(s)
+        time.sleep(0.2)  # let the service admit all three
+        reply = raw_exchange(site.socket_path, encode({"op": "ping"}))
+        assert reply["ok"] is False and "busy" in reply["error"]
+        result = sign_as(user1.pw_name, unsigned("write"), site)  # another uid: served
+        assert result.returncode == 0, result.stderr
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while not ping(socket_path=site.socket_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert_still_serving(site)
+    svc.stop()
+
+
 def test_client_vanishing_before_the_reply_does_not_hurt(site, service):
     data = encode({"op": "sign", "request": {**unsigned("write", "rq"), "validity_days": 1}})
     for _ in range(20):

@@ -59,7 +59,7 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
 
 class SigningService:
     def __init__(self, config: SiteConfig, *, socket_path: Path | None = None,
-                 read_timeout: float = 5.0, max_clients: int = 256):
+                 read_timeout: float = 5.0, max_clients: int = 512, max_per_user: int = 128):
         from .keys import KeyStore  # the key store is the only holder of the private key
 
         self.config = config
@@ -67,7 +67,10 @@ class SigningService:
         self.read_timeout = read_timeout
         self.keystore = KeyStore(config.private_key_dir, config.public_key_dir)
         self.audit = AuditLog(config.audit_log)
-        self._slots = threading.BoundedSemaphore(max_clients)
+        self.max_clients = max_clients
+        self.max_per_user = max_per_user
+        self._active: dict[int, int] = {}  # uid -> connections being served
+        self._active_lock = threading.Lock()
         self._sign_lock = threading.Lock()
         self._policy_lock = threading.Lock()
         self._policy: Policy | None = None
@@ -159,10 +162,15 @@ class SigningService:
         try:
             while True:
                 conn, _ = self._listener.accept()
-                if not self._slots.acquire(blocking=False):
-                    self._refuse_busy(conn)
+                try:
+                    peer = peer_credentials(conn)
+                except OSError:
+                    conn.close()
                     continue
-                thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True)
+                if not self._admit(peer[1]):
+                    self._refuse_busy(conn, peer)
+                    continue
+                thread = threading.Thread(target=self._serve_one, args=(conn, peer), daemon=True)
                 with self._threads_lock:
                     self._threads.add(thread)
                 thread.start()
@@ -190,29 +198,45 @@ class SigningService:
         if (st.st_dev, st.st_ino) == self._socket_id:  # never remove a successor's socket
             self.socket_path.unlink(missing_ok=True)
 
-    def _refuse_busy(self, conn: socket.socket) -> None:
+    def _admit(self, uid: int) -> bool:
+        """Bound connections overall and per user, so one user's idle connections (each
+        held at most read_timeout) cannot starve the others."""
+        with self._active_lock:
+            if sum(self._active.values()) >= self.max_clients or \
+                    self._active.get(uid, 0) >= self.max_per_user:
+                return False
+            self._active[uid] = self._active.get(uid, 0) + 1
+            return True
+
+    def _release(self, uid: int) -> None:
+        with self._active_lock:
+            self._active[uid] -= 1
+            if not self._active[uid]:
+                del self._active[uid]
+
+    def _refuse_busy(self, conn: socket.socket, peer: tuple[int, int, int]) -> None:
         try:
             conn.setblocking(False)
-            conn.send(encode(error_reply("the signing service is busy; try again in a moment")))
+            conn.send(encode(error_reply("the signing service is busy (too many connections "
+                                         "at once); try again in a moment")))
         except OSError:
             pass
         finally:
             conn.close()
-        log.warning("refused a connection: %s", "too many clients at once")
+        log.warning("uid %d pid %d: refused a connection: too many at once", peer[1], peer[0])
 
-    def _serve_one(self, conn: socket.socket) -> None:
+    def _serve_one(self, conn: socket.socket, peer: tuple[int, int, int]) -> None:
         try:
-            self._handle(conn)
+            self._handle(conn, *peer)
         except Exception:  # noqa: BLE001 - one bad connection must never stop the service
             log.exception("internal error while serving a connection")
         finally:
             conn.close()
-            self._slots.release()
+            self._release(peer[1])
             with self._threads_lock:
                 self._threads.discard(threading.current_thread())
 
-    def _handle(self, conn: socket.socket) -> None:
-        pid, uid, gid = peer_credentials(conn)
+    def _handle(self, conn: socket.socket, pid: int, uid: int, gid: int) -> None:
         who = f"uid {uid} pid {pid}"
         try:
             raw = read_line(conn, limit=MAX_REQUEST_BYTES, timeout=self.read_timeout)
@@ -401,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--read-timeout", metavar="SECONDS", type=float, default=5.0,
                         help="drop a client that has not sent a complete request in this time "
                              "(default: %(default)s)")
+    parser.add_argument("--max-clients", metavar="N", type=int, default=512,
+                        help="connections served at once; more are told to retry "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-per-user", metavar="N", type=int, default=128,
+                        help="connections served at once for one uid (default: %(default)s)")
     return parser
 
 
@@ -408,8 +437,9 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fmt = "%(asctime)s %(levelname)s: %(message)s" if args.foreground else "%(levelname)s: %(message)s"
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=fmt)
-    if args.read_timeout <= 0:
-        print(f"{PROG}: error: --read-timeout must be positive", file=sys.stderr)
+    if args.read_timeout <= 0 or args.max_clients < 1 or args.max_per_user < 1:
+        print(f"{PROG}: error: --read-timeout, --max-clients and --max-per-user must be "
+              "positive", file=sys.stderr)
         return 2
     service = None
 
@@ -428,7 +458,8 @@ def run(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, reload)
     try:
         config = load_config(args.config)
-        service = SigningService(config, socket_path=args.socket, read_timeout=args.read_timeout)
+        service = SigningService(config, socket_path=args.socket, read_timeout=args.read_timeout,
+                                 max_clients=args.max_clients, max_per_user=args.max_per_user)
         service.start()
         _notify_ready()
         service.serve_forever()

@@ -212,10 +212,16 @@ def _elf_info(path: str, inode: int, mtime_ns: int) -> ElfInfo:
                             sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC"):
                         functions.add(sym.name)
             elif isinstance(section, NoteSection) and section.name == ".note.stapsdt":
+                # pyelftools does not decode stapsdt notes: three addresses
+                # (pc, base, semaphore), then "provider\0name\0arguments\0".
+                address_size = elf.elfclass // 8
                 for note in section.iter_notes():
-                    desc = note.get("n_desc")
-                    if isinstance(desc, dict) and "provider" in desc:
-                        usdt.add(f"{desc['provider']}:{desc.get('probe_name') or desc.get('name')}")
+                    if note["n_name"] != "stapsdt":
+                        continue
+                    strings = bytes(note["n_descdata"][3 * address_size:]).split(b"\0")
+                    if len(strings) >= 2:
+                        usdt.add(f"{strings[0].decode(errors='replace')}:"
+                                 f"{strings[1].decode(errors='replace')}")
         dynamic = elf.get_section_by_name(".dynamic")
         if dynamic is not None:
             for tag in dynamic.iter_tags():

@@ -68,7 +68,12 @@ def run_epilog(environ=None, cfg: SiteConfig | None = None) -> EpilogResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_epilog()
+    """``--config FILE``: the installed script passes its prefix's datacrumbs.toml."""
+    environ = dict(os.environ)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "--config":
+        environ[CONFIG_ENV] = args[1]
+    run_epilog(environ)
     return 0
 
 

@@ -228,7 +228,7 @@ def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
 
     dest = inst.prefix / "lib/datacrumbs/datacrumbs.bpf.o"
     inst.mkdir("lib/datacrumbs")
-    build.build_object(dest)
+    build.build_bpf_object(dest)
     inst.entries[dest] = ("f", _sha(dest.read_bytes()))
     inst.report.installed.append(dest)
     if cfg.bpf_object != dest:

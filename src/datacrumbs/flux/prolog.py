@@ -201,7 +201,7 @@ def run_prolog(environ=None, cfg: SiteConfig | None = None) -> PrologResult:
         message = str(exc) if isinstance(exc, DatacrumbsError) else \
             f"internal error {type(exc).__name__}: {exc}"
         text = f"datacrumbs: tracing disabled for this job: {message}"
-        log.error("job %s: %s", jobid, text)
+        log.error("job %s: tracing disabled for this job: %s", jobid, message)
         if may_need_cleanup:
             left = max(deadline - time.monotonic(), 1.0)
             _cleanup(jobid, cfg, timeout=max(left * 0.6, 1.0))
@@ -213,7 +213,12 @@ def run_prolog(environ=None, cfg: SiteConfig | None = None) -> PrologResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_prolog().exit_code
+    """``--config FILE``: the installed script passes its prefix's datacrumbs.toml."""
+    environ = dict(os.environ)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "--config":
+        environ[CONFIG_ENV] = args[1]
+    return run_prolog(environ).exit_code
 
 
 if __name__ == "__main__":

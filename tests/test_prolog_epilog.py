@@ -1,0 +1,319 @@
+"""The Flux prolog and epilog, end to end, under a real private systemd manager.
+
+The seed's flow: job metadata -> prolog (datacrumbs_service_run.sh as installed)
+-> datacrumbs@<jobid>.service (the real daemon, real eBPF) ready -> the user's
+workload -> epilog (datacrumbs_service_stop.sh) -> a complete trace with exactly
+the workload's writes, the unit inactive and the env file gone. Failure cases
+check the message, that nothing is left running, and the exit status (0, or 1
+with fail_job_on_error). Flux itself cannot be installed here: the prolog's
+environment is the one flux-interfaces.md documents.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from datacrumbs.jobid import f58_encode
+from datacrumbs.tracer.daemon import short_host
+
+pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
+
+FLUX_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # what the IMP gives a system prolog
+WORKLOAD = (
+    "import os, sys\n"
+    "path, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+    "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+    "buf = b'x' * size\n"
+    "for _ in range(n):\n"
+    "    os.write(fd, buf)\n"
+    "os.close(fd)\n"
+    "print(os.getpid(), fd)\n"
+)
+
+
+def digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def flux_env(manager, site, jobid: str, user, probe_file: Path | None, *,
+             digest_of: Path | None = None, enable: str = "yes") -> dict:
+    env = {"PATH": f"{manager.shim_dir}:{FLUX_PATH}", "FLUX_JOB_ID": jobid,
+           "FLUX_JOB_USERID": str(user.pw_uid), "FLUX_OWNER_USERID": "0", "HOME": "/root",
+           "USER": "root"}
+    if probe_file is not None:
+        env["DATACRUMBS_JOB_METADATA"] = json.dumps({"datacrumbs": {
+            "enable": enable, "probe_file": str(probe_file),
+            "probe_digest": digest(digest_of or probe_file)}})
+    return env
+
+
+def run_script(site, name: str, env: dict, timeout: float = 120):
+    script = site.prefix / "sbin" / name
+    t0 = time.monotonic()
+    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    proc.elapsed = time.monotonic() - t0
+    return proc
+
+
+def prolog(site, env, **kw):
+    return run_script(site, "datacrumbs_service_run.sh", env, **kw)
+
+
+def epilog(site, env, **kw):
+    return run_script(site, "datacrumbs_service_stop.sh", env, **kw)
+
+
+def run_workload(user, out_dir: Path, n: int, size: int = 4096) -> tuple[int, int]:
+    """n write(2) calls of size bytes as the job's user; returns (pid, fd)."""
+    out = subprocess.run(["/usr/bin/python3", "-c", WORKLOAD, str(out_dir / f"out-{user.pw_name}"),
+                          str(n), str(size)], user=user.pw_uid, group=user.pw_gid,
+                         extra_groups=[], capture_output=True, text=True, check=True, timeout=60,
+                         cwd="/")
+    pid, fd = out.stdout.split()
+    return int(pid), int(fd)
+
+
+def read_trace(path: Path) -> list[dict]:
+    """Independent reader: gzip members + JSON lines; a complete trace ends with ']'."""
+    with gzip.open(path, "rt") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    assert lines[0] == "[" and lines[-1] == "]", f"incomplete trace {path}"
+    return [json.loads(line) for line in lines[1:-1]]
+
+
+def trace_path(site, user: str, jobid: str) -> Path:
+    return Path(site.trace_dir.format(user=user)) / f"trace-{user}-{jobid}-{short_host()}.pfw.gz"
+
+
+@pytest.fixture
+def work_dir():
+    """A directory the job users can write (pytest's tmp dirs are root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="datacrumbs-service-test-"))
+    d.chmod(0o1777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def assert_clean(manager, site, jobid: str) -> None:
+    assert manager.running_units("datacrumbs@*") == []
+    assert manager.is_active(f"datacrumbs@{jobid}.service") == "inactive"
+    assert not (site.run_dir / f"datacrumbs-{jobid}.env").exists()
+    assert not (site.run_dir / f"datacrumbs-{jobid}.ready").exists()
+
+
+def perilog_log(site) -> str:
+    path = site.log_dir / "flux-perilog.log"
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def traced_site(site, bpf_object, tracefs, installed_service):
+    """The site installed and linked into the private manager, with the real daemon."""
+    return installed_service
+
+
+# -- the seed's flow with the real daemon ---------------------------------------------
+
+
+def test_seed_flow_end_to_end(traced_site, site, user1, signed_probes_file, work_dir):
+    manager = traced_site
+    jobid = 987654321
+    f58 = f58_encode(jobid)  # "ƒ..." exactly as Flux gives FLUX_JOB_ID to a prolog
+    env = flux_env(manager, site, f58, user1, signed_probes_file)
+    res = prolog(site, env)
+    assert res.returncode == 0, res.stderr
+    unit = f"datacrumbs@{jobid}.service"
+    assert manager.is_active(unit) == "active", res.stderr + manager.journal(unit)
+    assert (site.run_dir / f"datacrumbs-{jobid}.ready").exists()
+    assert (site.run_dir / f"datacrumbs-{jobid}.env").stat().st_mode & 0o777 == 0o600
+
+    pid, fd = run_workload(user1, work_dir, n=250, size=4096)
+
+    res = epilog(site, env)
+    assert res.returncode == 0, res.stderr
+    assert_clean(manager, site, str(jobid))
+    events = read_trace(trace_path(site, "dctest1", str(jobid)))
+    writes = [e for e in events if e.get("name") == "write" and e.get("pid") == pid
+              and e.get("args", {}).get("fd") == fd]
+    assert len(writes) == 250
+    assert sum(e["args"]["size"] for e in writes) == 250 * 4096
+    summary = json.loads(trace_path(site, "dctest1", str(jobid))
+                         .with_name(f"trace-dctest1-{jobid}-{short_host()}.summary.json")
+                         .read_text())
+    assert summary["complete"] is True and summary["job"] == str(jobid)
+    journal = manager.journal(unit)
+    assert "Deactivated successfully" in journal or "Succeeded" in journal
+
+
+def test_two_jobs_on_one_node_each_traces_only_its_user(traced_site, site, user1, user2,
+                                                        make_probes_file, work_dir):
+    manager = traced_site
+    work = work_dir
+    jobs = {"1001": (user1, make_probes_file(user1)), "1002": (user2, make_probes_file(user2))}
+    envs = {j: flux_env(manager, site, j, u, p) for j, (u, p) in jobs.items()}
+    for j in jobs:
+        res = prolog(site, envs[j])
+        assert res.returncode == 0 and manager.is_active(f"datacrumbs@{j}.service") == "active", \
+            res.stderr
+    assert {p.name for p in site.run_dir.glob("datacrumbs-100?.*")} == {
+        "datacrumbs-1001.env", "datacrumbs-1001.ready", "datacrumbs-1002.env",
+        "datacrumbs-1002.ready"}
+    pids = {"1001": run_workload(user1, work, n=60)[0], "1002": run_workload(user2, work, n=90)[0]}
+    for j in jobs:
+        assert epilog(site, envs[j]).returncode == 0
+        assert_clean(manager, site, j) if j == "1002" else None
+    for j, (user, _) in jobs.items():
+        other = "1002" if j == "1001" else "1001"
+        events = read_trace(trace_path(site, user.pw_name, j))
+        ops = [e for e in events if e.get("ph") == "X"]
+        assert ops and {e["pid"] for e in ops}.isdisjoint({pids[other]})
+        mine = [e for e in ops if e["pid"] == pids[j] and e["name"] == "write"
+                and e["args"].get("size") == 4096]
+        assert len(mine) == (60 if j == "1001" else 90)
+        header = next(e for e in events if e.get("ph") == "M" and e.get("name") == "datacrumbs")
+        assert header["args"]["user"] == user.pw_name and header["args"]["job"] == j
+
+
+# -- failures: the job runs untraced, nothing is left behind ---------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["\u0192", "f"])
+def test_f58_job_id_in_both_spellings_names_the_decimal_unit(installed_service, fake_daemon,
+                                                             site, user1, signed_probes_file,
+                                                             spelling):
+    fake_daemon("ready")
+    jobid = 2_000_000_123
+    env = flux_env(installed_service, site, spelling + f58_encode(jobid)[1:], user1,
+                   signed_probes_file)
+    assert prolog(site, env).returncode == 0
+    assert installed_service.is_active(f"datacrumbs@{jobid}.service") == "active"
+    assert installed_service.running_units("datacrumbs@*") == [f"datacrumbs@{jobid}.service"]
+    assert epilog(site, env).returncode == 0
+    assert_clean(installed_service, site, str(jobid))
+
+
+def _set_fail_job(site, on: bool) -> None:
+    text = site.source.read_text()
+    site.source.write_text(text.replace("fail_job_on_error = false",
+                                        f"fail_job_on_error = {'true' if on else 'false'}"))
+
+
+@pytest.mark.parametrize("fail_job", [False, True])
+@pytest.mark.parametrize("raw", ["../x", "1;reboot", "1\nX=y"])
+def test_malicious_job_ids(installed_service, site, user1, signed_probes_file, raw, fail_job):
+    _set_fail_job(site, fail_job)
+    res = prolog(site, flux_env(installed_service, site, raw, user1, signed_probes_file))
+    assert res.returncode == (1 if fail_job else 0)
+    assert "is not a Flux job id" in res.stderr and "Traceback" not in res.stderr
+    assert "is not a Flux job id" in perilog_log(site)
+    assert installed_service.running_units("datacrumbs@*") == []
+    assert list(site.run_dir.glob("datacrumbs-*")) == []
+    assert epilog(site, flux_env(installed_service, site, raw, user1, None)).returncode == 0
+
+
+def _probe_case(case, make_probes_file, user1, user2, tmp_path):
+    """(file the metadata names, file whose digest it carries, expected words)."""
+    if case == "missing":
+        path = tmp_path / "gone.json.gz"
+        return path, None, "does not exist"
+    if case == "tampered":
+        path = make_probes_file(user1)
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        doc["capture"]["interval_ms"] += 1  # still schema-valid, signature kept
+        path.write_bytes(gzip.compress(json.dumps(doc).encode()))
+        return path, path, "signature"
+    if case == "expired":
+        now = int(time.time())
+        path = make_probes_file(user1, issued_at=now - 10 * 86400, expires_at=now - 86400)
+        return path, path, "expired"
+    if case == "other_user":
+        path = make_probes_file(user2)
+        return path, path, "dctest2"
+    if case == "digest_mismatch":
+        path = make_probes_file(user1, name="changed.json.gz")
+        submitted = tmp_path / "as-submitted.json.gz"
+        submitted.write_bytes(path.read_bytes())
+        make_probes_file(user1, name="changed.json.gz", sets=["posix"])  # replaced after submit
+        return path, submitted, "changed after the job was submitted"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("fail_job", [False, True])
+@pytest.mark.parametrize("case", ["missing", "tampered", "expired", "other_user",
+                                  "digest_mismatch"])
+def test_bad_probes_files(installed_service, site, user1, user2, make_probes_file, tmp_path,
+                          case, fail_job):
+    _set_fail_job(site, fail_job)
+    path, digest_of, words = _probe_case(case, make_probes_file, user1, user2, tmp_path)
+    env = flux_env(installed_service, site, "3001", user1, None)
+    env["DATACRUMBS_JOB_METADATA"] = json.dumps({
+        "enable": "yes", "probe_file": str(path),
+        "probe_digest": digest(digest_of) if digest_of else "sha256:" + "0" * 64})
+    res = prolog(site, env)
+    assert res.returncode == (1 if fail_job else 0), res.stderr
+    assert words.lower() in res.stderr.lower(), res.stderr
+    assert "tracing disabled for this job" in res.stderr and "Traceback" not in res.stderr
+    assert str(path) in res.stderr
+    assert_clean(installed_service, site, "3001")
+    assert epilog(site, env).returncode == 0  # the epilog does not care
+
+
+def test_never_ready_daemon_prolog_returns_within_its_bound(installed_service, fake_daemon, site,
+                                                            user1, signed_probes_file):
+    fake_daemon("never-ready")
+    text = site.source.read_text()
+    site.source.write_text(text.replace("ready_timeout = 20.0", "ready_timeout = 30.0")
+                           .replace("prolog_timeout = 30.0", "prolog_timeout = 4.0"))
+    env = flux_env(installed_service, site, "3002", user1, signed_probes_file)
+    res = prolog(site, env)
+    assert res.returncode == 0
+    assert res.elapsed < 4.0 + 2.0, res.elapsed
+    assert "did not start" in res.stderr and "datacrumbs@3002.service" in res.stderr
+    assert_clean(installed_service, site, "3002")
+
+
+def test_not_enabled_is_quiet(installed_service, site, user1, signed_probes_file, tmp_path):
+    # a `flux` that answers `flux job info 3003 jobspec` for a job without datacrumbs
+    bindir = tmp_path / "fluxbin"
+    bindir.mkdir()
+    (bindir / "flux").write_text(
+        '#!/bin/sh\n[ "$*" = "job info 3003 jobspec" ] || exit 1\n'
+        'echo \'{"version": 1, "attributes": {"system": {"duration": 0}}}\'\n')
+    (bindir / "flux").chmod(0o755)
+    from_flux = flux_env(installed_service, site, "3003", user1, None)
+    from_flux["PATH"] = f"{bindir}:{from_flux['PATH']}"
+    for env in (from_flux,
+                dict(from_flux, DATACRUMBS_JOB_METADATA="{}"),
+                flux_env(installed_service, site, "3003", user1, signed_probes_file,
+                         enable="no")):
+        res = prolog(site, env)
+        assert res.returncode == 0 and res.stderr == "" and res.stdout == ""
+        assert_clean(installed_service, site, "3003")
+
+
+def test_epilog_is_idempotent_and_ignores_the_probes_file(installed_service, fake_daemon, site,
+                                                          user1, make_probes_file):
+    fake_daemon("ready")
+    path = make_probes_file(user1)
+    env = flux_env(installed_service, site, "3004", user1, path)
+    assert epilog(site, env).returncode == 0  # nothing started yet
+    assert prolog(site, env).returncode == 0
+    assert installed_service.is_active("datacrumbs@3004.service") == "active"
+    path.unlink()  # deleted while the job ran
+    env["DATACRUMBS_JOB_METADATA"] = "{not json"
+    for _ in range(2):
+        res = epilog(site, env)
+        assert res.returncode == 0, res.stderr
+        assert_clean(installed_service, site, "3004")
+    assert (site.run_dir / "fake-3004.flushed").read_text() == "SIGINT"

@@ -1,0 +1,257 @@
+"""Trace one command on this machine and print what it did (needs root for eBPF).
+
+The command is started stopped: it waits until every probe is attached, then
+execs, so none of its early I/O is missed; it and every process it forks are
+traced. The trace and its summary go to DIR (default: the current directory);
+the exit status is the command's.
+
+Probes come from named sets (default: posix and stdio, checked against this
+host) or from a probes file. A probes file may be unsigned here: signatures
+protect the root daemon from other users' choices, and here root runs only
+its own command. A signed file is still verified (for $SUDO_USER when run
+through sudo, else for root) so an expired or tampered file is noticed.
+
+examples:
+  sudo datacrumbs trace -- dd if=/dev/zero of=/tmp/x bs=4k count=100
+  sudo datacrumbs trace --set posix --mode profile -o /tmp/traces -- ./ior -w
+  sudo datacrumbs trace --probes probes.json.gz -- python train.py
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import DatacrumbsError, UsageError
+
+HELP = "trace one command on this machine and print a summary (root)"
+DEFAULT_SETS = ("posix", "stdio")
+
+
+def setup_parser(parser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--probes", metavar="FILE", help="probes file (*.json.gz), signed or not")
+    src.add_argument("--set", dest="sets", metavar="NAME", action="append",
+                     help="probe set to use (repeatable; default: posix and stdio)")
+    parser.add_argument("-o", "--output", metavar="DIR", default=".",
+                        help="directory for the trace and summary (default: current)")
+    parser.add_argument("--mode", choices=("trace", "profile"), default=None,
+                        help="trace every event, or profile (counters and histograms only)")
+    parser.add_argument("--interval-ms", type=int, default=None,
+                        help="profile counter interval in ms (default 1000)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the trace path")
+    parser.add_argument("command", nargs="+", metavar="-- CMD ARGS", help="the command to run")
+
+
+class _ChildExit:
+    """Stop condition of the drain loop: the traced command has exited."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.status: int | None = None
+        self.signal = "command exit"
+
+    @property
+    def requested(self) -> bool:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status is not None
+
+
+def _invoker():
+    """Whose trace this is: the sudo caller when there is one, else root."""
+    from ..users import lookup_user
+
+    name = os.environ.get("SUDO_USER")
+    if name:
+        try:
+            return lookup_user(name)
+        except DatacrumbsError:
+            pass
+    return lookup_user(os.getuid())
+
+
+def _probes_from_file(path: str, user, config) -> dict:
+    from ..probes.document import check_document, read_document
+    from ..probes.verify import verify_probes_file
+
+    doc = read_document(path, max_compressed=config.max_probes_file_bytes,
+                        max_decompressed=config.max_probes_document_bytes)
+    if "signature" in doc:
+        return verify_probes_file(path, user.name, config=config)
+    check_document(doc, source=path, max_probes=config.max_probes)
+    logging.getLogger("datacrumbs").info("using unsigned probes file %s (allowed for "
+                                         "`datacrumbs trace` only)", path)
+    return doc
+
+
+def _probes_from_sets(names, config, log) -> tuple[list[dict], list]:
+    from ..probes.catalog import load_catalog, select_probes
+    from ..probes.host_check import check_probes
+
+    probes = select_probes(load_catalog(config), names)
+    kept, dropped = check_probes(probes)
+    return kept, [(d.probe, d.reason) for d in dropped]
+
+
+def _start_stopped(argv: list[str]) -> tuple[int, int]:
+    """Fork the command; it blocks on a pipe until we write to it, then execs."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: only async-signal-safe-ish work until exec
+        try:
+            os.close(w)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            go = os.read(r, 1)
+            os.close(r)
+            if go != b"g":
+                os._exit(127)
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            os.write(2, f"datacrumbs: error: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        os._exit(127)
+    os.close(r)
+    return pid, w
+
+
+def main(args) -> int:
+    from ..config import load_config
+    from ..tracer.daemon import TraceRun, short_host
+    from ..tracer.engine import Engine
+    from ..tracer.scope import Scope
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("no command given; usage: datacrumbs trace [options] -- CMD ARGS")
+    if os.geteuid() != 0:
+        raise DatacrumbsError("datacrumbs trace needs root to load eBPF programs; "
+                              "run it with sudo (the command itself runs as root too)")
+    log = logging.getLogger("datacrumbs")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("datacrumbs: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    config = load_config()
+    user = _invoker()
+    refused_early: list = []
+    if args.probes:
+        doc = _probes_from_file(args.probes, user, config)
+        probes = doc["probes"]
+        capture = doc.get("capture") or {}
+    else:
+        probes, refused_early = _probes_from_sets(args.sets or list(DEFAULT_SETS), config, log)
+        capture = {}
+    mode = args.mode or capture.get("mode", "trace")
+    interval_ms = args.interval_ms or int(capture.get("interval_ms", 1000))
+    if interval_ms <= 0:
+        raise UsageError(f"--interval-ms {interval_ms} must be positive")
+    out = Path(args.output)
+    try:
+        dir_fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DatacrumbsError(f"output directory {out}: {exc.strerror}; "
+                              "create it or pass another with -o") from None
+    pid, go = _start_stopped(argv)
+    child = _ChildExit(pid)
+    pipe = {"open": True}
+
+    def release():  # probes attached and events flowing: let the command exec
+        os.write(go, b"g")
+        os.close(go)
+        pipe["open"] = False
+
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the command
+    try:
+        engine = Engine(probes, Scope.for_pids([pid], follow=True), mode=mode,
+                        interval_ms=interval_ms, bpf_object=config.bpf_object,
+                        capture_paths=bool(capture.get("paths", True)))
+        with engine:
+            report = engine.attach()
+            report.refused.extend(refused_early)
+            if not report.attached:
+                raise DatacrumbsError("no probe could be attached on this host; see the "
+                                      "reasons above or choose other sets with --set")
+            run = TraceRun(engine, report, run_id=str(pid), user=user, host=short_host(),
+                           mode=mode, interval_ms=interval_ms,
+                           capture_paths=bool(capture.get("paths", True)), dir_fd=dir_fd,
+                           start=datetime.now(timezone.utc))
+            t0 = time.monotonic()
+            run.loop(child, release)
+            elapsed = time.monotonic() - t0
+    except BaseException:
+        if child.status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        os.close(dir_fd)
+        if pipe["open"]:
+            os.close(go)  # the command sees EOF and exits 127 without running
+    trace_path = out / run.trace_name
+    if args.quiet:
+        print(trace_path, file=sys.stderr)
+    else:
+        print_summary(run.summary_doc, trace_path=trace_path, summary_path=out / run.summary_name,
+                      command=argv, elapsed=elapsed)
+    status = child.status
+    return status if status >= 0 else 128 - status
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _secs(us: int) -> str:
+    return f"{us / 1e6:.3f} s" if us >= 100_000 else f"{us / 1e3:.3f} ms"
+
+
+def print_summary(doc: dict, *, trace_path, summary_path, command, elapsed: float,
+                  file=None, top: int = 10) -> None:
+    """The terminal view of a summary.json: operations, top files, refusals, losses."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file or sys.stderr, highlight=False)
+    console.print(f"[bold]datacrumbs[/bold]: traced {' '.join(command)!r} "
+                  f"({doc['mode']} mode, {elapsed:.2f} s)", soft_wrap=True)
+    ops = Table(title="I/O operations", title_justify="left")
+    for col in ("operation", "count", "bytes", "time", "errors"):
+        ops.add_column(col, justify="left" if col == "operation" else "right")
+    rows = sorted(doc["operations"].items(), key=lambda kv: -kv[1]["time_us"])
+    for key, row in rows:
+        ops.add_row(key, f"{row['count']:,}", _size(row["bytes"]), _secs(row["time_us"]),
+                    str(row.get("errors", 0)))
+    if not rows:
+        ops.add_row("(no I/O seen)", "0", "0 B", "0 ms", "0")
+    console.print(ops)
+    files = sorted(doc.get("files", {}).items(), key=lambda kv: (-kv[1]["bytes"], -kv[1]["count"]))
+    if files:
+        ft = Table(title=f"Top files (of {len(files)})", title_justify="left")
+        for col in ("file", "ops", "bytes", "time"):
+            ft.add_column(col, justify="left" if col == "file" else "right")
+        for path, row in files[:top]:
+            ft.add_row(path, f"{row['count']:,}", _size(row["bytes"]), _secs(row["time_us"]))
+        console.print(ft)
+    for probe in doc.get("probes_refused", []):
+        console.print(f"probe refused: {probe['id']} ({probe['kind']} {probe['target']}): "
+                      f"{probe['reason']}", soft_wrap=True)
+    console.print(f"events: {doc['events_written']:,} written, {doc['events_lost']:,} lost"
+                  + (f", {doc['events_not_written']:,} not written ({doc['write_error']})"
+                     if doc.get("write_error") else ""))
+    console.print(f"trace: {trace_path}", soft_wrap=True)  # never wrapped: copied and parsed
+    console.print(f"summary: {summary_path}", soft_wrap=True)

@@ -1,0 +1,163 @@
+"""`datacrumbs trace -- CMD`: one command traced from its first instruction, real eBPF."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from datacrumbs.probes.catalog import load_catalog, select_probes
+from datacrumbs.probes.document import build_document, write_document
+from workloads import daemon_readback as rb
+from workloads.daemon_build import build
+
+pytestmark = pytest.mark.ebpf
+DATACRUMBS = str(Path(sys.executable).with_name("datacrumbs"))
+
+
+@pytest.fixture(scope="module")
+def shared_dir():
+    d = Path(tempfile.mkdtemp(prefix="datacrumbs-trace-cli-test-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def writes_bin(shared_dir):
+    return build("writes", shared_dir)
+
+
+def trace(site, tmp_path, *args, user=None):
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    kw = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    proc = subprocess.run([DATACRUMBS, "trace", "-o", str(out), *args], capture_output=True,
+                          text=True, timeout=120, **kw)
+    return proc, out
+
+
+def outputs(out: Path):
+    traces = sorted(out.glob("*.pfw.gz"))
+    assert len(traces) == 1, traces
+    summary = json.loads(Path(str(traces[0])[:-len(".pfw.gz")] + ".summary.json").read_text())
+    return traces[0], summary
+
+
+def test_traces_the_command_from_its_first_io(site, tmp_path, writes_bin):
+    target = tmp_path / "data.bin"
+    proc, out = trace(site, tmp_path, "--set", "posix", "--",
+                      str(writes_bin), str(target), "1500", "4096")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "done 1500 6144000\n"  # the command's own output is untouched
+    path, summary = outputs(out)
+    assert f"trace: {path}" in proc.stderr
+    assert "POSIX/write" in proc.stderr and str(target) in proc.stderr
+    assert rb.lines(path)[-1] == "]"
+    events = rb.events(path)
+    pid = int(path.name.split("-")[2])
+    mine = [e for e in events if e["pid"] == pid]
+    # started stopped: even the dynamic loader's first open is in the trace
+    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(path) if r["name"] == "FH"}
+    opened = [fh.get(e["args"].get("fhash")) for e in mine if e["name"] == "openat"]
+    assert opened[0] == "/etc/ld.so.cache"
+    writes = [e for e in mine if e["name"] == "write" and fh.get(e["args"].get("fhash")) == str(target)]
+    assert len(writes) == 1500 and sum(e["args"]["size"] for e in writes) == 1500 * 4096
+    assert summary["files"][str(target)]["bytes"] == 1500 * 4096
+    assert summary["events_lost"] == 0 and summary["complete"] is True
+
+
+def test_default_sets_include_stdio(site, tmp_path):
+    proc, out = trace(site, tmp_path, "--", "sh", "-c", "exit 0")
+    assert proc.returncode == 0, proc.stderr
+    _, summary = outputs(out)
+    attached = {p["id"].split(".")[0] for p in summary["probes_attached"]}
+    assert attached == {"posix", "stdio"}
+
+
+@pytest.mark.parametrize("command,status", [
+    (["sh", "-c", "exit 7"], 7),
+    (["sh", "-c", "kill -TERM $$"], 128 + 15),
+])
+def test_exit_status_is_the_commands(site, tmp_path, command, status):
+    proc, out = trace(site, tmp_path, "--set", "posix", "-q", "--", *command)
+    assert proc.returncode == status, proc.stderr
+    path, _ = outputs(out)
+    assert str(path) in proc.stderr
+
+
+def test_missing_command_is_127_with_one_clear_line(site, tmp_path):
+    proc, _ = trace(site, tmp_path, "--set", "posix", "-q", "--", "/nonexistent/cmd")
+    assert proc.returncode == 127
+    assert "cannot run /nonexistent/cmd" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_profile_mode(site, tmp_path, writes_bin):
+    proc, out = trace(site, tmp_path, "--set", "posix", "--mode", "profile",
+                      "--interval-ms", "100", "--", str(writes_bin), str(tmp_path / "p.bin"),
+                      "2000", "16")
+    assert proc.returncode == 0, proc.stderr
+    path, summary = outputs(out)
+    assert summary["mode"] == "profile"
+    assert summary["profile"]["POSIX/write"]["count"] == 2001  # writes and the "done" line
+    assert summary["operations"]["POSIX/write"]["bytes"] == 2000 * 16 + len(proc.stdout)
+    counters = rb.events(path, ph="C")
+    assert sum(c["args"]["count"] for c in counters if c["name"] == "write") == 2001
+
+
+def test_unsigned_probes_file_is_allowed_here(site, tmp_path, writes_bin):
+    probes = [p for p in select_probes(load_catalog(site), ["posix"])
+              if p["target"] in ("write", "openat", "close")]
+    doc = build_document(probes, owner_uid=0, owner_user="root", sets=["posix"])
+    path = write_document(tmp_path / "mine.json.gz", doc)
+    proc, out = trace(site, tmp_path, "--probes", str(path), "--",
+                      str(writes_bin), str(tmp_path / "u.bin"), "10", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert "unsigned probes file" in proc.stderr
+    _, summary = outputs(out)
+    assert {p["id"] for p in summary["probes_attached"]} == {p["id"] for p in probes}
+    assert summary["operations"]["POSIX/write"]["count"] == 11
+
+
+def test_needs_root(site, tmp_path, user1):
+    """As an ordinary user: one line saying root (sudo) is needed, nothing written.
+
+    The code under test runs in a forked child that dropped to user1 (the venv itself
+    is not readable by test users), exactly as the console script would run it.
+    """
+    from datacrumbs.cli import build_parser, run_cli
+
+    build_parser()  # import every subcommand while still root
+    out = Path(tempfile.mkdtemp(prefix="datacrumbs-trace-cli-"))
+    out.chmod(0o777)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.dup2(w, 2)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            os.setgroups([])
+            os.setgid(user1.pw_gid)
+            os.setuid(user1.pw_uid)
+            code = run_cli(["trace", "-o", str(out), "--", "true"])
+            sys.stderr.flush()
+        except BaseException:
+            code = 99
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        stderr = f.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 1, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and "needs root" in lines[0] and "sudo" in lines[0], stderr
+        assert list(out.iterdir()) == []
+    finally:
+        shutil.rmtree(out)

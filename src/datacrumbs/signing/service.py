@@ -161,7 +161,12 @@ class SigningService:
         assert self._listener is not None, "start() first"
         try:
             while True:
-                conn, _ = self._listener.accept()
+                try:
+                    conn, _ = self._listener.accept()
+                except OSError as exc:  # EMFILE and friends: wait for connections to finish
+                    log.warning("cannot accept a connection: %s", exc)
+                    time.sleep(0.1)
+                    continue
                 try:
                     peer = peer_credentials(conn)
                 except OSError:
@@ -173,7 +178,14 @@ class SigningService:
                 thread = threading.Thread(target=self._serve_one, args=(conn, peer), daemon=True)
                 with self._threads_lock:
                     self._threads.add(thread)
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no more threads: refuse this one, keep serving
+                    with self._threads_lock:
+                        self._threads.discard(thread)
+                    self._release(peer[1])
+                    self._refuse_busy(conn, peer)
+                    log.warning("cannot start a thread: %s", exc)
         except _Stop:
             log.info("stopping on signal")
         finally:

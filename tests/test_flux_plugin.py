@@ -143,7 +143,7 @@ def _plugin_of(registry):
     return plugin
 
 
-# ------------------------------------------------------------------ options and the CLIPlugin contract
+# ------------------------------------------------------------ options, the CLIPlugin contract
 
 
 def test_options_v084_style_give_prefixed_and_unprefixed_names(flux):
@@ -280,11 +280,13 @@ def _user_case(install, case):
         path = w / "dir.json.gz"
         path.mkdir()
     elif case == "not-gzip":
-        path = _bytes_file(install, "plain.json.gz", json.dumps(signed_doc(install, 0, "root")).encode())
+        plain = json.dumps(signed_doc(install, 0, "root")).encode()
+        path = _bytes_file(install, "plain.json.gz", plain)
     elif case == "gzip-bomb":
         path = _bytes_file(install, "bomb.json.gz", gzip.compress(b" " * (64 << 20)))
     elif case == "bad-json":
-        path = _bytes_file(install, "bad.json.gz", gzip.compress(b'{"format": "datacrumbs-probes",'))
+        path = _bytes_file(install, "bad.json.gz",
+                           gzip.compress(b'{"format": "datacrumbs-probes",'))
     elif case == "tampered":
         doc = signed_doc(install, 0, "root")
         doc["probes"][0]["target"] = "read"
@@ -447,12 +449,14 @@ def test_owner_check_uses_the_validators_userid(flux, install, user1, user2):
 
 def test_site_config_override_and_missing_config(flux, install, monkeypatch, world):
     runner = flux("v0.88")
-    good = write_probes(install, "cfg.json.gz", signed_doc(install, user_uid := 0, "root"))
+    user_uid = 0
+    good = write_probes(install, "cfg.json.gz", signed_doc(install, 0, "root"))
     spec = jobspec_with(meta_for(good))
     elsewhere = world / "elsewhere.toml"
     elsewhere.write_text(render_config(SiteConfig(public_key_dir=world / "no-keys-here")))
     monkeypatch.setenv("DATACRUMBS_CONFIG", str(elsewhere))
-    assert "does not trust (no " + str(world / "no-keys-here") in runner.ingest(spec, user_uid).errmsg
+    msg = runner.ingest(spec, user_uid).errmsg
+    assert "does not trust (no " + str(world / "no-keys-here") in msg
     monkeypatch.setenv("DATACRUMBS_CONFIG", str(world / "missing.toml"))
     msg = runner.ingest(spec, user_uid).errmsg
     assert "missing.toml named by DATACRUMBS_CONFIG does not exist" in msg
@@ -460,7 +464,7 @@ def test_site_config_override_and_missing_config(flux, install, monkeypatch, wor
     assert runner.ingest(spec, user_uid).errnum == 0
 
 
-# ------------------------------------------------------------------ Debian's /usr/bin/python3, real users
+# ------------------------------------------------------------ Debian's /usr/bin/python3, real users
 
 
 def emulate(install, *args, user=None, stdin=None, env=None):
@@ -602,7 +606,8 @@ def _hostile(install, case, uid):
     if case == "truncated":
         return _bytes_file(install, "trunc.json.gz", gzip.compress(text)[:-12]), "is truncated"
     if case == "trailing-garbage":
-        return _bytes_file(install, "trail.json.gz", gzip.compress(text) + b"junk"), "trailing garbage"
+        path = _bytes_file(install, "trail.json.gz", gzip.compress(text) + b"junk")
+        return path, "trailing garbage"
     if case == "duplicate-key":
         raw = b'{"format": "datacrumbs-probes", "format": "x"}'
         return _bytes_file(install, "dup.json.gz", gzip.compress(raw)), "repeats the key format"
@@ -644,5 +649,6 @@ def test_validate_accepts_multi_member_gzip(flux, install, user1):
     runner = flux("v0.88")
     text = json.dumps(signed_doc(install, user1.pw_uid, "dctest1")).encode()
     half = len(text) // 2
-    path = _bytes_file(install, "multi.json.gz", gzip.compress(text[:half]) + gzip.compress(text[half:]))
+    data = gzip.compress(text[:half]) + gzip.compress(text[half:])
+    path = _bytes_file(install, "multi.json.gz", data)
     assert runner.ingest(jobspec_with(meta_for(path)), user1.pw_uid).errnum == 0

@@ -1,4 +1,4 @@
-"""Stand-in for the ``flux`` package (see tests/flux_contract/__init__.py): no instance runs here."""
+"""Stand-in for the ``flux`` package (see tests/flux_contract/__init__.py): no instance here."""
 
 import errno
 

@@ -130,7 +130,7 @@ def _when(seconds):
 
 
 def _plugin_prefix():
-    """The install prefix, from this file's real location <prefix>/etc/datacrumbs/flux/cli/plugins."""
+    """The install prefix, from this file's real path <prefix>/etc/datacrumbs/flux/cli/plugins."""
     try:
         here = os.path.dirname(os.path.realpath(__file__))
     except NameError:
@@ -144,8 +144,7 @@ def _plugin_prefix():
 class _Site:
     """The few site settings the plugin needs: where trusted keys are, and size limits."""
 
-    def __init__(self, source, key_dir, limits):
-        self.source = source
+    def __init__(self, key_dir, limits):
         self.key_dir = key_dir
         self.max_file = limits["max_probes_file_bytes"]
         self.max_document = limits["max_probes_document_bytes"]
@@ -165,7 +164,7 @@ def _site():
                 f"datacrumbs: configuration file {_show(path)} named by {CONFIG_ENV} does not "
                 f"exist (ask your admin)"
             ) from None
-        return _Site(None, os.path.join(prefix, "etc", "datacrumbs", "keys"), DEFAULT_LIMITS)
+        return _Site(os.path.join(prefix, "etc", "datacrumbs", "keys"), DEFAULT_LIMITS)
     except (OSError, _TooBig) as exc:
         raise _Refusal(
             f"datacrumbs: cannot read configuration file {_show(path)} ({_reason(exc)}); "
@@ -197,7 +196,7 @@ def _site():
                 raise _Refusal(f"datacrumbs: configuration file {_show(path)}: {key} must be "
                                f"a positive integer; ask your admin")
             limits[key] = value
-    return _Site(path, key_dir, limits)
+    return _Site(key_dir, limits)
 
 
 # ---------------------------------------------------------------- reading files
@@ -267,7 +266,8 @@ def _read_probes_file(path, site, reader):
             f"make the file readable (chmod a+r) and its directories searchable, then resubmit"
         ) from None
     except _TooBig as exc:
-        raise _Refusal(f"datacrumbs: probes file {name} is too large ({exc}); {REGENERATE}") from None
+        raise _Refusal(f"datacrumbs: probes file {name} is too large ({exc}); "
+                       f"{REGENERATE}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _Refusal(

@@ -134,7 +134,8 @@ class CLIPluginRegistry:
             for plugin in self.plugins:
                 for opt in plugin.options:
                     if opt.dest in option_dests:
-                        raise ValueError(f"{opt.name} conflicts with another option (or its `dest`)")
+                        raise ValueError(
+                            f"{opt.name} conflicts with another option (or its `dest`)")
                     self.options.append(opt)
                     option_dests[opt.dest] = 1
         return self

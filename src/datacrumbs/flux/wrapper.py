@@ -1,8 +1,8 @@
-"""``datacrumbs_service_wrapper start|stop JOBID USER PROBE_FILE``: the prolog without Flux.
+"""datacrumbs_service_wrapper start|stop JOBID USER PROBE_FILE: the prolog without Flux.
 
-Fabricates what Flux would give the prolog and epilog (``FLUX_JOB_ID``,
-``FLUX_JOB_USERID`` and the job metadata with the probes file's digest in
-``DATACRUMBS_JOB_METADATA``) and runs the very same code path, so an admin can
+Fabricates what Flux would give the prolog and epilog (FLUX_JOB_ID,
+FLUX_JOB_USERID, and the job metadata with the probes file's SHA-256 in
+DATACRUMBS_JOB_METADATA) and runs the very same code path, so an admin can
 test a node's setup before wiring up the real prolog.
 """
 
@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import load_config
+from ..config import CONFIG_ENV, load_config
 from ..errors import DatacrumbsError
 from ..jobid import normalize_jobid
 from ..users import lookup_user
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("jobid", help="Flux job id (any form Flux prints)")
     parser.add_argument("user", help="the job's user (name or uid)")
     parser.add_argument("probe_file", type=Path, help="signed probes file (*.json.gz)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"site config (default ${CONFIG_ENV} or "
+                             "/opt/datacrumbs/etc/datacrumbs/datacrumbs.toml)")
     return parser
 
 
@@ -62,6 +65,8 @@ def fabricate_environ(action: str, jobid: str, user: str, probe_file: Path) -> d
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.config is not None:
+        os.environ[CONFIG_ENV] = str(args.config.absolute())
     try:
         env = fabricate_environ(args.action, args.jobid, args.user, args.probe_file)
     except DatacrumbsError as exc:

@@ -1,0 +1,86 @@
+"""datacrumbs_service_wrapper start|stop: the seed's "testing without a real Flux prolog" path.
+
+Runs the installed wrapper (<prefix>/bin/datacrumbs_service_wrapper) against a
+real private systemd manager and the real daemon, and reads the trace back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from datacrumbs.jobid import f58_encode
+
+from test_prolog_epilog import (FLUX_PATH, assert_clean, read_trace, run_workload, trace_path,
+                                work_dir)  # noqa: F401 - work_dir is a fixture
+
+pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
+
+
+def wrapper(manager, site, *args, timeout=120):
+    return subprocess.run(
+        [str(site.prefix / "bin/datacrumbs_service_wrapper"), *args,
+         "--config", str(site.source)],
+        env={"PATH": f"{manager.shim_dir}:{FLUX_PATH}"}, capture_output=True, text=True,
+        timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_wrapper_start_stop_traces_the_job(site, bpf_object, tracefs, installed_service, user1,
+                                           signed_probes_file, work_dir):
+    manager = installed_service
+    res = wrapper(manager, site, "start", "1", "dctest1", str(signed_probes_file))
+    assert res.returncode == 0, res.stderr + manager.journal("datacrumbs@1.service")
+    assert "datacrumbs@1.service is active and ready" in res.stdout
+    assert manager.is_active("datacrumbs@1.service") == "active"
+    env = (site.run_dir / "datacrumbs-1.env").read_text()
+    assert f'DATACRUMBS_PROBE_FILE="{signed_probes_file}"' in env
+    pid, fd = run_workload(user1, work_dir, n=123, size=512)
+    res = wrapper(manager, site, "stop", "1", "dctest1", str(signed_probes_file))
+    assert res.returncode == 0, res.stderr
+    assert "datacrumbs@1.service is stopped" in res.stdout
+    assert_clean(manager, site, "1")
+    events = read_trace(trace_path(site, "dctest1", "1"))
+    writes = [e for e in events if e.get("name") == "write" and e["pid"] == pid
+              and e["args"].get("fd") == fd]
+    assert len(writes) == 123 and {e["args"]["size"] for e in writes} == {512}
+
+
+def test_wrapper_f58_and_weird_probe_path(installed_service, fake_daemon, site, user1,
+                                          make_probes_file, tmp_path):
+    fake_daemon("ready")
+    weird = make_probes_file(user1, name="my probes; $(reboot) 'x'.json.gz")
+    res = wrapper(installed_service, site, "start", "f2kP8DU5B", "dctest1", str(weird))
+    assert res.returncode == 0, res.stderr
+    jobid = "3859459443726"  # ƒ2kP8DU5B in decimal
+    assert f58_encode(int(jobid)) == "\u01922kP8DU5B"
+    got = json.loads((site.run_dir / f"fake-{jobid}.argv.json").read_text())
+    assert got["argv"] == [str(weird), jobid, "dctest1"]
+    assert wrapper(installed_service, site, "stop", "\u01922kP8DU5B", "dctest1",
+                   str(weird)).returncode == 0
+    assert_clean(installed_service, site, jobid)
+
+
+@pytest.mark.parametrize("args,words", [
+    (("start", "1;reboot", "dctest1", "/x.json.gz"), "is not a Flux job id"),
+    (("start", "5", "nosuchuser", "/x.json.gz"), "does not exist"),
+    (("start", "5", "dctest1", "/nonexistent/p.json.gz"), "does not exist"),
+    (("stop", "../x", "dctest1", "/x.json.gz"), "is not a Flux job id"),
+])
+def test_wrapper_errors_are_one_line(installed_service, site, args, words):
+    res = wrapper(installed_service, site, *args)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("datacrumbs_service_wrapper: error: ") and words in lines[-1]
+    assert "Traceback" not in res.stderr
+    assert installed_service.running_units("datacrumbs@*") == []
+    assert list(site.run_dir.glob("datacrumbs-*")) == []
+
+
+def test_wrapper_help(site, installed_service):
+    res = subprocess.run([str(site.prefix / "bin/datacrumbs_service_wrapper"), "--help"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0
+    for words in ("start", "stop", "FLUX_JOB_ID", "examples:", "f2kP8DU5B", "exit status"):
+        assert words in res.stdout

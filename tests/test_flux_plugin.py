@@ -213,12 +213,13 @@ def test_one_argument_constructor_two_instances_no_state(flux, root_probes, styl
     assert result.jobspec["attributes"]["system"]["datacrumbs"]["enable"] == "yes"
 
 
-def test_help_lists_options_and_docstring_explains(flux):
+@pytest.mark.parametrize("prog", ["run", "submit", "batch", "alloc", "bulksubmit"])
+def test_help_lists_options_and_docstring_explains(flux, prog):
     runner = flux("v0.88")
     from flux.cli.plugin import CLIPluginRegistry
 
-    registry = CLIPluginRegistry("submit")
-    text = runner.build_parser("submit", registry).format_help()
+    registry = CLIPluginRegistry(prog)
+    text = runner.build_parser(prog, registry).format_help()
     assert "--datacrumbs-enable" in text and "--datacrumbs-probe-file PATH" in text
     doc = type(_plugin_of(registry)).__doc__
     assert "flux run --datacrumbs-enable --datacrumbs-probe-file" in doc

@@ -73,7 +73,8 @@ def keystore(site):
 class Service:
     def __init__(self, site, *extra: str):
         self.site = site
-        self.socket = site.socket_path
+        self.socket = Path(extra[extra.index("--socket") + 1]) if "--socket" in extra \
+            else site.socket_path
         self.log = site.log_dir / f"service-{time.monotonic_ns()}.stderr"
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(
@@ -108,10 +109,23 @@ class Service:
 
 
 @pytest.fixture
-def service(site, keystore):
-    svc = Service(site).wait_ready()
-    yield svc
-    svc.stop()
+def start_service(site):
+    """Start services with extra options; all are stopped at teardown, even after a failure."""
+    started = []
+
+    def start(*extra: str, ready: bool = True) -> Service:
+        svc = Service(site, *extra)
+        started.append(svc)
+        return svc.wait_ready() if ready else svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture
+def service(keystore, start_service):
+    return start_service()
 
 
 def unsigned(*names: str, owner=("root", 0), sets=("posix",), days: int = 7) -> dict:
@@ -363,7 +377,9 @@ def test_half_closed_connection_gets_answered(site, service):
     assert reply["ok"] is True and reply["document"]["owner"]["uid"] == 0
 
 
-def test_silent_and_trickling_clients_are_cut_and_block_nobody(site, service):
+def test_silent_and_trickling_clients_are_cut_and_block_nobody(site, keystore, start_service):
+    timeout = 3.0  # long enough that serving others meanwhile is measurable on a busy machine
+    svc = start_service("--read-timeout", str(timeout))
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(str(site.socket_path))
     trickle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -383,14 +399,14 @@ def test_silent_and_trickling_clients_are_cut_and_block_nobody(site, service):
     try:
         start = time.monotonic()
         assert_still_serving(site)  # served while both others hold their connections
-        assert time.monotonic() - start < READ_TIMEOUT
-        silent.settimeout(READ_TIMEOUT * 5)
+        assert time.monotonic() - start < timeout
+        silent.settimeout(timeout * 5)
         reply = json.loads(silent.recv(4096))
         assert reply["ok"] is False and "no complete request" in reply["error"]
         assert silent.recv(4096) == b""  # and then closed
         waited = time.monotonic() - start
-        assert READ_TIMEOUT * 0.8 <= waited < READ_TIMEOUT * 4
-        trickle.settimeout(READ_TIMEOUT * 5)
+        assert timeout * 0.8 <= waited < timeout * 4
+        trickle.settimeout(timeout * 5)
         assert b"no complete request" in trickle.recv(4096)  # the deadline is overall
     finally:
         stop.set()
@@ -398,10 +414,12 @@ def test_silent_and_trickling_clients_are_cut_and_block_nobody(site, service):
         silent.close()
         trickle.close()
     assert_still_serving(site)
+    assert svc.stop() == 0
 
 
-def test_one_users_connections_are_capped_and_others_still_served(site, keystore, user1):
-    svc = Service(site, "--max-per-user", "3").wait_ready()
+def test_one_users_connections_are_capped_and_others_still_served(site, keystore, user1,
+                                                                  start_service):
+    svc = start_service("--max-per-user", "3")
     held = []
     try:
         for _ in range(3):
@@ -420,7 +438,7 @@ def test_one_users_connections_are_capped_and_others_still_served(site, keystore
     while not ping(socket_path=site.socket_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert_still_serving(site)
-    svc.stop()
+    assert svc.stop() == 0
 
 
 def test_client_vanishing_before_the_reply_does_not_hurt(site, service):
@@ -472,17 +490,12 @@ def test_sigint_stops_cleanly_too(site, service):
     assert not site.socket_path.exists()
 
 
-def test_creates_missing_socket_directory_0755(site, keystore, tmp_path):
+def test_creates_missing_socket_directory_0755(site, keystore, tmp_path, start_service):
     sock = tmp_path / "fresh" / "dir" / "sign.sock"
-    svc = Service(site, "--socket", str(sock))
-    try:
-        deadline = time.monotonic() + 20
-        while not ping(socket_path=sock) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755
-        assert request_signature(unsigned("write"), socket_path=sock)["owner"]["uid"] == 0
-    finally:
-        assert svc.stop() == 0
+    svc = start_service("--socket", str(sock))
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755
+    assert request_signature(unsigned("write"), socket_path=sock)["owner"]["uid"] == 0
+    assert svc.stop() == 0
     assert not sock.exists()
 
 
@@ -495,16 +508,13 @@ def test_second_service_on_a_live_socket_is_refused(site, service):
     assert_still_serving(site)  # the first one's socket was left alone
 
 
-def test_stale_socket_is_replaced(site, keystore):
+def test_stale_socket_is_replaced(site, keystore, start_service):
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(site.socket_path))
     stale.close()  # the file stays, nobody listens: what a killed service leaves
-    svc = Service(site).wait_ready()
-    try:
-        assert_still_serving(site)
-        assert "stale socket" in svc.stderr()
-    finally:
-        svc.stop()
+    svc = start_service()
+    assert_still_serving(site)
+    assert "stale socket" in svc.stderr()
 
 
 def test_regular_file_at_the_socket_path_is_not_touched(site, keystore):

@@ -104,9 +104,11 @@ def read_manifest(prefix: Path) -> list[tuple[str, str, Path]]:
     entries = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split("\t")
-        if len(parts) != 3 or parts[0] not in "fld" or not parts[2].startswith(str(prefix) + "/"):
+        entry = Path(parts[2]) if len(parts) == 3 else None
+        if entry is None or parts[0] not in ("f", "l", "d") or ".." in entry.parts or \
+                not (entry == prefix or prefix in entry.parents):
             raise InstallError(f"{path}:{n}: not a datacrumbs install manifest line: {line!r}")
-        entries.append((parts[0], parts[1], Path(parts[2])))
+        entries.append((parts[0], parts[1], entry))
     return entries
 
 

@@ -132,9 +132,9 @@ def _generate(args) -> int:
         for d in dropped:
             table.add_row(d.probe["id"], d.reason)
         err.print(table)
-    if host.tracefs is None:
-        err.print("note: tracefs is not readable here, so tracepoints were not checked and "
-                  "syscalls were checked against the syscall table only")
+    if host.tracefs is None and any(p["kind"] == "tracepoint" for p in kept):
+        err.print("note: tracefs is readable only by root, so tracepoints were not checked "
+                  "here; the tracer reports any that do not exist on the compute node")
     if not kept:
         raise UsageError(f"none of the {len(probes)} probes of {', '.join(sets)} can attach "
                          "on this host; nothing written")

@@ -125,8 +125,11 @@ class HostInfo:
 
 def ensure_tracefs(path: Path = TRACEFS) -> Path | None:
     """A readable tracefs, mounting it (idempotently) when we may; None otherwise."""
-    if (path / "events").is_dir():
-        return path if os.access(path / "events", os.R_OK | os.X_OK) else None
+    try:
+        if (path / "events").is_dir():
+            return path if os.access(path / "events", os.R_OK | os.X_OK) else None
+    except PermissionError:  # tracefs is root-only: an ordinary user cannot even look
+        return None
     if os.geteuid() == 0 and path.is_dir():
         subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], capture_output=True,
                        timeout=10, check=False)

@@ -135,3 +135,15 @@ def test_never_ready_daemon_fails_start_within_ready_timeout(installed_service, 
     assert "did not write" in installed_service.journal("datacrumbs@43.service")
     # the daemon got its SIGINT and shut down cleanly when systemd gave up on it
     assert (site.run_dir / "fake-43.flushed").read_text() == "SIGINT"
+
+
+def test_daemon_exiting_early_fails_start_at_once(installed_service, fake_daemon, site, user1):
+    """wait-ready --pid $MAINPID notices the daemon is gone instead of waiting ready_timeout."""
+    fake_daemon("exit")
+    t0 = time.monotonic()
+    res = _start_with_env(installed_service, site, "44", "/nonexistent/probes.json.gz")
+    assert res.returncode != 0
+    assert time.monotonic() - t0 < 5  # ready_timeout is 20 s in this config
+    assert installed_service.is_active("datacrumbs@44.service") in ("failed", "inactive")
+    journal = installed_service.journal("datacrumbs@44.service")
+    assert "fake daemon: refusing to start" in journal

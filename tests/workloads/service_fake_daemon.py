@@ -4,7 +4,8 @@ It honours the daemon's contract (ready file written atomically once "attached",
 SIGINT/SIGTERM -> flush -> remove ready file -> exit 0) without eBPF, and records
 what it received, so unit tests can check argv passing, ready waits and stop
 semantics. FAKE_MODE=never-ready never writes the ready file; FAKE_FLUSH_S
-sets how long the "flush" takes after the stop signal.
+sets how long the "flush" takes after the stop signal; FAKE_MODE=exit exits 1
+at once (like a daemon refusing its probes file).
 """
 
 import json
@@ -27,6 +28,9 @@ def main() -> int:
     (run_dir / f"fake-{run_id}.argv.json").write_text(json.dumps(
         {"argv": sys.argv[1:], "env_probe_file": os.environ.get("DATACRUMBS_PROBE_FILE")}))
     ready = run_dir / f"datacrumbs-{run_id}.ready"
+    if os.environ.get("FAKE_MODE") == "exit":
+        print("fake daemon: refusing to start", file=sys.stderr)
+        return 1
     if os.environ.get("FAKE_MODE") != "never-ready":
         tmp = ready.with_name(ready.name + ".tmp")
         tmp.write_text(str(os.getpid()))

@@ -23,6 +23,7 @@ import os
 import time
 import zlib
 from collections import OrderedDict
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -188,28 +189,25 @@ class TraceWriter:
 
     def _format_ops(self, ops: np.ndarray, paths: list | None) -> None:
         n = len(ops)
-        fh = [""] * n
         if paths is not None:
-            for i, p in enumerate(paths):
+            first_pid = int(ops["pid"][0])
+            fhs: dict = {None: ""}
+            for p in dict.fromkeys(paths):  # FH lines for the whole batch, before its events
                 if p is not None:
-                    fh[i] = f',"fhash":"{self.file_hash(p, int(ops["pid"][i]))}"'
+                    fhs[p] = f',"fhash":"{self.file_hash(p, first_pid)}"'
+            fh = [fhs[p] for p in paths]
+        else:
+            fh = repeat("")
         start = self._next_id
         self._next_id += n
-        ids = range(start, start + n)
-        prefix = self._probe_prefix
-        extra = self._probe_args
         has_ret = self._probe_ret
         probe = ops["probe"].tolist()
-        pre = [prefix[p] for p in probe]
-        head = [f'"pid":{a},"tid":{b},"ts":{c},"dur":{d},"ph":"X","args":{{{self._hhash_arg}'
-                for a, b, c, d in zip(ops["pid"].tolist(), ops["tid"].tolist(),
-                                      ops["ts_us"].tolist(), ops["dur_us"].tolist())]
-        cols = [fh]
+        cols = []
         for key in ("fd", "count", "offset", "size"):
             col = ops[key]
             if (col < 0).all():
-                continue
-            if (col >= 0).all():
+                cols.append(repeat(""))
+            elif (col >= 0).all():
                 cols.append([f',"{key}":{v}' for v in col.tolist()])
             else:
                 cols.append([f',"{key}":{v}' if v >= 0 else "" for v in col.tolist()])
@@ -221,10 +219,13 @@ class TraceWriter:
             rets = [f',"ret":{r}' for r in ops["ret"].tolist()]
         else:
             rets = [f',"ret":{r}' if has_ret[p] else "" for r, p in zip(ops["ret"].tolist(), probe)]
-        cols.append(rets)
-        cols.append([extra[p] for p in probe])
-        body = ["".join(parts) for parts in zip(*cols)]
-        self._lines.extend(f'{{"id":{i},{p}{h}{b}}}}}' for i, p, h, b in zip(ids, pre, head, body))
+        pfx, ext, hh = self._probe_prefix, self._probe_args, self._hhash_arg
+        self._lines.extend([
+            f'{{"id":{i},{pfx[p]}"pid":{a},"tid":{b},"ts":{c},"dur":{d},"ph":"X",'
+            f'"args":{{{hh}{f}{fd}{cn}{of}{sz}{rt}{ext[p]}}}}}'
+            for i, p, a, b, c, d, f, fd, cn, of, sz, rt in zip(
+                range(start, start + n), probe, ops["pid"].tolist(), ops["tid"].tolist(),
+                ops["ts_us"].tolist(), ops["dur_us"].tolist(), fh, *cols, rets)])
         self._pending_events += n
         if self._pending_events >= self.member_events:
             self.flush()

@@ -52,8 +52,14 @@ class SummaryBuilder:
             self.errors += np.bincount(probe[failed], minlength=n)[:n]
         if paths is None:
             return
+        ids: dict = {}
+        idx = np.fromiter((ids.setdefault(p, len(ids)) for p in paths), np.int64, len(paths))
+        k = len(ids)
+        counts = np.bincount(idx, minlength=k).tolist()
+        nbytes = np.bincount(idx, weights=size, minlength=k).astype(np.int64).tolist()
+        times = np.bincount(idx, weights=ops["dur_us"], minlength=k).astype(np.int64).tolist()
         files = self.files
-        for path, nbytes, dur in zip(paths, size.tolist(), ops["dur_us"].tolist()):
+        for path, i in ids.items():
             if path is None:
                 continue
             row = files.get(path)
@@ -63,9 +69,9 @@ class SummaryBuilder:
                     row = files.get(path)
                 if row is None:
                     row = files[path] = [0, 0, 0]
-            row[0] += 1
-            row[1] += nbytes
-            row[2] += dur
+            row[0] += counts[i]
+            row[1] += nbytes[i]
+            row[2] += times[i]
 
     def set_profile(self, rows) -> None:
         """Final in-kernel profile (ProfileRow list): totals, extremes and histograms."""

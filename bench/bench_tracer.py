@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Cost of tracing, measured in one run: untraced vs trace mode vs profile mode.
+
+Runs as root on a machine with eBPF. The workload is the tests' C program
+(tests/workloads/daemon_writes.c): 200,000 writes of 4 KiB and 200,000 writes
+of 16 bytes to a file on tmpfs, in a cgroup of its own that the real daemon
+(`datacrumbs run`, started as a subprocess exactly as the unit starts it) is
+scoped to. Each configuration is repeated and the medians are printed; a last
+test paces writes at 300,000 per second and reports what was lost. It prints
+what it measured and asserts nothing about time.
+
+usage: sudo .venv/bin/python bench/bench_tracer.py [--repeat 3] [--sustained-seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+WORKLOADS = (("4 KiB writes", 200_000, 4096), ("16 B writes", 200_000, 16))
+DATACRUMBS = str(Path(sys.executable).with_name("datacrumbs"))
+
+
+def build_workload(dest: Path) -> Path:
+    out = dest / "daemon_writes"
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    subprocess.run([cc, "-O2", "-o", str(out), str(REPO / "tests/workloads/daemon_writes.c")],
+                   check=True)
+    return out
+
+
+def make_site(root: Path) -> tuple[Path, Path]:
+    """An isolated site config, a key store and a signed probes file (posix set) for root."""
+    from datacrumbs.config import SiteConfig, render_config
+    from datacrumbs.probes.catalog import load_catalog, select_probes
+    from datacrumbs.probes.document import build_document, write_document
+    from datacrumbs.signing.keys import KeyStore
+
+    cfg = SiteConfig(prefix=root / "prefix", run_dir=root / "run", log_dir=root / "log",
+                     trace_dir=str(root / "traces" / "{user}"), public_key_dir=root / "keys",
+                     probe_sets_dir=root / "sets", private_key_dir=root / "private",
+                     socket_path=root / "run/sign.sock", policy_file=root / "policy.toml",
+                     audit_log=root / "log/audit.log",
+                     bpf_object=REPO / "build/bpf/datacrumbs.bpf.o")
+    for d in (cfg.run_dir, cfg.public_key_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    conf = root / "datacrumbs.toml"
+    conf.write_text(render_config(cfg))
+    store = KeyStore.from_config(cfg)
+    store.init()
+    probes = {}
+    for mode in ("trace", "profile"):
+        doc = build_document(select_probes(load_catalog(cfg), ["posix"]), owner_uid=0,
+                             owner_user="root", sets=["posix"], mode=mode)
+        probes[mode] = write_document(root / f"probes-{mode}.json.gz", store.sign(doc))
+    return conf, probes
+
+
+class Daemon:
+    def __init__(self, probes: Path, run_id: str, env: dict, run_dir: Path):
+        self.ready = run_dir / f"datacrumbs-{run_id}.ready"
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen([DATACRUMBS, "run", str(probes), run_id, "root"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daemon failed: {self.proc.stderr.read().decode()}")
+            time.sleep(0.005)
+        self.ready_s = time.monotonic() - t0
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> float:
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=120)
+        if self.proc.returncode != 0:
+            raise SystemExit(f"daemon exited {self.proc.returncode}: {err.decode()}")
+        return time.monotonic() - t0
+
+
+def run_workload(binary: Path, cgroup: Path, path: Path, count: int, size: int,
+                 rate: int = 0) -> float:
+    def enter():
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    argv = [str(binary), str(path), str(count), str(size)] + ([str(rate)] if rate else [])
+    t0 = time.monotonic()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, preexec_fn=enter)
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sustained-seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_tracer: run as root (eBPF)", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="datacrumbs-bench-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="datacrumbs-bench-", dir="/dev/shm"))
+    cgroup = CGROUP_ROOT / f"datacrumbs-bench-{os.getpid()}"
+    cgroup.mkdir()
+    try:
+        binary = build_workload(work)
+        conf, probes = make_site(work / "site")
+        env = dict(os.environ, DATACRUMBS_CONFIG=str(conf), DATACRUMBS_CGROUP=str(cgroup))
+        run_dir = work / "site" / "run"
+        traces = work / "site" / "traces" / "root"
+        results: dict[str, dict[str, list[float]]] = {}
+        daemon_stats: dict[str, dict[str, list[float]]] = {}
+        run_id = 1000
+        for name, count, size in WORKLOADS:  # warm-up: tmpfs pages, caches, the binary
+            run_workload(binary, cgroup, data_dir / "bench.dat", count, size)
+        for rep in range(args.repeat):
+            for config in ("untraced", "trace", "profile"):
+                daemon = None
+                if config != "untraced":
+                    run_id += 1
+                    daemon = Daemon(probes[config], str(run_id), env, run_dir)
+                times = {}
+                for name, count, size in WORKLOADS:
+                    times[name] = run_workload(binary, cgroup, data_dir / "bench.dat", count, size)
+                for name, t in times.items():
+                    results.setdefault(config, {}).setdefault(name, []).append(t)
+                if daemon is None:
+                    continue
+                time.sleep(0.2 if config == "trace" else 1.2)
+                rss = daemon.peak_rss_kib()
+                stop_s = daemon.stop()
+                stem = traces / f"trace-root-{run_id}-{_host()}"
+                summary = json.loads(Path(f"{stem}.summary.json").read_text())
+                size = Path(f"{stem}.pfw.gz").stat().st_size
+                workload_s = sum(times.values())
+                st = daemon_stats.setdefault(config, {})
+                for key, value in (("ready_s", daemon.ready_s), ("stop_s", stop_s),
+                                   ("rss_mib", rss / 1024),
+                                   ("events", summary["events_written"]),
+                                   ("lost", summary["events_lost"]),
+                                   ("events_per_s", summary["events_written"] / workload_s),
+                                   ("bytes_per_event",
+                                    size / max(summary["events_written"], 1))):
+                    st.setdefault(key, []).append(value)
+        print(f"datacrumbs tracer benchmark (medians of {args.repeat}; workload in a cgroup, "
+              f"file on tmpfs; {os.cpu_count()} cores)")
+        for name, count, size in WORKLOADS:
+            base = statistics.median(results["untraced"][name])
+            print(f"  {name:13s} x{count}: untraced {base:.3f} s", end="")
+            for config in ("trace", "profile"):
+                t = statistics.median(results[config][name])
+                print(f" | {config} {t:.3f} s (x{t / base:.2f})", end="")
+            print()
+        for config in ("trace", "profile"):
+            st = {k: statistics.median(v) for k, v in daemon_stats[config].items()}
+            line = (f"  {config:7s} daemon: ready {st['ready_s']:.2f} s after start, exit "
+                    f"{st['stop_s']:.2f} s after SIGINT, peak RSS {st['rss_mib']:.0f} MiB")
+            if config == "trace":
+                line += (f", {st['events']:.0f} events written ({st['events_per_s']:,.0f}/s "
+                         f"during the workload), {st['lost']:.0f} lost, "
+                         f"{st['bytes_per_event']:.1f} trace bytes/event")
+            else:
+                line += f", trace {st['bytes_per_event'] * st['events']:.0f} bytes of counters"
+            print(line)
+        # sustained: 300,000 writes/s, paced by the workload itself
+        rate = 300_000
+        count = int(rate * args.sustained_seconds)
+        run_id += 1
+        daemon = Daemon(probes["trace"], str(run_id), env, run_dir)
+        took = run_workload(binary, cgroup, data_dir / "bench.dat", count, 16, rate)
+        time.sleep(0.2)
+        daemon.stop()
+        summary = json.loads(Path(traces / f"trace-root-{run_id}-{_host()}.summary.json")
+                             .read_text())
+        achieved = count / took
+        print(f"  sustained: {count} writes paced at {rate:,}/s, achieved {achieved:,.0f}/s "
+              f"traced; {summary['events_written']} events written, "
+              f"{summary['events_lost']} lost")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            cgroup.rmdir()
+        except OSError as exc:
+            print(f"bench_tracer: could not remove {cgroup}: {exc}", file=sys.stderr)
+
+
+def _host() -> str:
+    from datacrumbs.tracer.daemon import short_host
+    return short_host()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

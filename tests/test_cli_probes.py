@@ -209,3 +209,21 @@ def test_group_help_explains_and_has_examples():
                           timeout=60)
     assert proc.returncode == 0 and "signed" in proc.stdout
     assert "datacrumbs probes generate --set posix" in proc.stdout
+
+
+def test_show_prints_values_literally(site, tmp_path, user1, make_probes_doc):
+    """Rich markup inside a document value is shown as text, never interpreted."""
+    probes = sample_probes()
+    probes[2]["library"] = "/opt/[bold]x[/bold]/libc.so.6"
+    path = write_document(tmp_path / "m.json.gz",
+                          make_probes_doc(user1, signed=False, probes=probes))
+    proc = run("show", str(path), check_rc=0)
+    assert "/opt/[bold]x[/bold]/libc.so.6" in proc.stdout
+
+
+def test_unprintable_file_name_cannot_forge_lines(site, tmp_path):
+    path = tmp_path / "evil\ndatacrumbs: valid.json.gz"
+    path.write_bytes(b"junk")
+    proc = run("verify", str(path), "--user", "root", check_rc=1)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert repr(str(path)) in proc.stderr

@@ -19,6 +19,7 @@ import argparse
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..config import load_config
 from ..signing.keys import KeyStore
@@ -46,12 +47,12 @@ def main(args) -> int:
         for path in store.export_public(args.dest):
             print(path)
     else:
-        table = Table(title=f"keys ({store.public_dir})", title_justify="left")
+        table = Table(title=Text(f"keys ({store.public_dir})"), title_justify="left")
         for column in ("key id", "current", "private key", "public key"):
-            table.add_column(column, no_wrap=True)
+            table.add_column(column, no_wrap=column == "key id")
         for info in store.list():
             table.add_row(info.key_id, "yes" if info.current else "",
                           "present" if info.has_private else "-",
-                          str(info.public_path) if info.public_path else "MISSING")
+                          Text(str(info.public_path) if info.public_path else "MISSING"))
         Console().print(table)
     return 0

@@ -24,7 +24,9 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..config import load_config
 from ..errors import UsageError
@@ -130,7 +132,7 @@ def _generate(args) -> int:
         table.add_column("probe", no_wrap=True)
         table.add_column("reason")
         for d in dropped:
-            table.add_row(d.probe["id"], d.reason)
+            table.add_row(Text(d.probe["id"]), Text(d.reason))
         err.print(table)
     if host.tracefs is None and any(p["kind"] == "tracepoint" for p in kept):
         err.print("note: tracefs is readable only by root, so tracepoints were not checked "
@@ -163,9 +165,9 @@ def _list_sets(args) -> int:
     table.add_column("from")
     table.add_column("description")
     for name, probe_set in sorted(load_catalog(load_config()).items()):
-        table.add_row(name, str(len(probe_set.probes)),
-                      "built-in" if probe_set.builtin else probe_set.source,
-                      probe_set.description)
+        table.add_row(Text(name), str(len(probe_set.probes)),
+                      Text("built-in" if probe_set.builtin else probe_set.source),
+                      Text(probe_set.description))
     Console().print(table)
     return 0
 
@@ -198,17 +200,17 @@ def _show(args) -> int:
         verify_document(doc, uid, config=config, source=args.file)
         status = f"[green]valid for {user}[/green]"
     except ProbesFileError as exc:
-        status = f"[red]not valid for {user}: {exc.problem}[/red]"
+        status = f"[red]not valid for {user}: {escape(exc.problem)}[/red]"
     now = time.time()
     out = Console()
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("file", os.path.abspath(args.file))
+    head.add_row("file", Text(os.path.abspath(args.file)))
     head.add_row("owner", f"{doc['owner']['user']} (uid {doc['owner']['uid']})")
     head.add_row("issued", f"{_local(doc['issued_at'])} ({_relative(doc['issued_at'], now)})")
     head.add_row("expires", f"{_local(doc['expires_at'])} ({_relative(doc['expires_at'], now)})")
-    head.add_row("host", doc["host"])
+    head.add_row("host", Text(doc["host"]))
     head.add_row("sets", ", ".join(doc["sets"]))
     capture = doc["capture"]
     mode = capture["mode"] + (f", every {capture['interval_ms']} ms"
@@ -221,8 +223,8 @@ def _show(args) -> int:
     for column in ("id", "kind", "target", "library", "category", "bytes"):
         table.add_column(column, no_wrap=column in ("id", "target"))
     for p in doc["probes"]:
-        table.add_row(p["id"], p["kind"], p["target"], p.get("library", ""), p["category"],
-                      str(p["bytes"]) if p["bytes"] is not None else "-")
+        table.add_row(*(Text(v) for v in (p["id"], p["kind"], p["target"], p.get("library", ""),
+                                          p["category"], p["bytes"] or "-")))
     out.print(table)
     return 0
 

@@ -317,3 +317,50 @@ def test_epilog_is_idempotent_and_ignores_the_probes_file(installed_service, fak
         assert res.returncode == 0, res.stderr
         assert_clean(installed_service, site, "3004")
     assert (site.run_dir / "fake-3004.flushed").read_text() == "SIGINT"
+
+
+def _recording_flux(tmp_path: Path) -> tuple[Path, Path]:
+    """A `flux` that records each call's argv (one JSON list per line)."""
+    bindir = tmp_path / "fluxbin"
+    bindir.mkdir()
+    record = tmp_path / "flux-calls.jsonl"
+    (bindir / "flux").write_text(
+        "#!/usr/bin/python3\nimport json, sys\n"
+        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    (bindir / "flux").chmod(0o755)
+    return bindir, record
+
+
+@pytest.mark.parametrize("fail_job,severity", [(False, "1"), (True, "0")])
+def test_user_is_told_through_flux_job_raise(installed_service, site, user1, tmp_path,
+                                             fail_job, severity):
+    _set_fail_job(site, fail_job)
+    bindir, record = _recording_flux(tmp_path)
+    missing = tmp_path / "no such probes.json.gz"
+    env = flux_env(installed_service, site, "\u01922kP8DU5B", user1, None)
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    env["DATACRUMBS_JOB_METADATA"] = json.dumps({
+        "enable": "yes", "probe_file": str(missing), "probe_digest": "sha256:" + "0" * 64})
+    res = prolog(site, env)
+    assert res.returncode == (1 if fail_job else 0)
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(calls) == 1
+    argv = calls[0]
+    assert argv[:5] == ["job", "raise", f"--severity={severity}", "--type=datacrumbs",
+                        "3859459443726"]
+    assert argv[5] == "--" and argv[6].startswith("datacrumbs: tracing disabled for this job: ")
+    assert str(missing) in argv[6] and "does not exist" in argv[6]
+    assert_clean(installed_service, site, "3859459443726")
+
+
+def test_unit_not_deployed_job_runs_untraced(site, systemctl_on_path, user1, signed_probes_file):
+    """Installed but the seed's ln -sf/daemon-reload step was forgotten on this node."""
+    from datacrumbs.flux.install import install
+
+    install(site.prefix, build_bpf=False)
+    env = flux_env(systemctl_on_path, site, "3005", user1, signed_probes_file)
+    res = prolog(site, env)
+    assert res.returncode == 0
+    assert "datacrumbs@3005.service" in res.stderr and "not found" in res.stderr
+    assert_clean(systemctl_on_path, site, "3005")
+    assert epilog(site, env).returncode == 0

@@ -655,17 +655,16 @@ def test_unit_template_passes_systemd_analyze_verify(tmp_path):
 def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
     """Type=notify readiness, the hardening and RuntimeDirectory as systemd really applies them.
 
-    Everything the hardened service must see lives in /run/datacrumbs (shared with the private
-    manager, writable by the unit) and its audit log in /var/log/datacrumbs, as on a node:
-    PrivateTmp hides pytest's /tmp directories from the service.
+    Everything the hardened service must see or write lives in /run/datacrumbs (shared with
+    the private manager and writable by the unit): PrivateTmp hides pytest's /tmp from it.
+    Starting the unit creates /var/log/datacrumbs (LogsDirectory=) as on a node; it is left
+    in place, since a concurrent run may be using it.
     """
     manager = systemd_manager
     name = "datacrumbs_sign_probes.service"
     unique = f"{os.getpid()}-{time.monotonic_ns()}"
     root = Path("/run/datacrumbs") / f"test-sign-{unique}"
-    logs = Path("/var/log/datacrumbs")
-    logs_existed = logs.exists()
-    audit_log = logs / f"sign-audit-test-{unique}.log"
+    audit_log = root / "log" / "sign-audit.log"
     unit = manager.unit_dir / name
     try:
         root.mkdir(mode=0o755, parents=True)
@@ -676,7 +675,7 @@ def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
         (prefix / "bin/datacrumbs_sign_probes").symlink_to(SERVICE_BIN)
         config_path = prefix / "etc/datacrumbs/datacrumbs.toml"
         config_path.write_text(render_config(SiteConfig(
-            prefix=prefix, run_dir=root, log_dir=logs, public_key_dir=root / "keys",
+            prefix=prefix, run_dir=root, log_dir=audit_log.parent, public_key_dir=root / "keys",
             private_key_dir=root / "private", socket_path=root / "sign.sock",
             policy_file=root / "sign-policy.toml", audit_log=audit_log)))
         config = load_config(config_path)
@@ -709,6 +708,3 @@ def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
         unit.unlink(missing_ok=True)
         manager.systemctl("daemon-reload")
         shutil.rmtree(root, ignore_errors=True)
-        audit_log.unlink(missing_ok=True)
-        if not logs_existed:
-            shutil.rmtree(logs, ignore_errors=True)

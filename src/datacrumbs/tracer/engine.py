@@ -51,13 +51,13 @@ PATH_DTYPE = np.dtype([("ts", "<u8"), ("tid", "<u4"), ("probe", "<u4"), ("path",
 HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
-PATHS_RING_BYTES = 4 << 20
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream")
 BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
 TRACEFS = Path("/sys/kernel/tracing")
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+INIT_PID_NS_INO = 0xEFFFFFFC     # PROC_PID_INIT_INO: the host's pid namespace
 SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.$@]{0,254}$")
 TRACEPOINT_RE = re.compile(r"^([a-z0-9_]{1,64}):([a-z0-9_]{1,128})$")
 # uprobe targets declared to return C int: the upper half of rax is garbage for them.
@@ -69,7 +69,7 @@ INT_RETURNING = frozenset({
     "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync"})
 
 _SPEC = struct.Struct("<IBBbBbbbbbbbbHHI")      # struct dc_spec
-_CONFIG = struct.Struct("<IIIIII")              # struct dc_config
+_CONFIG = struct.Struct("<IIIIIIQQQQ")          # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
@@ -143,6 +143,12 @@ def resolve_library(library) -> str | None:
     if not library.startswith("/") and "/" in library:
         return None
     return host_check.LibraryResolver().resolve(library)
+
+
+def pid_namespace() -> tuple[int, int] | None:
+    """(st_dev, st_ino) of our pid namespace, or None in the host's (initial) one."""
+    st = os.stat("/proc/self/ns/pid")
+    return None if st.st_ino == INIT_PID_NS_INO else (st.st_dev, st.st_ino)
 
 
 def kernel_has_kprobes() -> bool:
@@ -283,6 +289,8 @@ class Engine:
         self.interval_ms = interval_ms
         self.ringbuf_bytes = ringbuf_bytes
         self.capture_paths = bool(capture_paths) and mode == "trace"
+        # path records are 4x larger than events and rarer: half the bytes
+        self._paths_bytes = min(max(ringbuf_bytes // 2, 1 << 20), 64 << 20)
         self._obj: BpfObject | None = None
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
@@ -312,14 +320,19 @@ class Engine:
     def _attach(self) -> AttachReport:
         obj = self._obj = BpfObject(self.bpf_object)
         obj.set_max_entries("events", self.ringbuf_bytes)
-        obj.set_max_entries("paths", PATHS_RING_BYTES)
+        obj.set_max_entries("paths", self._paths_bytes)
         obj.load()
         self._check_layout()
         mode = 1 if self.mode == "profile" else 0
         kind = {"pids": 0, "user": 1, "cgroup": 2}[self.scope.kind]
+        ns = pid_namespace()
+        if ns is not None and self.scope.kind == "pids":
+            raise EngineError("a process-id scope needs datacrumbs in the host's pid namespace "
+                              "(the kernel reports host pids); use a cgroup or user scope here")
         libbpf.map_update(obj.map_fd("settings"), struct.pack("<I", 0), _CONFIG.pack(
             kind, mode, self.scope.uid or 0, os.getpid(), int(self.scope.follow),
-            int(self.capture_paths)))
+            int(self.capture_paths), *(ns or (0, 0)), self.ringbuf_bytes // 8,
+            self._paths_bytes // 8))
         if self.scope.kind == "cgroup":
             fd = os.open(self.scope.cgroup, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -381,9 +394,10 @@ class Engine:
         self._path_probes = np.array(sorted(path_probes), dtype=np.uint32)
         self._offset_ns = _realtime_offset_ns()
         self._events = _Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE)
-        self._paths = _Ring(obj.map_fd("paths"), PATHS_RING_BYTES, PATH_DTYPE)
+        self._paths = _Ring(obj.map_fd("paths"), self._paths_bytes, PATH_DTYPE)
         self._epoll = select.epoll()
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
+        self._epoll.register(obj.map_fd("paths"), select.EPOLLIN)
         return report
 
     def _check_layout(self) -> None:
@@ -504,10 +518,15 @@ class Engine:
     # -- running --
 
     def poll(self, timeout_ms: int) -> EventBatch | None:
-        """Everything available now, or wait up to timeout_ms for something; None if nothing."""
+        """Everything available now; else wait up to timeout_ms and drain; None if nothing.
+
+        The kernel wakes this only when a backlog of 1/8 of the ring buffer
+        builds up (a wakeup per event would cost more than the event), so a
+        quiet job's events arrive within timeout_ms: poll with the latency
+        you want (the daemon uses about 100 ms)."""
         if self._events is None:
             raise EngineError("poll() before attach() or after close()")
-        if not self._events.pending() and timeout_ms > 0:
+        if not self._events.pending() and not self._paths.pending() and timeout_ms > 0:
             try:
                 self._epoll.poll(timeout_ms / 1000.0)
             except InterruptedError:
@@ -580,21 +599,18 @@ class Engine:
         return rows
 
     def process_names(self) -> dict[int, str]:
-        """comm of every tgid seen in events: /proc while alive, else as recorded at exec/exit."""
-        comms_fd = self._obj.map_fd("comms") if self._obj else None
-        for pid in self._seen:
-            if pid in self._names:
-                continue
-            name = None
-            try:
-                with open(f"/proc/{pid}/comm", "rb") as f:
-                    name = f.read().rstrip(b"\n").decode(errors="replace")
-            except OSError:
-                raw = libbpf.map_lookup(comms_fd, struct.pack("<I", pid), 16) if comms_fd else None
-                if raw:
-                    name = raw.split(b"\0", 1)[0].decode(errors="replace")
-            if name:
-                self._names[pid] = name
+        """comm of every tgid seen in events, as the kernel recorded it (first event, exec).
+
+        Read from the kernel rather than /proc: pids in events are host pids,
+        the process may be gone, and the tracer may sit in a pid namespace.
+        """
+        if self._obj is None:
+            return dict(self._names)
+        comms_fd = self._obj.map_fd("comms")
+        for pid in self._seen - self._names.keys():
+            raw = libbpf.map_lookup(comms_fd, struct.pack("<I", pid), 16)
+            if raw:
+                self._names[pid] = raw.split(b"\0", 1)[0].decode(errors="replace")
         return dict(self._names)
 
     @staticmethod

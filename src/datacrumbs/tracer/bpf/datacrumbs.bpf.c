@@ -73,6 +73,7 @@ struct {
 /* Per-thread entry state; LRU bounds it when a function never returns. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);	/* per-CPU LRU lists: no global lock */
 	__uint(max_entries, 65536);
 	__type(key, struct dc_key);
 	__type(value, struct dc_entry);
@@ -121,9 +122,21 @@ static __always_inline void count_lost(__u32 which)
 		*n += 1;
 }
 
+static __always_inline bool is_self(struct dc_config *c, __u32 tgid)
+{
+	struct bpf_pidns_info ns;
+
+	if (!c->self_ns_ino)
+		return tgid == c->self_tgid;
+	return bpf_get_ns_current_pid_tgid(c->self_ns_dev, c->self_ns_ino, &ns, sizeof(ns)) == 0 &&
+	       ns.tgid == c->self_tgid;
+}
+
+/* Is the current process (tgid) one the job's? Decided here so that other
+ * processes' events never leave the kernel. */
 static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
 {
-	if (tgid == c->self_tgid)
+	if (is_self(c, tgid))
 		return false;
 	if (c->scope == DC_SCOPE_CGROUP)
 		return bpf_current_task_under_cgroup(&scope_cgroup, 0) == 1;
@@ -204,7 +217,16 @@ static __always_inline __s64 bytes_of(struct dc_spec *sp, struct dc_entry *e, __
 	return -1;
 }
 
-static __always_inline void emit_path(struct dc_spec *sp, struct dc_entry *e, __u32 tid)
+/* Batch wakeups: none until a backlog builds up (the reader also polls on a
+ * timeout), then on every record until the reader has drained it. */
+static __always_inline __u64 wakeup_flag(void *ring, __u64 threshold)
+{
+	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= threshold ? BPF_RB_FORCE_WAKEUP
+									 : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void emit_path(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
+				      __u32 tid)
 {
 	__u64 ptr = arg_of(e, sp->path);
 	struct dc_path *p;
@@ -225,23 +247,36 @@ static __always_inline void emit_path(struct dc_spec *sp, struct dc_entry *e, __
 		bpf_probe_read_kernel_str(p->path, sizeof(p->path), (void *)ptr);
 	else if (bpf_probe_read_user_str(p->path, sizeof(p->path), (void *)ptr) < 0)
 		p->path[0] = 0;
-	bpf_ringbuf_submit(p, 0);
+	bpf_ringbuf_submit(p, wakeup_flag(&paths, c->wakeup_paths));
 }
 
-/* Common exit path: profile it, or emit one event (and its path). */
+static __always_inline void remember_comm(__u32 tgid)
+{
+	char comm[16];
+
+	if (bpf_map_lookup_elem(&comms, &tgid))
+		return;
+	bpf_get_current_comm(comm, sizeof(comm));
+	bpf_map_update_elem(&comms, &tgid, comm, BPF_NOEXIST);
+}
+
+/* Common exit path: profile it, or emit one event (and its path). ``own``:
+ * the current task is the one the operation belongs to (not an interrupt). */
 static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
-				   __u64 tid_tgid, __s64 ret, __u64 now)
+				   __u64 tid_tgid, __s64 ret, __u64 now, bool own)
 {
 	__u32 tgid = tid_tgid >> 32, tid = (__u32)tid_tgid;
 	__s64 bytes = bytes_of(sp, e, ret);
 	struct dc_event *ev;
 
+	if (own)
+		remember_comm(tgid);
 	if (c->mode == DC_MODE_PROFILE) {
 		profile_add(tgid, e->probe, now - e->ts, bytes);
 		return;
 	}
 	if (c->capture_paths && sp->path >= 0)
-		emit_path(sp, e, tid);
+		emit_path(c, sp, e, tid);
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count_lost(0);
@@ -272,15 +307,16 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 			fd = -1;
 		ev->fd = fd;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, wakeup_flag(&events, c->wakeup_events));
 }
 
 /* ---- system calls: one pair of programs, a table of wanted numbers ---- */
 
-SEC("tp/raw_syscalls/sys_enter")
-int dc_sys_enter(struct trace_event_raw_sys_enter *ctx)
+/* BTF-enabled raw tracepoints: no copy of the arguments into a perf
+ * buffer, the cheapest hook on the hottest path (every syscall of the node). */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 {
-	long nr = ctx->id;
 	__u32 k = (__u32)nr;
 	__u64 tid_tgid;
 	struct dc_spec *sp;
@@ -300,22 +336,23 @@ int dc_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	e.ts = bpf_ktime_get_ns();
 	e.nr = k;
 	e.probe = sp->probe;
-	e.args[0] = ctx->args[0];
-	e.args[1] = ctx->args[1];
-	e.args[2] = ctx->args[2];
-	e.args[3] = ctx->args[3];
-	e.args[4] = ctx->args[4];
-	e.args[5] = ctx->args[5];
+	/* x86_64 syscall ABI: rdi rsi rdx r10 r8 r9 */
+	e.args[0] = regs->di;
+	e.args[1] = regs->si;
+	e.args[2] = regs->dx;
+	e.args[3] = regs->r10;
+	e.args[4] = regs->r8;
+	e.args[5] = regs->r9;
 	key.tid = (__u32)tid_tgid;
 	key.slot = DC_SYSCALL_SLOT;
 	bpf_map_update_elem(&entries, &key, &e, BPF_ANY);
 	return 0;
 }
 
-SEC("tp/raw_syscalls/sys_exit")
-int dc_sys_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 {
-	long nr = ctx->id;
+	long nr = regs->orig_ax;
 	__u32 k = (__u32)nr;
 	__u64 tid_tgid;
 	struct dc_spec *sp;
@@ -336,7 +373,7 @@ int dc_sys_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	c = get_config();
 	if (c && e->nr == k)
-		finish(c, sp, e, tid_tgid, ctx->ret, bpf_ktime_get_ns());
+		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true);
 	bpf_map_delete_elem(&entries, &key);
 	return 0;
 }
@@ -394,7 +431,7 @@ static __always_inline int probe_return(struct pt_regs *ctx)
 		ret = (__s64)PT_REGS_RC(ctx);
 		if (sp->ret32)
 			ret = (__s64)(__s32)ret;
-		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns());
+		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true);
 	}
 	bpf_map_delete_elem(&entries, &key);
 	return 0;
@@ -457,7 +494,7 @@ int dc_tracepoint(void *ctx)
 					.fd = -1, .count = -1, .offset = -1, .path = -1,
 					.size = -1, .nmemb = -1, .stream = -1 };
 	}
-	finish(c, sp, &e, tid_tgid, ret, e.ts);	/* an instant: no duration */
+	finish(c, sp, &e, tid_tgid, ret, e.ts, true);	/* an instant: no duration */
 	return 0;
 }
 
@@ -512,7 +549,7 @@ int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1 };
-	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns());
+	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false);
 	return 0;
 }
 

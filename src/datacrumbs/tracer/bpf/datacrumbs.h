@@ -33,6 +33,14 @@ struct dc_config {
 	__u32 self_tgid;	/* the tracer never traces itself */
 	__u32 follow;		/* add forked children of in-scope processes */
 	__u32 capture_paths;
+	/* When the tracer runs in a child pid namespace, self_tgid is a pid
+	 * there: these name that namespace (st_dev, st_ino of /proc/self/ns/pid). */
+	__u64 self_ns_dev;
+	__u64 self_ns_ino;
+	/* Wake the reader only once this much is waiting: a wakeup per event
+	 * costs more than the event itself. The reader polls with a timeout. */
+	__u64 wakeup_events;
+	__u64 wakeup_paths;
 };
 
 /* How to read one probe's arguments: -1 = role absent, else argument index. */

@@ -124,26 +124,33 @@ def sign_document(doc: dict, private_key: Ed25519PrivateKey) -> dict:
     return signed
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create a file that must not exist yet, complete or not at all."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _write_temp(directory: Path, name: str, data: bytes, mode: int) -> str:
+    """A complete, synced temp file beside ``name``, with its final mode already set."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
     try:
         os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
+    except BaseException:
         os.close(fd)
-        os.link(tmp, path)  # fails if path exists: never overwrite a key
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create a file that must not exist yet (link fails if it does: never overwrite a key)."""
+    tmp = _write_temp(path.parent, path.name, data, mode)
+    try:
+        os.link(tmp, path)
     finally:
         os.unlink(tmp)
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = _write_temp(path.parent, path.name, data, mode)
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -161,8 +161,6 @@ def test_generate_output_name(site, tmp_path):
 
 
 def test_generate_profile_and_library_override(site, tmp_path):
-    import shutil
-
     from datacrumbs.probes.host_check import ldconfig_cache
 
     lib = tmp_path / "libmpich.so.12"

@@ -12,12 +12,7 @@ environment is the one flux-interfaces.md documents.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,97 +20,10 @@ import pytest
 
 from datacrumbs.jobid import f58_encode
 from datacrumbs.tracer.daemon import short_host
+from fixtures.systemd import (assert_clean, digest, epilog, flux_env, perilog_log, prolog,
+                              read_trace, run_workload, trace_path)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
-
-FLUX_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # what the IMP gives a system prolog
-WORKLOAD = (
-    "import os, sys\n"
-    "path, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
-    "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
-    "buf = b'x' * size\n"
-    "for _ in range(n):\n"
-    "    os.write(fd, buf)\n"
-    "os.close(fd)\n"
-    "print(os.getpid(), fd)\n"
-)
-
-
-def digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def flux_env(manager, site, jobid: str, user, probe_file: Path | None, *,
-             digest_of: Path | None = None, enable: str = "yes") -> dict:
-    env = {"PATH": f"{manager.shim_dir}:{FLUX_PATH}", "FLUX_JOB_ID": jobid,
-           "FLUX_JOB_USERID": str(user.pw_uid), "FLUX_OWNER_USERID": "0", "HOME": "/root",
-           "USER": "root"}
-    if probe_file is not None:
-        env["DATACRUMBS_JOB_METADATA"] = json.dumps({"datacrumbs": {
-            "enable": enable, "probe_file": str(probe_file),
-            "probe_digest": digest(digest_of or probe_file)}})
-    return env
-
-
-def run_script(site, name: str, env: dict, timeout: float = 120):
-    script = site.prefix / "sbin" / name
-    t0 = time.monotonic()
-    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    proc.elapsed = time.monotonic() - t0
-    return proc
-
-
-def prolog(site, env, **kw):
-    return run_script(site, "datacrumbs_service_run.sh", env, **kw)
-
-
-def epilog(site, env, **kw):
-    return run_script(site, "datacrumbs_service_stop.sh", env, **kw)
-
-
-def run_workload(user, out_dir: Path, n: int, size: int = 4096) -> tuple[int, int]:
-    """n write(2) calls of size bytes as the job's user; returns (pid, fd)."""
-    out = subprocess.run(["/usr/bin/python3", "-c", WORKLOAD, str(out_dir / f"out-{user.pw_name}"),
-                          str(n), str(size)], user=user.pw_uid, group=user.pw_gid,
-                         extra_groups=[], capture_output=True, text=True, check=True, timeout=60,
-                         cwd="/")
-    pid, fd = out.stdout.split()
-    return int(pid), int(fd)
-
-
-def read_trace(path: Path) -> list[dict]:
-    """Independent reader: gzip members + JSON lines; a complete trace ends with ']'."""
-    with gzip.open(path, "rt") as f:
-        lines = [line.strip() for line in f if line.strip()]
-    assert lines[0] == "[" and lines[-1] == "]", f"incomplete trace {path}"
-    return [json.loads(line) for line in lines[1:-1]]
-
-
-def trace_path(site, user: str, jobid: str) -> Path:
-    return Path(site.trace_dir.format(user=user)) / f"trace-{user}-{jobid}-{short_host()}.pfw.gz"
-
-
-@pytest.fixture
-def work_dir():
-    """A directory the job users can write (pytest's tmp dirs are root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="datacrumbs-service-test-"))
-    d.chmod(0o1777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def assert_clean(manager, site, jobid: str) -> None:
-    assert manager.running_units("datacrumbs@*") == []
-    assert manager.is_active(f"datacrumbs@{jobid}.service") == "inactive"
-    assert not (site.run_dir / f"datacrumbs-{jobid}.env").exists()
-    assert not (site.run_dir / f"datacrumbs-{jobid}.ready").exists()
-
-
-def perilog_log(site) -> str:
-    path = site.log_dir / "flux-perilog.log"
-    return path.read_text() if path.exists() else ""
-
 
 @pytest.fixture
 def traced_site(site, bpf_object, tracefs, installed_service):

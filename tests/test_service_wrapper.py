@@ -13,8 +13,7 @@ import pytest
 
 from datacrumbs.jobid import f58_encode
 
-from test_prolog_epilog import (FLUX_PATH, assert_clean, read_trace, run_workload, trace_path,
-                                work_dir)  # noqa: F401 - work_dir is a fixture
+from fixtures.systemd import FLUX_PATH, assert_clean, read_trace, run_workload, trace_path
 
 pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import sysconfig
 import sys
-from dataclasses import dataclass, field, replace
+import sysconfig
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 

@@ -371,3 +371,60 @@ def test_disk_full_keeps_daemon_alive_and_trace_readable(site, user1, workdir, w
     assert summary["events_not_written"] > 0
     assert summary["events_written"] == len(rb.events(d.trace()))
     assert summary["operations"]["POSIX/write"]["count"] >= 400000
+
+
+def test_cgroup_scope_from_env(site, user1, workdir, writes_bin, daemons):
+    """With DATACRUMBS_CGROUP only the job's cgroup is traced, even the same user elsewhere."""
+    cg = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{os.getpid()}"
+    cg.mkdir()
+    try:
+        probes = sign_for(site, user1)
+        d = daemons(site, probes, "6060", user1.pw_name, env={"DATACRUMBS_CGROUP": str(cg)})
+        d.wait_ready()
+
+        def enter():  # join the job's cgroup as root, then become the user
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+            os.setgroups([])
+            os.setgid(user1.pw_gid)
+            os.setuid(user1.pw_uid)
+
+        inside = subprocess.Popen([str(writes_bin), str(workdir / "in.dat"), "700", "64"],
+                                  preexec_fn=enter, stdout=subprocess.PIPE)
+        outside = run_as(user1, [str(writes_bin), str(workdir / "out.dat"), "500", "64"])
+        inside.communicate(timeout=60)
+        outside.communicate(timeout=60)
+        time.sleep(0.1)
+        assert d.stop() == 0, d.stderr
+        files = d.summary()["files"]
+        assert files[str(workdir / "in.dat")]["bytes"] == 700 * 64
+        assert str(workdir / "out.dat") not in files
+        assert outside.pid not in {e["pid"] for e in rb.events(d.trace())}
+    finally:
+        cg.rmdir()
+
+
+def test_fd_tables_and_file_tables_stay_bounded():
+    from datacrumbs.tracer.paths import FdPaths
+    from datacrumbs.tracer.summary import OTHER_FILES, SummaryBuilder
+    from datacrumbs.trace.writer import OPS_DTYPE
+    import numpy as np
+
+    resolved = []
+    fdp = FdPaths(lambda pid, fd: resolved.append((pid, fd)) or f"/proc-said/{pid}/{fd}",
+                  max_fds_per_pid=8, max_pids=4)
+    for pid in range(1, 50):
+        for fd in range(100):
+            fdp.opened(pid, fd, f"/f/{pid}/{fd}")
+    assert len(fdp) <= 4 * 8
+    assert fdp.lookup(49, 99) == "/f/49/99" and resolved == []
+    assert fdp.lookup(49, 1000) == "/proc-said/49/1000"
+    assert fdp.lookup(49, 1000) == "/proc-said/49/1000" and resolved == [(49, 1000)]
+    assert fdp.closed(49, 99) == "/f/49/99" and fdp.lookup(49, 99) == "/proc-said/49/99"
+    probes = [{"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX"}]
+    summary = SummaryBuilder(probes, max_files=10)
+    ops = np.zeros(100, OPS_DTYPE)
+    ops["size"] = 5
+    summary.add_ops(ops, [f"/x/{i}" for i in range(100)])
+    assert len(summary.files) == 11 and summary.files[OTHER_FILES] == [90, 450, 0]
+    assert summary.operations()["POSIX/write"] == {"count": 100, "bytes": 500, "time_us": 0,
+                                                   "errors": 0}

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import signal
-import socket
 import subprocess
 import sys
 import time

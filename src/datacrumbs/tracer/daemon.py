@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import socket
-import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

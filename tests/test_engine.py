@@ -381,3 +381,65 @@ def test_drain_costs_well_under_a_microsecond_per_event(bpf_object, tracefs, eng
     per_event_ns = cpu / n * 1e9
     print(f"drain: {per_event_ns:.0f} ns of CPU per event")
     assert per_event_ns < 500
+
+
+def test_quiet_events_arrive_within_the_poll_timeout(bpf_object, tracefs, engine_io, workloads,
+                                                     tmp_path):
+    """Wakeups are batched: a few events still come back by the end of poll's timeout."""
+    child = workloads([engine_io, "write", tmp_path / "q.bin", 3])
+    with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        eng.attach()
+        child.go()
+        start = time.monotonic()
+        batch = eng.poll(400)
+        waited = time.monotonic() - start
+        got = len(batch) if batch else 0
+        child.wait()
+        while (batch := eng.poll(0)) is not None:
+            got += len(batch)
+    assert got == 3
+    assert waited < 2.0
+
+
+NS_SCRIPT = r"""
+import json, os, subprocess, sys
+from datacrumbs.tracer.engine import Engine, EngineError, pid_namespace
+from datacrumbs.tracer.scope import Scope
+obj, mine, other = sys.argv[1:4]
+out = {"ns": pid_namespace() is not None, "pid": os.getpid()}
+try:
+    Engine([WRITE], Scope.for_pids([1]), bpf_object=obj).attach()
+except EngineError as exc:
+    out["pids_error"] = str(exc)
+probes = [WRITE, OPENAT]
+with Engine(probes, Scope.for_user(0), bpf_object=obj) as eng:
+    eng.attach()
+    with open(mine, "w") as f:
+        f.write("self")
+    subprocess.run(["sh", "-c", 'echo other > "$0"', other], check=True)
+    seen = []
+    for _ in range(20):
+        batch = eng.poll(100)
+        if batch is not None:
+            seen += list(batch.paths.values())
+        if other in seen:
+            break
+out["paths"] = [p for p in seen if p in (mine, other)]
+print(json.dumps(out))
+"""
+
+
+def test_tracer_in_a_child_pid_namespace_excludes_itself(bpf_object, tracefs, tmp_path):
+    import json
+    import sys
+    mine, other = tmp_path / "mine.txt", tmp_path / "other.txt"
+    script = f"WRITE = {WRITE!r}\nOPENAT = {OPENAT!r}\n" + NS_SCRIPT
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+                           script, str(bpf_object), str(mine), str(other)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["ns"] is True and out["pid"] == 1
+    assert out["pids_error"].startswith("a process-id scope needs datacrumbs in the host's pid "
+                                        "namespace")
+    assert out["paths"] == [str(other)], "the tracer's own open leaked or the other was missed"

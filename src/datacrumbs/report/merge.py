@@ -23,7 +23,7 @@ from .model import Aggregate, summarize_reader
 TRACE_PATTERNS = ("*.pfw.gz", "*.pfw")
 SUMMARY_SUFFIX = ".summary.json"
 #: Files larger than this (compressed) are split into member ranges.
-SPLIT_BYTES = 32 << 20
+SPLIT_BYTES = 16 << 20
 MAX_SUMMARY_BYTES = 16 << 20
 
 
@@ -127,7 +127,7 @@ def plan_units(traces: list[Path], jobs: int, pre: Aggregate) -> list[Unit]:
         stats = ReadStats(path, torn_tail=tail.torn, tail_error=tail.error,
                           dropped_bytes=tail.dropped_bytes)
         pre.source(path).stats = stats
-        target = max(SPLIT_BYTES // 4, size // (jobs * 4))
+        target = max(SPLIT_BYTES // 4, size // (jobs * 8))
         start = members[0].offset
         for i, m in enumerate(members):
             end = m.offset + m.length

@@ -15,6 +15,7 @@ HTML and JSON outputs all render.
 from __future__ import annotations
 
 import errno as errno_mod
+import gc
 import math
 import os
 from dataclasses import dataclass, field
@@ -127,72 +128,69 @@ class Aggregate:
         return src
 
     def add_events(self, records: list[dict], source: str) -> None:
-        """Aggregate one chunk of raw event dicts read from ``source``."""
-        kidx: dict = {}
-        keys: list[tuple[str, str]] = []
-        fidx: dict = {}
-        op, ts, dur, size, weight, pid, fil, timed = [], [], [], [], [], [], [], []
-        errs = []
-        hh = None
-        for r in records:
-            ph = r.get("ph")
-            if ph != "X" and ph != "C":
-                self.other_events += 1
-                continue
-            a = r.get("args")
-            if type(a) is not dict:
-                a = _EMPTY
-            k = (r.get("cat"), r.get("name"))
-            try:
-                oi = kidx.get(k)
-            except TypeError:
-                k = (_text(k[0]), _text(k[1]))
-                oi = kidx.get(k)
-            if oi is None:
-                oi = kidx[k] = len(keys)
-                keys.append((_text(k[0]), _text(k[1])))
-            op.append(oi)
-            ts.append(r.get("ts"))
-            pid.append(r.get("pid"))
-            if ph == "X":
-                dur.append(r.get("dur"))
-                size.append(a.get("size", -1))
-                weight.append(1)
-                timed.append(True)
-                fk = a.get("fhash")
-                if fk is None and type(a.get("fname")) is str:
-                    fk = "\0" + a["fname"]
-                if fk is None:
-                    fil.append(-1)
-                else:
-                    try:
-                        fi = fidx.get(fk)
-                    except TypeError:
-                        fk, fi = _text(fk), None
-                    if fi is None:
-                        fi = fidx[fk] = len(fidx)
-                    fil.append(fi)
-                e = a.get("errno")
-                if e:
-                    errs.append((oi, e))
-                if hh is None:
-                    hh = a.get("hhash")
-            else:
-                c = a.get("count", 0)
-                weight.append(c)
-                size.append(a.get("bytes", -1))
-                dur.append(a.get("time_us", 0))
-                timed.append(False)
-                fil.append(-1)
-        if hh is not None and isinstance(hh, str):
-            src = self.source(source)
-            src.first_hhash = src.first_hhash or hh
-        if not op:
+        """Aggregate one chunk of raw event dicts read from ``source``.
+
+        One list comprehension per field (much faster than one loop with many
+        appends); values are sanitised when they become numpy arrays.
+        """
+        xs = [r for r in records if r.get("ph") == "X"]
+        cs = [r for r in records if r.get("ph") == "C"] if len(xs) != len(records) else []
+        self.other_events += len(records) - len(xs) - len(cs)
+        rows = xs + cs if cs else xs
+        if not rows:
             return
-        self._add_arrays(source, keys, list(fidx), errs,
-                         np.array(op, np.int64), _numbers(ts, -1), _numbers(dur, 0),
-                         _numbers(size, -1), _numbers(weight, 0), _numbers(pid, -1),
-                         np.array(fil, np.int64), np.array(timed, bool))
+        nx, n = len(xs), len(rows)
+        args = [r.get("args") for r in rows]
+        if not all(type(a) is dict for a in args):
+            args = [a if type(a) is dict else _EMPTY for a in args]
+        xargs, cargs = args[:nx], args[nx:]
+        raw_keys = [(r.get("cat"), r.get("name")) for r in rows]
+        kidx: dict = {}
+        try:
+            op = [kidx.setdefault(k, len(kidx)) for k in raw_keys]
+        except TypeError:
+            kidx = {}
+            op = [kidx.setdefault(k, len(kidx)) for k in ((_text(c), _text(m)) for c, m in raw_keys)]
+        keys = [(_text(c), _text(m)) for c, m in kidx]
+        fks = [a.get("fhash") for a in xargs]
+        if None in fks:
+            fks = [fk if fk is not None else
+                   ("\0" + a["fname"] if type(a.get("fname")) is str else None)
+                   for fk, a in zip(fks, xargs)]
+        fidx: dict = {}
+        try:
+            fi = [fidx.setdefault(k, len(fidx)) for k in fks]
+        except TypeError:
+            fidx = {}
+            fi = [fidx.setdefault(k if k is None else _text(k), len(fidx)) for k in fks]
+        fil = np.full(n, -1, np.int64)
+        if fi:
+            fil[:nx] = fi
+            none_i = fidx.pop(None, None)
+            if none_i is not None:
+                head = fil[:nx]
+                head[head == none_i] = -1
+                head[head > none_i] -= 1
+        dur = [r.get("dur") for r in xs]
+        size = [a.get("size", -1) for a in xargs]
+        weight = np.ones(n, np.float64)
+        if cs:
+            dur += [a.get("time_us", 0) for a in cargs]
+            size += [a.get("bytes", -1) for a in cargs]
+            weight[nx:] = _numbers([a.get("count", 0) for a in cargs], 0)
+        timed = np.zeros(n, bool)
+        timed[:nx] = True
+        errnos = np.zeros(n, np.int64)
+        if nx:
+            errnos[:nx] = _numbers([a.get("errno", 0) for a in xargs], 0)
+            hh = xargs[0].get("hhash")
+            if isinstance(hh, str):
+                src = self.source(source)
+                src.first_hhash = src.first_hhash or hh
+        self._add_arrays(source, keys, list(fidx), errnos,
+                         np.array(op, np.int64), _numbers([r.get("ts") for r in rows], -1),
+                         _numbers(dur, 0), _numbers(size, -1), weight,
+                         _numbers([r.get("pid") for r in rows], -1), fil, timed)
 
     def _add_arrays(self, source, keys, fkeys, errs, op, ts, dur, size, weight, pid, fil, timed):
         n_ops = len(keys)
@@ -223,12 +221,14 @@ class Aggregate:
         order = np.argsort(t_op, kind="stable")
         sorted_dur = tdur[order]
         bounds = np.concatenate(([0], np.cumsum(timed_counts)))
-        err_counts = np.zeros(n_ops, np.int64)
-        for oi, e in errs:
-            err_counts[oi] += 1
-            code = int(e) if type(e) in (int, float) and math.isfinite(e) else -1
-            key = (keys[oi][0], keys[oi][1], code)
-            self.errors[key] = self.errors.get(key, 0) + 1
+        failed = errs > 0
+        err_counts = np.bincount(op[failed], minlength=n_ops)
+        if failed.any():
+            pairs, pair_counts = np.unique(np.stack([op[failed], errs[failed]]), axis=1,
+                                           return_counts=True)
+            for (oi, code), c in zip(pairs.T.tolist(), pair_counts.tolist()):
+                key = (keys[oi][0], keys[oi][1], code)
+                self.errors[key] = self.errors.get(key, 0) + c
         for i, key in enumerate(keys):
             st = self.ops.get(key)
             if st is None:
@@ -554,8 +554,15 @@ def summarize_reader(reader, agg: Aggregate | None = None) -> Aggregate:
     """Feed every chunk of a :class:`~datacrumbs.trace.reader.TraceReader` into an Aggregate."""
     agg = agg or Aggregate()
     path = str(reader.path)
-    for chunk in reader.chunks():
-        agg.add_events(chunk, path)
+    # Millions of short-lived acyclic dicts: the cyclic GC would rescan them for nothing.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for chunk in reader.chunks():
+            agg.add_events(chunk, path)
+    finally:
+        if was_enabled:
+            gc.enable()
     src = agg.source(path)
     src.meta.merge(reader.meta)
     if src.stats is None:

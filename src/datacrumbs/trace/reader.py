@@ -24,6 +24,11 @@ from typing import BinaryIO, Iterator
 
 from ..errors import DatacrumbsError
 
+try:  # several times faster than json on event lines; optional
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the installation
+    _loads = json.loads
+
 GZIP_MAGIC = b"\x1f\x8b"
 READ_CHUNK = 1 << 20
 #: Upper bound on the decompressed bytes produced per zlib call (bounds memory
@@ -31,6 +36,8 @@ READ_CHUNK = 1 << 20
 INFLATE_STEP = 16 << 20
 DEFAULT_MAX_MEMBER = 64 << 20
 DEFAULT_CHUNK_EVENTS = 32768
+#: Bytes of text decoded per call: bounds the dicts alive at once.
+PARSE_BLOCK = 4 << 20
 HASH_KINDS = {"HH": "hosts", "FH": "files", "SH": "strings"}
 
 
@@ -213,11 +220,11 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
 
 
 def parse_lines(lines: list[bytes]) -> tuple[list[dict], int]:
-    """Decode JSON object lines; one json.loads for the whole batch when all are good."""
+    """Decode JSON object lines; one decode for the whole batch when all are good."""
     if not lines:
         return [], 0
     try:
-        records = json.loads(b"[" + b",".join(lines) + b"]")
+        records = _loads(b"[" + b",".join(lines) + b"]")
         if all(type(r) is dict for r in records):
             return records, 0
     except (ValueError, UnicodeDecodeError):
@@ -234,6 +241,47 @@ def parse_lines(lines: list[bytes]) -> tuple[list[dict], int]:
         else:
             bad += 1
     return records, bad
+
+
+def parse_block(block: bytes) -> tuple[list[dict], int, bool]:
+    """Records of a block of whole lines, bad lines, and whether it held the closing ``]``.
+
+    The writer's layout (no commas, no blank lines) becomes one JSON array by
+    turning newlines into commas: one decode call per block. Anything else
+    takes the line-by-line path.
+    """
+    body = block.strip()
+    closed = False
+    if body.startswith(b"[") and (len(body) == 1 or body[1:2] in b"\r\n"):
+        body = body[1:].lstrip()
+    if body.endswith(b"]") and (len(body) == 1 or body[-2:-1] in b"\r\n"):
+        body = body[:-1].rstrip()
+        closed = True
+    if not body:
+        return [], 0, closed
+    if b",\n" not in body and b"\n\n" not in body:
+        try:
+            records = _loads(b"[" + body.replace(b"\n", b",") + b"]")
+            if all(type(r) is dict for r in records):
+                return records, 0, closed
+        except (ValueError, UnicodeDecodeError):
+            pass
+    lines, closed_inside = _split_lines(body)
+    records, bad = parse_lines(lines)
+    return records, bad, closed or closed_inside
+
+
+def _blocks(data: bytes, size: int) -> Iterator[bytes]:
+    """Cut a piece of whole lines into blocks of about ``size`` bytes, at line ends."""
+    start = 0
+    while len(data) - start > size:
+        cut = data.rfind(b"\n", start, start + size) + 1
+        if cut <= start:
+            cut = data.find(b"\n", start + size) + 1 or len(data)
+        yield data[start:cut]
+        start = cut
+    if start < len(data):
+        yield data[start:] if start else data
 
 
 @dataclass
@@ -359,24 +407,27 @@ class TraceReader:
         self.stats.members = 0
 
     def chunks(self) -> Iterator[list[dict]]:
-        """Lists of up to ``chunk_events`` raw event dicts (metadata absorbed into meta)."""
+        """Lists of about ``chunk_events`` raw event dicts (metadata absorbed into meta)."""
         pending: list[dict] = []
+        stats, meta = self.stats, self.meta
         for data in self._raw_pieces():
-            lines, closed = _split_lines(data)
-            self.stats.closed |= closed
-            for i in range(0, len(lines), self.chunk_events):
-                records, bad = parse_lines(lines[i:i + self.chunk_events])
-                self.stats.bad_lines += bad
-                self.stats.records += len(records)
-                for rec in records:
-                    if not self.meta.absorb(rec):
-                        pending.append(rec)
+            for block in _blocks(data, PARSE_BLOCK):
+                records, bad, closed = parse_block(block)
+                stats.closed |= closed
+                stats.bad_lines += bad
+                stats.records += len(records)
+                events = [r for r in records if r.get("ph") != "M"]
+                if len(events) != len(records):
+                    for r in records:
+                        if r.get("ph") == "M":
+                            meta.absorb(r)
+                pending.extend(events)
                 if len(pending) >= self.chunk_events:
-                    self.stats.events += len(pending)
+                    stats.events += len(pending)
                     yield pending
                     pending = []
         if pending:
-            self.stats.events += len(pending)
+            stats.events += len(pending)
             yield pending
 
     def events(self, *, resolve: bool = True) -> Iterator[dict]:

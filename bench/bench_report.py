@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""How fast `datacrumbs report` summarises a big trace, and in how much memory.
+
+Generates a synthetic trace of N events (default 10 million) with the project's
+TraceWriter (or plain gzip when it is missing), then times the summary with
+all cores and prints events/s and the peak RSS of the whole process tree
+(sampled from /proc: this process, the forkserver and its workers).
+
+    .venv/bin/python bench/bench_report.py                 # 10 M events
+    .venv/bin/python bench/bench_report.py --events 1e6 --files 2 --dask
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+START_US = 1_764_079_200_000_000
+OPS = [("write", "POSIX"), ("read", "POSIX"), ("pwrite64", "POSIX"), ("openat", "POSIX"),
+       ("fwrite", "STDIO"), ("close", "POSIX")]
+
+
+def _batch(rng, n, first, pids):
+    """One batch of synthetic operations as the writer's OPS_DTYPE rows."""
+    from datacrumbs.trace.writer import OPS_DTYPE
+
+    ops = np.zeros(n, dtype=OPS_DTYPE)
+    ops["ts_us"] = START_US + (first + np.arange(n)) * 7
+    ops["dur_us"] = rng.lognormal(2.5, 1.0, n).astype(np.int64) + 1
+    ops["pid"] = rng.choice(pids, n)
+    ops["tid"] = ops["pid"]
+    ops["probe"] = rng.choice(len(OPS), n, p=[0.45, 0.3, 0.1, 0.05, 0.05, 0.05])
+    sizes = 1 << rng.integers(9, 21, n)
+    ops["fd"] = 3 + rng.integers(0, 8, n)
+    ops["count"] = sizes
+    ops["offset"] = -1
+    data = ops["probe"] <= 2
+    ops["size"] = np.where(data, sizes, -1)
+    ops["ret"] = np.where(data, sizes, 0)
+    fail = rng.random(n) < 0.001
+    ops["errno"] = np.where(fail, 2, 0)
+    return ops
+
+
+def generate(path: Path, events: int, host: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pids = np.arange(1000, 1032)
+    files = [f"/scratch/job/rank{i}/data.{j}.h5" for i in range(32) for j in range(4)]
+    try:
+        from datacrumbs.trace.writer import TraceWriter
+    except ImportError:
+        TraceWriter = None
+    batch = 200_000
+    if TraceWriter is not None:
+        w = TraceWriter(path, header={"job": "4242", "user": "bench", "host": host, "mode": "trace",
+                                      "version": "0.1.0", "ts": START_US})
+        w.set_probes([{"id": f"{c.lower()}.{n}", "kind": "syscall", "target": n, "category": c}
+                      for n, c in OPS])
+        for pid in pids.tolist():
+            w.process_name(pid, f"ior-rank{pid - 1000}")
+        for first in range(0, events, batch):
+            ops = _batch(rng, min(batch, events - first), first, pids)
+            w.write_ops(ops, [files[i] for i in rng.integers(0, len(files), len(ops))])
+        w.close()
+        return
+    with open(path, "wb") as f:                       # plain gzip, one member per batch
+        f.write(gzip.compress(b"[\n"))
+        for first in range(0, events, batch):
+            ops = _batch(rng, min(batch, events - first), first, pids)
+            lines = [json.dumps({"id": first + i, "name": OPS[p][0], "cat": OPS[p][1], "pid": pid,
+                                 "tid": pid, "ts": ts, "dur": d, "ph": "X",
+                                 "args": {"fname": files[(first + i) % len(files)], "size": s}})
+                     for i, (p, pid, ts, d, s) in enumerate(zip(
+                         ops["probe"].tolist(), ops["pid"].tolist(), ops["ts_us"].tolist(),
+                         ops["dur_us"].tolist(), ops["size"].tolist()))]
+            f.write(gzip.compress(("\n".join(lines) + "\n").encode(), 1))
+        f.write(gzip.compress(b"]\n"))
+
+
+def _tree_rss_kib(root: int) -> int:
+    """RSS of ``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+class PeakSampler(threading.Thread):
+    def __init__(self, interval=0.05):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self._halt = interval, 0, threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            self.peak = max(self.peak, _tree_rss_kib(os.getpid()))
+            self._halt.wait(self.interval)
+
+    def stop(self):
+        self._halt.set()
+        self.join()
+        return self.peak
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=float, default=10e6, help="total events (default 1e7)")
+    ap.add_argument("--files", type=int, default=1, help="trace files (nodes) to spread them over")
+    ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    ap.add_argument("--dask", action="store_true", help="also time the dask backend")
+    ap.add_argument("--dir", help="keep the traces in this directory (reused if present)")
+    args = ap.parse_args()
+    events = int(args.events)
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-report-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        paths = []
+        t0 = time.perf_counter()
+        for k in range(args.files):
+            p = workdir / f"trace-bench-4242-node{k}.pfw.gz"
+            if not p.exists():
+                generate(p, events // args.files + (k < events % args.files), f"node{k}", seed=k)
+            paths.append(p)
+        gen_s = time.perf_counter() - t0
+        size = sum(p.stat().st_size for p in paths)
+        print(f"trace: {events:,} events in {args.files} file(s), {size / 2**20:.1f} MiB compressed "
+              f"({size / max(events, 1):.1f} B/event), generated in {gen_s:.1f} s")
+
+        from datacrumbs.report.merge import default_jobs, summarize_paths
+
+        jobs = args.jobs or default_jobs()
+        runs = [("local", lambda: summarize_paths(paths, jobs=jobs))]
+        if args.dask:
+            from datacrumbs.report import dask_backend
+            runs.append(("dask", lambda: dask_backend.summarize_paths(paths, jobs=jobs)))
+        results = {}
+        for name, fn in runs:
+            sampler = PeakSampler()
+            sampler.start()
+            t0 = time.perf_counter()
+            agg = fn()
+            summary = agg.finalize()
+            secs = time.perf_counter() - t0
+            peak = sampler.stop()
+            n = summary["totals"]["events"]
+            results[name] = summary
+            print(f"{name:5s}: {n:,} events in {secs:.2f} s = {n / secs:,.0f} events/s with {jobs} "
+                  f"worker(s); peak RSS of the process tree {peak / 1024:.0f} MiB")
+            if n != events:
+                print(f"  MISMATCH: summary counted {n:,} events, expected {events:,}")
+        self_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        print(f"max RSS: this process {self_max / 1024:.0f} MiB, largest child {child_max / 1024:.0f} MiB")
+        if "dask" in results:
+            same = results["dask"] == results["local"]
+            print(f"dask summary identical to local: {same}")
+    finally:
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

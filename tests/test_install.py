@@ -171,3 +171,16 @@ def test_cli_install_with_bpf_then_uninstall(tmp_path, tracefs):
     res = cli("uninstall", "--prefix", str(prefix))
     assert res.returncode == 1
     assert res.stderr.startswith("datacrumbs: error: ") and "nothing was installed" in res.stderr
+
+
+def test_job_manager_example_runs_perilog_on_every_rank(tmp_path):
+    import tomllib
+
+    prefix = tmp_path / "prefix"
+    install(prefix, build_bpf=False)
+    text = (prefix / "etc/datacrumbs/flux/job-manager.toml.example").read_text()
+    conf = tomllib.loads(text)["job-manager"]
+    for phase in ("prolog", "epilog"):
+        assert conf[phase]["per-rank"] is True
+        assert conf[phase]["command"] == ["flux-imp", "run", phase]
+    assert f"{prefix}/sbin/datacrumbs_service_run.sh" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +148,28 @@ def test_daemon_exiting_early_fails_start_at_once(installed_service, fake_daemon
     assert installed_service.is_active("datacrumbs@44.service") in ("failed", "inactive")
     journal = installed_service.journal("datacrumbs@44.service")
     assert "fake daemon: refusing to start" in journal
+
+
+def test_wait_ready_cli(site, tmp_path):
+    """The ExecStartPost helper on its own: ready file, timeout, dead pid, bad values."""
+    datacrumbs = str(Path(sys.executable).with_name("datacrumbs"))
+
+    def wait(*args):
+        return subprocess.run([datacrumbs, "wait-ready", *args], capture_output=True, text=True,
+                              timeout=30)
+
+    (site.run_dir / "datacrumbs-5.ready").write_text("x")
+    assert wait("5", "--timeout", "1").returncode == 0
+    t0 = time.monotonic()
+    res = wait("6", "--timeout", "0.5")
+    assert res.returncode == 1 and time.monotonic() - t0 < 5
+    assert "did not write" in res.stderr and "datacrumbs-6.ready" in res.stderr
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    res = wait("6", "--timeout", "10", "--pid", str(dead.pid))
+    assert res.returncode == 1 and "exited before" in res.stderr
+    for args, words in ((("../x",), "not a decimal job id"), (("6", "--pid", "1;x"), "--pid"),
+                        (("6", "--timeout", "-1"), "--timeout")):
+        res = wait(*args)
+        assert res.returncode in (1, 2) and words in res.stderr
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr

@@ -34,6 +34,8 @@ DEFAULT_SETS = ("posix", "stdio")
 
 
 def setup_parser(parser) -> None:
+    parser.usage = ("datacrumbs trace [--probes FILE | --set NAME ...] [-o DIR] "
+                    "[--mode trace|profile] -- CMD [ARGS ...]")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--probes", metavar="FILE", help="probes file (*.json.gz), signed or not")
     src.add_argument("--set", dest="sets", metavar="NAME", action="append",
@@ -42,10 +44,11 @@ def setup_parser(parser) -> None:
                         help="directory for the trace and summary (default: current)")
     parser.add_argument("--mode", choices=("trace", "profile"), default=None,
                         help="trace every event, or profile (counters and histograms only)")
-    parser.add_argument("--interval-ms", type=int, default=None,
+    parser.add_argument("--interval-ms", type=int, default=None, metavar="MS",
                         help="profile counter interval in ms (default 1000)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the trace path")
-    parser.add_argument("command", nargs="+", metavar="-- CMD ARGS", help="the command to run")
+    parser.add_argument("command", nargs="+", metavar="CMD",
+                        help="the command and its arguments (after --)")
 
 
 class _ChildExit:

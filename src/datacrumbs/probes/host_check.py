@@ -306,6 +306,8 @@ def check_probe(probe: dict, host: HostInfo, libraries: LibraryResolver) -> tupl
     """(probe as it will be signed, None) or (None, reason it cannot attach here)."""
     kind, target = probe["kind"], probe["target"]
     if kind == "syscall":
+        if platform.machine() != "x86_64":
+            return None, f"syscall numbers are known only for x86_64, not {platform.machine()}"
         if target not in SYSCALLS_X86_64:
             return None, f"{target} is not an x86_64 system call"
         if host.tracefs:

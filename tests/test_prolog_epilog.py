@@ -272,3 +272,19 @@ def test_unit_not_deployed_job_runs_untraced(site, systemctl_on_path, user1, sig
     assert "datacrumbs@3005.service" in res.stderr and "not found" in res.stderr
     assert_clean(systemctl_on_path, site, "3005")
     assert epilog(site, env).returncode == 0
+
+
+def test_real_daemon_gets_an_odd_probes_path_as_one_argument(traced_site, site, user1,
+                                                             make_probes_file, tmp_path):
+    """The real daemon verifies the file at exactly this path, so a split would fail the start."""
+    odd_dir = tmp_path / "my dir; $(touch PWNED)"
+    odd_dir.mkdir()
+    path = make_probes_file(user1, name="my dir; $(touch PWNED)/it's \"odd\" `id`.json.gz")
+    env = flux_env(traced_site, site, "3006", user1, path)
+    res = prolog(site, env)
+    assert res.returncode == 0 and "tracing disabled" not in res.stderr, res.stderr
+    assert traced_site.is_active("datacrumbs@3006.service") == "active"
+    assert epilog(site, env).returncode == 0
+    assert_clean(traced_site, site, "3006")
+    assert read_trace(trace_path(site, "dctest1", "3006"))  # complete, ends with ']'
+    assert not list(tmp_path.rglob("PWNED")) and not Path("/PWNED").exists()

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from datacrumbs.errors import DatacrumbsError
 from datacrumbs.tracer.engine import NO_KPROBES, Engine, EngineError, kernel_has_kprobes
 from datacrumbs.tracer.scope import Scope, ScopeError
 
@@ -216,6 +217,28 @@ def test_generic_tracepoint_reads_a_field(bpf_object, tracefs, engine_io, worklo
     assert (events["dur_ns"] == 0).all() and (events["fd"] == -1).all()
 
 
+def test_block_requests_are_attributed_to_the_issuing_process(bpf_object, tracefs, engine_io,
+                                                             workloads, tmp_path):
+    n = 20
+    probes = [{"id": "block.block_rq_issue", "kind": "tracepoint", "target": "block:block_rq_issue",
+               "category": "BLOCK", "args": {}, "bytes": "field:bytes"},
+              {"id": "block.block_rq_complete", "kind": "tracepoint",
+               "target": "block:block_rq_complete", "category": "BLOCK", "args": {},
+               "bytes": "field:nr_bytes"}]
+    child = workloads([engine_io, "direct", tmp_path / "direct.bin", n])   # O_DIRECT, ext4
+    with Engine(probes, Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        assert eng.attach().refused == []
+        child.go()
+        events, _ = collect(eng, [child])
+    assert set(events["pid"].tolist()) == {child.pid}
+    issued, completed = events[events["probe"] == 0], events[events["probe"] == 1]
+    assert (issued["bytes"] == 4096).sum() >= n
+    assert (completed["bytes"] == 4096).sum() >= n
+    assert len(completed) <= len(issued)
+    assert (completed["dur_ns"] > 0).all() and (completed["offset"] % 512 == 0).all()
+    assert (completed["ret"] == 0).all()
+
+
 def test_tracepoint_field_must_exist(bpf_object, tracefs):
     probe = {"id": "tp.bad", "kind": "tracepoint", "target": "syscalls:sys_enter_write",
              "category": "SYSCALL", "args": {}, "bytes": "field:no_such_field"}
@@ -269,6 +292,25 @@ def test_missing_bpf_object_names_the_fix(tmp_path):
         Engine([WRITE], Scope.for_pids([1]), bpf_object=missing)
     assert str(exc.value) == (f"BPF object {missing} not built: run `datacrumbs build-bpf` "
                               "(or the installer)")
+
+
+def test_unusable_bpf_objects_are_explained(tmp_path, tracefs):
+    junk = tmp_path / "junk.bpf.o"
+    junk.write_bytes(b"not an ELF file")
+    with pytest.raises(DatacrumbsError, match=f"^cannot open BPF object {junk}: .*; rebuild it "
+                                              "with `datacrumbs build-bpf`$"):
+        Engine([WRITE], Scope.for_pids([os.getpid()]), bpf_object=junk).attach()
+    src = tmp_path / "other.bpf.c"
+    src.write_text('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+                   'struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 4096); }'
+                   ' events SEC(".maps");\nchar LICENSE[] SEC("license") = "GPL";\n')
+    other = tmp_path / "other.bpf.o"
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
+                    str(src), "-o", str(other)],
+                   check=True, capture_output=True, timeout=60)
+    with pytest.raises(DatacrumbsError, match=f"^BPF object {other} has no map 'paths'; it was "
+                                              "built from another datacrumbs version"):
+        Engine([WRITE], Scope.for_pids([os.getpid()]), bpf_object=other).attach()
 
 
 def test_engine_defaults_to_the_site_bpf_object(site, bpf_object, tracefs):

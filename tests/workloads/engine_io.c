@@ -4,9 +4,11 @@
  * engine_io stdio PATH N      N fwrite() of size 10*(i%5+1), then N fread() of the same sizes
  * engine_io fork PATH N       fork; the child does "write PATH N"; the parent waits
  * engine_io spin N            N write(2) calls of 1 byte to /dev/null (throughput)
+ * engine_io direct PATH N     N O_DIRECT|O_DSYNC writes of 4096 bytes (block requests)
  *
  * Waiting for the go byte lets the test attach to a known pid before any I/O.
  */
+#define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,20 @@ static int do_write(const char *path, long n)
 	}
 	for (long i = 0; i < n; i++)
 		if (write(fd, buf, 100 * (i % 7 + 1)) < 0)
+			return 1;
+	return close(fd) != 0;
+}
+
+static int do_direct(const char *path, long n)
+{
+	void *block;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_DSYNC, 0644);
+
+	if (fd < 0 || posix_memalign(&block, 4096, 4096))
+		return 1;
+	memset(block, 'd', 4096);
+	for (long i = 0; i < n; i++)
+		if (write(fd, block, 4096) != 4096)
 			return 1;
 	return close(fd) != 0;
 }
@@ -69,6 +85,8 @@ int main(int argc, char **argv)
 		return 2;
 	if (!strcmp(argv[1], "write"))
 		return do_write(argv[2], atol(argv[3]));
+	if (!strcmp(argv[1], "direct"))
+		return do_direct(argv[2], atol(argv[3]));
 	if (!strcmp(argv[1], "stdio"))
 		return do_stdio(argv[2], atol(argv[3]));
 	if (!strcmp(argv[1], "fork")) {

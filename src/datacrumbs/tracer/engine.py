@@ -23,6 +23,7 @@ Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -37,9 +38,9 @@ import numpy as np
 
 from ..errors import DatacrumbsError
 from . import libbpf
+from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .scope import Scope
-from ..probes import host_check
 
 log = logging.getLogger("datacrumbs.engine")
 
@@ -145,6 +146,7 @@ def resolve_library(library) -> str | None:
     return host_check.LibraryResolver().resolve(library)
 
 
+@functools.lru_cache(maxsize=1)
 def pid_namespace() -> tuple[int, int] | None:
     """(st_dev, st_ino) of our pid namespace, or None in the host's (initial) one."""
     st = os.stat("/proc/self/ns/pid")
@@ -568,8 +570,11 @@ class Engine:
         return int(np.frombuffer(raw, "<u8").sum()) if raw else 0
 
     def lost(self) -> int:
-        """Events the kernel dropped because the ring buffer was full (also after close)."""
-        return self._percpu_sum("lost", 0) if self._obj else self._final_lost[0]
+        """Operations the kernel could not report: ring buffer full (trace mode) or
+        profile table full (profile mode). Still answers after close()."""
+        if self._obj is None:
+            return self._final_lost[0]
+        return self._percpu_sum("lost", 0) + self._percpu_sum("lost", 2)
 
     def lost_paths(self) -> int:
         """Path records dropped (their events still arrive, without a path)."""
@@ -615,7 +620,12 @@ class Engine:
 
     @staticmethod
     def resolve_fd(pid: int, fd: int) -> str | None:
-        """Path of a file descriptor opened before attach (None if gone or not a file)."""
+        """Path of a file descriptor opened before attach (None if gone or not a file).
+
+        Event pids are host pids: from inside a pid namespace /proc would name
+        another process, so nothing is resolved there."""
+        if pid_namespace() is not None:
+            return None
         if isinstance(pid, bool) or isinstance(fd, bool) or not isinstance(pid, int) \
                 or not isinstance(fd, int) or pid <= 0 or fd < 0:
             return None
@@ -636,12 +646,14 @@ class Engine:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
+        if self._obj is not None and self._events is not None:
+            # fully attached: keep the counts for after close
+            self._final_lost = (self.lost(), self.lost_paths())
         for ring in (self._events, self._paths):
             if ring is not None:
                 ring.close()
         self._events = self._paths = None
         if self._obj is not None:
-            self._final_lost = (self._percpu_sum("lost", 0), self._percpu_sum("lost", 1))
             self._obj.close()
             self._obj = None
 

@@ -9,6 +9,7 @@ stderr, so a daemon's journal shows them only at debug level.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import logging
@@ -42,20 +43,32 @@ class _TracepointOpts(Structure):
 
 
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+LIBBPF_WARN = 0
+_warnings: collections.deque[str] = collections.deque(maxlen=4)
 _lib = None
 _libc = None
 _print_cb = None  # kept referenced for as long as libbpf may call it
 
 
 def _on_print(level, fmt, args):
-    if not log.isEnabledFor(logging.DEBUG):
+    if level != LIBBPF_WARN and not log.isEnabledFor(logging.DEBUG):
         return 0
     buf = ctypes.create_string_buffer(1024)
     _libc.vsnprintf(buf, len(buf), fmt, args)
+    text = buf.value.decode(errors="replace").strip()
+    if level == LIBBPF_WARN and text:
+        _warnings.append(text)
     # Debug level only, whatever libbpf's level: the engine reports every failure
     # itself, in a sentence for the user; these lines are for diagnosis.
-    log.debug("%s", buf.value.decode(errors="replace").rstrip())
+    log.debug("%s", text)
     return 0
+
+
+def last_warning() -> str:
+    """The last libbpf warning line since the previous call ("" if none)."""
+    text = _warnings[-1] if _warnings else ""
+    _warnings.clear()
+    return text
 
 
 def _declare(lib):
@@ -124,8 +137,11 @@ def _fail(what: str) -> LibbpfError:
 
 
 def _errno_reason() -> str:
+    """errno's text, with libbpf's own explanation when it gave one."""
     err = ctypes.get_errno()
-    return os.strerror(err) if err else "unknown error"
+    reason = os.strerror(err) if err else "unknown error"
+    detail = last_warning()
+    return f"{reason} ({detail})" if detail else reason
 
 
 class Link:
@@ -150,6 +166,7 @@ class BpfObject:
     def __init__(self, path: os.PathLike | str):
         self.path = str(path)
         ctypes.set_errno(0)
+        last_warning()
         self._obj = lib().bpf_object__open_file(os.fsencode(self.path), None)
         if not self._obj:
             raise LibbpfError(f"cannot open BPF object {self.path}: {_errno_reason()}; "
@@ -176,6 +193,7 @@ class BpfObject:
 
     def load(self) -> None:
         ctypes.set_errno(0)
+        last_warning()
         if lib().bpf_object__load(self._obj) != 0:
             raise LibbpfError(f"the kernel refused to load BPF object {self.path}: "
                               f"{_errno_reason()} (run as root on a kernel with BTF; "
@@ -195,6 +213,7 @@ class BpfObject:
 
     def attach(self, prog: str) -> Link:
         ctypes.set_errno(0)
+        last_warning()
         ptr = lib().bpf_program__attach(self.program(prog))
         if not ptr:
             raise AttachFailed(_errno_reason())
@@ -205,6 +224,7 @@ class BpfObject:
         opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), bpf_cookie=cookie, retprobe=retprobe,
                            func_name=func_name.encode() if func_name else None)
         ctypes.set_errno(0)
+        last_warning()
         ptr = lib().bpf_program__attach_uprobe_opts(self.program(prog), pid, os.fsencode(binary),
                                                      offset, ctypes.byref(opts))
         if not ptr:
@@ -214,6 +234,7 @@ class BpfObject:
     def attach_kprobe(self, prog: str, func: str, cookie: int, *, retprobe: bool = False) -> Link:
         opts = _KprobeOpts(sz=ctypes.sizeof(_KprobeOpts), bpf_cookie=cookie, retprobe=retprobe)
         ctypes.set_errno(0)
+        last_warning()
         ptr = lib().bpf_program__attach_kprobe_opts(self.program(prog), func.encode(),
                                                      ctypes.byref(opts))
         if not ptr:
@@ -223,6 +244,7 @@ class BpfObject:
     def attach_tracepoint(self, prog: str, category: str, name: str, cookie: int) -> Link:
         opts = _TracepointOpts(sz=ctypes.sizeof(_TracepointOpts), bpf_cookie=cookie)
         ctypes.set_errno(0)
+        last_warning()
         ptr = lib().bpf_program__attach_tracepoint_opts(self.program(prog), category.encode(),
                                                          name.encode(), ctypes.byref(opts))
         if not ptr:

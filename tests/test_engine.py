@@ -502,3 +502,17 @@ def test_small_ring_wraps_and_accounts_for_every_event(bpf_object, tracefs, engi
     assert len(events) > 2 * (32 << 10) // 72, "the ring wrapped"
     assert (events["bytes"] == 1).all() and (events["pid"] == child.pid).all()
     assert (np.diff(events["ts_ns"].astype(np.int64)) > 0).all()
+
+
+def test_full_ring_counts_exactly_the_lost_events(bpf_object, tracefs, engine_io, workloads):
+    """Nobody drains a one-page ring during the run: it keeps 4096 // 72 records."""
+    n = 1000
+    child = workloads([engine_io, "spin", n])
+    with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object,
+                ringbuf_bytes=4096) as eng:
+        eng.attach()
+        child.go().wait()
+        events, _ = collect(eng, [])
+        assert eng.lost() == n - 4096 // 72
+    assert len(events) == 4096 // 72
+    assert eng.lost() == n - 4096 // 72, "lost() still answers after close()"

@@ -100,7 +100,7 @@ def read_metadata(jobid: str, environ, *, timeout: float = 10.0) -> dict | None:
     if meta is None:
         return None
     if not isinstance(meta, dict):
-        raise JobInfoError(f"job {jobid}: datacrumbs metadata is not an object: {meta!r:.80}")
+        raise JobInfoError(f"datacrumbs metadata of job {jobid} is not an object: {meta!r:.80}")
     return meta
 
 
@@ -109,11 +109,14 @@ def parse_settings(jobid: str, meta: dict | None) -> Settings | None:
     if not meta or meta.get("enable") not in ("yes", True):
         return None
     probe_file = meta.get("probe_file")
+    if probe_file is None:
+        raise JobInfoError("datacrumbs is enabled but no probe_file was given; "
+                           "resubmit with --datacrumbs-probe-file /abs/path")
     if not isinstance(probe_file, str) or not probe_file.startswith("/") or "\0" in probe_file:
-        raise JobInfoError(f"job {jobid}: datacrumbs probe_file {probe_file!r} is not an "
+        raise JobInfoError(f"datacrumbs probe_file {probe_file!r} is not an "
                            "absolute path; resubmit with --datacrumbs-probe-file /abs/path")
     digest = meta.get("probe_digest")
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise JobInfoError(f"job {jobid}: datacrumbs metadata has no valid probe_digest "
+        raise JobInfoError("datacrumbs metadata has no valid probe_digest "
                            "(sha256:<hex>); resubmit with the site's datacrumbs Flux plugin")
     return Settings(Path(probe_file), digest)

@@ -44,6 +44,29 @@ class PrologResult:
         return 1 if (self.message and self.fatal) else 0
 
 
+class _LogFile(logging.FileHandler):
+    """Opened (and its directory made) on the first message: untraced jobs leave nothing.
+
+    A log that cannot be written must not disturb the prolog: stderr still has it.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return super()._open()
+
+    def emit(self, record) -> None:
+        try:
+            super().emit(record)
+        except OSError:
+            pass
+
+    def handleError(self, record) -> None:
+        pass
+
+
 def setup_logging(cfg: SiteConfig | None) -> None:
     """stderr (Flux keeps it) plus ``<log_dir>/flux-perilog.log`` when writable."""
     log.setLevel(logging.INFO)
@@ -55,11 +78,7 @@ def setup_logging(cfg: SiteConfig | None) -> None:
     err.setFormatter(logging.Formatter("datacrumbs: %(message)s"))
     log.addHandler(err)
     if cfg is not None:
-        try:
-            cfg.log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-            fh = logging.FileHandler(cfg.log_dir / LOG_NAME)
-        except OSError:
-            return
+        fh = _LogFile(cfg.log_dir / LOG_NAME)
         fh.setFormatter(logging.Formatter("%(asctime)s %(process)d %(message)s"))
         log.addHandler(fh)
 
@@ -103,7 +122,7 @@ def notify_user(jobid: str, message: str, *, fatal: bool, timeout: float) -> Non
         subprocess.run(argv, capture_output=True, timeout=max(timeout, 0.5),
                        stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        log.info("job %s: flux not on PATH, exception not raised: %s", jobid, message)
+        log.info("job %s: flux is not on PATH; the message above is only in this log", jobid)
     except (subprocess.TimeoutExpired, OSError) as exc:
         log.info("job %s: flux job raise failed (%s)", jobid, exc)
 
@@ -118,7 +137,8 @@ def _config_path(cfg: SiteConfig) -> Path:
 
 def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, environ,
            deadline: float, reserve: float) -> None:
-    from ..probes.verify import verify_probes_file  # H1's trust decision
+    # imported here: jobs without tracing never pay for jsonschema/cryptography
+    from ..probes.verify import verify_probes_file
 
     digest = file_digest(settings.probe_file, cfg.max_probes_file_bytes)
     if digest != settings.probe_digest:

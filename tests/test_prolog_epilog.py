@@ -20,8 +20,8 @@ import pytest
 
 from datacrumbs.jobid import f58_encode
 from datacrumbs.tracer.daemon import short_host
-from fixtures.systemd import (assert_clean, digest, epilog, flux_env, perilog_log, prolog,
-                              read_trace, run_workload, trace_path)
+from fixtures.systemd import (FLUX_PATH, assert_clean, digest, epilog, flux_env, perilog_log,
+                              prolog, read_trace, run_workload, trace_path)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
 
@@ -208,6 +208,7 @@ def test_not_enabled_is_quiet(installed_service, site, user1, signed_probes_file
         res = prolog(site, env)
         assert res.returncode == 0 and res.stderr == "" and res.stdout == ""
         assert_clean(installed_service, site, "3003")
+        assert not (site.log_dir / "flux-perilog.log").exists()
 
 
 def test_epilog_is_idempotent_and_ignores_the_probes_file(installed_service, fake_daemon, site,
@@ -288,3 +289,19 @@ def test_real_daemon_gets_an_odd_probes_path_as_one_argument(traced_site, site, 
     assert_clean(traced_site, site, "3006")
     assert read_trace(trace_path(site, "dctest1", "3006"))  # complete, ends with ']'
     assert not list(tmp_path.rglob("PWNED")) and not Path("/PWNED").exists()
+
+
+def test_unwritable_log_never_disturbs_the_prolog(site, user1, capsys):
+    """In-process: the log dir cannot be created; the reason still reaches stderr."""
+    from dataclasses import replace
+
+    from datacrumbs.flux.prolog import run_prolog
+
+    cfg = replace(site, log_dir=Path("/proc/no-such-dir/log"))
+    env = {"FLUX_JOB_ID": "3007", "FLUX_JOB_USERID": str(user1.pw_uid),
+           "DATACRUMBS_JOB_METADATA": '{"enable": "yes"}', "PATH": FLUX_PATH}
+    result = run_prolog(env, cfg)
+    assert result.started is False and result.exit_code == 0
+    assert "no probe_file was given" in result.message
+    err = capsys.readouterr().err
+    assert "no probe_file was given" in err and "Traceback" not in err and "Logging error" not in err

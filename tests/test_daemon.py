@@ -427,3 +427,43 @@ def test_fd_tables_and_file_tables_stay_bounded():
     assert len(summary.files) == 11 and summary.files[OTHER_FILES] == [90, 450, 0]
     assert summary.operations()["POSIX/write"] == {"count": 100, "bytes": 500, "time_us": 0,
                                                    "errors": 0}
+
+
+def test_lost_events_are_counted_and_logged(site, user1, workdir, writes_bin, daemons):
+    """A daemon that cannot drain (stopped) loses events; the loss is reported, not hidden."""
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "8080", user1.pw_name)
+    d.wait_ready()
+    d.proc.send_signal(signal.SIGSTOP)
+    try:  # more events than the 16 MiB ring buffer holds
+        work = run_as(user1, [str(writes_bin), str(workdir / "lost.dat"), "400000", "16"])
+        work.communicate(timeout=120)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    time.sleep(0.3)
+    assert d.stop() == 0, d.stderr
+    summary = d.summary()
+    writes = summary["files"][str(workdir / "lost.dat")]["count"] - 2
+    assert summary["events_lost"] > 0 and writes < 400000
+    assert writes + summary["events_lost"] >= 400000
+    assert f"{summary['events_lost']} lost" in d.stderr
+    assert any("events lost so far" in line for line in d.stderr.splitlines()), d.stderr
+
+
+def test_stop_is_bounded_while_the_job_keeps_writing(site, user1, workdir, writes_bin, daemons):
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "9090", user1.pw_name)
+    d.wait_ready()
+    work = run_as(user1, [str(writes_bin), str(workdir / "busy.dat"), "50000000", "16"])
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert d.stop(signal.SIGTERM) == 0, d.stderr
+        took = time.monotonic() - t0
+        assert work.poll() is None, "the job must keep running"
+    finally:
+        work.kill()
+        work.communicate()
+    assert took < 10, f"stop took {took:.1f} s"
+    assert rb.lines(d.trace())[-1] == "]"
+    assert d.summary()["complete"] is True

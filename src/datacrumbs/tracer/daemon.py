@@ -371,9 +371,14 @@ class TraceRun:
             self.writer.tick()
             self._check_lost()
         log.info("stop requested (signal %s): draining", stop.signal)
+        # Everything that happened before the stop is written; a job that keeps writing
+        # must not hold the daemon, so draining ends at the first event after the stop
+        # (the ring is in time order per CPU) or at the deadline.
+        stop_us = time.time_ns() // 1000
         deadline = time.monotonic() + STOP_DRAIN_SECONDS
         while time.monotonic() < deadline:
-            if not self._drain_once(0):
+            newest = self._drain_once(0)
+            if newest == 0 or newest >= stop_us:
                 break
         else:
             log.warning("stopped draining after %.0f s: the job is still producing events",
@@ -381,6 +386,7 @@ class TraceRun:
         return self._finish()
 
     def _drain_once(self, timeout_ms: int) -> int:
+        """Poll, convert and write one batch; the latest event time (µs) or 0 if none."""
         batch = self.engine.poll(timeout_ms)
         if batch is None or len(batch.events) == 0:
             return 0
@@ -395,7 +401,7 @@ class TraceRun:
         self.writer.write_ops(ops, paths)
         if self.mode != "profile":
             self.summary.add_ops(ops, paths)
-        return len(ops)
+        return int(ops["ts_us"].max())
 
     def _sample_profile(self) -> list:
         rows = self.engine.read_profile()

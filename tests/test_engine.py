@@ -516,3 +516,31 @@ def test_full_ring_counts_exactly_the_lost_events(bpf_object, tracefs, engine_io
         assert eng.lost() == n - 4096 // 72
     assert len(events) == 4096 // 72
     assert eng.lost() == n - 4096 // 72, "lost() still answers after close()"
+
+
+def test_reused_path_slots_never_leak_older_paths(bpf_object, tracefs, workloads, tmp_path):
+    """Variable-size path records (long and short, alternating) through a wrapped ring
+    come back exactly: nothing truncated, nothing left over from older records."""
+    import sys
+    long_path = tmp_path / ("L" * 200)
+    short_path = tmp_path / "s"
+    long_path.write_text("l")
+    short_path.write_text("s")
+    n = 6000
+    script = (f"import sys\nsys.stdin.read(1)\nfor i in range({n}):\n"
+              f"    open({str(long_path)!r} if i % 2 == 0 else {str(short_path)!r}, 'rb').close()\n")
+    child = workloads([sys.executable, "-c", script])
+    with Engine([OPENAT], Scope.for_pids([child.pid]), bpf_object=bpf_object,
+                ringbuf_bytes=1 << 20) as eng:
+        eng.attach()
+        child.go()
+        events, paths = collect(eng, [child])
+        lost_paths = eng.lost_paths()
+    ours = [p for p in paths.values() if p in (str(long_path), str(short_path))]
+    assert len(ours) + lost_paths == n
+    assert len(str(long_path)) > 255, "paths longer than a file name come back whole"
+    assert str(long_path) in ours and str(short_path) in ours
+    assert sum((24 + len(p) + 1 + 8 + 7) & ~7 for p in ours) > 1 << 20, "the path ring wrapped"
+    strays = {p for p in paths.values() if p.startswith(str(tmp_path))} - \
+        {str(long_path), str(short_path)}
+    assert strays == set()

@@ -47,8 +47,7 @@ log = logging.getLogger("datacrumbs.engine")
 EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
                         ("probe", "<u4"), ("fd", "<i4"), ("ret", "<i8"), ("count", "<u8"),
                         ("offset", "<i8"), ("bytes", "<i8")])
-PATH_MAX = 240
-PATH_DTYPE = np.dtype([("ts", "<u8"), ("tid", "<u4"), ("probe", "<u4"), ("path", f"S{PATH_MAX}")])
+_PATH_HEAD = struct.Struct("<QIIII")            # struct dc_path up to its path
 HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
@@ -197,19 +196,21 @@ def _bytes_rule(rule) -> tuple[int, int, str | None]:
 
 
 class _Ring:
-    """A BPF ring buffer of fixed-size records, mapped and decoded without libbpf.
+    """A BPF ring buffer, mapped and decoded without libbpf.
 
     Layout (kernel/bpf/ringbuf.c): page 0 = consumer position (rw), page 1 =
     producer position, then the data area mapped twice in a row so a record
     that wraps is still contiguous. Each record has an 8-byte header
-    (len | BUSY | DISCARD, page offset) and is padded to 8 bytes.
+    (len | BUSY | DISCARD, page offset) and is padded to 8 bytes. Event
+    records have one size, so drain() decodes them all with numpy at once;
+    drain_variable() walks records of any size (paths: rarer, one by one).
     """
 
-    def __init__(self, fd: int, size: int, dtype: np.dtype):
+    def __init__(self, fd: int, size: int, dtype: np.dtype | None = None):
         page = mmap.PAGESIZE
         self.size, self.mask, self.page = size, size - 1, page
         self.dtype = dtype
-        self.stride = (dtype.itemsize + 8 + 7) & ~7
+        self.stride = (dtype.itemsize + 8 + 7) & ~7 if dtype is not None else 0
         self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._prod_map = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=page)
@@ -242,6 +243,25 @@ class _Ring:
         keep = (hdr & _RB_DISCARD) == 0
         self._cons[0] = cons + n * self.stride
         return recs if keep.all() else recs[keep]
+
+    def drain_variable(self, limit: int = 1 << 16) -> list[bytes]:
+        """Committed records of any size, oldest first (at most ``limit``)."""
+        cons = int(self._cons[0])
+        prod = int(self._prod[0])
+        out: list[bytes] = []
+        buf = self._prod_map
+        pos = cons
+        while pos < prod and len(out) < limit:
+            off = self.page + (pos & self.mask)
+            hdr = int.from_bytes(buf[off:off + 4], "little")
+            if hdr & _RB_BUSY:
+                break
+            length = hdr & ~(_RB_BUSY | _RB_DISCARD)
+            if not hdr & _RB_DISCARD:
+                out.append(buf[off + 8:off + 8 + length])
+            pos += (length + 8 + 7) & ~7
+        self._cons[0] = pos
+        return out
 
     def close(self) -> None:
         # numpy views pin the buffers: drop them before unmapping
@@ -396,7 +416,7 @@ class Engine:
         self._path_probes = np.array(sorted(path_probes), dtype=np.uint32)
         self._offset_ns = _realtime_offset_ns()
         self._events = _Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE)
-        self._paths = _Ring(obj.map_fd("paths"), self._paths_bytes, PATH_DTYPE)
+        self._paths = _Ring(obj.map_fd("paths"), self._paths_bytes)
         self._epoll = select.epoll()
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
         self._epoll.register(obj.map_fd("paths"), select.EPOLLIN)
@@ -534,9 +554,8 @@ class Engine:
             except InterruptedError:
                 pass
         events = self._events.drain()
-        paths = self._paths.drain() if self.capture_paths else None
-        if paths is not None and len(paths):
-            self._stash_paths(paths)
+        if self.capture_paths:
+            self._stash_paths(self._paths.drain_variable())
         if not len(events):
             return None
         matched = self._match_paths(events) if self._pending_paths else {}
@@ -546,8 +565,13 @@ class Engine:
         events["ts_ns"] += np.uint64(self._offset_ns)
         return EventBatch(events=events, paths=matched)
 
-    def _stash_paths(self, recs: np.ndarray) -> None:
-        for ts, tid, raw in zip(recs["ts"].tolist(), recs["tid"].tolist(), recs["path"].tolist()):
+    def _stash_paths(self, recs: list[bytes]) -> None:
+        head = _PATH_HEAD.size
+        for rec in recs:
+            if len(rec) <= head:
+                continue
+            ts, tid, _probe, length, _pad = _PATH_HEAD.unpack_from(rec)
+            raw = rec[head:head + length].split(b"\0", 1)[0]
             if raw:
                 self._pending_paths[(tid, ts)] = raw.decode("utf-8", errors="surrogateescape")
         if len(self._pending_paths) > 65536:      # bounded: drop the oldest unmatched

@@ -100,6 +100,14 @@ struct {
 	__type(value, char[16]);
 } comms SEC(".maps");
 
+/* Room to read a path before copying only its length into the ring. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_path);
+} path_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -229,25 +237,34 @@ static __always_inline void emit_path(struct dc_config *c, struct dc_spec *sp, s
 				      __u32 tid)
 {
 	__u64 ptr = arg_of(e, sp->path);
+	__u32 zero = 0;
 	struct dc_path *p;
+	long n;
 
 	if (!ptr)
 		return;
-	p = bpf_ringbuf_reserve(&paths, sizeof(*p), 0);
-	if (!p) {
-		count_lost(1);
+	p = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!p)
 		return;
-	}
-	p->ts = e->ts;
-	p->tid = tid;
-	p->probe = e->probe;
 	/* Read at exit: the kernel has faulted the string in by now, so the
 	 * read cannot fail on a not-yet-touched page as it can at entry. */
 	if (sp->kernel)
-		bpf_probe_read_kernel_str(p->path, sizeof(p->path), (void *)ptr);
-	else if (bpf_probe_read_user_str(p->path, sizeof(p->path), (void *)ptr) < 0)
-		p->path[0] = 0;
-	bpf_ringbuf_submit(p, wakeup_flag(&paths, c->wakeup_paths));
+		n = bpf_probe_read_kernel_str(p->path, sizeof(p->path), (void *)ptr);
+	else
+		n = bpf_probe_read_user_str(p->path, sizeof(p->path), (void *)ptr);
+	if (n <= 1)
+		return;
+	if (n > DC_PATH_MAX)
+		n = DC_PATH_MAX;
+	p->ts = e->ts;
+	p->tid = tid;
+	p->probe = e->probe;
+	p->len = n;
+	p->pad = 0;
+	/* only the string is copied: records are as long as the path */
+	if (bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
+			       wakeup_flag(&paths, c->wakeup_paths)) < 0)
+		count_lost(1);
 }
 
 static __always_inline void remember_comm(__u32 tgid)

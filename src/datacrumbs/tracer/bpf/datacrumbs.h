@@ -8,7 +8,7 @@
 
 #define DC_MAX_SYSCALLS 512
 #define DC_MAX_PROBES 4096
-#define DC_PATH_MAX 240
+#define DC_PATH_MAX 4096	/* PATH_MAX: HPC paths can be long */
 #define DC_HIST_BUCKETS 32
 #define DC_SYSCALL_SLOT 0xffffffffu
 #define DC_NO_PROBE 0xffffffffu
@@ -89,11 +89,14 @@ struct dc_event {
 	__s64 bytes;
 };
 
-/* A path read for an open-like operation, matched to its event by (tid, ts). */
+/* A path read for an open-like operation, matched to its event by (tid, ts).
+ * Records are variable-sized: only len bytes of path (with its NUL) are sent. */
 struct dc_path {
 	__u64 ts;
 	__u32 tid;
 	__u32 probe;
+	__u32 len;
+	__u32 pad;
 	char path[DC_PATH_MAX];
 };
 

@@ -185,12 +185,14 @@ class EventConverter:
     _errno_kind: np.ndarray = field(init=False)
     _close: set = field(init=False)
     _open: set = field(init=False)
+    _close_ids: np.ndarray = field(init=False)
 
     def __post_init__(self):
         self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe") for p in self.probes]
                                     or [False])
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
+        self._close_ids = np.array(sorted(self._close), dtype=np.int32)
 
     def convert(self, batch) -> tuple[np.ndarray, list | None]:
         ev = batch.events
@@ -215,17 +217,43 @@ class EventConverter:
         return ops, self._paths(ops, getattr(batch, "paths", None) or {})
 
     def _paths(self, ops: np.ndarray, opened: dict) -> list:
+        """Path of each row. Between opens and closes the fd table cannot change, so long
+        runs of reads and writes are resolved once per distinct (pid, fd), not per row."""
+        n = len(ops)
+        closing = np.flatnonzero(np.isin(ops["probe"], self._close_ids)).tolist()
+        special = sorted(set(opened).union(closing))
+        if len(special) * 32 > n:
+            return self._paths_rows(ops, opened, 0, n, [None] * n)
+        out = np.full(n, None, dtype=object)
+        pid, fd = ops["pid"], ops["fd"]
+        start = 0
+        for row in special + [n]:
+            if row > start:
+                seg_fd = fd[start:row]
+                valid = np.flatnonzero(seg_fd >= 0)
+                if len(valid):
+                    keys = (pid[start:row][valid] << 32) | seg_fd[valid]
+                    uniq, inverse = np.unique(keys, return_inverse=True)
+                    found = np.array([None] + [self.fdpaths.lookup(int(k) >> 32, int(k) & 0xFFFFFFFF)
+                                               for k in uniq.tolist()], dtype=object)[1:]
+                    out[start + valid] = found[inverse]
+            if row < n:
+                self._paths_rows(ops, opened, row, row + 1, out)
+            start = row + 1
+        return out.tolist()
+
+    def _paths_rows(self, ops: np.ndarray, opened: dict, begin: int, end: int, out):
         fdp = self.fdpaths
         close, open_ = self._close, self._open
-        out: list = [None] * len(ops)
-        rows = zip(range(len(ops)), ops["pid"].tolist(), ops["fd"].tolist(),
-                   ops["probe"].tolist(), ops["ret"].tolist())
+        rows = zip(range(begin, end), ops["pid"][begin:end].tolist(),
+                   ops["fd"][begin:end].tolist(), ops["probe"][begin:end].tolist(),
+                   ops["ret"][begin:end].tolist())
         last_key = last_path = None
         for i, pid, fd, probe, ret in rows:
             path = opened.get(i)
             if path is not None:
                 if ret >= 0 and probe in open_:
-                    fdp.opened(pid, ret, path)  # the new descriptor (or FILE*) is the return
+                    fdp.opened(pid, ret, path)  # the new descriptor is the return value
                 out[i] = path
                 last_key = None
                 continue
@@ -351,6 +379,9 @@ class TraceRun:
     def loop(self, stop, on_ready) -> int:
         try:
             return self._loop(stop, on_ready)
+        except DatacrumbsError as exc:  # e.g. the engine failed: still leave a summary
+            self._finish(error=str(exc))
+            raise
         finally:  # whatever happened, leave a closed trace and no reserved space behind
             self.writer.close()
             self.summary_file.discard()
@@ -425,20 +456,25 @@ class TraceRun:
             log.warning("%d events lost so far (the ring buffer was full)", lost)
             self._last_lost, self._last_lost_log = lost, now
 
-    def _finish(self) -> int:
-        rows = self._sample_profile() if self.mode == "profile" else None
+    def _finish(self, error: str | None = None) -> int:
+        rows = None
+        if self.mode == "profile" and error is None:
+            rows = self._sample_profile()
         self.writer.close()
-        lost = int(self.engine.lost())
+        try:
+            lost = int(self.engine.lost())
+        except (DatacrumbsError, OSError):
+            lost = self._last_lost
         if rows is not None:
             self.summary.set_profile(rows)
-        extra = {}
+        extra = {"error": error} if error else {}
         if self.writer.error:
             extra["write_error"] = self.writer.error
             extra["events_not_written"] = self.writer.events_dropped
         doc = self.summary.to_dict(
             job=self.run_id, user=self.user.name, host=self.host, mode=self.mode,
             start_ts=self.start_us, end_ts=time.time_ns() // 1000,
-            complete=self.writer.complete, events_written=self.writer.events_written,
+            complete=self.writer.complete and not error, events_written=self.writer.events_written,
             events_lost=lost, trace_file=self.trace_name, attached=self.report.attached,
             refused=self.report.refused, **extra)
         self.summary_doc = doc

@@ -89,6 +89,13 @@ def test_size_limit_refuses_without_losing_anything(tmp_path):
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["job"]
     res = export_perfetto([d], out, max_bytes=5000, force=True)
     assert res.bytes > 5000 and len(load(out)) == res.events
+    size = sum(p.stat().st_size for p in d.iterdir())
+    with pytest.raises(ExportTooLarge, match="expand at least"):     # refused before writing
+        export_perfetto([d], tmp_path / "early.json", max_bytes=size * 3)
+    assert not (tmp_path / "early.json").exists()
+    sliced = export_perfetto([d], tmp_path / "sliced.json", max_bytes=size * 3, nodes=["node0"],
+                             pids=[500])
+    assert sliced.events == 50 + 2
 
 
 def test_cli_export_and_its_refusals(tmp_path, capsys):
@@ -108,6 +115,15 @@ def test_cli_export_and_its_refusals(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
     assert not (tmp_path / "y.json").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temp files left
+
+
+def test_profile_counters_keep_only_their_series(tmp_path):
+    b = TraceBuilder(tmp_path / "p.pfw.gz", mode="profile")
+    b.counter("write", pid=3, ts=0, count=4, nbytes=4096, time_us=9)
+    b.write()
+    export_perfetto([b.path], tmp_path / "p.json")
+    (c,) = [e for e in load(tmp_path / "p.json") if e["ph"] == "C"]
+    assert c["args"] == {"count": 4, "bytes": 4096, "time_us": 9} and c["pid"] == PID_STRIDE + 3
 
 
 def test_torn_input_exports_its_complete_members(tmp_path, capsys):

@@ -22,9 +22,11 @@ from typing import Callable, Iterable
 from ..errors import DatacrumbsError, UsageError
 from ..trace.reader import TraceReadError, TraceReader, read_header
 from .merge import find_traces
+from .terminal import human_bytes
 
 DEFAULT_MAX_BYTES = 1 << 30
 PID_STRIDE = 10_000_000     # > Linux pid_max (4194304): node i's pids become (i+1)*STRIDE + pid
+MIN_RATIO = 4               # gzip'd event lines expand at least this much (about 9 measured)
 ABSOLUTE_US = 10**12        # a time at least this large is absolute µs, else seconds from start
 
 
@@ -114,6 +116,13 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
         raise UsageError("--until is before --since; give a time range that is not empty")
     pid_set = set(pids) if pids else None
     total = sum(t.stat().st_size for t, _ in readable)
+    if not force and lo is None and hi is None and pid_set is None \
+            and total * MIN_RATIO > max_bytes:
+        raise ExportTooLarge(
+            f"the export would be larger than {human_bytes(max_bytes)} of JSON "
+            f"({total / (1 << 20):.0f} MiB of gzip traces expand at least {MIN_RATIO}x), too big "
+            "for Perfetto UI; slice it with --since/--until (seconds from the start), --node or "
+            "--pid, or pass --force")
     done = 0
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
     os.close(fd)
@@ -172,7 +181,7 @@ class _Writer:
         self.events += 1
         if self.limit is not None and self.bytes > self.limit:
             raise ExportTooLarge(
-                f"the export would be larger than {self.limit / (1 << 30):.1f} GiB of JSON "
+                f"the export would be larger than {human_bytes(self.limit)} of JSON "
                 f"(passed it after {self.events:,} events), too big for Perfetto UI; slice it with "
                 "--since/--until (seconds from the start), --node or --pid, or pass --force")
 
@@ -209,8 +218,9 @@ def _export_file(trace: Path, host: str, index: int, writer: _Writer, lo, hi, pi
                 out["tid"] = tid if type(tid) is int else pid
                 args = ev.get("args")
                 out["args"] = reader.meta.resolve(args) if isinstance(args, dict) else {}
-                out["args"].setdefault("hostname", host)
-                out["args"]["pid"] = pid
+                if ev.get("ph") != "C":         # a counter's args are its plotted series
+                    out["args"].setdefault("hostname", host)
+                    out["args"]["pid"] = pid
                 writer.event(out)
     except TraceReadError as exc:
         return [str(exc)]

@@ -467,3 +467,34 @@ def test_stop_is_bounded_while_the_job_keeps_writing(site, user1, workdir, write
     assert took < 10, f"stop took {took:.1f} s"
     assert rb.lines(d.trace())[-1] == "]"
     assert d.summary()["complete"] is True
+
+
+def test_vectorised_fd_paths_match_row_by_row():
+    """The per-(pid, fd) shortcut between opens and closes gives the same paths as a plain
+    row-by-row replay, for batches with few and with many opens and closes."""
+    import numpy as np
+
+    from datacrumbs.trace.writer import OPS_DTYPE
+    from datacrumbs.tracer.daemon import EventConverter
+    from datacrumbs.tracer.paths import FdPaths
+
+    probes = [{"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX"},
+              {"id": "posix.openat", "kind": "syscall", "target": "openat", "category": "POSIX"},
+              {"id": "posix.close", "kind": "syscall", "target": "close", "category": "POSIX"}]
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        n = int(rng.integers(1, 3000))
+        ops = np.zeros(n, OPS_DTYPE)
+        mix = [0.995, 0.0025, 0.0025] if trial % 2 else [0.6, 0.2, 0.2]
+        ops["probe"] = rng.choice([0, 1, 2], n, p=mix)
+        ops["pid"] = rng.integers(1, 4, n)
+        ops["fd"] = np.where(ops["probe"] == 1, -100, rng.integers(-1, 6, n))
+        ops["ret"] = np.where(ops["probe"] == 1, rng.integers(3, 6, n), 0)
+        opened = {i: f"/p/{i}" for i in np.flatnonzero(ops["probe"] == 1).tolist()}
+
+        def resolve(pid, fd):
+            return f"/proc/{pid}/{fd}"
+
+        fast = EventConverter(probes, FdPaths(resolve))._paths(ops, opened)
+        slow = EventConverter(probes, FdPaths(resolve))._paths_rows(ops, opened, 0, n, [None] * n)
+        assert fast == slow

@@ -161,3 +161,22 @@ def test_needs_root(site, tmp_path, user1):
         assert list(out.iterdir()) == []
     finally:
         shutil.rmtree(out)
+
+
+def test_signed_probes_file_of_another_user_is_refused(site, tmp_path, user2):
+    from datacrumbs.signing.keys import KeyStore
+
+    store = KeyStore.from_config(site)
+    store.init()
+    doc = build_document(select_probes(load_catalog(site), ["posix"]), owner_uid=user2.pw_uid,
+                         owner_user=user2.pw_name, sets=["posix"])
+    path = write_document(tmp_path / "theirs.json.gz", store.sign(doc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUDO_")}
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([DATACRUMBS, "trace", "--probes", str(path), "-o", str(out), "--",
+                           "true"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("datacrumbs: error: ") and str(path) in lines[0]
+    assert list(out.iterdir()) == []

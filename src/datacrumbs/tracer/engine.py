@@ -18,7 +18,22 @@ Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 ``dur_ns``, ``pid`` (tgid), ``tid``, ``probe``, ``ret`` (raw: syscalls give
 -errno), ``fd`` (-1 if none), ``count`` (bytes requested, 0 if none),
 ``offset`` (-1 if none), ``bytes`` (bytes moved by the probe's ``bytes`` rule,
--1 when it is not a data operation).
+-1 when it is not a data operation). Tracepoint events are instants
+(``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
+and belong to the issuing process. pids are host pids.
+
+``batch.paths`` maps a row of ``batch.events`` to the path an open-like call
+was given (probes with a ``path`` role; read in the kernel at return).
+``Engine.resolve_fd(pid, fd)`` names files opened before attach from /proc.
+
+Profile mode sends no events: ``read_profile()`` returns cumulative
+``ProfileRow(pid, probe, count, bytes, time_ns, min_ns, max_ns, hist)`` rows,
+``hist`` counting latencies in log2 microsecond buckets ([0] < 1 us,
+[i] in [2^(i-1), 2^i) us). ``process_names()`` gives {pid: comm} for every
+pid seen in events so far.
+
+Probes that cannot attach here are refused with a reason, never fatal;
+``attach()`` raises EngineError only when none attaches.
 """
 
 from __future__ import annotations

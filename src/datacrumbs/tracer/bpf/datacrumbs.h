@@ -1,7 +1,7 @@
 /* Record and map layouts shared by datacrumbs.bpf.c and tracer/engine.py.
  *
- * engine.py mirrors every struct here with numpy dtypes / ctypes; change both
- * together (test_engine checks the sizes against the compiled object's BTF).
+ * engine.py mirrors these structs with numpy dtypes and struct formats;
+ * change both together (Engine.attach checks map value sizes against them).
  */
 #ifndef DATACRUMBS_H
 #define DATACRUMBS_H

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import errno
+import gzip
+import io
 import json
 import math
 import os
@@ -15,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from datacrumbs.cli import run_cli
@@ -171,6 +174,37 @@ def test_timeline_coarsens_the_same_way_split_or_not(tmp_path, monkeypatch):
         agg.merge(merge.summarize_unit(u))
     assert len(units) > 3
     assert agg.finalize()["timeline"] == whole["timeline"]
+
+
+def test_hostile_values_never_break_the_summary(tmp_path):
+    """A trace is written by a user's job: odd values are skipped or counted, never raised."""
+    b = TraceBuilder(tmp_path / "h.pfw.gz", member_lines=5)
+    b.op("write", size=100, path="/ok")
+    odd = [
+        {"ph": "X", "name": "write", "cat": ["not", "a", "str"], "pid": 1, "ts": 5, "dur": 1},
+        {"ph": "X", "name": {"x": 1}, "cat": "POSIX", "pid": "one", "ts": "late", "dur": "long",
+         "args": {"size": "big", "errno": "EIO", "fhash": [1]}},
+        {"ph": "X", "name": "read", "cat": "POSIX", "pid": 10**30, "ts": -5, "dur": 10**400,
+         "args": "not a dict"},
+        {"ph": "X", "name": "read", "cat": "POSIX", "pid": 2, "ts": 1e300, "dur": -3,
+         "args": {"size": 1e308, "errno": 10**30, "fname": 7}},
+        {"ph": "C", "name": "write", "cat": "POSIX", "pid": 3, "ts": 9, "args": {"count": "x"}},
+        {"ph": "Q", "name": "unknown phase"},
+    ]
+    for rec in odd:
+        b.raw(json.dumps(rec), event=True)
+    b.raw("[" * 5000 + "]" * 5000)                 # deeper than any JSON parser's recursion limit
+    b.raw('{"ph":"X","name":"write","cat":"POSIX","dur":NaN,"args":{"size":1}}', event=True)
+    b.write()
+    s = summarize([b.path], jobs=1)
+    assert s["traces"][0]["bad_lines"] == 1
+    assert s["totals"]["events"] == 1 + 5 + 1          # X and C rows; the "Q" row is not an I/O event
+    w = op(s, "POSIX", "write")
+    assert w["bytes"] == 101 and w["count"] == 2
+    assert s["errors"] == []                          # non-numeric or absurd errno values are not codes
+    json.dumps(s, allow_nan=False)                     # the summary is always strict JSON
+    from datacrumbs.report import html
+    assert "<table" in html.render(s)
 
 
 def test_profile_counters_are_summed(tmp_path):
@@ -384,3 +418,12 @@ def test_report_of_a_real_traced_workload(tmp_path, site):
     assert max(o["bytes"] for o in writes) >= n * size
     assert s["traces"][0]["closed"] and not s["traces"][0]["torn_tail"]
     assert f"{n * size:,}" in rep.stdout
+    # The same trace read independently (pandas) and through the Perfetto export.
+    lines = gzip.open(traces[0], "rt").read().splitlines()
+    df = pd.read_json(io.StringIO("\n".join(lines[1:-1])), lines=True)
+    assert int((df["ph"] != "M").sum()) == s["totals"]["events"]
+    assert run_cli(["export", "--perfetto", str(tmp_path / "p.json"), str(out_dir)]) == 0
+    exported = json.loads((tmp_path / "p.json").read_text())
+    to_target = [e for e in exported if e.get("ph") == "X" and e["name"] == "write"
+                 and e["args"].get("fname") == str(target)]
+    assert len(to_target) == n and sum(e["args"]["size"] for e in to_target) == n * size

@@ -31,6 +31,7 @@ EXACT_CAP = 50_000                  # durations kept per operation for exact per
 TIMELINE_BASE_US = 10_000           # finest timeline bin: 10 ms
 TIMELINE_CAP = 20_000               # non-empty (node, bin) cells kept
 PERCENTILES = (50, 90, 99)
+MAX_VALUE = 2.0 ** 53               # larger numbers in a trace are treated as missing
 REPORT_FORMAT = "datacrumbs-report"
 REPORT_VERSION = 1
 _EMPTY: dict = {}
@@ -44,12 +45,21 @@ def _numbers(values: list, default: float) -> np.ndarray:
     """Untrusted JSON values as float64; anything not a finite non-negative number -> default."""
     try:
         arr = np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = np.array([v if type(v) in (int, float) else np.nan for v in values], dtype=np.float64)
-    bad = ~np.isfinite(arr) | (arr < 0)
+    except (TypeError, ValueError, OverflowError):
+        arr = np.array([_float(v) for v in values], dtype=np.float64)
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr > MAX_VALUE)
     if bad.any():
         arr[bad] = default
     return arr
+
+
+def _float(v) -> float:
+    if type(v) in (int, float):
+        try:
+            return float(v)
+        except OverflowError:
+            pass
+    return np.nan
 
 
 @dataclass

@@ -227,13 +227,13 @@ def parse_lines(lines: list[bytes]) -> tuple[list[dict], int]:
         records = _loads(b"[" + b",".join(lines) + b"]")
         if all(type(r) is dict for r in records):
             return records, 0
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         pass
     records, bad = [], 0
     for line in lines:
         try:
             rec = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             bad += 1
             continue
         if type(rec) is dict:
@@ -264,7 +264,7 @@ def parse_block(block: bytes) -> tuple[list[dict], int, bool]:
             records = _loads(b"[" + body.replace(b"\n", b",") + b"]")
             if all(type(r) is dict for r in records):
                 return records, 0, closed
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             pass
     lines, closed_inside = _split_lines(body)
     records, bad = parse_lines(lines)

@@ -182,6 +182,8 @@ def main(args) -> int:
             report = engine.attach()
             report.refused.extend(refused_early)
             if not report.attached:
+                for probe, reason in report.refused:
+                    log.warning("probe %s refused: %s", probe.get("id"), reason)
                 raise DatacrumbsError("no probe could be attached on this host; see the "
                                       "reasons above or choose other sets with --set")
             run = TraceRun(engine, report, run_id=str(pid), user=user, host=short_host(),
@@ -190,7 +192,8 @@ def main(args) -> int:
                            start=datetime.now(timezone.utc))
             t0 = time.monotonic()
             run.loop(child, release)
-            elapsed = time.monotonic() - t0
+            # Report before detaching: removing uprobes can take seconds.
+            _report(args, run, out, argv, time.monotonic() - t0)
     except BaseException:
         if child.status is None:
             os.kill(pid, signal.SIGKILL)
@@ -201,14 +204,18 @@ def main(args) -> int:
         os.close(dir_fd)
         if pipe["open"]:
             os.close(go)  # the command sees EOF and exits 127 without running
+    status = child.status
+    return status if status >= 0 else 128 - status
+
+
+def _report(args, run, out: Path, argv: list[str], elapsed: float) -> None:
     trace_path = out / run.trace_name
     if args.quiet:
         print(trace_path, file=sys.stderr)
     else:
         print_summary(run.summary_doc, trace_path=trace_path, summary_path=out / run.summary_name,
                       command=argv, elapsed=elapsed)
-    status = child.status
-    return status if status >= 0 else 128 - status
+    sys.stderr.flush()
 
 
 def _size(n: int) -> str:

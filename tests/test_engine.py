@@ -256,6 +256,21 @@ def test_libbpf_messages_go_to_the_logger_not_stderr(bpf_object, tracefs, caplog
                if r.name == "datacrumbs.libbpf")
 
 
+def test_kprobes_trace_vfs_write_where_the_kernel_has_them(bpf_object, tracefs, engine_io,
+                                                           workloads, tmp_path):
+    if not kernel_has_kprobes():
+        pytest.skip("kernel lacks kprobes (CONFIG_KPROBES not set): this test runs on nodes "
+                    "whose kernel has them")
+    n = 13
+    child = workloads([engine_io, "write", tmp_path / "k.bin", n])
+    with Engine([KPROBE], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        assert eng.attach().refused == []
+        child.go()
+        events, _ = collect(eng, [child])
+    assert events["bytes"].tolist() == write_sizes(n)
+    assert events["count"].tolist() == write_sizes(n)
+
+
 def test_nothing_attachable_is_one_clear_error(bpf_object, tracefs):
     with pytest.raises(EngineError) as exc:
         Engine([KPROBE, NOSYM], Scope.for_pids([os.getpid()]), bpf_object=bpf_object).attach()

@@ -43,6 +43,7 @@ import logging
 import mmap
 import os
 import re
+import resource
 import select
 import struct
 import time
@@ -165,6 +166,16 @@ def pid_namespace() -> tuple[int, int] | None:
     """(st_dev, st_ino) of our pid namespace, or None in the host's (initial) one."""
     st = os.stat("/proc/self/ns/pid")
     return None if st.st_ino == INIT_PID_NS_INO else (st.st_dev, st.st_ino)
+
+
+def _raise_fd_limit() -> None:
+    """Each uprobe/kprobe link holds file descriptors: allow as many as the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def kernel_has_kprobes() -> bool:
@@ -355,6 +366,7 @@ class Engine:
             raise
 
     def _attach(self) -> AttachReport:
+        _raise_fd_limit()
         obj = self._obj = BpfObject(self.bpf_object)
         obj.set_max_entries("events", self.ringbuf_bytes)
         obj.set_max_entries("paths", self._paths_bytes)

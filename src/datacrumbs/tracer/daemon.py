@@ -320,15 +320,15 @@ def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None
             if not report.attached:
                 raise NothingAttached(
                     f"no probe of {probes_path} could be attached on {host} "
-                    f"({len(report.refused)} refused); check the probes file's sets against "
-                    "this node with `datacrumbs probes check`")
+                    f"({len(report.refused)} refused, reasons above); generate a probes file "
+                    "with sets this node supports (`datacrumbs probes list-sets`)")
             log.info("attached %d of %d probes (%s) for job %s of user %s, scope %s",
                      len(report.attached), len(doc["probes"]),
                      ", ".join(str(p.get("id")) for p in report.attached), run_id, account.name,
                      cgroup or f"uid {account.uid}")
             run = TraceRun(engine, report, run_id=run_id, user=account, host=host, mode=mode,
-                       interval_ms=interval_ms, capture_paths=capture_paths, dir_fd=dir_fd,
-                       start=start)
+                           interval_ms=interval_ms, capture_paths=capture_paths, dir_fd=dir_fd,
+                           start=start)
             return run.loop(stop, lambda: write_ready(ready, f"{run.trace_name}\n"))
     finally:
         remove_ready(ready)

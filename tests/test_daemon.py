@@ -498,3 +498,21 @@ def test_vectorised_fd_paths_match_row_by_row():
         fast = EventConverter(probes, FdPaths(resolve))._paths(ops, opened)
         slow = EventConverter(probes, FdPaths(resolve))._paths_rows(ops, opened, 0, n, [None] * n)
         assert fast == slow
+
+
+def test_nothing_attached_is_exit_1_with_the_reasons(site, user1):
+    store = KeyStore.from_config(site)
+    store.init()
+    probes = [{"id": "vfs.vfs_write", "kind": "kprobe", "target": "vfs_write", "category": "VFS",
+               "args": {"count": 2}, "bytes": "ret"}]
+    doc = build_document(probes, owner_uid=user1.pw_uid, owner_user=user1.pw_name, sets=["vfs"])
+    path = write_document(site.prefix.parent / "kprobes-only.json.gz", store.sign(doc))
+    proc = subprocess.run([*DATACRUMBS, "run", str(path), "100", user1.pw_name],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("datacrumbs: error: ") and "could be attached" in lines[-1]
+    assert any("vfs.vfs_write" in x and "kprobes" in x for x in lines)
+    assert "Traceback" not in proc.stderr
+    assert not list((site.prefix.parent / "traces").rglob("*.pfw.gz"))
+    assert not (site.run_dir / "datacrumbs-100.ready").exists()

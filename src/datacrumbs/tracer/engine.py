@@ -168,14 +168,17 @@ def pid_namespace() -> tuple[int, int] | None:
     return None if st.st_ino == INIT_PID_NS_INO else (st.st_dev, st.st_ino)
 
 
-def _raise_fd_limit() -> None:
-    """Each uprobe/kprobe link holds file descriptors: allow as many as the hard limit."""
+def _raise_fd_limit(needed: int) -> None:
+    """Each uprobe/kprobe link holds file descriptors: raise the soft limit only as far
+    as needed (commands started by `datacrumbs trace` inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass
 
 
 def kernel_has_kprobes() -> bool:
@@ -366,7 +369,7 @@ class Engine:
             raise
 
     def _attach(self) -> AttachReport:
-        _raise_fd_limit()
+        _raise_fd_limit(256 + 4 * len(self.probes))
         obj = self._obj = BpfObject(self.bpf_object)
         obj.set_max_entries("events", self.ringbuf_bytes)
         obj.set_max_entries("paths", self._paths_bytes)

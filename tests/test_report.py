@@ -427,3 +427,14 @@ def test_report_of_a_real_traced_workload(tmp_path, site):
     to_target = [e for e in exported if e.get("ph") == "X" and e["name"] == "write"
                  and e["args"].get("fname") == str(target)]
     assert len(to_target) == n and sum(e["args"]["size"] for e in to_target) == n * size
+
+
+def test_benchmark_runs_and_checks_itself(tmp_path):
+    """bench/bench_report.py on a small trace: counts every event, dask agrees with local."""
+    r = subprocess.run([sys.executable, str(REPO / "bench/bench_report.py"), "--events", "30000",
+                        "--files", "2", "--dask", "--dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "local: 30,000 events in" in r.stdout and "events/s" in r.stdout
+    assert "peak RSS of the process tree" in r.stdout and "MISMATCH" not in r.stdout
+    assert "dask summary identical to local: True" in r.stdout

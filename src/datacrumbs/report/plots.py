@@ -79,17 +79,17 @@ def access_sizes(summary: dict, limit: int = 6) -> bytes | None:
     if not sizes:
         return None
     top = sorted(sizes, key=lambda k: -sum(r[2] for r in sizes[k]))[:limit]
-    all_bins = sorted({r[1] for k in top for r in sizes[k]})
+    all_bins = sorted({r[0] for k in top for r in sizes[k]})
     pos = {b: i for i, b in enumerate(all_bins)}
     fig = Figure(figsize=(9, 3.5))
     ax = fig.add_subplot()
     width = 0.8 / len(top)
     for j, name in enumerate(top):
-        xs = [pos[r[1]] + j * width for r in sizes[name]]
+        xs = [pos[r[0]] + j * width for r in sizes[name]]
         ax.bar(xs, [r[2] for r in sizes[name]], width=width, label=name)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(all_bins))])
     ax.set_xticklabels([_size_label(b) for b in all_bins], rotation=45, fontsize="small")
-    ax.set_xlabel("bytes moved per operation (upper bin edge)")
+    ax.set_xlabel("bytes moved per operation (at least; bins double)")
     ax.set_ylabel("operations")
     ax.set_title("Access sizes")
     ax.legend(fontsize="small")

@@ -18,9 +18,10 @@ from ..config import CONFIG_ENV, load_config
 from ..errors import DatacrumbsError
 from ..jobid import normalize_jobid
 from ..users import lookup_user
+from . import systemctl
 from .epilog import run_epilog
 from .jobinfo import METADATA_ENV
-from .prolog import file_digest, run_prolog, systemctl
+from .prolog import file_digest, run_prolog
 
 PROG = "datacrumbs_service_wrapper"
 

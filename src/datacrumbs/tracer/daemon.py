@@ -438,7 +438,10 @@ class TraceRun:
         rows = self.engine.read_profile()
         ts = time.time_ns() // 1000
         counters = []
+        nprobes = len(self.probes)
         for row in rows:
+            if not 0 <= row.probe < nprobes:
+                continue
             key = (row.pid, row.probe)
             cur = (row.count, row.bytes, row.time_ns)
             prev = self._prev_profile.get(key, (0, 0, 0))

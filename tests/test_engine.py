@@ -359,6 +359,10 @@ def test_scope_validation(tmp_path):
         Scope.for_cgroup(tmp_path)
     with pytest.raises(ScopeError, match="must be an absolute path"):
         Scope.for_cgroup("relative/cg")
+    with pytest.raises(ScopeError, match="must be an absolute path"):
+        Scope.for_cgroup("/sys/fs/cgroup/unified/a\0b")
+    with pytest.raises(ScopeError, match="not in the cgroup v2 hierarchy"):
+        Scope.for_cgroup("/sys/fs/cgroup/unified/../../../etc")
     with pytest.raises(ScopeError, match="does not exist"):
         Scope.for_cgroup("/sys/fs/cgroup/unified/dctest-does-not-exist")
     with pytest.raises(ScopeError, match="not a valid user id"):

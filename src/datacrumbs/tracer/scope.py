@@ -78,9 +78,12 @@ class Scope:
         """A cgroup v2 directory; processes in it and in its descendants."""
         root = cgroup2_root().resolve()
         p = Path(path)
-        if not p.is_absolute():
+        if not p.is_absolute() or "\0" in str(path):
             raise ScopeError(f"cgroup {str(path)!r} must be an absolute path under {root}")
-        real = p.resolve()
+        try:
+            real = p.resolve()
+        except (OSError, RuntimeError) as exc:
+            raise ScopeError(f"cgroup {path} cannot be resolved: {exc}") from None
         if real != root and root not in real.parents:
             raise ScopeError(f"cgroup {path} is not in the cgroup v2 hierarchy at {root}; "
                              "pass the job's cgroup directory there")

@@ -207,6 +207,28 @@ def test_hostile_values_never_break_the_summary(tmp_path):
     assert "<table" in html.render(s)
 
 
+def test_many_files_are_sampled_exactly_and_split_invariantly(tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "FILES_CAP", 50)
+    b = TraceBuilder(tmp_path / "f.pfw.gz", member_lines=40)
+    for i in range(400):
+        for k in range(1 + i % 3):
+            b.op("write", ts=i * 10 + k, dur=1 + k, size=100 + i, path=f"/many/f{i}")
+    b.write()
+    whole = summarize([b.path], jobs=1, top=1000)
+    listed = whole["top_files_by_bytes"]
+    assert 0 < len(listed) <= 50 and whole["totals"]["files_sampled"] < 1
+    for f in listed:                                   # every listed file's numbers are exact
+        i = int(f["path"].rsplit("f", 1)[1])
+        assert (f["count"], f["bytes"]) == (1 + i % 3, (1 + i % 3) * (100 + i))
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 1000)
+    parts = [merge.summarize_unit(u) for u in merge.plan_units([b.path], 2, model.Aggregate())]
+    agg = model.Aggregate()
+    for p in parts:
+        agg.merge(p)
+    assert len(parts) > 3
+    assert agg.finalize(top=1000)["top_files_by_bytes"] == listed
+
+
 def test_profile_counters_are_summed(tmp_path):
     b = TraceBuilder(tmp_path / "p.pfw.gz", mode="profile")
     b.counter("write", pid=7, ts=0, count=10, nbytes=40960, time_us=55)

@@ -11,7 +11,7 @@ import base64
 from html import escape
 
 from . import plots
-from .terminal import exact, human_bytes, human_rate, human_us, when
+from .terminal import exact, files_note, human_bytes, human_rate, human_us, when
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -66,7 +66,7 @@ def render(summary: dict) -> str:
                           "Bandwidth", "p50", "p90", "p99", "Max", "Errors"], rows, 2, "operations"))
     for key, caption in (("top_files_by_bytes", "Top files by bytes"),
                          ("top_files_by_time", "Top files by time")):
-        parts.append(_table(caption, ["File", "Count", "Bytes", "Time"],
+        parts.append(_table(caption + files_note(summary), ["File", "Count", "Bytes", "Time"],
                             [[f["path"], exact(f["count"]), exact(f["bytes"]), human_us(f["time_us"])]
                              for f in summary[key]], table_id=key))
     parts.append("<h2>Nodes and processes</h2>" + _table(

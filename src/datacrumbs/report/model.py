@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import gc
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ EXACT_CAP = 50_000                  # durations kept per operation for exact per
 TIMELINE_BASE_US = 10_000           # finest timeline bin: 10 ms
 TIMELINE_CAP = 20_000               # non-empty (node, bin) cells kept
 PERCENTILES = (50, 90, 99)
+FILES_CAP = 200_000                 # distinct files kept exactly (see Aggregate._fit_files)
+FILE_HASH_SPACE = 1 << 32
 MAX_VALUE = 2.0 ** 53               # larger numbers in a trace are treated as missing
 REPORT_FORMAT = "datacrumbs-report"
 REPORT_VERSION = 1
@@ -51,6 +54,16 @@ def _numbers(values: list, default: float) -> np.ndarray:
     if bad.any():
         arr[bad] = default
     return arr
+
+
+def _file_hash(key) -> int:
+    """A stable 32-bit hash of a file key (the trace's own hash when it is one)."""
+    if isinstance(key, str) and len(key) >= 8:
+        try:
+            return int(key[:8], 16)
+        except ValueError:
+            pass
+    return int.from_bytes(hashlib.sha256(str(key).encode("utf-8", "surrogateescape")).digest()[:4], "big")
 
 
 def _float(v) -> float:
@@ -116,7 +129,8 @@ class Aggregate:
 
     def __init__(self):
         self.ops: dict[tuple[str, str], OpStats] = {}
-        self.files: dict[str, list[int]] = {}           # file key -> [count, bytes, time]
+        self.files: dict[str, list[int]] = {}           # file key -> [count, bytes, time, hash]
+        self.file_level = 0                             # files kept: hash < SPACE >> level
         self.nodes: dict[str, list[int]] = {}           # source -> [events, count, bytes, time]
         self.procs: dict[tuple[str, int], list[int]] = {}
         self.errors: dict[tuple[str, str, int], int] = {}
@@ -271,12 +285,16 @@ class Aggregate:
             fc = np.bincount(fi, minlength=nf)
             fb = np.bincount(fi, weights=size_i[fmask], minlength=nf).astype(np.int64)
             ft = np.bincount(fi, weights=dur[fmask], minlength=nf).astype(np.int64)
+            limit = FILE_HASH_SPACE >> self.file_level
             for j, fk in enumerate(fkeys):
                 row = self.files.get(fk)
                 if row is None:
-                    self.files[fk] = [int(fc[j]), int(fb[j]), int(ft[j])]
+                    h = _file_hash(fk)
+                    if h < limit:
+                        self.files[fk] = [int(fc[j]), int(fb[j]), int(ft[j]), h]
                 else:
                     row[0] += int(fc[j]); row[1] += int(fb[j]); row[2] += int(ft[j])
+            self._fit_files()
         # Node (= source file) and processes.
         node = self.nodes.setdefault(source, [0, 0, 0, 0])
         node[0] += len(op)
@@ -326,6 +344,23 @@ class Aggregate:
             width *= 2
             self._rebin(width)
 
+    def _drop_files(self, level: int) -> None:
+        if level > self.file_level:
+            limit = FILE_HASH_SPACE >> level
+            self.files = {k: r for k, r in self.files.items() if r[3] < limit}
+            self.file_level = level
+
+    def _fit_files(self) -> None:
+        """Past FILES_CAP distinct files keep the files in a hash range that halves each time.
+
+        A kept file was never dropped anywhere, so its numbers stay exact, and
+        the range depends only on the set of files, not on how work was split.
+        """
+        level = self.file_level
+        while len(self.files) > FILES_CAP:
+            level += 1
+            self._drop_files(level)
+
     def add_run_summary(self, path: str, summary: dict) -> None:
         """A daemon's ``*.summary.json`` (events lost, probes refused)."""
         self.run_summaries[path] = summary
@@ -342,7 +377,18 @@ class Aggregate:
                 self.ops[key] = st
             else:
                 mine.merge(st)
-        for table in ("files", "nodes", "procs"):
+        level = max(self.file_level, o.file_level)
+        self._drop_files(level)
+        limit = FILE_HASH_SPACE >> level
+        for key, row in o.files.items():
+            mine = self.files.get(key)
+            if mine is None:
+                if row[3] < limit:
+                    self.files[key] = list(row)
+            else:
+                mine[0] += row[0]; mine[1] += row[1]; mine[2] += row[2]
+        self._fit_files()
+        for table in ("nodes", "procs"):
             mine_t, other_t = getattr(self, table), getattr(o, table)
             for key, row in other_t.items():
                 mine = mine_t.get(key)
@@ -407,7 +453,7 @@ class Aggregate:
         ops.sort(key=lambda o: (-o["time_us"], -o["count"], o["category"], o["name"]))
 
         files = []
-        for key, (c, b, t) in self.files.items():
+        for key, (c, b, t, _h) in self.files.items():
             path = key[1:] if key.startswith("\0") else file_names.get(key, f"<unresolved {key}>")
             files.append({"path": path, "count": c, "bytes": b, "time_us": t})
         merged_files: dict[str, dict] = {}
@@ -500,7 +546,8 @@ class Aggregate:
                        "bytes": sum(o["bytes"] for o in ops),
                        "time_us": sum(o["time_us"] for o in ops),
                        "errors": sum(o["errors"] for o in ops),
-                       "files": len(files)},
+                       "files": len(files) << self.file_level,
+                       "files_sampled": 1 / (1 << self.file_level) if self.file_level else None},
             "operations": ops,
             "top_files_by_bytes": by_bytes,
             "top_files_by_time": by_time,

@@ -96,7 +96,7 @@ def render(summary: dict, console: Console) -> None:
 
     for key, title in (("top_files_by_bytes", "Top files by bytes"), ("top_files_by_time", "Top files by time")):
         if summary[key]:
-            t = _table(title, "File", "Count", "Bytes", "Time")
+            t = _table(title + files_note(summary), "File", "Count", "Bytes", "Time")
             for f in summary[key]:
                 t.add_row(f["path"], exact(f["count"]), exact(f["bytes"]), human_us(f["time_us"]))
             console.print(t)
@@ -145,6 +145,15 @@ def _notes(summary: dict, console: Console) -> None:
         hosts = f" on {', '.join(pr['hosts'])}" if pr["hosts"] else ""
         console.print(Text(f"probe refused{hosts}: {pr['id']} ({pr['kind']} {pr['target']}): "
                            f"{pr['reason']}", style="dim"))
+
+
+def files_note(summary: dict) -> str:
+    """Says when the file tables cover a sample (jobs touching more than FILES_CAP files)."""
+    frac = summary["totals"].get("files_sampled")
+    if not frac:
+        return ""
+    return (f" (among a 1/{round(1 / frac)} sample of about {summary['totals']['files']:,} files; "
+            "numbers of listed files are exact)")
 
 
 def make_console(file=None) -> Console:

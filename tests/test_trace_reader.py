@@ -321,3 +321,19 @@ def test_unused_data_between_members_is_not_lost():
     f = io.BytesIO(b"".join(parts))
     got = [data for _, data in iter_members(f)]
     assert len(got) == 300 and got[299] == b'{"ph":"X","name":"w","ts":299}\n'
+
+
+@pytest.mark.parametrize("step,chunk", [(1000, 37), (29000, 5), (512, 4096), (29, 1)])
+def test_bounded_inflate_steps_lose_no_output(monkeypatch, step, chunk):
+    """Output is inflated at most INFLATE_STEP bytes per call (bounded memory); whatever
+    the step and read sizes, including members whose size is an exact multiple of the step,
+    every byte comes out and no member looks torn."""
+    import datacrumbs.trace.reader as reader_mod
+
+    monkeypatch.setattr(reader_mod, "INFLATE_STEP", step)
+    monkeypatch.setattr(reader_mod, "READ_CHUNK", chunk)
+    payload = b'{"ph":"X","name":"w","ts":1}\n' * 1000          # 29,000 bytes
+    tail = reader_mod.TailInfo()
+    got = [d for _, d in iter_members(io.BytesIO(gzip.compress(payload) * 3), tail=tail,
+                                      max_member_bytes=10**9)]
+    assert got == [payload] * 3 and not tail.torn and tail.error is None

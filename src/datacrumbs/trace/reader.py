@@ -134,14 +134,16 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
     parts: list[bytes] = []
     buffered = 0
     data = b""
+    pending_output = False      # the last call stopped at INFLATE_STEP: zlib may hold more
     while True:
-        if not data:
+        if not data and not pending_output:
             want = READ_CHUNK if end is None else min(READ_CHUNK, end - offset)
             data = f.read(want) if want > 0 else b""
             if not data:
                 break
         try:
             out = d.decompress(data, INFLATE_STEP)
+            pending_output = len(out) == INFLATE_STEP
         except zlib.error as exc:
             what = "not a gzip file" if member_start == start and start == 0 else \
                 f"corrupt gzip data at byte {member_start}"

@@ -113,6 +113,8 @@ def test_cli_export_and_its_refusals(tmp_path, capsys):
     assert "nodeX: no such node" in err and "node0, node1" in err
     assert run_cli(["export", "--perfetto", str(tmp_path / "y.json"), str(tmp_path / "none")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+    assert run_cli(["export", "--perfetto", str(tmp_path / "no/such/dir/y.json"), str(d)]) == 1
+    assert "no/such/dir does not exist; create it first" in capsys.readouterr().err
     assert not (tmp_path / "y.json").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temp files left
 

@@ -80,6 +80,9 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     out = Path(out)
     if out.is_dir():
         raise DatacrumbsError(f"{out} is a directory; give a file name such as job.json or job.json.gz")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise DatacrumbsError(f"{out}: directory {parent} does not exist; create it first")
     if out.exists() and not force:
         raise DatacrumbsError(f"{out} already exists; choose another name or pass --force to replace it")
     traces = find_traces(paths)
@@ -124,7 +127,10 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
             "for Perfetto UI; slice it with --since/--until (seconds from the start), --node or "
             "--pid, or pass --force")
     done = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=parent)
+    except PermissionError:
+        raise DatacrumbsError(f"{out}: cannot write in {parent} (permission denied)") from None
     os.close(fd)
     try:
         opener = (lambda p: gzip.open(p, "wt", encoding="utf-8", compresslevel=6)) \

@@ -282,6 +282,7 @@ def test_empty_trace_reports_zeros(tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     s = json.loads(out)
     assert s["totals"]["operations"] == 0 and s["operations"] == [] and s["job"]["jobs"] == ["1234"]
+    assert s["job"]["nodes"] == 1 and s["nodes"][0]["host"] == "node1"   # traced, did no I/O
     rc, out, _ = _run(["report", str(b.path)], capsys, monkeypatch)
     assert rc == 0 and "No I/O operations" in out
 

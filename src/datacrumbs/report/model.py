@@ -482,6 +482,11 @@ class Aggregate:
                                                "name": names.get((host, pid), ""),
                                                "count": 0, "bytes": 0, "time_us": 0})
             p["count"] += c; p["bytes"] += b; p["time_us"] += t
+        for path, src in self.sources.items():      # a node that traced but did no I/O
+            if src.meta.header and isinstance(src.meta.header.get("host"), str):
+                host = hosts[path]
+                nodes.setdefault(host, {"host": host, "events": 0, "count": 0, "bytes": 0,
+                                        "time_us": 0, "processes": 0})
         for (host, _pid) in procs:
             nodes[host]["processes"] += 1
         node_list = sorted(nodes.values(), key=lambda n: n["host"])

@@ -110,12 +110,6 @@ def open_trace(path: str | os.PathLike) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def is_gzip(path: str | os.PathLike) -> bool:
-    with open_trace(path) as f:
-        head = f.read(2)
-    return head == GZIP_MAGIC or (head == b"" and str(path).endswith(".gz"))
-
-
 def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
                  tail: TailInfo | None = None, max_member_bytes: int = DEFAULT_MAX_MEMBER,
                  ) -> Iterator[tuple[MemberInfo | None, bytes]]:

@@ -24,7 +24,7 @@ from typing import BinaryIO, Iterator
 
 from ..errors import DatacrumbsError
 
-try:  # several times faster than json on event lines; optional
+try:  # optional: about 10% faster summaries than the standard json module
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - depends on the installation
     _loads = json.loads

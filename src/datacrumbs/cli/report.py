@@ -60,11 +60,11 @@ def main(args) -> int:
 
     if args.json == "-":
         sys.stdout.write(json_out.dumps(summary))
-        terminal._notes(summary, terminal.make_console(sys.stderr))
+        terminal.notes(summary, terminal.make_console(sys.stderr))
     elif not args.quiet:
         terminal.render(summary, terminal.make_console())
     else:
-        terminal._notes(summary, terminal.make_console(sys.stderr))
+        terminal.notes(summary, terminal.make_console(sys.stderr))
     if args.json and args.json != "-":
         path = json_out.write_json(summary, args.json)
         print(f"JSON summary: {path}", file=sys.stderr)

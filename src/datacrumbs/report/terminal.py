@@ -121,10 +121,10 @@ def render(summary: dict, console: Console) -> None:
             opnames = ", ".join(f"{k} ({v:,})" for k, v in e["operations"].items())
             t.add_row(str(e["errno"]), f"{e['name']}: {e['message']}", exact(e["count"]), opnames)
         console.print(t)
-    _notes(summary, console)
+    notes(summary, console)
 
 
-def _notes(summary: dict, console: Console) -> None:
+def notes(summary: dict, console: Console) -> None:
     """Everything that makes the numbers incomplete, said plainly."""
     for tr in summary["traces"]:
         if tr["tail_error"]:

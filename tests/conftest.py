@@ -7,6 +7,10 @@ test on a kernel built without kprobes (real cluster nodes have them; this
 machine's kernel does not), and its reason must say so.
 """
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = [
@@ -28,3 +32,16 @@ def pytest_runtest_makereport(item, call):
         if ALLOWED_SKIP_PREFIX not in reason:
             report.outcome = "failed"
             report.longrepr = f"skipped tests count as failures on this machine: {reason}"
+
+
+@pytest.fixture
+def tmp_path():
+    """A per-test directory real test users can traverse.
+
+    pytest's own tmp_path lies under a 0700 directory, so dctest1 could not
+    reach the site config, sockets or files the tests give it.
+    """
+    path = Path(tempfile.mkdtemp(prefix="datacrumbs-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
-from pathlib import Path
 
 import gzip
 import json
@@ -24,16 +22,6 @@ from fixtures.keys import sample_probes
 
 BIN = os.path.dirname(sys.executable)
 DATACRUMBS = os.path.join(BIN, "datacrumbs")
-
-
-@pytest.fixture
-def tmp_path():
-    """World-traversable (pytest's own lies under a 0700 directory), so real users reach
-    the site config and their files; the `site` fixture builds on it too."""
-    path = Path(tempfile.mkdtemp(prefix="datacrumbs-probes-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def run(*args, user=None, check_rc=None):

@@ -11,7 +11,7 @@ import pytest
 
 from datacrumbs.cli import run_cli
 from datacrumbs.report.export import PID_STRIDE, ExportTooLarge, export_perfetto, parse_time
-from test_trace_reader import START_US, TraceBuilder
+from fixtures.traces import START_US, TraceBuilder
 
 
 def make_nodes(d, n_nodes=3, per_node=100):

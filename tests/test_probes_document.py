@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 
 import gzip
 import json
@@ -20,16 +17,6 @@ from datacrumbs.probes.document import (MAX_JSON_DEPTH, build_document, canonica
 from datacrumbs.probes.schema import DOCUMENT_SCHEMA, PROBE_SET_SCHEMA, schema_problem
 
 from fixtures.keys import sample_probes
-
-
-@pytest.fixture
-def tmp_path():
-    """World-traversable (pytest's own lies under a 0700 directory), so real users reach
-    the site config and their files; the `site` fixture builds on it too."""
-    path = Path(tempfile.mkdtemp(prefix="datacrumbs-probes-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _doc(**kwargs):

@@ -23,7 +23,7 @@ import pytest
 from datacrumbs.cli import run_cli
 from datacrumbs.report import merge, model
 from datacrumbs.report.merge import summarize
-from test_trace_reader import START_US, TraceBuilder
+from fixtures.traces import START_US, TraceBuilder
 
 REPO = Path(__file__).resolve().parents[1]
 DATACRUMBS = str(REPO / ".venv/bin/datacrumbs")

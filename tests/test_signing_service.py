@@ -15,7 +15,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,16 +50,6 @@ PROBES = {
     "vfs": {"id": "kernel.vfs_write", "kind": "kprobe", "target": "vfs_write", "category": "VFS",
             "args": {"count": 2}, "bytes": "ret"},
 }
-
-
-@pytest.fixture
-def tmp_path():
-    """A world-traversable temp dir: pytest's own lives under a 0700 directory that the
-    unprivileged client could not enter (and other pytest sessions reset its mode)."""
-    path = Path(tempfile.mkdtemp(prefix="datacrumbs-signing-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

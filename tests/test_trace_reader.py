@@ -1,124 +1,23 @@
 """The streaming trace reader against traces written independently with gzip + json.
 
-``TraceBuilder`` here is a second producer of the design.md layout (not the
-project's writer), so the reader is checked against the contract, and the
-report tests reuse it (``from test_trace_reader import TraceBuilder``).
+``fixtures.traces.TraceBuilder`` is a second producer of the design.md layout
+(not the project's writer), so the reader is checked against the contract.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from fixtures.traces import START_US, TraceBuilder
+
 from datacrumbs.trace.reader import (TraceReadError, TraceReader, index_members, iter_members,
                                      parse_lines, read_header)
-
-START_US = 1_764_079_200_000_000
-
-
-def h16(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class TraceBuilder:
-    """Writes a pfw.gz exactly as docs/design.md describes, one gzip member per N lines."""
-
-    def __init__(self, path, *, host="node1", job="1234", user="alice", start_us=START_US,
-                 member_lines=50, mode="trace"):
-        self.path = Path(path)
-        self.host, self.start_us, self.member_lines = host, start_us, member_lines
-        self.next_id = 1
-        self.hashes: set[str] = set()
-        self.named: set[int] = set()
-        self.lines = ["[", self._dumps({
-            "id": 0, "name": "datacrumbs", "cat": "datacrumbs", "pid": 0, "tid": 0, "ts": start_us,
-            "ph": "M", "args": {"version": "0.1.0", "job": job, "user": user, "host": host,
-                                "hhash": h16(host), "mode": mode, "clock": "realtime-us"}})]
-        self._hash("HH", host, 0)
-        self.event_lines = 0       # non-metadata lines written
-        self.member_bounds: list[int] = []   # event lines completed at each member end
-
-    @staticmethod
-    def _dumps(obj) -> str:
-        return json.dumps(obj, separators=(",", ":"))
-
-    def _take(self) -> int:
-        self.next_id += 1
-        return self.next_id - 1
-
-    def _hash(self, kind, name, pid) -> str:
-        value = h16(name)
-        if (kind, value) not in self.hashes:
-            self.hashes.add((kind, value))
-            self.lines.append(self._dumps({"id": self._take(), "name": kind, "cat": "dftracer",
-                                           "pid": pid, "tid": pid, "ph": "M",
-                                           "args": {"name": name, "value": value}}))
-        return value
-
-    def process(self, pid: int, comm: str) -> None:
-        if pid not in self.named:
-            self.named.add(pid)
-            self.lines.append(self._dumps({"id": self._take(), "name": "process_name",
-                                           "cat": "dftracer", "pid": pid, "tid": pid, "ph": "M",
-                                           "args": {"name": comm}}))
-
-    def op(self, name, *, cat="POSIX", pid=100, tid=None, ts=0, dur=5, path=None, size=None,
-           ret=None, errno=None, **extra) -> None:
-        """An ``X`` event; ``ts`` is µs after the trace start."""
-        args = {"hhash": h16(self.host)}
-        if path is not None:
-            args["fhash"] = self._hash("FH", path, pid)
-        args.update(extra)
-        if size is not None:
-            args["size"] = size
-        if errno is not None:
-            args["ret"], args["errno"] = -1, errno
-        elif ret is not None:
-            args["ret"] = ret
-        elif size is not None:
-            args["ret"] = size
-        self.lines.append(self._dumps({"id": self._take(), "name": name, "cat": cat, "pid": pid,
-                                       "tid": pid if tid is None else tid,
-                                       "ts": self.start_us + ts, "dur": dur, "ph": "X",
-                                       "args": args}))
-        self.event_lines += 1
-
-    def counter(self, name, *, cat="POSIX", pid=100, ts=0, count=0, nbytes=0, time_us=0) -> None:
-        self.lines.append(self._dumps({"id": self._take(), "name": name, "cat": cat, "pid": pid,
-                                       "tid": pid, "ts": self.start_us + ts, "ph": "C",
-                                       "args": {"count": count, "bytes": nbytes, "time_us": time_us}}))
-        self.event_lines += 1
-
-    def raw(self, line: str, event: bool = False) -> None:
-        self.lines.append(line)
-        self.event_lines += int(event)
-
-    def write(self, *, close=True, torn_bytes: int | None = None) -> Path:
-        """Members of ``member_lines`` lines; ``]`` alone last; optionally a torn extra member."""
-        members = []
-        count = 0
-        for i in range(0, len(self.lines), self.member_lines):
-            chunk = self.lines[i:i + self.member_lines]
-            members.append(gzip.compress(("\n".join(chunk) + "\n").encode()))
-            count += sum(1 for ln in chunk if '"ph":"M"' not in ln and ln not in ("[", "]"))
-            self.member_bounds.append(count)
-        if close:
-            members.append(gzip.compress(b"]\n"))
-        data = b"".join(members)
-        if torn_bytes is not None:
-            extra = gzip.compress(b'{"id":999999,"name":"write","cat":"POSIX","pid":1,"tid":1,'
-                                  b'"ts":1,"dur":1,"ph":"X","args":{}}\n')
-            data += extra[:torn_bytes]
-        self.path.write_bytes(data)
-        return self.path
-
 
 def simple_trace(path, n=200, member_lines=50, **kw) -> TraceBuilder:
     b = TraceBuilder(path, member_lines=member_lines, **kw)

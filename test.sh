@@ -3,6 +3,18 @@
 # builds the BPF object once, then runs pytest (real eBPF, real systemd, real users).
 set -euo pipefail
 cd "$(dirname "$0")"
+
+# The tests run commands as unprivileged users against this checkout; a checkout under a
+# private directory (e.g. /root) is unreachable for them, so run from a world-readable copy.
+if ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/pyproject.toml" 2>/dev/null; then
+  copy=/var/tmp/datacrumbs-test-checkout
+  echo "test.sh: $PWD is not readable by other users; running the tests from $copy"
+  mkdir -p "$copy" && chmod 755 "$copy"
+  tar --exclude=./.venv --exclude=./build -cf - . | (cd "$copy" && tar -xf -)
+  chmod -R go+rX "$copy"
+  exec "$copy/test.sh" "$@"
+fi
+
 scripts/deps.sh .venv -e '.[test]'
 .venv/bin/datacrumbs build-bpf -o build/bpf/datacrumbs.bpf.o
 set +e

@@ -34,7 +34,16 @@ if [ ! -e /sys/kernel/debug/tracing ] && [ -d /sys/kernel/debug ]; then
   mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
 fi
 
-python=${DATACRUMBS_PYTHON:-python3}
+# Prefer Debian's interpreter: a venv built on it is usable by every account, while one built
+# on a per-root interpreter (e.g. pyenv under /root) is not, and real users run our commands.
+python=${DATACRUMBS_PYTHON:-}
+if [ -z "$python" ]; then
+  if /usr/bin/python3 -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    python=/usr/bin/python3
+  else
+    python=python3
+  fi
+fi
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
   echo "deps.sh: $python is older than Python 3.11" >&2; exit 1; }
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"

@@ -10,6 +10,7 @@ if ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/pyproject.
   copy=/var/tmp/datacrumbs-test-checkout
   echo "test.sh: $PWD is not readable by other users; running the tests from $copy"
   mkdir -p "$copy" && chmod 755 "$copy"
+  find "$copy" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +   # keep only its venv
   tar --exclude=./.venv --exclude=./build -cf - . | (cd "$copy" && tar -xf -)
   chmod -R go+rX "$copy"
   exec "$copy/test.sh" "$@"

@@ -7,6 +7,7 @@ bandwidths and latencies are scaled to readable units.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -52,8 +53,11 @@ def when(us: int | None) -> str:
 def _table(title: str, *columns: str, numeric_from: int = 1) -> Table:
     t = Table(title=title, title_justify="left", title_style="bold")
     for i, c in enumerate(columns):
-        t.add_column(c, justify="right" if i >= numeric_from else "left",
-                     no_wrap=i >= numeric_from, overflow="fold", min_width=min(len(c), 9))
+        numeric = i >= numeric_from
+        # Names keep room for at least their header: rich otherwise gives all the width
+        # to the no-wrap numeric columns and narrows the names to nothing.
+        t.add_column(c, justify="right" if numeric else "left", no_wrap=numeric,
+                     overflow="fold", min_width=min(len(c), 9) if numeric else max(len(c), 10))
     return t
 
 
@@ -157,7 +161,12 @@ def files_note(summary: dict) -> str:
 
 
 def make_console(file=None) -> Console:
-    return Console(file=file or sys.stdout, highlight=False)
+    """Terminal width on a terminal; 160 columns into files and pipes (rich's default, 80,
+    would fold the wide tables of a log or a `| less`)."""
+    console = Console(file=file or sys.stdout, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(file=file or sys.stdout, highlight=False, width=160)
+    return console
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """fd -> path tables per process, so events on a descriptor carry their file.
 
-Open-like events tell us the path of the descriptor they return; descriptors
-opened before the tracer attached are resolved once through /proc (the engine's
-``resolve_fd``). Tables are capped per process and in number of processes so a
+Open-like events tell us the path of the descriptor they return; dup-like
+events give the new descriptor the old one's file (``dd of=F`` and shell
+redirects write to fd 1 only after ``dup2``); descriptors opened before the
+tracer attached are resolved once through /proc (the engine's ``resolve_fd``). Tables are capped per process and in number of processes so a
 job that opens millions of files cannot grow the daemon without bound.
 """
 
@@ -16,6 +17,10 @@ from typing import Callable
 OPEN_OPS = frozenset({"open", "open64", "openat", "openat64", "openat2", "creat", "creat64"})
 # Operations that release a descriptor or stream.
 CLOSE_OPS = frozenset({"close", "fclose"})
+# Operations whose return value is a new descriptor for the file of descriptor ``fd``
+# (dup2/dup3 close whatever newfd held first). fcntl(F_DUPFD) is not here: events do not
+# carry its cmd argument, so an fcntl cannot be told from other fcntl calls.
+DUP_OPS = frozenset({"dup", "dup2", "dup3"})
 _MAX_RESOLVABLE_FD = 1 << 20  # larger "fds" are FILE* values: nothing in /proc to read
 
 
@@ -50,6 +55,23 @@ class FdPaths:
         table = self._tables.get(pid)
         path = table.pop(fd, None) if table is not None else None
         return path if path is not None else None
+
+    def duplicated(self, pid: int, oldfd: int, newfd: int) -> str | None:
+        """``newfd`` now refers to ``oldfd``'s file, as after dup/dup2/dup3; return that path.
+
+        Whatever ``newfd`` named before is dropped, as the kernel closes it. An unknown or
+        non-file ``oldfd`` (pipe, socket) is remembered as None for ``newfd`` too: /proc,
+        read later, could name a file the descriptor was given after this point.
+        """
+        path = self.lookup(pid, oldfd)
+        if newfd < 0 or newfd == oldfd:
+            return path
+        table = self._table(pid)
+        table.pop(newfd, None)
+        table[newfd] = path
+        if len(table) > self._max_fds:
+            table.popitem(last=False)
+        return path
 
     def lookup(self, pid: int, fd: int) -> str | None:
         table = self._table(pid)

@@ -11,10 +11,9 @@ unit never sees a half-written file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomicfile import atomic_write
 from ..errors import DatacrumbsError
 from ..jobid import validate_run_id
 
@@ -81,18 +80,7 @@ def write_env_file(run_dir: Path, jobid: str, values: dict[str, str]) -> Path:
     text = render(values)
     target = env_path(run_dir, jobid)
     Path(run_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(target, text, mode=0o600)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

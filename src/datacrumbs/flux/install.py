@@ -11,7 +11,6 @@ uninstall removes exactly that, and leaves files an admin changed since
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
 import sysconfig
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..atomicfile import atomic_write
 from ..config import SiteConfig, default_config_path, load_config, render_config
 from ..errors import DatacrumbsError
 
@@ -130,10 +130,7 @@ class _Installer:
     def write(self, rel: str, data: bytes, mode: int) -> Path:
         path = self.prefix / rel
         self.mkdir(path.parent.relative_to(self.prefix))
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.chmod(mode)
-        os.replace(tmp, path)
+        atomic_write(path, data, mode=mode)
         self.entries[path] = ("f", _sha(data))
         self.report.installed.append(path)
         return path
@@ -166,9 +163,7 @@ class _Installer:
         self.mkdir(path.parent.relative_to(self.prefix))
         self.entries[path] = ("f", "-")
         lines = [f"{k}\t{v}\t{p}" for p, (k, v) in sorted(self.entries.items(), key=lambda e: str(e[0]))]
-        tmp = path.with_name(".manifest.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, "\n".join(lines) + "\n", mode=0o644)
 
 
 def _scripts_dir() -> Path:

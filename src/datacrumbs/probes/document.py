@@ -18,11 +18,11 @@ import os
 import re
 import socket
 import stat
-import tempfile
 import time
 import zlib
 from pathlib import Path
 
+from ..atomicfile import atomic_write
 from ..config import SiteConfig
 from . import CorruptGzip, InvalidJSON, NotRegularFile, SchemaViolation, TooLarge, Unreadable
 from .schema import PROBES_FORMAT, PROBES_VERSION, schema_problem
@@ -90,23 +90,7 @@ def encode_document(doc: dict) -> bytes:
 
 def write_document(path: str | os.PathLike, doc: dict) -> Path:
     """Write atomically (temp file + rename): readers see the old file or the new one."""
-    path = Path(path)
-    data = encode_document(doc)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, encode_document(doc), mode=0o644)
 
 
 def open_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from ..atomicfile import atomic_write
 from ..errors import DatacrumbsError
 
 
@@ -17,22 +17,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         raise DatacrumbsError(f"{out}: is a directory; give a file name for the report")
     parent = out.parent if str(out.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=parent)
+        atomic_write(out, text, mode=0o644, fsync=False)
     except FileNotFoundError:
         raise DatacrumbsError(f"{out}: directory {parent} does not exist; create it first") from None
     except PermissionError:
         raise DatacrumbsError(f"{out}: cannot write in {parent} (permission denied)") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return out
 
 

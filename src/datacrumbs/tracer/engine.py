@@ -85,7 +85,7 @@ INT_RETURNING = frozenset({
     "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync"})
 
 _SPEC = struct.Struct("<IBBbBbbbbbbbbHHI")      # struct dc_spec
-_CONFIG = struct.Struct("<IIIIIIQQQQ")          # struct dc_config
+_CONFIG = struct.Struct("<IIIIIIIIQQQQ")        # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
@@ -383,7 +383,7 @@ class Engine:
                               "(the kernel reports host pids); use a cgroup or user scope here")
         libbpf.map_update(obj.map_fd("settings"), struct.pack("<I", 0), _CONFIG.pack(
             kind, mode, self.scope.uid or 0, os.getpid(), int(self.scope.follow),
-            int(self.capture_paths), *(ns or (0, 0)), self.ringbuf_bytes // 8,
+            int(self.capture_paths), 1, 0, *(ns or (0, 0)), self.ringbuf_bytes // 8,
             self._paths_bytes // 8))
         if self.scope.kind == "cgroup":
             fd = os.open(self.scope.cgroup, os.O_RDONLY | os.O_DIRECTORY)
@@ -393,7 +393,10 @@ class Engine:
             finally:
                 os.close(fd)
         # Process tracking first, then seed: a fork racing the seed is still caught.
-        for prog in ("dc_fork", "dc_exec", "dc_exit"):
+        # Scope decisions are cached per task; a cgroup move makes them stale.
+        tracking = ("dc_fork", "dc_exec", "dc_exit") + \
+            (("dc_cgroup_moved",) if self.scope.kind == "cgroup" else ())
+        for prog in tracking:
             try:
                 self._links.append(obj.attach(prog))
             except AttachFailed as exc:

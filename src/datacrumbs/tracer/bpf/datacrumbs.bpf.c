@@ -70,7 +70,16 @@ struct {
 	__type(value, __u32);
 } scope_cgroup SEC(".maps");
 
-/* Per-thread entry state; LRU bounds it when a function never returns. */
+/* Per-task state: pending system call, cached scope decision, comm flag. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct dc_task);
+} tasks SEC(".maps");
+
+/* Uprobe/kprobe entry state, per (thread, probe) so nested and recursive
+ * calls pair up; LRU bounds it when a function never returns. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);	/* per-CPU LRU lists: no global lock */
@@ -151,6 +160,36 @@ static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
 	if (c->scope == DC_SCOPE_UID && (__u32)bpf_get_current_uid_gid() == c->uid)
 		return true;
 	return bpf_map_lookup_elem(&scope_pids, &tgid) != NULL;
+}
+
+/* The current task's state with its scope decision brought up to date; NULL
+ * when the kernel cannot give storage now (then *in is decided uncached).
+ * Decisions are kept until the scope generation changes (a cgroup move),
+ * the task execs, or, in user scope, its uid changes. */
+static __always_inline struct dc_task *task_state(struct dc_config *c, __u32 tgid, bool *in)
+{
+	struct dc_task *t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0,
+						 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	__u32 gen = *(volatile __u32 *)&c->scope_gen;	/* before deciding: a move after it re-decides */
+
+	if (!t) {
+		*in = in_scope(c, tgid);
+		return NULL;
+	}
+	if (t->gen != gen) {
+		t->in_scope = in_scope(c, tgid);
+		t->uid = (__u32)bpf_get_current_uid_gid();
+		t->gen = gen;
+	} else if (c->scope == DC_SCOPE_UID) {
+		__u32 uid = (__u32)bpf_get_current_uid_gid();
+
+		if (uid != t->uid) {
+			t->in_scope = in_scope(c, tgid);
+			t->uid = uid;
+		}
+	}
+	*in = t->in_scope;
+	return t;
 }
 
 static __always_inline __u64 arg_of(struct dc_entry *e, __s8 idx)
@@ -267,10 +306,16 @@ static __always_inline void emit_path(struct dc_config *c, struct dc_spec *sp, s
 		count_lost(1);
 }
 
-static __always_inline void remember_comm(__u32 tgid)
+/* Once per task (the flag is in its storage), not a hash lookup per event. */
+static __always_inline void remember_comm(struct dc_task *t, __u32 tgid)
 {
 	char comm[16];
 
+	if (t) {
+		if (t->comm_done)
+			return;
+		t->comm_done = 1;
+	}
 	if (bpf_map_lookup_elem(&comms, &tgid))
 		return;
 	bpf_get_current_comm(comm, sizeof(comm));
@@ -278,16 +323,18 @@ static __always_inline void remember_comm(__u32 tgid)
 }
 
 /* Common exit path: profile it, or emit one event (and its path). ``own``:
- * the current task is the one the operation belongs to (not an interrupt). */
+ * the current task is the one the operation belongs to (not an interrupt);
+ * ``t`` is its state when the caller has it. */
 static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
-				   __u64 tid_tgid, __s64 ret, __u64 now, bool own)
+				   __u64 tid_tgid, __s64 ret, __u64 now, bool own,
+				   struct dc_task *t)
 {
 	__u32 tgid = tid_tgid >> 32, tid = (__u32)tid_tgid;
 	__s64 bytes = bytes_of(sp, e, ret);
 	struct dc_event *ev;
 
 	if (own)
-		remember_comm(tgid);
+		remember_comm(t, tgid);
 	if (c->mode == DC_MODE_PROFILE) {
 		profile_add(tgid, e->probe, now - e->ts, bytes);
 		return;
@@ -335,34 +382,37 @@ SEC("tp_btf/sys_enter")
 int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 {
 	__u32 k = (__u32)nr;
-	__u64 tid_tgid;
 	struct dc_spec *sp;
 	struct dc_config *c;
-	struct dc_entry e = {};
-	struct dc_key key;
+	struct dc_task *t;
+	bool in;
 
-	if (nr < 0 || nr >= DC_MAX_SYSCALLS)
+	/* every system call of the node comes here: one array lookup to leave */
+	if ((unsigned long)nr >= DC_MAX_SYSCALLS)
 		return 0;
 	sp = bpf_map_lookup_elem(&sys_specs, &k);
 	if (!sp || !sp->active)
 		return 0;
 	c = get_config();
-	tid_tgid = bpf_get_current_pid_tgid();
-	if (!c || !in_scope(c, tid_tgid >> 32))
+	if (!c)
 		return 0;
-	e.ts = bpf_ktime_get_ns();
-	e.nr = k;
-	e.probe = sp->probe;
+	t = task_state(c, bpf_get_current_pid_tgid() >> 32, &in);
+	if (!in)
+		return 0;
+	if (!t) {
+		count_lost(0);
+		return 0;
+	}
+	t->sys.ts = bpf_ktime_get_ns();
+	t->sys.nr = k;
+	t->sys.probe = sp->probe;
 	/* x86_64 syscall ABI: rdi rsi rdx r10 r8 r9 */
-	e.args[0] = regs->di;
-	e.args[1] = regs->si;
-	e.args[2] = regs->dx;
-	e.args[3] = regs->r10;
-	e.args[4] = regs->r8;
-	e.args[5] = regs->r9;
-	key.tid = (__u32)tid_tgid;
-	key.slot = DC_SYSCALL_SLOT;
-	bpf_map_update_elem(&entries, &key, &e, BPF_ANY);
+	t->sys.args[0] = regs->di;
+	t->sys.args[1] = regs->si;
+	t->sys.args[2] = regs->dx;
+	t->sys.args[3] = regs->r10;
+	t->sys.args[4] = regs->r8;
+	t->sys.args[5] = regs->r9;
 	return 0;
 }
 
@@ -371,27 +421,22 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = regs->orig_ax;
 	__u32 k = (__u32)nr;
-	__u64 tid_tgid;
 	struct dc_spec *sp;
 	struct dc_config *c;
-	struct dc_entry *e;
-	struct dc_key key;
+	struct dc_task *t;
 
-	if (nr < 0 || nr >= DC_MAX_SYSCALLS)
+	if ((unsigned long)nr >= DC_MAX_SYSCALLS)
 		return 0;
 	sp = bpf_map_lookup_elem(&sys_specs, &k);
 	if (!sp || !sp->active)
 		return 0;
-	tid_tgid = bpf_get_current_pid_tgid();
-	key.tid = (__u32)tid_tgid;
-	key.slot = DC_SYSCALL_SLOT;
-	e = bpf_map_lookup_elem(&entries, &key);
-	if (!e)
+	t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0, 0);
+	if (!t || !t->sys.ts)
 		return 0;
 	c = get_config();
-	if (c && e->nr == k)
-		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true);
-	bpf_map_delete_elem(&entries, &key);
+	if (c && t->sys.nr == k)
+		finish(c, sp, &t->sys, bpf_get_current_pid_tgid(), ret, bpf_ktime_get_ns(), true, t);
+	t->sys.ts = 0;
 	return 0;
 }
 
@@ -405,8 +450,12 @@ static __always_inline int probe_entry(struct pt_regs *ctx)
 	struct dc_spec *sp;
 	struct dc_entry e = {};
 	struct dc_key key;
+	bool in;
 
-	if (!c || !in_scope(c, tid_tgid >> 32))
+	if (!c)
+		return 0;
+	task_state(c, tid_tgid >> 32, &in);
+	if (!in)
 		return 0;
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
 	if (!sp || !sp->active)
@@ -448,7 +497,8 @@ static __always_inline int probe_return(struct pt_regs *ctx)
 		ret = (__s64)PT_REGS_RC(ctx);
 		if (sp->ret32)
 			ret = (__s64)(__s32)ret;
-		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true);
+		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true,
+		       bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0, 0));
 	}
 	bpf_map_delete_elem(&entries, &key);
 	return 0;
@@ -489,10 +539,15 @@ int dc_tracepoint(void *ctx)
 	struct dc_config *c = get_config();
 	struct dc_spec *sp;
 	struct dc_entry e = {};
+	struct dc_task *t;
 	__u64 value = 0;
 	__s64 ret = 0;
+	bool in;
 
-	if (!c || !in_scope(c, tid_tgid >> 32))
+	if (!c)
+		return 0;
+	t = task_state(c, tid_tgid >> 32, &in);
+	if (!in)
 		return 0;
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
 	if (!sp || !sp->active)
@@ -511,7 +566,7 @@ int dc_tracepoint(void *ctx)
 					.fd = -1, .count = -1, .offset = -1, .path = -1,
 					.size = -1, .nmemb = -1, .stream = -1 };
 	}
-	finish(c, sp, &e, tid_tgid, ret, e.ts, true);	/* an instant: no duration */
+	finish(c, sp, &e, tid_tgid, ret, e.ts, true, t);	/* an instant: no duration */
 	return 0;
 }
 
@@ -566,7 +621,7 @@ int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1 };
-	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false);
+	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false, NULL);
 	return 0;
 }
 
@@ -595,6 +650,11 @@ int dc_exec(void *ctx)
 	__u32 tgid = tid_tgid >> 32;
 	char comm[16];
 
+	struct dc_task *t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0, 0);
+
+	/* a set-uid program may change the decision: take it again */
+	if (t)
+		t->gen = 0;
 	if (!c || !in_scope(c, tgid))
 		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));
@@ -602,14 +662,25 @@ int dc_exec(void *ctx)
 	return 0;
 }
 
+/* A task moved between cgroups: every cached scope decision is stale.
+ * Attached only for cgroup scopes. */
+SEC("tp_btf/cgroup_attach_task")
+int BPF_PROG(dc_cgroup_moved, struct cgroup *dst, const char *path, struct task_struct *task,
+	     bool threadgroup)
+{
+	struct dc_config *c = get_config();
+
+	if (c)
+		__sync_fetch_and_add(&c->scope_gen, 1);
+	return 0;
+}
+
 SEC("tp/sched/sched_process_exit")
 int dc_exit(void *ctx)
 {
 	__u64 tid_tgid = bpf_get_current_pid_tgid();
-	struct dc_key key = { .tid = (__u32)tid_tgid, .slot = DC_SYSCALL_SLOT };
 	__u32 tgid = tid_tgid >> 32;
 
-	bpf_map_delete_elem(&entries, &key);
 	if (tgid == (__u32)tid_tgid) {
 		struct dc_config *c = get_config();
 

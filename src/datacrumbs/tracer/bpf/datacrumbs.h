@@ -33,6 +33,10 @@ struct dc_config {
 	__u32 self_tgid;	/* the tracer never traces itself */
 	__u32 follow;		/* add forked children of in-scope processes */
 	__u32 capture_paths;
+	/* Bumped whenever a task may have changed scope (cgroup moves): cached
+	 * per-task scope decisions of an older generation are taken again. */
+	__u32 scope_gen;
+	__u32 pad;
 	/* When the tracer runs in a child pid namespace, self_tgid is a pid
 	 * there: these name that namespace (st_dev, st_ino of /proc/self/ns/pid). */
 	__u64 self_ns_dev;
@@ -73,6 +77,19 @@ struct dc_entry {
 	__u64 args[6];
 	__u32 nr;
 	__u32 probe;
+};
+
+/* Per-task state (BPF_MAP_TYPE_TASK_STORAGE): freed with the task, so a
+ * thread that exits mid-syscall leaves nothing behind. Holds the pending
+ * system call and the cached scope decision, so the hot path needs no hash
+ * map operation. */
+struct dc_task {
+	struct dc_entry sys;	/* pending system call; sys.ts == 0: none */
+	__u32 gen;		/* scope generation of in_scope (0: not decided) */
+	__u32 uid;		/* uid in_scope was decided with (user scope) */
+	__u8 in_scope;
+	__u8 comm_done;		/* this task's process name is in comms */
+	__u8 pad[6];
 };
 
 /* One completed operation: fixed 64 bytes so the ring buffer has a fixed stride. */

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -120,7 +121,9 @@ def test_operation_sets_are_disjoint_and_the_posix_set_traces_dups():
 # -- real eBPF ---------------------------------------------------------------------------
 
 def _replay(engine, events, paths_by_row) -> tuple[list, dict[str, int]]:
-    """Rows in kernel order through FdPaths, as the daemon's converter must: (names, bytes per file)."""
+    """Rows in kernel order through FdPaths, as the daemon's converter must.
+
+    Returns (probe target of each row, bytes written per file)."""
     names = [engine.probes[int(p)]["target"] for p in events["probe"]]
     table = FdPaths(Engine.resolve_fd)
     written: dict[str, int] = {}
@@ -144,8 +147,8 @@ def test_kernel_reports_dup2_old_and_new_fd_and_bytes_follow_them(bpf_object, tr
                                                                   workloads, tmp_path):
     target = tmp_path / "dd.bin"
     probes = select_probes(builtin_sets(), ["posix"])
-    w = workloads(["sh", "-c", f"read go; exec dd if=/dev/zero of={target} bs={BLOCK} "
-                   f"count={BLOCKS} status=none"])
+    w = workloads(["sh", "-c", f"read go; exec dd if=/dev/zero of={shlex.quote(str(target))} "
+                   f"bs={BLOCK} count={BLOCKS} status=none"])
     with Engine(probes, Scope.for_pids([w.pid]), bpf_object=bpf_object) as eng:
         report = eng.attach()
         assert {p["target"] for p in report.attached} >= DUP_OPS
@@ -206,7 +209,7 @@ def test_trace_follows_a_shell_redirect_after_stdout_was_used(site, bpf_object, 
     """stdout is a pipe first (remembered as "no file"); after `exec >FILE` the same fd 1
     writes to FILE: the dup2 must replace the old entry."""
     target = tmp_path / "redirect.bin"
-    script = (f"echo before; exec >{target}; "
+    script = (f"echo before; exec >{shlex.quote(str(target))}; "
               f"exec dd if=/dev/zero bs={BLOCK} count={BLOCKS} status=none")
     proc, path, summary = _trace(tmp_path, "sh", "-c", script)
     assert proc.stdout == "before\n"

@@ -3,8 +3,10 @@
 Open-like events tell us the path of the descriptor they return; dup-like
 events give the new descriptor the old one's file (``dd of=F`` and shell
 redirects write to fd 1 only after ``dup2``); descriptors opened before the
-tracer attached are resolved once through /proc (the engine's ``resolve_fd``). Tables are capped per process and in number of processes so a
-job that opens millions of files cannot grow the daemon without bound.
+tracer attached, or inherited by a forked child, are resolved once through
+/proc (the engine's ``resolve_fd``), which works while the process lives.
+Tables are capped per process and in number of processes so a job that opens
+millions of files cannot grow the daemon without bound.
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from ..errors import DatacrumbsError
 from . import libbpf
@@ -99,6 +102,9 @@ class EngineError(DatacrumbsError):
 class AttachReport:
     attached: list[dict] = field(default_factory=list)
     refused: list[tuple[dict, str]] = field(default_factory=list)
+    # library -> how its uprobes were attached: "uprobe_multi" (two links for
+    # all its functions) or "per-probe: <why not multi>"
+    uprobe_links: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +185,46 @@ def _raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):
         pass
+
+
+UPROBE_MULTI_ENV = "DATACRUMBS_UPROBE_MULTI"       # "0": always attach uprobes one by one
+_MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
+
+
+@functools.lru_cache(maxsize=32)
+def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
+    """Function name -> file offset (what uprobes take), from .symtab and .dynsym.
+
+    As libbpf resolves a func_name: a global symbol wins over a weak one;
+    names defined twice at different places map to -1 (ambiguous: the per-probe
+    path reports it). Offset = st_value - p_vaddr + p_offset of its PT_LOAD."""
+    found: dict[str, tuple[int, bool]] = {}
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        loads = [(seg["p_vaddr"], seg["p_vaddr"] + seg["p_memsz"], seg["p_offset"])
+                 for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
+        for name in (".symtab", ".dynsym"):
+            section = elf.get_section_by_name(name)
+            if not isinstance(section, SymbolTableSection):
+                continue
+            for sym in section.iter_symbols():
+                if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF" \
+                        or not sym["st_value"] or not sym.name:
+                    continue
+                value = sym["st_value"]
+                offset = next((value - lo + off for lo, hi, off in loads if lo <= value < hi), -1)
+                weak = sym["st_info"]["bind"] == "STB_WEAK"
+                old = found.get(sym.name)
+                if old is None or (old[1] and not weak):
+                    found[sym.name] = (offset, weak)
+                elif old[0] != offset and not weak and not old[1]:
+                    found[sym.name] = (-1, False)
+    return {name: off for name, (off, _weak) in found.items()}
+
+
+def function_offsets(path: str) -> dict[str, int]:
+    st = os.stat(path)
+    return _function_offsets(path, st.st_ino, st.st_mtime_ns)
 
 
 def kernel_has_kprobes() -> bool:
@@ -308,11 +354,16 @@ class Engine:
     ``mode`` is "trace" (events through the ring buffer) or "profile" (per
     process and probe aggregates in a BPF map, read with read_profile()).
     ``bpf_object`` defaults to the site configuration's ``bpf_object``.
+    ``uprobe_multi``: attach each library's uprobes with two uprobe_multi links
+    (kernel >= 6.6; fast to attach and detach) falling back to one link per
+    probe when the kernel refuses; False forces the per-probe path. Default:
+    True unless the environment sets DATACRUMBS_UPROBE_MULTI=0.
     """
 
     def __init__(self, probes: list[dict], scope: Scope, *, mode: str = "trace",
                  interval_ms: int = 1000, bpf_object: Path | None = None,
-                 ringbuf_bytes: int = 16 << 20, capture_paths: bool = True):
+                 ringbuf_bytes: int = 16 << 20, capture_paths: bool = True,
+                 uprobe_multi: bool | None = None):
         if mode not in ("trace", "profile"):
             raise EngineError(f"capture mode {mode!r} is neither 'trace' nor 'profile'")
         if not isinstance(scope, Scope):
@@ -340,6 +391,11 @@ class Engine:
         self.interval_ms = interval_ms
         self.ringbuf_bytes = ringbuf_bytes
         self.capture_paths = bool(capture_paths) and mode == "trace"
+        if uprobe_multi is None:
+            uprobe_multi = os.environ.get(UPROBE_MULTI_ENV, "1") != "0"
+        self.uprobe_multi = bool(uprobe_multi)
+        self._multi_refused: str | None = None if self.uprobe_multi else \
+            "uprobe_multi links turned off"
         # path records are 4x larger than events and rarer: half the bytes
         self._paths_bytes = min(max(ringbuf_bytes // 2, 1 << 20), 64 << 20)
         self._obj: BpfObject | None = None
@@ -370,10 +426,7 @@ class Engine:
 
     def _attach(self) -> AttachReport:
         _raise_fd_limit(256 + 4 * len(self.probes))
-        obj = self._obj = BpfObject(self.bpf_object)
-        obj.set_max_entries("events", self.ringbuf_bytes)
-        obj.set_max_entries("paths", self._paths_bytes)
-        obj.load()
+        obj = self._obj = self._load(multi=self.uprobe_multi)
         self._check_layout()
         mode = 1 if self.mode == "profile" else 0
         kind = {"pids": 0, "user": 1, "cgroup": 2}[self.scope.kind]
@@ -408,6 +461,7 @@ class Engine:
         syscalls: list[tuple[int, int, bytes]] = []
         path_probes = []
         block_issue_needed = False
+        uprobes: dict[str, list[int]] = {}
         has_kprobes = kernel_has_kprobes()
         for i, probe in enumerate(self.probes):
             try:
@@ -424,6 +478,14 @@ class Engine:
                 libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
                 if kind == "kprobe" and not has_kprobes:
                     raise _Refused(NO_KPROBES)
+                if kind == "uprobe":
+                    library = resolve_library(probe.get("library"))
+                    if library is None:
+                        raise _Refused(f"library {probe.get('library')} not found on this host")
+                    uprobes.setdefault(library, []).append(i)
+                    if spec[2]:
+                        path_probes.append(i)
+                    continue
                 self._attach_one(i, probe, kind)
                 if kind == "tracepoint" and probe["target"] == "block:block_rq_complete":
                     block_issue_needed = True
@@ -432,6 +494,8 @@ class Engine:
                 report.attached.append(probe)
             except _Refused as exc:
                 report.refused.append((probe, str(exc)))
+        for library, indexes in uprobes.items():
+            self._attach_library(library, indexes, report)
         if syscalls:
             self._attach_syscalls(syscalls, report)
         if block_issue_needed:
@@ -454,6 +518,30 @@ class Engine:
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
         self._epoll.register(obj.map_fd("paths"), select.EPOLLIN)
         return report
+
+    def _load(self, multi: bool) -> BpfObject:
+        """Open, size and load the object. The uprobe_multi programs need the
+        BPF_TRACE_UPROBE_MULTI attach type, which kernels before 6.6 refuse: then
+        load again without them (uprobes go one by one)."""
+        obj = BpfObject(self.bpf_object)
+        try:
+            obj.set_max_entries("events", self.ringbuf_bytes)
+            obj.set_max_entries("paths", self._paths_bytes)
+            for prog in _MULTI_PROGS:
+                if multi:
+                    obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
+                else:
+                    obj.set_autoload(prog, False)
+            obj.load()
+        except libbpf.LibbpfError as exc:
+            obj.close()
+            if not multi:
+                raise
+            log.info("loading the uprobe_multi programs failed (%s); uprobes attach one by one",
+                     exc)
+            self._multi_refused = "the kernel refused uprobe_multi programs"
+            return self._load(multi=False)
+        return obj
 
     def _check_layout(self) -> None:
         """The object must have been built from the same header as this module."""
@@ -521,6 +609,66 @@ class Engine:
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
                             field_off, field_size, 0)
         return kind, (packed, nr, roles["path"] >= 0)
+
+    def _attach_library(self, library: str, indexes: list[int], report: AttachReport) -> None:
+        """All uprobes of one library: two uprobe_multi links when the kernel
+        takes them, else (or when forced) one pair of links per probe."""
+        why = self._multi_refused
+        if why is None:
+            try:
+                offsets = function_offsets(library)
+            except (OSError, ELFError, ValueError) as exc:
+                offsets, why = {}, f"cannot read the symbols of {library}: {exc}"
+            found = []
+            for i in indexes:
+                target = self.probes[i]["target"]
+                off = offsets.get(target, -1) if "@" not in target else -1
+                if off < 0:
+                    if target in offsets or "@" in target:    # ambiguous or versioned: libbpf
+                        why = f"{target} needs libbpf's symbol resolution"
+                        break
+                    report.refused.append((self.probes[i],
+                                           f"symbol {target} not found in {library}"))
+                    continue
+                found.append((i, off))
+            if why is None and found:
+                try:
+                    self._multi_links(library, found)
+                except AttachFailed as exc:
+                    why = f"the kernel refused a uprobe_multi link ({exc})"
+                else:
+                    report.attached.extend(self.probes[i] for i, _off in found)
+                    report.uprobe_links[library] = "uprobe_multi"
+                    log.info("%s: %d uprobes attached with 2 uprobe_multi links", library,
+                             len(found))
+                    return
+            elif why is None:
+                return                                  # every symbol was missing
+            # retry all of them one by one (the refusals above are recomputed there)
+            report.refused = [(p, r) for p, r in report.refused
+                              if not any(p is self.probes[i] for i in indexes)]
+        report.uprobe_links[library] = f"per-probe: {why}"
+        log.info("%s: uprobes attached one by one (%s)", library, why)
+        for i in indexes:
+            try:
+                self._attach_one(i, self.probes[i], "uprobe")
+                report.attached.append(self.probes[i])
+            except _Refused as exc:
+                report.refused.append((self.probes[i], str(exc)))
+
+    def _multi_links(self, library: str, found: list[tuple[int, int]]) -> None:
+        offsets = [off for _i, off in found]
+        cookies = [i for i, _off in found]
+        links = []
+        try:
+            for prog, ret in zip(_MULTI_PROGS, (False, True)):
+                links.append(libbpf.uprobe_multi_link(self._obj.program_fd(prog), library,
+                                                      offsets, cookies, retprobe=ret))
+        except AttachFailed:
+            for link in links:
+                link.destroy()
+            raise
+        self._links.extend(links)
 
     def _attach_one(self, i: int, probe: dict, kind: str) -> None:
         obj, target = self._obj, probe["target"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno as errno_mod
 import ctypes.util
 import logging
 import os
@@ -84,6 +85,9 @@ def _declare(lib):
         "bpf_map__key_size": (c_uint32, [c_void_p]),
         "bpf_map__max_entries": (c_uint32, [c_void_p]),
         "bpf_program__attach": (c_void_p, [c_void_p]),
+        "bpf_program__fd": (c_int, [c_void_p]),
+        "bpf_program__set_autoload": (c_int, [c_void_p, c_bool]),
+        "bpf_program__set_expected_attach_type": (c_int, [c_void_p, c_uint32]),
         "bpf_program__attach_uprobe_opts": (c_void_p, [c_void_p, c_int, c_char_p, c_size_t,
                                                        POINTER(_UprobeOpts)]),
         "bpf_program__attach_kprobe_opts": (c_void_p, [c_void_p, c_char_p, POINTER(_KprobeOpts)]),
@@ -118,9 +122,10 @@ def lib():
             raise LibbpfError(f"cannot load {LIBBPF_SONAME} ({exc}): install libbpf "
                               "(Debian/Ubuntu package libbpf1, RHEL libbpf)") from None
         _declare(handle)
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
         _libc.vsnprintf.restype = c_int
+        _libc.syscall.restype = ctypes.c_long
         _print_cb = _PRINT_FN(_on_print)
         handle.libbpf_set_print(_print_cb)
         _lib = handle
@@ -157,7 +162,67 @@ class Link:
 
 
 class AttachFailed(Exception):
-    """An attach call failed; str() is the reason (errno text)."""
+    """An attach call failed; str() is the reason (errno text), ``errno`` the number."""
+
+    def __init__(self, reason: str, errno: int = 0):
+        super().__init__(reason)
+        self.errno = errno
+
+
+class FdLink:
+    """A BPF link made with the bpf() system call directly: closing the fd detaches it."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def destroy(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# bpf(2) for what libbpf 1.1 has no helper for (uprobe_multi links, kernel >= 6.6)
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
+BPF_LINK_CREATE = 28
+BPF_TRACE_UPROBE_MULTI = 48
+BPF_F_UPROBE_MULTI_RETURN = 1
+_BPF_ATTR_SIZE = 144            # sizeof(union bpf_attr) on 6.x; the tail is zeros
+
+
+class _UprobeMultiAttr(Structure):
+    """The link_create member of union bpf_attr, uprobe_multi variant."""
+    _fields_ = [("prog_fd", c_uint32), ("target_fd", c_uint32), ("attach_type", c_uint32),
+                ("flags", c_uint32), ("path", c_uint64), ("offsets", c_uint64),
+                ("ref_ctr_offsets", c_uint64), ("cookies", c_uint64), ("cnt", c_uint32),
+                ("um_flags", c_uint32), ("pid", c_uint32), ("_tail", ctypes.c_char * 84)]
+
+
+def uprobe_multi_link(prog_fd: int, path: str, offsets: list[int], cookies: list[int], *,
+                      retprobe: bool = False) -> FdLink:
+    """One link putting ``prog_fd`` on every file offset of ``path`` (cookie per offset).
+
+    One system call instead of one perf event and link per function, and one
+    close() to detach them all. Raises AttachFailed (with errno) when the
+    kernel refuses, e.g. EINVAL/EOPNOTSUPP before 6.6."""
+    if SYS_BPF is None:
+        raise AttachFailed("uprobe_multi links are not wired for this architecture",
+                           errno_mod.ENOSYS)
+    lib()
+    n = len(offsets)
+    c_path = ctypes.create_string_buffer(os.fsencode(path))
+    c_offsets = (c_uint64 * n)(*offsets)
+    c_cookies = (c_uint64 * n)(*cookies)
+    attr = _UprobeMultiAttr(prog_fd=prog_fd, attach_type=BPF_TRACE_UPROBE_MULTI,
+                            path=ctypes.addressof(c_path), offsets=ctypes.addressof(c_offsets),
+                            cookies=ctypes.addressof(c_cookies), cnt=n,
+                            um_flags=BPF_F_UPROBE_MULTI_RETURN if retprobe else 0)
+    assert ctypes.sizeof(attr) == _BPF_ATTR_SIZE
+    ctypes.set_errno(0)
+    fd = _libc.syscall(SYS_BPF, BPF_LINK_CREATE, ctypes.byref(attr), _BPF_ATTR_SIZE)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise AttachFailed(os.strerror(err) if err else "unknown error", err)
+    return FdLink(fd)
 
 
 class BpfObject:
@@ -186,6 +251,19 @@ class BpfObject:
             raise LibbpfError(f"BPF object {self.path} has no program {name!r}; rebuild it with "
                               "`datacrumbs build-bpf`")
         return ptr
+
+    def program_fd(self, name: str) -> int:
+        return lib().bpf_program__fd(self.program(name))
+
+    def set_autoload(self, prog: str, autoload: bool) -> None:
+        """Before load: whether ``prog`` is loaded at all."""
+        if lib().bpf_program__set_autoload(self.program(prog), autoload) != 0:
+            raise _fail(f"cannot change whether BPF program {prog} is loaded")
+
+    def set_expected_attach_type(self, prog: str, attach_type: int) -> None:
+        """Before load: the kernel checks some helpers (the attach cookie) against it."""
+        if lib().bpf_program__set_expected_attach_type(self.program(prog), attach_type) != 0:
+            raise _fail(f"cannot set the attach type of BPF program {prog}")
 
     def set_max_entries(self, name: str, n: int) -> None:
         if lib().bpf_map__set_max_entries(self._map(name), n) != 0:
@@ -294,5 +372,5 @@ def num_possible_cpus() -> int:
     return n
 
 
-__all__ = ["BpfObject", "Link", "LibbpfError", "AttachFailed", "lib", "version", "map_update",
+__all__ = ["BpfObject", "Link", "FdLink", "uprobe_multi_link", "LibbpfError", "AttachFailed", "lib", "version", "map_update",
            "map_lookup", "map_delete", "map_keys", "num_possible_cpus"]

@@ -694,3 +694,18 @@ int dc_exit(void *ctx)
 	}
 	return 0;
 }
+
+/* The same uprobe programs for uprobe_multi links (one link per library and
+ * direction, a cookie per function): the engine loads them with the
+ * BPF_TRACE_UPROBE_MULTI attach type, which the attach cookie helper needs. */
+SEC("uprobe")
+int dc_uprobe_multi(struct pt_regs *ctx)
+{
+	return probe_entry(ctx);
+}
+
+SEC("uretprobe")
+int dc_uretprobe_multi(struct pt_regs *ctx)
+{
+	return probe_return(ctx);
+}

@@ -182,16 +182,7 @@ def _trace_bytes(path, target) -> tuple[int, int]:
     return len(writes), sum(e["args"].get("size", 0) for e in writes)
 
 
-# The daemon's EventConverter does not yet call FdPaths.duplicated for dup rows (daemon.py is
-# not this change's file; the patch is in the H9 report). strict: passing turns this red, so
-# the marker is removed together with that patch.
-NEEDS_CONVERTER = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                    reason="daemon EventConverter must call FdPaths.duplicated "
-                                           "for DUP_OPS rows")
-
-
 @pytest.mark.ebpf
-@NEEDS_CONVERTER
 def test_trace_attributes_dd_output_to_its_file(site, bpf_object, tmp_path):
     target = tmp_path / "dd.bin"
     proc, path, summary = _trace(tmp_path, "dd", "if=/dev/zero", f"of={target}", f"bs={BLOCK}",
@@ -203,7 +194,6 @@ def test_trace_attributes_dd_output_to_its_file(site, bpf_object, tmp_path):
 
 
 @pytest.mark.ebpf
-@NEEDS_CONVERTER
 def test_trace_follows_a_shell_redirect_after_stdout_was_used(site, bpf_object, tmp_path):
     """stdout is a pipe first (remembered as "no file"); after `exec >FILE` the same fd 1
     writes to FILE: the dup2 must replace the old entry."""

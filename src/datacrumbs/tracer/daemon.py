@@ -27,7 +27,7 @@ from ..errors import ConfigError, DatacrumbsError
 from ..jobid import validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
-from .paths import CLOSE_OPS, OPEN_OPS, FdPaths
+from .paths import CLOSE_OPS, DUP_OPS, OPEN_OPS, FdPaths
 from .summary import SummaryBuilder, SummaryFile
 
 log = logging.getLogger("datacrumbs.daemon")
@@ -185,6 +185,7 @@ class EventConverter:
     _errno_kind: np.ndarray = field(init=False)
     _close: set = field(init=False)
     _open: set = field(init=False)
+    _dup: set = field(init=False)
     _close_ids: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -192,7 +193,9 @@ class EventConverter:
                                     or [False])
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
-        self._close_ids = np.array(sorted(self._close), dtype=np.int32)
+        self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
+        # rows that change the fd table are resolved one by one, in order
+        self._close_ids = np.array(sorted(self._close | self._dup), dtype=np.int32)
 
     def convert(self, batch) -> tuple[np.ndarray, list | None]:
         ev = batch.events
@@ -244,7 +247,7 @@ class EventConverter:
 
     def _paths_rows(self, ops: np.ndarray, opened: dict, begin: int, end: int, out):
         fdp = self.fdpaths
-        close, open_ = self._close, self._open
+        close, open_, dup = self._close, self._open, self._dup
         rows = zip(range(begin, end), ops["pid"][begin:end].tolist(),
                    ops["fd"][begin:end].tolist(), ops["probe"][begin:end].tolist(),
                    ops["ret"][begin:end].tolist())
@@ -262,6 +265,11 @@ class EventConverter:
             if probe in close:
                 out[i] = fdp.closed(pid, fd) or fdp.lookup(pid, fd)
                 fdp.closed(pid, fd)
+                last_key = None
+                continue
+            if probe in dup:
+                # the new descriptor (the return value) names the old one's file
+                out[i] = fdp.duplicated(pid, fd, ret) if ret >= 0 else fdp.lookup(pid, fd)
                 last_key = None
                 continue
             key = (pid, fd)

@@ -92,6 +92,8 @@ _CONFIG = struct.Struct("<IIIIIIIIQQQQ")        # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
+_TASK_SIZE = 80                                 # struct dc_task: dc_entry (64) + 16
+_PIDFD_THREAD = os.O_EXCL                       # pidfd of one thread, not a process (6.9)
 
 
 class EngineError(DatacrumbsError):
@@ -546,7 +548,7 @@ class Engine:
     def _check_layout(self) -> None:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
-                  "profile": _PVAL_WORDS * 8}
+                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
             if got != size:
@@ -822,6 +824,28 @@ class Engine:
             if raw:
                 self._names[pid] = raw.split(b"\0", 1)[0].decode(errors="replace")
         return dict(self._names)
+
+    def pending_syscall(self, tid: int) -> tuple[int, int] | None:
+        """(syscall number, entry CLOCK_MONOTONIC ns) a live thread of the job is in,
+        as the kernel side recorded it; None when none is pending or the thread is gone.
+
+        Entry state lives in the thread's own task storage, which the kernel frees
+        with the thread: a thread that dies mid-syscall leaves nothing behind."""
+        if self._obj is None:
+            raise EngineError("pending_syscall() before attach() or after close()")
+        try:
+            pidfd = os.pidfd_open(tid, _PIDFD_THREAD)
+        except (OSError, ValueError, TypeError, OverflowError):
+            return None
+        try:
+            raw = libbpf.map_lookup(self._obj.map_fd("tasks"), struct.pack("<i", pidfd),
+                                    _TASK_SIZE)
+        finally:
+            os.close(pidfd)
+        if raw is None:
+            return None
+        ts, nr = struct.unpack_from("<Q", raw, 0)[0], struct.unpack_from("<I", raw, 56)[0]
+        return (nr, ts) if ts else None
 
     @staticmethod
     def resolve_fd(pid: int, fd: int) -> str | None:

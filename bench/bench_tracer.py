@@ -5,9 +5,19 @@ Runs as root on a machine with eBPF. The workload is the tests' C program
 (tests/workloads/daemon_writes.c): 200,000 writes of 4 KiB and 200,000 writes
 of 16 bytes to a file on tmpfs, in a cgroup of its own that the real daemon
 (`datacrumbs run`, started as a subprocess exactly as the unit starts it) is
-scoped to. Each configuration is repeated and the medians are printed; a last
-test paces writes at 300,000 per second and reports what was lost. It prints
-what it measured and asserts nothing about time.
+scoped to. Each configuration is repeated and the medians are printed:
+
+- floor: the same workload with a pair of EMPTY programs on the same hooks
+  (raw_syscalls sys_enter/sys_exit): what the hook itself costs on this kernel,
+  so the rest of the trace/profile slowdown is ours;
+- drain: CPU time per event of Engine.poll() emptying a full ring buffer;
+- a paced test at 300,000 writes per second reports what was lost;
+- uprobes: a probes file with 1000 uprobes on distinct functions of Debian's
+  serial HDF5 library (which nothing else here calls): daemon start to ready and
+  SIGINT to exit, and the engine's attach/close with uprobe_multi links against
+  the per-probe path (on fewer probes: it detaches one by one).
+
+It prints what it measured and asserts nothing about time.
 
 usage: sudo .venv/bin/python bench/bench_tracer.py [--repeat 3] [--sustained-seconds 3]
 """
@@ -30,6 +40,18 @@ REPO = Path(__file__).resolve().parents[1]
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 WORKLOADS = (("4 KiB writes", 200_000, 4096), ("16 B writes", 200_000, 16))
 DATACRUMBS = str(Path(sys.executable).with_name("datacrumbs"))
+HDF5_SONAME = "libhdf5_serial.so.103"
+UPROBES = 1000
+PER_PROBE_UPROBES = 20
+DRAIN_EVENTS = 150_000
+# Empty programs on the hooks dc_sys_enter/dc_sys_exit use: the floor.
+FLOOR_BPF = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("tp_btf/sys_enter") int floor_enter(void *ctx) { return 0; }
+SEC("tp_btf/sys_exit") int floor_exit(void *ctx) { return 0; }
+"""
 
 
 def build_workload(dest: Path) -> Path:
@@ -40,8 +62,41 @@ def build_workload(dest: Path) -> Path:
     return out
 
 
+def build_floor(dest: Path):
+    """The empty-programs object, loaded (not attached)."""
+    from datacrumbs.tracer.libbpf import BpfObject
+    src, obj = dest / "floor.bpf.c", dest / "floor.bpf.o"
+    src.write_text(FLOOR_BPF)
+    subprocess.run([shutil.which("clang") or "clang", "-O2", "-g", "-target", "bpf",
+                    "-I/usr/include/x86_64-linux-gnu", "-c", str(src), "-o", str(obj)], check=True)
+    floor = BpfObject(obj)
+    floor.load()
+    return floor
+
+
+def hdf5_library() -> str:
+    from datacrumbs.probes.host_check import ldconfig_cache
+    path = ldconfig_cache().get(HDF5_SONAME)
+    if not path:
+        raise SystemExit(f"bench_tracer: {HDF5_SONAME} not found (Debian: apt-get install "
+                         "libhdf5-dev)")
+    return path
+
+
+def hdf5_probes(library: str, n: int) -> list[dict]:
+    """n uprobes on distinct H5* functions, alphabetically."""
+    from datacrumbs.tracer.engine import function_offsets
+    names = sorted(name for name, off in function_offsets(library).items()
+                   if name.startswith("H5") and off >= 0)
+    if len(names) < n:
+        raise SystemExit(f"bench_tracer: {library} has only {len(names)} H5 functions")
+    return [{"id": f"hdf5.f{i:04d}", "kind": "uprobe", "target": name, "library": library,
+             "category": "HDF5", "args": {}, "bytes": None} for i, name in enumerate(names[:n])]
+
+
 def make_site(root: Path) -> tuple[Path, Path]:
-    """An isolated site config, a key store and a signed probes file (posix set) for root."""
+    """An isolated site config, a key store and signed probes files (posix set in trace and
+    profile mode; 1000 HDF5 uprobes) for root."""
     from datacrumbs.config import SiteConfig, render_config
     from datacrumbs.probes.catalog import load_catalog, select_probes
     from datacrumbs.probes.document import build_document, write_document
@@ -64,6 +119,9 @@ def make_site(root: Path) -> tuple[Path, Path]:
         doc = build_document(select_probes(load_catalog(cfg), ["posix"]), owner_uid=0,
                              owner_user="root", sets=["posix"], mode=mode)
         probes[mode] = write_document(root / f"probes-{mode}.json.gz", store.sign(doc))
+    doc = build_document(hdf5_probes(hdf5_library(), UPROBES), owner_uid=0, owner_user="root",
+                         sets=["hdf5"], mode="trace")
+    probes["uprobes"] = write_document(root / "probes-uprobes.json.gz", store.sign(doc))
     return conf, probes
 
 
@@ -119,6 +177,7 @@ def main() -> int:
     cgroup.mkdir()
     try:
         binary = build_workload(work)
+        floor = build_floor(work)
         conf, probes = make_site(work / "site")
         env = dict(os.environ, DATACRUMBS_CONFIG=str(conf), DATACRUMBS_CGROUP=str(cgroup))
         run_dir = work / "site" / "run"
@@ -129,14 +188,18 @@ def main() -> int:
         for name, count, size in WORKLOADS:  # warm-up: tmpfs pages, caches, the binary
             run_workload(binary, cgroup, data_dir / "bench.dat", count, size)
         for rep in range(args.repeat):
-            for config in ("untraced", "trace", "profile"):
+            for config in ("untraced", "floor", "trace", "profile"):
                 daemon = None
-                if config != "untraced":
+                links = [floor.attach("floor_enter"), floor.attach("floor_exit")] \
+                    if config == "floor" else []
+                if config in ("trace", "profile"):
                     run_id += 1
                     daemon = Daemon(probes[config], str(run_id), env, run_dir)
                 times = {}
                 for name, count, size in WORKLOADS:
                     times[name] = run_workload(binary, cgroup, data_dir / "bench.dat", count, size)
+                for link in links:
+                    link.destroy()
                 for name, t in times.items():
                     results.setdefault(config, {}).setdefault(name, []).append(t)
                 if daemon is None:
@@ -162,10 +225,16 @@ def main() -> int:
         for name, count, size in WORKLOADS:
             base = statistics.median(results["untraced"][name])
             print(f"  {name:13s} x{count}: untraced {base:.3f} s", end="")
-            for config in ("trace", "profile"):
+            for config in ("floor", "trace", "profile"):
                 t = statistics.median(results[config][name])
                 print(f" | {config} {t:.3f} s (x{t / base:.2f})", end="")
             print()
+            added = {c: (statistics.median(results[c][name]) - base) / count * 1e9
+                     for c in ("floor", "trace", "profile")}
+            print(f"  {'':13s} per write: empty-hook floor +{added['floor']:.0f} ns; trace "
+                  f"+{added['trace']:.0f} ns (ours +{added['trace'] - added['floor']:.0f}); "
+                  f"profile +{added['profile']:.0f} ns "
+                  f"(ours +{added['profile'] - added['floor']:.0f})")
         for config in ("trace", "profile"):
             st = {k: statistics.median(v) for k, v in daemon_stats[config].items()}
             line = (f"  {config:7s} daemon: ready {st['ready_s']:.2f} s after start, exit "
@@ -191,6 +260,17 @@ def main() -> int:
         print(f"  sustained: {count} writes paced at {rate:,}/s, achieved {achieved:,.0f}/s "
               f"traced; {summary['events_written']} events written, "
               f"{summary['events_lost']} lost")
+        bench_drain(binary, cgroup, data_dir / "bench.dat", conf)
+        # 1000 uprobes through the daemon: start to ready, SIGINT to exit
+        ready, stop = [], []
+        for _ in range(args.repeat):
+            run_id += 1
+            daemon = Daemon(probes["uprobes"], str(run_id), env, run_dir)
+            ready.append(daemon.ready_s)
+            stop.append(daemon.stop())
+        print(f"  {UPROBES} uprobes ({HDF5_SONAME}): daemon ready {statistics.median(ready):.2f} s "
+              f"after start, exit {statistics.median(stop):.2f} s after SIGINT")
+        bench_uprobe_paths(conf)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -199,6 +279,53 @@ def main() -> int:
             cgroup.rmdir()
         except OSError as exc:
             print(f"bench_tracer: could not remove {cgroup}: {exc}", file=sys.stderr)
+
+
+def bench_drain(binary: Path, cgroup: Path, path: Path, conf: Path) -> None:
+    """Fill a ring buffer with no reader, then time only the polls that empty it."""
+    from datacrumbs.config import load_config
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+    from datacrumbs.probes.catalog import load_catalog, select_probes
+
+    cfg = load_config(conf)
+    write = [p for p in select_probes(load_catalog(cfg), ["posix"]) if p["target"] == "write"]
+    with Engine(write, Scope.for_cgroup(cgroup), bpf_object=cfg.bpf_object,
+                ringbuf_bytes=32 << 20) as eng:
+        eng.attach()
+        run_workload(binary, cgroup, path, DRAIN_EVENTS, 16)
+        got, cpu = 0, 0.0
+        while True:
+            t0 = time.thread_time()
+            batch = eng.poll(0)
+            cpu += time.thread_time() - t0
+            if batch is None:
+                break
+            got += len(batch)
+        lost = eng.lost()
+    print(f"  drain: {got} events from a full ring in {cpu * 1e3:.0f} ms of CPU, "
+          f"{cpu / max(got, 1) * 1e9:.0f} ns/event, {lost} lost")
+
+
+def bench_uprobe_paths(conf: Path) -> None:
+    """Engine attach and close for uprobe_multi links and for the per-probe path."""
+    from datacrumbs.config import load_config
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+
+    cfg = load_config(conf)
+    library = hdf5_library()
+    for n, multi in ((UPROBES, True), (PER_PROBE_UPROBES, True), (PER_PROBE_UPROBES, False)):
+        eng = Engine(hdf5_probes(library, n), Scope.for_pids([os.getpid()]),
+                     bpf_object=cfg.bpf_object, uprobe_multi=multi)
+        t0 = time.monotonic()
+        report = eng.attach()
+        t1 = time.monotonic()
+        eng.close()
+        t2 = time.monotonic()
+        how = next(iter(report.uprobe_links.values()), "none attached").split(":")[0]
+        print(f"  engine, {n} uprobes, {how}: {len(report.attached)} attached in "
+              f"{t1 - t0:.2f} s, closed in {t2 - t1:.2f} s")
 
 
 def _host() -> str:

@@ -535,7 +535,8 @@ def test_reused_path_slots_never_leak_older_paths(bpf_object, tracefs, workloads
     """Variable-size path records (long and short, alternating) through a wrapped ring
     come back exactly: nothing truncated, nothing left over from older records."""
     import sys
-    long_path = tmp_path / ("L" * 250)
+    (tmp_path / ("D" * 200)).mkdir()
+    long_path = tmp_path / ("D" * 200) / ("L" * 250)   # > 255 bytes whatever tmp_path is
     short_path = tmp_path / "s"
     long_path.write_text("l")
     short_path.write_text("s")

@@ -294,3 +294,30 @@ def test_moving_into_the_cgroup_renews_the_cached_scope_decision(bpf_object, tra
     assert set(events["pid"].tolist()) == {child.pid}
     assert events["count"].tolist() == [5] * n
     assert events["bytes"].tolist() == [5] * n
+
+
+SETUID = r"""
+import os, sys
+fd = os.open("/dev/null", os.O_WRONLY)
+sys.stdin.buffer.read(1)
+for _ in range(5):
+    os.write(fd, b"root")            # another uid: decided "not in scope"
+uid = int(sys.argv[2])
+os.setresgid(uid, uid, uid)
+os.setresuid(uid, uid, uid)           # no exec: the cached decision must follow the uid
+for _ in range(int(sys.argv[1])):
+    os.write(fd, b"user1")
+"""
+
+
+def test_a_uid_change_without_exec_renews_the_cached_scope_decision(bpf_object, tracefs,
+                                                                    workloads, user1):
+    import sys
+    n = 9
+    child = workloads([sys.executable, "-c", SETUID, n, user1.pw_uid])
+    with Engine([WRITE_SYSCALL], Scope.for_user(user1.pw_uid), bpf_object=bpf_object) as eng:
+        eng.attach()
+        child.go()
+        events, _ = collect(eng, [child])
+    mine = events[events["pid"] == child.pid]
+    assert mine["count"].tolist() == [5] * n

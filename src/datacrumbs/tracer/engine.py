@@ -34,6 +34,16 @@ pid seen in events so far.
 
 Probes that cannot attach here are refused with a reason, never fatal;
 ``attach()`` raises EngineError only when none attaches.
+
+Uprobes of one library attach as two uprobe_multi links (entry and return,
+kernel >= 6.6; the BPF cookie of each function is its probe index), which
+attach and detach in one system call each; when the kernel refuses, or with
+``Engine(..., uprobe_multi=False)`` / ``DATACRUMBS_UPROBE_MULTI=0``, each probe
+gets its own pair of links. ``AttachReport.uprobe_links`` says which, per library.
+
+In the kernel, a thread's pending system call and its cached scope decision
+live in task storage (freed with the thread; ``pending_syscall(tid)`` reads
+it), so a traced system call costs no hash map operation.
 """
 
 from __future__ import annotations

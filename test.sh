@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# The tests run commands as unprivileged users against this checkout; a checkout under a
-# private directory (e.g. /root) is unreachable for them, so run from a world-readable copy.
-if ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/pyproject.toml" 2>/dev/null; then
-  copy=/var/tmp/datacrumbs-test-checkout
-  echo "test.sh: $PWD is not readable by other users; running the tests from $copy"
+# The tests run commands as unprivileged users and as hardened systemd units against this
+# checkout: a checkout under a private directory (e.g. /root) is unreachable for those users,
+# and one under /tmp or /var/tmp is hidden from units with PrivateTmp=yes. Run from a copy then.
+case "$PWD/" in /tmp/*|/var/tmp/*) hidden=yes ;; *) hidden=no ;; esac
+if [ "$hidden" = yes ] || \
+   ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/pyproject.toml" 2>/dev/null; then
+  copy=/srv/datacrumbs-test-checkout
+  echo "test.sh: $PWD is private or under a temporary directory; running the tests from $copy"
   mkdir -p "$copy" && chmod 755 "$copy"
   find "$copy" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +   # keep only its venv
   tar --exclude=./.venv --exclude=./build -cf - . | (cd "$copy" && tar -xf -)

@@ -1,0 +1,49 @@
+"""The `datacrumbs` entry point: subcommand discovery, the daemon form, one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def run(*argv, env=None):
+    return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_help_lists_every_subcommand_module():
+    modules = {p.stem.replace("_", "-") for p in
+               (Path(__file__).parents[1] / "src/datacrumbs/cli").glob("[a-z]*.py")}
+    out = run("datacrumbs", "--help").stdout
+    assert modules and all(name in out for name in modules)
+
+
+def test_daemon_form_is_the_run_subcommand(tmp_path):
+    """`datacrumbs FILE RUNID USER` (the unit's ExecStart) reaches `run`, which checks the id."""
+    res = run("datacrumbs", str(tmp_path / "p.json.gz"), "1;reboot", "root")
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "run id '1;reboot'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[paths]\nrun_dir = 'relative'\n")
+    res = run("datacrumbs", "probes", "list-sets", env={"DATACRUMBS_CONFIG": str(bad)})
+    assert res.returncode == 1, res.stdout
+    assert res.stderr.startswith("datacrumbs: error: ") and str(bad) in res.stderr
+    assert res.stderr.count("\n") == 1
+
+
+def test_configurator_alias_is_generate_with_sign(site, tmp_path):
+    """Site scripts written for the original tool call datacrumbs_probe_configurator."""
+    out = run("datacrumbs_probe_configurator", "--help").stdout
+    assert "--set" in out and "--sign" in out
+    res = run("datacrumbs_probe_configurator", "--set", "posix", "-o", str(tmp_path / "p.json.gz"))
+    # No service runs on this test's socket: the alias asked to sign, and says what to do.
+    assert res.returncode == 1
+    assert "datacrumbs_probe_configurator: error:" in res.stderr
+    assert "signing service is not running" in res.stderr and str(site.socket_path) in res.stderr
+    assert not (tmp_path / "p.json.gz").exists()

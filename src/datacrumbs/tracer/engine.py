@@ -102,7 +102,7 @@ _CONFIG = struct.Struct("<IIIIIIIIQQQQ")        # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
-_TASK_SIZE = 80                                 # struct dc_task: dc_entry (64) + 16
+_TASK_SIZE = 88                                 # struct dc_task: dc_entry (64) + 24
 _PIDFD_THREAD = os.O_EXCL                       # pidfd of one thread, not a process (6.9)
 
 
@@ -448,7 +448,7 @@ class Engine:
                               "(the kernel reports host pids); use a cgroup or user scope here")
         libbpf.map_update(obj.map_fd("settings"), struct.pack("<I", 0), _CONFIG.pack(
             kind, mode, self.scope.uid or 0, os.getpid(), int(self.scope.follow),
-            int(self.capture_paths), 1, 0, *(ns or (0, 0)), self.ringbuf_bytes // 8,
+            int(self.capture_paths), 1, 0, *(ns or (0, 0)), self._wakeup_events(),
             self._paths_bytes // 8))
         if self.scope.kind == "cgroup":
             fd = os.open(self.scope.cgroup, os.O_RDONLY | os.O_DIRECTORY)
@@ -554,6 +554,12 @@ class Engine:
             self._multi_refused = "the kernel refused uprobe_multi programs"
             return self._load(multi=False)
         return obj
+
+    def _wakeup_events(self) -> int:
+        """Events per CPU between wakeups of the reader: all CPUs together fill at
+        most 1/8 of the ring before it is woken."""
+        records = self.ringbuf_bytes // (8 * (EVENT_DTYPE.itemsize + 8))
+        return max(1, records // libbpf.num_possible_cpus())
 
     def _check_layout(self) -> None:
         """The object must have been built from the same header as this module."""
@@ -735,8 +741,8 @@ class Engine:
     def poll(self, timeout_ms: int) -> EventBatch | None:
         """Everything available now; else wait up to timeout_ms and drain; None if nothing.
 
-        The kernel wakes this only when a backlog of 1/8 of the ring buffer
-        builds up (a wakeup per event would cost more than the event), so a
+        The kernel wakes this only after each CPU has sent its share of 1/8 of
+        the ring buffer (a wakeup per event would cost more than the event), so a
         quiet job's events arrive within timeout_ms: poll with the latency
         you want (the daemon uses about 100 ms)."""
         if self._events is None:

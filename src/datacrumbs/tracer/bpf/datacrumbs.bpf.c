@@ -42,6 +42,14 @@ struct {
 	__type(value, struct dc_config);
 } settings SEC(".maps");
 
+/* Events sent on this CPU since it last woke the reader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} unwoken SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DC_MAX_SYSCALLS);
@@ -165,26 +173,29 @@ static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
 /* The current task's state with its scope decision brought up to date; NULL
  * when the kernel cannot give storage now (then *in is decided uncached).
  * Decisions are kept until the scope generation changes (a cgroup move),
- * the task execs, or, in user scope, its uid changes. */
-static __always_inline struct dc_task *task_state(struct dc_config *c, __u32 tgid, bool *in)
+ * the task execs, or, in user scope, its uid changes. Helper calls are what
+ * costs here (each return pays the CPU's return-stack mitigation), so the
+ * cached path makes only the storage lookup. */
+static __always_inline struct dc_task *task_state(struct dc_config *c, bool *in)
 {
 	struct dc_task *t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0,
 						 BPF_LOCAL_STORAGE_GET_F_CREATE);
 	__u32 gen = *(volatile __u32 *)&c->scope_gen;	/* before deciding: a move after it re-decides */
 
 	if (!t) {
-		*in = in_scope(c, tgid);
+		*in = in_scope(c, bpf_get_current_pid_tgid() >> 32);
 		return NULL;
 	}
 	if (t->gen != gen) {
-		t->in_scope = in_scope(c, tgid);
+		t->tid_tgid = bpf_get_current_pid_tgid();
+		t->in_scope = in_scope(c, t->tid_tgid >> 32);
 		t->uid = (__u32)bpf_get_current_uid_gid();
 		t->gen = gen;
 	} else if (c->scope == DC_SCOPE_UID) {
 		__u32 uid = (__u32)bpf_get_current_uid_gid();
 
 		if (uid != t->uid) {
-			t->in_scope = in_scope(c, tgid);
+			t->in_scope = in_scope(c, t->tid_tgid >> 32);
 			t->uid = uid;
 		}
 	}
@@ -264,8 +275,21 @@ static __always_inline __s64 bytes_of(struct dc_spec *sp, struct dc_entry *e, __
 	return -1;
 }
 
-/* Batch wakeups: none until a backlog builds up (the reader also polls on a
- * timeout), then on every record until the reader has drained it. */
+/* Events: wake the reader every c->wakeup_events records per CPU (the reader
+ * also polls on a timeout); a per-CPU counter costs no helper call. */
+static __always_inline __u64 event_wakeup_flag(struct dc_config *c)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&unwoken, &zero);
+
+	if (!n || ++*n < c->wakeup_events)
+		return BPF_RB_NO_WAKEUP;
+	*n = 0;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
+/* Paths (rarer): none until a backlog builds up, then on every record until
+ * the reader has drained it. */
 static __always_inline __u64 wakeup_flag(void *ring, __u64 threshold)
 {
 	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= threshold ? BPF_RB_FORCE_WAKEUP
@@ -331,7 +355,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 {
 	__u32 tgid = tid_tgid >> 32, tid = (__u32)tid_tgid;
 	__s64 bytes = bytes_of(sp, e, ret);
-	struct dc_event *ev;
+	struct dc_event ev_buf, *ev = &ev_buf;
 
 	if (own)
 		remember_comm(t, tgid);
@@ -341,11 +365,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	}
 	if (c->capture_paths && sp->path >= 0)
 		emit_path(c, sp, e, tid);
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_lost(0);
-		return;
-	}
+	/* built on the stack and sent with one helper call, not reserve + submit */
 	ev->ts = e->ts;
 	ev->dur = now - e->ts;
 	ev->pid = tgid;
@@ -371,7 +391,8 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 			fd = -1;
 		ev->fd = fd;
 	}
-	bpf_ringbuf_submit(ev, wakeup_flag(&events, c->wakeup_events));
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0)
+		count_lost(0);
 }
 
 /* ---- system calls: one pair of programs, a table of wanted numbers ---- */
@@ -396,7 +417,7 @@ int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 	c = get_config();
 	if (!c)
 		return 0;
-	t = task_state(c, bpf_get_current_pid_tgid() >> 32, &in);
+	t = task_state(c, &in);
 	if (!in)
 		return 0;
 	if (!t) {
@@ -435,7 +456,7 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	c = get_config();
 	if (c && t->sys.nr == k)
-		finish(c, sp, &t->sys, bpf_get_current_pid_tgid(), ret, bpf_ktime_get_ns(), true, t);
+		finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t);
 	t->sys.ts = 0;
 	return 0;
 }
@@ -454,7 +475,7 @@ static __always_inline int probe_entry(struct pt_regs *ctx)
 
 	if (!c)
 		return 0;
-	task_state(c, tid_tgid >> 32, &in);
+	task_state(c, &in);
 	if (!in)
 		return 0;
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
@@ -546,7 +567,7 @@ int dc_tracepoint(void *ctx)
 
 	if (!c)
 		return 0;
-	t = task_state(c, tid_tgid >> 32, &in);
+	t = task_state(c, &in);
 	if (!in)
 		return 0;
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
@@ -652,9 +673,12 @@ int dc_exec(void *ctx)
 
 	struct dc_task *t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0, 0);
 
-	/* a set-uid program may change the decision: take it again */
-	if (t)
+	/* a set-uid program may change the decision: take it again; a thread
+	 * other than the leader that execs takes the leader's pid */
+	if (t) {
 		t->gen = 0;
+		t->tid_tgid = tid_tgid;
+	}
 	if (!c || !in_scope(c, tgid))
 		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));

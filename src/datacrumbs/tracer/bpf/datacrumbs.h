@@ -41,8 +41,9 @@ struct dc_config {
 	 * there: these name that namespace (st_dev, st_ino of /proc/self/ns/pid). */
 	__u64 self_ns_dev;
 	__u64 self_ns_ino;
-	/* Wake the reader only once this much is waiting: a wakeup per event
-	 * costs more than the event itself. The reader polls with a timeout. */
+	/* Wake the reader only every wakeup_events events per CPU, and once
+	 * wakeup_paths bytes of paths wait: a wakeup per event costs more than
+	 * the event itself. The reader polls with a timeout. */
 	__u64 wakeup_events;
 	__u64 wakeup_paths;
 };
@@ -90,6 +91,7 @@ struct dc_task {
 	__u8 in_scope;
 	__u8 comm_done;		/* this task's process name is in comms */
 	__u8 pad[6];
+	__u64 tid_tgid;		/* as bpf_get_current_pid_tgid(): a helper call saved per use */
 };
 
 /* One completed operation: fixed 64 bytes so the ring buffer has a fixed stride. */

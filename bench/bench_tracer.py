@@ -11,6 +11,7 @@ scoped to. Each configuration is repeated and the medians are printed:
   (raw_syscalls sys_enter/sys_exit): what the hook itself costs on this kernel,
   so the rest of the trace/profile slowdown is ours;
 - drain: CPU time per event of Engine.poll() emptying a full ring buffer;
+- kernel time per program run (kernel.bpf_stats_enabled during that run only);
 - a paced test at 300,000 writes per second reports what was lost;
 - uprobes: a probes file with 1000 uprobes on distinct functions of Debian's
   serial HDF5 library (which nothing else here calls): daemon start to ready and
@@ -261,6 +262,7 @@ def main() -> int:
               f"traced; {summary['events_written']} events written, "
               f"{summary['events_lost']} lost")
         bench_drain(binary, cgroup, data_dir / "bench.dat", conf)
+        bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
         # 1000 uprobes through the daemon: start to ready, SIGINT to exit
         ready, stop = [], []
         for _ in range(args.repeat):
@@ -279,6 +281,60 @@ def main() -> int:
             cgroup.rmdir()
         except OSError as exc:
             print(f"bench_tracer: could not remove {cgroup}: {exc}", file=sys.stderr)
+
+
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def prog_stats(obj, names) -> dict[str, tuple[int, int]]:
+    """(run_cnt, run_time_ns) of our own loaded programs, from their fds' fdinfo."""
+    out = {}
+    for name in names:
+        info = Path(f"/proc/self/fdinfo/{obj.program_fd(name)}").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in info if ":" in line)
+        out[name] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+    return out
+
+
+def per_run_ns(before, after) -> str:
+    parts = []
+    for name in after:
+        runs = after[name][0] - before[name][0]
+        parts.append(f"{name} {(after[name][1] - before[name][1]) / max(runs, 1):.0f} ns")
+    return ", ".join(parts)
+
+
+def bench_kernel_time(binary: Path, cgroup: Path, path: Path, conf: Path, floor) -> None:
+    """Kernel time per program run (kernel.bpf_stats_enabled, for this run only): empty
+    programs against ours, in trace and profile mode. Runs count every system call of
+    the node; the workload's writes are nearly all of them."""
+    from datacrumbs.config import load_config
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+    from datacrumbs.probes.catalog import load_catalog, select_probes
+
+    cfg = load_config(conf)
+    write = [p for p in select_probes(load_catalog(cfg), ["posix"]) if p["target"] == "write"]
+    previous = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1")
+    try:
+        links = [floor.attach("floor_enter"), floor.attach("floor_exit")]
+        before = prog_stats(floor, ("floor_enter", "floor_exit"))
+        run_workload(binary, cgroup, path, DRAIN_EVENTS, 16)
+        line = per_run_ns(before, prog_stats(floor, ("floor_enter", "floor_exit")))
+        for link in links:
+            link.destroy()
+        for mode in ("trace", "profile"):
+            with Engine(write, Scope.for_cgroup(cgroup), bpf_object=cfg.bpf_object, mode=mode,
+                        ringbuf_bytes=32 << 20) as eng:
+                eng.attach()
+                names = ("dc_sys_enter", "dc_sys_exit")
+                before = prog_stats(eng._obj, names)
+                run_workload(binary, cgroup, path, DRAIN_EVENTS, 16)
+                line += f"; {mode}: " + per_run_ns(before, prog_stats(eng._obj, names))
+    finally:
+        BPF_STATS.write_text(previous)
+    print(f"  kernel time per run (bpf_stats; includes its own clock reads): {line}")
 
 
 def bench_drain(binary: Path, cgroup: Path, path: Path, conf: Path) -> None:

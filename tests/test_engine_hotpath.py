@@ -321,3 +321,25 @@ def test_a_uid_change_without_exec_renews_the_cached_scope_decision(bpf_object, 
         events, _ = collect(eng, [child])
     mine = events[events["pid"] == child.pid]
     assert mine["count"].tolist() == [5] * n
+
+
+def test_versioned_names_go_one_by_one_beside_the_multi_links(bpf_object, tracefs, engine_io,
+                                                              workloads, tmp_path):
+    """libbpf resolves fwrite@GLIBC_2.2.5 itself; the other probes keep their multi links."""
+    n = 12
+    versioned = dict(FWRITE, id="stdio.fwrite_v", target="fwrite@GLIBC_2.2.5")
+    child = workloads([engine_io, "stdio", tmp_path / "v.bin", n])
+    with Engine([versioned, FREAD], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        links = _uprobe_multi_links()
+        child.go()
+        events, _ = collect(eng, [child])
+    if report.refused:      # libbpf 1.1 does not know symbol versions: then it says so
+        assert [(p["id"], r) for p, r in report.refused] == [
+            ("stdio.fwrite_v", f"symbol fwrite@GLIBC_2.2.5 not found in {LIBC}")]
+    else:
+        assert events[events["probe"] == 0]["bytes"].tolist() == stdio_sizes(n)
+    assert report.uprobe_links == {
+        LIBC: "uprobe_multi, and per-probe for 1: versioned or ambiguous symbol names"}
+    assert links == [("uprobe_multi", LIBC, [1]), ("uretprobe_multi", LIBC, [1])]
+    assert events[events["probe"] == 1]["bytes"].tolist() == stdio_sizes(n)

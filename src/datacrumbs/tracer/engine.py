@@ -629,45 +629,48 @@ class Engine:
         return kind, (packed, nr, roles["path"] >= 0)
 
     def _attach_library(self, library: str, indexes: list[int], report: AttachReport) -> None:
-        """All uprobes of one library: two uprobe_multi links when the kernel
-        takes them, else (or when forced) one pair of links per probe."""
+        """All uprobes of one library: two uprobe_multi links when the kernel takes
+        them, else (or when forced) one pair of links per probe. Versioned or
+        ambiguous names go one by one too: libbpf resolves those."""
         why = self._multi_refused
+        offsets: dict[str, int] = {}
         if why is None:
             try:
                 offsets = function_offsets(library)
             except (OSError, ELFError, ValueError) as exc:
-                offsets, why = {}, f"cannot read the symbols of {library}: {exc}"
-            found = []
-            for i in indexes:
-                target = self.probes[i]["target"]
-                off = offsets.get(target, -1) if "@" not in target else -1
-                if off < 0:
-                    if target in offsets or "@" in target:    # ambiguous or versioned: libbpf
-                        why = f"{target} needs libbpf's symbol resolution"
-                        break
-                    report.refused.append((self.probes[i],
-                                           f"symbol {target} not found in {library}"))
-                    continue
-                found.append((i, off))
-            if why is None and found:
-                try:
-                    self._multi_links(library, found)
-                except AttachFailed as exc:
-                    why = f"the kernel refused a uprobe_multi link ({exc})"
-                else:
-                    report.attached.extend(self.probes[i] for i, _off in found)
-                    report.uprobe_links[library] = "uprobe_multi"
-                    log.info("%s: %d uprobes attached with 2 uprobe_multi links", library,
-                             len(found))
-                    return
-            elif why is None:
-                return                                  # every symbol was missing
-            # retry all of them one by one (the refusals above are recomputed there)
-            report.refused = [(p, r) for p, r in report.refused
-                              if not any(p is self.probes[i] for i in indexes)]
-        report.uprobe_links[library] = f"per-probe: {why}"
-        log.info("%s: uprobes attached one by one (%s)", library, why)
+                why = f"cannot read the symbols of {library}: {exc}"
+        found: list[tuple[int, int]] = []
+        single: list[int] = []
         for i in indexes:
+            target = self.probes[i]["target"]
+            if why is not None or "@" in target or offsets.get(target, 0) < 0:
+                single.append(i)
+            elif target in offsets:
+                found.append((i, offsets[target]))
+            else:
+                report.refused.append((self.probes[i], f"symbol {target} not found in {library}"))
+        if found:
+            try:
+                self._multi_links(library, found)
+            except AttachFailed as exc:
+                why = f"the kernel refused a uprobe_multi link ({exc})"
+                single = sorted(single + [i for i, _off in found])
+            else:
+                report.attached.extend(self.probes[i] for i, _off in found)
+                report.uprobe_links[library] = "uprobe_multi"
+                log.info("%s: %d uprobes attached with 2 uprobe_multi links", library,
+                         len(found))
+        if not single:
+            return
+        if why is None:
+            why = "versioned or ambiguous symbol names"
+            report.uprobe_links[library] = ("uprobe_multi, and per-probe for "
+                                            f"{len(single)}: {why}") if found else \
+                f"per-probe: {why}"
+        else:
+            report.uprobe_links[library] = f"per-probe: {why}"
+        log.info("%s: %d uprobes attached one by one (%s)", library, len(single), why)
+        for i in single:
             try:
                 self._attach_one(i, self.probes[i], "uprobe")
                 report.attached.append(self.probes[i])

@@ -372,5 +372,6 @@ def num_possible_cpus() -> int:
     return n
 
 
-__all__ = ["BpfObject", "Link", "FdLink", "uprobe_multi_link", "LibbpfError", "AttachFailed", "lib", "version", "map_update",
+__all__ = ["BpfObject", "Link", "FdLink", "uprobe_multi_link", "LibbpfError", "AttachFailed",
+           "lib", "version", "map_update",
            "map_lookup", "map_delete", "map_keys", "num_possible_cpus"]

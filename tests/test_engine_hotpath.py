@@ -343,3 +343,35 @@ def test_versioned_names_go_one_by_one_beside_the_multi_links(bpf_object, tracef
         LIBC: "uprobe_multi, and per-probe for 1: versioned or ambiguous symbol names"}
     assert links == [("uprobe_multi", LIBC, [1]), ("uretprobe_multi", LIBC, [1])]
     assert events[events["probe"] == 1]["bytes"].tolist() == stdio_sizes(n)
+
+
+ALTERNATE = r"""
+import os, sys
+out, src = os.open("/dev/null", os.O_WRONLY), os.open("/dev/zero", os.O_RDONLY)
+sys.stdin.buffer.read(1)
+for i in range(int(sys.argv[1])):
+    os.write(out, b"w" * 3)
+    os.read(src, 5)
+"""
+
+
+def test_profile_rows_of_probes_sharing_a_cache_way_stay_apart(bpf_object, tracefs, workloads):
+    """write is probe 0 and read probe 4: the same way of the per-task slot cache,
+    alternating every call. Two processes, so two rows per probe."""
+    import sys
+    n = 500
+    filler = [dict(WRITE_SYSCALL, id=f"posix.{name}", target=name, bytes=None, args={})
+              for name in ("fsync", "fdatasync", "ftruncate")]
+    probes = [WRITE_SYSCALL, *filler, READ_SYSCALL]
+    kids = [workloads([sys.executable, "-c", ALTERNATE, n + k]) for k in (0, 7)]
+    with Engine(probes, Scope.for_pids([k.pid for k in kids]), mode="profile",
+                bpf_object=bpf_object) as eng:
+        assert eng.attach().refused == []
+        for kid in kids:
+            kid.go()
+        collect(eng, kids)
+        rows = eng.read_profile()
+        assert eng.lost() == 0
+    got = {(r.pid, r.probe): (r.count, r.bytes) for r in rows}
+    assert got == {(kids[0].pid, 0): (n, 3 * n), (kids[0].pid, 4): (n, 5 * n),
+                   (kids[1].pid, 0): (n + 7, 3 * (n + 7)), (kids[1].pid, 4): (n + 7, 5 * (n + 7))}

@@ -102,7 +102,7 @@ _CONFIG = struct.Struct("<IIIIIIIIQQQQ")        # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
-_TASK_SIZE = 88                                 # struct dc_task: dc_entry (64) + 24
+_TASK_SIZE = 120                                # struct dc_task: dc_entry (64) + 56
 _PIDFD_THREAD = os.O_EXCL                       # pidfd of one thread, not a process (6.9)
 
 
@@ -539,6 +539,9 @@ class Engine:
         try:
             obj.set_max_entries("events", self.ringbuf_bytes)
             obj.set_max_entries("paths", self._paths_bytes)
+            if self.mode == "trace":        # per-CPU profile rows are large: none needed
+                for name in ("profile", "profile_slots", "slot_owner"):
+                    obj.set_max_entries(name, 1)
             for prog in _MULTI_PROGS:
                 if multi:
                     obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
@@ -811,10 +814,13 @@ class Engine:
         if self._obj is None:
             raise EngineError("read_profile() before attach() or after close()")
         fd = self._obj.map_fd("profile")
+        slots_fd = self._obj.map_fd("profile_slots")
         ncpu = libbpf.num_possible_cpus()
         rows = []
-        for key in libbpf.map_keys(fd, _PKEY.size, limit=self._obj.map_max_entries("profile")):
-            raw = libbpf.map_lookup(fd, key, _PVAL_WORDS * 8 * ncpu)
+        for key in libbpf.map_keys(slots_fd, _PKEY.size,
+                                   limit=self._obj.map_max_entries("profile_slots")):
+            slot = libbpf.map_lookup(slots_fd, key, 4)
+            raw = libbpf.map_lookup(fd, slot, _PVAL_WORDS * 8 * ncpu) if slot else None
             if raw is None:
                 continue
             v = np.frombuffer(raw, "<u8").reshape(ncpu, _PVAL_WORDS)

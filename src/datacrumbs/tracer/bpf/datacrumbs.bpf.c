@@ -96,19 +96,30 @@ struct {
 	__type(value, struct dc_entry);
 } entries SEC(".maps");
 
+/* Profile mode: one row per (process, probe) in a per-CPU array, whose
+ * lookup the kernel inlines (no helper call); profile_slots names the row of
+ * each (process, probe) and slot_owner makes claiming a row atomic. The
+ * engine shrinks all three to one entry in trace mode. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct dc_pkey);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DC_PROFILE_SLOTS);
+	__type(key, __u32);
 	__type(value, struct dc_pval);
 } profile SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DC_PROFILE_SLOTS);
+	__type(key, struct dc_pkey);
+	__type(value, __u32);
+} profile_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DC_PROFILE_SLOTS);
 	__type(key, __u32);
-	__type(value, struct dc_pval);
-} zero_pval SEC(".maps");
+	__type(value, struct dc_pkey);
+} slot_owner SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -233,23 +244,65 @@ static __always_inline __u32 log2_bucket(__u64 ns)
 	return r > DC_HIST_BUCKETS - 1 ? DC_HIST_BUCKETS - 1 : r;
 }
 
-static __always_inline void profile_add(__u32 tgid, __u32 probe, __u64 dur, __s64 bytes)
+/* The profile slot of (tgid, probe): found or claimed. An unused slot is
+ * claimed by inserting it into slot_owner with BPF_NOEXIST, which only one
+ * CPU can win (clang's default BPF target has no atomic fetch-and-add). */
+static __always_inline int profile_slot(struct dc_config *c, __u32 tgid, __u32 probe, __u32 *slot)
 {
 	struct dc_pkey k = { .tgid = tgid, .probe = probe };
-	struct dc_pval *v = bpf_map_lookup_elem(&profile, &k);
-	__u32 zero = 0;
+	__u32 *found = bpf_map_lookup_elem(&profile_slots, &k);
+	__u32 s;
+	int i;
 
-	if (!v) {
-		struct dc_pval *z = bpf_map_lookup_elem(&zero_pval, &zero);
+	if (found) {
+		*slot = *found;
+		return 0;
+	}
+	for (i = 0; i < 4; i++) {
+		s = *(volatile __u32 *)&c->profile_next;
+		if (s >= DC_PROFILE_SLOTS)
+			return -1;
+		__sync_fetch_and_add(&c->profile_next, 1);
+		if (bpf_map_update_elem(&slot_owner, &s, &k, BPF_NOEXIST) == 0)
+			break;
+	}
+	if (i == 4)
+		return -1;
+	if (bpf_map_update_elem(&profile_slots, &k, &s, BPF_NOEXIST) != 0) {
+		/* another CPU named a slot for this key first: use that one */
+		found = bpf_map_lookup_elem(&profile_slots, &k);
+		if (!found)
+			return -1;
+		s = *found;
+	}
+	*slot = s;
+	return 0;
+}
 
-		if (!z)
-			return;
-		bpf_map_update_elem(&profile, &k, z, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&profile, &k);
-		if (!v) {
+/* ``t``: the current task's state when the operation is its own (its cache of
+ * slots), else NULL. */
+static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
+					__u32 probe, __u64 dur, __s64 bytes)
+{
+	__u32 w = probe & (DC_PCACHE - 1), slot;
+	struct dc_pval *v;
+
+	if (t && t->pc_probe[w] == probe + 1) {
+		slot = t->pc_slot[w];
+	} else {
+		if (profile_slot(c, tgid, probe, &slot) < 0) {
 			count_lost(2);
 			return;
 		}
+		if (t) {
+			t->pc_probe[w] = probe + 1;
+			t->pc_slot[w] = slot;
+		}
+	}
+	v = bpf_map_lookup_elem(&profile, &slot);
+	if (!v) {
+		count_lost(2);
+		return;
 	}
 	v->count += 1;
 	if (bytes > 0)
@@ -360,7 +413,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	if (own)
 		remember_comm(t, tgid);
 	if (c->mode == DC_MODE_PROFILE) {
-		profile_add(tgid, e->probe, now - e->ts, bytes);
+		profile_add(c, own ? t : NULL, tgid, e->probe, now - e->ts, bytes);
 		return;
 	}
 	if (c->capture_paths && sp->path >= 0)

@@ -10,6 +10,8 @@
 #define DC_MAX_PROBES 4096
 #define DC_PATH_MAX 4096	/* PATH_MAX: HPC paths can be long */
 #define DC_HIST_BUCKETS 32
+#define DC_PROFILE_SLOTS 16384	/* (process, probe) rows in profile mode */
+#define DC_PCACHE 4		/* per-task cache of (probe -> profile slot) */
 #define DC_SYSCALL_SLOT 0xffffffffu
 #define DC_NO_PROBE 0xffffffffu
 /* glibc x86_64: offsetof(struct _IO_FILE, _fileno) */
@@ -36,7 +38,7 @@ struct dc_config {
 	/* Bumped whenever a task may have changed scope (cgroup moves): cached
 	 * per-task scope decisions of an older generation are taken again. */
 	__u32 scope_gen;
-	__u32 pad;
+	__u32 profile_next;	/* next profile slot to try to claim */
 	/* When the tracer runs in a child pid namespace, self_tgid is a pid
 	 * there: these name that namespace (st_dev, st_ino of /proc/self/ns/pid). */
 	__u64 self_ns_dev;
@@ -92,6 +94,10 @@ struct dc_task {
 	__u8 comm_done;		/* this task's process name is in comms */
 	__u8 pad[6];
 	__u64 tid_tgid;		/* as bpf_get_current_pid_tgid(): a helper call saved per use */
+	/* profile mode: slot of (this process, probe) in the profile array,
+	 * direct-mapped by probe % DC_PCACHE; pc_probe holds probe + 1 (0: empty) */
+	__u32 pc_probe[DC_PCACHE];
+	__u32 pc_slot[DC_PCACHE];
 };
 
 /* One completed operation: fixed 64 bytes so the ring buffer has a fixed stride. */

@@ -12,7 +12,6 @@
 #define DC_HIST_BUCKETS 32
 #define DC_PROFILE_SLOTS 16384	/* (process, probe) rows in profile mode */
 #define DC_PCACHE 4		/* per-task cache of (probe -> profile slot) */
-#define DC_SYSCALL_SLOT 0xffffffffu
 #define DC_NO_PROBE 0xffffffffu
 /* glibc x86_64: offsetof(struct _IO_FILE, _fileno) */
 #define DC_GLIBC_FILENO_OFF 112
@@ -72,7 +71,7 @@ struct dc_spec {
 
 struct dc_key {
 	__u32 tid;
-	__u32 slot;		/* probe index, or DC_SYSCALL_SLOT */
+	__u32 slot;		/* probe index (system calls: task storage) */
 };
 
 struct dc_entry {

@@ -95,7 +95,14 @@ INT_RETURNING = frozenset({
     "fclose", "fflush", "fseek", "fseeko", "fseeko64", "ftruncate", "ftruncate64", "truncate",
     "mkdir", "rmdir", "unlink", "rename", "access", "dup", "dup2", "fcntl", "ioctl", "stat",
     "fstat", "lstat", "stat64", "fstat64", "lstat64", "posix_fadvise", "fileno", "feof",
-    "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync"})
+    "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync",
+    # HDF5 calls returning herr_t (an int; hid_t-returning ones are 64-bit and stay out)
+    "H5Fclose", "H5Fflush", "H5Dread", "H5Dwrite", "H5Dclose", "H5Gclose", "H5Aread",
+    "H5Awrite", "H5Aclose",
+    # every MPI-IO call returns an int error code
+    *(f"{prefix}MPI_File_{op}" for prefix in ("", "P") for op in (
+        "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
+        "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
 _SPEC = struct.Struct("<IBBbBbbbbbbbbHHI")      # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQ")        # struct dc_config

@@ -334,7 +334,7 @@ def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None
                      len(report.attached), len(doc["probes"]),
                      ", ".join(str(p.get("id")) for p in report.attached), run_id, account.name,
                      cgroup or f"uid {account.uid}")
-            for library, how in getattr(report, "uprobe_links", {}).items():
+            for library, how in report.uprobe_links.items():
                 log.info("uprobes on %s attached with %s", library, how)
             run = TraceRun(engine, report, run_id=run_id, user=account, host=host, mode=mode,
                            interval_ms=interval_ms, capture_paths=capture_paths, dir_fd=dir_fd,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import signal
 import subprocess
@@ -32,15 +31,6 @@ pytestmark = pytest.mark.ebpf
 DATACRUMBS = [
     str(Path(sys.executable).with_name("datacrumbs"))]
 HOST = short_host()
-
-
-@pytest.fixture(scope="module")
-def shared_dir():
-    """World-traversable scratch space: pytest's tmp_path is private to root."""
-    d = Path(tempfile.mkdtemp(prefix="datacrumbs-daemon-test-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

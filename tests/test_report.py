@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -378,17 +377,7 @@ def _cli_as(user, *args, warm=None):
                           env={**os.environ, "COLUMNS": "200"})
 
 
-@pytest.fixture
-def open_tmp():
-    """A world-traversable temp dir (pytest's own is under a 0700 directory)."""
-    path = Path(tempfile.mkdtemp(prefix="datacrumbs-report-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_bad_inputs_give_one_clear_line(open_tmp, user1):
-    tmp_path = open_tmp
+def test_bad_inputs_give_one_clear_line(tmp_path, user1):
     (tmp_path / "empty").mkdir()
     notgz = tmp_path / "x.pfw.gz"
     notgz.write_text("plain text, not gzip\n")

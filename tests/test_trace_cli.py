@@ -22,14 +22,6 @@ DATACRUMBS = str(Path(sys.executable).with_name("datacrumbs"))
 
 
 @pytest.fixture(scope="module")
-def shared_dir():
-    d = Path(tempfile.mkdtemp(prefix="datacrumbs-trace-cli-test-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def writes_bin(shared_dir):
     return build("writes", shared_dir)
 

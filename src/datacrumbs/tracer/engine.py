@@ -544,6 +544,8 @@ class Engine:
         load again without them (uprobes go one by one)."""
         obj = BpfObject(self.bpf_object)
         try:
+            # A map or program missing here means an object from another version:
+            # no point retrying without uprobe_multi, say so once.
             obj.set_max_entries("events", self.ringbuf_bytes)
             obj.set_max_entries("paths", self._paths_bytes)
             if self.mode == "trace":        # per-CPU profile rows are large: none needed
@@ -554,6 +556,10 @@ class Engine:
                     obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
                 else:
                     obj.set_autoload(prog, False)
+        except libbpf.LibbpfError:
+            obj.close()
+            raise
+        try:
             obj.load()
         except libbpf.LibbpfError as exc:
             obj.close()

@@ -69,7 +69,7 @@ from ..errors import DatacrumbsError
 from . import libbpf
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
-from .scope import Scope
+from .scope import Scope, find_cgroup
 
 log = logging.getLogger("datacrumbs.engine")
 
@@ -107,6 +107,7 @@ INT_RETURNING = frozenset({
 _SPEC = struct.Struct("<IBBbBbbbbbbbbHHI")      # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQ")        # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
+_CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 120                                # struct dc_task: dc_entry (64) + 56
@@ -386,7 +387,8 @@ class Engine:
         if mode not in ("trace", "profile"):
             raise EngineError(f"capture mode {mode!r} is neither 'trace' nor 'profile'")
         if not isinstance(scope, Scope):
-            raise EngineError("the engine needs a Scope (Scope.for_cgroup/for_user/for_pids)")
+            raise EngineError("the engine needs a Scope (Scope.for_cgroup/for_cgroup_name/for_user/"
+                              "for_pids)")
         if not isinstance(probes, list) or not probes:
             raise EngineError("no probes given: the probes file lists none")
         if len(probes) > MAX_PROBES:
@@ -448,7 +450,7 @@ class Engine:
         obj = self._obj = self._load(multi=self.uprobe_multi)
         self._check_layout()
         mode = 1 if self.mode == "profile" else 0
-        kind = {"pids": 0, "user": 1, "cgroup": 2}[self.scope.kind]
+        kind = {"pids": 0, "user": 1, "cgroup": 2, "cgroup_name": 3}[self.scope.kind]
         ns = pid_namespace()
         if ns is not None and self.scope.kind == "pids":
             raise EngineError("a process-id scope needs datacrumbs in the host's pid namespace "
@@ -464,17 +466,27 @@ class Engine:
                                   struct.pack("<I", fd))
             finally:
                 os.close(fd)
+        if self.scope.kind == "cgroup_name":
+            name = self.scope.cgroup_name.encode("utf-8", "surrogateescape")
+            libbpf.map_update(obj.map_fd("scope_cgname"), struct.pack("<I", 0),
+                              _CGNAME.pack(0, 0, len(name), name))
         # Process tracking first, then seed: a fork racing the seed is still caught.
-        # Scope decisions are cached per task; a cgroup move makes them stale.
-        tracking = ("dc_fork", "dc_exec", "dc_exit") + \
-            (("dc_cgroup_moved",) if self.scope.kind == "cgroup" else ())
+        # Scope decisions are cached per task; a cgroup move makes them stale; a
+        # job cgroup named in advance is watched for before it is looked for.
+        tracking = ("dc_fork", "dc_exec", "dc_exit")
+        if self.scope.kind in ("cgroup", "cgroup_name"):
+            tracking += ("dc_cgroup_moved",)
+        if self.scope.kind == "cgroup_name":
+            tracking += ("dc_cgroup_made",)
         for prog in tracking:
             try:
                 self._links.append(obj.attach(prog))
             except AttachFailed as exc:
                 raise EngineError(f"cannot follow processes ({prog}: {exc}); the kernel needs "
-                                  "sched tracepoints and BTF") from None
+                                  "sched and cgroup tracepoints and BTF") from None
         self._seed_pids()
+        if self.scope.kind == "cgroup_name":
+            self._find_job_cgroup()
 
         report = AttachReport()
         syscalls: list[tuple[int, int, bytes]] = []
@@ -580,12 +592,44 @@ class Engine:
     def _check_layout(self) -> None:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
+                  "scope_cgname": _CGNAME.size,
                   "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
             if got != size:
                 raise EngineError(f"BPF object {self.bpf_object} does not match this datacrumbs "
                                   f"(map {name}: {got} != {size} bytes); run `datacrumbs build-bpf`")
+
+    def job_cgroup(self) -> tuple[int, int] | None:
+        """(id, level) of the named job cgroup once it exists, else None."""
+        if self._obj is None or self.scope.kind != "cgroup_name":
+            return None
+        raw = libbpf.map_lookup(self._obj.map_fd("scope_cgname"), struct.pack("<I", 0),
+                                _CGNAME.size)
+        if raw is None:
+            return None
+        cg_id, level, _, _ = _CGNAME.unpack(raw)
+        return (cg_id, level) if cg_id else None
+
+    def _find_job_cgroup(self) -> None:
+        """The job may have started first: record its existing cgroup, unless the
+        kernel already saw it being made (dc_cgroup_made is attached by now)."""
+        found = find_cgroup(self.scope.cgroup_name)
+        if found is None or self.job_cgroup() is not None:
+            if found is None:
+                log.info("cgroup %s does not exist yet; nothing is traced until it is made",
+                         self.scope.cgroup_name)
+            return
+        path, level = found
+        try:
+            cg_id = os.stat(path).st_ino
+        except OSError as exc:
+            log.info("cgroup %s went away while looking for it (%s)", path, exc)
+            return
+        name = self.scope.cgroup_name.encode("utf-8", "surrogateescape")
+        libbpf.map_update(self._obj.map_fd("scope_cgname"), struct.pack("<I", 0),
+                          _CGNAME.pack(cg_id, level, len(name), name))
+        log.info("cgroup %s already exists at %s (id %d)", self.scope.cgroup_name, path, cg_id)
 
     def _seed_pids(self) -> None:
         fd = self._obj.map_fd("scope_pids")

@@ -16,6 +16,10 @@ from ..errors import DatacrumbsError
 CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
 MAX_SEED_PIDS = 65536
 UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no uid"
+CGROUP_NAME_MAX = 255    # kernfs names are at most NAME_MAX bytes
+CGROUP_NAME_SUFFIXES = (".service", ".scope")
+FIND_MAX_DEPTH = 12      # how deep find_cgroup looks below the v2 root
+FIND_MAX_DIRS = 100000   # and how many directories at most
 
 
 class ScopeError(DatacrumbsError):
@@ -67,8 +71,9 @@ def descendants(pids) -> set[int]:
 class Scope:
     """Processes to trace. Build with for_cgroup, for_user or for_pids."""
 
-    kind: str                      # "cgroup" | "user" | "pids"
+    kind: str                      # "cgroup" | "cgroup_name" | "user" | "pids"
     cgroup: Path | None = None
+    cgroup_name: str | None = None
     uid: int | None = None
     pids: tuple[int, ...] = ()
     follow: bool = True
@@ -91,6 +96,24 @@ class Scope:
             raise ScopeError(f"cgroup {path} does not exist or is not a cgroup v2 directory "
                              "(no cgroup.procs)")
         return cls(kind="cgroup", cgroup=real, follow=False)
+
+    @classmethod
+    def for_cgroup_name(cls, name) -> "Scope":
+        """The cgroup v2 directory with this last path component (Flux/systemd:
+        ``shell-<jobid>.service``) and its descendants, wherever and whenever it is
+        created: the tracer starts in the prolog, before the job's cgroup exists."""
+        if not isinstance(name, str):
+            raise ScopeError(f"cgroup name {name!r} must be a string such as "
+                             "'shell-<jobid>.service'")
+        raw = name.encode("utf-8", "surrogateescape")
+        if (not name or "/" in name or "\0" in name or name in (".", "..")
+                or len(raw) > CGROUP_NAME_MAX):
+            raise ScopeError(f"cgroup name {name!r} must be one path component (no '/', no NUL, "
+                             f"at most {CGROUP_NAME_MAX} bytes), e.g. 'shell-<jobid>.service'")
+        if not name.endswith(CGROUP_NAME_SUFFIXES) or name in CGROUP_NAME_SUFFIXES:
+            raise ScopeError(f"cgroup name {name!r} must name a systemd unit ending in "
+                             f"{' or '.join(CGROUP_NAME_SUFFIXES)}, e.g. 'shell-<jobid>.service'")
+        return cls(kind="cgroup_name", cgroup_name=name, follow=False)
 
     @classmethod
     def for_user(cls, uid) -> "Scope":
@@ -122,6 +145,39 @@ class Scope:
     def describe(self) -> str:
         if self.kind == "cgroup":
             return f"cgroup {self.cgroup}"
+        if self.kind == "cgroup_name":
+            return f"cgroup named {self.cgroup_name}"
         if self.kind == "user":
             return f"uid {self.uid}"
         return f"pids {', '.join(map(str, self.pids))}" + (" and descendants" if self.follow else "")
+
+
+def find_cgroup(name: str, root: Path | None = None) -> tuple[Path, int] | None:
+    """The existing cgroup v2 directory called ``name`` and its level (depth below
+    the root), searched breadth-first and bounded; the newest (highest id) when
+    several match, as the kernel side keeps the last one created."""
+    root = root or cgroup2_root()
+    found: list[tuple[int, Path, int]] = []
+    todo, seen = [(root, 0)], 0
+    while todo and seen < FIND_MAX_DIRS:
+        nxt = []
+        for path, level in todo:
+            try:
+                with os.scandir(path) as it:
+                    entries = [e for e in it if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+            for e in entries:
+                seen += 1
+                if e.name == name:
+                    try:
+                        found.append((e.inode(), Path(e.path), level + 1))
+                    except OSError:
+                        pass
+                if level + 1 < FIND_MAX_DEPTH:
+                    nxt.append((Path(e.path), level + 1))
+        todo = nxt
+    if not found:
+        return None
+    _, path, level = max(found)
+    return path, level

@@ -84,6 +84,14 @@ struct {
 	__type(value, __u32);
 } scope_cgroup SEC(".maps");
 
+/* DC_SCOPE_CGROUP_NAME: the wanted cgroup name and, once found, its id and level. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_cgname);
+} scope_cgname SEC(".maps");
+
 /* Per-task state: pending system call, cached scope decision, comm flag. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -182,6 +190,13 @@ static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
 		return false;
 	if (c->scope == DC_SCOPE_CGROUP)
 		return bpf_current_task_under_cgroup(&scope_cgroup, 0) == 1;
+	if (c->scope == DC_SCOPE_CGROUP_NAME) {
+		__u32 zero = 0;
+		struct dc_cgname *w = bpf_map_lookup_elem(&scope_cgname, &zero);
+		__u64 id = w ? *(volatile __u64 *)&w->id : 0;
+
+		return id && bpf_get_current_ancestor_cgroup_id(w->level) == id;
+	}
 	if (c->scope == DC_SCOPE_UID && (__u32)bpf_get_current_uid_gid() == c->uid)
 		return true;
 	return bpf_map_lookup_elem(&scope_pids, &tgid) != NULL;
@@ -755,6 +770,40 @@ int BPF_PROG(dc_cgroup_moved, struct cgroup *dst, const char *path, struct task_
 
 	if (c)
 		__sync_fetch_and_add(&c->scope_gen, 1);
+	return 0;
+}
+
+/* DC_SCOPE_CGROUP_NAME: the job's cgroup (e.g. shell-<jobid>.service) is
+ * created after the tracer starts; record its id here, in the kernel, so no
+ * process entering it can run before the scope knows it. Only the cgroup v2
+ * hierarchy (id 0) counts: a hybrid host makes the same name under v1 too. */
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(dc_cgroup_made, struct cgroup *cgrp, const char *path)
+{
+	struct dc_config *c = get_config();
+	char name[DC_CGNAME_MAX];
+	struct dc_cgname *w;
+	__u32 zero = 0;
+	long n;
+
+	if (!c || c->scope != DC_SCOPE_CGROUP_NAME || BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
+		return 0;
+	w = bpf_map_lookup_elem(&scope_cgname, &zero);
+	if (!w)
+		return 0;
+	n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(cgrp, kn, name));
+	if (n <= 0 || n != (long)w->len + 1)
+		return 0;
+	for (__u32 i = 0; i < DC_CGNAME_MAX; i++) {
+		if (i >= w->len)
+			break;
+		if (name[i] != w->name[i])
+			return 0;
+	}
+	w->level = BPF_CORE_READ(cgrp, level);
+	asm volatile("" ::: "memory");	/* level first: an early reader re-decides on the bump */
+	w->id = BPF_CORE_READ(cgrp, kn, id);
+	__sync_fetch_and_add(&c->scope_gen, 1);
 	return 0;
 }
 

@@ -16,7 +16,11 @@
 /* glibc x86_64: offsetof(struct _IO_FILE, _fileno) */
 #define DC_GLIBC_FILENO_OFF 112
 
-enum dc_scope_kind { DC_SCOPE_PIDS = 0, DC_SCOPE_UID = 1, DC_SCOPE_CGROUP = 2 };
+/* DC_SCOPE_CGROUP_NAME: the cgroup v2 directory named in scope_cgname, found
+ * when it is created (it appears after the tracer starts), with descendants. */
+enum dc_scope_kind {
+	DC_SCOPE_PIDS = 0, DC_SCOPE_UID = 1, DC_SCOPE_CGROUP = 2, DC_SCOPE_CGROUP_NAME = 3
+};
 enum dc_mode { DC_MODE_TRACE = 0, DC_MODE_PROFILE = 1 };
 enum dc_bytes_kind {
 	DC_BYTES_NONE = 0,	/* not a data operation */
@@ -25,6 +29,17 @@ enum dc_bytes_kind {
 	DC_BYTES_ARG = 3,	/* arg[bytes_arg] when ret >= 0 */
 	DC_BYTES_FIELD = 4,	/* tracepoint field at field_off/field_size */
 	DC_BYTES_SECTORS = 5,	/* block request: nr_sector * 512 */
+};
+
+#define DC_CGNAME_MAX 256	/* a kernfs name (NAME_MAX) and its NUL */
+
+/* The job's cgroup by name: the engine sets name and len; id and level are
+ * set when the cgroup is found (id 0: not yet, nothing is in scope). */
+struct dc_cgname {
+	__u64 id;		/* cgroup v2 id (kernfs node id = directory inode) */
+	__u32 level;		/* depth below the cgroup v2 root */
+	__u32 len;		/* bytes of name without its NUL */
+	char name[DC_CGNAME_MAX];
 };
 
 struct dc_config {

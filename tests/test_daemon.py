@@ -392,6 +392,53 @@ def test_cgroup_scope_from_env(site, user1, workdir, writes_bin, daemons):
         cg.rmdir()
 
 
+def test_cgroup_name_scope_from_env(site, user1, workdir, writes_bin, daemons):
+    """DATACRUMBS_CGROUP_NAME names the job's cgroup before it exists (the prolog runs
+    first): once made, only processes in it are traced, not the same user elsewhere."""
+    import uuid
+    parent = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{uuid.uuid4().hex[:8]}"
+    name = f"shell-dct{uuid.uuid4().hex[:8]}.service"
+    cg = parent / name
+    parent.mkdir()
+    try:
+        probes = sign_for(site, user1)
+        d = daemons(site, probes, "6161", user1.pw_name, env={"DATACRUMBS_CGROUP_NAME": name})
+        d.wait_ready()
+        cg.mkdir()                   # the job's shell unit, made after the tracer started
+
+        def enter():  # join the job's cgroup as root, then become the user
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+            os.setgroups([])
+            os.setgid(user1.pw_gid)
+            os.setuid(user1.pw_uid)
+
+        inside = subprocess.Popen([str(writes_bin), str(workdir / "in.dat"), "300", "64"],
+                                  preexec_fn=enter, stdout=subprocess.PIPE)
+        outside = run_as(user1, [str(writes_bin), str(workdir / "out.dat"), "200", "64"])
+        inside.communicate(timeout=60)
+        outside.communicate(timeout=60)
+        time.sleep(0.1)
+        assert d.stop() == 0, d.stderr
+        assert f"scope cgroup named {name}" in d.stderr
+        files = d.summary()["files"]
+        assert files[str(workdir / "in.dat")]["bytes"] == 300 * 64
+        assert str(workdir / "out.dat") not in files
+        assert {e["pid"] for e in rb.events(d.trace()) if "pid" in e} == {inside.pid}
+    finally:
+        for sub in (cg, parent):
+            if sub.exists():
+                sub.rmdir()
+
+
+def test_bad_cgroup_name_env_is_refused(site, user1):
+    probes = sign_for(site, user1)
+    proc = subprocess.run([*DATACRUMBS, "run", str(probes), "100", user1.pw_name],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, DATACRUMBS_CGROUP_NAME="../etc/shell-1.service"))
+    assert proc.returncode == 1
+    _only_one_error_line(proc.stderr, "DATACRUMBS_CGROUP_NAME", "one path component")
+
+
 def test_fd_tables_and_file_tables_stay_bounded():
     from datacrumbs.tracer.paths import FdPaths
     from datacrumbs.tracer.summary import OTHER_FILES, SummaryBuilder

@@ -34,6 +34,7 @@ log = logging.getLogger("datacrumbs.daemon")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 CGROUP_ENV = "DATACRUMBS_CGROUP"
+CGROUP_NAME_ENV = "DATACRUMBS_CGROUP_NAME"
 STOP_DRAIN_SECONDS = 30.0
 _POLL_MS = 100
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
@@ -66,6 +67,24 @@ def cgroup_from_env(env=os.environ) -> Path | None:
         raise ConfigError(f"{CGROUP_ENV}={raw!r} is not an existing cgroup directory under "
                           f"{CGROUP_ROOT}; check the job's cgroup path in the env file")
     return real
+
+
+def scope_from_env(uid: int, env=os.environ):
+    """The job's scope: DATACRUMBS_CGROUP (an existing directory), else
+    DATACRUMBS_CGROUP_NAME (the job's cgroup, e.g. shell-<jobid>.service, which
+    the prolog names before it exists), else every process of the job's user."""
+    from .scope import Scope, ScopeError
+
+    cgroup = cgroup_from_env(env)
+    if cgroup:
+        return Scope.for_cgroup(cgroup)
+    name = env.get(CGROUP_NAME_ENV)
+    if name:
+        try:
+            return Scope.for_cgroup_name(name)
+        except ScopeError as exc:
+            raise ConfigError(f"{CGROUP_NAME_ENV}: {exc}; check the prolog's env file") from None
+    return Scope.for_user(uid)
 
 
 # -- the trace directory and file names --------------------------------------------------
@@ -301,15 +320,13 @@ def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None
     config = config or load_config()
     from ..probes.verify import verify_probes_file
     from .engine import Engine
-    from .scope import Scope
 
     doc = verify_probes_file(Path(probes_path), account.name, config=config)
     capture = doc.get("capture") or {}
     mode = capture.get("mode", "trace")
     interval_ms = int(capture.get("interval_ms", 1000))
     capture_paths = bool(capture.get("paths", True))
-    cgroup = cgroup_from_env(env)
-    scope = Scope.for_cgroup(cgroup) if cgroup else Scope.for_user(account.uid)
+    scope = scope_from_env(account.uid, env)
     host = short_host()
     start = datetime.now(timezone.utc)
     dir_fd = open_trace_dir(config, account, jobid=run_id, host=host,
@@ -333,7 +350,7 @@ def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None
             log.info("attached %d of %d probes (%s) for job %s of user %s, scope %s",
                      len(report.attached), len(doc["probes"]),
                      ", ".join(str(p.get("id")) for p in report.attached), run_id, account.name,
-                     cgroup or f"uid {account.uid}")
+                     scope.describe())
             for library, how in report.uprobe_links.items():
                 log.info("uprobes on %s attached with %s", library, how)
             run = TraceRun(engine, report, run_id=run_id, user=account, host=host, mode=mode,

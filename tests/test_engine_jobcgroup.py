@@ -224,3 +224,36 @@ def test_good_cgroup_names():
         scope = Scope.for_cgroup_name(name)
         assert (scope.kind, scope.cgroup_name, scope.follow) == ("cgroup_name", name, False)
         assert scope.describe() == f"cgroup named {name}"
+
+
+@pytest.mark.parametrize("made_first", [False, True])
+def test_a_name_suffix_finds_flux_sdexec_units_on_every_rank(bpf_object, tracefs, engine_io,
+                                                             workloads, job_parent, user1,
+                                                             made_first):
+    """Flux's sdexec names the job's unit <shell>-<rank>-<f58 jobid>.service; the prolog
+    knows only the job id, so the scope is the suffix -<f58 jobid>.service. A unit of
+    another job whose id ends the same way but is longer does not match."""
+    from datacrumbs.jobid import f58_encode
+    parent, _ = job_parent
+    jobid = 0x4B2000000 + int(uuid.uuid4().hex[:6], 16)
+    suffix = f"-f{f58_encode(jobid)[1:]}.service"
+    n = 13
+    cg = parent / f"imp-shell-3{suffix}"
+    other = parent / f"imp-shell-3-fX{suffix[2:]}"    # another job: "...fX<id>.service"
+    inside = workloads([engine_io, "write", "/dev/null", n], user=user1)
+    decoy = workloads([engine_io, "write", "/dev/null", n + 2], user=user1)
+    if made_first:
+        cg.mkdir()
+    with Engine([WRITE], Scope.for_cgroup_name(suffix), bpf_object=bpf_object) as eng:
+        eng.attach()
+        other.mkdir()
+        if not made_first:
+            cg.mkdir()
+        assert eng.job_cgroup() == (cg.stat().st_ino, 2)
+        _enter(cg, inside)
+        _enter(other, decoy)
+        inside.go()
+        decoy.go()
+        events, _ = collect(eng, [inside, decoy])
+    assert set(events["pid"].tolist()) == {inside.pid}
+    assert events["bytes"].tolist() == write_sizes(n)

@@ -99,9 +99,11 @@ class Scope:
 
     @classmethod
     def for_cgroup_name(cls, name) -> "Scope":
-        """The cgroup v2 directory with this last path component (Flux/systemd:
-        ``shell-<jobid>.service``) and its descendants, wherever and whenever it is
-        created: the tracer starts in the prolog, before the job's cgroup exists."""
+        """The cgroup v2 directory whose name ends with ``name`` (a whole name matches
+        too) and its descendants, wherever and whenever it is created: the tracer
+        starts in the prolog, before the job's cgroup exists. Flux's sdexec names it
+        ``<shell>-<rank>-<f58 jobid>.service``, so ``-<f58 jobid>.service`` finds it on
+        every node."""
         if not isinstance(name, str):
             raise ScopeError(f"cgroup name {name!r} must be a string such as "
                              "'shell-<jobid>.service'")
@@ -153,9 +155,9 @@ class Scope:
 
 
 def find_cgroup(name: str, root: Path | None = None) -> tuple[Path, int] | None:
-    """The existing cgroup v2 directory called ``name`` and its level (depth below
-    the root), searched breadth-first and bounded; the newest (highest id) when
-    several match, as the kernel side keeps the last one created."""
+    """The existing cgroup v2 directory whose name ends with ``name`` and its level
+    (depth below the root), searched breadth-first and bounded; the newest (highest
+    id) when several match, as the kernel side keeps the last one created."""
     root = root or cgroup2_root()
     found: list[tuple[int, Path, int]] = []
     todo, seen = [(root, 0)], 0
@@ -169,7 +171,7 @@ def find_cgroup(name: str, root: Path | None = None) -> tuple[Path, int] | None:
                 continue
             for e in entries:
                 seen += 1
-                if e.name == name:
+                if e.name.endswith(name):
                     try:
                         found.append((e.inode(), Path(e.path), level + 1))
                     except OSError:

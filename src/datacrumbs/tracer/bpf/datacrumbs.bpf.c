@@ -773,8 +773,8 @@ int BPF_PROG(dc_cgroup_moved, struct cgroup *dst, const char *path, struct task_
 	return 0;
 }
 
-/* DC_SCOPE_CGROUP_NAME: the job's cgroup (e.g. shell-<jobid>.service) is
- * created after the tracer starts; record its id here, in the kernel, so no
+/* DC_SCOPE_CGROUP_NAME: the job's cgroup (its name ends in e.g.
+ * -f2kP8DU5B.service) is created after the tracer starts; record its id here, in the kernel, so no
  * process entering it can run before the scope knows it. Only the cgroup v2
  * hierarchy (id 0) counts: a hybrid host makes the same name under v1 too. */
 SEC("tp_btf/cgroup_mkdir")
@@ -783,7 +783,7 @@ int BPF_PROG(dc_cgroup_made, struct cgroup *cgrp, const char *path)
 	struct dc_config *c = get_config();
 	char name[DC_CGNAME_MAX];
 	struct dc_cgname *w;
-	__u32 zero = 0;
+	__u32 zero = 0, off;
 	long n;
 
 	if (!c || c->scope != DC_SCOPE_CGROUP_NAME || BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
@@ -792,12 +792,16 @@ int BPF_PROG(dc_cgroup_made, struct cgroup *cgrp, const char *path)
 	if (!w)
 		return 0;
 	n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(cgrp, kn, name));
-	if (n <= 0 || n != (long)w->len + 1)
+	/* The wanted text is a suffix of the name (a whole name matches too): Flux
+	 * names the unit <shell>-<rank>-<f58 jobid>.service, and the rank and the
+	 * shell's name vary by node and site while the job id does not. */
+	if (n <= 0 || n - 1 < (long)w->len)
 		return 0;
+	off = (__u32)(n - 1) - w->len;
 	for (__u32 i = 0; i < DC_CGNAME_MAX; i++) {
 		if (i >= w->len)
 			break;
-		if (name[i] != w->name[i])
+		if (name[(off + i) & (DC_CGNAME_MAX - 1)] != w->name[i])
 			return 0;
 	}
 	w->level = BPF_CORE_READ(cgrp, level);

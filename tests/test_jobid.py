@@ -42,3 +42,9 @@ def test_run_id_must_already_be_decimal(bad):
 
 def test_run_id_drops_leading_zeros():
     assert validate_run_id("0042") == "42"
+
+
+def test_f58plain_is_the_ascii_spelling_flux_puts_in_unit_names():
+    from datacrumbs.jobid import f58plain
+    assert f58plain(KNOWN) == "f" + f58_encode(KNOWN)[1:]
+    assert f58plain(KNOWN).isascii() and parse_jobid(f58plain(KNOWN)) == KNOWN

@@ -305,3 +305,56 @@ def test_unwritable_log_never_disturbs_the_prolog(site, user1, capsys):
     assert "no probe_file was given" in result.message
     err = capsys.readouterr().err
     assert "no probe_file was given" in err and "Traceback" not in err and "Logging error" not in err
+
+
+def test_sdexec_scope_keeps_two_jobs_of_one_user_apart(traced_site, site, user1,
+                                                        signed_probes_file, work_dir):
+    """With sdexec_scope, the prolog asks the tracer for the job's unit cgroup,
+    <shell>-<rank>-<f58 jobid>.service, which Flux creates only after the prolog:
+    two jobs of the same user on one node then each trace only their own processes."""
+    import subprocess
+    import uuid
+
+    from datacrumbs.config import load_config, render_config
+    from datacrumbs.jobid import f58plain
+    from datacrumbs.tracer.scope import cgroup2_root
+    from fixtures.systemd import WORKLOAD
+
+    manager = traced_site
+    cfg = load_config(site.source)
+    cfg.sdexec_scope = True
+    Path(site.source).write_text(render_config(cfg))
+    parent = cgroup2_root() / f"dctest-sdexec-{uuid.uuid4().hex[:8]}"
+    parent.mkdir()
+    jobs = {"3001": 40, "3002": 70}
+    try:
+        envs = {j: flux_env(manager, site, j, user1, signed_probes_file) for j in jobs}
+        for j in jobs:
+            res = prolog(site, envs[j])
+            assert res.returncode == 0 and manager.is_active(f"datacrumbs@{j}.service") == \
+                "active", res.stderr
+            assert f'DATACRUMBS_CGROUP_NAME="-{f58plain(int(j))}.service"' in \
+                (site.run_dir / f"datacrumbs-{j}.env").read_text()
+        pids = {}
+        for j, n in jobs.items():
+            unit = parent / f"imp-shell-0-{f58plain(int(j))}.service"   # as Flux's sdexec names it
+            unit.mkdir()
+            # enter the job's cgroup as root, then become the job's user: argv only, no splicing
+            out = subprocess.run(
+                ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh", str(unit),
+                 "setpriv", f"--reuid={user1.pw_uid}", f"--regid={user1.pw_gid}", "--clear-groups",
+                 "/usr/bin/python3", "-c", WORKLOAD, str(work_dir / f"out-{j}"), str(n), "4096"],
+                capture_output=True, text=True, check=True, timeout=60, cwd="/")
+            pids[j] = int(out.stdout.split()[0])
+        for j in jobs:
+            assert epilog(site, envs[j]).returncode == 0
+        for j, n in jobs.items():
+            ops = [e for e in read_trace(trace_path(site, user1.pw_name, j)) if e.get("ph") == "X"]
+            assert {e["pid"] for e in ops} == {pids[j]}, "the other job's processes leaked in"
+            writes = [e for e in ops if e["name"] == "write" and e["args"].get("size") == 4096]
+            assert len(writes) == n
+    finally:
+        for unit in parent.iterdir():
+            if unit.is_dir():
+                unit.rmdir()
+        parent.rmdir()

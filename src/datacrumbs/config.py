@@ -47,6 +47,10 @@ class SiteConfig:
     ready_timeout: float = 20.0
     stop_timeout: float = 60.0
     fail_job_on_error: bool = False
+    # Flux runs job shells with sdexec (exec.service = "sdexec"): trace only the job's
+    # cgroup, the unit <shell>-<rank>-<f58 jobid>.service, so two jobs of one user on a
+    # node stay apart. Off: trace every process of the job's user on the node.
+    sdexec_scope: bool = False
     # [limits]
     max_probes_file_bytes: int = 1 << 20          # compressed
     max_probes_document_bytes: int = 8 << 20      # decompressed
@@ -66,7 +70,8 @@ class SiteConfig:
 _SECTIONS = {
     "paths": ("run_dir", "log_dir", "trace_dir", "public_key_dir", "probe_sets_dir", "bpf_object"),
     "signing": ("socket_path", "private_key_dir", "policy_file", "audit_log", "max_validity_days"),
-    "service": ("prolog_timeout", "ready_timeout", "stop_timeout", "fail_job_on_error"),
+    "service": ("prolog_timeout", "ready_timeout", "stop_timeout", "fail_job_on_error",
+                "sdexec_scope"),
     "limits": ("max_probes_file_bytes", "max_probes_document_bytes", "max_probes"),
 }
 

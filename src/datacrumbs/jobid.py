@@ -40,6 +40,11 @@ def f58_encode(value: int) -> str:
     return "\u0192" + "".join(reversed(digits))
 
 
+def f58plain(value: int) -> str:
+    """The ASCII F58 spelling (``f2kP8DU5B``) Flux uses in sdexec unit names."""
+    return "f" + f58_encode(value)[1:]
+
+
 def parse_jobid(text: str) -> int:
     """Return the numeric job id for any form Flux prints, or raise InvalidJobId.
 

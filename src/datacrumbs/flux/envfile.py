@@ -18,7 +18,7 @@ from ..errors import DatacrumbsError
 from ..jobid import validate_run_id
 
 KEYS = ("DATACRUMBS_JOBID", "DATACRUMBS_USER", "DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG",
-        "DATACRUMBS_CGROUP")
+        "DATACRUMBS_CGROUP", "DATACRUMBS_CGROUP_NAME")
 REQUIRED = KEYS[:4]
 PATH_KEYS = ("DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG", "DATACRUMBS_CGROUP")
 _FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte"}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..config import CONFIG_ENV, SiteConfig, default_config_path, load_config
 from ..errors import DatacrumbsError
+from ..jobid import f58plain
 from . import envfile, jobinfo, systemctl
 
 log = logging.getLogger("datacrumbs.flux")
@@ -153,6 +154,9 @@ def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, enviro
     }
     if environ.get("DATACRUMBS_CGROUP"):
         values["DATACRUMBS_CGROUP"] = environ["DATACRUMBS_CGROUP"]
+    elif cfg.sdexec_scope:
+        # the job's unit does not exist yet; the tracer waits for it, in the kernel
+        values["DATACRUMBS_CGROUP_NAME"] = f"-{f58plain(int(jobid))}.service"
     envfile.write_env_file(cfg.run_dir, jobid, values)
     systemctl.reset_failed(jobid, timeout=min(5.0, max(deadline - time.monotonic(), 0.5)))
     budget = deadline - time.monotonic() - reserve

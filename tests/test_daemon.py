@@ -430,6 +430,19 @@ def test_cgroup_name_scope_from_env(site, user1, workdir, writes_bin, daemons):
                 sub.rmdir()
 
 
+def test_job_cgroup_that_never_appears_is_a_warning_not_silence(site, user1, daemons):
+    """sdexec_scope on a node whose Flux does not use sdexec traces nothing: the log and
+    the summary must say why the trace is empty."""
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "6262", user1.pw_name,
+                env={"DATACRUMBS_CGROUP_NAME": "-fNeverMade1.service"})
+    d.wait_ready()
+    assert d.stop() == 0, d.stderr
+    warning = d.summary()["warning"]
+    assert "-fNeverMade1.service" in warning and "sdexec" in warning
+    assert "nothing was traced" in d.stderr
+
+
 def test_bad_cgroup_name_env_is_refused(site, user1):
     probes = sign_for(site, user1)
     proc = subprocess.run([*DATACRUMBS, "run", str(probes), "100", user1.pw_name],

@@ -498,6 +498,17 @@ class TraceRun:
         if rows is not None:
             self.summary.set_profile(rows)
         extra = {"error": error} if error else {}
+        scope = self.engine.scope
+        try:
+            job_cgroup_seen = scope.kind != "cgroup_name" or self.engine.job_cgroup() is not None
+        except (DatacrumbsError, OSError):
+            job_cgroup_seen = True      # cannot tell: say nothing rather than something wrong
+        if not job_cgroup_seen:
+            # Not an error of the job's, but an empty trace must never be silent.
+            extra["warning"] = (f"no cgroup named *{scope.cgroup_name} appeared during the job, "
+                                "so nothing was traced; sdexec_scope = true needs Flux to run "
+                                "jobs with sdexec")
+            log.warning("%s", extra["warning"])
         if self.writer.error:
             extra["write_error"] = self.writer.error
             extra["events_not_written"] = self.writer.events_dropped

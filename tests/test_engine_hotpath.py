@@ -14,7 +14,7 @@ import pytest
 from datacrumbs.tracer.engine import UPROBE_MULTI_ENV, Engine
 from datacrumbs.tracer.scope import Scope
 
-from fixtures.tracing import collect, stdio_sizes, write_sizes
+from fixtures.tracing import MOVER, collect, stdio_sizes, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
@@ -259,19 +259,6 @@ def test_entry_state_lives_and_dies_with_the_thread(bpf_object, tracefs, tmp_pat
     assert [(ev[2], ev[3], ev[6]) for ev in events] == [(proc.pid, proc.pid, 1),
                                                         (proc.pid, proc.pid, 0)]
 
-
-
-MOVER = r"""
-import os, sys
-fd = os.open("/dev/null", os.O_WRONLY)
-sys.stdin.buffer.read(1)
-for _ in range(5):
-    os.write(fd, b"before")          # outside the cgroup: decided "not in scope"
-open(sys.argv[2], "w").close()
-sys.stdin.buffer.read(1)
-for _ in range(int(sys.argv[1])):
-    os.write(fd, b"after")           # moved in: the cached decision must not stick
-"""
 
 
 def test_moving_into_the_cgroup_renews_the_cached_scope_decision(bpf_object, tracefs, cgroup,

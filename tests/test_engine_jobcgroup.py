@@ -5,7 +5,6 @@ process of the same user outside it never does."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -15,42 +14,13 @@ import pytest
 from datacrumbs.tracer.engine import Engine
 from datacrumbs.tracer.scope import Scope, ScopeError, cgroup2_root, find_cgroup
 
-from fixtures.tracing import collect, write_sizes
+from fixtures.tracing import MOVER, collect, remove_cgroup_tree, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
 WRITE = {"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX",
          "args": {"fd": 0, "count": 2}, "bytes": "ret"}
 V1_SYSTEMD = Path("/sys/fs/cgroup/systemd")
-
-
-def _remove_tree(path: Path, root: Path) -> None:
-    """Move every process out to ``root``, then remove the cgroups bottom-up."""
-    if not path.is_dir():
-        return
-    for sub, dirs, _ in os.walk(path, topdown=False):
-        sub = Path(sub)
-        for _ in range(50):
-            try:
-                pids = (sub / "cgroup.procs").read_text().split()
-            except OSError:
-                break
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    (root / "cgroup.procs").write_text(pid)
-                except OSError:
-                    pass
-            time.sleep(0.01)
-        for _ in range(100):
-            try:
-                sub.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.02)
 
 
 @pytest.fixture
@@ -63,9 +33,9 @@ def job_parent():
     parent.mkdir()
     v1 = V1_SYSTEMD / f"dctest-jobcg-{tag}"
     yield parent, f"shell-dct{tag}.service"
-    _remove_tree(parent, root)
+    remove_cgroup_tree(parent, root)
     if v1.exists():
-        _remove_tree(v1, V1_SYSTEMD)
+        remove_cgroup_tree(v1, V1_SYSTEMD)
     assert not parent.exists(), f"test cgroup {parent} left behind"
 
 
@@ -98,19 +68,6 @@ def test_cgroup_made_after_attach_scopes_exactly_the_job(bpf_object, tracefs, en
     assert len(before) == 0
     assert set(events["pid"].tolist()) == {inside.pid}, "another process of the user leaked in"
     assert events["bytes"].tolist() == write_sizes(n_in)
-
-
-MOVER = r"""
-import os, sys
-fd = os.open("/dev/null", os.O_WRONLY)
-sys.stdin.buffer.read(1)
-for _ in range(5):
-    os.write(fd, b"before")          # job cgroup made, not in it yet: decided "not in scope"
-open(sys.argv[2], "w").close()
-sys.stdin.buffer.read(1)
-for _ in range(int(sys.argv[1])):
-    os.write(fd, b"after")           # moved in: the cached decision must not stick
-"""
 
 
 def test_moving_into_the_made_cgroup_renews_the_cached_decision(bpf_object, tracefs, workloads,

@@ -362,6 +362,16 @@ def test_disk_full_keeps_daemon_alive_and_trace_readable(site, user1, workdir, w
     assert summary["operations"]["POSIX/write"]["count"] >= 400000
 
 
+def enter_cgroup_as(cg: Path, user):
+    """A preexec_fn: join the job's cgroup as root, then become the job's user."""
+    def enter():
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+    return enter
+
+
 def test_cgroup_scope_from_env(site, user1, workdir, writes_bin, daemons):
     """With DATACRUMBS_CGROUP only the job's cgroup is traced, even the same user elsewhere."""
     cg = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{os.getpid()}"
@@ -371,14 +381,8 @@ def test_cgroup_scope_from_env(site, user1, workdir, writes_bin, daemons):
         d = daemons(site, probes, "6060", user1.pw_name, env={"DATACRUMBS_CGROUP": str(cg)})
         d.wait_ready()
 
-        def enter():  # join the job's cgroup as root, then become the user
-            (cg / "cgroup.procs").write_text(str(os.getpid()))
-            os.setgroups([])
-            os.setgid(user1.pw_gid)
-            os.setuid(user1.pw_uid)
-
         inside = subprocess.Popen([str(writes_bin), str(workdir / "in.dat"), "700", "64"],
-                                  preexec_fn=enter, stdout=subprocess.PIPE)
+                                  preexec_fn=enter_cgroup_as(cg, user1), stdout=subprocess.PIPE)
         outside = run_as(user1, [str(writes_bin), str(workdir / "out.dat"), "500", "64"])
         inside.communicate(timeout=60)
         outside.communicate(timeout=60)
@@ -406,14 +410,8 @@ def test_cgroup_name_scope_from_env(site, user1, workdir, writes_bin, daemons):
         d.wait_ready()
         cg.mkdir()                   # the job's shell unit, made after the tracer started
 
-        def enter():  # join the job's cgroup as root, then become the user
-            (cg / "cgroup.procs").write_text(str(os.getpid()))
-            os.setgroups([])
-            os.setgid(user1.pw_gid)
-            os.setuid(user1.pw_uid)
-
         inside = subprocess.Popen([str(writes_bin), str(workdir / "in.dat"), "300", "64"],
-                                  preexec_fn=enter, stdout=subprocess.PIPE)
+                                  preexec_fn=enter_cgroup_as(cg, user1), stdout=subprocess.PIPE)
         outside = run_as(user1, [str(writes_bin), str(workdir / "out.dat"), "200", "64"])
         inside.communicate(timeout=60)
         outside.communicate(timeout=60)

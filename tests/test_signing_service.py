@@ -6,6 +6,7 @@ in a separate process, so SO_PEERCRED reports real, different credentials.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -555,14 +556,9 @@ def test_client_says_the_service_is_not_running(site):
     assert ping(socket_path=site.socket_path) is False
 
 
-@pytest.mark.parametrize("answer, expected", [
-    (b"HTTP/1.1 200 OK\r\n\r\n", "unusable reply"),
-    (b'{"ok": true, "document": {"format": "x"}}\n', "does not verify"),
-    (b'{"ok": "maybe"}\n', "unusable reply"),
-    (b"", "unusable reply"),
-])
-def test_client_rejects_a_garbage_answer(site, keystore, tmp_path, answer, expected):
-    path = tmp_path / "impostor.sock"
+@contextlib.contextmanager
+def impostor(path: Path, answer: bytes):
+    """A real socket that answers one request with ``answer``, as a fake service would."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
@@ -576,36 +572,31 @@ def test_client_rejects_a_garbage_answer(site, keystore, tmp_path, answer, expec
     thread = threading.Thread(target=answer_once)
     thread.start()
     try:
-        with pytest.raises(SigningError, match=expected):
-            request_signature(unsigned("write"), socket_path=path, timeout=5)
+        yield path
     finally:
         thread.join(10)
         server.close()
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (b"HTTP/1.1 200 OK\r\n\r\n", "unusable reply"),
+    (b'{"ok": true, "document": {"format": "x"}}\n', "does not verify"),
+    (b'{"ok": "maybe"}\n', "unusable reply"),
+    (b"", "unusable reply"),
+])
+def test_client_rejects_a_garbage_answer(site, keystore, tmp_path, answer, expected):
+    with impostor(tmp_path / "impostor.sock", answer) as path:
+        with pytest.raises(SigningError, match=expected):
+            request_signature(unsigned("write"), socket_path=path, timeout=5)
 
 
 def test_client_rejects_a_signature_by_an_untrusted_key(site, keystore, tmp_path):
     rogue = KeyStore(tmp_path / "rogue-private", tmp_path / "rogue-public")
     rogue.init()
     forged = rogue.sign({**unsigned("write"), "issued_at": int(time.time())})
-    path = tmp_path / "rogue.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(1)
-
-    def answer_once():
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(MAX_REQUEST_BYTES)
-            conn.sendall(encode({"ok": True, "document": forged}))
-
-    thread = threading.Thread(target=answer_once)
-    thread.start()
-    try:
+    with impostor(tmp_path / "rogue.sock", encode({"ok": True, "document": forged})) as path:
         with pytest.raises(SigningError, match="not among the trusted keys"):
             request_signature(unsigned("write"), socket_path=path, timeout=5)
-    finally:
-        thread.join(10)
-        server.close()
 
 
 # ---- the systemd unit -----------------------------------------------------------------------

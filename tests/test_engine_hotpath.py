@@ -14,7 +14,7 @@ import pytest
 from datacrumbs.tracer.engine import UPROBE_MULTI_ENV, Engine
 from datacrumbs.tracer.scope import Scope
 
-from fixtures.tracing import MOVER, collect, stdio_sizes, write_sizes
+from fixtures.tracing import MOVER, run_before_move, collect, stdio_sizes, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
@@ -269,12 +269,7 @@ def test_moving_into_the_cgroup_renews_the_cached_scope_decision(bpf_object, tra
     child = workloads([sys.executable, "-c", MOVER, n, flag])
     with Engine([WRITE_SYSCALL], Scope.for_cgroup(cgroup), bpf_object=bpf_object) as eng:
         eng.attach()
-        child.proc.stdin.write(b"a")
-        child.proc.stdin.flush()
-        deadline = time.monotonic() + 30
-        while not flag.exists():
-            assert time.monotonic() < deadline and child.running()
-            time.sleep(0.01)
+        run_before_move(child, flag)
         (cgroup / "cgroup.procs").write_text(str(child.pid))
         child.go()
         events, _ = collect(eng, [child])

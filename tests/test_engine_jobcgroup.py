@@ -5,7 +5,6 @@ process of the same user outside it never does."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from datacrumbs.tracer.engine import Engine
 from datacrumbs.tracer.scope import Scope, ScopeError, cgroup2_root, find_cgroup
 
-from fixtures.tracing import MOVER, collect, remove_cgroup_tree, write_sizes
+from fixtures.tracing import MOVER, run_before_move, collect, remove_cgroup_tree, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
@@ -82,12 +81,7 @@ def test_moving_into_the_made_cgroup_renews_the_cached_decision(bpf_object, trac
         eng.attach()
         cg = parent / name
         cg.mkdir()
-        child.proc.stdin.write(b"a")
-        child.proc.stdin.flush()
-        deadline = time.monotonic() + 30
-        while not flag.exists():
-            assert time.monotonic() < deadline and child.running()
-            time.sleep(0.01)
+        run_before_move(child, flag)
         _enter(cg, child)
         child.go()
         events, _ = collect(eng, [child])

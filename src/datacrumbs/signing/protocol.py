@@ -155,23 +155,21 @@ def _schema_error(validator: jsonschema.Draft202012Validator, value: dict) -> st
     return f"{where}: {message}"
 
 
+def _parse(raw: bytes, what: str, validator) -> dict:
+    if not raw.strip():
+        raise ProtocolError(f"the {what} is empty")
+    message = _decode_object(raw, what)
+    problem = _schema_error(validator, message)
+    if problem:
+        raise ProtocolError(f"the {what} does not match the signing protocol: {problem}")
+    return message
+
+
 def parse_request(raw: bytes) -> dict:
     """Decode and validate one request line, or raise ProtocolError with the reason."""
-    if not raw.strip():
-        raise ProtocolError("the request is empty")
-    request = _decode_object(raw, "request")
-    problem = _schema_error(_request_validator, request)
-    if problem:
-        raise ProtocolError(f"the request does not match the signing protocol: {problem}")
-    return request
+    return _parse(raw, "request", _request_validator)
 
 
 def parse_reply(raw: bytes) -> dict:
     """Decode and validate the service's reply (used by the client)."""
-    if not raw.strip():
-        raise ProtocolError("the reply is empty")
-    reply = _decode_object(raw, "reply")
-    problem = _schema_error(_reply_validator, reply)
-    if problem:
-        raise ProtocolError(f"the reply does not match the signing protocol: {problem}")
-    return reply
+    return _parse(raw, "reply", _reply_validator)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..atomicfile import atomic_write
 from ..config import SiteConfig, load_config
 from ..errors import ConfigError, DatacrumbsError
 from ..jobid import validate_run_id
@@ -176,13 +177,7 @@ def ready_path(config: SiteConfig, run_id: str) -> Path:
 def write_ready(path: Path, text: str) -> None:
     """Atomically publish the ready file (the unit's start waits for it)."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=0o644, fsync=False)
 
 
 def remove_ready(path: Path) -> None:

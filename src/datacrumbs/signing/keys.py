@@ -26,6 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..atomicfile import atomic_write
 from ..errors import DatacrumbsError
 
 KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
@@ -148,15 +149,6 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         os.unlink(tmp)
 
 
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    tmp = _write_temp(path.parent, path.name, data, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 class KeyStore:
     """The signing host's keys: private in ``private_dir``, public in ``public_dir``."""
 
@@ -198,9 +190,9 @@ class KeyStore:
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         _write_new(self.private_dir / f"{key_id}.key", pem, 0o600)
-        _replace(self.public_dir / f"{key_id}.pub", public_key_line(key.public_key()).encode(),
-                 0o644)
-        _replace(self.private_dir / "current", f"{key_id}\n".encode(), 0o600)
+        atomic_write(self.public_dir / f"{key_id}.pub", public_key_line(key.public_key()).encode(),
+                     mode=0o644)
+        atomic_write(self.private_dir / "current", f"{key_id}\n".encode(), mode=0o600)
         return key_id
 
     # -- using keys ----------------------------------------------------------------
@@ -269,7 +261,7 @@ class KeyStore:
         for key_id, key in keys.items():
             dest = dest_dir / f"{key_id}.pub"
             if dest.resolve() != (self.public_dir / f"{key_id}.pub").resolve():
-                _replace(dest, public_key_line(key).encode(), 0o644)
+                atomic_write(dest, public_key_line(key).encode(), mode=0o644)
             written.append(dest)
         return written
 

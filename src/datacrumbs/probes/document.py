@@ -4,8 +4,9 @@ Reading is the dangerous direction: the bytes come from a user's file or
 socket and end in a root daemon. So reading is bounded at every step — the
 compressed size, the decompressed size (checked while inflating, so a gzip
 bomb is stopped after max_decompressed bytes, never inflated whole), the JSON
-nesting depth (checked before the recursive parser runs), and duplicate keys
-(which two JSON parsers could resolve differently) are refused.
+nesting depth, and duplicate keys (which two JSON parsers could resolve
+differently) are refused. Every step is linear in the input: a hostile file
+must not buy a root prolog seconds of CPU (a backtracking pre-scan once did).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import errno
 import gzip
 import json
 import os
-import re
 import socket
 import stat
 import time
@@ -30,8 +30,6 @@ from .schema import PROBES_FORMAT, PROBES_VERSION, schema_problem
 MAX_JSON_DEPTH = 32
 _DEFAULTS = SiteConfig()
 _GZIP_MAGIC = b"\x1f\x8b"
-# A JSON string (skipped whole) or one bracket: enough to measure nesting.
-_DEPTH_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 def build_document(probes, *, owner_uid: int, owner_user: str, sets, mode: str = "trace",
@@ -177,26 +175,49 @@ def _no_constant(name):
     raise ValueError(f"{name} is not allowed")
 
 
+def _depth_exceeds(value, max_depth: int) -> bool:
+    """Whether containers nest deeper than ``max_depth`` (iterative: no recursion, linear)."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        todo.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
 def parse_json_bounded(text: bytes, *, source, max_depth: int = MAX_JSON_DEPTH):
-    """Strict UTF-8 JSON with a nesting limit checked before recursive parsing."""
-    depth = 0
-    for match in _DEPTH_TOKENS.finditer(text):
-        token = match.group()
-        if token in (b"[", b"{"):
-            depth += 1
-            if depth > max_depth:
-                raise InvalidJSON(source, f"its JSON is nested more than {max_depth} levels deep")
-        elif token in (b"]", b"}"):
-            depth -= 1
+    """Strict UTF-8 JSON with a nesting limit, in time linear in ``text``.
+
+    CPython's C decoder is linear and stops runaway nesting with RecursionError
+    (about 1000 levels); the depth limit is then checked on the parsed value.
+    """
     try:
-        return json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                          parse_constant=_no_constant)
+        value = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                           parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
         raise InvalidJSON(source, f"it is not UTF-8 text (byte {exc.start})") from None
     except RecursionError:
-        raise InvalidJSON(source, "its JSON is nested too deeply") from None
+        raise InvalidJSON(source, f"its JSON is nested more than {max_depth} levels deep") from None
     except ValueError as exc:
-        raise InvalidJSON(source, f"it is not valid JSON ({exc})") from None
+        raise InvalidJSON(source, f"it is not valid JSON ({_json_problem(exc)})") from None
+    if _depth_exceeds(value, max_depth):
+        raise InvalidJSON(source, f"its JSON is nested more than {max_depth} levels deep")
+    return value
+
+
+def _json_problem(exc: ValueError) -> str:
+    """The decoder's reason and position, never a quote of the input (it may be a secret)."""
+    if isinstance(exc, json.JSONDecodeError):
+        msg = exc.msg.removesuffix(" at")  # "Unterminated string starting at"
+        return f"{msg} at line {exc.lineno} column {exc.colno}"
+    return "duplicate key" if "duplicate key" in str(exc) else "a value is not allowed"
 
 
 def decode_document(data: bytes, *, source, max_decompressed: int = _DEFAULTS.max_probes_document_bytes):

@@ -100,8 +100,11 @@ def test_generate_with_the_real_signing_service(site, key_store, user1, user_dir
         gen = run("generate", "--set", "posix", "--set", "block", "--sign", "--validity-days",
                   "2", "-o", str(out), user=user1, check_rc=0)
         assert f"signed by key {key_store.current_key_id()}" in gen.stdout
-        assert "tracepoints were not checked" in gen.stderr  # block, as an ordinary user
+        # the service builds and checks the probes itself (as root, tracefs readable)
+        assert "tracepoints were not checked" not in gen.stderr
         doc = verify_probes_file(out, user1.pw_name, config=site)
+        assert {p["target"] for p in doc["probes"] if p["kind"] == "tracepoint"} == \
+            {"block:block_rq_issue", "block:block_rq_complete"}
         assert doc["owner"]["user"] == user1.pw_name
         assert doc["expires_at"] - doc["issued_at"] <= 2 * 86400
     finally:
@@ -141,6 +144,24 @@ def test_generate_bad_values_are_one_line(site, tmp_path, args, words):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("datacrumbs: error: ") and words in last
     assert not out.exists()
+
+
+def test_library_that_is_no_matching_elf_library_is_refused(site, tmp_path):
+    """--library must name a shared library some probe of the sets uses: a data file, or a
+    library no probe of the sets asks for, would otherwise be silently ignored."""
+    data = tmp_path / "libhdf5-data.so"
+    data.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(4096))
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    for args, words in (
+            (["--set", "hdf5", "--library", str(data)],
+             f"--library {data} is not an ELF shared library"),
+            (["--set", "hdf5", "--library", libc],
+             f"--library {libc} (libc.so.6) is not used by any probe of hdf5"),
+            (["--set", "posix", "--library", libc], "is not used by any probe of posix")):
+        out = tmp_path / "p.json.gz"
+        proc = run("generate", *args, "-o", str(out), check_rc=2)
+        assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
+        assert not out.exists()
 
 
 def test_generate_output_name(site, tmp_path):

@@ -44,13 +44,23 @@ PROBES = {
     "write": {"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX",
               "args": {"fd": 0, "count": 2}, "bytes": "ret"},
     "fwrite": {"id": "stdio.fwrite", "kind": "uprobe", "target": "fwrite",
-               "library": "/usr/lib/x86_64-linux-gnu/libc.so.6", "category": "STDIO",
+               "library": "libc.so.6", "category": "STDIO",
                "args": {"size": 1, "nmemb": 2, "stream": 3}, "bytes": "ret*arg1"},
     "rq": {"id": "block.rq_complete", "kind": "tracepoint", "target": "block:block_rq_complete",
-           "category": "BLOCK", "args": {}, "bytes": "field:nr_bytes"},
+           "category": "BLOCK", "args": {}, "bytes": None},
     "vfs": {"id": "kernel.vfs_write", "kind": "kprobe", "target": "vfs_write", "category": "VFS",
             "args": {"count": 2}, "bytes": "ret"},
 }
+
+
+@pytest.fixture(autouse=True)
+def site_sets(site):
+    """Site sets ``one-<probe>`` with one probe each, so a test chooses exactly what the
+    service signs."""
+    for name, probe in PROBES.items():
+        (site.probe_sets_dir / f"one-{name}.json").write_text(json.dumps(
+            {"name": f"one-{name}", "description": f"test set {name}", "probes": [probe]}))
+    return site.probe_sets_dir
 
 
 @pytest.fixture
@@ -118,9 +128,21 @@ def service(keystore, start_service):
     return start_service()
 
 
-def unsigned(*names: str, owner=("root", 0), sets=("posix",), days: int = 7) -> dict:
-    return build_document([PROBES[n] for n in names], owner_uid=owner[1], owner_user=owner[0],
-                          sets=list(sets), validity_days=days)
+def ask(*sets: str, days: int = 7, **options) -> dict:
+    """What a client asks for: sets (``write`` = the site set one-write) and options
+    (request_signature's keywords)."""
+    return {"sets": [f"one-{s}" if s in PROBES else s for s in sets], "validity_days": days,
+            **options}
+
+
+def sign(site, request: dict, **kw) -> dict:
+    return request_signature(socket_path=kw.pop("socket_path", site.socket_path), **request,
+                             **kw).document
+
+
+def wire(request: dict) -> bytes:
+    """A sign request as it travels (for raw-socket tests)."""
+    return encode({"op": "sign", "request": {"capture": {}, **request}})
 
 
 CLIENT = r"""
@@ -128,7 +150,7 @@ import json, sys
 from datacrumbs.errors import DatacrumbsError
 from datacrumbs.signing.client import request_signature
 try:
-    doc = request_signature(json.load(sys.stdin), socket_path=sys.argv[1])
+    doc = request_signature(socket_path=sys.argv[1], **json.load(sys.stdin)).document
 except DatacrumbsError as exc:
     print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
     sys.exit(3)
@@ -185,7 +207,7 @@ def validity(doc: dict) -> float:
 
 def test_unprivileged_caller_owns_the_signature_whatever_the_request_claims(site, service, keystore,
                                                                             user1, user2, tmp_path):
-    claimed = unsigned("write", "fwrite", "rq", owner=(user2.pw_name, user2.pw_uid))
+    claimed = ask("write", "fwrite", "rq")
     result = sign_as(user1.pw_name, claimed, site)
     assert result.returncode == 0, result.stderr
     signed = json.loads(result.stdout)
@@ -200,8 +222,7 @@ def test_unprivileged_caller_owns_the_signature_whatever_the_request_claims(site
 
 def test_root_caller_owns_the_signature_even_when_claiming_a_user(site, service, keystore, user1,
                                                                    tmp_path):
-    signed = request_signature(unsigned("write", owner=(user1.pw_name, user1.pw_uid)),
-                               socket_path=site.socket_path)
+    signed = sign(site, ask("write"))
     assert signed["owner"] == {"uid": 0, "user": "root"}
     assert signed["key_id"] == keystore.current_key_id()
     assert [p["id"] for p in signed["probes"]] == ["posix.write"]
@@ -213,7 +234,7 @@ def test_root_caller_owns_the_signature_even_when_claiming_a_user(site, service,
 
 def test_issued_now_and_requested_validity_kept_when_under_the_maximum(site, service):
     before = int(time.time())
-    signed = request_signature(unsigned("write", days=2), socket_path=site.socket_path)
+    signed = sign(site, ask("write", days=2))
     assert before <= signed["issued_at"] <= int(time.time())
     assert validity(signed) == 2
 
@@ -222,7 +243,7 @@ def test_issued_now_and_requested_validity_kept_when_under_the_maximum(site, ser
 
 
 def test_kprobe_refused_by_default_policy_with_a_sentence(site, service, user1):
-    result = sign_as(user1.pw_name, unsigned("write", "vfs"), site)
+    result = sign_as(user1.pw_name, ask("write", "vfs"), site)
     assert result.returncode == 3
     assert "SigningRefused" in result.stderr
     assert "kernel.vfs_write" in result.stderr and "'kprobe'" in result.stderr
@@ -233,34 +254,32 @@ def test_kprobe_refused_by_default_policy_with_a_sentence(site, service, user1):
 def test_group_rule_allows_kprobe_for_members_only(site, service, user1):
     write_policy(site, '[defaults]\nallow_kinds = ["syscall"]\nallow_sets = ["*"]\n'
                        f'[groups.{user1.pw_name}]\nallow_kinds = ["kprobe"]\n')
-    result = sign_as(user1.pw_name, unsigned("write", "vfs"), site)
-    assert result.returncode == 0, result.stderr
-    assert {p["kind"] for p in json.loads(result.stdout)["probes"]} == {"syscall", "kprobe"}
+    result = sign_as(user1.pw_name, ask("write", "vfs"), site)
+    assert result.returncode == 0, result.stderr  # allowed: this kernel has no kprobes,
+    assert {p["kind"] for p in json.loads(result.stdout)["probes"]} == {"syscall"}  # so dropped
     with pytest.raises(SigningRefused, match="kind 'kprobe' are not allowed for user root"):
-        request_signature(unsigned("write", "vfs"), socket_path=site.socket_path)
+        sign(site, ask("write", "vfs"))
 
 
 def test_disallowed_set_refused_naming_the_set_and_contact(site, service):
     write_policy(site, 'contact = "hpc-help@example.org"\n'
-                       '[defaults]\nallow_kinds = ["syscall", "uprobe"]\nallow_sets = ["posix"]\n')
+                       '[defaults]\nallow_kinds = ["syscall", "uprobe"]\nallow_sets = ["one-write"]\n')
     with pytest.raises(SigningRefused) as info:
-        request_signature(unsigned("write", sets=("posix", "stdio")), socket_path=site.socket_path)
+        sign(site, ask("write", "fwrite"))
     message = str(info.value)
-    assert "probe set 'stdio' is not allowed" in message
+    assert "probe set 'one-fwrite' is not allowed" in message
     assert "hpc-help@example.org" in message and str(site.policy_file) in message
-    assert request_signature(unsigned("write"), socket_path=site.socket_path)["sets"] == ["posix"]
+    assert sign(site, ask("write"))["sets"] == ["one-write"]
 
 
 def test_validity_capped_to_site_maximum_and_to_policy_maximum(site, service, user1):
     assert site.max_validity_days == 30
-    assert validity(request_signature(unsigned("write", days=400),
-                                      socket_path=site.socket_path)) == 30
+    assert validity(sign(site, ask("write", days=400))) == 30
     write_policy(site, '[defaults]\nallow_kinds = ["syscall"]\nallow_sets = ["*"]\n'
                        'max_validity_days = 3\n'
                        f'[users.{user1.pw_name}]\nmax_validity_days = 10\n')
-    assert validity(request_signature(unsigned("write", days=30),
-                                      socket_path=site.socket_path)) == 3
-    result = sign_as(user1.pw_name, unsigned("write", days=30), site)
+    assert validity(sign(site, ask("write", days=30))) == 3
+    result = sign_as(user1.pw_name, ask("write", days=30), site)
     assert result.returncode == 0, result.stderr
     assert validity(json.loads(result.stdout)) == 10
 
@@ -268,16 +287,16 @@ def test_validity_capped_to_site_maximum_and_to_policy_maximum(site, service, us
 def test_policy_broken_while_running_refuses_until_fixed(site, service):
     write_policy(site, "[defaults\n")
     with pytest.raises(SigningRefused, match="not valid TOML.*nothing is signed"):
-        request_signature(unsigned("write"), socket_path=site.socket_path)
+        sign(site, ask("write"))
     site.policy_file.unlink()  # back to the built-in default
-    assert request_signature(unsigned("write"), socket_path=site.socket_path)
+    assert sign(site, ask("write"))
     assert service.proc.poll() is None
 
 
 def test_sighup_forces_a_policy_reread(site, service):
     def refusal() -> str:
         with pytest.raises(SigningRefused) as info:
-            request_signature(unsigned("write"), socket_path=site.socket_path)
+            sign(site, ask("write"))
         return str(info.value)
 
     write_policy(site, 'contact = "first"\n[defaults]\nallow_kinds = ["uprobe"]\n')
@@ -294,24 +313,26 @@ def test_sighup_forces_a_policy_reread(site, service):
     assert service.proc.poll() is None
 
 
-def test_invalid_probe_refused_with_the_schema_problem(site, service):
+def test_probe_definitions_from_the_user_are_refused(site, service):
+    """Users choose sets; only the service's catalog defines probes (argument roles,
+    byte formulas): a request that carries its own probe definitions is refused whole."""
     request = {"op": "sign", "request": {
-        "sets": ["posix"], "capture": {"mode": "trace", "interval_ms": 1000, "paths": True},
+        "sets": ["one-write"], "capture": {"mode": "trace", "interval_ms": 1000, "paths": True},
         "validity_days": 1,
-        "probes": [{**PROBES["write"], "target": "write; rm -rf /"}]}}
+        "probes": [{**PROBES["write"], "args": {"fd": 0, "path": 1}}]}}
     reply = raw_exchange(site.socket_path, encode(request))
-    assert reply["ok"] is False
-    assert "not a valid probes document" in reply["error"] and "probes/0/target" in reply["error"]
+    assert reply == {"ok": False, "error": "the request does not match the signing protocol: "
+                     "request: unexpected field 'probes'"}
 
 
 # ---- the audit log --------------------------------------------------------------------------
 
 
 def test_audit_has_one_line_per_decision_with_uid_decision_and_digest(site, service, user1):
-    result = sign_as(user1.pw_name, unsigned("write", "rq"), site)
+    result = sign_as(user1.pw_name, ask("write", "rq"), site)
     assert result.returncode == 0, result.stderr
     signed = json.loads(result.stdout)
-    refused = encode({"op": "sign", "request": {**unsigned("vfs"), "validity_days": 1}})
+    refused = wire(ask("vfs", days=1))
     reply = raw_exchange(site.socket_path, refused)
     assert reply["ok"] is False
     raw_exchange(site.socket_path, encode({"op": "ping"}))  # not a decision: not recorded
@@ -323,7 +344,9 @@ def test_audit_has_one_line_per_decision_with_uid_decision_and_digest(site, serv
     assert granted["sha256"] == hashlib.sha256(canonical_bytes(signed)).hexdigest()
     assert granted["key_id"] == signed["key_id"] and granted["probes"] == 2
     assert granted["pid"] > 0 and granted["time"].endswith("Z")
-    assert (denied["uid"], denied["user"], denied["probes"]) == (0, "root", 1)
+    assert (denied["uid"], denied["user"], denied["probes"]) == (0, "root", 0)
+    assert granted["resolved"] == {"sets": ["one-write", "one-rq"], "libraries": [],
+                                   "dropped": 0}
     assert denied["sha256"] == hashlib.sha256(refused.rstrip(b"\n")).hexdigest()
     assert "kprobe" in denied["reason"] and denied["key_id"] is None
     assert stat.S_IMODE(site.audit_log.stat().st_mode) == 0o640
@@ -334,7 +357,7 @@ def test_audit_has_one_line_per_decision_with_uid_decision_and_digest(site, serv
 
 def assert_still_serving(site):
     assert ping(socket_path=site.socket_path)
-    signed = request_signature(unsigned("write"), socket_path=site.socket_path)
+    signed = sign(site, ask("write"))
     assert signed["owner"]["user"] == "root"
 
 
@@ -362,7 +385,7 @@ def test_oversized_request_refused_and_connection_closed(site, service):
 
 
 def test_half_closed_connection_gets_answered(site, service):
-    data = encode({"op": "sign", "request": {**unsigned("write"), "validity_days": 1}})
+    data = wire(ask("write", days=1))
     reply = raw_exchange(site.socket_path, data.rstrip(b"\n"), shutdown=True)
     assert reply["ok"] is True and reply["document"]["owner"]["uid"] == 0
 
@@ -419,7 +442,7 @@ def test_one_users_connections_are_capped_and_others_still_served(site, keystore
         time.sleep(0.2)  # let the service admit all three
         reply = raw_exchange(site.socket_path, encode({"op": "ping"}))
         assert reply["ok"] is False and "busy" in reply["error"]
-        result = sign_as(user1.pw_name, unsigned("write"), site)  # another uid: served
+        result = sign_as(user1.pw_name, ask("write"), site)  # another uid: served
         assert result.returncode == 0, result.stderr
     finally:
         for s in held:
@@ -432,7 +455,7 @@ def test_one_users_connections_are_capped_and_others_still_served(site, keystore
 
 
 def test_client_vanishing_before_the_reply_does_not_hurt(site, service):
-    data = encode({"op": "sign", "request": {**unsigned("write", "rq"), "validity_days": 1}})
+    data = wire(ask("write", "rq", days=1))
     for _ in range(20):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(site.socket_path))
@@ -445,12 +468,12 @@ def test_client_vanishing_before_the_reply_does_not_hurt(site, service):
 
 
 def test_hundred_concurrent_clients_each_get_a_valid_signature(site, service):
-    docs = [unsigned("write", "fwrite", "rq", days=1 + i % 5) for i in range(100)]
+    docs = [ask("write", "fwrite", "rq", days=1 + i % 5) for i in range(100)]
     barrier = threading.Barrier(100)
 
     def one(doc):
         barrier.wait()
-        return request_signature(doc, socket_path=site.socket_path, timeout=60)
+        return sign(site, doc, timeout=60)
 
     with ThreadPoolExecutor(max_workers=100) as pool:
         results = list(pool.map(one, docs))
@@ -458,7 +481,7 @@ def test_hundred_concurrent_clients_each_get_a_valid_signature(site, service):
     assert len({r["signature"] for r in results}) >= 5  # different validities, different bytes
     for doc, signed in zip(docs, results):
         assert signed["owner"]["uid"] == 0 and len(signed["probes"]) == 3
-        assert validity(signed) == validity(doc)
+        assert validity(signed) == doc["validity_days"]
     assert len(read_records(site.audit_log)) == 100
     assert_still_serving(site)
 
@@ -484,7 +507,7 @@ def test_creates_missing_socket_directory_0755(site, keystore, tmp_path, start_s
     sock = tmp_path / "fresh" / "dir" / "sign.sock"
     svc = start_service("--socket", str(sock))
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755
-    assert request_signature(unsigned("write"), socket_path=sock)["owner"]["uid"] == 0
+    assert sign(site, ask("write"), socket_path=sock)["owner"]["uid"] == 0
     assert svc.stop() == 0
     assert not sock.exists()
 
@@ -549,7 +572,7 @@ def test_help_explains_the_service():
 
 def test_client_says_the_service_is_not_running(site):
     with pytest.raises(ServiceNotRunning) as info:
-        request_signature(unsigned("write"), socket_path=site.socket_path)
+        sign(site, ask("write"))
     message = str(info.value)
     assert "not running on this node" in message and str(site.socket_path) in message
     assert "systemctl enable --now datacrumbs_sign_probes.service" in message
@@ -587,16 +610,17 @@ def impostor(path: Path, answer: bytes):
 def test_client_rejects_a_garbage_answer(site, keystore, tmp_path, answer, expected):
     with impostor(tmp_path / "impostor.sock", answer) as path:
         with pytest.raises(SigningError, match=expected):
-            request_signature(unsigned("write"), socket_path=path, timeout=5)
+            sign(site, ask("write"), socket_path=path, timeout=5)
 
 
 def test_client_rejects_a_signature_by_an_untrusted_key(site, keystore, tmp_path):
     rogue = KeyStore(tmp_path / "rogue-private", tmp_path / "rogue-public")
     rogue.init()
-    forged = rogue.sign({**unsigned("write"), "issued_at": int(time.time())})
+    forged = rogue.sign(build_document([PROBES["write"]], owner_uid=0, owner_user="root",
+                                       sets=["one-write"], issued_at=int(time.time())))
     with impostor(tmp_path / "rogue.sock", encode({"ok": True, "document": forged})) as path:
         with pytest.raises(SigningError, match="not among the trusted keys"):
-            request_signature(unsigned("write"), socket_path=path, timeout=5)
+            sign(site, ask("write"), socket_path=path, timeout=5)
 
 
 # ---- the systemd unit -----------------------------------------------------------------------
@@ -667,7 +691,7 @@ def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
         assert started.returncode == 0, started.stderr + manager.journal(name)
         assert manager.is_active(name) == "active"  # only after READY=1: the socket listens
         assert stat.S_IMODE(config.socket_path.stat().st_mode) == 0o666
-        result = sign_as(user1.pw_name, unsigned("write", owner=("root", 0)), config)
+        result = sign_as(user1.pw_name, ask("posix"), config)
         assert result.returncode == 0, result.stderr + manager.journal(name)
         assert json.loads(result.stdout)["owner"]["user"] == user1.pw_name
         assert manager.systemctl("reload", name).returncode == 0

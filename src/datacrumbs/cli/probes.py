@@ -117,43 +117,81 @@ def _generate(args) -> int:
                          f"{config.max_validity_days} (the site's max_validity_days)")
     if not 10 <= args.interval_ms <= 3600000:
         raise UsageError(f"--interval-ms {args.interval_ms} must be between 10 and 3600000")
-    for library in args.libraries:
-        if not os.path.isfile(library):
-            raise UsageError(f"--library {library}: no such file")
-
     err = Console(stderr=True)
     sets = list(dict.fromkeys(args.sets))
-    probes = select_probes(load_catalog(config), sets)
-    host = host_info()
-    kept, dropped = check_probes(probes, libraries=args.libraries, host=host)
-    if dropped:
-        table = Table(title=f"{len(dropped)} probe(s) dropped: not attachable on this host",
-                      title_justify="left")
-        table.add_column("probe", no_wrap=True)
-        table.add_column("reason")
-        for d in dropped:
-            table.add_row(Text(d.probe["id"]), Text(d.reason))
-        err.print(table)
-    if host.tracefs is None and any(p["kind"] == "tracepoint" for p in kept):
-        err.print("note: tracefs is readable only by root, so tracepoints were not checked "
-                  "here; the tracer reports any that do not exist on the compute node")
-    if not kept:
-        raise UsageError(f"none of the {len(probes)} probes of {', '.join(sets)} can attach "
-                         "on this host; nothing written")
-    uid, user = _me()
-    doc = build_document(kept, owner_uid=uid, owner_user=user, sets=sets, mode=args.mode,
-                         interval_ms=args.interval_ms, paths=args.paths,
-                         validity_days=args.validity_days)
+    _check_libraries(args.libraries, select_probes(load_catalog(config), sets), sets)
     if args.sign:
+        # The service builds the probes from its catalog; we only name what we want.
         from ..signing.client import request_signature
 
-        doc = request_signature(doc, socket_path=args.socket or config.socket_path)
+        signed = request_signature(sets, libraries=args.libraries, mode=args.mode,
+                                   interval_ms=args.interval_ms, paths=args.paths,
+                                   validity_days=args.validity_days,
+                                   socket_path=args.socket or config.socket_path)
+        doc = signed.document
+        _print_dropped(err, [(d["id"], d["reason"]) for d in signed.dropped])
+        kept = doc["probes"]
+    else:
+        probes = select_probes(load_catalog(config), sets)
+        host = host_info()
+        kept, dropped = check_probes(probes, libraries=args.libraries, host=host)
+        _print_dropped(err, [(d.probe["id"], d.reason) for d in dropped])
+        if host.tracefs is None and any(p["kind"] == "tracepoint" for p in kept):
+            err.print("note: tracefs is readable only by root, so tracepoints were not checked "
+                      "here; the tracer reports any that do not exist on the compute node")
+        if not kept:
+            raise UsageError(f"none of the {len(probes)} probes of {', '.join(sets)} can attach "
+                             "on this host; nothing written")
+        uid, user = _me()
+        doc = build_document(kept, owner_uid=uid, owner_user=user, sets=sets, mode=args.mode,
+                             interval_ms=args.interval_ms, paths=args.paths,
+                             validity_days=args.validity_days)
+    user = doc["owner"]["user"]
     write_document(output, doc)
     state = f"signed by key {doc['key_id']}" if "signature" in doc else \
         "NOT signed (Flux jobs need --sign)"
     print(f"wrote {output}: {len(kept)} probes for {user}, {state}, "
           f"valid until {_local(doc['expires_at'])}")
     return 0
+
+
+def _check_libraries(libraries, probes, sets) -> None:
+    """Each --library must be an ELF shared library that some library probe of the sets
+    names (by soname or file name): anything else would be silently unused."""
+    from elftools.common.exceptions import ELFError
+
+    from ..probes.host_check import elf_info
+
+    wanted = {os.path.basename(p["library"]) for p in probes if p.get("library")}
+    for library in libraries:
+        if not os.path.isfile(library):
+            raise UsageError(f"--library {library}: no such file")
+        try:
+            info = elf_info(os.path.realpath(library))
+        except (ELFError, OSError, ValueError, EOFError):
+            info = None
+        if info is None or not info.functions:
+            raise UsageError(f"--library {library} is not an ELF shared library; give the path "
+                             "of a .so file")
+        names = {os.path.basename(library), os.path.basename(os.path.realpath(library))}
+        if info.soname:
+            names.add(info.soname)
+        if not names & wanted:
+            raise UsageError(f"--library {library} ({info.soname or 'no soname'}) is not used by "
+                             f"any probe of {', '.join(sets)}, whose libraries are "
+                             f"{', '.join(sorted(wanted)) or 'none'}")
+
+
+def _print_dropped(err: Console, dropped: list[tuple[str, str]]) -> None:
+    if not dropped:
+        return
+    table = Table(title=f"{len(dropped)} probe(s) dropped: not attachable on this host",
+                  title_justify="left")
+    table.add_column("probe", no_wrap=True)
+    table.add_column("reason")
+    for probe_id, reason in dropped:
+        table.add_row(Text(probe_id), Text(reason))
+    err.print(table)
 
 
 def _list_sets(args) -> int:

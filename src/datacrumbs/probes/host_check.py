@@ -30,7 +30,7 @@ import os
 import platform
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -201,36 +201,62 @@ class ElfInfo:
     functions: frozenset[str]
     usdt: frozenset[str]      # "provider:name"
     machine: str
+    # function name -> address: aliases (fopen/fopen64, fwrite/_IO_fwrite) share one,
+    # so a policy can judge the code a probe reaches, not the name it was asked by
+    addresses: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @functools.lru_cache(maxsize=64)
 def _elf_info(path: str, inode: int, mtime_ns: int) -> ElfInfo:
     with open(path, "rb") as f:
-        elf = ELFFile(f)
-        functions, usdt, soname = set(), set(), None
-        for section in elf.iter_sections():
-            if isinstance(section, SymbolTableSection) and section.name == ".dynsym":
-                for sym in section.iter_symbols():
-                    if sym["st_shndx"] != "SHN_UNDEF" and \
-                            sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC"):
-                        functions.add(sym.name)
-            elif isinstance(section, NoteSection) and section.name == ".note.stapsdt":
-                # pyelftools does not decode stapsdt notes: three addresses
-                # (pc, base, semaphore), then "provider\0name\0arguments\0".
-                address_size = elf.elfclass // 8
-                for note in section.iter_notes():
-                    if note["n_name"] != "stapsdt":
-                        continue
-                    strings = bytes(note["n_descdata"][3 * address_size:]).split(b"\0")
-                    if len(strings) >= 2:
-                        usdt.add(f"{strings[0].decode(errors='replace')}:"
-                                 f"{strings[1].decode(errors='replace')}")
-        dynamic = elf.get_section_by_name(".dynamic")
-        if dynamic is not None:
-            for tag in dynamic.iter_tags():
-                if tag.entry.d_tag == "DT_SONAME":
-                    soname = tag.soname
-        return ElfInfo(soname, frozenset(functions), frozenset(usdt), elf["e_machine"])
+        return _read_elf(f)
+
+
+_FD_CACHE: dict[tuple, ElfInfo] = {}
+
+
+def elf_info_fd(fd: int) -> ElfInfo:
+    """ELF facts of an open regular file (cached by device, inode, mtime and size)."""
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    info = _FD_CACHE.get(key)
+    if info is None:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            info = _read_elf(f)
+        if len(_FD_CACHE) >= 256:
+            _FD_CACHE.clear()
+        _FD_CACHE[key] = info
+    return info
+
+
+def _read_elf(f) -> ElfInfo:
+    elf = ELFFile(f)
+    functions, usdt, soname, addresses = set(), set(), None, {}
+    for section in elf.iter_sections():
+        if isinstance(section, SymbolTableSection) and section.name == ".dynsym":
+            for sym in section.iter_symbols():
+                if sym["st_shndx"] != "SHN_UNDEF" and \
+                        sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC"):
+                    functions.add(sym.name)
+                    addresses[sym.name] = sym["st_value"]
+        elif isinstance(section, NoteSection) and section.name == ".note.stapsdt":
+            # pyelftools does not decode stapsdt notes: three addresses
+            # (pc, base, semaphore), then "provider\0name\0arguments\0".
+            address_size = elf.elfclass // 8
+            for note in section.iter_notes():
+                if note["n_name"] != "stapsdt":
+                    continue
+                strings = bytes(note["n_descdata"][3 * address_size:]).split(b"\0")
+                if len(strings) >= 2:
+                    usdt.add(f"{strings[0].decode(errors='replace')}:"
+                             f"{strings[1].decode(errors='replace')}")
+    dynamic = elf.get_section_by_name(".dynamic")
+    if dynamic is not None:
+        for tag in dynamic.iter_tags():
+            if tag.entry.d_tag == "DT_SONAME":
+                soname = tag.soname
+    return ElfInfo(soname, frozenset(functions), frozenset(usdt), elf["e_machine"],
+                   addresses)
 
 
 def elf_info(path: str) -> ElfInfo:

@@ -39,7 +39,8 @@ class AuditLog:
                        | os.O_NOFOLLOW, 0o640)
 
     def record(self, *, uid: int, user: str | None, pid: int, decision: str, reason: str,
-               sha256: str, key_id: str | None, probes: int, now: float | None = None) -> dict:
+               sha256: str, key_id: str | None, probes: int, now: float | None = None,
+               resolved: dict | None = None) -> dict:
         """Append one decision; raises OSError if it could not be made durable."""
         if decision not in (GRANTED, REFUSED):
             raise ValueError(f"decision must be {GRANTED!r} or {REFUSED!r}, not {decision!r}")
@@ -49,6 +50,8 @@ class AuditLog:
             "uid": uid, "user": user, "pid": pid, "decision": decision, "reason": reason,
             "sha256": sha256, "key_id": key_id, "probes": probes,
         }
+        if resolved is not None:  # what the request was turned into: sets and library files
+            entry["resolved"] = resolved
         line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
             fd = self._open()

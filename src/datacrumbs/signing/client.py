@@ -1,21 +1,26 @@
 """Asking the node's signing service for a signature (what `probes generate --sign` calls).
 
-The reply is not taken on trust: the signed document is verified with the
-site's public keys for the calling user before it is returned, so a file that
-would be refused at job start is refused here, where the user can act on it.
+The request names probe sets and passes the user's library files as open
+descriptors; the service builds the probes itself. The reply is not taken on
+trust: the signed document is verified with the site's public keys for the
+calling user before it is returned, so a file that would be refused at job
+start is refused here, where the user can act on it.
 """
 
 from __future__ import annotations
 
-import math
+import array
+import errno
 import os
 import socket
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import load_config
 from ..errors import DatacrumbsError
-from .protocol import (MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_VALIDITY_DAYS, ProtocolError,
-                       encode, parse_reply, read_line)
+from .protocol import (MAX_LIBRARIES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_VALIDITY_DAYS,
+                       ProtocolError, encode, parse_reply, read_line)
 
 SERVICE = "datacrumbs_sign_probes.service"
 DEFAULT_VALIDITY_DAYS = 7
@@ -29,49 +34,86 @@ class ServiceNotRunning(SigningError):
     pass
 
 
+class ServiceBusy(SigningError):
+    pass
+
+
 class SigningRefused(SigningError):
     pass
 
 
-def _validity_days(doc: dict) -> int:
-    """The validity the user asked for, read from the unsigned document's times."""
-    if isinstance(doc.get("validity_days"), int) and not isinstance(doc["validity_days"], bool):
-        return doc["validity_days"]
-    issued, expires = doc.get("issued_at"), doc.get("expires_at")
-    if all(isinstance(t, int) and not isinstance(t, bool) for t in (issued, expires)) \
-            and expires > issued:
-        return max(1, math.ceil((expires - issued) / 86400))
-    return DEFAULT_VALIDITY_DAYS
+@dataclass
+class Signed:
+    document: dict
+    dropped: list[dict] = field(default_factory=list)   # {"id", "reason"}
 
 
-def _exchange(message: dict, socket_path: Path, timeout: float) -> dict:
+def _connect(sock: socket.socket, socket_path: Path, timeout: float) -> None:
+    """Connect, retrying while the listen backlog is full (EAGAIN) until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        try:
+            sock.connect(str(socket_path))
+            return
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+        if time.monotonic() + pause > deadline:
+            raise ServiceBusy(f"the signing service on {socket_path} is busy (its queue of "
+                              f"connections stayed full for {timeout:g} seconds); try again "
+                              "in a moment") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def _exchange(message: dict, socket_path: Path, timeout: float, fds=()) -> dict:
+    """One request and its reply; a "busy, retry" reply is retried with backoff until
+    ``timeout``, so many clients at once are served in turn rather than refused."""
+    deadline = time.monotonic() + timeout
+    pause = 0.02
+    while True:
+        reply = _exchange_once(message, socket_path, max(deadline - time.monotonic(), 0.5), fds)
+        if reply.get("ok") or not reply.get("retry") or time.monotonic() + pause > deadline:
+            return reply
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def _exchange_once(message: dict, socket_path: Path, timeout: float, fds=()) -> dict:
     data = encode(message)
     if len(data) > MAX_REQUEST_BYTES:
         raise SigningError(f"the request is {len(data)} bytes, more than the signing service "
-                           f"accepts ({MAX_REQUEST_BYTES}); ask for fewer probes at once")
+                           f"accepts ({MAX_REQUEST_BYTES}); choose fewer sets or libraries")
     not_running = (f"the signing service is not running on this node (no answer on "
                    f"{socket_path}): ask your admin to `systemctl enable --now {SERVICE}`")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(str(socket_path))
+            _connect(sock, socket_path, timeout)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
             raise ServiceNotRunning(not_running) from None
         except PermissionError:
             raise SigningError(f"permission denied on the signing socket {socket_path}: ask your "
                                "admin to make it mode 0666 in a 0755 directory") from None
         except socket.timeout:
-            raise ServiceNotRunning(f"the signing service on {socket_path} did not accept the "
-                                    f"connection within {timeout:g} seconds; it may be "
-                                    "overloaded: try again, or ask your admin") from None
+            raise ServiceBusy(f"the signing service on {socket_path} did not accept the "
+                              f"connection within {timeout:g} seconds; it may be "
+                              "overloaded: try again, or ask your admin") from None
         try:
-            sock.sendall(data)
+            sent = 0
+            if fds:  # the descriptors ride on the first bytes of the request
+                sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              array.array("i", fds))])
+            sock.sendall(data[sent:])
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the service may already have replied with an error: read it
         except socket.timeout:
-            raise SigningError(f"the signing service on {socket_path} did not take the request "
-                               f"within {timeout:g} seconds; try again") from None
+            raise ServiceBusy(f"the signing service on {socket_path} did not take the request "
+                              f"within {timeout:g} seconds; try again") from None
         try:
             raw = read_line(sock, limit=MAX_REPLY_BYTES, timeout=timeout)
             return parse_reply(raw)
@@ -93,17 +135,39 @@ def ping(*, socket_path: str | os.PathLike | None = None, timeout: float = 2.0) 
         return False
 
 
-def request_signature(unsigned_doc: dict, *, socket_path: str | os.PathLike | None = None,
-                      timeout: float = 10.0) -> dict:
-    """Have the service sign ``unsigned_doc`` for the calling user; return the verified result."""
+def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: int = 1000,
+                      paths: bool = True, validity_days: int = DEFAULT_VALIDITY_DAYS,
+                      socket_path: str | os.PathLike | None = None,
+                      timeout: float = 10.0) -> Signed:
+    """Have the service sign the probes of ``sets`` for the calling user.
+
+    ``libraries`` are files to use for the sets' library probes (matched by soname or
+    file name); each is opened here, as the user, and passed to the service open.
+    Returns the verified document and the probes the service left out (not attachable).
+    """
     from ..probes.verify import ProbesFileError, verify_document
 
     config = load_config()
     path = Path(socket_path) if socket_path else config.socket_path
-    request = {key: value for key, value in unsigned_doc.items()
-               if key not in ("signature", "key_id")}
-    request["validity_days"] = min(_validity_days(unsigned_doc), MAX_VALIDITY_DAYS)
-    reply = _exchange({"op": "sign", "request": request}, path, timeout)
+    libraries = list(libraries)
+    if len(libraries) > MAX_LIBRARIES:
+        raise SigningError(f"{len(libraries)} libraries given; at most {MAX_LIBRARIES} at once")
+    fds: list[int] = []
+    try:
+        for library in libraries:
+            try:
+                fds.append(os.open(library, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            except OSError as exc:
+                raise SigningError(f"cannot open library {library}: {exc.strerror}") from None
+        request = {"sets": list(dict.fromkeys(sets)),
+                   "libraries": [os.path.abspath(lib) for lib in libraries],
+                   "capture": {"mode": mode, "interval_ms": int(interval_ms),
+                               "paths": bool(paths)},
+                   "validity_days": max(1, min(int(validity_days), MAX_VALIDITY_DAYS))}
+        reply = _exchange({"op": "sign", "request": request}, path, timeout, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
     if not reply["ok"]:
         raise SigningRefused(f"the signing service refused to sign: {reply['error']}")
     document = reply.get("document")
@@ -116,4 +180,4 @@ def request_signature(unsigned_doc: dict, *, socket_path: str | os.PathLike | No
         raise SigningError(f"the signing service returned a document that does not verify "
                            f"here ({exc}); ask your admin to publish the service's public key "
                            f"(`datacrumbs keys export-public`)") from None
-    return document
+    return Signed(document, list(reply.get("dropped", [])))

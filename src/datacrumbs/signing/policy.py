@@ -102,8 +102,16 @@ class Policy:
         return f"ask {self.contact} to change the signing policy ({self.source})"
 
     def check(self, caller: Caller, *, sets: list[str], probes: list[dict],
-              validity_days: int, groups: list[str] | None = None) -> Grant:
-        """Allow the request and say how long the signature lasts, or raise PolicyRefused."""
+              validity_days: int, groups: list[str] | None = None,
+              libraries: dict | None = None) -> Grant:
+        """Allow the request and say how long the signature lasts, or raise PolicyRefused.
+
+        Probes are judged as the objects they reach, not as the strings that name
+        them: a system call by its canonical name, and with ``libraries`` (path ->
+        signing.resolve.LibraryFile, the files the probes were bound to) a library
+        by device and inode and a function by its address, so neither another path
+        to a denied library nor an alias of a denied function gets through.
+        """
         groups = group_names(caller) if groups is None else groups
         deny = self.deny
         who = f"user {caller.user} (uid {caller.uid})"
@@ -120,6 +128,8 @@ class Policy:
             if _matches(name, deny.get("sets", ())) or not _matches(name, allowed_sets):
                 raise PolicyRefused(f"probe set {name!r} is not allowed for {who}; "
                                     f"leave it out or {self._ask()}")
+        deny_targets = [canonical_syscall(t) for t in deny.get("targets", ())]
+        denied_files = _library_files(deny.get("libraries", ())) if libraries else set()
         for probe in probes:
             pid, kind, target = probe.get("id"), probe.get("kind"), probe.get("target")
             label = f"probe {pid!r} ({kind} {target!r})"
@@ -129,11 +139,23 @@ class Policy:
             if _matches(str(pid), deny.get("probes", ())):
                 raise PolicyRefused(f"{label} is on the signing policy's deny list; "
                                     f"leave it out or {self._ask()}")
-            if _matches(str(target), deny.get("targets", ())):
-                raise PolicyRefused(f"{label} is refused: target {target!r} is on the signing "
-                                    f"policy's deny list; leave it out or {self._ask()}")
+            name = canonical_syscall(str(target)) if kind == "syscall" else str(target)
             library = probe.get("library")
-            if library is not None and _matches(str(library), deny.get("libraries", ())):
+            lib = (libraries or {}).get(library) if library is not None else None
+            alias = _denied_alias(lib, name, deny.get("targets", ())) if lib else None
+            if _matches(name, deny_targets) or alias:
+                what = f"target {target!r}" + (f" (the same function as {alias!r})"
+                                               if alias and alias != target else "")
+                raise PolicyRefused(f"{label} is refused: {what} is on the signing "
+                                    f"policy's deny list; leave it out or {self._ask()}")
+            if library is None:
+                continue
+            names = [str(library)]
+            if lib is not None:
+                names += [lib.path, os.path.basename(lib.path)] + ([lib.soname] if lib.soname
+                                                                    else [])
+            if any(_matches(n, deny.get("libraries", ())) for n in names) or \
+                    (lib is not None and (lib.dev, lib.ino) in denied_files):
                 raise PolicyRefused(f"{label} is refused: library {library!r} is on the signing "
                                     f"policy's deny list; leave it out or {self._ask()}")
         longest = max(r.get("max_validity_days", self.default_max_days) for r in rules)
@@ -142,6 +164,58 @@ class Policy:
 
 def _matches(value: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+# Names by which system calls are known (libc wrappers, 32-bit and older names) ->
+# the x86_64 system call the tracer attaches to.
+SYSCALL_ALIASES = {
+    "pread": "pread64", "pwrite": "pwrite64", "fstatat": "newfstatat",
+    "fstatat64": "newfstatat", "stat64": "stat", "lstat64": "lstat", "fstat64": "fstat",
+    "newstat": "stat", "newlstat": "lstat", "newfstat": "fstat", "sendfile64": "sendfile",
+    "fadvise": "fadvise64", "posix_fadvise": "fadvise64", "fadvise64_64": "fadvise64",
+    "umount": "umount2", "open64": "open", "openat64": "openat", "creat64": "creat",
+    "truncate64": "truncate", "ftruncate64": "ftruncate", "fallocate64": "fallocate",
+    "preadv64": "preadv", "pwritev64": "pwritev", "preadv64v2": "preadv2",
+    "pwritev64v2": "pwritev2", "getdents32": "getdents", "sync_file_range2": "sync_file_range",
+}
+
+
+def canonical_syscall(name: str) -> str:
+    return SYSCALL_ALIASES.get(name, name)
+
+
+def _denied_alias(lib, target: str, patterns) -> str | None:
+    """The denied name that shares ``target``'s address in ``lib``, if any."""
+    address = lib.addresses.get(target)
+    if address is None or not patterns:
+        return None
+    for other, where in lib.addresses.items():
+        if where == address and _matches(other, patterns):
+            return other
+    return None
+
+
+MAX_DENY_MATCHES = 4096
+
+
+def _library_files(patterns) -> set[tuple[int, int]]:
+    """(device, inode) of every file a path pattern of ``deny.libraries`` names now,
+    following links, so another path, link or /proc/self/root view of it is caught."""
+    import glob
+
+    found: set[tuple[int, int]] = set()
+    for pattern in patterns:
+        if "/" not in pattern:
+            continue  # a soname or file-name pattern: matched against names above
+        for path in glob.iglob(pattern):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found.add((st.st_dev, st.st_ino))
+            if len(found) >= MAX_DENY_MATCHES:
+                return found
+    return found
 
 
 def group_names(caller: Caller) -> list[str]:

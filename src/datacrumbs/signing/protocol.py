@@ -4,11 +4,21 @@ A client connects, writes one request (a JSON object ended by a newline or by
 closing its write side) and reads one reply line. Requests are size-capped and
 checked against a JSON Schema before anything else looks at them, because
 they come from any local user.
+
+A sign request says only *what* to trace: probe set names, library files to
+use for the sets' library probes, and capture options. The service builds
+every probe definition from its own catalog, so nothing a user writes decides
+which memory the root tracer reads. Library files travel as descriptors the
+client opened itself (SCM_RIGHTS, in the order of ``libraries``): the kernel
+thus proves the user may read them, and the service judges the file itself
+(device and inode), never a path string the user could point elsewhere.
 """
 
 from __future__ import annotations
 
+import array
 import json
+import os
 import socket
 import time
 
@@ -16,15 +26,23 @@ import jsonschema
 
 from ..errors import DatacrumbsError
 
-MAX_REQUEST_BYTES = 64 * 1024
-# A signed reply is the request's probes plus a few fields: generous but bounded.
-MAX_REPLY_BYTES = 1024 * 1024
+MAX_SETS = 64
+MAX_LIBRARIES = 16
+MAX_PATH_BYTES = 4096
+# Every request the schema allows fits, even with 4-byte UTF-8 library paths (a test
+# builds the largest one): a request carries no probes, so its size never limits how
+# many probes are signed (max_probes does).
+MAX_REQUEST_BYTES = 320 * 1024
+# A signed reply is a whole document: about 250 bytes a probe, for up to 65536 probes.
+MAX_REPLY_BYTES = 32 * 1024 * 1024
 MAX_VALIDITY_DAYS = 3650
 
 _SET_NAME = {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"}
+# An absolute path without NUL or control characters (it is only a name for the
+# descriptor that comes with it; the service judges the descriptor).
+_LIBRARY_PATH = {"type": "string", "maxLength": MAX_PATH_BYTES,
+                 "pattern": r"^/[^\x00-\x1f\x7f]*$"}
 
-# The envelope only; each probe is checked later against the probes-document
-# schema, once the service has built the document to sign.
 REQUEST_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -36,17 +54,25 @@ REQUEST_SCHEMA = {
             "op": True,
             "request": {
                 "type": "object",
-                # The client sends its whole unsigned document; the service keeps
-                # only these keys and ignores the rest (owner, times, host...).
                 "properties": {
-                    "sets": {"type": "array", "items": _SET_NAME, "maxItems": 64,
-                             "uniqueItems": True},
-                    "probes": {"type": "array", "items": {"type": "object"}, "minItems": 1},
-                    "capture": {"type": "object"},
+                    "sets": {"type": "array", "items": _SET_NAME, "minItems": 1,
+                             "maxItems": MAX_SETS, "uniqueItems": True},
+                    "libraries": {"type": "array", "items": _LIBRARY_PATH,
+                                  "maxItems": MAX_LIBRARIES},
+                    "capture": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "mode": {"enum": ["trace", "profile"]},
+                            "interval_ms": {"type": "integer", "minimum": 10,
+                                            "maximum": 3600000},
+                            "paths": {"type": "boolean"},
+                        },
+                    },
                     "validity_days": {"type": "integer", "minimum": 1,
                                       "maximum": MAX_VALIDITY_DAYS},
                 },
-                "required": ["sets", "probes", "capture", "validity_days"],
+                "required": ["sets", "validity_days"],
+                "additionalProperties": False,
             },
         },
         "required": ["request"],
@@ -60,9 +86,17 @@ REPLY_SCHEMA = {
     "type": "object",
     "oneOf": [
         {"properties": {"ok": {"const": True}, "document": {"type": "object"},
-                        "pong": {"type": "boolean"}},
+                        "pong": {"type": "boolean"},
+                        # probes of the chosen sets that cannot attach on this host, and why
+                        "dropped": {"type": "array", "maxItems": 65536, "items": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["id", "reason"],
+                            "properties": {"id": {"type": "string", "maxLength": 64},
+                                           "reason": {"type": "string", "maxLength": 1000}}}}},
          "required": ["ok"], "additionalProperties": False},
-        {"properties": {"ok": {"const": False}, "error": {"type": "string", "minLength": 1}},
+        # retry: the service was busy; the same request may succeed in a moment
+        {"properties": {"ok": {"const": False}, "error": {"type": "string", "minLength": 1},
+                        "retry": {"const": True}},
          "required": ["ok", "error"], "additionalProperties": False},
     ],
 }
@@ -91,19 +125,24 @@ def encode(message: dict) -> bytes:
             + "\n").encode("utf-8")
 
 
-def ok_reply(document: dict) -> dict:
-    return {"ok": True, "document": document}
+def ok_reply(document: dict, dropped=()) -> dict:
+    reply = {"ok": True, "document": document}
+    if dropped:
+        reply["dropped"] = [{"id": d["id"], "reason": d["reason"]} for d in dropped]
+    return reply
 
 
-def error_reply(sentence: str) -> dict:
-    return {"ok": False, "error": sentence}
+def error_reply(sentence: str, *, retry: bool = False) -> dict:
+    return {"ok": False, "error": sentence, **({"retry": True} if retry else {})}
 
 
-def read_line(sock: socket.socket, *, limit: int, timeout: float) -> bytes:
+def read_line(sock: socket.socket, *, limit: int, timeout: float, fds: list | None = None) -> bytes:
     """Read up to the first newline or EOF, within ``limit`` bytes and ``timeout`` seconds overall.
 
     The deadline covers the whole message, so a client trickling one byte at a
-    time cannot hold a connection open for longer than ``timeout``.
+    time cannot hold a connection open for longer than ``timeout``. With ``fds``
+    (a list), descriptors passed with the message (SCM_RIGHTS) are appended to it,
+    at most MAX_LIBRARIES; the caller closes them.
     """
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
@@ -114,7 +153,7 @@ def read_line(sock: socket.socket, *, limit: int, timeout: float) -> bytes:
             raise ReadTimeout(f"no complete request within {timeout:g} seconds")
         sock.settimeout(remaining)
         try:
-            chunk = sock.recv(min(65536, limit + 1 - size))
+            chunk = _recv(sock, min(65536, limit + 1 - size), fds)
         except socket.timeout:
             raise ReadTimeout(f"no complete request within {timeout:g} seconds") from None
         if not chunk:
@@ -131,6 +170,45 @@ def read_line(sock: socket.socket, *, limit: int, timeout: float) -> bytes:
         if size > limit:
             break
     raise RequestTooLarge(f"message is larger than {limit} bytes", b"".join(chunks))
+
+
+_FD_SPACE = socket.CMSG_SPACE(MAX_LIBRARIES * array.array("i").itemsize)
+
+
+def _recv(sock: socket.socket, size: int, fds: list | None) -> bytes:
+    if fds is None:
+        return sock.recv(size)
+    data, ancillary, _flags, _addr = sock.recvmsg(size, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+            for fd in got:
+                if len(fds) < MAX_LIBRARIES:
+                    fds.append(fd)
+                else:
+                    os.close(fd)
+    return data
+
+
+def drain(sock: socket.socket, *, limit: int, timeout: float) -> None:
+    """Read and discard what the client still sends (bounded), so that closing the
+    connection after an early refusal does not reset it before the client reads
+    the reply."""
+    deadline = time.monotonic() + timeout
+    total = 0
+    try:
+        while total < limit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            total += len(chunk)
+    except OSError:
+        return
 
 
 def _decode_object(raw: bytes, what: str) -> dict:
@@ -150,9 +228,40 @@ def _schema_error(validator: jsonschema.Draft202012Validator, value: dict) -> st
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
         return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
-    return f"{where}: {message}"
+    where = "/".join(_printable(p) for p in error.absolute_path) or "(top level)"
+    return f"{where}: {describe_violation(error)}"
+
+
+def _printable(value, limit: int = 64) -> str:
+    text = str(value)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def describe_violation(error) -> str:
+    """What the value should have been, from the schema alone: a refusal never echoes
+    the (possibly huge, possibly forged) value back."""
+    kind, want = error.validator, error.validator_value
+    if kind == "required":
+        return error.message  # "'x' is a required property": names from the schema
+    if kind == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        shown = ", ".join(repr(_printable(k)) for k in extra[:3])
+        return f"unexpected field {shown}" + (" and more" if len(extra) > 3 else "")
+    messages = {
+        "type": lambda: f"must be of type {want}",
+        "enum": lambda: f"must be one of {', '.join(map(repr, want))}",
+        "const": lambda: f"must be {want!r}",
+        "minimum": lambda: f"must be at least {want}",
+        "maximum": lambda: f"must be at most {want}",
+        "minItems": lambda: "must not be empty" if want == 1 else f"must have at least {want} items",
+        "maxItems": lambda: f"must have at most {want} items",
+        "uniqueItems": lambda: "must not repeat an item",
+        "minLength": lambda: f"must be at least {want} characters long",
+        "maxLength": lambda: f"must be at most {want} characters long",
+        "pattern": lambda: "is not of the allowed form",
+    }
+    return messages[kind]() if kind in messages else f"breaks the rule {kind!r}"
 
 
 def _parse(raw: bytes, what: str, validator) -> dict:

@@ -30,8 +30,8 @@ from ..config import SiteConfig, load_config
 from ..errors import DatacrumbsError
 from .audit import GRANTED, REFUSED, AuditLog, digest
 from .policy import Caller, Policy, PolicyError, load_policy
-from .protocol import (MAX_REQUEST_BYTES, ProtocolError, ReadTimeout, RequestTooLarge, encode,
-                       error_reply, ok_reply, parse_request, read_line)
+from .protocol import (MAX_REQUEST_BYTES, ProtocolError, ReadTimeout, RequestTooLarge, drain,
+                       encode, error_reply, ok_reply, parse_request, read_line)
 
 PROG = "datacrumbs_sign_probes"
 log = logging.getLogger(PROG)
@@ -59,7 +59,7 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
 
 class SigningService:
     def __init__(self, config: SiteConfig, *, socket_path: Path | None = None,
-                 read_timeout: float = 5.0, max_clients: int = 512, max_per_user: int = 128):
+                 read_timeout: float = 5.0, max_clients: int = 512, max_per_user: int = 16):
         from .keys import KeyStore  # the key store is the only holder of the private key
 
         self.config = config
@@ -80,6 +80,8 @@ class SigningService:
         self._socket_id: tuple[int, int] | None = None
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
+        self._catalog_cache: tuple[object, dict] | None = None
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -230,7 +232,7 @@ class SigningService:
         try:
             conn.setblocking(False)
             conn.send(encode(error_reply("the signing service is busy (too many connections "
-                                         "at once); try again in a moment")))
+                                         "at once); try again in a moment", retry=True)))
         except OSError:
             pass
         finally:
@@ -250,11 +252,22 @@ class SigningService:
 
     def _handle(self, conn: socket.socket, pid: int, uid: int, gid: int) -> None:
         who = f"uid {uid} pid {pid}"
+        fds: list[int] = []
         try:
-            raw = read_line(conn, limit=MAX_REQUEST_BYTES, timeout=self.read_timeout)
+            self._handle_request(conn, pid, uid, gid, who, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle_request(self, conn, pid: int, uid: int, gid: int, who: str, fds: list) -> None:
+        too_large = False
+        try:
+            raw = read_line(conn, limit=MAX_REQUEST_BYTES, timeout=self.read_timeout, fds=fds)
         except RequestTooLarge as exc:
+            too_large = True
             decision = self._refusal(uid, pid, exc.head, f"the request is larger than the limit of "
-                                     f"{MAX_REQUEST_BYTES} bytes; ask for fewer probes at once")
+                                     f"{MAX_REQUEST_BYTES} bytes; a request names probe sets and "
+                                     "at most a few libraries, so check what sends it")
         except ReadTimeout as exc:
             log.info("%s: %s; closing", who, exc)
             self._send(conn, error_reply(f"{exc}; send one JSON request line"), who)
@@ -267,7 +280,7 @@ class SigningService:
                 log.info("%s: closed without sending a request", who)
                 self._send(conn, error_reply("the request is empty"), who)
                 return
-            decision = self._decide(raw, pid, uid, gid)
+            decision = self._decide(raw, pid, uid, gid, fds)
         if decision.audit is not None:
             try:
                 self.audit.record(**decision.audit)
@@ -281,6 +294,10 @@ class SigningService:
                 log.info("%s %s (uid %d pid %d): %s", a["decision"], a["user"], uid, pid,
                          a["reason"])
         self._send(conn, decision.reply, who)
+        if too_large:
+            # The client may still be sending: read it away (bounded) so that closing
+            # does not reset the connection before the client has read the refusal.
+            drain(conn, limit=16 * MAX_REQUEST_BYTES, timeout=self.read_timeout)
 
     def _send(self, conn: socket.socket, reply: dict, who: str) -> None:
         try:
@@ -299,7 +316,8 @@ class SigningService:
             uid=uid, user=user, pid=pid, decision=REFUSED, reason=reason, sha256=digest(raw),
             key_id=None, probes=probes))
 
-    def _decide(self, raw: bytes, pid: int, uid: int, gid: int) -> _Decision:
+    def _decide(self, raw: bytes, pid: int, uid: int, gid: int, fds: list | None = None
+                ) -> _Decision:
         user = _user_name(uid)
         try:
             request = parse_request(raw)
@@ -308,42 +326,92 @@ class SigningService:
         if request["op"] == "ping":
             return _Decision({"ok": True, "pong": True}, None)
         body = request["request"]
-        nprobes = len(body["probes"])
         if user is None:
             return self._refusal(uid, pid, raw, f"uid {uid} has no account name on this host, "
-                                 "and a probes file is signed for a named account", probes=nprobes)
+                                 "and a probes file is signed for a named account")
         try:
-            signed, grant_days = self._sign(Caller(uid=uid, user=user, gid=gid), body)
-        except DatacrumbsError as exc:  # policy refusals, schema violations, limits
-            return self._refusal(uid, pid, raw, str(exc), user=user, probes=nprobes)
+            signed, grant_days, dropped, resolved = self._sign(
+                Caller(uid=uid, user=user, gid=gid), body, fds or [])
+        except DatacrumbsError as exc:  # policy refusals, unusable libraries, limits
+            return self._refusal(uid, pid, raw, str(exc), user=user)
         from ..probes.document import canonical_bytes
 
-        return _Decision(ok_reply(signed), dict(
+        nprobes = len(signed["probes"])
+        return _Decision(ok_reply(signed, dropped), dict(
             uid=uid, user=user, pid=pid, decision=GRANTED,
-            reason=f"signed {nprobes} probes valid for {grant_days} days",
-            sha256=digest(canonical_bytes(signed)), key_id=signed.get("key_id"), probes=nprobes))
+            reason=f"signed {nprobes} probes of {', '.join(body['sets'])} valid for "
+                   f"{grant_days} days" + (f" ({len(dropped)} not attachable here)"
+                                           if dropped else ""),
+            sha256=digest(canonical_bytes(signed)), key_id=signed.get("key_id"), probes=nprobes,
+            resolved=resolved))
 
-    def _sign(self, caller: Caller, body: dict) -> tuple[dict, int]:
+    def _sign(self, caller: Caller, body: dict, fds: list[int]):
+        """Build the document from the catalog, judge it, sign it.
+
+        The policy is asked twice: once about the sets and the catalog's probes as
+        named (kinds, probe ids, targets), then about what they were bound to on
+        this host (library files by device and inode, functions by address).
+        """
         from ..probes import SchemaViolation, TooLarge
+        from ..probes.catalog import CatalogError, select_probes
         from ..probes.document import build_document, check_document
+        from ..probes.host_check import host_info
+        from .resolve import RequestRefused, library_file, resolve
 
-        capture = body["capture"]
+        policy = self._current_policy()
+        sets, days = body["sets"], int(body["validity_days"])
+        try:
+            chosen = select_probes(self._catalog(), sets)
+        except CatalogError as exc:
+            raise RequestRefused(str(exc)) from None
+        policy.check(caller, sets=sets, probes=chosen, validity_days=days)
+        paths = body.get("libraries", [])
+        if len(paths) != len(fds):
+            raise RequestRefused(f"the request names {len(paths)} libraries but passes "
+                                 f"{len(fds)} open files; use `datacrumbs probes generate "
+                                 "--library PATH`, which sends both")
+        libraries = [library_file(fd, path) for fd, path in zip(fds, paths)]
+        resolved = resolve(chosen, libraries, host_info())
+        if not resolved.probes:
+            first = "; ".join(f"{d['id']}: {d['reason']}" for d in resolved.dropped[:3])
+            raise RequestRefused(f"none of the {len(chosen)} probes of {', '.join(sets)} can "
+                                 f"attach on this host ({first}); choose other sets")
+        grant = policy.check(caller, sets=sets, probes=resolved.probes, validity_days=days,
+                             libraries=resolved.libraries)
+        capture = body.get("capture", {})
         now = int(time.time())
         try:
             doc = build_document(
-                body["probes"], owner_uid=caller.uid, owner_user=caller.user, sets=body["sets"],
+                resolved.probes, owner_uid=caller.uid, owner_user=caller.user, sets=sets,
                 mode=capture.get("mode", "trace"), interval_ms=capture.get("interval_ms", 1000),
                 paths=capture.get("paths", True), issued_at=now, validity_days=1)
             check_document(doc, source="request", max_probes=self.config.max_probes)
         except (SchemaViolation, TooLarge) as exc:
-            raise DatacrumbsError(f"the request is not a valid probes document: {exc.problem}; "
-                                  "build it with `datacrumbs probes generate`") from None
-        grant = self._current_policy().check(caller, sets=doc["sets"], probes=doc["probes"],
-                                             validity_days=int(body["validity_days"]))
+            raise RequestRefused(f"the probes of {', '.join(sets)} do not make a valid probes "
+                                 f"document: {exc.problem}") from None
         doc["expires_at"] = now + grant.validity_days * 86400
         with self._sign_lock:
             signed = self.keystore.sign(doc)
-        return signed, grant.validity_days
+        record = {"sets": list(sets), "libraries": [
+            {"path": lib.path, "dev": lib.dev, "ino": lib.ino} for lib in
+            sorted(resolved.libraries.values(), key=lambda lib: lib.path)],
+            "dropped": len(resolved.dropped)}
+        return signed, grant.validity_days, resolved.dropped, record
+
+    def _catalog(self) -> dict:
+        """The site's probe sets, reread only when the set directory changes."""
+        from ..probes.catalog import load_catalog
+
+        directory = Path(self.config.probe_sets_dir)
+        try:
+            stamp = tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size, e.inode())
+                                 for e in os.scandir(directory) if e.name.endswith(".json")))
+        except OSError:
+            stamp = None
+        with self._catalog_lock:
+            if self._catalog_cache is None or self._catalog_cache[0] != stamp:
+                self._catalog_cache = (stamp, load_catalog(self.config))
+            return self._catalog_cache[1]
 
     def _current_policy(self) -> Policy:
         self._reload_policy_if_changed()
@@ -440,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-clients", metavar="N", type=int, default=512,
                         help="connections served at once; more are told to retry "
                              "(default: %(default)s)")
-    parser.add_argument("--max-per-user", metavar="N", type=int, default=128,
+    parser.add_argument("--max-per-user", metavar="N", type=int, default=16,
                         help="connections served at once for one uid (default: %(default)s)")
     return parser
 

@@ -1,0 +1,175 @@
+"""What the signing service signs for a request: the catalog's probes, bound to real files.
+
+A request names probe sets and hands over library files as descriptors the
+user opened herself. Every probe definition (argument roles, byte formulas)
+is the catalog's, so nothing a user writes decides which memory the root
+tracer reads; the user only chooses which sets, and which copy of a library
+the sets' library probes attach to. Library files are identified by device
+and inode, so the policy judges the file whatever path or link named it.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import platform
+import stat
+from dataclasses import dataclass, field
+
+from elftools.common.exceptions import ELFError
+
+from ..errors import DatacrumbsError
+from ..probes.host_check import (HostInfo, LibraryResolver, check_probe, elf_info_fd,
+                                 ldconfig_cache)
+
+# Larger than any real library (libmpich is about 20 MB): parsing stays bounded.
+MAX_LIBRARY_BYTES = 512 << 20
+LIBRARY_KINDS = ("uprobe", "usdt")
+
+
+class RequestRefused(DatacrumbsError):
+    """A library or set the service cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class LibraryFile:
+    path: str                    # absolute, as the tracer will open it
+    dev: int
+    ino: int
+    soname: str | None
+    functions: frozenset = frozenset()
+    usdt: frozenset = frozenset()
+    addresses: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Resolved:
+    probes: list[dict]                       # what will be signed
+    dropped: list[dict]                      # {"id", "reason"}: cannot attach on this host
+    libraries: dict[str, LibraryFile]        # by path, for the policy
+
+
+def _shown(path: str) -> str:
+    return path if path.isprintable() else repr(path)
+
+
+def library_file(fd: int, claimed: str) -> LibraryFile:
+    """Judge an open file as a library: a regular x86-64 ELF with dynamic symbols.
+
+    The path recorded is one under which the service itself finds this very
+    file (same device and inode): the claimed path, else the kernel's name for
+    the descriptor. Where the service may not look (a directory only the user
+    can enter), the kernel's name is taken as it is.
+    """
+    shown = _shown(claimed)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise RequestRefused(f"library {shown} is not a regular file; pass the library's file")
+    if st.st_size > MAX_LIBRARY_BYTES:
+        raise RequestRefused(f"library {shown} is larger than {MAX_LIBRARY_BYTES} bytes; "
+                             "that is not a shared library")
+    path = _path_of(fd, claimed, st)
+    if path is None:
+        raise RequestRefused(f"library {shown}: the signing service cannot find the file you "
+                             "opened under that name (was it moved or replaced?); give a "
+                             "stable absolute path")
+    try:
+        info = elf_info_fd(fd)
+    except (ELFError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+            AttributeError, AssertionError, UnicodeDecodeError):
+        raise RequestRefused(f"library {shown} is not an ELF shared library") from None
+    if not info.functions:
+        raise RequestRefused(f"library {shown} exports no functions (no dynamic symbols); "
+                             "it is not a shared library")
+    if platform.machine() == "x86_64" and info.machine != "EM_X86_64":
+        raise RequestRefused(f"library {shown} is built for {info.machine}, not x86-64")
+    return LibraryFile(path, st.st_dev, st.st_ino, info.soname, info.functions, info.usdt,
+                       info.addresses)
+
+
+def _path_of(fd: int, claimed: str, st: os.stat_result) -> str | None:
+    try:
+        kernel_name = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        kernel_name = ""
+    hidden = None
+    for candidate in (claimed, kernel_name):
+        if not candidate.startswith("/"):
+            continue
+        try:
+            real = os.path.realpath(candidate, strict=True)
+            here = os.stat(real)
+        except OSError as exc:
+            if candidate == kernel_name and exc.errno in (errno.EACCES, errno.EPERM):
+                hidden = candidate
+            continue
+        if (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
+            return real
+    if hidden and not hidden.endswith(" (deleted)"):
+        return hidden
+    return None
+
+
+def _open_catalog_library(path: str) -> LibraryFile | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return library_file(fd, path)
+    except RequestRefused:
+        return None
+    finally:
+        os.close(fd)
+
+
+def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
+            host: HostInfo) -> Resolved:
+    """Bind the catalog's probes to this host: libraries to files, others checked here.
+
+    A user's library replaces the catalog's library of the same soname or file
+    name, as ``--library`` always did.
+    """
+    overrides: dict[str, LibraryFile] = {}
+    for lib in user_libraries:
+        overrides[os.path.basename(lib.path)] = lib
+        if lib.soname:
+            overrides[lib.soname] = lib
+    files: dict[str, LibraryFile] = {}
+    opened: dict[str, LibraryFile | None] = {}
+    probes, dropped = [], []
+    no_libraries = LibraryResolver()
+    for probe in catalog_probes:
+        kind = probe["kind"]
+        if kind not in LIBRARY_KINDS:
+            kept, reason = check_probe(probe, host, no_libraries)
+            if kept is None:
+                dropped.append({"id": probe["id"], "reason": reason})
+            else:
+                probes.append(kept)
+            continue
+        name = probe["library"]
+        lib = overrides.get(os.path.basename(name) if name.startswith("/") else name)
+        if lib is None:
+            path = name if name.startswith("/") else ldconfig_cache().get(name)
+            if path is not None and path not in opened:
+                opened[path] = _open_catalog_library(path)
+            lib = opened.get(path) if path else None
+        if lib is None:
+            dropped.append({"id": probe["id"], "reason": f"library {name} not found on this host "
+                            "(not in `ldconfig -p`; give its path with --library)"})
+            continue
+        target = probe["target"]
+        if kind == "uprobe" and target not in lib.functions:
+            dropped.append({"id": probe["id"], "reason": f"{lib.path} does not export function "
+                            f"{target}"})
+            continue
+        if kind == "usdt" and target not in lib.usdt:
+            dropped.append({"id": probe["id"], "reason": f"{lib.path} has no USDT probe {target}"})
+            continue
+        bound = copy.deepcopy(probe)
+        bound["library"] = lib.path
+        files[lib.path] = lib
+        probes.append(bound)
+    return Resolved(probes, dropped, files)

@@ -39,6 +39,12 @@ PROBE = {"id": "posix.write", "kind": "syscall", "target": "write", "category": 
          "args": {"fd": 0, "count": 2}, "bytes": "ret"}
 UNAVAILABLE = ("datacrumbs: tracing is unavailable: python3-cryptography is not installed for "
                "Flux's Python (ask your admin)")
+NO_SUBMITTER = (
+    "datacrumbs: this traced job is refused because the validator could not determine the "
+    "submitting user's uid, so the probes file's owner cannot be checked; ask your admin to "
+    "check that this plugin runs in flux-core's job-ingest validator "
+    "(flux/job/validator/plugins/jobspec.py) and that this flux-core version still passes a "
+    "ValidatorJobInfo with a userid (see docs/flux-plugin.md)")
 
 
 # ------------------------------------------------------------------ a site with the plugin
@@ -436,16 +442,53 @@ def test_validate_maps_unexpected_errors_instead_of_killing_the_worker(flux, ins
 
 
 def test_owner_check_uses_the_validators_userid(flux, install, user1, user2):
-    """Outside the validator no userid is known and the owner check is left to the daemon."""
+    """The owner is checked against the authenticated submitter (ValidatorJobInfo.userid)."""
     runner = flux("v0.88")
     theirs = write_probes(install, "u2.json.gz", signed_doc(install, user2.pw_uid, "dctest2"))
     spec = jobspec_with(meta_for(theirs))
     assert runner.ingest(spec, user2.pw_uid).errnum == 0
     assert "belongs to user dctest2" in runner.ingest(spec, user1.pw_uid).errmsg
+
+
+def test_validate_without_the_submitters_uid_fails_closed(flux, install, user1):
+    """No ValidatorJobInfo up the stack (a Flux that calls plugins differently): even a good
+    file is refused with the one line saying what the admin should check, never accepted
+    unchecked; a job without tracing is unaffected."""
+    runner = flux("v0.88")
     from flux.cli.plugin import CLIPluginRegistry
     from flux.job import JobspecV1
 
-    _plugin_of(CLIPluginRegistry("validate")).validate(JobspecV1(**spec))  # no refusal
+    mine = write_probes(install, "nouid.json.gz", signed_doc(install, user1.pw_uid, "dctest1"))
+    spec = jobspec_with(meta_for(mine))
+    assert runner.ingest(spec, user1.pw_uid).errnum == 0  # the same job, inside the validator
+    plugin = _plugin_of(CLIPluginRegistry("validate"))
+    with pytest.raises(Exception) as info:
+        plugin.validate(JobspecV1(**spec))
+    assert type(info.value) is ValueError and str(info.value) == NO_SUBMITTER
+    plugin.validate(JobspecV1(**jobspec_with(None)))  # no tracing asked: no refusal
+
+
+@pytest.mark.parametrize("userid", ["1001", -1, 2**32, True, None, 1.5])
+def test_validate_with_an_unusable_userid_fails_closed(flux, install, user1, userid):
+    """A ValidatorJobInfo whose userid is not a uid is the same as none: refused, one line."""
+    runner = flux("v0.88")
+    mine = write_probes(install, "baduid.json.gz", signed_doc(install, user1.pw_uid, "dctest1"))
+    result = runner.ingest(jobspec_with(meta_for(mine)), userid)
+    assert result.errnum == 1 and result.errmsg == NO_SUBMITTER
+    assert runner.ingest(jobspec_with(None), userid).errnum == 0
+
+
+def test_user_side_owner_check_uses_the_submitting_process_uid(flux, install, user1):
+    """modify_jobspec runs in `flux run`, outside any validator: os.getuid() is the user."""
+    runner = flux("v0.88")
+    mine = write_probes(install, "own.json.gz", signed_doc(install, os.getuid(), "root"))
+    theirs = write_probes(install, "not-own.json.gz", signed_doc(install, user1.pw_uid,
+                                                                 "dctest1"))
+    ok = runner.submit("run", ["--datacrumbs-enable", "--datacrumbs-probe-file", str(mine), "x"])
+    assert ok.rc == 0, ok.error
+    refused = runner.submit("run", ["--datacrumbs-enable", "--datacrumbs-probe-file",
+                                    str(theirs), "x"])
+    assert refused.rc == 1 and "belongs to user dctest1" in refused.error
 
 
 def test_site_config_override_and_missing_config(flux, install, monkeypatch, world):
@@ -629,19 +672,26 @@ def _hostile(install, case, uid):
     if case == "bad-public-key-file":
         (install.cfg.public_key_dir / f"{doc['key_id']}.pub").write_text("bm90IGEga2V5\n")
         return write_probes(install, "badpub.json.gz", doc), "does not hold the Ed25519 key"
+    if case == "public-key-file-of-another-key":
+        # A well-formed 32-byte key, but not the one the key id names: refused as a bad key
+        # file, not used to judge the signature.
+        other = KeyStore(w / "other-private", w / "other-public")
+        [pub] = (w / "other-public").glob(f"{other.init()}.pub")
+        (install.cfg.public_key_dir / f"{doc['key_id']}.pub").write_text(pub.read_text())
+        return write_probes(install, "otherpub.json.gz", doc), "does not hold the Ed25519 key"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["fifo", "truncated", "trailing-garbage", "duplicate-key", "nan",
                                   "deep", "too-large", "unsigned", "not-yet-valid",
-                                  "bad-public-key-file"])
+                                  "bad-public-key-file", "public-key-file-of-another-key"])
 def test_validate_refuses_hostile_files(flux, install, user1, case):
     runner = flux("v0.88")
     path, words = _hostile(install, case, user1.pw_uid)
     data = b"" if case == "fifo" else path.read_bytes()
     result = runner.ingest(jobspec_with(meta_for(path, data)), user1.pw_uid)
     assert result.errnum == 1 and words in result.errmsg, result.errmsg
-    named = install.cfg.public_key_dir if case == "bad-public-key-file" else path
+    named = install.cfg.public_key_dir if "public-key" in case else path
     assert result.errmsg.startswith("datacrumbs: ") and str(named) in result.errmsg
 
 

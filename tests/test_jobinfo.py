@@ -10,21 +10,38 @@ import pytest
 
 from datacrumbs.errors import InvalidJobId, InvalidUser
 from datacrumbs.flux import jobinfo
-from datacrumbs.jobid import f58_encode
 
 DIGEST = "sha256:" + "ab" * 32
+NOT_A_JOB_ID = ("is not a Flux job id (expected decimal, F58 like \u01922kP8DU5B, hex 0x..., "
+                "dothex 0000.0000.0000.0000 or job.<dothex>)")
 
 
-@pytest.mark.parametrize("spelling", ["\u0192", "f"])
-def test_f58_job_ids_become_decimal(spelling):
-    f58 = f58_encode(1234567890123)
-    assert jobinfo.resolve_jobid({"FLUX_JOB_ID": spelling + f58[1:]}) == "1234567890123"
+# Expected decimals are flux-core's published values (t/python/t0010-job.py test_24_jobid and
+# src/common/libutil/test/fluid.c), never computed with datacrumbs.jobid; the by-hand
+# derivations are in tests/test_jobid.py.
+@pytest.mark.parametrize("raw,decimal", [
+    ("\u0192uzzybunny", "6787342413402046"), ("fuzzybunny", "6787342413402046"),
+    ("\u0192jpXCZedGfVP", "18446744073709551614"), ("fjpXCZedGfVQ", "18446744073709551615"),
+    ("\u0192xyzzy", "633528662"), ("0x181d0d4d850fbe", "6787342413402046"),
+    ("0018.1d0d.4d85.0fbe", "6787342413402046"), ("6787342413402046", "6787342413402046"),
+])
+def test_f58_and_other_job_ids_become_decimal(raw, decimal):
+    assert jobinfo.resolve_jobid({"FLUX_JOB_ID": raw}) == decimal
 
 
-@pytest.mark.parametrize("raw", ["../x", "1;reboot", "1\nX=y", "ƒ0OIl", "0x", " ", "1 2"])
-def test_malicious_or_malformed_job_ids_are_refused(raw):
-    with pytest.raises(InvalidJobId):
+@pytest.mark.parametrize("raw,message", [
+    ("../x", f"job id '../x' {NOT_A_JOB_ID}"),
+    ("1;reboot", f"job id '1;reboot' {NOT_A_JOB_ID}"),
+    ("1\nX=y", f"job id '1\\nX=y' {NOT_A_JOB_ID}"),
+    ("\u01920OIl", "job id '\u01920OIl': '0' is not an F58 digit"),
+    ("0x", f"job id '0x' {NOT_A_JOB_ID}"),
+    (" ", "job id ' ' is empty or too long"),
+    ("1 2", f"job id '1 2' {NOT_A_JOB_ID}"),
+])
+def test_malicious_or_malformed_job_ids_are_refused(raw, message):
+    with pytest.raises(InvalidJobId) as err:
         jobinfo.resolve_jobid({"FLUX_JOB_ID": raw})
+    assert str(err.value) == message
 
 
 def test_missing_job_id_says_where_it_comes_from():

@@ -72,6 +72,13 @@ UNAVAILABLE = (
     "datacrumbs: tracing is unavailable: python3-cryptography is not installed for "
     "Flux's Python (ask your admin)"
 )
+NO_SUBMITTER = (
+    "datacrumbs: this traced job is refused because the validator could not determine the "
+    "submitting user's uid, so the probes file's owner cannot be checked; ask your admin to "
+    "check that this plugin runs in flux-core's job-ingest validator "
+    "(flux/job/validator/plugins/jobspec.py) and that this flux-core version still passes a "
+    "ValidatorJobInfo with a userid (see docs/flux-plugin.md)"
+)
 
 
 class _Refusal(Exception):
@@ -455,7 +462,7 @@ def _check_document(path, data, site, uid, crypto, now=None):
         raise _Refusal(f"datacrumbs: probes file {name} is not valid before "
                        f"{_when(doc['issued_at'])} (clock skew between hosts?); ask your admin")
     owner = doc["owner"]
-    if uid is not None and owner["uid"] != uid:
+    if owner["uid"] != uid:  # uid None (unknown) never matches: fail closed
         raise _Refusal(f"datacrumbs: probes file {name} belongs to user {_show(owner['user'], 40)} "
                        f"(uid {owner['uid']}), not to the job's user (uid {uid}); use a probes "
                        f"file signed for you")
@@ -510,7 +517,7 @@ def _modify(args, jobspec):
 
 
 def _validator_userid():
-    """The submitting user's uid from Flux's validator, or None outside it.
+    """The submitting user's uid from Flux's validator, or None if it cannot be found.
 
     CLI plugins' validate() gets only the jobspec. flux-core's job-ingest validator runs
     ``Validator.validate(self, args)`` in flux/job/validator/plugins/jobspec.py with ``args`` a
@@ -564,6 +571,11 @@ def _validate(jobspec):
     if request is None:
         return
     path, digest = request
+    # Fail closed: without the authenticated submitter the owner check cannot be made, and a
+    # job must not run with someone else's probes file because a Flux version moved the uid.
+    uid = _validator_userid()
+    if uid is None:
+        raise _Refusal(NO_SUBMITTER)
     crypto = _load_crypto()
     if crypto is None:
         raise _Refusal(UNAVAILABLE)
@@ -572,7 +584,7 @@ def _validate(jobspec):
     if _digest(data) != digest:
         raise _Refusal(f"datacrumbs: probes file {_show(path)} changed after the job was "
                        f"submitted; resubmit the job")
-    _check_document(path, data, site, uid=_validator_userid(), crypto=crypto)
+    _check_document(path, data, site, uid=uid, crypto=crypto)
 
 
 # ---------------------------------------------------------------- the plugin

@@ -126,7 +126,7 @@ def _start_stopped(argv: list[str]) -> tuple[int, int]:
 
 def main(args) -> int:
     from ..config import load_config
-    from ..tracer.daemon import TraceRun, short_host
+    from ..tracer.daemon import TraceRun, short_host, trace_access
     from ..tracer.engine import Engine
     from ..tracer.scope import Scope
 
@@ -145,6 +145,7 @@ def main(args) -> int:
         log.addHandler(handler)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     config = load_config()
+    access = trace_access(config)  # the daemon's rules: private unless trace_group
     user = _invoker()
     refused_early: list = []
     if args.probes:
@@ -175,9 +176,13 @@ def main(args) -> int:
 
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the command
     try:
+        # The credential check keeps what an ordinary job user could not ptrace out of
+        # that user's trace. The command runs with our credentials (root, for a sudoer
+        # who may read all of it anyway), so job_uid 0 turns the check off; run as an
+        # ordinary user, it would be on.
         engine = Engine(probes, Scope.for_pids([pid], follow=True), mode=mode,
                         interval_ms=interval_ms, bpf_object=config.bpf_object,
-                        capture_paths=bool(capture.get("paths", True)))
+                        capture_paths=bool(capture.get("paths", True)), job_uid=os.geteuid())
         with engine:
             report = engine.attach()
             report.refused.extend(refused_early)
@@ -189,7 +194,8 @@ def main(args) -> int:
             run = TraceRun(engine, report, run_id=str(pid), user=user, host=short_host(),
                            mode=mode, interval_ms=interval_ms,
                            capture_paths=bool(capture.get("paths", True)), dir_fd=dir_fd,
-                           start=datetime.now(timezone.utc))
+                           start=datetime.now(timezone.utc), access=access,
+                           max_bytes=config.max_trace_bytes)
             t0 = time.monotonic()
             run.loop(child, release)
             # Report before detaching: removing uprobes can take seconds.
@@ -212,10 +218,23 @@ def _report(args, run, out: Path, argv: list[str], elapsed: float) -> None:
     trace_path = out / run.trace_name
     if args.quiet:
         print(trace_path, file=sys.stderr)
+        loss = loss_line(run.summary_doc)
+        if loss:  # quiet is never silent about an incomplete trace
+            print(f"datacrumbs: {loss}", file=sys.stderr)
     else:
         print_summary(run.summary_doc, trace_path=trace_path, summary_path=out / run.summary_name,
                       command=argv, elapsed=elapsed)
     sys.stderr.flush()
+
+
+def loss_line(doc: dict) -> str | None:
+    """One line saying what the trace lacks (events, file names), or None when nothing."""
+    parts = []
+    if doc.get("events_lost"):
+        parts.append(f"{doc['events_lost']:,} events lost (the ring buffer was full)")
+    if doc.get("names_lost"):
+        parts.append(f"{doc['names_lost']:,} file names lost (those events have no file name)")
+    return "; ".join(parts) or None
 
 
 def _size(n: int) -> str:
@@ -261,7 +280,11 @@ def print_summary(doc: dict, *, trace_path, summary_path, command, elapsed: floa
         console.print(f"probe refused: {probe['id']} ({probe['kind']} {probe['target']}): "
                       f"{probe['reason']}", soft_wrap=True)
     console.print(f"events: {doc['events_written']:,} written, {doc['events_lost']:,} lost"
+                  + (f", {doc['names_lost']:,} without their file name (names lost)"
+                     if doc.get("names_lost") else "")
                   + (f", {doc['events_not_written']:,} not written ({doc['write_error']})"
                      if doc.get("write_error") else ""))
+    if doc.get("stopped"):  # the size cap: the trace ends early, the totals above do not
+        console.print(f"trace stopped early: {doc['stopped']}", soft_wrap=True)
     console.print(f"trace: {trace_path}", soft_wrap=True)  # never wrapped: copied and parsed
     console.print(f"summary: {summary_path}", soft_wrap=True)

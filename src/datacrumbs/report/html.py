@@ -49,6 +49,7 @@ def render(summary: dict) -> str:
         ["Bytes", f"{exact(tot['bytes'])} ({human_bytes(tot['bytes'])})"],
         ["I/O time", human_us(tot["time_us"])], ["Errors", exact(tot["errors"])],
         ["Events lost", exact(summary["events_lost"])],
+        ["File names lost", exact(summary.get("names_lost", 0))],
     ], numeric_from=2, table_id="job"))
     warnings = _warnings(summary)
     if warnings:
@@ -107,6 +108,9 @@ def _warnings(summary: dict) -> list[str]:
     out += [f"{p}: the tracer did not finish cleanly" for p in summary["incomplete_runs"]]
     if summary["events_lost"]:
         out.append(f"{summary['events_lost']:,} events lost by the tracer; counts are lower bounds")
+    if summary.get("names_lost"):
+        out.append(f"{summary['names_lost']:,} events lost their file name in the tracer; "
+                   "per-file figures are lower bounds")
     out += [f"probe refused: {p['id']} ({p['kind']} {p['target']}): {p['reason']}"
             for p in summary["probes_refused"]]
     return out

@@ -520,9 +520,10 @@ class Aggregate:
         users = sorted({str(h.get("user")) for h in headers if h.get("user") is not None})
         modes = sorted({str(h.get("mode")) for h in headers if h.get("mode") is not None})
 
-        lost, refused, incomplete = 0, {}, []
+        lost, names_lost, refused, incomplete = 0, 0, {}, []
         for path, summ in sorted(self.run_summaries.items()):
             lost += _int(summ.get("events_lost"))
+            names_lost += _int(summ.get("names_lost"))
             if summ.get("complete") is False:
                 incomplete.append(path)
             for pr in summ.get("probes_refused") or []:
@@ -567,6 +568,7 @@ class Aggregate:
             "traces": read,
             "unreadable": [{"path": p, "error": m} for p, m in sorted(self.unreadable.items())],
             "events_lost": lost,
+            "names_lost": names_lost,   # events in the traces without their file name
             "runs": len(self.run_summaries),
             "incomplete_runs": incomplete,
             "probes_refused": sorted(refused.values(), key=lambda r: (r["id"], r["reason"])),

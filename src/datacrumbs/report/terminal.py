@@ -79,6 +79,7 @@ def render(summary: dict, console: Console) -> None:
     head.add_row("Errors", exact(tot["errors"]))
     head.add_row("Traces read", exact(len(summary["traces"])))
     head.add_row("Events lost", exact(summary["events_lost"]))
+    head.add_row("File names lost", exact(summary.get("names_lost", 0)))
     console.print(head)
     console.print()
 
@@ -145,6 +146,9 @@ def notes(summary: dict, console: Console) -> None:
     if summary["events_lost"]:
         console.print(Text(f"warning: {summary['events_lost']:,} events were lost by the tracer "
                            "(ring buffer full); counts are lower bounds", style="yellow"))
+    if summary.get("names_lost"):
+        console.print(Text(f"warning: {summary['names_lost']:,} events lost their file name in "
+                           "the tracer; per-file figures are lower bounds", style="yellow"))
     for pr in summary["probes_refused"]:
         hosts = f" on {', '.join(pr['hosts'])}" if pr["hosts"] else ""
         console.print(Text(f"probe refused{hosts}: {pr['id']} ({pr['kind']} {pr['target']}): "

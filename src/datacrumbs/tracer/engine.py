@@ -8,6 +8,7 @@ Usage (what the daemon does)::
             batch = eng.poll(100)      # EventBatch or None
             ...                        # batch.events (numpy), batch.paths {row: path}
         eng.lost()                     # events the kernel dropped (ring buffer full)
+        eng.names_lost()               # delivered open-like events without their file name
 
 ``Engine.probes[i]`` is the probe dict of every event whose ``probe`` field is
 ``i`` (the order of the probes given). Events are fixed-size records in a BPF
@@ -23,7 +24,8 @@ Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 and belong to the issuing process. pids are host pids.
 
 ``batch.paths`` maps a row of ``batch.events`` to the path an open-like call
-was given (probes with a ``path`` role; read in the kernel at return).
+was given (probes with a ``path`` role; read in the kernel at return). A row
+that should have a path and has none is counted in ``names_lost()``.
 ``Engine.resolve_fd(pid, fd)`` names files opened before attach from /proc.
 
 Profile mode sends no events: ``read_profile()`` returns cumulative
@@ -105,12 +107,14 @@ INT_RETURNING = frozenset({
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
 _SPEC = struct.Struct("<IBBbBbbbbbbbbHHI")      # struct dc_spec
-_CONFIG = struct.Struct("<IIIIIIIIQQQQ")        # struct dc_config
+_CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
-_TASK_SIZE = 120                                # struct dc_task: dc_entry (64) + 56
+_TASK_SIZE = 128                                # struct dc_task: dc_entry (64) + 64
+_EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
+UID_MAX = (1 << 32) - 2
 _PIDFD_THREAD = os.O_EXCL                       # pidfd of one thread, not a process (6.9)
 
 
@@ -339,14 +343,15 @@ class _Ring:
         self._cons[0] = cons + n * self.stride
         return recs if keep.all() else recs[keep]
 
-    def drain_variable(self, limit: int = 1 << 16) -> list[bytes]:
-        """Committed records of any size, oldest first (at most ``limit``)."""
+    def drain_variable(self) -> list[bytes]:
+        """Committed records of any size, oldest first: all of them up to the first one
+        still being written (a record left for the next poll would miss its event)."""
         cons = int(self._cons[0])
         prod = int(self._prod[0])
         out: list[bytes] = []
         buf = self._prod_map
         pos = cons
-        while pos < prod and len(out) < limit:
+        while pos < prod:
             off = self.page + (pos & self.mask)
             hdr = int.from_bytes(buf[off:off + 4], "little")
             if hdr & _RB_BUSY:
@@ -378,12 +383,24 @@ class Engine:
     (kernel >= 6.6; fast to attach and detach) falling back to one link per
     probe when the kernel refuses; False forces the per-probe path. Default:
     True unless the environment sets DATACRUMBS_UPROBE_MULTI=0.
+
+    ``job_uid``: the (non-root) user the trace is for. Then the kernel also
+    leaves out every scope member that user could not ptrace: any uid other than
+    job_uid, a gid raised over the real gid (set-gid), any effective or permitted
+    capability, or a memory that is not dumpable (a set-uid program the user
+    runs, flux-imp in the job's cgroup), and reads nothing of its memory. Such
+    a member's children still join the pid tree, and are traced once they run
+    as the user. None or 0 (root's trace): no credential check.
+
+    ``paths_ringbuf_bytes``: size of the ring for file names (default: as large
+    as the events ring; a name record is often larger than its event).
     """
 
     def __init__(self, probes: list[dict], scope: Scope, *, mode: str = "trace",
                  interval_ms: int = 1000, bpf_object: Path | None = None,
                  ringbuf_bytes: int = 16 << 20, capture_paths: bool = True,
-                 uprobe_multi: bool | None = None):
+                 uprobe_multi: bool | None = None, job_uid: int | None = None,
+                 paths_ringbuf_bytes: int | None = None):
         if mode not in ("trace", "profile"):
             raise EngineError(f"capture mode {mode!r} is neither 'trace' nor 'profile'")
         if not isinstance(scope, Scope):
@@ -399,6 +416,20 @@ class Engine:
                               f"between {page} and {1 << 30} bytes")
         if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or interval_ms <= 0:
             raise EngineError(f"profile interval {interval_ms!r} ms must be a positive integer")
+        if job_uid is not None and (isinstance(job_uid, bool) or not isinstance(job_uid, int)
+                                    or not 0 <= job_uid <= UID_MAX):
+            raise EngineError(f"job uid {job_uid!r} is not a valid user id (0..{UID_MAX})")
+        # root may ptrace anything: only another user's trace needs the check
+        self.job_uid = job_uid
+        self.check_creds = bool(job_uid)
+        if self.check_creds and scope.kind == "user" and scope.uid != job_uid:
+            raise EngineError(f"a trace for uid {job_uid} cannot have the scope of uid {scope.uid}")
+        if paths_ringbuf_bytes is None:
+            paths_ringbuf_bytes = min(max(ringbuf_bytes, 1 << 20), 256 << 20)
+        if paths_ringbuf_bytes < page or paths_ringbuf_bytes & (paths_ringbuf_bytes - 1) \
+                or paths_ringbuf_bytes > 1 << 30:
+            raise EngineError(f"path ring buffer size {paths_ringbuf_bytes} must be a power of two "
+                              f"between {page} and {1 << 30} bytes")
         if bpf_object is None:
             from ..config import load_config
             bpf_object = load_config().bpf_object
@@ -417,8 +448,7 @@ class Engine:
         self.uprobe_multi = bool(uprobe_multi)
         self._multi_refused: str | None = None if self.uprobe_multi else \
             "uprobe_multi links turned off"
-        # path records are 4x larger than events and rarer: half the bytes
-        self._paths_bytes = min(max(ringbuf_bytes // 2, 1 << 20), 64 << 20)
+        self._paths_bytes = paths_ringbuf_bytes
         self._obj: BpfObject | None = None
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
@@ -431,6 +461,7 @@ class Engine:
         self._seen: set[int] = set()
         self._closed = False
         self._final_lost = (0, 0)
+        self._names_lost_here = 0       # name records that never met their event (user space)
 
     # -- setup --
 
@@ -455,10 +486,12 @@ class Engine:
         if ns is not None and self.scope.kind == "pids":
             raise EngineError("a process-id scope needs datacrumbs in the host's pid namespace "
                               "(the kernel reports host pids); use a cgroup or user scope here")
+        # paths: wake the reader once 1/32 of the ring waits, so a burst of opens is
+        # drained long before the ring is full (each name costs a record, unlike events)
         libbpf.map_update(obj.map_fd("settings"), struct.pack("<I", 0), _CONFIG.pack(
             kind, mode, self.scope.uid or 0, os.getpid(), int(self.scope.follow),
             int(self.capture_paths), 1, 0, *(ns or (0, 0)), self._wakeup_events(),
-            self._paths_bytes // 8))
+            self._paths_bytes // 32, self.job_uid or 0, int(self.check_creds)))
         if self.scope.kind == "cgroup":
             fd = os.open(self.scope.cgroup, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -820,7 +853,11 @@ class Engine:
             self._stash_paths(self._paths.drain_variable())
         if not len(events):
             return None
-        matched = self._match_paths(events) if self._pending_paths else {}
+        sent = (events["probe"] & np.uint32(_EV_PATH_SENT)) != 0
+        matched = {}
+        if sent.any():
+            events["probe"] &= np.uint32(~_EV_PATH_SENT & 0xFFFFFFFF)
+            matched = self._match_paths(events, np.flatnonzero(sent))
         pids = np.unique(events["pid"])
         if len(pids) and len(self._seen) < 65536:
             self._seen.update(int(p) for p in pids if int(p) not in self._seen)
@@ -840,14 +877,31 @@ class Engine:
             for key in list(self._pending_paths)[:len(self._pending_paths) - 65536]:
                 del self._pending_paths[key]
 
-    def _match_paths(self, events: np.ndarray) -> dict[int, str]:
-        rows = np.flatnonzero(np.isin(events["probe"], self._path_probes))
+    def _match_paths(self, events: np.ndarray, rows: np.ndarray) -> dict[int, str]:
+        """Name the events whose name the kernel sent (``rows``). A name is written before
+        its event, so it has been drained by now, unless another CPU's record ahead of it
+        was still being written: wait a moment for that one. A name still missing is
+        counted in names_lost(), never dropped silently."""
         out: dict[int, str] = {}
-        tids, tss = events["tid"][rows].tolist(), events["ts_ns"][rows].tolist()
-        for row, tid, ts in zip(rows.tolist(), tids, tss):
-            path = self._pending_paths.pop((tid, ts), None)
-            if path is not None:
-                out[row] = path
+        missing = list(zip(rows.tolist(), events["tid"][rows].tolist(),
+                           events["ts_ns"][rows].tolist()))
+        deadline = None
+        while True:
+            left = []
+            for row, tid, ts in missing:
+                path = self._pending_paths.pop((tid, ts), None)
+                if path is not None:
+                    out[row] = path
+                else:
+                    left.append((row, tid, ts))
+            missing = left
+            if not missing or not self._paths.pending():
+                break
+            deadline = deadline or time.monotonic() + 0.01
+            if time.monotonic() > deadline:
+                break
+            self._stash_paths(self._paths.drain_variable())
+        self._names_lost_here += len(missing)
         return out
 
     def _percpu_sum(self, name: str, index: int) -> int:
@@ -862,9 +916,15 @@ class Engine:
             return self._final_lost[0]
         return self._percpu_sum("lost", 0) + self._percpu_sum("lost", 2)
 
-    def lost_paths(self) -> int:
-        """Path records dropped (their events still arrive, without a path)."""
-        return self._percpu_sum("lost", 1) if self._obj else self._final_lost[1]
+    def names_lost(self) -> int:
+        """Delivered events of open-like calls that lack their file name: the kernel
+        could not read it or the name ring was full, or (rarely) the name arrived too late
+        here. Still answers after close()."""
+        if self._obj is None:
+            return self._final_lost[1]
+        return self._percpu_sum("lost", 1) + self._names_lost_here
+
+    lost_paths = names_lost       # the older name
 
     def read_profile(self) -> list[ProfileRow]:
         """Profile mode: cumulative totals per (pid, probe) since attach."""

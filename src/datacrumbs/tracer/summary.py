@@ -120,12 +120,15 @@ class SummaryBuilder:
 
     def to_dict(self, *, job: str, user: str, host: str, mode: str, start_ts: int, end_ts: int,
                 complete: bool, events_written: int, events_lost: int, trace_file: str,
-                attached: list[dict], refused: list[tuple[dict, str]], **extra) -> dict:
+                attached: list[dict], refused: list[tuple[dict, str]], names_lost: int = 0,
+                **extra) -> dict:
         doc = {
             "format": "datacrumbs-summary", "version": 1, "job": job, "user": user, "host": host,
             "mode": mode, "start_ts": int(start_ts), "end_ts": int(end_ts),
             "complete": bool(complete), "events_written": int(events_written),
-            "events_lost": int(events_lost), "trace_file": trace_file,
+            "events_lost": int(events_lost),
+            # events of open-like calls in the trace without their file name
+            "names_lost": int(names_lost), "trace_file": trace_file,
             "probes_attached": [_probe_ref(p) for p in attached],
             "probes_refused": [_probe_ref(p) | {"reason": str(r)} for p, r in refused],
             "operations": self.operations(),
@@ -148,20 +151,21 @@ class SummaryFile:
     A full disk must not cost the summary that says the disk was full, so the
     space is allocated up front in an anonymous file (``O_TMPFILE``, nothing
     left behind by a crash) that is linked under its name only when complete,
-    and never over an existing file.
+    and never over an existing file. ``mode`` is the trace's: private (0600) unless the
+    site shares traces with a group.
     """
 
     def __init__(self, dir_fd: int, name: str, *, owner_uid: int | None = None,
-                 owner_gid: int | None = None, reserve: int = 64 << 10):
+                 owner_gid: int | None = None, reserve: int = 64 << 10, mode: int = 0o600):
         self.dir_fd, self.name = dir_fd, name
         self._tmpname = None
         try:
-            self.fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
+            self.fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         except OSError:  # file systems without O_TMPFILE: a hidden named temp file
             self._tmpname = f".{name}.{os.getpid()}.tmp"
             self.fd = os.open(self._tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                              | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
-        os.fchmod(self.fd, 0o640)
+                              | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        os.fchmod(self.fd, mode)
         if owner_uid is not None:
             os.fchown(self.fd, owner_uid, -1 if owner_gid is None else owner_gid)
         try:

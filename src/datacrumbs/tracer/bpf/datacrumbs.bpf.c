@@ -6,7 +6,11 @@
  * the byte count, the path ...) and attaches the generic uprobe, kprobe and
  * tracepoint programs once per target with a BPF cookie naming the probe.
  * Scope (pid tree, uid or cgroup) is decided here, so events of processes
- * outside the job never reach user space.
+ * outside the job never reach user space. For a trace that goes to an
+ * ordinary user, a member that user could not ptrace (set-uid or set-gid
+ * program, capabilities, not dumpable) is out of scope too, and its memory is
+ * never read: membership (who joins the pid tree) and credentials (who is
+ * traced) are decided apart.
  *
  * The system call programs run for every system call of the node. What
  * costs there is helper calls (with this CPU's return-stack mitigation each
@@ -182,9 +186,11 @@ static __always_inline bool is_self(struct dc_config *c, __u32 tgid)
 	       ns.tgid == c->self_tgid;
 }
 
-/* Is the current process (tgid) one the job's? Decided here so that other
- * processes' events never leave the kernel. */
-static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
+/* Is the current process (tgid) a member of the job: in its pid tree, of its
+ * user, or in its cgroup? Membership alone decides who joins the pid tree
+ * (dc_fork): a child of a privileged member (flux-imp) must be a member so
+ * that it is traced once it runs as the user again. */
+static __always_inline bool is_member(struct dc_config *c, __u32 tgid)
 {
 	if (is_self(c, tgid))
 		return false;
@@ -202,37 +208,140 @@ static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
 	return bpf_map_lookup_elem(&scope_pids, &tgid) != NULL;
 }
 
+/* kernel_cap_t before 6.3 (commit f122a08b197d): two 32-bit words. */
+struct kernel_cap_struct___cap32 {
+	__u32 cap[2];
+} __attribute__((preserve_access_index));
+
+struct cred___cap32 {
+	struct kernel_cap_struct___cap32 cap_permitted;
+	struct kernel_cap_struct___cap32 cap_effective;
+} __attribute__((preserve_access_index));
+
+/* mm_struct.flags before 6.18 (mm_flags_t): an unsigned long. */
+struct mm_struct___ulong {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+
+#define DC_MMF_DUMPABLE_MASK 3	/* MMF_DUMPABLE_BITS = 2 */
+#define DC_SUID_DUMP_USER 1
+#define DC_NO_MM 0xff		/* kernel thread or exited mm: nothing to read */
+
+/* Dumpable bits of a task's mm, read with direct CO-RE loads (no helper call:
+ * the cached path checks them on every event). prctl(PR_SET_DUMPABLE) changes
+ * them without a new cred. */
+static __always_inline __u8 dumpable_of(struct task_struct *task)
+{
+	struct mm_struct *mm = task->mm;
+	unsigned long flags;
+
+	if (!mm)
+		return DC_NO_MM;
+	if (bpf_core_field_exists(mm->flags.__mm_flags))
+		flags = mm->flags.__mm_flags[0];
+	else
+		flags = ((struct mm_struct___ulong *)mm)->flags;
+	return flags & DC_MMF_DUMPABLE_MASK;
+}
+
+/* Could job_uid ptrace a task with these credentials without privilege? Every
+ * uid is job_uid, no gid is elevated over the real gid (set-gid), and no
+ * capability is effective or permitted. */
+static __always_inline bool cred_is_users(const struct cred *cr, __u32 uid)
+{
+	__u32 gid;
+
+	if (!cr)
+		return false;
+	if (cr->uid.val != uid || cr->euid.val != uid || cr->suid.val != uid ||
+	    cr->fsuid.val != uid)
+		return false;
+	gid = cr->gid.val;
+	if (cr->egid.val != gid || cr->sgid.val != gid || cr->fsgid.val != gid)
+		return false;
+	if (bpf_core_field_exists(cr->cap_effective.val))
+		return !(cr->cap_effective.val | cr->cap_permitted.val);
+	{
+		const struct cred___cap32 *o = (const void *)cr;
+
+		return !(o->cap_effective.cap[0] | o->cap_effective.cap[1] |
+			 o->cap_permitted.cap[0] | o->cap_permitted.cap[1]);
+	}
+}
+
+/* The credential half of the scope: a member that the job's user could not
+ * ptrace (set-uid or set-gid program, capabilities, not dumpable) is out of
+ * scope, so none of its memory is read. Both the objective (real_cred: what
+ * ptrace checks) and the subjective creds (cred: what it acts with) count. */
+static __always_inline bool creds_ok(struct dc_config *c, struct task_struct *task)
+{
+	__u8 d;
+
+	if (!c->check_creds)
+		return true;
+	if (!cred_is_users(task->real_cred, c->job_uid) || !cred_is_users(task->cred, c->job_uid))
+		return false;
+	d = dumpable_of(task);
+	return d == DC_SUID_DUMP_USER || d == DC_NO_MM;
+}
+
+/* Is the current process one the job's, and one the job's user may see?
+ * Decided here so that other processes' events never leave the kernel. */
+static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
+{
+	return is_member(c, tgid) && creds_ok(c, bpf_get_current_task_btf());
+}
+
+/* Bring t's cached scope decision up to date for the current task ``task``.
+ * It is taken again when the scope generation changes (a cgroup move), the
+ * task execs (dc_exec clears gen), its creds are replaced (a uid, gid or
+ * capability change: set-uid exec, setresuid) or, when credentials are
+ * checked, its mm's dumpable bits change. The cached path is a few direct
+ * loads, no helper call. */
+static __always_inline bool refresh(struct dc_config *c, struct dc_task *t,
+				    struct task_struct *task)
+{
+	__u32 gen = *(volatile __u32 *)&c->scope_gen;	/* before deciding: a move after it re-decides */
+	__u64 cred = (__u64)task->cred;
+	__u8 dumpable = c->check_creds ? dumpable_of(task) : 0;
+
+	if (t->gen != gen || t->cred != cred || t->dumpable != dumpable) {
+		if (t->gen != gen)
+			t->tid_tgid = bpf_get_current_pid_tgid();
+		t->in_scope = in_scope(c, t->tid_tgid >> 32);
+		t->gen = gen;
+		t->cred = cred;
+		t->dumpable = dumpable;
+	}
+	return t->in_scope;
+}
+
 /* The current task's state with its scope decision brought up to date; NULL
  * when the kernel cannot give storage now (then *in is decided uncached).
- * Decisions are kept until the scope generation changes (a cgroup move),
- * the task execs, or, in user scope, its uid changes. Helper calls are what
- * costs here (each return pays the CPU's return-stack mitigation), so the
- * cached path makes only the storage lookup. */
+ * Helper calls are what costs here (each return pays the CPU's return-stack
+ * mitigation), so the cached path makes only the storage lookup. */
 static __always_inline struct dc_task *task_state(struct dc_config *c, bool *in)
 {
-	struct dc_task *t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0,
-						 BPF_LOCAL_STORAGE_GET_F_CREATE);
-	__u32 gen = *(volatile __u32 *)&c->scope_gen;	/* before deciding: a move after it re-decides */
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct dc_task *t = bpf_task_storage_get(&tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 
 	if (!t) {
 		*in = in_scope(c, bpf_get_current_pid_tgid() >> 32);
 		return NULL;
 	}
-	if (t->gen != gen) {
-		t->tid_tgid = bpf_get_current_pid_tgid();
-		t->in_scope = in_scope(c, t->tid_tgid >> 32);
-		t->uid = (__u32)bpf_get_current_uid_gid();
-		t->gen = gen;
-	} else if (c->scope == DC_SCOPE_UID) {
-		__u32 uid = (__u32)bpf_get_current_uid_gid();
-
-		if (uid != t->uid) {
-			t->in_scope = in_scope(c, t->tid_tgid >> 32);
-			t->uid = uid;
-		}
-	}
-	*in = t->in_scope;
+	*in = refresh(c, t, task);
 	return t;
+}
+
+/* At the return of an operation begun in scope: is the task still one the
+ * user may see? A set-uid execve, or a uprobe'd call that raised privilege,
+ * returns with other creds and another memory: nothing of it may be read. */
+static __always_inline bool still_in_scope(struct dc_config *c, struct dc_task *t,
+					   struct task_struct *task)
+{
+	if (!c->check_creds)
+		return true;
+	return t ? refresh(c, t, task) : in_scope(c, bpf_get_current_pid_tgid() >> 32);
 }
 
 static __always_inline __u64 arg_of(struct dc_entry *e, __s8 idx)
@@ -370,8 +479,12 @@ static __always_inline __u64 wakeup_flag(void *ring, __u64 threshold)
 									 : BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void emit_path(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
-				      __u32 tid)
+/* Send the path of an open-like call: 1 sent, 0 none to send (NULL or empty),
+ * -1 the name is lost (unreadable, or the ring is full). The caller counts a
+ * loss only once the event itself was delivered, so names_lost is exactly the
+ * delivered events that lack their name. */
+static __always_inline int emit_path(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
+				     __u32 tid)
 {
 	__u64 ptr = arg_of(e, sp->path);
 	__u32 zero = 0;
@@ -379,18 +492,20 @@ static __always_inline void emit_path(struct dc_config *c, struct dc_spec *sp, s
 	long n;
 
 	if (!ptr)
-		return;
+		return 0;
 	p = bpf_map_lookup_elem(&path_scratch, &zero);
 	if (!p)
-		return;
+		return -1;
 	/* Read at exit: the kernel has faulted the string in by now, so the
 	 * read cannot fail on a not-yet-touched page as it can at entry. */
 	if (sp->kernel)
 		n = bpf_probe_read_kernel_str(p->path, sizeof(p->path), (void *)ptr);
 	else
 		n = bpf_probe_read_user_str(p->path, sizeof(p->path), (void *)ptr);
-	if (n <= 1)
-		return;
+	if (n < 1)
+		return -1;
+	if (n == 1)
+		return 0;
 	if (n > DC_PATH_MAX)
 		n = DC_PATH_MAX;
 	p->ts = e->ts;
@@ -399,9 +514,8 @@ static __always_inline void emit_path(struct dc_config *c, struct dc_spec *sp, s
 	p->len = n;
 	p->pad = 0;
 	/* only the string is copied: records are as long as the path */
-	if (bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
-			       wakeup_flag(&paths, c->wakeup_paths)) < 0)
-		count_lost(1);
+	return bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
+				  wakeup_flag(&paths, c->wakeup_paths)) < 0 ? -1 : 1;
 }
 
 /* Once per task (the flag is in its storage), not a hash lookup per event. */
@@ -430,6 +544,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	__u32 tgid = tid_tgid >> 32, tid = (__u32)tid_tgid;
 	__s64 bytes = bytes_of(sp, e, ret);
 	struct dc_event ev_buf, *ev = &ev_buf;
+	int path = 0;
 
 	if (own)
 		remember_comm(t, tgid);
@@ -438,13 +553,13 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 		return;
 	}
 	if (c->capture_paths && sp->path >= 0)
-		emit_path(c, sp, e, tid);
+		path = emit_path(c, sp, e, tid);
 	/* built on the stack and sent with one helper call, not reserve + submit */
 	ev->ts = e->ts;
 	ev->dur = now - e->ts;
 	ev->pid = tgid;
 	ev->tid = tid;
-	ev->probe = e->probe;
+	ev->probe = path > 0 ? e->probe | DC_EV_PATH_SENT : e->probe;
 	ev->ret = ret;
 	ev->bytes = bytes;
 	ev->count = 0;
@@ -467,6 +582,8 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	}
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0)
 		count_lost(0);
+	else if (path < 0)
+		count_lost(1);
 }
 
 /* ---- system calls: one pair of programs, a table of wanted numbers ---- */
@@ -516,6 +633,7 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = regs->orig_ax;
 	__u32 k = (__u32)nr;
+	struct task_struct *task;
 	struct dc_spec *sp;
 	struct dc_config *c;
 	struct dc_task *t;
@@ -525,11 +643,13 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 	sp = bpf_map_lookup_elem(&sys_specs, &k);
 	if (!sp || !sp->active)
 		return 0;
-	t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0, 0);
+	task = bpf_get_current_task_btf();
+	t = bpf_task_storage_get(&tasks, task, 0, 0);
 	if (!t || !t->sys.ts)
 		return 0;
 	c = get_config();
-	if (c && t->sys.nr == k)
+	/* a set-uid execve returns in another program with other creds */
+	if (c && t->sys.nr == k && still_in_scope(c, t, task))
 		finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t);
 	t->sys.ts = 0;
 	return 0;
@@ -581,6 +701,8 @@ static __always_inline int probe_return(struct pt_regs *ctx)
 	struct dc_spec *sp;
 	struct dc_entry *e;
 	struct dc_key key = { .tid = (__u32)tid_tgid, .slot = probe };
+	struct task_struct *task;
+	struct dc_task *t;
 	__s64 ret;
 
 	e = bpf_map_lookup_elem(&entries, &key);
@@ -588,12 +710,13 @@ static __always_inline int probe_return(struct pt_regs *ctx)
 		return 0;
 	c = get_config();
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
-	if (c && sp) {
+	task = bpf_get_current_task_btf();
+	t = bpf_task_storage_get(&tasks, task, 0, 0);
+	if (c && sp && still_in_scope(c, t, task)) {
 		ret = (__s64)PT_REGS_RC(ctx);
 		if (sp->ret32)
 			ret = (__s64)(__s32)ret;
-		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true,
-		       bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0, 0));
+		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true, t);
 	}
 	bpf_map_delete_elem(&entries, &key);
 	return 0;
@@ -731,7 +854,9 @@ int BPF_PROG(dc_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (!c || !c->follow || child->pid != ctgid)
 		return 0;
-	if (!in_scope(c, parent->tgid))
+	/* membership only, not credentials: the child of a privileged member
+	 * (flux-imp) is the job's once it runs as the user again */
+	if (!is_member(c, parent->tgid))
 		return 0;
 	bpf_map_update_elem(&scope_pids, &ctgid, &one, BPF_ANY);
 	return 0;

@@ -62,6 +62,11 @@ struct dc_config {
 	 * the event itself. The reader polls with a timeout. */
 	__u64 wakeup_events;
 	__u64 wakeup_paths;
+	/* The trace goes to job_uid (not root): leave out every process that
+	 * user could not ptrace (set-uid/set-gid, capabilities, not dumpable),
+	 * even when it is a member of the scope. */
+	__u32 job_uid;
+	__u32 check_creds;
 };
 
 /* How to read one probe's arguments: -1 = role absent, else argument index. */
@@ -103,16 +108,25 @@ struct dc_entry {
 struct dc_task {
 	struct dc_entry sys;	/* pending system call; sys.ts == 0: none */
 	__u32 gen;		/* scope generation of in_scope (0: not decided) */
-	__u32 uid;		/* uid in_scope was decided with (user scope) */
+	__u32 pad0;
 	__u8 in_scope;
 	__u8 comm_done;		/* this task's process name is in comms */
-	__u8 pad[6];
+	__u8 dumpable;		/* mm dumpable bits in_scope was decided with */
+	__u8 pad[5];
 	__u64 tid_tgid;		/* as bpf_get_current_pid_tgid(): a helper call saved per use */
+	/* task->cred in_scope was decided with: creds are immutable and replaced
+	 * as a whole (commit_creds), so a different pointer means a uid, gid or
+	 * capability change to decide again on. */
+	__u64 cred;
 	/* profile mode: slot of (this process, probe) in the profile array,
 	 * direct-mapped by probe % DC_PCACHE; pc_probe holds probe + 1 (0: empty) */
 	__u32 pc_probe[DC_PCACHE];
 	__u32 pc_slot[DC_PCACHE];
 };
+
+/* Set in dc_event.probe when a dc_path record was sent for the event: the
+ * reader then knows the event must find its path, and counts it when not. */
+#define DC_EV_PATH_SENT (1u << 31)
 
 /* One completed operation: fixed 64 bytes so the ring buffer has a fixed stride. */
 struct dc_event {

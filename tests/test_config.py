@@ -34,6 +34,10 @@ def test_explicit_missing_file_is_an_error(tmp_path):
     ("[paths]\nbogus = 1\n", "unknown key 'bogus'"),
     ("[nosuch]\n", "unknown section"),
     ("this is = = not toml", "not valid TOML"),
+    ("[paths]\ntrace_group = 'a b'\n", "trace_group = 'a b' is not a group name"),
+    ("[paths]\ntrace_group = 7\n", "trace_group"),
+    ("[limits]\nmax_trace_bytes = 100\n", "max_trace_bytes = 100 must be at least 4096"),
+    ("[limits]\nmax_trace_bytes = 0\n", "max_trace_bytes"),
 ])
 def test_bad_values_name_the_file_and_key(tmp_path, text, needle):
     path = tmp_path / "c.toml"
@@ -49,3 +53,24 @@ def test_trace_dir_pattern():
         Path("/traces/2026-11-25/a/1-n")
     with pytest.raises(ConfigError, match="trace_dir pattern"):
         SiteConfig(trace_dir="/t/{nosuch}").trace_dir_for(user="a", jobid="1", host="n", date="d")
+
+
+def test_trace_access_and_size_cap_keys(tmp_path):
+    """Private traces and a 1 GiB cap by default; a site group round-trips and resolves;
+    an unknown group is one clear line naming the file, the key and the way out."""
+    import grp
+
+    default = SiteConfig()
+    assert (default.trace_group, default.trace_gid(), default.max_trace_bytes) == ("", None, 1 << 30)
+    group = grp.getgrgid(0).gr_name
+    cfg = SiteConfig(trace_group=group, max_trace_bytes=65536)
+    path = tmp_path / "c.toml"
+    path.write_text(render_config(cfg))
+    loaded = load_config(path)
+    assert loaded == cfg and loaded.trace_gid() == 0 and loaded.max_trace_bytes == 65536
+    path.write_text(render_config(SiteConfig(trace_group="dc-no-such-group")))
+    with pytest.raises(ConfigError) as err:
+        load_config(path).trace_gid()   # loading works (the epilog must), using does not
+    text = str(err.value)
+    assert "\n" not in text and str(path) in text
+    assert "trace_group = 'dc-no-such-group' is not a group on this node" in text

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -73,6 +74,7 @@ class Daemon:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.ready.exists():
+                self.ready_pid = int(self.ready.read_text().split()[0])
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: "
@@ -99,8 +101,11 @@ class Daemon:
         suffix = "" if k == 0 else f".{k}"
         return self.trace_dir() / f"trace-{self.user}-{self.run_id}-{HOST}{suffix}.pfw.gz"
 
+    def summary_path(self, k=0):
+        return Path(str(self.trace(k))[:-len(".pfw.gz")] + ".summary.json")
+
     def summary(self, k=0):
-        return json.loads(Path(str(self.trace(k))[:-len(".pfw.gz")] + ".summary.json").read_text())
+        return json.loads(self.summary_path(k).read_text())
 
 
 @pytest.fixture
@@ -144,8 +149,12 @@ def test_user_workload_traced_exactly_root_absent(site, user1, workdir, writes_b
     assert not d.ready.exists()
     assert "Traceback" not in d.stderr
     trace = d.trace()
-    st = trace.stat()
-    assert (st.st_uid, st.st_mode & 0o777) == (user1.pw_uid, 0o640)
+    # private by default: the user's primary group (often shared on HPC) reads nothing
+    for path, mode in ((trace, 0o600), (d.summary_path(), 0o600), (trace.parent, 0o700)):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
+            (user1.pw_uid, user1.pw_gid, mode), path
+    assert d.ready_pid == d.proc.pid  # the ready file named the daemon itself
     lines = rb.lines(trace)
     assert lines[0] == "[" and lines[-1] == "]"
     recs = rb.records(trace)
@@ -374,7 +383,7 @@ def enter_cgroup_as(cg: Path, user):
 
 def test_cgroup_scope_from_env(site, user1, workdir, writes_bin, daemons):
     """With DATACRUMBS_CGROUP only the job's cgroup is traced, even the same user elsewhere."""
-    cg = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{os.getpid()}"
+    cg = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{os.getpid()}-job-6060"
     cg.mkdir()
     try:
         probes = sign_for(site, user1)
@@ -401,7 +410,7 @@ def test_cgroup_name_scope_from_env(site, user1, workdir, writes_bin, daemons):
     first): once made, only processes in it are traced, not the same user elsewhere."""
     import uuid
     parent = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{uuid.uuid4().hex[:8]}"
-    name = f"shell-dct{uuid.uuid4().hex[:8]}.service"
+    name = f"shell-dct{uuid.uuid4().hex[:8]}-6161.service"
     cg = parent / name
     parent.mkdir()
     try:
@@ -433,11 +442,11 @@ def test_job_cgroup_that_never_appears_is_a_warning_not_silence(site, user1, dae
     the summary must say why the trace is empty."""
     probes = sign_for(site, user1)
     d = daemons(site, probes, "6262", user1.pw_name,
-                env={"DATACRUMBS_CGROUP_NAME": "-fNeverMade1.service"})
+                env={"DATACRUMBS_CGROUP_NAME": "-never-made-6262.service"})
     d.wait_ready()
     assert d.stop() == 0, d.stderr
     warning = d.summary()["warning"]
-    assert "-fNeverMade1.service" in warning and "sdexec" in warning
+    assert "-never-made-6262.service" in warning and "sdexec" in warning
     assert "nothing was traced" in d.stderr
 
 
@@ -514,7 +523,9 @@ def test_stop_is_bounded_while_the_job_keeps_writing(site, user1, workdir, write
         work.communicate()
     assert took < 10, f"stop took {took:.1f} s"
     assert rb.lines(d.trace())[-1] == "]"
-    assert d.summary()["complete"] is True
+    # closed cleanly; complete unless the flood overran the ring (then it must say so)
+    summary = d.summary()
+    assert summary["complete"] is (summary["events_lost"] == 0 == summary["names_lost"])
 
 
 def test_vectorised_fd_paths_match_row_by_row():
@@ -564,3 +575,278 @@ def test_nothing_attached_is_exit_1_with_the_reasons(site, user1):
     assert "Traceback" not in proc.stderr
     assert not list((site.prefix.parent / "traces").rglob("*.pfw.gz"))
     assert not (site.run_dir / "datacrumbs-100.ready").exists()
+
+
+# -- hardening: signals, ready file, job scope, private traces, size cap (issue #8) ------
+
+
+def _one_error_line(stderr: str, *needles):
+    """Exactly one error line (info lines may precede it), holding every needle."""
+    errors = [x for x in stderr.splitlines() if x.startswith("datacrumbs: error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+
+def _signals_to_test():
+    from datacrumbs.tracer.daemon import STOP_SIGNALS
+    named = [s for s in STOP_SIGNALS if s < signal.SIGRTMIN]
+    return named + [signal.SIGRTMIN, signal.SIGRTMIN + 3]
+
+
+def _signame(sig):
+    return f"SIGRTMIN+{sig - signal.SIGRTMIN}" if signal.SIGRTMIN < sig else signal.Signals(sig).name
+
+
+@pytest.mark.parametrize("sig", _signals_to_test(), ids=_signame)
+def test_every_terminating_signal_stops_like_sigint(site, user1, workdir, writes_bin, daemons, sig):
+    """SIGHUP, SIGUSR1, ... used to kill the daemon unflushed with its ready file left:
+    each one now drains, closes the trace, writes the summary naming it, removes the file."""
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "7100", user1.pw_name)
+    d.wait_ready()
+    work = run_as(user1, [str(writes_bin), str(workdir / "sig.dat"), "300", "64"])
+    work.communicate(timeout=60)
+    time.sleep(0.1)
+    assert d.stop(sig) == 0, d.stderr
+    assert not d.ready.exists()
+    assert "Traceback" not in d.stderr
+    assert rb.lines(d.trace())[-1] == "]"
+    summary = d.summary()
+    assert summary["complete"] is True and summary["stop_signal"] == _signame(sig)
+    assert summary["files"][str(workdir / "sig.dat")]["count"] == 300 + 2
+    assert len([e for e in rb.events(d.trace()) if e["pid"] == work.pid
+                and e["name"] == "write" and e["args"].get("size") == 64]) == 300
+
+
+def test_sigpipe_is_ignored(site, user1, daemons):
+    """A broken pipe (say, the log reader went away) must not cost the job its trace."""
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "7101", user1.pw_name)
+    d.wait_ready()
+    d.proc.send_signal(signal.SIGPIPE)
+    time.sleep(0.5)
+    assert d.proc.poll() is None and d.ready.exists()
+    assert d.stop() == 0, d.stderr
+    assert d.summary()["stop_signal"] == "SIGINT"
+
+
+def _wait_ready_cli(*args):
+    return subprocess.run([*DATACRUMBS, "wait-ready", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_stale_ready_file_never_makes_a_start_look_ready(site, user1, daemons, tmp_path):
+    """A SIGKILLed daemon leaves its ready file (nothing can remove it then). wait-ready
+    --pid accepts only a file naming that pid, and a new daemon removes the stale file
+    before it attaches, on its error paths too."""
+    probes = sign_for(site, user1)
+    first = daemons(site, probes, "7200", user1.pw_name)
+    first.wait_ready()
+    first.proc.kill()
+    first.proc.communicate()
+    assert first.ready_pid == first.proc.pid and first.ready.exists()   # stale now
+    waiter = subprocess.Popen(["sleep", "30"])
+    try:
+        res = _wait_ready_cli("7200", "--pid", str(waiter.pid), "--timeout", "0.5")
+    finally:
+        waiter.kill()
+        waiter.wait()
+    assert res.returncode == 1 and f"names pid {first.proc.pid}" in res.stderr, res.stderr
+    # a daemon that fails while attaching (nothing attachable) removes the stale file too
+    store = KeyStore.from_config(site)
+    kprobes = [{"id": "vfs.vfs_write", "kind": "kprobe", "target": "vfs_write",
+                "category": "VFS", "args": {"count": 2}, "bytes": "ret"}]
+    bad = write_document(tmp_path / "kp.json.gz", store.sign(build_document(
+        kprobes, owner_uid=user1.pw_uid, owner_user=user1.pw_name, sets=["vfs"])))
+    proc = subprocess.run([*DATACRUMBS, "run", str(bad), "7200", user1.pw_name],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "could be attached" in proc.stderr
+    assert not first.ready.exists()
+    # and a good start publishes a file naming itself, which wait-ready --pid accepts
+    first.ready.write_text(f"{first.proc.pid}\nstale\n")
+    second = daemons(site, probes, "7200", user1.pw_name)
+    deadline = time.monotonic() + 30
+    while not (second.ready.exists() and second.ready.read_text().split()[0] ==
+               str(second.proc.pid)):
+        assert time.monotonic() < deadline and second.proc.poll() is None
+        time.sleep(0.02)
+    assert _wait_ready_cli("7200", "--pid", str(second.proc.pid), "--timeout", "5").returncode == 0
+    assert second.stop() == 0 and not second.ready.exists()
+
+
+@pytest.mark.parametrize("case", ["root", "other_job", "id_inside_a_word", "parent_slice",
+                                  "not_a_cgroup"])
+def test_cgroup_env_must_be_this_jobs_cgroup(site, user1, case):
+    """DATACRUMBS_CGROUP naming the root would trace every process of the node into a
+    file the job's user reads: only a cgroup whose own name holds the job id passes."""
+    from datacrumbs.tracer.scope import cgroup2_root
+
+    root = cgroup2_root()
+    parent = root / f"dctest-scope-{os.getpid()}"
+    names = {"other_job": "job-7301", "id_inside_a_word": "job-73001", "parent_slice": None,
+             "root": None, "not_a_cgroup": None}
+    parent.mkdir()
+    made = []
+    try:
+        if names[case]:
+            made.append(parent / names[case])
+            made[-1].mkdir()
+        value = {"root": str(root), "parent_slice": str(parent),
+                 "not_a_cgroup": "/tmp"}.get(case) or str(made[-1])
+        probes = sign_for(site, user1)
+        traces = site.prefix.parent / "traces"
+        before = _files_under(traces, site.run_dir)
+        proc = subprocess.run([*DATACRUMBS, "run", str(probes), "7300", user1.pw_name],
+                              capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, DATACRUMBS_CGROUP=value))
+        assert proc.returncode == 1
+        _one_error_line(proc.stderr, f"DATACRUMBS_CGROUP={value!r}", "job 7300")
+        words = {"root": "is the cgroup v2 root", "not_a_cgroup": "is not a cgroup",
+                 "other_job": "is not job 7300's cgroup",
+                 "id_inside_a_word": "is not job 7300's cgroup",
+                 "parent_slice": "is not job 7300's cgroup"}[case]
+        assert words in proc.stderr
+        assert _files_under(traces, site.run_dir) == before
+    finally:
+        for p in made + [parent]:
+            p.rmdir()
+
+
+def test_cgroup_name_env_must_hold_the_job_id(site, user1):
+    probes = sign_for(site, user1)
+    proc = subprocess.run([*DATACRUMBS, "run", str(probes), "7400", user1.pw_name],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, DATACRUMBS_CGROUP_NAME="shell-0.service"))
+    assert proc.returncode == 1
+    from datacrumbs.jobid import f58plain
+    _one_error_line(proc.stderr, "DATACRUMBS_CGROUP_NAME='shell-0.service'",
+                         f"-{f58plain(7400)}.service")
+
+
+@pytest.fixture(scope="session")
+def trace_group():
+    """A real group for [paths] trace_group (tests run as root, like ensure_user)."""
+    import grp
+    name = "dctracegrp"
+    try:
+        return grp.getgrnam(name)
+    except KeyError:
+        subprocess.run(["groupadd", name], check=True, capture_output=True)
+        return grp.getgrnam(name)
+
+
+def _set_config(site, old, new):
+    text = site.source.read_text()
+    assert old in text, old
+    site.source.write_text(text.replace(old, new))
+
+
+def test_trace_group_and_loose_directories_are_corrected(site, user1, trace_group, daemons):
+    """A site group reads traces (0640/0750, that group); turning it off again makes the
+    existing directory private and new traces 0600; a looser pre-existing directory (or
+    one owned by someone else) is corrected, never left as it was."""
+    user_dir = site.prefix.parent / "traces" / user1.pw_name
+    user_dir.mkdir()
+    os.chmod(user_dir, 0o3777)   # world-writable, setgid, sticky, root's
+    probes = sign_for(site, user1)
+    _set_config(site, 'trace_group = ""', f'trace_group = "{trace_group.gr_name}"')
+    d = daemons(site, probes, "7500", user1.pw_name)
+    d.wait_ready()
+    assert d.stop() == 0, d.stderr
+    for path, mode in ((d.trace(), 0o640), (d.summary_path(), 0o640), (user_dir, 0o750)):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
+            (user1.pw_uid, trace_group.gr_gid, mode), path
+    _set_config(site, f'trace_group = "{trace_group.gr_name}"', 'trace_group = ""')
+    d2 = daemons(site, probes, "7501", user1.pw_name)
+    d2.wait_ready()
+    assert d2.stop() == 0, d2.stderr
+    for path, mode in ((d2.trace(), 0o600), (d2.summary_path(), 0o600), (user_dir, 0o700)):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
+            (user1.pw_uid, user1.pw_gid, mode), path
+    # a user's own tighter choice stays
+    os.chmod(user_dir, 0o500)
+    d3 = daemons(site, probes, "7502", user1.pw_name)
+    d3.wait_ready()
+    assert d3.stop() == 0, d3.stderr
+    assert stat.S_IMODE(user_dir.stat().st_mode) == 0o500
+
+
+def test_unknown_trace_group_is_one_line_and_writes_nothing(site, user1):
+    probes = sign_for(site, user1)
+    _set_config(site, 'trace_group = ""', 'trace_group = "dc-no-such-group"')
+    traces = site.prefix.parent / "traces"
+    before = _files_under(traces, site.run_dir)
+    proc = subprocess.run([*DATACRUMBS, "run", str(probes), "7600", user1.pw_name],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, "trace_group = 'dc-no-such-group' is not a group",
+                         str(site.source))
+    assert _files_under(traces, site.run_dir) == before
+
+
+# Writes sizes 1, 2, ..., 1000, 1, 2, ...: the trace shows exactly which writes it kept.
+SIZED_WRITES = (
+    "import os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+    "for i in range(int(sys.argv[2])):\n"
+    "    os.write(fd, b'x' * (1 + i % 1000))\n"
+    "os.close(fd)\n"
+)
+
+
+def test_size_cap_on_a_real_workload(site, user1, workdir, writes_bin, daemons):
+    """A tiny max_trace_bytes: the trace ends complete at the cap with exactly the first
+    events, the daemon keeps draining and counting (the job is unharmed), the summary
+    says complete: false and why, and the warning is logged once."""
+    from datacrumbs.trace.reader import TraceReader
+
+    cap = 48 * 1024
+    _set_config(site, "max_trace_bytes = 1073741824", f"max_trace_bytes = {cap}")
+    probes = sign_for(site, user1)
+    d = daemons(site, probes, "7700", user1.pw_name)
+    d.wait_ready()
+    n = 20000
+    target = workdir / "capped.dat"
+    work = run_as(user1, ["/usr/bin/python3", "-c", SIZED_WRITES, str(target), str(n)])
+    _, err = work.communicate(timeout=120)
+    assert work.returncode == 0, err
+    time.sleep(1.3)  # the cap is reached; then more I/O, counted but not written
+    after = run_as(user1, [str(writes_bin), str(workdir / "after.dat"), "500", "16"])
+    _, err = after.communicate(timeout=60)
+    assert after.returncode == 0, err
+    time.sleep(0.2)
+    assert d.proc.poll() is None, "the daemon must not stop at the cap"
+    assert d.stop() == 0, d.stderr
+    trace = d.trace()
+    size = trace.stat().st_size
+    assert cap - 1024 < size <= cap, size
+    # plain gzip reads it all and agrees with the independent member reader
+    out = subprocess.run(["gzip", "-dc", str(trace)], capture_output=True, check=True).stdout
+    text = out.decode().splitlines()
+    assert text == rb.lines(trace) and text[0] == "[" and text[-1] == "]"
+    recs = [json.loads(x) for x in text[1:-1]]
+    assert [r["id"] for r in recs] == list(range(len(recs))), "a record is missing in between"
+    fh = name_hash(str(target))
+    sizes = [e["args"]["size"] for e in recs if e.get("ph") == "X" and e["name"] == "write"
+             and e["args"].get("fhash") == fh]
+    assert 0 < len(sizes) < n
+    assert sizes == [1 + i % 1000 for i in range(len(sizes))]  # exactly the first writes
+    assert name_hash(str(workdir / "after.dat")) not in {r["args"].get("value") for r in recs
+                                                        if r["name"] == "FH"}
+    ours = [e for e in TraceReader(trace).events() if e.get("ph") == "X" and e["name"] == "write"
+            and e["args"].get("fhash") == fh]
+    assert [e["args"]["size"] for e in ours] == sizes
+    summary = d.summary()
+    assert summary["complete"] is False
+    written = sum(1 for r in recs if r["ph"] == "X")
+    assert summary["events_written"] == written and summary["events_lost"] == 0
+    total = sum(op["count"] for op in summary["operations"].values())
+    assert summary["events_not_written"] == total - written
+    assert summary["files"][str(target)]["count"] == n + 2       # the summary saw them all
+    assert summary["files"][str(workdir / "after.dat")]["count"] == 500 + 2
+    assert summary["stopped"].startswith(f"max_trace_bytes ({cap}) reached at ")
+    assert summary["stopped"].endswith(f"; {total - written} events not written")
+    warnings = [x for x in d.stderr.splitlines() if "max_trace_bytes" in x]
+    assert len(warnings) == 1 and "counted in the summary but not written" in warnings[0]

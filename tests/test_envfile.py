@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -67,3 +68,30 @@ def test_rewrite_replaces_atomically_and_remove_is_idempotent(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["datacrumbs-7.env"]  # no temp left
     assert envfile.remove_env_file(tmp_path, "7") is True
     assert envfile.remove_env_file(tmp_path, "7") is False
+
+
+# The documented encoding, pinned from outside the module: double-quoted POSIX-shell text with
+# \ " $ ` backslash-escaped (systemd.exec(5): a "-quoted EnvironmentFile value takes the escapes
+# of double-quoted POSIX shell text). Its own reader cannot judge this (it reads back whatever it
+# wrote), so the bytes are compared with a literal and the file is read by /bin/sh, whose
+# double-quote rules would run `id` or $(...) if an escape were missing.
+HOSTILE = "/tmp/x;$(touch PWNED) `touch PWNED2` ${HOME} \"q\" back\\slash.gz"
+
+
+def test_written_bytes_are_the_documented_escapes(tmp_path):
+    path = envfile.write_env_file(tmp_path, "9", dict(BASE, DATACRUMBS_PROBE_FILE=HOSTILE))
+    assert path.read_text().splitlines()[2] == (
+        'DATACRUMBS_PROBE_FILE="/tmp/x;\\$(touch PWNED) \\`touch PWNED2\\` \\${HOME} '
+        '\\"q\\" back\\\\slash.gz"')
+
+
+def test_a_posix_shell_reads_the_same_values_and_runs_nothing(tmp_path):
+    path = envfile.write_env_file(tmp_path, "9", dict(BASE, DATACRUMBS_PROBE_FILE=HOSTILE))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = subprocess.run(["/bin/sh", "-c", '. "$1" && printf %s "$DATACRUMBS_PROBE_FILE"',
+                           "sh", str(path)], cwd=work, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == HOSTILE
+    assert list(work.iterdir()) == []  # neither PWNED file was created

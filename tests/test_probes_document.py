@@ -73,7 +73,7 @@ def test_build_document_refuses_bad_values(kwargs, words):
     (lambda p: p[0].update(bytes="ret*arg9"), "bytes"),
     (lambda p: p[0].update(bytes="rm -rf /"), "bytes"),
     (lambda p: p[3].update(target="block"), "target"),
-    (lambda p: p[0].update(extra=1), "extra"),
+    (lambda p: p[0].update(extra=1), "probes/0: has a property that is not allowed here"),
     (lambda p: p[0].update(category="posix"), "category"),
     (lambda p: p.append(dict(p[0])), "appears more than once"),
 ])

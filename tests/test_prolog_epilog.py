@@ -12,18 +12,28 @@ environment is the one flux-interfaces.md documents.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import pytest
 
+from datacrumbs.flux import envfile
 from datacrumbs.jobid import f58_encode
 from datacrumbs.tracer.daemon import short_host
-from fixtures.systemd import (FLUX_PATH, assert_clean, digest, epilog, flux_env, perilog_log,
-                              prolog, read_trace, run_workload, trace_path)
+from fixtures.systemd import FLUX_PATH
+from fixtures.systemd import assert_clean as _assert_unit_clean
+from fixtures.systemd import (digest, epilog, flux_env, perilog_log, prolog, read_trace,
+                              run_workload, trace_path)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
+
+
+def assert_clean(manager, site, jobid: str) -> None:
+    """No unit, env file or ready file, and no verified copy of the probes file either."""
+    _assert_unit_clean(manager, site, jobid)
+    assert not (site.run_dir / f"datacrumbs-{jobid}.probes.json.gz").exists()
 
 @pytest.fixture
 def traced_site(site, bpf_object, tracefs, installed_service):
@@ -45,6 +55,15 @@ def test_seed_flow_end_to_end(traced_site, site, user1, signed_probes_file, work
     assert manager.is_active(unit) == "active", res.stderr + manager.journal(unit)
     assert (site.run_dir / f"datacrumbs-{jobid}.ready").exists()
     assert (site.run_dir / f"datacrumbs-{jobid}.env").stat().st_mode & 0o777 == 0o600
+    # the unit gets the prolog's verified copy (root, 0600) and its digest, not the user's path
+    copy = site.run_dir / "datacrumbs-987654321.probes.json.gz"
+    assert copy.read_bytes() == signed_probes_file.read_bytes()
+    assert (copy.stat().st_uid, copy.stat().st_mode & 0o777) == (0, 0o600)
+    values = envfile.read_env_file(site.run_dir / "datacrumbs-987654321.env")
+    assert values["DATACRUMBS_PROBE_FILE"] == str(copy)
+    assert values["DATACRUMBS_PROBE_SHA256"] == \
+        hashlib.sha256(signed_probes_file.read_bytes()).hexdigest()
+    assert values["DATACRUMBS_PROBE_SOURCE"] == str(signed_probes_file)
 
     pid, fd = run_workload(user1, work_dir, n=250, size=4096)
 
@@ -75,8 +94,8 @@ def test_two_jobs_on_one_node_each_traces_only_its_user(traced_site, site, user1
         assert res.returncode == 0 and manager.is_active(f"datacrumbs@{j}.service") == "active", \
             res.stderr
     assert {p.name for p in site.run_dir.glob("datacrumbs-100?.*")} == {
-        "datacrumbs-1001.env", "datacrumbs-1001.ready", "datacrumbs-1002.env",
-        "datacrumbs-1002.ready"}
+        "datacrumbs-1001.env", "datacrumbs-1001.ready", "datacrumbs-1001.probes.json.gz",
+        "datacrumbs-1002.env", "datacrumbs-1002.ready", "datacrumbs-1002.probes.json.gz"}
     pids = {"1001": run_workload(user1, work, n=60)[0], "1002": run_workload(user2, work, n=90)[0]}
     for j in jobs:
         assert epilog(site, envs[j]).returncode == 0
@@ -277,7 +296,8 @@ def test_unit_not_deployed_job_runs_untraced(site, systemctl_on_path, user1, sig
 
 def test_real_daemon_gets_an_odd_probes_path_as_one_argument(traced_site, site, user1,
                                                              make_probes_file, tmp_path):
-    """The real daemon verifies the file at exactly this path, so a split would fail the start."""
+    """The prolog reads the odd path as the user; the daemon gets the verified copy and the
+    odd path, for its log, through the env file: it must arrive byte for byte, unexpanded."""
     odd_dir = tmp_path / "my dir; $(touch PWNED)"
     odd_dir.mkdir()
     path = make_probes_file(user1, name="my dir; $(touch PWNED)/it's \"odd\" `id`.json.gz")
@@ -285,6 +305,9 @@ def test_real_daemon_gets_an_odd_probes_path_as_one_argument(traced_site, site, 
     res = prolog(site, env)
     assert res.returncode == 0 and "tracing disabled" not in res.stderr, res.stderr
     assert traced_site.is_active("datacrumbs@3006.service") == "active"
+    journal = traced_site.journal("datacrumbs@3006.service")
+    assert (f"probes file {site.run_dir}/datacrumbs-3006.probes.json.gz verified (the prolog's "
+            f"copy of {tmp_path}/my dir; $(touch PWNED)/it's \"odd\" `id`.json.gz)") in journal
     assert epilog(site, env).returncode == 0
     assert_clean(traced_site, site, "3006")
     assert read_trace(trace_path(site, "dctest1", "3006"))  # complete, ends with ']'
@@ -358,3 +381,231 @@ def test_sdexec_scope_keeps_two_jobs_of_one_user_apart(traced_site, site, user1,
             if unit.is_dir():
                 unit.rmdir()
         parent.rmdir()
+
+
+# -- the verified copy: what the prolog checked is what the daemon traces --------------------
+
+
+def _dropin(manager, name: str, text: str) -> None:
+    """A drop-in for datacrumbs@.service (the installed_service teardown removes it)."""
+    dropin = manager.unit_dir / "datacrumbs@.service.d"
+    dropin.mkdir(exist_ok=True)
+    (dropin / name).write_text(text)
+    manager.systemctl("daemon-reload", check=True)
+
+
+def test_swapping_the_users_file_after_the_prolog_changes_nothing(traced_site, site, user1,
+                                                                   make_probes_file, work_dir):
+    """The swap attack: the prolog verifies the user's file, which is then replaced by another
+    validly signed file of hers with other probes before the daemon starts. The daemon must
+    trace the verified bytes (all four probes), not the swapped file (openat only)."""
+    from fixtures.keys import sample_probes
+
+    manager = traced_site
+    verified = make_probes_file(user1, name="verified.json.gz")
+    other = make_probes_file(user1, name="other.json.gz", probes=[sample_probes()[1]],
+                             sets=["posix"])
+    # the window between the prolog's check and the daemon's start, made deterministic
+    _dropin(manager, "swap.conf", f"[Service]\nExecStartPre=/bin/cp {other} {verified}\n")
+    env = flux_env(manager, site, "3020", user1, verified)
+    res = prolog(site, env)
+    assert res.returncode == 0, res.stderr + manager.journal("datacrumbs@3020.service")
+    assert verified.read_bytes() == other.read_bytes()  # the swap did happen
+    pid, fd = run_workload(user1, work_dir, n=50, size=4096)
+    assert epilog(site, env).returncode == 0
+    assert_clean(manager, site, "3020")
+    summary = json.loads(trace_path(site, "dctest1", "3020")
+                         .with_name(f"trace-dctest1-3020-{short_host()}.summary.json").read_text())
+    attached = {p["id"] for p in summary["probes_attached"]}
+    assert {"posix.write", "posix.openat", "stdio.fwrite"} <= attached, attached
+    writes = [e for e in read_trace(trace_path(site, "dctest1", "3020"))
+              if e.get("name") == "write" and e.get("pid") == pid and e["args"].get("fd") == fd]
+    assert len(writes) == 50
+
+
+def test_daemon_refuses_a_copy_that_is_not_the_verified_bytes(installed_service, bpf_object,
+                                                              site, user1, make_probes_file):
+    """Even a validly signed file of the same user put in place of the copy is refused:
+    the daemon checks DATACRUMBS_PROBE_SHA256 before it parses anything."""
+    manager = installed_service
+    verified = make_probes_file(user1, name="verified.json.gz")
+    other = make_probes_file(user1, name="other.json.gz", sets=["posix"])
+    copy = site.run_dir / "datacrumbs-3021.probes.json.gz"
+    _dropin(manager, "replace-copy.conf", f"[Service]\nExecStartPre=/bin/cp {other} {copy}\n")
+    env = flux_env(manager, site, "3021", user1, verified)
+    res = prolog(site, env)
+    assert res.returncode == 0
+    assert "tracing disabled for this job: the tracer did not start" in res.stderr, res.stderr
+    journal = manager.journal("datacrumbs@3021.service")
+    assert (f"probes file {copy}: its SHA-256 is not the one the prolog verified "
+            "(DATACRUMBS_PROBE_SHA256); rerun the job") in journal, journal
+    assert_clean(manager, site, "3021")
+
+
+# -- the prolog's bound holds even while Python is stuck in C ---------------------------------
+
+HANG_IN_C = '''"""Test hook: make one stage of the prolog hang in C code with the GIL held."""
+import ctypes
+import os
+
+
+def _hang(*args, **kwargs):
+    lock = ctypes.create_string_buffer(64)  # a zeroed (normal) pthread mutex
+    libc = ctypes.PyDLL(None)               # PyDLL keeps the GIL: no Python code runs again
+    libc.pthread_mutex_lock(lock)
+    libc.pthread_mutex_lock(lock)           # relocking it blocks forever; signals cannot help
+
+
+if os.environ.get("DC_TEST_HANG") == "verify":
+    import datacrumbs.probes.verify
+    datacrumbs.probes.verify.verify_document = _hang
+elif os.environ.get("DC_TEST_HANG") == "read":
+    import datacrumbs.flux.asuser
+    datacrumbs.flux.asuser._read = _hang
+'''
+
+
+def _processes_with(marker: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("fail_job", [False, True])
+@pytest.mark.parametrize("stage,doing", [
+    ("verify", "verifying probes file {path}"),
+    ("read", "reading probes file {path} as user dctest1"),
+])
+def test_prolog_bound_holds_while_stuck_in_c(installed_service, site, user1, signed_probes_file,
+                                             tmp_path, stage, doing, fail_job):
+    """A stage hung in C (no signal handler or Python thread would ever run) still ends at
+    prolog_timeout: the job is told why, exit 0 (1 with fail_job_on_error), nothing is left."""
+    _set_fail_job(site, fail_job)
+    site.source.write_text(site.source.read_text().replace("prolog_timeout = 30.0",
+                                                           "prolog_timeout = 2.0"))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_IN_C)
+    bindir, record = _recording_flux(tmp_path)
+    env = flux_env(installed_service, site, "3030", user1, signed_probes_file)
+    marker = f"DC_TEST_HANG_ID={tmp_path.name}"
+    env.update(PATH=f"{bindir}:{env['PATH']}", PYTHONPATH=str(hook), DC_TEST_HANG=stage,
+               DC_TEST_HANG_ID=tmp_path.name)
+    res = prolog(site, env)
+    assert res.returncode == (1 if fail_job else 0), res.stderr
+    assert res.elapsed < 2.0 + 1.0, res.elapsed  # its bound, plus interpreter start-up
+    expected = ("datacrumbs: tracing disabled for this job: the prolog's bound of 2 s was "
+                "reached while " + doing.format(path=signed_probes_file))
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [c[6] for c in calls] == [expected]
+    assert "Traceback" not in res.stderr
+    assert_clean(installed_service, site, "3030")
+    time.sleep(0.2)  # SIGKILLed helpers are gone at once; give the kernel a moment
+    assert _processes_with(marker.encode()) == []
+
+
+# -- DATACRUMBS_CGROUP: a job's scope never covers more than the job ------------------------
+
+
+def prolog_on_node(manager, site, env):
+    """The prolog run inside the private manager's namespaces: there, as on a node, the
+    prolog and the tracer unit see one cgroup v2 mount (/sys/fs/cgroup, rooted at the
+    manager's cgroup), so a DATACRUMBS_CGROUP path means the same to both."""
+    import subprocess
+
+    script = site.prefix / "sbin" / "datacrumbs_service_run.sh"
+    # the manager is PID 1 there: plain systemctl, not the host-side shim
+    return subprocess.run([*manager.nsenter(), str(script)], env=dict(env, PATH=FLUX_PATH),
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def job_cgroups(systemd_manager):
+    """A parent for job cgroups inside the manager's hierarchy: (host path, node path)."""
+    import uuid
+
+    from fixtures.tracing import remove_cgroup_tree
+
+    name = f"dctest-jobs-{uuid.uuid4().hex[:8]}"
+    host = systemd_manager.cgroup / name
+    host.mkdir()
+    yield host, Path("/sys/fs/cgroup") / name
+    remove_cgroup_tree(host, systemd_manager.cgroup)
+
+
+@pytest.mark.parametrize("case", ["node_root", "host_root", "other_job", "parent", "not_a_cgroup"])
+def test_prolog_refuses_a_cgroup_that_is_not_the_jobs(traced_site, site, user1,
+                                                      signed_probes_file, job_cgroups, case):
+    """The cgroup root (every process of the node, in either layout), another job's
+    cgroup, a parent of job cgroups or a plain directory: the job runs untraced with a
+    clear message, and no env file or unit is left."""
+    from datacrumbs.jobid import f58plain
+
+    manager = traced_site
+    jobid = 4711
+    host_parent, node_parent = job_cgroups
+    (host_parent / f"imp-shell-0-{f58plain(jobid + 1)}.service").mkdir()
+    value = {"node_root": "/sys/fs/cgroup", "host_root": "/sys/fs/cgroup/unified",
+             "other_job": str(node_parent / f"imp-shell-0-{f58plain(jobid + 1)}.service"),
+             "parent": str(node_parent), "not_a_cgroup": "/etc"}[case]
+    env = flux_env(manager, site, str(jobid), user1, signed_probes_file)
+    env["DATACRUMBS_CGROUP"] = value
+    res = prolog(site, env) if case == "host_root" else prolog_on_node(manager, site, env)
+    assert res.returncode == 0, res.stderr
+    assert "tracing disabled for this job" in res.stderr and "Traceback" not in res.stderr
+    line = next(x for x in res.stderr.splitlines() if "tracing disabled" in x)
+    assert f"DATACRUMBS_CGROUP={value!r}" in line and f"job {jobid}" in line
+    assert {"node_root": "is the cgroup v2 root", "host_root": "is the cgroup v2 root",
+            "other_job": f"is not job {jobid}'s cgroup", "parent": f"is not job {jobid}'s cgroup",
+            "not_a_cgroup": "is not a cgroup"}[case] in line
+    assert_clean(manager, site, str(jobid))
+    assert epilog(site, env).returncode == 0
+
+
+def test_prolog_accepts_the_jobs_own_cgroup_and_traces_only_it(traced_site, site, user1,
+                                                               signed_probes_file, work_dir,
+                                                               job_cgroups):
+    """The job's own cgroup, named as Flux's sdexec names it: the real daemon traces the
+    processes in it, not the same user's processes elsewhere."""
+    import os
+    import subprocess
+
+    from datacrumbs.jobid import f58plain
+    from fixtures.systemd import WORKLOAD
+
+    manager = traced_site
+    jobid = 4712
+    host_parent, node_parent = job_cgroups
+    unit = f"imp-shell-0-{f58plain(jobid)}.service"
+    (host_parent / unit).mkdir()
+    env = flux_env(manager, site, str(jobid), user1, signed_probes_file)
+    env["DATACRUMBS_CGROUP"] = str(node_parent / unit)
+    res = prolog_on_node(manager, site, env)
+    assert res.returncode == 0 and "tracing disabled" not in res.stderr, res.stderr
+    assert manager.is_active(f"datacrumbs@{jobid}.service") == "active"
+    assert f'DATACRUMBS_CGROUP="{node_parent / unit}"' in \
+        (site.run_dir / f"datacrumbs-{jobid}.env").read_text()
+
+    def in_job():
+        (host_parent / unit / "cgroup.procs").write_text(str(os.getpid()))
+        os.setgroups([])
+        os.setgid(user1.pw_gid)
+        os.setuid(user1.pw_uid)
+
+    inside = subprocess.run(["/usr/bin/python3", "-c", WORKLOAD, str(work_dir / "in"), "40",
+                             "4096"], preexec_fn=in_job, capture_output=True, text=True,
+                            check=True, timeout=60, cwd="/")
+    outside_pid, _ = run_workload(user1, work_dir, n=30)
+    assert epilog(site, env).returncode == 0
+    assert_clean(manager, site, str(jobid))
+    ops = [e for e in read_trace(trace_path(site, user1.pw_name, str(jobid)))
+           if e.get("ph") == "X"]
+    inside_pid = int(inside.stdout.split()[0])
+    assert {e["pid"] for e in ops} == {inside_pid}
+    assert len([e for e in ops if e["name"] == "write" and e["args"].get("size") == 4096]) == 40

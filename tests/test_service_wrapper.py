@@ -34,7 +34,9 @@ def test_wrapper_start_stop_traces_the_job(site, bpf_object, tracefs, installed_
     assert "datacrumbs@1.service is active and ready" in res.stdout
     assert manager.is_active("datacrumbs@1.service") == "active"
     env = (site.run_dir / "datacrumbs-1.env").read_text()
-    assert f'DATACRUMBS_PROBE_FILE="{signed_probes_file}"' in env
+    # the unit traces the prolog's verified copy; the user's path is kept for the logs
+    assert f'DATACRUMBS_PROBE_FILE="{site.run_dir}/datacrumbs-1.probes.json.gz"' in env
+    assert f'DATACRUMBS_PROBE_SOURCE="{signed_probes_file}"' in env
     pid, fd = run_workload(user1, work_dir, n=123, size=512)
     res = wrapper(manager, site, "stop", "1", "dctest1", str(signed_probes_file))
     assert res.returncode == 0, res.stderr
@@ -55,7 +57,9 @@ def test_wrapper_f58_and_weird_probe_path(installed_service, fake_daemon, site, 
     jobid = "3859459443726"  # ƒ2kP8DU5B in decimal
     assert f58_encode(int(jobid)) == "\u01922kP8DU5B"
     got = json.loads((site.run_dir / f"fake-{jobid}.argv.json").read_text())
-    assert got["argv"] == [str(weird), jobid, "dctest1"]
+    assert got["argv"] == [f"{site.run_dir}/datacrumbs-{jobid}.probes.json.gz", jobid, "dctest1"]
+    env = (site.run_dir / f"datacrumbs-{jobid}.env").read_text()
+    assert "DATACRUMBS_PROBE_SOURCE=\"" + str(weird).replace("$", "\\$") + "\"" in env
     assert wrapper(installed_service, site, "stop", "\u01922kP8DU5B", "dctest1",
                    str(weird)).returncode == 0
     assert_clean(installed_service, site, jobid)

@@ -172,3 +172,26 @@ def test_signed_probes_file_of_another_user_is_refused(site, tmp_path, user2):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("datacrumbs: error: ") and str(path) in lines[0]
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_outputs_follow_the_sites_trace_access(site, tmp_path, user1, shared):
+    """Like the daemon's: trace and summary are the invoker's alone (0600) unless the site
+    sets trace_group (0640, that group)."""
+    import grp
+    import stat
+
+    if shared:
+        site.source.write_text(site.source.read_text().replace(
+            'trace_group = ""', f'trace_group = "{grp.getgrgid(0).gr_name}"'))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([DATACRUMBS, "trace", "-o", str(out), "--", "sh", "-c", "exit 0"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, SUDO_USER=user1.pw_name))
+    assert proc.returncode == 0, proc.stderr
+    trace_file, _ = outputs(out)
+    for path in (trace_file, Path(str(trace_file)[:-len(".pfw.gz")] + ".summary.json")):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
+            ((user1.pw_uid, 0, 0o640) if shared else (user1.pw_uid, user1.pw_gid, 0o600)), path

@@ -119,8 +119,16 @@ def test_file_is_new_private_and_owned_by_the_user(tmp_path, user1):
     finally:
         os.umask(old)
     st = os.stat(path)
-    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert stat.S_IMODE(st.st_mode) == 0o600  # private by default: not even the group
     assert (st.st_uid, st.st_gid) == (user1.pw_uid, user1.pw_gid)
+    shared = tmp_path / "shared.pfw.gz"     # a site's trace_group: exactly 0640, that group
+    old = os.umask(0o077)
+    try:
+        new_writer(shared, owner_uid=user1.pw_uid, owner_gid=0, mode=0o640).close()
+    finally:
+        os.umask(old)
+    st = os.stat(shared)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, user1.pw_uid, 0)
     before = path.read_bytes()
     with pytest.raises(FileExistsError):
         new_writer(path)
@@ -219,3 +227,66 @@ def test_disk_full_stops_writing_keeps_trace_readable(tiny_fs, caplog):
     assert tail == b""  # cut back to the last complete member
     assert len(rb.events(path)) == w.events_written
     assert not w.complete
+
+
+def _noisy_ops(rng, n, first_id_ts=0):
+    """Poorly compressible rows (random durations) so a small cap is reached quickly."""
+    ops = make_ops(n)
+    ops["ts_us"] += first_id_ts
+    ops["dur_us"] = rng.integers(0, 1 << 30, n)
+    ops["size"] = np.arange(n) + first_id_ts  # the row's number: shows which rows were kept
+    return ops
+
+
+@pytest.mark.parametrize("cap", [4096, 20000, 65536])
+def test_size_cap_ends_a_complete_trace_at_the_cap(tmp_path, caplog, cap):
+    """At max_bytes the trace is finished (``]``, readable by gzip and our reader), within
+    a few hundred bytes of the cap, holding exactly the first events; later ones are
+    counted, never written, and the writer does not fail."""
+    from datacrumbs.trace.reader import TraceReader
+
+    path = tmp_path / "t.pfw.gz"
+    clock = [0.0]
+    w = new_writer(path, member_events=700, max_bytes=cap, clock=lambda: clock[0])
+    rng = np.random.default_rng(7)
+    total = 0
+    for i in range(40):
+        w.write_ops(_noisy_ops(rng, 500, total), [f"/f/{total // 1000}"] * 500)
+        total += 500
+        clock[0] += 2.0
+        w.tick()
+        w.process_name(9000 + i, f"late-{i}")  # metadata after the cap is dropped too
+    assert w.capped_at is not None and w.error is None
+    size_at_cap = path.stat().st_size
+    w.write_ops(make_ops(10), None)          # after the cap: counted, not written
+    w.write_counters([(T0, 1, 0, 5, 5, 5)])
+    total += 11
+    w.close()
+    w.close()  # idempotent
+    assert path.stat().st_size == size_at_cap  # nothing after the cap, not even at close
+    assert cap - 600 < size_at_cap <= cap, (cap, size_at_cap)
+    assert not w.complete and w.error is None
+    assert w.events_written + w.events_dropped == total and w.events_dropped > 0
+    # plain gzip (the tool) and Python's gzip read the whole file; it ends with "]"
+    out = subprocess.run(["gzip", "-dc", str(path)], capture_output=True, check=True).stdout
+    text = out.decode().splitlines()
+    assert text == gzip.open(path, "rt").read().splitlines()
+    assert text[0] == "[" and text[-1] == "]" and text.count("]") == 1
+    recs = [json.loads(x) for x in text[1:-1]]
+    ev = [r for r in recs if r["ph"] == "X"]
+    assert len(ev) == w.events_written
+    # exactly the first events, in order, and no record skipped in between
+    assert [e["args"]["size"] for e in ev] == list(range(len(ev)))
+    assert [r["id"] for r in recs] == list(range(len(recs)))
+    assert not any(r["name"] == "process_name" and r["pid"] >= 9000 + 39 for r in recs)
+    ours = [e for e in TraceReader(path).events() if e.get("ph") == "X"]
+    assert [e["args"]["size"] for e in ours] == list(range(len(ev)))
+
+
+def test_size_cap_not_reached_changes_nothing(tmp_path):
+    path = tmp_path / "t.pfw.gz"
+    w = new_writer(path, max_bytes=1 << 20)
+    w.write_ops(make_ops(1000), None)
+    w.close()
+    assert w.complete and w.capped_at is None and w.events_dropped == 0
+    assert rb.lines(path)[-1] == "]" and len(rb.events(path)) == 1000

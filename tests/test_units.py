@@ -173,3 +173,56 @@ def test_wait_ready_cli(site, tmp_path):
         res = wait(*args)
         assert res.returncode in (1, 2) and words in res.stderr
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_wait_ready_pid_accepts_only_the_daemons_own_file(site):
+    """A ready file left by a SIGKILLed daemon names a dead pid: wait-ready --pid
+    $MAINPID must keep waiting (and say why when it gives up), not report ready."""
+    datacrumbs = str(Path(sys.executable).with_name("datacrumbs"))
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        ready = site.run_dir / "datacrumbs-8.ready"
+        ready.write_text("999999999\ntrace-old.pfw.gz\n")
+        res = subprocess.run([datacrumbs, "wait-ready", "8", "--pid", str(live.pid),
+                              "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1
+        assert "names pid 999999999" in res.stderr and res.stderr.count("\n") == 1
+        ready.write_text(f"{live.pid}\ntrace-new.pfw.gz\n")
+        res = subprocess.run([datacrumbs, "wait-ready", "8", "--pid", str(live.pid),
+                              "--timeout", "5"], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_stale_ready_file_does_not_make_the_unit_active(installed_service, fake_daemon, site,
+                                                        user1):
+    """Under real systemd: a stale ready file and a daemon that never gets ready is a
+    failed start, not an active unit (before, ExecStartPost returned at once)."""
+    fake_daemon("never-ready")
+    site.source.write_text(site.source.read_text().replace("ready_timeout = 20.0",
+                                                           "ready_timeout = 1.0"))
+    (site.run_dir / "datacrumbs-46.ready").write_text("999999999\ntrace-old.pfw.gz\n")
+    res = _start_with_env(installed_service, site, "46", "/nonexistent/probes.json.gz")
+    assert res.returncode != 0
+    assert installed_service.is_active("datacrumbs@46.service") in ("failed", "inactive")
+    assert "names pid 999999999" in installed_service.journal("datacrumbs@46.service")
+    assert not (site.run_dir / "datacrumbs-46.ready").exists()  # ExecStopPost cleared it
+
+
+def test_sigkilled_daemon_leaves_no_ready_file(installed_service, fake_daemon, site, user1):
+    """Nothing in the daemon runs after SIGKILL; the unit's ExecStopPost removes its file."""
+    fake_daemon("ready")
+    res = _start_with_env(installed_service, site, "47", "/nonexistent/probes.json.gz")
+    assert res.returncode == 0, res.stderr
+    ready = site.run_dir / "datacrumbs-47.ready"
+    assert ready.exists()
+    installed_service.systemctl("kill", "--signal=SIGKILL", "datacrumbs@47.service", check=True)
+    deadline = time.monotonic() + 10
+    while installed_service.is_active("datacrumbs@47.service") not in ("failed", "inactive"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not (site.run_dir / "fake-47.flushed").exists()  # really killed, no clean exit
+    assert not ready.exists()
+    installed_service.systemctl("reset-failed", "datacrumbs@47.service")

@@ -8,7 +8,9 @@ elsewhere (tests use it).
 
 from __future__ import annotations
 
+import grp
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,6 +38,10 @@ class SiteConfig:
     public_key_dir: Path = DEFAULT_PREFIX / "etc/datacrumbs/keys"
     probe_sets_dir: Path = DEFAULT_PREFIX / "etc/datacrumbs/probe-sets"
     bpf_object: Path = DEFAULT_PREFIX / "lib/datacrumbs/datacrumbs.bpf.o"
+    # Empty: traces are the job user's alone (files 0600, directories 0700); HPC users
+    # often share a primary group, so that group must not read them. A group name:
+    # that group may read them too (files 0640, directories 0750).
+    trace_group: str = ""
     # [signing]
     socket_path: Path = Path("/run/datacrumbs/sign.sock")
     private_key_dir: Path = Path("/etc/datacrumbs/private")
@@ -55,6 +61,10 @@ class SiteConfig:
     max_probes_file_bytes: int = 1 << 20          # compressed
     max_probes_document_bytes: int = 8 << 20      # decompressed
     max_probes: int = 4096
+    # Compressed trace per job and node: a job that does endless I/O must not fill
+    # the node's /var. At the cap the trace is closed (complete and readable) and
+    # further events are only counted in the summary.
+    max_trace_bytes: int = 1 << 30
     source: Path | None = field(default=None, compare=False)
 
     def trace_dir_for(self, *, user: str, jobid: str, host: str, date: str) -> Path:
@@ -66,14 +76,37 @@ class SiteConfig:
                 f"({exc}); use only {{user}}, {{jobid}}, {{host}} and {{date}}"
             ) from None
 
+    def trace_gid(self) -> int | None:
+        """The gid of ``trace_group``, or None when traces are private to the user.
+
+        Looked up where traces are written (not in load_config), so a node that
+        lacks the group fails its tracer with this line while the epilog and the
+        other components still read the file.
+        """
+        if not self.trace_group:
+            return None
+        try:
+            return grp.getgrnam(self.trace_group).gr_gid
+        except KeyError:
+            raise ConfigError(
+                f"{self.source or 'defaults'}: trace_group = {self.trace_group!r} is not a group "
+                "on this node; create it, or set trace_group = \"\" for traces only their user "
+                "can read") from None
+
 
 _SECTIONS = {
-    "paths": ("run_dir", "log_dir", "trace_dir", "public_key_dir", "probe_sets_dir", "bpf_object"),
+    "paths": ("run_dir", "log_dir", "trace_dir", "public_key_dir", "probe_sets_dir", "bpf_object",
+              "trace_group"),
     "signing": ("socket_path", "private_key_dir", "policy_file", "audit_log", "max_validity_days"),
     "service": ("prolog_timeout", "ready_timeout", "stop_timeout", "fail_job_on_error",
                 "sdexec_scope"),
-    "limits": ("max_probes_file_bytes", "max_probes_document_bytes", "max_probes"),
+    "limits": ("max_probes_file_bytes", "max_probes_document_bytes", "max_probes",
+               "max_trace_bytes"),
 }
+# Smallest values that still work: the trace's header member must fit under the cap.
+_MINIMUM = {"max_trace_bytes": 4096}
+# A group name as groupadd accepts it (no ':', ',', '/', blanks); empty = private.
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}\$?")
 
 
 def _coerce(name: str, value, path: Path):
@@ -89,6 +122,11 @@ def _coerce(name: str, value, path: Path):
         expected = {"Path": "an absolute path", "str": "a string", "int": "a positive integer",
                     "float": "a positive number", "bool": "true or false"}[kind]
         raise ConfigError(f"{path}: {name} = {value!r} must be {expected}")
+    if name in _MINIMUM and value < _MINIMUM[name]:
+        raise ConfigError(f"{path}: {name} = {value!r} must be at least {_MINIMUM[name]}")
+    if name == "trace_group" and value and not _GROUP_NAME.fullmatch(value):
+        raise ConfigError(f"{path}: trace_group = {value!r} is not a group name; set a group "
+                          "name, or \"\" for traces only their user can read")
     return Path(value) if kind == "Path" else value
 
 

@@ -2,9 +2,11 @@
 
 Verifies the signed probes file for USER, attaches its probes to the job's
 processes (the cgroup in DATACRUMBS_CGROUP, else every process of USER),
-writes <run_dir>/datacrumbs-<RUN_ID>.ready once events flow, and traces until
-SIGINT or SIGTERM. Then it drains, closes the trace, writes the summary beside
-it, removes the ready file and exits 0. Logs go to stderr (the journal).
+writes <run_dir>/datacrumbs-<RUN_ID>.ready (its pid, then the trace's name) once
+events flow, and traces until SIGINT, SIGTERM or any other terminating signal it
+can catch (SIGHUP, SIGUSR1, ...; SIGPIPE is ignored). Then it drains, closes the
+trace, writes the summary beside it (naming the signal), removes the ready file
+and exits 0. Logs go to stderr (the journal).
 
 examples:
   datacrumbs run /home/alice/probes.json.gz 1234 alice

@@ -1,9 +1,10 @@
 """Wait until the tracer of RUN_ID has written its ready file (ExecStartPost of datacrumbs@.service).
 
 Exits 0 once ``<run_dir>/datacrumbs-<RUN_ID>.ready`` exists, 1 when the
-timeout passes or the daemon (``--pid``, systemd's $MAINPID) exits first. It
-replaces a shell loop in the unit so that no user value is ever part of a
-shell string.
+timeout passes or the daemon (``--pid``, systemd's $MAINPID) exits first. With
+``--pid`` only a ready file whose first line is that pid counts: a file left by a
+SIGKILLed earlier daemon must never make a new start look ready. It replaces a
+shell loop in the unit so that no user value is ever part of a shell string.
 
 examples:
   datacrumbs wait-ready 1234 --timeout 20
@@ -28,7 +29,8 @@ def setup_parser(parser) -> None:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait (default: ready_timeout of the site config)")
     parser.add_argument("--pid", default=None,
-                        help="stop waiting if this process (the daemon) exits first")
+                        help="the daemon: only its own ready file counts, and stop waiting "
+                             "if it exits first")
 
 
 def _alive(pid: int) -> bool:
@@ -45,6 +47,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def ready_owner(path) -> int | None:
+    """The pid on the ready file's first line; None if there is no file, -1 if no pid."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(64).split(b"\n", 1)[0].strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return -1
+    return int(first) if first.isdigit() else -1
+
+
 def main(args) -> int:
     run_id = validate_run_id(args.run_id)
     cfg = load_config()
@@ -58,12 +72,17 @@ def main(args) -> int:
         pid = int(args.pid)
     ready = cfg.run_dir / f"datacrumbs-{run_id}.ready"
     deadline = time.monotonic() + timeout
-    while not ready.exists():
+    while True:
+        owner = ready_owner(ready)
+        if owner is not None and (pid is None or owner == pid):
+            return 0
         if pid is not None and not _alive(pid):
             raise DatacrumbsError(f"the tracer for job {run_id} (pid {pid}) exited before "
                                   f"writing {ready}; see its log above")
         if time.monotonic() >= deadline:
+            stale = "" if owner is None else \
+                f" (the {ready.name} there names pid {owner}, not {pid}: left by an earlier run)"
             raise DatacrumbsError(f"the tracer for job {run_id} did not write {ready} within "
-                                  f"{timeout:g} s (ready_timeout in {cfg.source or 'defaults'})")
+                                  f"{timeout:g} s{stale} (ready_timeout in "
+                                  f"{cfg.source or 'defaults'})")
         time.sleep(POLL_SECONDS)
-    return 0

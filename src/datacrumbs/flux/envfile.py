@@ -7,10 +7,16 @@ against a real manager with spaces, quotes, ``;``, ``$(...)``, backslashes);
 only what the line syntax cannot carry (newline, NUL, other control
 characters) is refused. The file is written as root, 0600, by rename, so the
 unit never sees a half-written file.
+
+Beside it, ``datacrumbs-<jobid>.probes.json.gz`` is the prolog's verified copy
+of the job's probes file (root, 0600): ``DATACRUMBS_PROBE_FILE`` names the copy,
+``DATACRUMBS_PROBE_SHA256`` its digest (64 hex digits) and
+``DATACRUMBS_PROBE_SOURCE`` the user's own path, for logs only.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..atomicfile import atomic_write
@@ -18,12 +24,15 @@ from ..errors import DatacrumbsError
 from ..jobid import validate_run_id
 
 KEYS = ("DATACRUMBS_JOBID", "DATACRUMBS_USER", "DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG",
-        "DATACRUMBS_CGROUP", "DATACRUMBS_CGROUP_NAME")
+        "DATACRUMBS_CGROUP", "DATACRUMBS_CGROUP_NAME", "DATACRUMBS_PROBE_SHA256",
+        "DATACRUMBS_PROBE_SOURCE")
 REQUIRED = KEYS[:4]
-PATH_KEYS = ("DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG", "DATACRUMBS_CGROUP")
+PATH_KEYS = ("DATACRUMBS_PROBE_FILE", "DATACRUMBS_CONFIG", "DATACRUMBS_CGROUP",
+             "DATACRUMBS_PROBE_SOURCE")
 _FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte"}
 _ESCAPED = '\\"$`'
 MAX_VALUE = 4096
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class EnvFileError(DatacrumbsError, ValueError):
@@ -32,6 +41,30 @@ class EnvFileError(DatacrumbsError, ValueError):
 
 def env_path(run_dir: Path, jobid: str) -> Path:
     return Path(run_dir) / f"datacrumbs-{validate_run_id(jobid)}.env"
+
+
+def probes_copy_path(run_dir: Path, jobid: str) -> Path:
+    """The verified copy of the job's probes file that the unit's daemon reads."""
+    return Path(run_dir) / f"datacrumbs-{validate_run_id(jobid)}.probes.json.gz"
+
+
+def write_probes_copy(run_dir: Path, jobid: str, data: bytes) -> Path:
+    """Publish the bytes the prolog verified: root-owned, 0600, by rename.
+
+    The daemon reads these bytes, never the user's path again, so a file the
+    user swaps after the prolog's check is never what gets traced.
+    """
+    Path(run_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
+    return atomic_write(probes_copy_path(run_dir, jobid), data, mode=0o600)
+
+
+def remove_probes_copy(run_dir: Path, jobid: str) -> bool:
+    """Remove the verified copy if present; True when something was removed."""
+    try:
+        probes_copy_path(run_dir, jobid).unlink()
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def check_value(key: str, value: str) -> str:
@@ -51,6 +84,8 @@ def check_value(key: str, value: str) -> str:
         raise EnvFileError(f"{key} value is longer than {MAX_VALUE} characters")
     if key in PATH_KEYS and not value.startswith("/"):
         raise EnvFileError(f"{key} value {value!r} is not an absolute path")
+    if key == "DATACRUMBS_PROBE_SHA256" and not _SHA256.fullmatch(value):
+        raise EnvFileError(f"{key} value {value!r} is not 64 lowercase hex digits")
     return value
 
 

@@ -31,7 +31,7 @@ class EpilogResult:
 
 
 def run_epilog(environ=None, cfg: SiteConfig | None = None) -> EpilogResult:
-    """Stop ``datacrumbs@<jobid>.service`` and remove its env file; never raises."""
+    """Stop ``datacrumbs@<jobid>.service``, remove its env file and probes copy; never raises."""
     environ = os.environ if environ is None else environ
     started = time.monotonic()
     try:
@@ -45,7 +45,8 @@ def run_epilog(environ=None, cfg: SiteConfig | None = None) -> EpilogResult:
     message = None
     stopped = False
     try:
-        had_env = envfile.env_path(cfg.run_dir, jobid).exists()
+        had_env = envfile.env_path(cfg.run_dir, jobid).exists() or \
+            envfile.probes_copy_path(cfg.run_dir, jobid).exists()
         before = systemctl.state(jobid)
         if before in ("inactive", "unknown") and not had_env:
             stopped = True  # nothing was started here (or a second epilog run)
@@ -61,8 +62,9 @@ def run_epilog(environ=None, cfg: SiteConfig | None = None) -> EpilogResult:
         log.error("job %s: epilog: %s", jobid, message)
     try:
         envfile.remove_env_file(cfg.run_dir, jobid)
+        envfile.remove_probes_copy(cfg.run_dir, jobid)
     except OSError as exc:
-        message = message or f"cannot remove the env file: {exc}"
+        message = message or f"cannot remove the env file or the probes copy: {exc}"
         log.error("job %s: %s", jobid, message)
     return EpilogResult(jobid, stopped, message)
 

@@ -6,13 +6,25 @@ by ``SiteConfig.prolog_timeout`` and any failure is reported to the user as a
 non-fatal job exception, cleaned up (unit stopped, env file removed) and
 answered with exit 0 so the job runs untraced. Only a site that sets
 ``fail_job_on_error = true`` gets a fatal exception and exit 1.
+
+Root acts only on what the job's user could see herself: the probes file is
+read by a child running with her credentials (asuser.py), so messages never
+reveal whether a root-only path exists or what it holds, and the submitted
+digest is compared only with bytes she could read. Those very bytes are
+verified and published as a root-only copy that the unit's daemon reads (and
+checks against DATACRUMBS_PROBE_SHA256): swapping the user's file later
+changes nothing. Everything that depends on the user's input runs in a forked
+worker that is killed at the bound, even if it is stuck in C code.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import select
+import signal
 import stat
 import subprocess
 import sys
@@ -23,7 +35,7 @@ from pathlib import Path
 from ..config import CONFIG_ENV, SiteConfig, default_config_path, load_config
 from ..errors import DatacrumbsError
 from ..jobid import f58plain
-from . import envfile, jobinfo, systemctl
+from . import asuser, envfile, jobinfo, systemctl
 
 log = logging.getLogger("datacrumbs.flux")
 LOG_NAME = "flux-perilog.log"
@@ -85,7 +97,11 @@ def setup_logging(cfg: SiteConfig | None) -> None:
 
 
 def file_digest(path: Path, limit: int) -> str:
-    """``sha256:<hex>`` of a regular file, read without following a final symlink."""
+    """``sha256:<hex>`` of a regular file, read without following a final symlink.
+
+    For the service wrapper, which an administrator runs to fake Flux's
+    metadata; the prolog itself only reads the file as the job's user.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -136,33 +152,63 @@ def _config_path(cfg: SiteConfig) -> Path:
     return Path(cfg.source) if cfg.source else default_config_path(cfg.prefix)
 
 
-def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, environ,
-           deadline: float, reserve: float) -> None:
-    # imported here: jobs without tracing never pay for jsonschema/cryptography
-    from ..probes.verify import verify_probes_file
+def _no_step(what: str) -> None:
+    pass
 
-    digest = file_digest(settings.probe_file, cfg.max_probes_file_bytes)
-    if digest != settings.probe_digest:
-        raise PrologError(f"probes file {settings.probe_file} changed after the job was "
+
+def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, environ,
+           deadline: float, reserve: float, step=_no_step) -> None:
+    """Read the file as the user, check it, publish the verified copy, start the unit.
+
+    ``step(what)`` names each stage before it runs (the supervisor's message if
+    the bound is reached there).
+    """
+    shown = _shown(settings.probe_file)
+    reading = f"reading probes file {shown} as user {user.name}"
+    step(reading)
+    try:
+        data = asuser.read_as_user(settings.probe_file, user, limit=cfg.max_probes_file_bytes,
+                                   timeout=deadline - reserve - time.monotonic())
+    except asuser.UserReadTimeout:
+        raise PrologError(bound_reached(cfg, reading)) from None
+    sha = hashlib.sha256(data).hexdigest()
+    # only now, with bytes the user could read herself, may a digest be compared
+    if f"sha256:{sha}" != settings.probe_digest:
+        raise PrologError(f"probes file {shown} changed after the job was "
                           "submitted (its SHA-256 differs); resubmit the job")
-    verify_probes_file(settings.probe_file, user.name, config=cfg)
+    step(f"verifying probes file {shown}")
+    # imported here: jobs without tracing never pay for jsonschema/cryptography
+    from ..probes.document import decode_document
+    from ..probes.verify import verify_document
+
+    doc = decode_document(data, source=settings.probe_file,
+                          max_decompressed=cfg.max_probes_document_bytes)
+    verify_document(doc, user.name, config=cfg, source=settings.probe_file)
+    step("writing the verified copy of the probes file")
+    # the daemon reads this copy (and checks its digest), never the user's path again
+    copy = envfile.write_probes_copy(cfg.run_dir, jobid, data)
     values = {
         "DATACRUMBS_JOBID": jobid,
         "DATACRUMBS_USER": user.name,
-        "DATACRUMBS_PROBE_FILE": str(settings.probe_file),
+        "DATACRUMBS_PROBE_FILE": str(copy),
+        "DATACRUMBS_PROBE_SHA256": sha,
+        "DATACRUMBS_PROBE_SOURCE": str(settings.probe_file),
         "DATACRUMBS_CONFIG": str(_config_path(cfg)),
     }
     if environ.get("DATACRUMBS_CGROUP"):
+        # the daemon's own check, before the env file names it: only this job's cgroup
+        from ..tracer.daemon import cgroup_from_env
+        cgroup_from_env(environ, jobid)
         values["DATACRUMBS_CGROUP"] = environ["DATACRUMBS_CGROUP"]
     elif cfg.sdexec_scope:
         # the job's unit does not exist yet; the tracer waits for it, in the kernel
         values["DATACRUMBS_CGROUP_NAME"] = f"-{f58plain(int(jobid))}.service"
     envfile.write_env_file(cfg.run_dir, jobid, values)
+    step(f"starting {systemctl.unit_name(jobid)}")
     systemctl.reset_failed(jobid, timeout=min(5.0, max(deadline - time.monotonic(), 0.5)))
     budget = deadline - time.monotonic() - reserve
     if budget <= 0:
-        raise PrologError(f"prolog_timeout ({cfg.prolog_timeout} s) was used up before the "
-                          "tracer could start")
+        raise PrologError(bound_reached(cfg, f"starting {systemctl.unit_name(jobid)}"))
     try:
         systemctl.start(jobid, timeout=budget)
     except systemctl.SystemctlError as exc:
@@ -174,8 +220,129 @@ def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, enviro
                           f"`journalctl -u {systemctl.unit_name(jobid)}` on this node")
 
 
+def bound_reached(cfg: SiteConfig, doing: str) -> str:
+    return f"the prolog's bound of {cfg.prolog_timeout:g} s was reached while {doing}"
+
+
+def _shown(path) -> str:
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _supervised(jobid: str, settings: jobinfo.Settings, cfg: SiteConfig, environ,
+                deadline: float, reserve: float) -> None:
+    """Run the user-dependent work (:func:`_start`) in a forked child, bounded in time.
+
+    The bound must hold even while Python is stuck in C code (a parser, a
+    libc call, an NSS lookup), where no signal handler or thread of this
+    process would run. So the work runs in a child that tells this process
+    each stage it enters and then its outcome; at ``deadline - reserve / 2``
+    the child is SIGKILLed and the stage it was in names the reason. Raises
+    PrologError with the message for the user; returns when the tracer runs.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into the caller
+        try:
+            os.close(rfd)
+            _worker(wfd, parent, jobid, settings, cfg, environ, deadline, reserve)
+        finally:
+            os._exit(70)
+    os.close(wfd)
+    kill_at = deadline - reserve / 2
+    doing, outcome, buf = "starting the tracer", None, b""
+    poller = select.poll()
+    poller.register(rfd, select.POLLIN)
+    try:
+        while outcome is None:
+            left = kill_at - time.monotonic()
+            if left <= 0:
+                break
+            if not poller.poll(max(int(left * 1000), 1)):
+                continue
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    report = json.loads(line)
+                except ValueError:
+                    continue
+                if "step" in report:
+                    doing = str(report["step"])
+                elif "outcome" in report:
+                    outcome = report
+    finally:
+        os.close(rfd)
+        status = _reap(pid, grace=1.0 if outcome is not None else 0.0)
+    if outcome is None:
+        if time.monotonic() >= kill_at:
+            log.info("job %s: killed the prolog's worker at its bound while %s", jobid, doing)
+            raise PrologError(bound_reached(cfg, doing))
+        raise PrologError(f"internal error: the prolog's worker died ({status}) while {doing}")
+    if outcome["outcome"] != "started":
+        raise PrologError(str(outcome.get("message")))
+
+
+def _worker(out: int, parent: int, jobid: str, settings, cfg: SiteConfig, environ,
+            deadline: float, reserve: float) -> None:
+    """The child of :func:`_supervised`: do the work, report stages and the outcome."""
+    asuser.set_parent_death_signal()  # the prolog killed (e.g. by Flux): so is its worker
+    if os.getppid() != parent:
+        os._exit(0)
+
+    def send(report: dict) -> None:
+        try:
+            os.write(out, json.dumps(report).encode() + b"\n")
+        except OSError:
+            pass
+
+    try:
+        send({"step": "looking up the job's user"})
+        user = jobinfo.resolve_user(environ)
+        log.info("job %s: starting tracer for %s with %s", jobid, user.name,
+                 _shown(settings.probe_file))
+        _start(jobid, user, settings, cfg, environ, deadline, reserve,
+               step=lambda doing: send({"step": doing}))
+        send({"outcome": "started"})
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the user's message
+        message = str(exc) if isinstance(exc, DatacrumbsError) else \
+            f"internal error {type(exc).__name__}: {exc}"
+        send({"outcome": "failed", "message": message})
+    finally:
+        for handler in log.handlers:
+            handler.flush()
+        os._exit(0)
+
+
+def _reap(pid: int, *, grace: float) -> str:
+    """Collect the worker: let it exit on its own for ``grace`` seconds, then SIGKILL it
+    (waiting at most one more second: a process stuck in the kernel must not hold us)."""
+    killed = False
+    end = time.monotonic() + grace
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return "gone"
+        if done:
+            return f"exit status {os.waitstatus_to_exitcode(status)}"
+        if time.monotonic() >= end:
+            if killed:
+                return "still running"
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            killed, end = True, time.monotonic() + 1.0
+        time.sleep(0.002)
+
+
 def _cleanup(jobid: str, cfg: SiteConfig, timeout: float) -> None:
-    """Leave nothing behind: no running unit, no failed state, no env file."""
+    """Leave nothing behind: no running unit, no failed state, no env file, no copy."""
     try:
         systemctl.stop(jobid, timeout=timeout)
     except DatacrumbsError as exc:
@@ -190,6 +357,7 @@ def _cleanup(jobid: str, cfg: SiteConfig, timeout: float) -> None:
     except DatacrumbsError:
         pass
     envfile.remove_env_file(cfg.run_dir, jobid)
+    envfile.remove_probes_copy(cfg.run_dir, jobid)
 
 
 def run_prolog(environ=None, cfg: SiteConfig | None = None) -> PrologResult:
@@ -217,10 +385,8 @@ def run_prolog(environ=None, cfg: SiteConfig | None = None) -> PrologResult:
         settings = jobinfo.parse_settings(jobid, meta)
         if settings is None:
             return PrologResult(jobid, False)
-        user = jobinfo.resolve_user(environ)
-        log.info("job %s: starting tracer for %s with %s", jobid, user.name, settings.probe_file)
         may_need_cleanup = True
-        _start(jobid, user, settings, cfg, environ, deadline, reserve)
+        _supervised(jobid, settings, cfg, environ, deadline, reserve)
     except Exception as exc:  # noqa: BLE001 - a prolog must not fail the job by accident
         message = str(exc) if isinstance(exc, DatacrumbsError) else \
             f"internal error {type(exc).__name__}: {exc}"

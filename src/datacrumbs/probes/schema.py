@@ -140,14 +140,118 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
 
 
 def schema_problem(instance, which: str = "document") -> str | None:
-    """The most relevant violation as one short sentence, or None when valid."""
+    """The most relevant violation as one short sentence, or None when valid.
+
+    The sentence names where (a path of schema-known keys and indices) and what
+    the format expects there, never a value of the instance: the document may
+    be a file its reader must not learn anything from, so jsonschema's own
+    message, which quotes the instance, is never used.
+    """
     error = jsonschema.exceptions.best_match(_validator(which).iter_errors(instance))
     if error is None:
         return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-    message = error.message
-    if error.validator == "not":
-        message = "'library' is only allowed for uprobe and usdt probes"
-    if len(message) > 300:
-        message = message[:300] + "..."
-    return f"{where}: {message}"
+    where = "/".join(_location(part) for part in error.absolute_path) or "(top level)"
+    return f"{where}: {_expectation(error)}"
+
+
+def _schema_names(schema, out: set) -> set:
+    """Every property name a schema defines: the only keys a message may show."""
+    if isinstance(schema, dict):
+        out.update(schema.get("properties", {}))
+        for value in schema.values():
+            _schema_names(value, out)
+    elif isinstance(schema, list):
+        for value in schema:
+            _schema_names(value, out)
+    return out
+
+
+_KNOWN_NAMES = frozenset(_schema_names([DOCUMENT_SCHEMA, PROBE_SET_SCHEMA], set(ROLES)))
+_PATTERNS = {
+    ID_PATTERN: "names (a-z, 0-9, '_', '.', '-'; at most 64)",
+    _ABS_PATH["pattern"]: "absolute paths (no '.' or '..' components, no control characters)",
+    _SONAME["pattern"]: "library sonames",
+    BYTES_PATTERN: "bytes rules (ret, ret*argN, argN, field:NAME)",
+    DOCUMENT_SCHEMA["properties"]["owner"]["properties"]["user"]["pattern"]: "user names",
+    DOCUMENT_SCHEMA["properties"]["host"]["pattern"]: "host names",
+    DOCUMENT_SCHEMA["properties"]["key_id"]["pattern"]: "key ids (16 hex digits)",
+    DOCUMENT_SCHEMA["properties"]["signature"]["pattern"]: "signatures (88 base64 characters)",
+    probe_schema()["properties"]["category"]["pattern"]: "categories (A-Z, 0-9, '_')",
+    **{pattern: f"{kind} targets" for kind, pattern in _TARGETS.items()},
+}
+_ARTICLES = {"integer": "an integer", "object": "an object", "array": "an array",
+             "string": "a string", "boolean": "true or false", "null": "null",
+             "number": "a number"}
+
+
+def _location(part) -> str:
+    """An index, or a key the schema knows; any other key is the file's, so not shown."""
+    if isinstance(part, int) or part in _KNOWN_NAMES:
+        return str(part)
+    return "(a property)"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _describe(schema) -> str:
+    """What a (sub)schema accepts, in words, from the schema alone."""
+    if not isinstance(schema, dict):
+        return "a valid value"
+    if "pattern" in schema:
+        return "a string matching the pattern for " + _PATTERNS.get(schema["pattern"],
+                                                                     repr(schema["pattern"]))
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    if "type" in schema:
+        return _ARTICLES.get(schema["type"], str(schema["type"]))
+    if "anyOf" in schema:
+        return " or ".join(_describe(s) for s in schema["anyOf"])
+    return "a valid value"
+
+
+def _expectation(error) -> str:
+    keyword, expected = error.validator, error.validator_value
+    schema_path = list(error.relative_schema_path)
+    if "propertyNames" in schema_path:
+        return "has a property name that is not one of " + ", ".join(map(str, expected))
+    if keyword == "type":
+        kinds = expected if isinstance(expected, list) else [expected]
+        return "must be " + " or ".join(_ARTICLES.get(k, str(k)) for k in kinds)
+    if keyword == "pattern":
+        what = _PATTERNS.get(expected)
+        return f"does not match the pattern for {what}" if what else \
+            f"does not match the pattern {expected!r}"
+    if keyword == "required":
+        present = error.instance if isinstance(error.instance, dict) else {}
+        missing = [name for name in expected if name not in present]
+        return "is missing the required property " + ", ".join(repr(m) for m in missing[:1])
+    if keyword == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return "has a property that is not allowed here (allowed: " + ", ".join(allowed) + ")"
+    if keyword == "const":
+        return f"must be {expected!r}"
+    if keyword == "enum":
+        return "must be one of " + ", ".join(map(str, expected))
+    if keyword == "minimum":
+        return f"must be at least {expected}"
+    if keyword == "maximum":
+        return f"must be at most {expected}"
+    if keyword == "minLength":
+        return f"must be at least {_plural(expected, 'character')} long"
+    if keyword == "maxLength":
+        return f"must be at most {_plural(expected, 'character')} long"
+    if keyword == "minItems":
+        return f"must have at least {_plural(expected, 'item')}"
+    if keyword == "maxItems":
+        return f"must have at most {_plural(expected, 'item')}"
+    if keyword == "uniqueItems":
+        return "must not list the same item twice"
+    if keyword == "not":
+        return "'library' is only allowed for uprobe and usdt probes"
+    if keyword in ("anyOf", "oneOf"):
+        return "must be " + " or ".join(_describe(s) for s in expected)
+    return f"violates the schema rule {keyword!r}"

@@ -6,7 +6,10 @@ close. Every member is complete and ends at a line end and is written with one
 ``os.write`` (looping on short writes), so a killed daemon leaves at most a torn
 last member that readers drop. A write error (disk full) stops writing for good
 with one log line: the file is cut back to its last complete member so it stays
-readable, and the events not written are counted for the summary.
+readable, and the events not written are counted for the summary. A size cap
+(``max_bytes``) ends the trace the same way, but cleanly: the last member that
+fits is cut at a line so the file ends within a few hundred bytes of the cap,
+the closing ``]`` is written at once, and later events are only counted.
 
 Lines are formatted column by column from numpy arrays (one list comprehension
 per field, per-probe prefixes precomputed) because a ``json.dumps`` per event
@@ -41,6 +44,17 @@ OPS_DTYPE = np.dtype([
 _HASH_CACHE_MAX = 65536
 
 
+def _member(lines: list[str]) -> bytes:
+    """One complete gzip member holding ``lines`` (each ends with a newline)."""
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+    data = comp.compress(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+    return data + comp.flush(zlib.Z_FINISH)
+
+
+#: The final member of every finished trace; a size cap always leaves room for it.
+_CLOSING = _member(["]"])
+
+
 def name_hash(name: str) -> str:
     """DFTracer-style short hash: first 16 hex digits of SHA-256 of the UTF-8 name."""
     return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
@@ -71,8 +85,9 @@ class TraceWriter:
     """Writes one trace file; create it with the job's header, then feed it batches."""
 
     def __init__(self, path, *, header: dict, owner_uid: int | None = None,
-                 owner_gid: int | None = None, mode: int = 0o640, flush_interval: float = 1.0,
-                 member_events: int = 16384, dir_fd: int | None = None, clock=time.monotonic):
+                 owner_gid: int | None = None, mode: int = 0o600, flush_interval: float = 1.0,
+                 member_events: int = 16384, dir_fd: int | None = None, clock=time.monotonic,
+                 max_bytes: int | None = None):
         self.path = Path(path)
         self.flush_interval = float(flush_interval)
         self.member_events = int(member_events)
@@ -82,6 +97,10 @@ class TraceWriter:
         self.bytes_written = 0
         self.error: str | None = None
         self.closed = False
+        # Set (time.time()) when max_bytes was reached: the file is finished, ``]`` written.
+        self.capped_at: float | None = None
+        self.max_bytes: int | None = None   # the header member is never held back
+        self._spans: list[tuple[int, int]] = []  # event lines in _lines: [start, end)
         self._complete = False
         self._next_id = 1
         self._lines: list[str] = []
@@ -114,6 +133,7 @@ class TraceWriter:
         self._lines.append(json.dumps(head, ensure_ascii=False, separators=(",", ":")))
         self._hash_line("HH", host, 0, 0)
         self.flush()
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -177,7 +197,7 @@ class TraceWriter:
         n = len(ops)
         if n == 0:
             return
-        if self.error is not None or self.closed:
+        if self.error is not None or self.closed or self.capped_at is not None:
             self.events_dropped += n
             return
         room = self.member_events - self._pending_events
@@ -220,6 +240,8 @@ class TraceWriter:
         else:
             rets = [f',"ret":{r}' if has_ret[p] else "" for r, p in zip(ops["ret"].tolist(), probe)]
         pfx, ext, hh = self._probe_prefix, self._probe_args, self._hhash_arg
+        first = len(self._lines)
+        self._spans.append((first, first + n))
         self._lines.extend([
             f'{{"id":{i},{pfx[p]}"pid":{a},"tid":{b},"ts":{c},"dur":{d},"ph":"X",'
             f'"args":{{{hh}{f}{fd}{cn}{of}{sz}{rt}{ext[p]}}}}}'
@@ -232,9 +254,11 @@ class TraceWriter:
 
     def write_counters(self, rows) -> None:
         """Profile counters: rows of (ts_us, pid, probe, count, bytes, time_us)."""
-        if self.error is not None or self.closed:
+        if self.error is not None or self.closed or self.capped_at is not None:
             self.events_dropped += len(rows)
             return
+        first = len(self._lines)
+        self._spans.append((first, first + len(rows)))
         for ts, pid, probe, count, nbytes, time_us in rows:
             self._lines.append(
                 f'{{"id":{self._take_id()},{self._probe_prefix[probe]}"pid":{pid},"tid":{pid},'
@@ -258,16 +282,40 @@ class TraceWriter:
             return
         lines, self._lines = self._lines, []
         pending, self._pending_events = self._pending_events, 0
-        if self.error is not None:
+        spans, self._spans = self._spans, []
+        if self.error is not None or self.capped_at is not None:
             self.events_dropped += pending
             return
-        comp = zlib.compressobj(1, zlib.DEFLATED, 31)
-        data = comp.compress(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
-        data += comp.flush(zlib.Z_FINISH)
+        data = _member(lines)
+        if (self.max_bytes is not None and lines != ["]"]
+                and self.bytes_written + len(data) + len(_CLOSING) > self.max_bytes):
+            self._cap(lines, spans, pending)
+            return
         if self._write_all(data):
             self.events_written += pending
         else:
             self.events_dropped += pending
+
+    def _cap(self, lines: list[str], spans: list[tuple[int, int]], pending: int) -> None:
+        """Write the longest prefix of ``lines`` that fits under max_bytes with the closing
+        member, then the closing member: the trace ends at the cap, complete and readable."""
+        room = self.max_bytes - self.bytes_written - len(_CLOSING)
+        lo, hi, best = 0, len(lines), b""
+        while lo < hi:  # compressed size grows with the prefix: binary search, once per run
+            mid = (lo + hi + 1) // 2
+            data = _member(lines[:mid])
+            if len(data) <= room:
+                lo, best = mid, data
+            else:
+                hi = mid - 1
+        kept = sum(max(0, min(end, lo) - start) for start, end in spans)
+        self.capped_at = time.time()
+        if best and not self._write_all(best):
+            self.events_dropped += pending
+            return
+        self.events_written += kept
+        self.events_dropped += pending - kept
+        self._write_all(_CLOSING)
 
     def _write_all(self, data: bytes) -> bool:
         view = memoryview(data)
@@ -295,8 +343,9 @@ class TraceWriter:
 
     @property
     def complete(self) -> bool:
-        """True once a clean close wrote the final ``]`` and no write failed."""
-        return self._complete
+        """True once a clean close wrote the final ``]``, no write failed and no event was
+        left out for the size cap (a capped trace is well formed but not complete)."""
+        return self._complete and self.capped_at is None
 
     def close(self) -> None:
         """Flush, write ``]`` in its own member, fsync and close (idempotent)."""
@@ -304,8 +353,9 @@ class TraceWriter:
             return
         self.flush()
         if self.error is None:
-            self._lines.append("]")
-            self.flush()
+            if self.capped_at is None:  # a capped trace got its "]" at the cap
+                self._lines.append("]")
+                self.flush()
             self._complete = self.error is None
             try:
                 os.fsync(self._fd)

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from .. import __version__
 from ..atomicfile import atomic_write
 from ..config import SiteConfig, load_config
 from ..errors import ConfigError, DatacrumbsError
-from ..jobid import validate_run_id
+from ..jobid import f58_encode, f58plain, validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .paths import CLOSE_OPS, DUP_OPS, OPEN_OPS, FdPaths
@@ -33,12 +34,20 @@ from .summary import SummaryBuilder, SummaryFile
 
 log = logging.getLogger("datacrumbs.daemon")
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 CGROUP_ENV = "DATACRUMBS_CGROUP"
 CGROUP_NAME_ENV = "DATACRUMBS_CGROUP_NAME"
 STOP_DRAIN_SECONDS = 30.0
 _POLL_MS = 100
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
+_NAME_SEPARATORS = re.compile(r"[^0-9A-Za-z\u0192]+")
+# Signals whose default action ends the process, that a process can catch: each one
+# stops the daemon like SIGINT (drain, flush, summary, no ready file left behind).
+# Synchronous faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS) are
+# bugs, not requests, and SIGKILL/SIGSTOP cannot be caught.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGXCPU,
+                signal.SIGXFSZ, signal.SIGPWR, signal.SIGIO, signal.SIGSTKFLT,
+                *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 
 
 class TraceDirError(DatacrumbsError):
@@ -55,48 +64,115 @@ def short_host() -> str:
     return _SAFE_HOST.sub("_", name)[:64]
 
 
-def cgroup_from_env(env=os.environ) -> Path | None:
-    """The job's cgroup from ``DATACRUMBS_CGROUP``: an existing directory under the v2 root."""
+def job_id_spellings(run_id: str) -> set[str]:
+    """How a job's cgroup name carries its id: decimal (a site's ``job-1234``), or F58
+    as Flux's sdexec writes it in unit names (``shell-0-f2kP8DU5B.service``) or prints it."""
+    n = int(validate_run_id(run_id))
+    return {str(n), f58plain(n), f58_encode(n)}
+
+
+def names_job(name: str, run_id: str) -> bool:
+    """True when the cgroup name holds the job id as a whole token (``job-12`` names
+    job 12; ``job-123`` and ``job12`` do not), so a cgroup of another job never passes."""
+    return not job_id_spellings(run_id).isdisjoint(_NAME_SEPARATORS.split(name))
+
+
+def cgroup_from_env(env, run_id: str) -> Path | None:
+    """Job ``run_id``'s cgroup from ``DATACRUMBS_CGROUP``, or None when unset.
+
+    The job's user reads the trace, so the scope must never cover more than the job:
+    the v2 root (every process of the node), a directory that is not a cgroup, and a
+    cgroup whose own name does not carry the job id (a parent slice, another job) are
+    refused. The prolog runs this same check before it writes the env file.
+    """
+    from .scope import cgroup2_root
+
     raw = env.get(CGROUP_ENV)
     if not raw:
         return None
+    root = Path(os.path.realpath(cgroup2_root()))
+    spellings = " or ".join(sorted(job_id_spellings(run_id) - {f58_encode(int(run_id))}))
+    fix = (f"set it to job {run_id}'s own cgroup (a directory under {root} whose name holds "
+           f"{spellings}, e.g. shell-0-{f58plain(int(run_id))}.service), or unset it")
     path = Path(raw)
-    if not path.is_absolute() or ".." in path.parts:
-        raise ConfigError(f"{CGROUP_ENV}={raw!r} must be an absolute path under {CGROUP_ROOT}")
+    if not path.is_absolute() or ".." in path.parts or "\0" in raw:
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not an absolute path; {fix}")
     real = Path(os.path.realpath(path))
-    if real != CGROUP_ROOT and CGROUP_ROOT not in real.parents or not real.is_dir():
-        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not an existing cgroup directory under "
-                          f"{CGROUP_ROOT}; check the job's cgroup path in the env file")
+    if real == root:
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is the cgroup v2 root, which holds every "
+                          f"process of the node; {fix}")
+    if root not in real.parents or not (real / "cgroup.procs").is_file():
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not a cgroup (no cgroup.procs under "
+                          f"{root}); {fix}")
+    if not names_job(real.name, run_id):
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not job {run_id}'s cgroup (its name "
+                          f"{real.name!r} does not hold the job id); {fix}")
     return real
 
 
-def scope_from_env(uid: int, env=os.environ):
+def scope_from_env(uid: int, env, run_id: str):
     """The job's scope: DATACRUMBS_CGROUP (an existing directory), else
     DATACRUMBS_CGROUP_NAME (the job's cgroup, e.g. shell-<jobid>.service, which
-    the prolog names before it exists), else every process of the job's user."""
+    the prolog names before it exists), else every process of the job's user.
+    Both cgroup forms must name this job (see cgroup_from_env)."""
     from .scope import Scope, ScopeError
 
-    cgroup = cgroup_from_env(env)
+    cgroup = cgroup_from_env(env, run_id)
     if cgroup:
         return Scope.for_cgroup(cgroup)
     name = env.get(CGROUP_NAME_ENV)
     if name:
         try:
-            return Scope.for_cgroup_name(name)
+            scope = Scope.for_cgroup_name(name)
         except ScopeError as exc:
             raise ConfigError(f"{CGROUP_NAME_ENV}: {exc}; check the prolog's env file") from None
+        if not names_job(name, run_id):
+            raise ConfigError(f"{CGROUP_NAME_ENV}={name!r} does not hold job {run_id}'s id "
+                              f"as a whole word, so it could match another job's cgroup; use "
+                              f"e.g. -{f58plain(int(run_id))}.service")
+        return scope
     return Scope.for_user(uid)
 
 
 # -- the trace directory and file names --------------------------------------------------
 
-def open_trace_dir(config: SiteConfig, user: User, *, jobid: str, host: str, date: str) -> int:
+@dataclass(frozen=True)
+class TraceAccess:
+    """Who reads a trace besides its user: nobody (``gid`` None, the default: users of
+    an HPC site often share their primary group) or the site's ``trace_group``."""
+
+    gid: int | None = None
+
+    @property
+    def file_mode(self) -> int:
+        return 0o600 if self.gid is None else 0o640
+
+    @property
+    def dir_mode(self) -> int:
+        return 0o700 if self.gid is None else 0o750
+
+    def group(self, user: User) -> int:
+        return user.gid if self.gid is None else self.gid
+
+
+def trace_access(config: SiteConfig) -> TraceAccess:
+    """The site's choice (``[paths] trace_group``); a group unknown here is a ConfigError."""
+    return TraceAccess(config.trace_gid())
+
+
+def open_trace_dir(config: SiteConfig, user: User, *, jobid: str, host: str, date: str,
+                   access: TraceAccess | None = None) -> int:
     """Open (creating as needed) the trace directory without following links; return its fd.
 
-    Components from the one that contains ``{user}`` on are created 0750 and owned by the
-    user (the user reads them); those above are root's. Walking with ``dir_fd`` and
-    ``O_NOFOLLOW`` means a user cannot redirect root's writes with a symlink.
+    Components from the one that contains ``{user}`` on are owned by the user (the user
+    reads them) with ``access``'s group and mode (0700, or 0750 for a trace_group); an
+    existing one that is owned otherwise or allows more than that mode is corrected, so
+    traces made before a site tightened its setting do not stay readable. Components
+    above are root's. Walking with ``dir_fd`` and ``O_NOFOLLOW`` means a user cannot
+    redirect root's writes with a symlink.
     """
+    access = access or trace_access(config)
+    dir_mode, gid = access.dir_mode, access.group(user)
     pattern = Path(config.trace_dir)
     target = config.trace_dir_for(user=user.name, jobid=jobid, host=host, date=date)
     if not target.is_absolute() or len(pattern.parts) != len(target.parts):
@@ -111,7 +187,7 @@ def open_trace_dir(config: SiteConfig, user: User, *, jobid: str, host: str, dat
                 raise TraceDirError(f"trace directory {target} contains {part!r}")
             owned = user_from is not None and i >= user_from
             try:
-                os.mkdir(part, 0o750 if owned else 0o755, dir_fd=fd)
+                os.mkdir(part, dir_mode if owned else 0o755, dir_fd=fd)
                 created = True
             except FileExistsError:
                 created = False
@@ -120,9 +196,11 @@ def open_trace_dir(config: SiteConfig, user: User, *, jobid: str, host: str, dat
             fd = nfd
             if owned:
                 st = os.fstat(fd)
-                if created or st.st_uid != user.uid:
-                    os.fchown(fd, user.uid, user.gid)
-                    os.fchmod(fd, 0o750)
+                if created or (st.st_uid, st.st_gid) != (user.uid, gid):
+                    os.fchown(fd, user.uid, gid)
+                mode = stat.S_IMODE(st.st_mode)
+                if created or mode & ~dir_mode:  # never looser; a user may keep it tighter
+                    os.fchmod(fd, dir_mode if created else mode & dir_mode)
             elif created:
                 os.fchmod(fd, 0o755)
         if not os.access(f"/proc/self/fd/{fd}", os.W_OK):
@@ -180,7 +258,15 @@ def write_ready(path: Path, text: str) -> None:
     atomic_write(path, text, mode=0o644, fsync=False)
 
 
+def ready_text(trace_name: str, pid: int | None = None) -> str:
+    """The ready file's content: this process's pid on the first line (``wait-ready --pid
+    $MAINPID`` accepts only a file naming the unit's own daemon, never one left behind
+    by a SIGKILLed predecessor), then the trace's name."""
+    return f"{os.getpid() if pid is None else pid}\n{trace_name}\n"
+
+
 def remove_ready(path: Path) -> None:
+    """Remove the ready file (at start: a stale one; at every exit: ours)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -303,35 +389,109 @@ class StopFlag:
         self.signal = None
 
     def __call__(self, signum, frame):
+        if not self.requested:  # the first signal is the reason; later ones change nothing
+            self.signal = signum
         self.requested = True
-        self.signal = signum
+
+    @property
+    def name(self) -> str | None:
+        """``SIGHUP``, ``SIGRTMIN+3``, ... for logs and the summary (None: no signal)."""
+        if not isinstance(self.signal, int):
+            return self.signal
+        if signal.SIGRTMIN < self.signal <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{self.signal - signal.SIGRTMIN}"
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
+    def install(self) -> dict:
+        """Catch every STOP_SIGNALS; ignore SIGPIPE (a dead log reader must not cost the
+        job its trace: the write fails with EPIPE instead). Returns what to restore."""
+        old = {s: signal.signal(s, self) for s in STOP_SIGNALS}
+        old[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        return old
+
+    @staticmethod
+    def restore(old: dict) -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+PROBE_SHA256_ENV = "DATACRUMBS_PROBE_SHA256"
+PROBE_SOURCE_ENV = "DATACRUMBS_PROBE_SOURCE"
+
+
+def load_probes(path: Path, user: str, *, config: SiteConfig, env) -> dict:
+    """Read the probes file once and verify exactly those bytes (never re-read by path).
+
+    Under the prolog, ``path`` is its verified root-only copy and
+    ``DATACRUMBS_PROBE_SHA256`` (from the unit's env file) the digest of the
+    bytes it verified: anything else at that path is refused before parsing.
+    """
+    import hashlib
+
+    from ..probes import ProbesFileError
+    from ..probes.document import decode_document, open_regular_file
+    from ..probes.verify import verify_document
+
+    data = open_regular_file(path, config.max_probes_file_bytes)
+    expected = env.get(PROBE_SHA256_ENV)
+    if expected is not None:
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise ConfigError(f"{PROBE_SHA256_ENV}={expected!r} is not a SHA-256 in hex; "
+                              "check the prolog's env file")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ProbesFileError(path, "its SHA-256 is not the one the prolog verified "
+                                  f"({PROBE_SHA256_ENV})", "rerun the job")
+    doc = decode_document(data, source=path, max_decompressed=config.max_probes_document_bytes)
+    verify_document(doc, user, config=config, source=path)
+    source = env.get(PROBE_SOURCE_ENV)
+    if source:  # under the prolog: say whose file this copy is
+        log.info("probes file %s verified (the prolog's copy of %s)", path,
+                 source if source.isprintable() else repr(source))
+    return doc
 
 
 def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None = None,
                env=os.environ) -> int:
-    """Trace one job until SIGINT/SIGTERM; 0 on a clean stop, DatacrumbsError otherwise."""
+    """Trace one job until a stop signal (STOP_SIGNALS: SIGINT, SIGTERM, SIGHUP, SIGUSR1, ...);
+    0 on a clean stop, DatacrumbsError otherwise. The handlers come first so that a
+    signal during verification or attach also ends in a clean stop, never a dead daemon."""
+    stop = StopFlag()
+    old = stop.install()
+    try:
+        return _run_daemon(probes_path, run_id, user, stop, config=config, env=env)
+    finally:
+        stop.restore(old)
+
+
+def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
+                config: SiteConfig | None, env) -> int:
     run_id = validate_run_id(run_id)      # both name files: check before anything else
     account = lookup_user(user)
     config = config or load_config()
-    from ..probes.verify import verify_probes_file
+    ready = ready_path(config, run_id)
+    remove_ready(ready)   # a SIGKILLed predecessor's file must not make this start look ready
+    access = trace_access(config)
     from .engine import Engine
 
-    doc = verify_probes_file(Path(probes_path), account.name, config=config)
+    doc = load_probes(Path(probes_path), account.name, config=config, env=env)
     capture = doc.get("capture") or {}
     mode = capture.get("mode", "trace")
     interval_ms = int(capture.get("interval_ms", 1000))
     capture_paths = bool(capture.get("paths", True))
-    scope = scope_from_env(account.uid, env)
+    scope = scope_from_env(account.uid, env, run_id)
     host = short_host()
     start = datetime.now(timezone.utc)
     dir_fd = open_trace_dir(config, account, jobid=run_id, host=host,
-                            date=start.strftime("%Y-%m-%d"))
-    stop = StopFlag()
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    ready = ready_path(config, run_id)
+                            date=start.strftime("%Y-%m-%d"), access=access)
     try:
+        # the trace goes to the job's user: nothing that user could not ptrace (a set-uid
+        # program, flux-imp) is traced, whatever the scope
         engine = Engine(doc["probes"], scope, mode=mode, interval_ms=interval_ms,
-                        bpf_object=config.bpf_object, capture_paths=capture_paths)
+                        bpf_object=config.bpf_object, capture_paths=capture_paths,
+                        job_uid=account.uid)
         with engine:
             report = engine.attach()
             for probe, reason in report.refused:
@@ -350,12 +510,10 @@ def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None
                 log.info("uprobes on %s attached with %s", library, how)
             run = TraceRun(engine, report, run_id=run_id, user=account, host=host, mode=mode,
                            interval_ms=interval_ms, capture_paths=capture_paths, dir_fd=dir_fd,
-                           start=start)
-            return run.loop(stop, lambda: write_ready(ready, f"{run.trace_name}\n"))
+                           start=start, access=access, max_bytes=config.max_trace_bytes)
+            return run.loop(stop, lambda: write_ready(ready, ready_text(run.trace_name)))
     finally:
         remove_ready(ready)
-        for s, h in old.items():
-            signal.signal(s, h)
         os.close(dir_fd)
 
 
@@ -363,10 +521,17 @@ class TraceRun:
     """The drain loop of one attached engine and everything it writes (daemon and
     ``datacrumbs trace`` share it). ``loop`` returns once ``stop.requested`` is true and
     the ring buffer is drained; ``summary_doc`` and ``summary_name`` tell what was written.
+
+    ``max_bytes`` caps the trace file. At the cap the writer ends the trace (complete
+    and readable) and the loop goes on draining: events are still converted and
+    counted in the summary, only not written. Detaching instead would spare the job
+    the probes' cost, but removing uprobes takes seconds, the summary's totals would
+    stop, and the events_lost count would no longer mean "the ring buffer was full".
     """
 
     def __init__(self, engine, report, *, run_id, user: User, host, mode, interval_ms,
-                 capture_paths, dir_fd, start: datetime, flush_interval: float = 1.0):
+                 capture_paths, dir_fd, start: datetime, flush_interval: float = 1.0,
+                 access: TraceAccess | None = None, max_bytes: int | None = None):
         self.engine = engine
         self.report = report
         self.run_id, self.user, self.host, self.mode = run_id, user, host, mode
@@ -379,15 +544,21 @@ class TraceRun:
                   "mode": mode, "clock": "realtime-us", "ts": self.start_us}
         stem = f"trace-{user.name}-{run_id}-{host}"
 
+        access = access or TraceAccess()
+        self.max_bytes = max_bytes
+        self._cap_logged = False
+        self.stop_signal: str | None = None
+
         def make(name):
-            return TraceWriter(name, header=header, owner_uid=user.uid, owner_gid=user.gid,
-                               dir_fd=dir_fd, flush_interval=flush_interval)
+            return TraceWriter(name, header=header, owner_uid=user.uid,
+                               owner_gid=access.group(user), mode=access.file_mode,
+                               dir_fd=dir_fd, flush_interval=flush_interval, max_bytes=max_bytes)
 
         self.writer, self.trace_name, self.summary_name = claim_trace_name(dir_fd, stem, make)
         self.writer.set_probes(probes)
         try:
             self.summary_file = SummaryFile(dir_fd, self.summary_name, owner_uid=user.uid,
-                                            owner_gid=user.gid)
+                                            owner_gid=access.group(user), mode=access.file_mode)
         except BaseException:
             self.writer.close()
             raise
@@ -396,6 +567,7 @@ class TraceRun:
                                         capture_paths=capture_paths)
         self._prev_profile: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._last_lost = 0
+        self._last_names_lost = 0
         self._last_lost_log = 0.0
 
     def loop(self, stop, on_ready) -> int:
@@ -422,8 +594,11 @@ class TraceRun:
                 self._sample_profile()
                 next_sample = now + self.interval_s
             self.writer.tick()
+            self._check_cap()
             self._check_lost()
-        log.info("stop requested (signal %s): draining", stop.signal)
+        if isinstance(stop.signal, int):  # the summary says which signal ended the run
+            self.stop_signal = stop.name
+        log.info("stop requested (%s): draining", getattr(stop, "name", None) or stop.signal)
         # Everything that happened before the stop is written; a job that keeps writing
         # must not hold the daemon, so draining ends at the first event after the stop
         # (the ring is in time order per CPU) or at the deadline.
@@ -437,6 +612,20 @@ class TraceRun:
             log.warning("stopped draining after %.0f s: the job is still producing events",
                         STOP_DRAIN_SECONDS)
         return self._finish()
+
+    def _check_cap(self) -> str | None:
+        """Why the trace ended early (max_trace_bytes), logged once; None while under it."""
+        at = self.writer.capped_at
+        if at is None:
+            return None
+        when = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+        reason = f"max_trace_bytes ({self.max_bytes}) reached at {when}"
+        if not self._cap_logged:
+            self._cap_logged = True
+            log.warning("trace %s: %s; the trace is closed and complete up to there, later "
+                        "events are counted in the summary but not written (the job is not "
+                        "affected)", self.trace_name, reason)
+        return reason
 
     def _drain_once(self, timeout_ms: int) -> int:
         """Poll, convert and write one batch; the latest event time (µs) or 0 if none."""
@@ -475,21 +664,29 @@ class TraceRun:
         return rows
 
     def _check_lost(self) -> None:
-        lost = self.engine.lost()
+        """Warn (at most every 10 s) while events or file names are being lost."""
+        lost, names_lost = self.engine.lost(), self.engine.names_lost()
         now = time.monotonic()
-        if lost > self._last_lost and now - self._last_lost_log >= 10:
-            log.warning("%d events lost so far (the ring buffer was full)", lost)
-            self._last_lost, self._last_lost_log = lost, now
+        if (lost > self._last_lost or names_lost > self._last_names_lost) \
+                and now - self._last_lost_log >= 10:
+            if lost > self._last_lost:
+                log.warning("%d events lost so far (the ring buffer was full)", lost)
+            if names_lost > self._last_names_lost:
+                log.warning("%d file names lost so far (their events are in the trace without "
+                            "a file name)", names_lost)
+            self._last_lost, self._last_names_lost = lost, names_lost
+            self._last_lost_log = now
 
     def _finish(self, error: str | None = None) -> int:
         rows = None
         if self.mode == "profile" and error is None:
             rows = self._sample_profile()
-        self.writer.close()
+        # counted where draining stopped, before closing the trace takes its time
         try:
-            lost = int(self.engine.lost())
+            lost, names_lost = int(self.engine.lost()), int(self.engine.names_lost())
         except (DatacrumbsError, OSError):
-            lost = self._last_lost
+            lost, names_lost = self._last_lost, self._last_names_lost
+        self.writer.close()
         if rows is not None:
             self.summary.set_profile(rows)
         extra = {"error": error} if error else {}
@@ -507,19 +704,27 @@ class TraceRun:
         if self.writer.error:
             extra["write_error"] = self.writer.error
             extra["events_not_written"] = self.writer.events_dropped
+        capped = self._check_cap()
+        if capped:  # complete is false (writer.complete); say why and how much is missing
+            extra["stopped"] = f"{capped}; {self.writer.events_dropped} events not written"
+            extra["events_not_written"] = self.writer.events_dropped
+        if self.stop_signal:
+            extra["stop_signal"] = self.stop_signal
         doc = self.summary.to_dict(
             job=self.run_id, user=self.user.name, host=self.host, mode=self.mode,
             start_ts=self.start_us, end_ts=time.time_ns() // 1000,
-            complete=self.writer.complete and not error, events_written=self.writer.events_written,
-            events_lost=lost, trace_file=self.trace_name, attached=self.report.attached,
+            complete=self.writer.complete and not error and not lost and not names_lost,
+            events_written=self.writer.events_written, events_lost=lost, names_lost=names_lost,
+            trace_file=self.trace_name, attached=self.report.attached,
             refused=self.report.refused, **extra)
         self.summary_doc = doc
         try:
             self.summary_file.commit(doc)
         except OSError as exc:
             log.error("cannot write summary %s: %s", self.summary_name, exc.strerror or exc)
-        log.info("stopped: %d events written to %s, %d lost%s", self.writer.events_written,
+        log.info("stopped: %d events written to %s, %d lost%s%s", self.writer.events_written,
                  self.trace_name, lost,
+                 f", {names_lost} without their file name (names lost)" if names_lost else "",
                  f", {self.writer.events_dropped} not written ({self.writer.error})"
                  if self.writer.error else "")
         return 0

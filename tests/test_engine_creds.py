@@ -58,6 +58,7 @@ PROGRAM = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -114,6 +115,22 @@ int main(int argc, char **argv)
 		if (prctl(PR_SET_DUMPABLE, 1) || (rc = touch(argv[4])))
 			return 17;
 		return read_file(argv[2], 1);
+	}
+	if (!strcmp(argv[1], "keepcaps") && argc >= 7) {
+		/* root becomes uid/gid argv[2]/argv[3] keeping its permitted capabilities
+		 * (argv[6] = 1) or not, then is made dumpable again: only the capabilities
+		 * tell it from the user's own processes */
+		uid_t u = (uid_t)atoi(argv[2]);
+		gid_t g = (gid_t)atoi(argv[3]);
+
+		if (prctl(PR_SET_KEEPCAPS, atoi(argv[6])) || setgroups(0, NULL) ||
+		    setresgid(g, g, g) || setresuid(u, u, u) || prctl(PR_SET_DUMPABLE, 1))
+			return 18;
+		if (read(0, &go, 1) != 1)
+			return 3;
+		if ((rc = touch(argv[4])))
+			return rc;
+		return read_file(argv[5], 1);
 	}
 	if (!strcmp(argv[1], "launch")) {
 		if (read(0, &go, 1) != 1)
@@ -306,6 +323,28 @@ def test_without_the_check_the_canary_is_seen(bpf_object, tracefs, workloads, us
         creds_setup, bpf_object, workloads, user1, "cgroup", cgroup, privileged="suid",
         job_uid=None)
     assert str(canary) in _opened(events, paths, launcher)
+
+
+@pytest.mark.parametrize("keep", [1, 0])
+def test_capabilities_alone_keep_a_process_out(bpf_object, tracefs, workloads, user1,
+                                               creds_setup, keep):
+    """A process with every uid and gid the user's and a dumpable memory, which still holds
+    root's permitted capabilities (PR_SET_KEEPCAPS), is not the user's to see; the same
+    process without them is (so the test can fail)."""
+    marker = _marker(creds_setup, f"caps{keep}")
+    child = workloads([creds_setup["ordinary"], "keepcaps", user1.pw_uid, user1.pw_gid, marker,
+                       creds_setup["public"], keep])
+    with Engine(PROBES, Scope.for_pids([child.pid]), bpf_object=bpf_object,
+                job_uid=user1.pw_uid) as eng:
+        eng.attach()
+        child.go()
+        events, paths = collect(eng, [child])
+    assert child.proc.returncode == 0
+    opened = _opened(events, paths, child.pid)
+    if keep:
+        assert opened == [] and not len(events[events["pid"] == child.pid])
+    else:
+        assert opened[0] == str(marker) and opened.count(str(creds_setup["public"])) == 3
 
 
 def test_job_uid_is_validated(bpf_object, user1, user2):

@@ -112,6 +112,17 @@ def test_a_denied_library_is_denied_through_a_users_symlink_and_copy_of_the_name
         sign(site, "stdio1")  # and of course through the catalog's own soname
 
 
+@pytest.mark.parametrize("denied", ["/lib/x86_64-linux-gnu/libc.so.6",
+                                    "/lib/x86_64-linux-gnu/libc.so.[0-9]"])
+def test_a_library_denied_under_another_path_is_denied_by_file(site, service, denied):
+    """The admin names the /lib path, the user hands over /usr/lib's: one file, refused."""
+    write_policy(site, '[defaults]\nallow_kinds = ["uprobe"]\nallow_sets = ["*"]\n'
+                       f'[deny]\nlibraries = ["{denied}"]\n')
+    set_file(site, "stdio1", [uprobe("stdio.fwrite", "fwrite")])
+    with pytest.raises(SigningRefused, match="is on the signing policy's deny list"):
+        sign(site, "stdio1", libraries=[LIBC])
+
+
 def test_a_denied_library_pattern_by_soname(site, service):
     write_policy(site, '[defaults]\nallow_kinds = ["uprobe"]\nallow_sets = ["*"]\n'
                        '[deny]\nlibraries = ["libc.so*"]\n')

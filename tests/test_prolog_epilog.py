@@ -30,6 +30,13 @@ from fixtures.systemd import (digest, epilog, flux_env, perilog_log, prolog, rea
 pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
 
 
+
+def told(fail_job: bool) -> str:
+    """What the user is told when tracing cannot start: with fail_job_on_error the job
+    does not run, so the message must not say it runs untraced."""
+    return ("tracing could not start, so the job was stopped (fail_job_on_error)" if fail_job
+            else "tracing disabled for this job")
+
 def assert_clean(manager, site, jobid: str) -> None:
     """No unit, env file or ready file, and no verified copy of the probes file either."""
     _assert_unit_clean(manager, site, jobid)
@@ -190,7 +197,7 @@ def test_bad_probes_files(installed_service, site, user1, user2, make_probes_fil
     res = prolog(site, env)
     assert res.returncode == (1 if fail_job else 0), res.stderr
     assert words.lower() in res.stderr.lower(), res.stderr
-    assert "tracing disabled for this job" in res.stderr and "Traceback" not in res.stderr
+    assert told(fail_job) in res.stderr and "Traceback" not in res.stderr
     assert str(path) in res.stderr
     assert_clean(installed_service, site, "3001")
     assert epilog(site, env).returncode == 0  # the epilog does not care
@@ -276,7 +283,7 @@ def test_user_is_told_through_flux_job_raise(installed_service, site, user1, tmp
     argv = calls[0]
     assert argv[:5] == ["job", "raise", f"--severity={severity}", "--type=datacrumbs",
                         "3859459443726"]
-    assert argv[5] == "--" and argv[6].startswith("datacrumbs: tracing disabled for this job: ")
+    assert argv[5] == "--" and argv[6].startswith("datacrumbs: " + told(fail_job) + ": ")
     assert str(missing) in argv[6] and "does not exist" in argv[6]
     assert_clean(installed_service, site, "3859459443726")
 
@@ -435,11 +442,16 @@ def test_daemon_refuses_a_copy_that_is_not_the_verified_bytes(installed_service,
     env = flux_env(manager, site, "3021", user1, verified)
     res = prolog(site, env)
     assert res.returncode == 0
-    assert "tracing disabled for this job: the tracer did not start" in res.stderr, res.stderr
+    reason = (f"probes file {copy}: its SHA-256 is not the one the prolog verified "
+              "(DATACRUMBS_PROBE_SHA256); rerun the job")
     journal = manager.journal("datacrumbs@3021.service")
-    assert (f"probes file {copy}: its SHA-256 is not the one the prolog verified "
-            "(DATACRUMBS_PROBE_SHA256); rerun the job") in journal, journal
+    assert reason in journal, journal
+    # the user is told the daemon's own reason, not to run journalctl on a compute node
+    line = next(x for x in res.stderr.splitlines() if "tracing disabled" in x)
+    assert line.endswith("tracing disabled for this job: the tracer did not start: " + reason)
+    assert "journalctl" not in line
     assert_clean(manager, site, "3021")
+    assert not (site.run_dir / "datacrumbs-3021.failed").exists()
 
 
 # -- the prolog's bound holds even while Python is stuck in C ---------------------------------
@@ -500,7 +512,7 @@ def test_prolog_bound_holds_while_stuck_in_c(installed_service, site, user1, sig
     res = prolog(site, env)
     assert res.returncode == (1 if fail_job else 0), res.stderr
     assert res.elapsed < 2.0 + 1.0, res.elapsed  # its bound, plus interpreter start-up
-    expected = ("datacrumbs: tracing disabled for this job: the prolog's bound of 2 s was "
+    expected = (f"datacrumbs: {told(fail_job)}: the prolog's bound of 2 s was "
                 "reached while " + doing.format(path=signed_probes_file))
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert [c[6] for c in calls] == [expected]

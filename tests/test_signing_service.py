@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from datacrumbs.config import SiteConfig, load_config, render_config
+from datacrumbs.flux.install import render_template, template_values
 from datacrumbs.probes import OwnerMismatch
 from datacrumbs.probes.document import build_document, canonical_bytes, write_document
 from datacrumbs.probes.verify import verify_probes_file
@@ -632,8 +634,10 @@ def test_unit_template_passes_systemd_analyze_verify(tmp_path):
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
-    text = UNIT.read_text().replace("@PREFIX@", str(prefix))
-    assert "@PREFIX@" not in text and str(prefix) in text
+    cfg = SiteConfig(prefix=prefix, socket_path=Path("/run/dc-site/sock/sign.sock"),
+                     audit_log=Path("/srv/audit/sign-audit.log"))
+    text = render_template(UNIT.read_text(), template_values(prefix, cfg), "unit")
+    assert not re.search(r"@[A-Z_]+@", text) and str(prefix) in text
     units = tmp_path / "units"
     units.mkdir()
     unit = units / "datacrumbs_sign_probes.service"
@@ -650,7 +654,8 @@ def test_unit_template_passes_systemd_analyze_verify(tmp_path):
     assert service["RuntimeDirectoryPreserve"] == "yes"
     assert service["RuntimeDirectoryMode"] == "0755"
     assert service["ProtectSystem"] == "strict"
-    assert "/var/log/datacrumbs" in service["ReadWritePaths"].split()
+    # a site that moves the socket or the audit log gets a unit that may write there
+    assert service["ReadWritePaths"].split() == ["-/run/dc-site/sock", "-/srv/audit"]
     assert service["NoNewPrivileges"] == service["PrivateTmp"] == "yes"
     assert service["Restart"] == "on-failure"
 
@@ -684,7 +689,8 @@ def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
             policy_file=root / "sign-policy.toml", audit_log=audit_log)))
         config = load_config(config_path)
         KeyStore(config.private_key_dir, config.public_key_dir).init()
-        unit.write_text(UNIT.read_text().replace("@PREFIX@", str(prefix)))
+        unit.write_text(render_template(UNIT.read_text(), template_values(prefix, config),
+                                        "unit"))
         manager.systemctl("daemon-reload", check=True)
 
         started = manager.systemctl("start", name)

@@ -28,6 +28,7 @@ def setup_parser(parser) -> None:
 
 
 def main(args) -> int:
+    from ..errors import DatacrumbsError
     from ..tracer.daemon import run_daemon
 
     handler = logging.StreamHandler(sys.stderr)
@@ -35,4 +36,22 @@ def main(args) -> int:
     root = logging.getLogger("datacrumbs")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    return run_daemon(args.probes, args.run_id, args.user)
+    try:
+        return run_daemon(args.probes, args.run_id, args.user)
+    except DatacrumbsError as exc:
+        _leave_reason(args.run_id, str(exc))
+        raise
+
+
+def _leave_reason(run_id: str, message: str) -> None:
+    """One line for the prolog, which tells the user why tracing did not start (she
+    cannot read the journal of a compute node). Best effort: never hides the error."""
+    from ..atomicfile import atomic_write
+    from ..config import load_config
+    from ..flux.envfile import failure_path
+
+    try:
+        path = failure_path(load_config().run_dir, run_id)
+        atomic_write(path, message.replace("\n", " ")[:1000] + "\n", mode=0o600, fsync=False)
+    except Exception:  # noqa: BLE001 - a bad run id, no run dir: the journal still has it
+        pass

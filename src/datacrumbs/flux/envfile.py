@@ -58,6 +58,28 @@ def write_probes_copy(run_dir: Path, jobid: str, data: bytes) -> Path:
     return atomic_write(probes_copy_path(run_dir, jobid), data, mode=0o600)
 
 
+def failure_path(run_dir: Path, jobid: str) -> Path:
+    """Where the daemon leaves the one line that says why it could not trace the job."""
+    return Path(run_dir) / f"datacrumbs-{validate_run_id(jobid)}.failed"
+
+
+def read_failure(run_dir: Path, jobid: str) -> str | None:
+    """The daemon's reason (first line, bounded, printable), or None."""
+    try:
+        with open(failure_path(run_dir, jobid), "rb") as f:
+            line = f.read(2048).split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return "".join(c if c.isprintable() else "?" for c in line) or None
+
+
+def remove_failure(run_dir: Path, jobid: str) -> None:
+    try:
+        failure_path(run_dir, jobid).unlink()
+    except FileNotFoundError:
+        pass
+
+
 def remove_probes_copy(run_dir: Path, jobid: str) -> bool:
     """Remove the verified copy if present; True when something was removed."""
     try:

@@ -1,8 +1,9 @@
 """``datacrumbs install|uninstall --prefix P``: lay out a node's files, and take them back.
 
 Templates get their ``@NAME@`` placeholders replaced (``@PREFIX@`` everywhere;
-``datacrumbs@.service`` also takes its run dir and timeouts from the site
-config, because systemd cannot read our TOML). Everything written is recorded
+``datacrumbs@.service`` also takes its run dir and timeouts, and the signing
+unit the directories of its socket and audit log, from the site config,
+because systemd cannot read our TOML). Everything written is recorded
 in ``<prefix>/share/datacrumbs/install-manifest.txt`` with its SHA-256, so
 uninstall removes exactly that, and leaves files an admin changed since
 (config, policy) and anything added since (keys) in place, saying so.
@@ -84,6 +85,23 @@ def render_template(text: str, values: dict[str, str], name: str) -> str:
 
 def _unit_seconds(value: float) -> str:
     return f"{value:g}s"
+
+
+def template_values(prefix: Path, cfg: SiteConfig, source="the site configuration"
+                    ) -> dict[str, str]:
+    """Placeholder values for the templates: the prefix and what units need of the config
+    (systemd cannot read our TOML, so a moved run_dir, socket or audit log is written in)."""
+    _safe(cfg.run_dir, f"run_dir in {source}")
+    writable = []
+    for path, key in ((cfg.socket_path.parent, "socket_path"), (cfg.audit_log.parent, "audit_log")):
+        _safe(path, f"the directory of {key} in {source}")
+        if str(path) not in writable:
+            writable.append(str(path))
+    return {"PREFIX": str(prefix), "RUN_DIR": str(cfg.run_dir),
+            "START_TIMEOUT": _unit_seconds(cfg.ready_timeout + 10),
+            "STOP_TIMEOUT": _unit_seconds(cfg.stop_timeout),
+            # "-": a directory that does not exist yet is no reason to refuse to start
+            "SIGN_WRITABLE": " ".join(f"-{w}" for w in writable)}
 
 
 def default_site_config(prefix: Path) -> SiteConfig:
@@ -183,10 +201,7 @@ def install(prefix: Path, *, build_bpf: bool = True, python: str | None = None) 
     else:
         cfg = default_site_config(prefix)
         inst.write(str(config_path.relative_to(prefix)), render_config(cfg).encode(), 0o644)
-    _safe(cfg.run_dir, f"run_dir in {config_path}")
-    values = {"PREFIX": str(prefix), "RUN_DIR": str(cfg.run_dir),
-              "START_TIMEOUT": _unit_seconds(cfg.ready_timeout + 10),
-              "STOP_TIMEOUT": _unit_seconds(cfg.stop_timeout)}
+    values = template_values(prefix, cfg, config_path)
     for src, rel, mode in DATA_FILES:
         data = _data(src)
         if data is None:

@@ -81,7 +81,11 @@ class _LogFile(logging.FileHandler):
 
 
 def setup_logging(cfg: SiteConfig | None) -> None:
-    """stderr (Flux keeps it) plus ``<log_dir>/flux-perilog.log`` when writable."""
+    """Warnings and errors to stderr, everything to ``<log_dir>/flux-perilog.log``.
+
+    Flux logs a perilog's stderr to `flux dmesg` at error level, so normal
+    messages ("starting tracer", "tracer ready") go only to the log file.
+    """
     log.setLevel(logging.INFO)
     log.propagate = False
     for handler in list(log.handlers):
@@ -89,6 +93,7 @@ def setup_logging(cfg: SiteConfig | None) -> None:
         handler.close()
     err = logging.StreamHandler(sys.stderr)
     err.setFormatter(logging.Formatter("datacrumbs: %(message)s"))
+    err.setLevel(logging.WARNING)
     log.addHandler(err)
     if cfg is not None:
         fh = _LogFile(cfg.log_dir / LOG_NAME)
@@ -209,15 +214,27 @@ def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, enviro
     budget = deadline - time.monotonic() - reserve
     if budget <= 0:
         raise PrologError(bound_reached(cfg, f"starting {systemctl.unit_name(jobid)}"))
+    envfile.remove_failure(cfg.run_dir, jobid)
     try:
         systemctl.start(jobid, timeout=budget)
     except systemctl.SystemctlError as exc:
-        raise PrologError(f"the tracer did not start: {exc}; see `journalctl -u "
-                          f"{systemctl.unit_name(jobid)}` on this node") from None
+        raise PrologError(_start_failure(cfg, jobid, f"the tracer did not start: {exc}")) \
+            from None
     now_state = systemctl.state(jobid)
     if now_state != "active" or not ready_path(cfg, jobid).exists():
-        raise PrologError(f"the tracer exited right after starting ({now_state}); see "
-                          f"`journalctl -u {systemctl.unit_name(jobid)}` on this node")
+        raise PrologError(_start_failure(cfg, jobid, f"the tracer exited right after starting "
+                                         f"({now_state})"))
+
+
+def _start_failure(cfg: SiteConfig, jobid: str, fallback: str) -> str:
+    """The daemon's own reason when it left one, else systemd's view: users cannot run
+    journalctl on compute nodes, so the cause must be in the message itself."""
+    reason = envfile.read_failure(cfg.run_dir, jobid)
+    envfile.remove_failure(cfg.run_dir, jobid)
+    if reason:
+        return f"the tracer did not start: {reason}"
+    return (f"{fallback}; the admin finds the tracer's log with `journalctl -u "
+            f"{systemctl.unit_name(jobid)}` on this node")
 
 
 def bound_reached(cfg: SiteConfig, doing: str) -> str:
@@ -358,6 +375,7 @@ def _cleanup(jobid: str, cfg: SiteConfig, timeout: float) -> None:
         pass
     envfile.remove_env_file(cfg.run_dir, jobid)
     envfile.remove_probes_copy(cfg.run_dir, jobid)
+    envfile.remove_failure(cfg.run_dir, jobid)
 
 
 def run_prolog(environ=None, cfg: SiteConfig | None = None) -> PrologResult:
@@ -390,8 +408,12 @@ def run_prolog(environ=None, cfg: SiteConfig | None = None) -> PrologResult:
     except Exception as exc:  # noqa: BLE001 - a prolog must not fail the job by accident
         message = str(exc) if isinstance(exc, DatacrumbsError) else \
             f"internal error {type(exc).__name__}: {exc}"
-        text = f"datacrumbs: tracing disabled for this job: {message}"
-        log.error("job %s: tracing disabled for this job: %s", jobid, message)
+        if cfg.fail_job_on_error:  # the job does not run: say that, not "disabled"
+            what = "tracing could not start, so the job was stopped (fail_job_on_error)"
+        else:
+            what = "tracing disabled for this job"
+        text = f"datacrumbs: {what}: {message}"
+        log.error("job %s: %s: %s", jobid, what, message)
         if may_need_cleanup:
             left = max(deadline - time.monotonic(), 1.0)
             _cleanup(jobid, cfg, timeout=max(left * 0.6, 1.0))

@@ -134,8 +134,13 @@ def _generate(args) -> int:
     else:
         probes = select_probes(load_catalog(config), sets)
         host = host_info()
-        kept, dropped = check_probes(probes, libraries=args.libraries, host=host)
+        merged: list = []
+        kept, dropped = check_probes(probes, libraries=args.libraries, host=host, merged=merged)
         _print_dropped(err, [(d.probe["id"], d.reason) for d in dropped])
+        for alias, into in merged:
+            err.print(Text(f"note: {alias['id']} ({alias['target']}) is the same function as "
+                           f"{into['id']} ({into['target']}) in {into['library']}: one probe "
+                           "records both names"))
         if host.tracefs is None and any(p["kind"] == "tracepoint" for p in kept):
             err.print("note: tracefs is readable only by root, so tracepoints were not checked "
                       "here; the tracer reports any that do not exist on the compute node")
@@ -258,11 +263,15 @@ def _show(args) -> int:
     head.add_row("status", status)
     out.print(head)
     table = Table(title=f"{len(doc['probes'])} probes", title_justify="left")
-    for column in ("id", "kind", "target", "library", "category", "bytes"):
-        table.add_column(column, no_wrap=column in ("id", "target"))
+    # aliases: other names of the same function, merged into this probe (fopen64 for fopen)
+    aliases = any(p.get("aliases") for p in doc["probes"])
+    for column in ("id", "kind", "target", "aliases", "library", "category", "bytes"):
+        if column != "aliases" or aliases:
+            table.add_column(column, no_wrap=column in ("id", "target"))
     for p in doc["probes"]:
-        table.add_row(*(Text(v) for v in (p["id"], p["kind"], p["target"], p.get("library", ""),
-                                          p["category"], p["bytes"] or "-")))
+        row = [p["id"], p["kind"], p["target"], ", ".join(p.get("aliases", ())) or "-",
+               p.get("library", ""), p["category"], p["bytes"] or "-"]
+        table.add_row(*(Text(v) for v in (row if aliases else row[:3] + row[4:])))
     out.print(table)
     return 0
 

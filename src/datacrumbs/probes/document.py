@@ -68,6 +68,10 @@ def check_document(doc, *, source, max_probes: int | None = None) -> dict:
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise SchemaViolation(source, f"probe id {dup[0]!r} appears more than once")
+    for p in doc["probes"]:
+        if p["target"] in p.get("aliases", ()):
+            raise SchemaViolation(source, f"probe {p['id']!r} lists its own target among its "
+                                  "aliases")
     if doc["expires_at"] <= doc["issued_at"]:
         raise SchemaViolation(source, "expires_at is not after issued_at")
     return doc

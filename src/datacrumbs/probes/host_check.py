@@ -37,6 +37,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
+from .schema import MAX_ALIASES
+
 TRACEFS = Path("/sys/kernel/tracing")
 NO_KPROBES = "kprobes not available: this kernel was built without kprobes (CONFIG_KPROBES not set)"
 
@@ -204,6 +206,9 @@ class ElfInfo:
     # function name -> address: aliases (fopen/fopen64, fwrite/_IO_fwrite) share one,
     # so a policy can judge the code a probe reaches, not the name it was asked by
     addresses: dict = field(default_factory=dict, compare=False, hash=False)
+    # names defined at more than one address (symbol versions: realpath@GLIBC_2.2.5 and
+    # realpath@@GLIBC_2.3): ``addresses`` holds one of them, so never merge by it
+    ambiguous: frozenset = field(default=frozenset(), compare=False, hash=False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -231,13 +236,15 @@ def elf_info_fd(fd: int) -> ElfInfo:
 
 def _read_elf(f) -> ElfInfo:
     elf = ELFFile(f)
-    functions, usdt, soname, addresses = set(), set(), None, {}
+    functions, usdt, soname, addresses, ambiguous = set(), set(), None, {}, set()
     for section in elf.iter_sections():
         if isinstance(section, SymbolTableSection) and section.name == ".dynsym":
             for sym in section.iter_symbols():
                 if sym["st_shndx"] != "SHN_UNDEF" and \
                         sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC"):
                     functions.add(sym.name)
+                    if addresses.get(sym.name, sym["st_value"]) != sym["st_value"]:
+                        ambiguous.add(sym.name)
                     addresses[sym.name] = sym["st_value"]
         elif isinstance(section, NoteSection) and section.name == ".note.stapsdt":
             # pyelftools does not decode stapsdt notes: three addresses
@@ -256,7 +263,7 @@ def _read_elf(f) -> ElfInfo:
             if tag.entry.d_tag == "DT_SONAME":
                 soname = tag.soname
     return ElfInfo(soname, frozenset(functions), frozenset(usdt), elf["e_machine"],
-                   addresses)
+                   addresses, frozenset(ambiguous))
 
 
 def elf_info(path: str) -> ElfInfo:
@@ -378,9 +385,13 @@ def check_probe(probe: dict, host: HostInfo, libraries: LibraryResolver) -> tupl
     return kept, None
 
 
-def check_probes(probes, *, libraries=(), host: HostInfo | None = None
-                 ) -> tuple[list[dict], list[Dropped]]:
-    """Split probes into those attachable here (libraries resolved) and dropped ones."""
+def check_probes(probes, *, libraries=(), host: HostInfo | None = None,
+                 merged: list | None = None) -> tuple[list[dict], list[Dropped]]:
+    """Split probes into those attachable here (libraries resolved) and dropped ones.
+
+    Uprobes that reach one function of one library file are merged into the first
+    (see merge_aliases); ``merged``, when given, receives (merged probe, kept probe).
+    """
     host = host or host_info()
     resolver = libraries if isinstance(libraries, LibraryResolver) else LibraryResolver(libraries)
     kept, dropped = [], []
@@ -390,4 +401,51 @@ def check_probes(probes, *, libraries=(), host: HostInfo | None = None
             dropped.append(Dropped(probe, reason))
         else:
             kept.append(ok)
+    kept, pairs = merge_aliases(kept, _code_address)
+    if merged is not None:
+        merged.extend(pairs)
     return kept, dropped
+
+
+def _code_address(probe: dict):
+    """(device, inode, address) of the function a checked uprobe reaches (its name for
+    the address when the name has several), or None when the file cannot be read."""
+    try:
+        st = os.stat(probe["library"])
+        info = elf_info(probe["library"])
+    except (ELFError, OSError, ValueError):
+        return None
+    target = probe["target"]
+    if target in info.ambiguous or target not in info.addresses:
+        return st.st_dev, st.st_ino, target     # address unknown: one name is one function
+    return st.st_dev, st.st_ino, info.addresses[target]
+
+
+def merge_aliases(probes, address_of) -> tuple[list[dict], list[tuple[dict, dict]]]:
+    """One probe per function: uprobes that reach the same code become the first of them.
+
+    glibc exports fopen and fopen64 (fseeko/fseeko64, pread/pread64 ...) at one
+    address; a uprobe per name fires twice per call and counts it twice. The first
+    probe (in set order) keeps its id and definition and lists the others' targets
+    in ``aliases``. ``address_of(probe)`` names the code a uprobe reaches (library
+    file and address) or is None when it cannot tell: such probes stay as they are.
+    Returns (copies of the probes kept, [(merged probe, the kept probe it joined)]).
+    """
+    kept, merged, owners = [], [], {}
+    for probe in probes:
+        where = address_of(probe) if probe.get("kind") == "uprobe" else None
+        owner = owners.get(where) if where is not None else None
+        if owner is not None:
+            names = [n for n in (probe["target"], *probe.get("aliases", ()))
+                     if n != owner["target"] and n not in owner.get("aliases", ())]
+            if len(owner.get("aliases", ())) + len(names) <= MAX_ALIASES:
+                if names:
+                    owner["aliases"] = [*owner.get("aliases", ()), *names]
+                merged.append((probe, owner))
+                continue
+            where = None    # too many names for one probe: the engine still attaches once
+        probe = copy.deepcopy(probe)
+        if where is not None:
+            owners[where] = probe
+        kept.append(probe)
+    return kept, merged

@@ -34,6 +34,12 @@ _TARGETS = {
     "usdt": r"^[A-Za-z_][A-Za-z0-9_]{0,63}:[A-Za-z_][A-Za-z0-9_]{0,63}$",
 }
 BYTES_PATTERN = r"^(ret|ret\*arg[0-5]|arg[0-5]|field:[a-z_][a-z0-9_]{0,63})$"
+# Other names of a uprobe's function (fopen64 for fopen: one address in glibc). Only
+# documents carry them: the document builders merge the set's probes that reach one
+# function into the first, so each call is one event; the engine never attaches twice.
+MAX_ALIASES = 16
+_ALIASES = {"type": "array", "minItems": 1, "maxItems": MAX_ALIASES, "uniqueItems": True,
+            "items": {"type": "string", "pattern": _TARGETS["uprobe"]}}
 
 
 def probe_schema(*, resolved: bool = True) -> dict:
@@ -49,11 +55,17 @@ def probe_schema(*, resolved: bool = True) -> dict:
             rule["else"] = {}
             rule["then"]["not"] = {"required": ["library"]}
         by_kind.append(rule)
+    extra = {}
+    if resolved:
+        extra["aliases"] = _ALIASES
+        by_kind.append({"if": {"required": ["aliases"]},
+                        "then": {"properties": {"kind": {"const": "uprobe"}}}})
     return {
         "type": "object",
         "additionalProperties": False,
         "required": ["id", "kind", "target", "category", "args", "bytes"],
         "properties": {
+            **extra,
             "id": _NAME,
             "kind": {"enum": list(KINDS)},
             "target": {"type": "string", "minLength": 1, "maxLength": 256},
@@ -232,6 +244,8 @@ def _expectation(error) -> str:
     if keyword == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return "has a property that is not allowed here (allowed: " + ", ".join(allowed) + ")"
+    if keyword == "const" and "then" in schema_path and schema_path[-2:] == ["kind", "const"]:
+        return "must be 'uprobe': only uprobe probes have 'aliases'"
     if keyword == "const":
         return f"must be {expected!r}"
     if keyword == "enum":

@@ -143,6 +143,9 @@ class Policy:
             library = probe.get("library")
             lib = (libraries or {}).get(library) if library is not None else None
             alias = _denied_alias(lib, name, deny.get("targets", ())) if lib else None
+            # a probe merged from several names (fopen with aliases fopen64) answers for each
+            alias = alias or next((str(a) for a in probe.get("aliases", ())
+                                   if _matches(str(a), deny_targets)), None)
             if _matches(name, deny_targets) or alias:
                 what = f"target {target!r}" + (f" (the same function as {alias!r})"
                                                if alias and alias != target else "")

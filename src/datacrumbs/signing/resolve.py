@@ -21,7 +21,7 @@ from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
 from ..probes.host_check import (HostInfo, LibraryResolver, check_probe, elf_info_fd,
-                                 ldconfig_cache)
+                                 ldconfig_cache, merge_aliases)
 
 # Larger than any real library (libmpich is about 20 MB): parsing stays bounded.
 MAX_LIBRARY_BYTES = 512 << 20
@@ -41,6 +41,7 @@ class LibraryFile:
     functions: frozenset = frozenset()
     usdt: frozenset = frozenset()
     addresses: dict = field(default_factory=dict, compare=False, hash=False)
+    ambiguous: frozenset = field(default=frozenset(), compare=False, hash=False)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Resolved:
     probes: list[dict]                       # what will be signed
     dropped: list[dict]                      # {"id", "reason"}: cannot attach on this host
     libraries: dict[str, LibraryFile]        # by path, for the policy
+    # (probe, the probe it was merged into): one function of one file, one probe
+    merged: list[tuple[dict, dict]] = field(default_factory=list)
 
 
 def _shown(path: str) -> str:
@@ -85,7 +88,7 @@ def library_file(fd: int, claimed: str) -> LibraryFile:
     if platform.machine() == "x86_64" and info.machine != "EM_X86_64":
         raise RequestRefused(f"library {shown} is built for {info.machine}, not x86-64")
     return LibraryFile(path, st.st_dev, st.st_ino, info.soname, info.functions, info.usdt,
-                       info.addresses)
+                       info.addresses, info.ambiguous)
 
 
 def _path_of(fd: int, claimed: str, st: os.stat_result) -> str | None:
@@ -129,7 +132,8 @@ def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
     """Bind the catalog's probes to this host: libraries to files, others checked here.
 
     A user's library replaces the catalog's library of the same soname or file
-    name, as ``--library`` always did.
+    name, as ``--library`` always did. Uprobes that reach one function of one file
+    (fopen and fopen64 in glibc) become one probe with ``aliases`` (merge_aliases).
     """
     overrides: dict[str, LibraryFile] = {}
     for lib in user_libraries:
@@ -172,4 +176,14 @@ def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
         bound["library"] = lib.path
         files[lib.path] = lib
         probes.append(bound)
-    return Resolved(probes, dropped, files)
+    probes, merged = merge_aliases(probes, lambda p: _code_address(files[p["library"]], p))
+    return Resolved(probes, dropped, files, merged)
+
+
+def _code_address(lib: LibraryFile, probe: dict):
+    """(device, inode, address) of the function a bound uprobe reaches (its name for
+    the address when the name has several)."""
+    target = probe["target"]
+    if target in lib.ambiguous or target not in lib.addresses:
+        return lib.dev, lib.ino, target     # address unknown: one name is one function
+    return lib.dev, lib.ino, lib.addresses[target]

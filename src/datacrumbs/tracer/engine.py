@@ -114,6 +114,7 @@ _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 128                                # struct dc_task: dc_entry (64) + 64
 _EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
+_PID_MEMBER, _PID_AT_EXEC = 1, 2                # enum dc_pid_state: scope_pids values
 UID_MAX = (1 << 32) - 2
 _PIDFD_THREAD = os.O_EXCL                       # pidfd of one thread, not a process (6.9)
 
@@ -129,6 +130,17 @@ class AttachReport:
     # library -> how its uprobes were attached: "uprobe_multi" (two links for
     # all its functions) or "per-probe: <why not multi>"
     uprobe_links: dict[str, str] = field(default_factory=dict)
+    # (probe not attached, attached probe reaching the same library file and address):
+    # one call must be one event, so one function gets one uprobe whatever the list says
+    aliased: list[tuple[dict, dict]] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the list asked for and did not get, in words, for the logs."""
+        return [f"probe {p.get('id')} (uprobe {p.get('target')}) not attached: probe "
+                f"{into.get('id')} (uprobe {into.get('target')}) reaches the same function of "
+                f"{into.get('library')}; each call is counted once, as {into.get('target')}"
+                for p, into in self.aliased]
 
 
 @dataclass
@@ -221,22 +233,30 @@ def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
 
     As libbpf resolves a func_name: a global symbol wins over a weak one;
     names defined twice at different places map to -1 (ambiguous: the per-probe
-    path reports it). Offset = st_value - p_vaddr + p_offset of its PT_LOAD."""
+    path reports it). Offset = st_value - p_vaddr + p_offset of its PT_LOAD.
+    Versioned names are there too, as ``name@VERSION`` (see versioned_name)."""
     found: dict[str, tuple[int, bool]] = {}
     with open(path, "rb") as f:
         elf = ELFFile(f)
         loads = [(seg["p_vaddr"], seg["p_vaddr"] + seg["p_memsz"], seg["p_offset"])
                  for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
+        versions = _symbol_versions(elf)
         for name in (".symtab", ".dynsym"):
             section = elf.get_section_by_name(name)
             if not isinstance(section, SymbolTableSection):
                 continue
-            for sym in section.iter_symbols():
+            for index, sym in enumerate(section.iter_symbols()):
                 if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF" \
                         or not sym["st_value"] or not sym.name:
                     continue
                 value = sym["st_value"]
                 offset = next((value - lo + off for lo, hi, off in loads if lo <= value < hi), -1)
+                version = versions.get(index) if name == ".dynsym" else None
+                if version or "@" in sym.name:
+                    found.setdefault(versioned_name(f"{sym.name}@{version}" if version
+                                                    else sym.name), (offset, False))
+                    if "@" in sym.name:
+                        continue
                 weak = sym["st_info"]["bind"] == "STB_WEAK"
                 old = found.get(sym.name)
                 if old is None or (old[1] and not weak):
@@ -244,6 +264,30 @@ def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
                 elif old[0] != offset and not weak and not old[1]:
                     found[sym.name] = (-1, False)
     return {name: off for name, (off, _weak) in found.items()}
+
+
+def versioned_name(name: str) -> str:
+    """``fopen@@GLIBC_2.2.5`` and ``fopen@GLIBC_2.2.5`` name one symbol: one spelling."""
+    base, _, version = name.partition("@")
+    return f"{base}@{version.lstrip('@')}" if version else name
+
+
+def _symbol_versions(elf) -> dict[int, str]:
+    """.dynsym index -> the version it defines (GNU symbol versioning), where it has one."""
+    versym = elf.get_section_by_name(".gnu.version")
+    verdef = elf.get_section_by_name(".gnu.version_d")
+    if versym is None or verdef is None:
+        return {}
+    try:
+        names = {ver["vd_ndx"]: next(aux).name for ver, aux in verdef.iter_versions()}
+        out = {}
+        for index in range(versym.num_symbols()):
+            ndx = versym.get_symbol(index)["ndx"]
+            if isinstance(ndx, int) and (ndx & 0x7FFF) in names and ndx & 0x7FFF > 1:
+                out[index] = names[ndx & 0x7FFF]
+        return out
+    except (ELFError, AttributeError, KeyError, StopIteration, ValueError):
+        return {}
 
 
 def function_offsets(path: str) -> dict[str, int]:
@@ -558,8 +602,9 @@ class Engine:
                 report.attached.append(probe)
             except _Refused as exc:
                 report.refused.append((probe, str(exc)))
+        code: dict[tuple, int] = {}     # (dev, ino, offset or name) -> first probe index
         for library, indexes in uprobes.items():
-            self._attach_library(library, indexes, report)
+            self._attach_library(library, indexes, report, code)
         if syscalls:
             self._attach_syscalls(syscalls, report)
         if block_issue_needed:
@@ -666,9 +711,11 @@ class Engine:
 
     def _seed_pids(self) -> None:
         fd = self._obj.map_fd("scope_pids")
+        # DC_PID_MEMBER, or DC_PID_AT_EXEC: a member from its next exec on
+        state = bytes([_PID_AT_EXEC if self.scope.at_exec else _PID_MEMBER])
         for pid in self.scope.seed_pids():
             try:
-                libbpf.map_update(fd, struct.pack("<I", pid), b"\x01")
+                libbpf.map_update(fd, struct.pack("<I", pid), state)
             except libbpf.LibbpfError as exc:
                 raise EngineError(f"cannot add process {pid} to the trace scope: {exc}") from None
 
@@ -721,17 +768,28 @@ class Engine:
                             field_off, field_size, 0)
         return kind, (packed, nr, roles["path"] >= 0)
 
-    def _attach_library(self, library: str, indexes: list[int], report: AttachReport) -> None:
+    def _attach_library(self, library: str, indexes: list[int], report: AttachReport,
+                        code: dict) -> None:
         """All uprobes of one library: two uprobe_multi links when the kernel takes
         them, else (or when forced) one pair of links per probe. Versioned or
-        ambiguous names go one by one too: libbpf resolves those."""
+        ambiguous names go one by one too: libbpf resolves those.
+
+        A probe reaching a function (file and offset, in ``code``) that an earlier
+        probe already reaches is not attached (fopen and fopen64 are one function in
+        glibc): two uprobes there would make one call two events."""
         why = self._multi_refused
         offsets: dict[str, int] = {}
-        if why is None:
-            try:
-                offsets = function_offsets(library)
-            except (OSError, ELFError, ValueError) as exc:
-                why = f"cannot read the symbols of {library}: {exc}"
+        try:
+            offsets = function_offsets(library)
+        except (OSError, ELFError, ValueError) as exc:
+            why = why or f"cannot read the symbols of {library}: {exc}"
+        try:
+            st = os.stat(library)
+        except OSError:
+            pass        # gone: attaching says so, probe by probe
+        else:
+            indexes = self._one_probe_per_function((st.st_dev, st.st_ino), indexes, offsets,
+                                                   code, report)
         found: list[tuple[int, int]] = []
         single: list[int] = []
         for i in indexes:
@@ -769,6 +827,23 @@ class Engine:
                 report.attached.append(self.probes[i])
             except _Refused as exc:
                 report.refused.append((self.probes[i], str(exc)))
+
+    def _one_probe_per_function(self, file_id: tuple[int, int], indexes: list[int],
+                                offsets: dict[str, int], code: dict,
+                                report: AttachReport) -> list[int]:
+        """``indexes`` without the probes whose function an earlier probe reaches."""
+        kept = []
+        for i in indexes:
+            target = versioned_name(self.probes[i]["target"])
+            offset = offsets.get(target, -1)
+            # unknown or ambiguous here (libbpf resolves it): one name is still one function
+            first = code.setdefault((*file_id, offset if offset >= 0 else target), i)
+            if first == i:
+                kept.append(i)
+                continue
+            report.aliased.append((self.probes[i], self.probes[first]))
+            log.warning("%s", report.warnings[-1])
+        return kept
 
     def _multi_links(self, library: str, found: list[tuple[int, int]]) -> None:
         offsets = [off for _i, off in found]

@@ -77,6 +77,7 @@ class Scope:
     uid: int | None = None
     pids: tuple[int, ...] = ()
     follow: bool = True
+    at_exec: bool = False          # pids join when they exec (see for_pids)
 
     @classmethod
     def for_cgroup(cls, path) -> "Scope":
@@ -125,8 +126,13 @@ class Scope:
         return cls(kind="user", uid=uid, follow=True)
 
     @classmethod
-    def for_pids(cls, pids, follow: bool = True) -> "Scope":
-        """These processes (tgids) and, with follow, every descendant via fork."""
+    def for_pids(cls, pids, follow: bool = True, at_exec: bool = False) -> "Scope":
+        """These processes (tgids) and, with follow, every descendant via fork.
+
+        ``at_exec``: each joins only when it next execs successfully. For a process
+        the tracer forked to run a command: what it does before exec (closing
+        descriptors, waiting to be released, reporting a failed exec) is the
+        tracer's own work, never the command's, and is not traced."""
         clean: list[int] = []
         for pid in pids:
             if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < (1 << 22) + 1:
@@ -136,12 +142,16 @@ class Scope:
             raise ScopeError("no process ids given to trace")
         if len(clean) > MAX_SEED_PIDS:
             raise ScopeError(f"{len(clean)} process ids given; at most {MAX_SEED_PIDS} allowed")
-        return cls(kind="pids", pids=tuple(dict.fromkeys(clean)), follow=bool(follow))
+        return cls(kind="pids", pids=tuple(dict.fromkeys(clean)), follow=bool(follow),
+                   at_exec=bool(at_exec))
 
     def seed_pids(self) -> set[int]:
-        """tgids to put in the kernel's pid set at start."""
+        """tgids to put in the kernel's pid set at start (at_exec: to wait for exec;
+        their children from before are not the command's)."""
         if self.kind != "pids":
             return set()
+        if self.at_exec:
+            return set(self.pids)
         return descendants(self.pids) if self.follow else set(self.pids)
 
     def describe(self) -> str:
@@ -151,7 +161,9 @@ class Scope:
             return f"cgroup named {self.cgroup_name}"
         if self.kind == "user":
             return f"uid {self.uid}"
-        return f"pids {', '.join(map(str, self.pids))}" + (" and descendants" if self.follow else "")
+        return f"pids {', '.join(map(str, self.pids))}" + (" from their exec" if self.at_exec
+                                                            else "") + \
+            (" and descendants" if self.follow else "")
 
 
 def find_cgroup(name: str, root: Path | None = None) -> tuple[Path, int] | None:

@@ -205,7 +205,11 @@ static __always_inline bool is_member(struct dc_config *c, __u32 tgid)
 	}
 	if (c->scope == DC_SCOPE_UID && (__u32)bpf_get_current_uid_gid() == c->uid)
 		return true;
-	return bpf_map_lookup_elem(&scope_pids, &tgid) != NULL;
+	{
+		__u8 *state = bpf_map_lookup_elem(&scope_pids, &tgid);
+
+		return state && *state == DC_PID_MEMBER;
+	}
 }
 
 /* kernel_cap_t before 6.3 (commit f122a08b197d): two 32-bit words. */
@@ -871,7 +875,12 @@ int dc_exec(void *ctx)
 	char comm[16];
 
 	struct dc_task *t = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0, 0);
+	__u8 *state = bpf_map_lookup_elem(&scope_pids, &tgid);
 
+	/* the tracer's helper has become the command: from here on it is the job's
+	 * (the execve itself began outside, so its own exit is no event) */
+	if (state && *state == DC_PID_AT_EXEC)
+		*state = DC_PID_MEMBER;
 	/* a set-uid program may change the decision: take it again; a thread
 	 * other than the leader that execs takes the leader's pid */
 	if (t) {

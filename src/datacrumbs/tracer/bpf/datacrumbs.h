@@ -22,6 +22,11 @@ enum dc_scope_kind {
 	DC_SCOPE_PIDS = 0, DC_SCOPE_UID = 1, DC_SCOPE_CGROUP = 2, DC_SCOPE_CGROUP_NAME = 3
 };
 enum dc_mode { DC_MODE_TRACE = 0, DC_MODE_PROFILE = 1 };
+/* Values in scope_pids. A process started for the trace (`datacrumbs trace`'s
+ * helper) waits as DC_PID_AT_EXEC and becomes a member when it execs the
+ * command: what the helper does before (closing descriptors, reading its
+ * release pipe, writing an exec error) is the tracer's, never the job's. */
+enum dc_pid_state { DC_PID_MEMBER = 1, DC_PID_AT_EXEC = 2 };
 enum dc_bytes_kind {
 	DC_BYTES_NONE = 0,	/* not a data operation */
 	DC_BYTES_RET = 1,	/* return value when >= 0 */

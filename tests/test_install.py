@@ -184,3 +184,34 @@ def test_job_manager_example_runs_perilog_on_every_rank(tmp_path):
         assert conf[phase]["per-rank"] is True
         assert conf[phase]["command"] == ["flux-imp", "run", phase]
     assert f"{prefix}/sbin/datacrumbs_service_run.sh" in text
+
+
+@pytest.mark.parametrize("script", ["sbin/datacrumbs_service_run.sh",
+                                    "sbin/datacrumbs_service_stop.sh"])
+def test_installed_perilog_scripts_honour_datacrumbs_config(tmp_path, script):
+    """A site that points DATACRUMBS_CONFIG elsewhere (in the broker's environment) gets
+    that configuration, not the prefix's; without it, the prefix's."""
+    prefix = tmp_path / "opt/datacrumbs"
+    install(prefix, build_bpf=False)
+    elsewhere = tmp_path / "site" / "missing.toml"
+    env = {"PATH": "/usr/bin:/bin", "FLUX_JOB_ID": "1234", "FLUX_JOB_USERID": "0",
+           "DATACRUMBS_CONFIG": str(elsewhere)}
+    res = subprocess.run([str(prefix / script)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert f"configuration file {elsewhere} does not exist" in res.stderr, res.stderr
+    env.pop("DATACRUMBS_CONFIG")
+    res = subprocess.run([str(prefix / script)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert "configuration file" not in res.stderr, res.stderr
+
+
+def test_signing_unit_may_write_where_the_config_puts_socket_and_audit_log(tmp_path):
+    prefix = tmp_path / "opt/datacrumbs"
+    config = prefix / "etc/datacrumbs/datacrumbs.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[signing]\nsocket_path = "/run/site-sign/sign.sock"\n'
+                      'audit_log = "/srv/datacrumbs-audit/sign-audit.log"\n')
+    install(prefix, build_bpf=False)
+    unit = (prefix / "etc/datacrumbs/systemd/datacrumbs_sign_probes.service").read_text()
+    lines = [line for line in unit.splitlines() if line.startswith("ReadWritePaths=")]
+    assert lines == ["ReadWritePaths=-/run/site-sign -/srv/datacrumbs-audit"]

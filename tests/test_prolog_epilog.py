@@ -266,6 +266,31 @@ def _recording_flux(tmp_path: Path) -> tuple[Path, Path]:
     return bindir, record
 
 
+@pytest.mark.parametrize("fail_job", [False, True])
+def test_instance_without_allow_root_owner_is_the_admins_to_fix_and_never_drains(
+        installed_service, site, user1, tmp_path, fail_job):
+    """Real Flux v0.88 multi-user instances refuse root's `flux job info` unless
+    access.allow-root-owner = true: the prolog says so in flux dmesg (its stderr), does not
+    try `flux job raise` (refused the same way) and exits 0 even with fail_job_on_error."""
+    _set_fail_job(site, fail_job)
+    bindir, record = _recording_flux(tmp_path)
+    (bindir / "flux").write_text(
+        "#!/usr/bin/python3\nimport json, sys\n"
+        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1:3] == ['job', 'info']:\n"
+        "    sys.stderr.write('flux-job: access is restricted to job/instance owner\\n')\n"
+        "    sys.exit(1)\n")
+    env = flux_env(installed_service, site, "3040", user1, None)
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    res = prolog(site, env)
+    assert res.returncode == 0, res.stderr
+    assert "set `allow-root-owner = true` in the instance's [access] configuration" in res.stderr
+    assert "Traceback" not in res.stderr
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [c[:2] for c in calls] == [["job", "info"]]  # no `flux job raise`
+    assert_clean(installed_service, site, "3040")
+
+
 @pytest.mark.parametrize("fail_job,severity", [(False, "1"), (True, "0")])
 def test_user_is_told_through_flux_job_raise(installed_service, site, user1, tmp_path,
                                              fail_job, severity):

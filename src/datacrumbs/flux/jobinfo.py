@@ -56,6 +56,11 @@ def resolve_user(environ) -> User:
     return lookup_user(int(raw))
 
 
+class InstanceAccessError(JobInfoError):
+    """The instance does not let root read the job: a site configuration problem (for
+    the admin, in flux dmesg), not the user's; it must never fail a job or drain a node."""
+
+
 def _jobspec_from_flux(jobid: str, timeout: float) -> dict:
     argv = ["flux", "job", "info", jobid, "jobspec"]
     try:
@@ -69,6 +74,12 @@ def _jobspec_from_flux(jobid: str, timeout: float) -> dict:
                            f"{timeout:.1f} s") from None
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
+        if "access is restricted" in err:
+            raise InstanceAccessError(
+                f"the datacrumbs prolog (root) may not read job {jobid} in this Flux instance "
+                f"(`flux job info`: {err[-200:]}); set `allow-root-owner = true` in the "
+                "instance's [access] configuration and `flux config reload`, or no job can be "
+                "traced (jobs run untraced meanwhile)")
         raise JobInfoError(f"`flux job info {jobid} jobspec` failed: {err or proc.returncode}")
     return _loads(proc.stdout, f"the jobspec of job {jobid}")
 

@@ -405,6 +405,11 @@ def run_prolog(environ=None, cfg: SiteConfig | None = None) -> PrologResult:
             return PrologResult(jobid, False)
         may_need_cleanup = True
         _supervised(jobid, settings, cfg, environ, deadline, reserve)
+    except jobinfo.InstanceAccessError as exc:
+        # The admin's to fix, and `flux job raise` would be refused the same way: say it
+        # where the admin looks (stderr is flux dmesg) and never fail the job for it.
+        log.error("job %s: %s", jobid, exc)
+        return PrologResult(jobid, False, str(exc), fatal=False)
     except Exception as exc:  # noqa: BLE001 - a prolog must not fail the job by accident
         message = str(exc) if isinstance(exc, DatacrumbsError) else \
             f"internal error {type(exc).__name__}: {exc}"

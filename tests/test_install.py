@@ -220,3 +220,55 @@ def test_signing_unit_may_write_where_the_config_puts_socket_and_audit_log(tmp_p
     unit = (prefix / "etc/datacrumbs/systemd/datacrumbs_sign_probes.service").read_text()
     lines = [line for line in unit.splitlines() if line.startswith("ReadWritePaths=")]
     assert lines == ["ReadWritePaths=-/run/site-sign -/srv/datacrumbs-audit"]
+
+
+def _recording_python(prefix: Path, marker: Path) -> None:
+    """bin/datacrumbs-python replaced by a stand-in that only records that it ran."""
+    stand_in = prefix / "bin/datacrumbs-python"
+    stand_in.unlink()
+    stand_in.write_text(f'#!/bin/sh\necho "$@" >> {marker}\n')
+    stand_in.chmod(0o755)
+
+
+def test_untraced_job_never_starts_python(tmp_path):
+    """The installed prolog and epilog of a job without tracing exit 0 from the shell: one
+    `flux job info` (the prolog), a glob of the run dir (the epilog). A job whose jobspec
+    names datacrumbs, an env file in the run dir, or metadata given directly take the full
+    (Python) path. bench/bench_perilog.py measures what the fast path saves."""
+    prefix = tmp_path / "opt/datacrumbs"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = prefix / "etc/datacrumbs/datacrumbs.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[paths]\nrun_dir = "{run_dir}"\n')
+    install(prefix, build_bpf=False)
+    marker = tmp_path / "python-ran"
+    _recording_python(prefix, marker)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    jobspec = tmp_path / "jobspec.json"
+    (bindir / "flux").write_text(f'#!/bin/sh\n[ "$1 $2 $4" = "job info jobspec" ] && '
+                                 f'exec cat {jobspec}\nexit 1\n')
+    (bindir / "flux").chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin", "FLUX_JOB_ID": "\u01922kP8DU5B",
+           "FLUX_JOB_USERID": "1001"}
+
+    def run(script, **extra):
+        marker.unlink(missing_ok=True)
+        res = subprocess.run([str(prefix / "sbin" / script)], env={**env, **extra},
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        return marker.exists()
+
+    prolog, epilog = "datacrumbs_service_run.sh", "datacrumbs_service_stop.sh"
+    jobspec.write_text('{"tasks": [{"command": ["hostname"]}], "attributes": {"system": {}}}')
+    assert run(prolog) is False and run(epilog) is False
+    jobspec.write_text('{"attributes": {"system": {"datacrumbs": {"enable": "yes"}}}}')
+    assert run(prolog) is True
+    jobspec.unlink()                                   # flux job info fails: Python decides
+    assert run(prolog) is True
+    assert run(prolog, DATACRUMBS_JOB_METADATA="{}") is True
+    (run_dir / "datacrumbs-3859459443726.env").write_text("")  # a tracer may run here
+    assert run(epilog) is True
+    (run_dir / "datacrumbs-3859459443726.env").unlink()
+    assert run(epilog, DATACRUMBS_CONFIG=str(config)) is True  # run_dir may be elsewhere

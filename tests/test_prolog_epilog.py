@@ -22,7 +22,7 @@ import pytest
 from datacrumbs.flux import envfile
 from datacrumbs.jobid import f58_encode
 from datacrumbs.tracer.daemon import short_host
-from fixtures.systemd import FLUX_PATH
+from fixtures.systemd import FLUX_PATH, recording_flux
 from fixtures.systemd import assert_clean as _assert_unit_clean
 from fixtures.systemd import (digest, epilog, flux_env, perilog_log, prolog, read_trace,
                               run_workload, trace_path)
@@ -254,18 +254,6 @@ def test_epilog_is_idempotent_and_ignores_the_probes_file(installed_service, fak
     assert (site.run_dir / "fake-3004.flushed").read_text() == "SIGINT"
 
 
-def _recording_flux(tmp_path: Path) -> tuple[Path, Path]:
-    """A `flux` that records each call's argv (one JSON list per line)."""
-    bindir = tmp_path / "fluxbin"
-    bindir.mkdir()
-    record = tmp_path / "flux-calls.jsonl"
-    (bindir / "flux").write_text(
-        "#!/usr/bin/python3\nimport json, sys\n"
-        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
-    (bindir / "flux").chmod(0o755)
-    return bindir, record
-
-
 @pytest.mark.parametrize("fail_job", [False, True])
 def test_instance_without_allow_root_owner_is_the_admins_to_fix_and_never_drains(
         installed_service, site, user1, tmp_path, fail_job):
@@ -273,7 +261,7 @@ def test_instance_without_allow_root_owner_is_the_admins_to_fix_and_never_drains
     access.allow-root-owner = true: the prolog says so in flux dmesg (its stderr), does not
     try `flux job raise` (refused the same way) and exits 0 even with fail_job_on_error."""
     _set_fail_job(site, fail_job)
-    bindir, record = _recording_flux(tmp_path)
+    bindir, record = recording_flux(tmp_path)
     (bindir / "flux").write_text(
         "#!/usr/bin/python3\nimport json, sys\n"
         f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
@@ -287,7 +275,8 @@ def test_instance_without_allow_root_owner_is_the_admins_to_fix_and_never_drains
     assert "set `allow-root-owner = true` in the instance's [access] configuration" in res.stderr
     assert "Traceback" not in res.stderr
     calls = [json.loads(line) for line in record.read_text().splitlines()]
-    assert [c[:2] for c in calls] == [["job", "info"]]  # no `flux job raise`
+    # the script's fast path, then Python, read the jobspec; nobody tries `flux job raise`
+    assert [c[:2] for c in calls] == [["job", "info"], ["job", "info"]]
     assert_clean(installed_service, site, "3040")
 
 
@@ -295,7 +284,7 @@ def test_instance_without_allow_root_owner_is_the_admins_to_fix_and_never_drains
 def test_user_is_told_through_flux_job_raise(installed_service, site, user1, tmp_path,
                                              fail_job, severity):
     _set_fail_job(site, fail_job)
-    bindir, record = _recording_flux(tmp_path)
+    bindir, record = recording_flux(tmp_path)
     missing = tmp_path / "no such probes.json.gz"
     env = flux_env(installed_service, site, "\u01922kP8DU5B", user1, None)
     env["PATH"] = f"{bindir}:{env['PATH']}"
@@ -529,7 +518,7 @@ def test_prolog_bound_holds_while_stuck_in_c(installed_service, site, user1, sig
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(HANG_IN_C)
-    bindir, record = _recording_flux(tmp_path)
+    bindir, record = recording_flux(tmp_path)
     env = flux_env(installed_service, site, "3030", user1, signed_probes_file)
     marker = f"DC_TEST_HANG_ID={tmp_path.name}"
     env.update(PATH=f"{bindir}:{env['PATH']}", PYTHONPATH=str(hook), DC_TEST_HANG=stage,

@@ -8,7 +8,6 @@ line, and the service keeps answering others while one user floods it.
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import shutil
@@ -256,22 +255,6 @@ def test_corpus_is_at_least_thirty_requests():
     assert len(CORPUS) >= 30
 
 
-def send_with_fds(path: Path, data: bytes, fds: list[int]) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        sent = s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-        s.sendall(data[sent:])
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    return json.loads(reply)
-
-
 @pytest.mark.parametrize("what, expected", [
     ("/dev/null", "is not a regular file"),
     ("/etc/hostname", "is not an ELF shared library"),
@@ -281,7 +264,7 @@ def test_descriptor_of_a_special_or_data_file_is_refused(site, service, what, ex
     set_file(site, "stdio1", [uprobe("stdio.fwrite", "fwrite")])
     fd = os.open(what, os.O_RDONLY)
     try:
-        reply = send_with_fds(site.socket_path, req(sets=["stdio1"], libraries=[what]), [fd])
+        reply = raw_exchange(site.socket_path, req(sets=["stdio1"], libraries=[what]), fds=[fd])
     finally:
         os.close(fd)
     assert reply["ok"] is False and expected in reply["error"]
@@ -292,8 +275,8 @@ def test_descriptor_passed_under_another_files_name_signs_the_real_file(site, se
     set_file(site, "stdio1", [uprobe("stdio.fwrite", "fwrite")])
     fd = os.open(LIBC, os.O_RDONLY)
     try:
-        reply = send_with_fds(site.socket_path,
-                              req(sets=["stdio1"], libraries=["/usr/lib/os-release"]), [fd])
+        reply = raw_exchange(site.socket_path,
+                             req(sets=["stdio1"], libraries=["/usr/lib/os-release"]), fds=[fd])
     finally:
         os.close(fd)
     assert reply["ok"] is True
@@ -303,7 +286,7 @@ def test_descriptor_passed_under_another_files_name_signs_the_real_file(site, se
 def test_more_descriptors_than_allowed_are_closed_and_refused(site, service):
     fds = [os.open(LIBC, os.O_RDONLY) for _ in range(MAX_LIBRARIES + 4)]
     try:
-        reply = send_with_fds(site.socket_path, req(), fds)
+        reply = raw_exchange(site.socket_path, req(), fds=fds)
     finally:
         for fd in fds:
             os.close(fd)

@@ -6,6 +6,7 @@ in a separate process, so SO_PEERCRED reports real, different credentials.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import json
@@ -174,12 +175,16 @@ def sign_as(user: str, doc: dict, site) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def raw_exchange(path: Path, data: bytes, *, shutdown: bool = True, timeout: float = 10) -> dict:
+def raw_exchange(path: Path, data: bytes, *, shutdown: bool = True, timeout: float = 10,
+                 fds=()) -> dict:
+    """One request as raw bytes (with ``fds`` passed on its first bytes), one reply parsed."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))
         try:
-            s.sendall(data)
+            sent = s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       array.array("i", fds))]) if fds else 0
+            s.sendall(data[sent:])
             if shutdown:
                 s.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):

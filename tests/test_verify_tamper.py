@@ -39,7 +39,7 @@ from datacrumbs.probes.verify import (CLOCK_SKEW_SECONDS, BadSignature, CorruptG
                                       Unsigned, verify_document, verify_probes_file)
 
 from fixtures.keys import sample_probes
-from fixtures.systemd import flux_env, perilog_log, prolog
+from fixtures.systemd import flux_env, perilog_log, prolog, recording_flux
 
 DAY = 86400
 DATACRUMBS = os.path.join(os.path.dirname(sys.executable), "datacrumbs")
@@ -457,21 +457,9 @@ def corpus_ctx(tmp_path, user1, user2, make_probes_doc, key_store, gzip_bomb):
     return Ctx(tmp_path, user1, user2, make_probes_doc, key_store, gzip_bomb)
 
 
-def _recording_flux(tmp_path: Path) -> tuple[Path, Path]:
-    """A `flux` that records each call's argv (one JSON list per line)."""
-    bindir = tmp_path / "fluxbin"
-    bindir.mkdir()
-    record = tmp_path / "flux-calls.jsonl"
-    (bindir / "flux").write_text(
-        "#!/usr/bin/python3\nimport json, sys\n"
-        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
-    (bindir / "flux").chmod(0o755)
-    return bindir, record
-
-
 def _run_prolog(manager, site, tmp_path, user, path: Path, digest: str, jobid: str):
     """The installed prolog as Flux runs it; returns (process, what `flux job raise` got)."""
-    bindir, record = _recording_flux(tmp_path)
+    bindir, record = recording_flux(tmp_path)
     record.unlink(missing_ok=True)
     env = flux_env(manager, site, jobid, user, None)
     env["PATH"] = f"{bindir}:{env['PATH']}"
@@ -587,7 +575,7 @@ def test_the_prologs_cwd_does_not_open_roots_directories(installed_service, site
     cwd.chmod(0o755)
     inner = make_probes_file(user1, name="root-only/cwd/probes.json.gz")  # valid, 0644
     path = Path("/proc/self/cwd/probes.json.gz")
-    bindir, record = _recording_flux(tmp_path)
+    bindir, record = recording_flux(tmp_path)
     env = flux_env(installed_service, site, "4003", user1, None)
     env["PATH"] = f"{bindir}:{env['PATH']}"
     env["DATACRUMBS_JOB_METADATA"] = json.dumps({

@@ -65,16 +65,8 @@ def read_as_user(path, user, *, limit: int, timeout: float) -> bytes:
     """
     deadline = time.monotonic() + max(timeout, 0.0)
     groups = os.getgrouplist(user.name, user.gid)
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child never returns into the caller
-        try:
-            os.close(rfd)
-            _child(os.fspath(path), user.uid, user.gid, groups, limit, wfd, parent)
-        finally:
-            os._exit(70)
-    os.close(wfd)
+    pid, rfd = fork_child(lambda out, parent: _child(os.fspath(path), user.uid, user.gid,
+                                                     groups, limit, out, parent))
     try:
         reply = _collect(rfd, deadline, limit + 1 + 4096)
     finally:
@@ -84,6 +76,22 @@ def read_as_user(path, user, *, limit: int, timeout: float) -> bytes:
         raise UserReadTimeout(f"reading probes file {_shown(path)} as user {user.name} took "
                               "too long")
     return _decode(reply, path, user, limit)
+
+
+def fork_child(run) -> tuple[int, int]:
+    """Fork a child that runs ``run(write_fd, parent_pid)`` and never returns into the
+    caller; return (its pid, the read end of its pipe)."""
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            run(wfd, parent)
+        finally:
+            os._exit(70)
+    os.close(wfd)
+    return pid, rfd
 
 
 # -- the child ---------------------------------------------------------------------------

@@ -257,16 +257,8 @@ def _supervised(jobid: str, settings: jobinfo.Settings, cfg: SiteConfig, environ
     the child is SIGKILLed and the stage it was in names the reason. Raises
     PrologError with the message for the user; returns when the tracer runs.
     """
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child never returns into the caller
-        try:
-            os.close(rfd)
-            _worker(wfd, parent, jobid, settings, cfg, environ, deadline, reserve)
-        finally:
-            os._exit(70)
-    os.close(wfd)
+    pid, rfd = asuser.fork_child(lambda out, parent: _worker(
+        out, parent, jobid, settings, cfg, environ, deadline, reserve))
     kill_at = deadline - reserve / 2
     doing, outcome, buf = "starting the tracer", None, b""
     poller = select.poll()

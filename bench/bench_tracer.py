@@ -127,16 +127,28 @@ def make_site(root: Path) -> tuple[Path, Path]:
 
 
 class Daemon:
+    """The real daemon for one run id, scoped to a cgroup of its own named for that job
+    (the daemon accepts only a cgroup whose name holds the job id): run the workload in
+    ``self.cgroup``. Its log goes to a file, so a chatty daemon never blocks on a pipe."""
+
     def __init__(self, probes: Path, run_id: str, env: dict, run_dir: Path):
         self.ready = run_dir / f"datacrumbs-{run_id}.ready"
+        self.cgroup = CGROUP_ROOT / f"datacrumbs-bench-job-{run_id}-{os.getpid()}"
+        self.cgroup.mkdir()
+        self.log = tempfile.TemporaryFile()
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([DATACRUMBS, "run", str(probes), run_id, "root"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([DATACRUMBS, "run", str(probes), run_id, "root"],
+                                     env=dict(env, DATACRUMBS_CGROUP=str(self.cgroup)),
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
         while not self.ready.exists():
             if self.proc.poll() is not None:
-                raise SystemExit(f"daemon failed: {self.proc.stderr.read().decode()}")
+                raise SystemExit(f"daemon failed: {self._log()}")
             time.sleep(0.005)
         self.ready_s = time.monotonic() - t0
+
+    def _log(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def peak_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -147,10 +159,12 @@ class Daemon:
     def stop(self) -> float:
         t0 = time.monotonic()
         self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=120)
+        self.proc.wait(timeout=120)
+        took = time.monotonic() - t0
         if self.proc.returncode != 0:
-            raise SystemExit(f"daemon exited {self.proc.returncode}: {err.decode()}")
-        return time.monotonic() - t0
+            raise SystemExit(f"daemon exited {self.proc.returncode}: {self._log()}")
+        self.cgroup.rmdir()  # its workloads have exited
+        return took
 
 
 def run_workload(binary: Path, cgroup: Path, path: Path, count: int, size: int,
@@ -180,7 +194,7 @@ def main() -> int:
         binary = build_workload(work)
         floor = build_floor(work)
         conf, probes = make_site(work / "site")
-        env = dict(os.environ, DATACRUMBS_CONFIG=str(conf), DATACRUMBS_CGROUP=str(cgroup))
+        env = dict(os.environ, DATACRUMBS_CONFIG=str(conf))
         run_dir = work / "site" / "run"
         traces = work / "site" / "traces" / "root"
         results: dict[str, dict[str, list[float]]] = {}
@@ -197,8 +211,9 @@ def main() -> int:
                     run_id += 1
                     daemon = Daemon(probes[config], str(run_id), env, run_dir)
                 times = {}
+                where = daemon.cgroup if daemon else cgroup
                 for name, count, size in WORKLOADS:
-                    times[name] = run_workload(binary, cgroup, data_dir / "bench.dat", count, size)
+                    times[name] = run_workload(binary, where, data_dir / "bench.dat", count, size)
                 for link in links:
                     link.destroy()
                 for name, t in times.items():
@@ -252,7 +267,7 @@ def main() -> int:
         count = int(rate * args.sustained_seconds)
         run_id += 1
         daemon = Daemon(probes["trace"], str(run_id), env, run_dir)
-        took = run_workload(binary, cgroup, data_dir / "bench.dat", count, 16, rate)
+        took = run_workload(binary, daemon.cgroup, data_dir / "bench.dat", count, 16, rate)
         time.sleep(0.2)
         daemon.stop()
         summary = json.loads(Path(traces / f"trace-root-{run_id}-{_host()}.summary.json")

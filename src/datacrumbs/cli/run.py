@@ -45,13 +45,18 @@ def main(args) -> int:
 
 def _leave_reason(run_id: str, message: str) -> None:
     """One line for the prolog, which tells the user why tracing did not start (she
-    cannot read the journal of a compute node). Best effort: never hides the error."""
+    cannot read the journal of a compute node). Only for a run the prolog started (its
+    env file exists; the prolog removes the line again). Best effort: never hides the
+    error."""
     from ..atomicfile import atomic_write
     from ..config import load_config
-    from ..flux.envfile import failure_path
+    from ..flux.envfile import env_path, failure_path
 
     try:
-        path = failure_path(load_config().run_dir, run_id)
-        atomic_write(path, message.replace("\n", " ")[:1000] + "\n", mode=0o600, fsync=False)
+        run_dir = load_config().run_dir
+        if not env_path(run_dir, run_id).exists():
+            return
+        atomic_write(failure_path(run_dir, run_id), message.replace("\n", " ")[:1000] + "\n",
+                     mode=0o600, fsync=False)
     except Exception:  # noqa: BLE001 - a bad run id, no run dir: the journal still has it
         pass

@@ -36,8 +36,8 @@ def _batch(rng, n, first, pids):
     from datacrumbs.trace.writer import OPS_DTYPE
 
     ops = np.zeros(n, dtype=OPS_DTYPE)
-    ops["ts_us"] = START_US + (first + np.arange(n)) * 7
-    ops["dur_us"] = rng.lognormal(2.5, 1.0, n).astype(np.int64) + 1
+    ops["ts_ns"] = (START_US + (first + np.arange(n)) * 7) * 1000 + rng.integers(0, 1000, n)
+    ops["dur_ns"] = (rng.lognormal(2.5, 1.0, n) * 1000).astype(np.int64) + 1
     ops["pid"] = rng.choice(pids, n)
     ops["tid"] = ops["pid"]
     ops["probe"] = rng.choice(len(OPS), n, p=[0.45, 0.3, 0.1, 0.05, 0.05, 0.05])
@@ -82,8 +82,9 @@ def generate(path: Path, events: int, host: str, seed: int) -> None:
                                  "tid": pid, "ts": ts, "dur": d, "ph": "X",
                                  "args": {"fname": files[(first + i) % len(files)], "size": s}})
                      for i, (p, pid, ts, d, s) in enumerate(zip(
-                         ops["probe"].tolist(), ops["pid"].tolist(), ops["ts_us"].tolist(),
-                         ops["dur_us"].tolist(), ops["size"].tolist()))]
+                         ops["probe"].tolist(), ops["pid"].tolist(),
+                         (ops["ts_ns"] / 1000).tolist(), (ops["dur_ns"] / 1000).tolist(),
+                         ops["size"].tolist()))]
             f.write(gzip.compress(("\n".join(lines) + "\n").encode(), 1))
         f.write(gzip.compress(b"]\n"))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import tempfile
 import signal
 import stat
@@ -486,6 +488,36 @@ def test_fd_tables_and_file_tables_stay_bounded():
                                                    "errors": 0}
 
 
+def test_summary_sums_nanoseconds_not_whole_microseconds():
+    """1,003 reads of 0.959 µs each took 961.877 µs: summed per event in whole µs they
+    would be 0 (the issue's "7 µs" and "545 GiB/s"). Profile rows are summed in ns too."""
+    from datacrumbs.tracer.engine import ProfileRow
+    from datacrumbs.tracer.summary import SummaryBuilder
+    from datacrumbs.trace.writer import OPS_DTYPE
+    import numpy as np
+
+    probes = [{"id": "posix.read", "kind": "syscall", "target": "read", "category": "POSIX"}]
+    summary = SummaryBuilder(probes)
+    for n in (1000, 3):                      # two batches: sums carry across them exactly
+        ops = np.zeros(n, OPS_DTYPE)
+        ops["dur_ns"], ops["size"], ops["ret"] = 959, 1, 1
+        summary.add_ops(ops, ["/dev/zero"] * n)
+    assert summary.operations()["POSIX/read"] == {"count": 1003, "bytes": 1003,
+                                                  "time_us": 961.877, "errors": 0}
+    doc = summary.to_dict(job="1", user="u", host="h", mode="trace", start_ts=0, end_ts=1,
+                          complete=True, events_written=1003, events_lost=0, trace_file="t",
+                          attached=probes, refused=[])
+    assert doc["files"]["/dev/zero"] == {"count": 1003, "bytes": 1003, "time_us": 961.877}
+    assert json.loads(json.dumps(doc))["operations"]["POSIX/read"]["time_us"] == 961.877
+    summary.set_profile([ProfileRow(7, 0, 1000, 1000, 959_000, 412, 2_500, [999, 1]),
+                         ProfileRow(8, 0, 3, 3, 2_877, 959, 959, [3])])
+    prof = summary.profile["POSIX/read"]
+    assert (prof["count"], prof["time_us"], prof["min_us"], prof["max_us"]) == \
+        (1003, 961.877, 0.412, 2.5)
+    assert prof["hist_log2_us"] == [1002, 1]
+    assert summary.operations()["POSIX/read"]["time_us"] == 961.877
+
+
 def test_lost_events_are_counted_and_logged(site, user1, workdir, writes_bin, daemons):
     """A daemon that cannot drain (stopped) loses events; the loss is reported, not hidden."""
     probes = sign_for(site, user1)
@@ -850,3 +882,99 @@ def test_size_cap_on_a_real_workload(site, user1, workdir, writes_bin, daemons):
     assert summary["stopped"].endswith(f"; {total - written} events not written")
     warnings = [x for x in d.stderr.splitlines() if "max_trace_bytes" in x]
     assert len(warnings) == 1 and "counted in the summary but not written" in warnings[0]
+
+
+READS = 200_000
+
+
+@pytest.fixture
+def reads_three_ways(site, user1, workdir, engine_io, workloads, daemons):
+    """One run of READS one-byte reads measured at once by bpftrace, a profile-mode daemon
+    and a trace-mode daemon (attached in that order: each one's window then holds about
+    the same cost of the others' programs). Returns what each of them measured."""
+    data = workdir / "reads.bin"
+    data.write_bytes(b"r" * READS)
+    data.chmod(0o644)
+    cg = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{os.getpid()}-job-6262-6263"
+    cg.mkdir()
+    bt = child = None
+    try:
+        child = workloads([engine_io, "read", data, READS], user=user1)
+        (cg / "cgroup.procs").write_text(str(child.pid))
+        # tid-keyed start times (its read(0) waiting for "go" began before: never counted);
+        # counting on entry leaves bpftrace's two programs about as costly as ours, and
+        # each tracer's window holds the other's program on one side
+        program = (f'BEGIN {{ printf("ready\\n"); }} '
+                   f"tracepoint:syscalls:sys_enter_read /pid == {child.pid} && args->count == 1/"
+                   f" {{ @n = count(); @start[tid] = nsecs; }} "
+                   f"tracepoint:syscalls:sys_exit_read /@start[tid]/ "
+                   f"{{ @ns = sum(nsecs - @start[tid]); delete(@start[tid]); }}")
+        bt = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+        head, deadline = b"", time.monotonic() + 30
+        while b"ready\n" not in head:     # bpftrace may warn first (RLIMIT_MEMLOCK)
+            assert time.monotonic() < deadline and bt.poll() is None, head
+            if select.select([bt.stdout], [], [], 0.5)[0]:
+                head += os.read(bt.stdout.fileno(), 4096)
+        env = {"DATACRUMBS_CGROUP": str(cg)}
+        prof = daemons(site, sign_for(site, user1, mode="profile", name="profile.json.gz"),
+                       "6263", user1.pw_name, env=env)
+        prof.wait_ready()
+        trace = daemons(site, sign_for(site, user1), "6262", user1.pw_name, env=env)
+        trace.wait_ready()
+        child.go().wait()
+        time.sleep(0.3)
+        assert trace.stop() == 0, trace.stderr
+        assert prof.stop() == 0, prof.stderr
+        bt.send_signal(signal.SIGINT)
+        out = (head + bt.communicate(timeout=30)[0]).decode(errors="replace")
+    finally:
+        if bt is not None and bt.poll() is None:
+            bt.kill()
+            bt.wait()
+        if child is not None:
+            child.kill()                  # a failure above must not leave the cgroup busy
+        cg.rmdir()
+    ns_text = [int(m.group(1)) * 1000 + int(m.group(2) or 0) for m in
+               (re.search(r'"dur":(\d+)(?:\.(\d{3}))?,', line) for line in rb.lines(trace.trace())
+                if '"name":"read"' in line and f'"pid":{child.pid},' in line)]
+    bt_n, bt_ns = re.search(r"@n: (\d+)", out), re.search(r"@ns: (\d+)", out)
+    assert bt_n and bt_ns, out
+    return {"pid": child.pid, "trace": trace, "profile": prof, "trace_ns": ns_text,
+            "bpftrace": (int(bt_n.group(1)), int(bt_ns.group(1)))}
+
+
+def test_trace_and_profile_mode_agree_on_sub_microsecond_reads(reads_three_ways):
+    """Reads of about a microsecond: trace mode (ns in the trace, summary and report) must
+    sum to what profile mode sums in the kernel in ns; whole microseconds per event lose
+    up to a microsecond a read."""
+    from datacrumbs.report.merge import summarize
+
+    trace, prof = reads_three_ways["trace"], reads_three_ways["profile"]
+    ts, ps = trace.summary(), prof.summary()
+    assert ts["events_lost"] == 0 and ps["events_lost"] == 0
+    traced, profiled = ts["operations"]["POSIX/read"], ps["operations"]["POSIX/read"]
+    assert traced["count"] == profiled["count"] == READS
+    ns = reads_three_ways["trace_ns"]
+    assert len(ns) == READS and sum(1 for x in ns if x % 1000) > READS // 2, "ns kept"
+    # the summary and the report of the trace file sum exactly what the trace says
+    assert traced["time_us"] == round(sum(ns) / 1000, 3)
+    report = summarize([trace.trace()], jobs=1)
+    (read,) = [o for o in report["operations"] if o["name"] == "read"]
+    assert read["time_us"] == traced["time_us"]
+    assert read["bandwidth_Bps"] == round(READS / (sum(ns) / 1e9), 1)
+    print(f"reads: trace {traced['time_us']} µs, profile {profiled['time_us']} µs")
+    assert abs(traced["time_us"] / profiled["time_us"] - 1) < 0.05, (traced, profiled)
+    mean_ns = sum(ns) / READS
+    assert 100 < mean_ns < 20_000, mean_ns
+
+
+def test_bpftrace_measures_the_same_read_time(reads_three_ways):
+    """bpftrace, on the same run, times the same reads: our sum, of nanoseconds (whole
+    microseconds would lose from 5% to all of it), is within 10% of its."""
+    n, bt_ns = reads_three_ways["bpftrace"]
+    ns = reads_three_ways["trace_ns"]
+    assert n == len(ns) == READS
+    assert sum(1 for x in ns if x % 1000) > READS // 2
+    print(f"reads: trace {sum(ns) / 1000:.3f} µs, bpftrace {bt_ns / 1000:.3f} µs")
+    assert abs(sum(ns) / bt_ns - 1) < 0.10, (sum(ns), bt_ns)

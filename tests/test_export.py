@@ -137,3 +137,19 @@ def test_torn_input_exports_its_complete_members(tmp_path, capsys):
     assert run_cli(["export", "--perfetto", str(out), str(b.path)]) == 0
     assert "ends inside a gzip member" in capsys.readouterr().err
     assert len([e for e in load(out) if e["ph"] == "X"]) == b.member_bounds[-1]
+
+
+def test_sub_microsecond_times_reach_perfetto(tmp_path):
+    """Fractional ``ts``/``dur`` pass through to the export (Perfetto reads µs doubles), and
+    a relative --since counts from the fractional first event, not a truncated one."""
+    b = TraceBuilder(tmp_path / "t.pfw.gz", start_us=0)          # no header time: first event
+    for i in range(10):                  # quarters of a µs: exact as doubles at epoch times
+        b.op("read", pid=5, ts=START_US + i + 0.75, dur=0.25 if i < 9 else 0.412, size=1,
+             path="/dev/zero")
+    b.write()
+    out = tmp_path / "t.json"
+    export_perfetto([b.path], out, since=parse_time("0.000001", "--since"))
+    ops = [e for e in load(out) if e["ph"] == "X"]
+    # from START_US + 1.75: the first read (ending at START_US + 1.0) is out
+    assert [e["ts"] for e in ops] == [START_US + i + 0.75 for i in range(1, 10)]
+    assert [e["dur"] for e in ops] == [0.25] * 8 + [0.412]

@@ -450,3 +450,68 @@ def test_benchmark_runs_and_checks_itself(tmp_path):
     assert "local: 30,000 events in" in r.stdout and "events/s" in r.stdout
     assert "peak RSS of the process tree" in r.stdout and "MISMATCH" not in r.stdout
     assert "dask summary identical to local: True" in r.stdout
+
+
+SUB_US_NS = {"node1": 1003 * 959, "node2": 500 * 412 + 4321}
+
+
+def make_sub_us_job(d: Path) -> Path:
+    """The issue's dd on node1 (1,003 reads of 0.959 µs, by the project's writer from ns)
+    and, on node2, 500 reads of 0.412 µs and a profile counter of 4.321 µs (independent
+    producer)."""
+    from datacrumbs.trace.writer import OPS_DTYPE, TraceWriter
+
+    d.mkdir(parents=True, exist_ok=True)
+    w = TraceWriter(d / "trace-alice-1234-node1.pfw.gz", member_events=100,
+                    header={"job": "1234", "user": "alice", "host": "node1", "mode": "trace",
+                            "ts": START_US})
+    w.set_probes([{"id": "posix.read", "kind": "syscall", "target": "read", "category": "POSIX"}])
+    ops = np.zeros(1003, OPS_DTYPE)
+    ops["ts_ns"] = START_US * 1000 + np.arange(1003) * 2_000 + 123
+    ops["dur_ns"] = 959
+    ops["pid"] = ops["tid"] = 77
+    ops["size"] = ops["ret"] = ops["count"] = 1
+    ops["offset"] = -1
+    w.write_ops(ops, ["/dev/zero"] * 1003)
+    w.close()
+    b = TraceBuilder(d / "trace-alice-1234-node2.pfw.gz", host="node2", member_lines=20)
+    for i in range(500):
+        b.op("read", pid=88, ts=i * 10 + 0.5, dur=0.412, path="/dev/zero", size=1)
+    b.counter("read", pid=89, ts=6000, count=10, nbytes=10, time_us=4.321)
+    b.write()
+    return d
+
+
+def test_sub_microsecond_durations_are_summed_in_nanoseconds(tmp_path, capsys, monkeypatch):
+    """Summed from whole µs the issue's 1,003 reads took 7 µs ("545 GiB/s"); from the
+    trace's three decimals every total, mean, bandwidth, percentile and bin is ns-exact,
+    on every node and however the work is split."""
+    d = make_sub_us_job(tmp_path / "job")
+    s = summarize([d], jobs=1)
+    total_ns = sum(SUB_US_NS.values())
+    r = op(s, "POSIX", "read")
+    assert (r["count"], r["bytes"], r["time_us"]) == (1513, 1513, total_ns / 1000)
+    assert s["totals"]["time_us"] == total_ns / 1000 == 1172.198
+    assert r["mean_us"] == round(total_ns / 1513 / 1000, 3)
+    assert r["bandwidth_Bps"] == round(1513 / (total_ns / 1e9), 1)      # 1.29 MB/s
+    lat = r["latency_us"]
+    assert (lat["min"], lat["p50"], lat["p99"], lat["max"], lat["exact"]) == \
+        (0.412, 0.959, 0.959, 0.959, True)
+    hist = s["latency_histograms"]["POSIX/read"]
+    assert [c for lo, hi, c in hist if lo <= 0.412 < hi] == [500]
+    assert [c for lo, hi, c in hist if lo <= 0.959 < hi] == [1003]
+    assert len(hist) == 2                                # each in a sub-µs bin of its own
+    assert {n["host"]: n["time_us"] for n in s["nodes"]} == \
+        {h: ns / 1000 for h, ns in SUB_US_NS.items()}
+    assert {p["pid"]: p["time_us"] for p in s["processes"]} == {77: 961.877, 88: 206.0, 89: 4.321}
+    assert s["top_files_by_time"] == [{"path": "/dev/zero", "count": 1503, "bytes": 1503,
+                                       "time_us": (1003 * 959 + 500 * 412) / 1000}]
+    assert abs(s["job"]["start_us"] - (START_US + 0.123)) < 0.25     # a double's resolution
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 1500)                   # member ranges, 2 workers
+    assert _without_read_stats(summarize([d], jobs=2)) == _without_read_stats(s)
+    rc, out, err = _run(["report", str(d), "--html", str(tmp_path / "r.html")], capsys, monkeypatch)
+    assert rc == 0, err
+    row = next(ln for ln in out.splitlines() if " POSIX " in ln and " read " in ln)
+    assert "1.17 ms" in row and "959 ns" in row and "412 ns" not in row   # total, p50
+    assert "1.17 ms" in out.split("I/O time", 1)[1].splitlines()[0]
+    assert "959 ns" in (tmp_path / "r.html").read_text()

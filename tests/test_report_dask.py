@@ -7,7 +7,7 @@ import json
 from datacrumbs.cli import run_cli
 from datacrumbs.report import dask_backend, merge
 from datacrumbs.report.merge import summarize
-from test_report import make_job
+from test_report import SUB_US_NS, make_job, make_sub_us_job
 from test_trace_reader import TraceBuilder
 
 
@@ -40,3 +40,14 @@ def test_cli_dask_json_matches_local_json(tmp_path, capsys):
     capsys.readouterr()
     assert json.loads((tmp_path / "dask.json").read_text()) == \
         json.loads((tmp_path / "local.json").read_text())
+
+
+def test_dask_sums_sub_microsecond_durations_like_local(tmp_path, monkeypatch):
+    """Fractional durations summed as integer ns: dask's task order changes nothing."""
+    d = make_sub_us_job(tmp_path / "job")
+    local = summarize([d], jobs=1)
+    assert local["totals"]["time_us"] == sum(SUB_US_NS.values()) / 1000
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 1500)
+    split = dask_backend.summarize([d], jobs=2)
+    assert {k: v for k, v in split.items() if k != "traces"} == \
+        {k: v for k, v in local.items() if k != "traces"}

@@ -198,8 +198,8 @@ def test_reads_the_project_writer_output(tmp_path):
                                member_events=100)
     w.set_probes([{"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX"}])
     ops = np.zeros(250, dtype=writer_mod.OPS_DTYPE)
-    ops["ts_us"] = START_US + np.arange(250)
-    ops["dur_us"] = 3
+    ops["ts_ns"] = (START_US + np.arange(250)) * 1000
+    ops["dur_ns"] = 3000
     ops["pid"] = ops["tid"] = 4242
     ops["fd"], ops["count"], ops["offset"], ops["size"], ops["ret"] = 3, 512, -1, 512, 512
     w.process_name(4242, "dd")
@@ -236,3 +236,26 @@ def test_bounded_inflate_steps_lose_no_output(monkeypatch, step, chunk):
     got = [d for _, d in iter_members(io.BytesIO(gzip.compress(payload) * 3), tail=tail,
                                       max_member_bytes=10**9)]
     assert got == [payload] * 3 and not tail.torn and tail.error is None
+
+
+def test_fractional_microseconds_are_read_as_written(tmp_path):
+    """``ts``/``dur`` carry three decimals (ns): events and DataFrames give them back, and
+    ``dur`` keeps every nanosecond (an epoch ``ts`` as a double keeps about 0.25 µs)."""
+    from datacrumbs.trace.writer import OPS_DTYPE, TraceWriter
+
+    path = tmp_path / "ns.pfw.gz"
+    w = TraceWriter(path, header={"host": "n", "ts": START_US}, member_events=50)
+    w.set_probes([{"id": "posix.read", "kind": "syscall", "target": "read", "category": "POSIX"}])
+    ops = np.zeros(120, OPS_DTYPE)
+    ops["ts_ns"] = START_US * 1000 + np.arange(120) * 1_500 + 789
+    ops["dur_ns"] = np.arange(120) * 7 + 1
+    ops["fd"] = ops["count"] = ops["offset"] = ops["size"] = -1
+    w.write_ops(ops, None)
+    w.close()
+    events = TraceReader(path).read_all()
+    assert [round(e["dur"] * 1000) for e in events] == ops["dur_ns"].tolist()
+    assert all(abs(e["ts"] - t / 1000) <= 0.25 for e, t in zip(events, ops["ts_ns"].tolist()))
+    assert events[0]["dur"] == 0.001 and events[-1]["dur"] == 0.834
+    frames = list(TraceReader(path, chunk_events=40).dataframes())
+    durs = pd.concat(frames)["dur"]
+    assert durs.dtype == np.float64 and (np.rint(durs * 1000) == ops["dur_ns"]).all()

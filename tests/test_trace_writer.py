@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -31,8 +32,8 @@ HEADER = {"version": "0.1.0", "job": "1234", "user": "alice", "host": "node1", "
 
 def make_ops(n, *, probe=0, fd=3, count=4096, size=4096, ret=4096, pid=4242, errno=0):
     ops = np.zeros(n, OPS_DTYPE)
-    ops["ts_us"] = T0 + np.arange(n) * 10
-    ops["dur_us"] = 2
+    ops["ts_ns"] = (T0 + np.arange(n) * 10) * 1000
+    ops["dur_ns"] = 2000
     ops["pid"] = pid
     ops["tid"] = pid + 1
     ops["probe"] = probe
@@ -215,7 +216,7 @@ def test_disk_full_stops_writing_keeps_trace_readable(tiny_fs, caplog):
     for i in range(60):  # random paths and values: poorly compressible, fills 256 KiB
         ops = make_ops(2000)
         ops["offset"] = rng.integers(0, 1 << 40, 2000)
-        ops["dur_us"] = rng.integers(0, 1 << 30, 2000)
+        ops["dur_ns"] = rng.integers(0, 1 << 40, 2000)
         w.write_ops(ops, [f"/f/{x}" for x in rng.integers(0, 1 << 60, 2000)])
         total += 2000
     w.close()  # must not raise
@@ -232,8 +233,8 @@ def test_disk_full_stops_writing_keeps_trace_readable(tiny_fs, caplog):
 def _noisy_ops(rng, n, first_id_ts=0):
     """Poorly compressible rows (random durations) so a small cap is reached quickly."""
     ops = make_ops(n)
-    ops["ts_us"] += first_id_ts
-    ops["dur_us"] = rng.integers(0, 1 << 30, n)
+    ops["ts_ns"] += first_id_ts * 1000
+    ops["dur_ns"] = rng.integers(0, 1 << 40, n)
     ops["size"] = np.arange(n) + first_id_ts  # the row's number: shows which rows were kept
     return ops
 
@@ -290,3 +291,54 @@ def test_size_cap_not_reached_changes_nothing(tmp_path):
     w.close()
     assert w.complete and w.capped_at is None and w.events_dropped == 0
     assert rb.lines(path)[-1] == "]" and len(rb.events(path)) == 1000
+
+
+def test_times_keep_nanoseconds_as_three_decimals_of_a_microsecond(tmp_path):
+    """The kernel measures ns: written as whole µs a 0.412 µs read would take 0 time, and
+    1,003 such reads would sum to nothing. Counters (profile mode) likewise."""
+    path = tmp_path / "t.pfw.gz"
+    durs = [0, 1, 412, 999, 1000, 961_877, 12_345_678_901]
+    ops = make_ops(len(durs))
+    ops["ts_ns"] = 1732400000123456789 + np.arange(len(durs)) * 1_000_001
+    ops["dur_ns"] = durs
+    with new_writer(path) as w:
+        w.write_ops(ops, None)
+        w.write_counters([(1732400000123456789, 4242, 0, 1003, 1003, 961_877),
+                          (1732400000200000000, 4242, 0, 1, 1, 5)])
+    lines = [ln for ln in rb.lines(path) if '"ph":"X"' in ln or '"ph":"C"' in ln]
+    assert '"ts":1732400000123456.789,"dur":0.000,"ph":"X"' in lines[0]
+    texts = [re.search(r'"ts":([0-9.]+),"dur":([0-9.]+),', ln).groups() for ln in lines[:7]]
+    assert [d for _, d in texts] == ["0.000", "0.001", "0.412", "0.999", "1.000", "961.877",
+                                     "12345678.901"]
+    assert [t for t, _ in texts] == [f"{t // 1000}.{t % 1000:03d}" for t in ops["ts_ns"].tolist()]
+    assert '"ts":1732400000123456.789,"ph":"C"' in lines[7]
+    assert '"time_us":961.877}' in lines[7] and '"time_us":0.005}' in lines[8]
+    # independent readers get every nanosecond back
+    assert [round(e["dur"] * 1000) for e in rb.events(path)] == durs
+    frame = rb.pandas_frame(path)
+    x = frame[frame["ph"] == "X"]
+    assert [round(d * 1000) for d in x["dur"].tolist()] == durs
+    assert [round(c["args"]["time_us"] * 1000) for c in rb.events(path, ph="C")] == [961_877, 5]
+
+
+def test_repeated_values_are_formatted_like_distinct_ones(tmp_path):
+    """Columns with few distinct values are formatted once per value; the text must be the
+    same as row by row: absent when negative, except ``ret`` which is always written."""
+    path = tmp_path / "t.pfw.gz"
+    n = 600
+    i = np.arange(n)
+    ops = make_ops(n, probe=2)
+    ops["fd"] = np.where(i % 3 == 0, -1, 7)
+    ops["size"] = np.where(i % 2 == 0, 16, -1)
+    ops["count"] = i                                  # all distinct: formatted per row
+    ops["ret"] = np.where(i % 5 == 0, -1, 16)         # a uprobe's -1 without errno stays
+    ops["offset"] = -1
+    w = TraceWriter(path, header=HEADER)
+    w.set_probes(PROBES[:3])                          # every probe has a return value
+    w.write_ops(ops, None)
+    w.close()
+    got = [e["args"] for e in rb.events(path)]
+    want = [{"hhash": name_hash("node1"), **({} if k % 3 == 0 else {"fd": 7}), "count": k,
+             **({"size": 16} if k % 2 == 0 else {}), "ret": -1 if k % 5 == 0 else 16}
+            for k in range(n)]
+    assert got == want

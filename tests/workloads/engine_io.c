@@ -5,6 +5,7 @@
  * engine_io fork PATH N       fork; the child does "write PATH N"; the parent waits
  * engine_io spin N            N write(2) calls of 1 byte to /dev/null (throughput)
  * engine_io direct PATH N     N O_DIRECT|O_DSYNC writes of 4096 bytes (block requests)
+ * engine_io read PATH N       N read(2) calls of 1 byte from PATH (its first N bytes must exist)
  *
  * Waiting for the go byte lets the test attach to a known pid before any I/O.
  */
@@ -42,6 +43,20 @@ static int do_direct(const char *path, long n)
 	memset(block, 'd', 4096);
 	for (long i = 0; i < n; i++)
 		if (write(fd, block, 4096) != 4096)
+			return 1;
+	return close(fd) != 0;
+}
+
+static int do_read(const char *path, long n)
+{
+	int fd = open(path, O_RDONLY);
+
+	if (fd < 0) {
+		perror(path);
+		return 1;
+	}
+	for (long i = 0; i < n; i++)
+		if (read(fd, buf, 1) != 1)
 			return 1;
 	return close(fd) != 0;
 }
@@ -85,6 +100,8 @@ int main(int argc, char **argv)
 		return 2;
 	if (!strcmp(argv[1], "write"))
 		return do_write(argv[2], atol(argv[3]));
+	if (!strcmp(argv[1], "read"))
+		return do_read(argv[2], atol(argv[3]));
 	if (!strcmp(argv[1], "direct"))
 		return do_direct(argv[2], atol(argv[3]));
 	if (!strcmp(argv[1], "stdio"))

@@ -2,8 +2,11 @@
 
 The command is started stopped: it waits until every probe is attached, then
 execs, so none of its early I/O is missed; it and every process it forks are
-traced. The trace and its summary go to DIR (default: the current directory);
-the exit status is the command's.
+traced. The forked helper joins the trace only when it execs the command
+(the kernel side marks it at sched_process_exec), so the helper's own work
+(closing the pipe, waiting for release, reporting a failed exec) is never in
+the trace, and the tracer itself never is. The trace and its summary go to
+DIR (default: the current directory); the exit status is the command's.
 
 Probes come from named sets (default: posix and stdio, checked against this
 host) or from a probes file. A probes file may be unsigned here: signatures
@@ -105,7 +108,10 @@ def _probes_from_sets(names, config, log) -> tuple[list[dict], list]:
 
 
 def _start_stopped(argv: list[str]) -> tuple[int, int]:
-    """Fork the command; it blocks on a pipe until we write to it, then execs."""
+    """Fork the command; it blocks on a pipe until we write to it, then execs.
+
+    The child is traced from its exec on (Scope.for_pids(..., at_exec=True)): what
+    it does before, here, is not the command's."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: only async-signal-safe-ish work until exec
@@ -180,7 +186,7 @@ def main(args) -> int:
         # that user's trace. The command runs with our credentials (root, for a sudoer
         # who may read all of it anyway), so job_uid 0 turns the check off; run as an
         # ordinary user, it would be on.
-        engine = Engine(probes, Scope.for_pids([pid], follow=True), mode=mode,
+        engine = Engine(probes, Scope.for_pids([pid], follow=True, at_exec=True), mode=mode,
                         interval_ms=interval_ms, bpf_object=config.bpf_object,
                         capture_paths=bool(capture.get("paths", True)), job_uid=os.geteuid())
         with engine:
@@ -245,8 +251,11 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _secs(us: int) -> str:
-    return f"{us / 1e6:.3f} s" if us >= 100_000 else f"{us / 1e3:.3f} ms"
+def _secs(us: float) -> str:
+    """A summary time (µs, three decimals): sub-millisecond totals keep their ns."""
+    if us >= 100_000:
+        return f"{us / 1e6:.3f} s"
+    return f"{us / 1e3:.3f} ms" if us >= 1000 else f"{us:.3f} µs"
 
 
 def print_summary(doc: dict, *, trace_path, summary_path, command, elapsed: float,

@@ -40,7 +40,7 @@ class ExportResult:
     events: int = 0
     bytes: int = 0
     nodes: list[str] = field(default_factory=list)
-    start_us: int | None = None
+    start_us: float | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -61,14 +61,14 @@ def _host_of(trace: Path, header: dict | None) -> str:
     return host if isinstance(host, str) and host else trace.name
 
 
-def _first_ts(trace: Path) -> int | None:
-    """Earliest event time of a file without a header (one streaming pass)."""
+def _first_ts(trace: Path) -> float | None:
+    """Earliest event time (µs, sub-µs kept) of a file without a header (one streaming pass)."""
     best = None
     for chunk in TraceReader(trace).chunks():
         for rec in chunk:
             ts = rec.get("ts")
             if type(ts) in (int, float) and (best is None or ts < best):
-                best = int(ts)
+                best = ts
     return best
 
 
@@ -157,16 +157,16 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     return result
 
 
-def _bound(spec: tuple[str, float] | None, start: int | None) -> int | None:
+def _bound(spec: tuple[str, float] | None, start: float | None) -> float | None:
     if spec is None:
         return None
     kind, value = spec
     if kind == "absolute":
-        return int(value)
+        return value
     if start is None:
         raise UsageError("relative --since/--until need a trace start time, and these traces have "
                          "no events; give absolute microseconds instead")
-    return start + int(round(value * 1e6))
+    return start + round(value * 1e6, 3)
 
 
 class _Writer:

@@ -2,11 +2,13 @@
 
 :class:`Aggregate` is a partial summary of any slice of the events (a member
 range, a file, a node). Partials merge exactly and in any order: every sum is
-an integer, latency percentiles come from exact durations while an operation
-has at most ``EXACT_CAP`` of them and from a fixed log-scale histogram after
-that, and the bandwidth timeline coarsens to the smallest power-of-two bin
-width that fits ``TIMELINE_CAP`` bins. So a run split across processes, or
-dask, gives the very same numbers as one sequential pass.
+an integer (times in nanoseconds: the trace's ``dur`` has three decimals of µs,
+so nothing is rounded away before it is summed), latency percentiles come from
+exact durations while an operation has at most ``EXACT_CAP`` of them and from a
+fixed log-scale histogram after that, and the bandwidth timeline coarsens to the
+smallest power-of-two bin width that fits ``TIMELINE_CAP`` bins. So a run split
+across processes, or dask, gives the very same numbers as one sequential pass.
+The finished summary gives times in microseconds with three decimals.
 
 :meth:`Aggregate.finalize` turns it into the plain dict that the terminal,
 HTML and JSON outputs all render.
@@ -25,8 +27,8 @@ import numpy as np
 
 from ..trace.reader import ReadStats, TraceMeta
 
-LAT_SUB = 8                         # log-scale bins per power of two of µs
-LAT_BINS = 1 + LAT_SUB * 48         # bin 0 holds dur == 0; up to 2**48 µs
+LAT_SUB = 8                         # log-scale bins per power of two of ns
+LAT_BINS = 1 + LAT_SUB * 63         # bin 0 holds dur == 0, bin b [2**((b-1)/8), 2**(b/8)) ns
 SIZE_BINS = 66                      # bin 0: 0 bytes; bin k: [2**(k-1), 2**k)
 EXACT_CAP = 50_000                  # durations kept per operation for exact percentiles
 TIMELINE_BASE_US = 10_000           # finest timeline bin: 10 ms
@@ -56,6 +58,27 @@ def _numbers(values: list, default: float) -> np.ndarray:
     return arr
 
 
+def _ns(us: np.ndarray) -> np.ndarray:
+    """Sanitised µs values (at most MAX_VALUE) as integer nanoseconds, nearest: a trace's
+    three decimals are whole nanoseconds, and 2**53 µs in ns still fits an int64."""
+    return np.rint(us * 1000).astype(np.int64)
+
+
+def us(ns) -> float:
+    """Integer nanoseconds as microseconds with three decimals."""
+    return round(int(ns) / 1000, 3)
+
+
+def _sums(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Exact int64 sums of non-negative ``values`` per group: bincount adds in float64,
+    exact while every sum stays below 2**53 (104 days of ns); else integer adds."""
+    if len(values) and int(values.max()) * len(values) >= 1 << 53:
+        out = np.zeros(n, np.int64)
+        np.add.at(out, groups, values)
+        return out
+    return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)
+
+
 def _file_hash(key) -> int:
     """A stable 32-bit hash of a file key (the trace's own hash when it is one)."""
     if isinstance(key, str) and len(key) >= 8:
@@ -79,11 +102,11 @@ def _float(v) -> float:
 class OpStats:
     count: int = 0          # operations (counter rows add their count)
     bytes: int = 0
-    time_us: int = 0
+    time_ns: int = 0
     errors: int = 0
     timed: int = 0          # operations with a duration (complete events)
-    min_us: int | None = None
-    max_us: int = 0
+    min_ns: int | None = None
+    max_ns: int = 0
     counters: bool = False  # some numbers came from profile-mode counters
     lat_hist: np.ndarray = field(default_factory=lambda: np.zeros(LAT_BINS, np.int64))
     size_hist: np.ndarray = field(default_factory=lambda: np.zeros(SIZE_BINS, np.int64))
@@ -92,12 +115,12 @@ class OpStats:
     def merge(self, o: "OpStats") -> None:
         self.count += o.count
         self.bytes += o.bytes
-        self.time_us += o.time_us
+        self.time_ns += o.time_ns
         self.errors += o.errors
         self.timed += o.timed
-        if o.min_us is not None:
-            self.min_us = o.min_us if self.min_us is None else min(self.min_us, o.min_us)
-        self.max_us = max(self.max_us, o.max_us)
+        if o.min_ns is not None:
+            self.min_ns = o.min_ns if self.min_ns is None else min(self.min_ns, o.min_ns)
+        self.max_ns = max(self.max_ns, o.max_ns)
         self.counters |= o.counters
         self.lat_hist += o.lat_hist
         self.size_hist += o.size_hist
@@ -129,9 +152,9 @@ class Aggregate:
 
     def __init__(self):
         self.ops: dict[tuple[str, str], OpStats] = {}
-        self.files: dict[str, list[int]] = {}           # file key -> [count, bytes, time, hash]
+        self.files: dict[str, list[int]] = {}           # file key -> [count, bytes, time_ns, hash]
         self.file_level = 0                             # files kept: hash < SPACE >> level
-        self.nodes: dict[str, list[int]] = {}           # source -> [events, count, bytes, time]
+        self.nodes: dict[str, list[int]] = {}           # source -> [events, count, bytes, time_ns]
         self.procs: dict[tuple[str, int], list[int]] = {}
         self.errors: dict[tuple[str, str, int], int] = {}
         self.timeline: dict[tuple[str, int], int] = {}  # (source, bin) -> bytes
@@ -139,8 +162,8 @@ class Aggregate:
         self.sources: dict[str, Source] = {}
         self.unreadable: dict[str, str] = {}
         self.run_summaries: dict[str, dict] = {}
-        self.ts_min: int | None = None
-        self.ts_max: int | None = None
+        self.ts_min: float | None = None                # µs since the epoch
+        self.ts_max: float | None = None
         self.other_events = 0
 
     # -- adding ---------------------------------------------------------------
@@ -218,12 +241,12 @@ class Aggregate:
 
     def _add_arrays(self, source, keys, fkeys, errs, op, ts, dur, size, weight, pid, fil, timed):
         n_ops = len(keys)
-        dur_i = dur.astype(np.int64)
+        dur_i = _ns(dur)            # every time sum below is of integer nanoseconds
         weight_i = weight.astype(np.int64)
         data = size >= 0
         size_i = np.where(data, size, 0).astype(np.int64)
         counts = np.bincount(op, weights=weight, minlength=n_ops).astype(np.int64)
-        times = np.bincount(op, weights=dur, minlength=n_ops).astype(np.int64)
+        times = _sums(op, dur_i, n_ops)
         byts = np.bincount(op, weights=size_i, minlength=n_ops).astype(np.int64)
         timed_counts = np.bincount(op[timed], minlength=n_ops)
         counter_rows = np.bincount(op[~timed], minlength=n_ops)
@@ -259,14 +282,14 @@ class Aggregate:
                 st = self.ops[key] = OpStats()
             st.count += int(counts[i])
             st.bytes += int(byts[i])
-            st.time_us += int(times[i])
+            st.time_ns += int(times[i])
             st.errors += int(err_counts[i])
             n_t = int(timed_counts[i])
             if n_t:
                 d = sorted_dur[bounds[i]:bounds[i + 1]]
                 lo, hi = int(d.min()), int(d.max())
-                st.min_us = lo if st.min_us is None else min(st.min_us, lo)
-                st.max_us = max(st.max_us, hi)
+                st.min_ns = lo if st.min_ns is None else min(st.min_ns, lo)
+                st.max_ns = max(st.max_ns, hi)
                 st.timed += n_t
                 if st.exact is not None:
                     if st.timed > EXACT_CAP:
@@ -284,7 +307,7 @@ class Aggregate:
             nf = len(fkeys)
             fc = np.bincount(fi, minlength=nf)
             fb = np.bincount(fi, weights=size_i[fmask], minlength=nf).astype(np.int64)
-            ft = np.bincount(fi, weights=dur[fmask], minlength=nf).astype(np.int64)
+            ft = _sums(fi, dur_i[fmask], nf)
             limit = FILE_HASH_SPACE >> self.file_level
             for j, fk in enumerate(fkeys):
                 row = self.files.get(fk)
@@ -304,24 +327,25 @@ class Aggregate:
         upid, pinv = np.unique(pid.astype(np.int64), return_inverse=True)
         pc = np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
         pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
-        pt = np.bincount(pinv, weights=dur, minlength=len(upid)).astype(np.int64)
+        pt = _sums(pinv, dur_i, len(upid))
         for j, p in enumerate(upid.tolist()):
             row = self.procs.get((source, p))
             if row is None:
                 self.procs[(source, p)] = [int(pc[j]), int(pb[j]), int(pt[j])]
             else:
                 row[0] += int(pc[j]); row[1] += int(pb[j]); row[2] += int(pt[j])
-        # Time range and bandwidth timeline.
-        tsi = ts.astype(np.int64)
+        # Time range and bandwidth timeline (ts in µs as parsed: a double holds an epoch
+        # time to about 0.25 µs, plenty for a wall time and 10 ms bins).
         valid = ts >= 0
         if valid.any():
-            t0 = int(tsi[valid].min())
-            t1 = int((tsi[valid] + dur_i[valid]).max())
+            t0 = float(ts[valid].min())
+            t1 = float((ts[valid] + dur[valid]).max())
             self.ts_min = t0 if self.ts_min is None else min(self.ts_min, t0)
             self.ts_max = t1 if self.ts_max is None else max(self.ts_max, t1)
             tl = valid & (size_i > 0)
             if tl.any():
-                bins, binv = np.unique(tsi[tl] // self.bin_us, return_inverse=True)
+                bins, binv = np.unique((ts[tl] // self.bin_us).astype(np.int64),
+                                       return_inverse=True)
                 bb = np.bincount(binv, weights=size_i[tl]).astype(np.int64)
                 for b, v in zip(bins.tolist(), bb.tolist()):
                     cell = (source, b)
@@ -443,16 +467,16 @@ class Aggregate:
         for (cat, name), st in self.ops.items():
             ops.append({
                 "category": cat, "name": name, "count": st.count, "bytes": st.bytes,
-                "time_us": st.time_us,
-                "mean_us": round(st.time_us / st.count, 3) if st.count else 0.0,
-                "bandwidth_Bps": round(st.bytes / (st.time_us / 1e6), 1) if st.time_us and st.bytes else 0.0,
+                "time_us": us(st.time_ns),
+                "mean_us": round(st.time_ns / st.count / 1000, 3) if st.count else 0.0,
+                "bandwidth_Bps": round(st.bytes / (st.time_ns / 1e9), 1) if st.time_ns and st.bytes else 0.0,
                 "errors": st.errors,
                 "latency_us": _latency(st),
                 "from_counters": st.counters,
             })
         ops.sort(key=lambda o: (-o["time_us"], -o["count"], o["category"], o["name"]))
 
-        files = []
+        files = []      # time_us holds nanoseconds until _in_us: sums stay exact integers
         for key, (c, b, t, _h) in self.files.items():
             path = key[1:] if key.startswith("\0") else file_names.get(key, f"<unresolved {key}>")
             files.append({"path": path, "count": c, "bytes": b, "time_us": t})
@@ -462,6 +486,7 @@ class Aggregate:
             for k in ("count", "bytes", "time_us"):
                 m[k] += f[k]
         files = list(merged_files.values())
+        _in_us(files)
         by_bytes = sorted(files, key=lambda f: (-f["bytes"], -f["time_us"], f["path"]))[:top]
         by_time = sorted(files, key=lambda f: (-f["time_us"], -f["bytes"], f["path"]))[:top]
 
@@ -489,6 +514,8 @@ class Aggregate:
                                         "time_us": 0, "processes": 0})
         for (host, _pid) in procs:
             nodes[host]["processes"] += 1
+        _in_us(nodes.values())
+        _in_us(procs.values())
         node_list = sorted(nodes.values(), key=lambda n: n["host"])
         proc_list = sorted(procs.values(), key=lambda p: (-p["bytes"], -p["time_us"], p["host"], p["pid"]))
 
@@ -545,12 +572,12 @@ class Aggregate:
             "format": REPORT_FORMAT, "version": REPORT_VERSION,
             "job": {"jobs": jobs, "users": users, "modes": modes,
                     "nodes": len(node_list), "processes": len(proc_list),
-                    "start_us": start, "end_us": end,
+                    "start_us": _round3(start), "end_us": _round3(end),
                     "wall_time_s": round((end - start) / 1e6, 6) if start is not None else 0.0},
             "totals": {"events": sum(n["events"] for n in node_list),
                        "operations": total_count,
                        "bytes": sum(o["bytes"] for o in ops),
-                       "time_us": sum(o["time_us"] for o in ops),
+                       "time_us": us(sum(st.time_ns for st in self.ops.values())),
                        "errors": sum(o["errors"] for o in ops),
                        "files": len(files) << self.file_level,
                        "files_sampled": 1 / (1 << self.file_level) if self.file_level else None},
@@ -575,37 +602,54 @@ class Aggregate:
         }
 
 
+def _in_us(rows) -> None:
+    """Each row's ``time_us``, summed in integer nanoseconds, in microseconds."""
+    for row in rows:
+        row["time_us"] = us(row["time_us"])
+
+
+def _round3(t):
+    return round(t, 3) if isinstance(t, float) else t
+
+
 def _int(v) -> int:
     return int(v) if type(v) is int and v >= 0 else 0
 
 
 def lat_edge(b: int) -> float:
-    """Upper edge in µs of latency bin ``b``."""
-    return 0.0 if b == 0 else 2.0 ** (b / LAT_SUB)
+    """Upper edge in µs of latency bin ``b`` (bins are fractions of a power of two of ns,
+    so sub-microsecond calls get bins of their own)."""
+    return 0.0 if b == 0 else 2.0 ** (b / LAT_SUB) / 1000
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
 
 
 def _latency(st: OpStats) -> dict | None:
+    """Latency in µs (three decimals): min, max, percentiles."""
     if not st.timed:
         return None
-    out = {"min": st.min_us, "max": st.max_us}
+    out = {"min": us(st.min_ns or 0), "max": us(st.max_ns)}
     if st.exact is not None:
         d = np.sort(np.concatenate(st.exact)) if st.exact else np.zeros(0, np.int64)
         n = len(d)
         for p in PERCENTILES:
-            out[f"p{p}"] = int(d[max(0, math.ceil(p / 100 * n) - 1)])
+            out[f"p{p}"] = us(d[max(0, math.ceil(p / 100 * n) - 1)])
         out["exact"] = True
         return out
     cum = np.cumsum(st.lat_hist)
     n = int(cum[-1])
     for p in PERCENTILES:
         b = int(np.searchsorted(cum, max(1, math.ceil(p / 100 * n))))
-        out[f"p{p}"] = int(min(st.max_us, max(st.min_us or 0, round(lat_edge(b)))))
+        out[f"p{p}"] = us(min(st.max_ns, max(st.min_ns or 0, round(lat_edge(b) * 1000))))
     out["exact"] = False
     return out
 
 
 def _lat_bins(st: OpStats) -> list[list]:
-    return [[round(lat_edge(b - 1), 3) if b else 0.0, round(lat_edge(b), 3), int(c)]
+    """[low µs, high µs, count] of each non-empty latency bin (four significant digits)."""
+    return [[_sig(lat_edge(b - 1)) if b > 1 else 0.0, _sig(lat_edge(b)), int(c)]
             for b, c in enumerate(st.lat_hist.tolist()) if c]
 
 

@@ -62,7 +62,8 @@ def latency(summary: dict, limit: int = 6) -> bytes | None:
     ax = fig.add_subplot()
     for name in names:
         rows = np.array(hists[name], dtype=np.float64)
-        centers = np.maximum(np.sqrt(np.maximum(rows[:, 0], 0.5) * rows[:, 1]), 0.5)
+        # geometric bin centres; zero-length calls (bin 0) at half a nanosecond
+        centers = np.maximum(np.sqrt(np.maximum(rows[:, 0], 5e-4) * rows[:, 1]), 5e-4)
         ax.plot(centers, rows[:, 2], marker=".", label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -31,10 +31,13 @@ def human_rate(bps: float) -> str:
 
 
 def human_us(us: float | None) -> str:
+    """A time given in µs (three decimals: ns resolution) in a readable unit."""
     if us is None:
         return "-"
+    if us < 0.9995:
+        return f"{us * 1000:.0f} ns"
     if us < 1000:
-        return f"{us:g} µs" if isinstance(us, int) else f"{us:.1f} µs"
+        return f"{us:.3g} µs"
     if us < 1_000_000:
         return f"{us / 1000:.2f} ms"
     return f"{us / 1e6:.2f} s"

@@ -14,6 +14,12 @@ the closing ``]`` is written at once, and later events are only counted.
 Lines are formatted column by column from numpy arrays (one list comprehension
 per field, per-probe prefixes precomputed) because a ``json.dumps`` per event
 would cap the daemon far below the kernel's event rate.
+
+Times are carried in integer nanoseconds and written as microseconds with exactly
+three decimals (``"ts":1732400000123456.789,"dur":0.412``): the kernel measures
+nanoseconds, and whole microseconds would turn a 0.9 µs read into 0. The decimals
+come from integer arithmetic (``divmod`` by 1000 and a table of ``"000"``..``"999"``),
+never from float formatting, which would cost more and could round.
 """
 
 from __future__ import annotations
@@ -35,13 +41,22 @@ log = logging.getLogger("datacrumbs.trace")
 
 #: Columns of the operations array :meth:`TraceWriter.write_ops` takes. ``-1``
 #: means "unknown" for fd, count, offset and size; errno 0 means "no error".
+#: ``ts_ns`` is nanoseconds since the Unix epoch, ``dur_ns`` nanoseconds.
 OPS_DTYPE = np.dtype([
-    ("ts_us", np.int64), ("dur_us", np.int64), ("pid", np.int64), ("tid", np.int64),
+    ("ts_ns", np.int64), ("dur_ns", np.int64), ("pid", np.int64), ("tid", np.int64),
     ("probe", np.int32), ("ret", np.int64), ("errno", np.int32), ("fd", np.int64),
     ("count", np.int64), ("offset", np.int64), ("size", np.int64),
 ])
 
 _HASH_CACHE_MAX = 65536
+#: The three decimals of a microsecond value, indexed by its nanoseconds (0..999).
+_FRAC = [f"{i:03d}" for i in range(1000)]
+
+
+def us_text(ns: int) -> str:
+    """Nanoseconds as the trace writes microseconds: ``1234`` -> ``"1.234"``."""
+    q, r = divmod(int(ns), 1000)
+    return f"{q}.{_FRAC[r]}"
 
 
 def _member(lines: list[str]) -> bytes:
@@ -73,6 +88,24 @@ def _header_args(header: dict, hhash: str) -> dict:
             args["hhash"] = hhash
     args.setdefault("hhash", hhash)
     return args
+
+
+def _column(key: str, values: list, skip_negative: bool):
+    """``,"key":v`` for each value ("" for a negative one when ``skip_negative``).
+
+    Runs of I/O repeat their fd, sizes and return values, so a column with few distinct
+    values formats each once (this pays for the three decimals of ``ts`` and ``dur``).
+    """
+    head = values[:256]     # a cheap look first: most columns are clearly one or the other
+    uniq = None if len(set(head)) * 4 > len(head) else set(values)
+    if uniq is None or len(uniq) * 4 > len(values):
+        if skip_negative:
+            return [f',"{key}":{v}' if v >= 0 else "" for v in values]
+        return [f',"{key}":{v}' for v in values]
+    text = {v: f',"{key}":{v}' if v >= 0 or not skip_negative else "" for v in uniq}
+    if len(text) == 1:
+        return repeat(text[values[0]])
+    return list(map(text.__getitem__, values))
 
 
 def probe_name(probe: dict) -> str:
@@ -225,45 +258,43 @@ class TraceWriter:
         cols = []
         for key in ("fd", "count", "offset", "size"):
             col = ops[key]
-            if (col < 0).all():
-                cols.append(repeat(""))
-            elif (col >= 0).all():
-                cols.append([f',"{key}":{v}' for v in col.tolist()])
-            else:
-                cols.append([f',"{key}":{v}' if v >= 0 else "" for v in col.tolist()])
+            cols.append(repeat("") if (col < 0).all() else _column(key, col.tolist(), True))
         errs = ops["errno"]
         if errs.any():
             rets = [(f',"ret":{r}' if e == 0 else f',"ret":-1,"errno":{e}') if has_ret[p] else ""
                     for r, e, p in zip(ops["ret"].tolist(), errs.tolist(), probe)]
         elif all(has_ret):
-            rets = [f',"ret":{r}' for r in ops["ret"].tolist()]
+            rets = _column("ret", ops["ret"].tolist(), False)
         else:
             rets = [f',"ret":{r}' if has_ret[p] else "" for r, p in zip(ops["ret"].tolist(), probe)]
-        pfx, ext, hh = self._probe_prefix, self._probe_args, self._hhash_arg
+        pfx, ext, hh, fr = self._probe_prefix, self._probe_args, self._hhash_arg, _FRAC
+        ts_q, ts_r = np.divmod(ops["ts_ns"], 1000)
+        dur_q, dur_r = np.divmod(np.maximum(ops["dur_ns"], 0), 1000)
         first = len(self._lines)
         self._spans.append((first, first + n))
         self._lines.extend([
-            f'{{"id":{i},{pfx[p]}"pid":{a},"tid":{b},"ts":{c},"dur":{d},"ph":"X",'
-            f'"args":{{{hh}{f}{fd}{cn}{of}{sz}{rt}{ext[p]}}}}}'
-            for i, p, a, b, c, d, f, fd, cn, of, sz, rt in zip(
+            f'{{"id":{i},{pfx[p]}"pid":{a},"tid":{b},"ts":{c}.{fr[cr]},"dur":{d}.{fr[dr]},'
+            f'"ph":"X","args":{{{hh}{f}{fd}{cn}{of}{sz}{rt}{ext[p]}}}}}'
+            for i, p, a, b, c, cr, d, dr, f, fd, cn, of, sz, rt in zip(
                 range(start, start + n), probe, ops["pid"].tolist(), ops["tid"].tolist(),
-                ops["ts_us"].tolist(), ops["dur_us"].tolist(), fh, *cols, rets)])
+                ts_q.tolist(), ts_r.tolist(), dur_q.tolist(), dur_r.tolist(), fh, *cols, rets)])
         self._pending_events += n
         if self._pending_events >= self.member_events:
             self.flush()
 
     def write_counters(self, rows) -> None:
-        """Profile counters: rows of (ts_us, pid, probe, count, bytes, time_us)."""
+        """Profile counters: rows of (ts_ns, pid, probe, count, bytes, time_ns); ``ts`` and
+        ``args.time_us`` are written as microseconds with three decimals, like events."""
         if self.error is not None or self.closed or self.capped_at is not None:
             self.events_dropped += len(rows)
             return
         first = len(self._lines)
         self._spans.append((first, first + len(rows)))
-        for ts, pid, probe, count, nbytes, time_us in rows:
+        for ts, pid, probe, count, nbytes, time_ns in rows:
             self._lines.append(
                 f'{{"id":{self._take_id()},{self._probe_prefix[probe]}"pid":{pid},"tid":{pid},'
-                f'"ts":{ts},"ph":"C","args":{{"count":{count},"bytes":{nbytes},'
-                f'"time_us":{time_us}}}}}')
+                f'"ts":{us_text(ts)},"ph":"C","args":{{"count":{count},"bytes":{nbytes},'
+                f'"time_us":{us_text(max(time_ns, 0))}}}}}')
         self._pending_events += len(rows)
         if self._pending_events >= self.member_events:
             self.flush()

@@ -277,7 +277,7 @@ def remove_ready(path: Path) -> None:
 
 @dataclass
 class EventConverter:
-    """Turns engine batches into trace rows: µs times, errno, and file paths."""
+    """Turns engine batches into trace rows: ns times, errno, and file paths."""
 
     probes: list[dict]
     fdpaths: FdPaths
@@ -301,8 +301,8 @@ class EventConverter:
         ev = batch.events
         n = len(ev)
         ops = np.empty(n, OPS_DTYPE)
-        ops["ts_us"] = ev["ts_ns"] // 1000
-        ops["dur_us"] = ev["dur_ns"] // 1000
+        ops["ts_ns"] = ev["ts_ns"]      # nanoseconds all the way to the trace's text
+        ops["dur_ns"] = ev["dur_ns"]
         ops["pid"] = ev["pid"]
         ops["tid"] = ev["tid"]
         ops["probe"] = ev["probe"]
@@ -602,11 +602,11 @@ class TraceRun:
         # Everything that happened before the stop is written; a job that keeps writing
         # must not hold the daemon, so draining ends at the first event after the stop
         # (the ring is in time order per CPU) or at the deadline.
-        stop_us = time.time_ns() // 1000
+        stop_ns = time.time_ns()
         deadline = time.monotonic() + STOP_DRAIN_SECONDS
         while time.monotonic() < deadline:
             newest = self._drain_once(0)
-            if newest == 0 or newest >= stop_us:
+            if newest == 0 or newest >= stop_ns:
                 break
         else:
             log.warning("stopped draining after %.0f s: the job is still producing events",
@@ -628,7 +628,7 @@ class TraceRun:
         return reason
 
     def _drain_once(self, timeout_ms: int) -> int:
-        """Poll, convert and write one batch; the latest event time (µs) or 0 if none."""
+        """Poll, convert and write one batch; the latest event time (ns) or 0 if none."""
         batch = self.engine.poll(timeout_ms)
         if batch is None or len(batch.events) == 0:
             return 0
@@ -643,11 +643,11 @@ class TraceRun:
         self.writer.write_ops(ops, paths)
         if self.mode != "profile":
             self.summary.add_ops(ops, paths)
-        return int(ops["ts_us"].max())
+        return int(ops["ts_ns"].max())
 
     def _sample_profile(self) -> list:
         rows = self.engine.read_profile()
-        ts = time.time_ns() // 1000
+        ts = time.time_ns()
         counters = []
         nprobes = len(self.probes)
         for row in rows:
@@ -658,7 +658,7 @@ class TraceRun:
             prev = self._prev_profile.get(key, (0, 0, 0))
             if cur[0] != prev[0]:
                 counters.append((ts, row.pid, row.probe, cur[0] - prev[0],
-                                 max(cur[1] - prev[1], 0), (cur[2] - prev[2]) // 1000))
+                                 max(cur[1] - prev[1], 0), cur[2] - prev[2]))
             self._prev_profile[key] = cur
         self.writer.write_counters(counters)
         return rows

@@ -3,6 +3,10 @@
 Users and the epilog read the summary without opening the trace, so it is kept
 up to date as events are written (never by re-reading the trace) and holds
 only bounded tables: one row per probe and at most ``max_files`` files.
+
+Times are summed in integer nanoseconds and written as ``time_us`` (and the
+profile's ``min_us``/``max_us``) in microseconds with three decimals: a total of
+sub-microsecond calls must not be rounded away call by call.
 """
 
 from __future__ import annotations
@@ -15,6 +19,21 @@ import numpy as np
 from ..trace.writer import probe_name
 
 OTHER_FILES = "(other files)"
+
+
+def us(ns) -> float:
+    """Integer nanoseconds as microseconds with three decimals (exact below 2**53 ns)."""
+    return round(int(ns) / 1000, 3)
+
+
+def _ns_sums(groups: np.ndarray, dur_ns: np.ndarray, n: int) -> np.ndarray:
+    """Sum of ``dur_ns`` per group, exact: bincount adds in float64, which holds every
+    integer below 2**53 ns (104 days, far above a batch's total); else integer adds."""
+    if len(dur_ns) and int(dur_ns.max()) * len(dur_ns) >= 1 << 53:
+        out = np.zeros(n, np.int64)
+        np.add.at(out, groups, dur_ns)
+        return out
+    return np.rint(np.bincount(groups, weights=dur_ns, minlength=n)[:n]).astype(np.int64)
 
 
 def op_key(probe: dict) -> str:
@@ -31,7 +50,7 @@ class SummaryBuilder:
         n = len(self.probes)
         self.count = np.zeros(n, np.int64)
         self.bytes = np.zeros(n, np.int64)
-        self.time_us = np.zeros(n, np.int64)
+        self.time_ns = np.zeros(n, np.int64)
         self.errors = np.zeros(n, np.int64)
         self.files: dict[str, list[int]] = {}
         self.max_files = max_files
@@ -45,7 +64,7 @@ class SummaryBuilder:
         size = np.where(ops["size"] > 0, ops["size"], 0)
         self.count += np.bincount(probe, minlength=n)[:n]
         self.bytes += np.bincount(probe, weights=size, minlength=n)[:n].astype(np.int64)
-        self.time_us += np.bincount(probe, weights=ops["dur_us"], minlength=n)[:n].astype(np.int64)
+        self.time_ns += _ns_sums(probe, ops["dur_ns"], n)
         failed = (ops["ret"] < 0) & self._has_ret[probe]
         if failed.any():
             self.errors += np.bincount(probe[failed], minlength=n)[:n]
@@ -56,7 +75,7 @@ class SummaryBuilder:
         k = len(ids)
         counts = np.bincount(idx, minlength=k).tolist()
         nbytes = np.bincount(idx, weights=size, minlength=k).astype(np.int64).tolist()
-        times = np.bincount(idx, weights=ops["dur_us"], minlength=k).astype(np.int64).tolist()
+        times = _ns_sums(idx, ops["dur_ns"], k).tolist()
         files = self.files
         for path, i in ids.items():
             if path is None:
@@ -77,33 +96,35 @@ class SummaryBuilder:
         n = len(self.probes)
         self.count[:] = 0
         self.bytes[:] = 0
-        self.time_us[:] = 0
+        self.time_ns[:] = 0
         profile: dict[str, dict] = {}
         for row in rows:
             if not 0 <= row.probe < n:
                 continue
             self.count[row.probe] += row.count
             self.bytes[row.probe] += max(row.bytes, 0)
-            self.time_us[row.probe] += row.time_ns // 1000
+            self.time_ns[row.probe] += row.time_ns
             key = self.keys[row.probe]
             cur = profile.get(key)
             hist = [int(h) for h in row.hist]
             if cur is None:
                 profile[key] = {"count": int(row.count), "bytes": int(max(row.bytes, 0)),
-                                "time_us": int(row.time_ns // 1000),
-                                "min_us": int(row.min_ns // 1000), "max_us": int(row.max_ns // 1000),
-                                "hist_log2_us": hist}
+                                "time_ns": int(row.time_ns), "min_ns": int(row.min_ns),
+                                "max_ns": int(row.max_ns), "hist_log2_us": hist}
                 continue
             cur["count"] += int(row.count)
             cur["bytes"] += int(max(row.bytes, 0))
-            cur["time_us"] += int(row.time_ns // 1000)
+            cur["time_ns"] += int(row.time_ns)
             if row.count:
-                cur["min_us"] = min(cur["min_us"], int(row.min_ns // 1000))
-                cur["max_us"] = max(cur["max_us"], int(row.max_ns // 1000))
+                cur["min_ns"] = min(cur["min_ns"], int(row.min_ns))
+                cur["max_ns"] = max(cur["max_ns"], int(row.max_ns))
             width = max(len(cur["hist_log2_us"]), len(hist))
             a = cur["hist_log2_us"] + [0] * (width - len(cur["hist_log2_us"]))
             b = hist + [0] * (width - len(hist))
             cur["hist_log2_us"] = [x + y for x, y in zip(a, b)]
+        profile = {key: {"count": c["count"], "bytes": c["bytes"], "time_us": us(c["time_ns"]),
+                         "min_us": us(c["min_ns"]), "max_us": us(c["max_ns"]),
+                         "hist_log2_us": c["hist_log2_us"]} for key, c in profile.items()}
         self.profile = profile
 
     def operations(self) -> dict[str, dict]:
@@ -111,12 +132,13 @@ class SummaryBuilder:
         for i, key in enumerate(self.keys):
             if not self.count[i]:
                 continue
-            cur = ops.setdefault(key, {"count": 0, "bytes": 0, "time_us": 0, "errors": 0})
+            cur = ops.setdefault(key, {"count": 0, "bytes": 0, "time_ns": 0, "errors": 0})
             cur["count"] += int(self.count[i])
             cur["bytes"] += int(self.bytes[i])
-            cur["time_us"] += int(self.time_us[i])
+            cur["time_ns"] += int(self.time_ns[i])
             cur["errors"] += int(self.errors[i])
-        return ops
+        return {key: {"count": c["count"], "bytes": c["bytes"], "time_us": us(c["time_ns"]),
+                      "errors": c["errors"]} for key, c in ops.items()}
 
     def to_dict(self, *, job: str, user: str, host: str, mode: str, start_ts: int, end_ts: int,
                 complete: bool, events_written: int, events_lost: int, trace_file: str,
@@ -132,7 +154,7 @@ class SummaryBuilder:
             "probes_attached": [_probe_ref(p) for p in attached],
             "probes_refused": [_probe_ref(p) | {"reason": str(r)} for p, r in refused],
             "operations": self.operations(),
-            "files": {p: {"count": c, "bytes": b, "time_us": t}
+            "files": {p: {"count": c, "bytes": b, "time_us": us(t)}
                       for p, (c, b, t) in self.files.items()},
         }
         if self.profile or mode == "profile":

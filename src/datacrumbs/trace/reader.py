@@ -3,8 +3,9 @@
 A trace is a series of gzip members (docs/design.md, "The trace"). A daemon
 killed mid-write leaves a torn last member; gzip.open would raise on it and
 lose everything, so members are inflated one by one with
-``zlib.decompressobj(wbits=31)`` and only complete members (CRC checked by
-zlib) count. A torn or corrupt tail is dropped and reported in
+``zlib.decompressobj(wbits=31)``. Of a torn or corrupt last member the whole
+lines inflated before the damage are kept (no CRC can vouch for them, but
+deflate output is sequential); the rest is dropped and reported in
 :class:`ReadStats`, never raised: a crashed job's trace is still readable.
 
 Memory stays bounded: a member is buffered until its end is verified, up to
@@ -143,6 +144,7 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
                 f"corrupt gzip data at byte {member_start}"
             tail.error = f"{what} ({exc})"
             tail.dropped_bytes = _remaining(f, member_start, end)
+            yield from _complete_lines(parts, tail)
             return
         fed = True
         if out:
@@ -175,8 +177,19 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
         tail.torn = True
         tail.error = "the file ends inside a gzip member (the writer was killed or the copy is short)"
         tail.dropped_bytes = offset - member_start
+        yield from _complete_lines(parts, tail)
     else:
         tail.partial_kept = False
+
+
+def _complete_lines(parts: list[bytes], tail: TailInfo) -> Iterator[tuple[None, bytes]]:
+    """The whole lines a damaged member inflated to before the damage: deflate output is
+    sequential, so they are the writer's own lines (a cut keeps all but the last one)."""
+    joined = b"".join(parts)
+    cut = joined.rfind(b"\n") + 1
+    if cut:
+        tail.partial_kept = True
+        yield None, joined[:cut]
 
 
 def _remaining(f: BinaryIO, member_start: int, end: int | None) -> int:
@@ -325,6 +338,9 @@ class TraceMeta:
         fh, hh = args.get("fhash"), args.get("hhash")
         if fh is not None and "fname" not in out and fh in self.files:
             out["fname"] = self.files[fh]
+        fh2 = args.get("fhash2")     # a copy's output file
+        if fh2 is not None and "fname2" not in out and fh2 in self.files:
+            out["fname2"] = self.files[fh2]
         if hh is not None and "hostname" not in out and hh in self.hosts:
             out["hostname"] = self.hosts[hh]
         return out

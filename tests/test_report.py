@@ -515,3 +515,25 @@ def test_sub_microsecond_durations_are_summed_in_nanoseconds(tmp_path, capsys, m
     assert "1.17 ms" in row and "959 ns" in row and "412 ns" not in row   # total, p50
     assert "1.17 ms" in out.split("I/O time", 1)[1].splitlines()[0]
     assert "959 ns" in (tmp_path / "r.html").read_text()
+
+
+def test_files_are_written_when_the_tables_reader_goes_away(tmp_path):
+    """`datacrumbs report X --html f --json g | head -1`: head closes the pipe after one
+    line; the HTML and JSON files are complete all the same, and nothing is printed about
+    the closed pipe (no traceback, no 'Exception ignored')."""
+    make_job(tmp_path / "job")
+    html_path, json_path = tmp_path / "r.html", tmp_path / "r.json"
+    datacrumbs = str(Path(sys.executable).with_name("datacrumbs"))
+    report = subprocess.Popen([datacrumbs, "report", str(tmp_path / "job"), "--html",
+                               str(html_path), "--json", str(json_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "COLUMNS": "80"})
+    first = report.stdout.readline()
+    report.stdout.close()                   # what head -1 does after its line
+    _, err = report.communicate(timeout=120)
+    assert first
+    assert report.returncode in (0, 141), err  # all written, or stopped as by SIGPIPE
+    assert b"Traceback" not in err and b"Exception ignored" not in err, err
+    summary = json.loads(json_path.read_text())
+    assert summary["totals"]["events"] > 0
+    assert html_path.read_text().rstrip().endswith("</html>")

@@ -85,6 +85,12 @@ def run_cli(argv: list[str] | None, prog: str = PROG) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # the reader went away (`| head`): no message, and none at exit either, when
+        # Python flushes stdout into the closed pipe again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 141
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

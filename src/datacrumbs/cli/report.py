@@ -2,9 +2,10 @@
 
 PATH is a trace file (*.pfw.gz) or a directory holding a job's traces (all
 nodes are merged; each trace's *.summary.json adds events lost and probes
-refused). A trace cut short by a crash is read up to its last complete gzip
-member, and a file that cannot be read is reported while the rest are
-summarised.
+refused). A trace cut short by a crash is read up to its last complete line,
+and a file that cannot be read is reported while the rest are summarised.
+--html and --json files are written before the tables are printed, so piping
+the tables into `head` loses nothing.
 
 examples:
   datacrumbs report /var/lib/datacrumbs/traces/alice/2026-11-25/
@@ -58,13 +59,7 @@ def main(args) -> int:
 
     from ..report import json_out, terminal
 
-    if args.json == "-":
-        sys.stdout.write(json_out.dumps(summary))
-        terminal.notes(summary, terminal.make_console(sys.stderr))
-    elif not args.quiet:
-        terminal.render(summary, terminal.make_console())
-    else:
-        terminal.notes(summary, terminal.make_console(sys.stderr))
+    # Files first: a reader who pipes the tables into `head` still gets them.
     if args.json and args.json != "-":
         path = json_out.write_json(summary, args.json)
         print(f"JSON summary: {path}", file=sys.stderr)
@@ -73,4 +68,11 @@ def main(args) -> int:
 
         path = json_out.write_text_atomic(args.html, html.render(summary))
         print(f"HTML report: {path}", file=sys.stderr)
+    if args.json == "-":
+        sys.stdout.write(json_out.dumps(summary))
+        terminal.notes(summary, terminal.make_console(sys.stderr))
+    elif not args.quiet:
+        terminal.render(summary, terminal.make_console())
+    else:
+        terminal.notes(summary, terminal.make_console(sys.stderr))
     return 0

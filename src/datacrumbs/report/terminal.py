@@ -167,12 +167,21 @@ def files_note(summary: dict) -> str:
             "numbers of listed files are exact)")
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """`| head` closed the pipe: stop writing quietly and let the CLI exit as a
+        command killed by SIGPIPE would (141), not with rich's error status 1."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise BrokenPipeError
+
+
 def make_console(file=None) -> Console:
     """Terminal width on a terminal; 160 columns into files and pipes (rich's default, 80,
     would fold the wide tables of a log or a `| less`)."""
-    console = Console(file=file or sys.stdout, highlight=False)
+    console = _Console(file=file or sys.stdout, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(file=file or sys.stdout, highlight=False, width=160)
+        console = _Console(file=file or sys.stdout, highlight=False, width=160)
     return console
 
 

@@ -3,10 +3,17 @@
 The output is a strict JSON array of Chrome trace events, one per line with
 commas (``json.load`` reads it, so do Perfetto UI and chrome://tracing), plain
 or as a single complete gzip member when OUT ends in ``.gz``. Hash tables are
-dropped and their names resolved into ``args.fname``/``args.hostname``. All
-nodes share one timeline (``ts`` is µs since the epoch on every node); each
-node's pids are offset so they stay distinct, and ``process_name`` metadata
-names host, command and the real pid.
+dropped and their names resolved into ``args.fname``/``args.hostname``.
+
+All nodes share one timeline: ``ts`` is µs (ns decimals) since one origin, a
+whole second before the earliest trace start, recorded as ``args.epoch_us`` of
+a ``datacrumbs_time_origin`` metadata event. Times are relative because a
+double holds an epoch time in µs only to 0.25 µs, and Perfetto would then nest
+sub-µs slices wrongly; they are read exactly (Decimal) from the traces. Every
+(node, pid) gets its own small process number and every (node, pid, tid) its
+own thread number, in order of appearance, so a job of any number of nodes stays
+within 32-bit ids; ``process_name``/``thread_name`` metadata give host, command
+and the real pid and tid, and ``args.pid``/``args.tid`` keep the real ones.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -25,7 +33,7 @@ from .merge import find_traces
 from .terminal import human_bytes
 
 DEFAULT_MAX_BYTES = 1 << 30
-PID_STRIDE = 10_000_000     # > Linux pid_max (4194304): node i's pids become (i+1)*STRIDE + pid
+PID_LIMIT = 1 << 22         # Linux pid_max: larger "pids" are not processes
 MIN_RATIO = 4               # gzip'd event lines expand at least this much (about 9 measured)
 ABSOLUTE_US = 10**12        # a time at least this large is absolute µs, else seconds from start
 
@@ -138,8 +146,10 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
         with opener(tmp) as f:
             writer = _Writer(f, max_bytes if not force else None)
             writer.write_raw("[\n")
+            ids = _Ids(writer, origin_ns=_origin_ns(result.start_us))
             for trace, host in readable:
-                result.warnings += _export_file(trace, host, node_index[host], writer, lo, hi, pid_set)
+                result.warnings += _export_file(trace, host, node_index[host], writer, lo, hi,
+                                                pid_set, ids)
                 done += trace.stat().st_size
                 if on_progress:
                     on_progress(done, total)
@@ -192,45 +202,108 @@ class _Writer:
                 "--since/--until (seconds from the start), --node or --pid, or pass --force")
 
 
-def _export_file(trace: Path, host: str, index: int, writer: _Writer, lo, hi, pid_set) -> list[str]:
-    reader = TraceReader(trace)
-    named: set[int] = set()
-    base = (index + 1) * PID_STRIDE
+def _origin_ns(start_us) -> int:
+    """A whole second before the earliest start (0 when unknown: times stay absolute)."""
+    if start_us is None:
+        return 0
+    return (int(start_us) // 1_000_000 - 1) * 1_000_000_000
+
+
+def _ns(value) -> int:
+    """µs (int, float or the reader's exact Decimal) as integer ns."""
+    if type(value) is int:
+        return value * 1000
+    if type(value) is float:
+        return round(value * 1000)
+    return int(value * 1000)
+
+
+class _Ids:
+    """Small process and thread numbers for (node, pid) and (node, pid, tid), named as they
+    first appear: node i's pid 500 and node j's pid 500 are different processes."""
+
+    def __init__(self, writer: "_Writer", origin_ns: int):
+        self.writer, self.origin_ns = writer, origin_ns
+        self.pids: dict[tuple[int, int], int] = {}
+        self.tids: dict[tuple[int, int, int], int] = {}
+        writer.event({"name": "datacrumbs_time_origin", "ph": "M", "pid": 0, "tid": 0,
+                      "args": {"epoch_us": origin_ns // 1000}})
+
+    def pid(self, node: int, pid: int, label: str) -> int:
+        key = (node, pid)
+        number = self.pids.get(key)
+        if number is None:
+            number = self.pids[key] = len(self.pids) + 1
+            self.writer.event({"name": "process_name", "ph": "M", "pid": number, "tid": 0,
+                               "args": {"name": label}})
+            self.writer.event({"name": "process_sort_index", "ph": "M", "pid": number,
+                               "tid": 0, "args": {"sort_index": number}})
+        return number
+
+    def tid(self, node: int, pid: int, tid: int, number_pid: int, comm: str) -> int:
+        key = (node, pid, tid)
+        number = self.tids.get(key)
+        if number is None:
+            number = self.tids[key] = len(self.tids) + 1
+            label = f"{comm} (tid {tid})" if comm else f"tid {tid}"
+            self.writer.event({"name": "thread_name", "ph": "M", "pid": number_pid,
+                               "tid": number, "args": {"name": label}})
+        return number
+
+    def time(self, value) -> float:
+        """µs since the origin, exact to the ns (a double holds that for 104 days)."""
+        return (_ns(value) - self.origin_ns) / 1000
+
+
+def _export_file(trace: Path, host: str, index: int, writer: _Writer, lo, hi, pid_set,
+                 ids: _Ids) -> list[str]:
+    reader = TraceReader(trace, exact=True)
     try:
         for chunk in reader.chunks():
             for ev in chunk:
                 pid = ev.get("pid")
-                if type(pid) is not int or not 0 <= pid < PID_STRIDE:
+                if type(pid) is not int or not 0 <= pid < PID_LIMIT:
                     continue
                 if pid_set is not None and pid not in pid_set:
                     continue
                 ts = ev.get("ts")
-                if type(ts) not in (int, float):
+                if type(ts) not in (int, float, Decimal):
                     continue
-                dur = ev.get("dur") if type(ev.get("dur")) in (int, float) else 0
-                if (lo is not None and ts + dur < lo) or (hi is not None and ts > hi):
+                dur = ev.get("dur") if type(ev.get("dur")) in (int, float, Decimal) else 0
+                if (lo is not None and float(ts) + float(dur) < lo) or \
+                        (hi is not None and float(ts) > hi):
                     continue
-                if pid not in named:
-                    named.add(pid)
-                    comm = reader.meta.process_names.get(pid, "")
-                    label = f"{host}: {comm} ({pid})" if comm else f"{host}: pid {pid}"
-                    writer.event({"name": "process_name", "ph": "M", "pid": base + pid, "tid": 0,
-                                  "args": {"name": label}})
-                    writer.event({"name": "process_sort_index", "ph": "M", "pid": base + pid,
-                                  "tid": 0, "args": {"sort_index": base + pid}})
+                comm = reader.meta.process_names.get(pid, "")
+                number = ids.pid(index, pid, f"{host}: {comm} ({pid})" if comm
+                                 else f"{host}: pid {pid}")
+                tid = ev.get("tid") if type(ev.get("tid")) is int else pid
                 out = dict(ev)
-                out["pid"] = base + pid
-                tid = ev.get("tid")
-                out["tid"] = tid if type(tid) is int else pid
+                out["pid"] = number
+                out["tid"] = ids.tid(index, pid, tid, number, comm)
+                out["ts"] = ids.time(ts)
+                if "dur" in ev:
+                    out["dur"] = _ns(dur) / 1000
                 args = ev.get("args")
                 out["args"] = reader.meta.resolve(args) if isinstance(args, dict) else {}
                 if ev.get("ph") != "C":         # a counter's args are its plotted series
                     out["args"].setdefault("hostname", host)
                     out["args"]["pid"] = pid
-                writer.event(out)
+                    out["args"]["tid"] = tid
+                writer.event(_plain(out))
     except TraceReadError as exc:
         return [str(exc)]
     st = reader.stats
     if st.tail_error:
-        return [f"{trace}: {st.tail_error}; exported {st.members:,} complete gzip members"]
+        return [f"{trace}: {st.tail_error}; exported the {st.events:,} events before it"]
     return []
+
+
+def _plain(value):
+    """Decimals the exact reader made (args, counter series) as JSON numbers."""
+    if type(value) is Decimal:
+        return int(value) if value == value.to_integral_value() else float(value)
+    if type(value) is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_plain(v) for v in value]
+    return value

@@ -20,6 +20,7 @@ import os
 import stat
 import zlib
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -228,12 +229,19 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
     return lines, closed
 
 
-def parse_lines(lines: list[bytes]) -> tuple[list[dict], int]:
+def _exact_loads(data: bytes):
+    """JSON with every fraction as a Decimal: an epoch ``ts`` in µs with ns decimals has
+    more digits than a double holds (0.25 µs apart at today's epoch)."""
+    return json.loads(data, parse_float=Decimal)
+
+
+def parse_lines(lines: list[bytes], loads=None) -> tuple[list[dict], int]:
     """Decode JSON object lines; one decode for the whole batch when all are good."""
+    loads = loads or _loads
     if not lines:
         return [], 0
     try:
-        records = _loads(b"[" + b",".join(lines) + b"]")
+        records = loads(b"[" + b",".join(lines) + b"]")
         if all(type(r) is dict for r in records):
             return records, 0
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -241,7 +249,7 @@ def parse_lines(lines: list[bytes]) -> tuple[list[dict], int]:
     records, bad = [], 0
     for line in lines:
         try:
-            rec = json.loads(line)
+            rec = (json.loads if loads is _loads else loads)(line)
         except (ValueError, UnicodeDecodeError, RecursionError):
             bad += 1
             continue
@@ -252,7 +260,7 @@ def parse_lines(lines: list[bytes]) -> tuple[list[dict], int]:
     return records, bad
 
 
-def parse_block(block: bytes) -> tuple[list[dict], int, bool]:
+def parse_block(block: bytes, loads=None) -> tuple[list[dict], int, bool]:
     """Records of a block of whole lines, bad lines, and whether it held the closing ``]``.
 
     The writer's layout (no commas, no blank lines) becomes one JSON array by
@@ -270,13 +278,13 @@ def parse_block(block: bytes) -> tuple[list[dict], int, bool]:
         return [], 0, closed
     if b",\n" not in body and b"\n\n" not in body:
         try:
-            records = _loads(b"[" + body.replace(b"\n", b",") + b"]")
+            records = (loads or _loads)(b"[" + body.replace(b"\n", b",") + b"]")
             if all(type(r) is dict for r in records):
                 return records, 0, closed
         except (ValueError, UnicodeDecodeError, RecursionError):
             pass
     lines, closed_inside = _split_lines(body)
-    records, bad = parse_lines(lines)
+    records, bad = parse_lines(lines, loads)
     return records, bad, closed or closed_inside
 
 
@@ -355,8 +363,10 @@ class TraceReader:
 
     def __init__(self, path: str | os.PathLike, *, start: int = 0, end: int | None = None,
                  chunk_events: int = DEFAULT_CHUNK_EVENTS,
-                 max_member_bytes: int = DEFAULT_MAX_MEMBER):
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER, exact: bool = False):
+        """``exact``: fractions as Decimal (ns-exact epoch times; slower)."""
         self.path = Path(path)
+        self.loads = _exact_loads if exact else None
         self.start, self.end = start, end
         self.chunk_events = chunk_events
         self.max_member_bytes = max_member_bytes
@@ -424,7 +434,7 @@ class TraceReader:
         stats, meta = self.stats, self.meta
         for data in self._raw_pieces():
             for block in _blocks(data, PARSE_BLOCK):
-                records, bad, closed = parse_block(block)
+                records, bad, closed = parse_block(block, self.loads)
                 stats.closed |= closed
                 stats.bad_lines += bad
                 stats.records += len(records)

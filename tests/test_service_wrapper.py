@@ -7,7 +7,9 @@ real private systemd manager and the real daemon, and reads the trace back.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,22 @@ def test_wrapper_help(site, installed_service):
     assert res.returncode == 0
     for words in ("start", "stop", "FLUX_JOB_ID", "examples:", "f2kP8DU5B", "exit status"):
         assert words in res.stdout
+
+
+def test_wrapper_outside_systemd_says_so_in_one_line(site, tmp_path):
+    """This machine's systemd is not PID 1 (as on a laptop or in a container): the wrapper
+    says that, once, instead of systemctl's D-Bus error."""
+    import sys
+
+    wrapper_bin = Path(sys.executable).with_name("datacrumbs_service_wrapper")
+    probes = tmp_path / "p.json.gz"
+    probes.write_bytes(b"")
+    res = subprocess.run([str(wrapper_bin), "stop", "7", "root", str(probes)],
+                         env={**os.environ, "DATACRUMBS_CONFIG": str(site.source),
+                              "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "systemd is not running on this machine" in lines[0]
+    assert "sudo datacrumbs trace -- CMD" in lines[0] and "bus" not in lines[0]

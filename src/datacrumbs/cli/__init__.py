@@ -67,12 +67,15 @@ def _rewrite_daemon_form(argv: list[str]) -> list[str]:
     return argv
 
 
-def run_cli(argv: list[str] | None, prog: str = PROG) -> int:
-    """Parse and run one command, turning every failure into one ``prog: error:`` line."""
+def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
+    """Parse and run one command, turning every failure into one ``prog: error:`` line.
+    ``adapt(parser)`` may change the parser first (an alias's name in its help)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DATACRUMBS_DEBUG") == "1"
     try:
         parser = build_parser()
+        if adapt is not None:
+            adapt(parser)
         args = parser.parse_args(_rewrite_daemon_form(argv))
         if not getattr(args, "_main", None):
             parser.print_help()
@@ -117,4 +120,22 @@ def configurator_main() -> None:
     argv = sys.argv[1:]
     if "--sign" not in argv and "-h" not in argv and "--help" not in argv:
         argv = [*argv, "--sign"]
-    sys.exit(run_cli(["probes", "generate", *argv], prog="datacrumbs_probe_configurator"))
+    sys.exit(run_cli(["probes", "generate", *argv], prog="datacrumbs_probe_configurator",
+                     adapt=_as_configurator))
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def _as_configurator(parser: argparse.ArgumentParser) -> None:
+    """Its help and usage name it, and say what it is."""
+    generate = _subparser(_subparser(parser, "probes"), "generate")
+    generate.prog = "datacrumbs_probe_configurator"
+    generate.description = (f"{generate.description}\n\nThe original DataCrumbs' name for "
+                            "`datacrumbs probes generate --sign`: --sign is implied.")
+    generate.epilog = (generate.epilog or "").replace("datacrumbs probes generate",
+                                                      "datacrumbs_probe_configurator")

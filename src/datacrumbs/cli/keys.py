@@ -16,6 +16,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from rich.console import Console
 from rich.table import Table
@@ -29,10 +30,33 @@ HELP = "create, rotate, list and export the signing keys"
 
 def setup_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    sub.add_parser("init", help="create the first signing key (refuses if one exists)")
-    sub.add_parser("rotate", help="make a new signing key; old public keys stay trusted")
-    sub.add_parser("list", help="list the keys, marking the current one")
-    export = sub.add_parser("export-public", help="copy all public keys to a directory")
+    fmt = argparse.RawDescriptionHelpFormatter  # keeps the examples' lines; descriptions wrapped
+    sub.add_parser(
+        "init", formatter_class=fmt, help="create the first signing key (refuses if one exists)",
+        description=textwrap.fill("Create the signing service's first Ed25519 key: the private key in "
+        "private_key_dir (0700, file 0600), its public key in public_key_dir. Refuses when a "
+        "key exists already (use `rotate`). Run once, as root, on the signing host; then copy "
+        "public_key_dir to every node.", 78),
+        epilog="example:\n  sudo datacrumbs keys init")
+    sub.add_parser(
+        "rotate", formatter_class=fmt, help="make a new signing key; old public keys stay trusted",
+        description=textwrap.fill("Make a new signing key and sign with it from now on. Old public keys "
+        "stay, so files signed before remain valid until they expire; to revoke them, delete "
+        "the old <key_id>.pub from public_key_dir on every node. Copy the new public key to "
+        "every node before users sign with it.", 78),
+        epilog="example:\n  sudo datacrumbs keys rotate && sudo datacrumbs keys export-public "
+        "/shared/etc/datacrumbs/keys")
+    sub.add_parser(
+        "list", formatter_class=fmt, help="list the keys, marking the current one",
+        description=textwrap.fill("List every key: its id, whether it is the current signing key, and "
+        "whether its private and public halves are present here.", 78),
+        epilog="example:\n  sudo datacrumbs keys list")
+    export = sub.add_parser(
+        "export-public", formatter_class=fmt, help="copy all public keys to a directory",
+        description=textwrap.fill("Copy every <key_id>.pub to DEST (e.g. a directory shared with the compute "
+        "nodes, or their public_key_dir): the prolog, the tracer and the Flux plugin verify "
+        "signatures with these files.", 78),
+        epilog="example:\n  sudo datacrumbs keys export-public /shared/cluster/etc/datacrumbs/keys")
     export.add_argument("dest", metavar="DEST", help="directory to copy <key_id>.pub files to")
 
 

@@ -220,7 +220,9 @@ def _local(ts: float) -> str:
 
 
 def _relative(ts: float, now: float) -> str:
-    delta = int(ts - now)
+    delta = round(ts - now)
+    if delta == 0:
+        return "now"
     span = abs(delta)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
         if span >= size or unit == "s":

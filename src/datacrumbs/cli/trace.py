@@ -37,8 +37,8 @@ DEFAULT_SETS = ("posix", "stdio")
 
 
 def setup_parser(parser) -> None:
-    parser.usage = ("datacrumbs trace [--probes FILE | --set NAME ...] [-o DIR] "
-                    "[--mode trace|profile] -- CMD [ARGS ...]")
+    parser.usage = ("datacrumbs trace [-h] [--probes FILE | --set NAME ...] [-o DIR] "
+                    "[--mode trace|profile] [--interval-ms MS] [-q] -- CMD [ARGS ...]")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--probes", metavar="FILE", help="probes file (*.json.gz), signed or not")
     src.add_argument("--set", dest="sets", metavar="NAME", action="append",

@@ -41,9 +41,18 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
             f"`{' '.join(argv)}` did not finish within {timeout:.1f} s") from None
 
 
+_NO_SYSTEMD = ("System has not been booted with systemd", "Failed to connect to bus")
+
+
 def _check(proc: subprocess.CompletedProcess, what: str) -> None:
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        text = (proc.stderr or proc.stdout).strip()
+        if any(sign in text for sign in _NO_SYSTEMD):
+            raise SystemctlError(
+                "systemd is not running on this machine, and the tracer runs as the systemd "
+                "unit datacrumbs@<jobid>.service: use a node booted with systemd, or trace one "
+                "command with `sudo datacrumbs trace -- CMD`")
+        detail = text.splitlines()
         raise SystemctlError(f"{what} failed (exit {proc.returncode})"
                              + (f": {detail[-1]}" if detail else ""))
 

@@ -73,17 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     except DatacrumbsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    # a failing prolog or epilog has said why on stderr already: one line, not two
     if args.action == "start":
         result = run_prolog(env)
         if not result.started:
-            print(f"{PROG}: error: {result.message or 'tracing was not enabled'}",
-                  file=sys.stderr)
+            if not result.message:
+                print(f"{PROG}: error: tracing was not enabled", file=sys.stderr)
             return 1
         print(f"{systemctl.unit_name(result.jobid)} is active and ready")
         return 0
     result = run_epilog(env)
     if result.message or not result.stopped:
-        print(f"{PROG}: error: {result.message or 'the unit did not stop'}", file=sys.stderr)
+        if not result.message:
+            print(f"{PROG}: error: the unit did not stop", file=sys.stderr)
         return 1
     print(f"{systemctl.unit_name(result.jobid)} is stopped")
     return 0

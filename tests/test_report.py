@@ -537,3 +537,27 @@ def test_files_are_written_when_the_tables_reader_goes_away(tmp_path):
     summary = json.loads(json_path.read_text())
     assert summary["totals"]["events"] > 0
     assert html_path.read_text().rstrip().endswith("</html>")
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_at_80_columns_every_count_is_shown_whole(tmp_path, capsys, monkeypatch, columns):
+    """A narrow terminal drops whole columns (and says which), never digits: every count and
+    byte total of the JSON stands in full in the text, and no line is wider than the terminal."""
+    make_job(tmp_path / "job")
+    json_path = tmp_path / "r.json"
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert run_cli(["report", str(tmp_path / "job"), "--json", str(json_path)]) == 0
+    out = capsys.readouterr().out
+    s = json.loads(json_path.read_text())
+    assert max(len(line) for line in out.splitlines()) <= columns
+    tokens = {t.strip("│┃ ") for line in out.splitlines() for t in line.split("│")}
+    for o in s["operations"]:
+        assert f"{o['count']:,}" in tokens and f"{o['bytes']:,}" in tokens, o
+        row = next(ln for ln in out.splitlines() if "│" in ln and f" {o['name']} " in ln)
+        assert f" {o['category']} " in row
+    for n in s["nodes"]:
+        assert f"{n['count']:,}" in tokens and f"{n['bytes']:,}" in tokens
+    for f in s["top_files_by_bytes"]:
+        assert f"{f['count']:,}" in tokens and f"{f['bytes']:,}" in tokens
+    if columns == 80:
+        assert "left out at this width" in out

@@ -64,6 +64,32 @@ def _table(title: str, *columns: str, numeric_from: int = 1) -> Table:
     return t
 
 
+def _fit(console: Console, title: str, columns: list[str], rows: list[list[str]], *,
+         numeric_from: int = 1, optional: tuple[str, ...] = ()) -> Table:
+    """The table with as many columns as fit the console, dropping ``optional`` ones in
+    order: rich would otherwise cut numbers (614,8 for 614,8xx) or squeeze names to
+    nothing, and a user copies a wrong value. Digits are never cut: numeric columns do
+    not wrap and keep their full width."""
+    keep = list(range(len(columns)))
+    dropped: list[str] = []
+    for name in (None, *optional):
+        if name is not None and name in columns:
+            keep.remove(columns.index(name))
+            dropped.append(name)
+        note = f"{title} ({', '.join(dropped)} left out at this width; widen the terminal or " \
+            "use --json)" if dropped else title
+        table = _table(note, *(columns[i] for i in keep),
+                       numeric_from=sum(1 for i in keep if i < numeric_from))
+        for row in rows:
+            table.add_row(*(row[i] for i in keep))
+        # measured unbounded (console.measure clamps to the width); the widest rendering
+        # must fit, since rich cuts no-wrap cells rather than narrowing below it
+        if table.__rich_measure__(console, console.options.update_width(1 << 20)).maximum \
+                <= console.width:
+            break
+    return table
+
+
 def render(summary: dict, console: Console) -> None:
     """Print every section of the summary."""
     job = summary["job"]
@@ -88,17 +114,22 @@ def render(summary: dict, console: Console) -> None:
 
     if not summary["operations"]:
         console.print("No I/O operations in these traces.")
-    ops = _table("Operations", "Category", "Operation", "Count", "Bytes", "Total time", "Mean",
-                 "Bandwidth", "p50", "p90", "p99", "Max", "Errors", numeric_from=2)
+    rows = []
     for o in summary["operations"]:
         lat = o["latency_us"] or {}
         mark = "" if lat.get("exact", True) else "~"
-        ops.add_row(o["category"], o["name"], exact(o["count"]), exact(o["bytes"]),
-                    human_us(o["time_us"]), human_us(o["mean_us"]), human_rate(o["bandwidth_Bps"]),
-                    *(mark + human_us(lat.get(k)) if lat else "-" for k in ("p50", "p90", "p99")),
-                    human_us(lat.get("max")) if lat else "-", exact(o["errors"]))
+        rows.append([o["category"], o["name"], exact(o["count"]), exact(o["bytes"]),
+                     human_us(o["time_us"]), human_us(o["mean_us"]),
+                     human_rate(o["bandwidth_Bps"]),
+                     *(mark + human_us(lat.get(k)) if lat else "-" for k in ("p50", "p90", "p99")),
+                     human_us(lat.get("max")) if lat else "-", exact(o["errors"])])
     if summary["operations"]:
-        console.print(ops)
+        console.print(_fit(console, "Operations",
+                           ["Category", "Operation", "Count", "Bytes", "Total time", "Mean",
+                            "Bandwidth", "p50", "p90", "p99", "Max", "Errors"], rows,
+                           numeric_from=2,
+                           optional=("p90", "p50", "Max", "Mean", "p99", "Bandwidth",
+                                     "Errors", "Category")))
     if any(not (o["latency_us"] or {}).get("exact", True) for o in summary["operations"]):
         console.print("~ percentile from a log-scale histogram (within 9%)", style="dim")
 

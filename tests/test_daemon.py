@@ -591,6 +591,47 @@ def test_vectorised_fd_paths_match_row_by_row():
         assert fast == slow
 
 
+def test_converter_follows_forks_fcntl_dups_and_names_a_copys_output():
+    """`sh -c 'cat a > b'`: the shell opens b, saves fd 1 with fcntl(F_DUPFD), dup2s b onto
+    1 and forks cat, whose copy_file_range(3, .., 1, ..) must name both files."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from datacrumbs.tracer.daemon import EventConverter
+    from datacrumbs.tracer.engine import EVENT_DTYPE
+    from datacrumbs.tracer.paths import FdPaths
+
+    def sys(name, **args):
+        return {"id": f"posix.{name}", "kind": "syscall", "target": name, "category": "POSIX",
+                "args": args, "bytes": None}
+
+    probes = [sys("openat", fd=0, path=1, flags=2), sys("fcntl", fd=0, flags=1),
+              sys("dup2", fd=0), sys("close", fd=0), sys("clone", flags=0),
+              sys("copy_file_range", fd=0, fd2=2, count=4), sys("write", fd=0)]
+    rows = [  # (pid, probe, fd, fd2, flags, ret)
+        (10, 0, -100, -1, 0o1101, 3),     # openat("b") = 3 in the shell
+        (10, 1, 1, -1, 0, 11),           # fcntl(1, F_DUPFD, 10) = 11: the saved stdout
+        (10, 2, 3, -1, 0, 1),            # dup2(3, 1)
+        (10, 3, 3, -1, 0, 0),            # close(3)
+        (10, 4, -1, -1, 0, 20),          # clone() = 20: cat
+        (20, 0, -100, -1, 0, 3),         # cat: openat("a") = 3
+        (20, 5, 3, 1, 0, 4096),          # copy_file_range(3, NULL, 1, NULL, ...)
+        (10, 6, 11, -1, 0, 5),           # the shell writes to its saved stdout
+    ]
+    ev = np.zeros(len(rows), EVENT_DTYPE)
+    for i, (pid, probe, fd, fd2, flags, ret) in enumerate(rows):
+        ev[i] = (0, 0, pid, pid, probe, fd, ret, 0, -1, -1, fd2, flags)
+    batch = SimpleNamespace(events=ev, paths={0: "/d/b", 5: "/d/a"})
+    known = {(10, 1): "/dev/pts/0"}
+    conv = EventConverter(probes, FdPaths(lambda pid, fd: known.get((pid, fd))))
+    ops, paths, paths2 = conv.convert(batch)
+    assert paths[6] == "/d/a" and paths2[6] == "/d/b"
+    assert paths[7] == "/dev/pts/0"
+    assert [p for i, p in enumerate(paths2) if i != 6] == [None] * 7
+    assert ops["fd2"].tolist()[6] == 1 and ops["flags"].tolist()[0] == 0o1101
+
+
 def test_nothing_attached_is_exit_1_with_the_reasons(site, user1):
     store = KeyStore.from_config(site)
     store.init()

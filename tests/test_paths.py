@@ -114,7 +114,8 @@ def test_operation_sets_are_disjoint_and_the_posix_set_traces_dups():
     for name in DUP_OPS:
         assert posix[name]["kind"] == "syscall"
         assert posix[name]["args"] == {"fd": 0} and posix[name]["bytes"] is None
-    assert "fcntl" not in posix  # F_DUPFD needs the cmd argument, which events lack
+    # fcntl(F_DUPFD) duplicates too: the set records its cmd (argument 1) as flags
+    assert posix["fcntl"]["args"] == {"fd": 0, "flags": 1}
 
 
 # -- real eBPF ---------------------------------------------------------------------------
@@ -205,3 +206,18 @@ def test_trace_follows_a_shell_redirect_after_stdout_was_used(site, bpf_object, 
     assert _trace_bytes(path, target) == (BLOCKS, BLOCKS * BLOCK)
     assert summary["files"][str(target)]["bytes"] == BLOCKS * BLOCK
     assert target.stat().st_size == BLOCKS * BLOCK
+
+
+def test_a_forked_child_inherits_the_parents_descriptors():
+    """A shell opens a redirect and forks the command: the child's fd 1 is the file."""
+    paths = FdPaths(lambda pid, fd: None)
+    paths.opened(10, 3, "/out")
+    paths.duplicated(10, 3, 1)
+    paths.closed(10, 3)
+    assert paths.lookup(11, 1) is None      # child seen first: unknown, remembered
+    paths.forked(10, 11)
+    assert paths.lookup(11, 1) == "/out" and paths.lookup(11, 3) is None
+    paths.opened(11, 5, "/mine")
+    paths.forked(10, 11)                    # what the child has of its own stays
+    assert paths.lookup(11, 5) == "/mine"
+    assert paths.lookup(10, 1) == "/out"

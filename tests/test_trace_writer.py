@@ -15,6 +15,8 @@ import zlib
 import numpy as np
 import pytest
 
+from test_trace_reader import gzip_complete_events
+
 from datacrumbs.trace.writer import OPS_DTYPE, TraceWriter, name_hash
 from workloads import daemon_readback as rb
 
@@ -188,13 +190,15 @@ while True:
     assert (frame["ph"] == "X").sum() == len(ev)
     from datacrumbs.trace.reader import TraceReader
     assert sum(1 for r in TraceReader(path).events() if r.get("ph") == "X") == len(ev)
-    # A kill inside os.write leaves part of a member: every reader drops exactly that.
+    # A kill inside os.write leaves part of a member: a member-wise reader drops it, ours
+    # keeps its whole lines, exactly those gzip -dc recovers.
     comp = zlib.compressobj(1, zlib.DEFLATED, 31)
     member = comp.compress(b"\n".join([b'{"id":1,"ph":"X"}'] * 2000)) + comp.flush()
     with open(path, "ab") as f:
         f.write(member[:len(member) // 2])
     assert rb.members(path)[1] != b"" and len(rb.events(path)) == len(ev)
-    assert sum(1 for r in TraceReader(path).events() if r.get("ph") == "X") == len(ev)
+    kept = sum(1 for r in TraceReader(path).events() if r.get("ph") == "X")
+    assert kept == gzip_complete_events(path) > len(ev)
 
 
 @pytest.fixture
@@ -342,3 +346,37 @@ def test_repeated_values_are_formatted_like_distinct_ones(tmp_path):
              **({"size": 16} if k % 2 == 0 else {}), "ret": -1 if k % 5 == 0 else 16}
             for k in range(n)]
     assert got == want
+
+
+def test_copies_name_both_files_and_flags_are_written_for_their_probes(tmp_path):
+    """fd2/fhash2 only for probes with an fd2 role, flags only for probes with a flags role."""
+    probes = [
+        {"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX",
+         "args": {"fd": 0, "count": 2}},
+        {"id": "posix.openat", "kind": "syscall", "target": "openat", "category": "POSIX",
+         "args": {"fd": 0, "path": 1, "flags": 2}},
+        {"id": "posix.copy_file_range", "kind": "syscall", "target": "copy_file_range",
+         "category": "POSIX", "args": {"fd": 0, "fd2": 2, "count": 4, "flags": 5}},
+    ]
+    path = tmp_path / "t.pfw.gz"
+    with TraceWriter(path, header=HEADER) as w:
+        w.set_probes(probes)
+        ops = np.concatenate([make_ops(1, probe=1, fd=-100, count=-1, size=-1, ret=4),
+                              make_ops(1, probe=2, fd=3, count=1 << 30, size=1 << 20,
+                                       ret=1 << 20),
+                              make_ops(1, probe=2, fd=3, count=1 << 30, size=0, ret=0),
+                              make_ops(1, probe=0, fd=4)])
+        ops["fd2"] = [0, 4, 4, 7]          # write's fd2 (none in the probe) is not written
+        ops["flags"] = [0o1101, 0, 0, 9]
+        w.write_ops(ops, ["/d/b", "/d/a", "/d/a", "/d/b"], [None, "/d/b", "/d/b", None])
+    recs = rb.records(path)
+    fh = {r["args"]["name"]: r["args"]["value"] for r in recs if r["name"] == "FH"}
+    ev = rb.events(path)
+    assert ev[0]["args"]["flags"] == 0o1101 and "fd2" not in ev[0]["args"]
+    assert ev[1]["args"] == {"hhash": name_hash("node1"), "fhash": fh["/d/a"], "fd": 3, "fd2": 4,
+                             "fhash2": fh["/d/b"], "count": 1 << 30, "size": 1 << 20,
+                             "ret": 1 << 20, "flags": 0}
+    assert "fd2" not in ev[3]["args"] and "flags" not in ev[3]["args"]
+    # FH lines come before the events that use them
+    first_event = next(i for i, r in enumerate(recs) if r.get("ph") == "X")
+    assert all(i < first_event for i, r in enumerate(recs) if r["name"] == "FH")

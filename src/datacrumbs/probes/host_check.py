@@ -97,7 +97,8 @@ SYSCALLS_X86_64: dict[str, int] = {
 }
 # Syscalls whose tracepoint has another name than the syscall.
 _TRACEPOINT_ALIASES = {"stat": "newstat", "lstat": "newlstat", "fstat": "newfstat",
-                       "uname": "newuname", "sysinfo": "sysinfo"}
+                       "uname": "newuname", "sysinfo": "sysinfo",
+                       "sendfile": "sendfile64"}    # SYSCALL_DEFINE4(sendfile64, ...) is nr 40
 
 
 def syscall_number(name: str) -> int:

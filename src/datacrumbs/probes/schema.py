@@ -17,7 +17,8 @@ PROBES_FORMAT = "datacrumbs-probes"
 PROBES_VERSION = 1
 
 ID_PATTERN = r"^[a-z0-9_.-]{1,64}$"
-ROLES = ("fd", "count", "offset", "path", "flags", "size", "nmemb", "stream", "whence")
+# fd2: a second descriptor (copy_file_range, sendfile, splice, tee: the output one).
+ROLES = ("fd", "count", "offset", "path", "flags", "size", "nmemb", "stream", "whence", "fd2")
 KINDS = ("syscall", "uprobe", "tracepoint", "kprobe", "usdt")
 MAX_ARG_INDEX = 5  # six register arguments on x86_64: what BPF can read directly
 

@@ -238,6 +238,33 @@ class Aggregate:
                          np.array(op, np.int64), _numbers([r.get("ts") for r in rows], -1),
                          _numbers(dur, 0), _numbers(size, -1), weight,
                          _numbers([r.get("pid") for r in rows], -1), fil, timed)
+        two = [i for i, a in enumerate(xargs) if "fhash2" in a]
+        if two:
+            self._add_second_files([_text(xargs[i]["fhash2"]) for i in two],
+                                   _numbers([size[i] for i in two], -1),
+                                   _numbers([dur[i] for i in two], 0))
+
+    def _add_second_files(self, fkeys: list, size: np.ndarray, dur: np.ndarray) -> None:
+        """A copy (copy_file_range, sendfile, splice, tee) moves its bytes from the file of
+        ``fhash`` to the file of ``fhash2``: the second file is credited with the call, its
+        bytes and its time as well, so each file of a copy shows the bytes that went
+        through it. Operation, process and node totals count the call once."""
+        idx: dict = {}
+        fi = np.array([idx.setdefault(k, len(idx)) for k in fkeys], np.int64)
+        nf = len(idx)
+        fc = np.bincount(fi, minlength=nf)
+        fb = np.bincount(fi, weights=np.where(size >= 0, size, 0), minlength=nf).astype(np.int64)
+        ft = _sums(fi, _ns(dur), nf)
+        limit = FILE_HASH_SPACE >> self.file_level
+        for j, fk in enumerate(idx):
+            row = self.files.get(fk)
+            if row is None:
+                h = _file_hash(fk)
+                if h < limit:
+                    self.files[fk] = [int(fc[j]), int(fb[j]), int(ft[j]), h]
+            else:
+                row[0] += int(fc[j]); row[1] += int(fb[j]); row[2] += int(ft[j])
+        self._fit_files()
 
     def _add_arrays(self, source, keys, fkeys, errs, op, ts, dur, size, weight, pid, fil, timed):
         n_ops = len(keys)

@@ -40,12 +40,15 @@ import numpy as np
 log = logging.getLogger("datacrumbs.trace")
 
 #: Columns of the operations array :meth:`TraceWriter.write_ops` takes. ``-1``
-#: means "unknown" for fd, count, offset and size; errno 0 means "no error".
-#: ``ts_ns`` is nanoseconds since the Unix epoch, ``dur_ns`` nanoseconds.
+#: means "unknown" for fd, fd2, count, offset and size; errno 0 means "no error".
+#: ``ts_ns`` is nanoseconds since the Unix epoch, ``dur_ns`` nanoseconds. ``fd2`` (the
+#: output descriptor of a copy: copy_file_range, sendfile, splice, tee) and ``flags``
+#: (e.g. open's O_* bits) are written only for probes with an ``fd2``/``flags`` role.
 OPS_DTYPE = np.dtype([
     ("ts_ns", np.int64), ("dur_ns", np.int64), ("pid", np.int64), ("tid", np.int64),
     ("probe", np.int32), ("ret", np.int64), ("errno", np.int32), ("fd", np.int64),
     ("count", np.int64), ("offset", np.int64), ("size", np.int64),
+    ("fd2", np.int64), ("flags", np.int64),
 ])
 
 _HASH_CACHE_MAX = 65536
@@ -144,6 +147,8 @@ class TraceWriter:
         self._probe_prefix: list[str] = []
         self._probe_args: list[str] = []
         self._probe_ret: list[bool] = []
+        self._probe_fd2: list[bool] = []
+        self._probe_flags: list[bool] = []
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         # dir_fd: the caller walked the directory without following links; stay inside it.
         self._fd = os.open(self.path, flags, mode, dir_fd=dir_fd)
@@ -173,7 +178,12 @@ class TraceWriter:
     def set_probes(self, probes: list[dict]) -> None:
         """Precompute each probe's line prefix; ``ops["probe"]`` indexes this list."""
         self._probe_prefix, self._probe_args, self._probe_ret = [], [], []
+        self._probe_fd2, self._probe_flags = [], []
         for probe in probes:
+            roles = probe.get("args") if isinstance(probe.get("args"), dict) else {}
+            tp = probe.get("kind") == "tracepoint"
+            self._probe_fd2.append("fd2" in roles and not tp)
+            self._probe_flags.append("flags" in roles and not tp)
             name = probe_name(probe)
             cat = str(probe.get("category") or "SYSCALL")
             self._probe_prefix.append(f'"name":{_json_str(name)},"cat":{_json_str(cat)},')
@@ -225,8 +235,10 @@ class TraceWriter:
 
     # -- events ---------------------------------------------------------------------------
 
-    def write_ops(self, ops: np.ndarray, paths: list | None = None) -> None:
-        """Append completed operations (``OPS_DTYPE`` rows); ``paths[i]`` names row i's file."""
+    def write_ops(self, ops: np.ndarray, paths: list | None = None,
+                  paths2: list | None = None) -> None:
+        """Append completed operations (``OPS_DTYPE`` rows); ``paths[i]`` names row i's file,
+        ``paths2[i]`` the file of its ``fd2`` (the output of a copy), written as ``fhash2``."""
         n = len(ops)
         if n == 0:
             return
@@ -235,12 +247,14 @@ class TraceWriter:
             return
         room = self.member_events - self._pending_events
         if n > room:  # a member never holds more than member_events events
-            self.write_ops(ops[:room], None if paths is None else paths[:room])
-            self.write_ops(ops[room:], None if paths is None else paths[room:])
+            self.write_ops(ops[:room], None if paths is None else paths[:room],
+                           None if paths2 is None else paths2[:room])
+            self.write_ops(ops[room:], None if paths is None else paths[room:],
+                           None if paths2 is None else paths2[room:])
             return
-        self._format_ops(ops, paths)
+        self._format_ops(ops, paths, paths2)
 
-    def _format_ops(self, ops: np.ndarray, paths: list | None) -> None:
+    def _format_ops(self, ops: np.ndarray, paths: list | None, paths2: list | None = None) -> None:
         n = len(ops)
         if paths is not None:
             first_pid = int(ops["pid"][0])
@@ -251,6 +265,7 @@ class TraceWriter:
             fh = [fhs[p] for p in paths]
         else:
             fh = repeat("")
+        fd2s, flagss = self._second_columns(ops, paths2)
         start = self._next_id
         self._next_id += n
         has_ret = self._probe_ret
@@ -259,6 +274,7 @@ class TraceWriter:
         for key in ("fd", "count", "offset", "size"):
             col = ops[key]
             cols.append(repeat("") if (col < 0).all() else _column(key, col.tolist(), True))
+        cols.insert(1, fd2s)
         errs = ops["errno"]
         if errs.any():
             rets = [(f',"ret":{r}' if e == 0 else f',"ret":-1,"errno":{e}') if has_ret[p] else ""
@@ -274,13 +290,36 @@ class TraceWriter:
         self._spans.append((first, first + n))
         self._lines.extend([
             f'{{"id":{i},{pfx[p]}"pid":{a},"tid":{b},"ts":{c}.{fr[cr]},"dur":{d}.{fr[dr]},'
-            f'"ph":"X","args":{{{hh}{f}{fd}{cn}{of}{sz}{rt}{ext[p]}}}}}'
-            for i, p, a, b, c, cr, d, dr, f, fd, cn, of, sz, rt in zip(
+            f'"ph":"X","args":{{{hh}{f}{fd}{f2}{cn}{of}{sz}{rt}{fl}{ext[p]}}}}}'
+            for i, p, a, b, c, cr, d, dr, f, fd, f2, cn, of, sz, rt, fl in zip(
                 range(start, start + n), probe, ops["pid"].tolist(), ops["tid"].tolist(),
-                ts_q.tolist(), ts_r.tolist(), dur_q.tolist(), dur_r.tolist(), fh, *cols, rets)])
+                ts_q.tolist(), ts_r.tolist(), dur_q.tolist(), dur_r.tolist(), fh, *cols, rets,
+                flagss)])
         self._pending_events += n
         if self._pending_events >= self.member_events:
             self.flush()
+
+    def _second_columns(self, ops: np.ndarray, paths2: list | None):
+        """``,"fd2":N,"fhash2":"…"`` and ``,"flags":N`` of each row, only for the probes
+        that have those roles (most rows have neither: then nothing is formatted)."""
+        probes = np.unique(ops["probe"]).tolist()
+        has_fd2, has_flags = self._probe_fd2, self._probe_flags
+        fd2s = flagss = repeat("")
+        if any(0 <= p < len(has_fd2) and has_fd2[p] for p in probes):
+            first_pid = int(ops["pid"][0])
+            out = []
+            for i, (p, fd2) in enumerate(zip(ops["probe"].tolist(), ops["fd2"].tolist())):
+                if fd2 < 0 or not has_fd2[p]:
+                    out.append("")
+                    continue
+                path = paths2[i] if paths2 is not None else None
+                out.append(f',"fd2":{fd2}' if path is None else
+                           f',"fd2":{fd2},"fhash2":"{self.file_hash(path, first_pid)}"')
+            fd2s = out
+        if any(0 <= p < len(has_flags) and has_flags[p] for p in probes):
+            flagss = [f',"flags":{f}' if has_flags[p] else ""
+                      for p, f in zip(ops["probe"].tolist(), ops["flags"].tolist())]
+        return fd2s, flagss
 
     def write_counters(self, rows) -> None:
         """Profile counters: rows of (ts_ns, pid, probe, count, bytes, time_ns); ``ts`` and

@@ -29,7 +29,7 @@ from ..errors import ConfigError, DatacrumbsError
 from ..jobid import f58_encode, f58plain, validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
-from .paths import CLOSE_OPS, DUP_OPS, OPEN_OPS, FdPaths
+from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
 from .summary import SummaryBuilder, SummaryFile
 
 log = logging.getLogger("datacrumbs.daemon")
@@ -286,6 +286,8 @@ class EventConverter:
     _close: set = field(init=False)
     _open: set = field(init=False)
     _dup: set = field(init=False)
+    _fcntl: set = field(init=False)
+    _fork: set = field(init=False)
     _close_ids: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -294,10 +296,17 @@ class EventConverter:
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
         self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
+        # fcntl duplicates with F_DUPFD(_CLOEXEC): only when the probe records its cmd
+        self._fcntl = {i for i, p in enumerate(self.probes) if probe_name(p) in FCNTL_OPS
+                       and (p.get("args") or {}).get("flags") == 1}
+        self._fork = {i for i, p in enumerate(self.probes) if probe_name(p) in FORK_OPS}
         # rows that change the fd table are resolved one by one, in order
-        self._close_ids = np.array(sorted(self._close | self._dup), dtype=np.int32)
+        self._close_ids = np.array(sorted(self._close | self._dup | self._fcntl | self._fork),
+                                   dtype=np.int32)
 
-    def convert(self, batch) -> tuple[np.ndarray, list | None]:
+    def convert(self, batch) -> tuple[np.ndarray, list | None, list | None]:
+        """(ops, paths, paths2): ``paths2`` names the file of each row's ``fd2`` (the output
+        of a copy), None when no row of the batch has one."""
         ev = batch.events
         n = len(ev)
         ops = np.empty(n, OPS_DTYPE)
@@ -315,18 +324,25 @@ class EventConverter:
         ops["count"] = np.where(ev["count"] > 0, ev["count"], -1)
         ops["offset"] = ev["offset"]
         ops["size"] = ev["bytes"]
+        ops["fd2"] = ev["fd2"]
+        ops["flags"] = ev["flags"]
         if not self.capture_paths:
-            return ops, None
-        return ops, self._paths(ops, getattr(batch, "paths", None) or {})
+            return ops, None, None
+        two = np.flatnonzero(ops["fd2"] >= 0)
+        paths2 = [None] * n if len(two) else None
+        paths = self._paths(ops, getattr(batch, "paths", None) or {}, two, paths2)
+        return ops, paths, paths2
 
-    def _paths(self, ops: np.ndarray, opened: dict) -> list:
+    def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None) -> list:
         """Path of each row. Between opens and closes the fd table cannot change, so long
-        runs of reads and writes are resolved once per distinct (pid, fd), not per row."""
+        runs of reads and writes are resolved once per distinct (pid, fd), not per row.
+        Rows with a second descriptor (``two``) are resolved one by one, in order, with
+        ``paths2[i]`` the file of their fd2."""
         n = len(ops)
         closing = np.flatnonzero(np.isin(ops["probe"], self._close_ids)).tolist()
-        special = sorted(set(opened).union(closing))
+        special = sorted(set(opened).union(closing).union(np.asarray(two).tolist()))
         if len(special) * 32 > n:
-            return self._paths_rows(ops, opened, 0, n, [None] * n)
+            return self._paths_rows(ops, opened, 0, n, [None] * n, paths2)
         out = np.full(n, None, dtype=object)
         pid, fd = ops["pid"], ops["fd"]
         start = 0
@@ -341,18 +357,27 @@ class EventConverter:
                                                for k in uniq.tolist()], dtype=object)[1:]
                     out[start + valid] = found[inverse]
             if row < n:
-                self._paths_rows(ops, opened, row, row + 1, out)
+                self._paths_rows(ops, opened, row, row + 1, out, paths2)
             start = row + 1
         return out.tolist()
 
-    def _paths_rows(self, ops: np.ndarray, opened: dict, begin: int, end: int, out):
+    def _paths_rows(self, ops: np.ndarray, opened: dict, begin: int, end: int, out,
+                    paths2: list | None = None):
         fdp = self.fdpaths
         close, open_, dup = self._close, self._open, self._dup
         rows = zip(range(begin, end), ops["pid"][begin:end].tolist(),
                    ops["fd"][begin:end].tolist(), ops["probe"][begin:end].tolist(),
-                   ops["ret"][begin:end].tolist())
+                   ops["ret"][begin:end].tolist(), ops["fd2"][begin:end].tolist(),
+                   ops["flags"][begin:end].tolist())
+        fcntl, fork = self._fcntl, self._fork
         last_key = last_path = None
-        for i, pid, fd, probe, ret in rows:
+        for i, pid, fd, probe, ret, fd2, flags in rows:
+            if probe in fork:
+                if ret > 0:     # the child has the parent's descriptors
+                    fdp.forked(pid, ret)
+                continue
+            if fd2 >= 0 and paths2 is not None:
+                paths2[i] = fdp.lookup(pid, fd2)
             path = opened.get(i)
             if path is not None:
                 if ret >= 0 and probe in open_:
@@ -367,7 +392,7 @@ class EventConverter:
                 fdp.closed(pid, fd)
                 last_key = None
                 continue
-            if probe in dup:
+            if probe in dup or (probe in fcntl and flags in FCNTL_DUP_CMDS):
                 # the new descriptor (the return value) names the old one's file
                 out[i] = fdp.duplicated(pid, fd, ret) if ret >= 0 else fdp.lookup(pid, fd)
                 last_key = None
@@ -632,7 +657,7 @@ class TraceRun:
         batch = self.engine.poll(timeout_ms)
         if batch is None or len(batch.events) == 0:
             return 0
-        ops, paths = self.converter.convert(batch)
+        ops, paths, paths2 = self.converter.convert(batch)
         pids = np.unique(ops["pid"]).tolist()
         new = [p for p in pids if not self.writer.named(p)]
         if new:
@@ -640,9 +665,9 @@ class TraceRun:
             for pid in new:
                 if pid in names:
                     self.writer.process_name(pid, names[pid])
-        self.writer.write_ops(ops, paths)
+        self.writer.write_ops(ops, paths, paths2)
         if self.mode != "profile":
-            self.summary.add_ops(ops, paths)
+            self.summary.add_ops(ops, paths, paths2)
         return int(ops["ts_ns"].max())
 
     def _sample_profile(self) -> list:

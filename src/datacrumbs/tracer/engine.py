@@ -19,7 +19,9 @@ Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 ``dur_ns``, ``pid`` (tgid), ``tid``, ``probe``, ``ret`` (raw: syscalls give
 -errno), ``fd`` (-1 if none), ``count`` (bytes requested, 0 if none),
 ``offset`` (-1 if none), ``bytes`` (bytes moved by the probe's ``bytes`` rule,
--1 when it is not a data operation). Tracepoint events are instants
+-1 when it is not a data operation), ``fd2`` (the second descriptor of a copy:
+copy_file_range, sendfile, splice and tee name the output there; -1 if none),
+``flags`` (the probe's ``flags`` argument, e.g. open's O_* bits; 0 if none). Tracepoint events are instants
 (``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
 and belong to the issuing process. pids are host pids.
 
@@ -77,13 +79,14 @@ log = logging.getLogger("datacrumbs.engine")
 
 EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
                         ("probe", "<u4"), ("fd", "<i4"), ("ret", "<i8"), ("count", "<u8"),
-                        ("offset", "<i8"), ("bytes", "<i8")])
+                        ("offset", "<i8"), ("bytes", "<i8"), ("fd2", "<i4"), ("flags", "<u4")])
+assert EVENT_DTYPE.itemsize == 72          # struct dc_event
 _PATH_HEAD = struct.Struct("<QIIII")            # struct dc_path up to its path
 HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
-ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream")
+ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
 BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
 TRACEFS = Path("/sys/kernel/tracing")
@@ -106,7 +109,7 @@ INT_RETURNING = frozenset({
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
-_SPEC = struct.Struct("<IBBbBbbbbbbbbHHI")      # struct dc_spec
+_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbH")    # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
@@ -765,7 +768,7 @@ class Engine:
         packed = _SPEC.pack(index, 1, bkind, barg, 1 if kind == "kprobe" else 0,
                             roles["fd"], roles["count"], roles["offset"], roles["path"],
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
-                            field_off, field_size, 0)
+                            field_off, field_size, roles["fd2"], roles["flags"], 0)
         return kind, (packed, nr, roles["path"] >= 0)
 
     def _attach_library(self, library: str, indexes: list[int], report: AttachReport,

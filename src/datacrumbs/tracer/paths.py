@@ -20,9 +20,15 @@ OPEN_OPS = frozenset({"open", "open64", "openat", "openat64", "openat2", "creat"
 # Operations that release a descriptor or stream.
 CLOSE_OPS = frozenset({"close", "fclose"})
 # Operations whose return value is a new descriptor for the file of descriptor ``fd``
-# (dup2/dup3 close whatever newfd held first). fcntl(F_DUPFD) is not here: events do not
-# carry its cmd argument, so an fcntl cannot be told from other fcntl calls.
+# (dup2/dup3 close whatever newfd held first).
 DUP_OPS = frozenset({"dup", "dup2", "dup3"})
+# fcntl duplicates too when its cmd (the posix set's ``flags`` role: argument 1) is one of
+# these: F_DUPFD, F_DUPFD_CLOEXEC.
+FCNTL_OPS = frozenset({"fcntl", "fcntl64"})
+FCNTL_DUP_CMDS = frozenset({0, 1030})
+# Operations whose return value (in the parent) is a new process that inherits the
+# caller's descriptors: a shell's redirect is opened before the fork of the command.
+FORK_OPS = frozenset({"clone", "clone3", "fork", "vfork"})
 _MAX_RESOLVABLE_FD = 1 << 20  # larger "fds" are FILE* values: nothing in /proc to read
 
 
@@ -74,6 +80,19 @@ class FdPaths:
         if len(table) > self._max_fds:
             table.popitem(last=False)
         return path
+
+    def forked(self, pid: int, child: int) -> None:
+        """``child`` starts with a copy of ``pid``'s descriptors (fork, clone). Entries the
+        child already has (its own events came first) are kept, unknown ones filled in."""
+        parent = self._tables.get(pid)
+        if not parent or child <= 0 or child == pid:
+            return
+        table = self._table(child)
+        for fd, path in parent.items():
+            if table.get(fd) is None:
+                table[fd] = path
+        while len(table) > self._max_fds:
+            table.popitem(last=False)
 
     def lookup(self, pid: int, fd: int) -> str | None:
         table = self._table(pid)

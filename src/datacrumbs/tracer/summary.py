@@ -56,7 +56,10 @@ class SummaryBuilder:
         self.max_files = max_files
         self.profile: dict[str, dict] = {}
 
-    def add_ops(self, ops: np.ndarray, paths: list | None = None) -> None:
+    def add_ops(self, ops: np.ndarray, paths: list | None = None,
+                paths2: list | None = None) -> None:
+        """``paths2[i]``: the second file of row i (a copy's output), credited with the
+        row's bytes too, so a copy counts in both its files."""
         if len(ops) == 0:
             return
         n = len(self.probes)
@@ -70,6 +73,13 @@ class SummaryBuilder:
             self.errors += np.bincount(probe[failed], minlength=n)[:n]
         if paths is None:
             return
+        self._add_files(ops, paths, size)
+        if paths2 is not None:
+            two = [i for i, p in enumerate(paths2) if p is not None]
+            if two:
+                self._add_files(ops[two], [paths2[i] for i in two], size[two])
+
+    def _add_files(self, ops: np.ndarray, paths: list, size: np.ndarray) -> None:
         ids: dict = {}
         idx = np.fromiter((ids.setdefault(p, len(ids)) for p in paths), np.int64, len(paths))
         k = len(ids)

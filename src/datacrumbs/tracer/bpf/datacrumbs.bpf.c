@@ -572,6 +572,8 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	else if (sp->size >= 0 && sp->nmemb >= 0)
 		ev->count = arg_of(e, sp->size) * arg_of(e, sp->nmemb);
 	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
+	ev->fd2 = sp->fd2 >= 0 ? (__s32)arg_of(e, sp->fd2) : -1;
+	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
 	ev->fd = -1;
 	if (sp->fd >= 0) {
 		ev->fd = (__s32)arg_of(e, sp->fd);
@@ -786,7 +788,8 @@ int dc_tracepoint(void *ctx)
 		e.args[0] = value;
 		sp = &(struct dc_spec){ .probe = probe, .bytes_kind = DC_BYTES_ARG, .bytes_arg = 0,
 					.fd = -1, .count = -1, .offset = -1, .path = -1,
-					.size = -1, .nmemb = -1, .stream = -1 };
+					.size = -1, .nmemb = -1, .stream = -1,
+					.fd2 = -1, .flags = -1 };
 	}
 	finish(c, sp, &e, tid_tgid, ret, e.ts, true, t);	/* an instant: no duration */
 	return 0;
@@ -842,7 +845,8 @@ int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
 	sp = &(struct dc_spec){ .probe = probe, .bytes_arg = 0,
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
-				.size = -1, .nmemb = -1, .stream = -1 };
+				.size = -1, .nmemb = -1, .stream = -1,
+				.fd2 = -1, .flags = -1 };
 	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false, NULL);
 	return 0;
 }

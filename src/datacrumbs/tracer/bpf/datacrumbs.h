@@ -91,7 +91,9 @@ struct dc_spec {
 	__s8 ret32;		/* return value is a C int: sign-extend 32 bits */
 	__u16 field_off;
 	__u16 field_size;
-	__u32 pad;
+	__s8 fd2;		/* second descriptor (copy_file_range, sendfile, splice: the output) */
+	__s8 flags;		/* open flags and the like: sent as the event's flags */
+	__u16 pad;
 };
 
 struct dc_key {
@@ -133,7 +135,7 @@ struct dc_task {
  * reader then knows the event must find its path, and counts it when not. */
 #define DC_EV_PATH_SENT (1u << 31)
 
-/* One completed operation: fixed 64 bytes so the ring buffer has a fixed stride. */
+/* One completed operation: fixed 72 bytes so the ring buffer has a fixed stride. */
 struct dc_event {
 	__u64 ts;		/* bpf_ktime_get_ns() at entry */
 	__u64 dur;
@@ -145,6 +147,8 @@ struct dc_event {
 	__u64 count;
 	__s64 offset;
 	__s64 bytes;
+	__s32 fd2;		/* second descriptor (-1 if none): where a copy writes */
+	__u32 flags;		/* the flags argument (open's O_*), 0 if none */
 };
 
 /* A path read for an open-like operation, matched to its event by (tid, ts).

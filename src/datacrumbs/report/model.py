@@ -255,8 +255,12 @@ class Aggregate:
         fc = np.bincount(fi, minlength=nf)
         fb = np.bincount(fi, weights=np.where(size >= 0, size, 0), minlength=nf).astype(np.int64)
         ft = _sums(fi, _ns(dur), nf)
+        self._add_file_rows(idx, fc, fb, ft)
+
+    def _add_file_rows(self, fkeys, fc, fb, ft) -> None:
+        """Add per-file (count, bytes, ns) to the file table, sampled by hash when large."""
         limit = FILE_HASH_SPACE >> self.file_level
-        for j, fk in enumerate(idx):
+        for j, fk in enumerate(fkeys):
             row = self.files.get(fk)
             if row is None:
                 h = _file_hash(fk)
@@ -335,16 +339,7 @@ class Aggregate:
             fc = np.bincount(fi, minlength=nf)
             fb = np.bincount(fi, weights=size_i[fmask], minlength=nf).astype(np.int64)
             ft = _sums(fi, dur_i[fmask], nf)
-            limit = FILE_HASH_SPACE >> self.file_level
-            for j, fk in enumerate(fkeys):
-                row = self.files.get(fk)
-                if row is None:
-                    h = _file_hash(fk)
-                    if h < limit:
-                        self.files[fk] = [int(fc[j]), int(fb[j]), int(ft[j]), h]
-                else:
-                    row[0] += int(fc[j]); row[1] += int(fb[j]); row[2] += int(ft[j])
-            self._fit_files()
+            self._add_file_rows(fkeys, fc, fb, ft)
         # Node (= source file) and processes.
         node = self.nodes.setdefault(source, [0, 0, 0, 0])
         node[0] += len(op)

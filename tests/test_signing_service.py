@@ -329,7 +329,8 @@ def test_probe_definitions_from_the_user_are_refused(site, service):
         "probes": [{**PROBES["write"], "args": {"fd": 0, "path": 1}}]}}
     reply = raw_exchange(site.socket_path, encode(request))
     assert reply == {"ok": False, "error": "the request does not match the signing protocol: "
-                     "request: unexpected field 'probes'"}
+                     "request: has a property that is not allowed here "
+                     "(allowed: capture, libraries, sets, validity_days)"}
 
 
 # ---- the audit log --------------------------------------------------------------------------

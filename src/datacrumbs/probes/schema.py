@@ -161,25 +161,33 @@ def schema_problem(instance, which: str = "document") -> str | None:
     message, which quotes the instance, is never used.
     """
     error = jsonschema.exceptions.best_match(_validator(which).iter_errors(instance))
-    if error is None:
-        return None
-    where = "/".join(_location(part) for part in error.absolute_path) or "(top level)"
-    return f"{where}: {_expectation(error)}"
+    return None if error is None else describe_error(error)
 
 
-def _schema_names(schema, out: set) -> set:
+def describe_error(error, *, known: frozenset | None = None,
+                   patterns: dict | None = None) -> str:
+    """``where: what is expected`` for a jsonschema error, from the schema alone (any
+    schema: the signing protocol's too). ``known``: the property names a location may
+    show (others are the instance's own); ``patterns``: names for more regexes."""
+    known = _KNOWN_NAMES if known is None else known
+    where = "/".join(_location(part, known) for part in error.absolute_path) or "(top level)"
+    return f"{where}: {_expectation(error, patterns or {})}"
+
+
+def schema_names(schema, out: set | None = None) -> set:
     """Every property name a schema defines: the only keys a message may show."""
+    out = set() if out is None else out
     if isinstance(schema, dict):
         out.update(schema.get("properties", {}))
         for value in schema.values():
-            _schema_names(value, out)
+            schema_names(value, out)
     elif isinstance(schema, list):
         for value in schema:
-            _schema_names(value, out)
+            schema_names(value, out)
     return out
 
 
-_KNOWN_NAMES = frozenset(_schema_names([DOCUMENT_SCHEMA, PROBE_SET_SCHEMA], set(ROLES)))
+_KNOWN_NAMES = frozenset(schema_names([DOCUMENT_SCHEMA, PROBE_SET_SCHEMA], set(ROLES)))
 _PATTERNS = {
     ID_PATTERN: "names (a-z, 0-9, '_', '.', '-'; at most 64)",
     _ABS_PATH["pattern"]: "absolute paths (no '.' or '..' components, no control characters)",
@@ -197,9 +205,9 @@ _ARTICLES = {"integer": "an integer", "object": "an object", "array": "an array"
              "number": "a number"}
 
 
-def _location(part) -> str:
+def _location(part, known: frozenset) -> str:
     """An index, or a key the schema knows; any other key is the file's, so not shown."""
-    if isinstance(part, int) or part in _KNOWN_NAMES:
+    if isinstance(part, int) or part in known:
         return str(part)
     return "(a property)"
 
@@ -226,7 +234,7 @@ def _describe(schema) -> str:
     return "a valid value"
 
 
-def _expectation(error) -> str:
+def _expectation(error, patterns: dict) -> str:
     keyword, expected = error.validator, error.validator_value
     schema_path = list(error.relative_schema_path)
     if "propertyNames" in schema_path:
@@ -235,7 +243,7 @@ def _expectation(error) -> str:
         kinds = expected if isinstance(expected, list) else [expected]
         return "must be " + " or ".join(_ARTICLES.get(k, str(k)) for k in kinds)
     if keyword == "pattern":
-        what = _PATTERNS.get(expected)
+        what = patterns.get(expected) or _PATTERNS.get(expected)
         return f"does not match the pattern for {what}" if what else \
             f"does not match the pattern {expected!r}"
     if keyword == "required":

@@ -25,6 +25,7 @@ import time
 import jsonschema
 
 from ..errors import DatacrumbsError
+from ..probes.schema import ID_PATTERN, describe_error, schema_names
 
 MAX_SETS = 64
 MAX_LIBRARIES = 16
@@ -37,7 +38,7 @@ MAX_REQUEST_BYTES = 320 * 1024
 MAX_REPLY_BYTES = 32 * 1024 * 1024
 MAX_VALIDITY_DAYS = 3650
 
-_SET_NAME = {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"}
+_SET_NAME = {"type": "string", "pattern": ID_PATTERN}
 # An absolute path without NUL or control characters (it is only a name for the
 # descriptor that comes with it; the service judges the descriptor).
 _LIBRARY_PATH = {"type": "string", "maxLength": MAX_PATH_BYTES,
@@ -101,6 +102,8 @@ REPLY_SCHEMA = {
     ],
 }
 
+_KNOWN_NAMES = frozenset(schema_names([REQUEST_SCHEMA, REPLY_SCHEMA]))
+_PATTERN_NAMES = {_LIBRARY_PATH["pattern"]: "absolute paths (no control characters)"}
 _request_validator = jsonschema.Draft202012Validator(REQUEST_SCHEMA)
 _reply_validator = jsonschema.Draft202012Validator(REPLY_SCHEMA)
 
@@ -225,43 +228,11 @@ def _decode_object(raw: bytes, what: str) -> dict:
 
 
 def _schema_error(validator: jsonschema.Draft202012Validator, value: dict) -> str | None:
+    """Where and what the protocol expects, never the value (it may be huge or forged)."""
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
         return None
-    where = "/".join(_printable(p) for p in error.absolute_path) or "(top level)"
-    return f"{where}: {describe_violation(error)}"
-
-
-def _printable(value, limit: int = 64) -> str:
-    text = str(value)
-    text = text if text.isprintable() else repr(text)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def describe_violation(error) -> str:
-    """What the value should have been, from the schema alone: a refusal never echoes
-    the (possibly huge, possibly forged) value back."""
-    kind, want = error.validator, error.validator_value
-    if kind == "required":
-        return error.message  # "'x' is a required property": names from the schema
-    if kind == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        shown = ", ".join(repr(_printable(k)) for k in extra[:3])
-        return f"unexpected field {shown}" + (" and more" if len(extra) > 3 else "")
-    messages = {
-        "type": lambda: f"must be of type {want}",
-        "enum": lambda: f"must be one of {', '.join(map(repr, want))}",
-        "const": lambda: f"must be {want!r}",
-        "minimum": lambda: f"must be at least {want}",
-        "maximum": lambda: f"must be at most {want}",
-        "minItems": lambda: "must not be empty" if want == 1 else f"must have at least {want} items",
-        "maxItems": lambda: f"must have at most {want} items",
-        "uniqueItems": lambda: "must not repeat an item",
-        "minLength": lambda: f"must be at least {want} characters long",
-        "maxLength": lambda: f"must be at most {want} characters long",
-        "pattern": lambda: "is not of the allowed form",
-    }
-    return messages[kind]() if kind in messages else f"breaks the rule {kind!r}"
+    return describe_error(error, known=_KNOWN_NAMES, patterns=_PATTERN_NAMES)
 
 
 def _parse(raw: bytes, what: str, validator) -> dict:

@@ -202,7 +202,7 @@ def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, enviro
     }
     if environ.get("DATACRUMBS_CGROUP"):
         # the daemon's own check, before the env file names it: only this job's cgroup
-        from ..tracer.daemon import cgroup_from_env
+        from ..tracer.scope import cgroup_from_env
         cgroup_from_env(environ, jobid)
         values["DATACRUMBS_CGROUP"] = environ["DATACRUMBS_CGROUP"]
     elif cfg.sdexec_scope:

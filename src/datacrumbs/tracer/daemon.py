@@ -26,20 +26,18 @@ from .. import __version__
 from ..atomicfile import atomic_write
 from ..config import SiteConfig, load_config
 from ..errors import ConfigError, DatacrumbsError
-from ..jobid import f58_encode, f58plain, validate_run_id
+from ..jobid import validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
+from .scope import scope_from_env
 from .summary import SummaryBuilder, SummaryFile
 
 log = logging.getLogger("datacrumbs.daemon")
 
-CGROUP_ENV = "DATACRUMBS_CGROUP"
-CGROUP_NAME_ENV = "DATACRUMBS_CGROUP_NAME"
 STOP_DRAIN_SECONDS = 30.0
 _POLL_MS = 100
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
-_NAME_SEPARATORS = re.compile(r"[^0-9A-Za-z\u0192]+")
 # Signals whose default action ends the process, that a process can catch: each one
 # stops the daemon like SIGINT (drain, flush, summary, no ready file left behind).
 # Synchronous faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS) are
@@ -62,76 +60,6 @@ def short_host() -> str:
     """Host name as it appears in trace names: first label, filename-safe."""
     name = socket.gethostname().split(".")[0] or "localhost"
     return _SAFE_HOST.sub("_", name)[:64]
-
-
-def job_id_spellings(run_id: str) -> set[str]:
-    """How a job's cgroup name carries its id: decimal (a site's ``job-1234``), or F58
-    as Flux's sdexec writes it in unit names (``shell-0-f2kP8DU5B.service``) or prints it."""
-    n = int(validate_run_id(run_id))
-    return {str(n), f58plain(n), f58_encode(n)}
-
-
-def names_job(name: str, run_id: str) -> bool:
-    """True when the cgroup name holds the job id as a whole token (``job-12`` names
-    job 12; ``job-123`` and ``job12`` do not), so a cgroup of another job never passes."""
-    return not job_id_spellings(run_id).isdisjoint(_NAME_SEPARATORS.split(name))
-
-
-def cgroup_from_env(env, run_id: str) -> Path | None:
-    """Job ``run_id``'s cgroup from ``DATACRUMBS_CGROUP``, or None when unset.
-
-    The job's user reads the trace, so the scope must never cover more than the job:
-    the v2 root (every process of the node), a directory that is not a cgroup, and a
-    cgroup whose own name does not carry the job id (a parent slice, another job) are
-    refused. The prolog runs this same check before it writes the env file.
-    """
-    from .scope import cgroup2_root
-
-    raw = env.get(CGROUP_ENV)
-    if not raw:
-        return None
-    root = Path(os.path.realpath(cgroup2_root()))
-    spellings = " or ".join(sorted(job_id_spellings(run_id) - {f58_encode(int(run_id))}))
-    fix = (f"set it to job {run_id}'s own cgroup (a directory under {root} whose name holds "
-           f"{spellings}, e.g. shell-0-{f58plain(int(run_id))}.service), or unset it")
-    path = Path(raw)
-    if not path.is_absolute() or ".." in path.parts or "\0" in raw:
-        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not an absolute path; {fix}")
-    real = Path(os.path.realpath(path))
-    if real == root:
-        raise ConfigError(f"{CGROUP_ENV}={raw!r} is the cgroup v2 root, which holds every "
-                          f"process of the node; {fix}")
-    if root not in real.parents or not (real / "cgroup.procs").is_file():
-        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not a cgroup (no cgroup.procs under "
-                          f"{root}); {fix}")
-    if not names_job(real.name, run_id):
-        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not job {run_id}'s cgroup (its name "
-                          f"{real.name!r} does not hold the job id); {fix}")
-    return real
-
-
-def scope_from_env(uid: int, env, run_id: str):
-    """The job's scope: DATACRUMBS_CGROUP (an existing directory), else
-    DATACRUMBS_CGROUP_NAME (the job's cgroup, e.g. shell-<jobid>.service, which
-    the prolog names before it exists), else every process of the job's user.
-    Both cgroup forms must name this job (see cgroup_from_env)."""
-    from .scope import Scope, ScopeError
-
-    cgroup = cgroup_from_env(env, run_id)
-    if cgroup:
-        return Scope.for_cgroup(cgroup)
-    name = env.get(CGROUP_NAME_ENV)
-    if name:
-        try:
-            scope = Scope.for_cgroup_name(name)
-        except ScopeError as exc:
-            raise ConfigError(f"{CGROUP_NAME_ENV}: {exc}; check the prolog's env file") from None
-        if not names_job(name, run_id):
-            raise ConfigError(f"{CGROUP_NAME_ENV}={name!r} does not hold job {run_id}'s id "
-                              f"as a whole word, so it could match another job's cgroup; use "
-                              f"e.g. -{f58plain(int(run_id))}.service")
-        return scope
-    return Scope.for_user(uid)
 
 
 # -- the trace directory and file names --------------------------------------------------

@@ -2,16 +2,20 @@
 
 A Scope is only a validated description; the engine turns it into BPF map
 contents so the decision is taken in the kernel and events of other
-processes never reach user space.
+processes never reach user space. scope_from_env reads the job's scope from
+the unit's environment, and refuses any cgroup that is not the job's own; the
+prolog runs the same check (cgroup_from_env) before it writes the env file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DatacrumbsError
+from ..errors import ConfigError, DatacrumbsError
+from ..jobid import f58_encode, f58plain, validate_run_id
 
 CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
 MAX_SEED_PIDS = 65536
@@ -20,6 +24,9 @@ CGROUP_NAME_MAX = 255    # kernfs names are at most NAME_MAX bytes
 CGROUP_NAME_SUFFIXES = (".service", ".scope")
 FIND_MAX_DEPTH = 12      # how deep find_cgroup looks below the v2 root
 FIND_MAX_DIRS = 100000   # and how many directories at most
+CGROUP_ENV = "DATACRUMBS_CGROUP"
+CGROUP_NAME_ENV = "DATACRUMBS_CGROUP_NAME"
+_NAME_SEPARATORS = re.compile(r"[^0-9A-Za-z\u0192]+")
 
 
 class ScopeError(DatacrumbsError):
@@ -195,3 +202,71 @@ def find_cgroup(name: str, root: Path | None = None) -> tuple[Path, int] | None:
         return None
     _, path, level = max(found)
     return path, level
+
+
+# -- the job's scope from the unit's environment (the daemon; the prolog checks first) --
+
+def job_id_spellings(run_id: str) -> set[str]:
+    """How a job's cgroup name carries its id: decimal (a site's ``job-1234``), or F58
+    as Flux's sdexec writes it in unit names (``shell-0-f2kP8DU5B.service``) or prints it."""
+    n = int(validate_run_id(run_id))
+    return {str(n), f58plain(n), f58_encode(n)}
+
+
+def names_job(name: str, run_id: str) -> bool:
+    """True when the cgroup name holds the job id as a whole token (``job-12`` names
+    job 12; ``job-123`` and ``job12`` do not), so a cgroup of another job never passes."""
+    return not job_id_spellings(run_id).isdisjoint(_NAME_SEPARATORS.split(name))
+
+
+def cgroup_from_env(env, run_id: str) -> Path | None:
+    """Job ``run_id``'s cgroup from ``DATACRUMBS_CGROUP``, or None when unset.
+
+    The job's user reads the trace, so the scope must never cover more than the job:
+    the v2 root (every process of the node), a directory that is not a cgroup, and a
+    cgroup whose own name does not carry the job id (a parent slice, another job) are
+    refused. The prolog runs this same check before it writes the env file.
+    """
+    raw = env.get(CGROUP_ENV)
+    if not raw:
+        return None
+    root = Path(os.path.realpath(cgroup2_root()))
+    spellings = " or ".join(sorted(job_id_spellings(run_id) - {f58_encode(int(run_id))}))
+    fix = (f"set it to job {run_id}'s own cgroup (a directory under {root} whose name holds "
+           f"{spellings}, e.g. shell-0-{f58plain(int(run_id))}.service), or unset it")
+    path = Path(raw)
+    if not path.is_absolute() or ".." in path.parts or "\0" in raw:
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not an absolute path; {fix}")
+    real = Path(os.path.realpath(path))
+    if real == root:
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is the cgroup v2 root, which holds every "
+                          f"process of the node; {fix}")
+    if root not in real.parents or not (real / "cgroup.procs").is_file():
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not a cgroup (no cgroup.procs under "
+                          f"{root}); {fix}")
+    if not names_job(real.name, run_id):
+        raise ConfigError(f"{CGROUP_ENV}={raw!r} is not job {run_id}'s cgroup (its name "
+                          f"{real.name!r} does not hold the job id); {fix}")
+    return real
+
+
+def scope_from_env(uid: int, env, run_id: str):
+    """The job's scope: DATACRUMBS_CGROUP (an existing directory), else
+    DATACRUMBS_CGROUP_NAME (the job's cgroup, e.g. shell-<jobid>.service, which
+    the prolog names before it exists), else every process of the job's user.
+    Both cgroup forms must name this job (see cgroup_from_env)."""
+    cgroup = cgroup_from_env(env, run_id)
+    if cgroup:
+        return Scope.for_cgroup(cgroup)
+    name = env.get(CGROUP_NAME_ENV)
+    if name:
+        try:
+            scope = Scope.for_cgroup_name(name)
+        except ScopeError as exc:
+            raise ConfigError(f"{CGROUP_NAME_ENV}: {exc}; check the prolog's env file") from None
+        if not names_job(name, run_id):
+            raise ConfigError(f"{CGROUP_NAME_ENV}={name!r} does not hold job {run_id}'s id "
+                              f"as a whole word, so it could match another job's cgroup; use "
+                              f"e.g. -{f58plain(int(run_id))}.service")
+        return scope
+    return Scope.for_user(uid)

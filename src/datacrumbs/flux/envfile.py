@@ -73,17 +73,18 @@ def read_failure(run_dir: Path, jobid: str) -> str | None:
     return "".join(c if c.isprintable() else "?" for c in line) or None
 
 
-def remove_failure(run_dir: Path, jobid: str) -> None:
-    try:
-        failure_path(run_dir, jobid).unlink()
-    except FileNotFoundError:
-        pass
+def remove_failure(run_dir: Path, jobid: str) -> bool:
+    return _unlink(failure_path(run_dir, jobid))
 
 
 def remove_probes_copy(run_dir: Path, jobid: str) -> bool:
     """Remove the verified copy if present; True when something was removed."""
+    return _unlink(probes_copy_path(run_dir, jobid))
+
+
+def _unlink(path: Path) -> bool:
     try:
-        probes_copy_path(run_dir, jobid).unlink()
+        path.unlink()
         return True
     except FileNotFoundError:
         return False
@@ -152,8 +153,4 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def remove_env_file(run_dir: Path, jobid: str) -> bool:
     """Remove the file if present; True when something was removed."""
-    try:
-        env_path(run_dir, jobid).unlink()
-        return True
-    except FileNotFoundError:
-        return False
+    return _unlink(env_path(run_dir, jobid))

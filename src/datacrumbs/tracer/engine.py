@@ -140,10 +140,7 @@ class AttachReport:
     @property
     def warnings(self) -> list[str]:
         """What the list asked for and did not get, in words, for the logs."""
-        return [f"probe {p.get('id')} (uprobe {p.get('target')}) not attached: probe "
-                f"{into.get('id')} (uprobe {into.get('target')}) reaches the same function of "
-                f"{into.get('library')}; each call is counted once, as {into.get('target')}"
-                for p, into in self.aliased]
+        return [alias_warning(p, into) for p, into in self.aliased]
 
 
 @dataclass
@@ -267,6 +264,12 @@ def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
                 elif old[0] != offset and not weak and not old[1]:
                     found[sym.name] = (-1, False)
     return {name: off for name, (off, _weak) in found.items()}
+
+
+def alias_warning(probe: dict, into: dict) -> str:
+    return (f"probe {probe.get('id')} (uprobe {probe.get('target')}) not attached: probe "
+            f"{into.get('id')} (uprobe {into.get('target')}) reaches the same function of "
+            f"{into.get('library')}; each call is counted once, as {into.get('target')}")
 
 
 def versioned_name(name: str) -> str:
@@ -845,7 +848,7 @@ class Engine:
                 kept.append(i)
                 continue
             report.aliased.append((self.probes[i], self.probes[first]))
-            log.warning("%s", report.warnings[-1])
+            log.warning("%s", alias_warning(self.probes[i], self.probes[first]))
         return kept
 
     def _multi_links(self, library: str, found: list[tuple[int, int]]) -> None:

@@ -755,6 +755,10 @@ static __always_inline int send_name(int len, __u8 kind, __u8 role, __u64 ino, _
 
 #define DC_NAMED_SENT 0x100
 #define DC_NAMED_LOST 0x200
+/* What became of an event's names: some sent (the reader waits for them),
+ * some lost (counted once, in the kernel). */
+#define DC_NAMES_SENT 1
+#define DC_NAMES_LOST 2
 
 /* The cache missed: the kind of ``file`` (the struct file behind descriptor
  * (__s32)tid_fd), and its name sent for event (tid, ts, probe). Returns the
@@ -777,11 +781,11 @@ __noinline __u32 dc_name_fd(__u64 file, __u64 tid_fd, __u64 ts, __u32 probe, __u
 
 /* The kind of descriptor fd of the current task; its name is sent once per
  * thread and file (``force``: send it even if this thread named it before: the
- * descriptor is new). *sent becomes 1 when a name went out, -1 when one was
- * lost. */
+ * descriptor is new). Adds DC_NAMES_SENT to *names when a name went out,
+ * DC_NAMES_LOST when one was lost. */
 static __always_inline __u8 fd_kind_named(struct dc_config *c, struct dc_task *t,
 					  struct task_struct *task, __s32 fd, struct dc_entry *e,
-					  __u32 tid, bool force, int *sent)
+					  __u32 tid, bool force, __u32 *names)
 {
 	__u64 file = fd_file(task, fd), ino;
 	__u32 w = (__u32)fd & (DC_FCACHE - 1), r;
@@ -794,11 +798,11 @@ static __always_inline __u8 fd_kind_named(struct dc_config *c, struct dc_task *t
 		return t->fc_kind[w];
 	r = dc_name_fd(file, ((__u64)tid << 32) | (__u32)fd, e->ts, e->probe, c->capture_paths);
 	if (r & DC_NAMED_LOST) {
-		*sent = -1;
+		*names |= DC_NAMES_LOST;
 		t->fc_fd[w] = -1;	/* try again next time */
 	} else {
-		if ((r & DC_NAMED_SENT) && *sent == 0)
-			*sent = 1;
+		if (r & DC_NAMED_SENT)
+			*names |= DC_NAMES_SENT;
 		t->fc_fd[w] = fd;
 		t->fc_file[w] = file;
 		t->fc_kind[w] = (__u8)r;
@@ -861,7 +865,8 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	__s64 bytes = bytes_of(sp, e, ret);
 	struct dc_event ev_buf, *ev = &ev_buf;
 	__u32 kind = 0, kind2 = 0;
-	int path = 0, r;
+	__u32 names = 0;
+	int r;
 
 	if (own)
 		remember_comm(t, tgid);
@@ -884,27 +889,33 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	}
 	if (own && task && sp->ret_fd && ret >= 0) {
 		/* a new descriptor: its file's name from the kernel, absolute */
-		fd_kind_named(c, t, task, (__s32)ret, e, tid, true, &path);
-		if (path < 0 && c->capture_paths && sp->path >= 0)
-			path = emit_path(c, sp, e, tid);
+		fd_kind_named(c, t, task, (__s32)ret, e, tid, true, &names);
+		if ((names & DC_NAMES_LOST) && c->capture_paths && sp->path >= 0) {
+			/* then the name as the program gave it */
+			r = emit_path(c, sp, e, tid);
+			if (r > 0)
+				names = DC_NAMES_SENT;
+		}
 	} else if (c->capture_paths && sp->path >= 0) {
-		path = emit_path(c, sp, e, tid);
-		if (path == 2 && own && task) {
+		r = emit_path(c, sp, e, tid);
+		names = r > 0 ? DC_NAMES_SENT : r < 0 ? DC_NAMES_LOST : 0;
+		if (r == 2 && own && task) {
 			/* a relative name: from the dirfd (the fd role, AT_FDCWD < 0) or the cwd */
 			__s32 dirfd = sp->fd >= 0 ? (__s32)arg_of(e, sp->fd) : -1;
 
 			r = dc_emit_base(dirfd >= 0 ? fd_file(task, dirfd) : 0,
 					 ((__u64)tid << 32) | (__u32)dirfd, e->ts, e->probe);
-			path = r < 0 ? -1 : 1;
+			if (r < 0)
+				names |= DC_NAMES_LOST;
 		}
 	} else if (own && task && ev->fd >= 0) {
 		if (sp->closes)
 			forget_fd(t, ev->fd);
 		else
-			kind = fd_kind_named(c, t, task, ev->fd, e, tid, false, &path);
+			kind = fd_kind_named(c, t, task, ev->fd, e, tid, false, &names);
 	}
 	if (own && task && ev->fd2 >= 0)
-		kind2 = fd_kind_named(c, t, task, ev->fd2, e, tid, false, &path);
+		kind2 = fd_kind_named(c, t, task, ev->fd2, e, tid, false, &names);
 	/* built on the stack and sent with one helper call, not reserve + submit */
 	ev->ts = e->ts;
 	ev->dur = now - e->ts;
@@ -912,7 +923,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	ev->tid = tid;
 	ev->probe = (e->probe & DC_EV_PROBE_MASK) | (kind << DC_EV_KIND_SHIFT) |
 		    ((kind2 & 7) << DC_EV_KIND2_SHIFT);
-	if (path != 0)
+	if (names & DC_NAMES_SENT)
 		ev->probe |= DC_EV_PATH_SENT;
 	ev->ret = ret;
 	ev->bytes = bytes;
@@ -925,7 +936,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0)
 		count_lost(0);
-	else if (path < 0)
+	else if (names & DC_NAMES_LOST)
 		count_lost(1);
 }
 

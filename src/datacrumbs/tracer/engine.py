@@ -120,6 +120,7 @@ _SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBB")   # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
+_SHELL = struct.Struct("<IIII24s64s")           # struct dc_shell
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 336                                # struct dc_task: dc_entry (64) + 64 + fd cache
@@ -554,7 +555,8 @@ class Engine:
         obj = self._obj = self._load(multi=self.uprobe_multi)
         self._check_layout()
         mode = 1 if self.mode == "profile" else 0
-        kind = {"pids": 0, "user": 1, "cgroup": 2, "cgroup_name": 3}[self.scope.kind]
+        kind = {"pids": 0, "job_shell": 0, "user": 1, "cgroup": 2,
+                "cgroup_name": 3}[self.scope.kind]
         ns = pid_namespace()
         if ns is not None and self.scope.kind == "pids":
             raise EngineError("a process-id scope needs datacrumbs in the host's pid namespace "
@@ -576,6 +578,10 @@ class Engine:
             name = self.scope.cgroup_name.encode("utf-8", "surrogateescape")
             libbpf.map_update(obj.map_fd("scope_cgname"), struct.pack("<I", 0),
                               _CGNAME.pack(0, 0, len(name), name))
+        if self.scope.kind == "job_shell":
+            jobid, shell = self.scope.jobid.encode(), self.scope.shell.encode()
+            libbpf.map_update(obj.map_fd("scope_shell"), struct.pack("<I", 0),
+                              _SHELL.pack(1, len(jobid), len(shell), 0, jobid, shell))
         # Process tracking first, then seed: a fork racing the seed is still caught.
         # Scope decisions are cached per task; a cgroup move makes them stale; a
         # job cgroup named in advance is watched for before it is looked for.
@@ -699,7 +705,7 @@ class Engine:
     def _check_layout(self) -> None:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
-                  "scope_cgname": _CGNAME.size,
+                  "scope_cgname": _CGNAME.size, "scope_shell": _SHELL.size,
                   "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
@@ -739,6 +745,10 @@ class Engine:
         log.info("cgroup %s already exists at %s (id %d)", self.scope.cgroup_name, path, cg_id)
 
     def _seed_pids(self) -> None:
+        if self.scope.kind == "job_shell" and pid_namespace() is not None:
+            # /proc here names other pids than the kernel's: only the exec is watched
+            log.info("in a pid namespace: a job shell already running is not looked for")
+            return
         fd = self._obj.map_fd("scope_pids")
         # DC_PID_MEMBER, or DC_PID_AT_EXEC: a member from its next exec on
         state = bytes([_PID_AT_EXEC if self.scope.at_exec else _PID_MEMBER])

@@ -237,6 +237,10 @@ def _raise_fd_limit(needed: int) -> None:
 
 UPROBE_MULTI_ENV = "DATACRUMBS_UPROBE_MULTI"       # "0": always attach uprobes one by one
 _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
+# Every program of the object (datacrumbs.bpf.c), so each can be left unloaded.
+_ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
+              "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
+              "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", *_MULTI_PROGS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -676,11 +680,12 @@ class Engine:
             if self.mode == "trace":        # per-CPU profile rows are large: none needed
                 for name in ("profile", "profile_slots", "slot_owner"):
                     obj.set_max_entries(name, 1)
-            for prog in _MULTI_PROGS:
-                if multi:
-                    obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
-                else:
+            needed = self._programs_needed(multi)
+            for prog in _ALL_PROGS:
+                if prog not in needed:
                     obj.set_autoload(prog, False)
+                elif prog in _MULTI_PROGS:
+                    obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
         except libbpf.LibbpfError:
             obj.close()
             raise
@@ -695,6 +700,26 @@ class Engine:
             self._multi_refused = "the kernel refused uprobe_multi programs"
             return self._load(multi=False)
         return obj
+
+    def _programs_needed(self, multi: bool) -> set[str]:
+        """Only the programs this session attaches are loaded: the kernel verifies each
+        one it loads, which is most of the time to start (a syscall-only probes file
+        needs neither the uprobe nor the kprobe nor the tracepoint programs)."""
+        kinds = {p.get("kind") for p in self.probes if isinstance(p, dict)}
+        needed = {"dc_fork", "dc_exec", "dc_exit"}
+        if self.scope.kind in ("cgroup", "cgroup_name"):
+            needed.add("dc_cgroup_moved")
+        if self.scope.kind == "cgroup_name":
+            needed.add("dc_cgroup_made")
+        if "syscall" in kinds:
+            needed |= {"dc_sys_enter", "dc_sys_exit"}
+        if "uprobe" in kinds:
+            needed |= {"dc_uprobe", "dc_uretprobe"} | (set(_MULTI_PROGS) if multi else set())
+        if "kprobe" in kinds:
+            needed |= {"dc_kprobe", "dc_kretprobe"}
+        if "tracepoint" in kinds:
+            needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
+        return needed
 
     def _wakeup_events(self) -> int:
         """Events per CPU between wakeups of the reader: all CPUs together fill at

@@ -52,6 +52,7 @@ it), so a traced system call costs no hash map operation.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import mmap
@@ -241,7 +242,8 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 # Every program of the object (datacrumbs.bpf.c), so each can be left unloaded.
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
-              "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", *_MULTI_PROGS)
+              "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
+              *_MULTI_PROGS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -548,6 +550,8 @@ class Engine:
         self._multi_refused: str | None = None if self.uprobe_multi else \
             "uprobe_multi links turned off"
         self._paths_bytes = paths_ringbuf_bytes
+        # tracepoints as raw tracepoints (fast to detach) until the kernel says no
+        self._raw_tp = True
         self._obj: BpfObject | None = None
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
@@ -717,6 +721,12 @@ class Engine:
             obj.load()
         except libbpf.LibbpfError as exc:
             obj.close()
+            if "dc_raw_tracepoint" in needed:
+                # kernels before 6.10 give raw tracepoints no cookie: perf events then
+                log.info("raw tracepoints with cookies refused (%s); tracepoints attach as "
+                         "perf events", exc)
+                self._raw_tp = False
+                return self._load(multi)
             if not multi:
                 raise
             log.info("loading the uprobe_multi programs failed (%s); uprobes attach one by one",
@@ -743,6 +753,8 @@ class Engine:
             needed |= {"dc_kprobe", "dc_kretprobe"}
         if "tracepoint" in kinds:
             needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
+            if self._raw_tp:
+                needed.add("dc_raw_tracepoint")
         return needed
 
     def _wakeup_events(self) -> int:
@@ -979,6 +991,19 @@ class Engine:
                 self._links.extend(links)
             else:
                 category, name = target.split(":")
+                if self._raw_tp and target != "block:block_rq_complete" \
+                        and not str(probe.get("bytes") or "").startswith("field:"):
+                    try:
+                        self._links.append(libbpf.raw_tracepoint_link(
+                            obj.program_fd("dc_raw_tracepoint"), name, i))
+                        return
+                    except AttachFailed as exc:
+                        # ENOENT: not a raw tracepoint (syscalls:* are ftrace events over
+                        # raw_syscalls): its perf event may still exist
+                        if exc.errno != errno.ENOENT:
+                            log.info("raw tracepoint %s refused (%s); perf events from here "
+                                     "on", target, exc)
+                            self._raw_tp = False
                 prog = "dc_block_complete" if target == "block:block_rq_complete" else "dc_tracepoint"
                 self._links.append(obj.attach_tracepoint(prog, category, name, i))
         except AttachFailed as exc:

@@ -1,0 +1,245 @@
+"""Libraries of a signed family that the job's processes really map.
+
+A signed library probe names the file it was bound to and, when the set gives
+one, its library family (``libhdf5*.so*``). A job may map another member: the
+libhdf5 bundled in h5py's wheel (``h5py.libs/libhdf5-<hash>.so.310``), an MPI
+it dlopen()s. Uprobes live on inodes, so the tracer has to find those files:
+it reads ``/proc/<pid>/maps`` of the job's processes (at start and then
+periodically, which also catches dlopen() after start) and keeps the
+executable mappings whose file name matches a family.
+
+What is attached is decided here, never by the mapped file's name alone: the
+file is opened through ``/proc/<pid>/map_files`` (the very inode mapped, not
+whatever the path names now), must be a regular x86-64 ELF shared object of
+bounded size, and must export some of the family's probed functions; the
+probe definitions (argument roles, byte rules) stay the signed ones. The BPF
+scope keeps other processes mapping the same inode out of the trace.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import platform
+import stat
+from dataclasses import dataclass, field
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
+
+from ..probes import host_check
+
+MAX_MAPS_BYTES = 8 << 20          # a process with 100,000 mappings: read no more
+MAX_LIBRARY_BYTES = 512 << 20     # as the signing service: no real library is larger
+MAX_LIBRARIES = 64                # files judged per run (each costs an ELF parse)
+_ELF_ERRORS = (ELFError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+               AttributeError, AssertionError, UnicodeDecodeError)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """An executable file mapping of a process whose file name matches a family."""
+
+    pid: int
+    start: str                  # hex, as in maps: names the map_files entry
+    end: str
+    key: tuple[int, int, int]   # (major, minor, inode) as maps reports them
+    path: str
+    family: str
+
+
+@dataclass
+class LibraryRecord:
+    """What happened to one library file of a family (for the summary)."""
+
+    path: str
+    family: str
+    status: str                  # "attached", "not attached" or "skipped"
+    pid: int = 0                 # the first process seen mapping it
+    dev: int | None = None
+    ino: int | None = None
+    build_id: str | None = None
+    functions: int = 0           # probes attached on it
+    reason: str | None = None    # why not attached / skipped
+    signed: bool = False         # the file the probes were bound to at signing
+    links: str | None = None
+
+    def as_dict(self) -> dict:
+        out = {"path": self.path, "family": self.family, "status": self.status}
+        for name in ("dev", "ino", "build_id", "reason", "links"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.pid:
+            out["pid"] = self.pid
+        if self.status == "attached":
+            out["functions"] = self.functions
+        if self.signed:
+            out["signed"] = True
+        return out
+
+
+def literal_prefix(pattern: str) -> str:
+    """What every name a shell pattern matches begins with."""
+    for i, ch in enumerate(pattern):
+        if ch in "*?[":
+            return pattern[:i]
+    return pattern
+
+
+@dataclass
+class MapScanner:
+    """Finds new family mappings in processes' maps; each file (maps' device and inode)
+    is reported once per run."""
+
+    families: list[str]
+    seen: set = field(default_factory=set)
+
+    def __post_init__(self):
+        self._needles = sorted({literal_prefix(f).encode() for f in self.families})
+
+    def scan(self, pid: int) -> list[Mapping]:
+        text = read_maps(pid)
+        if not text or not any(n in text for n in self._needles):
+            return []       # the common case: one substring test per family, in C
+        found = []
+        for line in text.split(b"\n"):
+            if not any(n in line for n in self._needles):
+                continue
+            parts = line.split(None, 5)
+            if len(parts) < 6 or b"x" not in parts[1] or not parts[5].startswith(b"/"):
+                continue
+            try:
+                major, minor = (int(x, 16) for x in parts[3].split(b":"))
+                key = (major, minor, int(parts[4]))
+            except ValueError:
+                continue
+            if key in self.seen:
+                continue
+            path = os.fsdecode(parts[5])
+            if path.endswith(" (deleted)"):
+                path = path[:-len(" (deleted)")]
+            name = os.path.basename(path)
+            family = next((f for f in self.families if fnmatch.fnmatchcase(name, f)), None)
+            if family is None:
+                continue
+            self.seen.add(key)
+            start, _, end = os.fsdecode(parts[0]).partition("-")
+            found.append(Mapping(pid, start, end, key, path, family))
+        return found
+
+
+def read_maps(pid: int) -> bytes:
+    """``/proc/<pid>/maps`` (bounded), or b"" when the process is gone or hidden."""
+    try:
+        fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        chunks, size = [], 0
+        while size < MAX_MAPS_BYTES:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def open_mapped(m: Mapping) -> int:
+    """A read-only descriptor of the very file ``m`` maps (map_files names the mapping's
+    inode, whatever its path names now); else its path, if that is still the same
+    inode. Raises OSError saying why not."""
+    try:
+        return os.open(f"/proc/{m.pid}/map_files/{m.start}-{m.end}",
+                       os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and not os.path.exists(f"/proc/{m.pid}"):
+            raise
+    fd = os.open(m.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) != m.key:
+        os.close(fd)
+        raise OSError(errno.ESTALE, "the file at that path is not the one the process maps")
+    return fd
+
+
+def judge(fd: int, shown: str) -> tuple[host_check.ElfInfo | None, str | None]:
+    """(ELF facts, None) for a file the tracer may attach uprobes to, else (None, why)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file"
+    if st.st_size > MAX_LIBRARY_BYTES:
+        return None, f"larger than {MAX_LIBRARY_BYTES} bytes"
+    try:
+        info = host_check.elf_info_fd(fd)
+    except _ELF_ERRORS:
+        return None, "not an ELF shared library"
+    if platform.machine() == "x86_64" and info.machine != "EM_X86_64":
+        return None, f"built for {info.machine}, not x86-64"
+    if not info.functions:
+        return None, "exports no functions"
+    return info, None
+
+
+def build_id(fd: int) -> str | None:
+    """The GNU build id (hex) of an ELF file, when it has one."""
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            elf = ELFFile(f)
+            for section in elf.iter_sections():
+                if isinstance(section, NoteSection):
+                    for note in section.iter_notes():
+                        if note["n_type"] == "NT_GNU_BUILD_ID":
+                            return str(note["n_desc"])
+    except _ELF_ERRORS:
+        return None
+    return None
+
+
+def cgroup_pids(directory) -> set[int]:
+    """Processes of a cgroup v2 directory and its descendants (bounded)."""
+    pids: set[int] = set()
+    dirs = 0
+    for root, subdirs, _files in os.walk(directory):
+        dirs += 1
+        if dirs > 10000:
+            break
+        try:
+            with open(os.path.join(root, "cgroup.procs"), encoding="ascii") as f:
+                pids.update(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def uid_pids(uid: int) -> set[int]:
+    """Processes whose real uid is ``uid`` (/proc's directories are owned by it)."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    out.add(int(name))
+            except OSError:
+                continue
+    return out
+
+
+def runs_as(pid: int, uid: int) -> bool:
+    """All four uids of the process are ``uid`` (what the user could ptrace, roughly):
+    the tracer does not look into another user's or a set-uid program's mappings."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return all(int(x) == uid for x in line.split()[1:5])
+    except (OSError, ValueError):
+        return False
+    return False

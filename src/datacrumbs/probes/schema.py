@@ -273,7 +273,9 @@ def _expectation(error, patterns: dict) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         return "has a property that is not allowed here (allowed: " + ", ".join(allowed) + ")"
     if keyword == "const" and "then" in schema_path and schema_path[-2:] == ["kind", "const"]:
-        return "must be 'uprobe': only uprobe probes have 'aliases' or 'family'"
+        rule = list(error.absolute_schema_path)
+        field = "family" if len(_TARGETS) + 1 in rule[rule.index("allOf") + 1:][:1] else "aliases"
+        return f"must be 'uprobe': only uprobe probes have {field!r}"
     if keyword == "const":
         return f"must be {expected!r}"
     if keyword == "enum":

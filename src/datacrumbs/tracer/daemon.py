@@ -37,8 +37,11 @@ log = logging.getLogger("datacrumbs.daemon")
 
 STOP_DRAIN_SECONDS = 30.0
 # How often the job's processes' mappings are read for new libraries of a probed family
-# (dlopen() after start): calls made before the next scan are not traced.
-LIBRARY_SCAN_S = 1.0
+# (dlopen() after start): calls made before the next scan are not traced. A scan that
+# takes long (many processes) is spaced out so it never costs more than 1/LIBRARY_SCAN_DUTY
+# of a core.
+LIBRARY_SCAN_S = 0.25
+LIBRARY_SCAN_DUTY = 20
 _POLL_MS = 100
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
 # Signals whose default action ends the process, that a process can catch: each one
@@ -586,8 +589,9 @@ class TraceRun:
         now = time.monotonic()
         if discover is None or (not force and now < self._next_library_scan):
             return
-        self._next_library_scan = now + self.library_scan_s
         discover()
+        took = time.monotonic() - now
+        self._next_library_scan = now + max(self.library_scan_s, LIBRARY_SCAN_DUTY * took)
         if len(self.engine.probes) > len(self.probes):
             self.probes = list(self.engine.probes)
             self.writer.set_probes(self.probes)

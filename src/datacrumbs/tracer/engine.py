@@ -978,7 +978,7 @@ class Engine:
     def _attach_mapped(self, m):
         """Judge and attach one newly mapped family member; its LibraryRecord, or None
         when it is a file already judged (another path to it)."""
-        from .families import LibraryRecord, build_id, judge, open_mapped
+        from .families import LibraryRecord, build_id, exported_offsets, open_mapped
 
         record = LibraryRecord(m.path, m.family, "not attached", pid=m.pid)
         try:
@@ -996,22 +996,25 @@ class Engine:
                 return None
             self._library_files.add((st.st_dev, st.st_ino))
             record.dev, record.ino = st.st_dev, st.st_ino
-            info, why = judge(fd, m.path)
-            if info is None:
+            names = {n for i in self._families[m.family]
+                     for n in (self.probes[i]["target"], *self.probes[i].get("aliases", ()))}
+            offsets, why = exported_offsets(fd, sorted(names))
+            if offsets is None:
                 record.reason = why
                 return record
             record.build_id = build_id(fd)
-            return self._attach_family(fd, st, info, record)
+            return self._attach_family(fd, offsets, record)
         finally:
             os.close(fd)
 
-    def _attach_family(self, fd: int, st, info, record):
-        """The family's signed probes on an open library file, under new indexes."""
+    def _attach_family(self, fd: int, offsets: dict[str, int], record):
+        """The family's signed probes on an open library file (``offsets``: the file
+        offsets of the functions it exports), under new probe indexes."""
         wanted = []
         for i in self._families[record.family]:
             probe = self.probes[i]
             name = next((n for n in (probe["target"], *probe.get("aliases", ()))
-                         if n in info.functions), None)
+                         if n in offsets), None)
             if name is not None:
                 wanted.append((i, name))
         if not wanted:
@@ -1022,16 +1025,11 @@ class Engine:
             record.reason = f"more than {MAX_PROBES} probes in all"
             return record
         fd_path = f"/proc/self/fd/{fd}"
-        try:
-            offsets = _function_offsets.__wrapped__(fd_path, st.st_ino, st.st_mtime_ns)
-        except (OSError, ELFError, ValueError) as exc:
-            record.reason = f"cannot read its symbols ({exc})"
-            return record
-        added: list[tuple[int, int, str]] = []     # (new index, offset or -1, name)
+        added: list[tuple[int, int, str]] = []     # (new index, file offset, name)
         seen_offsets: set[int] = set()
         for i, name in wanted:
-            offset = offsets.get(name, -1)
-            if offset >= 0 and offset in seen_offsets:
+            offset = offsets[name]
+            if offset in seen_offsets:
                 continue        # two probed names of one function: one uprobe
             seen_offsets.add(offset)
             j = len(self.probes)
@@ -1043,7 +1041,7 @@ class Engine:
             added.append((j, offset, name))
             self.probes.append(probe)
         how = None
-        if self._multi_refused is None and all(off > 0 for _j, off, _n in added):
+        if self._multi_refused is None:
             try:
                 self._multi_links(fd_path, [(j, off) for j, off, _n in added])
                 how = "uprobe_multi"
@@ -1057,9 +1055,8 @@ class Engine:
                 links = []
                 try:
                     for prog, ret in (("dc_uprobe", False), ("dc_uretprobe", True)):
-                        links.append(self._obj.attach_uprobe(
-                            prog, fd_path, max(off, 0), j, retprobe=ret,
-                            func_name=None if off > 0 else name))
+                        links.append(self._obj.attach_uprobe(prog, fd_path, off, j,
+                                                             retprobe=ret))
                 except AttachFailed as exc:
                     for link in links:
                         link.destroy()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import select
 import os
 import re
 import shutil
@@ -389,3 +390,98 @@ def test_h5py_writes_are_traced_through_its_bundled_libhdf5(site, bpf_object, tm
     assert libs[str(lib)]["build_id"] == _build_id(lib)
     hl = [x for x in summary["libraries"] if "libhdf5_hl" in x["path"]]
     assert [x["status"] for x in hl] == ["skipped"]
+
+
+def _read_until(stream, pattern: str, seen: list[str], timeout: float = 60) -> None:
+    """Read a child's stderr (without blocking past ``timeout``) until a line matches."""
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                seen.extend(x.decode(errors="replace") for x in lines)
+                if any(re.search(pattern, x) for x in seen):
+                    return
+    finally:
+        os.set_blocking(fd, True)
+    raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(seen))
+
+
+@pytest.mark.ebpf
+def test_the_daemon_attaches_members_mapped_in_the_jobs_cgroup_only(site, bpf_object, user1,
+                                                                    family_build, tmp_path):
+    """`datacrumbs run` for user1 with the job's cgroup: a copy the job dlopen()s is traced;
+    another copy the same user maps outside the job is neither attached nor listed."""
+    from datacrumbs.probes.document import write_document
+    from datacrumbs.signing.keys import KeyStore
+
+    b = family_build
+    _site_set(site, b["lib"])
+    outside_copy = b["copy"].with_name("libdcfam-0badc0de.so.1")
+    shutil.copy(b["lib"], outside_copy)
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o1777)
+    tmp_path.chmod(0o755)
+    store = KeyStore.from_config(site)
+    store.init()
+    doc = build_document(select_probes(load_catalog(site), ["dcfam"]), owner_uid=user1.pw_uid,
+                         owner_user=user1.pw_name, sets=["dcfam"])
+    probes = site.prefix.parent / "dcfam.json.gz"
+    write_document(probes, store.sign(doc))
+    cg = Path("/sys/fs/cgroup/unified") / f"datacrumbs-family-test-{os.getpid()}-job-7070"
+    cg.mkdir()
+    daemon = subprocess.Popen([DATACRUMBS, "run", str(probes), "7070", user1.pw_name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "DATACRUMBS_CGROUP": str(cg)})
+    procs = []
+    try:
+        seen: list[str] = []
+        _read_until(daemon.stderr, r"ready: tracing to", seen)
+
+        def enter():
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+            os.setgroups([])
+            os.setgid(user1.pw_gid)
+            os.setuid(user1.pw_uid)
+
+        go = work / "go"
+        for name, lib, pre in (("in", b["copy"], enter), ("out", outside_copy, None)):
+            kw = {"preexec_fn": pre} if pre else {"user": user1.pw_uid, "group": user1.pw_gid,
+                                                   "extra_groups": []}
+            procs.append(subprocess.Popen([str(b["prog"]), str(lib), str(work / f"{name}.bin"),
+                                           "9", str(work / f"{name}.loaded"), str(go)],
+                                          stdout=subprocess.PIPE, **kw))
+        _read_until(daemon.stderr, rf"library {re.escape(str(b['copy']))} .*attached, 3 ", seen)
+        go.touch()
+        for p in procs:
+            assert p.communicate(timeout=60)[0] == b"ok 144\n"
+        time.sleep(0.3)     # the next scan would see the outside copy if it looked there
+        daemon.send_signal(signal.SIGINT)
+        _out, err = daemon.communicate(timeout=60)
+        assert daemon.returncode == 0, err.decode()
+        log = "\n".join(seen) + err.decode()
+        assert str(outside_copy) not in log
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+        cg.rmdir()
+    (summary_path,) = Path(site.trace_dir.format(user=user1.pw_name)).rglob("*.summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert [lib["path"] for lib in summary["libraries"]] == [str(b["lib"]), str(b["copy"])]
+    assert summary["operations"]["DCFAM/dcfam_write"] | {"time_us": 0} == {
+        "count": 9, "bytes": 9 * 16, "time_us": 0, "errors": 0}     # the job's copy only
+    # dcfam_open names its file (the probe's path argument); the outside one is absent
+    assert list(summary["files"]) == [str(work / "in.bin")]

@@ -215,8 +215,8 @@ class _Traced:
     """`datacrumbs trace` running a command; its log lines are collected as they come so
     the test can wait for one ("attached") before letting the command go on."""
 
-    def __init__(self, sets, out: Path, command):
-        args = [a for s in sets for a in ("--set", s)]
+    def __init__(self, sets, out: Path, command, probes: Path | None = None):
+        args = [a for s in sets for a in ("--set", s)] or ["--probes", str(probes)]
         self.proc = subprocess.Popen([DATACRUMBS, "trace", *args, "-o", str(out), "--",
                                       *map(str, command)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -485,3 +485,66 @@ def test_the_daemon_attaches_members_mapped_in_the_jobs_cgroup_only(site, bpf_ob
         "count": 9, "bytes": 9 * 16, "time_us": 0, "errors": 0}     # the job's copy only
     # dcfam_open names its file (the probe's path argument); the outside one is absent
     assert list(summary["files"]) == [str(work / "in.bin")]
+
+
+def _unsigned_probes(site, tmp_path, library: Path, *, family: bool) -> Path:
+    """An unsigned probes file (`datacrumbs trace --probes` takes one) of the test set
+    bound to ``library``, with or without the family (a document from before families)."""
+    from datacrumbs.probes.document import write_document
+
+    _site_set(site, library)
+    probes = select_probes(load_catalog(site), ["dcfam"])
+    if not family:
+        for p in probes:
+            del p["family"]
+    path = tmp_path / ("fam.json.gz" if family else "nofam.json.gz")
+    write_document(path, build_document(probes, owner_uid=0, owner_user="root",
+                                        sets=["dcfam"]))
+    return path
+
+
+@pytest.mark.ebpf
+def test_a_document_without_family_attaches_to_its_file_only(site, bpf_object, family_build,
+                                                             tmp_path):
+    b = family_build
+    probes = _unsigned_probes(site, tmp_path, b["lib"], family=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    loaded, go = tmp_path / "loaded", tmp_path / "go"
+    go.touch()
+    run = _Traced([], out, [b["prog"], b["copy"], tmp_path / "d.bin", 4, loaded, go, b["lib"],
+                            3], probes=probes)
+    stdout, events, summary = run.finish()
+    assert stdout == f"ok {16 * 7}\n"
+    writes = [e for e in events if e["name"] == "dcfam_write"]
+    assert len(writes) == 3 and all("library" not in e["args"] for e in writes)
+    assert "libraries" not in summary
+    assert not any("library" in line and "attached," in line for line in run.lines)
+
+
+@pytest.mark.ebpf
+def test_family_still_attaches_when_its_signed_file_is_missing_here(site, bpf_object,
+                                                                    family_build, tmp_path):
+    """The signed file is absent on this node: its probes are refused, but the family
+    attaches to the copy the job maps, and the run does not fail for 'nothing attached'."""
+    b = family_build
+    gone = tmp_path / "gone" / "libdcfam.so.1"
+    gone.parent.mkdir()
+    shutil.copy(b["lib"], gone)
+    probes = _unsigned_probes(site, tmp_path, gone, family=True)
+    gone.unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    loaded, go = tmp_path / "loaded", tmp_path / "go"
+    run = _Traced([], out, [b["prog"], b["copy"], tmp_path / "d.bin", 5, loaded, go],
+                  probes=probes)
+    run.wait_for(rf"library {re.escape(str(b['copy']))} .*: attached, 3 functions")
+    go.touch()
+    stdout, events, summary = run.finish()
+    assert stdout == f"ok {16 * 5}\n"
+    writes = [e for e in events if e["name"] == "dcfam_write"]
+    assert len(writes) == 5 and {e["args"]["library"] for e in writes} == {str(b["copy"])}
+    assert [p["reason"] for p in summary["probes_refused"]] == [
+        f"library {gone} not found on this host (the probe still attaches to the libraries "
+        f"of its family {FAMILY} the job maps)"] * 3
+    assert [lib["path"] for lib in summary["libraries"]] == [str(b["copy"])]

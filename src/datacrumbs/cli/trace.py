@@ -192,7 +192,7 @@ def main(args) -> int:
         with engine:
             report = engine.attach()
             report.refused.extend(refused_early)
-            if not report.attached:
+            if not report.attached and not engine.waits_for_libraries:
                 for probe, reason in report.refused:
                     log.warning("probe %s refused: %s", probe.get("id"), reason)
                 raise DatacrumbsError("no probe could be attached on this host; see the "

@@ -462,7 +462,8 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
             for probe, reason in report.refused:
                 log.warning("probe %s (%s %s) refused: %s", probe.get("id"), probe.get("kind"),
                             probe.get("target"), reason)
-            if not report.attached:
+            waiting = getattr(engine, "waits_for_libraries", False)
+            if not report.attached and not waiting:
                 raise NothingAttached(
                     f"no probe of {probes_path} could be attached on {host} "
                     f"({len(report.refused)} refused, reasons above); generate a probes file "

@@ -609,7 +609,11 @@ class Engine:
                 if kind == "uprobe":
                     library = resolve_library(probe.get("library"))
                     if library is None:
-                        raise _Refused(f"library {probe.get('library')} not found on this host")
+                        family = probe.get("family")
+                        raise _Refused(f"library {probe.get('library')} not found on this host"
+                                       + (f" (the probe still attaches to the libraries of "
+                                          f"its family {family} the job maps)"
+                                          if isinstance(family, str) else ""))
                     uprobes.setdefault(library, []).append(i)
                     if spec[2]:
                         path_probes.append(i)
@@ -633,7 +637,10 @@ class Engine:
                 self._links.append(obj.attach("dc_block_issue"))
             except AttachFailed as exc:
                 log.warning("block request start times unavailable: %s", exc)
-        if not report.attached:
+        if self._families and self._scanner is None:    # signed files all missing here
+            from .families import MapScanner
+            self._scanner = MapScanner(sorted(self._families))
+        if not report.attached and not self._families:
             reasons = "; ".join(f"{p.get('id', p.get('target'))}: {r}" for p, r in report.refused)
             raise EngineError(f"none of the {len(self.probes)} probes could be attached ({reasons})")
         # keep the document order in the report
@@ -906,6 +913,12 @@ class Engine:
                 reason=None if n else "none of its probes could be attached"))
 
     @property
+    def waits_for_libraries(self) -> bool:
+        """Probes of a library family may still attach to libraries the job maps, even
+        when none attached at start (their signed file is not on this host)."""
+        return self._scanner is not None
+
+    @property
     def libraries(self) -> list[dict]:
         """Every library file of a probed family judged so far: the signed ones, those
         found mapped by the job (attached, or not and why), those skipped."""
@@ -919,7 +932,10 @@ class Engine:
 
         pids = set(self._seen)
         obj = self._obj
-        for name in ("scope_pids", "comms"):
+        # a cgroup lists its processes; a user scope's new processes are in comms (those
+        # that exec'd in scope) and the pid set (forks of members)
+        maps = ("scope_pids", "comms") if self.scope.kind == "user" else ("scope_pids",)
+        for name in maps:
             fd = obj.map_fd(name)
             for key in libbpf.map_keys(fd, 4, limit=obj.map_max_entries(name)):
                 pid = struct.unpack("<I", key)[0]
@@ -940,6 +956,8 @@ class Engine:
             self._user_listed = True
             pids |= uid_pids(self.scope.uid)
         pids.discard(os.getpid())
+        if len(self._dead_pids) > 65536:      # bounded: the maps forget exited pids too
+            self._dead_pids.clear()
         return pids - self._dead_pids
 
     def discover_libraries(self) -> list[dict]:

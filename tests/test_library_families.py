@@ -241,7 +241,8 @@ class _Traced:
         raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
 
     def finish(self):
-        stdout = self.proc.communicate(timeout=180)[0]
+        stdout = self.proc.stdout.read()        # stderr is the reader thread's alone
+        self.proc.wait(timeout=180)
         self.reader.join(timeout=10)
         assert self.proc.returncode == 0, "".join(self.lines)
         assert "Traceback" not in "".join(self.lines)
@@ -296,7 +297,7 @@ def test_dlopened_copy_of_the_family_is_traced_as_itself(site, bpf_object, famil
     assert libs[str(b["other"])]["status"] == "skipped"     # matches the name only
     assert "library_warnings" not in summary
     assert any(f"library traced: {b['copy']} (family {FAMILY}, 3 functions)" in line
-               for line in run.lines)
+               for line in run.lines), "".join(run.lines)
 
 
 @pytest.mark.ebpf

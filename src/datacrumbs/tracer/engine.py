@@ -524,6 +524,7 @@ class Engine:
         self._library_files: set = set()    # (st_dev, st_ino) of every library judged
         self._signed_paths: set[str] = set()
         self._dead_pids: set[int] = set()
+        self._scans = 0
 
     # -- setup --
 
@@ -970,13 +971,15 @@ class Engine:
         if self._scanner is None or self._obj is None or pid_namespace() is not None:
             return []
         new = []
+        self._scans += 1
+        force = self._scans % 16 == 1           # now and then, read every process's maps
         for pid in sorted(self._scope_pids()):
             if not os.path.isdir(f"/proc/{pid}"):
                 self._dead_pids.add(pid)
                 continue
             if self.check_creds and not _runs_as(pid, self.job_uid):
                 continue
-            for mapping in self._scanner.scan(pid):
+            for mapping in self._scanner.scan(pid, force=force):
                 if len(self._libraries) >= MAX_LIBRARIES + len(self._signed_paths):
                     from .families import LibraryRecord
                     record = LibraryRecord(mapping.path, mapping.family, "not attached",

@@ -94,18 +94,31 @@ class MapScanner:
 
     families: list[str]
     seen: set = field(default_factory=set)
+    # pid -> its virtual memory size at the last read of its maps: mapping a library grows
+    # it, and /proc/<pid>/stat costs a small fraction of maps (no path per mapping)
+    sizes: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self._needles = sorted({literal_prefix(f).encode() for f in self.families})
 
-    def scan(self, pid: int) -> list[Mapping]:
+    def scan(self, pid: int, *, force: bool = False) -> list[Mapping]:
+        """New family mappings of ``pid``; its maps are read only when its size changed
+        since the last read (or with ``force``: a dlopen() and an munmap() of the same
+        size between two scans would hide the library until the next forced scan)."""
+        size = vm_size(pid)
+        if size is None:
+            self.sizes.pop(pid, None)
+            return []
+        if not force and self.sizes.get(pid) == size:
+            return []
+        if len(self.sizes) >= 65536:
+            self.sizes.clear()
+        self.sizes[pid] = size
         text = read_maps(pid)
         if not text or not any(n in text for n in self._needles):
             return []       # the common case: one substring test per family, in C
         found = []
-        for line in text.split(b"\n"):
-            if not any(n in line for n in self._needles):
-                continue
+        for line in _lines_with(text, self._needles):
             parts = line.split(None, 5)
             if len(parts) < 6 or b"x" not in parts[1] or not parts[5].startswith(b"/"):
                 continue
@@ -127,6 +140,31 @@ class MapScanner:
             start, _, end = os.fsdecode(parts[0]).partition("-")
             found.append(Mapping(pid, start, end, key, path, family))
         return found
+
+
+def _lines_with(text: bytes, needles) -> list[bytes]:
+    """The lines of ``text`` holding one of ``needles`` (bytes.find: a few µs for a
+    maps file of 300 lines, where a regex or splitting every line costs 0.2-0.6 ms)."""
+    lines: dict[int, bytes] = {}
+    for needle in needles:
+        i = text.find(needle)
+        while i >= 0:
+            start = text.rfind(b"\n", 0, i) + 1
+            end = text.find(b"\n", i)
+            end = len(text) if end < 0 else end
+            lines[start] = text[start:end]
+            i = text.find(needle, end)
+    return [lines[k] for k in sorted(lines)]
+
+
+def vm_size(pid: int) -> int | None:
+    """The process's virtual memory size in bytes (/proc/<pid>/stat field 23), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read(4096)
+        return int(raw[raw.rindex(b")") + 2:].split()[20])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def read_maps(pid: int) -> bytes:

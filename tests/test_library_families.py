@@ -549,3 +549,56 @@ def test_family_still_attaches_when_its_signed_file_is_missing_here(site, bpf_ob
         f"library {gone} not found on this host (the probe still attaches to the libraries "
         f"of its family {FAMILY} the job maps)"] * 3
     assert [lib["path"] for lib in summary["libraries"]] == [str(b["copy"])]
+
+
+def _service(site):
+    from datacrumbs.signing.client import ping
+
+    service = subprocess.Popen([str(BIN / "datacrumbs_sign_probes"), "--socket",
+                                str(site.socket_path)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not ping(socket_path=site.socket_path):
+        assert service.poll() is None, service.stderr.read()
+        assert time.monotonic() < deadline, "signing service did not come up"
+        time.sleep(0.05)
+    return service
+
+
+def test_the_signing_service_signs_the_family_and_the_policy_can_withhold_it(
+        site, key_store, user1, tmp_path):
+    """--sign through the real service, as a user: h5py's libhdf5 (a copy the user owns)
+    is accepted for the hdf5 set and the signed probes carry the family; with
+    ``deny.families`` the service signs them without it."""
+    from datacrumbs.probes.verify import verify_probes_file
+
+    home = tmp_path / "home"
+    home.mkdir()
+    tmp_path.chmod(0o755)
+    os.chown(home, user1.pw_uid, user1.pw_gid)
+    lib = home / _h5py_libhdf5().name
+    shutil.copy(_h5py_libhdf5(), lib)
+    os.chown(lib, user1.pw_uid, user1.pw_gid)
+
+    def generate(name):
+        out = home / name
+        proc = subprocess.run(["setpriv", f"--reuid={user1.pw_uid}", f"--regid={user1.pw_gid}",
+                               "--clear-groups", DATACRUMBS, "probes", "generate", "--set",
+                               "hdf5", "--library", str(lib), "--sign", "-o", str(out)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HOME": str(home)})
+        assert proc.returncode == 0, proc.stderr
+        return verify_probes_file(out, user1.pw_name, config=site)
+
+    for policy, family in (("", "libhdf5*.so*"),
+                           ('[deny]\nfamilies = ["libhdf5*"]\n', None)):
+        site.policy_file.write_text('contact = "x"\n[defaults]\nallow_kinds = ["uprobe"]\n'
+                                    'allow_sets = ["*"]\n' + policy)
+        service = _service(site)
+        try:
+            doc = generate(f"h5-{bool(family)}.json.gz")
+        finally:
+            service.send_signal(signal.SIGTERM)
+            service.wait(timeout=20)
+        assert {p["library"] for p in doc["probes"]} == {str(lib)}
+        assert {p.get("family") for p in doc["probes"]} == {family}

@@ -215,11 +215,12 @@ class _Traced:
     """`datacrumbs trace` running a command; its log lines are collected as they come so
     the test can wait for one ("attached") before letting the command go on."""
 
-    def __init__(self, sets, out: Path, command, probes: Path | None = None):
+    def __init__(self, sets, out: Path, command, probes: Path | None = None, env=None):
         args = [a for s in sets for a in ("--set", s)] or ["--probes", str(probes)]
         self.proc = subprocess.Popen([DATACRUMBS, "trace", *args, "-o", str(out), "--",
                                       *map(str, command)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -257,8 +258,9 @@ class _Traced:
 
 
 @pytest.mark.ebpf
+@pytest.mark.parametrize("multi", [True, False], ids=["uprobe_multi", "per-probe"])
 def test_dlopened_copy_of_the_family_is_traced_as_itself(site, bpf_object, family_build,
-                                                         tmp_path):
+                                                         tmp_path, multi):
     """A copy with a hash-like name, dlopen()ed after start, gets the family's probes:
     its calls are in the trace with its path, the signed file's calls without, and the
     summary counts them together and lists the copy (path, inode, build id)."""
@@ -269,7 +271,8 @@ def test_dlopened_copy_of_the_family_is_traced_as_itself(site, bpf_object, famil
     data, loaded, go = tmp_path / "data.bin", tmp_path / "loaded", tmp_path / "go"
     n_copy, n_signed = 7, 5
     run = _Traced(["dcfam", "posix"], out, [b["prog"], b["copy"], data, n_copy, loaded, go,
-                                             b["lib"], n_signed, b["other"]])
+                                             b["lib"], n_signed, b["other"]],
+                  env={"DATACRUMBS_UPROBE_MULTI": "1" if multi else "0"})
     run.wait_for(rf"library {re.escape(str(b['copy']))} .*: attached, 3 functions")
     go.touch()
     stdout, events, summary = run.finish()
@@ -291,8 +294,8 @@ def test_dlopened_copy_of_the_family_is_traced_as_itself(site, bpf_object, famil
     st = b["copy"].stat()
     assert libs[str(b["copy"])] | {"pid": 0} == {
         "path": str(b["copy"]), "family": FAMILY, "status": "attached", "dev": st.st_dev,
-        "ino": st.st_ino, "build_id": _build_id(b["copy"]), "links": "uprobe_multi",
-        "pid": 0, "functions": 3}
+        "ino": st.st_ino, "build_id": _build_id(b["copy"]),
+        "links": "uprobe_multi" if multi else "per-probe", "pid": 0, "functions": 3}
     assert libs[str(b["lib"])]["signed"] is True and libs[str(b["lib"])]["status"] == "attached"
     assert libs[str(b["other"])]["status"] == "skipped"     # matches the name only
     assert "library_warnings" not in summary
@@ -602,3 +605,60 @@ def test_the_signing_service_signs_the_family_and_the_policy_can_withhold_it(
             service.wait(timeout=20)
         assert {p["library"] for p in doc["probes"]} == {str(lib)}
         assert {p.get("family") for p in doc["probes"]} == {family}
+
+
+HOSTILE_MAPPER = """
+import mmap, os, sys, time
+maps = []
+for path in sys.argv[2:]:
+    with open(path, "rb") as f:
+        maps.append(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ | mmap.PROT_EXEC,
+                              flags=mmap.MAP_PRIVATE))
+for _ in range(3000):
+    if os.path.exists(sys.argv[1]):
+        break
+    time.sleep(0.01)
+print("ok", len(maps))
+"""
+
+
+@pytest.mark.ebpf
+def test_hostile_files_named_like_the_family_never_harm_the_tracer(site, bpf_object,
+                                                                   family_build, tmp_path):
+    """Files a job user can write, named like members and mapped executable: ELF headers
+    with random contents, a truncated copy. Each is refused with its reason; the trace
+    completes."""
+    import random
+
+    b = family_build
+    _site_set(site, b["lib"])
+    rng = random.Random(9)
+    files = []
+    good = b["lib"].read_bytes()
+    for k in range(24):
+        body = bytearray(rng.randbytes(8192))
+        body[:16] = b"\x7fELF\x02\x01\x01" + bytes(9)      # 64-bit little-endian ELF
+        body[16:18] = (3).to_bytes(2, "little")                 # ET_DYN
+        body[18:20] = (62).to_bytes(2, "little")                # EM_X86_64
+        if k % 2:    # a real header, random tables behind it
+            body[:64] = good[:64]
+        files.append(tmp_path / f"libdcfam-evil{k}.so.1")
+        files[-1].write_bytes(bytes(body))
+    files.append(tmp_path / "libdcfam-cut.so.1")
+    files[-1].write_bytes(good[:len(good) // 3])
+    script = tmp_path / "mapper.py"
+    script.write_text(HOSTILE_MAPPER)
+    out = tmp_path / "out"
+    out.mkdir()
+    go = tmp_path / "go"
+    run = _Traced(["dcfam"], out, [sys.executable, script, go, *files])
+    run.wait_for(r"library .*libdcfam-cut\.so\.1 .*: not attached")
+    for f in files:
+        run.wait_for(rf"library {re.escape(str(f))} ")
+    go.touch()
+    stdout, _events, summary = run.finish()
+    assert stdout == f"ok {len(files)}\n"
+    libs = {x["path"]: x for x in summary["libraries"]}
+    assert all(libs[str(f)]["status"] == "not attached" for f in files)
+    assert {libs[str(f)]["reason"] for f in files} <= {"not an ELF shared library"}
+    assert len(summary["library_warnings"]) == len(files)

@@ -948,7 +948,8 @@ class Engine:
         if self.scope.kind == "cgroup":
             pids |= cgroup_pids(self.scope.cgroup)
         elif self.scope.kind == "cgroup_name" and self.job_cgroup() is not None:
-            if getattr(self, "_job_cgroup_path", None) is None:
+            # the walk to find it is long: once, then again only every 16th scan
+            if getattr(self, "_job_cgroup_path", None) is None and self._scans % 16 == 1:
                 found = find_cgroup(self.scope.cgroup_name)
                 self._job_cgroup_path = found[0] if found else None
             if self._job_cgroup_path is not None:

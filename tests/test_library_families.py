@@ -662,3 +662,49 @@ def test_hostile_files_named_like_the_family_never_harm_the_tracer(site, bpf_obj
     assert all(libs[str(f)]["status"] == "not attached" for f in files)
     assert {libs[str(f)]["reason"] for f in files} <= {"not an ELF shared library"}
     assert len(summary["library_warnings"]) == len(files)
+
+
+MPROTECT_CHILD = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+addr = libc.mmap(None, 4096, 1, 2, fd, 0)              # PROT_READ, MAP_PRIVATE
+print("mapped", flush=True)
+sys.stdin.readline()
+assert libc.mprotect(addr, 4096, 5) == 0               # PROT_READ | PROT_EXEC
+print("exec", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_scanner_sees_code_mapped_after_a_read_only_mapping_of_the_same_size(tmp_path):
+    """ld.so maps a library read-only, then its code over it: the process's size does not
+    change in between, so a scan in that moment must not let the size check hide it."""
+    from datacrumbs.tracer.families import MapScanner
+
+    lib = tmp_path / "libdcfam-9d8c7b6a.so.1"
+    lib.write_bytes(bytes(4096))
+    child = subprocess.Popen([sys.executable, "-c", MPROTECT_CHILD, str(lib)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        scanner = MapScanner([FAMILY, "libc.so.6"])
+        assert child.stdout.readline() == "mapped\n"
+        found = scanner.scan(child.pid)
+        assert [m.path for m in found] == ["/usr/lib/x86_64-linux-gnu/libc.so.6"]
+        assert scanner.scan(child.pid) == []            # same size: maps not read again
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "exec\n"
+        (m,) = scanner.scan(child.pid)
+        st = lib.stat()
+        assert (m.path, m.family, m.key) == (str(lib), FAMILY,
+                                             (os.major(st.st_dev), os.minor(st.st_dev),
+                                              st.st_ino))
+        assert scanner.scan(child.pid, force=True) == []    # each file once
+    finally:
+        child.kill()
+        child.wait()

@@ -121,7 +121,7 @@ class MapScanner:
         found = []
         for line in _lines_with(text, self._needles):
             parts = line.split(None, 5)
-            if len(parts) < 6 or b"x" not in parts[1] or not parts[5].startswith(b"/"):
+            if len(parts) < 6 or not parts[5].startswith(b"/"):
                 continue
             try:
                 major, minor = (int(x, 16) for x in parts[3].split(b":"))
@@ -136,6 +136,11 @@ class MapScanner:
             name = os.path.basename(path)
             family = next((f for f in self.families if fnmatch.fnmatchcase(name, f)), None)
             if family is None:
+                continue
+            if b"x" not in parts[1]:
+                # ld.so maps the whole file first, its code a moment later at the same
+                # size: read these maps again next time
+                self.sizes.pop(pid, None)
                 continue
             self.seen.add(key)
             start, _, end = os.fsdecode(parts[0]).partition("-")

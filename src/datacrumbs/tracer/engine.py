@@ -931,12 +931,15 @@ class Engine:
         an event, and at first a user scope's processes."""
         from .families import cgroup_pids, uid_pids
 
-        pids = set(self._seen)
+        # events and the kernel's maps hold host pids: inside a pid namespace only a
+        # cgroup's own list names processes as this /proc does
+        host = pid_namespace() is None
+        pids = set(self._seen) if host else set()
         obj = self._obj
         # a cgroup lists its processes; a user scope's new processes are in comms (those
         # that exec'd in scope) and the pid set (forks of members)
         maps = ("scope_pids", "comms") if self.scope.kind == "user" else ("scope_pids",)
-        for name in maps:
+        for name in maps if host else ():
             fd = obj.map_fd(name)
             for key in libbpf.map_keys(fd, 4, limit=obj.map_max_entries(name)):
                 pid = struct.unpack("<I", key)[0]
@@ -954,7 +957,7 @@ class Engine:
                 self._job_cgroup_path = found[0] if found else None
             if self._job_cgroup_path is not None:
                 pids |= cgroup_pids(self._job_cgroup_path)
-        elif self.scope.kind == "user" and not getattr(self, "_user_listed", False):
+        elif self.scope.kind == "user" and host and not getattr(self, "_user_listed", False):
             self._user_listed = True
             pids |= uid_pids(self.scope.uid)
         pids.discard(os.getpid())
@@ -969,7 +972,7 @@ class Engine:
         a dlopen() and the next scan are not seen."""
         from .families import MAX_LIBRARIES
 
-        if self._scanner is None or self._obj is None or pid_namespace() is not None:
+        if self._scanner is None or self._obj is None:
             return []
         new = []
         self._scans += 1

@@ -158,6 +158,9 @@ def test_local_generation_binds_the_family_member_given_with_library(site, tmp_p
     doc = read_document(out)
     assert {p["library"] for p in doc["probes"]} == {str(copy_path)}
     assert {p["family"] for p in doc["probes"]} == {"libhdf5*.so*"}
+    show = subprocess.run([DATACRUMBS, "probes", "show", str(out)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert show.stdout.count(f"{copy_path} (family libhdf5*.so*)") == len(doc["probes"])
     libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
     proc = subprocess.run([DATACRUMBS, "probes", "generate", "--set", "hdf5", "--library", libc,
                            "-o", str(tmp_path / "x.json.gz")], capture_output=True, text=True,

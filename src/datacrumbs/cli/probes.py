@@ -277,8 +277,10 @@ def _show(args) -> int:
         if column != "aliases" or aliases:
             table.add_column(column, no_wrap=column in ("id", "target"))
     for p in doc["probes"]:
+        # the family: the tracer also attaches this probe to matching libraries the job maps
+        library = p.get("library", "") + (f" (family {p['family']})" if p.get("family") else "")
         row = [p["id"], p["kind"], p["target"], ", ".join(p.get("aliases", ())) or "-",
-               p.get("library", ""), p["category"], p["bytes"] or "-"]
+               library, p["category"], p["bytes"] or "-"]
         table.add_row(*(Text(v) for v in (row if aliases else row[:3] + row[4:])))
     out.print(table)
     return 0

@@ -49,7 +49,8 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
                      help="probe set to include (repeat; see `datacrumbs probes list-sets`)")
     gen.add_argument("--library", dest="libraries", action="append", default=[], metavar="PATH",
                      help="use this library file for uprobes on the library of the same "
-                          "soname or file name (repeat)")
+                          "soname or file name, or of the set's library family (e.g. "
+                          "h5py's bundled libhdf5-<hash>.so for libhdf5*.so*; repeat)")
     gen.add_argument("--mode", choices=("trace", "profile"), default="trace",
                      help="trace: every call as an event; profile: counters per interval")
     gen.add_argument("--interval-ms", type=int, default=1000, metavar="N",
@@ -167,7 +168,10 @@ def _check_libraries(libraries, probes, sets) -> None:
 
     from ..probes.host_check import elf_info
 
+    from ..probes.host_check import in_family
+
     wanted = {os.path.basename(p["library"]) for p in probes if p.get("library")}
+    families = sorted({p["family"] for p in probes if p.get("family")})
     for library in libraries:
         if not os.path.isfile(library):
             raise UsageError(f"--library {library}: no such file")
@@ -181,10 +185,12 @@ def _check_libraries(libraries, probes, sets) -> None:
         names = {os.path.basename(library), os.path.basename(os.path.realpath(library))}
         if info.soname:
             names.add(info.soname)
-        if not names & wanted:
+        if not names & wanted and not any(in_family(f, n, info.soname) for f in families
+                                          for n in names):
             raise UsageError(f"--library {library} ({info.soname or 'no soname'}) is not used by "
                              f"any probe of {', '.join(sets)}, whose libraries are "
-                             f"{', '.join(sorted(wanted)) or 'none'}")
+                             f"{', '.join(sorted(wanted)) or 'none'}"
+                             + (f" (families {', '.join(families)})" if families else ""))
 
 
 def _print_dropped(err: Console, dropped: list[tuple[str, str]]) -> None:
@@ -271,8 +277,10 @@ def _show(args) -> int:
         if column != "aliases" or aliases:
             table.add_column(column, no_wrap=column in ("id", "target"))
     for p in doc["probes"]:
+        # the family: the tracer also attaches this probe to matching libraries the job maps
+        library = p.get("library", "") + (f" (family {p['family']})" if p.get("family") else "")
         row = [p["id"], p["kind"], p["target"], ", ".join(p.get("aliases", ())) or "-",
-               p.get("library", ""), p["category"], p["bytes"] or "-"]
+               library, p["category"], p["bytes"] or "-"]
         table.add_row(*(Text(v) for v in (row if aliases else row[:3] + row[4:])))
     out.print(table)
     return 0

@@ -192,7 +192,7 @@ def main(args) -> int:
         with engine:
             report = engine.attach()
             report.refused.extend(refused_early)
-            if not report.attached:
+            if not report.attached and not engine.waits_for_libraries:
                 for probe, reason in report.refused:
                     log.warning("probe %s refused: %s", probe.get("id"), reason)
                 raise DatacrumbsError("no probe could be attached on this host; see the "
@@ -240,6 +240,7 @@ def loss_line(doc: dict) -> str | None:
         parts.append(f"{doc['events_lost']:,} events lost (the ring buffer was full)")
     if doc.get("names_lost"):
         parts.append(f"{doc['names_lost']:,} file names lost (those events have no file name)")
+    parts += doc.get("library_warnings", [])
     return "; ".join(parts) or None
 
 
@@ -285,6 +286,12 @@ def print_summary(doc: dict, *, trace_path, summary_path, command, elapsed: floa
         for path, row in files[:top]:
             ft.add_row(path, f"{row['count']:,}", _size(row["bytes"]), _secs(row["time_us"]))
         console.print(ft)
+    for lib in doc.get("libraries", []):
+        if lib.get("status") == "attached" and not lib.get("signed"):
+            console.print(f"library traced: {lib['path']} (family {lib['family']}, "
+                          f"{lib['functions']} functions)", soft_wrap=True)
+    for line in doc.get("library_warnings", []):
+        console.print(f"warning: {line}", soft_wrap=True)
     for probe in doc.get("probes_refused", []):
         console.print(f"probe refused: {probe['id']} ({probe['kind']} {probe['target']}): "
                       f"{probe['reason']}", soft_wrap=True)

@@ -9,8 +9,9 @@ silently changing what ``--set posix`` means would surprise users.
 
 from __future__ import annotations
 
+import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class ProbeSet:
     source: str
     builtin: bool
     override: bool = False
+    # library as the probes name it -> family pattern (see probes.schema.FAMILY_PATTERN)
+    families: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def _load_set_file(path, *, builtin: bool) -> ProbeSet:
@@ -52,8 +55,17 @@ def _load_set_file(path, *, builtin: bool) -> ProbeSet:
     ids = [p["id"] for p in data["probes"]]
     if len(set(ids)) != len(ids):
         raise CatalogError(f"probe set file {path} lists a probe id twice; ids must be unique")
+    families = dict(data.get("families", {}))
+    used = {p.get("library") for p in data["probes"] if p["kind"] == "uprobe"}
+    for library, family in families.items():
+        if library not in used:
+            raise CatalogError(f"probe set file {path} gives a family for {library}, which no "
+                               "uprobe of the set names; fix or remove it")
+        if not fnmatch.fnmatchcase(os.path.basename(library), family):
+            raise CatalogError(f"probe set file {path}: the family {family} of {library} does "
+                               "not match that library's own name; fix the pattern")
     return ProbeSet(data["name"], data["description"], tuple(data["probes"]), str(path), builtin,
-                    bool(data.get("override", False)))
+                    bool(data.get("override", False)), families)
 
 
 def builtin_sets() -> dict[str, ProbeSet]:
@@ -94,9 +106,18 @@ def select_probes(catalog: dict[str, ProbeSet], names) -> list[dict]:
             raise CatalogError(f"unknown probe set {name!r}; known sets: "
                                f"{', '.join(sorted(catalog))}")
         for probe in catalog[name].probes:
+            probe = with_family(dict(probe), catalog[name].families)
             previous = chosen.get(probe["id"])
             if previous is not None and previous != probe:
                 raise CatalogError(f"probe id {probe['id']!r} means different probes in set "
                                    f"{name!r} and an earlier set; rename one of them")
-            chosen.setdefault(probe["id"], dict(probe))
+            chosen.setdefault(probe["id"], probe)
     return list(chosen.values())
+
+
+def with_family(probe: dict, families: dict) -> dict:
+    """The probe with its library's family (a uprobe of a library the set names one for)."""
+    family = families.get(probe.get("library")) if probe.get("kind") == "uprobe" else None
+    if family:
+        probe["family"] = family
+    return probe

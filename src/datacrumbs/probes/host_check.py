@@ -24,6 +24,7 @@ Unprivileged users cannot read tracefs: their tracepoints stay unchecked
 from __future__ import annotations
 
 import copy
+import fnmatch
 import functools
 import gzip
 import os
@@ -272,11 +273,22 @@ def elf_info(path: str) -> ElfInfo:
     return _elf_info(path, st.st_ino, st.st_mtime_ns)
 
 
+def in_family(family: str | None, path: str, soname: str | None = None) -> bool:
+    """Whether a library file belongs to a family: its file name or soname matches."""
+    if not family:
+        return False
+    return fnmatch.fnmatchcase(os.path.basename(path), family) or \
+        bool(soname and fnmatch.fnmatchcase(soname, family))
+
+
 class LibraryResolver:
-    """soname -> absolute path: user overrides first, then the ld.so cache."""
+    """soname -> absolute path: user overrides first (by name, then by the probe's
+    family: h5py's libhdf5-<hash>.so stands for libhdf5_serial.so.103), then the ld.so
+    cache."""
 
     def __init__(self, overrides=()):
         self.overrides: dict[str, str] = {}
+        self.given: list[tuple[str, str | None]] = []     # (path, soname), in order
         for given in overrides:
             path = canonical_library_path(given)
             if not os.path.isfile(path):
@@ -288,15 +300,17 @@ class LibraryResolver:
                 soname = None
             if soname:
                 self.overrides[soname] = path
+            self.given.append((path, soname))
 
-    def resolve(self, library: str) -> str | None:
+    def resolve(self, library: str, family: str | None = None) -> str | None:
+        name = os.path.basename(library) if library.startswith("/") else library
+        if name in self.overrides:
+            return self.overrides[name]
+        for path, soname in self.given:
+            if in_family(family, path, soname):
+                return path
         if library.startswith("/"):
-            name = os.path.basename(library)
-            if name in self.overrides:
-                return self.overrides[name]
             return canonical_library_path(library) if os.path.isfile(library) else None
-        if library in self.overrides:
-            return self.overrides[library]
         path = ldconfig_cache().get(library)
         return canonical_library_path(path) if path else None
 
@@ -367,7 +381,7 @@ def check_probe(probe: dict, host: HostInfo, libraries: LibraryResolver) -> tupl
             return None, f"kernel function {target} is not traceable on this kernel"
         return dict(probe), None
     # uprobe, usdt: a user-space library
-    path = libraries.resolve(probe["library"])
+    path = libraries.resolve(probe["library"], probe.get("family"))
     if path is None:
         return None, (f"library {probe['library']} not found on this host (not in `ldconfig -p`; "
                       "give its path with --library)")

@@ -40,6 +40,13 @@ BYTES_PATTERN = r"^(ret|ret\*arg[0-5]|arg[0-5]|field:[a-z_][a-z0-9_]{0,63})$"
 # documents carry them: the document builders merge the set's probes that reach one
 # function into the first, so each call is one event; the engine never attaches twice.
 MAX_ALIASES = 16
+# A library family: a file-name glob (fnmatch: '*', '?') naming every build of one
+# library (libhdf5*.so* covers Debian's libhdf5_serial.so.103 and h5py's bundled
+# libhdf5-<hash>.so.310). It starts with at least three literal characters and names a
+# shared object, so no pattern covers every file; the daemon also attaches only to files
+# exporting the probed functions.
+FAMILY_PATTERN = r"^(?=.*\.so)[A-Za-z0-9_+-][A-Za-z0-9_.+-]{2,}[A-Za-z0-9_.+*?-]*$"
+_FAMILY = {"type": "string", "maxLength": 255, "pattern": FAMILY_PATTERN}
 _ALIASES = {"type": "array", "minItems": 1, "maxItems": MAX_ALIASES, "uniqueItems": True,
             "items": {"type": "string", "pattern": _TARGETS["uprobe"]}}
 
@@ -61,6 +68,10 @@ def probe_schema(*, resolved: bool = True) -> dict:
     if resolved:
         extra["aliases"] = _ALIASES
         by_kind.append({"if": {"required": ["aliases"]},
+                        "then": {"properties": {"kind": {"const": "uprobe"}}}})
+        # the library family the daemon may also attach this probe to (see FAMILY_PATTERN)
+        extra["family"] = _FAMILY
+        by_kind.append({"if": {"required": ["family"]},
                         "then": {"properties": {"kind": {"const": "uprobe"}}}})
     return {
         "type": "object",
@@ -139,6 +150,11 @@ PROBE_SET_SCHEMA = {
         "description": {"type": "string", "maxLength": 500},
         # A site set with a built-in set's name must say so explicitly.
         "override": {"type": "boolean"},
+        # library (as the probes name it) -> its family: signed documents carry the
+        # family on each probe of that library
+        "families": {"type": "object", "maxProperties": 16,
+                     "propertyNames": {"anyOf": [_ABS_PATH, _SONAME]},
+                     "additionalProperties": _FAMILY},
         "probes": {"type": "array", "minItems": 1, "maxItems": 16384,
                    "items": probe_schema(resolved=False)},
     },
@@ -244,6 +260,7 @@ _PATTERNS = {
     ID_PATTERN: "names (a-z, 0-9, '_', '.', '-'; at most 64)",
     _ABS_PATH["pattern"]: "absolute paths (no '.' or '..' components, no control characters)",
     _SONAME["pattern"]: "library sonames",
+    FAMILY_PATTERN: "library families (a file-name pattern naming a .so, e.g. libhdf5*.so*)",
     BYTES_PATTERN: "bytes rules (ret, ret*argN, argN, field:NAME)",
     DOCUMENT_SCHEMA["properties"]["owner"]["properties"]["user"]["pattern"]: "user names",
     DOCUMENT_SCHEMA["properties"]["host"]["pattern"]: "host names",
@@ -289,6 +306,8 @@ def _describe(schema) -> str:
 def _expectation(error, patterns: dict) -> str:
     keyword, expected = error.validator, error.validator_value
     schema_path = list(error.relative_schema_path)
+    if "propertyNames" in schema_path and "families" in schema_path:
+        return "has a key that is not a library soname or absolute path"
     if "propertyNames" in schema_path:
         return "has a property name that is not one of " + ", ".join(map(str, expected))
     if keyword == "type":
@@ -306,7 +325,9 @@ def _expectation(error, patterns: dict) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         return "has a property that is not allowed here (allowed: " + ", ".join(allowed) + ")"
     if keyword == "const" and "then" in schema_path and schema_path[-2:] == ["kind", "const"]:
-        return "must be 'uprobe': only uprobe probes have 'aliases'"
+        rule = list(error.absolute_schema_path)
+        field = "family" if len(_TARGETS) + 1 in rule[rule.index("allOf") + 1:][:1] else "aliases"
+        return f"must be 'uprobe': only uprobe probes have {field!r}"
     if keyword == "const":
         return f"must be {expected!r}"
     if keyword == "enum":

@@ -111,6 +111,9 @@ def _warnings(summary: dict) -> list[str]:
     if summary.get("names_lost"):
         out.append(f"{summary['names_lost']:,} events lost their file name in the tracer; "
                    "per-file figures are lower bounds")
+    out += [f"library {lib['path']} of the probed family {lib['family']} was mapped by the job "
+            f"but not traced: {lib['reason'] or 'not attached'}"
+            for lib in summary.get("libraries", []) if lib["status"] == "not attached"]
     out += [f"probe refused: {p['id']} ({p['kind']} {p['target']}): {p['reason']}"
             for p in summary["probes_refused"]]
     return out

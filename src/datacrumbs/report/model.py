@@ -570,7 +570,9 @@ class Aggregate:
         modes = sorted({str(h.get("mode")) for h in headers if h.get("mode") is not None})
 
         lost, names_lost, refused, incomplete = 0, 0, {}, []
+        libraries: dict = {}    # library path -> row: files of probed families, per host
         for path, summ in sorted(self.run_summaries.items()):
+            _add_libraries(libraries, summ)
             lost += _int(summ.get("events_lost"))
             names_lost += _int(summ.get("names_lost"))
             if summ.get("complete") is False:
@@ -621,7 +623,24 @@ class Aggregate:
             "runs": len(self.run_summaries),
             "incomplete_runs": incomplete,
             "probes_refused": sorted(refused.values(), key=lambda r: (r["id"], r["reason"])),
+            # libraries of probed families the tracers attached to or missed (warnings)
+            "libraries": sorted(libraries.values(), key=lambda r: (r["status"], r["path"])),
         }
+
+
+def _add_libraries(out: dict, summ: dict) -> None:
+    """A run summary's ``libraries`` rows, merged by (path, status) with the hosts."""
+    host = _text(summ.get("host"))
+    for lib in summ.get("libraries") or []:
+        if not isinstance(lib, dict) or lib.get("status") not in ("attached", "not attached"):
+            continue
+        key = (_text(lib.get("path")), _text(lib.get("status")))
+        row = out.setdefault(key, {"path": key[0], "status": key[1],
+                                   "family": _text(lib.get("family")),
+                                   "reason": _text(lib.get("reason")) if lib.get("reason") else None,
+                                   "signed": lib.get("signed") is True, "hosts": []})
+        if host and host not in row["hosts"]:
+            row["hosts"].append(host)
 
 
 def _in_us(rows) -> None:

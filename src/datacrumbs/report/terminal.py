@@ -183,6 +183,12 @@ def notes(summary: dict, console: Console) -> None:
     if summary.get("names_lost"):
         console.print(Text(f"warning: {summary['names_lost']:,} events lost their file name in "
                            "the tracer; per-file figures are lower bounds", style="yellow"))
+    for lib in summary.get("libraries", []):
+        if lib["status"] == "not attached":
+            hosts = f" on {', '.join(lib['hosts'])}" if lib["hosts"] else ""
+            console.print(Text(f"warning: library {lib['path']}{hosts} of the probed family "
+                               f"{lib['family']} was mapped by the job but not traced: "
+                               f"{lib['reason'] or 'not attached'}", style="yellow"))
     for pr in summary["probes_refused"]:
         hosts = f" on {', '.join(pr['hosts'])}" if pr["hosts"] else ""
         console.print(Text(f"probe refused{hosts}: {pr['id']} ({pr['kind']} {pr['target']}): "

@@ -48,7 +48,7 @@ POLICY_SCHEMA = {
             "properties": {
                 "users": _NAMES, "groups": _NAMES, "sets": _NAMES,
                 "kinds": {"type": "array", "items": {"enum": list(KINDS)}, "uniqueItems": True},
-                "probes": _NAMES, "targets": _NAMES, "libraries": _NAMES,
+                "probes": _NAMES, "targets": _NAMES, "libraries": _NAMES, "families": _NAMES,
             },
             "additionalProperties": False,
         },
@@ -163,6 +163,32 @@ class Policy:
                                     f"policy's deny list; leave it out or {self._ask()}")
         longest = max(r.get("max_validity_days", self.default_max_days) for r in rules)
         return Grant(validity_days=min(validity_days, longest), max_validity_days=longest)
+
+
+    def family_denied(self, family: str) -> str | None:
+        """The deny pattern that keeps a library family out of signed documents, if any.
+
+        A family lets the tracer attach to every matching library a job maps, which the
+        signing service never sees, so it is withheld (the probes stay on the file they
+        were bound to) when ``deny.families`` matches it, or when a ``deny.libraries``
+        pattern could name one of its members: their literal beginnings agree."""
+        for pattern in self.deny.get("families", ()):
+            if fnmatch.fnmatchcase(family, pattern):
+                return pattern
+        for pattern in self.deny.get("libraries", ()):
+            name = pattern.rsplit("/", 1)[-1]
+            a, b = _literal_prefix(family), _literal_prefix(name)
+            if a.startswith(b) or b.startswith(a):
+                return pattern
+        return None
+
+
+def _literal_prefix(pattern: str) -> str:
+    """What every name a shell pattern matches begins with."""
+    for i, ch in enumerate(pattern):
+        if ch in "*?[":
+            return pattern[:i]
+    return pattern
 
 
 def _matches(value: str, patterns) -> bool:

@@ -21,7 +21,7 @@ from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
 from ..probes.host_check import (HostInfo, LibraryResolver, check_probe, elf_info_fd,
-                                 ldconfig_cache, merge_aliases)
+                                 in_family, ldconfig_cache, merge_aliases)
 
 # Larger than any real library (libmpich is about 20 MB): parsing stays bounded.
 MAX_LIBRARY_BYTES = 512 << 20
@@ -140,6 +140,7 @@ def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
         overrides[os.path.basename(lib.path)] = lib
         if lib.soname:
             overrides[lib.soname] = lib
+    _refuse_unused(user_libraries, catalog_probes)
     files: dict[str, LibraryFile] = {}
     opened: dict[str, LibraryFile | None] = {}
     probes, dropped = [], []
@@ -155,6 +156,9 @@ def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
             continue
         name = probe["library"]
         lib = overrides.get(os.path.basename(name) if name.startswith("/") else name)
+        if lib is None and probe.get("family"):
+            lib = next((u for u in user_libraries
+                        if in_family(probe["family"], u.path, u.soname)), None)
         if lib is None:
             path = name if name.startswith("/") else ldconfig_cache().get(name)
             if path is not None and path not in opened:
@@ -178,6 +182,23 @@ def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
         probes.append(bound)
     probes, merged = merge_aliases(probes, lambda p: _code_address(files[p["library"]], p))
     return Resolved(probes, dropped, files, merged)
+
+
+def _refuse_unused(user_libraries: list[LibraryFile], catalog_probes: list[dict]) -> None:
+    """A library the request passes must stand for a library of the chosen sets (same
+    soname or file name, or one of their families): anything else would be silently
+    unused, and a user would believe it traced."""
+    names = {os.path.basename(p["library"]) for p in catalog_probes
+             if p.get("kind") in LIBRARY_KINDS and p.get("library")}
+    families = sorted({p["family"] for p in catalog_probes if p.get("family")})
+    for lib in user_libraries:
+        if {os.path.basename(lib.path), lib.soname} & names:
+            continue
+        if any(in_family(f, lib.path, lib.soname) for f in families):
+            continue
+        wanted = ", ".join(sorted(names | set(families))) or "none"
+        raise RequestRefused(f"library {_shown(lib.path)} is not a library of the chosen sets "
+                             f"(their libraries and families: {wanted})")
 
 
 def _code_address(lib: LibraryFile, probe: dict):

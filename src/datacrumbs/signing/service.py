@@ -376,6 +376,7 @@ class SigningService:
             first = "; ".join(f"{d['id']}: {d['reason']}" for d in resolved.dropped[:3])
             raise RequestRefused(f"none of the {len(chosen)} probes of {', '.join(sets)} can "
                                  f"attach on this host ({first}); choose other sets")
+        withheld = sorted(_withhold_families(policy, resolved.probes))
         grant = policy.check(caller, sets=sets, probes=resolved.probes, validity_days=days,
                              libraries=resolved.libraries)
         capture = body.get("capture", {})
@@ -396,6 +397,8 @@ class SigningService:
             {"path": lib.path, "dev": lib.dev, "ino": lib.ino} for lib in
             sorted(resolved.libraries.values(), key=lambda lib: lib.path)],
             "dropped": len(resolved.dropped)}
+        if withheld:
+            record["families_withheld"] = withheld
         return signed, grant.validity_days, resolved.dropped, record
 
     def _catalog(self) -> dict:
@@ -559,3 +562,14 @@ def run(argv: list[str] | None = None) -> int:
 def main() -> None:
     sys.exit(run())
 
+
+def _withhold_families(policy, probes: list[dict]) -> set[str]:
+    """Remove the families the policy denies from the probes (they then attach to their
+    bound file only); return those families."""
+    withheld = set()
+    for probe in probes:
+        family = probe.get("family")
+        if family and policy.family_denied(family):
+            del probe["family"]
+            withheld.add(family)
+    return withheld

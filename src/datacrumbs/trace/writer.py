@@ -196,6 +196,8 @@ class TraceWriter:
             self._probe_prefix.append(f'"name":{_json_str(name)},"cat":{_json_str(cat)},')
             pid_ = str(probe.get("id", ""))
             extra = "" if pid_ == f"{cat.lower()}.{name}" else f',"probe":{_json_str(pid_)}'
+            if probe.get("discovered"):   # a library of the probe's family found at run time
+                extra += f',"library":{_json_str(str(probe.get("library")))}'
             self._probe_args.append(extra)
             self._probe_ret.append(probe.get("kind") != "tracepoint")
 

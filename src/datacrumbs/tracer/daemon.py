@@ -36,6 +36,12 @@ from .summary import SummaryBuilder, SummaryFile
 log = logging.getLogger("datacrumbs.daemon")
 
 STOP_DRAIN_SECONDS = 30.0
+# How often the job's processes' mappings are read for new libraries of a probed family
+# (dlopen() after start): calls made before the next scan are not traced. A scan that
+# takes long (many processes) is spaced out so it never costs more than 1/LIBRARY_SCAN_DUTY
+# of a core.
+LIBRARY_SCAN_S = 0.25
+LIBRARY_SCAN_DUTY = 20
 _POLL_MS = 100
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
 # Signals whose default action ends the process, that a process can catch: each one
@@ -346,6 +352,12 @@ class EventConverter:
         return out
 
 
+def library_warning(lib: dict) -> str:
+    """One line for a library of a probed family the job mapped and the tracer missed."""
+    return (f"library {lib['path']} of the probed family {lib['family']} was mapped by the "
+            f"job but not traced: {lib.get('reason') or 'not attached'}")
+
+
 # -- the run -----------------------------------------------------------------------------
 
 class StopFlag:
@@ -464,7 +476,8 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
             for probe, reason in report.refused:
                 log.warning("probe %s (%s %s) refused: %s", probe.get("id"), probe.get("kind"),
                             probe.get("target"), reason)
-            if not report.attached:
+            waiting = getattr(engine, "waits_for_libraries", False)
+            if not report.attached and not waiting:
                 raise NothingAttached(
                     f"no probe of {probes_path} could be attached on {host} "
                     f"({len(report.refused)} refused, reasons above); generate a probes file "
@@ -498,7 +511,8 @@ class TraceRun:
 
     def __init__(self, engine, report, *, run_id, user: User, host, mode, interval_ms,
                  capture_paths, dir_fd, start: datetime, flush_interval: float = 1.0,
-                 access: TraceAccess | None = None, max_bytes: int | None = None):
+                 access: TraceAccess | None = None, max_bytes: int | None = None,
+                 library_scan_s: float = LIBRARY_SCAN_S):
         self.engine = engine
         self.report = report
         self.run_id, self.user, self.host, self.mode = run_id, user, host, mode
@@ -532,6 +546,8 @@ class TraceRun:
         self.summary = SummaryBuilder(probes)
         self.converter = EventConverter(probes, FdPaths(engine.resolve_fd),
                                         capture_paths=capture_paths)
+        self.library_scan_s = library_scan_s
+        self._next_library_scan = 0.0
         self._prev_profile: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._last_lost = 0
         self._last_names_lost = 0
@@ -551,6 +567,7 @@ class TraceRun:
         ready_sent = False
         next_sample = time.monotonic() + self.interval_s
         while not stop.requested:
+            self._scan_libraries()
             self._drain_once(_POLL_MS)
             if not ready_sent:
                 on_ready()  # after attach and a completed poll: events flow
@@ -579,6 +596,23 @@ class TraceRun:
             log.warning("stopped draining after %.0f s: the job is still producing events",
                         STOP_DRAIN_SECONDS)
         return self._finish()
+
+    def _scan_libraries(self, force: bool = False) -> None:
+        """Attach the probed families to the libraries the job maps by now (see
+        tracer/families.py); the tables indexed by probe grow with the engine's."""
+        discover = getattr(self.engine, "discover_libraries", None)
+        now = time.monotonic()
+        if discover is None or (not force and now < self._next_library_scan):
+            return
+        discover()
+        took = time.monotonic() - now
+        self._next_library_scan = now + max(self.library_scan_s, LIBRARY_SCAN_DUTY * took)
+        if len(self.engine.probes) > len(self.probes):
+            self.probes = list(self.engine.probes)
+            self.writer.set_probes(self.probes)
+            self.summary.add_probes(self.probes[len(self.summary.probes):])
+            self.converter = EventConverter(self.probes, self.converter.fdpaths,
+                                            capture_paths=self.converter.capture_paths)
 
     def _check_cap(self) -> str | None:
         """Why the trace ended early (max_trace_bytes), logged once; None while under it."""
@@ -682,6 +716,14 @@ class TraceRun:
             extra["events_not_written"] = self.writer.events_dropped
         if self.stop_signal:
             extra["stop_signal"] = self.stop_signal
+        libraries = list(getattr(self.engine, "libraries", None) or [])
+        if libraries:
+            extra["libraries"] = libraries
+            missed = [lib for lib in libraries if lib["status"] == "not attached"]
+            if missed:
+                extra["library_warnings"] = [library_warning(lib) for lib in missed]
+                for line in extra["library_warnings"]:
+                    log.warning("%s", line)
         doc = self.summary.to_dict(
             job=self.run_id, user=self.user.name, host=self.host, mode=self.mode,
             start_ts=self.start_us, end_ts=time.time_ns() // 1000,

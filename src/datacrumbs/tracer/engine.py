@@ -343,6 +343,11 @@ def _destroy_all(links: list) -> None:
         list(pool.map(lambda link: link.destroy(), links))
 
 
+def _runs_as(pid: int, uid: int) -> bool:
+    from .families import runs_as
+    return runs_as(pid, uid)
+
+
 def kernel_has_kprobes() -> bool:
     return KPROBE_PMU.exists() or (TRACEFS / "kprobe_events").exists()
 
@@ -560,14 +565,19 @@ class Engine:
         self._offset_ns = 0
         self._path_probes = np.empty(0, np.uint32)
         self._pending_paths: dict[tuple[int, int], list] = {}
-        # probes whose return value is a new descriptor (the kernel names its file)
-        self._ret_fd = [isinstance(p, dict) and str(p.get("target", "")).split("@")[0] in OPEN_OPS
-                        for p in self.probes]
         self._names: dict[int, str] = {}
         self._seen: set[int] = set()
         self._closed = False
         self._final_lost = (0, 0)
         self._names_lost_here = 0       # name records that never met their event (user space)
+        # library families (families.py): family -> indexes of its signed uprobes
+        self._families: dict[str, list[int]] = {}
+        self._scanner = None
+        self._libraries: list = []          # families.LibraryRecord, in the order found
+        self._library_files: set = set()    # (st_dev, st_ino) of every library judged
+        self._signed_paths: set[str] = set()
+        self._dead_pids: set[int] = set()
+        self._scans = 0
 
     # -- setup --
 
@@ -653,10 +663,16 @@ class Engine:
                 libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
                 if kind == "kprobe" and not has_kprobes:
                     raise _Refused(NO_KPROBES)
+                if kind == "uprobe" and isinstance(probe.get("family"), str):
+                    self._families.setdefault(probe["family"], []).append(i)
                 if kind == "uprobe":
                     library = resolve_library(probe.get("library"))
                     if library is None:
-                        raise _Refused(f"library {probe.get('library')} not found on this host")
+                        family = probe.get("family")
+                        raise _Refused(f"library {probe.get('library')} not found on this host"
+                                       + (f" (the probe still attaches to the libraries of "
+                                          f"its family {family} the job maps)"
+                                          if isinstance(family, str) else ""))
                     uprobes.setdefault(library, []).append(i)
                     if spec[2]:
                         path_probes.append(i)
@@ -672,6 +688,7 @@ class Engine:
         code: dict[tuple, int] = {}     # (dev, ino, offset or name) -> first probe index
         for library, indexes in uprobes.items():
             self._attach_library(library, indexes, report, code)
+        self._note_signed_libraries(uprobes, report)
         if syscalls:
             self._attach_syscalls(syscalls, report)
         if block_issue_needed:
@@ -679,7 +696,10 @@ class Engine:
                 self._links.append(obj.attach("dc_block_issue"))
             except AttachFailed as exc:
                 log.warning("block request start times unavailable: %s", exc)
-        if not report.attached:
+        if self._families and self._scanner is None:    # signed files all missing here
+            from .families import MapScanner
+            self._scanner = MapScanner(sorted(self._families))
+        if not report.attached and not self._families:
             reasons = "; ".join(f"{p.get('id', p.get('target'))}: {r}" for p, r in report.refused)
             raise EngineError(f"none of the {len(self.probes)} probes could be attached ({reasons})")
         # keep the document order in the report
@@ -947,6 +967,230 @@ class Engine:
             log.warning("%s", alias_warning(self.probes[i], self.probes[first]))
         return kept
 
+    # -- library families: the copies the job really maps (see families.py) --
+
+    def _note_signed_libraries(self, uprobes: dict[str, list[int]], report: AttachReport) -> None:
+        """Record the signed files of the families: they are attached already, so a
+        process mapping them is not a new member."""
+        from .families import LibraryRecord, MapScanner, build_id
+
+        if not self._families:
+            return
+        self._scanner = MapScanner(sorted(self._families))
+        attached = {id(p) for p in report.attached}
+        for library, indexes in uprobes.items():
+            family = next((self.probes[i].get("family") for i in indexes
+                           if self.probes[i].get("family")), None)
+            if family is None:
+                continue
+            self._signed_paths.add(os.path.realpath(library))
+            try:
+                st = os.stat(library)
+            except OSError:
+                continue
+            self._library_files.add((st.st_dev, st.st_ino))
+            self._scanner.seen.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
+            n = sum(id(self.probes[i]) in attached for i in indexes)
+            try:
+                fd = os.open(library, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                bid = None
+            else:
+                try:
+                    bid = build_id(fd)
+                finally:
+                    os.close(fd)
+            self._libraries.append(LibraryRecord(
+                library, family, "attached" if n else "not attached", dev=st.st_dev,
+                ino=st.st_ino, functions=n, signed=True, links=report.uprobe_links.get(library),
+                build_id=bid,
+                reason=None if n else "none of its probes could be attached"))
+
+    @property
+    def waits_for_libraries(self) -> bool:
+        """Probes of a library family may still attach to libraries the job maps, even
+        when none attached at start (their signed file is not on this host)."""
+        return self._scanner is not None
+
+    @property
+    def libraries(self) -> list[dict]:
+        """Every library file of a probed family judged so far: the signed ones, those
+        found mapped by the job (attached, or not and why), those skipped."""
+        return [r.as_dict() for r in self._libraries]
+
+    def _scope_pids(self) -> set[int]:
+        """The job's processes as far as user space can list them: the cgroup's, the
+        kernel's pid set (followed forks), every process that exec'd in scope or sent
+        an event, and at first a user scope's processes."""
+        from .families import cgroup_pids, uid_pids
+
+        # events and the kernel's maps hold host pids: inside a pid namespace only a
+        # cgroup's own list names processes as this /proc does
+        host = pid_namespace() is None
+        pids = set(self._seen) if host else set()
+        obj = self._obj
+        # a cgroup lists its processes; a user scope's new processes are in comms (those
+        # that exec'd in scope) and the pid set (forks of members)
+        maps = ("scope_pids", "comms") if self.scope.kind == "user" else ("scope_pids",)
+        for name in maps if host else ():
+            fd = obj.map_fd(name)
+            for key in libbpf.map_keys(fd, 4, limit=obj.map_max_entries(name)):
+                pid = struct.unpack("<I", key)[0]
+                if name == "scope_pids":
+                    state = libbpf.map_lookup(fd, key, 1)
+                    if state != bytes([_PID_MEMBER]):
+                        continue
+                pids.add(pid)
+        if self.scope.kind == "cgroup":
+            pids |= cgroup_pids(self.scope.cgroup)
+        elif self.scope.kind == "cgroup_name" and self.job_cgroup() is not None:
+            # the walk to find it is long: once, then again only every 16th scan
+            if getattr(self, "_job_cgroup_path", None) is None and self._scans % 16 == 1:
+                found = find_cgroup(self.scope.cgroup_name)
+                self._job_cgroup_path = found[0] if found else None
+            if self._job_cgroup_path is not None:
+                pids |= cgroup_pids(self._job_cgroup_path)
+        elif self.scope.kind == "user" and host and not getattr(self, "_user_listed", False):
+            self._user_listed = True
+            pids |= uid_pids(self.scope.uid)
+        pids.discard(os.getpid())
+        if len(self._dead_pids) > 65536:      # bounded: the maps forget exited pids too
+            self._dead_pids.clear()
+        return pids - self._dead_pids
+
+    def discover_libraries(self) -> list[dict]:
+        """Look for family members the job's processes map and attach the family's
+        probes to each new one (new probe indexes: ``probes`` grows, and events of a
+        copy name it). Returns the records of the files judged now. Calls made between
+        a dlopen() and the next scan are not seen."""
+        from .families import MAX_LIBRARIES
+
+        if self._scanner is None or self._obj is None:
+            return []
+        new = []
+        self._scans += 1
+        force = self._scans % 16 == 1           # now and then, read every process's maps
+        for pid in sorted(self._scope_pids()):
+            if not os.path.isdir(f"/proc/{pid}"):
+                self._dead_pids.add(pid)
+                continue
+            if self.check_creds and not _runs_as(pid, self.job_uid):
+                continue
+            for mapping in self._scanner.scan(pid, force=force):
+                if len(self._libraries) >= MAX_LIBRARIES + len(self._signed_paths):
+                    from .families import LibraryRecord
+                    record = LibraryRecord(mapping.path, mapping.family, "not attached",
+                                           pid=pid, reason=f"more than {MAX_LIBRARIES} "
+                                           "libraries of the probed families were mapped")
+                else:
+                    record = self._attach_mapped(mapping)
+                if record is not None:
+                    self._libraries.append(record)
+                    new.append(record.as_dict())
+                    log.log(logging.WARNING if record.status == "not attached" else logging.INFO,
+                            "library %s (family %s, pid %d): %s%s", record.path, record.family,
+                            pid, record.status, f" ({record.reason})" if record.reason else
+                            f", {record.functions} functions")
+        return new
+
+    def _attach_mapped(self, m):
+        """Judge and attach one newly mapped family member; its LibraryRecord, or None
+        when it is a file already judged (another path to it)."""
+        from .families import LibraryRecord, build_id, exported_offsets, open_mapped
+
+        record = LibraryRecord(m.path, m.family, "not attached", pid=m.pid)
+        try:
+            fd = open_mapped(m)
+        except OSError as exc:
+            if not os.path.isdir(f"/proc/{m.pid}"):
+                self._scanner.seen.discard(m.key)      # gone: look again in another process
+                return None
+            record.reason = f"cannot open the mapped file ({exc.strerror or exc})"
+            return record
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in self._library_files or \
+                    os.path.realpath(m.path) in self._signed_paths:
+                return None
+            self._library_files.add((st.st_dev, st.st_ino))
+            record.dev, record.ino = st.st_dev, st.st_ino
+            names = {n for i in self._families[m.family]
+                     for n in (self.probes[i]["target"], *self.probes[i].get("aliases", ()))}
+            offsets, why = exported_offsets(fd, sorted(names))
+            if offsets is None:
+                record.reason = why
+                return record
+            record.build_id = build_id(fd)
+            return self._attach_family(fd, offsets, record)
+        finally:
+            os.close(fd)
+
+    def _attach_family(self, fd: int, offsets: dict[str, int], record):
+        """The family's signed probes on an open library file (``offsets``: the file
+        offsets of the functions it exports), under new probe indexes."""
+        wanted = []
+        for i in self._families[record.family]:
+            probe = self.probes[i]
+            name = next((n for n in (probe["target"], *probe.get("aliases", ()))
+                         if n in offsets), None)
+            if name is not None:
+                wanted.append((i, name))
+        if not wanted:
+            record.status = "skipped"
+            record.reason = "exports none of the probed functions (another library)"
+            return record
+        if len(self.probes) + len(wanted) > MAX_PROBES:
+            record.reason = f"more than {MAX_PROBES} probes in all"
+            return record
+        fd_path = f"/proc/self/fd/{fd}"
+        added: list[tuple[int, int, str]] = []     # (new index, file offset, name)
+        seen_offsets: set[int] = set()
+        for i, name in wanted:
+            offset = offsets[name]
+            if offset in seen_offsets:
+                continue        # two probed names of one function: one uprobe
+            seen_offsets.add(offset)
+            j = len(self.probes)
+            probe = {k: v for k, v in self.probes[i].items() if k != "aliases"}
+            probe["library"] = record.path
+            probe["discovered"] = True
+            kind, spec = self._spec(j, probe)
+            libbpf.map_update(self._obj.map_fd("probe_specs"), struct.pack("<I", j), spec[0])
+            added.append((j, offset, name))
+            self.probes.append(probe)
+        how = None
+        if self._multi_refused is None:
+            try:
+                self._multi_links(fd_path, [(j, off) for j, off, _n in added])
+                how = "uprobe_multi"
+            except AttachFailed as exc:
+                how = None
+                log.info("%s: uprobe_multi refused (%s); one by one", record.path, exc)
+        attached = len(added) if how else 0
+        if how is None:
+            how = "per-probe"
+            for j, off, name in added:
+                links = []
+                try:
+                    for prog, ret in (("dc_uprobe", False), ("dc_uretprobe", True)):
+                        links.append(self._obj.attach_uprobe(prog, fd_path, off, j,
+                                                             retprobe=ret))
+                except AttachFailed as exc:
+                    for link in links:
+                        link.destroy()
+                    record.reason = f"uprobe on {name} refused: {exc}"
+                    continue
+                self._links.extend(links)
+                attached += 1
+        record.functions = attached
+        record.links = how
+        if attached:
+            record.status = "attached"
+            if attached < len(added):
+                record.reason = f"{len(added) - attached} of {len(added)} probes refused " \
+                    f"({record.reason})"
+        return record
+
     def _multi_links(self, library: str, found: list[tuple[int, int]]) -> None:
         offsets = [off for _i, off in found]
         cookies = [i for i, _off in found]
@@ -1057,6 +1301,12 @@ class Engine:
         events["ts_ns"] += np.uint64(self._offset_ns)
         return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2)
 
+    def _returns_fd(self, index: int) -> bool:
+        """Is probe ``index``'s return value a new descriptor (the kernel names its file)?
+        Probes may be added while tracing (library families), so asked, not cached."""
+        probe = self.probes[index] if 0 <= index < len(self.probes) else None
+        return isinstance(probe, dict) and str(probe.get("target", "")).split("@")[0] in OPEN_OPS
+
     def _stash_paths(self, recs: list[bytes]) -> None:
         head = _PATH_HEAD.size
         pending = self._pending_paths
@@ -1107,7 +1357,7 @@ class Engine:
                         names.setdefault(row, []).append((fd, name))
                 if arg is not None:
                     paths[row] = absolute_name(arg, base)
-                elif row in names and self._ret_fd[int(events["probe"][row])]:
+                elif row in names and self._returns_fd(int(events["probe"][row])):
                     ret = int(events["ret"][row])
                     paths[row] = next((n for fd, n in names[row] if fd == ret), names[row][0][1])
             missing = left

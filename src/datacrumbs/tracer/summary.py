@@ -70,6 +70,19 @@ class SummaryBuilder:
         self.shared_mappings: set[str] = set()
         self._opened_rw: set[str] = set()
 
+    def add_probes(self, probes: list[dict]) -> None:
+        """More probes (the engine attached a family to a library found at run time)."""
+        if not probes:
+            return
+        self.probes += probes
+        self.keys += [op_key(p) for p in probes]
+        self._has_ret = np.array([p.get("kind") != "tracepoint" for p in self.probes])
+        grow = np.zeros(len(probes), np.int64)
+        self.count = np.concatenate([self.count, grow])
+        self.bytes = np.concatenate([self.bytes, grow])
+        self.time_ns = np.concatenate([self.time_ns, grow])
+        self.errors = np.concatenate([self.errors, grow])
+
     def add_ops(self, ops: np.ndarray, paths: list | None = None,
                 paths2: list | None = None) -> None:
         """``paths2[i]``: the second file of row i (a copy's output), credited with the

@@ -52,7 +52,7 @@ class SummaryBuilder:
     def __init__(self, probes: list[dict], *, max_files: int = 10000):
         self.probes = list(probes)
         self.keys = [op_key(p) for p in self.probes]
-        self._has_ret = np.array([p.get("kind") != "tracepoint" for p in self.probes] or [True])
+        self._probe_tables()
         n = len(self.probes)
         self.count = np.zeros(n, np.int64)
         self.bytes = np.zeros(n, np.int64)
@@ -63,12 +63,17 @@ class SummaryBuilder:
         self.profile: dict[str, dict] = {}
         # files mapped shared: what a process stores to (or loads from) the mapping moves
         # no bytes through a call, so the trace cannot count it
-        self._mmap = np.array([probe_name(p) in ("mmap", "mmap2", "mmap64")
-                               for p in self.probes] or [False])
-        self._open_rw = np.array([probe_name(p) in OPEN_OPS and (p.get("args") or {}).get("flags")
-                                  is not None for p in self.probes] or [False])
         self.shared_mappings: set[str] = set()
         self._opened_rw: set[str] = set()
+
+    def _probe_tables(self) -> None:
+        """Per-probe lookups, indexed by probe: rebuilt when probes are added."""
+        probes = self.probes
+        self._has_ret = np.array([p.get("kind") != "tracepoint" for p in probes] or [True])
+        self._mmap = np.array([probe_name(p) in ("mmap", "mmap2", "mmap64") for p in probes]
+                              or [False])
+        self._open_rw = np.array([probe_name(p) in OPEN_OPS and (p.get("args") or {}).get("flags")
+                                  is not None for p in probes] or [False])
 
     def add_probes(self, probes: list[dict]) -> None:
         """More probes (the engine attached a family to a library found at run time)."""
@@ -76,7 +81,7 @@ class SummaryBuilder:
             return
         self.probes += probes
         self.keys += [op_key(p) for p in probes]
-        self._has_ret = np.array([p.get("kind") != "tracepoint" for p in self.probes])
+        self._probe_tables()
         grow = np.zeros(len(probes), np.int64)
         self.count = np.concatenate([self.count, grow])
         self.bytes = np.concatenate([self.bytes, grow])

@@ -21,7 +21,10 @@ Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 ``offset`` (-1 if none), ``bytes`` (bytes moved by the probe's ``bytes`` rule,
 -1 when it is not a data operation), ``fd2`` (the second descriptor of a copy:
 copy_file_range, sendfile, splice and tee name the output there; -1 if none),
-``flags`` (the probe's ``flags`` argument, e.g. open's O_* bits; 0 if none). Tracepoint events are instants
+``flags`` (the probe's ``flags`` argument, e.g. open's O_* bits, or its ``datatype``
+argument: an MPI call's datatype; 0 if none), ``handle`` (the library object a call
+works on, by its ``handle``/``handle_ptr``/``handle_out`` role: an MPI_File, an HDF5
+hid_t; 0 if none). Tracepoint events are instants
 (``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
 and belong to the issuing process. pids are host pids.
 
@@ -79,14 +82,22 @@ log = logging.getLogger("datacrumbs.engine")
 
 EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
                         ("probe", "<u4"), ("fd", "<i4"), ("ret", "<i8"), ("count", "<u8"),
-                        ("offset", "<i8"), ("bytes", "<i8"), ("fd2", "<i4"), ("flags", "<u4")])
-assert EVENT_DTYPE.itemsize == 72          # struct dc_event
+                        ("offset", "<i8"), ("bytes", "<i8"), ("fd2", "<i4"), ("flags", "<u4"),
+                        ("handle", "<u8")])
+assert EVENT_DTYPE.itemsize == 80          # struct dc_event
 _PATH_HEAD = struct.Struct("<QIIII")            # struct dc_path up to its path
 HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
+# Roles naming a library call's object handle (sent as the event's ``handle``), as enum
+# dc_handle_kind: the argument itself, a pointer to it read at entry, a pointer the call
+# writes it to read at return. A probe has at most one.
+HANDLE_ROLES = {"handle": 1, "handle_ptr": 2, "handle_out": 3}
+# The MPI datatype argument travels in the event's 32-bit flags word (MPICH's
+# MPI_Datatype is an int): a probe has either a flags or a datatype role.
+DATATYPE_ROLE = "datatype"
 BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
 TRACEFS = Path("/sys/kernel/tracing")
@@ -109,7 +120,7 @@ INT_RETURNING = frozenset({
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
-_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbH")    # struct dc_spec
+_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbbB")   # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
@@ -326,6 +337,16 @@ def _arg_index(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
         raise _Refused(f"{what} must be an argument index 0..5, not {value!r}")
     return value
+
+
+def _handle_role(args: dict) -> tuple[int, int]:
+    """(argument index, enum dc_handle_kind) of a probe's handle role; (-1, 0) if none."""
+    given = [r for r in HANDLE_ROLES if r in args]
+    if not given:
+        return -1, 0
+    if len(given) > 1:
+        raise _Refused(f"a probe has one handle role, not {' and '.join(given)}")
+    return _arg_index(args[given[0]], f"argument role {given[0]!r}"), HANDLE_ROLES[given[0]]
 
 
 def _bytes_rule(rule) -> tuple[int, int, str | None]:
@@ -743,6 +764,12 @@ class Engine:
         for role, idx in args.items():
             if role in roles:
                 roles[role] = _arg_index(idx, f"argument role {role!r}")
+        handle, handle_kind = _handle_role(args)
+        if DATATYPE_ROLE in args:
+            if "flags" in args:
+                raise _Refused("a probe has a flags or a datatype role, not both (they share "
+                               "the event's flags field)")
+            roles["flags"] = _arg_index(args[DATATYPE_ROLE], "argument role 'datatype'")
         bkind, barg, fname = _bytes_rule(probe.get("bytes"))
         field_off = field_size = 0
         nr = -1
@@ -757,6 +784,7 @@ class Engine:
             if not (TRACEFS / "events" / m.group(1) / m.group(2)).is_dir():
                 raise _Refused(f"tracepoint {target} does not exist on this kernel")
             roles = {r: -1 for r in ROLES}     # tracepoints have no call arguments
+            handle, handle_kind = -1, 0
             if bkind == BYTES_FIELD and target != "block:block_rq_complete":
                 field_off, field_size = _tracepoint_field(m.group(1), m.group(2), fname)
             elif bkind not in (BYTES_NONE, BYTES_FIELD):
@@ -771,7 +799,8 @@ class Engine:
         packed = _SPEC.pack(index, 1, bkind, barg, 1 if kind == "kprobe" else 0,
                             roles["fd"], roles["count"], roles["offset"], roles["path"],
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
-                            field_off, field_size, roles["fd2"], roles["flags"], 0)
+                            field_off, field_size, roles["fd2"], roles["flags"], handle,
+                            handle_kind)
         return kind, (packed, nr, roles["path"] >= 0)
 
     def _attach_library(self, library: str, indexes: list[int], report: AttachReport,

@@ -36,6 +36,15 @@ enum dc_bytes_kind {
 	DC_BYTES_SECTORS = 5,	/* block request: nr_sector * 512 */
 };
 
+/* How a library call names the object it works on (an MPI_File, an HDF5 hid_t):
+ * the 64-bit value sent as dc_event.handle, from argument dc_spec.handle. */
+enum dc_handle_kind {
+	DC_HANDLE_NONE = 0,
+	DC_HANDLE_ARG = 1,	/* the argument itself (MPI_File_write_at's fh, H5Dwrite's dset_id) */
+	DC_HANDLE_PTR = 2,	/* a pointer to it, read at entry (MPI_File_close(MPI_File *fh)) */
+	DC_HANDLE_OUT = 3,	/* a pointer the call writes it to, read at return (MPI_File_open) */
+};
+
 #define DC_CGNAME_MAX 256	/* a kernfs name (NAME_MAX) and its NUL */
 
 /* The job's cgroup by name: the engine sets name and len; id and level are
@@ -93,7 +102,8 @@ struct dc_spec {
 	__u16 field_size;
 	__s8 fd2;		/* second descriptor (copy_file_range, sendfile, splice: the output) */
 	__s8 flags;		/* open flags and the like: sent as the event's flags */
-	__u16 pad;
+	__s8 handle;		/* argument the event's handle comes from (see handle_kind) */
+	__u8 handle_kind;	/* enum dc_handle_kind; 0: the event carries no handle */
 };
 
 struct dc_key {
@@ -135,7 +145,7 @@ struct dc_task {
  * reader then knows the event must find its path, and counts it when not. */
 #define DC_EV_PATH_SENT (1u << 31)
 
-/* One completed operation: fixed 72 bytes so the ring buffer has a fixed stride. */
+/* One completed operation: fixed 80 bytes so the ring buffer has a fixed stride. */
 struct dc_event {
 	__u64 ts;		/* bpf_ktime_get_ns() at entry */
 	__u64 dur;
@@ -149,6 +159,7 @@ struct dc_event {
 	__s64 bytes;
 	__s32 fd2;		/* second descriptor (-1 if none): where a copy writes */
 	__u32 flags;		/* the flags argument (open's O_*), 0 if none */
+	__u64 handle;		/* library object handle (enum dc_handle_kind), 0 if none */
 };
 
 /* A path read for an open-like operation, matched to its event by (tid, ts).

@@ -165,6 +165,8 @@ def test_mpiio_calls_appear_with_counts_offsets_and_bytes_below(site, bpf_object
         for call in calls:
             assert call["args"]["ret"] == 0                  # MPI_SUCCESS
             assert call["args"]["count"] == MPI_COUNT        # elements of the datatype
+            assert call["args"]["size"] == chunk             # x the predefined type's size
+            assert call["file"] == str(target)               # named by its MPI_File
             below = _below(call, events, posix, target)
             assert sum(e["args"]["size"] for e in below) == chunk
             assert [e["args"]["offset"] for e in below] == [call["args"]["offset"]]

@@ -1,0 +1,206 @@
+"""MPI-IO and HDF5 events name their file (and HDF5 object), MPI events their bytes.
+
+Real programs (tests/workloads/mpiio_files.c under ``mpiexec -n 2``,
+tests/workloads/hdf5_files.c), built here against Debian's MPICH and HDF5 and
+traced with ``datacrumbs trace`` together with the POSIX set. Each program has
+two files open at once, so a file named by "the last open" would be caught.
+What the library layer reports is checked against the layer below it: the
+POSIX calls each library call made (same thread, inside its interval) name
+their file through the kernel's descriptor, and move the bytes the MPI event
+claims; the files' sizes on disk are the totals.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from datacrumbs.tracer.engine import resolve_library
+from datacrumbs.tracer.handles import mpi_abi, mpich_datatype_size, romio_path
+
+from workloads import daemon_readback as rb
+
+pytestmark = pytest.mark.ebpf
+
+DATACRUMBS = str(Path(sys.executable).with_name("datacrumbs"))
+WORKLOADS = Path(__file__).resolve().parent / "workloads"
+RANKS, MPI_N = 2, 4
+BYTE_COUNT, DOUBLE_COUNT, DERIVED_COUNT, INT_COUNT = 1000, 125, 10, 256   # mpiio_files.c
+H5_N = 65536        # elements: 256 KiB and 512 KiB, above HDF5's 64 KiB sieve buffer
+
+
+def _hdf5_flags() -> list[str]:
+    if shutil.which("pkg-config"):
+        proc = subprocess.run(["pkg-config", "--cflags", "--libs", "hdf5-serial"],
+                              capture_output=True, text=True)
+        if proc.returncode == 0 and "-lhdf5" in proc.stdout:
+            return shlex.split(proc.stdout)
+    return ["-I/usr/include/hdf5/serial", "-L/usr/lib/x86_64-linux-gnu/hdf5/serial", "-lhdf5"]
+
+
+@pytest.fixture(scope="module")
+def programs():
+    out = Path(tempfile.mkdtemp(prefix="datacrumbs-files-progs-"))
+    out.chmod(0o755)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc and shutil.which("mpicc") and shutil.which("mpiexec"), "cc and mpich are needed"
+    built = {"hdf5": out / "hdf5_files", "mpiio": out / "mpiio_files",
+             "datatypes": out / "mpi_datatypes"}
+    subprocess.run([cc, "-O2", "-Wall", "-o", str(built["hdf5"]), str(WORKLOADS / "hdf5_files.c"),
+                    *_hdf5_flags()], check=True, capture_output=True, timeout=120)
+    subprocess.run(["mpicc", "-O2", "-Wall", "-o", str(built["mpiio"]),
+                    str(WORKLOADS / "mpiio_files.c")], check=True, capture_output=True,
+                   timeout=120)
+    subprocess.run(["mpicc", "-O2", "-Wall", "-o", str(built["datatypes"]),
+                    str(WORKLOADS / "mpi_datatypes.c")], check=True, capture_output=True,
+                   timeout=120)
+    yield built
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_mpich_datatype_sizes_are_what_mpi_type_size_says(programs):
+    """The daemon's decoding of MPICH datatype handles, against the library itself: every
+    predefined type it decodes has MPI_Type_size's size; the common ones are decoded; pair
+    and derived types (whose size is not in the handle) are unknown, never 0."""
+    out = subprocess.run([str(programs["datatypes"])], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    rows = {name: (int(handle), int(size)) for name, handle, size in
+            (line.split() for line in out.splitlines())}
+    assert len(rows) > 40
+    decoded = {name: mpich_datatype_size(handle) for name, (handle, _size) in rows.items()}
+    for name, size in decoded.items():
+        assert size is None or size == rows[name][1], name
+    assert all(decoded[t] == rows[t][1] for t in (
+        "MPI_BYTE", "MPI_CHAR", "MPI_INT", "MPI_DOUBLE", "MPI_FLOAT", "MPI_LONG",
+        "MPI_LONG_DOUBLE", "MPI_INT64_T", "MPI_C_DOUBLE_COMPLEX", "MPI_DOUBLE_PRECISION"))
+    assert decoded["derived_contiguous"] is None and decoded["derived_vector"] is None
+    assert decoded["MPI_DOUBLE_INT"] is None and mpich_datatype_size(0x0C000000) is None
+    assert mpich_datatype_size(rows["MPI_DOUBLE"][0] | 0xFFFFFFFF00000000) == 8  # a register
+    assert mpi_abi(resolve_library("libmpich.so.12")) == "mpich"
+    assert mpi_abi(resolve_library("libhdf5_serial.so.103")) is None
+    assert romio_path("ufs:/scratch/x") == "/scratch/x" == romio_path("/scratch/x")
+    assert romio_path("file:with:colons") == "file:with:colons"
+
+
+def _trace(tmp_path, sets, *command):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run([DATACRUMBS, "trace", *args, "-o", str(out), "--", *map(str, command)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (trace,) = out.glob("*.pfw.gz")
+    summary = json.loads(Path(str(trace)[:-len(".pfw.gz")] + ".summary.json").read_text())
+    assert summary["events_lost"] == 0 and summary["names_lost"] == 0
+    assert summary["complete"] is True
+    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace) if r.get("name") == "FH"}
+    events = rb.events(trace)
+    for e in events:
+        e["file"] = fh.get(e["args"].get("fhash"))
+    return proc, events, summary
+
+
+def _below(call: dict, events: list[dict], names: tuple[str, ...]) -> list[dict]:
+    """POSIX events among ``names`` made by call's thread while call ran (1 µs of rounding)."""
+    end = call["ts"] + call["dur"] + 1
+    return [e for e in events if e["cat"] == "POSIX" and e["name"] in names
+            and e["tid"] == call["tid"] and call["ts"] <= e["ts"] and e["ts"] + e["dur"] <= end]
+
+
+def test_mpiio_events_name_their_file_and_bytes_of_predefined_datatypes(site, bpf_object,
+                                                                        programs, tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a_rank = MPI_N * (BYTE_COUNT + DOUBLE_COUNT * 8) + DERIVED_COUNT * 16
+    b_rank = MPI_N * INT_COUNT * 4
+    proc, events, summary = _trace(tmp_path, ["mpiio", "posix"], "mpiexec", "-n", RANKS,
+                                   programs["mpiio"], a, b, MPI_N)
+    assert proc.stdout.splitlines()[0] == f"ok {a_rank * RANKS} {b_rank * RANKS}"
+    assert a.stat().st_size == a_rank * RANKS and b.stat().st_size == b_rank * RANKS
+    mpi = [e for e in events if e["cat"] == "MPIIO"]
+    assert len({e["pid"] for e in mpi}) == RANKS
+    # every call names its file, by the absolute path the program opened
+    assert Counter((e["name"], e["file"]) for e in mpi) == {
+        ("MPI_File_open", str(a)): RANKS, ("MPI_File_open", str(b)): RANKS,
+        ("MPI_File_write_at", str(a)): RANKS * (2 * MPI_N + 1),
+        ("MPI_File_write_at", str(b)): RANKS * MPI_N,
+        ("MPI_File_read_at", str(a)): RANKS, ("MPI_File_read_at_all", str(b)): RANKS,
+        ("MPI_File_close", str(a)): RANKS, ("MPI_File_close", str(b)): RANKS}
+    # bytes: count x the datatype's size; the derived type's bytes are unknown, not 0
+    sizes = Counter()
+    derived = []
+    for e in mpi:
+        if e["name"] in ("MPI_File_open", "MPI_File_close"):
+            assert "size" not in e["args"]
+            continue
+        assert e["args"]["ret"] == 0
+        if e["args"]["count"] == DERIVED_COUNT:
+            derived.append(e)
+            continue
+        sizes[(e["name"], e["file"])] += e["args"]["size"]
+    assert sizes == {("MPI_File_write_at", str(a)): RANKS * MPI_N * (BYTE_COUNT + DOUBLE_COUNT * 8),
+                     ("MPI_File_write_at", str(b)): RANKS * b_rank,
+                     ("MPI_File_read_at", str(a)): RANKS * a_rank,
+                     ("MPI_File_read_at_all", str(b)): RANKS * b_rank}
+    assert len(derived) == RANKS
+    assert all(e["name"] == "MPI_File_write_at" and e["file"] == str(a) and "size" not in e["args"]
+               for e in derived)
+    # the layer below: each independent call's pwrite64/pread64 hit the same file and moved
+    # exactly the bytes the MPI event reports (the derived call's 160 bytes are real)
+    for e in mpi:
+        if e["name"] not in ("MPI_File_write_at", "MPI_File_read_at"):
+            continue
+        below = _below(e, events, ("pwrite64", "pread64"))
+        assert below and {p["file"] for p in below} == {e["file"]}
+        moved = sum(p["args"]["size"] for p in below)
+        assert moved == e["args"].get("size", DERIVED_COUNT * 16)
+    # the summary credits MPI bytes to the files (as it does POSIX bytes: both layers)
+    for op, expect in (("MPIIO/MPI_File_write_at", RANKS * (MPI_N * 2000 + b_rank)),
+                       ("MPIIO/MPI_File_read_at", RANKS * a_rank)):
+        assert summary["operations"][op]["bytes"] == expect
+
+
+def test_hdf5_events_name_their_file_and_object(site, bpf_object, programs, tmp_path):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    proc, events, summary = _trace(tmp_path, ["hdf5", "posix"], programs["hdf5"], a, b, H5_N)
+    assert proc.stdout == "ok\n"
+    h5 = sorted((e for e in events if e["cat"] == "HDF5"), key=lambda e: e["ts"])
+    got = [(e["name"], Path(e["file"]).name if e["file"] else None,
+            e["args"].get("dataset") or e["args"].get("group") or e["args"].get("attribute"))
+           for e in h5]
+    assert got == [
+        ("H5Fcreate", "a.h5", None), ("H5Fcreate", "b.h5", None),
+        ("H5Dcreate2", "a.h5", "/top"), ("H5Gcreate2", "a.h5", "/grid"),
+        ("H5Dcreate2", "a.h5", "/grid/temperature"), ("H5Dcreate2", "b.h5", "/b"),
+        ("H5Acreate2", "a.h5", "units"),
+        ("H5Dwrite", "a.h5", "/top"), ("H5Dwrite", "b.h5", "/b"),
+        ("H5Dwrite", "a.h5", "/grid/temperature"), ("H5Awrite", "a.h5", "units"),
+        ("H5Aclose", "a.h5", "units"), ("H5Dclose", "b.h5", "/b"),
+        ("H5Dclose", "a.h5", "/grid/temperature"), ("H5Gclose", "a.h5", "/grid"),
+        ("H5Dclose", "a.h5", "/top"), ("H5Fclose", "b.h5", None), ("H5Fclose", "a.h5", None),
+        ("H5Fopen", "a.h5", None), ("H5Dopen2", "a.h5", "/grid/temperature"),
+        ("H5Dread", "a.h5", "/grid/temperature"), ("H5Dclose", "a.h5", "/grid/temperature"),
+        ("H5Gopen2", "a.h5", "/grid"), ("H5Dopen2", "a.h5", "/grid/temperature"),
+        ("H5Dopen2", "a.h5", "/top"), ("H5Dread", "a.h5", "/grid/temperature"),
+        ("H5Dread", "a.h5", "/top"), ("H5Dclose", "a.h5", "/top"),
+        ("H5Dclose", "a.h5", "/grid/temperature"), ("H5Gclose", "a.h5", "/grid"),
+        ("H5Fclose", "a.h5", None)]
+    assert {e["file"] for e in h5} == {str(a), str(b)}          # absolute, as opened
+    # the kernel's view: what each data call wrote or read went to the file it names
+    moved = defaultdict(int)
+    for e in h5:
+        if e["name"] in ("H5Dwrite", "H5Dread"):
+            below = _below(e, events, ("pwrite64", "pread64"))
+            assert below and {p["file"] for p in below} == {e["file"]}
+            moved[(e["name"], e["args"]["dataset"])] += sum(p["args"]["size"] for p in below)
+    assert moved == {("H5Dwrite", "/top"): H5_N * 4, ("H5Dwrite", "/b"): H5_N * 4,
+                     ("H5Dwrite", "/grid/temperature"): H5_N * 8,
+                     ("H5Dread", "/grid/temperature"): 2 * H5_N * 8, ("H5Dread", "/top"): H5_N * 4}
+    assert summary["files"][str(a)]["count"] > 0 and summary["files"][str(b)]["count"] > 0

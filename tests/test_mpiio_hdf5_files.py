@@ -13,6 +13,7 @@ claims; the files' sizes on disk are the totals.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from datacrumbs.tracer.engine import resolve_library
+from datacrumbs.tracer.engine import Engine, resolve_library
+from datacrumbs.tracer.scope import Scope
 from datacrumbs.tracer.handles import mpi_abi, mpich_datatype_size, romio_path
 
 from workloads import daemon_readback as rb
@@ -204,3 +206,27 @@ def test_hdf5_events_name_their_file_and_object(site, bpf_object, programs, tmp_
                      ("H5Dwrite", "/grid/temperature"): H5_N * 8,
                      ("H5Dread", "/grid/temperature"): 2 * H5_N * 8, ("H5Dread", "/top"): H5_N * 4}
     assert summary["files"][str(a)]["count"] > 0 and summary["files"][str(b)]["count"] > 0
+
+
+def test_handle_and_datatype_roles_that_cannot_work_are_refused(bpf_object, tracefs):
+    libc = resolve_library("libc.so.6")
+
+    def probe(pid, kind, args, target="write"):
+        return {"id": pid, "kind": kind, "target": target, "category": "X", "args": args,
+                "bytes": None, **({"library": libc} if kind == "uprobe" else {})}
+
+    probes = [probe("two", "uprobe", {"handle": 0, "handle_out": 1}),
+              probe("both", "uprobe", {"flags": 1, "datatype": 2}, "read"),
+              probe("sys", "syscall", {"handle_ptr": 0}),
+              probe("bad", "uprobe", {"handle_out": 7}, "pwrite"),
+              probe("ok", "uprobe", {"handle_out": 1, "datatype": 2}, "pread")]
+    with Engine(probes, Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+    reasons = {p["id"]: r for p, r in report.refused}
+    assert [p["id"] for p in report.attached] == ["ok"]
+    assert reasons == {
+        "two": "a probe has one handle role, not handle and handle_out",
+        "both": "a probe has a flags or a datatype role, not both (they share the event's "
+                "flags field)",
+        "sys": "argument role 'handle_ptr' reads the caller's memory: uprobes only",
+        "bad": "argument role 'handle_out' must be an argument index 0..5, not 7"}

@@ -339,14 +339,17 @@ def _arg_index(value, what: str) -> int:
     return value
 
 
-def _handle_role(args: dict) -> tuple[int, int]:
+def _handle_role(args: dict, kind: str) -> tuple[int, int]:
     """(argument index, enum dc_handle_kind) of a probe's handle role; (-1, 0) if none."""
     given = [r for r in HANDLE_ROLES if r in args]
     if not given:
         return -1, 0
     if len(given) > 1:
         raise _Refused(f"a probe has one handle role, not {' and '.join(given)}")
-    return _arg_index(args[given[0]], f"argument role {given[0]!r}"), HANDLE_ROLES[given[0]]
+    role = given[0]
+    if role != "handle" and kind in ("syscall", "kprobe"):
+        raise _Refused(f"argument role {role!r} reads the caller's memory: uprobes only")
+    return _arg_index(args[role], f"argument role {role!r}"), HANDLE_ROLES[role]
 
 
 def _bytes_rule(rule) -> tuple[int, int, str | None]:
@@ -764,7 +767,7 @@ class Engine:
         for role, idx in args.items():
             if role in roles:
                 roles[role] = _arg_index(idx, f"argument role {role!r}")
-        handle, handle_kind = _handle_role(args)
+        handle, handle_kind = _handle_role(args, kind)
         if DATATYPE_ROLE in args:
             if "flags" in args:
                 raise _Refused("a probe has a flags or a datatype role, not both (they share "

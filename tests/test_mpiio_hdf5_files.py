@@ -230,3 +230,30 @@ def test_handle_and_datatype_roles_that_cannot_work_are_refused(bpf_object, trac
                 "flags field)",
         "sys": "argument role 'handle_ptr' reads the caller's memory: uprobes only",
         "bad": "argument role 'handle_out' must be an argument index 0..5, not 7"}
+
+
+def test_h5py_on_debians_libhdf5_names_files_and_datasets(site, bpf_object, tmp_path):
+    """h5py looks objects up with H5Oopen and makes f["x"] = array anonymously
+    (H5Dcreate_anon, then a link): its reads still name the dataset, the anonymous one
+    its file."""
+    h5 = tmp_path / "py.h5"
+    proc, events, _summary = _trace(tmp_path, ["hdf5", "posix"], "/usr/bin/python3",
+                                    WORKLOADS / "h5py_files.py", h5, H5_N)
+    mapped, ok = proc.stdout.splitlines()
+    assert ok == "ok" and "libhdf5_serial.so" in mapped     # Debian's, where the uprobes are
+    h5_events = sorted((e for e in events if e["cat"] == "HDF5"), key=lambda e: e["ts"])
+    got = [(e["name"], e["file"], e["args"].get("dataset") or e["args"].get("group")
+            or e["args"].get("object")) for e in h5_events]
+    f = str(h5)
+    assert got == [
+        ("H5Fcreate", f, None), ("H5Gcreate2", f, "/grid"),
+        ("H5Dcreate2", f, "/grid/temperature"), ("H5Dwrite", f, "/grid/temperature"),
+        ("H5Dcreate_anon", f, None), ("H5Dwrite", f, None),
+        ("H5Fopen", f, None), ("H5Oopen", f, "/grid/temperature"),
+        ("H5Dread", f, "/grid/temperature"), ("H5Oopen", f, "/grid"),
+        ("H5Oopen", f, "/grid/temperature"), ("H5Dread", f, "/grid/temperature"),
+        ("H5Oopen", f, "/top"), ("H5Dread", f, "/top")]
+    for e in h5_events:
+        if e["name"] in ("H5Dwrite", "H5Dread"):
+            below = _below(e, events, ("pwrite64", "pread64"))
+            assert below and {p["file"] for p in below} == {f}

@@ -1,10 +1,11 @@
 """uprobes on Debian's HDF5 and MPICH: small real programs, traced with `datacrumbs trace`.
 
 The programs (tests/workloads/uprobe_*.c) are compiled here against the
-libraries from the archive (libhdf5-dev, mpich). HDF5 and MPI-IO calls carry no
-byte count the kernel can compute (H5Dwrite takes ids; MPI counts are in
-datatype elements), so the bytes are checked on the POSIX calls each library
-call made: same thread, inside the call's interval.
+libraries from the archive (libhdf5-dev, mpich). HDF5 calls carry no byte count
+(H5Dwrite takes ids), so their bytes are checked on the POSIX calls each library
+call made: same thread, inside the call's interval; MPI-IO calls' bytes (count x
+the datatype's size) are checked against those too. Files and objects by handle:
+test_mpiio_hdf5_files.py.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ INT_RETURNING = frozenset({
     "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync",
     # HDF5 calls returning herr_t (an int; hid_t-returning ones are 64-bit and stay out)
     "H5Fclose", "H5Fflush", "H5Dread", "H5Dwrite", "H5Dclose", "H5Gclose", "H5Aread",
-    "H5Awrite", "H5Aclose",
+    "H5Awrite", "H5Aclose", "H5Oclose",
     # every MPI-IO call returns an int error code
     *(f"{prefix}MPI_File_{op}" for prefix in ("", "P") for op in (
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",

@@ -39,15 +39,18 @@ MPI_CLOSE_OPS = frozenset({"MPI_File_close", "PMPI_File_close"})
 # HDF5 calls that return a new file id for their path argument.
 H5_FILE_OPEN_OPS = frozenset({"H5Fcreate", "H5Fopen"})
 # HDF5 calls that return a new id for the object named by their path argument (a name
-# relative to the location of their handle argument: a file or group id), by kind.
-H5_OBJECT_OPEN_OPS = {
-    "H5Dcreate2": "dataset", "H5Dcreate1": "dataset", "H5Dopen2": "dataset",
-    "H5Dopen1": "dataset", "H5Gcreate2": "group", "H5Gcreate1": "group",
-    "H5Gopen2": "group", "H5Gopen1": "group", "H5Acreate2": "attribute",
-    "H5Acreate1": "attribute", "H5Aopen": "attribute", "H5Aopen_name": "attribute",
-}
+# relative to the location of their handle argument: a file or group id; H5Oopen opens
+# any object, as h5py does to read f["a/b"]); anonymous ones (h5py's f["x"] = array makes
+# its dataset with H5Dcreate_anon, then links it) have no name yet, only their file.
+H5_OBJECT_OPEN_OPS = frozenset({
+    "H5Dcreate2", "H5Dcreate1", "H5Dopen2", "H5Dopen1", "H5Gcreate2", "H5Gcreate1",
+    "H5Gopen2", "H5Gopen1", "H5Oopen", "H5Acreate2", "H5Acreate1", "H5Aopen",
+    "H5Aopen_name", "H5Dcreate_anon"})
 # HDF5 calls that release their handle argument.
-H5_CLOSE_OPS = frozenset({"H5Fclose", "H5Dclose", "H5Gclose", "H5Aclose"})
+H5_CLOSE_OPS = frozenset({"H5Fclose", "H5Dclose", "H5Gclose", "H5Aclose", "H5Oclose"})
+# The trace arg that names an HDF5 call's object, by the call's interface (H5F calls
+# name only the file).
+H5_OBJECT_ARG = {"H5D": "dataset", "H5G": "group", "H5A": "attribute", "H5O": "object"}
 # ROMIO accepts "ufs:/path" and the like to choose its file system driver: the file is
 # what follows.
 _ROMIO_PREFIX = re.compile(r"^(?:ufs|nfs|lustre|gpfs|pvfs2|panfs|daos|beegfs|xfs|testfs|"
@@ -105,8 +108,8 @@ def _join(parent: str | None, name: str) -> str:
 @dataclass(frozen=True)
 class Handle:
     file: str | None            # the file's name as opened
-    path: str | None = None     # HDF5: the object's path in the file ("/" for the file)
-    kind: str = "file"          # "file", "dataset", "group" or "attribute"
+    path: str | None = None     # HDF5: the object's path in the file ("/" for the file),
+                                # an attribute's name, None when not known
 
 
 class HandleTable:
@@ -199,10 +202,11 @@ class HandleNames:
             got = self._row(lib, op, int(ops["pid"][i]), int(handles[i]), int(ops["ret"][i]),
                             opened.get(i))
             paths[i] = got.file if got is not None else None
-            if got is not None and got.path is not None and got.kind != "file":
+            key = H5_OBJECT_ARG.get(op[:3]) if lib == "H5" else None
+            if key is not None and got is not None and got.path is not None:
                 if extra is None:
                     extra = [None] * len(ops)
-                extra[i] = {got.kind: got.path}
+                extra[i] = {key: got.path}
         return extra
 
     def _row(self, lib: str, op: str, pid: int, handle: int, ret: int,
@@ -226,17 +230,16 @@ class HandleNames:
             if ret > 0:
                 table.put(pid, lib, ret, found)
             return found
-        kind = H5_OBJECT_OPEN_OPS.get(op)
-        if kind is not None:
+        if op in H5_OBJECT_OPEN_OPS:
             loc = table.get(pid, lib, handle)
+            file = loc.file if loc else None
             if name is None:
-                return Handle(loc.file if loc else None, None, kind)
-            if kind == "attribute":     # an attribute's name is not a path in the file
-                found = Handle(loc.file if loc else None, name, kind)
+                found = Handle(file)
+            elif op.startswith("H5A"):  # an attribute's name is not a path in the file
+                found = Handle(file, name)
             else:
-                found = Handle(loc.file if loc else None,
-                               _join(loc.path if loc else None, name), kind)
-            if ret > 0:
+                found = Handle(file, _join(loc.path if loc else None, name))
+            if ret > 0 and (file is not None or found.path is not None):
                 table.put(pid, lib, ret, found)
             return found
         if op in H5_CLOSE_OPS:

@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -19,8 +18,9 @@ import pytest
 from workloads import daemon_readback as rb
 from workloads.daemon_build import build
 
+from fixtures.tracing import DATACRUMBS, trace_command as traced
+
 pytestmark = pytest.mark.ebpf
-DATACRUMBS = str(Path(sys.executable).with_name("datacrumbs"))
 SIZE = 64 << 20
 # (input argument, output argument) of each call that moves data between two descriptors;
 # calls with one descriptor move it from/to argument 0.
@@ -43,20 +43,6 @@ def shm():
 @pytest.fixture(scope="module")
 def copies_bin(shared_dir):
     return build("copies", shared_dir)
-
-
-def traced(tmp_path, command: list[str]):
-    """Run ``command`` under `datacrumbs trace --set posix`; (process, trace path, summary)."""
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    proc = subprocess.run([DATACRUMBS, "trace", "-o", str(out), "--set", "posix", "--",
-                           *command], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    traces = sorted(out.glob("*.pfw.gz"))
-    assert len(traces) == 1, traces
-    summary = json.loads(Path(str(traces[0])[:-len(".pfw.gz")] + ".summary.json").read_text())
-    assert summary["events_lost"] == 0 and summary["complete"] is True
-    return proc, traces[0], summary
 
 
 def trace_bytes(path: Path, under: Path) -> Counter:

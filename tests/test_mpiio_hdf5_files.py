@@ -89,15 +89,17 @@ def test_mpich_datatype_sizes_are_what_mpi_type_size_says(programs):
     assert mpi_abi(resolve_library("libmpich.so.12")) == "mpich"
     assert mpi_abi(resolve_library("libhdf5_serial.so.103")) is None
     assert romio_path("ufs:/scratch/x") == "/scratch/x" == romio_path("/scratch/x")
-    assert romio_path("file:with:colons") == "file:with:colons"
+    assert romio_path("/home/u/lustre:/scratch/x") == "/scratch/x"     # joined to the cwd
+    assert romio_path("/home/u/nfs:run/x") == "/home/u/run/x"
+    assert romio_path("/d/file:with:colons") == "/d/file:with:colons"
 
 
-def _trace(tmp_path, sets, *command):
+def _trace(tmp_path, sets, *command, cwd=None):
     out = tmp_path / "out"
     out.mkdir()
     args = [a for s in sets for a in ("--set", s)]
     proc = subprocess.run([DATACRUMBS, "trace", *args, "-o", str(out), "--", *map(str, command)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     (trace,) = out.glob("*.pfw.gz")
     summary = json.loads(Path(str(trace)[:-len(".pfw.gz")] + ".summary.json").read_text())
@@ -122,8 +124,9 @@ def test_mpiio_events_name_their_file_and_bytes_of_predefined_datatypes(site, bp
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     a_rank = MPI_N * (BYTE_COUNT + DOUBLE_COUNT * 8) + DERIVED_COUNT * 16
     b_rank = MPI_N * INT_COUNT * 4
+    # a is given relative to the ranks' cwd, b with ROMIO's file system prefix
     proc, events, summary = _trace(tmp_path, ["mpiio", "posix"], "mpiexec", "-n", RANKS,
-                                   programs["mpiio"], a, b, MPI_N)
+                                   programs["mpiio"], "a.bin", f"ufs:{b}", MPI_N, cwd=tmp_path)
     assert proc.stdout.splitlines()[0] == f"ok {a_rank * RANKS} {b_rank * RANKS}"
     assert a.stat().st_size == a_rank * RANKS and b.stat().st_size == b_rank * RANKS
     mpi = [e for e in events if e["cat"] == "MPIIO"]
@@ -171,7 +174,9 @@ def test_mpiio_events_name_their_file_and_bytes_of_predefined_datatypes(site, bp
 
 def test_hdf5_events_name_their_file_and_object(site, bpf_object, programs, tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    proc, events, summary = _trace(tmp_path, ["hdf5", "posix"], programs["hdf5"], a, b, H5_N)
+    # a relative to the cwd (made absolute), objects relative to their group (never the cwd)
+    proc, events, summary = _trace(tmp_path, ["hdf5", "posix"], programs["hdf5"], "a.h5", b, H5_N,
+                                   cwd=tmp_path)
     assert proc.stdout == "ok\n"
     h5 = sorted((e for e in events if e["cat"] == "HDF5"), key=lambda e: e["ts"])
     got = [(e["name"], Path(e["file"]).name if e["file"] else None,

@@ -49,8 +49,15 @@ OPS_DTYPE = np.dtype([
     ("probe", np.int32), ("ret", np.int64), ("errno", np.int32), ("fd", np.int64),
     ("count", np.int64), ("offset", np.int64), ("size", np.int64),
     ("fd2", np.int64), ("flags", np.int64),
+    # what fd and fd2 refer to: an index into FD_KINDS (0: unknown or no descriptor)
+    ("kind", np.int8), ("kind2", np.int8),
 ])
+#: ``args.ftype`` of a row by its ``kind`` (enum dc_fkind in the BPF header).
+FD_KINDS = ("", "reg", "dir", "pipe", "socket", "tty", "chr", "blk", "link", "anon")
 
+_NOTHING = repeat("")       # a column no row of the batch has
+_FTYPE_ARG = tuple(f',"ftype":"{k}"' if k else "" for k in FD_KINDS)
+_FTYPE2_ARG = tuple(f',"ftype2":"{k}"' if k else "" for k in FD_KINDS)
 _HASH_CACHE_MAX = 65536
 #: The three decimals of a microsecond value, indexed by its nanoseconds (0..999).
 _FRAC = [f"{i:03d}" for i in range(1000)]
@@ -309,11 +316,11 @@ class TraceWriter:
             self.flush()
 
     def _second_columns(self, ops: np.ndarray, paths2: list | None):
-        """``,"fd2":N,"fhash2":"…"`` and ``,"flags":N`` of each row, only for the probes
-        that have those roles (most rows have neither: then nothing is formatted)."""
+        """``,"fd2":N,"fhash2":"…"`` and ``,"flags":N,"ftype":"…","ftype2":"…"`` of each
+        row, only for the probes and rows that have them (else nothing is formatted)."""
         probes = np.unique(ops["probe"]).tolist()
         has_fd2, has_flags = self._probe_fd2, self._probe_flags
-        fd2s = flagss = repeat("")
+        fd2s = flagss = _NOTHING
         if any(0 <= p < len(has_fd2) and has_fd2[p] for p in probes):
             first_pid = int(ops["pid"][0])
             out = []
@@ -328,6 +335,12 @@ class TraceWriter:
         if any(0 <= p < len(has_flags) and has_flags[p] for p in probes):
             flagss = [f',"flags":{f}' if has_flags[p] else ""
                       for p, f in zip(ops["probe"].tolist(), ops["flags"].tolist())]
+        kinds, kinds2 = ops["kind"], ops["kind2"]
+        if kinds.any() or kinds2.any():     # the kind of each descriptor the kernel saw
+            ft = _FTYPE_ARG
+            ft2 = _FTYPE2_ARG
+            tails = [ft[k] + ft2[k2] for k, k2 in zip(kinds.tolist(), kinds2.tolist())]
+            flagss = tails if flagss is _NOTHING else [a + b for a, b in zip(flagss, tails)]
         return fd2s, flagss
 
     def write_counters(self, rows) -> None:

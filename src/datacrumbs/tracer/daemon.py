@@ -269,6 +269,9 @@ class EventConverter:
         ops["size"] = ev["bytes"]
         ops["fd2"] = ev["fd2"]
         ops["flags"] = ev["flags"]
+        kinds, kinds2 = getattr(batch, "kinds", None), getattr(batch, "kinds2", None)
+        ops["kind"] = 0 if kinds is None else kinds
+        ops["kind2"] = 0 if kinds2 is None else kinds2
         if self.handles.active:
             self.handles.set_bytes(ops, ev["flags"])
         if not self.capture_paths:
@@ -276,22 +279,26 @@ class EventConverter:
         two = np.flatnonzero(ops["fd2"] >= 0)
         paths2 = [None] * n if len(two) else None
         opened = getattr(batch, "paths", None) or {}
-        paths = self._paths(ops, opened, two, paths2)
+        paths = self._paths(ops, opened, two, paths2, getattr(batch, "names", None) or {})
         args = None
         if self.handles.active:
             args = self.handles.name_rows(ops, ev["handle"], paths, opened)
         return ops, paths, paths2, args
 
-    def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None) -> list:
+    def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None,
+               names: dict | None = None) -> list:
         """Path of each row. Between opens and closes the fd table cannot change, so long
         runs of reads and writes are resolved once per distinct (pid, fd), not per row.
         Rows with a second descriptor (``two``) are resolved one by one, in order, with
-        ``paths2[i]`` the file of their fd2."""
+        ``paths2[i]`` the file of their fd2; so are rows whose descriptors the kernel named
+        (``names[i]``: [(fd, name)]), which set the table from there on."""
         n = len(ops)
+        names = names or {}
         closing = np.flatnonzero(np.isin(ops["probe"], self._close_ids)).tolist()
-        special = sorted(set(opened).union(closing).union(np.asarray(two).tolist()))
+        special = sorted(set(opened).union(closing).union(np.asarray(two).tolist())
+                         .union(names))
         if len(special) * 32 > n:
-            return self._paths_rows(ops, opened, 0, n, [None] * n, paths2)
+            return self._paths_rows(ops, opened, 0, n, [None] * n, paths2, names)
         out = np.full(n, None, dtype=object)
         pid, fd = ops["pid"], ops["fd"]
         start = 0
@@ -306,12 +313,12 @@ class EventConverter:
                                                for k in uniq.tolist()], dtype=object)[1:]
                     out[start + valid] = found[inverse]
             if row < n:
-                self._paths_rows(ops, opened, row, row + 1, out, paths2)
+                self._paths_rows(ops, opened, row, row + 1, out, paths2, names)
             start = row + 1
         return out.tolist()
 
     def _paths_rows(self, ops: np.ndarray, opened: dict, begin: int, end: int, out,
-                    paths2: list | None = None):
+                    paths2: list | None = None, names: dict | None = None):
         fdp = self.fdpaths
         close, open_, dup = self._close, self._open, self._dup
         rows = zip(range(begin, end), ops["pid"][begin:end].tolist(),
@@ -320,7 +327,13 @@ class EventConverter:
                    ops["flags"][begin:end].tolist())
         fcntl, fork = self._fcntl, self._fork
         last_key = last_path = None
+        names = names or {}
         for i, pid, fd, probe, ret, fd2, flags in rows:
+            named = names.get(i)
+            if named is not None:   # the kernel's word on these descriptors, from here on
+                for nfd, name in named:
+                    fdp.opened(pid, nfd, name)
+                last_key = None
             if probe in fork:
                 if ret > 0:     # the child has the parent's descriptors
                     fdp.forked(pid, ret)

@@ -59,6 +59,7 @@ import functools
 import logging
 import mmap
 import os
+import posixpath
 import re
 import resource
 import select
@@ -76,6 +77,7 @@ from ..errors import DatacrumbsError
 from . import libbpf
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
+from .paths import OPEN_OPS
 from .scope import Scope, find_cgroup
 
 log = logging.getLogger("datacrumbs.engine")
@@ -85,7 +87,12 @@ EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("t
                         ("offset", "<i8"), ("bytes", "<i8"), ("fd2", "<i4"), ("flags", "<u4"),
                         ("handle", "<u8")])
 assert EVENT_DTYPE.itemsize == 80          # struct dc_event
-_PATH_HEAD = struct.Struct("<QIIII")            # struct dc_path up to its path
+_PATH_HEAD = struct.Struct("<QIIIBBBBQiI")      # struct dc_path up to its path
+_NAME_ARG, _NAME_FD, _NAME_BASE = 0, 1, 2       # enum dc_name_role
+#: enum dc_fkind, as the trace writes it ("" = unknown)
+FD_KINDS = ("", "reg", "dir", "pipe", "socket", "tty", "chr", "blk", "link", "anon")
+_KIND_SHIFT, _KIND2_SHIFT = 23, 27              # DC_EV_KIND_SHIFT, DC_EV_KIND2_SHIFT
+_PROBE_MASK = (1 << _KIND_SHIFT) - 1            # DC_EV_PROBE_MASK
 HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
@@ -120,13 +127,13 @@ INT_RETURNING = frozenset({
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
-_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbbB")   # struct dc_spec
+_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH") # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
-_TASK_SIZE = 128                                # struct dc_task: dc_entry (64) + 64
+_TASK_SIZE = 336                                # struct dc_task: dc_entry (64) + 64 + fd cache
 _EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
 _PID_MEMBER, _PID_AT_EXEC = 1, 2                # enum dc_pid_state: scope_pids values
 UID_MAX = (1 << 32) - 2
@@ -156,8 +163,12 @@ class AttachReport:
 
 @dataclass
 class EventBatch:
-    events: np.ndarray                      # EVENT_DTYPE rows
+    events: np.ndarray                      # EVENT_DTYPE rows (probe without its kind bits)
     paths: dict[int, str] = field(default_factory=dict)   # row index -> path (open-like)
+    # row index -> [(fd, absolute name)]: what the kernel says the row's descriptors are
+    names: dict[int, list] = field(default_factory=dict)
+    kinds: np.ndarray | None = None         # FD_KINDS index of each row's fd (0: unknown)
+    kinds2: np.ndarray | None = None        # ... and of its fd2
 
     def __len__(self) -> int:
         return len(self.events)
@@ -331,6 +342,15 @@ def _tracepoint_field(category: str, name: str, fname: str) -> tuple[int, int]:
                 raise _Refused(f"tracepoint field {fname} of {category}:{name} is not an integer")
             return off, size
     raise _Refused(f"tracepoint {category}:{name} has no field {fname}")
+
+
+def absolute_name(arg: str, base: str | None) -> str:
+    """``arg`` as the kernel resolved it: relative names start at ``base`` (the cwd or
+    directory fd the kernel named); ``.`` and ``..`` are folded as the kernel would
+    on a base without symbolic links (the kernel's names have none)."""
+    if arg.startswith("/") or base is None:
+        return arg
+    return posixpath.normpath(posixpath.join(base, arg))
 
 
 def _arg_index(value, what: str) -> int:
@@ -530,7 +550,10 @@ class Engine:
         self._epoll = None
         self._offset_ns = 0
         self._path_probes = np.empty(0, np.uint32)
-        self._pending_paths: dict[tuple[int, int], str] = {}
+        self._pending_paths: dict[tuple[int, int], list] = {}
+        # probes whose return value is a new descriptor (the kernel names its file)
+        self._ret_fd = [isinstance(p, dict) and str(p.get("target", "")).split("@")[0] in OPEN_OPS
+                        for p in self.probes]
         self._names: dict[int, str] = {}
         self._seen: set[int] = set()
         self._closed = False
@@ -802,8 +825,10 @@ class Engine:
         packed = _SPEC.pack(index, 1, bkind, barg, 1 if kind == "kprobe" else 0,
                             roles["fd"], roles["count"], roles["offset"], roles["path"],
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
-                            field_off, field_size, roles["fd2"], roles["flags"], handle,
-                            handle_kind)
+                            field_off, field_size, roles["fd2"], roles["flags"],
+                            1 if target.split("@")[0] in OPEN_OPS else 0,
+                            1 if kind == "syscall" and target == "close" else 0,
+                            handle, handle_kind, 0)
         return kind, (packed, nr, roles["path"] >= 0)
 
     def _attach_library(self, library: str, indexes: list[int], report: AttachReport,
@@ -966,47 +991,73 @@ class Engine:
             self._stash_paths(self._paths.drain_variable())
         if not len(events):
             return None
-        sent = (events["probe"] & np.uint32(_EV_PATH_SENT)) != 0
-        matched = {}
+        probe = events["probe"]
+        sent = (probe & np.uint32(_EV_PATH_SENT)) != 0
+        kinds = ((probe >> np.uint32(_KIND_SHIFT)) & np.uint32(15)).astype(np.uint8)
+        kinds2 = ((probe >> np.uint32(_KIND2_SHIFT)) & np.uint32(7)).astype(np.uint8)
+        events["probe"] = probe & np.uint32(_PROBE_MASK)
+        matched, names = {}, {}
         if sent.any():
-            events["probe"] &= np.uint32(~_EV_PATH_SENT & 0xFFFFFFFF)
-            matched = self._match_paths(events, np.flatnonzero(sent))
+            matched, names = self._match_paths(events, np.flatnonzero(sent))
         pids = np.unique(events["pid"])
         if len(pids) and len(self._seen) < 65536:
             self._seen.update(int(p) for p in pids if int(p) not in self._seen)
         events["ts_ns"] += np.uint64(self._offset_ns)
-        return EventBatch(events=events, paths=matched)
+        return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2)
 
     def _stash_paths(self, recs: list[bytes]) -> None:
         head = _PATH_HEAD.size
+        pending = self._pending_paths
         for rec in recs:
             if len(rec) <= head:
                 continue
-            ts, tid, _probe, length, _pad = _PATH_HEAD.unpack_from(rec)
+            ts, tid, _probe, length, kind, role, pseudo, _p, ino, fd, _p2 = \
+                _PATH_HEAD.unpack_from(rec)
             raw = rec[head:head + length].split(b"\0", 1)[0]
-            if raw:
-                self._pending_paths[(tid, ts)] = raw.decode("utf-8", errors="surrogateescape")
-        if len(self._pending_paths) > 65536:      # bounded: drop the oldest unmatched
-            for key in list(self._pending_paths)[:len(self._pending_paths) - 65536]:
-                del self._pending_paths[key]
+            if not raw and not pseudo:
+                continue
+            name = raw.decode("utf-8", errors="surrogateescape")
+            if pseudo:      # as /proc names them (a pipe's own name is empty)
+                name = (f"pipe:[{ino}]" if kind == 3 else f"socket:[{ino}]" if kind == 4
+                        else f"anon_inode:{name}")
+            pending.setdefault((tid, ts), []).append((role, fd, name))
+        if len(pending) > 65536:      # bounded: drop the oldest unmatched
+            for key in list(pending)[:len(pending) - 65536]:
+                del pending[key]
 
-    def _match_paths(self, events: np.ndarray, rows: np.ndarray) -> dict[int, str]:
-        """Name the events whose name the kernel sent (``rows``). A name is written before
-        its event, so it has been drained by now, unless another CPU's record ahead of it
-        was still being written: wait a moment for that one. A name still missing is
-        counted in names_lost(), never dropped silently."""
-        out: dict[int, str] = {}
+    def _match_paths(self, events: np.ndarray, rows: np.ndarray) -> tuple[dict, dict]:
+        """Name the events whose names the kernel sent (``rows``): ``paths[row]`` the
+        file of an open-like row (its new descriptor, or its path argument made absolute
+        from the directory it is relative to), ``names[row]`` [(fd, name)] for every
+        descriptor the kernel named with the row. A name is written before its event, so
+        it has been drained by now, unless another CPU's record ahead of it was still
+        being written: wait a moment for that one. A name still missing is counted in
+        names_lost(), never dropped silently."""
+        paths: dict[int, str] = {}
+        names: dict[int, list] = {}
         missing = list(zip(rows.tolist(), events["tid"][rows].tolist(),
                            events["ts_ns"][rows].tolist()))
         deadline = None
         while True:
             left = []
             for row, tid, ts in missing:
-                path = self._pending_paths.pop((tid, ts), None)
-                if path is not None:
-                    out[row] = path
-                else:
+                recs = self._pending_paths.pop((tid, ts), None)
+                if recs is None:
                     left.append((row, tid, ts))
+                    continue
+                arg = base = None
+                for role, fd, name in recs:
+                    if role == _NAME_ARG:
+                        arg = name
+                    elif role == _NAME_BASE:
+                        base = name
+                    else:
+                        names.setdefault(row, []).append((fd, name))
+                if arg is not None:
+                    paths[row] = absolute_name(arg, base)
+                elif row in names and self._ret_fd[int(events["probe"][row])]:
+                    ret = int(events["ret"][row])
+                    paths[row] = next((n for fd, n in names[row] if fd == ret), names[row][0][1])
             missing = left
             if not missing or not self._paths.pending():
                 break
@@ -1015,7 +1066,7 @@ class Engine:
                 break
             self._stash_paths(self._paths.drain_variable())
         self._names_lost_here += len(missing)
-        return out
+        return paths, names
 
     def _percpu_sum(self, name: str, index: int) -> int:
         ncpu = libbpf.num_possible_cpus()

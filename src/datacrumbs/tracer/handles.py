@@ -52,9 +52,10 @@ H5_CLOSE_OPS = frozenset({"H5Fclose", "H5Dclose", "H5Gclose", "H5Aclose", "H5Ocl
 # name only the file).
 H5_OBJECT_ARG = {"H5D": "dataset", "H5G": "group", "H5A": "attribute", "H5O": "object"}
 # ROMIO accepts "ufs:/path" and the like to choose its file system driver: the file is
-# what follows.
-_ROMIO_PREFIX = re.compile(r"^(?:ufs|nfs|lustre|gpfs|pvfs2|panfs|daos|beegfs|xfs|testfs|"
-                           r"ime|quobytefs|gridftp|bg|bgl|piofs|pvfs|sfs|hfs|zoidfs):(?=.)")
+# what follows. Such a name does not start with "/", so the engine has already joined it to
+# the caller's cwd ("/cwd/ufs:/path", "/cwd/ufs:rel"): the prefix is a path component.
+_ROMIO_PREFIX = re.compile(r"(?:^|(?<=/))(?:ufs|nfs|lustre|gpfs|pvfs2|panfs|daos|beegfs|xfs|"
+                           r"testfs|ime|quobytefs|gridftp|bg|bgl|piofs|pvfs|sfs|hfs|zoidfs):(?=.)")
 
 # MPICH handles (src/include/mpir_objects.h): kind in bits 30-31 (1: builtin), object
 # type in bits 26-29 (3: datatype); a builtin datatype's size in bytes is in bits 8-15.
@@ -94,8 +95,13 @@ def mpi_abi(library: str | None) -> str | None:
 
 
 def romio_path(name: str) -> str:
-    """The file of an MPI_File_open name, without ROMIO's file system prefix."""
-    return _ROMIO_PREFIX.sub("", name, count=1)
+    """The file of an MPI_File_open name, without ROMIO's file system prefix: ``ufs:/a/b``
+    and ``/cwd/ufs:/a/b`` are ``/a/b``, ``/cwd/ufs:b`` is ``/cwd/b``."""
+    m = _ROMIO_PREFIX.search(name)
+    if m is None:
+        return name
+    rest = name[m.end():]
+    return rest if rest.startswith("/") else name[:m.start()] + rest
 
 
 def _join(parent: str | None, name: str) -> str:

@@ -507,8 +507,8 @@ static __always_inline __u64 wakeup_flag(void *ring, __u64 threshold)
 									 : BPF_RB_NO_WAKEUP;
 }
 
-/* Send the path of an open-like call: 1 sent, 0 none to send (NULL or empty),
- * -1 the name is lost (unreadable, or the ring is full). The caller counts a
+/* Send the path of an open-like call: 1 sent, 2 sent and relative, 0 none to
+ * send (NULL or empty), -1 the name is lost (unreadable, or the ring is full). The caller counts a
  * loss only once the event itself was delivered, so names_lost is exactly the
  * delivered events that lack their name. */
 static __always_inline int emit_path(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
@@ -527,9 +527,9 @@ static __always_inline int emit_path(struct dc_config *c, struct dc_spec *sp, st
 	/* Read at exit: the kernel has faulted the string in by now, so the
 	 * read cannot fail on a not-yet-touched page as it can at entry. */
 	if (sp->kernel)
-		n = bpf_probe_read_kernel_str(p->path, sizeof(p->path), (void *)ptr);
+		n = bpf_probe_read_kernel_str(p->path, DC_PATH_MAX, (void *)ptr);
 	else
-		n = bpf_probe_read_user_str(p->path, sizeof(p->path), (void *)ptr);
+		n = bpf_probe_read_user_str(p->path, DC_PATH_MAX, (void *)ptr);
 	if (n < 1)
 		return -1;
 	if (n == 1)
@@ -540,10 +540,326 @@ static __always_inline int emit_path(struct dc_config *c, struct dc_spec *sp, st
 	p->tid = tid;
 	p->probe = e->probe;
 	p->len = n;
+	p->kind = 0;
+	p->role = DC_NAME_ARG;
+	p->pseudo = 0;
 	p->pad = 0;
+	p->ino = 0;
+	p->fd = -1;
+	p->pad2 = 0;
 	/* only the string is copied: records are as long as the path */
+	if (bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
+			       wakeup_flag(&paths, c->wakeup_paths)) < 0)
+		return -1;
+	return p->path[0] == '/' ? 1 : 2;	/* 2: relative, its base is wanted */
+}
+
+/* ---- naming descriptors from the kernel's own objects ----
+ *
+ * A name taken from a program's argument is relative to its cwd or a
+ * directory fd, and a descriptor opened before the trace (or inherited, or
+ * made by pipe/socket/dup) has no argument at all. So the kernel side names
+ * the file behind a descriptor itself, by walking its dentry and mount chain
+ * to the root as d_path does (which tracepoints may not call). The walk runs
+ * once per thread and file (dc_task.fc_*): the hot path pays one read of the
+ * fd table, and the kind of the descriptor comes from the cache. Kernel
+ * objects are read with CO-RE probe reads, so older kernels load this too. */
+
+#define DC_S_IFMT 0170000
+#define DC_S_IFSOCK 0140000
+#define DC_S_IFLNK 0120000
+#define DC_S_IFREG 0100000
+#define DC_S_IFBLK 0060000
+#define DC_S_IFDIR 0040000
+#define DC_S_IFCHR 0020000
+#define DC_S_IFIFO 0010000
+
+#define DC_WALK_MOUNT 0xffffffffu	/* a step across a mount point, no component */
+
+struct dc_walk {
+	__u64 name[DC_WALK_MAX];
+	__u32 len[DC_WALK_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_walk);
+} walk_scratch SEC(".maps");
+
+/* The struct file behind descriptor ``fd`` of ``task``, as a number (0: none).
+ * One helper call: the fd array holds pointers, which only a probe read can
+ * index with a variable. */
+static __always_inline __u64 fd_file(struct task_struct *task, __s32 fd)
+{
+	struct files_struct *files = task->files;
+	struct fdtable *fdt;
+	__u64 slot = 0;
+
+	if (!files || fd < 0)
+		return 0;
+	fdt = files->fdt;
+	if (!fdt || (__u32)fd >= fdt->max_fds)
+		return 0;
+	if (bpf_probe_read_kernel(&slot, sizeof(slot), (void *)((__u64)fdt->fd + (__u64)fd * 8)) < 0)
+		return 0;
+	return slot;
+}
+
+static __always_inline __u8 kind_of_file(__u64 file, __u64 *ino_nr)
+{
+	struct inode *ino = BPF_CORE_READ((struct file *)file, f_inode);
+	__u32 major;
+
+	if (!ino)
+		return DC_FK_UNKNOWN;
+	*ino_nr = BPF_CORE_READ(ino, i_ino);
+	switch (BPF_CORE_READ(ino, i_mode) & DC_S_IFMT) {
+	case DC_S_IFREG: return DC_FK_REG;
+	case DC_S_IFDIR: return DC_FK_DIR;
+	case DC_S_IFIFO: return DC_FK_PIPE;
+	case DC_S_IFSOCK: return DC_FK_SOCK;
+	case DC_S_IFLNK: return DC_FK_LNK;
+	case DC_S_IFBLK: return DC_FK_BLK;
+	case DC_S_IFCHR:
+		/* tty majors: 4 (tty*), 5 (/dev/tty, console, ptmx), 136-143 (pts) */
+		major = BPF_CORE_READ(ino, i_rdev) >> 20;
+		return major == 4 || major == 5 || (major >= 136 && major <= 143) ? DC_FK_TTY
+										    : DC_FK_CHR;
+	case 0: return DC_FK_ANON;	/* anon inodes (eventfd, epoll, io_uring) have no type */
+	}
+	return DC_FK_UNKNOWN;
+}
+
+/* Write the absolute name of (dentry, vfsmount) into the per-CPU path_scratch
+ * record from the root of the mount tree; return its length with the NUL, 0
+ * when it could not be read (or is longer than PATH_MAX: better no name than a
+ * cut one, and the loss is counted). A file of an internal file system (pipe,
+ * socket, anon inode) has no place in the tree: its own name is written and
+ * pseudo set, and the reader makes "pipe:[ino]" of it as /proc does.
+ *
+ * The naming functions are global (not static) so the verifier checks each
+ * once, not once per call site: their loops are its costliest part. Their
+ * arguments are numbers, as global functions take no kernel pointers. */
+struct dc_walk_ctx {
+	struct dentry *d;
+	struct mount *mnt;
+	struct dc_walk *w;
+	struct dc_path *p;
+	__u32 n;		/* steps walked */
+	__u32 off;		/* bytes of name written */
+	int done;		/* 1 reached the root, -1 failed */
+};
+
+/* One step up: a component, or a mount crossing kept as DC_WALK_MOUNT. */
+static long walk_step(__u32 i, void *arg)
+{
+	struct dc_walk_ctx *x = arg;
+	struct dentry *d = x->d, *parent = BPF_CORE_READ(d, d_parent);
+	struct mount *mnt = x->mnt, *top;
+
+	if (d == BPF_CORE_READ(mnt, mnt.mnt_root) || d == parent) {
+		top = BPF_CORE_READ(mnt, mnt_parent);
+		if (!top || top == mnt) {
+			x->done = 1;	/* the root of the mount tree */
+			return 1;
+		}
+		x->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		x->mnt = top;
+		x->w->len[i & (DC_WALK_MAX - 1)] = DC_WALK_MOUNT;
+	} else {
+		x->w->name[i & (DC_WALK_MAX - 1)] = (__u64)BPF_CORE_READ(d, d_name.name);
+		x->w->len[i & (DC_WALK_MAX - 1)] = BPF_CORE_READ(d, d_name.len);
+		x->d = parent;
+	}
+	x->n = i + 1;
+	return 0;
+}
+
+/* Copy step n-1-i's component after a slash (from the root down). */
+static long copy_step(__u32 i, void *arg)
+{
+	struct dc_walk_ctx *x = arg;
+	__u32 k = (x->n - 1 - i) & (DC_WALK_MAX - 1), len, off = x->off;
+
+	if (i >= x->n)
+		return 1;
+	len = x->w->len[k];
+	if (len == DC_WALK_MOUNT)
+		return 0;
+	len &= 255;
+	if (off + 1 + len >= DC_PATH_MAX - 1) {
+		x->done = -1;	/* longer than PATH_MAX */
+		return 1;
+	}
+	x->p->path[off & (DC_PATH_MAX - 1)] = '/';
+	off = (off + 1) & (DC_PATH_MAX - 1);
+	if (len && bpf_probe_read_kernel(&x->p->path[off], len, (void *)x->w->name[k]) < 0) {
+		x->done = -1;
+		return 1;
+	}
+	x->off = off + len;
+	return 0;
+}
+
+/* Write the absolute name of (dentry, vfsmount) into the per-CPU path_scratch
+ * record from the root of the mount tree; return its length with the NUL, 0
+ * when it could not be read (or is longer than PATH_MAX or DC_WALK_MAX steps:
+ * better no name than a cut one, and the loss is counted). A file of an
+ * internal file system (pipe, socket, anon inode) has no place in the tree:
+ * its own name is written and pseudo set, and the reader makes "pipe:[ino]"
+ * of it as /proc does.
+ *
+ * Global (not static), so the verifier checks it once, not once per call
+ * site, and its loops run through bpf_loop, checked once per step function:
+ * its arguments are numbers, as global functions take no kernel pointers. */
+__noinline int dc_walk_name(__u64 dentry, __u64 vfsmount)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct dc_walk_ctx x = {};
+	struct mount *mnt;
+	struct dentry *d;
+	__u32 zero = 0;
+	long len;
+
+	x.w = bpf_map_lookup_elem(&walk_scratch, &zero);
+	x.p = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!x.w || !x.p || !dentry || !vfsmount)
+		return 0;
+	x.d = (struct dentry *)dentry;
+	x.mnt = (struct mount *)(vfsmount - bpf_core_field_offset(struct mount, mnt));
+	x.p->pseudo = 0;
+	bpf_loop(DC_WALK_MAX, walk_step, &x, 0);
+	if (x.done != 1)
+		return 0;	/* deeper than the walk goes */
+	/* nothing but the top of a tree that is not the task's namespace: an
+	 * internal mount (pipefs, sockfs, anon_inodefs) */
+	mnt = x.mnt;
+	d = x.d;
+	if (x.n == 0 && BPF_CORE_READ(mnt, mnt_ns) != BPF_CORE_READ(task, nsproxy, mnt_ns)) {
+		x.p->pseudo = 1;
+		len = bpf_probe_read_kernel_str(x.p->path, 256, BPF_CORE_READ(d, d_name.name));
+		return len > 0 ? len : 0;
+	}
+	x.done = 0;
+	bpf_loop(DC_WALK_MAX, copy_step, &x, 0);
+	if (x.done < 0)
+		return 0;
+	if (x.off == 0)
+		x.p->path[x.off++] = '/';	/* the root itself */
+	x.p->path[x.off & (DC_PATH_MAX - 1)] = 0;
+	return (x.off & (DC_PATH_MAX - 1)) + 1;
+}
+
+/* Send the name in path_scratch (``len`` bytes with its NUL) as a record of
+ * event (tid, ts, probe); 1 sent, -1 lost. */
+static __always_inline int send_name(int len, __u8 kind, __u8 role, __u64 ino, __u64 tid_fd,
+				     __u64 ts, __u32 probe)
+{
+	__u32 zero = 0, n = (__u32)len & (DC_PATH_MAX - 1);	/* walks stay below DC_PATH_MAX */
+	struct dc_config *c = get_config();
+	struct dc_path *p = bpf_map_lookup_elem(&path_scratch, &zero);
+
+	if (!c || !p || len <= 0)
+		return -1;
+	p->ts = ts;
+	p->tid = tid_fd >> 32;
+	p->probe = probe;
+	p->len = n;
+	p->kind = kind;
+	p->role = role;
+	p->pad = 0;
+	p->ino = ino;
+	p->fd = (__s32)tid_fd;
+	p->pad2 = 0;
 	return bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
 				  wakeup_flag(&paths, c->wakeup_paths)) < 0 ? -1 : 1;
+}
+
+#define DC_NAMED_SENT 0x100
+#define DC_NAMED_LOST 0x200
+/* What became of an event's names: some sent (the reader waits for them),
+ * some lost (counted once, in the kernel). */
+#define DC_NAMES_SENT 1
+#define DC_NAMES_LOST 2
+
+/* The cache missed: the kind of ``file`` (the struct file behind descriptor
+ * (__s32)tid_fd), and its name sent for event (tid, ts, probe). Returns the
+ * kind, with DC_NAMED_SENT or DC_NAMED_LOST. */
+__noinline __u32 dc_name_fd(__u64 file, __u64 tid_fd, __u64 ts, __u32 probe, __u32 capture)
+{
+	__u64 ino = 0;
+	__u8 kind = kind_of_file(file, &ino);
+	int len;
+
+	if (!capture)
+		return kind;
+	len = dc_walk_name((__u64)BPF_CORE_READ((struct file *)file, f_path.dentry),
+			   (__u64)BPF_CORE_READ((struct file *)file, f_path.mnt));
+	if (len <= 0)
+		return kind | DC_NAMED_LOST;
+	return kind | (send_name(len, kind, DC_NAME_FD, ino, tid_fd, ts, probe) < 0
+		       ? DC_NAMED_LOST : DC_NAMED_SENT);
+}
+
+/* The kind of descriptor fd of the current task; its name is sent once per
+ * thread and file (``force``: send it even if this thread named it before: the
+ * descriptor is new). Adds DC_NAMES_SENT to *names when a name went out,
+ * DC_NAMES_LOST when one was lost. */
+static __always_inline __u8 fd_kind_named(struct dc_config *c, struct dc_task *t,
+					  struct task_struct *task, __s32 fd, struct dc_entry *e,
+					  __u32 tid, bool force, __u32 *names)
+{
+	__u64 file = fd_file(task, fd), ino;
+	__u32 w = (__u32)fd & (DC_FCACHE - 1), r;
+
+	if (!file)
+		return DC_FK_UNKNOWN;
+	if (!t)
+		return kind_of_file(file, &ino);
+	if (!force && t->fc_fd[w] == fd && t->fc_file[w] == file)
+		return t->fc_kind[w];
+	r = dc_name_fd(file, ((__u64)tid << 32) | (__u32)fd, e->ts, e->probe, c->capture_paths);
+	if (r & DC_NAMED_LOST) {
+		*names |= DC_NAMES_LOST;
+		t->fc_fd[w] = -1;	/* try again next time */
+	} else {
+		if (r & DC_NAMED_SENT)
+			*names |= DC_NAMES_SENT;
+		t->fc_fd[w] = fd;
+		t->fc_file[w] = file;
+		t->fc_kind[w] = (__u8)r;
+	}
+	return (__u8)r;
+}
+
+/* A relative path argument starts at the directory fd ((__s32)tid_fd >= 0) or
+ * the cwd: send that directory's name so the reader can make the path
+ * absolute. 1 sent, -1 lost. */
+__noinline int dc_emit_base(__u64 dir_file, __u64 tid_fd, __u64 ts, __u32 probe)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 d, vm;
+
+	if ((__s32)tid_fd >= 0) {
+		if (!dir_file)
+			return -1;
+		d = (__u64)BPF_CORE_READ((struct file *)dir_file, f_path.dentry);
+		vm = (__u64)BPF_CORE_READ((struct file *)dir_file, f_path.mnt);
+	} else {
+		d = (__u64)BPF_CORE_READ(task, fs, pwd.dentry);
+		vm = (__u64)BPF_CORE_READ(task, fs, pwd.mnt);
+	}
+	return send_name(dc_walk_name(d, vm), DC_FK_DIR, DC_NAME_BASE, 0, tid_fd, ts, probe);
+}
+
+/* A descriptor the operation closed: the next file behind its number is
+ * named again even if the kernel reuses the struct file's memory for it. */
+static __always_inline void forget_fd(struct dc_task *t, __s32 fd)
+{
+	if (t && fd >= 0 && t->fc_fd[(__u32)fd & (DC_FCACHE - 1)] == fd)
+		t->fc_fd[(__u32)fd & (DC_FCACHE - 1)] = -1;
 }
 
 /* Once per task (the flag is in its storage), not a hash lookup per event. */
@@ -562,17 +878,19 @@ static __always_inline void remember_comm(struct dc_task *t, __u32 tgid)
 	bpf_map_update_elem(&comms, &tgid, comm, BPF_NOEXIST);
 }
 
-/* Common exit path: profile it, or emit one event (and its path). ``own``:
+/* Common exit path: profile it, or emit one event (and its names). ``own``:
  * the current task is the one the operation belongs to (not an interrupt);
- * ``t`` is its state when the caller has it. */
+ * ``t`` and ``task`` are its state and task_struct when the caller has them. */
 static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
 				   __u64 tid_tgid, __s64 ret, __u64 now, bool own,
-				   struct dc_task *t)
+				   struct dc_task *t, struct task_struct *task)
 {
 	__u32 tgid = tid_tgid >> 32, tid = (__u32)tid_tgid;
 	__s64 bytes = bytes_of(sp, e, ret);
 	struct dc_event ev_buf, *ev = &ev_buf;
-	int path = 0;
+	__u32 kind = 0, kind2 = 0;
+	__u32 names = 0;
+	int r;
 
 	if (own)
 		remember_comm(t, tgid);
@@ -580,25 +898,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 		profile_add(c, own ? t : NULL, tgid, e->probe, now - e->ts, bytes);
 		return;
 	}
-	if (c->capture_paths && sp->path >= 0)
-		path = emit_path(c, sp, e, tid);
-	/* built on the stack and sent with one helper call, not reserve + submit */
-	ev->ts = e->ts;
-	ev->dur = now - e->ts;
-	ev->pid = tgid;
-	ev->tid = tid;
-	ev->probe = path > 0 ? e->probe | DC_EV_PATH_SENT : e->probe;
-	ev->ret = ret;
-	ev->bytes = bytes;
-	ev->count = 0;
-	if (sp->count >= 0)
-		ev->count = arg_of(e, sp->count);
-	else if (sp->size >= 0 && sp->nmemb >= 0)
-		ev->count = arg_of(e, sp->size) * arg_of(e, sp->nmemb);
-	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
 	ev->fd2 = sp->fd2 >= 0 ? (__s32)arg_of(e, sp->fd2) : -1;
-	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
-	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
 	ev->fd = -1;
 	if (sp->fd >= 0) {
 		ev->fd = (__s32)arg_of(e, sp->fd);
@@ -611,9 +911,59 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 			fd = -1;
 		ev->fd = fd;
 	}
+	if (own && task && sp->ret_fd && ret >= 0) {
+		/* a new descriptor: its file's name from the kernel, absolute */
+		fd_kind_named(c, t, task, (__s32)ret, e, tid, true, &names);
+		if ((names & DC_NAMES_LOST) && c->capture_paths && sp->path >= 0) {
+			/* then the name as the program gave it */
+			r = emit_path(c, sp, e, tid);
+			if (r > 0)
+				names = DC_NAMES_SENT;
+		}
+	} else if (c->capture_paths && sp->path >= 0) {
+		r = emit_path(c, sp, e, tid);
+		names = r > 0 ? DC_NAMES_SENT : r < 0 ? DC_NAMES_LOST : 0;
+		/* a name relative to a handle argument (H5Dopen2(loc_id, name)) is a name
+		 * inside that object, not a file's: it has no directory to start from */
+		if (r == 2 && own && task && sp->handle_kind != DC_HANDLE_ARG) {
+			/* a relative name: from the dirfd (the fd role, AT_FDCWD < 0) or the cwd */
+			__s32 dirfd = sp->fd >= 0 ? (__s32)arg_of(e, sp->fd) : -1;
+
+			r = dc_emit_base(dirfd >= 0 ? fd_file(task, dirfd) : 0,
+					 ((__u64)tid << 32) | (__u32)dirfd, e->ts, e->probe);
+			if (r < 0)
+				names |= DC_NAMES_LOST;
+		}
+	} else if (own && task && ev->fd >= 0) {
+		if (sp->closes)
+			forget_fd(t, ev->fd);
+		else
+			kind = fd_kind_named(c, t, task, ev->fd, e, tid, false, &names);
+	}
+	if (own && task && ev->fd2 >= 0)
+		kind2 = fd_kind_named(c, t, task, ev->fd2, e, tid, false, &names);
+	/* built on the stack and sent with one helper call, not reserve + submit */
+	ev->ts = e->ts;
+	ev->dur = now - e->ts;
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->probe = (e->probe & DC_EV_PROBE_MASK) | (kind << DC_EV_KIND_SHIFT) |
+		    ((kind2 & 7) << DC_EV_KIND2_SHIFT);
+	if (names & DC_NAMES_SENT)
+		ev->probe |= DC_EV_PATH_SENT;
+	ev->ret = ret;
+	ev->bytes = bytes;
+	ev->count = 0;
+	if (sp->count >= 0)
+		ev->count = arg_of(e, sp->count);
+	else if (sp->size >= 0 && sp->nmemb >= 0)
+		ev->count = arg_of(e, sp->size) * arg_of(e, sp->nmemb);
+	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
+	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
+	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0)
 		count_lost(0);
-	else if (path < 0)
+	else if (names & DC_NAMES_LOST)
 		count_lost(1);
 }
 
@@ -681,7 +1031,7 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 	c = get_config();
 	/* a set-uid execve returns in another program with other creds */
 	if (c && t->sys.nr == k && still_in_scope(c, t, task))
-		finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t);
+		finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t, task);
 	t->sys.ts = 0;
 	return 0;
 }
@@ -751,7 +1101,7 @@ static __always_inline int probe_return(struct pt_regs *ctx)
 			ret = (__s64)(__s32)ret;
 		if (sp->handle_kind == DC_HANDLE_OUT && !sp->kernel)
 			deref_handle(sp, e);	/* written by the call: readable now */
-		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true, t);
+		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true, t, task);
 	}
 	bpf_map_delete_elem(&entries, &key);
 	return 0;
@@ -820,7 +1170,7 @@ int dc_tracepoint(void *ctx)
 					.size = -1, .nmemb = -1, .stream = -1,
 					.fd2 = -1, .flags = -1 };
 	}
-	finish(c, sp, &e, tid_tgid, ret, e.ts, true, t);	/* an instant: no duration */
+	finish(c, sp, &e, tid_tgid, ret, e.ts, true, t, NULL);	/* an instant: no duration */
 	return 0;
 }
 
@@ -876,7 +1226,7 @@ int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1,
 				.fd2 = -1, .flags = -1 };
-	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false, NULL);
+	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false, NULL, NULL);
 	return 0;
 }
 
@@ -919,6 +1269,9 @@ int dc_exec(void *ctx)
 	if (t) {
 		t->gen = 0;
 		t->tid_tgid = tid_tgid;
+		/* close-on-exec descriptors closed without a close call */
+		for (int i = 0; i < DC_FCACHE; i++)
+			t->fc_fd[i] = -1;
 	}
 	if (!c || !in_scope(c, tgid))
 		return 0;

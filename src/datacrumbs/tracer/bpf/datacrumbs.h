@@ -12,6 +12,8 @@
 #define DC_HIST_BUCKETS 32
 #define DC_PROFILE_SLOTS 16384	/* (process, probe) rows in profile mode */
 #define DC_PCACHE 4		/* per-task cache of (probe -> profile slot) */
+#define DC_FCACHE 16		/* per-task cache of named descriptors */
+#define DC_WALK_MAX 64		/* path components (and mount crossings) walked */
 #define DC_NO_PROBE 0xffffffffu
 /* glibc x86_64: offsetof(struct _IO_FILE, _fileno) */
 #define DC_GLIBC_FILENO_OFF 112
@@ -102,8 +104,11 @@ struct dc_spec {
 	__u16 field_size;
 	__s8 fd2;		/* second descriptor (copy_file_range, sendfile, splice: the output) */
 	__s8 flags;		/* open flags and the like: sent as the event's flags */
+	__u8 ret_fd;		/* the return value is a new descriptor (open-like) */
+	__u8 closes;		/* the call closes descriptor fd (close) */
 	__s8 handle;		/* argument the event's handle comes from (see handle_kind) */
 	__u8 handle_kind;	/* enum dc_handle_kind; 0: the event carries no handle */
+	__u16 pad;
 };
 
 struct dc_key {
@@ -139,11 +144,38 @@ struct dc_task {
 	 * direct-mapped by probe % DC_PCACHE; pc_probe holds probe + 1 (0: empty) */
 	__u32 pc_probe[DC_PCACHE];
 	__u32 pc_slot[DC_PCACHE];
+	/* Descriptors whose file this thread has already named to user space,
+	 * direct-mapped by fd % DC_FCACHE: the struct file it named and its kind.
+	 * A different file behind the same number (dup2, an fd inherited or
+	 * opened before the trace, reuse after close: close and exec forget the
+	 * entry, as a freed struct file's memory may be reused) is named again,
+	 * so no event's file is guessed. */
+	__u64 fc_file[DC_FCACHE];
+	__s32 fc_fd[DC_FCACHE];
+	__u8 fc_kind[DC_FCACHE];
 };
 
 /* Set in dc_event.probe when a dc_path record was sent for the event: the
  * reader then knows the event must find its path, and counts it when not. */
 #define DC_EV_PATH_SENT (1u << 31)
+/* dc_event.probe also carries the kind of the event's fd (bits 23..26) and of
+ * its fd2 (bits 27..30), so readers tell file I/O from waiting on a pipe. */
+#define DC_EV_KIND_SHIFT 23
+#define DC_EV_KIND2_SHIFT 27
+#define DC_EV_PROBE_MASK ((1u << DC_EV_KIND_SHIFT) - 1)
+
+/* What a descriptor refers to, from its inode (enum order is the trace's). */
+enum dc_fkind {
+	DC_FK_UNKNOWN = 0, DC_FK_REG = 1, DC_FK_DIR = 2, DC_FK_PIPE = 3, DC_FK_SOCK = 4,
+	DC_FK_TTY = 5, DC_FK_CHR = 6, DC_FK_BLK = 7, DC_FK_LNK = 8, DC_FK_ANON = 9
+};
+
+/* What a dc_path record names. */
+enum dc_name_role {
+	DC_NAME_ARG = 0,	/* the event's path argument, as the program passed it */
+	DC_NAME_FD = 1,		/* the file of descriptor dc_path.fd, from the kernel */
+	DC_NAME_BASE = 2,	/* the directory a relative path argument starts from */
+};
 
 /* One completed operation: fixed 80 bytes so the ring buffer has a fixed stride. */
 struct dc_event {
@@ -169,8 +201,15 @@ struct dc_path {
 	__u32 tid;
 	__u32 probe;
 	__u32 len;
-	__u32 pad;
-	char path[DC_PATH_MAX];
+	__u8 kind;		/* enum dc_fkind of the named file (DC_NAME_FD) */
+	__u8 role;		/* enum dc_name_role */
+	__u8 pseudo;		/* a pipe, socket or anon inode: path is its own name only */
+	__u8 pad;
+	__u64 ino;
+	__s32 fd;		/* DC_NAME_FD: the descriptor named */
+	__u32 pad2;
+	/* walked names are built here: DC_PATH_MAX plus room for one last component */
+	char path[DC_PATH_MAX + 256];
 };
 
 struct dc_pkey {

@@ -262,3 +262,50 @@ def test_h5py_on_debians_libhdf5_names_files_and_datasets(site, bpf_object, tmp_
         if e["name"] in ("H5Dwrite", "H5Dread"):
             below = _below(e, events, ("pwrite64", "pread64"))
             assert below and {p["file"] for p in below} == {f}
+
+
+def test_converter_follows_handles_through_close_reuse_failure_and_unknown_ids():
+    """What one real run rarely shows: a freed MPI_File's address reused for the next
+    file, a failed open, a handle opened before the trace, HDF5 ids in two processes."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from datacrumbs.probes.catalog import builtin_sets
+    from datacrumbs.tracer.daemon import EventConverter
+    from datacrumbs.tracer.engine import EVENT_DTYPE
+    from datacrumbs.tracer.paths import FdPaths
+
+    probes = list(builtin_sets()["mpiio"].probes) + list(builtin_sets()["hdf5"].probes)
+    index = {p["target"]: i for i, p in enumerate(probes)}
+    dt_double = 0x4C00080B
+    rows = [  # (pid, target, ret, count, datatype, handle), name of the open-like rows
+        (1, "MPI_File_open", 0, 0, 0, 0xA0, "/d/one"),
+        (1, "MPI_File_write_at", 0, 10, dt_double, 0xA0, None),
+        (1, "MPI_File_close", 0, 0, 0, 0xA0, None),
+        (1, "MPI_File_open", 0, 0, 0, 0xA0, "/d/two"),          # the same address again
+        (1, "MPI_File_write_at", 0, 3, dt_double, 0xA0, None),
+        (1, "MPI_File_open", 15, 0, 0, 0xB0, "/d/missing"),     # failed: nothing recorded
+        (1, "MPI_File_write_at", 0, 3, 0x8C000001, 0xB0, None),  # unknown handle, derived type
+        (1, "MPI_File_write_at", 13, 3, dt_double, 0xA0, None),  # failed: bytes unknown
+        (2, "MPI_File_write_at", 0, 3, dt_double, 0xA0, None),   # another process's handle
+        (1, "H5Fopen", 7 << 56, 0, 0, 0, "/d/f.h5"),
+        (2, "H5Fopen", 7 << 56, 0, 0, 0, "/d/g.h5"),             # same id, other process
+        (1, "H5Dopen2", (5 << 56) | 1, 0, 0, 7 << 56, "x"),
+        (2, "H5Dopen2", (5 << 56) | 1, 0, 0, 7 << 56, "/y/z"),
+        (1, "H5Dread", 0, 0, 0, (5 << 56) | 1, None),
+        (2, "H5Dread", 0, 0, 0, (5 << 56) | 1, None),
+        (1, "H5Dread", 0, 0, 0, (5 << 56) | 9, None),            # opened before the trace
+    ]
+    ev = np.zeros(len(rows), EVENT_DTYPE)
+    for i, (pid, target, ret, count, datatype, handle, _name) in enumerate(rows):
+        ev[i] = (i, 1, pid, pid, index[target], -1, ret, count, -1, -1, -1, datatype, handle)
+    batch = SimpleNamespace(events=ev, paths={i: r[6] for i, r in enumerate(rows) if r[6]})
+    conv = EventConverter(probes, FdPaths())
+    ops, paths, _paths2, args = conv.convert_rows(batch)
+    assert paths == ["/d/one", "/d/one", "/d/one", "/d/two", "/d/two", "/d/missing", None,
+                     "/d/two", None, "/d/f.h5", "/d/g.h5", "/d/f.h5", "/d/g.h5", "/d/f.h5",
+                     "/d/g.h5", None]
+    assert ops["size"].tolist()[:9] == [-1, 80, -1, -1, 24, -1, -1, -1, 24]
+    assert [a for a in args[11:]] == [{"dataset": "/x"}, {"dataset": "/y/z"},
+                                      {"dataset": "/x"}, {"dataset": "/y/z"}, None]

@@ -289,6 +289,7 @@ def test_converter_follows_handles_through_close_reuse_failure_and_unknown_ids()
         (1, "MPI_File_write_at", 0, 3, 0x8C000001, 0xB0, None),  # unknown handle, derived type
         (1, "MPI_File_write_at", 13, 3, dt_double, 0xA0, None),  # failed: bytes unknown
         (2, "MPI_File_write_at", 0, 3, dt_double, 0xA0, None),   # another process's handle
+        (1, "MPI_File_delete", 0, 0, 0, 0, "/cwd/ufs:/d/two"),
         (1, "H5Fopen", 7 << 56, 0, 0, 0, "/d/f.h5"),
         (2, "H5Fopen", 7 << 56, 0, 0, 0, "/d/g.h5"),             # same id, other process
         (1, "H5Dopen2", (5 << 56) | 1, 0, 0, 7 << 56, "x"),
@@ -304,8 +305,8 @@ def test_converter_follows_handles_through_close_reuse_failure_and_unknown_ids()
     conv = EventConverter(probes, FdPaths())
     ops, paths, _paths2, args = conv.convert_rows(batch)
     assert paths == ["/d/one", "/d/one", "/d/one", "/d/two", "/d/two", "/d/missing", None,
-                     "/d/two", None, "/d/f.h5", "/d/g.h5", "/d/f.h5", "/d/g.h5", "/d/f.h5",
-                     "/d/g.h5", None]
-    assert ops["size"].tolist()[:9] == [-1, 80, -1, -1, 24, -1, -1, -1, 24]
-    assert [a for a in args[11:]] == [{"dataset": "/x"}, {"dataset": "/y/z"},
+                     "/d/two", None, "/d/two", "/d/f.h5", "/d/g.h5", "/d/f.h5", "/d/g.h5",
+                     "/d/f.h5", "/d/g.h5", None]
+    assert ops["size"].tolist()[:10] == [-1, 80, -1, -1, 24, -1, -1, -1, 24, -1]
+    assert [a for a in args[12:]] == [{"dataset": "/x"}, {"dataset": "/y/z"},
                                       {"dataset": "/x"}, {"dataset": "/y/z"}, None]

@@ -168,7 +168,7 @@ class HandleNames:
             if lib is None:
                 continue
             if any(r in roles for r in ("handle", "handle_ptr", "handle_out")) \
-                    or op in H5_FILE_OPEN_OPS:
+                    or op in H5_FILE_OPEN_OPS or (lib == "MPI" and "path" in roles):
                 self._ops[i] = (lib, op)
             if lib == "MPI" and "datatype" in roles and "count" in roles:
                 library = probe.get("library")
@@ -226,6 +226,8 @@ class HandleNames:
                 if ret == 0 and handle:
                     table.put(pid, lib, handle, found)
                 return found
+            if name is not None:        # MPI_File_delete: a name, no handle
+                return Handle(romio_path(name))
             if op in MPI_CLOSE_OPS:
                 return table.pop(pid, lib, handle) if ret == 0 else table.get(pid, lib, handle)
             return table.get(pid, lib, handle)

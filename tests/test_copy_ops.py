@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -215,3 +216,28 @@ def test_calls_that_move_no_data_carry_their_ranges(site, tmp_path, shm, copies_
                    "fadvise64": (4096, 8192, None), "sync_file_range": (0, 8192, None),
                    "mmap": (4096, 8192, None), "msync": (None, 8192, None),
                    "munmap": (None, 8192, None)}
+
+
+MAPPED = """
+import mmap, sys
+p = sys.argv[1]
+with open(p, "wb") as f:
+    f.truncate(1 << 20)
+with open(p, "r+b") as f:           # opened for writing, mapped shared: stores are writes
+    m = mmap.mmap(f.fileno(), 1 << 20, mmap.MAP_SHARED)
+    m[:4096] = b"z" * 4096
+    m.flush()
+    m.close()
+with open(p, "rb") as f:            # read-only, private: nothing is stored to the file
+    m = mmap.mmap(f.fileno(), 1 << 20, mmap.MAP_PRIVATE, mmap.PROT_READ)
+    m.close()
+"""
+
+
+def test_stores_through_a_shared_mapping_are_said_to_be_uncounted(site, tmp_path):
+    """Bytes stored to a shared mapping move without a call: the summary and `trace`'s
+    output name the file instead of counting 0 bytes as if nothing happened."""
+    target = tmp_path / "mapped.dat"
+    proc, _path, summary = traced(tmp_path, [sys.executable, "-c", MAPPED, str(target)])
+    assert summary["shared_mappings"] == [str(target)]
+    assert "not counted" in proc.stderr and str(target) in proc.stderr

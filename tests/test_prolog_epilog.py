@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from datacrumbs.jobid import f58_encode
 from datacrumbs.tracer.daemon import short_host
 from fixtures.systemd import FLUX_PATH, recording_flux
 from fixtures.systemd import assert_clean as _assert_unit_clean
-from fixtures.systemd import (digest, epilog, flux_env, perilog_log, prolog, read_trace,
-                              run_workload, trace_path)
+from fixtures.systemd import (WORKLOAD, digest, epilog, flux_env, perilog_log, prolog,
+                              read_trace, run_workload, trace_path)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.ebpf]
 
@@ -72,7 +73,7 @@ def test_seed_flow_end_to_end(traced_site, site, user1, signed_probes_file, work
         hashlib.sha256(signed_probes_file.read_bytes()).hexdigest()
     assert values["DATACRUMBS_PROBE_SOURCE"] == str(signed_probes_file)
 
-    pid, fd = run_workload(user1, work_dir, n=250, size=4096)
+    pid, fd = run_workload(user1, work_dir, n=250, size=4096, jobid=jobid)
 
     res = epilog(site, env)
     assert res.returncode == 0, res.stderr
@@ -103,7 +104,8 @@ def test_two_jobs_on_one_node_each_traces_only_its_user(traced_site, site, user1
     assert {p.name for p in site.run_dir.glob("datacrumbs-100?.*")} == {
         "datacrumbs-1001.env", "datacrumbs-1001.ready", "datacrumbs-1001.probes.json.gz",
         "datacrumbs-1002.env", "datacrumbs-1002.ready", "datacrumbs-1002.probes.json.gz"}
-    pids = {"1001": run_workload(user1, work, n=60)[0], "1002": run_workload(user2, work, n=90)[0]}
+    pids = {"1001": run_workload(user1, work, n=60, jobid="1001")[0],
+            "1002": run_workload(user2, work, n=90, jobid="1002")[0]}
     for j in jobs:
         assert epilog(site, envs[j]).returncode == 0
         assert_clean(manager, site, j) if j == "1002" else None
@@ -404,6 +406,47 @@ def test_sdexec_scope_keeps_two_jobs_of_one_user_apart(traced_site, site, user1,
         parent.rmdir()
 
 
+def test_without_sdexec_each_job_traces_its_own_shell_tree(traced_site, site, user1, user2,
+                                                             signed_probes_file, work_dir):
+    """No sdexec: the prolog asks for the job shell's process tree (Flux execs
+    ``flux-shell <jobid>`` after the prolog). Two concurrent jobs of one user each trace
+    only their own shell and what it forks; the same user's process outside any job and
+    another user's impostor running ``flux-shell <jobid>`` of this job are not traced."""
+    from fixtures.systemd import job_shell
+
+    manager = traced_site
+    jobs = {"3101": 30, "3102": 45}
+    envs = {j: flux_env(manager, site, j, user1, signed_probes_file) for j in jobs}
+    for j in jobs:
+        res = prolog(site, envs[j])
+        assert res.returncode == 0 and manager.is_active(f"datacrumbs@{j}.service") == \
+            "active", res.stderr
+        assert 'DATACRUMBS_JOB_SHELL="flux-shell"' in \
+            (site.run_dir / f"datacrumbs-{j}.env").read_text()
+    pids = {j: run_workload(user1, work_dir, n=n, jobid=j)[0] for j, n in jobs.items()}
+    # a child the job shell forks (not execs in place) belongs to the job too
+    child = subprocess.run(
+        [str(job_shell()), "-c", 'python3 -c "$1" "$2" 7 4096; true', "--", WORKLOAD,
+         str(work_dir / "child"), "3101"], user=user1.pw_uid, group=user1.pw_gid,
+        extra_groups=[], capture_output=True, text=True, check=True, timeout=60, cwd="/")
+    child_pid = int(child.stdout.split()[0])
+    outside_pid, _ = run_workload(user1, work_dir, n=11)
+    impostor_pid, _ = run_workload(user2, work_dir, n=13, jobid="3101")
+    for j in jobs:
+        assert epilog(site, envs[j]).returncode == 0
+    for j in jobs:
+        assert_clean(manager, site, j)
+    for j, n in jobs.items():
+        ops = [e for e in read_trace(trace_path(site, user1.pw_name, j)) if e.get("ph") == "X"]
+        seen = {e["pid"] for e in ops}
+        assert pids[j] in seen
+        assert not seen & {outside_pid, impostor_pid, *(pids[k] for k in jobs if k != j)}
+        writes = [e for e in ops if e["name"] == "write" and e["args"].get("size") == 4096]
+        expected = n + (7 if j == "3101" else 0)
+        assert len(writes) == expected, (j, len(writes))
+        assert (child_pid in seen) == (j == "3101")
+
+
 # -- the verified copy: what the prolog checked is what the daemon traces --------------------
 
 
@@ -432,7 +475,7 @@ def test_swapping_the_users_file_after_the_prolog_changes_nothing(traced_site, s
     res = prolog(site, env)
     assert res.returncode == 0, res.stderr + manager.journal("datacrumbs@3020.service")
     assert verified.read_bytes() == other.read_bytes()  # the swap did happen
-    pid, fd = run_workload(user1, work_dir, n=50, size=4096)
+    pid, fd = run_workload(user1, work_dir, n=50, size=4096, jobid="3020")
     assert epilog(site, env).returncode == 0
     assert_clean(manager, site, "3020")
     summary = json.loads(trace_path(site, "dctest1", "3020")

@@ -57,6 +57,10 @@ class SiteConfig:
     # cgroup, the unit <shell>-<rank>-<f58 jobid>.service, so two jobs of one user on a
     # node stay apart. Off: trace every process of the job's user on the node.
     sdexec_scope: bool = False
+    # Without sdexec: trace the process tree of the job's shell, the process Flux execs as
+    # ``<job_shell> <jobid>`` (directly, or through flux-imp exec), so two jobs of one user
+    # on a node stay apart. Empty: trace every process of the job's user on the node.
+    job_shell: str = "flux-shell"
     # [limits]
     max_probes_file_bytes: int = 1 << 20          # compressed
     max_probes_document_bytes: int = 8 << 20      # decompressed
@@ -99,7 +103,7 @@ _SECTIONS = {
               "trace_group"),
     "signing": ("socket_path", "private_key_dir", "policy_file", "audit_log", "max_validity_days"),
     "service": ("prolog_timeout", "ready_timeout", "stop_timeout", "fail_job_on_error",
-                "sdexec_scope"),
+                "sdexec_scope", "job_shell"),
     "limits": ("max_probes_file_bytes", "max_probes_document_bytes", "max_probes",
                "max_trace_bytes"),
 }
@@ -107,6 +111,8 @@ _SECTIONS = {
 _MINIMUM = {"max_trace_bytes": 4096}
 # A group name as groupadd accepts it (no ':', ',', '/', blanks); empty = private.
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}\$?")
+# The job shell's file name, as tracer/scope.py's JOB_SHELL_RE (no path: a basename).
+_JOB_SHELL = re.compile(r"[A-Za-z0-9._-]{1,63}")
 
 
 def _coerce(name: str, value, path: Path):
@@ -124,6 +130,10 @@ def _coerce(name: str, value, path: Path):
         raise ConfigError(f"{path}: {name} = {value!r} must be {expected}")
     if name in _MINIMUM and value < _MINIMUM[name]:
         raise ConfigError(f"{path}: {name} = {value!r} must be at least {_MINIMUM[name]}")
+    if name == "job_shell" and value and not _JOB_SHELL.fullmatch(value):
+        raise ConfigError(f"{path}: job_shell = {value!r} must be the job shell's file name "
+                          "(e.g. \"flux-shell\"), or \"\" to trace every process of the "
+                          "job's user")
     if name == "trace_group" and value and not _GROUP_NAME.fullmatch(value):
         raise ConfigError(f"{path}: trace_group = {value!r} is not a group name; set a group "
                           "name, or \"\" for traces only their user can read")

@@ -293,6 +293,11 @@ def print_summary(doc: dict, *, trace_path, summary_path, command, elapsed: floa
                      if doc.get("names_lost") else "")
                   + (f", {doc['events_not_written']:,} not written ({doc['write_error']})"
                      if doc.get("write_error") else ""))
+    shared = doc.get("shared_mappings") or []
+    if shared:
+        console.print(f"not counted: {len(shared)} file(s) mapped shared ({', '.join(shared[:3])}"
+                      f"{', ...' if len(shared) > 3 else ''}): bytes stored to "
+                      "the mapping change the file without a call", soft_wrap=True)
     if doc.get("stopped"):  # the size cap: the trace ends early, the totals above do not
         console.print(f"trace stopped early: {doc['stopped']}", soft_wrap=True)
     console.print(f"trace: {trace_path}", soft_wrap=True)  # never wrapped: copied and parsed

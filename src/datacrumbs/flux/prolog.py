@@ -39,6 +39,9 @@ from . import asuser, envfile, jobinfo, systemctl
 
 log = logging.getLogger("datacrumbs.flux")
 LOG_NAME = "flux-perilog.log"
+# "user" in the prolog's environment: trace every process of the job's user, not the job
+# shell's tree (datacrumbs_service_wrapper sets it: without Flux there is no job shell).
+SCOPE_ENV = "DATACRUMBS_SCOPE"
 
 
 class PrologError(DatacrumbsError):
@@ -208,6 +211,9 @@ def _start(jobid: str, user, settings: jobinfo.Settings, cfg: SiteConfig, enviro
     elif cfg.sdexec_scope:
         # the job's unit does not exist yet; the tracer waits for it, in the kernel
         values["DATACRUMBS_CGROUP_NAME"] = f"-{f58plain(int(jobid))}.service"
+    elif cfg.job_shell and environ.get(SCOPE_ENV) != "user":
+        # the job's shell is not running yet either: the kernel notices its exec
+        values["DATACRUMBS_JOB_SHELL"] = cfg.job_shell
     envfile.write_env_file(cfg.run_dir, jobid, values)
     step(f"starting {systemctl.unit_name(jobid)}")
     systemctl.reset_failed(jobid, timeout=min(5.0, max(deadline - time.monotonic(), 0.5)))

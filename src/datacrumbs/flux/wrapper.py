@@ -21,7 +21,7 @@ from ..users import lookup_user
 from . import systemctl
 from .epilog import run_epilog
 from .jobinfo import METADATA_ENV
-from .prolog import file_digest, run_prolog
+from .prolog import SCOPE_ENV, file_digest, run_prolog
 
 PROG = "datacrumbs_service_wrapper"
 
@@ -45,16 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("jobid", help="Flux job id (any form Flux prints)")
     parser.add_argument("user", help="the job's user (name or uid)")
     parser.add_argument("probe_file", type=Path, help="signed probes file (*.json.gz)")
+    parser.add_argument("--job-shell", action="store_true",
+                        help="start: trace only the job shell's process tree, as the prolog "
+                             "does under Flux (a process exec'd as `flux-shell JOBID`, or the "
+                             "site's [service] job_shell); default: every process of USER, "
+                             "as there is no job shell without Flux")
     parser.add_argument("--config", type=Path, default=None,
                         help=f"site config (default ${CONFIG_ENV} or "
                              "/opt/datacrumbs/etc/datacrumbs/datacrumbs.toml)")
     return parser
 
 
-def fabricate_environ(action: str, jobid: str, user: str, probe_file: Path) -> dict:
-    """The environment a Flux prolog/epilog would see for this job."""
+def fabricate_environ(action: str, jobid: str, user: str, probe_file: Path,
+                      job_shell: bool = False) -> dict:
+    """The environment a Flux prolog/epilog would see for this job (``job_shell``: leave
+    the scope to the site's job_shell, as under Flux; else every process of the user)."""
     account = lookup_user(user)
     env = dict(os.environ, FLUX_JOB_ID=normalize_jobid(jobid), FLUX_JOB_USERID=str(account.uid))
+    if not job_shell:
+        env[SCOPE_ENV] = "user"
     if action == "start":
         path = Path(os.path.abspath(probe_file))
         cfg = load_config()
@@ -69,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is not None:
         os.environ[CONFIG_ENV] = str(args.config.absolute())
     try:
-        env = fabricate_environ(args.action, args.jobid, args.user, args.probe_file)
+        env = fabricate_environ(args.action, args.jobid, args.user, args.probe_file,
+                                args.job_shell)
     except DatacrumbsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -688,6 +688,11 @@ class TraceRun:
                                 "so nothing was traced; sdexec_scope = true needs Flux to run "
                                 "jobs with sdexec")
             log.warning("%s", extra["warning"])
+        elif scope.kind == "job_shell" and not self.writer.events_written:
+            extra["warning"] = (f"no event from a process run as `{scope.shell} {scope.jobid}` "
+                                "(the job's shell) or its children; if the job ran here, check "
+                                "that [service] job_shell names the site's job shell")
+            log.warning("%s", extra["warning"])
         if self.writer.error:
             extra["write_error"] = self.writer.error
             extra["events_not_written"] = self.writer.events_dropped

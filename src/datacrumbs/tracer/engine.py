@@ -131,6 +131,7 @@ _SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH") # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
+_SHELL = struct.Struct("<IIII24s64s")           # struct dc_shell
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 336                                # struct dc_task: dc_entry (64) + 64 + fd cache
@@ -247,6 +248,10 @@ def _raise_fd_limit(needed: int) -> None:
 
 UPROBE_MULTI_ENV = "DATACRUMBS_UPROBE_MULTI"       # "0": always attach uprobes one by one
 _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
+# Every program of the object (datacrumbs.bpf.c), so each can be left unloaded.
+_ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
+              "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
+              "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", *_MULTI_PROGS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -578,7 +583,8 @@ class Engine:
         obj = self._obj = self._load(multi=self.uprobe_multi)
         self._check_layout()
         mode = 1 if self.mode == "profile" else 0
-        kind = {"pids": 0, "user": 1, "cgroup": 2, "cgroup_name": 3}[self.scope.kind]
+        kind = {"pids": 0, "job_shell": 0, "user": 1, "cgroup": 2,
+                "cgroup_name": 3}[self.scope.kind]
         ns = pid_namespace()
         if ns is not None and self.scope.kind == "pids":
             raise EngineError("a process-id scope needs datacrumbs in the host's pid namespace "
@@ -600,6 +606,10 @@ class Engine:
             name = self.scope.cgroup_name.encode("utf-8", "surrogateescape")
             libbpf.map_update(obj.map_fd("scope_cgname"), struct.pack("<I", 0),
                               _CGNAME.pack(0, 0, len(name), name))
+        if self.scope.kind == "job_shell":
+            jobid, shell = self.scope.jobid.encode(), self.scope.shell.encode()
+            libbpf.map_update(obj.map_fd("scope_shell"), struct.pack("<I", 0),
+                              _SHELL.pack(1, len(jobid), len(shell), 0, jobid, shell))
         # Process tracking first, then seed: a fork racing the seed is still caught.
         # Scope decisions are cached per task; a cgroup move makes them stale; a
         # job cgroup named in advance is watched for before it is looked for.
@@ -694,11 +704,12 @@ class Engine:
             if self.mode == "trace":        # per-CPU profile rows are large: none needed
                 for name in ("profile", "profile_slots", "slot_owner"):
                     obj.set_max_entries(name, 1)
-            for prog in _MULTI_PROGS:
-                if multi:
-                    obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
-                else:
+            needed = self._programs_needed(multi)
+            for prog in _ALL_PROGS:
+                if prog not in needed:
                     obj.set_autoload(prog, False)
+                elif prog in _MULTI_PROGS:
+                    obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
         except libbpf.LibbpfError:
             obj.close()
             raise
@@ -714,6 +725,26 @@ class Engine:
             return self._load(multi=False)
         return obj
 
+    def _programs_needed(self, multi: bool) -> set[str]:
+        """Only the programs this session attaches are loaded: the kernel verifies each
+        one it loads, which is most of the time to start (a syscall-only probes file
+        needs neither the uprobe nor the kprobe nor the tracepoint programs)."""
+        kinds = {p.get("kind") for p in self.probes if isinstance(p, dict)}
+        needed = {"dc_fork", "dc_exec", "dc_exit"}
+        if self.scope.kind in ("cgroup", "cgroup_name"):
+            needed.add("dc_cgroup_moved")
+        if self.scope.kind == "cgroup_name":
+            needed.add("dc_cgroup_made")
+        if "syscall" in kinds:
+            needed |= {"dc_sys_enter", "dc_sys_exit"}
+        if "uprobe" in kinds:
+            needed |= {"dc_uprobe", "dc_uretprobe"} | (set(_MULTI_PROGS) if multi else set())
+        if "kprobe" in kinds:
+            needed |= {"dc_kprobe", "dc_kretprobe"}
+        if "tracepoint" in kinds:
+            needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
+        return needed
+
     def _wakeup_events(self) -> int:
         """Events per CPU between wakeups of the reader: all CPUs together fill at
         most 1/8 of the ring before it is woken."""
@@ -723,7 +754,7 @@ class Engine:
     def _check_layout(self) -> None:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
-                  "scope_cgname": _CGNAME.size,
+                  "scope_cgname": _CGNAME.size, "scope_shell": _SHELL.size,
                   "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
@@ -763,6 +794,10 @@ class Engine:
         log.info("cgroup %s already exists at %s (id %d)", self.scope.cgroup_name, path, cg_id)
 
     def _seed_pids(self) -> None:
+        if self.scope.kind == "job_shell" and pid_namespace() is not None:
+            # /proc here names other pids than the kernel's: only the exec is watched
+            log.info("in a pid namespace: a job shell already running is not looked for")
+            return
         fd = self._obj.map_fd("scope_pids")
         # DC_PID_MEMBER, or DC_PID_AT_EXEC: a member from its next exec on
         state = bytes([_PID_AT_EXEC if self.scope.at_exec else _PID_MEMBER])

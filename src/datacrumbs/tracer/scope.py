@@ -26,6 +26,9 @@ FIND_MAX_DEPTH = 12      # how deep find_cgroup looks below the v2 root
 FIND_MAX_DIRS = 100000   # and how many directories at most
 CGROUP_ENV = "DATACRUMBS_CGROUP"
 CGROUP_NAME_ENV = "DATACRUMBS_CGROUP_NAME"
+JOB_SHELL_ENV = "DATACRUMBS_JOB_SHELL"
+DEFAULT_JOB_SHELL = "flux-shell"
+JOB_SHELL_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _NAME_SEPARATORS = re.compile(r"[^0-9A-Za-z\u0192]+")
 
 
@@ -78,13 +81,15 @@ def descendants(pids) -> set[int]:
 class Scope:
     """Processes to trace. Build with for_cgroup, for_user or for_pids."""
 
-    kind: str                      # "cgroup" | "cgroup_name" | "user" | "pids"
+    kind: str                      # "cgroup" | "cgroup_name" | "user" | "pids" | "job_shell"
     cgroup: Path | None = None
     cgroup_name: str | None = None
     uid: int | None = None
     pids: tuple[int, ...] = ()
     follow: bool = True
     at_exec: bool = False          # pids join when they exec (see for_pids)
+    jobid: str | None = None       # job_shell: the decimal job id the shell is run with
+    shell: str | None = None       # job_shell: the job shell's file name
 
     @classmethod
     def for_cgroup(cls, path) -> "Scope":
@@ -152,9 +157,27 @@ class Scope:
         return cls(kind="pids", pids=tuple(dict.fromkeys(clean)), follow=bool(follow),
                    at_exec=bool(at_exec))
 
+    @classmethod
+    def for_job_shell(cls, run_id, shell: str = DEFAULT_JOB_SHELL) -> "Scope":
+        """The job's own processes without a cgroup of its own: the process that execs
+        the job shell with this job's id as its last argument (Flux runs
+        ``flux-shell <jobid>``, through ``flux-imp exec`` in multi-user instances), and
+        every process it forks. Seen in the kernel at exec, so the tracer may start
+        first (in the prolog); a shell already running is found in /proc."""
+        try:
+            jobid = validate_run_id(str(run_id))
+        except DatacrumbsError as exc:
+            raise ScopeError(f"job shell scope: {exc}") from None
+        if not isinstance(shell, str) or not JOB_SHELL_RE.fullmatch(shell):
+            raise ScopeError(f"job shell {shell!r} must be a file name (letters, digits, '.', "
+                             "'_', '-'; at most 63 bytes), e.g. flux-shell")
+        return cls(kind="job_shell", jobid=str(int(jobid)), shell=shell, follow=True)
+
     def seed_pids(self) -> set[int]:
         """tgids to put in the kernel's pid set at start (at_exec: to wait for exec;
         their children from before are not the command's)."""
+        if self.kind == "job_shell":
+            return descendants(running_job_shells(self.jobid, self.shell))
         if self.kind != "pids":
             return set()
         if self.at_exec:
@@ -168,9 +191,40 @@ class Scope:
             return f"cgroup named {self.cgroup_name}"
         if self.kind == "user":
             return f"uid {self.uid}"
+        if self.kind == "job_shell":
+            return f"job {self.jobid}'s shell ({self.shell} {self.jobid}) and its descendants"
         return f"pids {', '.join(map(str, self.pids))}" + (" from their exec" if self.at_exec
                                                             else "") + \
             (" and descendants" if self.follow else "")
+
+
+def is_job_shell_cmdline(args: list[bytes], jobid: str, shell: str) -> bool:
+    """The kernel side's rule (is_job_shell in the BPF program), for processes already
+    running: the last argument is the job id, an earlier one names the job shell."""
+    if len(args) < 2 or args[-1] != jobid.encode():
+        return False
+    name = shell.encode()
+    return any(a == name or a.endswith(b"/" + name) for a in args[:-1])
+
+
+def running_job_shells(jobid: str, shell: str) -> set[int]:
+    """Processes running job ``jobid``'s shell now (bounded scan of /proc)."""
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries[:MAX_SEED_PIDS * 4]:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                raw = f.read(64 << 10)
+        except OSError:
+            continue
+        if is_job_shell_cmdline(raw.rstrip(b"\0").split(b"\0"), jobid, shell):
+            found.add(int(entry))
+    return found
 
 
 def find_cgroup(name: str, root: Path | None = None) -> tuple[Path, int] | None:
@@ -253,7 +307,8 @@ def cgroup_from_env(env, run_id: str) -> Path | None:
 def scope_from_env(uid: int, env, run_id: str):
     """The job's scope: DATACRUMBS_CGROUP (an existing directory), else
     DATACRUMBS_CGROUP_NAME (the job's cgroup, e.g. shell-<jobid>.service, which
-    the prolog names before it exists), else every process of the job's user.
+    the prolog names before it exists), else DATACRUMBS_JOB_SHELL (the process tree
+    of the job's shell, e.g. flux-shell), else every process of the job's user.
     Both cgroup forms must name this job (see cgroup_from_env)."""
     cgroup = cgroup_from_env(env, run_id)
     if cgroup:
@@ -269,4 +324,10 @@ def scope_from_env(uid: int, env, run_id: str):
                               f"as a whole word, so it could match another job's cgroup; use "
                               f"e.g. -{f58plain(int(run_id))}.service")
         return scope
+    shell = env.get(JOB_SHELL_ENV)
+    if shell:
+        try:
+            return Scope.for_job_shell(run_id, shell)
+        except ScopeError as exc:
+            raise ConfigError(f"{JOB_SHELL_ENV}: {exc}; check the prolog's env file") from None
     return Scope.for_user(uid)

@@ -16,9 +16,15 @@ import os
 
 import numpy as np
 
-from ..trace.writer import probe_name
+from ..trace.writer import FD_KINDS, probe_name
+from .paths import OPEN_OPS
 
 OTHER_FILES = "(other files)"
+MAP_SHARED = 0x01
+O_ACCMODE = 0o3
+SHARED_MAPPINGS_NOTE = ("these files, opened for writing, were mapped shared (mmap MAP_SHARED): "
+                        "bytes a process stores to the mapping change the file without a call, "
+                        "so they are not in the byte counts")
 
 
 def us(ns) -> float:
@@ -55,6 +61,14 @@ class SummaryBuilder:
         self.files: dict[str, list[int]] = {}
         self.max_files = max_files
         self.profile: dict[str, dict] = {}
+        # files mapped shared: what a process stores to (or loads from) the mapping moves
+        # no bytes through a call, so the trace cannot count it
+        self._mmap = np.array([probe_name(p) in ("mmap", "mmap2", "mmap64")
+                               for p in self.probes] or [False])
+        self._open_rw = np.array([probe_name(p) in OPEN_OPS and (p.get("args") or {}).get("flags")
+                                  is not None for p in self.probes] or [False])
+        self.shared_mappings: set[str] = set()
+        self._opened_rw: set[str] = set()
 
     def add_ops(self, ops: np.ndarray, paths: list | None = None,
                 paths2: list | None = None) -> None:
@@ -73,11 +87,27 @@ class SummaryBuilder:
             self.errors += np.bincount(probe[failed], minlength=n)[:n]
         if paths is None:
             return
+        self._note_shared_mappings(ops, paths)
         self._add_files(ops, paths, size)
         if paths2 is not None:
             two = [i for i, p in enumerate(paths2) if p is not None]
             if two:
                 self._add_files(ops[two], [paths2[i] for i in two], size[two])
+
+    def _note_shared_mappings(self, ops: np.ndarray, paths: list) -> None:
+        """Shared mappings of files opened for writing: a store to one changes the file
+        without a call (a read-only file's shared mapping cannot be written)."""
+        probe, ok = ops["probe"], ops["ret"] >= 0
+        rw = self._open_rw[probe] & ok & ((ops["flags"] & O_ACCMODE) != os.O_RDONLY)
+        for i in np.flatnonzero(rw).tolist():
+            if paths[i] is not None and len(self._opened_rw) < self.max_files:
+                self._opened_rw.add(paths[i])
+        shared = self._mmap[probe] & ok & ((ops["flags"] & MAP_SHARED) != 0)
+        if "kind" in ops.dtype.names:
+            shared &= ops["kind"] == FD_KINDS.index("reg")
+        for i in np.flatnonzero(shared).tolist():
+            if paths[i] in self._opened_rw and len(self.shared_mappings) < self.max_files:
+                self.shared_mappings.add(paths[i])
 
     def _add_files(self, ops: np.ndarray, paths: list, size: np.ndarray) -> None:
         ids: dict = {}
@@ -167,6 +197,9 @@ class SummaryBuilder:
             "files": {p: {"count": c, "bytes": b, "time_us": us(t)}
                       for p, (c, b, t) in self.files.items()},
         }
+        if self.shared_mappings:
+            doc["shared_mappings"] = sorted(self.shared_mappings)
+            doc["shared_mappings_note"] = SHARED_MAPPINGS_NOTE
         if self.profile or mode == "profile":
             doc["profile"] = self.profile
         doc.update(extra)

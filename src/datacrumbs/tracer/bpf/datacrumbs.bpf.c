@@ -1249,6 +1249,99 @@ int BPF_PROG(dc_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_shell);
+} scope_shell SEC(".maps");
+
+struct dc_args {
+	char buf[DC_ARGS_MAX + DC_SHELL_NAME_MAX + 2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_args);
+} args_scratch SEC(".maps");
+
+struct dc_shell_ctx {
+	struct dc_shell *sh;
+	struct dc_args *a;
+	__u32 end;		/* the job shell's name must end before this offset */
+	__u32 found;
+};
+
+/* Does the job shell's name start at offset i, as a whole argument or after a '/'? */
+static long shell_at(__u32 i, void *arg)
+{
+	struct dc_shell_ctx *x = arg;
+	__u32 k, len = x->sh->name_len;
+
+	if (i + len > x->end || len == 0 || len >= DC_SHELL_NAME_MAX)
+		return 1;
+	if (i > 0) {
+		char before = x->a->buf[(i - 1) & (DC_ARGS_MAX - 1)];
+
+		if (before != '/' && before != 0)
+			return 0;
+	}
+	for (k = 0; k < DC_SHELL_NAME_MAX; k++) {
+		if (k >= len)
+			break;
+		if (x->a->buf[(i + k) & (DC_ARGS_MAX - 1)] != x->sh->name[k])
+			return 0;
+	}
+	if (x->a->buf[(i + len) & (DC_ARGS_MAX - 1)] != 0)
+		return 0;
+	x->found = 1;
+	return 1;
+}
+
+/* Is the current process's new command line the job's shell for our job? */
+static __always_inline bool is_job_shell(struct task_struct *task)
+{
+	__u32 zero = 0, n, L, k;
+	struct dc_shell *sh = bpf_map_lookup_elem(&scope_shell, &zero);
+	struct dc_args *a;
+	struct dc_shell_ctx x = {};
+	unsigned long start, end;
+
+	if (!sh || !sh->active)
+		return false;
+	a = bpf_map_lookup_elem(&args_scratch, &zero);
+	if (!a)
+		return false;
+	start = BPF_CORE_READ(task, mm, arg_start);
+	end = BPF_CORE_READ(task, mm, arg_end);
+	if (end <= start)
+		return false;
+	if (end - start > DC_ARGS_MAX)
+		start = end - DC_ARGS_MAX;	/* the tail holds the job id */
+	n = (__u32)(end - start) & (DC_ARGS_MAX * 2 - 1);
+	if (n > DC_ARGS_MAX || bpf_probe_read_user(a->buf, n, (void *)start) < 0)
+		return false;
+	L = sh->jobid_len;
+	/* "...<shell>\0<jobid>\0": the job id is the last argument, whole */
+	if (L == 0 || L >= DC_SHELL_JOBID_MAX || n < L + 3 || a->buf[(n - 1) & (DC_ARGS_MAX - 1)])
+		return false;
+	if (a->buf[(n - 2 - L) & (DC_ARGS_MAX - 1)] != 0)
+		return false;
+	for (k = 0; k < DC_SHELL_JOBID_MAX; k++) {
+		if (k >= L)
+			break;
+		if (a->buf[(n - 1 - L + k) & (DC_ARGS_MAX - 1)] != sh->jobid[k])
+			return false;
+	}
+	x.sh = sh;
+	x.a = a;
+	x.end = n - 2 - L;
+	bpf_loop(DC_ARGS_MAX, shell_at, &x, 0);
+	return x.found;
+}
+
 SEC("tp/sched/sched_process_exec")
 int dc_exec(void *ctx)
 {
@@ -1264,6 +1357,12 @@ int dc_exec(void *ctx)
 	 * (the execve itself began outside, so its own exit is no event) */
 	if (state && *state == DC_PID_AT_EXEC)
 		*state = DC_PID_MEMBER;
+	/* the job's shell starts: it and what it forks are the job */
+	if (!state && c && c->scope == DC_SCOPE_PIDS && is_job_shell(bpf_get_current_task_btf())) {
+		__u8 member = DC_PID_MEMBER;
+
+		bpf_map_update_elem(&scope_pids, &tgid, &member, BPF_ANY);
+	}
 	/* a set-uid program may change the decision: take it again; a thread
 	 * other than the leader that execs takes the leader's pid */
 	if (t) {

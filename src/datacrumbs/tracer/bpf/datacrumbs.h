@@ -48,6 +48,22 @@ enum dc_handle_kind {
 };
 
 #define DC_CGNAME_MAX 256	/* a kernfs name (NAME_MAX) and its NUL */
+#define DC_SHELL_JOBID_MAX 24	/* a decimal 64-bit job id */
+#define DC_SHELL_NAME_MAX 64
+#define DC_ARGS_MAX 512		/* the tail of a command line read at exec */
+
+/* DC_SCOPE_PIDS by the job's shell: a process that execs with the job id as its
+ * last argument and the job shell (basename ``name``) as an earlier one joins
+ * the pid tree (Flux runs ``flux-shell <jobid>``, through ``flux-imp exec`` in
+ * multi-user instances), with every process it forks. */
+struct dc_shell {
+	__u32 active;
+	__u32 jobid_len;
+	__u32 name_len;
+	__u32 pad;
+	char jobid[DC_SHELL_JOBID_MAX];
+	char name[DC_SHELL_NAME_MAX];
+};
 
 /* The job's cgroup by name: the engine sets name and len; id and level are
  * set when the cgroup is found (id 0: not yet, nothing is in scope). */

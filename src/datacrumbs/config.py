@@ -64,7 +64,7 @@ class SiteConfig:
     # [limits]
     max_probes_file_bytes: int = 1 << 20          # compressed
     max_probes_document_bytes: int = 8 << 20      # decompressed
-    max_probes: int = 4096
+    max_probes: int = 16384      # the BPF object holds at most 16384 (DC_MAX_PROBES)
     # Compressed trace per job and node: a job that does endless I/O must not fill
     # the node's /var. At the cap the trace is closed (complete and readable) and
     # further events are only counted in the summary.

@@ -142,7 +142,7 @@ PROBE_SET_SCHEMA = {
         "description": {"type": "string", "maxLength": 500},
         # A site set with a built-in set's name must say so explicitly.
         "override": {"type": "boolean"},
-        "probes": {"type": "array", "minItems": 1, "maxItems": 4096,
+        "probes": {"type": "array", "minItems": 1, "maxItems": 16384,
                    "items": probe_schema(resolved=False)},
     },
 }

@@ -55,6 +55,7 @@ it), so a traced system call costs no hash map operation.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import mmap
@@ -65,6 +66,7 @@ import resource
 import select
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +76,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from ..errors import DatacrumbsError
-from . import libbpf
+from . import elfsyms, libbpf
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -95,7 +97,7 @@ _KIND_SHIFT, _KIND2_SHIFT = 23, 27              # DC_EV_KIND_SHIFT, DC_EV_KIND2_
 _PROBE_MASK = (1 << _KIND_SHIFT) - 1            # DC_EV_PROBE_MASK
 HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
-MAX_PROBES = 4096
+MAX_PROBES = 16384                              # DC_MAX_PROBES
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
 # Roles naming a library call's object handle (sent as the event's ``handle``), as enum
@@ -251,7 +253,8 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 # Every program of the object (datacrumbs.bpf.c), so each can be left unloaded.
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
-              "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", *_MULTI_PROGS)
+              "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
+              *_MULTI_PROGS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -261,7 +264,17 @@ def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
     As libbpf resolves a func_name: a global symbol wins over a weak one;
     names defined twice at different places map to -1 (ambiguous: the per-probe
     path reports it). Offset = st_value - p_vaddr + p_offset of its PT_LOAD.
-    Versioned names are there too, as ``name@VERSION`` (see versioned_name)."""
+    Versioned names are there too, as ``name@VERSION`` (see versioned_name).
+    ELF64 little-endian files are decoded with numpy (elfsyms: 20-40 times faster);
+    this pyelftools path stays for anything else, and as the reference in the tests."""
+    try:
+        return elfsyms.function_offsets_elf64(path)
+    except elfsyms.NotElf64:
+        pass
+    return _function_offsets_pyelftools(path)
+
+
+def _function_offsets_pyelftools(path: str) -> dict[str, int]:
     found: dict[str, tuple[int, bool]] = {}
     with open(path, "rb") as f:
         elf = ELFFile(f)
@@ -326,6 +339,19 @@ def _symbol_versions(elf) -> dict[int, str]:
 def function_offsets(path: str) -> dict[str, int]:
     st = os.stat(path)
     return _function_offsets(path, st.st_ino, st.st_mtime_ns)
+
+
+def _destroy_all(links: list) -> None:
+    """Detach links, many at a time: the kernel waits for an RCU grace period as it
+    detaches each tracepoint or uprobe (tens of ms), and waits that overlap share one
+    (844 tracepoints: 67 s one by one). libbpf calls release the GIL."""
+    if len(links) <= 8:
+        for link in links:
+            link.destroy()
+        return
+    with ThreadPoolExecutor(max_workers=min(64, len(links)),
+                            thread_name_prefix="datacrumbs-detach") as pool:
+        list(pool.map(lambda link: link.destroy(), links))
 
 
 def kernel_has_kprobes() -> bool:
@@ -548,6 +574,8 @@ class Engine:
         self._multi_refused: str | None = None if self.uprobe_multi else \
             "uprobe_multi links turned off"
         self._paths_bytes = paths_ringbuf_bytes
+        # tracepoints as raw tracepoints (fast to detach) until the kernel says no
+        self._raw_tp = True
         self._obj: BpfObject | None = None
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
@@ -717,6 +745,12 @@ class Engine:
             obj.load()
         except libbpf.LibbpfError as exc:
             obj.close()
+            if "dc_raw_tracepoint" in needed:
+                # kernels before 6.10 give raw tracepoints no cookie: perf events then
+                log.info("raw tracepoints with cookies refused (%s); tracepoints attach as "
+                         "perf events", exc)
+                self._raw_tp = False
+                return self._load(multi)
             if not multi:
                 raise
             log.info("loading the uprobe_multi programs failed (%s); uprobes attach one by one",
@@ -743,6 +777,8 @@ class Engine:
             needed |= {"dc_kprobe", "dc_kretprobe"}
         if "tracepoint" in kinds:
             needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
+            if self._raw_tp:
+                needed.add("dc_raw_tracepoint")
         return needed
 
     def _wakeup_events(self) -> int:
@@ -987,6 +1023,19 @@ class Engine:
                 self._links.extend(links)
             else:
                 category, name = target.split(":")
+                if self._raw_tp and target != "block:block_rq_complete" \
+                        and not str(probe.get("bytes") or "").startswith("field:"):
+                    try:
+                        self._links.append(libbpf.raw_tracepoint_link(
+                            obj.program_fd("dc_raw_tracepoint"), name, i))
+                        return
+                    except AttachFailed as exc:
+                        # ENOENT: not a raw tracepoint (syscalls:* are ftrace events over
+                        # raw_syscalls): its perf event may still exist
+                        if exc.errno != errno.ENOENT:
+                            log.info("raw tracepoint %s refused (%s); perf events from here "
+                                     "on", target, exc)
+                            self._raw_tp = False
                 prog = "dc_block_complete" if target == "block:block_rq_complete" else "dc_tracepoint"
                 self._links.append(obj.attach_tracepoint(prog, category, name, i))
         except AttachFailed as exc:
@@ -1210,8 +1259,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        for link in reversed(self._links):
-            link.destroy()
+        _destroy_all(list(reversed(self._links)))
         self._links.clear()
         if self._epoll is not None:
             self._epoll.close()

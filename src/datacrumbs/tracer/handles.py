@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
 
 # The MPI calls are in the probe sets under their MPI_ and PMPI_ names.
 MPI_OPEN_OPS = frozenset({"MPI_File_open", "PMPI_File_open"})
@@ -74,24 +73,21 @@ def mpich_datatype_size(datatype: int) -> int | None:
 @functools.lru_cache(maxsize=16)
 def mpi_abi(library: str | None) -> str | None:
     """"mpich" when the library's datatypes are MPICH int handles, "ompi" for Open MPI
-    (pointers), None when it cannot tell (then no bytes are computed)."""
+    (pointers), None when it cannot tell (then no bytes are computed). Decided by the
+    names in its dynamic string table (a byte search: decoding symbols costs 0.1 s)."""
     if not library:
         return None
     try:
         with open(library, "rb") as f:
-            section = ELFFile(f).get_section_by_name(".dynsym")
-            if not isinstance(section, SymbolTableSection):
-                return None
-            mpich = False
-            for sym in section.iter_symbols():
-                name = sym.name
-                if name.startswith("ompi_mpi_"):
-                    return "ompi"
-                if name.startswith(("MPIR_", "MPII_")):
-                    mpich = True
-            return "mpich" if mpich else None
+            section = ELFFile(f).get_section_by_name(".dynstr")
+            names = b"\0" + section.data() if section is not None else b""
     except (OSError, ELFError, ValueError):
         return None
+    if b"\0ompi_mpi_" in names:
+        return "ompi"
+    if b"\0MPIR_" in names or b"\0MPII_" in names:
+        return "mpich"
+    return None
 
 
 def romio_path(name: str) -> str:

@@ -225,6 +225,34 @@ def uprobe_multi_link(prog_fd: int, path: str, offsets: list[int], cookies: list
     return FdLink(fd)
 
 
+BPF_RAW_TRACEPOINT_OPEN = 17
+
+
+class _RawTracepointAttr(Structure):
+    """The raw_tracepoint member of union bpf_attr (cookie: kernel >= 6.10)."""
+    _fields_ = [("name", c_uint64), ("prog_fd", c_uint32), ("_pad", c_uint32),
+                ("cookie", c_uint64), ("_tail", ctypes.c_char * 120)]
+
+
+def raw_tracepoint_link(prog_fd: int, name: str, cookie: int) -> FdLink:
+    """``prog_fd`` on raw tracepoint ``name`` (no category) with a cookie. Raises
+    AttachFailed (with errno) when the kernel refuses, e.g. E2BIG or EINVAL before 6.10
+    (no cookie there) or ENOENT for a tracepoint it does not have."""
+    if SYS_BPF is None:
+        raise AttachFailed("raw tracepoint links are not wired for this architecture",
+                           errno_mod.ENOSYS)
+    lib()
+    c_name = ctypes.create_string_buffer(name.encode())
+    attr = _RawTracepointAttr(name=ctypes.addressof(c_name), prog_fd=prog_fd, cookie=cookie)
+    assert ctypes.sizeof(attr) == _BPF_ATTR_SIZE
+    ctypes.set_errno(0)
+    fd = _libc.syscall(SYS_BPF, BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(attr), _BPF_ATTR_SIZE)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise AttachFailed(os.strerror(err) if err else "unknown error", err)
+    return FdLink(fd)
+
+
 class BpfObject:
     """An opened (then loaded) BPF object file and its maps and programs."""
 
@@ -372,6 +400,6 @@ def num_possible_cpus() -> int:
     return n
 
 
-__all__ = ["BpfObject", "Link", "FdLink", "uprobe_multi_link", "LibbpfError", "AttachFailed",
+__all__ = ["BpfObject", "Link", "FdLink", "uprobe_multi_link", "raw_tracepoint_link", "LibbpfError", "AttachFailed",
            "lib", "version", "map_update",
            "map_lookup", "map_delete", "map_keys", "num_possible_cpus"]

@@ -1134,8 +1134,10 @@ int dc_kretprobe(struct pt_regs *ctx)
 /* ---- tracepoints ---- */
 
 /* Any tracepoint: one instant event (or a profile count) per hit in scope. */
-SEC("tp")
-int dc_tracepoint(void *ctx)
+/* One hit of a tracepoint in scope: an instant event (or a profile count).
+ * ``record``: the perf tracepoint's formatted record, whose fields a bytes
+ * rule may read (NULL for raw tracepoints, which have none). */
+static __always_inline int tracepoint_hit(void *ctx, void *record)
 {
 	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
 	__u64 tid_tgid = bpf_get_current_pid_tgid();
@@ -1157,12 +1159,12 @@ int dc_tracepoint(void *ctx)
 		return 0;
 	e.ts = bpf_ktime_get_ns();
 	e.probe = probe;
-	if (sp->bytes_kind == DC_BYTES_FIELD) {
+	if (record && sp->bytes_kind == DC_BYTES_FIELD) {
 		__u32 size = sp->field_size;
 
 		if (size > 8)
 			size = 8;
-		bpf_probe_read_kernel(&value, size & 15, (char *)ctx + (sp->field_off & 4095));
+		bpf_probe_read_kernel(&value, size & 15, (char *)record + (sp->field_off & 4095));
 		/* finish() turns "arg0 when ret >= 0" into bytes */
 		e.args[0] = value;
 		sp = &(struct dc_spec){ .probe = probe, .bytes_kind = DC_BYTES_ARG, .bytes_arg = 0,
@@ -1172,6 +1174,23 @@ int dc_tracepoint(void *ctx)
 	}
 	finish(c, sp, &e, tid_tgid, ret, e.ts, true, t, NULL);	/* an instant: no duration */
 	return 0;
+}
+
+/* Any tracepoint, through its perf event: its record's fields can be read. */
+SEC("tp")
+int dc_tracepoint(void *ctx)
+{
+	return tracepoint_hit(ctx, ctx);
+}
+
+/* Any tracepoint, raw (kernel >= 6.10 for the cookie): no record to read, but
+ * attached and detached without the RCU wait a perf tracepoint costs on each
+ * detach (850 file system tracepoints: a minute). The engine loads it only
+ * where the kernel takes it. */
+SEC("raw_tp")
+int dc_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tracepoint_hit(ctx, NULL);
 }
 
 /* Block requests: issue (in the submitting process) starts the clock,

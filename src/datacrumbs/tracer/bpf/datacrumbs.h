@@ -7,7 +7,7 @@
 #define DATACRUMBS_H
 
 #define DC_MAX_SYSCALLS 512
-#define DC_MAX_PROBES 4096
+#define DC_MAX_PROBES 16384	/* the original's 8,723-function case and more */
 #define DC_PATH_MAX 4096	/* PATH_MAX: HPC paths can be long */
 #define DC_HIST_BUCKETS 32
 #define DC_PROFILE_SLOTS 16384	/* (process, probe) rows in profile mode */

@@ -139,15 +139,15 @@ def _damaged_crc(good: bytes) -> bytes:
 
 def _huge_probe_list(ctx: Ctx, p: Path) -> Path:
     doc = ctx.make_doc(ctx.user1)
-    doc["probes"] = [dict(doc["probes"][0], id=f"p{i}") for i in range(5000)]
+    doc["probes"] = [dict(doc["probes"][0], id=f"p{i}") for i in range(17000)]
     p.write_bytes(encode_document(doc))
     return p
 
 
 def _max_probes_one_bad(ctx: Ctx, p: Path) -> Path:
-    """4096 probes (the site limit), the last one invalid: the slowest schema check allowed."""
+    """16384 probes (the site limit), the last one invalid: the slowest schema check allowed."""
     doc = ctx.make_doc(ctx.user1)
-    doc["probes"] = [dict(doc["probes"][0], id=f"p{i}") for i in range(4095)]
+    doc["probes"] = [dict(doc["probes"][0], id=f"p{i}") for i in range(16383)]
     doc["probes"].append(dict(doc["probes"][0], id="Bad-" + CANARY))
     p.write_bytes(encode_document(doc))
     return p
@@ -332,7 +332,7 @@ CORPUS = [
          "not a valid probes document: (top level): is missing the required property "
          "'format'; " + REGEN),
     Case("max-probes-one-bad", _max_probes_one_bad, SchemaViolation,
-         "not a valid probes document: probes/4095/id: does not match the pattern for names "
+         "not a valid probes document: probes/16383/id: does not match the pattern for names "
          "(a-z, 0-9, '_', '.', '-'; at most 64); " + REGEN),
     Case("expires-before-issued", tampered(_set(("expires_at",), 1)), SchemaViolation,
          "expires_at is not after issued_at; " + REGEN),
@@ -368,7 +368,7 @@ CORPUS = [
          TooLarge, "it is 1048577 bytes, more than the site limit max_probes_file_bytes = "
          "1048576; " + REGEN, parse=True),
     Case("huge-probe-list", _huge_probe_list, TooLarge,
-         "it lists 5000 probes, more than the site limit max_probes = 4096; select fewer probe "
+         "it lists 17000 probes, more than the site limit max_probes = 16384; select fewer probe "
          "sets, or ask the administrator to raise max_probes", parse=True),
     Case("quadratic-quotes-8k", raw(b'"' + b'\\"' * 4096), InvalidJSON,
          "it is not valid JSON (Unterminated string starting at line 1 column 1); " + REGEN,

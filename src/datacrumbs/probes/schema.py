@@ -10,6 +10,7 @@ in a document it must be the absolute path resolved on the host.
 from __future__ import annotations
 
 import functools
+import re
 
 import jsonschema
 
@@ -156,6 +157,18 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
+@functools.cache
+def _fast_validator(name: str):
+    """The same schema compiled by jsonschema-rs: a 10,000-probe document is checked in
+    about 30 ms instead of 3.5 s (the prolog and the daemon both check it, within the
+    prolog's bound). None if it is not installed."""
+    try:
+        import jsonschema_rs
+    except ImportError:
+        return None
+    return jsonschema_rs.validator_for({"document": DOCUMENT_SCHEMA, "set": PROBE_SET_SCHEMA}[name])
+
+
 def schema_problem(instance, which: str = "document") -> str | None:
     """The most relevant violation as one short sentence, or None when valid.
 
@@ -163,9 +176,48 @@ def schema_problem(instance, which: str = "document") -> str | None:
     the format expects there, never a value of the instance: the document may
     be a file its reader must not learn anything from, so jsonschema's own
     message, which quotes the instance, is never used.
+
+    A document jsonschema-rs finds valid is valid; any other is judged (and its
+    problem described) by python-jsonschema, and one the two disagree on is refused.
     """
+    fast = _fast_validator(which)
+    if fast is not None:
+        try:
+            if fast.is_valid(instance):
+                return None
+            described = _one_probe_problem(fast, instance, which)
+            if described is not None:
+                return described
+        except (ValueError, TypeError, OverflowError):
+            pass        # a value it cannot convert (e.g. a huge integer): the slow path says
     error = jsonschema.exceptions.best_match(_validator(which).iter_errors(instance))
-    return None if error is None else describe_error(error)
+    if error is None:
+        return None if fast is None else "(top level): does not match the probes format"
+    return describe_error(error)
+
+
+def _one_probe_problem(fast, instance, which: str) -> str | None:
+    """When the only problems are in one probe of a long list, describe them from that
+    probe alone: the reference validator then reads one probe, not 16,384 (a hostile
+    file with one bad probe last would otherwise cost the prolog seconds)."""
+    if not isinstance(instance, dict) or not isinstance(instance.get("probes"), list):
+        return None
+    spots = set()
+    for error in fast.iter_errors(instance):
+        path = list(error.instance_path)
+        if len(path) < 2 or path[0] != "probes" or not isinstance(path[1], int):
+            return None
+        spots.add(path[1])
+        if len(spots) > 1:
+            return None
+    if not spots:
+        return None
+    i = spots.pop()
+    error = jsonschema.exceptions.best_match(_validator(which).iter_errors(
+        dict(instance, probes=[instance["probes"][i]])))
+    if error is None:
+        return None
+    return re.sub(r"^probes/0\b", f"probes/{i}", describe_error(error))
 
 
 def describe_error(error, *, known: frozenset | None = None,

@@ -11,6 +11,7 @@ apt_packages=(
   clang llvm libbpf-dev bpftool    # compile and inspect the CO-RE BPF object (libbpf.so.1 at run time)
   bpftrace                         # independent cross-check of event counts in the tests
   libhdf5-dev mpich libmpich-dev   # real HDF5 and MPI-IO libraries for uprobe tests and the demo
+  python3-h5py                     # h5py on Debian's libhdf5 (the PyPI wheel bundles its own): HDF5 naming tests
   gcc make                         # test workloads are small C programs
   strace busybox                   # copy tests: strace checks the bytes; busybox cat/cp use sendfile
   python3 python3-venv python3-pip

@@ -621,7 +621,7 @@ def test_converter_follows_forks_fcntl_dups_and_names_a_copys_output():
     ]
     ev = np.zeros(len(rows), EVENT_DTYPE)
     for i, (pid, probe, fd, fd2, flags, ret) in enumerate(rows):
-        ev[i] = (0, 0, pid, pid, probe, fd, ret, 0, -1, -1, fd2, flags)
+        ev[i] = (0, 0, pid, pid, probe, fd, ret, 0, -1, -1, fd2, flags, 0)
     batch = SimpleNamespace(events=ev, paths={0: "/d/b", 5: "/d/a"})
     known = {(10, 1): "/dev/pts/0"}
     conv = EventConverter(probes, FdPaths(lambda pid, fd: known.get((pid, fd))))

@@ -1,10 +1,11 @@
 """uprobes on Debian's HDF5 and MPICH: small real programs, traced with `datacrumbs trace`.
 
 The programs (tests/workloads/uprobe_*.c) are compiled here against the
-libraries from the archive (libhdf5-dev, mpich). HDF5 and MPI-IO calls carry no
-byte count the kernel can compute (H5Dwrite takes ids; MPI counts are in
-datatype elements), so the bytes are checked on the POSIX calls each library
-call made: same thread, inside the call's interval.
+libraries from the archive (libhdf5-dev, mpich). HDF5 calls carry no byte count
+(H5Dwrite takes ids), so their bytes are checked on the POSIX calls each library
+call made: same thread, inside the call's interval; MPI-IO calls' bytes (count x
+the datatype's size) are checked against those too. Files and objects by handle:
+test_mpiio_hdf5_files.py.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def test_mpiio_calls_appear_with_counts_offsets_and_bytes_below(site, bpf_object
         for call in calls:
             assert call["args"]["ret"] == 0                  # MPI_SUCCESS
             assert call["args"]["count"] == MPI_COUNT        # elements of the datatype
+            assert call["args"]["size"] == chunk             # x the predefined type's size
+            assert call["file"] == str(target)               # named by its MPI_File
             below = _below(call, events, posix, target)
             assert sum(e["args"]["size"] for e in below) == chunk
             assert [e["args"]["offset"] for e in below] == [call["args"]["offset"]]

@@ -19,7 +19,11 @@ PROBES_VERSION = 1
 
 ID_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 # fd2: a second descriptor (copy_file_range, sendfile, splice, tee: the output one).
-ROLES = ("fd", "count", "offset", "path", "flags", "size", "nmemb", "stream", "whence", "fd2")
+# handle / handle_ptr / handle_out: a library's object handle (MPI_File, HDF5 hid_t): the
+# argument itself, a pointer to it read at entry, a pointer the call writes it to (read at
+# return). datatype: an MPI call's datatype (its bytes are count x the datatype's size).
+ROLES = ("fd", "count", "offset", "path", "flags", "size", "nmemb", "stream", "whence", "fd2",
+         "handle", "handle_ptr", "handle_out", "datatype")
 KINDS = ("syscall", "uprobe", "tracepoint", "kprobe", "usdt")
 MAX_ARG_INDEX = 5  # six register arguments on x86_64: what BPF can read directly
 

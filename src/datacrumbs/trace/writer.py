@@ -245,9 +245,11 @@ class TraceWriter:
     # -- events ---------------------------------------------------------------------------
 
     def write_ops(self, ops: np.ndarray, paths: list | None = None,
-                  paths2: list | None = None) -> None:
+                  paths2: list | None = None, args: list | None = None) -> None:
         """Append completed operations (``OPS_DTYPE`` rows); ``paths[i]`` names row i's file,
-        ``paths2[i]`` the file of its ``fd2`` (the output of a copy), written as ``fhash2``."""
+        ``paths2[i]`` the file of its ``fd2`` (the output of a copy), written as ``fhash2``;
+        ``args[i]`` (a dict of strings, or None) adds to row i's args, e.g. an HDF5 call's
+        ``{"dataset": "/grid/temperature"}``."""
         n = len(ops)
         if n == 0:
             return
@@ -257,13 +259,16 @@ class TraceWriter:
         room = self.member_events - self._pending_events
         if n > room:  # a member never holds more than member_events events
             self.write_ops(ops[:room], None if paths is None else paths[:room],
-                           None if paths2 is None else paths2[:room])
+                           None if paths2 is None else paths2[:room],
+                           None if args is None else args[:room])
             self.write_ops(ops[room:], None if paths is None else paths[room:],
-                           None if paths2 is None else paths2[room:])
+                           None if paths2 is None else paths2[room:],
+                           None if args is None else args[room:])
             return
-        self._format_ops(ops, paths, paths2)
+        self._format_ops(ops, paths, paths2, args)
 
-    def _format_ops(self, ops: np.ndarray, paths: list | None, paths2: list | None = None) -> None:
+    def _format_ops(self, ops: np.ndarray, paths: list | None, paths2: list | None = None,
+                    args: list | None = None) -> None:
         n = len(ops)
         if paths is not None:
             first_pid = int(ops["pid"][0])
@@ -275,6 +280,10 @@ class TraceWriter:
         else:
             fh = repeat("")
         fd2s, flagss = self._second_columns(ops, paths2)
+        if args is not None:    # rare rows (HDF5 object calls): formatted one by one
+            flagss = [fl + "".join(f',{_json_str(str(k))}:{_json_str(str(v))}'
+                                   for k, v in a.items()) if a else fl
+                      for fl, a in zip(flagss, args)]
         start = self._next_id
         self._next_id += n
         has_ret = self._probe_ret

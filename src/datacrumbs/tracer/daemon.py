@@ -29,6 +29,7 @@ from ..errors import ConfigError, DatacrumbsError
 from ..jobid import validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
+from .handles import HandleNames
 from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
 from .scope import scope_from_env
 from .summary import SummaryBuilder, SummaryFile
@@ -216,6 +217,10 @@ class EventConverter:
     probes: list[dict]
     fdpaths: FdPaths
     capture_paths: bool = True
+    # MPI-IO and HDF5: files by handle, MPI bytes by datatype (``library_of`` resolves a
+    # probe's library for the MPI ABI; None: as the engine does)
+    library_of: object = None
+    handles: HandleNames = field(init=False)
     _errno_kind: np.ndarray = field(init=False)
     _close: set = field(init=False)
     _open: set = field(init=False)
@@ -237,10 +242,20 @@ class EventConverter:
         # rows that change the fd table are resolved one by one, in order
         self._close_ids = np.array(sorted(self._close | self._dup | self._fcntl | self._fork),
                                    dtype=np.int32)
+        if self.library_of is None:
+            from .engine import resolve_library
+            self.library_of = resolve_library
+        self.handles = HandleNames(self.probes, self.library_of)
 
     def convert(self, batch) -> tuple[np.ndarray, list | None, list | None]:
         """(ops, paths, paths2): ``paths2`` names the file of each row's ``fd2`` (the output
         of a copy), None when no row of the batch has one."""
+        ops, paths, paths2, _args = self.convert_rows(batch)
+        return ops, paths, paths2
+
+    def convert_rows(self, batch) -> tuple[np.ndarray, list | None, list | None, list | None]:
+        """(ops, paths, paths2, args): ``args[i]`` holds row i's extra trace args (an HDF5
+        call's dataset, group or attribute), None when no row of the batch has any."""
         ev = batch.events
         n = len(ev)
         ops = np.empty(n, OPS_DTYPE)
@@ -263,13 +278,18 @@ class EventConverter:
         kinds, kinds2 = getattr(batch, "kinds", None), getattr(batch, "kinds2", None)
         ops["kind"] = 0 if kinds is None else kinds
         ops["kind2"] = 0 if kinds2 is None else kinds2
+        if self.handles.active:
+            self.handles.set_bytes(ops, ev["flags"])
         if not self.capture_paths:
-            return ops, None, None
+            return ops, None, None, None
         two = np.flatnonzero(ops["fd2"] >= 0)
         paths2 = [None] * n if len(two) else None
-        paths = self._paths(ops, getattr(batch, "paths", None) or {}, two, paths2,
-                            getattr(batch, "names", None) or {})
-        return ops, paths, paths2
+        opened = getattr(batch, "paths", None) or {}
+        paths = self._paths(ops, opened, two, paths2, getattr(batch, "names", None) or {})
+        args = None
+        if self.handles.active:
+            args = self.handles.name_rows(ops, ev["handle"], paths, opened)
+        return ops, paths, paths2, args
 
     def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None,
                names: dict | None = None) -> list:
@@ -633,7 +653,7 @@ class TraceRun:
         batch = self.engine.poll(timeout_ms)
         if batch is None or len(batch.events) == 0:
             return 0
-        ops, paths, paths2 = self.converter.convert(batch)
+        ops, paths, paths2, args = self.converter.convert_rows(batch)
         pids = np.unique(ops["pid"]).tolist()
         new = [p for p in pids if not self.writer.named(p)]
         if new:
@@ -641,7 +661,7 @@ class TraceRun:
             for pid in new:
                 if pid in names:
                     self.writer.process_name(pid, names[pid])
-        self.writer.write_ops(ops, paths, paths2)
+        self.writer.write_ops(ops, paths, paths2, args)
         if self.mode != "profile":
             self.summary.add_ops(ops, paths, paths2)
         return int(ops["ts_ns"].max())

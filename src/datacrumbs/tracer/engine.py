@@ -21,7 +21,10 @@ Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 ``offset`` (-1 if none), ``bytes`` (bytes moved by the probe's ``bytes`` rule,
 -1 when it is not a data operation), ``fd2`` (the second descriptor of a copy:
 copy_file_range, sendfile, splice and tee name the output there; -1 if none),
-``flags`` (the probe's ``flags`` argument, e.g. open's O_* bits; 0 if none). Tracepoint events are instants
+``flags`` (the probe's ``flags`` argument, e.g. open's O_* bits, or its ``datatype``
+argument: an MPI call's datatype; 0 if none), ``handle`` (the library object a call
+works on, by its ``handle``/``handle_ptr``/``handle_out`` role: an MPI_File, an HDF5
+hid_t; 0 if none). Tracepoint events are instants
 (``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
 and belong to the issuing process. pids are host pids.
 
@@ -83,8 +86,9 @@ log = logging.getLogger("datacrumbs.engine")
 
 EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
                         ("probe", "<u4"), ("fd", "<i4"), ("ret", "<i8"), ("count", "<u8"),
-                        ("offset", "<i8"), ("bytes", "<i8"), ("fd2", "<i4"), ("flags", "<u4")])
-assert EVENT_DTYPE.itemsize == 72          # struct dc_event
+                        ("offset", "<i8"), ("bytes", "<i8"), ("fd2", "<i4"), ("flags", "<u4"),
+                        ("handle", "<u8")])
+assert EVENT_DTYPE.itemsize == 80          # struct dc_event
 _PATH_HEAD = struct.Struct("<QIIIBBBBQiI")      # struct dc_path up to its path
 _NAME_ARG, _NAME_FD, _NAME_BASE = 0, 1, 2       # enum dc_name_role
 #: enum dc_fkind, as the trace writes it ("" = unknown)
@@ -96,6 +100,13 @@ MAX_SYSCALLS = 512
 MAX_PROBES = 16384                              # DC_MAX_PROBES
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
+# Roles naming a library call's object handle (sent as the event's ``handle``), as enum
+# dc_handle_kind: the argument itself, a pointer to it read at entry, a pointer the call
+# writes it to read at return. A probe has at most one.
+HANDLE_ROLES = {"handle": 1, "handle_ptr": 2, "handle_out": 3}
+# The MPI datatype argument travels in the event's 32-bit flags word (MPICH's
+# MPI_Datatype is an int): a probe has either a flags or a datatype role.
+DATATYPE_ROLE = "datatype"
 BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
 TRACEFS = Path("/sys/kernel/tracing")
@@ -112,13 +123,13 @@ INT_RETURNING = frozenset({
     "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync",
     # HDF5 calls returning herr_t (an int; hid_t-returning ones are 64-bit and stay out)
     "H5Fclose", "H5Fflush", "H5Dread", "H5Dwrite", "H5Dclose", "H5Gclose", "H5Aread",
-    "H5Awrite", "H5Aclose",
+    "H5Awrite", "H5Aclose", "H5Oclose",
     # every MPI-IO call returns an int error code
     *(f"{prefix}MPI_File_{op}" for prefix in ("", "P") for op in (
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
-_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBB")   # struct dc_spec
+_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH") # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
@@ -382,6 +393,19 @@ def _arg_index(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
         raise _Refused(f"{what} must be an argument index 0..5, not {value!r}")
     return value
+
+
+def _handle_role(args: dict, kind: str) -> tuple[int, int]:
+    """(argument index, enum dc_handle_kind) of a probe's handle role; (-1, 0) if none."""
+    given = [r for r in HANDLE_ROLES if r in args]
+    if not given:
+        return -1, 0
+    if len(given) > 1:
+        raise _Refused(f"a probe has one handle role, not {' and '.join(given)}")
+    role = given[0]
+    if role != "handle" and kind in ("syscall", "kprobe"):
+        raise _Refused(f"argument role {role!r} reads the caller's memory: uprobes only")
+    return _arg_index(args[role], f"argument role {role!r}"), HANDLE_ROLES[role]
 
 
 def _bytes_rule(rule) -> tuple[int, int, str | None]:
@@ -857,6 +881,12 @@ class Engine:
         for role, idx in args.items():
             if role in roles:
                 roles[role] = _arg_index(idx, f"argument role {role!r}")
+        handle, handle_kind = _handle_role(args, kind)
+        if DATATYPE_ROLE in args:
+            if "flags" in args:
+                raise _Refused("a probe has a flags or a datatype role, not both (they share "
+                               "the event's flags field)")
+            roles["flags"] = _arg_index(args[DATATYPE_ROLE], "argument role 'datatype'")
         bkind, barg, fname = _bytes_rule(probe.get("bytes"))
         field_off = field_size = 0
         nr = -1
@@ -871,6 +901,7 @@ class Engine:
             if not (TRACEFS / "events" / m.group(1) / m.group(2)).is_dir():
                 raise _Refused(f"tracepoint {target} does not exist on this kernel")
             roles = {r: -1 for r in ROLES}     # tracepoints have no call arguments
+            handle, handle_kind = -1, 0
             if bkind == BYTES_FIELD and target != "block:block_rq_complete":
                 field_off, field_size = _tracepoint_field(m.group(1), m.group(2), fname)
             elif bkind not in (BYTES_NONE, BYTES_FIELD):
@@ -887,7 +918,8 @@ class Engine:
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
                             field_off, field_size, roles["fd2"], roles["flags"],
                             1 if target.split("@")[0] in OPEN_OPS else 0,
-                            1 if kind == "syscall" and target == "close" else 0)
+                            1 if kind == "syscall" and target == "close" else 0,
+                            handle, handle_kind, 0)
         return kind, (packed, nr, roles["path"] >= 0)
 
     def _attach_library(self, library: str, indexes: list[int], report: AttachReport,

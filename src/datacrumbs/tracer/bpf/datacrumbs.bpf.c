@@ -361,6 +361,30 @@ static __always_inline __u64 arg_of(struct dc_entry *e, __s8 idx)
 	return 0;
 }
 
+static __always_inline void set_arg(struct dc_entry *e, __s8 idx, __u64 v)
+{
+	switch (idx) {
+	case 0: e->args[0] = v; break;
+	case 1: e->args[1] = v; break;
+	case 2: e->args[2] = v; break;
+	case 3: e->args[3] = v; break;
+	case 4: e->args[4] = v; break;
+	case 5: e->args[5] = v; break;
+	}
+}
+
+/* DC_HANDLE_PTR (at entry) and DC_HANDLE_OUT (at return): replace the saved
+ * pointer argument by the 64-bit handle it points to, so that finish() sends
+ * the handle like a by-value one. Unreadable: 0 (no handle). */
+static __always_inline void deref_handle(struct dc_spec *sp, struct dc_entry *e)
+{
+	__u64 ptr = arg_of(e, sp->handle), v = 0;
+
+	if (!ptr || bpf_probe_read_user(&v, sizeof(v), (void *)ptr) < 0)
+		v = 0;
+	set_arg(e, sp->handle, v);
+}
+
 static __always_inline __u32 log2_bucket(__u64 ns)
 {
 	__u64 us = ns / 1000;
@@ -899,7 +923,9 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	} else if (c->capture_paths && sp->path >= 0) {
 		r = emit_path(c, sp, e, tid);
 		names = r > 0 ? DC_NAMES_SENT : r < 0 ? DC_NAMES_LOST : 0;
-		if (r == 2 && own && task) {
+		/* a name relative to a handle argument (H5Dopen2(loc_id, name)) is a name
+		 * inside that object, not a file's: it has no directory to start from */
+		if (r == 2 && own && task && sp->handle_kind != DC_HANDLE_ARG) {
 			/* a relative name: from the dirfd (the fd role, AT_FDCWD < 0) or the cwd */
 			__s32 dirfd = sp->fd >= 0 ? (__s32)arg_of(e, sp->fd) : -1;
 
@@ -934,6 +960,7 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 		ev->count = arg_of(e, sp->size) * arg_of(e, sp->nmemb);
 	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
 	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
+	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0)
 		count_lost(0);
 	else if (names & DC_NAMES_LOST)
@@ -1041,6 +1068,8 @@ static __always_inline int probe_entry(struct pt_regs *ctx)
 #else
 	e.args[5] = ctx->r9;	/* x86_64 ABI; libbpf 1.1 lacks PT_REGS_PARM6 */
 #endif
+	if (sp->handle_kind == DC_HANDLE_PTR && !sp->kernel)
+		deref_handle(sp, &e);	/* the call may free or clear it (MPI_File_close) */
 	key.tid = (__u32)tid_tgid;
 	key.slot = probe;
 	bpf_map_update_elem(&entries, &key, &e, BPF_ANY);
@@ -1070,6 +1099,8 @@ static __always_inline int probe_return(struct pt_regs *ctx)
 		ret = (__s64)PT_REGS_RC(ctx);
 		if (sp->ret32)
 			ret = (__s64)(__s32)ret;
+		if (sp->handle_kind == DC_HANDLE_OUT && !sp->kernel)
+			deref_handle(sp, e);	/* written by the call: readable now */
 		finish(c, sp, e, tid_tgid, ret, bpf_ktime_get_ns(), true, t, task);
 	}
 	bpf_map_delete_elem(&entries, &key);

@@ -38,6 +38,15 @@ enum dc_bytes_kind {
 	DC_BYTES_SECTORS = 5,	/* block request: nr_sector * 512 */
 };
 
+/* How a library call names the object it works on (an MPI_File, an HDF5 hid_t):
+ * the 64-bit value sent as dc_event.handle, from argument dc_spec.handle. */
+enum dc_handle_kind {
+	DC_HANDLE_NONE = 0,
+	DC_HANDLE_ARG = 1,	/* the argument itself (MPI_File_write_at's fh, H5Dwrite's dset_id) */
+	DC_HANDLE_PTR = 2,	/* a pointer to it, read at entry (MPI_File_close(MPI_File *fh)) */
+	DC_HANDLE_OUT = 3,	/* a pointer the call writes it to, read at return (MPI_File_open) */
+};
+
 #define DC_CGNAME_MAX 256	/* a kernfs name (NAME_MAX) and its NUL */
 #define DC_SHELL_JOBID_MAX 24	/* a decimal 64-bit job id */
 #define DC_SHELL_NAME_MAX 64
@@ -113,6 +122,9 @@ struct dc_spec {
 	__s8 flags;		/* open flags and the like: sent as the event's flags */
 	__u8 ret_fd;		/* the return value is a new descriptor (open-like) */
 	__u8 closes;		/* the call closes descriptor fd (close) */
+	__s8 handle;		/* argument the event's handle comes from (see handle_kind) */
+	__u8 handle_kind;	/* enum dc_handle_kind; 0: the event carries no handle */
+	__u16 pad;
 };
 
 struct dc_key {
@@ -181,7 +193,7 @@ enum dc_name_role {
 	DC_NAME_BASE = 2,	/* the directory a relative path argument starts from */
 };
 
-/* One completed operation: fixed 72 bytes so the ring buffer has a fixed stride. */
+/* One completed operation: fixed 80 bytes so the ring buffer has a fixed stride. */
 struct dc_event {
 	__u64 ts;		/* bpf_ktime_get_ns() at entry */
 	__u64 dur;
@@ -195,6 +207,7 @@ struct dc_event {
 	__s64 bytes;
 	__s32 fd2;		/* second descriptor (-1 if none): where a copy writes */
 	__u32 flags;		/* the flags argument (open's O_*), 0 if none */
+	__u64 handle;		/* library object handle (enum dc_handle_kind), 0 if none */
 };
 
 /* A path read for an open-like operation, matched to its event by (tid, ts).

@@ -82,7 +82,7 @@ class TimeViews:
         if not valid.any():
             return
         row = rows[pinv[valid]]
-        start = np.rint(ts[valid] * 1000).astype(np.int64)
+        start = _epoch_ns(ts[valid])
         span = np.where(timed[valid], dur_ns[valid], 0)
         end = start + span
         w = self.bin_us * 1000
@@ -308,6 +308,13 @@ def _imbalance(nodes: dict[str, dict], node_ops: dict, names: dict) -> dict:
                       "time_us": _us(n["time_ns"]), "processes": n["processes"]}
                      for n in sorted(ns, key=lambda n: n["host"])],
     }
+
+
+def _epoch_ns(ts_us: np.ndarray) -> np.ndarray:
+    """Epoch µs as int64 ns without float rounding: ts * 1000 exceeds 2**53, where a
+    whole-µs stamp on a bin edge would round into the bin before."""
+    whole = np.floor(ts_us)
+    return whole.astype(np.int64) * 1000 + np.rint((ts_us - whole) * 1000).astype(np.int64)
 
 
 def _empty() -> np.ndarray:

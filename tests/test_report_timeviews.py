@@ -84,6 +84,33 @@ def test_time_views_are_the_same_split_merged_backwards_or_whole(tmp_path, monke
     assert summarize([tmp_path / "t.pfw.gz"], jobs=2)["timeviews"] == whole
 
 
+def test_long_calls_are_split_over_their_bins_in_bounded_steps(tmp_path, monkeypatch):
+    """20 calls of 0.9 s each span ~450 bins: expanded at most PENDING_CAP cells at a time,
+    with compactions (and wider bins, CELLS_CAP) in between, each call's time is still exact."""
+    monkeypatch.setattr(timeviews, "PENDING_CAP", 64)
+    monkeypatch.setattr(timeviews, "CELLS_CAP", 2000)
+    b = TraceBuilder(tmp_path / "t.pfw.gz", member_lines=5)
+    for i in range(20):
+        b.op("read", pid=10 + i, ts=i * 1000 + 137, dur=900_000 + i, size=1 + i, path="/p")
+    b.write()
+    whole = summarize([b.path], jobs=1)["timeviews"]
+    assert whole["bin_us"] > 2000            # 20 rows * 450 bins > CELLS_CAP: bins widened
+    rows = whole["heatmap"]["rows"]
+    for r, row in enumerate(rows):
+        i = row["pid"] - 10
+        mine = sorted((c for c in whole["heatmap"]["cells"] if c[0] == r), key=lambda c: c[1])
+        assert round(sum(c[3] for c in mine), 3) == 900_000 + i
+        assert [c[2] for c in mine] == [1 + i] + [0] * (len(mine) - 1)
+        assert len(mine) > 3 and all(c[3] <= whole["bin_us"] for c in mine)
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 300)
+    units = merge.plan_units([b.path], 2, model.Aggregate())
+    assert len(units) > 3
+    agg = model.Aggregate()
+    for u in reversed(units):
+        agg.merge(merge.summarize_unit(u))
+    assert agg.finalize()["timeviews"] == whole
+
+
 def test_imbalance_of_built_nodes(tmp_path):
     a = TraceBuilder(tmp_path / "a.pfw.gz", host="fast")
     a.op("write", pid=1, ts=0, dur=10, size=1000, path="/f")
@@ -384,3 +411,33 @@ def test_a_page_error_is_reported_on_the_page_and_to_the_browser(tmp_path):
         problems = b.problems()
     assert "heatmap" in shown
     assert any("seen by the test" in p for p in problems)
+
+
+def test_page_of_hostile_names_and_an_idle_node_opens_cleanly(tmp_path):
+    """Names from a trace cannot end the embedded JSON's script element or run code; a node
+    that did no I/O and a job with no timed I/O still give a page without errors."""
+    evil = "</script><script>alert(1)</script>"
+    b = TraceBuilder(tmp_path / "a.pfw.gz", host=evil)
+    b.process(5, "<img src=x onerror=alert(2)>")
+    b.op("write", pid=5, ts=0, dur=5, size=10, path="/tmp/</script>")
+    b.write()
+    TraceBuilder(tmp_path / "b.pfw.gz", host="idle").write()
+    pages = {"hostile": html.render(summarize([tmp_path], jobs=1)),
+             "empty": html.render(summarize([tmp_path / "b.pfw.gz"], jobs=1))}
+    assert evil not in pages["hostile"] and "<img src=x" not in pages["hostile"]
+    for name, text in pages.items():
+        page = tmp_path / f"{name}.html"
+        page.write_text(text)
+        with Browser() as br:
+            br.open(page.as_uri())
+            assert br.eval("window.datacrumbs.ready") is True
+            labels = br.eval("JSON.parse(document.getElementById('dc-data').textContent)"
+                             ".heatmap.rows.map(r => r.label)")
+            shown = br.eval("document.getElementById('dc-errors').textContent")
+            slowest = br.eval("document.getElementById('slowest') && document.getElementById('slowest').textContent")
+            problems = br.problems()
+        assert problems == [] and shown == "", (name, problems, shown)
+        if name == "hostile":
+            assert labels == [f"{evil}:5"] and evil in slowest   # the very string, as text
+        else:
+            assert labels == [] and "idle" in slowest

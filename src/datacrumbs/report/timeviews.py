@@ -92,22 +92,30 @@ class TimeViews:
         b1 = np.maximum(start, end - 1) // w
         byts = size[valid]
         one = b0 == b1
-        parts = [np.stack([row[one], b0[one], byts[one], span[one]])]
+        self._pend(np.stack([row[one], b0[one], byts[one], span[one]]))
         many = np.flatnonzero(~one)
-        if len(many):
-            # An operation over several bins: its bytes in the first, its time split exactly.
-            k = (b1[many] - b0[many] + 1)
-            ev = np.repeat(many, k)
-            off = np.arange(len(ev)) - np.repeat(np.cumsum(k) - k, k)
-            b = b0[ev] + off
-            busy = np.minimum(end[ev], (b + 1) * w) - np.maximum(start[ev], b * w)
-            parts.append(np.stack([row[ev], b, np.where(off == 0, byts[ev], 0), busy]))
-        for p in parts:
-            if p.shape[1]:
-                self.pending.append(p)
-                self.n_pending += p.shape[1]
-        if self.n_pending > PENDING_CAP:
-            self._compact()
+        while len(many):
+            # Operations over several bins: bytes in the first, time split exactly. Expanded
+            # PENDING_CAP cells at a time (a compaction may widen the bins in between).
+            w = self.bin_us * 1000
+            b0, b1 = start[many] // w, (end[many] - 1) // w
+            k = b1 - b0 + 1
+            take = max(1, int(np.searchsorted(np.cumsum(k), PENDING_CAP, side="right")))
+            ev, k, b0 = many[:take], k[:take], b0[:take]
+            many = many[take:]
+            rep = np.repeat(np.arange(len(ev)), k)
+            off = np.arange(len(rep)) - np.repeat(np.cumsum(k) - k, k)
+            b = b0[rep] + off
+            e = ev[rep]
+            busy = np.minimum(end[e], (b + 1) * w) - np.maximum(start[e], b * w)
+            self._pend(np.stack([row[e], b, np.where(off == 0, byts[e], 0), busy]))
+
+    def _pend(self, cells: np.ndarray) -> None:
+        if cells.shape[1]:
+            self.pending.append(cells)
+            self.n_pending += cells.shape[1]
+            if self.n_pending > PENDING_CAP:
+                self._compact()
 
     # -- bounding -------------------------------------------------------------
 

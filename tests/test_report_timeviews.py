@@ -111,6 +111,20 @@ def test_long_calls_are_split_over_their_bins_in_bounded_steps(tmp_path, monkeyp
     assert agg.finalize()["timeviews"] == whole
 
 
+def test_many_nodes_keep_the_top_series_and_sum_the_rest(tmp_path):
+    for i in range(40):
+        b = TraceBuilder(tmp_path / f"n{i}.pfw.gz", host=f"n{i:02d}")
+        b.op("write", ts=i * 1000, dur=2, size=100 * (i + 1), path="/f")
+        b.write()
+    tv = summarize([tmp_path], jobs=2)["timeviews"]
+    series = tv["node_bandwidth"]["series"]
+    assert list(series)[:32] == [f"n{i:02d}" for i in range(39, 7, -1)]   # by bytes
+    assert list(series)[32] == "others (8 nodes)"
+    assert sum(series["others (8 nodes)"]) == sum(100 * (i + 1) for i in range(8))
+    assert all(len(v) == tv["columns"] for v in series.values())
+    assert tv["imbalance"]["nodes"] == 40 and tv["imbalance"]["bytes"]["max_host"] == "n39"
+
+
 def test_imbalance_of_built_nodes(tmp_path):
     a = TraceBuilder(tmp_path / "a.pfw.gz", host="fast")
     a.op("write", pid=1, ts=0, dur=10, size=1000, path="/f")

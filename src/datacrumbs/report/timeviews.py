@@ -237,11 +237,11 @@ class TimeViews:
             ht = _sums(inv, c[3], len(ukey))
             hm_cells = [[int(k // cols), int(k % cols), int(b), _us(t)]
                         for k, b, t in zip(ukey.tolist(), hb.tolist(), ht.tolist())]
-            host_of = np.array([hosts.get(s, s) for s, _ in keys] or [""], dtype=object)
-            hnames, hinv = np.unique(host_of[proc].astype(str), return_inverse=True)
-            for h, name in enumerate(hnames.tolist()):
-                sel = hinv == h
-                node_cells[name] = np.bincount(col[sel], weights=c[2][sel], minlength=cols)
+            hidx: dict[str, int] = {}
+            host_of = np.array([hidx.setdefault(h, len(hidx)) for h, _ in keys], np.int64)
+            per_host = np.bincount(host_of[proc] * cols + col, weights=c[2],
+                                   minlength=len(hidx) * cols).reshape(len(hidx), cols)
+            node_cells = {h: per_host[j] for h, j in hidx.items() if per_host[j].any()}
         # Per node: totals from every event (with or without a time stamp).
         nodes: dict[str, dict] = {h: _node(h) for h in node_hosts or ()}
         for i, (h, pid) in enumerate(keys):

@@ -37,6 +37,7 @@ th.sort{cursor:pointer;user-select:none} th.sort:hover{background:#e4e4f4}
 th[aria-sort=ascending]::after{content:" \\25B2"} th[aria-sort=descending]::after{content:" \\25BC"}
 .info{font-size:0.85em;color:#444;min-height:1.3em;font-variant-numeric:tabular-nums}
 #dc-errors{color:#a00} .chart{margin:0.5em 0 1em}
+.sw{display:inline-block;width:1.2em;height:0.9em;vertical-align:middle;margin:0 0.2em 0 0.8em}
 """
 
 # Sortable tables, the two charts, and errors shown on the page (a chart that fails says so).
@@ -106,6 +107,8 @@ JS = r"""
     var i = Math.min(STOPS.length - 2, Math.floor(t)), f = t - i, a = STOPS[i], b = STOPS[i + 1];
     return "rgb(" + [0, 1, 2].map(function (j) { return Math.round(a[j] + (b[j] - a[j]) * f); }).join(",") + ")";
   }
+  var PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                 "#7f7f7f", "#bcbd22", "#17becf"];   // matplotlib's tab10, as in the PNG plots
   function width(el) { return Math.max(400, Math.min(1150, el.clientWidth || 900)); }
 
   function heatmap(tv) {
@@ -122,7 +125,7 @@ JS = r"""
     var label = function (r) { var x = rows[r]; var s = x.label + (x.name ? " (" + x.name + ")" : ""); return s.length > 34 ? s.slice(0, 33) + "…" : s; };
     var splits = rows.map(function (_, r) { return n - 1 - r + 0.5; });
     var opts = {
-      width: width(el), height: Math.max(160, 14 * n + 70),
+      width: width(el), height: Math.round(Math.max(12, Math.min(36, 400 / n)) * n) + 80,
       scales: {x: {time: false, range: function (u, lo, hi) { return [lo, hi]; }}, y: {range: [0, n]}},
       axes: [{label: "seconds since " + new Date(tv.start_us / 1000).toISOString()},
              {size: 230, gap: 4, font: "10px system-ui", splits: function () { return splits; },
@@ -158,8 +161,22 @@ JS = r"""
         }]
       }
     };
+    var scale = document.getElementById("dc-hm-scale");
+    function legend() {   // five swatches of the log colour scale with the values they stand for
+      var m = max[field] || 1;
+      scale.textContent = "Colour, log scale: ";
+      [0.05, 0.25, 0.5, 0.75, 1].forEach(function (t) {
+        var sw = document.createElement("span");
+        sw.className = "sw";
+        sw.style.background = color(t);
+        scale.appendChild(sw);
+        var v = Math.expm1(t * Math.log1p(m));
+        scale.appendChild(document.createTextNode(" " + (field === 2 ? human(v, "B") : humanUs(v))));
+      });
+    }
     var u = new uPlot(opts, [[0, cols * w], [0, n]], el);
-    sel.addEventListener("change", function () { field = sel.value === "time" ? 3 : 2; u.redraw(false); });
+    legend();
+    sel.addEventListener("change", function () { field = sel.value === "time" ? 3 : 2; legend(); u.redraw(false); });
     return u;
   }
 
@@ -173,7 +190,7 @@ JS = r"""
     var ser = [{}];
     hosts.forEach(function (h, j) {
       data.push(series[h].map(function (b) { return b / w / 1048576; }));
-      ser.push({label: h, stroke: color(hosts.length > 1 ? j / (hosts.length - 1) : 0.3), width: 1.5,
+      ser.push({label: h, stroke: PALETTE[j % PALETTE.length], width: 1.5,
                 paths: uPlot.paths.stepped({align: 1}), points: {show: false},
                 value: function (u, v) { return v == null ? "-" : v.toFixed(2) + " MiB/s"; }});
     });
@@ -327,7 +344,8 @@ def _time_views(tv: dict | None) -> str:
            "over the bins it spans (summed over threads). Drag to zoom in time, double-click to "
            'reset. <label>Colour: <select id="dc-hm-value"><option value="bytes">bytes</option>'
            '<option value="time">busy time</option></select></label></p>',
-           '<div id="dc-heatmap" class="chart"></div><div id="dc-hm-info" class="info"></div>',
+           '<div id="dc-heatmap" class="chart"></div><div id="dc-hm-scale" class="info"></div>'
+           '<div id="dc-hm-info" class="info"></div>',
            '<h3 id="bandwidth">Bandwidth over time per node</h3>',
            f"<p>MiB/s per bin of {escape(bin_txt)}. Drag to zoom, double-click to reset.</p>",
            '<div id="dc-bandwidth" class="chart"></div>',

@@ -238,7 +238,7 @@ def independent_figures(job_dir: Path) -> dict:
     return nodes
 
 
-def test_two_node_imbalance_matches_the_traces(two_node_job, tmp_path):
+def test_two_node_imbalance_matches_the_traces(two_node_job, tmp_path, capsys):
     s = summarize([two_node_job["dir"]], jobs=1)
     tv = s["timeviews"]
     imb = tv["imbalance"]
@@ -287,6 +287,11 @@ def test_two_node_imbalance_matches_the_traces(two_node_job, tmp_path):
     from datacrumbs.cli import run_cli
     assert run_cli(["report", str(two_node_job["dir"]), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["timeviews"]["imbalance"] == imb
+    capsys.readouterr()
+    assert run_cli(["report", str(two_node_job["dir"])]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"Slowest node {slowest}: " in text and f"process {top_pid} " in text
+    assert f"bytes min {byts[lo_b]:,} " in text and f"max {byts[hi_b]:,} ({hi_b}, " in text
 
 
 # -- the page in a real browser --------------------------------------------------------------

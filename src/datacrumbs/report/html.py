@@ -323,7 +323,7 @@ def render(summary: dict) -> str:
 
 def _json_for_script(obj) -> str:
     """JSON that cannot end its <script> element: every < is written \\u003c."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    return json.dumps(obj, separators=(",", ":")).replace("<", "\\u003c")   # ASCII: lone surrogates too
 
 
 def _time_views(tv: dict | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -158,7 +159,7 @@ for _ in range(n):
     os.write(fd, b"x" * size)
 os.fsync(fd)
 os.close(fd)
-print(os.getpid(), path, flush=True)
+os.write(1, f"{os.getpid()} {path}\\n".encode())   # one write: atomic on the shared pipe
 """
 
 #: host -> writers (count, size); nodeB runs two processes
@@ -184,8 +185,12 @@ def two_node_job(site, tmp_path) -> dict:
     for host, writers in JOB.items():
         cmds = [f"{sys.executable} {script} {n} {size} {tmp_path / f'{host}-{k}.dat'}"
                 for k, (n, size) in enumerate(writers)]
-        proc = trace_as_host(tmp_path / "job" / host, host, ["sh", "-c", " & ".join(cmds) + "; wait"])
-        pids[host] = {int(pid): path for pid, path in (ln.split() for ln in proc.stdout.splitlines())}
+        script_sh = "".join(f"{c} & p{k}=$!; " for k, c in enumerate(cmds)) + \
+            " && ".join(f"wait $p{k}" for k in range(len(cmds)))     # any writer failing fails
+        proc = trace_as_host(tmp_path / "job" / host, host, ["sh", "-c", script_sh])
+        found = re.findall(r"(\d+) (\S+\.dat)", proc.stdout)
+        assert len(found) == len(writers), proc.stdout
+        pids[host] = {int(pid): path for pid, path in found}
         files[host] = {str(tmp_path / f"{host}-{k}.dat"): n * size for k, (n, size) in enumerate(writers)}
         for path, size in files[host].items():
             assert Path(path).stat().st_size == size

@@ -14,6 +14,7 @@ apt_packages=(
   python3-h5py                     # h5py on Debian's libhdf5 (the PyPI wheel bundles its own): HDF5 naming tests
   gcc make                         # test workloads are small C programs
   strace busybox                   # copy tests: strace checks the bytes; busybox cat/cp use sendfile
+  chromium                         # report tests open the HTML page headless (console errors, sorting, zoom)
   python3 python3-venv python3-pip
   python3-cryptography             # signature checks inside Flux's own /usr/bin/python3 (CLI plugin)
   systemd util-linux procps passwd # a private systemd manager for tests; unshare, nsenter, useradd

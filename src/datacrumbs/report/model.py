@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..trace.reader import ReadStats, TraceMeta
+from .timeviews import TimeViews
 
 LAT_SUB = 8                         # log-scale bins per power of two of ns
 LAT_BINS = 1 + LAT_SUB * 63         # bin 0 holds dur == 0, bin b [2**((b-1)/8), 2**(b/8)) ns
@@ -165,6 +166,7 @@ class Aggregate:
         self.ts_min: float | None = None                # µs since the epoch
         self.ts_max: float | None = None
         self.other_events = 0
+        self.timeviews = TimeViews()                    # per-process heatmap, node imbalance
 
     # -- adding ---------------------------------------------------------------
 
@@ -340,6 +342,7 @@ class Aggregate:
             fb = np.bincount(fi, weights=size_i[fmask], minlength=nf).astype(np.int64)
             ft = _sums(fi, dur_i[fmask], nf)
             self._add_file_rows(fkeys, fc, fb, ft)
+        self.timeviews.add(source, keys, op, ts, dur_i, size_i, weight, pid, timed)
         # Node (= source file) and processes.
         node = self.nodes.setdefault(source, [0, 0, 0, 0])
         node[0] += len(op)
@@ -460,6 +463,7 @@ class Aggregate:
             a, b = getattr(self, name), getattr(o, name)
             setattr(self, name, b if a is None else a if b is None else pick(a, b))
         self.other_events += o.other_events
+        self.timeviews.merge(o.timeviews)
         return self
 
     # -- the summary ------------------------------------------------------------
@@ -612,6 +616,7 @@ class Aggregate:
             "processes": proc_list[:top],
             "errors": errors,
             "timeline": timeline,
+            "timeviews": self.timeviews.finalize(hosts, names, [n["host"] for n in node_list]),
             "access_sizes": {f"{c}/{n}": _size_bins(st) for (c, n), st in sorted(self.ops.items())
                              if st.size_hist.any()},
             "latency_histograms": {f"{c}/{n}": _lat_bins(st) for (c, n), st in sorted(self.ops.items())

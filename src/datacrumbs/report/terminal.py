@@ -146,6 +146,7 @@ def render(summary: dict, console: Console) -> None:
             t.add_row(n["host"], exact(n["processes"]), exact(n["count"]), exact(n["bytes"]),
                       human_us(n["time_us"]))
         console.print(t)
+        imbalance(summary, console)
     if summary["processes"]:
         shown = len(summary["processes"])
         t = _table(f"Per process (top {shown} of {job['processes']} by bytes)",
@@ -161,6 +162,31 @@ def render(summary: dict, console: Console) -> None:
             t.add_row(str(e["errno"]), f"{e['name']}: {e['message']}", exact(e["count"]), opnames)
         console.print(t)
     notes(summary, console)
+
+
+def imbalance(summary: dict, console: Console) -> None:
+    """With several nodes: how uneven they were, and what kept the slowest one busy."""
+    imb = (summary.get("timeviews") or {}).get("imbalance") or {}
+    if imb.get("nodes", 0) < 2:
+        return
+    b, t, slow = imb["bytes"], imb["time_us"], imb["slowest"]
+    ratio = (lambda r: f"max/mean {r:.2f}" if r else "max/mean -")
+    console.print(f"Imbalance over {imb['nodes']:,} nodes: bytes min {exact(b['min'])} mean "
+                  f"{exact(round(b['mean']))} max {exact(b['max'])} ({b['max_host']}, "
+                  f"{ratio(b['max_over_mean'])}); I/O time min {human_us(t['min'])} mean "
+                  f"{human_us(t['mean'])} max {human_us(t['max'])} ({ratio(t['max_over_mean'])})",
+                  highlight=False, markup=False)
+    why = []
+    if slow["top_process"]:
+        p = slow["top_process"]
+        why.append(f"process {p['pid']}{' (' + p['name'] + ')' if p['name'] else ''} "
+                   f"{human_us(p['time_us'])}, {p['share'] * 100:.1f}%")
+    if slow["top_operation"]:
+        o = slow["top_operation"]
+        why.append(f"{o['category']}/{o['name']} {human_us(o['time_us'])}, {o['share'] * 100:.1f}%")
+    console.print(f"Slowest node {slow['host']}: {human_us(slow['time_us'])} of I/O time"
+                  + (f" ({'; '.join(why)})" if why else ""), highlight=False, markup=False)
+    console.print()
 
 
 def notes(summary: dict, console: Console) -> None:

@@ -108,7 +108,8 @@ def make_site(root: Path) -> tuple[Path, Path]:
                      probe_sets_dir=root / "sets", private_key_dir=root / "private",
                      socket_path=root / "run/sign.sock", policy_file=root / "policy.toml",
                      audit_log=root / "log/audit.log",
-                     bpf_object=REPO / "build/bpf/datacrumbs.bpf.o")
+                     bpf_object=Path(os.environ.get("DATACRUMBS_BENCH_BPF_OBJECT",
+                                                    REPO / "build/bpf/datacrumbs.bpf.o")))
     for d in (cfg.run_dir, cfg.public_key_dir):
         d.mkdir(parents=True, exist_ok=True)
     conf = root / "datacrumbs.toml"
@@ -182,6 +183,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sustained-seconds", type=float, default=3.0)
+    parser.add_argument("--only", choices=("kernel", "sustained"),
+                        help="run only that part: kernel time per program run, or the "
+                             "sustained rate and daemon CPU per event")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_tracer: run as root (eBPF)", file=sys.stderr)
@@ -195,6 +199,10 @@ def main() -> int:
         floor = build_floor(work)
         conf, probes = make_site(work / "site")
         env = dict(os.environ, DATACRUMBS_CONFIG=str(conf))
+        if args.only == "kernel":
+            for _ in range(args.repeat):
+                bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
+            return 0
         run_dir = work / "site" / "run"
         traces = work / "site" / "traces" / "root"
         results: dict[str, dict[str, list[float]]] = {}

@@ -11,7 +11,7 @@ import base64
 from html import escape
 
 from . import plots
-from .terminal import exact, files_note, human_bytes, human_rate, human_us, when
+from .terminal import exact, files_note, lost_text, human_bytes, human_rate, human_us, when
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -107,7 +107,7 @@ def _warnings(summary: dict) -> list[str]:
     out += [bad["error"] for bad in summary["unreadable"]]
     out += [f"{p}: the tracer did not finish cleanly" for p in summary["incomplete_runs"]]
     if summary["events_lost"]:
-        out.append(f"{summary['events_lost']:,} events lost by the tracer; counts are lower bounds")
+        out.append(lost_text(summary).removeprefix("warning: "))
     if summary.get("names_lost"):
         out.append(f"{summary['names_lost']:,} events lost their file name in the tracer; "
                    "per-file figures are lower bounds")

@@ -338,6 +338,20 @@ class TraceWriter:
         if self._pending_events >= self.member_events:
             self.flush()
 
+    def write_unsent(self, rows) -> None:
+        """Trace mode: operations whose events the kernel could not send (ring buffer full),
+        rows of (ts_ns, pid, probe, count, bytes, time_ns) since the previous call. Written
+        as counters like profile mode's, with ``args.events_lost`` (= ``count``) saying
+        these operations have no event of their own: a reader adds them to the events'
+        totals, which are then exact. They are not events, so events_written skips them."""
+        if self.error is not None or self.closed or self.capped_at is not None or not rows:
+            return
+        for ts, pid, probe, count, nbytes, time_ns in rows:
+            self._lines.append(
+                f'{{"id":{self._take_id()},{self._probe_prefix[probe]}"pid":{pid},"tid":{pid},'
+                f'"ts":{us_text(ts)},"ph":"C","args":{{"count":{count},"bytes":{nbytes},'
+                f'"time_us":{us_text(max(time_ns, 0))},"events_lost":{count}}}}}')
+
     # -- members --------------------------------------------------------------------------
 
     def tick(self) -> None:

@@ -114,6 +114,7 @@ _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
+_TVAL_WORDS = 3                                 # struct dc_tval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 128                                # struct dc_task: dc_entry (64) + 64
 _EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
@@ -150,6 +151,16 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+@dataclass
+class TotalsRow:
+    """Trace mode: operations of (pid, probe) whose event the kernel could not send."""
+    pid: int
+    probe: int
+    count: int
+    bytes: int
+    time_ns: int
 
 
 @dataclass
@@ -511,6 +522,7 @@ class Engine:
         self._seen: set[int] = set()
         self._closed = False
         self._final_lost = (0, 0)
+        self._final_totals_lost = 0
         self._names_lost_here = 0       # name records that never met their event (user space)
 
     # -- setup --
@@ -644,9 +656,9 @@ class Engine:
             # no point retrying without uprobe_multi, say so once.
             obj.set_max_entries("events", self.ringbuf_bytes)
             obj.set_max_entries("paths", self._paths_bytes)
-            if self.mode == "trace":        # per-CPU profile rows are large: none needed
-                for name in ("profile", "profile_slots", "slot_owner"):
-                    obj.set_max_entries(name, 1)
+            # per-CPU profile rows are large: trace mode keeps only the slots and the
+            # small rows of unsent events, profile mode none of those
+            obj.set_max_entries("unsent" if self.mode == "profile" else "profile", 1)
             for prog in _MULTI_PROGS:
                 if multi:
                     obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
@@ -677,7 +689,7 @@ class Engine:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
                   "scope_cgname": _CGNAME.size,
-                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE}
+                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE, "unsent": _TVAL_WORDS * 8}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
             if got != size:
@@ -995,7 +1007,17 @@ class Engine:
         profile table full (profile mode). Still answers after close()."""
         if self._obj is None:
             return self._final_lost[0]
-        return self._percpu_sum("lost", 0) + self._percpu_sum("lost", 2)
+        if self.mode == "profile":
+            return self._percpu_sum("lost", 0) + self._percpu_sum("lost", 2)
+        return self._percpu_sum("lost", 0)
+
+    def totals_lost(self) -> int:
+        """Trace mode: lost events that read_unsent() could not count either (its table
+        of (process, probe) rows was full): the totals miss exactly these. Still answers
+        after close()."""
+        if self._obj is None:
+            return self._final_totals_lost
+        return self._percpu_sum("lost", 2) if self.mode == "trace" else 0
 
     def names_lost(self) -> int:
         """Delivered events of open-like calls that lack their file name: the kernel
@@ -1030,6 +1052,33 @@ class Engine:
                                    bytes=int(v[:, 1].sum()), time_ns=int(v[:, 2].sum()),
                                    min_ns=int(v[:, 3].min()), max_ns=int(v[:, 4].max()),
                                    hist=[int(x) for x in v[:, 5:].sum(axis=0)]))
+        rows.sort(key=lambda r: (r.pid, r.probe))
+        return rows
+
+    def read_unsent(self) -> list[TotalsRow]:
+        """Trace mode: cumulative (count, bytes, time) per (pid, probe) since attach of
+        the operations whose event the ring buffer had no room for. The events received
+        plus these rows are the run's exact totals (less totals_lost())."""
+        if self._obj is None:
+            raise EngineError("read_unsent() before attach() or after close()")
+        if self.mode != "trace":
+            return []
+        fd = self._obj.map_fd("unsent")
+        slots_fd = self._obj.map_fd("profile_slots")
+        ncpu = libbpf.num_possible_cpus()
+        rows = []
+        for key in libbpf.map_keys(slots_fd, _PKEY.size,
+                                   limit=self._obj.map_max_entries("profile_slots")):
+            slot = libbpf.map_lookup(slots_fd, key, 4)
+            raw = libbpf.map_lookup(fd, slot, _TVAL_WORDS * 8 * ncpu) if slot else None
+            if raw is None:
+                continue
+            v = np.frombuffer(raw, "<u8").reshape(ncpu, _TVAL_WORDS).sum(axis=0)
+            if not v[0]:
+                continue
+            tgid, probe = _PKEY.unpack(key)
+            rows.append(TotalsRow(pid=tgid, probe=probe, count=int(v[0]), bytes=int(v[1]),
+                                  time_ns=int(v[2])))
         rows.sort(key=lambda r: (r.pid, r.probe))
         return rows
 
@@ -1101,6 +1150,7 @@ class Engine:
         if self._obj is not None and self._events is not None:
             # fully attached: keep the counts for after close
             self._final_lost = (self.lost(), self.lost_paths())
+            self._final_totals_lost = self.totals_lost()
         for ring in (self._events, self._paths):
             if ring is not None:
                 ring.close()

@@ -55,6 +55,7 @@ class SummaryBuilder:
         self.files: dict[str, list[int]] = {}
         self.max_files = max_files
         self.profile: dict[str, dict] = {}
+        self.unsent = 0         # operations counted from the kernel's rows, without an event
 
     def add_ops(self, ops: np.ndarray, paths: list | None = None,
                 paths2: list | None = None) -> None:
@@ -100,6 +101,18 @@ class SummaryBuilder:
             row[0] += counts[i]
             row[1] += nbytes[i]
             row[2] += times[i]
+
+    def add_unsent(self, rows) -> None:
+        """Trace mode: operations the kernel counted but could not send as events, rows of
+        (ts_ns, pid, probe, count, bytes, time_ns) since the last call: with them the
+        per-operation totals are exact however many events were lost."""
+        n = len(self.probes)
+        for _ts, _pid, probe, count, nbytes, time_ns in rows:
+            if 0 <= probe < n:
+                self.count[probe] += count
+                self.bytes[probe] += max(nbytes, 0)
+                self.time_ns[probe] += time_ns
+                self.unsent += count
 
     def set_profile(self, rows) -> None:
         """Final in-kernel profile (ProfileRow list): totals, extremes and histograms."""

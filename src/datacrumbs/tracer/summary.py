@@ -81,8 +81,9 @@ class SummaryBuilder:
                 self._add_files(ops[two], [paths2[i] for i in two], size[two])
 
     def _add_files(self, ops: np.ndarray, paths: list, size: np.ndarray) -> None:
-        ids: dict = {}
-        idx = np.fromiter((ids.setdefault(p, len(ids)) for p in paths), np.int64, len(paths))
+        # distinct paths first (a C loop), then one C-level lookup per row
+        ids = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+        idx = np.fromiter(map(ids.__getitem__, paths), np.int64, len(paths))
         k = len(ids)
         counts = np.bincount(idx, minlength=k).tolist()
         nbytes = np.bincount(idx, weights=size, minlength=k).astype(np.int64).tolist()

@@ -280,10 +280,15 @@ class EventConverter:
                 valid = np.flatnonzero(seg_fd >= 0)
                 if len(valid):
                     keys = (pid[start:row][valid] << 32) | seg_fd[valid]
-                    uniq, inverse = np.unique(keys, return_inverse=True)
-                    found = np.array([None] + [self.fdpaths.lookup(int(k) >> 32, int(k) & 0xFFFFFFFF)
-                                               for k in uniq.tolist()], dtype=object)[1:]
-                    out[start + valid] = found[inverse]
+                    k0 = int(keys[0])
+                    if (keys == k0).all():     # one file (the common run): no sort
+                        out[start + valid] = self.fdpaths.lookup(k0 >> 32, k0 & 0xFFFFFFFF)
+                    else:
+                        uniq, inverse = np.unique(keys, return_inverse=True)
+                        found = np.array([None] + [self.fdpaths.lookup(int(k) >> 32,
+                                                                       int(k) & 0xFFFFFFFF)
+                                                   for k in uniq.tolist()], dtype=object)[1:]
+                        out[start + valid] = found[inverse]
             if row < n:
                 self._paths_rows(ops, opened, row, row + 1, out, paths2)
             start = row + 1
@@ -592,7 +597,8 @@ class TraceRun:
         if batch is None or len(batch.events) == 0:
             return 0
         ops, paths, paths2 = self.converter.convert(batch)
-        pids = np.unique(ops["pid"]).tolist()
+        from .engine import distinct  # the engine module loads only once attached
+        pids = distinct(ops["pid"]).tolist()
         new = [p for p in pids if not self.writer.named(p)]
         if new:
             names = self.engine.process_names()

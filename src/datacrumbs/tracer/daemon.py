@@ -722,6 +722,9 @@ class TraceRun:
             self.summary_file.commit(doc)
         except OSError as exc:
             log.error("cannot write summary %s: %s", self.summary_name, exc.strerror or exc)
+        if totals_lost:
+            log.warning("%d lost events are missing from the totals too: the kernel's table of "
+                        "(process, probe) rows was full", totals_lost)
         if lost and extra.get("totals_exact"):
             log.info("%d events lost; the totals count them (the kernel counted what it could "
                      "not send)", lost)

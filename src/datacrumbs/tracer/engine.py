@@ -83,6 +83,7 @@ EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("t
 assert EVENT_DTYPE.itemsize == 72          # struct dc_event
 _PATH_HEAD = struct.Struct("<QIIII")            # struct dc_path up to its path
 HIST_BUCKETS = 32
+PROFILE_SLOTS = 16384                           # DC_PROFILE_SLOTS
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
@@ -462,13 +463,17 @@ class Engine:
 
     ``paths_ringbuf_bytes``: size of the ring for file names (default: as large
     as the events ring; a name record is often larger than its event).
+
+    ``slots``: rows of (process, probe) the kernel can keep (profile rows, or in trace
+    mode the counts of unsent events); default and most DC_PROFILE_SLOTS (16384).
+    Operations without a row are counted in lost() (profile) or totals_lost() (trace).
     """
 
     def __init__(self, probes: list[dict], scope: Scope, *, mode: str = "trace",
                  interval_ms: int = 1000, bpf_object: Path | None = None,
                  ringbuf_bytes: int = 16 << 20, capture_paths: bool = True,
                  uprobe_multi: bool | None = None, job_uid: int | None = None,
-                 paths_ringbuf_bytes: int | None = None):
+                 paths_ringbuf_bytes: int | None = None, slots: int | None = None):
         if mode not in ("trace", "profile"):
             raise EngineError(f"capture mode {mode!r} is neither 'trace' nor 'profile'")
         if not isinstance(scope, Scope):
@@ -517,6 +522,10 @@ class Engine:
         self._multi_refused: str | None = None if self.uprobe_multi else \
             "uprobe_multi links turned off"
         self._paths_bytes = paths_ringbuf_bytes
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
+                                  or not 1 <= slots <= PROFILE_SLOTS):
+            raise EngineError(f"slots {slots!r} must be an integer from 1 to {PROFILE_SLOTS}")
+        self._slots = slots
         self._obj: BpfObject | None = None
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
@@ -666,6 +675,9 @@ class Engine:
             # per-CPU profile rows are large: trace mode keeps only the slots and the
             # small rows of unsent events, profile mode none of those
             obj.set_max_entries("unsent" if self.mode == "profile" else "profile", 1)
+            if self._slots is not None:
+                for name in ("profile_slots", "slot_owner"):
+                    obj.set_max_entries(name, self._slots)
             for prog in _MULTI_PROGS:
                 if multi:
                     obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)

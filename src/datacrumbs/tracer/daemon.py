@@ -597,7 +597,7 @@ class TraceRun:
         if batch is None or len(batch.events) == 0:
             return 0
         ops, paths, paths2 = self.converter.convert(batch)
-        from .engine import distinct  # the engine module loads only once attached
+        from .engine import distinct  # imported late, like Engine in run_daemon
         pids = distinct(ops["pid"]).tolist()
         new = [p for p in pids if not self.writer.named(p)]
         if new:

@@ -108,7 +108,8 @@ def make_site(root: Path) -> tuple[Path, Path]:
                      probe_sets_dir=root / "sets", private_key_dir=root / "private",
                      socket_path=root / "run/sign.sock", policy_file=root / "policy.toml",
                      audit_log=root / "log/audit.log",
-                     bpf_object=REPO / "build/bpf/datacrumbs.bpf.o")
+                     bpf_object=Path(os.environ.get("DATACRUMBS_BENCH_BPF_OBJECT",
+                                                    REPO / "build/bpf/datacrumbs.bpf.o")))
     for d in (cfg.run_dir, cfg.public_key_dir):
         d.mkdir(parents=True, exist_ok=True)
     conf = root / "datacrumbs.toml"
@@ -182,7 +183,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sustained-seconds", type=float, default=3.0)
+    parser.add_argument("--only", choices=("kernel", "sustained", "pipeline"),
+                        help="run only that part: kernel time per program run, the "
+                             "sustained rate and daemon CPU per event, or the daemon's "
+                             "per-event CPU stage by stage (no eBPF)")
+    parser.add_argument("--rates", default="300000,500000,750000,1000000",
+                        help="writes per second the sustained test paces the workload to")
     args = parser.parse_args()
+    if args.only == "pipeline":
+        bench_pipeline()
+        return 0
     if os.geteuid() != 0:
         print("bench_tracer: run as root (eBPF)", file=sys.stderr)
         return 1
@@ -195,6 +205,15 @@ def main() -> int:
         floor = build_floor(work)
         conf, probes = make_site(work / "site")
         env = dict(os.environ, DATACRUMBS_CONFIG=str(conf))
+        if args.only == "kernel":
+            for _ in range(args.repeat):
+                bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
+            return 0
+        if args.only == "sustained":
+            bench_sustained(binary, data_dir / "bench.dat", probes["trace"], env,
+                            work / "site" / "run", work / "site" / "traces" / "root",
+                            args.sustained_seconds, [int(r) for r in args.rates.split(",")])
+            return 0
         run_dir = work / "site" / "run"
         traces = work / "site" / "traces" / "root"
         results: dict[str, dict[str, list[float]]] = {}
@@ -262,6 +281,10 @@ def main() -> int:
             else:
                 line += f", trace {st['bytes_per_event'] * st['events']:.0f} bytes of counters"
             print(line)
+        bench_sustained(binary, data_dir / "bench.dat", probes["trace"], env, run_dir, traces,
+                        args.sustained_seconds, [int(r) for r in args.rates.split(",")],
+                        run_id=run_id)
+        run_id += 100
         # sustained: 300,000 writes/s, paced by the workload itself
         rate = 300_000
         count = int(rate * args.sustained_seconds)
@@ -296,6 +319,102 @@ def main() -> int:
             cgroup.rmdir()
         except OSError as exc:
             print(f"bench_tracer: could not remove {cgroup}: {exc}", file=sys.stderr)
+
+
+def bench_pipeline(batch: int = 16384, reps: int = 10) -> None:
+    """The daemon's per-event CPU after the ring buffer, stage by stage, on batches of
+    write events as the engine delivers them (one process, one file, realistic times):
+    conversion to trace rows (EventConverter), the summary, the JSON lines (TraceWriter)
+    and the gzip member with its write. Each stage's best of ``reps`` batches."""
+    import numpy as np
+    from datacrumbs.config import load_config
+    from datacrumbs.probes.catalog import load_catalog, select_probes
+    from datacrumbs.trace.writer import TraceWriter
+    from datacrumbs.tracer.daemon import EventConverter
+    from datacrumbs.tracer.engine import EVENT_DTYPE, EventBatch
+    from datacrumbs.tracer.paths import FdPaths
+    from datacrumbs.tracer.summary import SummaryBuilder
+
+    probes = select_probes(load_catalog(load_config()), ["posix"])
+    rng = np.random.default_rng(1)
+    ev = np.zeros(batch, EVENT_DTYPE)
+    t0 = time.time_ns()
+    ev["ts_ns"] = t0 + np.arange(batch) * 1000 + rng.integers(0, 999, batch)
+    ev["dur_ns"] = rng.integers(300, 3000, batch)
+    ev["pid"] = ev["tid"] = 4242
+    ev["probe"] = next(i for i, p in enumerate(probes) if p["target"] == "write")
+    ev["fd"], ev["ret"], ev["count"], ev["bytes"] = 3, 16, 16, 16
+    ev["offset"] = ev["fd2"] = -1
+    conv = EventConverter(probes, FdPaths(lambda pid, fd: "/dev/shm/bench.dat"))
+    summary = SummaryBuilder(probes)
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as d:
+        writer = TraceWriter(Path(d) / "t.pfw.gz", header={"host": "h", "ts": t0 // 1000},
+                             member_events=batch)
+        writer.set_probes(probes)
+        for _ in range(reps):
+            marks = [time.process_time()]
+            ops, paths, paths2 = conv.convert(EventBatch(events=ev.copy(), paths={}))
+            marks.append(time.process_time())
+            summary.add_ops(ops, paths, paths2)
+            marks.append(time.process_time())
+            writer.member_events = batch + 1        # format only; the flush is timed apart
+            writer.write_ops(ops, paths, paths2)
+            marks.append(time.process_time())
+            writer.flush()
+            marks.append(time.process_time())
+            for k, name in enumerate(("convert", "summary", "JSON lines", "gzip+write")):
+                took = (marks[k + 1] - marks[k]) / batch * 1e9
+                best[name] = min(best.get(name, took), took)
+        writer.close()
+    print("  daemon CPU per event after the ring (best of %d batches of %d): %s; total %.0f ns"
+          % (reps, batch, ", ".join(f"{k} {v:.0f} ns" for k, v in best.items()),
+             sum(best.values())))
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU time of a process so far (its own threads, not children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: Path,
+                    traces: Path, seconds: float, rates: list[int], run_id: int = 5000) -> None:
+    """The real daemon in trace mode under a workload paced at each rate for ``seconds``:
+    the rate it sustained, what it lost, and the daemon's whole per-event CPU (drain,
+    decode, conversion, summary, JSON, gzip, write: its process CPU time over the
+    workload's window, divided by the events it wrote: a lost event costs it nothing)."""
+    best = 0.0
+    for rate in rates:
+        run_id += 1
+        daemon = Daemon(probes, str(run_id), env, run_dir)
+        count = int(rate * seconds)
+        cpu0 = _cpu_s(daemon.proc.pid)
+        took = run_workload(binary, daemon.cgroup, path, count, 16, rate)
+        # until the daemon has caught up: its CPU for these events, not its idle polls
+        deadline = time.monotonic() + 30
+        prev = -1.0
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            cpu = _cpu_s(daemon.proc.pid)
+            if cpu - prev < 0.02:
+                break
+            prev = cpu
+        cpu1 = _cpu_s(daemon.proc.pid)
+        daemon.stop()
+        summary = json.loads(Path(traces / f"trace-root-{run_id}-{_host()}.summary.json")
+                             .read_text())
+        events = summary["events_written"]
+        lost = summary["events_lost"]
+        achieved = count / took
+        if not lost:
+            best = max(best, achieved)
+        print(f"  sustained {seconds:.0f} s at {rate:,} writes/s: achieved {achieved:,.0f}/s, "
+              f"{events:,} events written, {lost:,} lost"
+              f"{' (totals exact)' if lost and summary.get('totals_exact') else ''}; daemon CPU "
+              f"{(cpu1 - cpu0) / max(events, 1) * 1e9:.0f} ns/event written "
+              f"({(cpu1 - cpu0) / took * 100:.0f}% of a core)")
+    print(f"  sustained with 0 lost: {best:,.0f} events/s (over {seconds:.0f} s)")
 
 
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")

@@ -539,6 +539,88 @@ def test_lost_events_are_counted_and_logged(site, user1, workdir, writes_bin, da
     assert any("events lost so far" in line for line in d.stderr.splitlines()), d.stderr
 
 
+def test_lost_events_leave_the_totals_exact(site, user1, workdir, writes_bin, daemons):
+    """A daemon that cannot drain (stopped) loses most events, yet the summary's and the
+    report's totals of the writes (count, bytes, time) are exact: the kernel counts what
+    it could not send. Checked against the workload's known writes and bpftrace on the
+    same run; the report says the totals are exact."""
+    from datacrumbs.report.merge import summarize
+    from datacrumbs.report.terminal import lost_text
+
+    writes, size = 400_000, 16
+    cg = Path("/sys/fs/cgroup/unified") / f"datacrumbs-daemon-test-{os.getpid()}-job-8181"
+    cg.mkdir()
+    bt = work = None
+    try:
+        # the workload waits for a line before its first write: its pid names it to
+        # bpftrace, and its cgroup alone is the daemon's scope
+        work = run_as(user1, [str(writes_bin), str(workdir / "lost.dat"), str(writes), str(size)],
+                      stdin=subprocess.PIPE, env=dict(os.environ, DC_WAIT_STDIN="1"))
+        (cg / "cgroup.procs").write_text(str(work.pid))
+        d = daemons(site, sign_for(site, user1), "8181", user1.pw_name,
+                    env={"DATACRUMBS_CGROUP": str(cg)})
+        d.wait_ready()
+        program = (f'BEGIN {{ printf("ready\\n"); }} '
+                   f"tracepoint:syscalls:sys_enter_write /pid == {work.pid}/ {{ @s[tid] = 1; }} "
+                   f"tracepoint:syscalls:sys_exit_write /@s[tid]/ "
+                   f"{{ @n = count(); @b = sum(args->ret); delete(@s[tid]); }}")
+        bt = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+        head, deadline = b"", time.monotonic() + 30
+        while b"ready\n" not in head:
+            assert time.monotonic() < deadline and bt.poll() is None, head
+            if select.select([bt.stdout], [], [], 0.5)[0]:
+                head += os.read(bt.stdout.fileno(), 4096)
+        d.proc.send_signal(signal.SIGSTOP)
+        try:  # far more events than the 16 MiB ring buffer holds
+            out, _ = work.communicate(b"go\n", timeout=120)
+            assert work.returncode == 0, out
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.3)
+        assert d.stop() == 0, d.stderr
+        bt.send_signal(signal.SIGINT)
+        out = (head + bt.communicate(timeout=30)[0]).decode(errors="replace")
+    finally:
+        if bt is not None and bt.poll() is None:
+            bt.kill()
+            bt.wait()
+        if work is not None and work.poll() is None:
+            work.kill()
+            work.communicate()
+        cg.rmdir()
+    bt_n, bt_b = re.search(r"@n: (\d+)", out), re.search(r"@b: (\d+)", out)
+    assert bt_n and bt_b, out
+    # the workload's writes and its "done N BYTES" line on stdout
+    done = len(f"done {writes} {writes * size}\n")
+    expect = (writes + 1, writes * size + done)
+    assert (int(bt_n.group(1)), int(bt_b.group(1))) == expect, out
+    summary = d.summary()
+    events = summary["files"][str(workdir / "lost.dat")]["count"] - 2     # open, close
+    assert summary["events_lost"] > writes // 4 and events < writes, summary
+    assert summary["totals_exact"] is True and summary["totals_lost"] == 0
+    assert summary["operations_without_event"] == summary["events_lost"]
+    op = summary["operations"]["POSIX/write"]
+    assert (op["count"], op["bytes"]) == expect, op
+    assert f"{summary['events_lost']} lost" in d.stderr
+    # the trace holds the lost operations as counter rows, and the report adds them
+    lines = rb.lines(d.trace())
+    counted = [json.loads(line)["args"] for line in lines if '"events_lost":' in line]
+    assert sum(a["events_lost"] for a in counted) == summary["events_lost"]
+    written = [json.loads(line)["args"] for line in lines
+               if '"name":"write"' in line and '"events_lost":' in line]
+    assert sum(1 for line in lines if '"name":"write"' in line and '"ph":"X"' in line) == \
+        expect[0] - sum(a["count"] for a in written)
+    report = summarize([d.trace()], jobs=1)
+    (rw,) = [o for o in report["operations"] if o["name"] == "write"]
+    assert (rw["count"], rw["bytes"], rw["time_us"]) == (*expect, op["time_us"])
+    assert report["totals_exact"] is True and report["lost_counted"] == summary["events_lost"]
+    assert "totals (count, bytes, time) are exact" in lost_text(report)
+    (proc,) = [p for p in report["processes"] if p["pid"] == work.pid]
+    assert proc["count"] == sum(o["count"] for o in summary["operations"].values())
+    assert proc["bytes"] == sum(o["bytes"] for o in summary["operations"].values()), proc
+
+
 def test_stop_is_bounded_while_the_job_keeps_writing(site, user1, workdir, writes_bin, daemons):
     probes = sign_for(site, user1)
     d = daemons(site, probes, "9090", user1.pw_name)

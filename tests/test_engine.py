@@ -4,6 +4,7 @@ profile mode, refusals, a bpftrace cross-check and a loss-free burst."""
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import re
 import select
@@ -590,3 +591,37 @@ def test_reused_path_slots_never_leak_older_paths(bpf_object, tracefs, workloads
     strays = {p for p in paths.values() if p.startswith(str(tmp_path))} - \
         {str(long_path), str(short_path)}
     assert strays == set()
+
+
+def test_unsent_events_are_counted_per_process_and_a_full_table_is_counted_too(
+        bpf_object, tracefs, engine_io, workloads, tmp_path):
+    """Trace mode with a one-page ring that nobody drains: nearly every event is lost. The
+    kernel counts each lost one in its (process, probe) row, so received + unsent is each
+    process's exact count and bytes; with room for one row only, the other process's lost
+    events are counted in totals_lost(), never dropped silently."""
+    n = 3000
+    kids = [workloads([engine_io, "write", tmp_path / f"w{k}.bin", n]) for k in range(2)]
+    with Engine([WRITE], Scope.for_pids([w.pid for w in kids]), bpf_object=bpf_object,
+                ringbuf_bytes=mmap.PAGESIZE, slots=1) as eng:
+        eng.attach()
+        for w in kids:
+            w.go().wait()
+        parts = []
+        while (batch := eng.poll(0)) is not None:
+            parts.append(batch.events)
+        events = np.concatenate(parts) if parts else np.empty(0, EVENT_DTYPE)
+        lost, totals_lost, rows = eng.lost(), eng.totals_lost(), eng.read_unsent()
+    assert len(events) + lost == 2 * n and lost > n, (len(events), lost)
+    (row,) = rows                                   # one row: the table has one slot
+    assert row.probe == 0 and row.pid in {w.pid for w in kids}
+    mine = events[events["pid"] == row.pid]
+    assert len(mine) + row.count == n
+    assert int(mine["bytes"].sum()) + row.bytes == sum(write_sizes(n))
+    assert row.time_ns > 0
+    assert totals_lost == lost - row.count > 0      # the other process's lost events
+    assert eng.totals_lost() == totals_lost         # still answers after close
+
+
+def test_slots_are_checked():
+    with pytest.raises(EngineError, match="slots 0 must be an integer from 1 to 16384"):
+        Engine([WRITE], Scope.for_pids([1]), slots=0)

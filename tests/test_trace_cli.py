@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 import os
 import shutil
 import subprocess
@@ -220,3 +222,65 @@ def test_a_real_trace_cut_anywhere_keeps_its_complete_lines(site, tmp_path, writ
         assert n == gzip_complete_events(cut) and reader.stats.torn_tail
         kept.append(n)
     assert 0 < kept[0] < kept[1] < kept[2] < total
+
+
+def _exec_of(binary: str, arg: str, timeout: float = 30.0) -> int:
+    """The pid of the process running ``binary`` with ``arg``, once it has exec'd."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if argv[:2] == [binary.encode(), arg.encode()]:
+                    return int(entry.name)
+        time.sleep(0.02)
+    raise AssertionError(f"{binary} {arg} never ran")
+
+
+def test_quiet_still_reports_lost_events_and_exact_totals(site, tmp_path, writes_bin):
+    """-q prints only the trace path, but never hides a loss: a tracer that cannot drain
+    (stopped while the command writes more than its ring buffer holds) says how many
+    events were lost, and that the totals still count them (the kernel did)."""
+    writes, size = 400_000, 16
+    target = tmp_path / "lost.bin"
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([DATACRUMBS, "trace", "-o", str(out), "--set", "posix", "-q", "--",
+                             str(writes_bin), str(target), str(writes), str(size)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, DC_WAIT_STDIN="1"))
+    stopped = False
+    try:
+        _exec_of(str(writes_bin), str(target))      # traced and waiting for its line
+        proc.send_signal(signal.SIGSTOP)
+        stopped = True
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not (target.exists() and target.stat().st_size == writes * size):
+            assert time.monotonic() < deadline, "the command never finished its writes"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGCONT)
+        stopped = False
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if stopped:
+            proc.send_signal(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    path, summary = outputs(out)
+    lost = summary["events_lost"]
+    assert lost > 0 and summary["totals_exact"] is True, summary
+    lines = stderr.decode().splitlines()
+    assert str(path) in lines, lines
+    assert f"datacrumbs: {lost:,} events lost (the ring buffer was full; the totals count them)" \
+        in lines, lines
+    op = summary["operations"]["POSIX/write"]
+    done = len(f"done {writes} {writes * size}\n")
+    assert (op["count"], op["bytes"]) == (writes + 1, writes * size + done), op

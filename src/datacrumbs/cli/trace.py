@@ -237,7 +237,8 @@ def loss_line(doc: dict) -> str | None:
     """One line saying what the trace lacks (events, file names), or None when nothing."""
     parts = []
     if doc.get("events_lost"):
-        parts.append(f"{doc['events_lost']:,} events lost (the ring buffer was full)")
+        parts.append(f"{doc['events_lost']:,} events lost (the ring buffer was full"
+                     + ("; the totals count them" if doc.get("totals_exact") else "") + ")")
     if doc.get("names_lost"):
         parts.append(f"{doc['names_lost']:,} file names lost (those events have no file name)")
     parts += doc.get("library_warnings", [])
@@ -299,7 +300,12 @@ def print_summary(doc: dict, *, trace_path, summary_path, command, elapsed: floa
                   + (f", {doc['names_lost']:,} without their file name (names lost)"
                      if doc.get("names_lost") else "")
                   + (f", {doc['events_not_written']:,} not written ({doc['write_error']})"
-                     if doc.get("write_error") else ""))
+                     if doc.get("write_error") else "")
+                  + ("; the totals above count the lost events (the kernel counted them)"
+                     if doc.get("events_lost") and doc.get("totals_exact") else ""))
+    if doc.get("totals_lost"):
+        console.print(f"{doc['totals_lost']:,} lost events are missing from the totals too (the "
+                      "kernel's table of processes and probes was full)", soft_wrap=True)
     shared = doc.get("shared_mappings") or []
     if shared:
         console.print(f"not counted: {len(shared)} file(s) mapped shared ({', '.join(shared[:3])}"

@@ -19,7 +19,7 @@ from html import escape
 from importlib import resources
 
 from . import plots
-from .terminal import exact, files_note, human_bytes, human_rate, human_us, when
+from .terminal import exact, files_note, lost_text, human_bytes, human_rate, human_us, when
 
 UPLOT_VERSION = "1.6.32"
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -410,7 +410,7 @@ def _warnings(summary: dict) -> list[str]:
     out += [bad["error"] for bad in summary["unreadable"]]
     out += [f"{p}: the tracer did not finish cleanly" for p in summary["incomplete_runs"]]
     if summary["events_lost"]:
-        out.append(f"{summary['events_lost']:,} events lost by the tracer; counts are lower bounds")
+        out.append(lost_text(summary).removeprefix("warning: "))
     if summary.get("names_lost"):
         out.append(f"{summary['names_lost']:,} events lost their file name in the tracer; "
                    "per-file figures are lower bounds")

@@ -167,6 +167,7 @@ class Aggregate:
         self.ts_max: float | None = None
         self.other_events = 0
         self.timeviews = TimeViews()                    # per-process heatmap, node imbalance
+        self.lost_counted = 0       # operations of counter rows marked events_lost (trace mode)
 
     # -- adding ---------------------------------------------------------------
 
@@ -227,6 +228,8 @@ class Aggregate:
             dur += [a.get("time_us", 0) for a in cargs]
             size += [a.get("bytes", -1) for a in cargs]
             weight[nx:] = _numbers([a.get("count", 0) for a in cargs], 0)
+            # trace mode: operations the kernel counted but could not send as events
+            self.lost_counted += int(_numbers([a.get("events_lost", 0) for a in cargs], 0).sum())
         timed = np.zeros(n, bool)
         timed[:nx] = True
         errnos = np.zeros(n, np.int64)
@@ -464,6 +467,7 @@ class Aggregate:
             setattr(self, name, b if a is None else a if b is None else pick(a, b))
         self.other_events += o.other_events
         self.timeviews.merge(o.timeviews)
+        self.lost_counted += o.lost_counted
         return self
 
     # -- the summary ------------------------------------------------------------
@@ -575,9 +579,12 @@ class Aggregate:
 
         lost, names_lost, refused, incomplete = 0, 0, {}, []
         libraries: dict = {}    # library path -> row: files of probed families, per host
+        totals_exact = True
         for path, summ in sorted(self.run_summaries.items()):
             _add_libraries(libraries, summ)
             lost += _int(summ.get("events_lost"))
+            if _int(summ.get("events_lost")) and summ.get("totals_exact") is not True:
+                totals_exact = False
             names_lost += _int(summ.get("names_lost"))
             if summ.get("complete") is False:
                 incomplete.append(path)
@@ -624,6 +631,10 @@ class Aggregate:
             "traces": read,
             "unreadable": [{"path": p, "error": m} for p, m in sorted(self.unreadable.items())],
             "events_lost": lost,
+            # trace mode: the kernel counted the operations of lost events, and the traces
+            # hold those counts, so operation, process and node totals are exact
+            "totals_exact": totals_exact,
+            "lost_counted": self.lost_counted,
             "names_lost": names_lost,   # events in the traces without their file name
             "runs": len(self.run_summaries),
             "incomplete_runs": incomplete,

@@ -18,6 +18,18 @@ from rich.table import Table
 from rich.text import Text
 
 
+def lost_text(summary: dict) -> str:
+    """The warning for lost events: when every run that lost some counted them in the kernel
+    (trace mode), the totals are exact and only per-event figures miss them."""
+    n = summary["events_lost"]
+    if summary.get("totals_exact"):
+        return (f"warning: {n:,} events were lost by the tracer (ring buffer full); the kernel "
+                "counted their operations, so operation, process and node totals (count, bytes, "
+                "time) are exact; latencies, sizes, errors and per-file figures lack them")
+    return (f"warning: {n:,} events were lost by the tracer (ring buffer full); counts are "
+            "lower bounds")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -204,8 +216,7 @@ def notes(summary: dict, console: Console) -> None:
     for path in summary["incomplete_runs"]:
         console.print(Text(f"warning: {path}: the tracer did not finish cleanly", style="yellow"))
     if summary["events_lost"]:
-        console.print(Text(f"warning: {summary['events_lost']:,} events were lost by the tracer "
-                           "(ring buffer full); counts are lower bounds", style="yellow"))
+        console.print(Text(lost_text(summary), style="yellow"))
     if summary.get("names_lost"):
         console.print(Text(f"warning: {summary['names_lost']:,} events lost their file name in "
                            "the tracer; per-file figures are lower bounds", style="yellow"))

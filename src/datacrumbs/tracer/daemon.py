@@ -314,10 +314,15 @@ class EventConverter:
                 valid = np.flatnonzero(seg_fd >= 0)
                 if len(valid):
                     keys = (pid[start:row][valid] << 32) | seg_fd[valid]
-                    uniq, inverse = np.unique(keys, return_inverse=True)
-                    found = np.array([None] + [self.fdpaths.lookup(int(k) >> 32, int(k) & 0xFFFFFFFF)
-                                               for k in uniq.tolist()], dtype=object)[1:]
-                    out[start + valid] = found[inverse]
+                    k0 = int(keys[0])
+                    if (keys == k0).all():     # one file (the common run): no sort
+                        out[start + valid] = self.fdpaths.lookup(k0 >> 32, k0 & 0xFFFFFFFF)
+                    else:
+                        uniq, inverse = np.unique(keys, return_inverse=True)
+                        found = np.array([None] + [self.fdpaths.lookup(int(k) >> 32,
+                                                                       int(k) & 0xFFFFFFFF)
+                                                   for k in uniq.tolist()], dtype=object)[1:]
+                        out[start + valid] = found[inverse]
             if row < n:
                 self._paths_rows(ops, opened, row, row + 1, out, paths2, names)
             start = row + 1
@@ -569,6 +574,8 @@ class TraceRun:
         self.library_scan_s = library_scan_s
         self._next_library_scan = 0.0
         self._prev_profile: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self._prev_unsent: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self._drain_cut = False
         self._last_lost = 0
         self._last_names_lost = 0
         self._last_lost_log = 0.0
@@ -594,8 +601,11 @@ class TraceRun:
                 ready_sent = True
                 log.info("ready: tracing to %s", self.trace_name)
             now = time.monotonic()
-            if self.mode == "profile" and now >= next_sample:
-                self._sample_profile()
+            if now >= next_sample:
+                if self.mode == "profile":
+                    self._sample_profile()
+                else:
+                    self._sample_unsent()
                 next_sample = now + self.interval_s
             self.writer.tick()
             self._check_cap()
@@ -613,6 +623,7 @@ class TraceRun:
             if newest == 0 or newest >= stop_ns:
                 break
         else:
+            self._drain_cut = True
             log.warning("stopped draining after %.0f s: the job is still producing events",
                         STOP_DRAIN_SECONDS)
         return self._finish()
@@ -654,7 +665,8 @@ class TraceRun:
         if batch is None or len(batch.events) == 0:
             return 0
         ops, paths, paths2, args = self.converter.convert_rows(batch)
-        pids = np.unique(ops["pid"]).tolist()
+        from .engine import distinct  # imported late, like Engine in run_daemon
+        pids = distinct(ops["pid"]).tolist()
         new = [p for p in pids if not self.writer.named(p)]
         if new:
             names = self.engine.process_names()
@@ -684,6 +696,27 @@ class TraceRun:
         self.writer.write_counters(counters)
         return rows
 
+    def _sample_unsent(self) -> None:
+        """Trace mode: operations the kernel could not send since the last sample (its
+        per-(process, probe) rows), into the trace and the summary's totals."""
+        rows = self.engine.read_unsent()
+        ts = time.time_ns()
+        out = []
+        nprobes = len(self.probes)
+        for row in rows:
+            if not 0 <= row.probe < nprobes:
+                continue
+            key = (row.pid, row.probe)
+            cur = (row.count, row.bytes, row.time_ns)
+            prev = self._prev_unsent.get(key, (0, 0, 0))
+            if cur[0] != prev[0]:
+                out.append((ts, row.pid, row.probe, cur[0] - prev[0], max(cur[1] - prev[1], 0),
+                            cur[2] - prev[2]))
+            self._prev_unsent[key] = cur
+        if out:
+            self.writer.write_unsent(out)
+            self.summary.add_unsent(out)
+
     def _check_lost(self) -> None:
         """Warn (at most every 10 s) while events or file names are being lost."""
         lost, names_lost = self.engine.lost(), self.engine.names_lost()
@@ -702,6 +735,13 @@ class TraceRun:
         rows = None
         if self.mode == "profile" and error is None:
             rows = self._sample_profile()
+        totals_lost = None
+        if self.mode == "trace":
+            try:    # after the last drain: every lost event is counted by now
+                self._sample_unsent()
+                totals_lost = int(self.engine.totals_lost())
+            except (DatacrumbsError, OSError) as exc:
+                log.warning("cannot read the kernel's count of lost events: %s", exc)
         # counted where draining stopped, before closing the trace takes its time
         try:
             lost, names_lost = int(self.engine.lost()), int(self.engine.names_lost())
@@ -744,6 +784,13 @@ class TraceRun:
                 extra["library_warnings"] = [library_warning(lib) for lib in missed]
                 for line in extra["library_warnings"]:
                     log.warning("%s", line)
+        if self.mode == "trace":
+            # Totals (operations, bytes, time per operation) are the events received plus
+            # the kernel's count of those it could not send: exact unless that count
+            # itself had no room (totals_lost) or could not be read.
+            extra["totals_lost"] = totals_lost if totals_lost is not None else lost
+            extra["totals_exact"] = (totals_lost == 0 and not error and not self._drain_cut)
+            extra["operations_without_event"] = int(self.summary.unsent)
         doc = self.summary.to_dict(
             job=self.run_id, user=self.user.name, host=self.host, mode=self.mode,
             start_ts=self.start_us, end_ts=time.time_ns() // 1000,
@@ -756,6 +803,12 @@ class TraceRun:
             self.summary_file.commit(doc)
         except OSError as exc:
             log.error("cannot write summary %s: %s", self.summary_name, exc.strerror or exc)
+        if totals_lost:
+            log.warning("%d lost events are missing from the totals too: the kernel's table of "
+                        "(process, probe) rows was full", totals_lost)
+        if lost and extra.get("totals_exact"):
+            log.info("%d events lost; the totals count them (the kernel counted what it could "
+                     "not send)", lost)
         log.info("stopped: %d events written to %s, %d lost%s%s", self.writer.events_written,
                  self.trace_name, lost,
                  f", {names_lost} without their file name (names lost)" if names_lost else "",

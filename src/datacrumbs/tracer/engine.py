@@ -96,6 +96,7 @@ FD_KINDS = ("", "reg", "dir", "pipe", "socket", "tty", "chr", "blk", "link", "an
 _KIND_SHIFT, _KIND2_SHIFT = 23, 27              # DC_EV_KIND_SHIFT, DC_EV_KIND2_SHIFT
 _PROBE_MASK = (1 << _KIND_SHIFT) - 1            # DC_EV_PROBE_MASK
 HIST_BUCKETS = 32
+PROFILE_SLOTS = 16384                           # DC_PROFILE_SLOTS
 MAX_SYSCALLS = 512
 MAX_PROBES = 16384                              # DC_MAX_PROBES
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
@@ -135,6 +136,7 @@ _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
 _SHELL = struct.Struct("<IIII24s64s")           # struct dc_shell
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
+_TVAL_WORDS = 3                                 # struct dc_tval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 336                                # struct dc_task: dc_entry (64) + 64 + fd cache
 _EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
@@ -178,6 +180,16 @@ class EventBatch:
 
 
 @dataclass
+class TotalsRow:
+    """Trace mode: operations of (pid, probe) whose event the kernel could not send."""
+    pid: int
+    probe: int
+    count: int
+    bytes: int
+    time_ns: int
+
+
+@dataclass
 class ProfileRow:
     pid: int
     probe: int
@@ -187,6 +199,13 @@ class ProfileRow:
     min_ns: int
     max_ns: int
     hist: list[int]          # [0] < 1 us, [i] in [2^(i-1), 2^i) us
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """np.unique without its sort in the common case of a batch of one value."""
+    if len(values) and (values == values[0]).all():
+        return values[:1]
+    return np.unique(values)
 
 
 class _Refused(Exception):
@@ -524,13 +543,17 @@ class Engine:
 
     ``paths_ringbuf_bytes``: size of the ring for file names (default: as large
     as the events ring; a name record is often larger than its event).
+
+    ``slots``: rows of (process, probe) the kernel can keep (profile rows, or in trace
+    mode the counts of unsent events); default and most DC_PROFILE_SLOTS (16384).
+    Operations without a row are counted in lost() (profile) or totals_lost() (trace).
     """
 
     def __init__(self, probes: list[dict], scope: Scope, *, mode: str = "trace",
                  interval_ms: int = 1000, bpf_object: Path | None = None,
                  ringbuf_bytes: int = 16 << 20, capture_paths: bool = True,
                  uprobe_multi: bool | None = None, job_uid: int | None = None,
-                 paths_ringbuf_bytes: int | None = None):
+                 paths_ringbuf_bytes: int | None = None, slots: int | None = None):
         if mode not in ("trace", "profile"):
             raise EngineError(f"capture mode {mode!r} is neither 'trace' nor 'profile'")
         if not isinstance(scope, Scope):
@@ -581,6 +604,10 @@ class Engine:
         self._paths_bytes = paths_ringbuf_bytes
         # tracepoints as raw tracepoints (fast to detach) until the kernel says no
         self._raw_tp = True
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
+                                  or not 1 <= slots <= PROFILE_SLOTS):
+            raise EngineError(f"slots {slots!r} must be an integer from 1 to {PROFILE_SLOTS}")
+        self._slots = slots
         self._obj: BpfObject | None = None
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
@@ -593,6 +620,7 @@ class Engine:
         self._seen: set[int] = set()
         self._closed = False
         self._final_lost = (0, 0)
+        self._final_totals_lost = 0
         self._names_lost_here = 0       # name records that never met their event (user space)
         # library families (families.py): family -> indexes of its signed uprobes
         self._families: dict[str, list[int]] = {}
@@ -749,9 +777,12 @@ class Engine:
             # no point retrying without uprobe_multi, say so once.
             obj.set_max_entries("events", self.ringbuf_bytes)
             obj.set_max_entries("paths", self._paths_bytes)
-            if self.mode == "trace":        # per-CPU profile rows are large: none needed
-                for name in ("profile", "profile_slots", "slot_owner"):
-                    obj.set_max_entries(name, 1)
+            # per-CPU profile rows are large: trace mode keeps only the slots and the
+            # small rows of unsent events, profile mode none of those
+            obj.set_max_entries("unsent" if self.mode == "profile" else "profile", 1)
+            if self._slots is not None:
+                for name in ("profile_slots", "slot_owner"):
+                    obj.set_max_entries(name, self._slots)
             needed = self._programs_needed(multi)
             for prog in _ALL_PROGS:
                 if prog not in needed:
@@ -811,7 +842,7 @@ class Engine:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
                   "scope_cgname": _CGNAME.size, "scope_shell": _SHELL.size,
-                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE}
+                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE, "unsent": _TVAL_WORDS * 8}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
             if got != size:
@@ -1327,7 +1358,7 @@ class Engine:
         matched, names = {}, {}
         if sent.any():
             matched, names = self._match_paths(events, np.flatnonzero(sent))
-        pids = np.unique(events["pid"])
+        pids = distinct(events["pid"])
         if len(pids) and len(self._seen) < 65536:
             self._seen.update(int(p) for p in pids if int(p) not in self._seen)
         events["ts_ns"] += np.uint64(self._offset_ns)
@@ -1412,7 +1443,17 @@ class Engine:
         profile table full (profile mode). Still answers after close()."""
         if self._obj is None:
             return self._final_lost[0]
-        return self._percpu_sum("lost", 0) + self._percpu_sum("lost", 2)
+        if self.mode == "profile":
+            return self._percpu_sum("lost", 0) + self._percpu_sum("lost", 2)
+        return self._percpu_sum("lost", 0)
+
+    def totals_lost(self) -> int:
+        """Trace mode: lost events that read_unsent() could not count either (its table
+        of (process, probe) rows was full): the totals miss exactly these. Still answers
+        after close()."""
+        if self._obj is None:
+            return self._final_totals_lost
+        return self._percpu_sum("lost", 2) if self.mode == "trace" else 0
 
     def names_lost(self) -> int:
         """Delivered events of open-like calls that lack their file name: the kernel
@@ -1447,6 +1488,33 @@ class Engine:
                                    bytes=int(v[:, 1].sum()), time_ns=int(v[:, 2].sum()),
                                    min_ns=int(v[:, 3].min()), max_ns=int(v[:, 4].max()),
                                    hist=[int(x) for x in v[:, 5:].sum(axis=0)]))
+        rows.sort(key=lambda r: (r.pid, r.probe))
+        return rows
+
+    def read_unsent(self) -> list[TotalsRow]:
+        """Trace mode: cumulative (count, bytes, time) per (pid, probe) since attach of
+        the operations whose event the ring buffer had no room for. The events received
+        plus these rows are the run's exact totals (less totals_lost())."""
+        if self._obj is None:
+            raise EngineError("read_unsent() before attach() or after close()")
+        if self.mode != "trace":
+            return []
+        fd = self._obj.map_fd("unsent")
+        slots_fd = self._obj.map_fd("profile_slots")
+        ncpu = libbpf.num_possible_cpus()
+        rows = []
+        for key in libbpf.map_keys(slots_fd, _PKEY.size,
+                                   limit=self._obj.map_max_entries("profile_slots")):
+            slot = libbpf.map_lookup(slots_fd, key, 4)
+            raw = libbpf.map_lookup(fd, slot, _TVAL_WORDS * 8 * ncpu) if slot else None
+            if raw is None:
+                continue
+            v = np.frombuffer(raw, "<u8").reshape(ncpu, _TVAL_WORDS).sum(axis=0)
+            if not v[0]:
+                continue
+            tgid, probe = _PKEY.unpack(key)
+            rows.append(TotalsRow(pid=tgid, probe=probe, count=int(v[0]), bytes=int(v[1]),
+                                  time_ns=int(v[2])))
         rows.sort(key=lambda r: (r.pid, r.probe))
         return rows
 
@@ -1517,6 +1585,7 @@ class Engine:
         if self._obj is not None and self._events is not None:
             # fully attached: keep the counts for after close
             self._final_lost = (self.lost(), self.lost_paths())
+            self._final_totals_lost = self.totals_lost()
         for ring in (self._events, self._paths):
             if ring is not None:
                 ring.close()

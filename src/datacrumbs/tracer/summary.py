@@ -65,6 +65,7 @@ class SummaryBuilder:
         # no bytes through a call, so the trace cannot count it
         self.shared_mappings: set[str] = set()
         self._opened_rw: set[str] = set()
+        self.unsent = 0         # operations counted from the kernel's rows, without an event
 
     def _probe_tables(self) -> None:
         """Per-probe lookups, indexed by probe: rebuilt when probes are added."""
@@ -128,8 +129,9 @@ class SummaryBuilder:
                 self.shared_mappings.add(paths[i])
 
     def _add_files(self, ops: np.ndarray, paths: list, size: np.ndarray) -> None:
-        ids: dict = {}
-        idx = np.fromiter((ids.setdefault(p, len(ids)) for p in paths), np.int64, len(paths))
+        # distinct paths first (a C loop), then one C-level lookup per row
+        ids = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+        idx = np.fromiter(map(ids.__getitem__, paths), np.int64, len(paths))
         k = len(ids)
         counts = np.bincount(idx, minlength=k).tolist()
         nbytes = np.bincount(idx, weights=size, minlength=k).astype(np.int64).tolist()
@@ -148,6 +150,18 @@ class SummaryBuilder:
             row[0] += counts[i]
             row[1] += nbytes[i]
             row[2] += times[i]
+
+    def add_unsent(self, rows) -> None:
+        """Trace mode: operations the kernel counted but could not send as events, rows of
+        (ts_ns, pid, probe, count, bytes, time_ns) since the last call: with them the
+        per-operation totals are exact however many events were lost."""
+        n = len(self.probes)
+        for _ts, _pid, probe, count, nbytes, time_ns in rows:
+            if 0 <= probe < n:
+                self.count[probe] += count
+                self.bytes[probe] += max(nbytes, 0)
+                self.time_ns[probe] += time_ns
+                self.unsent += count
 
     def set_profile(self, rows) -> None:
         """Final in-kernel profile (ProfileRow list): totals, extremes and histograms."""

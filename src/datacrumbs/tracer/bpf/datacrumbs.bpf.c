@@ -37,7 +37,7 @@ struct {
 	__uint(max_entries, 1 << 20);
 } paths SEC(".maps");
 
-/* [0] events lost, [1] paths lost, [2] profile rows lost */
+/* [0] events lost, [1] paths lost, [2] profile rows (trace mode: totals) lost */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 3);
@@ -124,6 +124,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dc_pval);
 } profile SEC(".maps");
+
+/* Trace mode: operations whose event could not be sent, per (process, probe),
+ * in the profile slots (dc_tval). The engine shrinks it to one entry in
+ * profile mode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DC_PROFILE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dc_tval);
+} unsent SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -385,21 +395,26 @@ static __always_inline void deref_handle(struct dc_spec *sp, struct dc_entry *e)
 	set_arg(e, sp->handle, v);
 }
 
+/* Latency bucket of ns: [0] < 1 us, [i] in [2^(i-1), 2^i) us. No division
+ * (tens of cycles): i from the bit length of ns, then one compare with
+ * 1000 << (i - 1) settles it (1000 is between 2^9 and 2^10). */
 static __always_inline __u32 log2_bucket(__u64 ns)
 {
-	__u64 us = ns / 1000;
-	__u32 r = 0;
+	__u64 x = ns;
+	__u32 b = 0, i;
 
-	if (!us)
+	if (ns < 1000)
 		return 0;
-	if (us >> 32) { us >>= 32; r += 32; }
-	if (us >> 16) { us >>= 16; r += 16; }
-	if (us >> 8) { us >>= 8; r += 8; }
-	if (us >> 4) { us >>= 4; r += 4; }
-	if (us >> 2) { us >>= 2; r += 2; }
-	if (us >> 1) { r += 1; }
-	r += 1;
-	return r > DC_HIST_BUCKETS - 1 ? DC_HIST_BUCKETS - 1 : r;
+	if (x >> 32) { x >>= 32; b += 32; }
+	if (x >> 16) { x >>= 16; b += 16; }
+	if (x >> 8) { x >>= 8; b += 8; }
+	if (x >> 4) { x >>= 4; b += 4; }
+	if (x >> 2) { x >>= 2; b += 2; }
+	if (x >> 1) { b += 1; }
+	i = b - 8;		/* b >= 9 here */
+	if (ns < (1000ull << ((i - 1) & 63)))
+		i -= 1;
+	return i > DC_HIST_BUCKETS - 1 ? DC_HIST_BUCKETS - 1 : i;
 }
 
 /* The profile slot of (tgid, probe): found or claimed. An unused slot is
@@ -471,6 +486,38 @@ static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, 
 	if (dur > v->max_ns)
 		v->max_ns = dur;
 	v->hist[log2_bucket(dur) & (DC_HIST_BUCKETS - 1)] += 1;
+}
+
+/* Trace mode, the ring buffer was full: count the operation whose event is lost
+ * in its (process, probe) row, so totals stay exact (events received + unsent).
+ * Only the failed send pays for this. The slot cache is profile_add's. */
+static __always_inline void unsent_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
+				       __u32 probe, __u64 dur, __s64 bytes)
+{
+	__u32 w = probe & (DC_PCACHE - 1), slot;
+	struct dc_tval *v;
+
+	if (t && t->pc_probe[w] == probe + 1) {
+		slot = t->pc_slot[w];
+	} else {
+		if (profile_slot(c, tgid, probe, &slot) < 0) {
+			count_lost(2);
+			return;
+		}
+		if (t) {
+			t->pc_probe[w] = probe + 1;
+			t->pc_slot[w] = slot;
+		}
+	}
+	v = bpf_map_lookup_elem(&unsent, &slot);
+	if (!v) {
+		count_lost(2);
+		return;
+	}
+	v->count += 1;
+	if (bytes > 0)
+		v->bytes += bytes;
+	v->time_ns += dur;
 }
 
 static __always_inline __s64 bytes_of(struct dc_spec *sp, struct dc_entry *e, __s64 ret)
@@ -961,9 +1008,10 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
 	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
 	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0)
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0) {
 		count_lost(0);
-	else if (names & DC_NAMES_LOST)
+		unsent_add(c, own ? t : NULL, tgid, e->probe, ev->dur, bytes);
+	} else if (names & DC_NAMES_LOST)
 		count_lost(1);
 }
 
@@ -994,6 +1042,8 @@ int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 		return 0;
 	if (!t) {
 		count_lost(0);
+		if (c->mode == DC_MODE_TRACE)
+			count_lost(2);	/* not in the unsent rows either */
 		return 0;
 	}
 	t->sys.ts = bpf_ktime_get_ns();

@@ -242,6 +242,17 @@ struct dc_pval {
 	__u64 hist[DC_HIST_BUCKETS];	/* [0] < 1 us, [i] in [2^(i-1), 2^i) us */
 };
 
+/* Trace mode: what the kernel could not send (ring buffer full), per (process,
+ * probe). The totals of a run are the events received plus these rows: exact
+ * however many events are lost, and the hot path pays nothing for them (only a
+ * failed send counts here). The slot is the profile mode's (profile_slots,
+ * slot_owner). */
+struct dc_tval {
+	__u64 count;
+	__u64 bytes;
+	__u64 time_ns;
+};
+
 struct dc_block_key {
 	__u32 dev;
 	__u32 pad;

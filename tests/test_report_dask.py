@@ -51,3 +51,28 @@ def test_dask_sums_sub_microsecond_durations_like_local(tmp_path, monkeypatch):
     split = dask_backend.summarize([d], jobs=2)
     assert {k: v for k, v in split.items() if k != "traces"} == \
         {k: v for k, v in local.items() if k != "traces"}
+
+
+def test_a_distributed_cluster_gives_the_local_numbers(tmp_path):
+    """A real dask.distributed cluster (a scheduler and three worker processes on this
+    machine, reached by address as a remote one would be): the same numbers as local."""
+    from dask.distributed import LocalCluster
+
+    make_job(tmp_path / "job")
+    local = summarize([tmp_path / "job"], jobs=1)
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        on_cluster = dask_backend.summarize_on_cluster([tmp_path / "job"],
+                                                      cluster.scheduler_address)
+        assert run_cli(["report", "--dask-scheduler", cluster.scheduler_address, "--json",
+                        str(tmp_path / "cluster.json"), "-q", str(tmp_path / "job")]) == 0
+    assert on_cluster == local
+    assert json.loads((tmp_path / "cluster.json").read_text())["totals"] == local["totals"]
+
+
+def test_an_unreachable_scheduler_is_one_clear_line(tmp_path, capsys):
+    make_job(tmp_path / "job")
+    rc = run_cli(["report", "--dask-scheduler", "tcp://127.0.0.1:1", str(tmp_path / "job")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:1" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

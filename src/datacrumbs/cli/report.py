@@ -11,6 +11,8 @@ examples:
   datacrumbs report /var/lib/datacrumbs/traces/alice/2026-11-25/
   datacrumbs report trace-alice-1234-node1.pfw.gz --html job1234.html --json job1234.json
   datacrumbs report --dask --top 20 traces/
+  datacrumbs report --dask-scheduler tcp://login1:8786 /shared/traces/job1234/
+    (a dask.distributed cluster whose workers can read the traces' paths)
 """
 
 from __future__ import annotations
@@ -28,12 +30,21 @@ def setup_parser(parser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON ('-' for stdout, "
                         "which replaces the tables)")
     parser.add_argument("--dask", action="store_true", help="compute with dask (same numbers)")
+    parser.add_argument("--dask-scheduler", metavar="ADDRESS",
+                        help="compute on a running dask.distributed cluster (its scheduler's "
+                             "address, e.g. tcp://host:8786; the workers must see PATH); "
+                             "implies --dask")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows in top-N tables (default 10)")
     parser.add_argument("-j", "--jobs", type=int, metavar="N", help="worker processes (default: all cores)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no tables (only warnings)")
 
 
 def compute(args) -> dict:
+    if args.dask_scheduler:
+        from ..report import dask_backend
+
+        return dask_backend.summarize_on_cluster(args.paths, args.dask_scheduler, top=args.top,
+                                                 jobs=args.jobs)
     if args.dask:
         from ..report import dask_backend
 

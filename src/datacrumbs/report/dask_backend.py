@@ -28,7 +28,7 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
     units = plan_units(traces, jobs or default_jobs(), agg)
     if units:
         bag = db.from_sequence(units, npartitions=len(units))
-        kwargs = {"scheduler": scheduler} if scheduler else {}
+        kwargs = {"scheduler": scheduler} if scheduler else {}    # a name or a get function
         if scheduler == "processes":
             kwargs["num_workers"] = jobs or default_jobs()
         for part in bag.map(summarize_unit).compute(**kwargs):
@@ -40,3 +40,24 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
 def summarize(paths, *, top: int = 10, jobs: int | None = None,
               scheduler: str | None = "processes") -> dict:
     return summarize_paths(paths, jobs=jobs, scheduler=scheduler).finalize(top=top)
+
+
+def summarize_on_cluster(paths, address: str, *, top: int = 10, jobs: int | None = None,
+                         connect_timeout: float = 10.0) -> dict:
+    """The same summary on a dask.distributed cluster: its workers read the traces (they
+    must see the same paths, e.g. a shared file system) and the partials come back here
+    to be merged in unit order, so the numbers are the local ones."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise DatacrumbsError("--dask-scheduler needs dask.distributed: install "
+                              "datacrumbs[dask]") from None
+    try:
+        client = Client(address, timeout=connect_timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise DatacrumbsError(f"cannot reach the dask scheduler at {address}: {exc}; start one "
+                              "(dask scheduler) or check the address") from None
+    with client:
+        absolute = [os.path.abspath(p) for p in paths]   # the workers' cwd is not ours
+        return summarize_paths(absolute, jobs=jobs or max(1, len(client.nthreads())),
+                               scheduler=client.get).finalize(top=top)

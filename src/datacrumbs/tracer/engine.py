@@ -85,7 +85,22 @@ _PATH_HEAD = struct.Struct("<QIIII")            # struct dc_path up to its path
 HIST_BUCKETS = 32
 MAX_SYSCALLS = 512
 MAX_PROBES = 4096
-KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
+KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async")
+# kind "async": requests of asynchronous I/O interfaces, one event per completed
+# request (enum dc_async_class); target -> class index
+ASYNC_CLASSES = {"io_uring_read": 0, "io_uring_write": 1, "io_uring_fsync": 2,
+                 "libaio_read": 3, "libaio_write": 4, "libaio_fsync": 5}
+ASYNC_FIXED_FILE = 1 << 31      # DC_ASYNC_FIXED_FILE: an async event's fd is a fixed-file index
+_URING_PROGS = ("dc_uring_submit", "dc_uring_complete")
+_AIO_PROGS = ("dc_aio_submit_enter", "dc_aio_submit_exit", "dc_aio_getevents_enter",
+              "dc_aio_getevents_exit", "dc_aio_pgetevents_enter", "dc_aio_pgetevents_exit")
+# what each interface's programs attach to: all must exist on the kernel
+_ASYNC_TRACEPOINTS = {
+    "io_uring": ("io_uring/io_uring_submit_req", "io_uring/io_uring_complete"),
+    "libaio": ("syscalls/sys_enter_io_submit", "syscalls/sys_exit_io_submit",
+               "syscalls/sys_enter_io_getevents", "syscalls/sys_exit_io_getevents",
+               "syscalls/sys_enter_io_pgetevents", "syscalls/sys_exit_io_pgetevents"),
+}
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
 BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
@@ -303,6 +318,19 @@ def function_offsets(path: str) -> dict[str, int]:
 
 def kernel_has_kprobes() -> bool:
     return KPROBE_PMU.exists() or (TRACEFS / "kprobe_events").exists()
+
+
+def _async_interface(target: str) -> str:
+    """``io_uring`` or ``libaio``: whose requests an async probe's target counts."""
+    return "io_uring" if target.startswith("io_uring_") else "libaio"
+
+
+def _async_missing(iface: str) -> str | None:
+    """Why this kernel cannot report ``iface``'s requests (a tracepoint it lacks), or None."""
+    for tp in _ASYNC_TRACEPOINTS[iface]:
+        if not (TRACEFS / "events" / tp).is_dir():
+            return f"this kernel has no tracepoint {tp.replace('/', ':')} (needed for {iface})"
+    return None
 
 
 def _tracepoint_field(category: str, name: str, fname: str) -> tuple[int, int]:
@@ -575,6 +603,7 @@ class Engine:
         syscalls: list[tuple[int, int, bytes]] = []
         path_probes = []
         block_issue_needed = False
+        async_found: list[tuple[int, int]] = []     # (probe index, dc_async_class)
         uprobes: dict[str, list[int]] = {}
         has_kprobes = kernel_has_kprobes()
         for i, probe in enumerate(self.probes):
@@ -588,6 +617,12 @@ class Engine:
                     syscalls.append((i, nr, spec[0]))
                     if spec[2]:
                         path_probes.append(i)
+                    continue
+                if kind == "async":
+                    cls = ASYNC_CLASSES[probe["target"]]
+                    if any(cls == c for _j, c in async_found):
+                        raise _Refused(f"async probe {probe['target']} is already in this file")
+                    async_found.append((i, cls))
                     continue
                 libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
                 if kind == "kprobe" and not has_kprobes:
@@ -613,6 +648,8 @@ class Engine:
             self._attach_library(library, indexes, report, code)
         if syscalls:
             self._attach_syscalls(syscalls, report)
+        if async_found:
+            self._attach_async(async_found, report)
         if block_issue_needed:
             try:
                 self._links.append(obj.attach("dc_block_issue"))
@@ -647,6 +684,11 @@ class Engine:
             if self.mode == "trace":        # per-CPU profile rows are large: none needed
                 for name in ("profile", "profile_slots", "slot_owner"):
                     obj.set_max_entries(name, 1)
+            wanted = self._async_interfaces()
+            for iface, progs in (("io_uring", _URING_PROGS), ("libaio", _AIO_PROGS)):
+                if iface not in wanted:     # only what the probes ask for is loaded
+                    for prog in progs:
+                        obj.set_autoload(prog, False)
             for prog in _MULTI_PROGS:
                 if multi:
                     obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
@@ -666,6 +708,44 @@ class Engine:
             self._multi_refused = "the kernel refused uprobe_multi programs"
             return self._load(multi=False)
         return obj
+
+    def _async_interfaces(self) -> set[str]:
+        """The async I/O interfaces (io_uring, libaio) the probes ask for and this kernel
+        has the tracepoints of: only their programs are loaded."""
+        wanted = set()
+        for probe in self.probes:
+            if isinstance(probe, dict) and probe.get("kind") == "async" \
+                    and probe.get("target") in ASYNC_CLASSES:
+                iface = _async_interface(probe["target"])
+                if _async_missing(iface) is None:
+                    wanted.add(iface)
+        return wanted
+
+    def _attach_async(self, found: list[tuple[int, int]], report: AttachReport) -> None:
+        """Fill async_probes (class -> probe index + 1) and attach the programs of each
+        interface asked for; probes of an interface that cannot attach are refused."""
+        fd = self._obj.map_fd("async_probes")
+        by_iface: dict[str, list[tuple[int, int]]] = {}
+        for i, cls in found:
+            by_iface.setdefault(_async_interface(self.probes[i]["target"]), []).append((i, cls))
+        for iface, members in by_iface.items():
+            progs = _URING_PROGS if iface == "io_uring" else _AIO_PROGS
+            links = []
+            try:
+                for i, cls in members:
+                    libbpf.map_update(fd, struct.pack("<I", cls), struct.pack("<I", i + 1))
+                for prog in progs:
+                    links.append(self._obj.attach(prog))
+            except (AttachFailed, libbpf.LibbpfError) as exc:
+                for link in links:
+                    link.destroy()
+                for i, cls in members:
+                    libbpf.map_update(fd, struct.pack("<I", cls), struct.pack("<I", 0))
+                    report.refused.append((self.probes[i], f"cannot attach {iface} "
+                                                           f"tracepoints: {exc}"))
+                continue
+            self._links.extend(links)
+            report.attached.extend(self.probes[i] for i, _cls in members)
 
     def _wakeup_events(self) -> int:
         """Events per CPU between wakeups of the reader: all CPUs together fill at
@@ -750,6 +830,15 @@ class Engine:
             nr = syscall_number(target) if SYMBOL_RE.match(target) else None
             if nr is None or not 0 <= nr < MAX_SYSCALLS:
                 raise _Refused(f"no system call named {target!r} on this host")
+        elif kind == "async":
+            if target not in ASYNC_CLASSES:
+                raise _Refused(f"unknown async I/O probe {target!r}; known: "
+                               f"{', '.join(ASYNC_CLASSES)}")
+            missing = _async_missing(_async_interface(target))
+            if missing:
+                raise _Refused(missing)
+            roles = {r: -1 for r in ROLES}     # the kernel's request, not call arguments
+            bkind, barg = BYTES_NONE, -1
         elif kind == "tracepoint":
             m = TRACEPOINT_RE.match(target)
             if not m:

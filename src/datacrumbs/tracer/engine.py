@@ -132,6 +132,7 @@ _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 128                                # struct dc_task: dc_entry (64) + 64
 _EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
+_PATH_REVERSED = 1                              # DC_PATH_REVERSED in a dc_path's pad
 _PID_MEMBER, _PID_AT_EXEC = 1, 2                # enum dc_pid_state: scope_pids values
 UID_MAX = (1 << 32) - 2
 _PIDFD_THREAD = os.O_EXCL                       # pidfd of one thread, not a process (6.9)
@@ -1039,8 +1040,10 @@ class Engine:
         for rec in recs:
             if len(rec) <= head:
                 continue
-            ts, tid, _probe, length, _pad = _PATH_HEAD.unpack_from(rec)
+            ts, tid, _probe, length, pad = _PATH_HEAD.unpack_from(rec)
             raw = rec[head:head + length].split(b"\0", 1)[0]
+            if pad == _PATH_REVERSED:       # "name/dir/.../": walked up from the file
+                raw = b"/" + b"/".join(reversed([c for c in raw.split(b"/") if c]))
             if raw:
                 self._pending_paths[(tid, ts)] = raw.decode("utf-8", errors="surrogateescape")
         if len(self._pending_paths) > 65536:      # bounded: drop the oldest unmatched

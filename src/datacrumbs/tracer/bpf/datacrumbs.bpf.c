@@ -1057,6 +1057,16 @@ struct io_rw___dc {
 	__u32 len;
 } __attribute__((preserve_access_index));
 
+struct io_kiocb___dcfile {
+	struct file *file;
+} __attribute__((preserve_access_index));
+
+struct mount___dc {
+	struct mount___dc *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+} __attribute__((preserve_access_index));
+
 /* uapi (linux/aio_abi.h): fixed layouts */
 struct dc_iocb {
 	__u64 aio_data;
@@ -1098,23 +1108,120 @@ static __always_inline __u32 async_probe(__u32 cls)
 	return p && *p ? *p - 1 : DC_NO_PROBE;
 }
 
-/* One completed request: an event of its submitter (or a profile count). */
+#define DC_PATH_DEPTH 48		/* components of a file's path walked */
+/* keep clang from dropping a mask the verifier needs to bound an index */
+#define DC_OPAQUE(v) asm volatile("" : "+r"(v))
+#define DC_PATH_HALF (DC_PATH_MAX / 2)
+
+struct dc_walk {
+	struct dentry *d;
+	struct vfsmount *vm;
+	struct mount___dc *m;
+	__u32 off;		/* bytes written so far */
+	int state;		/* 0 walking, 1 reached the root, -1 failed */
+};
+
+/* One step up a file's path (a bpf_loop callback: verified once, not per step). */
+static long dc_walk_step(__u32 i, struct dc_walk *w)
+{
+	struct dentry *d = w->d, *parent;
+	struct vfsmount *vm = w->vm;
+	struct mount___dc *m = w->m, *up;
+	__u32 zero = 0, off = w->off, at;
+	struct dc_path *p;
+	long n;
+
+	if (d == BPF_CORE_READ(vm, mnt_root)) {	/* top of this mount: go to its mount point */
+		up = BPF_CORE_READ(m, mnt_parent);
+		if (up == m) {
+			w->state = 1;
+			return 1;
+		}
+		w->d = BPF_CORE_READ(m, mnt_mountpoint);
+		w->m = up;
+		w->vm = (struct vfsmount *)((char *)up + bpf_core_field_offset(struct mount___dc, mnt));
+		return 0;
+	}
+	parent = BPF_CORE_READ(d, d_parent);
+	if (parent == d) {			/* a root of no mount here: detached */
+		w->state = 1;
+		return 1;
+	}
+	p = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!p || off >= DC_PATH_HALF) {
+		w->state = -1;
+		return 1;
+	}
+	n = bpf_probe_read_kernel_str(&p->path[off & (DC_PATH_HALF - 1)], DC_PATH_HALF,
+				      BPF_CORE_READ(d, d_name.name));
+	if (n <= 1) {
+		w->state = -1;
+		return 1;
+	}
+	off += n;
+	at = off - 1;
+	DC_OPAQUE(at);
+	p->path[at & (DC_PATH_MAX - 1)] = '/';		/* over its NUL */
+	w->off = off;
+	w->d = parent;
+	return 0;
+}
+
+/* The path of an open file, for an io_uring fixed file (an index into the ring's
+ * table, which no fd table names). Walked from the file up through dentries and
+ * mounts and written leaf first ("name/dir/.../"): pad = DC_PATH_REVERSED tells
+ * the reader to turn it around. 1 sent, -1 lost (unreadable, deeper than
+ * DC_PATH_DEPTH, longer than DC_PATH_HALF, or the ring is full). */
+static __always_inline int emit_file_path(struct dc_config *c, struct file *file, __u64 ts,
+					  __u32 tid, __u32 probe)
+{
+	struct dc_walk w = {};
+	__u32 zero = 0, off;
+	struct dc_path *p;
+
+	w.d = BPF_CORE_READ(file, f_path.dentry);
+	w.vm = BPF_CORE_READ(file, f_path.mnt);
+	w.m = (void *)((char *)w.vm - bpf_core_field_offset(struct mount___dc, mnt));
+	if (!w.d || !w.vm)
+		return -1;
+	bpf_loop(DC_PATH_DEPTH, dc_walk_step, &w, 0);
+	p = bpf_map_lookup_elem(&path_scratch, &zero);
+	off = w.off;
+	if (!p || w.state != 1 || !off || off >= DC_PATH_HALF)
+		return -1;
+	DC_OPAQUE(off);
+	off &= DC_PATH_HALF - 1;
+	p->path[off] = 0;
+	p->ts = ts;
+	p->tid = tid;
+	p->probe = probe;
+	p->len = off + 1;
+	p->pad = DC_PATH_REVERSED;
+	return bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + off + 1,
+				  wakeup_flag(&paths, c->wakeup_paths)) < 0 ? -1 : 1;
+}
+
+/* One completed request: an event of its submitter (or a profile count).
+ * ``file``: the request's open file when its path must be sent (fixed files). */
 static __always_inline void async_done(struct dc_config *c, struct dc_async_req *r, __s64 res,
-				       __u64 now)
+				       __u64 now, struct file *file)
 {
 	struct dc_event ev_buf, *ev = &ev_buf;
 	__u64 dur = now > r->ts ? now - r->ts : 0;
 	__s64 bytes = r->data ? (res >= 0 ? res : 0) : -1;
+	int path = 0;
 
 	if (c->mode == DC_MODE_PROFILE) {
 		profile_add(c, NULL, r->tid_tgid >> 32, r->probe, dur, bytes);
 		return;
 	}
+	if (file && c->capture_paths)
+		path = emit_file_path(c, file, r->ts, (__u32)r->tid_tgid, r->probe);
 	ev->ts = r->ts;
 	ev->dur = dur;
 	ev->pid = r->tid_tgid >> 32;
 	ev->tid = (__u32)r->tid_tgid;
-	ev->probe = r->probe;
+	ev->probe = path > 0 ? r->probe | DC_EV_PATH_SENT : r->probe;
 	ev->fd = r->fd;
 	ev->ret = res;
 	ev->count = r->count;
@@ -1124,6 +1231,8 @@ static __always_inline void async_done(struct dc_config *c, struct dc_async_req 
 	ev->flags = r->flags;
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0)
 		count_lost(0);
+	else if (path < 0)
+		count_lost(1);
 }
 
 /* IORING_OP_* -> class; -1: not traced (polls, timeouts, sockets, ...). */
@@ -1207,8 +1316,13 @@ int dc_uring_complete(struct trace_event_raw_io_uring_complete___dc *ctx)
 	if (!r)
 		return 0;
 	c = get_config();
-	if (c)
-		async_done(c, r, BPF_CORE_READ(ctx, res), bpf_ktime_get_ns());
+	if (c) {
+		/* a fixed file is named here: req->file is the table's file by now */
+		struct file *file = r->flags & DC_ASYNC_FIXED_FILE ?
+			BPF_CORE_READ((struct io_kiocb___dcfile *)key, file) : NULL;
+
+		async_done(c, r, BPF_CORE_READ(ctx, res), bpf_ktime_get_ns(), file);
+	}
 	bpf_map_delete_elem(&uring_inflight, &key);
 	return 0;
 }
@@ -1347,7 +1461,7 @@ static __always_inline int aio_reap(struct trace_event_raw_sys_exit *ctx)
 		r = bpf_map_lookup_elem(&aio_inflight, &key);
 		if (!r)
 			continue;
-		async_done(c, r, e.res, now);
+		async_done(c, r, e.res, now, NULL);
 		bpf_map_delete_elem(&aio_inflight, &key);
 	}
 	return 0;

@@ -199,6 +199,8 @@ enum dc_async_class {
 /* In an async event's flags: the opcode (IORING_OP_* or IOCB_CMD_*) in the low
  * byte; this bit when fd is an io_uring fixed-file index, not a descriptor. */
 #define DC_ASYNC_FIXED_FILE (1u << 31)
+/* dc_path.pad: the path is written leaf first, "name/dir/.../" (io_uring fixed files) */
+#define DC_PATH_REVERSED 1
 #define DC_AIO_MAX_BATCH 64	/* iocbs or io_events read per io_submit/io_getevents */
 
 struct dc_async_req {

@@ -179,19 +179,42 @@ def test_fio_bytes_are_exact_per_file(site, tmp_path, disk_dir, fio, engine, dir
     assert files[str(target)]["bytes"] >= 2 * SIZE
 
 
-@pytest.mark.parametrize("extra", [["--registerfiles=1"], ["--sqthread_poll=1"]],
-                         ids=["fixed-files", "sqpoll"])
-def test_io_uring_fixed_files_and_sqpoll(site, tmp_path, disk_dir, fio, extra):
-    """Registered files: fd is the fixed index, marked in flags. SQPOLL (which fio runs with
-    registered files): the poller thread submits, the event is its process's (fio's)."""
-    target = disk_dir / "fio.dat"
-    path, summary = traced(tmp_path, fio_cmd(fio, target, "io_uring", direct=1, extra=extra))
+@pytest.fixture
+def shm_dir():
+    """A scratch directory on /dev/shm: a tmpfs mounted on devtmpfs mounted on /."""
+    d = Path(tempfile.mkdtemp(prefix="datacrumbs-aio-", dir="/dev/shm"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where,direct,extra", [
+    ("disk", 1, ["--registerfiles=1"]),
+    ("shm", 0, ["--registerfiles=1"]),
+    ("disk", 1, ["--sqthread_poll=1"]),
+], ids=["fixed-files", "fixed-files-across-mounts", "sqpoll"])
+def test_io_uring_fixed_files_and_sqpoll(site, tmp_path, disk_dir, shm_dir, fio, where, direct,
+                                         extra):
+    """Registered files: fd is the fixed index, marked in flags, and the file is named from
+    the kernel's own file (its dentries and mounts), as no fd table names an index. SQPOLL
+    (which fio runs with registered files): the poller thread submits; the event is its
+    process's (fio's), on the poller's thread id."""
+    target = (disk_dir if where == "disk" else shm_dir) / "fio.dat"
+    # with SQPOLL the kernel poller thread (comm iou-sqp-PID) submits
+    script = BPFTRACE["io_uring"].replace('comm == "fio"',
+                                          '(comm == "fio" || strncmp(comm, "iou-sqp-", 8) == 0)')
+    with Bpftrace(script) as bt:
+        path, summary = traced(tmp_path, fio_cmd(fio, target, "io_uring", direct=direct,
+                                                 extra=extra))
+    assert summary["names_lost"] == 0
     events = data_events(path, OPS["io_uring"])
     for name in OPS["io_uring"]:
-        check_requests(events, name, target, named=False)
+        check_requests(events, name, target)
+    assert {e["file"] for e in events} == {str(target)}
     assert all(e["args"]["flags"] & FIXED_FILE and e["args"]["fd"] == 0 for e in events)
     fio_pids = {e["pid"] for e in rb.events(path) if e["name"] in ("openat", "open")}
     assert {e["pid"] for e in events} <= fio_pids
+    # the kernel saw as many completions, of as many bytes
+    assert bt.maps == {"n[23]": NREQ, "n[22]": NREQ, "b[23]": SIZE, "b[22]": SIZE}, bt.maps
     if "--sqthread_poll=1" in extra:
         # the kernel poller thread (iou-sqp-PID) is a thread of the submitting process
         assert all(e["tid"] != e["pid"] for e in events)

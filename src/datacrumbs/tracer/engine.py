@@ -92,15 +92,18 @@ ASYNC_CLASSES = {"io_uring_read": 0, "io_uring_write": 1, "io_uring_fsync": 2,
                  "libaio_read": 3, "libaio_write": 4, "libaio_fsync": 5}
 ASYNC_FIXED_FILE = 1 << 31      # DC_ASYNC_FIXED_FILE: an async event's fd is a fixed-file index
 _URING_PROGS = ("dc_uring_submit", "dc_uring_complete")
-_AIO_PROGS = ("dc_aio_submit_enter", "dc_aio_submit_exit", "dc_aio_getevents_enter",
-              "dc_aio_getevents_exit", "dc_aio_pgetevents_enter", "dc_aio_pgetevents_exit")
-# what each interface's programs attach to: all must exist on the kernel
+# what each interface's programs attach to: all must exist on the kernel. libaio's
+# system calls come through the system call programs (dc_sys_enter/exit): their
+# sys_specs entries say what to do at exit (DC_BYTES_AIO_SUBMIT / _REAP), so the
+# path of other system calls gains nothing (a syscalls:sys_enter_* tracepoint would
+# add a probe call to every system call of the node).
 _ASYNC_TRACEPOINTS = {
     "io_uring": ("io_uring/io_uring_submit_req", "io_uring/io_uring_complete"),
-    "libaio": ("syscalls/sys_enter_io_submit", "syscalls/sys_exit_io_submit",
-               "syscalls/sys_enter_io_getevents", "syscalls/sys_exit_io_getevents",
-               "syscalls/sys_enter_io_pgetevents", "syscalls/sys_exit_io_pgetevents"),
+    "libaio": (),
 }
+BYTES_AIO_SUBMIT, BYTES_AIO_REAP = 6, 7
+_AIO_SYSCALLS = (("io_submit", BYTES_AIO_SUBMIT), ("io_getevents", BYTES_AIO_REAP),
+                 ("io_pgetevents", BYTES_AIO_REAP))
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
 BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
@@ -541,6 +544,7 @@ class Engine:
         self._closed = False
         self._final_lost = (0, 0)
         self._names_lost_here = 0       # name records that never met their event (user space)
+        self._sys_attached = False      # dc_sys_enter/exit attached (syscall or libaio probes)
 
     # -- setup --
 
@@ -686,10 +690,9 @@ class Engine:
                 for name in ("profile", "profile_slots", "slot_owner"):
                     obj.set_max_entries(name, 1)
             wanted = self._async_interfaces()
-            for iface, progs in (("io_uring", _URING_PROGS), ("libaio", _AIO_PROGS)):
-                if iface not in wanted:     # only what the probes ask for is loaded
-                    for prog in progs:
-                        obj.set_autoload(prog, False)
+            if "io_uring" not in wanted:        # only what the probes ask for is loaded
+                for prog in _URING_PROGS:
+                    obj.set_autoload(prog, False)
             for prog in _MULTI_PROGS:
                 if multi:
                     obj.set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
@@ -730,13 +733,15 @@ class Engine:
         for i, cls in found:
             by_iface.setdefault(_async_interface(self.probes[i]["target"]), []).append((i, cls))
         for iface, members in by_iface.items():
-            progs = _URING_PROGS if iface == "io_uring" else _AIO_PROGS
             links = []
             try:
                 for i, cls in members:
                     libbpf.map_update(fd, struct.pack("<I", cls), struct.pack("<I", i + 1))
-                for prog in progs:
-                    links.append(self._obj.attach(prog))
+                if iface == "io_uring":
+                    for prog in _URING_PROGS:
+                        links.append(self._obj.attach(prog))
+                else:
+                    links = self._attach_aio_syscalls()
             except (AttachFailed, libbpf.LibbpfError) as exc:
                 for link in links:
                     link.destroy()
@@ -747,6 +752,38 @@ class Engine:
                 continue
             self._links.extend(links)
             report.attached.extend(self.probes[i] for i, _cls in members)
+
+    def _attach_aio_syscalls(self) -> list:
+        """libaio: io_submit and io_(p)getevents in sys_specs (their exit reads the iocbs
+        or io_events), and the system call programs if no syscall probe attached them.
+        Returns the links made here."""
+        fd = self._obj.map_fd("sys_specs")
+        numbers = []
+        for name, kind in _AIO_SYSCALLS:
+            nr = syscall_number(name)
+            if nr is None or not 0 <= nr < MAX_SYSCALLS:
+                raise AttachFailed(f"no system call {name} on this host")
+            raw = libbpf.map_lookup(fd, struct.pack("<I", nr), _SPEC.size)
+            if raw is not None and raw[4]:          # dc_spec.active
+                raise AttachFailed(f"system call {name} is already traced by a syscall probe")
+            numbers.append((nr, kind))
+        for nr, kind in numbers:
+            libbpf.map_update(fd, struct.pack("<I", nr), _SPEC.pack(
+                0xFFFFFFFF, 1, kind, -1, 0, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, -1, -1, 0))
+        if self._sys_attached:
+            return []
+        links = []
+        try:
+            for prog in ("dc_sys_enter", "dc_sys_exit"):
+                links.append(self._obj.attach(prog))
+        except AttachFailed:
+            for link in links:
+                link.destroy()
+            for nr, _kind in numbers:       # inactive again
+                libbpf.map_update(fd, struct.pack("<I", nr), bytes(_SPEC.size))
+            raise
+        self._sys_attached = True
+        return links
 
     def _wakeup_events(self) -> int:
         """Events per CPU between wakeups of the reader: all CPUs together fill at
@@ -1001,6 +1038,7 @@ class Engine:
             for i, _nr, _p in syscalls:
                 report.refused.append((self.probes[i], f"cannot attach raw_syscalls: {exc}"))
             return
+        self._sys_attached = True
         report.attached.extend(self.probes[i] for i, _nr, _p in syscalls)
 
     # -- running --

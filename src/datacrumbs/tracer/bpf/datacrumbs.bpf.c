@@ -592,6 +592,10 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 		count_lost(1);
 }
 
+static __noinline int aio_submitted(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid,
+				    long n);
+static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid, long n);
+
 /* ---- system calls: one pair of programs, a table of wanted numbers ---- */
 
 /* BTF-enabled raw tracepoints: no copy of the arguments into a perf
@@ -655,8 +659,14 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	c = get_config();
 	/* a set-uid execve returns in another program with other creds */
-	if (c && t->sys.nr == k && still_in_scope(c, t, task))
-		finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t);
+	if (c && t->sys.nr == k && still_in_scope(c, t, task)) {
+		if (sp->bytes_kind == DC_BYTES_AIO_SUBMIT)
+			aio_submitted(c, &t->sys, t->tid_tgid, ret);
+		else if (sp->bytes_kind == DC_BYTES_AIO_REAP)
+			aio_reaped(c, &t->sys, t->tid_tgid, ret);
+		else
+			finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t);
+	}
 	t->sys.ts = 0;
 	return 0;
 }
@@ -1018,14 +1028,6 @@ struct {
 	__type(value, struct dc_async_req);
 } aio_inflight SEC(".maps");
 
-/* io_submit / io_(p)getevents calls in progress, by thread. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct dc_aio_call);
-} aio_calls SEC(".maps");
-
 /* Own flavours (CO-RE) of the kernel types read here: the object still builds
  * from the BTF of a kernel without io_uring, whose programs then stay unloaded. */
 struct trace_event_raw_io_uring_submit_req___dc {
@@ -1327,73 +1329,30 @@ int dc_uring_complete(struct trace_event_raw_io_uring_complete___dc *ctx)
 	return 0;
 }
 
-/* io_submit and io_(p)getevents entry: remember when, and the user array. */
-static __always_inline int aio_enter(unsigned long ptr)
-{
-	struct dc_config *c = get_config();
-	struct dc_aio_call call;
-	__u32 tid;
-	bool in;
-
-	if (!c)
-		return 0;
-	task_state(c, &in);
-	if (!in)
-		return 0;
-	tid = (__u32)bpf_get_current_pid_tgid();
-	call.ts = bpf_ktime_get_ns();
-	call.ptr = ptr;
-	bpf_map_update_elem(&aio_calls, &tid, &call, BPF_ANY);
-	return 0;
-}
-
-/* The pending call of this thread (removed), if it began in scope and the
- * task is still one whose memory may be read. */
-static __always_inline bool aio_call(struct dc_config *c, struct dc_aio_call *out)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct dc_aio_call *call = bpf_map_lookup_elem(&aio_calls, &tid);
-	struct dc_task *t;
-
-	if (!call)
-		return false;
-	*out = *call;
-	bpf_map_delete_elem(&aio_calls, &tid);
-	t = bpf_task_storage_get(&tasks, task, 0, 0);
-	return still_in_scope(c, t, task);
-}
-
-SEC("tp/syscalls/sys_enter_io_submit")
-int dc_aio_submit_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return aio_enter(ctx->args[2]);		/* struct iocb **iocbpp */
-}
+/* libaio's system calls come through dc_sys_enter/dc_sys_exit (sys_specs with
+ * bytes_kind DC_BYTES_AIO_*): no program of their own, so nothing is added to
+ * the path of other system calls. */
 
 /* io_submit returned: its first ret iocbs were submitted; read them now that
- * the kernel has touched them (no unfaulted page to fail on). */
-SEC("tp/syscalls/sys_exit_io_submit")
-int dc_aio_submit_exit(struct trace_event_raw_sys_exit *ctx)
+ * the kernel has touched them (no unfaulted page to fail on). The clock
+ * started at the call's entry. */
+static __noinline int aio_submitted(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid,
+				    long n)
 {
-	struct dc_config *c = get_config();
-	__u64 tid_tgid = bpf_get_current_pid_tgid();
 	struct dc_aio_key key = { .tgid = tid_tgid >> 32 };
-	struct dc_aio_call call;
+	__u64 iocbpp = e->args[2], ts = e->ts, ptr;
 	struct dc_async_req r;
 	struct dc_iocb cb;
-	long n = ctx->ret;
-	__u64 ptr;
 	int cls;
 
-	if (!c || !aio_call(c, &call) || n <= 0)
+	if (n <= 0)
 		return 0;
-	remember_comm(NULL, key.tgid);
 	if (n > DC_AIO_MAX_BATCH)
 		count_lost_n(0, n - DC_AIO_MAX_BATCH);
 	for (int i = 0; i < DC_AIO_MAX_BATCH; i++) {
 		if (i >= n)
 			break;
-		if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(call.ptr + i * 8)) < 0 ||
+		if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(iocbpp + i * 8)) < 0 ||
 		    bpf_probe_read_user(&cb, sizeof(cb), (void *)ptr) < 0) {
 			count_lost(0);
 			continue;
@@ -1407,7 +1366,7 @@ int dc_aio_submit_exit(struct trace_event_raw_sys_exit *ctx)
 		r.probe = async_probe(cls);
 		if (r.probe == DC_NO_PROBE)
 			continue;
-		r.ts = call.ts;
+		r.ts = ts;
 		r.tid_tgid = tid_tgid;
 		r.fd = (__s32)cb.aio_fildes;
 		r.flags = cb.aio_lio_opcode;
@@ -1422,30 +1381,15 @@ int dc_aio_submit_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_enter_io_getevents")
-int dc_aio_getevents_enter(struct trace_event_raw_sys_enter *ctx)
+/* io_(p)getevents returned n io_events: each completes the iocb named by its obj. */
+static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid, long n)
 {
-	return aio_enter(ctx->args[3]);		/* struct io_event *events */
-}
-
-SEC("tp/syscalls/sys_enter_io_pgetevents")
-int dc_aio_pgetevents_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return aio_enter(ctx->args[3]);
-}
-
-/* ret io_events were written: each completes the iocb named by its obj. */
-static __always_inline int aio_reap(struct trace_event_raw_sys_exit *ctx)
-{
-	struct dc_config *c = get_config();
-	struct dc_aio_key key = { .tgid = bpf_get_current_pid_tgid() >> 32 };
-	struct dc_aio_call call;
+	struct dc_aio_key key = { .tgid = tid_tgid >> 32 };
+	__u64 events = e->args[3], now;
 	struct dc_async_req *r;
-	struct dc_io_event e;
-	long n = ctx->ret;
-	__u64 now;
+	struct dc_io_event ev;
 
-	if (!c || !aio_call(c, &call) || n <= 0)
+	if (n <= 0)
 		return 0;
 	now = bpf_ktime_get_ns();
 	if (n > DC_AIO_MAX_BATCH)
@@ -1453,28 +1397,16 @@ static __always_inline int aio_reap(struct trace_event_raw_sys_exit *ctx)
 	for (int i = 0; i < DC_AIO_MAX_BATCH; i++) {
 		if (i >= n)
 			break;
-		if (bpf_probe_read_user(&e, sizeof(e), (void *)(call.ptr + i * sizeof(e))) < 0) {
+		if (bpf_probe_read_user(&ev, sizeof(ev), (void *)(events + i * sizeof(ev))) < 0) {
 			count_lost(0);
 			continue;
 		}
-		key.iocb = e.obj;
+		key.iocb = ev.obj;
 		r = bpf_map_lookup_elem(&aio_inflight, &key);
 		if (!r)
 			continue;
-		async_done(c, r, e.res, now, NULL);
+		async_done(c, r, ev.res, now, NULL);
 		bpf_map_delete_elem(&aio_inflight, &key);
 	}
 	return 0;
-}
-
-SEC("tp/syscalls/sys_exit_io_getevents")
-int dc_aio_getevents_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return aio_reap(ctx);
-}
-
-SEC("tp/syscalls/sys_exit_io_pgetevents")
-int dc_aio_pgetevents_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return aio_reap(ctx);
 }

@@ -34,6 +34,10 @@ enum dc_bytes_kind {
 	DC_BYTES_ARG = 3,	/* arg[bytes_arg] when ret >= 0 */
 	DC_BYTES_FIELD = 4,	/* tracepoint field at field_off/field_size */
 	DC_BYTES_SECTORS = 5,	/* block request: nr_sector * 512 */
+	/* libaio system calls: not an event of their own; io_submit records its
+	 * iocbs, io_(p)getevents completes them (one event per iocb) */
+	DC_BYTES_AIO_SUBMIT = 6,
+	DC_BYTES_AIO_REAP = 7,
 };
 
 #define DC_CGNAME_MAX 256	/* a kernfs name (NAME_MAX) and its NUL */
@@ -220,10 +224,5 @@ struct dc_aio_key {
 	__u64 iocb;		/* user address of the iocb (io_event.obj) */
 };
 
-/* io_submit / io_getevents in progress: entry time and the user array. */
-struct dc_aio_call {
-	__u64 ts;
-	__u64 ptr;
-};
 
 #endif

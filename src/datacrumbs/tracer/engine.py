@@ -25,6 +25,12 @@ copy_file_range, sendfile, splice and tee name the output there; -1 if none),
 (``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
 and belong to the issuing process. pids are host pids.
 
+Probes of kind ``async`` (targets in ``ASYNC_CLASSES``) report io_uring requests and
+libaio iocbs: one event per completed request, for the task that submitted it, ``ts``
+at submission and ``dur`` to completion, ``bytes`` the completion's result, ``flags``
+the opcode (``ASYNC_FIXED_FILE`` set when ``fd`` is an io_uring fixed-file index; such
+a file's path comes with the event, read from the kernel's file).
+
 ``batch.paths`` maps a row of ``batch.events`` to the path an open-like call
 was given (probes with a ``path`` role; read in the kernel at return). A row
 that should have a path and has none is counted in ``names_lost()``.

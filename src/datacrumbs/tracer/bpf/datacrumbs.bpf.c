@@ -1001,9 +1001,10 @@ int dc_uretprobe_multi(struct pt_regs *ctx)
  * task, so the scope check is the usual one) and reported where it completes,
  * as one event of the submitter: bytes = the completion's result, latency =
  * submit -> complete. In-flight requests wait in bounded hash maps; a request
- * that finds no room is counted as a lost event. These programs are loaded
- * only when the probes ask for an async class (the engine turns them off
- * otherwise), so nothing here costs the common system call path. */
+ * that finds no room is counted as a lost event. The io_uring programs are
+ * loaded only when the probes ask for an io_uring class; libaio's system calls
+ * are handled at the exit of the system call programs (DC_BYTES_AIO_*), so
+ * nothing here costs other system calls. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -235,3 +235,28 @@ def test_without_the_async_set_nothing_is_loaded(site, tmp_path, disk_dir, fio):
                            sets=("posix",))
     assert not data_events(path, OPS["io_uring"])
     assert not any(p["kind"] == "async" for p in summary["probes_attached"])
+
+
+def test_requests_of_other_processes_are_not_recorded(site, tmp_path, disk_dir, fio):
+    """An untraced fio doing io_uring at the same time: none of its requests (submitted
+    outside the scope, completing anywhere) reaches the trace."""
+    mine, other = disk_dir / "traced.dat", disk_dir / "other.dat"
+    outside = subprocess.Popen(
+        [fio, f"--filename={other}", f"--size={SIZE}", f"--bs={BS}", "--ioengine=io_uring",
+         "--iodepth=8", "--direct=1", "--output=/dev/null", "--time_based", "--runtime=30",
+         "--name=o", "--rw=randrw"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (other.exists() and other.stat().st_size == SIZE):   # laid out: running
+            assert time.monotonic() < deadline and outside.poll() is None
+            time.sleep(0.1)
+        path, _summary = traced(tmp_path, fio_cmd(fio, mine, "io_uring", direct=1))
+        assert outside.poll() is None, "the untraced fio ended before the traced one"
+    finally:
+        outside.kill()
+        outside.wait()
+    events = data_events(path, OPS["io_uring"])
+    for name in OPS["io_uring"]:
+        check_requests(events, name, mine)
+    assert {e["file"] for e in events} == {str(mine)}
+    assert outside.pid not in {e["pid"] for e in events}

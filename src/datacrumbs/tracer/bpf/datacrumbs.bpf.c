@@ -1334,17 +1334,52 @@ int dc_uring_complete(struct trace_event_raw_io_uring_complete___dc *ctx)
  * bytes_kind DC_BYTES_AIO_*): no program of their own, so nothing is added to
  * the path of other system calls. */
 
+/* One submitted iocb (``slot``: its address in the user's iocb pointer array).
+ * A global function (scalar arguments only): the kernel verifies it once, not
+ * once per step of the batch loop, which keeps dc_sys_exit quick to load. */
+__noinline int dc_aio_submit_one(__u64 slot, __u64 tid_tgid, __u64 ts)
+{
+	struct dc_aio_key key = { .tgid = tid_tgid >> 32 };
+	struct dc_async_req r;
+	struct dc_iocb cb;
+	__u64 ptr;
+	int cls;
+
+	if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)slot) < 0 ||
+	    bpf_probe_read_user(&cb, sizeof(cb), (void *)ptr) < 0) {
+		count_lost(0);
+		return 0;
+	}
+	switch (cb.aio_lio_opcode) {
+	case 0: case 7: cls = DC_ASYNC_AIO_READ; break;		/* PREAD, PREADV */
+	case 1: case 8: cls = DC_ASYNC_AIO_WRITE; break;	/* PWRITE, PWRITEV */
+	case 2: case 3: cls = DC_ASYNC_AIO_FSYNC; break;	/* FSYNC, FDSYNC */
+	default: return 0;
+	}
+	r.probe = async_probe(cls);
+	if (r.probe == DC_NO_PROBE)
+		return 0;
+	r.ts = ts;
+	r.tid_tgid = tid_tgid;
+	r.fd = (__s32)cb.aio_fildes;
+	r.flags = cb.aio_lio_opcode;
+	r.data = cls != DC_ASYNC_AIO_FSYNC;
+	r.offset = r.data ? cb.aio_offset : -1;
+	/* PREADV/PWRITEV: aio_nbytes counts iovecs, not bytes */
+	r.count = cb.aio_lio_opcode <= 1 ? cb.aio_nbytes : 0;
+	key.iocb = ptr;
+	if (bpf_map_update_elem(&aio_inflight, &key, &r, BPF_ANY) < 0)
+		count_lost(0);
+	return 0;
+}
+
 /* io_submit returned: its first ret iocbs were submitted; read them now that
  * the kernel has touched them (no unfaulted page to fail on). The clock
  * started at the call's entry. */
 static __noinline int aio_submitted(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid,
 				    long n)
 {
-	struct dc_aio_key key = { .tgid = tid_tgid >> 32 };
-	__u64 iocbpp = e->args[2], ts = e->ts, ptr;
-	struct dc_async_req r;
-	struct dc_iocb cb;
-	int cls;
+	__u64 iocbpp = e->args[2], ts = e->ts;
 
 	if (n <= 0)
 		return 0;
@@ -1353,42 +1388,40 @@ static __noinline int aio_submitted(struct dc_config *c, struct dc_entry *e, __u
 	for (int i = 0; i < DC_AIO_MAX_BATCH; i++) {
 		if (i >= n)
 			break;
-		if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(iocbpp + i * 8)) < 0 ||
-		    bpf_probe_read_user(&cb, sizeof(cb), (void *)ptr) < 0) {
-			count_lost(0);
-			continue;
-		}
-		switch (cb.aio_lio_opcode) {
-		case 0: case 7: cls = DC_ASYNC_AIO_READ; break;		/* PREAD, PREADV */
-		case 1: case 8: cls = DC_ASYNC_AIO_WRITE; break;	/* PWRITE, PWRITEV */
-		case 2: case 3: cls = DC_ASYNC_AIO_FSYNC; break;	/* FSYNC, FDSYNC */
-		default: continue;
-		}
-		r.probe = async_probe(cls);
-		if (r.probe == DC_NO_PROBE)
-			continue;
-		r.ts = ts;
-		r.tid_tgid = tid_tgid;
-		r.fd = (__s32)cb.aio_fildes;
-		r.flags = cb.aio_lio_opcode;
-		r.data = cls != DC_ASYNC_AIO_FSYNC;
-		r.offset = r.data ? cb.aio_offset : -1;
-		/* PREADV/PWRITEV: aio_nbytes counts iovecs, not bytes */
-		r.count = cb.aio_lio_opcode <= 1 ? cb.aio_nbytes : 0;
-		key.iocb = ptr;
-		if (bpf_map_update_elem(&aio_inflight, &key, &r, BPF_ANY) < 0)
-			count_lost(0);
+		dc_aio_submit_one(iocbpp + i * 8, tid_tgid, ts);
 	}
 	return 0;
 }
 
-/* io_(p)getevents returned n io_events: each completes the iocb named by its obj. */
-static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid, long n)
+/* One reaped io_event (at user address ``uev``): completes the iocb its obj names.
+ * Global, like dc_aio_submit_one. */
+__noinline int dc_aio_reap_one(__u64 uev, __u32 tgid, __u64 now)
 {
-	struct dc_aio_key key = { .tgid = tid_tgid >> 32 };
-	__u64 events = e->args[3], now;
+	struct dc_aio_key key = { .tgid = tgid };
+	struct dc_config *c = get_config();
 	struct dc_async_req *r;
 	struct dc_io_event ev;
+
+	if (!c)
+		return 0;
+	if (bpf_probe_read_user(&ev, sizeof(ev), (void *)uev) < 0) {
+		count_lost(0);
+		return 0;
+	}
+	key.iocb = ev.obj;
+	r = bpf_map_lookup_elem(&aio_inflight, &key);
+	if (!r)
+		return 0;
+	async_done(c, r, ev.res, now, NULL);
+	bpf_map_delete_elem(&aio_inflight, &key);
+	return 0;
+}
+
+/* io_(p)getevents returned n io_events. Beyond DC_AIO_MAX_BATCH they are counted
+ * as lost (an over-count only when io_submit's batches were cut too). */
+static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid, long n)
+{
+	__u64 events = e->args[3], now;
 
 	if (n <= 0)
 		return 0;
@@ -1398,16 +1431,7 @@ static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 
 	for (int i = 0; i < DC_AIO_MAX_BATCH; i++) {
 		if (i >= n)
 			break;
-		if (bpf_probe_read_user(&ev, sizeof(ev), (void *)(events + i * sizeof(ev))) < 0) {
-			count_lost(0);
-			continue;
-		}
-		key.iocb = ev.obj;
-		r = bpf_map_lookup_elem(&aio_inflight, &key);
-		if (!r)
-			continue;
-		async_done(c, r, ev.res, now, NULL);
-		bpf_map_delete_elem(&aio_inflight, &key);
+		dc_aio_reap_one(events + i * sizeof(struct dc_io_event), tid_tgid >> 32, now);
 	}
 	return 0;
 }

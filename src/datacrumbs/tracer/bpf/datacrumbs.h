@@ -205,7 +205,8 @@ enum dc_async_class {
 #define DC_ASYNC_FIXED_FILE (1u << 31)
 /* dc_path.pad: the path is written leaf first, "name/dir/.../" (io_uring fixed files) */
 #define DC_PATH_REVERSED 1
-#define DC_AIO_MAX_BATCH 64	/* iocbs or io_events read per io_submit/io_getevents */
+/* iocbs read per io_submit, io_events per io_(p)getevents: the rest are lost events */
+#define DC_AIO_MAX_BATCH 64
 
 struct dc_async_req {
 	__u64 ts;		/* submission (io_submit: its entry) */

@@ -107,7 +107,7 @@ def test_select_probes():
     both = select_probes(catalog, ["posix", "stdio", "posix"])
     ids = [p["id"] for p in both]
     assert len(ids) == len(set(ids)) == len(catalog["posix"].probes) + len(catalog["stdio"].probes)
-    with pytest.raises(CatalogError, match="unknown probe set 'nope'; known sets: block, hdf5"):
+    with pytest.raises(CatalogError, match="unknown probe set 'nope'; known sets: async, block, hdf5"):
         select_probes(catalog, ["nope"])
     with pytest.raises(CatalogError, match="no probe set chosen"):
         select_probes(catalog, [])

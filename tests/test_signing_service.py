@@ -724,3 +724,17 @@ def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
         unit.unlink(missing_ok=True)
         manager.systemctl("daemon-reload")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_async_set_is_signed_from_the_catalog_and_judged_by_kind(site, service, user1):
+    """The built-in async set (io_uring and libaio requests): the default policy signs it,
+    with exactly the catalog's probes; a policy that does not allow the kind refuses it."""
+    from datacrumbs.probes.catalog import builtin_sets
+
+    signed = sign(site, ask("async"))
+    assert signed["sets"] == ["async"]
+    assert signed["probes"] == [dict(p) for p in builtin_sets()["async"].probes]
+    write_policy(site, '[defaults]\nallow_kinds = ["syscall"]\nallow_sets = ["*"]\n')
+    result = sign_as(user1.pw_name, ask("async"), site)
+    assert result.returncode == 3 and "'async'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -72,7 +72,8 @@ def test_default_sets_include_stdio(site, tmp_path):
     assert proc.returncode == 0, proc.stderr
     _, summary = outputs(out)
     attached = {p["id"].split(".")[0] for p in summary["probes_attached"]}
-    assert attached == {"posix", "stdio"}
+    # async: io_uring and libaio requests (fio's engines), tests/test_async_io.py
+    assert attached == {"posix", "stdio", "async"}
 
 
 @pytest.mark.parametrize("command,status", [

@@ -305,7 +305,7 @@ CORPUS = [
          + REGEN),
     Case("probe-kind", tampered(_set(("probes", 0, "kind"), CANARY)), SchemaViolation,
          "not a valid probes document: probes/0/kind: must be one of syscall, uprobe, "
-         "tracepoint, kprobe, usdt; " + REGEN),
+         "tracepoint, kprobe, usdt, async; " + REGEN),
     Case("probe-arg-name", tampered(_set(("probes", 0, "args"), {CANARY: 1})), SchemaViolation,
          "not a valid probes document: probes/0/args: has a property name that is not one of "
          "fd, count, offset, path, flags, size, nmemb, stream, whence, fd2; " + REGEN),

@@ -137,7 +137,8 @@ class Demo:
         self.step("4. The user generates a signed probes file")
         probes = Path(account.home) / "probes.json.gz"
         dc = self.tool("datacrumbs")
-        self.run([dc, "probes", "generate", "--set", "posix", "--set", "stdio", "--sign",
+        self.run([dc, "probes", "generate", "--set", "posix", "--set", "stdio", "--set", "async",
+                  "--sign",
                   "--force", "-o", str(probes)], as_user=account.name)
         self.run([dc, "probes", "verify", str(probes)], as_user=account.name)
         return probes

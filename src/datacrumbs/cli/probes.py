@@ -142,7 +142,7 @@ def _generate(args) -> int:
             err.print(Text(f"note: {alias['id']} ({alias['target']}) is the same function as "
                            f"{into['id']} ({into['target']}) in {into['library']}: one probe "
                            "records both names"))
-        if host.tracefs is None and any(p["kind"] == "tracepoint" for p in kept):
+        if host.tracefs is None and any(p["kind"] in ("tracepoint", "async") for p in kept):
             err.print("note: tracefs is readable only by root, so tracepoints were not checked "
                       "here; the tracer reports any that do not exist on the compute node")
         if not kept:

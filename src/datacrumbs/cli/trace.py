@@ -8,7 +8,7 @@ traced. The forked helper joins the trace only when it execs the command
 the trace, and the tracer itself never is. The trace and its summary go to
 DIR (default: the current directory); the exit status is the command's.
 
-Probes come from named sets (default: posix and stdio, checked against this
+Probes come from named sets (default: posix, stdio and async, checked against this
 host) or from a probes file. A probes file may be unsigned here: signatures
 protect the root daemon from other users' choices, and here root runs only
 its own command. A signed file is still verified (for $SUDO_USER when run
@@ -33,7 +33,7 @@ from pathlib import Path
 from ..errors import DatacrumbsError, UsageError
 
 HELP = "trace one command on this machine and print a summary (root)"
-DEFAULT_SETS = ("posix", "stdio")
+DEFAULT_SETS = ("posix", "stdio", "async")
 
 
 def setup_parser(parser) -> None:
@@ -42,7 +42,7 @@ def setup_parser(parser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--probes", metavar="FILE", help="probes file (*.json.gz), signed or not")
     src.add_argument("--set", dest="sets", metavar="NAME", action="append",
-                     help="probe set to use (repeatable; default: posix and stdio)")
+                     help="probe set to use (repeatable; default: posix, stdio and async)")
     parser.add_argument("-o", "--output", metavar="DIR", default=".",
                         help="directory for the trace and summary (default: current)")
     parser.add_argument("--mode", choices=("trace", "profile"), default=None,

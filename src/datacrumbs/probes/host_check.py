@@ -373,6 +373,15 @@ def check_probe(probe: dict, host: HostInfo, libraries: LibraryResolver) -> tupl
             if rule.startswith("field:") and rule[6:] not in fields:
                 return None, f"tracepoint {target} has no field {rule[6:]!r}"
         return dict(probe), None
+    if kind == "async":
+        if host.tracefs:
+            needed = (("io_uring:io_uring_submit_req", "io_uring:io_uring_complete")
+                      if target.startswith("io_uring_") else
+                      ("syscalls:sys_enter_io_submit", "syscalls:sys_enter_io_getevents"))
+            for tp in needed:
+                if not (host.tracefs / "events" / tp.replace(":", "/")).is_dir():
+                    return None, f"this kernel has no tracepoint {tp} (needed for {target})"
+        return dict(probe), None
     if kind == "kprobe":
         if not host.kprobes:
             return None, host.kprobes_reason or NO_KPROBES

@@ -24,7 +24,9 @@ ID_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 # return). datatype: an MPI call's datatype (its bytes are count x the datatype's size).
 ROLES = ("fd", "count", "offset", "path", "flags", "size", "nmemb", "stream", "whence", "fd2",
          "handle", "handle_ptr", "handle_out", "datatype")
-KINDS = ("syscall", "uprobe", "tracepoint", "kprobe", "usdt")
+# async: the requests of an asynchronous I/O interface (io_uring, libaio), one event per
+# completed request; the target names the interface and the operation class.
+KINDS = ("syscall", "uprobe", "tracepoint", "kprobe", "usdt", "async")
 MAX_ARG_INDEX = 5  # six register arguments on x86_64: what BPF can read directly
 
 _NAME = {"type": "string", "pattern": ID_PATTERN}
@@ -38,6 +40,7 @@ _TARGETS = {
     "tracepoint": r"^[a-z0-9_]{1,64}:[a-z0-9_]{1,128}$",
     "kprobe": r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$",
     "usdt": r"^[A-Za-z_][A-Za-z0-9_]{0,63}:[A-Za-z_][A-Za-z0-9_]{0,63}$",
+    "async": r"^(io_uring|libaio)_(read|write|fsync)$",
 }
 BYTES_PATTERN = r"^(ret|ret\*arg[0-5]|arg[0-5]|field:[a-z_][a-z0-9_]{0,63})$"
 # Other names of a uprobe's function (fopen64 for fopen: one address in glibc). Only

@@ -236,7 +236,8 @@ class TraceWriter:
             roles = probe.get("args") if isinstance(probe.get("args"), dict) else {}
             tp = probe.get("kind") == "tracepoint"
             self._probe_fd2.append("fd2" in roles and not tp)
-            self._probe_flags.append("flags" in roles and not tp)
+            # async requests: the opcode (and the fixed-file bit) is in flags
+            self._probe_flags.append(("flags" in roles and not tp) or probe.get("kind") == "async")
             name = probe_name(probe)
             cat = str(probe.get("category") or "SYSCALL")
             self._probe_prefix.append(f'"name":{_json_str(name)},"cat":{_json_str(cat)},')

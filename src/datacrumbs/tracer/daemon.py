@@ -30,6 +30,7 @@ from ..jobid import validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .handles import HandleNames
+from .engine import ASYNC_FIXED_FILE
 from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
 from .scope import scope_from_env
 from .summary import SummaryBuilder, SummaryFile
@@ -230,8 +231,10 @@ class EventConverter:
     _close_ids: np.ndarray = field(init=False)
 
     def __post_init__(self):
-        self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe") for p in self.probes]
-                                    or [False])
+        # async requests complete with -errno too (a CQE's res, an io_event's res)
+        self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe", "async")
+                                     for p in self.probes] or [False])
+        self._async = np.array([p.get("kind") == "async" for p in self.probes] or [False])
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
         self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
@@ -284,8 +287,17 @@ class EventConverter:
             return ops, None, None, None
         two = np.flatnonzero(ops["fd2"] >= 0)
         paths2 = [None] * n if len(two) else None
+        # an io_uring fixed file's fd is an index into the ring's file table, not a
+        # descriptor: the process's fd table must not name it
+        fixed = np.flatnonzero(self._async[ev["probe"]]
+                               & ((ev["flags"] & np.uint32(ASYNC_FIXED_FILE)) != 0))
+        if len(fixed):
+            index = ops["fd"][fixed].copy()
+            ops["fd"][fixed] = -1
         opened = getattr(batch, "paths", None) or {}
         paths = self._paths(ops, opened, two, paths2, getattr(batch, "names", None) or {})
+        if len(fixed):
+            ops["fd"][fixed] = index
         args = None
         if self.handles.active:
             args = self.handles.name_rows(ops, ev["handle"], paths, opened)

@@ -28,6 +28,12 @@ hid_t; 0 if none). Tracepoint events are instants
 (``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
 and belong to the issuing process. pids are host pids.
 
+Probes of kind ``async`` (targets in ``ASYNC_CLASSES``) report io_uring requests and
+libaio iocbs: one event per completed request, for the task that submitted it, ``ts``
+at submission and ``dur`` to completion, ``bytes`` the completion's result, ``flags``
+the opcode (``ASYNC_FIXED_FILE`` set when ``fd`` is an io_uring fixed-file index; such
+a file's path comes with the event, read from the kernel's file).
+
 ``batch.paths`` maps a row of ``batch.events`` to the path an open-like call
 was given (probes with a ``path`` role; read in the kernel at return). A row
 that should have a path and has none is counted in ``names_lost()``.
@@ -99,7 +105,25 @@ HIST_BUCKETS = 32
 PROFILE_SLOTS = 16384                           # DC_PROFILE_SLOTS
 MAX_SYSCALLS = 512
 MAX_PROBES = 16384                              # DC_MAX_PROBES
-KINDS = ("syscall", "uprobe", "kprobe", "tracepoint")
+KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async")
+# kind "async": requests of asynchronous I/O interfaces, one event per completed
+# request (enum dc_async_class); target -> class index
+ASYNC_CLASSES = {"io_uring_read": 0, "io_uring_write": 1, "io_uring_fsync": 2,
+                 "libaio_read": 3, "libaio_write": 4, "libaio_fsync": 5}
+ASYNC_FIXED_FILE = 1 << 31      # DC_ASYNC_FIXED_FILE: an async event's fd is a fixed-file index
+_URING_PROGS = ("dc_uring_submit", "dc_uring_complete")
+# what each interface's programs attach to: all must exist on the kernel. libaio's
+# system calls come through the system call programs (dc_sys_enter/exit): their
+# sys_specs entries say what to do at exit (DC_BYTES_AIO_SUBMIT / _REAP), so the
+# path of other system calls gains nothing (a syscalls:sys_enter_* tracepoint would
+# add a probe call to every system call of the node).
+_ASYNC_TRACEPOINTS = {
+    "io_uring": ("io_uring/io_uring_submit_req", "io_uring/io_uring_complete"),
+    "libaio": (),
+}
+BYTES_AIO_SUBMIT, BYTES_AIO_REAP = 6, 7
+_AIO_SYSCALLS = (("io_submit", BYTES_AIO_SUBMIT), ("io_getevents", BYTES_AIO_REAP),
+                 ("io_pgetevents", BYTES_AIO_REAP))
 ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
 # Roles naming a library call's object handle (sent as the event's ``handle``), as enum
 # dc_handle_kind: the argument itself, a pointer to it read at entry, a pointer the call
@@ -273,7 +297,7 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
-              *_MULTI_PROGS)
+              *_MULTI_PROGS, *_URING_PROGS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -380,6 +404,19 @@ def _runs_as(pid: int, uid: int) -> bool:
 
 def kernel_has_kprobes() -> bool:
     return KPROBE_PMU.exists() or (TRACEFS / "kprobe_events").exists()
+
+
+def _async_interface(target: str) -> str:
+    """``io_uring`` or ``libaio``: whose requests an async probe's target counts."""
+    return "io_uring" if target.startswith("io_uring_") else "libaio"
+
+
+def _async_missing(iface: str) -> str | None:
+    """Why this kernel cannot report ``iface``'s requests (a tracepoint it lacks), or None."""
+    for tp in _ASYNC_TRACEPOINTS[iface]:
+        if not (TRACEFS / "events" / tp).is_dir():
+            return f"this kernel has no tracepoint {tp.replace('/', ':')} (needed for {iface})"
+    return None
 
 
 def _tracepoint_field(category: str, name: str, fname: str) -> tuple[int, int]:
@@ -630,6 +667,7 @@ class Engine:
         self._signed_paths: set[str] = set()
         self._dead_pids: set[int] = set()
         self._scans = 0
+        self._sys_attached = False      # dc_sys_enter/exit attached (syscall or libaio probes)
 
     # -- setup --
 
@@ -698,6 +736,7 @@ class Engine:
         syscalls: list[tuple[int, int, bytes]] = []
         path_probes = []
         block_issue_needed = False
+        async_found: list[tuple[int, int]] = []     # (probe index, dc_async_class)
         uprobes: dict[str, list[int]] = {}
         has_kprobes = kernel_has_kprobes()
         for i, probe in enumerate(self.probes):
@@ -711,6 +750,12 @@ class Engine:
                     syscalls.append((i, nr, spec[0]))
                     if spec[2]:
                         path_probes.append(i)
+                    continue
+                if kind == "async":
+                    cls = ASYNC_CLASSES[probe["target"]]
+                    if any(cls == c for _j, c in async_found):
+                        raise _Refused(f"async probe {probe['target']} is already in this file")
+                    async_found.append((i, cls))
                     continue
                 libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
                 if kind == "kprobe" and not has_kprobes:
@@ -743,6 +788,8 @@ class Engine:
         self._note_signed_libraries(uprobes, report)
         if syscalls:
             self._attach_syscalls(syscalls, report)
+        if async_found:
+            self._attach_async(async_found, report)
         if block_issue_needed:
             try:
                 self._links.append(obj.attach("dc_block_issue"))
@@ -830,7 +877,85 @@ class Engine:
             needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
             if self._raw_tp:
                 needed.add("dc_raw_tracepoint")
+        wanted = self._async_interfaces() if "async" in kinds else set()
+        if "io_uring" in wanted:
+            needed |= set(_URING_PROGS)
+        if "libaio" in wanted:          # its system calls come through the syscall programs
+            needed |= {"dc_sys_enter", "dc_sys_exit"}
         return needed
+
+    def _async_interfaces(self) -> set[str]:
+        """The async I/O interfaces (io_uring, libaio) the probes ask for and this kernel
+        has the tracepoints of: only their programs are loaded."""
+        wanted = set()
+        for probe in self.probes:
+            if isinstance(probe, dict) and probe.get("kind") == "async" \
+                    and probe.get("target") in ASYNC_CLASSES:
+                iface = _async_interface(probe["target"])
+                if _async_missing(iface) is None:
+                    wanted.add(iface)
+        return wanted
+
+    def _attach_async(self, found: list[tuple[int, int]], report: AttachReport) -> None:
+        """Fill async_probes (class -> probe index + 1) and attach the programs of each
+        interface asked for; probes of an interface that cannot attach are refused."""
+        fd = self._obj.map_fd("async_probes")
+        by_iface: dict[str, list[tuple[int, int]]] = {}
+        for i, cls in found:
+            by_iface.setdefault(_async_interface(self.probes[i]["target"]), []).append((i, cls))
+        for iface, members in by_iface.items():
+            links = []
+            try:
+                for i, cls in members:
+                    libbpf.map_update(fd, struct.pack("<I", cls), struct.pack("<I", i + 1))
+                if iface == "io_uring":
+                    for prog in _URING_PROGS:
+                        links.append(self._obj.attach(prog))
+                else:
+                    links = self._attach_aio_syscalls()
+            except (AttachFailed, libbpf.LibbpfError) as exc:
+                for link in links:
+                    link.destroy()
+                for i, cls in members:
+                    libbpf.map_update(fd, struct.pack("<I", cls), struct.pack("<I", 0))
+                    report.refused.append((self.probes[i], f"cannot attach {iface} "
+                                                           f"tracepoints: {exc}"))
+                continue
+            self._links.extend(links)
+            report.attached.extend(self.probes[i] for i, _cls in members)
+
+    def _attach_aio_syscalls(self) -> list:
+        """libaio: io_submit and io_(p)getevents in sys_specs (their exit reads the iocbs
+        or io_events), and the system call programs if no syscall probe attached them.
+        Returns the links made here."""
+        fd = self._obj.map_fd("sys_specs")
+        numbers = []
+        for name, kind in _AIO_SYSCALLS:
+            nr = syscall_number(name)
+            if nr is None or not 0 <= nr < MAX_SYSCALLS:
+                raise AttachFailed(f"no system call {name} on this host")
+            raw = libbpf.map_lookup(fd, struct.pack("<I", nr), _SPEC.size)
+            if raw is not None and raw[4]:          # dc_spec.active
+                raise AttachFailed(f"system call {name} is already traced by a syscall probe")
+            numbers.append((nr, kind))
+        for nr, kind in numbers:
+            libbpf.map_update(fd, struct.pack("<I", nr), _SPEC.pack(
+                0xFFFFFFFF, 1, kind, -1, 0, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, -1, -1, 0, 0,
+                -1, 0, 0))
+        if self._sys_attached:
+            return []
+        links = []
+        try:
+            for prog in ("dc_sys_enter", "dc_sys_exit"):
+                links.append(self._obj.attach(prog))
+        except AttachFailed:
+            for link in links:
+                link.destroy()
+            for nr, _kind in numbers:       # inactive again
+                libbpf.map_update(fd, struct.pack("<I", nr), bytes(_SPEC.size))
+            raise
+        self._sys_attached = True
+        return links
 
     def _wakeup_events(self) -> int:
         """Events per CPU between wakeups of the reader: all CPUs together fill at
@@ -925,6 +1050,15 @@ class Engine:
             nr = syscall_number(target) if SYMBOL_RE.match(target) else None
             if nr is None or not 0 <= nr < MAX_SYSCALLS:
                 raise _Refused(f"no system call named {target!r} on this host")
+        elif kind == "async":
+            if target not in ASYNC_CLASSES:
+                raise _Refused(f"unknown async I/O probe {target!r}; known: "
+                               f"{', '.join(ASYNC_CLASSES)}")
+            missing = _async_missing(_async_interface(target))
+            if missing:
+                raise _Refused(missing)
+            roles = {r: -1 for r in ROLES}     # the kernel's request, not call arguments
+            bkind, barg = BYTES_NONE, -1
         elif kind == "tracepoint":
             m = TRACEPOINT_RE.match(target)
             if not m:
@@ -1327,6 +1461,7 @@ class Engine:
             for i, _nr, _p in syscalls:
                 report.refused.append((self.probes[i], f"cannot attach raw_syscalls: {exc}"))
             return
+        self._sys_attached = True
         report.attached.extend(self.probes[i] for i, _nr, _p in syscalls)
 
     # -- running --

@@ -1015,6 +1015,10 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 		count_lost(1);
 }
 
+static __noinline int aio_submitted(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid,
+				    long n);
+static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid, long n);
+
 /* ---- system calls: one pair of programs, a table of wanted numbers ---- */
 
 /* BTF-enabled raw tracepoints: no copy of the arguments into a perf
@@ -1080,8 +1084,14 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	c = get_config();
 	/* a set-uid execve returns in another program with other creds */
-	if (c && t->sys.nr == k && still_in_scope(c, t, task))
-		finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t, task);
+	if (c && t->sys.nr == k && still_in_scope(c, t, task)) {
+		if (sp->bytes_kind == DC_BYTES_AIO_SUBMIT)
+			aio_submitted(c, &t->sys, t->tid_tgid, ret);
+		else if (sp->bytes_kind == DC_BYTES_AIO_REAP)
+			aio_reaped(c, &t->sys, t->tid_tgid, ret);
+		else
+			finish(c, sp, &t->sys, t->tid_tgid, ret, bpf_ktime_get_ns(), true, t, task);
+	}
 	t->sys.ts = 0;
 	return 0;
 }
@@ -1532,4 +1542,363 @@ SEC("uretprobe")
 int dc_uretprobe_multi(struct pt_regs *ctx)
 {
 	return probe_return(ctx);
+}
+
+/* ---- asynchronous I/O: io_uring and libaio ----
+ *
+ * fio's io_uring and libaio engines move data without read/write system
+ * calls. Each request is recorded where it is submitted (in the submitting
+ * task, so the scope check is the usual one) and reported where it completes,
+ * as one event of the submitter: bytes = the completion's result, latency =
+ * submit -> complete. In-flight requests wait in bounded hash maps; a request
+ * that finds no room is counted as a lost event. The io_uring programs are
+ * loaded only when the probes ask for an io_uring class; libaio's system calls
+ * are handled at the exit of the system call programs (DC_BYTES_AIO_*), so
+ * nothing here costs other system calls. */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DC_ASYNC_CLASSES);
+	__type(key, __u32);
+	__type(value, __u32);
+} async_probes SEC(".maps");
+
+/* io_uring requests in flight, by struct io_kiocb address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct dc_async_req);
+} uring_inflight SEC(".maps");
+
+/* libaio iocbs in flight, by (process, iocb user address). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dc_aio_key);
+	__type(value, struct dc_async_req);
+} aio_inflight SEC(".maps");
+
+/* Own flavours (CO-RE) of the kernel types read here: the object still builds
+ * from the BTF of a kernel without io_uring, whose programs then stay unloaded. */
+struct trace_event_raw_io_uring_submit_req___dc {
+	void *req;
+	__u8 opcode;
+	__u64 flags;
+} __attribute__((preserve_access_index));
+
+struct trace_event_raw_io_uring_complete___dc {
+	void *req;
+	int res;
+} __attribute__((preserve_access_index));
+
+struct io_cqe___dc {
+	__s32 fd;
+} __attribute__((preserve_access_index));
+
+struct io_kiocb___dc {
+	struct io_cqe___dc cqe;
+} __attribute__((preserve_access_index));
+
+struct kiocb___dc {
+	long long ki_pos;
+} __attribute__((preserve_access_index));
+
+/* struct io_rw is the first bytes of its io_kiocb (io_kiocb_to_cmd) */
+struct io_rw___dc {
+	struct kiocb___dc kiocb;
+	__u32 len;
+} __attribute__((preserve_access_index));
+
+struct io_kiocb___dcfile {
+	struct file *file;
+} __attribute__((preserve_access_index));
+
+/* uapi (linux/aio_abi.h): fixed layouts */
+struct dc_iocb {
+	__u64 aio_data;
+	__u32 aio_key;
+	__u32 aio_rw_flags;
+	__u16 aio_lio_opcode;
+	__s16 aio_reqprio;
+	__u32 aio_fildes;
+	__u64 aio_buf;
+	__u64 aio_nbytes;
+	__s64 aio_offset;
+	__u64 aio_reserved2;
+	__u32 aio_flags;
+	__u32 aio_resfd;
+};
+
+struct dc_io_event {
+	__u64 data;
+	__u64 obj;
+	__s64 res;
+	__s64 res2;
+};
+
+#define DC_REQ_F_FIXED_FILE 1ull	/* REQ_F_FIXED_FILE_BIT = IOSQE_FIXED_FILE_BIT = 0 */
+
+static __always_inline void count_lost_n(__u32 which, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&lost, &which);
+
+	if (v)
+		*v += n;
+}
+
+/* The probe of an async class, or DC_NO_PROBE when the probes do not ask for it. */
+static __always_inline __u32 async_probe(__u32 cls)
+{
+	__u32 *p = bpf_map_lookup_elem(&async_probes, &cls);
+
+	return p && *p ? *p - 1 : DC_NO_PROBE;
+}
+
+/* The name of an io_uring fixed file (an index into the ring's table, which no
+ * fd table names), from the file itself: sent as the event's path. 1 sent, -1 lost. */
+static __always_inline int emit_file_path(struct file *file, __u64 ts, __u32 tid, __u32 probe)
+{
+	__u64 ino = BPF_CORE_READ(file, f_inode, i_ino);
+	int len = dc_walk_name((__u64)BPF_CORE_READ(file, f_path.dentry),
+			       (__u64)BPF_CORE_READ(file, f_path.mnt));
+
+	if (len <= 0)
+		return -1;
+	return send_name(len, DC_FK_REG, DC_NAME_ARG, ino, ((__u64)tid << 32) | 0xffffffffu, ts,
+			 probe);
+}
+
+/* One completed request: an event of its submitter (or a profile count).
+ * ``file``: the request's open file when its path must be sent (fixed files). */
+static __always_inline void async_done(struct dc_config *c, struct dc_async_req *r, __s64 res,
+				       __u64 now, struct file *file)
+{
+	struct dc_event ev_buf, *ev = &ev_buf;
+	__u64 dur = now > r->ts ? now - r->ts : 0;
+	__s64 bytes = r->data ? (res >= 0 ? res : 0) : -1;
+	int path = 0;
+
+	if (c->mode == DC_MODE_PROFILE) {
+		profile_add(c, NULL, r->tid_tgid >> 32, r->probe, dur, bytes);
+		return;
+	}
+	if (file && c->capture_paths)
+		path = emit_file_path(file, r->ts, (__u32)r->tid_tgid, r->probe);
+	ev->ts = r->ts;
+	ev->dur = dur;
+	ev->pid = r->tid_tgid >> 32;
+	ev->tid = (__u32)r->tid_tgid;
+	ev->probe = path > 0 ? r->probe | DC_EV_PATH_SENT : r->probe;
+	ev->fd = r->fd;
+	ev->ret = res;
+	ev->count = r->count;
+	ev->offset = r->offset;
+	ev->bytes = bytes;
+	ev->fd2 = -1;
+	ev->flags = r->flags;
+	ev->handle = 0;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0) {
+		count_lost(0);
+		unsent_add(c, NULL, r->tid_tgid >> 32, r->probe, dur, bytes);
+	} else if (path < 0)
+		count_lost(1);
+}
+
+/* IORING_OP_* -> class; -1: not traced (polls, timeouts, sockets, ...). */
+static __always_inline int uring_class(__u8 op, bool *vectored)
+{
+	*vectored = op == 1 || op == 2 || op == 60 || op == 61;
+	switch (op) {
+	case 1:		/* READV */
+	case 4:		/* READ_FIXED */
+	case 22:	/* READ */
+	case 60:	/* READV_FIXED */
+		return DC_ASYNC_URING_READ;
+	case 2:		/* WRITEV */
+	case 5:		/* WRITE_FIXED */
+	case 23:	/* WRITE */
+	case 61:	/* WRITEV_FIXED */
+		return DC_ASYNC_URING_WRITE;
+	case 3:		/* FSYNC */
+	case 8:		/* SYNC_FILE_RANGE */
+		return DC_ASYNC_URING_FSYNC;
+	}
+	return -1;
+}
+
+/* After the request's prep (io_init_req), in the submitting task: with SQPOLL
+ * that is the ring's poller thread, a thread of the ring owner's process. */
+SEC("tp/io_uring/io_uring_submit_req")
+int dc_uring_submit(struct trace_event_raw_io_uring_submit_req___dc *ctx)
+{
+	struct dc_config *c = get_config();
+	struct dc_async_req r = {};
+	struct dc_task *t;
+	bool vectored, in;
+	__u8 op;
+	__u64 key;
+	int cls;
+
+	if (!c)
+		return 0;
+	op = BPF_CORE_READ(ctx, opcode);
+	cls = uring_class(op, &vectored);
+	if (cls < 0)
+		return 0;
+	r.probe = async_probe(cls);
+	if (r.probe == DC_NO_PROBE)
+		return 0;
+	t = task_state(c, &in);
+	if (!in)
+		return 0;
+	r.tid_tgid = bpf_get_current_pid_tgid();
+	remember_comm(t, r.tid_tgid >> 32);
+	key = (__u64)BPF_CORE_READ(ctx, req);
+	r.ts = bpf_ktime_get_ns();
+	r.fd = BPF_CORE_READ((struct io_kiocb___dc *)key, cqe.fd);
+	r.flags = op;
+	if (BPF_CORE_READ(ctx, flags) & DC_REQ_F_FIXED_FILE)
+		r.flags |= DC_ASYNC_FIXED_FILE;
+	r.offset = -1;
+	if (cls != DC_ASYNC_URING_FSYNC) {
+		struct io_rw___dc *rw = (void *)key;
+
+		r.data = 1;
+		r.offset = BPF_CORE_READ(rw, kiocb.ki_pos);
+		if (!vectored)
+			r.count = BPF_CORE_READ(rw, len);
+	}
+	if (bpf_map_update_elem(&uring_inflight, &key, &r, BPF_ANY) < 0)
+		count_lost(0);
+	return 0;
+}
+
+/* The request's CQE is filled: often in the submitter, but also in io-wq
+ * workers or interrupt-driven task work; the event is the submitter's. */
+SEC("tp/io_uring/io_uring_complete")
+int dc_uring_complete(struct trace_event_raw_io_uring_complete___dc *ctx)
+{
+	__u64 key = (__u64)BPF_CORE_READ(ctx, req);
+	struct dc_async_req *r = bpf_map_lookup_elem(&uring_inflight, &key);
+	struct dc_config *c;
+
+	if (!r)
+		return 0;
+	c = get_config();
+	if (c) {
+		/* a fixed file is named here: req->file is the table's file by now */
+		struct file *file = r->flags & DC_ASYNC_FIXED_FILE ?
+			BPF_CORE_READ((struct io_kiocb___dcfile *)key, file) : NULL;
+
+		async_done(c, r, BPF_CORE_READ(ctx, res), bpf_ktime_get_ns(), file);
+	}
+	bpf_map_delete_elem(&uring_inflight, &key);
+	return 0;
+}
+
+/* libaio's system calls come through dc_sys_enter/dc_sys_exit (sys_specs with
+ * bytes_kind DC_BYTES_AIO_*): no program of their own, so nothing is added to
+ * the path of other system calls. */
+
+/* One submitted iocb (``slot``: its address in the user's iocb pointer array).
+ * A global function (scalar arguments only): the kernel verifies it once, not
+ * once per step of the batch loop, which keeps dc_sys_exit quick to load. */
+__noinline int dc_aio_submit_one(__u64 slot, __u64 tid_tgid, __u64 ts)
+{
+	struct dc_aio_key key = { .tgid = tid_tgid >> 32 };
+	struct dc_async_req r;
+	struct dc_iocb cb;
+	__u64 ptr;
+	int cls;
+
+	if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)slot) < 0 ||
+	    bpf_probe_read_user(&cb, sizeof(cb), (void *)ptr) < 0) {
+		count_lost(0);
+		return 0;
+	}
+	switch (cb.aio_lio_opcode) {
+	case 0: case 7: cls = DC_ASYNC_AIO_READ; break;		/* PREAD, PREADV */
+	case 1: case 8: cls = DC_ASYNC_AIO_WRITE; break;	/* PWRITE, PWRITEV */
+	case 2: case 3: cls = DC_ASYNC_AIO_FSYNC; break;	/* FSYNC, FDSYNC */
+	default: return 0;
+	}
+	r.probe = async_probe(cls);
+	if (r.probe == DC_NO_PROBE)
+		return 0;
+	r.ts = ts;
+	r.tid_tgid = tid_tgid;
+	r.fd = (__s32)cb.aio_fildes;
+	r.flags = cb.aio_lio_opcode;
+	r.data = cls != DC_ASYNC_AIO_FSYNC;
+	r.offset = r.data ? cb.aio_offset : -1;
+	/* PREADV/PWRITEV: aio_nbytes counts iovecs, not bytes */
+	r.count = cb.aio_lio_opcode <= 1 ? cb.aio_nbytes : 0;
+	key.iocb = ptr;
+	if (bpf_map_update_elem(&aio_inflight, &key, &r, BPF_ANY) < 0)
+		count_lost(0);
+	return 0;
+}
+
+/* io_submit returned: its first ret iocbs were submitted; read them now that
+ * the kernel has touched them (no unfaulted page to fail on). The clock
+ * started at the call's entry. */
+static __noinline int aio_submitted(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid,
+				    long n)
+{
+	__u64 iocbpp = e->args[2], ts = e->ts;
+
+	if (n <= 0)
+		return 0;
+	if (n > DC_AIO_MAX_BATCH)
+		count_lost_n(0, n - DC_AIO_MAX_BATCH);
+	for (int i = 0; i < DC_AIO_MAX_BATCH; i++) {
+		if (i >= n)
+			break;
+		dc_aio_submit_one(iocbpp + i * 8, tid_tgid, ts);
+	}
+	return 0;
+}
+
+/* One reaped io_event (at user address ``uev``): completes the iocb its obj names.
+ * Global, like dc_aio_submit_one. */
+__noinline int dc_aio_reap_one(__u64 uev, __u32 tgid, __u64 now)
+{
+	struct dc_aio_key key = { .tgid = tgid };
+	struct dc_config *c = get_config();
+	struct dc_async_req *r;
+	struct dc_io_event ev;
+
+	if (!c)
+		return 0;
+	if (bpf_probe_read_user(&ev, sizeof(ev), (void *)uev) < 0) {
+		count_lost(0);
+		return 0;
+	}
+	key.iocb = ev.obj;
+	r = bpf_map_lookup_elem(&aio_inflight, &key);
+	if (!r)
+		return 0;
+	async_done(c, r, ev.res, now, NULL);
+	bpf_map_delete_elem(&aio_inflight, &key);
+	return 0;
+}
+
+/* io_(p)getevents returned n io_events. Beyond DC_AIO_MAX_BATCH they are counted
+ * as lost (an over-count only when io_submit's batches were cut too). */
+static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid, long n)
+{
+	__u64 events = e->args[3], now;
+
+	if (n <= 0)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (n > DC_AIO_MAX_BATCH)
+		count_lost_n(0, n - DC_AIO_MAX_BATCH);
+	for (int i = 0; i < DC_AIO_MAX_BATCH; i++) {
+		if (i >= n)
+			break;
+		dc_aio_reap_one(events + i * sizeof(struct dc_io_event), tid_tgid >> 32, now);
+	}
+	return 0;
 }

@@ -36,6 +36,10 @@ enum dc_bytes_kind {
 	DC_BYTES_ARG = 3,	/* arg[bytes_arg] when ret >= 0 */
 	DC_BYTES_FIELD = 4,	/* tracepoint field at field_off/field_size */
 	DC_BYTES_SECTORS = 5,	/* block request: nr_sector * 512 */
+	/* libaio system calls: not an event of their own; io_submit records its
+	 * iocbs, io_(p)getevents completes them (one event per iocb) */
+	DC_BYTES_AIO_SUBMIT = 6,
+	DC_BYTES_AIO_REAP = 7,
 };
 
 /* How a library call names the object it works on (an MPI_File, an HDF5 hid_t):
@@ -262,6 +266,38 @@ struct dc_block_key {
 struct dc_block_start {
 	__u64 ts;
 	__u64 tid_tgid;
+};
+
+/* ---- asynchronous I/O: io_uring requests and libaio iocbs ----
+ * The submitting task starts the clock, the completion (any context) ends it;
+ * the event belongs to the submitter. async_probes[class] holds the probe
+ * index + 1 of each class the probes ask for (0: not traced). */
+enum dc_async_class {
+	DC_ASYNC_URING_READ = 0, DC_ASYNC_URING_WRITE = 1, DC_ASYNC_URING_FSYNC = 2,
+	DC_ASYNC_AIO_READ = 3, DC_ASYNC_AIO_WRITE = 4, DC_ASYNC_AIO_FSYNC = 5,
+	DC_ASYNC_CLASSES = 6
+};
+/* In an async event's flags: the opcode (IORING_OP_* or IOCB_CMD_*) in the low
+ * byte; this bit when fd is an io_uring fixed-file index, not a descriptor. */
+#define DC_ASYNC_FIXED_FILE (1u << 31)
+/* iocbs read per io_submit, io_events per io_(p)getevents: the rest are lost events */
+#define DC_AIO_MAX_BATCH 64
+
+struct dc_async_req {
+	__u64 ts;		/* submission (io_submit: its entry) */
+	__u64 tid_tgid;		/* the submitter */
+	__s64 offset;
+	__u64 count;		/* bytes asked for (0 if unknown: vectored) */
+	__s32 fd;
+	__u32 probe;
+	__u32 flags;
+	__u32 data;		/* 1: the result is bytes moved */
+};
+
+struct dc_aio_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 iocb;		/* user address of the iocb (io_event.obj) */
 };
 
 #endif

@@ -1,0 +1,682 @@
+"""What an I/O analyst acts on: per-file truth, layers without double counting.
+
+:class:`Detail` is a mergeable partial like :class:`~.model.Aggregate` (it lives in
+one). Partials merge exactly in trace order, so a trace split into member ranges gives
+the same numbers as one pass:
+
+* Per (node, process, file, class, layer) stream: operations, bytes, time, and the
+  access pattern as Darshan counts it per process and file (consecutive: offset equal
+  to the previous access's end; sequential: beyond it; random otherwise), with the
+  offset of a ``read``/``write`` that has none followed from the opens and seeks
+  before it. A partial keeps the first access of each stream unclassified and its
+  offsets relative to the position it started at, so the merge classifies and shifts
+  them once the earlier partial is known.
+* Nesting on one thread: a thread's events come in the order they ended, so an event
+  contains exactly the not-yet-claimed events before it that started after it (a
+  stack). Each event's direct children give its layer's exclusive time and the
+  cross-layer edges (H5Dwrite -> MPI_File_write_at -> pwrite64); an event no other
+  event contains is "top level", and job I/O time sums only those. A partial keeps the
+  events that emptied its stack ("open claims") and replays them against the earlier
+  partial's stack on merge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LAYERS = {"HDF5": 5, "MPIIO": 4, "MPI": 4, "STDIO": 3, "POSIX": 2, "SYSCALL": 2,
+          "VFS": 1, "BLOCK": 1}
+LAYER_NAMES = {5: "HDF5", 4: "MPI-IO", 3: "STDIO", 2: "POSIX", 1: "kernel"}
+OTHER_LAYER = 2                 # an unknown category is taken as a system-call layer
+READ, WRITE, META, OTHER, WRITE2 = 0, 1, 2, 3, 4     # WRITE2: a copy's output file
+CLASS_NAMES = ("read", "write", "metadata", "other")
+READ_OPS = {"read", "pread64", "readv", "preadv", "preadv2", "fread", "fgets", "fgetc",
+            "getc", "H5Dread", "H5Aread", "copy_file_range", "sendfile", "sendfile64",
+            "splice", "vfs_read"}
+WRITE_OPS = {"write", "pwrite64", "writev", "pwritev", "pwritev2", "fwrite", "fputs",
+             "fprintf", "fputc", "putc", "H5Dwrite", "H5Awrite", "vfs_write"}
+OTHER_OPS = {"mmap", "munmap", "clone", "clone3", "fork", "vfork", "dup", "dup2", "dup3",
+             "tee", "vmsplice", "block_rq_issue", "block_rq_complete"}
+OPEN_OPS = {"open", "openat", "openat2", "creat", "fopen", "fopen64", "freopen"}
+SEEK_OPS = {"lseek", "llseek", "_llseek"}
+COPY_OPS = {"copy_file_range", "sendfile", "sendfile64", "splice"}
+O_CREAT, O_APPEND = 0o100, 0o2000
+STACK_CAP = 4096                # unclaimed events kept per thread (oldest dropped)
+EXTENTS_CAP = 65536             # distinct read extents kept per stream
+SIZES_CAP = 1024                # distinct access sizes kept per (file, layer, class)
+ALIGN = 4096
+FILE_KINDS = {"reg", "blk", "dir", "unknown"}      # what counts as file I/O
+
+
+def op_class(name: str) -> int:
+    if name in READ_OPS or name.startswith(("MPI_File_read", "MPI_File_iread")):
+        return READ
+    if name in WRITE_OPS or name.startswith(("MPI_File_write", "MPI_File_iwrite")):
+        return WRITE
+    if name in OTHER_OPS:
+        return OTHER
+    return META
+
+
+class Stream:
+    """Order-dependent state of one (node, pid, file, class, layer) stream.
+
+    Positions are absolute (``abs`` True) or relative to the stream's position where
+    this partial began; ``head`` is the first access, not yet classified."""
+
+    __slots__ = ("pos", "pos_abs", "head", "last_end", "last_abs", "consec", "seq", "rand",
+                 "ext", "ext_rel", "misaligned", "large")
+
+    def __init__(self):
+        self.pos, self.pos_abs = 0, False
+        self.head = None            # (offset, is_abs)
+        self.last_end, self.last_abs = None, False
+        self.consec = self.seq = self.rand = 0
+        self.ext: list = []         # absolute [start, end) of accesses
+        self.ext_rel: list = []     # relative ones
+        self.misaligned = self.large = 0
+
+    def access(self, off, off_abs: bool, size: int) -> None:
+        if self.last_end is None:
+            self.head = (off, off_abs)
+        else:
+            self._classify(off, off_abs, self.last_end, self.last_abs)
+        end = off + size
+        self.last_end, self.last_abs = end, off_abs
+        if size > 0:
+            (self.ext if off_abs else self.ext_rel).append((off, end))
+            if size >= ALIGN and off_abs:
+                self.large += 1
+                self.misaligned += off % ALIGN != 0
+
+    def _classify(self, off, off_abs, prev, prev_abs) -> None:
+        d = off - prev              # mixed bases (rare): taken as one
+        if d == 0:
+            self.consec += 1
+        elif d > 0:
+            self.seq += 1
+        else:
+            self.rand += 1
+
+    def merge_after(self, a: "Stream") -> "Stream":
+        """This (later) stream's state composed after ``a``'s; returns the result."""
+        shift, sabs = a.pos, a.pos_abs
+
+        def sh(v, is_abs):
+            return (v, True) if is_abs else (v + shift, sabs)
+
+        out = Stream()
+        out.consec, out.seq, out.rand = a.consec + self.consec, a.seq + self.seq, a.rand + self.rand
+        out.misaligned, out.large = a.misaligned + self.misaligned, a.large + self.large
+        out.ext = a.ext + self.ext
+        out.ext_rel = list(a.ext_rel)
+        for s, e in self.ext_rel:
+            s2, is_abs = sh(s, False)
+            (out.ext if is_abs else out.ext_rel).append((s2, s2 + (e - s)))
+        out.head = a.head
+        if self.head is not None:
+            h = sh(*self.head)
+            if a.last_end is None:
+                out.head = h
+            else:
+                out._classify(h[0], h[1], a.last_end, a.last_abs)
+        if self.last_end is None:
+            out.last_end, out.last_abs = a.last_end, a.last_abs
+        else:
+            out.last_end, out.last_abs = sh(self.last_end, self.last_abs)
+        out.pos, out.pos_abs = sh(self.pos, self.pos_abs)
+        out._fit()
+        return out
+
+    def _fit(self) -> None:
+        for name in ("ext", "ext_rel"):
+            lst = getattr(self, name)
+            if len(lst) > 64:
+                setattr(self, name, _union(lst)[:EXTENTS_CAP])
+
+    def finish(self) -> None:
+        if self.head is not None:        # the first access of all: against offset 0
+            self._classify(self.head[0], True, 0, True)
+            self.head = None
+
+
+def _union(iv: list) -> list:
+    if not iv:
+        return []
+    a = np.array(iv, dtype=np.int64)
+    a = a[np.lexsort((a[:, 1], a[:, 0]))]
+    starts, ends = a[:, 0], np.maximum.accumulate(a[:, 1])
+    new = np.ones(len(a), bool)
+    new[1:] = starts[1:] > ends[:-1]
+    idx = np.flatnonzero(new)
+    last = np.append(idx[1:] - 1, len(a) - 1)
+    return list(zip(starts[idx].tolist(), ends[last].tolist()))
+
+
+class Thread:
+    """Nesting state of one (node, pid, tid)."""
+
+    __slots__ = ("stack", "opens")
+
+    def __init__(self):
+        self.stack: list = []    # unclaimed (ts, end, op, layer, fkey, dur)
+        self.opens: list = []    # events that emptied the stack: may claim earlier ones
+
+
+class Detail:
+    """The mergeable partial (see the module docstring)."""
+
+    def __init__(self):
+        self.table: dict = {}       # (src, pid, fkey, cls, layer) -> [count, bytes, ns, asked]
+        self.streams: dict = {}     # same key (data classes) -> Stream
+        self.span: dict = {}        # fkey -> [first ts µs, last end µs]
+        self.sizes: dict = {}       # (fkey, layer, cls) -> {size: count}
+        self.created: set = set()
+        self.ftypes: dict = {}      # fkey -> {ftype: count}
+        self.threads: dict = {}     # (src, pid, tid) -> Thread
+        self.claimed: dict = {}     # (src, pid, fkey, layer) -> ns inside another event
+        self.excl_adj: dict = {}    # layer -> ns of direct children (subtracted)
+        self.edges: dict = {}       # (parent op, child op) -> [count, ns]
+        self.inner: dict = {}       # op -> [count, ns] of its events inside another
+
+    # -- adding ---------------------------------------------------------------------
+
+    def add(self, source: str, rows: list, args: list, fks: list) -> None:
+        """The complete events of one chunk, in trace order; ``fks`` their file keys."""
+        if not rows:
+            return
+        n = len(rows)
+        names = [r.get("name") for r in rows]
+        cats = [r.get("cat") for r in rows]
+        names = [x if isinstance(x, str) else "" for x in names]
+        cats = [x if isinstance(x, str) else "" for x in cats]
+        ts = _arr([r.get("ts") for r in rows])
+        dur = _arr([r.get("dur") for r in rows])
+        ts_ns = np.rint(np.where(ts >= 0, ts, 0) * 1000).astype(np.int64)
+        dur_ns = np.rint(np.where(dur >= 0, dur, 0) * 1000).astype(np.int64)
+        pids = [r.get("pid") if type(r.get("pid")) is int else -1 for r in rows]
+        tids = [r.get("tid") if type(r.get("tid")) is int else -1 for r in rows]
+        size = _arr([a.get("size", -1) for a in args])
+        count = _arr([a.get("count", -1) for a in args])
+        offset = _arr([a.get("offset", -1) for a in args])
+        ret = [a.get("ret") for a in args]
+        flags = [a.get("flags") for a in args]
+        ftype = [a.get("ftype") for a in args]
+        kinds = {}
+        layer_of = {}
+        for i in range(n):
+            key = (cats[i], names[i])
+            if key not in kinds:
+                kinds[key] = op_class(names[i])
+                layer_of[key] = LAYERS.get(cats[i].upper(), OTHER_LAYER)
+        sz = np.where(size >= 0, size, 0).astype(np.int64).tolist()
+        cnt = np.where(count >= 0, count, 0).astype(np.int64).tolist()
+        offl = offset.tolist()
+        tsl, durl = ts_ns.tolist(), dur_ns.tolist()
+        tsus, endus = ts.tolist(), (ts + np.where(dur >= 0, dur, 0)).tolist()
+        table, streams, span = self.table, self.streams, self.span
+        pending: dict = {}          # stream key -> Stream for this chunk
+        for i in range(n):
+            key = (cats[i], names[i])
+            cls, layer = kinds[key], layer_of[key]
+            fk, pid = fks[i], pids[i]
+            row_key = (source, pid, fk, cls, layer)
+            row = table.get(row_key)
+            if row is None:
+                row = table[row_key] = [0, 0, 0, 0]
+            row[0] += 1
+            row[2] += durl[i]
+            if cls in (READ, WRITE):
+                row[1] += sz[i]
+                row[3] += cnt[i]
+            if fk is not None:
+                if ts[i] >= 0:
+                    sp = span.get(fk)
+                    if sp is None:
+                        span[fk] = [tsus[i], endus[i]]
+                    else:
+                        if tsus[i] < sp[0]:
+                            sp[0] = tsus[i]
+                        if endus[i] > sp[1]:
+                            sp[1] = endus[i]
+                ft = ftype[i]
+                if isinstance(ft, str):
+                    d = self.ftypes.setdefault(fk, {})
+                    d[ft] = d.get(ft, 0) + 1
+                nm = names[i]
+                if cls in (READ, WRITE):
+                    sk = (fk, layer, cls)
+                    d = self.sizes.get(sk)
+                    if d is None:
+                        d = self.sizes[sk] = {}
+                    s = sz[i]
+                    if s in d or len(d) < SIZES_CAP:
+                        d[s] = d.get(s, 0) + 1
+                    if nm in COPY_OPS and isinstance(args[i].get("fhash2"), str):
+                        fk2 = args[i]["fhash2"]
+                        k2 = (source, pid, fk2, WRITE2, layer)
+                        r2 = table.get(k2)
+                        if r2 is None:
+                            r2 = table[k2] = [0, 0, 0, 0]
+                        r2[0] += 1; r2[1] += sz[i]; r2[2] += durl[i]
+                        if isinstance(args[i].get("ftype2"), str):
+                            d = self.ftypes.setdefault(fk2, {})
+                            d[args[i]["ftype2"]] = d.get(args[i]["ftype2"], 0) + 1
+                    # access pattern (per direction)
+                    st = pending.get(row_key)
+                    if st is None:
+                        st = pending[row_key] = Stream()
+                    o = offl[i]
+                    if o >= 0 and nm not in ("read", "write", "readv", "writev", "fread",
+                                             "fwrite", "fgets", "fputs", "fprintf",
+                                             "fgetc", "fputc", "vfs_read", "vfs_write"):
+                        st.access(int(o), True, sz[i])
+                    else:
+                        st.access(st.pos, st.pos_abs, sz[i])
+                        st.pos += sz[i]
+                elif nm in OPEN_OPS or nm in SEEK_OPS:
+                    r = ret[i]
+                    if nm in OPEN_OPS:
+                        fl = flags[i]
+                        if type(fl) is int and fl & O_CREAT and (type(r) is not int or r >= 0):
+                            self.created.add(fk)
+                        newpos = 0 if not (type(fl) is int and fl & O_APPEND) else None
+                    else:
+                        newpos = r if type(r) is int and r >= 0 else None
+                    if newpos is not None:
+                        for c in (READ, WRITE):
+                            k = (source, pid, fk, c, layer)
+                            st = pending.get(k)
+                            if st is None:
+                                st = pending[k] = Stream()
+                            st.pos, st.pos_abs = newpos, True
+        for k, st in pending.items():
+            old = streams.get(k)
+            streams[k] = st if old is None else st.merge_after(old)
+        self._nest(source, pids, tids, tsl, durl, cats, names, layer_of, kinds, fks)
+
+    def _nest(self, source, pids, tids, tsl, durl, cats, names, layer_of, classes, fks) -> None:
+        threads = self.threads
+        for i in range(len(tsl)):
+            tk = (source, pids[i], tids[i])
+            th = threads.get(tk)
+            if th is None:
+                th = threads[tk] = Thread()
+            key = (cats[i], names[i])
+            ev = (tsl[i], tsl[i] + durl[i], key, layer_of[key], fks[i], durl[i], pids[i],
+                  classes[key])
+            if self._claim(source, ev, th.stack):
+                th.opens.append(ev)
+            th.stack.append(ev)
+            if len(th.stack) > STACK_CAP:
+                del th.stack[:len(th.stack) - STACK_CAP]
+
+    def _claim(self, source, ev, stack: list) -> bool:
+        """``ev`` claims the events it contains from the top of ``stack``; True when it
+        emptied it (it may contain events of an earlier partial too)."""
+        t0, t1, key, layer = ev[0], ev[1], ev[2], ev[3]
+        while stack:
+            c = stack[-1]
+            if c[0] < t0 or c[1] > t1:
+                return False
+            stack.pop()
+            ck = (source, c[6], c[4], c[3], c[7])
+            self.claimed[ck] = self.claimed.get(ck, 0) + c[5]
+            self.excl_adj[layer] = self.excl_adj.get(layer, 0) + c[5]
+            e = self.edges.get((key, c[2]))
+            if e is None:
+                self.edges[(key, c[2])] = [1, c[5]]
+            else:
+                e[0] += 1; e[1] += c[5]
+        return True
+
+    # -- merging --------------------------------------------------------------------
+
+    def merge(self, o: "Detail") -> None:
+        """Add ``o``, a partial of the events after this one's."""
+        for k, row in o.table.items():
+            mine = self.table.get(k)
+            if mine is None:
+                self.table[k] = list(row)
+            else:
+                for j, v in enumerate(row):
+                    mine[j] += v
+        for k, st in o.streams.items():
+            old = self.streams.get(k)
+            self.streams[k] = st if old is None else st.merge_after(old)
+        for k, (a, b) in o.span.items():
+            sp = self.span.get(k)
+            if sp is None:
+                self.span[k] = [a, b]
+            else:
+                sp[0], sp[1] = min(sp[0], a), max(sp[1], b)
+        for k, d in o.sizes.items():
+            mine = self.sizes.setdefault(k, {})
+            for s, c in d.items():
+                if s in mine or len(mine) < SIZES_CAP:
+                    mine[s] = mine.get(s, 0) + c
+        self.created |= o.created
+        for k, d in o.ftypes.items():
+            mine = self.ftypes.setdefault(k, {})
+            for s, c in d.items():
+                mine[s] = mine.get(s, 0) + c
+        for tab in ("claimed", "excl_adj"):
+            mine, other = getattr(self, tab), getattr(o, tab)
+            for k, v in other.items():
+                mine[k] = mine.get(k, 0) + v
+        for k, (c, t) in o.edges.items():
+            e = self.edges.get(k)
+            if e is None:
+                self.edges[k] = [c, t]
+            else:
+                e[0] += c; e[1] += t
+        for tk, th in o.threads.items():
+            mine = self.threads.get(tk)
+            if mine is None:
+                self.threads[tk] = th
+                continue
+            source = tk[0]
+            opens = []
+            for ev in th.opens:
+                if self._claim(source, ev, mine.stack):
+                    opens.append(ev)
+            mine.opens.extend(opens)
+            mine.stack.extend(th.stack)
+            if len(mine.stack) > STACK_CAP:
+                del mine.stack[:len(mine.stack) - STACK_CAP]
+
+    # -- the summary ----------------------------------------------------------------
+
+    def finalize(self, hosts: dict, file_names: dict, mounts: dict, top: int = 10,
+                 op_times: dict | None = None) -> dict:
+        """Per-file rows, file counts, data per mount, layers and job I/O totals.
+
+        ``hosts``: source -> host; ``file_names``: file key -> path; ``mounts``: host ->
+        [(mount point, fs type)] from the trace headers."""
+        def path_of(fk):
+            if fk is None:
+                return None
+            return fk[1:] if fk.startswith("\0") else file_names.get(fk, f"<unresolved {fk}>")
+
+        kind_of: dict = {}
+
+        def kind(fk):
+            k = kind_of.get(fk)
+            if k is None:
+                d = self.ftypes.get(fk)
+                if d:
+                    k = max(sorted(d), key=lambda s: d[s])
+                else:
+                    p = path_of(fk) or ""
+                    k = ("pipe" if p.startswith("pipe:") else "socket" if p.startswith("socket:")
+                         else "anon" if p.startswith("anon_inode:") else "unknown")
+                kind_of[fk] = k
+            return k
+
+        for st in self.streams.values():
+            st.finish()
+        # The lowest layer that saw each (node, pid, file, class) moves its bytes.
+        lowest: dict = {}
+        layers_present = {k[4] for k in self.table}
+        skip_kernel = 2 in layers_present
+        for (src, pid, fk, cls, layer), row in self.table.items():
+            if skip_kernel and layer < 2:
+                continue
+            k = (src, pid, fk, cls)
+            if row[0] and (k not in lowest or layer < lowest[k]):
+                lowest[k] = layer
+        low_data = {(src, pid, cls) for (src, pid, fk, cls), layer in lowest.items()
+                    if fk is not None and layer <= 3}
+        files: dict = {}
+        per_kind: dict = {}
+        proc_io: dict = {}
+        for (src, pid, fk, cls, layer), row in self.table.items():
+            k = (src, pid, fk, cls)
+            if lowest.get(k) != layer:
+                continue
+            if fk is None and layer > 2 and (src, pid, cls) in low_data:
+                continue            # e.g. H5Dwrite without a file, its POSIX calls seen
+            fkind = self._kind_none(fk, cls, layer, kind)
+            bucket = per_kind.setdefault(fkind, [0, 0, 0, 0])
+            if cls == READ:
+                bucket[0] += row[1]
+            elif cls == WRITE:
+                bucket[1] += row[1]
+            if cls in (READ, WRITE):
+                bucket[2] += row[0]
+            if fk is None:
+                continue
+            path = path_of(fk)
+            f = files.get(path)
+            if f is None:
+                f = files[path] = _new_file(path, fkind)
+            c = 1 if cls == WRITE2 else cls
+            name = CLASS_NAMES[c]
+            if cls != WRITE2:
+                f["ops"][name] += row[0]
+                f["time_ns"][name] += row[2]
+            if c in (READ, WRITE):
+                f["bytes"][name] += row[1]
+            if cls == WRITE2:
+                f["ops"]["write"] += row[0]
+            f["_procs"].add((hosts.get(src, src), pid))
+            f["_layers"].add(layer)
+            f["_keys"].add(fk)
+            if c in (READ, WRITE) and fkind in FILE_KINDS:
+                p = proc_io.setdefault((hosts.get(src, src), pid), [0, 0])
+                p[0] += row[1]; p[1] += row[2]
+            st = self.streams.get((src, pid, fk, cls, layer))
+            if st is not None and cls in (READ, WRITE):
+                pat = f["access"][name]
+                pat["consecutive"] += st.consec
+                pat["sequential"] += st.seq
+                pat["random"] += st.rand
+                f["_misaligned"] += st.misaligned
+                f["_large"] += st.large
+                if cls == READ:
+                    f["_ext"].extend(st.ext + st.ext_rel)
+        # top-level time: every event's time minus that of events inside another
+        top_time: dict = {}
+        for (src, pid, fk, cls, layer), row in self.table.items():
+            if cls == WRITE2:
+                continue
+            fkind = self._kind_none(fk, cls, layer, kind)
+            top_time[fkind] = top_time.get(fkind, 0) + row[2]
+        for (src, pid, fk, layer, cls), ns in self.claimed.items():
+            fkind = self._kind_none(fk, cls, layer, kind)
+            top_time[fkind] = top_time.get(fkind, 0) - ns
+        out_files = []
+        for f in files.values():
+            fk_list = f.pop("_keys")
+            first = min((self.span[k][0] for k in fk_list if k in self.span), default=None)
+            last = max((self.span[k][1] for k in fk_list if k in self.span), default=None)
+            f["first_us"], f["last_us"] = _r3(first), _r3(last)
+            procs = f.pop("_procs")
+            f["processes"] = len(procs)
+            f["nodes"] = sorted({h for h, _ in procs})
+            f["pids"] = sorted(p for _, p in procs)[:64]
+            layers = f.pop("_layers")
+            sizes: dict = {}
+            for fk in fk_list:
+                for lay in layers:
+                    for c in (READ, WRITE):
+                        for s, n in self.sizes.get((fk, lay, c), {}).items():
+                            sizes[s] = sizes.get(s, 0) + n
+            f["common_sizes"] = [[s, n] for s, n in
+                                 sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:4]]
+            f["small_requests"] = sum(n for s, n in sizes.items() if s < ALIGN)
+            f["requests"] = sum(sizes.values())
+            f["misaligned_requests"] = f.pop("_misaligned")
+            f["large_requests"] = f.pop("_large")
+            f["read_extent_bytes"] = sum(e - s for s, e in _union(f.pop("_ext")))
+            f["created"] = any(k in self.created for k in fk_list)
+            f["time_us"] = {k: v / 1000 for k, v in f.pop("time_ns").items()}
+            f["time_us"] = {k: round(v, 3) for k, v in f["time_us"].items()}
+            f["layer"] = LAYER_NAMES.get(min(layers), "POSIX") if layers else None
+            mnt = _mount_of(f["path"], [m for h in f["nodes"] for m in mounts.get(h, [])])
+            f["mount"], f["fs_type"] = mnt if mnt else (None, None)
+            out_files.append(f)
+        out_files.sort(key=lambda f: (-(f["bytes"]["read"] + f["bytes"]["write"]), f["path"]))
+        counts = {"files": 0, "read_only": 0, "write_only": 0, "read_write": 0,
+                  "metadata_only": 0, "created": 0}
+        by_mount: dict = {}
+        for f in out_files:
+            if f["kind"] not in FILE_KINDS:
+                continue
+            counts["files"] += 1
+            r, w = f["ops"]["read"] > 0, f["ops"]["write"] > 0
+            counts["read_write" if r and w else "read_only" if r else "write_only" if w
+                   else "metadata_only"] += 1
+            counts["created"] += f["created"]
+            mk = (f["mount"], f["fs_type"])
+            m = by_mount.setdefault(mk, {"mount": mk[0], "fs_type": mk[1], "files": 0,
+                                         "bytes_read": 0, "bytes_written": 0})
+            m["files"] += 1
+            m["bytes_read"] += f["bytes"]["read"]
+            m["bytes_written"] += f["bytes"]["write"]
+        file_io = [0, 0, 0, 0]
+        apart: dict = {}
+        for k, b in per_kind.items():
+            if k in FILE_KINDS:
+                for j in range(3):
+                    file_io[j] += b[j]
+            elif k != "none":
+                a = apart.setdefault(k, {"kind": k, "bytes_read": 0, "bytes_written": 0,
+                                         "operations": 0, "time_us": 0.0})
+                a["bytes_read"] += b[0]; a["bytes_written"] += b[1]; a["operations"] += b[2]
+        for k, ns in top_time.items():
+            if k not in FILE_KINDS and k != "none":
+                a = apart.setdefault(k, {"kind": k, "bytes_read": 0, "bytes_written": 0,
+                                         "operations": 0, "time_us": 0.0})
+                a["time_us"] = round(ns / 1000, 3)
+        io_ns = sum(ns for k, ns in top_time.items() if k in FILE_KINDS)
+        return {
+            "io": {"bytes": file_io[0] + file_io[1], "bytes_read": file_io[0],
+                   "bytes_written": file_io[1], "data_operations": file_io[2],
+                   "time_us": round(io_ns / 1000, 3)},
+            "not_file_io": sorted(apart.values(), key=lambda a: a["kind"]),
+            "files": out_files,
+            "file_counts": counts,
+            "data_per_mount": sorted(by_mount.values(),
+                                     key=lambda m: (-(m["bytes_read"] + m["bytes_written"]),
+                                                    str(m["mount"]))),
+            "layers": self._layers(),
+            "layer_breakdown": self._chains(top, op_times or {}),
+            "process_io": [{"host": h, "pid": p, "bytes": b, "time_us": round(t / 1000, 3)}
+                           for (h, p), (b, t) in sorted(proc_io.items())],
+        }
+
+    @staticmethod
+    def _kind_none(fk, cls, layer, kind) -> str:
+        """A file's kind; without a file, data calls and layers above POSIX count as
+        file I/O of unknown kind, other calls (mmap, clone) as none."""
+        if fk is not None:
+            return kind(fk)
+        return "unknown" if layer > 2 or cls in (READ, WRITE) else "none"
+
+    def add_counters(self, source: str, rows: list, args: list) -> None:
+        """Profile-mode counter rows: operations, bytes and time per (process, probe)."""
+        for r, a in zip(rows, args):
+            name, cat = r.get("name"), r.get("cat")
+            name = name if isinstance(name, str) else ""
+            cat = cat if isinstance(cat, str) else ""
+            pid = r.get("pid") if type(r.get("pid")) is int else -1
+            key = (source, pid, None, op_class(name), LAYERS.get(cat.upper(), OTHER_LAYER))
+            row = self.table.get(key)
+            if row is None:
+                row = self.table[key] = [0, 0, 0, 0]
+            c, b, t = (a.get(k) for k in ("count", "bytes", "time_us"))
+            row[0] += c if type(c) is int and c > 0 else 0
+            row[1] += b if type(b) is int and b > 0 and key[3] in (READ, WRITE) else 0
+            row[2] += int(round(t * 1000)) if type(t) in (int, float) and 0 <= t < 2.0 ** 53 else 0
+
+    def _layers(self) -> list:
+        out: dict = {}
+        for (src, pid, fk, cls, layer), row in self.table.items():
+            if cls == WRITE2:
+                continue
+            lay = out.setdefault(layer, {"layer": LAYER_NAMES.get(layer, str(layer)),
+                                         "operations": 0, "bytes_moved": 0,
+                                         "bytes_asked": 0, "inclusive_ns": 0})
+            lay["operations"] += row[0]
+            lay["bytes_moved"] += row[1]
+            lay["bytes_asked"] += row[3]
+            lay["inclusive_ns"] += row[2]
+        res = []
+        for layer in sorted(out, reverse=True):
+            lay = out[layer]
+            incl = lay.pop("inclusive_ns")
+            lay["inclusive_us"] = round(incl / 1000, 3)
+            lay["exclusive_us"] = round((incl - self.excl_adj.get(layer, 0)) / 1000, 3)
+            res.append(lay)
+        return res
+
+    def _chains(self, top: int, op_times: dict) -> list:
+        """The heaviest call chains: each top-level operation down its heaviest child."""
+        inside: dict = {}
+        children: dict = {}
+        for (p, c), (n, t) in self.edges.items():
+            inside[c] = inside.get(c, 0) + t
+            children.setdefault(p, []).append((t, n, c))
+        parents = sorted({p for p, _ in self.edges}, key=lambda p: (-sum(t for t, _, _ in children[p]), p))
+        chains = []
+        for p in parents:
+            if p in inside:
+                continue            # inside another operation: its chain starts higher
+            n0, t0 = op_times.get(p, (0, 0))
+            chain = [{"op": f"{p[0]}/{p[1]}", "calls": n0, "time_us": round(t0 / 1000, 3)}]
+            cur, seen = p, {p}
+            while cur in children:
+                t, n, c = max(children[cur], key=lambda x: (x[0], x[1], x[2]))
+                if c in seen:
+                    break
+                chain.append({"op": f"{c[0]}/{c[1]}", "calls": n, "time_us": round(t / 1000, 3)})
+                seen.add(c)
+                cur = c
+            chains.append(chain)
+        return chains[:top]
+
+
+def _new_file(path: str, kind: str) -> dict:
+    z = {"read": 0, "write": 0, "metadata": 0, "other": 0}
+    return {"path": path, "kind": kind, "bytes": {"read": 0, "write": 0},
+            "ops": dict(z), "time_ns": dict(z),
+            "access": {"read": {"consecutive": 0, "sequential": 0, "random": 0},
+                       "write": {"consecutive": 0, "sequential": 0, "random": 0}},
+            "_procs": set(), "_layers": set(), "_keys": set(), "_ext": [],
+            "_misaligned": 0, "_large": 0}
+
+
+def _mount_of(path: str, mounts: list):
+    best = None
+    for mp, fs in mounts:
+        if not isinstance(mp, str):
+            continue
+        if path == mp or path.startswith(mp.rstrip("/") + "/"):
+            if best is None or len(mp) > len(best[0]):
+                best = (mp, fs)
+    return best
+
+
+def _r3(v):
+    return round(v, 3) if isinstance(v, float) else v
+
+
+def _arr(values: list) -> np.ndarray:
+    try:
+        a = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        a = np.array([_float(v) for v in values], dtype=np.float64)
+    bad = ~np.isfinite(a) | (a < 0) | (a > 2.0 ** 53)
+    if bad.any():
+        a[bad] = -1
+    return a
+
+
+def _float(v) -> float:
+    if type(v) in (int, float):
+        try:
+            return float(v)
+        except OverflowError:
+            pass
+    return np.nan

@@ -11,6 +11,7 @@ import base64
 from html import escape
 
 from . import plots
+from .findings import findings_html
 from .terminal import exact, files_note, human_bytes, human_rate, human_us, when
 
 CSS = """
@@ -40,7 +41,7 @@ def render(summary: dict) -> str:
     title = f"datacrumbs report: job {', '.join(job['jobs']) or '-'}"
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{escape(title)}</h1>"]
+             f"<h1>{escape(title)}</h1>", findings_html(summary)]
     parts.append(_table("Job", ["What", "Value"], [
         ["User", ", ".join(job["users"]) or "-"], ["Nodes", exact(job["nodes"])],
         ["Processes", exact(job["processes"])],

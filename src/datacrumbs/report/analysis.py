@@ -76,7 +76,7 @@ class Stream:
         self.ext_rel: list = []     # relative ones
         self.misaligned = self.large = 0
 
-    def access(self, off, off_abs: bool, size: int) -> None:
+    def access(self, off, off_abs: bool, size: int, explicit: bool = False) -> None:
         if self.last_end is None:
             self.head = (off, off_abs)
         else:
@@ -85,7 +85,9 @@ class Stream:
         self.last_end, self.last_abs = end, off_abs
         if size > 0:
             (self.ext if off_abs else self.ext_rel).append((off, end))
-            if size >= ALIGN and off_abs:
+            if size >= ALIGN and explicit:
+                # only where the program chose the offset (pread, pwrite, MPI _at):
+                # read() and write() in a row take what the previous call left
                 self.large += 1
                 self.misaligned += off % ALIGN != 0
 
@@ -270,7 +272,7 @@ class Detail:
                     if o >= 0 and nm not in ("read", "write", "readv", "writev", "fread",
                                              "fwrite", "fgets", "fputs", "fprintf",
                                              "fgetc", "fputc", "vfs_read", "vfs_write"):
-                        st.access(int(o), True, sz[i])
+                        st.access(int(o), True, sz[i], True)
                     else:
                         st.access(st.pos, st.pos_abs, sz[i])
                         st.pos += sz[i]
@@ -504,7 +506,7 @@ class Detail:
                             sizes[s] = sizes.get(s, 0) + n
             f["common_sizes"] = [[s, n] for s, n in
                                  sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:4]]
-            f["small_requests"] = sum(n for s, n in sizes.items() if s < ALIGN)
+            f["small_requests"] = sum(n for s, n in sizes.items() if 0 < s < ALIGN)
             f["requests"] = sum(sizes.values())
             f["misaligned_requests"] = f.pop("_misaligned")
             f["large_requests"] = f.pop("_large")

@@ -12,11 +12,13 @@ names_lost         events whose file name is missing                           w
 small_io           > 10 % of file requests are < 4 KiB, and >= 1,000 of them   warning
 random_access      > 20 % of classified accesses random, and >= 1,000          warning
 metadata_heavy     metadata time > data time, and >= 1 s of it                 warning
-misaligned         > 10 % of requests >= 4 KiB start off a 4 KiB boundary,     info
+misaligned         > 10 % of requests >= 4 KiB at an offset the program chose  info
+                   (pread, pwrite, MPI _at) start off a 4 KiB boundary,
                    and >= 100 of them
 redundant_reads    a file's bytes read > 1.5 x the distinct bytes read,        warning
                    and >= 1 MiB read
-imbalance          (max - min) / max of bytes per process (or node) > 0.15,    warning
+imbalance          (max - min) / max of file bytes per process of one command  warning
+                   (ranks, not a pipeline's stages) or per node > 0.15,
                    >= 2 of them, the busiest >= 1 MiB
 not_file_io        time in pipes, sockets or terminals > file I/O time,        info
                    and >= 1 s
@@ -126,8 +128,13 @@ def findings(s: dict) -> list[dict]:
                                                                       "bytes_read": red[0]["bytes"]["read"],
                                                                       "distinct_bytes": red[0]["read_extent_bytes"]}},
                             [f["path"] for f in red], _procs(red)))
-    for what, rows, label in (("process", s.get("process_io", []), lambda r: {"host": r["host"], "pid": r["pid"]}),
-                              ("node", _by_node(s.get("process_io", [])), lambda r: {"host": r["host"]})):
+    groups: dict = {}
+    for r in s.get("process_io", []):        # the ranks of one program, not a pipeline's stages
+        groups.setdefault(r.get("name", ""), []).append(r)
+    cases = [("process", g, lambda r: {"host": r["host"], "pid": r["pid"], "name": r.get("name", "")})
+             for _, g in sorted(groups.items())]
+    cases.append(("node", _by_node(s.get("process_io", [])), lambda r: {"host": r["host"]}))
+    for what, rows, label in cases:
         rows = [r for r in rows if r["bytes"] > 0]
         if len(rows) < 2:
             continue
@@ -136,7 +143,7 @@ def findings(s: dict) -> list[dict]:
         ratio = (hi["bytes"] - lo["bytes"]) / hi["bytes"]
         if ratio > IMBALANCE and hi["bytes"] >= IMBALANCE_MIN:
             out.append(_finding("imbalance", "warning",
-                                f"{what}es move unequal data: the busiest {hi['bytes']:,} bytes, "
+                                f"{what}es{' of ' + rows[0].get('name', '') if what == 'process' and rows[0].get('name') else ''} move unequal data: the busiest {hi['bytes']:,} bytes, "
                                 f"the least busy {lo['bytes']:,} ({ratio:.0%} apart)",
                                 {"by": what, "max_bytes": hi["bytes"], "min_bytes": lo["bytes"],
                                  "count": len(rows), "ratio": round(ratio, 3)},

@@ -648,6 +648,8 @@ class Aggregate:
             "probes_refused": sorted(refused.values(), key=lambda r: (r["id"], r["reason"])),
             "warnings": warnings,
         }
+        for row in detail["process_io"]:
+            row["name"] = names.get((row["host"], row["pid"]), "")
         for k in ("files", "file_counts", "data_per_mount", "layers", "layer_breakdown",
                   "not_file_io", "process_io"):
             summary[k] = detail[k]

@@ -40,6 +40,8 @@ OTHER_OPS = {"mmap", "munmap", "clone", "clone3", "fork", "vfork", "dup", "dup2"
 OPEN_OPS = {"open", "openat", "openat2", "creat", "fopen", "fopen64", "freopen"}
 SEEK_OPS = {"lseek", "llseek", "_llseek"}
 COPY_OPS = {"copy_file_range", "sendfile", "sendfile64", "splice"}
+IMPLICIT_OPS = {"read", "write", "readv", "writev", "fread", "fwrite", "fgets", "fputs",
+                "fprintf", "fgetc", "fputc", "vfs_read", "vfs_write"}   # at the file position
 O_CREAT, O_APPEND = 0o100, 0o2000
 STACK_CAP = 4096                # unclaimed events kept per thread (oldest dropped)
 EXTENTS_CAP = 65536             # distinct read extents kept per stream
@@ -62,36 +64,23 @@ class Stream:
     """Order-dependent state of one (node, pid, file, class, layer) stream.
 
     Positions are absolute (``abs`` True) or relative to the stream's position where
-    this partial began; ``head`` is the first access, not yet classified."""
+    this partial began; ``head`` is the first access, not yet classified; extents are
+    [start, end) rows of int64 arrays."""
 
     __slots__ = ("pos", "pos_abs", "head", "last_end", "last_abs", "consec", "seq", "rand",
-                 "ext", "ext_rel", "misaligned", "large")
+                 "ext", "ext_rel", "misaligned", "large", "fitted")
 
     def __init__(self):
         self.pos, self.pos_abs = 0, False
         self.head = None            # (offset, is_abs)
         self.last_end, self.last_abs = None, False
         self.consec = self.seq = self.rand = 0
-        self.ext: list = []         # absolute [start, end) of accesses
-        self.ext_rel: list = []     # relative ones
+        self.ext = _NO_EXT
+        self.ext_rel = _NO_EXT
         self.misaligned = self.large = 0
+        self.fitted = 64
 
-    def access(self, off, off_abs: bool, size: int, explicit: bool = False) -> None:
-        if self.last_end is None:
-            self.head = (off, off_abs)
-        else:
-            self._classify(off, off_abs, self.last_end, self.last_abs)
-        end = off + size
-        self.last_end, self.last_abs = end, off_abs
-        if size > 0:
-            (self.ext if off_abs else self.ext_rel).append((off, end))
-            if size >= ALIGN and explicit:
-                # only where the program chose the offset (pread, pwrite, MPI _at):
-                # read() and write() in a row take what the previous call left
-                self.large += 1
-                self.misaligned += off % ALIGN != 0
-
-    def _classify(self, off, off_abs, prev, prev_abs) -> None:
+    def _classify(self, off, prev) -> None:
         d = off - prev              # mixed bases (rare): taken as one
         if d == 0:
             self.consec += 1
@@ -103,56 +92,67 @@ class Stream:
     def merge_after(self, a: "Stream") -> "Stream":
         """This (later) stream's state composed after ``a``'s; returns the result."""
         shift, sabs = a.pos, a.pos_abs
-
-        def sh(v, is_abs):
-            return (v, True) if is_abs else (v + shift, sabs)
-
         out = Stream()
         out.consec, out.seq, out.rand = a.consec + self.consec, a.seq + self.seq, a.rand + self.rand
         out.misaligned, out.large = a.misaligned + self.misaligned, a.large + self.large
-        out.ext = a.ext + self.ext
-        out.ext_rel = list(a.ext_rel)
-        for s, e in self.ext_rel:
-            s2, is_abs = sh(s, False)
-            (out.ext if is_abs else out.ext_rel).append((s2, s2 + (e - s)))
+        moved = self.ext_rel + shift if len(self.ext_rel) else self.ext_rel
+        if sabs:
+            out.ext = _cat(a.ext, self.ext, moved)
+            out.ext_rel = a.ext_rel
+        else:
+            out.ext = _cat(a.ext, self.ext)
+            out.ext_rel = _cat(a.ext_rel, moved)
         out.head = a.head
         if self.head is not None:
-            h = sh(*self.head)
+            h = self.head if self.head[1] else (self.head[0] + shift, sabs)
             if a.last_end is None:
                 out.head = h
             else:
-                out._classify(h[0], h[1], a.last_end, a.last_abs)
+                out._classify(h[0], a.last_end)
         if self.last_end is None:
             out.last_end, out.last_abs = a.last_end, a.last_abs
+        elif self.last_abs:
+            out.last_end, out.last_abs = self.last_end, True
         else:
-            out.last_end, out.last_abs = sh(self.last_end, self.last_abs)
-        out.pos, out.pos_abs = sh(self.pos, self.pos_abs)
+            out.last_end, out.last_abs = self.last_end + shift, sabs
+        out.pos, out.pos_abs = (self.pos, True) if self.pos_abs else (self.pos + shift, sabs)
+        out.fitted = max(a.fitted, self.fitted)
         out._fit()
         return out
 
     def _fit(self) -> None:
-        for name in ("ext", "ext_rel"):
-            lst = getattr(self, name)
-            if len(lst) > 64:
-                setattr(self, name, _union(lst)[:EXTENTS_CAP])
+        """Union the extents whenever they doubled since the last union (amortised)."""
+        if len(self.ext) + len(self.ext_rel) > 2 * self.fitted:
+            self.ext, self.ext_rel = _union(self.ext), _union(self.ext_rel)
+            if len(self.ext) > EXTENTS_CAP:
+                self.ext = self.ext[:EXTENTS_CAP]
+            self.fitted = max(64, len(self.ext) + len(self.ext_rel))
 
     def finish(self) -> None:
         if self.head is not None:        # the first access of all: against offset 0
-            self._classify(self.head[0], True, 0, True)
+            self._classify(self.head[0], 0)
             self.head = None
 
 
-def _union(iv: list) -> list:
-    if not iv:
-        return []
-    a = np.array(iv, dtype=np.int64)
+_NO_EXT = np.zeros((0, 2), np.int64)
+
+
+def _cat(*arrays) -> np.ndarray:
+    parts = [x for x in arrays if len(x)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else _NO_EXT
+
+
+def _union(a: np.ndarray) -> np.ndarray:
+    """The union of [start, end) rows as disjoint sorted rows."""
+    if len(a) < 2:
+        return a
     a = a[np.lexsort((a[:, 1], a[:, 0]))]
     starts, ends = a[:, 0], np.maximum.accumulate(a[:, 1])
     new = np.ones(len(a), bool)
     new[1:] = starts[1:] > ends[:-1]
     idx = np.flatnonzero(new)
     last = np.append(idx[1:] - 1, len(a) - 1)
-    return list(zip(starts[idx].tolist(), ends[last].tolist()))
+    return np.stack([starts[idx], ends[last]], axis=1)
 
 
 class Thread:
@@ -183,133 +183,257 @@ class Detail:
 
     # -- adding ---------------------------------------------------------------------
 
-    def add(self, source: str, rows: list, args: list, fks: list) -> None:
-        """The complete events of one chunk, in trace order; ``fks`` their file keys."""
-        if not rows:
-            return
+    def add(self, source: str, rows: list, args: list, fks: list, ts: np.ndarray,
+            dur: np.ndarray, size: np.ndarray, pid: np.ndarray) -> None:
+        """The complete events of one chunk, in trace order; ``fks`` their file keys.
+
+        Sums go through numpy group by group; Python loops run over groups (streams,
+        files, sizes), over the opens and seeks, and over the events of threads whose
+        calls nest, never over every event."""
         n = len(rows)
+        if not n:
+            return
         names = [r.get("name") for r in rows]
         cats = [r.get("cat") for r in rows]
-        names = [x if isinstance(x, str) else "" for x in names]
-        cats = [x if isinstance(x, str) else "" for x in cats]
-        ts = _arr([r.get("ts") for r in rows])
-        dur = _arr([r.get("dur") for r in rows])
+        names = [x if x.__class__ is str else "" for x in names]
+        cats = [x if x.__class__ is str else "" for x in cats]
+        kidx: dict = {}
+        op = np.array([kidx.setdefault(k, len(kidx)) for k in zip(cats, names)], np.int64)
+        okeys = list(kidx)
+        ocls = np.array([op_class(nm) for _, nm in okeys], np.int64)
+        olay = np.array([LAYERS.get(c.upper(), OTHER_LAYER) for c, _ in okeys], np.int64)
+        cls, layer = ocls[op], olay[op]
+        fmap: dict = {None: 0}
+        fi = np.array([fmap.setdefault(k, len(fmap)) for k in fks], np.int64)
+        flist = list(fmap)
+        pid = pid.astype(np.int64)
+        tid = np.nan_to_num(_arr([r.get("tid") for r in rows]), nan=-1).astype(np.int64)
+        dur0 = np.where(dur >= 0, dur, 0)
         ts_ns = np.rint(np.where(ts >= 0, ts, 0) * 1000).astype(np.int64)
-        dur_ns = np.rint(np.where(dur >= 0, dur, 0) * 1000).astype(np.int64)
-        pids = [r.get("pid") if type(r.get("pid")) is int else -1 for r in rows]
-        tids = [r.get("tid") if type(r.get("tid")) is int else -1 for r in rows]
-        size = _arr([a.get("size", -1) for a in args])
-        count = _arr([a.get("count", -1) for a in args])
-        offset = _arr([a.get("offset", -1) for a in args])
-        ret = [a.get("ret") for a in args]
-        flags = [a.get("flags") for a in args]
-        ftype = [a.get("ftype") for a in args]
-        kinds = {}
-        layer_of = {}
-        for i in range(n):
-            key = (cats[i], names[i])
-            if key not in kinds:
-                kinds[key] = op_class(names[i])
-                layer_of[key] = LAYERS.get(cats[i].upper(), OTHER_LAYER)
-        sz = np.where(size >= 0, size, 0).astype(np.int64).tolist()
-        cnt = np.where(count >= 0, count, 0).astype(np.int64).tolist()
-        offl = offset.tolist()
-        tsl, durl = ts_ns.tolist(), dur_ns.tolist()
-        tsus, endus = ts.tolist(), (ts + np.where(dur >= 0, dur, 0)).tolist()
-        table, streams, span = self.table, self.streams, self.span
-        pending: dict = {}          # stream key -> Stream for this chunk
-        for i in range(n):
-            key = (cats[i], names[i])
-            cls, layer = kinds[key], layer_of[key]
-            fk, pid = fks[i], pids[i]
-            row_key = (source, pid, fk, cls, layer)
-            row = table.get(row_key)
+        dur_ns = np.rint(dur0 * 1000).astype(np.int64)
+        sz = np.where(size >= 0, size, 0).astype(np.int64)
+        data = (cls == READ) | (cls == WRITE)
+        # (pid, file, class, layer) sums
+        upid, pinv = np.unique(pid, return_inverse=True)
+        nf = len(flist)
+        comp = ((pinv * nf + fi) * 5 + cls) * 6 + layer
+        ukeys, ginv = np.unique(comp, return_inverse=True)
+        ng = len(ukeys)
+        g_count = np.bincount(ginv, minlength=ng)
+        g_ns = _isum(ginv, dur_ns, ng)
+        g_bytes = _isum(ginv, np.where(data, sz, 0), ng)
+        cnt = _arr([a.get("count", -1) for a in args])
+        g_asked = _isum(ginv, np.where(data & (cnt >= 0), cnt, 0).astype(np.int64), ng)
+        table = self.table
+        for j, k in enumerate(ukeys.tolist()):
+            lay, k = k % 6, k // 6
+            c, k = k % 5, k // 5
+            f, p = k % nf, k // nf
+            key = (source, int(upid[p]), flist[f], c, lay)
+            row = table.get(key)
             if row is None:
-                row = table[row_key] = [0, 0, 0, 0]
-            row[0] += 1
-            row[2] += durl[i]
-            if cls in (READ, WRITE):
-                row[1] += sz[i]
-                row[3] += cnt[i]
-            if fk is not None:
-                if ts[i] >= 0:
-                    sp = span.get(fk)
-                    if sp is None:
-                        span[fk] = [tsus[i], endus[i]]
-                    else:
-                        if tsus[i] < sp[0]:
-                            sp[0] = tsus[i]
-                        if endus[i] > sp[1]:
-                            sp[1] = endus[i]
-                ft = ftype[i]
-                if isinstance(ft, str):
-                    d = self.ftypes.setdefault(fk, {})
-                    d[ft] = d.get(ft, 0) + 1
-                nm = names[i]
-                if cls in (READ, WRITE):
-                    sk = (fk, layer, cls)
-                    d = self.sizes.get(sk)
-                    if d is None:
-                        d = self.sizes[sk] = {}
-                    s = sz[i]
-                    if s in d or len(d) < SIZES_CAP:
-                        d[s] = d.get(s, 0) + 1
-                    if nm in COPY_OPS and isinstance(args[i].get("fhash2"), str):
-                        fk2 = args[i]["fhash2"]
-                        k2 = (source, pid, fk2, WRITE2, layer)
+                table[key] = [int(g_count[j]), int(g_bytes[j]), int(g_ns[j]), int(g_asked[j])]
+            else:
+                row[0] += int(g_count[j]); row[1] += int(g_bytes[j])
+                row[2] += int(g_ns[j]); row[3] += int(g_asked[j])
+        named = fi > 0
+        # first and last access of each file (µs as read)
+        sel = named & (ts >= 0)
+        if sel.any():
+            uf, finv = np.unique(fi[sel], return_inverse=True)
+            lo = np.full(len(uf), np.inf)
+            hi = np.full(len(uf), -np.inf)
+            np.minimum.at(lo, finv, ts[sel])
+            np.maximum.at(hi, finv, (ts + dur0)[sel])
+            for f, a, b in zip(uf.tolist(), lo.tolist(), hi.tolist()):
+                sp = self.span.get(flist[f])
+                if sp is None:
+                    self.span[flist[f]] = [a, b]
+                else:
+                    sp[0], sp[1] = min(sp[0], a), max(sp[1], b)
+        # kinds of descriptor seen
+        ftypes = [a.get("ftype") for a in args]
+        pairs: dict = {}
+        for f, t in zip(fi.tolist(), ftypes):
+            if t.__class__ is str and f:
+                pairs[(f, t)] = pairs.get((f, t), 0) + 1
+        for (f, t), c in pairs.items():
+            d = self.ftypes.setdefault(flist[f], {})
+            d[t] = d.get(t, 0) + c
+        # access sizes per (file, layer, class)
+        dsel = named & data
+        if dsel.any():
+            k1 = (fi[dsel] * 6 + layer[dsel]) * 5 + cls[dsel]
+            both, counts = np.unique(np.stack([k1, sz[dsel]]), axis=1, return_counts=True)
+            for (k, s_), c in zip(both.T.tolist(), counts.tolist()):
+                key = (flist[k // 30], (k // 5) % 6, k % 5)
+                d = self.sizes.get(key)
+                if d is None:
+                    d = self.sizes[key] = {}
+                if s_ in d or len(d) < SIZES_CAP:
+                    d[s_] = d.get(s_, 0) + c
+        # opens, seeks and copies: few, one by one
+        special_ops = [i for i, (c, nm) in enumerate(okeys)
+                       if nm in OPEN_OPS or nm in SEEK_OPS or nm in COPY_OPS]
+        resets = []                 # (row, new position) of opens and seeks
+        if special_ops:
+            for i in np.flatnonzero(np.isin(op, special_ops) & named).tolist():
+                nm, a = names[i], args[i]
+                r = a.get("ret")
+                if nm in COPY_OPS:
+                    fk2 = a.get("fhash2")
+                    if fk2.__class__ is str:
+                        k2 = (source, int(pid[i]), fk2, WRITE2, int(layer[i]))
                         r2 = table.get(k2)
                         if r2 is None:
                             r2 = table[k2] = [0, 0, 0, 0]
-                        r2[0] += 1; r2[1] += sz[i]; r2[2] += durl[i]
-                        if isinstance(args[i].get("ftype2"), str):
+                        r2[0] += 1; r2[1] += int(sz[i]); r2[2] += int(dur_ns[i])
+                        t2 = a.get("ftype2")
+                        if t2.__class__ is str:
                             d = self.ftypes.setdefault(fk2, {})
-                            d[args[i]["ftype2"]] = d.get(args[i]["ftype2"], 0) + 1
-                    # access pattern (per direction)
-                    st = pending.get(row_key)
-                    if st is None:
-                        st = pending[row_key] = Stream()
-                    o = offl[i]
-                    if o >= 0 and nm not in ("read", "write", "readv", "writev", "fread",
-                                             "fwrite", "fgets", "fputs", "fprintf",
-                                             "fgetc", "fputc", "vfs_read", "vfs_write"):
-                        st.access(int(o), True, sz[i], True)
-                    else:
-                        st.access(st.pos, st.pos_abs, sz[i])
-                        st.pos += sz[i]
-                elif nm in OPEN_OPS or nm in SEEK_OPS:
-                    r = ret[i]
-                    if nm in OPEN_OPS:
-                        fl = flags[i]
-                        if type(fl) is int and fl & O_CREAT and (type(r) is not int or r >= 0):
-                            self.created.add(fk)
-                        newpos = 0 if not (type(fl) is int and fl & O_APPEND) else None
-                    else:
-                        newpos = r if type(r) is int and r >= 0 else None
-                    if newpos is not None:
-                        for c in (READ, WRITE):
-                            k = (source, pid, fk, c, layer)
-                            st = pending.get(k)
-                            if st is None:
-                                st = pending[k] = Stream()
-                            st.pos, st.pos_abs = newpos, True
-        for k, st in pending.items():
-            old = streams.get(k)
-            streams[k] = st if old is None else st.merge_after(old)
-        self._nest(source, pids, tids, tsl, durl, cats, names, layer_of, kinds, fks)
+                            d[t2] = d.get(t2, 0) + 1
+                    continue
+                if nm in OPEN_OPS:
+                    fl = a.get("flags")
+                    ok = type(r) is not int or r >= 0
+                    if type(fl) is int and fl & O_CREAT and ok:
+                        self.created.add(fks[i])
+                    if ok and not (type(fl) is int and fl & O_APPEND):
+                        resets.append((i, 0))
+                elif type(r) is int and 0 <= r < 2 ** 62:
+                    resets.append((i, r))
+        self._streams(source, pid, fi, flist, cls, layer, sz, data & named, names, args, resets)
+        self._nest(source, pid, tid, ts_ns, dur_ns, op, okeys, olay, ocls, fi, flist)
 
-    def _nest(self, source, pids, tids, tsl, durl, cats, names, layer_of, classes, fks) -> None:
+    def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, names, args, resets) -> None:
+        """Access pattern and extents of each (pid, file, class, layer) stream, vectorised:
+        an access without an offset starts where the stream's position is, i.e. the last
+        open or seek plus the bytes of such accesses since."""
+        ai = np.flatnonzero(acc)
+        if not len(ai) and not resets:
+            return
+        offset = _arr([args[i].get("offset", -1) for i in ai.tolist()])
+        implicit_op = np.array([names[i] in IMPLICIT_OPS for i in ai.tolist()], bool)
+        explicit = (offset >= 0) & ~implicit_op
+        # rows: accesses, then each reset once per class
+        r_rows = np.array([i for i, _ in resets], np.int64)
+        r_pos = np.array([p for _, p in resets], np.int64)
+        rows = np.concatenate([ai, r_rows, r_rows])
+        kind = np.concatenate([np.where(explicit, 0, 1), np.full(2 * len(r_rows), 2)])
+        val = np.concatenate([np.where(explicit, offset, 0).astype(np.int64), r_pos, r_pos])
+        rcls = np.concatenate([cls[ai], np.full(len(r_rows), READ), np.full(len(r_rows), WRITE)])
+        rsize = np.concatenate([sz[ai], np.zeros(2 * len(r_rows), np.int64)])
+        upid, pinv = np.unique(pid[rows], return_inverse=True)
+        nf = len(flist)
+        gk = ((pinv * nf + fi[rows]) * 5 + rcls) * 6 + layer[rows]
+        order = np.lexsort((rows, gk))          # by stream, then in trace order
+        gk, kind, val, rsize = gk[order], kind[order], val[order], rsize[order]
+        m = len(gk)
+        gstart = np.ones(m, bool)
+        gstart[1:] = gk[1:] != gk[:-1]
+        is_reset = kind == 2
+        segstart = gstart | is_reset
+        seg = np.cumsum(segstart) - 1
+        seg_first = np.flatnonzero(segstart)
+        seg_abs = is_reset[seg_first]                   # segment begins at a known position
+        seg_base = np.where(seg_abs, val[seg_first], 0)
+        imp = np.where(kind == 1, rsize, 0)
+        cs = np.cumsum(imp)
+        before = cs - imp - (cs - imp)[seg_first][seg]  # implicit bytes earlier in the segment
+        off = np.where(kind == 0, val, seg_base[seg] + before)
+        off_abs = np.where(kind == 0, True, seg_abs[seg])
+        # accesses only, per stream
+        a = ~is_reset
+        agk, aoff, aabs, asz, aexp = gk[a], off[a], off_abs[a], rsize[a], kind[a] == 0
+        na = len(agk)
+        first = np.ones(na, bool)
+        first[1:] = agk[1:] != agk[:-1]
+        end = aoff + asz
+        prev = np.empty(na, np.int64)
+        prev[1:] = end[:-1]
+        prev[:1] = 0
+        d = aoff - prev
+        cls_ = np.where(first, 3, np.where(d == 0, 0, np.where(d > 0, 1, 2)))
+        large = aexp & (asz >= ALIGN)
+        mis = large & (aoff % ALIGN != 0)
+        ug = np.unique(gk)
+        ai_g = np.searchsorted(ug, agk)
+        ng = len(ug)
+        pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)
+        n_large = np.bincount(ai_g, weights=large, minlength=ng)
+        n_mis = np.bincount(ai_g, weights=mis, minlength=ng)
+        a_first = np.searchsorted(agk, ug, "left")
+        a_last = np.searchsorted(agk, ug, "right") - 1
+        g_last = np.searchsorted(gk, ug, "right") - 1
+        ext_mask = asz > 0
+        for j, k in enumerate(ug.tolist()):
+            st = Stream()
+            st.consec, st.seq, st.rand = (int(x) for x in pat[j, :3])
+            st.large, st.misaligned = int(n_large[j]), int(n_mis[j])
+            lo, hi = int(a_first[j]), int(a_last[j])
+            if lo <= hi:
+                st.head = (int(aoff[lo]), bool(aabs[lo]))
+                st.last_end, st.last_abs = int(end[hi]), bool(aabs[hi])
+                sl = slice(lo, hi + 1)
+                e = ext_mask[sl]
+                ab = aabs[sl][e]
+                pairs = np.stack([aoff[sl][e], end[sl][e]], axis=1)
+                st.ext, st.ext_rel = pairs[ab], pairs[~ab]
+            # position at the end: the last segment's base plus its implicit bytes
+            # (segments never span streams: a stream's first row starts one)
+            last = int(g_last[j])
+            s_ = int(seg[last])
+            sf = int(seg_first[s_])
+            st.pos = int(seg_base[s_] + cs[last] - (cs[sf] - imp[sf]))
+            st.pos_abs = bool(seg_abs[s_])
+            lay, k = k % 6, k // 6
+            c, k = k % 5, k // 5
+            f, p = k % nf, k // nf
+            skey = (source, int(upid[p]), flist[f], c, lay)
+            st._fit()
+            old = self.streams.get(skey)
+            self.streams[skey] = st if old is None else st.merge_after(old)
+
+    def _nest(self, source, pid, tid, ts_ns, dur_ns, op, okeys, olay, ocls, fi, flist) -> None:
+        """Per-thread nesting. A thread whose every event starts after the previous one
+        ended nests nothing in this chunk: only its first event can claim (from the
+        stack left by earlier chunks), and only its last STACK_CAP events stay."""
+        n = len(op)
+        order = np.lexsort((np.arange(n), tid, pid))
+        p_s, t_s = pid[order], tid[order]
+        start = np.ones(n, bool)
+        start[1:] = (p_s[1:] != p_s[:-1]) | (t_s[1:] != t_s[:-1])
+        ts_s = ts_ns[order]
+        cand = np.zeros(n, bool)
+        cand[1:] = ~start[1:] & (ts_s[1:] <= ts_s[:-1])
+        bounds = np.append(np.flatnonzero(start), n)
+        gcand = np.add.reduceat(cand.astype(np.int64), bounds[:-1]) if n else []
+        end_ns = ts_ns + dur_ns
         threads = self.threads
-        for i in range(len(tsl)):
-            tk = (source, pids[i], tids[i])
+
+        def ev(i):
+            o = int(op[i])
+            return (int(ts_ns[i]), int(end_ns[i]), okeys[o], int(olay[o]), flist[fi[i]],
+                    int(dur_ns[i]), int(pid[i]), int(ocls[o]))
+
+        for g in range(len(bounds) - 1):
+            lo, hi = int(bounds[g]), int(bounds[g + 1])
+            tk = (source, int(p_s[lo]), int(t_s[lo]))
             th = threads.get(tk)
             if th is None:
                 th = threads[tk] = Thread()
-            key = (cats[i], names[i])
-            ev = (tsl[i], tsl[i] + durl[i], key, layer_of[key], fks[i], durl[i], pids[i],
-                  classes[key])
-            if self._claim(source, ev, th.stack):
-                th.opens.append(ev)
-            th.stack.append(ev)
+            idx = order[lo:hi].tolist()
+            if gcand[g]:
+                todo = idx
+            else:
+                todo = idx[:1]
+            for i in todo:
+                e = ev(i)
+                if self._claim(source, e, th.stack):
+                    th.opens.append(e)
+                th.stack.append(e)
+            if not gcand[g] and len(idx) > 1:
+                th.stack.extend(ev(i) for i in idx[max(1, len(idx) - STACK_CAP):])
             if len(th.stack) > STACK_CAP:
                 del th.stack[:len(th.stack) - STACK_CAP]
 
@@ -476,7 +600,7 @@ class Detail:
                 f["_misaligned"] += st.misaligned
                 f["_large"] += st.large
                 if cls == READ:
-                    f["_ext"].extend(st.ext + st.ext_rel)
+                    f["_ext"].extend((st.ext, st.ext_rel))
         # top-level time: every event's time minus that of events inside another
         top_time: dict = {}
         for (src, pid, fk, cls, layer), row in self.table.items():
@@ -510,7 +634,8 @@ class Detail:
             f["requests"] = sum(sizes.values())
             f["misaligned_requests"] = f.pop("_misaligned")
             f["large_requests"] = f.pop("_large")
-            f["read_extent_bytes"] = sum(e - s for s, e in _union(f.pop("_ext")))
+            ext = _union(_cat(*f.pop("_ext")))
+            f["read_extent_bytes"] = int((ext[:, 1] - ext[:, 0]).sum())
             f["created"] = any(k in self.created for k in fk_list)
             f["time_us"] = {k: v / 1000 for k, v in f.pop("time_ns").items()}
             f["time_us"] = {k: round(v, 3) for k, v in f["time_us"].items()}
@@ -682,3 +807,16 @@ def _float(v) -> float:
         except OverflowError:
             pass
     return np.nan
+
+
+def _small_int(v) -> int:
+    return v if type(v) is int and -1 <= v < 1 << 40 else -1
+
+
+def _isum(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Exact int64 sums per group (float64 bincount is exact below 2**53)."""
+    if len(values) and int(np.abs(values).max()) * len(values) >= 1 << 53:
+        out = np.zeros(n, np.int64)
+        np.add.at(out, groups, values)
+        return out
+    return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)

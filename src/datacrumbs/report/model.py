@@ -236,12 +236,14 @@ class Aggregate:
             if isinstance(hh, str):
                 src = self.source(source)
                 src.first_hhash = src.first_hhash or hh
+        ts_a, dur_a, size_a = _numbers([r.get("ts") for r in rows], -1), _numbers(dur, 0), \
+            _numbers(size, -1)
+        pid_a = _numbers([r.get("pid") for r in rows], -1)
         self._add_arrays(source, keys, list(fidx), errnos,
-                         np.array(op, np.int64), _numbers([r.get("ts") for r in rows], -1),
-                         _numbers(dur, 0), _numbers(size, -1), weight,
-                         _numbers([r.get("pid") for r in rows], -1), fil, timed)
+                         np.array(op, np.int64), ts_a, dur_a, size_a, weight, pid_a, fil, timed)
         self.detail.add(source, xs, xargs,
-                        [k if k is None or type(k) is str else _text(k) for k in fks])
+                        [k if k is None or type(k) is str else _text(k) for k in fks],
+                        ts_a[:nx], dur_a[:nx], size_a[:nx], pid_a[:nx])
         if cs:
             self.detail.add_counters(source, cs, cargs)
         two = [i for i, a in enumerate(xargs) if "fhash2" in a]

@@ -64,21 +64,20 @@ class Stream:
     """Order-dependent state of one (node, pid, file, class, layer) stream.
 
     Positions are absolute (``abs`` True) or relative to the stream's position where
-    this partial began; ``head`` is the first access, not yet classified; extents are
-    [start, end) rows of int64 arrays."""
+    this partial began; ``head`` is the first access, not yet classified. Read extents
+    at absolute offsets go to the file (Detail.read_ext); ``ext_rel`` keeps the relative
+    ones until a merge places them."""
 
     __slots__ = ("pos", "pos_abs", "head", "last_end", "last_abs", "consec", "seq", "rand",
-                 "ext", "ext_rel", "misaligned", "large", "fitted")
+                 "ext_rel", "misaligned", "large")
 
     def __init__(self):
         self.pos, self.pos_abs = 0, False
         self.head = None            # (offset, is_abs)
         self.last_end, self.last_abs = None, False
         self.consec = self.seq = self.rand = 0
-        self.ext = _NO_EXT
-        self.ext_rel = _NO_EXT
+        self.ext_rel: list = []     # [(start, end)] relative to the partial's start position
         self.misaligned = self.large = 0
-        self.fitted = 64
 
     def _classify(self, off, prev) -> None:
         d = off - prev              # mixed bases (rare): taken as one
@@ -89,19 +88,20 @@ class Stream:
         else:
             self.rand += 1
 
-    def merge_after(self, a: "Stream") -> "Stream":
-        """This (later) stream's state composed after ``a``'s; returns the result."""
+    def merge_after(self, a: "Stream") -> tuple["Stream", list]:
+        """This (later) stream's state composed after ``a``'s, and the read extents
+        that became absolute."""
         shift, sabs = a.pos, a.pos_abs
         out = Stream()
         out.consec, out.seq, out.rand = a.consec + self.consec, a.seq + self.seq, a.rand + self.rand
         out.misaligned, out.large = a.misaligned + self.misaligned, a.large + self.large
-        moved = self.ext_rel + shift if len(self.ext_rel) else self.ext_rel
+        moved = [(s + shift, e + shift) for s, e in self.ext_rel]
+        resolved = []
         if sabs:
-            out.ext = _cat(a.ext, self.ext, moved)
+            resolved = moved
             out.ext_rel = a.ext_rel
         else:
-            out.ext = _cat(a.ext, self.ext)
-            out.ext_rel = _cat(a.ext_rel, moved)
+            out.ext_rel = _merge_runs(a.ext_rel + moved)
         out.head = a.head
         if self.head is not None:
             h = self.head if self.head[1] else (self.head[0] + shift, sabs)
@@ -116,22 +116,62 @@ class Stream:
         else:
             out.last_end, out.last_abs = self.last_end + shift, sabs
         out.pos, out.pos_abs = (self.pos, True) if self.pos_abs else (self.pos + shift, sabs)
-        out.fitted = max(a.fitted, self.fitted)
-        out._fit()
-        return out
+        return out, resolved
 
-    def _fit(self) -> None:
-        """Union the extents whenever they doubled since the last union (amortised)."""
-        if len(self.ext) + len(self.ext_rel) > 2 * self.fitted:
-            self.ext, self.ext_rel = _union(self.ext), _union(self.ext_rel)
-            if len(self.ext) > EXTENTS_CAP:
-                self.ext = self.ext[:EXTENTS_CAP]
-            self.fitted = max(64, len(self.ext) + len(self.ext_rel))
-
-    def finish(self) -> None:
-        if self.head is not None:        # the first access of all: against offset 0
+    def finish(self) -> list:
+        """Classify the very first access (against offset 0); the extents still relative
+        are taken from offset 0 (the position before the trace is unknown)."""
+        if self.head is not None:
             self._classify(self.head[0], 0)
             self.head = None
+        rel, self.ext_rel = self.ext_rel, []
+        return rel
+
+
+def _merge_runs(iv: list) -> list:
+    if len(iv) < 64:
+        return iv
+    return [tuple(x) for x in _union(np.array(iv, np.int64)).tolist()]
+
+
+class Block:
+    """A run of a thread's events kept as arrays on its stack (see Detail._nest)."""
+
+    __slots__ = ("ts", "end", "op", "fk", "dur", "pid", "okeys", "olay", "ocls")
+
+    def __init__(self, ts, end, op, fk, dur, pid, okeys, olay, ocls):
+        self.ts, self.end, self.op, self.fk, self.dur, self.pid = ts, end, op, fk, dur, pid
+        self.okeys, self.olay, self.ocls = okeys, olay, ocls
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def entries(self) -> list:
+        ok, ol, oc = self.okeys, self.olay.tolist(), self.ocls.tolist()
+        return [(t, e, ok[o], ol[o], f, d, p, oc[o]) for t, e, o, f, d, p in
+                zip(self.ts.tolist(), self.end.tolist(), self.op.tolist(), self.fk.tolist(),
+                    self.dur.tolist(), self.pid.tolist())]
+
+    def tail(self, k: int) -> "Block":
+        n = len(self.ts)
+        return Block(self.ts[n - k:], self.end[n - k:], self.op[n - k:], self.fk[n - k:],
+                     self.dur[n - k:], self.pid[n - k:], self.okeys, self.olay, self.ocls)
+
+
+def _trim(stack: list) -> None:
+    """Keep the newest STACK_CAP entries of a thread's stack (blocks count their rows)."""
+    total = 0
+    for i in range(len(stack) - 1, -1, -1):
+        x = stack[i]
+        k = len(x) if x.__class__ is Block else 1
+        if total + k > STACK_CAP:
+            if x.__class__ is Block and STACK_CAP - total > 0:
+                stack[i] = x.tail(STACK_CAP - total)
+                del stack[:i]
+            else:
+                del stack[:i + 1]
+            return
+        total += k
 
 
 _NO_EXT = np.zeros((0, 2), np.int64)
@@ -179,7 +219,7 @@ class Detail:
         self.claimed: dict = {}     # (src, pid, fkey, layer) -> ns inside another event
         self.excl_adj: dict = {}    # layer -> ns of direct children (subtracted)
         self.edges: dict = {}       # (parent op, child op) -> [count, ns]
-        self.inner: dict = {}       # op -> [count, ns] of its events inside another
+        self.read_ext: dict = {}    # fkey -> [arrays of [start, end) read, rows, rows at union]
 
     # -- adding ---------------------------------------------------------------------
 
@@ -357,47 +397,81 @@ class Detail:
         large = aexp & (asz >= ALIGN)
         mis = large & (aoff % ALIGN != 0)
         ug = np.unique(gk)
-        ai_g = np.searchsorted(ug, agk)
         ng = len(ug)
-        pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)
-        n_large = np.bincount(ai_g, weights=large, minlength=ng)
-        n_mis = np.bincount(ai_g, weights=mis, minlength=ng)
+        ai_g = np.searchsorted(ug, agk)
+        pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3].tolist()
+        n_large = np.bincount(ai_g, weights=large, minlength=ng).astype(np.int64).tolist()
+        n_mis = np.bincount(ai_g, weights=mis, minlength=ng).astype(np.int64).tolist()
         a_first = np.searchsorted(agk, ug, "left")
         a_last = np.searchsorted(agk, ug, "right") - 1
+        has = a_first <= a_last
+        af, al = np.where(has, a_first, 0), np.where(has, a_last, 0)
+        head_off, head_abs = aoff[af].tolist(), aabs[af].tolist()
+        last_end, last_abs = end[al].tolist(), aabs[al].tolist()
+        has = has.tolist()
+        g_first = np.searchsorted(gk, ug, "left")
         g_last = np.searchsorted(gk, ug, "right") - 1
-        ext_mask = asz > 0
-        for j, k in enumerate(ug.tolist()):
+        seg_last = np.append(seg_first[1:] - 1, m - 1)
+        s_last = seg[g_last]
+        sf = seg_first[s_last]
+        pos = (seg_base[s_last] + cs[g_last] - (cs[sf] - imp[sf])).tolist()
+        pos_abs = seg_abs[s_last].tolist()
+        s0 = seg[g_first]                   # a stream's first segment: relative unless a reset
+        rel_read = np.where(seg_abs[s0], 0, cs[seg_last[s0]] - (cs - imp)[seg_first[s0]]).tolist()
+        lay_g, c_g = (ug % 6).tolist(), ((ug // 6) % 5).tolist()
+        f_g, p_g = ((ug // 30) % nf).tolist(), upid[ug // (30 * nf)].tolist()
+        streams = self.streams
+        for j in range(ng):
             st = Stream()
-            st.consec, st.seq, st.rand = (int(x) for x in pat[j, :3])
-            st.large, st.misaligned = int(n_large[j]), int(n_mis[j])
-            lo, hi = int(a_first[j]), int(a_last[j])
-            if lo <= hi:
-                st.head = (int(aoff[lo]), bool(aabs[lo]))
-                st.last_end, st.last_abs = int(end[hi]), bool(aabs[hi])
-                sl = slice(lo, hi + 1)
-                e = ext_mask[sl]
-                ab = aabs[sl][e]
-                pairs = np.stack([aoff[sl][e], end[sl][e]], axis=1)
-                st.ext, st.ext_rel = pairs[ab], pairs[~ab]
-            # position at the end: the last segment's base plus its implicit bytes
-            # (segments never span streams: a stream's first row starts one)
-            last = int(g_last[j])
-            s_ = int(seg[last])
-            sf = int(seg_first[s_])
-            st.pos = int(seg_base[s_] + cs[last] - (cs[sf] - imp[sf]))
-            st.pos_abs = bool(seg_abs[s_])
-            lay, k = k % 6, k // 6
-            c, k = k % 5, k // 5
-            f, p = k % nf, k // nf
-            skey = (source, int(upid[p]), flist[f], c, lay)
-            st._fit()
-            old = self.streams.get(skey)
-            self.streams[skey] = st if old is None else st.merge_after(old)
+            st.consec, st.seq, st.rand = pat[j]
+            st.large, st.misaligned = n_large[j], n_mis[j]
+            if has[j]:
+                st.head = (head_off[j], head_abs[j])
+                st.last_end, st.last_abs = last_end[j], last_abs[j]
+            st.pos, st.pos_abs = pos[j], pos_abs[j]
+            fk = flist[f_g[j]]
+            if c_g[j] == READ and rel_read[j] > 0:
+                st.ext_rel = [(0, rel_read[j])]
+            skey = (source, p_g[j], fk, c_g[j], lay_g[j])
+            old = streams.get(skey)
+            if old is None:
+                streams[skey] = st
+            else:
+                streams[skey], resolved = st.merge_after(old)
+                if resolved:
+                    self._add_extents(fk, np.array(resolved, np.int64))
+        # absolute read extents, per file (runs of back-to-back reads as one)
+        sel = aabs & (asz > 0) & (((agk // 6) % 5) == READ)
+        if sel.any():
+            sg, so, se = agk[sel], aoff[sel], end[sel]
+            brk = np.ones(len(sg), bool)
+            brk[1:] = (sg[1:] != sg[:-1]) | (so[1:] != se[:-1])
+            starts = np.flatnonzero(brk)
+            ends = np.append(starts[1:] - 1, len(sg) - 1)
+            rf = (sg[starts] // 30) % nf
+            runs = np.stack([so[starts], se[ends]], axis=1)
+            o = np.argsort(rf, kind="stable")
+            rf, runs = rf[o], runs[o]
+            cut = np.flatnonzero(np.diff(rf)) + 1
+            for f, part in zip(rf[np.append(0, cut)].tolist(), np.split(runs, cut)):
+                self._add_extents(flist[f], part)
+
+    def _add_extents(self, fk, rows: np.ndarray) -> None:
+        """A file's read extents; unioned whenever they doubled since the last union."""
+        e = self.read_ext.get(fk)
+        if e is None:
+            e = self.read_ext[fk] = [[], 0, 64]       # arrays, rows, rows at last union
+        e[0].append(rows)
+        e[1] += len(rows)
+        if e[1] > 2 * e[2]:
+            u = _union(_cat(*e[0]))[:EXTENTS_CAP]
+            e[0], e[1], e[2] = [u], len(u), max(64, len(u))
 
     def _nest(self, source, pid, tid, ts_ns, dur_ns, op, okeys, olay, ocls, fi, flist) -> None:
         """Per-thread nesting. A thread whose every event starts after the previous one
-        ended nests nothing in this chunk: only its first event can claim (from the
-        stack left by earlier chunks), and only its last STACK_CAP events stay."""
+        nests nothing in this chunk: only its first event can claim (from the stack left
+        by earlier chunks), and its last STACK_CAP events stay as one array block, made
+        into entries only if a later event reaches into them."""
         n = len(op)
         order = np.lexsort((np.arange(n), tid, pid))
         p_s, t_s = pid[order], tid[order]
@@ -407,9 +481,10 @@ class Detail:
         cand = np.zeros(n, bool)
         cand[1:] = ~start[1:] & (ts_s[1:] <= ts_s[:-1])
         bounds = np.append(np.flatnonzero(start), n)
-        gcand = np.add.reduceat(cand.astype(np.int64), bounds[:-1]) if n else []
+        gcand = np.add.reduceat(cand.astype(np.int64), bounds[:-1]).tolist() if n else []
         end_ns = ts_ns + dur_ns
         threads = self.threads
+        fobj = np.array(flist, dtype=object)
 
         def ev(i):
             o = int(op[i])
@@ -422,20 +497,21 @@ class Detail:
             th = threads.get(tk)
             if th is None:
                 th = threads[tk] = Thread()
-            idx = order[lo:hi].tolist()
             if gcand[g]:
-                todo = idx
+                todo = order[lo:hi].tolist()
             else:
-                todo = idx[:1]
+                todo = [int(order[lo])]
             for i in todo:
                 e = ev(i)
                 if self._claim(source, e, th.stack):
                     th.opens.append(e)
                 th.stack.append(e)
-            if not gcand[g] and len(idx) > 1:
-                th.stack.extend(ev(i) for i in idx[max(1, len(idx) - STACK_CAP):])
-            if len(th.stack) > STACK_CAP:
-                del th.stack[:len(th.stack) - STACK_CAP]
+            if not gcand[g] and hi - lo > 1:
+                idx = order[max(lo + 1, hi - STACK_CAP):hi]
+                o = op[idx]
+                th.stack.append(Block(ts_ns[idx], end_ns[idx], o, fobj[fi[idx]], dur_ns[idx],
+                                      pid[idx], okeys, olay, ocls))
+            _trim(th.stack)
 
     def _claim(self, source, ev, stack: list) -> bool:
         """``ev`` claims the events it contains from the top of ``stack``; True when it
@@ -443,6 +519,12 @@ class Detail:
         t0, t1, key, layer = ev[0], ev[1], ev[2], ev[3]
         while stack:
             c = stack[-1]
+            if c.__class__ is Block:
+                if c.ts[-1] < t0 or c.end[-1] > t1:
+                    return False
+                stack.pop()
+                stack.extend(c.entries())
+                continue
             if c[0] < t0 or c[1] > t1:
                 return False
             stack.pop()
@@ -469,7 +551,15 @@ class Detail:
                     mine[j] += v
         for k, st in o.streams.items():
             old = self.streams.get(k)
-            self.streams[k] = st if old is None else st.merge_after(old)
+            if old is None:
+                self.streams[k] = st
+            else:
+                self.streams[k], resolved = st.merge_after(old)
+                if resolved:
+                    self._add_extents(k[2], np.array(resolved, np.int64))
+        for fk, (arrays, _, _) in o.read_ext.items():
+            for arr in arrays:
+                self._add_extents(fk, arr)
         for k, (a, b) in o.span.items():
             sp = self.span.get(k)
             if sp is None:
@@ -508,8 +598,7 @@ class Detail:
                     opens.append(ev)
             mine.opens.extend(opens)
             mine.stack.extend(th.stack)
-            if len(mine.stack) > STACK_CAP:
-                del mine.stack[:len(mine.stack) - STACK_CAP]
+            _trim(mine.stack)
 
     # -- the summary ----------------------------------------------------------------
 
@@ -539,8 +628,10 @@ class Detail:
                 kind_of[fk] = k
             return k
 
-        for st in self.streams.values():
-            st.finish()
+        for k, st in self.streams.items():
+            rel = st.finish()
+            if rel:
+                self._add_extents(k[2], np.array(rel, np.int64))
         # The lowest layer that saw each (node, pid, file, class) moves its bytes.
         lowest: dict = {}
         layers_present = {k[4] for k in self.table}
@@ -599,8 +690,6 @@ class Detail:
                 pat["random"] += st.rand
                 f["_misaligned"] += st.misaligned
                 f["_large"] += st.large
-                if cls == READ:
-                    f["_ext"].extend((st.ext, st.ext_rel))
         # top-level time: every event's time minus that of events inside another
         top_time: dict = {}
         for (src, pid, fk, cls, layer), row in self.table.items():
@@ -634,7 +723,8 @@ class Detail:
             f["requests"] = sum(sizes.values())
             f["misaligned_requests"] = f.pop("_misaligned")
             f["large_requests"] = f.pop("_large")
-            ext = _union(_cat(*f.pop("_ext")))
+            f.pop("_ext")
+            ext = _union(_cat(*(a for fk in fk_list for a in self.read_ext.get(fk, [[]])[0])))
             f["read_extent_bytes"] = int((ext[:, 1] - ext[:, 0]).sum())
             f["created"] = any(k in self.created for k in fk_list)
             f["time_us"] = {k: v / 1000 for k, v in f.pop("time_ns").items()}

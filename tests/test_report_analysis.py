@@ -267,3 +267,21 @@ def test_nesting_and_access_patterns_are_identical_however_the_trace_is_split(tm
     split = summarize([d], jobs=2)
     assert {k: v for k, v in split.items() if k != "traces"} == \
         {k: v for k, v in whole.items() if k != "traces"}
+
+
+def test_lost_events_and_untraced_libraries_come_first():
+    """The tracer's own losses outrank everything: they make the other numbers partial."""
+    from datacrumbs.report.findings import findings
+    from datacrumbs.report.model import Aggregate
+
+    agg = Aggregate()
+    agg.add_events([{"ph": "X", "name": "read", "cat": "POSIX", "pid": 1, "tid": 1, "ts": 1.0,
+                     "dur": 1.0, "args": {"fhash": "\0/f", "size": 3, "ftype": "reg"}}], "n1")
+    agg.add_run_summary("n1.summary.json", {"events_lost": 5, "names_lost": 2, "host": "n1"})
+    s = agg.finalize()
+    assert [f["rule"] for f in s["findings"]][:2] == ["events_lost", "names_lost"]
+    assert s["findings"][0]["severity"] == "high" and s["findings"][0]["numbers"] == {"events_lost": 5}
+    s["libraries"] = [{"path": "/opt/h5/libhdf5.so.310", "family": "hdf5", "status": "not attached",
+                       "hosts": ["n1"]}, {"path": "/x.so", "family": "hdf5", "status": "attached"}]
+    rows = [f for f in findings(s) if f["rule"] == "untraced"]
+    assert len(rows) == 1 and rows[0]["files"] == ["/opt/h5/libhdf5.so.310"]

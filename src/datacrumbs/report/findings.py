@@ -22,7 +22,9 @@ imbalance          (max - min) / max of file bytes per process of one command  w
                    >= 2 of them, the busiest >= 1 MiB
 not_file_io        time in pipes, sockets or terminals > file I/O time,        info
                    and >= 1 s
-untraced           a trace's summary lists warnings (libraries left untraced)   warning
+untraced           libraries of a probed family mapped but not attached         warning
+                   (summary ``libraries`` rows, status "not attached"), or
+                   warnings a trace's run summary lists
 =================  ========================================================  ============
 
 Drishti uses 1 MiB for "small"; 4 KiB (a page, the usual file-system block) is what
@@ -155,6 +157,15 @@ def findings(s: dict) -> list[dict]:
                                 f"{a['time_us'] / 1e6:.2f} s in {a['kind']} calls (waiting on other "
                                 f"processes, not storage) against {io_us / 1e6:.2f} s of file I/O",
                                 {"kind": a["kind"], "time_us": a["time_us"], "file_io_time_us": io_us}))
+    missed = [lib for lib in s.get("libraries") or []
+              if isinstance(lib, dict) and lib.get("status") == "not attached"]
+    if missed:                              # the family helper's rows, when merged with it
+        out.append(_finding("untraced", "warning",
+                            f"{len(missed):,} libraries of a probed family were mapped by the job "
+                            "but not traced: their calls are missing from every number",
+                            {"libraries": [{k: lib.get(k) for k in ("path", "family", "hosts")}
+                                           for lib in missed[:LIST]]},
+                            [lib.get("path", "") for lib in missed]))
     for w in s.get("warnings", []):
         out.append(_finding("untraced", "warning", str(w.get("message", w)) if isinstance(w, dict)
                             else str(w), w if isinstance(w, dict) else {}))

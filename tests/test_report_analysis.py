@@ -285,3 +285,28 @@ def test_lost_events_and_untraced_libraries_come_first():
                        "hosts": ["n1"]}, {"path": "/x.so", "family": "hdf5", "status": "attached"}]
     rows = [f for f in findings(s) if f["rule"] == "untraced"]
     assert len(rows) == 1 and rows[0]["files"] == ["/opt/h5/libhdf5.so.310"]
+
+
+def test_a_call_enclosing_events_of_an_earlier_chunk_claims_them():
+    """Events that nest nothing are kept as an array block; an event in a later chunk
+    that started before the last of them still contains them, as in one chunk."""
+    from datacrumbs.report.model import Aggregate
+
+    def x(name, cat, ts, dur, size=None):
+        args = {"fhash": "\0/f", "ftype": "reg"}
+        if size is not None:
+            args["size"] = size
+        return {"ph": "X", "name": name, "cat": cat, "pid": 5, "tid": 5, "ts": ts, "dur": dur,
+                "args": args}
+
+    writes = [x("write", "POSIX", 10.0 * i, 2.0, 100) for i in range(50)]
+    outer = x("fwrite", "STDIO", 395.0, 100.0, 1000)       # holds the writes at 400 .. 490
+    one, two = Aggregate(), Aggregate()
+    one.add_events(writes + [outer], "n1")
+    two.add_events(writes, "n1")
+    two.add_events([outer], "n1")
+    s1, s2 = one.finalize(), two.finalize()
+    assert s1["layers"] == s2["layers"] and s1["layer_breakdown"] == s2["layer_breakdown"]
+    assert s1["layer_breakdown"][0][1] == {"op": "POSIX/write", "calls": 10, "time_us": 20.0}
+    assert s2["totals"]["time_us"] == 40 * 2.0 + 100.0
+    assert s2["totals"]["bytes_written"] == 5000               # fwrite's bytes not again

@@ -43,7 +43,7 @@ COPY_OPS = {"copy_file_range", "sendfile", "sendfile64", "splice"}
 IMPLICIT_OPS = {"read", "write", "readv", "writev", "fread", "fwrite", "fgets", "fputs",
                 "fprintf", "fgetc", "fputc", "vfs_read", "vfs_write"}   # at the file position
 O_CREAT, O_APPEND = 0o100, 0o2000
-STACK_CAP = 4096                # unclaimed events kept per thread (oldest dropped)
+STACK_CAP = 2048                # unclaimed events kept per thread (oldest dropped)
 EXTENTS_CAP = 65536             # distinct read extents kept per stream
 SIZES_CAP = 1024                # distinct access sizes kept per (file, layer, class)
 ALIGN = 4096
@@ -135,27 +135,27 @@ def _merge_runs(iv: list) -> list:
 
 
 class Block:
-    """A run of a thread's events kept as arrays on its stack (see Detail._nest)."""
+    """A run of a thread's events kept as arrays on its stack (see Detail._nest): start,
+    end, operation and file indices, 24 bytes an event."""
 
-    __slots__ = ("ts", "end", "op", "fk", "dur", "pid", "okeys", "olay", "ocls")
+    __slots__ = ("ts", "end", "op", "fi", "pid", "flist", "okeys", "olay", "ocls")
 
-    def __init__(self, ts, end, op, fk, dur, pid, okeys, olay, ocls):
-        self.ts, self.end, self.op, self.fk, self.dur, self.pid = ts, end, op, fk, dur, pid
-        self.okeys, self.olay, self.ocls = okeys, olay, ocls
+    def __init__(self, ts, end, op, fi, pid, flist, okeys, olay, ocls):
+        self.ts, self.end, self.op, self.fi, self.pid = ts, end, op, fi, pid
+        self.flist, self.okeys, self.olay, self.ocls = flist, okeys, olay, ocls
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def entries(self) -> list:
-        ok, ol, oc = self.okeys, self.olay.tolist(), self.ocls.tolist()
-        return [(t, e, ok[o], ol[o], f, d, p, oc[o]) for t, e, o, f, d, p in
-                zip(self.ts.tolist(), self.end.tolist(), self.op.tolist(), self.fk.tolist(),
-                    self.dur.tolist(), self.pid.tolist())]
+        ok, ol, oc, fl, pid = self.okeys, self.olay.tolist(), self.ocls.tolist(), self.flist, self.pid
+        return [(t, e, ok[o], ol[o], fl[f], e - t, pid, oc[o]) for t, e, o, f in
+                zip(self.ts.tolist(), self.end.tolist(), self.op.tolist(), self.fi.tolist())]
 
     def tail(self, k: int) -> "Block":
         n = len(self.ts)
-        return Block(self.ts[n - k:], self.end[n - k:], self.op[n - k:], self.fk[n - k:],
-                     self.dur[n - k:], self.pid[n - k:], self.okeys, self.olay, self.ocls)
+        return Block(self.ts[n - k:], self.end[n - k:], self.op[n - k:], self.fi[n - k:],
+                     self.pid, self.flist, self.okeys, self.olay, self.ocls)
 
 
 def _trim(stack: list) -> None:
@@ -484,7 +484,6 @@ class Detail:
         gcand = np.add.reduceat(cand.astype(np.int64), bounds[:-1]).tolist() if n else []
         end_ns = ts_ns + dur_ns
         threads = self.threads
-        fobj = np.array(flist, dtype=object)
 
         def ev(i):
             o = int(op[i])
@@ -508,9 +507,9 @@ class Detail:
                 th.stack.append(e)
             if not gcand[g] and hi - lo > 1:
                 idx = order[max(lo + 1, hi - STACK_CAP):hi]
-                o = op[idx]
-                th.stack.append(Block(ts_ns[idx], end_ns[idx], o, fobj[fi[idx]], dur_ns[idx],
-                                      pid[idx], okeys, olay, ocls))
+                th.stack.append(Block(ts_ns[idx], end_ns[idx], op[idx].astype(np.int32),
+                                      fi[idx].astype(np.int32), int(p_s[lo]), flist, okeys,
+                                      olay, ocls))
             _trim(th.stack)
 
     def _claim(self, source, ev, stack: list) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -87,9 +88,44 @@ def test_every_file_of_a_tree_read_and_written_by_several_processes_is_exact(sit
             sizes[str(p)] = p.stat().st_size
     (root / "out").mkdir()
     n = 3
-    _, trace, _ = trace_command(tmp_path, [*PY, "-c", TREE_PROGRAM, root, n])
+    log = tmp_path / "strace.log"
+    # strace without -yy: resolving descriptors, strace would stat the files itself
+    _, trace, _ = trace_command(tmp_path, ["strace", "-ff", "-qq", "-o", log, "-e",
+                                           "trace=read,write,openat,close",
+                                           *PY, "-c", TREE_PROGRAM, root, n])
     s = report(trace)
     files = files_by_path(s)
+    # strace's view of the same run, file by file under the tree (-ff: a log per process,
+    # so no call is split by another process's; descriptors followed from the openat)
+    seen: dict = {}
+    call = re.compile(r'^(read|write|openat|close)\((?:AT_FDCWD, "([^"]*)"|(\d+))[^=]*= (-?\d+)')
+    for part in tmp_path.glob("strace.log.*"):
+        fds: dict = {}
+        for line in part.read_text().splitlines():
+            m = call.match(line)
+            if not m or int(m.group(4)) < 0:
+                continue
+            name, path = m.group(1), m.group(2)
+            if name == "openat":
+                fds[int(m.group(4))] = path
+            else:
+                path = fds.pop(int(m.group(3)), None) if name == "close" else fds.get(int(m.group(3)))
+            if path is None or not path.startswith(str(root) + "/"):
+                continue
+            row = seen.setdefault(path, {"read": [0, 0], "write": [0, 0], "metadata": 0})
+            if name in ("read", "write"):
+                row[name][0] += 1
+                row[name][1] += int(m.group(4))
+            else:
+                row["metadata"] += 1
+    regular = set(sizes) | {str(root / "out" / f"{i}.dat") for i in range(n)}
+    assert regular <= set(seen)                 # and the directories os.walk opened
+    for path, row in seen.items():
+        f = files[path]
+        assert (f["ops"]["read"], f["bytes"]["read"]) == tuple(row["read"]), path
+        assert (f["ops"]["write"], f["bytes"]["write"]) == tuple(row["write"]), path
+        if path in regular:                     # (directories also get getdents, fstat)
+            assert f["ops"]["metadata"] == row["metadata"], path
     target = subprocess.run(["findmnt", "-n", "-o", "TARGET,FSTYPE", "-T", str(root)],
                             capture_output=True, text=True, check=True).stdout.split()
     for path, size in sizes.items():

@@ -88,35 +88,38 @@ class Stream:
         else:
             self.rand += 1
 
-    def merge_after(self, a: "Stream") -> tuple["Stream", list]:
-        """This (later) stream's state composed after ``a``'s, and the read extents
-        that became absolute."""
-        shift, sabs = a.pos, a.pos_abs
-        out = Stream()
-        out.consec, out.seq, out.rand = a.consec + self.consec, a.seq + self.seq, a.rand + self.rand
-        out.misaligned, out.large = a.misaligned + self.misaligned, a.large + self.large
-        moved = [(s + shift, e + shift) for s, e in self.ext_rel]
+    def absorb(self, b: "Stream") -> list:
+        """Compose ``b``, the same stream's state in a later partial, after this one, in
+        place; returns the read extents of ``b`` that became absolute."""
+        shift, sabs = self.pos, self.pos_abs
+        self.consec += b.consec
+        self.seq += b.seq
+        self.rand += b.rand
+        self.misaligned += b.misaligned
+        self.large += b.large
         resolved = []
-        if sabs:
-            resolved = moved
-            out.ext_rel = a.ext_rel
-        else:
-            out.ext_rel = _merge_runs(a.ext_rel + moved)
-        out.head = a.head
-        if self.head is not None:
-            h = self.head if self.head[1] else (self.head[0] + shift, sabs)
-            if a.last_end is None:
-                out.head = h
+        if b.ext_rel:
+            moved = [(s + shift, e + shift) for s, e in b.ext_rel]
+            if sabs:
+                resolved = moved
             else:
-                out._classify(h[0], a.last_end)
-        if self.last_end is None:
-            out.last_end, out.last_abs = a.last_end, a.last_abs
-        elif self.last_abs:
-            out.last_end, out.last_abs = self.last_end, True
+                self.ext_rel = _merge_runs(self.ext_rel + moved)
+        if b.head is not None:
+            h = b.head if b.head[1] else (b.head[0] + shift, sabs)
+            if self.last_end is None:
+                self.head = h
+            else:
+                self._classify(h[0], self.last_end)
+        if b.last_end is not None:
+            if b.last_abs:
+                self.last_end, self.last_abs = b.last_end, True
+            else:
+                self.last_end, self.last_abs = b.last_end + shift, sabs
+        if b.pos_abs:
+            self.pos, self.pos_abs = b.pos, True
         else:
-            out.last_end, out.last_abs = self.last_end + shift, sabs
-        out.pos, out.pos_abs = (self.pos, True) if self.pos_abs else (self.pos + shift, sabs)
-        return out, resolved
+            self.pos += b.pos
+        return resolved
 
     def finish(self) -> list:
         """Classify the very first access (against offset 0); the extents still relative
@@ -224,7 +227,7 @@ class Detail:
     # -- adding ---------------------------------------------------------------------
 
     def add(self, source: str, rows: list, args: list, fks: list, ts: np.ndarray,
-            dur: np.ndarray, size: np.ndarray, pid: np.ndarray) -> None:
+            dur: np.ndarray, size: np.ndarray, pid: np.ndarray, keys: list | None = None) -> None:
         """The complete events of one chunk, in trace order; ``fks`` their file keys.
 
         Sums go through numpy group by group; Python loops run over groups (streams,
@@ -233,12 +236,20 @@ class Detail:
         n = len(rows)
         if not n:
             return
-        names = [r.get("name") for r in rows]
-        cats = [r.get("cat") for r in rows]
-        names = [x if x.__class__ is str else "" for x in names]
-        cats = [x if x.__class__ is str else "" for x in cats]
+        if keys is None:
+            keys = [(r.get("cat"), r.get("name")) for r in rows]
         kidx: dict = {}
-        op = np.array([kidx.setdefault(k, len(kidx)) for k in zip(cats, names)], np.int64)
+        try:
+            op = [kidx.setdefault(k, len(kidx)) for k in keys]
+        except TypeError:                   # an unhashable cat or name
+            kidx, op = {}, None
+        if op is None or not all(c.__class__ is str and m.__class__ is str for c, m in kidx):
+            keys = [(c if c.__class__ is str else "", m if m.__class__ is str else "")
+                    for c, m in ((x[0], x[1]) for x in keys)]
+            kidx = {}
+            op = [kidx.setdefault(k, len(kidx)) for k in keys]
+        op = np.array(op, np.int64)
+        names = keys                        # names[i][1]: the operation of row i
         okeys = list(kidx)
         ocls = np.array([op_class(nm) for _, nm in okeys], np.int64)
         olay = np.array([LAYERS.get(c.upper(), OTHER_LAYER) for c, _ in okeys], np.int64)
@@ -318,7 +329,7 @@ class Detail:
         resets = []                 # (row, new position) of opens and seeks
         if special_ops:
             for i in np.flatnonzero(np.isin(op, special_ops) & named).tolist():
-                nm, a = names[i], args[i]
+                nm, a = names[i][1], args[i]
                 r = a.get("ret")
                 if nm in COPY_OPS:
                     fk2 = a.get("fhash2")
@@ -353,7 +364,7 @@ class Detail:
         if not len(ai) and not resets:
             return
         offset = _arr([args[i].get("offset", -1) for i in ai.tolist()])
-        implicit_op = np.array([names[i] in IMPLICIT_OPS for i in ai.tolist()], bool)
+        implicit_op = np.array([names[i][1] in IMPLICIT_OPS for i in ai.tolist()], bool)
         explicit = (offset >= 0) & ~implicit_op
         # rows: accesses, then each reset once per class
         r_rows = np.array([i for i, _ in resets], np.int64)
@@ -437,7 +448,7 @@ class Detail:
             if old is None:
                 streams[skey] = st
             else:
-                streams[skey], resolved = st.merge_after(old)
+                resolved = old.absorb(st)
                 if resolved:
                     self._add_extents(fk, np.array(resolved, np.int64))
         # absolute read extents, per file (runs of back-to-back reads as one)
@@ -553,7 +564,7 @@ class Detail:
             if old is None:
                 self.streams[k] = st
             else:
-                self.streams[k], resolved = st.merge_after(old)
+                resolved = old.absorb(st)
                 if resolved:
                     self._add_extents(k[2], np.array(resolved, np.int64))
         for fk, (arrays, _, _) in o.read_ext.items():

@@ -243,7 +243,7 @@ class Aggregate:
                          np.array(op, np.int64), ts_a, dur_a, size_a, weight, pid_a, fil, timed)
         self.detail.add(source, xs, xargs,
                         [k if k is None or type(k) is str else _text(k) for k in fks],
-                        ts_a[:nx], dur_a[:nx], size_a[:nx], pid_a[:nx])
+                        ts_a[:nx], dur_a[:nx], size_a[:nx], pid_a[:nx], raw_keys[:nx])
         if cs:
             self.detail.add_counters(source, cs, cargs)
         two = [i for i, a in enumerate(xargs) if "fhash2" in a]

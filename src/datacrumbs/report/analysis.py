@@ -18,6 +18,14 @@ the same numbers as one pass:
   event contains is "top level", and job I/O time sums only those. A partial keeps the
   events that emptied its stack ("open claims") and replays them against the earlier
   partial's stack on merge.
+
+Bounds, where exactness gives way: a thread keeps its newest STACK_CAP unclaimed events
+(a call containing more, across a chunk boundary, misses the oldest); a file keeps
+EXTENTS_CAP distinct read extents and a (file, layer, class) SIZES_CAP distinct sizes;
+reads and writes follow the file position each on its own (a descriptor read and written
+in turn with read()/write() places them less well); an offset before the trace's first
+open or seek of a stream is taken as 0. State grows with (process, file) pairs, not with
+events: every file is kept (no sampling, unlike the model's top-file tables).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ IMPLICIT_OPS = {"read", "write", "readv", "writev", "fread", "fwrite", "fgets", 
                 "fprintf", "fgetc", "fputc", "vfs_read", "vfs_write"}   # at the file position
 O_CREAT, O_APPEND = 0o100, 0o2000
 STACK_CAP = 2048                # unclaimed events kept per thread (oldest dropped)
-EXTENTS_CAP = 65536             # distinct read extents kept per stream
+EXTENTS_CAP = 65536             # distinct read extents kept per file
 SIZES_CAP = 1024                # distinct access sizes kept per (file, layer, class)
 ALIGN = 4096
 FILE_KINDS = {"reg", "blk", "dir", "unknown"}      # what counts as file I/O

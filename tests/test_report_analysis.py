@@ -21,6 +21,7 @@ from datacrumbs.report import merge
 from datacrumbs.report.merge import summarize
 from fixtures.traces import TraceBuilder
 from fixtures.tracing import trace_command
+from test_uprobes_hdf5_mpi import programs  # noqa: F401  (the fixture: built HDF5 and MPI-IO programs)
 
 ebpf = pytest.mark.ebpf
 PY = [sys.executable, "-I", "-S"]
@@ -346,3 +347,35 @@ def test_a_call_enclosing_events_of_an_earlier_chunk_claims_them():
     assert s1["layer_breakdown"][0][1] == {"op": "POSIX/write", "calls": 10, "time_us": 20.0}
     assert s2["totals"]["time_us"] == 40 * 2.0 + 100.0
     assert s2["totals"]["bytes_written"] == 5000               # fwrite's bytes not again
+
+
+@ebpf
+def test_hdf5_over_posix_gives_the_call_chain_and_counts_bytes_once(site, bpf_object, programs,
+                                                                    tmp_path):
+    """Real HDF5 (Debian's serial library) writing 1 MiB with one H5Dwrite: the chain
+    H5Dwrite -> pwrite64 with the time spent below, the file's bytes from POSIX only."""
+    from test_uprobes_hdf5_mpi import HDF5_ELEMENTS
+    from workloads import daemon_readback as rb
+
+    h5 = tmp_path / "data.h5"
+    nbytes = HDF5_ELEMENTS * 4
+    _, trace, _ = trace_command(tmp_path, [programs["hdf5"], h5, HDF5_ELEMENTS],
+                                sets=("hdf5", "posix"))
+    s = report(trace)
+    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace) if r["name"] == "FH"}
+    events = [e for e in rb.events(trace) if e.get("ph") == "X"]
+    posix_written = sum(e["args"].get("size", 0) for e in events if e["cat"] == "POSIX"
+                        and e["name"] in ("write", "pwrite64", "writev", "pwritev")
+                        and fh.get(e["args"].get("fhash")) == str(h5))
+    f = files_by_path(s)[str(h5)]
+    assert f["bytes"]["write"] == posix_written >= nbytes and f["layer"] == "POSIX"
+    (h5write,) = [e for e in events if e["name"] == "H5Dwrite"]
+    chain = next(c for c in s["layer_breakdown"] if c[0]["op"] == "HDF5/H5Dwrite")
+    assert chain[0]["time_us"] == round(h5write["dur"], 3)
+    assert chain[1]["op"] == "POSIX/pwrite64" and 0 < chain[1]["time_us"] <= chain[0]["time_us"]
+    below = [e for e in events if e["name"] == "pwrite64" and e["tid"] == h5write["tid"]
+             and h5write["ts"] <= e["ts"] and e["ts"] + e["dur"] <= h5write["ts"] + h5write["dur"]]
+    assert chain[1]["calls"] == len(below) and sum(e["args"]["size"] for e in below) == nbytes
+    layers = {lay["layer"]: lay for lay in s["layers"]}
+    assert layers["HDF5"]["exclusive_us"] < layers["HDF5"]["inclusive_us"]
+    assert s["totals"]["time_us"] < s["totals"]["time_all_events_us"]

@@ -19,6 +19,7 @@ from html import escape
 from importlib import resources
 
 from . import plots
+from .findings import findings_html
 from .terminal import exact, files_note, lost_text, human_bytes, human_rate, human_us, when
 
 UPLOT_VERSION = "1.6.32"
@@ -263,7 +264,7 @@ def render(summary: dict) -> str:
              f"<title>{escape(title)}</title><style>{CSS}{_uplot_css()}</style></head><body>",
              f"<nav>{nav}</nav>",
              '<ul id="dc-errors" hidden></ul>',
-             f"<h1 id=\"sec-job\">{escape(title)}</h1>"]
+             f"<h1 id=\"sec-job\">{escape(title)}</h1>", findings_html(summary)]
     parts.append(_table("Job", ["What", "Value"], [
         ["User", ", ".join(job["users"]) or "-"], ["Nodes", exact(job["nodes"])],
         ["Processes", exact(job["processes"])],

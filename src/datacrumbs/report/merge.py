@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -202,10 +202,12 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
     done = 0
     if on_progress:
         on_progress(0, total)
-    partials: list[Aggregate] = []
+    # Each partial is merged as soon as it and those before it are done, so the parent
+    # holds a few partials at a time, not all of them (a partial keeps per-file and
+    # per-thread state: see analysis.py).
     if jobs <= 1 or (len(traces) <= 1 and total <= SPLIT_BYTES):
         for unit in iter_units(traces, 1, agg):
-            partials.append(summarize_unit(unit))
+            agg.merge(summarize_unit(unit))
             done += unit.size
             if on_progress:
                 on_progress(done, total)
@@ -213,14 +215,15 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
         # forkserver: the parent may run threads (rich's progress refresh), which fork would copy.
         ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            sizes = {pool.submit(summarize_unit, u): u.size for u in iter_units(traces, jobs, agg)}
-            for fut in as_completed(sizes):
-                done += sizes[fut]
+            futures = [(pool.submit(summarize_unit, u), u.size) for u in iter_units(traces, jobs, agg)]
+            futures.reverse()
+            while futures:                  # submission order: deterministic
+                fut, size = futures.pop()
+                agg.merge(fut.result())
+                del fut
+                done += size
                 if on_progress:
                     on_progress(done, total)
-            partials = [fut.result() for fut in sizes]      # submission order: deterministic
-    for part in partials:
-        agg.merge(part)
     add_run_summaries(traces, agg)
     return agg
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..trace.reader import ReadStats, TraceMeta
 from .timeviews import TimeViews
+from .analysis import Detail
 
 LAT_SUB = 8                         # log-scale bins per power of two of ns
 LAT_BINS = 1 + LAT_SUB * 63         # bin 0 holds dur == 0, bin b [2**((b-1)/8), 2**(b/8)) ns
@@ -168,6 +169,7 @@ class Aggregate:
         self.other_events = 0
         self.timeviews = TimeViews()                    # per-process heatmap, node imbalance
         self.lost_counted = 0       # operations of counter rows marked events_lost (trace mode)
+        self.detail = Detail()                          # per-file truth, layers (analysis.py)
 
     # -- adding ---------------------------------------------------------------
 
@@ -239,10 +241,16 @@ class Aggregate:
             if isinstance(hh, str):
                 src = self.source(source)
                 src.first_hhash = src.first_hhash or hh
+        ts_a, dur_a, size_a = _numbers([r.get("ts") for r in rows], -1), _numbers(dur, 0), \
+            _numbers(size, -1)
+        pid_a = _numbers([r.get("pid") for r in rows], -1)
         self._add_arrays(source, keys, list(fidx), errnos,
-                         np.array(op, np.int64), _numbers([r.get("ts") for r in rows], -1),
-                         _numbers(dur, 0), _numbers(size, -1), weight,
-                         _numbers([r.get("pid") for r in rows], -1), fil, timed)
+                         np.array(op, np.int64), ts_a, dur_a, size_a, weight, pid_a, fil, timed)
+        self.detail.add(source, xs, xargs,
+                        [k if k is None or type(k) is str else _text(k) for k in fks],
+                        ts_a[:nx], dur_a[:nx], size_a[:nx], pid_a[:nx], raw_keys[:nx])
+        if cs:
+            self.detail.add_counters(source, cs, cargs)
         two = [i for i, a in enumerate(xargs) if "fhash2" in a]
         if two:
             self._add_second_files([_text(xargs[i]["fhash2"]) for i in two],
@@ -468,6 +476,7 @@ class Aggregate:
         self.other_events += o.other_events
         self.timeviews.merge(o.timeviews)
         self.lost_counted += o.lost_counted
+        self.detail.merge(o.detail)
         return self
 
     # -- the summary ------------------------------------------------------------
@@ -580,8 +589,12 @@ class Aggregate:
         lost, names_lost, refused, incomplete = 0, 0, {}, []
         libraries: dict = {}    # library path -> row: files of probed families, per host
         totals_exact = True
+        warnings: list = []
         for path, summ in sorted(self.run_summaries.items()):
             _add_libraries(libraries, summ)
+            for w in summ.get("warnings") or []:
+                if w not in warnings:
+                    warnings.append(w)
             lost += _int(summ.get("events_lost"))
             if _int(summ.get("events_lost")) and summ.get("totals_exact") is not True:
                 totals_exact = False
@@ -603,7 +616,15 @@ class Aggregate:
             start = min(hts) if hts else None
         end = self.ts_max if self.ts_max is not None else start
         total_count = sum(o["count"] for o in ops)
-        return {
+        mounts: dict = {}
+        for path, src in self.sources.items():
+            m = (src.meta.header or {}).get("mounts")
+            if isinstance(m, list):
+                mounts.setdefault(hosts.get(path, path), []).extend(
+                    tuple(x) for x in m if isinstance(x, list) and len(x) == 2)
+        detail = self.detail.finalize(hosts, file_names, mounts, top,
+                                      {k: (st.count, st.time_ns) for k, st in self.ops.items()})
+        summary = {
             "format": REPORT_FORMAT, "version": REPORT_VERSION,
             "job": {"jobs": jobs, "users": users, "modes": modes,
                     "nodes": len(node_list), "processes": len(proc_list),
@@ -611,8 +632,14 @@ class Aggregate:
                     "wall_time_s": round((end - start) / 1e6, 6) if start is not None else 0.0},
             "totals": {"events": sum(n["events"] for n in node_list),
                        "operations": total_count,
-                       "bytes": sum(o["bytes"] for o in ops),
-                       "time_us": us(sum(st.time_ns for st in self.ops.values())),
+                       # file I/O, each byte once (the lowest layer that moved it) and
+                       # each second once (the outermost call); all events' sums apart
+                       "bytes": detail["io"]["bytes"],
+                       "bytes_read": detail["io"]["bytes_read"],
+                       "bytes_written": detail["io"]["bytes_written"],
+                       "time_us": detail["io"]["time_us"],
+                       "bytes_all_events": sum(o["bytes"] for o in ops),
+                       "time_all_events_us": us(sum(st.time_ns for st in self.ops.values())),
                        "errors": sum(o["errors"] for o in ops),
                        "files": len(files) << self.file_level,
                        "files_sampled": 1 / (1 << self.file_level) if self.file_level else None},
@@ -641,7 +668,15 @@ class Aggregate:
             "probes_refused": sorted(refused.values(), key=lambda r: (r["id"], r["reason"])),
             # libraries of probed families the tracers attached to or missed (warnings)
             "libraries": sorted(libraries.values(), key=lambda r: (r["status"], r["path"])),
+            "warnings": warnings,
         }
+        for row in detail["process_io"]:
+            row["name"] = names.get((row["host"], row["pid"]), "")
+        for k in ("files", "file_counts", "data_per_mount", "layers", "layer_breakdown",
+                  "not_file_io", "process_io"):
+            summary[k] = detail[k]
+        from .findings import findings
+        return {"findings": findings(summary), **summary}
 
 
 def _add_libraries(out: dict, summ: dict) -> None:

@@ -106,6 +106,7 @@ def render(summary: dict, console: Console) -> None:
     """Print every section of the summary."""
     job = summary["job"]
     tot = summary["totals"]
+    render_findings(summary, console)
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -115,8 +116,15 @@ def render(summary: dict, console: Console) -> None:
     head.add_row("Processes", exact(job["processes"]))
     head.add_row("Wall time", f"{job['wall_time_s']:.3f} s  ({when(job['start_us'])} .. {when(job['end_us'])})")
     head.add_row("Operations", exact(tot["operations"]))
-    head.add_row("Bytes", f"{exact(tot['bytes'])} ({human_bytes(tot['bytes'])})")
-    head.add_row("I/O time", human_us(tot["time_us"]))
+    head.add_row("Bytes", f"{exact(tot['bytes'])} ({human_bytes(tot['bytes'])}) of file I/O, "
+                 f"{exact(tot.get('bytes_read', 0))} read, {exact(tot.get('bytes_written', 0))} "
+                 "written, each byte once")
+    head.add_row("I/O time", f"{human_us(tot['time_us'])} in file I/O calls (outermost call "
+                 "of each nest)")
+    for a in summary.get("not_file_io", []):
+        head.add_row(f"  not file I/O: {a['kind']}",
+                     f"{human_us(a['time_us'])}, {exact(a['bytes_read'])} bytes read, "
+                     f"{exact(a['bytes_written'])} written")
     head.add_row("Errors", exact(tot["errors"]))
     head.add_row("Traces read", exact(len(summary["traces"])))
     head.add_row("Events lost", exact(summary["events_lost"]))
@@ -151,6 +159,8 @@ def render(summary: dict, console: Console) -> None:
             for f in summary[key]:
                 t.add_row(f["path"], exact(f["count"]), exact(f["bytes"]), human_us(f["time_us"]))
             console.print(t)
+
+    render_detail(summary, console)
 
     if summary["nodes"]:
         t = _table("Per node", "Host", "Processes", "Count", "Bytes", "Time")
@@ -199,6 +209,73 @@ def imbalance(summary: dict, console: Console) -> None:
     console.print(f"Slowest node {slow['host']}: {human_us(slow['time_us'])} of I/O time"
                   + (f" ({'; '.join(why)})" if why else ""), highlight=False, markup=False)
     console.print()
+
+
+def render_findings(summary: dict, console: Console) -> None:
+    """The findings, first: what to look at, with its numbers and where."""
+    items = summary.get("findings") or []
+    if not items:
+        console.print(Text("Findings: nothing stands out", style="bold"))
+        console.print()
+        return
+    console.print(Text("Findings", style="bold"))
+    style = {"high": "bold red", "warning": "yellow", "info": "cyan"}
+    for f in items:
+        console.print(Text(f"  [{f['severity']}] {f['title']}", style=style.get(f["severity"], "")))
+        if f["files"]:
+            console.print(Text("      files: " + ", ".join(f["files"]), style="dim"))
+        if f["processes"]:
+            console.print(Text("      processes: " + ", ".join(
+                f"{p.get('host', '')}:{p['pid']}" if "pid" in p else p.get("host", "")
+                for p in f["processes"]), style="dim"))
+    console.print()
+
+
+def render_detail(summary: dict, console: Console, top: int = 10) -> None:
+    """Layers, call chains, per-file split, file counts and data per file system."""
+    layers = summary.get("layers") or []
+    if layers:
+        t = _table("Layers (exclusive: time not spent in a traced call beneath)", "Layer",
+                   "Operations", "Bytes moved", "Bytes asked", "Inclusive", "Exclusive")
+        for lay in layers:
+            t.add_row(lay["layer"], exact(lay["operations"]), exact(lay["bytes_moved"]),
+                      exact(lay["bytes_asked"]), human_us(lay["inclusive_us"]),
+                      human_us(lay["exclusive_us"]))
+        console.print(t)
+    for chain in summary.get("layer_breakdown") or []:
+        console.print("  " + " -> ".join(
+            f"{c['op'].split('/', 1)[-1]} {human_us(c['time_us'])} ({exact(c['calls'])} calls)"
+            for c in chain))
+    files = [f for f in summary.get("files") or [] if f["kind"] in ("reg", "blk", "dir", "unknown")]
+    if files:
+        shown = files[:top]
+        rows = []
+        for f in shown:
+            acc = {k: f["access"]["read"][k] + f["access"]["write"][k]
+                   for k in ("consecutive", "sequential", "random")}
+            rows.append([f["path"], exact(f["bytes"]["read"]), exact(f["bytes"]["write"]),
+                         exact(f["ops"]["read"]), exact(f["ops"]["write"]),
+                         exact(f["ops"]["metadata"]),
+                         human_us(f["time_us"]["read"] + f["time_us"]["write"]),
+                         human_us(f["time_us"]["metadata"]),
+                         f"{acc['consecutive']:,}/{acc['sequential']:,}/{acc['random']:,}",
+                         exact(f["processes"]), f["fs_type"] or "-"])
+        console.print(_fit(console, f"Files (top {len(shown)} of {len(files)} by bytes; all in --json)",
+                           ["File", "Read B", "Written B", "Reads", "Writes", "Meta ops",
+                            "Data time", "Meta time", "Consec/seq/rand", "Procs", "FS"], rows,
+                           optional=("FS", "Procs", "Consec/seq/rand", "Meta time", "Data time")))
+    fc = summary.get("file_counts")
+    if fc and fc["files"]:
+        console.print(f"Files: {fc['files']:,} ({fc['read_only']:,} read-only, "
+                      f"{fc['write_only']:,} write-only, {fc['read_write']:,} read-write, "
+                      f"{fc['metadata_only']:,} metadata only; {fc['created']:,} created)")
+    mounts = summary.get("data_per_mount") or []
+    if mounts and any(m["mount"] for m in mounts):
+        t = _table("Data per file system", "Mount", "Type", "Files", "Read", "Written")
+        for m in mounts:
+            t.add_row(m["mount"] or "(unknown)", m["fs_type"] or "-", exact(m["files"]),
+                      exact(m["bytes_read"]), exact(m["bytes_written"]))
+        console.print(t)
 
 
 def notes(summary: dict, console: Console) -> None:

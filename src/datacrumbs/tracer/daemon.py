@@ -209,6 +209,26 @@ def remove_ready(path: Path) -> None:
         pass
 
 
+def mount_table(path: str = "/proc/self/mountinfo") -> list[list[str]]:
+    """[[mount point, file-system type]] of this node, read once when a trace starts: the
+    report maps each file to its file system by the longest mount point, on whatever
+    machine it runs. A later mount on the same point hides the earlier one."""
+    table: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                left, sep, right = line.partition(" - ")
+                fields, tail = left.split(), right.split()
+                if not sep or len(fields) < 5 or not tail:
+                    continue
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                table.pop(point, None)
+                table[point] = tail[0]
+    except OSError:
+        return []
+    return [[p, t] for p, t in table.items()]
+
+
 # -- events -> operations ----------------------------------------------------------------
 
 @dataclass
@@ -559,7 +579,8 @@ class TraceRun:
         probes = list(engine.probes)
         self.probes = probes
         header = {"version": __version__, "job": run_id, "user": user.name, "host": host,
-                  "mode": mode, "clock": "realtime-us", "ts": self.start_us}
+                  "mode": mode, "clock": "realtime-us", "ts": self.start_us,
+                  "mounts": mount_table()}
         stem = f"trace-{user.name}-{run_id}-{host}"
 
         access = access or TraceAccess()

@@ -308,7 +308,8 @@ CORPUS = [
          "tracepoint, kprobe, usdt, async; " + REGEN),
     Case("probe-arg-name", tampered(_set(("probes", 0, "args"), {CANARY: 1})), SchemaViolation,
          "not a valid probes document: probes/0/args: has a property name that is not one of "
-         "fd, count, offset, path, flags, size, nmemb, stream, whence, fd2; " + REGEN),
+         "fd, count, offset, path, flags, size, nmemb, stream, whence, fd2, handle, handle_ptr, "
+         "handle_out, datatype; " + REGEN),
     Case("probe-bytes", tampered(_set(("probes", 0, "bytes"), CANARY)), SchemaViolation,
          "not a valid probes document: probes/0/bytes: does not match the pattern for bytes "
          "rules (ret, ret*argN, argN, field:NAME); " + REGEN),

@@ -901,14 +901,15 @@ def _arr(values: list) -> np.ndarray:
     try:
         a = np.array(values, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
-        a = np.array([_float(v) for v in values], dtype=np.float64)
+        a = np.array([json_float(v) for v in values], dtype=np.float64)
     bad = ~np.isfinite(a) | (a < 0) | (a > 2.0 ** 53)
     if bad.any():
         a[bad] = -1
     return a
 
 
-def _float(v) -> float:
+def json_float(v) -> float:
+    """A JSON number as a float; anything else (or too large) NaN."""
     if type(v) in (int, float):
         try:
             return float(v)

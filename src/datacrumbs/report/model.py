@@ -27,7 +27,7 @@ import numpy as np
 
 from ..trace.reader import ReadStats, TraceMeta
 from .timeviews import TimeViews
-from .analysis import Detail
+from .analysis import Detail, json_float as _float
 
 LAT_SUB = 8                         # log-scale bins per power of two of ns
 LAT_BINS = 1 + LAT_SUB * 63         # bin 0 holds dur == 0, bin b [2**((b-1)/8), 2**(b/8)) ns
@@ -90,14 +90,6 @@ def _file_hash(key) -> int:
             pass
     return int.from_bytes(hashlib.sha256(str(key).encode("utf-8", "surrogateescape")).digest()[:4], "big")
 
-
-def _float(v) -> float:
-    if type(v) in (int, float):
-        try:
-            return float(v)
-        except OverflowError:
-            pass
-    return np.nan
 
 
 @dataclass

@@ -713,26 +713,12 @@ class TraceRun:
 
     def _sample_profile(self) -> list:
         rows = self.engine.read_profile()
-        ts = time.time_ns()
-        counters = []
-        nprobes = len(self.probes)
-        for row in rows:
-            if not 0 <= row.probe < nprobes:
-                continue
-            key = (row.pid, row.probe)
-            cur = (row.count, row.bytes, row.time_ns)
-            prev = self._prev_profile.get(key, (0, 0, 0))
-            if cur[0] != prev[0]:
-                counters.append((ts, row.pid, row.probe, cur[0] - prev[0],
-                                 max(cur[1] - prev[1], 0), cur[2] - prev[2]))
-            self._prev_profile[key] = cur
-        self.writer.write_counters(counters)
+        self.writer.write_counters(self._growth(rows, self._prev_profile))
         return rows
 
-    def _sample_unsent(self) -> None:
-        """Trace mode: operations the kernel could not send since the last sample (its
-        per-(process, probe) rows), into the trace and the summary's totals."""
-        rows = self.engine.read_unsent()
+    def _growth(self, rows, prev: dict) -> list:
+        """Counter rows (ts, pid, probe, count, bytes, time_ns) of what each (process,
+        probe) row gained since ``prev`` (updated), for rows of known probes."""
         ts = time.time_ns()
         out = []
         nprobes = len(self.probes)
@@ -741,11 +727,17 @@ class TraceRun:
                 continue
             key = (row.pid, row.probe)
             cur = (row.count, row.bytes, row.time_ns)
-            prev = self._prev_unsent.get(key, (0, 0, 0))
-            if cur[0] != prev[0]:
-                out.append((ts, row.pid, row.probe, cur[0] - prev[0], max(cur[1] - prev[1], 0),
-                            cur[2] - prev[2]))
-            self._prev_unsent[key] = cur
+            before = prev.get(key, (0, 0, 0))
+            if cur[0] != before[0]:
+                out.append((ts, row.pid, row.probe, cur[0] - before[0],
+                            max(cur[1] - before[1], 0), cur[2] - before[2]))
+            prev[key] = cur
+        return out
+
+    def _sample_unsent(self) -> None:
+        """Trace mode: operations the kernel could not send since the last sample (its
+        per-(process, probe) rows), into the trace and the summary's totals."""
+        out = self._growth(self.engine.read_unsent(), self._prev_unsent)
         if out:
             self.writer.write_unsent(out)
             self.summary.add_unsent(out)

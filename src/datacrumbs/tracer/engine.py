@@ -1600,25 +1600,29 @@ class Engine:
 
     lost_paths = names_lost       # the older name
 
+    def _slot_rows(self, name: str, words: int):
+        """(tgid, probe, per-CPU u64 words) of every claimed (process, probe) slot of
+        per-CPU map ``name`` (profile or unsent)."""
+        fd = self._obj.map_fd(name)
+        slots_fd = self._obj.map_fd("profile_slots")
+        ncpu = libbpf.num_possible_cpus()
+        for key in libbpf.map_keys(slots_fd, _PKEY.size,
+                                   limit=self._obj.map_max_entries("profile_slots")):
+            slot = libbpf.map_lookup(slots_fd, key, 4)
+            raw = libbpf.map_lookup(fd, slot, words * 8 * ncpu) if slot else None
+            if raw is not None:
+                tgid, probe = _PKEY.unpack(key)
+                yield tgid, probe, np.frombuffer(raw, "<u8").reshape(ncpu, words)
+
     def read_profile(self) -> list[ProfileRow]:
         """Profile mode: cumulative totals per (pid, probe) since attach."""
         if self._obj is None:
             raise EngineError("read_profile() before attach() or after close()")
-        fd = self._obj.map_fd("profile")
-        slots_fd = self._obj.map_fd("profile_slots")
-        ncpu = libbpf.num_possible_cpus()
         rows = []
-        for key in libbpf.map_keys(slots_fd, _PKEY.size,
-                                   limit=self._obj.map_max_entries("profile_slots")):
-            slot = libbpf.map_lookup(slots_fd, key, 4)
-            raw = libbpf.map_lookup(fd, slot, _PVAL_WORDS * 8 * ncpu) if slot else None
-            if raw is None:
-                continue
-            v = np.frombuffer(raw, "<u8").reshape(ncpu, _PVAL_WORDS)
+        for tgid, probe, v in self._slot_rows("profile", _PVAL_WORDS):
             v = v[v[:, 0] > 0]
             if not len(v):
                 continue
-            tgid, probe = _PKEY.unpack(key)
             rows.append(ProfileRow(pid=tgid, probe=probe, count=int(v[:, 0].sum()),
                                    bytes=int(v[:, 1].sum()), time_ns=int(v[:, 2].sum()),
                                    min_ns=int(v[:, 3].min()), max_ns=int(v[:, 4].max()),
@@ -1634,20 +1638,11 @@ class Engine:
             raise EngineError("read_unsent() before attach() or after close()")
         if self.mode != "trace":
             return []
-        fd = self._obj.map_fd("unsent")
-        slots_fd = self._obj.map_fd("profile_slots")
-        ncpu = libbpf.num_possible_cpus()
         rows = []
-        for key in libbpf.map_keys(slots_fd, _PKEY.size,
-                                   limit=self._obj.map_max_entries("profile_slots")):
-            slot = libbpf.map_lookup(slots_fd, key, 4)
-            raw = libbpf.map_lookup(fd, slot, _TVAL_WORDS * 8 * ncpu) if slot else None
-            if raw is None:
-                continue
-            v = np.frombuffer(raw, "<u8").reshape(ncpu, _TVAL_WORDS).sum(axis=0)
+        for tgid, probe, per_cpu in self._slot_rows("unsent", _TVAL_WORDS):
+            v = per_cpu.sum(axis=0)
             if not v[0]:
                 continue
-            tgid, probe = _PKEY.unpack(key)
             rows.append(TotalsRow(pid=tgid, probe=probe, count=int(v[0]), bytes=int(v[1]),
                                   time_ns=int(v[2])))
         rows.sort(key=lambda r: (r.pid, r.probe))

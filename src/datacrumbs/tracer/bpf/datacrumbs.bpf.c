@@ -452,26 +452,37 @@ static __always_inline int profile_slot(struct dc_config *c, __u32 tgid, __u32 p
 	return 0;
 }
 
-/* ``t``: the current task's state when the operation is its own (its cache of
- * slots), else NULL. */
+/* The (process, probe) row's slot, through the task's cache when ``t`` (the
+ * current task's state, when the operation is its own) is given; -1 when the
+ * table is full (counted). */
+static __always_inline int cached_slot(struct dc_config *c, struct dc_task *t, __u32 tgid,
+				       __u32 probe, __u32 *slot)
+{
+	__u32 w = probe & (DC_PCACHE - 1);
+
+	if (t && t->pc_probe[w] == probe + 1) {
+		*slot = t->pc_slot[w];
+		return 0;
+	}
+	if (profile_slot(c, tgid, probe, slot) < 0) {
+		count_lost(2);
+		return -1;
+	}
+	if (t) {
+		t->pc_probe[w] = probe + 1;
+		t->pc_slot[w] = *slot;
+	}
+	return 0;
+}
+
 static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
 					__u32 probe, __u64 dur, __s64 bytes)
 {
-	__u32 w = probe & (DC_PCACHE - 1), slot;
 	struct dc_pval *v;
+	__u32 slot;
 
-	if (t && t->pc_probe[w] == probe + 1) {
-		slot = t->pc_slot[w];
-	} else {
-		if (profile_slot(c, tgid, probe, &slot) < 0) {
-			count_lost(2);
-			return;
-		}
-		if (t) {
-			t->pc_probe[w] = probe + 1;
-			t->pc_slot[w] = slot;
-		}
-	}
+	if (cached_slot(c, t, tgid, probe, &slot) < 0)
+		return;
 	v = bpf_map_lookup_elem(&profile, &slot);
 	if (!v) {
 		count_lost(2);
@@ -494,21 +505,11 @@ static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, 
 static __always_inline void unsent_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
 				       __u32 probe, __u64 dur, __s64 bytes)
 {
-	__u32 w = probe & (DC_PCACHE - 1), slot;
 	struct dc_tval *v;
+	__u32 slot;
 
-	if (t && t->pc_probe[w] == probe + 1) {
-		slot = t->pc_slot[w];
-	} else {
-		if (profile_slot(c, tgid, probe, &slot) < 0) {
-			count_lost(2);
-			return;
-		}
-		if (t) {
-			t->pc_probe[w] = probe + 1;
-			t->pc_slot[w] = slot;
-		}
-	}
+	if (cached_slot(c, t, tgid, probe, &slot) < 0)
+		return;
 	v = bpf_map_lookup_elem(&unsent, &slot);
 	if (!v) {
 		count_lost(2);

@@ -580,7 +580,7 @@ def test_lost_events_leave_the_totals_exact(site, user1, workdir, writes_bin, da
         time.sleep(0.3)
         assert d.stop() == 0, d.stderr
         bt.send_signal(signal.SIGINT)
-        out = (head + bt.communicate(timeout=30)[0]).decode(errors="replace")
+        out = (head + bt.communicate(timeout=120)[0]).decode(errors="replace")
     finally:
         if bt is not None and bt.poll() is None:
             bt.kill()
@@ -1050,7 +1050,7 @@ def reads_three_ways(site, user1, workdir, engine_io, workloads, daemons):
         assert trace.stop() == 0, trace.stderr
         assert prof.stop() == 0, prof.stderr
         bt.send_signal(signal.SIGINT)
-        out = (head + bt.communicate(timeout=30)[0]).decode(errors="replace")
+        out = (head + bt.communicate(timeout=120)[0]).decode(errors="replace")
     finally:
         if bt is not None and bt.poll() is None:
             bt.kill()

@@ -429,7 +429,7 @@ def test_bpftrace_sees_the_same_writes(bpf_object, tracefs, engine_io, workloads
             child.go()
             events, _ = collect(eng, [child])
         bt.send_signal(signal.SIGINT)
-        out = (head + bt.communicate(timeout=30)[0]).decode(errors="replace")
+        out = (head + bt.communicate(timeout=120)[0]).decode(errors="replace")
     finally:
         if bt.poll() is None:
             bt.kill()

@@ -137,8 +137,9 @@ class Demo:
         self.step("4. The user generates a signed probes file")
         probes = Path(account.home) / "probes.json.gz"
         dc = self.tool("datacrumbs")
-        self.run([dc, "probes", "generate", "--set", "posix", "--set", "stdio", "--set", "async",
-                  "--sign",
+        # posix and stdio: what the demo job does. (A site upgraded from before the async
+        # set keeps its own signing policy, which may not allow that kind yet.)
+        self.run([dc, "probes", "generate", "--set", "posix", "--set", "stdio", "--sign",
                   "--force", "-o", str(probes)], as_user=account.name)
         self.run([dc, "probes", "verify", str(probes)], as_user=account.name)
         return probes

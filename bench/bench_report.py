@@ -8,6 +8,11 @@ all cores and prints events/s and the peak RSS of the whole process tree
 
     .venv/bin/python bench/bench_report.py                 # 10 M events
     .venv/bin/python bench/bench_report.py --events 1e6 --files 2 --dask
+    .venv/bin/python bench/bench_report.py --dftracer       # beside DFTracer's dftracer_stats
+
+With --dftracer, DFTracer's own `dftracer_stats` (from dftracer-utils) reads the same files
+in the same run: once cold (it builds its gzip index, which decompresses everything) and
+once from that index; its events/s is printed beside ours.
 """
 
 from __future__ import annotations
@@ -127,6 +132,33 @@ class PeakSampler(threading.Thread):
         return self.peak
 
 
+def dftracer_stats(paths: list[Path], index_dir: Path, events: int) -> None:
+    """DFTracer's dftracer_stats on the same files: cold (index built) and warm."""
+    import subprocess
+
+    tool = shutil.which("dftracer_stats") or str(Path(sys.executable).with_name("dftracer_stats"))
+    if not Path(tool).exists():
+        print("dftracer: dftracer_stats not found (pip install dftracer-utils)")
+        return
+    shutil.rmtree(index_dir, ignore_errors=True)
+    for label in ("cold (builds its index)", "warm (from its index)"):
+        t0 = time.perf_counter()
+        proc = subprocess.run([tool, "--files", *map(str, paths), "--index-dir", str(index_dir),
+                               "--json", "--report", "summary", "--log-level", "error"],
+                              capture_output=True, text=True)
+        secs = time.perf_counter() - t0
+        counted = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("{") and "total_events" in line:
+                counted = json.loads(line).get("total_events")
+        if proc.returncode != 0 or counted is None:
+            print(f"dftracer_stats {label}: failed ({proc.returncode}): {proc.stderr.strip()[-200:]}")
+            continue
+        print(f"dftracer_stats {label}: {counted:,} events in {secs:.2f} s = "
+              f"{counted / secs:,.0f} events/s" + ("" if counted == events else
+                                                   f" (expected {events:,})"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=float, default=10e6, help="total events (default 1e7)")
@@ -134,6 +166,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     ap.add_argument("--dask", action="store_true", help="also time the dask backend")
     ap.add_argument("--dir", help="keep the traces in this directory (reused if present)")
+    ap.add_argument("--dftracer", action="store_true",
+                    help="also time DFTracer's dftracer_stats on the same files")
     args = ap.parse_args()
     events = int(args.events)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-report-"))
@@ -173,6 +207,8 @@ def main() -> int:
                   f"worker(s); peak RSS of the process tree {peak / 1024:.0f} MiB")
             if n != events:
                 print(f"  MISMATCH: summary counted {n:,} events, expected {events:,}")
+        if args.dftracer:
+            dftracer_stats(paths, workdir / "dftindex", events)
         self_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(f"max RSS of this process alone: {self_max / 1024:.0f} MiB (workers are sampled above)")
         if "dask" in results:

@@ -148,9 +148,12 @@ def dftracer_stats(paths: list[Path], index_dir: Path, events: int) -> None:
                               capture_output=True, text=True)
         secs = time.perf_counter() - t0
         counted = None
-        for line in proc.stdout.splitlines():
-            if line.startswith("{") and "total_events" in line:
-                counted = json.loads(line).get("total_events")
+        text = proc.stdout
+        try:        # a JSON array: one summary object per file
+            objs = json.loads(text[text.index("["):text.rindex("]") + 1])
+            counted = sum(int(o.get("total_events", 0)) for o in objs if isinstance(o, dict))
+        except (ValueError, TypeError):
+            pass
         if proc.returncode != 0 or counted is None:
             print(f"dftracer_stats {label}: failed ({proc.returncode}): {proc.stderr.strip()[-200:]}")
             continue

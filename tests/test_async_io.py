@@ -11,18 +11,16 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from workloads import daemon_readback as rb
+from fixtures.tracing import DATACRUMBS, trace_command
 
 pytestmark = pytest.mark.ebpf
-DATACRUMBS = str(Path(sys.executable).with_name("datacrumbs"))
 SIZE = 32 << 20
 BS = 128 << 10
 NREQ = SIZE // BS
@@ -91,22 +89,12 @@ class Bpftrace:
             self.maps[m.group(1)] = int(m.group(2))
 
 
-def traced(tmp_path, command: list[str], *, sets=("posix", "async"), mode=None):
-    """Run ``command`` under `datacrumbs trace`; (trace path, summary)."""
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    args = [DATACRUMBS, "trace", "-q", "-o", str(out)]
-    for s in sets:
-        args += ["--set", s]
-    if mode:
-        args += ["--mode", mode]
-    proc = subprocess.run([*args, "--", *command], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    traces = sorted(out.glob("*.pfw.gz"))
-    assert len(traces) == 1, traces
-    summary = json.loads(Path(str(traces[0])[:-len(".pfw.gz")] + ".summary.json").read_text())
-    assert summary["events_lost"] == 0 and summary["complete"] is True
-    return traces[0], summary
+def traced(tmp_path, command: list[str], *, sets=("posix", "async"), options=()):
+    """``command`` under `datacrumbs trace` (by default the posix and async sets);
+    (trace, summary)."""
+    _proc, trace, summary = trace_command(tmp_path, command, sets=sets,
+                                          options=("-q", *options), timeout=300)
+    return trace, summary
 
 
 def data_events(path: Path, names) -> list[dict]:
@@ -222,7 +210,7 @@ def test_io_uring_fixed_files_and_sqpoll(site, tmp_path, disk_dir, shm_dir, fio,
 
 def test_profile_mode_counts_async_bytes(site, tmp_path, disk_dir, fio):
     target = disk_dir / "fio.dat"
-    path, summary = traced(tmp_path, fio_cmd(fio, target, "libaio", direct=1), mode="profile")
+    path, summary = traced(tmp_path, fio_cmd(fio, target, "libaio", direct=1), options=("--mode", "profile"))
     ops = summary["operations"]
     for name in OPS["libaio"]:
         assert ops[f"ASYNC/{name}"]["bytes"] == SIZE and ops[f"ASYNC/{name}"]["count"] == NREQ

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import tempfile
 import signal
 import stat
@@ -29,6 +28,8 @@ from datacrumbs.trace.writer import name_hash
 from datacrumbs.tracer.daemon import short_host
 from workloads import daemon_readback as rb
 from workloads.daemon_build import build
+
+from fixtures.tracing import start_bpftrace
 
 pytestmark = pytest.mark.ebpf
 DATACRUMBS = [
@@ -564,13 +565,7 @@ def test_lost_events_leave_the_totals_exact(site, user1, workdir, writes_bin, da
                    f"tracepoint:syscalls:sys_enter_write /pid == {work.pid}/ {{ @s[tid] = 1; }} "
                    f"tracepoint:syscalls:sys_exit_write /@s[tid]/ "
                    f"{{ @n = count(); @b = sum(args->ret); delete(@s[tid]); }}")
-        bt = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-        head, deadline = b"", time.monotonic() + 30
-        while b"ready\n" not in head:
-            assert time.monotonic() < deadline and bt.poll() is None, head
-            if select.select([bt.stdout], [], [], 0.5)[0]:
-                head += os.read(bt.stdout.fileno(), 4096)
+        bt, head = start_bpftrace(program)
         d.proc.send_signal(signal.SIGSTOP)
         try:  # far more events than the 16 MiB ring buffer holds
             out, _ = work.communicate(b"go\n", timeout=120)
@@ -1032,13 +1027,7 @@ def reads_three_ways(site, user1, workdir, engine_io, workloads, daemons):
                    f" {{ @n = count(); @start[tid] = nsecs; }} "
                    f"tracepoint:syscalls:sys_exit_read /@start[tid]/ "
                    f"{{ @ns = sum(nsecs - @start[tid]); delete(@start[tid]); }}")
-        bt = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-        head, deadline = b"", time.monotonic() + 30
-        while b"ready\n" not in head:     # bpftrace may warn first (RLIMIT_MEMLOCK)
-            assert time.monotonic() < deadline and bt.poll() is None, head
-            if select.select([bt.stdout], [], [], 0.5)[0]:
-                head += os.read(bt.stdout.fileno(), 4096)
+        bt, head = start_bpftrace(program)
         env = {"DATACRUMBS_CGROUP": str(cg)}
         prof = daemons(site, sign_for(site, user1, mode="profile", name="profile.json.gz"),
                        "6263", user1.pw_name, env=env)

@@ -7,7 +7,6 @@ import logging
 import mmap
 import os
 import re
-import select
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from datacrumbs.errors import DatacrumbsError
 from datacrumbs.tracer.engine import EVENT_DTYPE, NO_KPROBES, Engine, EngineError, kernel_has_kprobes
 from datacrumbs.tracer.scope import Scope, ScopeError
 
-from fixtures.tracing import collect, stdio_sizes, write_sizes
+from fixtures.tracing import collect, start_bpftrace, stdio_sizes, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
@@ -415,15 +414,8 @@ def test_bpftrace_sees_the_same_writes(bpf_object, tracefs, engine_io, workloads
     # BEGIN runs once every probe is attached: "ready" means counting has started
     program = (f'BEGIN {{ printf("ready\\n"); }} '
                f"tracepoint:syscalls:sys_enter_write /pid == {child.pid}/ {{ @c = count(); }}")
-    bt = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
+    bt, head = start_bpftrace(program)
     try:
-        head = b""
-        deadline = time.monotonic() + 30
-        while b"ready\n" not in head:         # bpftrace may warn first (RLIMIT_MEMLOCK)
-            assert time.monotonic() < deadline and bt.poll() is None, head
-            if select.select([bt.stdout], [], [], 0.5)[0]:
-                head += os.read(bt.stdout.fileno(), 4096)
         with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
             eng.attach()
             child.go()

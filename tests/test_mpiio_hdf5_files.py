@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from datacrumbs.tracer.scope import Scope
 from datacrumbs.tracer.handles import mpi_abi, mpich_datatype_size, romio_path
 
 from workloads import daemon_readback as rb
+from workloads.daemon_build import hdf5_flags
 
 pytestmark = pytest.mark.ebpf
 
@@ -38,14 +38,6 @@ RANKS, MPI_N = 2, 4
 BYTE_COUNT, DOUBLE_COUNT, DERIVED_COUNT, INT_COUNT = 1000, 125, 10, 256   # mpiio_files.c
 H5_N = 65536        # elements: 256 KiB and 512 KiB, above HDF5's 64 KiB sieve buffer
 
-
-def _hdf5_flags() -> list[str]:
-    if shutil.which("pkg-config"):
-        proc = subprocess.run(["pkg-config", "--cflags", "--libs", "hdf5-serial"],
-                              capture_output=True, text=True)
-        if proc.returncode == 0 and "-lhdf5" in proc.stdout:
-            return shlex.split(proc.stdout)
-    return ["-I/usr/include/hdf5/serial", "-L/usr/lib/x86_64-linux-gnu/hdf5/serial", "-lhdf5"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +49,7 @@ def programs():
     built = {"hdf5": out / "hdf5_files", "mpiio": out / "mpiio_files",
              "datatypes": out / "mpi_datatypes"}
     subprocess.run([cc, "-O2", "-Wall", "-o", str(built["hdf5"]), str(WORKLOADS / "hdf5_files.c"),
-                    *_hdf5_flags()], check=True, capture_output=True, timeout=120)
+                    *hdf5_flags()], check=True, capture_output=True, timeout=120)
     subprocess.run(["mpicc", "-O2", "-Wall", "-o", str(built["mpiio"]),
                     str(WORKLOADS / "mpiio_files.c")], check=True, capture_output=True,
                    timeout=120)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from datacrumbs.probes.host_check import LibraryResolver
 from datacrumbs.tracer.engine import resolve_library
 
 from workloads import daemon_readback as rb
+from workloads.daemon_build import hdf5_flags
 
 pytestmark = pytest.mark.ebpf
 
@@ -35,15 +35,6 @@ HDF5_SONAME, MPICH_SONAME = "libhdf5_serial.so.103", "libmpich.so.12"
 HDF5_ELEMENTS = 262144            # int32: 1 MiB, above HDF5's sieve buffer: written directly
 MPI_WRITES, MPI_COUNT = 10, 4096
 
-
-def _hdf5_flags() -> list[str]:
-    """Compile and link flags of Debian's serial HDF5 (pkg-config, else its fixed layout)."""
-    if shutil.which("pkg-config"):
-        proc = subprocess.run(["pkg-config", "--cflags", "--libs", "hdf5-serial"],
-                              capture_output=True, text=True)
-        if proc.returncode == 0 and "-lhdf5" in proc.stdout:
-            return shlex.split(proc.stdout)
-    return ["-I/usr/include/hdf5/serial", "-L/usr/lib/x86_64-linux-gnu/hdf5/serial", "-lhdf5"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,7 @@ def programs():
     assert cc and shutil.which("mpicc"), "cc and mpicc (mpich) are needed"
     built = {"hdf5": out / "uprobe_hdf5", "mpiio": out / "uprobe_mpiio"}
     subprocess.run([cc, "-O2", "-Wall", "-o", str(built["hdf5"]),
-                    str(WORKLOADS / "uprobe_hdf5.c"), *_hdf5_flags()],
+                    str(WORKLOADS / "uprobe_hdf5.c"), *hdf5_flags()],
                    check=True, capture_output=True, timeout=120)
     subprocess.run(["mpicc", "-O2", "-Wall", "-o", str(built["mpiio"]),
                     str(WORKLOADS / "uprobe_mpiio.c")], check=True, capture_output=True,

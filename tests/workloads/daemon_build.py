@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,3 +19,13 @@ def build(name: str, outdir: Path) -> Path:
     subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(src)], check=True)
     out.chmod(0o755)
     return out
+
+
+def hdf5_flags() -> list[str]:
+    """Compile and link flags of Debian's serial HDF5 (pkg-config, else its fixed layout)."""
+    if shutil.which("pkg-config"):
+        proc = subprocess.run(["pkg-config", "--cflags", "--libs", "hdf5-serial"],
+                              capture_output=True, text=True)
+        if proc.returncode == 0 and "-lhdf5" in proc.stdout:
+            return shlex.split(proc.stdout)
+    return ["-I/usr/include/hdf5/serial", "-L/usr/lib/x86_64-linux-gnu/hdf5/serial", "-lhdf5"]

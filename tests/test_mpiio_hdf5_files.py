@@ -302,3 +302,34 @@ def test_converter_follows_handles_through_close_reuse_failure_and_unknown_ids()
     assert ops["size"].tolist()[:10] == [-1, 80, -1, -1, 24, -1, -1, -1, 24, -1]
     assert [a for a in args[12:]] == [{"dataset": "/x"}, {"dataset": "/y/z"},
                                       {"dataset": "/x"}, {"dataset": "/y/z"}, None]
+
+
+def test_probes_added_at_run_time_keep_the_files_handles_name():
+    """A library family attached mid-run adds probes (the daemon's library scan): an HDF5
+    file opened before keeps naming the calls on its ids after it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from datacrumbs.probes.catalog import builtin_sets
+    from datacrumbs.tracer.daemon import EventConverter
+    from datacrumbs.tracer.engine import EVENT_DTYPE
+    from datacrumbs.tracer.paths import FdPaths
+
+    probes = list(builtin_sets()["hdf5"].probes)
+    index = {p["target"]: i for i, p in enumerate(probes)}
+
+    def batch(rows):
+        ev = np.zeros(len(rows), EVENT_DTYPE)
+        for i, (target, ret, handle, _name) in enumerate(rows):
+            ev[i] = (i, 1, 1, 1, index[target], -1, ret, 0, -1, -1, -1, 0, handle)
+        return SimpleNamespace(events=ev, paths={i: r[3] for i, r in enumerate(rows) if r[3]})
+
+    conv = EventConverter(probes, FdPaths())
+    conv.convert_rows(batch([("H5Fopen", 7 << 56, 0, "/d/f.h5"),
+                             ("H5Dopen2", (5 << 56) | 1, 7 << 56, "x")]))
+    copy = [dict(p, library="/x/libhdf5-abc.so", discovered=True) for p in probes]
+    conv.set_probes(probes + copy)          # as the daemon does when a family attaches
+    _ops, paths, _p2, args = conv.convert_rows(batch([("H5Dread", 0, (5 << 56) | 1, None)]))
+    assert paths == ["/d/f.h5"] and args == [{"dataset": "/x"}]
+    assert len(conv._errno_kind) == 2 * len(probes)

@@ -251,6 +251,20 @@ class EventConverter:
     _close_ids: np.ndarray = field(init=False)
 
     def __post_init__(self):
+        if self.library_of is None:
+            from .engine import resolve_library
+            self.library_of = resolve_library
+        self.handles = HandleNames(self.probes, self.library_of)
+        self._probe_tables()
+
+    def set_probes(self, probes: list[dict]) -> None:
+        """More probes (a family attached to a library found at run time): the tables
+        indexed by probe are rebuilt; what was learnt (handles' files) is kept."""
+        self.probes = list(probes)
+        self.handles = HandleNames(self.probes, self.library_of, table=self.handles.table)
+        self._probe_tables()
+
+    def _probe_tables(self) -> None:
         # async requests complete with -errno too (a CQE's res, an io_event's res)
         self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe", "async")
                                      for p in self.probes] or [False])
@@ -265,10 +279,6 @@ class EventConverter:
         # rows that change the fd table are resolved one by one, in order
         self._close_ids = np.array(sorted(self._close | self._dup | self._fcntl | self._fork),
                                    dtype=np.int32)
-        if self.library_of is None:
-            from .engine import resolve_library
-            self.library_of = resolve_library
-        self.handles = HandleNames(self.probes, self.library_of)
 
     def convert(self, batch) -> tuple[np.ndarray, list | None, list | None]:
         """(ops, paths, paths2): ``paths2`` names the file of each row's ``fd2`` (the output
@@ -675,8 +685,7 @@ class TraceRun:
             self.probes = list(self.engine.probes)
             self.writer.set_probes(self.probes)
             self.summary.add_probes(self.probes[len(self.summary.probes):])
-            self.converter = EventConverter(self.probes, self.converter.fdpaths,
-                                            capture_paths=self.converter.capture_paths)
+            self.converter.set_probes(self.probes)
 
     def _check_cap(self) -> str | None:
         """Why the trace ended early (max_trace_bytes), logged once; None while under it."""

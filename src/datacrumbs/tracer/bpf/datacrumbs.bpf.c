@@ -555,12 +555,37 @@ static __always_inline __u64 wakeup_flag(void *ring, __u64 threshold)
 									 : BPF_RB_NO_WAKEUP;
 }
 
+/* Send the name in path_scratch (``len`` bytes with its NUL) as a record of
+ * event (tid, ts, probe); 1 sent, -1 lost. */
+static __always_inline int send_name(int len, __u8 kind, __u8 role, __u64 ino, __u64 tid_fd,
+				     __u64 ts, __u32 probe)
+{
+	__u32 zero = 0, n = (__u32)len;
+	struct dc_config *c = get_config();
+	struct dc_path *p = bpf_map_lookup_elem(&path_scratch, &zero);
+
+	if (!c || !p || len <= 0 || n > DC_PATH_MAX)
+		return -1;
+	n = ((n - 1) & (DC_PATH_MAX - 1)) + 1;	/* the same 1..DC_PATH_MAX, bounded for the verifier */
+	p->ts = ts;
+	p->tid = tid_fd >> 32;
+	p->probe = probe;
+	p->len = n;
+	p->kind = kind;
+	p->role = role;
+	p->pad = 0;
+	p->ino = ino;
+	p->fd = (__s32)tid_fd;
+	p->pad2 = 0;
+	return bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
+				  wakeup_flag(&paths, c->wakeup_paths)) < 0 ? -1 : 1;
+}
+
 /* Send the path of an open-like call: 1 sent, 2 sent and relative, 0 none to
  * send (NULL or empty), -1 the name is lost (unreadable, or the ring is full). The caller counts a
  * loss only once the event itself was delivered, so names_lost is exactly the
  * delivered events that lack their name. */
-static __always_inline int emit_path(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
-				     __u32 tid)
+static __always_inline int emit_path(struct dc_spec *sp, struct dc_entry *e, __u32 tid)
 {
 	__u64 ptr = arg_of(e, sp->path);
 	__u32 zero = 0;
@@ -584,20 +609,9 @@ static __always_inline int emit_path(struct dc_config *c, struct dc_spec *sp, st
 		return 0;
 	if (n > DC_PATH_MAX)
 		n = DC_PATH_MAX;
-	p->ts = e->ts;
-	p->tid = tid;
-	p->probe = e->probe;
-	p->len = n;
-	p->kind = 0;
-	p->role = DC_NAME_ARG;
 	p->pseudo = 0;
-	p->pad = 0;
-	p->ino = 0;
-	p->fd = -1;
-	p->pad2 = 0;
 	/* only the string is copied: records are as long as the path */
-	if (bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
-			       wakeup_flag(&paths, c->wakeup_paths)) < 0)
+	if (send_name(n, 0, DC_NAME_ARG, 0, ((__u64)tid << 32) | 0xffffffffu, e->ts, e->probe) < 0)
 		return -1;
 	return p->path[0] == '/' ? 1 : 2;	/* 2: relative, its base is wanted */
 }
@@ -800,30 +814,6 @@ __noinline int dc_walk_name(__u64 dentry, __u64 vfsmount)
 	return (x.off & (DC_PATH_MAX - 1)) + 1;
 }
 
-/* Send the name in path_scratch (``len`` bytes with its NUL) as a record of
- * event (tid, ts, probe); 1 sent, -1 lost. */
-static __always_inline int send_name(int len, __u8 kind, __u8 role, __u64 ino, __u64 tid_fd,
-				     __u64 ts, __u32 probe)
-{
-	__u32 zero = 0, n = (__u32)len & (DC_PATH_MAX - 1);	/* walks stay below DC_PATH_MAX */
-	struct dc_config *c = get_config();
-	struct dc_path *p = bpf_map_lookup_elem(&path_scratch, &zero);
-
-	if (!c || !p || len <= 0)
-		return -1;
-	p->ts = ts;
-	p->tid = tid_fd >> 32;
-	p->probe = probe;
-	p->len = n;
-	p->kind = kind;
-	p->role = role;
-	p->pad = 0;
-	p->ino = ino;
-	p->fd = (__s32)tid_fd;
-	p->pad2 = 0;
-	return bpf_ringbuf_output(&paths, p, offsetof(struct dc_path, path) + n,
-				  wakeup_flag(&paths, c->wakeup_paths)) < 0 ? -1 : 1;
-}
 
 #define DC_NAMED_SENT 0x100
 #define DC_NAMED_LOST 0x200
@@ -964,12 +954,12 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 		fd_kind_named(c, t, task, (__s32)ret, e, tid, true, &names);
 		if ((names & DC_NAMES_LOST) && c->capture_paths && sp->path >= 0) {
 			/* then the name as the program gave it */
-			r = emit_path(c, sp, e, tid);
+			r = emit_path(sp, e, tid);
 			if (r > 0)
 				names = DC_NAMES_SENT;
 		}
 	} else if (c->capture_paths && sp->path >= 0) {
-		r = emit_path(c, sp, e, tid);
+		r = emit_path(sp, e, tid);
 		names = r > 0 ? DC_NAMES_SENT : r < 0 ? DC_NAMES_LOST : 0;
 		/* a name relative to a handle argument (H5Dopen2(loc_id, name)) is a name
 		 * inside that object, not a file's: it has no directory to start from */

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from workloads import daemon_readback as rb
-from fixtures.tracing import DATACRUMBS, trace_command
+from fixtures.tracing import DATACRUMBS, Bpftrace, trace_command
 
 pytestmark = pytest.mark.ebpf
 SIZE = 32 << 20
@@ -65,28 +63,6 @@ def fio_cmd(fio: str, target: Path, engine: str, *, direct: int, extra=()) -> li
     return [fio, f"--filename={target}", f"--size={SIZE}", f"--bs={BS}", f"--ioengine={engine}",
             "--iodepth=8", f"--direct={direct}", "--output=/dev/null", *extra,
             "--name=w", "--rw=write", "--name=r", "--rw=read", "--stonewall"]
-
-
-class Bpftrace:
-    """bpftrace running one script for the length of a with-block; .maps after it."""
-
-    def __init__(self, script: str):
-        self.script = script
-        self.maps: dict[str, int] = {}
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(["bpftrace", "-e", self.script], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()      # "Attaching N probes..." once attached
-        assert line.startswith("Attaching"), (line, self.proc.stderr.read())
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.2)
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=60)
-        for m in re.finditer(r"^@(\w+(?:\[\d+\])?): (\d+)$", out, re.M):
-            self.maps[m.group(1)] = int(m.group(2))
 
 
 def traced(tmp_path, command: list[str], *, sets=("posix", "async"), options=()):
@@ -148,10 +124,10 @@ def test_fio_bytes_are_exact_per_file(site, tmp_path, disk_dir, fio, engine, dir
     assert {e["pid"] for e in events} <= {e["pid"] for e in rb.events(path) if e["name"] in
                                            ("openat", "open")}
     if engine == "io_uring":       # the kernel saw as many completions, of as many bytes
-        assert bt.maps == {"n[23]": NREQ, "n[22]": NREQ, "b[23]": SIZE, "b[22]": SIZE}, bt.maps
+        assert bt.counts == {"n[23]": NREQ, "n[22]": NREQ, "b[23]": SIZE, "b[22]": SIZE}, bt.counts
         assert all(e["args"]["flags"] in (22, 23) for e in events)     # IORING_OP_READ/WRITE
     elif engine == "libaio":
-        assert bt.maps == {"submitted": 2 * NREQ, "reaped": 2 * NREQ}, bt.maps
+        assert bt.counts == {"submitted": 2 * NREQ, "reaped": 2 * NREQ}, bt.counts
         assert all(e["args"]["flags"] in (0, 1) for e in events)       # IOCB_CMD_PREAD/PWRITE
     # the run's summary and the report count them as the file's reads and writes (psync's
     # pread64 also reads fio's libraries: its operation totals are larger)
@@ -202,7 +178,7 @@ def test_io_uring_fixed_files_and_sqpoll(site, tmp_path, disk_dir, shm_dir, fio,
     fio_pids = {e["pid"] for e in rb.events(path) if e["name"] in ("openat", "open")}
     assert {e["pid"] for e in events} <= fio_pids
     # the kernel saw as many completions, of as many bytes
-    assert bt.maps == {"n[23]": NREQ, "n[22]": NREQ, "b[23]": SIZE, "b[22]": SIZE}, bt.maps
+    assert bt.counts == {"n[23]": NREQ, "n[22]": NREQ, "b[23]": SIZE, "b[22]": SIZE}, bt.counts
     if "--sqthread_poll=1" in extra:
         # the kernel poller thread (iou-sqp-PID) is a thread of the submitting process
         assert all(e["tid"] != e["pid"] for e in events)
@@ -290,8 +266,8 @@ tracepoint:syscalls:sys_exit_io_getevents /comm == "fio" && args->ret > 64/ { @r
     trace = next(out.glob("*.pfw.gz"))
     summary = json.loads(next(out.glob("*.summary.json")).read_text())
     events = data_events(trace, ("libaio_write",))
-    assert bt.maps.get("sover", 0) > 0, bt.maps
-    assert summary["events_lost"] == bt.maps.get("sover", 0) + bt.maps.get("rover", 0)
+    assert bt.counts.get("sover", 0) > 0, bt.counts
+    assert summary["events_lost"] == bt.counts.get("sover", 0) + bt.counts.get("rover", 0)
     assert len(events) + summary["events_lost"] >= NREQ
     # how many are recorded depends on how the completions were reaped (a request whose
     # io_event lands past 64 in one io_getevents is counted lost): some, all whole

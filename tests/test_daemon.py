@@ -29,7 +29,7 @@ from datacrumbs.tracer.daemon import short_host
 from workloads import daemon_readback as rb
 from workloads.daemon_build import build
 
-from fixtures.tracing import start_bpftrace
+from fixtures.tracing import Bpftrace
 
 pytestmark = pytest.mark.ebpf
 DATACRUMBS = [
@@ -561,11 +561,10 @@ def test_lost_events_leave_the_totals_exact(site, user1, workdir, writes_bin, da
         d = daemons(site, sign_for(site, user1), "8181", user1.pw_name,
                     env={"DATACRUMBS_CGROUP": str(cg)})
         d.wait_ready()
-        program = (f'BEGIN {{ printf("ready\\n"); }} '
-                   f"tracepoint:syscalls:sys_enter_write /pid == {work.pid}/ {{ @s[tid] = 1; }} "
+        program = (f"tracepoint:syscalls:sys_enter_write /pid == {work.pid}/ {{ @s[tid] = 1; }} "
                    f"tracepoint:syscalls:sys_exit_write /@s[tid]/ "
                    f"{{ @n = count(); @b = sum(args->ret); delete(@s[tid]); }}")
-        bt, head = start_bpftrace(program)
+        bt = Bpftrace(program).start()
         d.proc.send_signal(signal.SIGSTOP)
         try:  # far more events than the 16 MiB ring buffer holds
             out, _ = work.communicate(b"go\n", timeout=120)
@@ -574,12 +573,10 @@ def test_lost_events_leave_the_totals_exact(site, user1, workdir, writes_bin, da
             d.proc.send_signal(signal.SIGCONT)
         time.sleep(0.3)
         assert d.stop() == 0, d.stderr
-        bt.send_signal(signal.SIGINT)
-        out = (head + bt.communicate(timeout=120)[0]).decode(errors="replace")
+        out = bt.maps()
     finally:
-        if bt is not None and bt.poll() is None:
-            bt.kill()
-            bt.wait()
+        if bt is not None:
+            bt.stop()
         if work is not None and work.poll() is None:
             work.kill()
             work.communicate()
@@ -1022,12 +1019,11 @@ def reads_three_ways(site, user1, workdir, engine_io, workloads, daemons):
         # tid-keyed start times (its read(0) waiting for "go" began before: never counted);
         # counting on entry leaves bpftrace's two programs about as costly as ours, and
         # each tracer's window holds the other's program on one side
-        program = (f'BEGIN {{ printf("ready\\n"); }} '
-                   f"tracepoint:syscalls:sys_enter_read /pid == {child.pid} && args->count == 1/"
+        program = (f"tracepoint:syscalls:sys_enter_read /pid == {child.pid} && args->count == 1/"
                    f" {{ @n = count(); @start[tid] = nsecs; }} "
                    f"tracepoint:syscalls:sys_exit_read /@start[tid]/ "
                    f"{{ @ns = sum(nsecs - @start[tid]); delete(@start[tid]); }}")
-        bt, head = start_bpftrace(program)
+        bt = Bpftrace(program).start()
         env = {"DATACRUMBS_CGROUP": str(cg)}
         prof = daemons(site, sign_for(site, user1, mode="profile", name="profile.json.gz"),
                        "6263", user1.pw_name, env=env)
@@ -1038,12 +1034,10 @@ def reads_three_ways(site, user1, workdir, engine_io, workloads, daemons):
         time.sleep(0.3)
         assert trace.stop() == 0, trace.stderr
         assert prof.stop() == 0, prof.stderr
-        bt.send_signal(signal.SIGINT)
-        out = (head + bt.communicate(timeout=120)[0]).decode(errors="replace")
+        out = bt.maps()
     finally:
-        if bt is not None and bt.poll() is None:
-            bt.kill()
-            bt.wait()
+        if bt is not None:
+            bt.stop()
         if child is not None:
             child.kill()                  # a failure above must not leave the cgroup busy
         cg.rmdir()

@@ -7,7 +7,6 @@ import logging
 import mmap
 import os
 import re
-import signal
 import subprocess
 import time
 
@@ -18,7 +17,7 @@ from datacrumbs.errors import DatacrumbsError
 from datacrumbs.tracer.engine import EVENT_DTYPE, NO_KPROBES, Engine, EngineError, kernel_has_kprobes
 from datacrumbs.tracer.scope import Scope, ScopeError
 
-from fixtures.tracing import collect, start_bpftrace, stdio_sizes, write_sizes
+from fixtures.tracing import Bpftrace, collect, stdio_sizes, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
@@ -411,21 +410,13 @@ def test_scope_validation(tmp_path):
 def test_bpftrace_sees_the_same_writes(bpf_object, tracefs, engine_io, workloads, tmp_path):
     n = 123
     child = workloads([engine_io, "write", tmp_path / "bt.bin", n])
-    # BEGIN runs once every probe is attached: "ready" means counting has started
-    program = (f'BEGIN {{ printf("ready\\n"); }} '
-               f"tracepoint:syscalls:sys_enter_write /pid == {child.pid}/ {{ @c = count(); }}")
-    bt, head = start_bpftrace(program)
-    try:
+    program = f"tracepoint:syscalls:sys_enter_write /pid == {child.pid}/ {{ @c = count(); }}"
+    with Bpftrace(program) as bt:
         with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
             eng.attach()
             child.go()
             events, _ = collect(eng, [child])
-        bt.send_signal(signal.SIGINT)
-        out = (head + bt.communicate(timeout=120)[0]).decode(errors="replace")
-    finally:
-        if bt.poll() is None:
-            bt.kill()
-            bt.wait()
+        out = bt.maps()
     m = re.search(r"@c: (\d+)", out)
     assert m, out
     assert int(m.group(1)) == len(events) == n

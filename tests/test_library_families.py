@@ -35,6 +35,7 @@ from datacrumbs.probes.schema import schema_problem
 from datacrumbs.signing.policy import parse_policy
 from datacrumbs.signing.resolve import RequestRefused, library_file, resolve
 
+from fixtures.tracing import Bpftrace
 from workloads import daemon_readback as rb
 
 BIN = Path(sys.executable).parent
@@ -363,20 +364,12 @@ def test_h5py_writes_are_traced_through_its_bundled_libhdf5(site, bpf_object, tm
     h5, loaded, go = tmp_path / "t.h5", tmp_path / "loaded", tmp_path / "go"
     n = 6
     probes = ", ".join(f"uprobe:{lib}:{f}" for f in functions)
-    bt = subprocess.Popen(["bpftrace", "-e", f"{probes} {{ @[probe] = count(); }}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        head = []
-        while not (head and head[-1].startswith("Attaching")):   # after its MEMLOCK note
-            head.append(bt.stdout.readline())
-            assert head[-1], "".join(head)
+    with Bpftrace(f"{probes} {{ @[probe] = count(); }}") as bt:
         run = _Traced(["hdf5"], out, [sys.executable, script, h5, loaded, go, n])
         run.wait_for(rf"library {re.escape(str(lib))} .*: attached, \d+ functions")
         go.touch()
         stdout, events, summary = run.finish()
-    finally:
-        bt.send_signal(signal.SIGINT)
-        counted = bt.communicate(timeout=60)[0]
+        counted = bt.maps()
     assert stdout == f"ok {n * sum(range(1000))}\n"
     expected = {f: int(m.group(1)) for f in functions
                 for m in [re.search(rf"@\[uprobe:{re.escape(str(lib))}:{f}\]: (\d+)", counted)]

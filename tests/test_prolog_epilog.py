@@ -214,7 +214,8 @@ def test_never_ready_daemon_prolog_returns_within_its_bound(installed_service, f
     env = flux_env(installed_service, site, "3002", user1, signed_probes_file)
     res = prolog(site, env)
     assert res.returncode == 0
-    assert res.elapsed < 4.0 + 4.0, res.elapsed  # its own bound plus interpreter start-up
+    # its own bound, not the 30 s ready_timeout, plus interpreter start-up on a loaded machine
+    assert res.elapsed < 4.0 + 10.0, res.elapsed
     assert "did not start" in res.stderr and "datacrumbs@3002.service" in res.stderr
     assert_clean(installed_service, site, "3002")
 
@@ -568,7 +569,8 @@ def test_prolog_bound_holds_while_stuck_in_c(installed_service, site, user1, sig
                DC_TEST_HANG_ID=tmp_path.name)
     res = prolog(site, env)
     assert res.returncode == (1 if fail_job else 0), res.stderr
-    assert res.elapsed < 2.0 + 1.0, res.elapsed  # its bound, plus interpreter start-up
+    # its bound (the stage would hang forever), plus interpreter start-up on a loaded machine
+    assert res.elapsed < 2.0 + 10.0, res.elapsed
     expected = (f"datacrumbs: {told(fail_job)}: the prolog's bound of 2 s was "
                 "reached while " + doing.format(path=signed_probes_file))
     calls = [json.loads(line) for line in record.read_text().splitlines()]

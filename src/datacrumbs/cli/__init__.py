@@ -24,13 +24,14 @@ from ..errors import DatacrumbsError
 PROG = "datacrumbs"
 
 
-def _subcommand_modules():
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            yield info.name.replace("_", "-"), importlib.import_module(f"{__name__}.{info.name}")
+def _subcommand_names() -> list[str]:
+    return sorted(i.name for i in pkgutil.iter_modules(__path__) if not i.name.startswith("_"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command's parser; with ``only``, that subcommand's module alone is
+    imported and set up (the others stay bare names): `datacrumbs run`, which a job's
+    prolog waits for, does not pay for importing every other subcommand."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Per-job eBPF I/O tracing for HPC clusters run by Flux.",
@@ -46,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _subcommand_modules():
+    for modname in _subcommand_names():
+        name = modname.replace("_", "-")
+        if only is not None and name != only:
+            sub.add_parser(name)
+            continue
+        module = importlib.import_module(f"{__name__}.{modname}")
         sp = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         module.setup_parser(sp)
@@ -55,8 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _known_commands() -> set[str]:
-    return {name for name, _ in ((i.name.replace("_", "-"), None)
-                                 for i in pkgutil.iter_modules(__path__)) if not name.startswith("-")}
+    return {name.replace("_", "-") for name in _subcommand_names()}
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), if known."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in _known_commands() else None
+    return None
 
 
 def _rewrite_daemon_form(argv: list[str]) -> list[str]:
@@ -73,10 +88,11 @@ def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DATACRUMBS_DEBUG") == "1"
     try:
-        parser = build_parser()
+        argv = _rewrite_daemon_form(argv)
+        parser = build_parser(None if adapt is not None else _command_of(argv))
         if adapt is not None:
             adapt(parser)
-        args = parser.parse_args(_rewrite_daemon_form(argv))
+        args = parser.parse_args(argv)
         if not getattr(args, "_main", None):
             parser.print_help()
             return 2

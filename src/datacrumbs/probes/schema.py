@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import re
 
-import jsonschema
-
 PROBES_FORMAT = "datacrumbs-probes"
 PROBES_VERSION = 1
 
@@ -169,7 +167,12 @@ PROBE_SET_SCHEMA = {
 
 
 @functools.cache
-def _validator(name: str) -> jsonschema.protocols.Validator:
+def _validator(name: str):
+    """python-jsonschema, the reference that judges and describes refusals. Imported only
+    when something is refused: its import alone (~0.1 s) would be a third of the daemon's
+    start, which the job's prolog waits for."""
+    import jsonschema
+
     schema = {"document": DOCUMENT_SCHEMA, "set": PROBE_SET_SCHEMA}[name]
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -209,10 +212,16 @@ def schema_problem(instance, which: str = "document") -> str | None:
                 return described
         except (ValueError, TypeError, OverflowError):
             pass        # a value it cannot convert (e.g. a huge integer): the slow path says
-    error = jsonschema.exceptions.best_match(_validator(which).iter_errors(instance))
+    error = _best_match(_validator(which).iter_errors(instance))
     if error is None:
         return None if fast is None else "(top level): does not match the probes format"
     return describe_error(error)
+
+
+def _best_match(errors):
+    from jsonschema.exceptions import best_match
+
+    return best_match(errors)
 
 
 def _one_probe_problem(fast, instance, which: str) -> str | None:
@@ -232,7 +241,7 @@ def _one_probe_problem(fast, instance, which: str) -> str | None:
     if not spots:
         return None
     i = spots.pop()
-    error = jsonschema.exceptions.best_match(_validator(which).iter_errors(
+    error = _best_match(_validator(which).iter_errors(
         dict(instance, probes=[instance["probes"][i]])))
     if error is None:
         return None

@@ -64,14 +64,15 @@ MYIO_CALLS = {"myio_write": 7, "myio_read": 3, "myio_close": 11}
 
 
 def exported(path: str, glob: str = "*") -> set[str]:
-    """Function names `nm -D --defined-only` lists for a library (T, W, i: code)."""
+    """Function names `nm -D --defined-only` lists for a library (T, W: code; not IFUNC
+    resolvers, which run once at binding)."""
     out = subprocess.run(["nm", "-D", "--defined-only", path], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     import fnmatch
     names = set()
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[1] in "TWi" and fnmatch.fnmatchcase(parts[2], glob):
+        if len(parts) == 3 and parts[1] in "TW" and fnmatch.fnmatchcase(parts[2], glob):
             names.add(parts[2].split("@")[0])
     return names
 

@@ -158,7 +158,6 @@ def _function_offsets(path: str) -> dict[str, int]:
 
 SHT_DYNAMIC = 6
 DT_SONAME = 14
-STT_GNU_IFUNC = 10
 _DYN = np.dtype([("tag", "<i8"), ("val", "<u8")])
 _MACHINES = {62: "EM_X86_64", 183: "EM_AARCH64", 3: "EM_386", 21: "EM_PPC64", 243: "EM_RISCV"}
 
@@ -194,14 +193,16 @@ def _exported(elf: _Elf):
         strings = elf.section_bytes(elf.sections[int(sec["link"])])
         raw = elf.section_bytes(sec)
         syms = np.frombuffer(raw[: len(raw) // _SYM.itemsize * _SYM.itemsize], _SYM)
-        kind = syms["info"] & 0xF
-        keep = np.flatnonzero(((kind == STT_FUNC) | (kind == STT_GNU_IFUNC))
+        # STT_FUNC only: an IFUNC symbol's address is its resolver, run once at binding,
+        # not the function a call reaches (and the engine's offsets skip them too)
+        keep = np.flatnonzero(((syms["info"] & 0xF) == STT_FUNC)
                               & (syms["shndx"] != SHN_UNDEF) & (syms["name"] != 0))
         for name_at, value in zip(syms["name"][keep].tolist(), syms["value"][keep].tolist()):
             name = _cstr(strings, name_at)
             if not name:
                 continue
-            if addresses.setdefault(name, value) != value:
+            if addresses.get(name, value) != value:
                 ambiguous.add(name)
+            addresses[name] = value
     elf.data = None
     return soname, machine, addresses, frozenset(ambiguous)

@@ -347,7 +347,7 @@ def others_library(user2, built, tmp_path):
 
 
 def test_hostile_user_patterns_are_refused_in_one_line_and_nothing_signed(
-        site, service, user1, others_library, shared_dir, tmp_path):
+        site, service, user1, others_library, shared_dir, tmp_path, huge_library):
     scratch = shared_dir / f"u1-{time.monotonic_ns()}"
     scratch.mkdir()
     os.chown(scratch, user1.pw_uid, user1.pw_gid)
@@ -362,6 +362,8 @@ def test_hostile_user_patterns_are_refused_in_one_line_and_nothing_signed(
          "Permission denied"),
         (f"{link}:*", f"cannot open library {link}: Permission denied"),
         ("/etc/passwd:*", "is not an ELF64 shared library"),
+        (f"{huge_library}:*", f"it matches 100000 exported functions of {huge_library}, "
+         f"which makes 100000 probes in all, more than {site.max_probes}"),
     ]
     for n, (pattern, expected) in enumerate(cases):
         out = tmp_path / f"p{n}.json.gz"
@@ -419,3 +421,24 @@ def test_a_pattern_over_100000_symbols_is_refused_quickly(site, service, huge_li
         in message and f"more than {site.max_probes}" in message and "\n" not in message
     assert elapsed < 5, elapsed
     assert grants(site) == []
+
+
+def test_unsigned_generate_resolves_the_same_probes_locally(site, service, tmp_path):
+    """Without --sign the CLI resolves patterns itself, with the service's rules."""
+    datacrumbs = str(VENV_BIN / "datacrumbs")
+    out = tmp_path / "local.json.gz"
+    asked = ["--uprobe", "libhdf5_serial.so*:H5Dread*", "--syscall", "pread*",
+             "--tracepoint", "block:block_rq_*"]
+    proc = subprocess.run([datacrumbs, "probes", "generate", *asked, "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    local = read_document(out)
+    signed = sign_patterns(site, ("uprobe", "libhdf5_serial.so*:H5Dread*"),
+                           ("syscall", "pread*"), ("tracepoint", "block:block_rq_*"))
+    assert "signature" not in local and "signature" in signed
+    assert local["probes"] == signed["probes"] and local["patterns"] == signed["patterns"]
+    assert targets(local, "syscall") == {"pread64", "preadv", "preadv2"}
+    none = subprocess.run([datacrumbs, "probes", "generate", "-o", str(tmp_path / "n.json.gz")],
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode != 0 and len(none.stderr.splitlines()) == 1
+    assert "choose probes with --set NAME or a pattern" in none.stderr

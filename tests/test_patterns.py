@@ -8,25 +8,22 @@ functions on the same run. Hostile requests run as the real unprivileged account
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
-import re
 import shutil
-import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from datacrumbs.probes.catalog import load_catalog
 from datacrumbs.probes.document import read_document, write_document
 from datacrumbs.probes.host_check import HostInfo, host_info
 from datacrumbs.signing.audit import read_records
 from datacrumbs.signing.client import SigningRefused, request_signature
-from datacrumbs.signing.patterns import (kernel_function_support, resolve_kfuncs,
-                                         Resolver)
-from datacrumbs.probes.catalog import load_catalog
+from datacrumbs.signing.patterns import Resolver, kernel_function_support, resolve_kfuncs
 from datacrumbs.tracer.elfsyms import exported_functions_fd
 
 from fixtures.tracing import Bpftrace, trace_command
@@ -68,7 +65,6 @@ def exported(path: str, glob: str = "*") -> set[str]:
     resolvers, which run once at binding)."""
     out = subprocess.run(["nm", "-D", "--defined-only", path], capture_output=True, text=True,
                          check=True, timeout=60).stdout
-    import fnmatch
     names = set()
     for line in out.splitlines():
         parts = line.split()
@@ -243,8 +239,8 @@ def test_kfunc_is_refused_here_with_the_reason(site, service):
         sign_patterns(site, ("kfunc", "vfs_*"))
     message = str(exc.value)
     assert "\n" not in message
-    assert "--kfunc 'vfs_*' refused: this kernel has neither kprobes (CONFIG_KPROBES is not " \
-           "set) nor BTF trampolines" in message
+    assert "--kfunc 'vfs_*' refused: this kernel has no kprobes (CONFIG_KPROBES is not set), " \
+           "and datacrumbs traces kernel functions through kprobes only" in message
     assert grants(site) == []
 
 
@@ -258,7 +254,7 @@ def test_kfunc_resolution_where_kprobes_exist(site, tracefs):
         ["vfs_read", "vfs_readlink", "vfs_readv"]
     with_kprobes = HostInfo(tracefs, True, None)
     assert kernel_function_support(with_kprobes) == ("kprobe", None)
-    assert kernel_function_support(HostInfo(tracefs, False, "no"), fentry=lambda: True)[0] is None
+    assert kernel_function_support(HostInfo(tracefs, False, "no"))[0] is None
     resolver = Resolver(catalog=load_catalog(site), host=with_kprobes, passed=[], cap=1000,
                         cap_reason="test")
     (result,) = resolver.resolve([{"kind": "kfunc", "pattern": "vfs_rea*"}])
@@ -442,3 +438,58 @@ def test_unsigned_generate_resolves_the_same_probes_locally(site, service, tmp_p
                           capture_output=True, text=True, timeout=60)
     assert none.returncode != 0 and len(none.stderr.splitlines()) == 1
     assert "choose probes with --set NAME or a pattern" in none.stderr
+
+
+def test_patterns_resolve_in_the_hardened_unit_under_a_real_systemd(systemd_manager, user1):
+    """The unit's sandbox (no capabilities, ProtectKernelTunables, ProtectHome) must still
+    let the service read tracefs, the syscall events and the ld.so cache's libraries."""
+    from datacrumbs.config import SiteConfig, load_config, render_config
+    from datacrumbs.flux.install import render_template, template_values
+    from datacrumbs.signing.keys import KeyStore
+    from test_signing_service import SERVICE_BIN, UNIT, sign_as
+
+    manager = systemd_manager
+    name = "datacrumbs_sign_probes.service"
+    root = Path("/run/datacrumbs") / f"test-sign-patterns-{os.getpid()}-{time.monotonic_ns()}"
+    audit_log = root / "log" / "sign-audit.log"
+    unit = manager.unit_dir / name
+    try:
+        root.mkdir(mode=0o755, parents=True)
+        root.chmod(0o755)
+        prefix = root / "prefix"
+        (prefix / "bin").mkdir(parents=True)
+        (prefix / "etc/datacrumbs").mkdir(parents=True)
+        (prefix / "bin/datacrumbs_sign_probes").symlink_to(SERVICE_BIN)
+        config_path = prefix / "etc/datacrumbs/datacrumbs.toml"
+        config_path.write_text(render_config(SiteConfig(
+            prefix=prefix, run_dir=root, log_dir=audit_log.parent, public_key_dir=root / "keys",
+            private_key_dir=root / "private", socket_path=root / "sign.sock",
+            policy_file=root / "sign-policy.toml", audit_log=audit_log)))
+        config = load_config(config_path)
+        KeyStore(config.private_key_dir, config.public_key_dir).init()
+        unit.write_text(render_template(UNIT.read_text(), template_values(prefix, config),
+                                        "unit"))
+        manager.systemctl("daemon-reload", check=True)
+        started = manager.systemctl("start", name)
+        assert started.returncode == 0, started.stderr + manager.journal(name)
+        request = {"sets": [], "patterns": [
+            {"kind": "uprobe", "pattern": "libhdf5_serial.so*:H5Dread"},
+            {"kind": "syscall", "pattern": "read*"},
+            {"kind": "tracepoint", "pattern": "sched:sched_process_*"}]}
+        result = sign_as(user1.pw_name, request, config)
+        assert result.returncode == 0, result.stderr + manager.journal(name)
+        doc = json.loads(result.stdout)
+        assert [p["probes"] for p in doc["patterns"]] == [
+            1, 5, len([d for d in os.listdir("/sys/kernel/tracing/events/sched")
+                       if d.startswith("sched_process_")])]
+        refused = sign_as(user1.pw_name, {"sets": [], "patterns": [
+            {"kind": "kfunc", "pattern": "vfs_*"}]}, config)
+        assert refused.returncode == 3
+        assert "--kfunc 'vfs_*' refused: this kernel has no kprobes" in refused.stderr
+        assert "Traceback" not in manager.journal(name)
+    finally:
+        manager.systemctl("stop", name)
+        manager.systemctl("reset-failed", name)
+        unit.unlink(missing_ok=True)
+        manager.systemctl("daemon-reload")
+        shutil.rmtree(root, ignore_errors=True)

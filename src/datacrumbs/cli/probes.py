@@ -58,7 +58,7 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
                          "  --tracepoint CAT:GLOB  tracefs events (/sys/kernel/tracing/events)\n"
                          "  --kfunc GLOB           kernel functions (needs kprobes; refused "
                          "where the\n"
-                         "                         kernel has neither kprobes nor fentry)\n"
+                         "                         kernel has no kprobes)\n"
                          "\nexamples:\n"
                          "  datacrumbs probes generate --set posix --set stdio --sign -o p.json.gz\n"
                          "  datacrumbs probes generate --set hdf5 --library "

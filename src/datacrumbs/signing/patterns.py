@@ -25,7 +25,6 @@ import platform
 import re
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..probes.catalog import with_family
 from ..probes.host_check import (SYSCALLS_X86_64, HostInfo,
@@ -421,40 +420,20 @@ def _unique_files(libraries: list[LibraryFile]) -> list[LibraryFile]:
     return out
 
 
-def fentry_supported(btf: Path = Path("/sys/kernel/btf/vmlinux")) -> bool:
-    """Whether BTF trampolines (fentry/fexit) work: kernel BTF is there and the kernel
-    loads BPF tracing programs (libbpf's own feature probe; CONFIG_DYNAMIC_FTRACE_WITH_
-    DIRECT_CALLS alone is not enough: a kernel may still refuse them, as here)."""
-    import ctypes
-
-    if not btf.exists():
-        return False
-    try:
-        libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        return libbpf.libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_TRACING, None) == 1
-    except (OSError, AttributeError):
-        return False
-
-
-BPF_PROG_TYPE_TRACING = 26
-
-
-def kernel_function_support(host: HostInfo, *, fentry=fentry_supported
-                            ) -> tuple[str | None, str | None]:
+def kernel_function_support(host: HostInfo) -> tuple[str | None, str | None]:
     """("kprobe", None) where kernel functions can be traced, else (None, the reason).
 
-    The engine attaches kernel functions through kprobes; a kernel with BTF trampolines
-    (fentry/fexit) but no kprobes is refused with that reason, one with neither with
-    the reason that nothing can reach kernel functions there."""
+    The engine attaches kernel functions through kprobes only, so kprobes decide.
+    fentry/fexit (BTF trampolines) are not probed here: that takes a bpf() call, which
+    the signing unit's system call filter answers by killing the service; and on the
+    project's machine they fail to load (EPERM) although the kernel is built with them."""
     if host.kprobes:
         return "kprobe", None
-    if fentry():
-        return None, ("this kernel has BTF trampolines (fentry/fexit) but no kprobes, and "
-                      "datacrumbs attaches kernel functions through kprobes")
-    return None, ("this kernel has neither kprobes ("
-                  + ("CONFIG_KPROBES is not set" if "CONFIG_KPROBES" in (host.kprobes_reason or "")
-                     else "not available") + ") nor BTF trampolines (fentry/fexit: it refuses BPF tracing programs), "
-                  "so no kernel function can be traced here; use --tracepoint")
+    why = ("CONFIG_KPROBES is not set" if "CONFIG_KPROBES" in (host.kprobes_reason or "")
+           else "not available")
+    return None, (f"this kernel has no kprobes ({why}), and datacrumbs traces kernel "
+                  "functions through kprobes only (not through fentry/fexit), so no kernel "
+                  "function can be traced here; use --tracepoint")
 
 
 def resolve_kfuncs(pattern: str, symbols) -> list[str]:

@@ -390,6 +390,34 @@ def test_raw_requests_naming_paths_without_a_file_are_refused(site, service):
     assert grants(site) == []
 
 
+def test_a_file_passed_under_a_symlinks_name_signs_the_file_not_the_link(site, service, built,
+                                                                        tmp_path):
+    """A descriptor of one's own library claimed as a link to /etc/shadow: the service
+    judges the descriptor (device and inode), so it signs that library, never the link's
+    target, which it never opens."""
+    from test_signing_service import raw_exchange, wire
+    link = tmp_path / "libshadow.so"
+    os.symlink("/etc/shadow", link)
+    fd = os.open(built["lib"], os.O_RDONLY)
+    try:
+        reply = raw_exchange(site.socket_path, wire({
+            "sets": [], "validity_days": 1, "libraries": [str(link)],
+            "patterns": [{"kind": "uprobe", "pattern": f"{link}:myio_w*"}]}), fds=[fd])
+    finally:
+        os.close(fd)
+    assert reply["ok"] is True, reply
+    (probe,) = reply["document"]["probes"]
+    assert probe["target"] == "myio_write" and probe["library"] == str(built["lib"])
+
+
+def test_sets_alone_are_capped_by_the_policys_max_probes(site, service):
+    write_policy(site, '[defaults]\nallow_kinds = ["syscall", "uprobe", "tracepoint", "async"]'
+                 '\nallow_sets = ["*"]\nmax_probes = 3\n')
+    with pytest.raises(SigningRefused, match=r"the sets posix make \d+ probes, more than 3 "):
+        request_signature(["posix"], socket_path=site.socket_path)
+    assert grants(site) == []
+
+
 @pytest.fixture(scope="module")
 def huge_library(shared_dir):
     """A shared library exporting 100,000 functions (assembled: seconds, not minutes)."""

@@ -172,6 +172,7 @@ class Resolver:
         # reached it first
         self.seen: dict[tuple, str] = {}
         self._known = _catalog_index(catalog)
+        self._categories: dict[tuple[int, int], str] = {}
 
     def already(self, probes: list[dict]) -> None:
         """Probes the request's sets already hold: patterns reaching them add nothing."""
@@ -298,6 +299,12 @@ class Resolver:
         return None
 
     def _library_category(self, lib: LibraryFile) -> str:
+        key = (lib.dev, lib.ino)
+        if key not in self._categories:
+            self._categories[key] = self._find_category(lib)
+        return self._categories[key]
+
+    def _find_category(self, lib: LibraryFile) -> str:
         for (kind, _name), probes in self._known.items():
             if kind != "uprobe":
                 continue

@@ -401,8 +401,11 @@ class SigningService:
                                      "--uprobe pattern and no set is chosen")
             resolved = Resolved([], [], {})
         results = []
+        cap, why = policy.probe_limit(caller, self.config.max_probes, groups)
+        if len(resolved.probes) > cap:
+            raise RequestRefused(f"the sets {', '.join(sets)} make {len(resolved.probes)} "
+                                 f"probes, more than {cap} ({why}); choose fewer sets")
         if patterns:
-            cap, why = policy.probe_limit(caller, self.config.max_probes, groups)
             resolver = Resolver(catalog=catalog, host=host, passed=passed, cap=cap,
                                 cap_reason=why)
             resolver.count = len(resolved.probes)

@@ -152,3 +152,18 @@ def test_a_tracepoint_outside_a_denied_category_is_allowed(alice):
     with pytest.raises(PolicyRefused, match="tracepoints 'sched'"):
         p.check(alice, sets=[], probes=[{"id": "s", "kind": "tracepoint",
                                          "target": "sched:sched_switch"}], validity_days=1)
+
+
+def test_allow_tracepoints_limits_tracepoints_to_the_listed_categories(alice, bob):
+    p = policy(f'[defaults]\nallow_kinds = ["tracepoint"]\nallow_tracepoints = ["block", "ext4:*"]\n'
+               f'[users.{alice.user}]\nallow_tracepoints = ["sched:sched_process_*"]\n')
+    fork = {"id": "f", "kind": "tracepoint", "target": "sched:sched_process_fork"}
+    switch = {"id": "s", "kind": "tracepoint", "target": "sched:sched_switch"}
+    assert p.check(alice, sets=[], probes=[RQ, fork], validity_days=1)
+    with pytest.raises(PolicyRefused, match="not among the tracepoints allowed for user"):
+        p.check(alice, sets=[], probes=[switch], validity_days=1)
+    with pytest.raises(PolicyRefused, match="probe 'f'"):
+        p.check(bob, sets=[], probes=[fork], validity_days=1)
+    # without allow_tracepoints in any table, every tracepoint is allowed (as before)
+    assert policy('[defaults]\nallow_kinds = ["tracepoint"]\n').check(
+        alice, sets=[], probes=[switch], validity_days=1)

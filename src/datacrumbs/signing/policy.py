@@ -35,6 +35,9 @@ _RULE = {
         # the most probes one signed document may hold (patterns can name thousands);
         # the largest of the tables that apply, never more than the site's max_probes
         "max_probes": {"type": "integer", "minimum": 1, "maximum": 65536},
+        # tracepoints these users may have ("category:name" patterns, or a category):
+        # without it in any table that applies, every tracepoint is allowed
+        "allow_tracepoints": _NAMES,
     },
     "additionalProperties": False,
 }
@@ -129,6 +132,8 @@ class Policy:
         rules = self._rules_for(caller, groups)
         kinds = {k for r in rules for k in r.get("allow_kinds", ())} - set(deny.get("kinds", ()))
         allowed_sets = {s for r in rules for s in r.get("allow_sets", ())}
+        allowed_tps = sorted({t for r in rules for t in r.get("allow_tracepoints", ())}) \
+            if any("allow_tracepoints" in r for r in rules) else None
         for name in sets:
             if _matches(name, deny.get("sets", ())) or not _matches(name, allowed_sets):
                 raise PolicyRefused(f"probe set {name!r} is not allowed for {who}; "
@@ -156,8 +161,13 @@ class Policy:
                                                if alias and alias != target else "")
                 raise PolicyRefused(f"{label} is refused: {what} is on the signing "
                                     f"policy's deny list; leave it out or {self._ask()}")
+            if kind == "tracepoint" and allowed_tps is not None and \
+                    not _tracepoint_pattern(str(target), allowed_tps):
+                raise PolicyRefused(f"{label} is refused: its category is not among the "
+                                    f"tracepoints allowed for {who} ({', '.join(allowed_tps)}); "
+                                    f"leave it out or {self._ask()}")
             if kind == "tracepoint":
-                denied_tp = _denied_tracepoint(str(target), deny.get("tracepoints", ()))
+                denied_tp = _tracepoint_pattern(str(target), deny.get("tracepoints", ()))
                 if denied_tp:
                     raise PolicyRefused(f"{label} is refused: tracepoints {denied_tp!r} are on "
                                         f"the signing policy's deny list; leave it out or "
@@ -204,8 +214,8 @@ class Policy:
         return None
 
 
-def _denied_tracepoint(target: str, patterns) -> str | None:
-    """The deny pattern naming tracepoint ``category:name`` (or its category), if any."""
+def _tracepoint_pattern(target: str, patterns) -> str | None:
+    """The first of ``patterns`` naming tracepoint ``category:name`` (or its category)."""
     category = target.split(":", 1)[0]
     for pattern in patterns:
         if fnmatch.fnmatchcase(target if ":" in pattern else category, pattern):

@@ -521,3 +521,15 @@ def test_patterns_resolve_in_the_hardened_unit_under_a_real_systemd(systemd_mana
         unit.unlink(missing_ok=True)
         manager.systemctl("daemon-reload")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_generate_help_documents_the_patterns_with_examples():
+    out = subprocess.run([str(VENV_BIN / "datacrumbs"), "probes", "generate", "--help"],
+                         capture_output=True, text=True, timeout=60, env={
+                             **os.environ, "COLUMNS": "120"})
+    assert out.returncode == 0, out.stderr
+    for text in ("--uprobe LIB:GLOB", "--syscall GLOB", "--tracepoint CAT:GLOB", "--kfunc GLOB",
+                 "datacrumbs probes generate --uprobe 'libhdf5*.so*:H5D*' --sign",
+                 "--uprobe '/home/alice/lib/libmyio.so:*'", "--tracepoint 'sched:sched_process_*'",
+                 "nm -D --defined-only"):
+        assert text in out.stdout, text

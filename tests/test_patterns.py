@@ -533,3 +533,38 @@ def test_generate_help_documents_the_patterns_with_examples():
                  "--uprobe '/home/alice/lib/libmyio.so:*'", "--tracepoint 'sched:sched_process_*'",
                  "nm -D --defined-only"):
         assert text in out.stdout, text
+
+
+def test_damaged_libraries_are_refused_never_crash_the_reader(built, tmp_path):
+    """The service reads files any user hands it: random damage to a library's headers and
+    tables gives a library or a one-line refusal, never another exception."""
+    import random
+
+    from datacrumbs.signing.patterns import pattern_library
+    from datacrumbs.signing.resolve import LibraryFile, RequestRefused
+
+    original = built["lib"].read_bytes()
+    rng = random.Random(20261202)
+    outcomes = {"library": 0, "refused": 0}
+    for n in range(400):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 16)):
+            # headers, section headers (at the end) and anywhere
+            spot = rng.choice([rng.randrange(64), len(data) - 1 - rng.randrange(2048),
+                               rng.randrange(len(data))])
+            data[spot] = rng.randrange(256)
+        if n % 50 == 0:
+            data = data[:rng.randrange(len(data))]
+        path = tmp_path / f"lib{n}.so"
+        path.write_bytes(bytes(data))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = pattern_library(fd, str(path))
+            assert isinstance(got, LibraryFile)
+            outcomes["library"] += 1
+        except RequestRefused as exc:
+            assert "\n" not in str(exc)
+            outcomes["refused"] += 1
+        finally:
+            os.close(fd)
+    assert outcomes["library"] and outcomes["refused"], outcomes

@@ -343,8 +343,9 @@ class Resolver:
             raise _refuse("tracepoint", pattern, "write it as CATEGORY:NAME (a-z, 0-9, '_' "
                           "and the wildcards * ? [ ]), e.g. 'ext4:*'")
         if self.host.tracefs is None:
-            raise _refuse("tracepoint", pattern, "tracefs is not available to the signing "
-                          "service, so tracepoints cannot be listed; ask your admin")
+            raise _refuse("tracepoint", pattern, "tracefs is not readable here, so tracepoints "
+                          "cannot be listed (it is root's: with --sign the signing service "
+                          "lists them)")
         cat_glob, name_glob = pattern.split(":")
         events = self.host.tracefs / "events"
         found = []

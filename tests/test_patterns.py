@@ -582,3 +582,40 @@ def test_trace_takes_patterns_directly(built, tmp_path, bpf_object, tracefs, sit
             counts[e["name"]] = counts.get(e["name"], 0) + 1
     assert counts == MYIO_CALLS
     assert any(e["cat"] == "POSIX" for e in rb.events(trace))   # the set's probes too
+
+
+@pytest.mark.systemd
+@pytest.mark.ebpf
+def test_a_job_traced_from_a_pattern_file_through_the_prolog_path(
+        site, service, installed_service, built, user1, tmp_path, bpf_object, tracefs):
+    """A user's file signed from a pattern, through the prolog path (the service wrapper,
+    the real unit and daemon): the job's calls into her library are all in its trace."""
+    from fixtures.systemd import FLUX_PATH, assert_clean, read_trace, trace_path
+
+    manager = installed_service
+    tmp_path.chmod(0o777)
+    probes = tmp_path / "job.json.gz"
+    made = as_user(user1, site, "generate", "--uprobe", f"{built['lib']}:myio_*", "--sign",
+                   "-o", str(probes))
+    assert made.returncode == 0, made.stderr
+
+    def wrapper(*args):
+        return subprocess.run([str(site.prefix / "bin/datacrumbs_service_wrapper"), *args,
+                               "--config", str(site.source)],
+                              env={"PATH": f"{manager.shim_dir}:{FLUX_PATH}"},
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    started = wrapper("start", "9", user1.pw_name, str(probes))
+    assert started.returncode == 0, started.stderr + manager.journal("datacrumbs@9.service")
+    job = subprocess.Popen([str(built["myio"])], user=user1.pw_uid, group=user1.pw_gid,
+                           extra_groups=[], stdout=subprocess.PIPE, text=True, cwd="/")
+    assert job.communicate(timeout=60)[0] == f"ok {sum(range(1, 8)) + 12}\n"
+    stopped = wrapper("stop", "9", user1.pw_name, str(probes))
+    assert stopped.returncode == 0, stopped.stderr
+    assert_clean(manager, site, "9")
+    counts = {}
+    for e in read_trace(trace_path(site, user1.pw_name, "9")):
+        if e.get("ph") == "X" and e["pid"] == job.pid and e["cat"] == "MYIO":
+            counts[e["name"]] = counts.get(e["name"], 0) + 1
+    assert counts == MYIO_CALLS

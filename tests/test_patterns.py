@@ -92,8 +92,10 @@ def grants(site) -> list[dict]:
 def built(shared_dir):
     """The HDF5 workload and a user library with its program, readable by every account."""
     cc = shutil.which("cc") or shutil.which("gcc")
-    out = {"hdf5": shared_dir / "uprobe_hdf5", "lib": shared_dir / "lib" / "libmyio.so",
-           "myio": shared_dir / "myio_main"}
+    # names of their own: bpftrace counts by command name, and other tests run uprobe_hdf5
+    out = {"hdf5": shared_dir / "h5d_pattern", "lib": shared_dir / "lib" / "libmyio.so",
+           "myio": shared_dir / "myio_main", "dd": shared_dir / "dd_pattern"}
+    shutil.copy("/bin/dd", out["dd"])
     subprocess.run([cc, "-O2", "-o", str(out["hdf5"]), str(WORKLOADS / "uprobe_hdf5.c"),
                     *hdf5_flags()], check=True, capture_output=True, timeout=120)
     out["lib"].parent.mkdir()
@@ -106,7 +108,7 @@ def built(shared_dir):
     subprocess.run([cc, "-O0", "-o", str(out["myio"]), str(shared_dir / "myio_main.c"),
                     f"-L{out['lib'].parent}", "-lmyio", f"-Wl,-rpath,{out['lib'].parent}"],
                    check=True, capture_output=True, timeout=60)
-    for path in (out["lib"], out["myio"], out["hdf5"]):
+    for path in (out["lib"], out["myio"], out["hdf5"], out["dd"]):
         path.chmod(0o755)
     return out
 
@@ -134,7 +136,7 @@ def test_hdf5_pattern_attaches_every_exported_match_and_counts_equal_bpftrace(
     write_document(probes, doc)
 
     h5 = tmp_path / "d.h5"
-    program = ("uprobe:" + os.path.realpath(HDF5_LIB) + ":H5D* /comm == \"uprobe_hdf5\"/ "
+    program = ("uprobe:" + os.path.realpath(HDF5_LIB) + ":H5D* /comm == \"h5d_pattern\"/ "
                "{ @c[probe] = count(); }")
     with Bpftrace(program) as bt:
         proc, trace, summary = trace_command(tmp_path, [built["hdf5"], h5, 4096], sets=(),
@@ -200,7 +202,7 @@ def test_user_signs_her_library_by_path_glob_and_show_names_the_pattern(site, se
 
 @pytest.mark.ebpf
 def test_syscall_and_tracepoint_patterns_resolve_against_the_kernel_and_trace(
-        site, service, tmp_path, bpf_object, tracefs):
+        site, service, built, tmp_path, bpf_object, tracefs):
     doc = sign_patterns(site, ("syscall", "read*"), ("tracepoint", "sched:sched_process_*"))
     assert targets(doc, "syscall") == {"read", "readv", "readlink", "readlinkat", "readahead"}
     want = {f"sched:{d.name}" for d in (tracefs / "events/sched").iterdir()
@@ -214,15 +216,16 @@ def test_syscall_and_tracepoint_patterns_resolve_against_the_kernel_and_trace(
     write_document(probes, doc)
     script = tmp_path / "work.sh"
     script.write_text("#!/bin/sh\nhead -c 3000 /etc/services > /dev/null\n"
-                      "dd if=/dev/zero of=/dev/null bs=1 count=500 2>/dev/null\n")
+                      f"{built['dd']} if=/dev/zero of=/dev/null bs=1 count=500 2>/dev/null\n")
     script.chmod(0o755)
-    with Bpftrace('tracepoint:syscalls:sys_enter_read /comm == "dd"/ { @r = count(); }') as bt:
+    with Bpftrace('tracepoint:syscalls:sys_enter_read /comm == "dd_pattern"/ '
+                  '{ @r = count(); }') as bt:
         _proc, trace, _summary = trace_command(tmp_path, [script], sets=(),
                                                options=["--probes", str(probes)])
     records = rb.records(trace)
     events = [r for r in records if r.get("ph") == "X"]
     dd = {r["pid"] for r in records if r.get("ph") == "M" and r["name"] == "process_name"
-          and r["args"].get("name") == "dd"}
+          and r["args"].get("name") == "dd_pattern"}
     assert len(dd) == 1
     # the kernel saw dd read N times (bpftrace, same run): every one is in the trace
     assert bt.counts["r"] >= 500

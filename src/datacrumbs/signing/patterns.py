@@ -259,7 +259,8 @@ class Resolver:
             if any(p in ("", ".", "..") for p in parts):
                 raise _refuse("uprobe", pattern, "the library path has an empty, '.' or '..' "
                               "component; give the library's plain absolute path")
-            found = [lib for claimed, lib in self.passed if fnmatch.fnmatchcase(claimed, lib_pattern)]
+            found = [lib for claimed, lib in self.passed
+                     if fnmatch.fnmatchcase(claimed, lib_pattern)]
             if not found:
                 raise _refuse("uprobe", pattern, f"no open file was passed for {lib_pattern} "
                               "(the signing service never opens a path you name: "

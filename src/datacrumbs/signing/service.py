@@ -339,12 +339,11 @@ class SigningService:
         from ..probes.document import canonical_bytes
 
         nprobes = len(signed["probes"])
+        asked = ", ".join([*body["sets"], *(p["pattern"] for p in body.get("patterns", []))])
         return _Decision(ok_reply(signed, dropped), dict(
             uid=uid, user=user, pid=pid, decision=GRANTED,
-            reason=f"signed {nprobes} probes of "
-                   f"{', '.join([*body['sets'], *(p['pattern'] for p in body.get('patterns', []))])} valid for "
-                   f"{grant_days} days" + (f" ({len(dropped)} not attachable here)"
-                                           if dropped else ""),
+            reason=f"signed {nprobes} probes of {asked} valid for {grant_days} days"
+                   + (f" ({len(dropped)} not attachable here)" if dropped else ""),
             sha256=digest(canonical_bytes(signed)), key_id=signed.get("key_id"), probes=nprobes,
             resolved=resolved))
 

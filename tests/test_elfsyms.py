@@ -39,3 +39,40 @@ def test_damaged_and_foreign_files_fall_back(tmp_path):
     whole = tmp_path / "libwhole.so"
     shutil.copy(src, whole)
     assert engine.function_offsets(str(whole)) == elfsyms.function_offsets_elf64(src)
+
+
+@pytest.mark.parametrize("soname", SONAMES)
+def test_exported_functions_agree_with_pyelftools(soname):
+    """What patterns are matched against (.dynsym functions, addresses, soname) is what the
+    pyelftools reader of the signing service's --library path finds."""
+    import os
+
+    from datacrumbs.probes.host_check import elf_info_fd
+
+    path = ldconfig_cache()[soname]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found, machine, addresses, ambiguous = elfsyms.exported_functions_fd(fd)
+        reference = elf_info_fd(fd)
+    finally:
+        os.close(fd)
+    assert machine == reference.machine == "EM_X86_64"
+    assert found == reference.soname == soname
+    assert set(addresses) == reference.functions and len(addresses) > 100
+    assert addresses == reference.addresses and ambiguous == reference.ambiguous
+
+
+def test_exported_functions_refuse_what_is_not_elf64(tmp_path):
+    import os
+
+    text = tmp_path / "data.txt"
+    text.write_text("not an ELF file\n")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    for path in (text, empty):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(elfsyms.NotElf64):
+                elfsyms.exported_functions_fd(fd)
+        finally:
+            os.close(fd)

@@ -81,6 +81,8 @@ def test_user_rule_adds_to_defaults(alice, bob):
     ('probes = ["posix.*"]', ([], [WRITE]), "on the signing policy's deny list"),
     ('targets = ["vfs_*"]', ([], [VFS]), "target 'vfs_write' is on the signing policy's deny"),
     ('libraries = ["*/libc.so.*"]', ([], [FWRITE]), "library '/usr/lib/x86_64-linux-gnu/libc"),
+    ('tracepoints = ["block"]', ([], [RQ]), "tracepoints 'block' are on the signing policy's"),
+    ('tracepoints = ["block:*_complete"]', ([], [RQ]), "tracepoints 'block:"),
 ])
 def test_deny_wins_over_every_allow(alice, deny, request_, expected):
     everything = '["syscall", "uprobe", "tracepoint", "kprobe", "usdt"]'
@@ -132,3 +134,36 @@ def test_unreadable_policy_file_is_an_error_not_the_default(tmp_path):
     path.write_bytes(b"contact = '\xff'\n")
     with pytest.raises(PolicyError, match=f"cannot read signing policy {path}"):
         load_policy(path, default_max_days=30)
+
+
+def test_max_probes_is_the_largest_applicable_table_capped_by_the_site(alice, bob):
+    p = policy(f'[defaults]\nmax_probes = 100\n[users.{alice.user}]\nmax_probes = 5000\n'
+               f'[groups.{bob.user}]\nmax_probes = 10\n')
+    assert p.probe_limit(alice, 16384) == (5000, "max_probes of the signing policy "
+                                                 "/etc/test-policy.toml")
+    assert p.probe_limit(bob, 16384)[0] == 100      # a smaller group table never lowers it
+    assert p.probe_limit(alice, 1000) == (1000, "the site's max_probes")
+    assert policy("").probe_limit(alice, 16384) == (16384, "the site's max_probes")
+
+
+def test_a_tracepoint_outside_a_denied_category_is_allowed(alice):
+    p = policy('[defaults]\nallow_kinds = ["tracepoint"]\n[deny]\ntracepoints = ["sched"]\n')
+    assert p.check(alice, sets=[], probes=[RQ], validity_days=1)
+    with pytest.raises(PolicyRefused, match="tracepoints 'sched'"):
+        p.check(alice, sets=[], probes=[{"id": "s", "kind": "tracepoint",
+                                         "target": "sched:sched_switch"}], validity_days=1)
+
+
+def test_allow_tracepoints_limits_tracepoints_to_the_listed_categories(alice, bob):
+    p = policy(f'[defaults]\nallow_kinds = ["tracepoint"]\nallow_tracepoints = ["block", "ext4:*"]\n'
+               f'[users.{alice.user}]\nallow_tracepoints = ["sched:sched_process_*"]\n')
+    fork = {"id": "f", "kind": "tracepoint", "target": "sched:sched_process_fork"}
+    switch = {"id": "s", "kind": "tracepoint", "target": "sched:sched_switch"}
+    assert p.check(alice, sets=[], probes=[RQ, fork], validity_days=1)
+    with pytest.raises(PolicyRefused, match="not among the tracepoints allowed for user"):
+        p.check(alice, sets=[], probes=[switch], validity_days=1)
+    with pytest.raises(PolicyRefused, match="probe 'f'"):
+        p.check(bob, sets=[], probes=[fork], validity_days=1)
+    # without allow_tracepoints in any table, every tracepoint is allowed (as before)
+    assert policy('[defaults]\nallow_kinds = ["tracepoint"]\n').check(
+        alice, sets=[], probes=[switch], validity_days=1)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from datacrumbs.signing.client import ServiceBusy, SigningRefused, request_signature
-from datacrumbs.signing.protocol import MAX_LIBRARIES, MAX_REQUEST_BYTES, encode
+from datacrumbs.signing.protocol import MAX_LIBRARIES, MAX_PATTERNS, MAX_REQUEST_BYTES, encode
 from test_signing_service import (PROBES, RUNUSER, VENV_BIN, REPO, raw_exchange, site_sets,
                                   start_service, write_policy)  # noqa: F401 (fixtures)
 from test_signing_service import keystore, service  # noqa: F401 (fixtures)
@@ -191,7 +191,7 @@ def req(**changes) -> bytes:
 
 # what a request with a field the protocol does not have is told (it is never echoed)
 ALLOWED = ("request: has a property that is not allowed here "
-           "(allowed: capture, libraries, sets, validity_days)")
+           "(allowed: capture, libraries, patterns, sets, validity_days)")
 
 QUADRATIC = b'{"op":"sign","request":{"sets":["' + b'\\"' * 30000 + b'\n'
 
@@ -211,7 +211,7 @@ CORPUS = [
     ("ping with extra", b'{"op":"ping","x":1}\n', "does not match the signing protocol"),
     ("no request", b'{"op":"sign"}\n', "(top level): is missing the required property 'request'"),
     ("no sets", req(sets=...), "request: is missing the required property 'sets'"),
-    ("empty sets", req(sets=[]), "request/sets: must have at least 1 item"),
+    ("empty sets", req(sets=[]), "the request chooses no probes; name probe sets"),
     ("set name with slash", req(sets=["../etc"]), "request/sets/0: does not match the pattern for names (a-z, 0-9, '_', '.', '-'; at most 64)"),
     ("set name too long", req(sets=["a" * 65]), "request/sets/0: does not match the pattern for names (a-z, 0-9, '_', '.', '-'; at most 64)"),
     ("too many sets", req(sets=[f"s{i}" for i in range(65)]),
@@ -399,6 +399,8 @@ def test_every_valid_request_fits_the_request_limit():
     biggest = {"op": "sign", "request": {
         "sets": [f"{i:02d}" + "s" * 62 for i in range(64)],
         "libraries": ["/" + "\U0001F600" * 4095 for _ in range(MAX_LIBRARIES)],
+        "patterns": [{"kind": "tracepoint", "pattern": "\U0001F600" * 1024}
+                     for _ in range(MAX_PATTERNS)],
         "capture": {"mode": "profile", "interval_ms": 3600000, "paths": False},
         "validity_days": 3650}}
     assert len(encode(biggest)) <= MAX_REQUEST_BYTES

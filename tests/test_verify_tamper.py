@@ -55,7 +55,7 @@ CHANGED = "its signature does not match its content (it was changed after signin
 NOT_GZIP = "it is not gzip-compressed (a probes file is a .json.gz); " + REGEN
 DENIED = "it cannot be opened as user dctest1 (Permission denied); " + PERMS
 TOP_ALLOWED = ("(top level): has a property that is not allowed here (allowed: capture, "
-               "expires_at, format, host, issued_at, key_id, owner, probes, sets, signature, "
+               "expires_at, format, host, issued_at, key_id, owner, patterns, probes, sets, signature, "
                "version)")
 
 

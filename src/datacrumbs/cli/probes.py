@@ -11,6 +11,7 @@ examples:
   datacrumbs probes generate --set posix --set stdio --sign -o ~/probes.json.gz
   datacrumbs probes generate --set mpiio --library /opt/mpich/lib/libmpich.so.12 --sign -o mpi.json.gz
   datacrumbs probes generate --set posix --mode profile --interval-ms 500 --sign -o prof.json.gz
+  datacrumbs probes generate --uprobe 'libhdf5*.so*:H5D*' --syscall 'read*' --sign -o h5d.json.gz
   datacrumbs probes show ~/probes.json.gz
   datacrumbs probes verify ~/probes.json.gz --user alice
 """
@@ -38,15 +39,50 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="probes_command", metavar="ACTION", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
-    gen = sub.add_parser("generate", formatter_class=fmt, help="build a probes file from sets",
-                         description="Build a probes file from named probe sets, keeping only "
-                         "the probes this host can attach.",
-                         epilog="examples:\n"
+    gen = sub.add_parser("generate", formatter_class=fmt, help="build a probes file from sets "
+                         "and patterns",
+                         description="Build a probes file from named probe sets and from "
+                         "patterns over what this host has (a library's exported functions, "
+                         "system calls, tracepoints, kernel functions), keeping only the probes "
+                         "this host can attach. With --sign the site's signing service resolves "
+                         "the patterns itself. Functions the catalog knows (H5Dwrite, read ...) "
+                         "get their argument roles; any other is traced with its time and "
+                         "return value. An empty match refuses the whole file.",
+                         epilog="patterns (quote them, the shell would expand them):\n"
+                         "  --uprobe LIB:GLOB      LIB: a library family or soname from "
+                         "`ldconfig -p`,\n"
+                         "                         or a path (your own file, read as you); "
+                         "GLOB: its\n"
+                         "                         exported functions (nm -D --defined-only)\n"
+                         "  --syscall GLOB         this kernel's system calls\n"
+                         "  --tracepoint CAT:GLOB  tracefs events (/sys/kernel/tracing/events)\n"
+                         "  --kfunc GLOB           kernel functions (needs kprobes; refused "
+                         "where the\n"
+                         "                         kernel has no kprobes)\n"
+                         "\nexamples:\n"
                          "  datacrumbs probes generate --set posix --set stdio --sign -o p.json.gz\n"
                          "  datacrumbs probes generate --set hdf5 --library "
-                         "/opt/hdf5/lib/libhdf5.so.310 --sign -o h5.json.gz")
-    gen.add_argument("--set", dest="sets", action="append", metavar="NAME", required=True,
+                         "/opt/hdf5/lib/libhdf5.so.310 --sign -o h5.json.gz\n"
+                         "  datacrumbs probes generate --uprobe 'libhdf5*.so*:H5D*' --sign "
+                         "-o h5d.json.gz\n"
+                         "  datacrumbs probes generate --uprobe '/home/alice/lib/libmyio.so:*' "
+                         "--sign -o myio.json.gz\n"
+                         "  datacrumbs probes generate --set posix --syscall 'read*' --tracepoint "
+                         "'sched:sched_process_*' --sign -o k.json.gz\n"
+                         "  datacrumbs probes generate --kfunc 'vfs_*' --sign -o vfs.json.gz")
+    gen.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME",
                      help="probe set to include (repeat; see `datacrumbs probes list-sets`)")
+    gen.add_argument("--uprobe", dest="uprobe_patterns", action="append", default=[],
+                     metavar="LIB:GLOB", help="functions of a library by pattern, e.g. "
+                     "'libhdf5*.so*:H5D*' or '/home/alice/lib/libmyio.so:*' (repeat)")
+    gen.add_argument("--syscall", dest="syscall_patterns", action="append", default=[],
+                     metavar="GLOB", help="system calls by pattern, e.g. 'read*' (repeat)")
+    gen.add_argument("--tracepoint", dest="tracepoint_patterns", action="append", default=[],
+                     metavar="CAT:GLOB", help="tracepoints by pattern, e.g. 'ext4:*' or "
+                     "'sched:sched_process_*' (repeat)")
+    gen.add_argument("--kfunc", dest="kfunc_patterns", action="append", default=[],
+                     metavar="GLOB", help="kernel functions by pattern, e.g. 'vfs_*' "
+                     "(kprobes; repeat)")
     gen.add_argument("--library", dest="libraries", action="append", default=[], metavar="PATH",
                      help="use this library file for uprobes on the library of the same "
                           "soname or file name, or of the set's library family (e.g. "
@@ -105,7 +141,7 @@ def _me() -> tuple[int, str]:
 def _generate(args) -> int:
     from ..probes.catalog import load_catalog, select_probes
     from ..probes.document import build_document, write_document
-    from ..probes.host_check import check_probes, host_info
+    from ..probes.host_check import _code_address, check_probes, host_info, merge_aliases
 
     config = load_config()
     output = os.path.abspath(args.output)
@@ -120,7 +156,17 @@ def _generate(args) -> int:
         raise UsageError(f"--interval-ms {args.interval_ms} must be between 10 and 3600000")
     err = Console(stderr=True)
     sets = list(dict.fromkeys(args.sets))
-    _check_libraries(args.libraries, select_probes(load_catalog(config), sets), sets)
+    patterns = [{"kind": kind, "pattern": text} for kind in ("uprobe", "syscall", "tracepoint",
+                                                              "kfunc")
+                for text in dict.fromkeys(getattr(args, f"{kind}_patterns"))]
+    if not sets and not patterns:
+        raise UsageError("choose probes with --set NAME or a pattern (--uprobe, --syscall, "
+                         "--tracepoint, --kfunc); see `datacrumbs probes generate --help`")
+    if args.libraries and not sets:
+        raise UsageError("--library gives a file for the library probes of the chosen sets, "
+                         "and no set is chosen; name your own library in --uprobe PATH:GLOB")
+    _check_libraries(args.libraries, select_probes(load_catalog(config), sets) if sets else [],
+                     sets)
     if args.sign:
         # The service builds the probes from its catalog; we only name what we want.
         from ..signing.client import request_signature
@@ -128,15 +174,26 @@ def _generate(args) -> int:
         signed = request_signature(sets, libraries=args.libraries, mode=args.mode,
                                    interval_ms=args.interval_ms, paths=args.paths,
                                    validity_days=args.validity_days,
-                                   socket_path=args.socket or config.socket_path)
+                                   socket_path=args.socket or config.socket_path,
+                                   patterns=patterns)
         doc = signed.document
         _print_dropped(err, [(d["id"], d["reason"]) for d in signed.dropped])
         kept = doc["probes"]
     else:
-        probes = select_probes(load_catalog(config), sets)
+        catalog = load_catalog(config)
+        probes = select_probes(catalog, sets) if sets else []
         host = host_info()
         merged: list = []
         kept, dropped = check_probes(probes, libraries=args.libraries, host=host, merged=merged)
+        results = []
+        if patterns:
+            from ..signing.patterns import resolve_here
+
+            results = resolve_here(patterns, catalog=catalog, host=host, existing=kept,
+                                   cap=config.max_probes)
+            kept, more = merge_aliases(kept + [p for r in results for p in r.probes],
+                                       _code_address)
+            merged += more
         _print_dropped(err, [(d.probe["id"], d.reason) for d in dropped])
         for alias, into in merged:
             err.print(Text(f"note: {alias['id']} ({alias['target']}) is the same function as "
@@ -151,7 +208,9 @@ def _generate(args) -> int:
         uid, user = _me()
         doc = build_document(kept, owner_uid=uid, owner_user=user, sets=sets, mode=args.mode,
                              interval_ms=args.interval_ms, paths=args.paths,
-                             validity_days=args.validity_days)
+                             validity_days=args.validity_days,
+                             patterns=[{"kind": r.kind, "pattern": r.pattern,
+                                        "probes": len(r.probes)} for r in results])
     user = doc["owner"]["user"]
     write_document(output, doc)
     state = f"signed by key {doc['key_id']}" if "signature" in doc else \
@@ -262,7 +321,14 @@ def _show(args) -> int:
     head.add_row("issued", f"{_local(doc['issued_at'])} ({_relative(doc['issued_at'], now)})")
     head.add_row("expires", f"{_local(doc['expires_at'])} ({_relative(doc['expires_at'], now)})")
     head.add_row("host", Text(doc["host"]))
-    head.add_row("sets", ", ".join(doc["sets"]))
+    head.add_row("sets", ", ".join(doc["sets"]) or "-")
+    if doc.get("patterns"):
+        # what the user asked for by pattern, and how many probes each became
+        flags = {"uprobe": "--uprobe", "syscall": "--syscall", "tracepoint": "--tracepoint",
+                 "kfunc": "--kfunc", "usdt": "--usdt"}
+        head.add_row("patterns", Text("\n".join(
+            f"{flags.get(p['kind'], p['kind'])} {p['pattern']!r}: {p['probes']} probes"
+            for p in doc["patterns"])))
     capture = doc["capture"]
     mode = capture["mode"] + (f", every {capture['interval_ms']} ms"
                               if capture["mode"] == "profile" else "")

@@ -9,7 +9,8 @@ the trace, and the tracer itself never is. The trace and its summary go to
 DIR (default: the current directory); the exit status is the command's.
 
 Probes come from named sets (default: posix, stdio and async, checked against this
-host) or from a probes file. A probes file may be unsigned here: signatures
+host), patterns (--uprobe, --syscall, --tracepoint, --kfunc, as `probes generate`)
+or from a probes file. A probes file may be unsigned here: signatures
 protect the root daemon from other users' choices, and here root runs only
 its own command. A signed file is still verified (for $SUDO_USER when run
 through sudo, else for root) so an expired or tampered file is noticed.
@@ -18,6 +19,7 @@ examples:
   sudo datacrumbs trace -- dd if=/dev/zero of=/tmp/x bs=4k count=100
   sudo datacrumbs trace --set posix --mode profile -o /tmp/traces -- ./ior -w
   sudo datacrumbs trace --probes probes.json.gz -- python train.py
+  sudo datacrumbs trace --set posix --uprobe './libmyio.so:myio_*' -- ./app
 """
 
 from __future__ import annotations
@@ -37,12 +39,20 @@ DEFAULT_SETS = ("posix", "stdio", "async")
 
 
 def setup_parser(parser) -> None:
-    parser.usage = ("datacrumbs trace [-h] [--probes FILE | --set NAME ...] [-o DIR] "
+    parser.usage = ("datacrumbs trace [-h] [--probes FILE | --set NAME ... --uprobe LIB:GLOB "
+                    "...] [-o DIR] "
                     "[--mode trace|profile] [--interval-ms MS] [-q] -- CMD [ARGS ...]")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--probes", metavar="FILE", help="probes file (*.json.gz), signed or not")
     src.add_argument("--set", dest="sets", metavar="NAME", action="append",
                      help="probe set to use (repeatable; default: posix, stdio and async)")
+    for kind, meta, example in (("uprobe", "LIB:GLOB", "'libhdf5*.so*:H5D*'"),
+                                ("syscall", "GLOB", "'read*'"),
+                                ("tracepoint", "CAT:GLOB", "'sched:sched_process_*'"),
+                                ("kfunc", "GLOB", "'vfs_*'")):
+        parser.add_argument(f"--{kind}", dest=f"{kind}_patterns", action="append", default=[],
+                            metavar=meta, help=f"also trace {kind}s by pattern, e.g. {example} "
+                            "(as `probes generate`; without --set only these)")
     parser.add_argument("-o", "--output", metavar="DIR", default=".",
                         help="directory for the trace and summary (default: current)")
     parser.add_argument("--mode", choices=("trace", "profile"), default=None,
@@ -107,6 +117,19 @@ def _probes_from_sets(names, config, log) -> tuple[list[dict], list]:
     return kept, [(d.probe, d.reason) for d in dropped]
 
 
+def _with_patterns(probes: list[dict], patterns: list[dict], config) -> list[dict]:
+    """The set probes plus what ``patterns`` resolve to here (signing.patterns' rules)."""
+    from ..probes.catalog import load_catalog
+    from ..probes.host_check import _code_address, host_info, merge_aliases
+    from ..signing.patterns import resolve_here
+
+    results = resolve_here(patterns, catalog=load_catalog(config), host=host_info(),
+                           existing=probes, cap=config.max_probes)
+    kept, _merged = merge_aliases(probes + [p for r in results for p in r.probes],
+                                  _code_address)
+    return kept
+
+
 def _start_stopped(argv: list[str]) -> tuple[int, int]:
     """Fork the command; it blocks on a pipe until we write to it, then execs.
 
@@ -154,12 +177,21 @@ def main(args) -> int:
     access = trace_access(config)  # the daemon's rules: private unless trace_group
     user = _invoker()
     refused_early: list = []
+    patterns = [{"kind": kind, "pattern": text}
+                for kind in ("uprobe", "syscall", "tracepoint", "kfunc")
+                for text in dict.fromkeys(getattr(args, f"{kind}_patterns", []))]
     if args.probes:
+        if patterns:
+            raise UsageError("--probes FILE holds every probe; patterns (--uprobe ...) go "
+                             "with --set or alone")
         doc = _probes_from_file(args.probes, user, config)
         probes = doc["probes"]
         capture = doc.get("capture") or {}
     else:
-        probes, refused_early = _probes_from_sets(args.sets or list(DEFAULT_SETS), config, log)
+        names = args.sets or ([] if patterns else list(DEFAULT_SETS))
+        probes, refused_early = _probes_from_sets(names, config, log) if names else ([], [])
+        if patterns:
+            probes = _with_patterns(probes, patterns, config)
         capture = {}
     mode = args.mode or capture.get("mode", "trace")
     interval_ms = args.interval_ms or int(capture.get("interval_ms", 1000))

@@ -35,8 +35,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 def build_document(probes, *, owner_uid: int, owner_user: str, sets, mode: str = "trace",
                    interval_ms: int = 1000, paths: bool = True, issued_at: int | None = None,
                    expires_at: int | None = None, validity_days: int = 7,
-                   host: str | None = None) -> dict:
-    """A complete unsigned document; raises SchemaViolation rather than build a bad one."""
+                   host: str | None = None, patterns=None) -> dict:
+    """A complete unsigned document; raises SchemaViolation rather than build a bad one.
+    ``patterns``: [{"kind", "pattern", "probes"}], the selections by pattern it holds."""
     issued = int(time.time()) if issued_at is None else int(issued_at)
     expires = issued + int(validity_days) * 86400 if expires_at is None else int(expires_at)
     doc = {
@@ -50,6 +51,8 @@ def build_document(probes, *, owner_uid: int, owner_user: str, sets, mode: str =
         "capture": {"mode": mode, "interval_ms": interval_ms, "paths": paths},
         "probes": copy.deepcopy(list(probes)),
     }
+    if patterns:
+        doc["patterns"] = [dict(p) for p in patterns]
     check_document(doc, source="(new document)")
     return doc
 

@@ -138,6 +138,16 @@ DOCUMENT_SCHEMA = {
         },
         "probes": {"type": "array", "minItems": 1, "maxItems": MAX_PROBES_HARD,
                    "items": probe_schema(resolved=True)},
+        # the selections by pattern the probes came from (besides ``sets``), as the user
+        # wrote them, and how many probes each resolved to on the signing host
+        "patterns": {"type": "array", "maxItems": 64, "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["kind", "pattern", "probes"],
+            "properties": {
+                "kind": {"enum": ["uprobe", "syscall", "tracepoint", "kfunc", "usdt"]},
+                "pattern": {"type": "string", "minLength": 1, "maxLength": 1024,
+                            "pattern": r"^[^\x00-\x1f\x7f]*$"},
+                "probes": {"type": "integer", "minimum": 0, "maximum": MAX_PROBES_HARD}}}},
         "key_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$"},
         # 64 bytes of Ed25519 signature are exactly 88 base64 characters.
         "signature": {"type": "string", "pattern": r"^[A-Za-z0-9+/]{86}==$"},

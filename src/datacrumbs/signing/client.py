@@ -13,6 +13,7 @@ import array
 import errno
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,21 +136,61 @@ def ping(*, socket_path: str | os.PathLike | None = None, timeout: float = 2.0) 
         return False
 
 
+def pattern_libraries(patterns) -> tuple[list[dict], list[str]]:
+    """The patterns as sent (a path-form ``--uprobe`` library made absolute) and the
+    library files they name, found and opened as the user: a glob over paths is expanded
+    here, with the user's own permissions, and never by the root service."""
+    import glob
+
+    sent, files = [], []
+    for item in patterns:
+        kind, text = item["kind"], item["pattern"]
+        lib, sep, functions = text.rpartition(":")
+        if kind != "uprobe" or not sep or not lib or not ("/" in lib or lib.startswith(".")):
+            sent.append({"kind": kind, "pattern": text})
+            continue
+        lib = os.path.abspath(os.path.expanduser(lib))
+        found = sorted(glob.glob(lib)) if glob.has_magic(lib) else [lib]
+        if not found:
+            raise SigningError(f"--uprobe {text!r}: no file you can see matches {lib}")
+        for path in found:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                raise SigningError(f"--uprobe {text!r}: cannot open library {path}: "
+                                   f"{exc.strerror}") from None
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+            if not regular:
+                raise SigningError(f"--uprobe {text!r}: {path} is not a regular file; give "
+                                   "a shared library")
+            files.append(path)
+        sent.append({"kind": kind, "pattern": f"{lib}:{functions}"})
+    return sent, list(dict.fromkeys(files))
+
+
 def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: int = 1000,
                       paths: bool = True, validity_days: int = DEFAULT_VALIDITY_DAYS,
                       socket_path: str | os.PathLike | None = None,
-                      timeout: float = 10.0) -> Signed:
+                      timeout: float = 10.0, patterns=()) -> Signed:
     """Have the service sign the probes of ``sets`` for the calling user.
 
     ``libraries`` are files to use for the sets' library probes (matched by soname or
     file name); each is opened here, as the user, and passed to the service open.
+    ``patterns``: [{"kind", "pattern"}] selections by pattern (``--uprobe LIB:GLOB`` ...),
+    resolved by the service; the library files of path-form uprobe patterns are opened
+    here and passed like ``libraries``.
     Returns the verified document and the probes the service left out (not attachable).
     """
     from ..probes.verify import ProbesFileError, verify_document
 
     config = load_config()
     path = Path(socket_path) if socket_path else config.socket_path
-    libraries = list(libraries)
+    patterns, pattern_files = pattern_libraries(patterns)
+    libraries = [os.path.abspath(lib) for lib in libraries]
+    libraries += [f for f in pattern_files if f not in libraries]
     if len(libraries) > MAX_LIBRARIES:
         raise SigningError(f"{len(libraries)} libraries given; at most {MAX_LIBRARIES} at once")
     fds: list[int] = []
@@ -160,10 +201,12 @@ def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: i
             except OSError as exc:
                 raise SigningError(f"cannot open library {library}: {exc.strerror}") from None
         request = {"sets": list(dict.fromkeys(sets)),
-                   "libraries": [os.path.abspath(lib) for lib in libraries],
+                   "libraries": libraries,
                    "capture": {"mode": mode, "interval_ms": int(interval_ms),
                                "paths": bool(paths)},
                    "validity_days": max(1, min(int(validity_days), MAX_VALIDITY_DAYS))}
+        if patterns:
+            request["patterns"] = patterns
         reply = _exchange({"op": "sign", "request": request}, path, timeout, fds)
     finally:
         for fd in fds:

@@ -32,6 +32,12 @@ _RULE = {
         "allow_kinds": {"type": "array", "items": {"enum": list(KINDS)}, "uniqueItems": True},
         "allow_sets": _NAMES,
         "max_validity_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+        # the most probes one signed document may hold (patterns can name thousands);
+        # the largest of the tables that apply, never more than the site's max_probes
+        "max_probes": {"type": "integer", "minimum": 1, "maximum": 65536},
+        # tracepoints these users may have ("category:name" patterns, or a category):
+        # without it in any table that applies, every tracepoint is allowed
+        "allow_tracepoints": _NAMES,
     },
     "additionalProperties": False,
 }
@@ -49,6 +55,8 @@ POLICY_SCHEMA = {
                 "users": _NAMES, "groups": _NAMES, "sets": _NAMES,
                 "kinds": {"type": "array", "items": {"enum": list(KINDS)}, "uniqueItems": True},
                 "probes": _NAMES, "targets": _NAMES, "libraries": _NAMES, "families": _NAMES,
+                # tracepoints as "category:name" patterns; one without ':' names a category
+                "tracepoints": _NAMES,
             },
             "additionalProperties": False,
         },
@@ -124,6 +132,8 @@ class Policy:
         rules = self._rules_for(caller, groups)
         kinds = {k for r in rules for k in r.get("allow_kinds", ())} - set(deny.get("kinds", ()))
         allowed_sets = {s for r in rules for s in r.get("allow_sets", ())}
+        allowed_tps = sorted({t for r in rules for t in r.get("allow_tracepoints", ())}) \
+            if any("allow_tracepoints" in r for r in rules) else None
         for name in sets:
             if _matches(name, deny.get("sets", ())) or not _matches(name, allowed_sets):
                 raise PolicyRefused(f"probe set {name!r} is not allowed for {who}; "
@@ -151,6 +161,17 @@ class Policy:
                                                if alias and alias != target else "")
                 raise PolicyRefused(f"{label} is refused: {what} is on the signing "
                                     f"policy's deny list; leave it out or {self._ask()}")
+            if kind == "tracepoint" and allowed_tps is not None and \
+                    not _tracepoint_pattern(str(target), allowed_tps):
+                raise PolicyRefused(f"{label} is refused: its category is not among the "
+                                    f"tracepoints allowed for {who} ({', '.join(allowed_tps)}); "
+                                    f"leave it out or {self._ask()}")
+            if kind == "tracepoint":
+                denied_tp = _tracepoint_pattern(str(target), deny.get("tracepoints", ()))
+                if denied_tp:
+                    raise PolicyRefused(f"{label} is refused: tracepoints {denied_tp!r} are on "
+                                        f"the signing policy's deny list; leave it out or "
+                                        f"{self._ask()}")
             if library is None:
                 continue
             names = [str(library)]
@@ -164,6 +185,16 @@ class Policy:
         longest = max(r.get("max_validity_days", self.default_max_days) for r in rules)
         return Grant(validity_days=min(validity_days, longest), max_validity_days=longest)
 
+
+    def probe_limit(self, caller: Caller, site_max: int, groups: list[str] | None = None
+                    ) -> tuple[int, str]:
+        """(the most probes a document signed for ``caller`` may hold, where that limit is
+        set): the largest ``max_probes`` of the tables that apply, capped by the site's."""
+        groups = group_names(caller) if groups is None else groups
+        limits = [r["max_probes"] for r in self._rules_for(caller, groups) if "max_probes" in r]
+        if limits and max(limits) < site_max:
+            return max(limits), f"max_probes of the signing policy {self.source}"
+        return site_max, "the site's max_probes"
 
     def family_denied(self, family: str) -> str | None:
         """The deny pattern that keeps a library family out of signed documents, if any.
@@ -181,6 +212,15 @@ class Policy:
             if a.startswith(b) or b.startswith(a):
                 return pattern
         return None
+
+
+def _tracepoint_pattern(target: str, patterns) -> str | None:
+    """The first of ``patterns`` naming tracepoint ``category:name`` (or its category)."""
+    category = target.split(":", 1)[0]
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(target if ":" in pattern else category, pattern):
+            return pattern
+    return None
 
 
 def _literal_prefix(pattern: str) -> str:

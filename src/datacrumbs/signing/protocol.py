@@ -33,7 +33,7 @@ MAX_PATH_BYTES = 4096
 # Every request the schema allows fits, even with 4-byte UTF-8 library paths (a test
 # builds the largest one): a request carries no probes, so its size never limits how
 # many probes are signed (max_probes does).
-MAX_REQUEST_BYTES = 320 * 1024
+MAX_REQUEST_BYTES = 448 * 1024
 # A signed reply is a whole document: about 250 bytes a probe, for up to 65536 probes.
 MAX_REPLY_BYTES = 32 * 1024 * 1024
 MAX_VALIDITY_DAYS = 3650
@@ -43,6 +43,15 @@ _SET_NAME = {"type": "string", "pattern": ID_PATTERN}
 # descriptor that comes with it; the service judges the descriptor).
 _LIBRARY_PATH = {"type": "string", "maxLength": MAX_PATH_BYTES,
                  "pattern": r"^/[^\x00-\x1f\x7f]*$"}
+
+# One selection by pattern: the kind (the option it came from) and the pattern text,
+# e.g. {"kind": "uprobe", "pattern": "libhdf5*.so*:H5D*"}. usdt joins PATTERN_KINDS.
+PATTERN_KINDS = ["uprobe", "syscall", "tracepoint", "kfunc"]
+MAX_PATTERNS = 32
+_PATTERN = {"type": "object", "additionalProperties": False, "required": ["kind", "pattern"],
+            "properties": {"kind": {"enum": PATTERN_KINDS},
+                           "pattern": {"type": "string", "minLength": 1, "maxLength": 1024,
+                                       "pattern": r"^[^\x00-\x1f\x7f]*$"}}}
 
 REQUEST_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -56,8 +65,13 @@ REQUEST_SCHEMA = {
             "request": {
                 "type": "object",
                 "properties": {
-                    "sets": {"type": "array", "items": _SET_NAME, "minItems": 1,
+                    # no set is fine when patterns choose the probes (the service checks
+                    # that a request chooses something)
+                    "sets": {"type": "array", "items": _SET_NAME, "minItems": 0,
                              "maxItems": MAX_SETS, "uniqueItems": True},
+                    # selections by pattern, resolved by the service (signing.patterns)
+                    "patterns": {"type": "array", "maxItems": MAX_PATTERNS,
+                                 "items": _PATTERN},
                     "libraries": {"type": "array", "items": _LIBRARY_PATH,
                                   "maxItems": MAX_LIBRARIES},
                     "capture": {
@@ -103,7 +117,8 @@ REPLY_SCHEMA = {
 }
 
 _KNOWN_NAMES = frozenset(schema_names([REQUEST_SCHEMA, REPLY_SCHEMA]))
-_PATTERN_NAMES = {_LIBRARY_PATH["pattern"]: "absolute paths (no control characters)"}
+_PATTERN_NAMES = {_LIBRARY_PATH["pattern"]: "absolute paths (no control characters)",
+                  _PATTERN["properties"]["pattern"]["pattern"]: "patterns (no control characters)"}
 _request_validator = jsonschema.Draft202012Validator(REQUEST_SCHEMA)
 _reply_validator = jsonschema.Draft202012Validator(REPLY_SCHEMA)
 

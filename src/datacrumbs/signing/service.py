@@ -309,12 +309,12 @@ class SigningService:
     # ---- deciding -------------------------------------------------------------------------
 
     def _refusal(self, uid: int, pid: int, raw: bytes, reason: str, *, user: str | None = None,
-                 probes: int = 0) -> _Decision:
+                 probes: int = 0, resolved: dict | None = None) -> _Decision:
         if user is None:
             user = _user_name(uid)
         return _Decision(error_reply(reason), dict(
             uid=uid, user=user, pid=pid, decision=REFUSED, reason=reason, sha256=digest(raw),
-            key_id=None, probes=probes))
+            key_id=None, probes=probes, resolved=resolved))
 
     def _decide(self, raw: bytes, pid: int, uid: int, gid: int, fds: list | None = None
                 ) -> _Decision:
@@ -333,62 +333,112 @@ class SigningService:
             signed, grant_days, dropped, resolved = self._sign(
                 Caller(uid=uid, user=user, gid=gid), body, fds or [])
         except DatacrumbsError as exc:  # policy refusals, unusable libraries, limits
-            return self._refusal(uid, pid, raw, str(exc), user=user)
+            asked = body.get("patterns")
+            return self._refusal(uid, pid, raw, str(exc), user=user,
+                                 resolved={"patterns": asked} if asked else None)
         from ..probes.document import canonical_bytes
 
         nprobes = len(signed["probes"])
+        asked = ", ".join([*body["sets"], *(p["pattern"] for p in body.get("patterns", []))])
         return _Decision(ok_reply(signed, dropped), dict(
             uid=uid, user=user, pid=pid, decision=GRANTED,
-            reason=f"signed {nprobes} probes of {', '.join(body['sets'])} valid for "
-                   f"{grant_days} days" + (f" ({len(dropped)} not attachable here)"
-                                           if dropped else ""),
+            reason=f"signed {nprobes} probes of {asked} valid for {grant_days} days"
+                   + (f" ({len(dropped)} not attachable here)" if dropped else ""),
             sha256=digest(canonical_bytes(signed)), key_id=signed.get("key_id"), probes=nprobes,
             resolved=resolved))
 
     def _sign(self, caller: Caller, body: dict, fds: list[int]):
-        """Build the document from the catalog, judge it, sign it.
+        """Build the document from the catalog and the request's patterns, judge it, sign it.
 
         The policy is asked twice: once about the sets and the catalog's probes as
         named (kinds, probe ids, targets), then about what they were bound to on
-        this host (library files by device and inode, functions by address).
+        this host (library files by device and inode, functions by address). The
+        probes a pattern resolved to are judged per pattern first, so a refusal
+        names the pattern.
         """
         from ..probes import SchemaViolation, TooLarge
         from ..probes.catalog import CatalogError, select_probes
         from ..probes.document import build_document, check_document
-        from ..probes.host_check import host_info
-        from .resolve import RequestRefused, library_file, resolve
+        from ..probes.host_check import host_info, merge_aliases
+        from .patterns import Resolver, library_names_passed, pattern_library
+        from .policy import PolicyRefused, group_names
+        from .resolve import RequestRefused, Resolved, _code_address, library_file, resolve
 
         policy = self._current_policy()
         sets, days = body["sets"], int(body["validity_days"])
+        patterns = body.get("patterns", [])
+        if not sets and not patterns:
+            raise RequestRefused("the request chooses no probes; name probe sets (--set) or "
+                                 "patterns (--uprobe, --syscall, --tracepoint, --kfunc)")
+        catalog = self._catalog()
         try:
-            chosen = select_probes(self._catalog(), sets)
+            chosen = select_probes(catalog, sets) if sets else []
         except CatalogError as exc:
             raise RequestRefused(str(exc)) from None
-        policy.check(caller, sets=sets, probes=chosen, validity_days=days)
+        groups = group_names(caller)
+        policy.check(caller, sets=sets, probes=chosen, validity_days=days, groups=groups)
         paths = body.get("libraries", [])
         if len(paths) != len(fds):
             raise RequestRefused(f"the request names {len(paths)} libraries but passes "
                                  f"{len(fds)} open files; use `datacrumbs probes generate "
                                  "--library PATH`, which sends both")
-        libraries = [library_file(fd, path) for fd, path in zip(fds, paths)]
-        resolved = resolve(chosen, libraries, host_info())
-        if not resolved.probes:
-            first = "; ".join(f"{d['id']}: {d['reason']}" for d in resolved.dropped[:3])
-            raise RequestRefused(f"none of the {len(chosen)} probes of {', '.join(sets)} can "
-                                 f"attach on this host ({first}); choose other sets")
+        for_patterns = library_names_passed(patterns, paths)
+        libraries = [library_file(fd, path) for fd, path in zip(fds, paths)
+                     if path not in for_patterns]
+        passed = [(path, pattern_library(fd, path)) for fd, path in zip(fds, paths)
+                  if path in for_patterns]
+        host = host_info()
+        if chosen:
+            resolved = resolve(chosen, libraries, host)
+            if not resolved.probes:
+                first = "; ".join(f"{d['id']}: {d['reason']}" for d in resolved.dropped[:3])
+                raise RequestRefused(f"none of the {len(chosen)} probes of {', '.join(sets)} "
+                                     f"can attach on this host ({first}); choose other sets")
+        else:
+            if libraries:
+                raise RequestRefused(f"library {libraries[0].path} is not named by any "
+                                     "--uprobe pattern and no set is chosen")
+            resolved = Resolved([], [], {})
+        results = []
+        cap, why = policy.probe_limit(caller, self.config.max_probes, groups)
+        if len(resolved.probes) > cap:
+            raise RequestRefused(f"the sets {', '.join(sets)} make {len(resolved.probes)} "
+                                 f"probes, more than {cap} ({why}); choose fewer sets")
+        if patterns:
+            resolver = Resolver(catalog=catalog, host=host, passed=passed, cap=cap,
+                                cap_reason=why)
+            resolver.count = len(resolved.probes)
+            resolver.already(resolved.probes)
+            results = resolver.resolve(patterns)
+            for result in results:
+                files = {lib.path: lib for lib in result.libraries}
+                try:
+                    policy.check(caller, sets=[], probes=result.probes, validity_days=days,
+                                 groups=groups, libraries=files)
+                except PolicyRefused as exc:
+                    raise PolicyRefused(f"{result.label}: {exc}") from None
+                resolved.libraries.update(files)
+            extra = [p for r in results for p in r.probes]
+            files = resolved.libraries
+            probes, more = merge_aliases(resolved.probes + extra,
+                                         lambda p: _code_address(files[p["library"]], p))
+            resolved.probes, resolved.merged = probes, resolved.merged + more
         withheld = sorted(_withhold_families(policy, resolved.probes))
         grant = policy.check(caller, sets=sets, probes=resolved.probes, validity_days=days,
-                             libraries=resolved.libraries)
+                             groups=groups, libraries=resolved.libraries)
         capture = body.get("capture", {})
         now = int(time.time())
+        what = ", ".join([*sets, *(r.label for r in results)])
         try:
             doc = build_document(
                 resolved.probes, owner_uid=caller.uid, owner_user=caller.user, sets=sets,
                 mode=capture.get("mode", "trace"), interval_ms=capture.get("interval_ms", 1000),
-                paths=capture.get("paths", True), issued_at=now, validity_days=1)
+                paths=capture.get("paths", True), issued_at=now, validity_days=1,
+                patterns=[{"kind": r.kind, "pattern": r.pattern, "probes": len(r.probes)}
+                          for r in results])
             check_document(doc, source="request", max_probes=self.config.max_probes)
         except (SchemaViolation, TooLarge) as exc:
-            raise RequestRefused(f"the probes of {', '.join(sets)} do not make a valid probes "
+            raise RequestRefused(f"the probes of {what} do not make a valid probes "
                                  f"document: {exc.problem}") from None
         doc["expires_at"] = now + grant.validity_days * 86400
         with self._sign_lock:
@@ -397,6 +447,8 @@ class SigningService:
             {"path": lib.path, "dev": lib.dev, "ino": lib.ino} for lib in
             sorted(resolved.libraries.values(), key=lambda lib: lib.path)],
             "dropped": len(resolved.dropped)}
+        if results:
+            record["patterns"] = [r.audit() for r in results]
         if withheld:
             record["families_withheld"] = withheld
         return signed, grant.validity_days, resolved.dropped, record

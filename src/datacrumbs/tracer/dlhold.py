@@ -1,0 +1,338 @@
+"""Holds at dlopen(): no call into a newly mapped family library is missed.
+
+Library families (families.py) attach to the libraries a job's processes map,
+found by reading their maps every 0.25 s: on its own, a process that calls a
+library right after dlopen() returns (or from its constructors) runs ahead of
+that. So the dynamic linker's debugger hook is watched too: glibc calls
+``_dl_debug_state`` (what ``_r_debug.r_brk`` names for debuggers) with
+``r_state`` RT_ADD before it maps a dlopen()'s objects and RT_CONSISTENT once
+they are all mapped, before it relocates them, runs their constructors and
+returns. At RT_CONSISTENT the BPF program (``dc_dl_hook``) looks at each new
+object's file (the kernel's mapping, not the name the process gave) and, when
+its name begins like a probed family and the tracer has not judged that file
+yet, stops the process with SIGSTOP and tells the tracer at once through the
+``holds`` ring. The tracer reads that process's maps, attaches the family's
+probes, and sends SIGCONT. A run of a few milliseconds per new library file,
+once per file: a file already judged (attached, or found not attachable) is
+never held again, in any process, and no other dlopen() is stopped.
+
+Why SIGSTOP: a BPF program can only stop the task it runs in by a signal, and
+SIGSTOP is the one the task cannot catch, block or ignore. Its side effects are
+kept small: only the first mapping of an unjudged family file is held (MPI
+ranks dlopen()ing the same libmpi: the first one), the tracer sends SIGCONT
+only to a process it stopped itself and that nobody else stopped meanwhile
+(``dc_hold_signal`` watches SIGSTOP and SIGCONT sent to a held process), and
+through a pidfd, so never to another process reusing the pid. A parent waiting
+with WUNTRACED (an interactive shell's job control) does see the stop and the
+continue; batch parents (Flux's job shell, mpiexec, Python's subprocess) do not
+ask. A debugger attached to the process sees a SIGSTOP.
+
+Nothing is held forever: a watchdog process (this module run with ``-m``)
+holds the map of held processes and resumes any held longer than
+``HOLD_TIMEOUT_S`` (a tracer stuck or stopped itself), and all of them when the
+tracer exits however it exits (even SIGKILL: its end of a pipe closes). The
+periodic scan stays as a safety net (a full holds ring, dlmopen() namespaces,
+a dynamic linker other than the system's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from . import libbpf
+
+log = logging.getLogger("datacrumbs.engine")
+
+HOLD_TIMEOUT_S = 2.0            # the watchdog resumes a process held this long
+WATCH_PERIOD_S = 0.1
+HOLD_PROGS = ("dc_dl_hook", "dc_hold_signal", "dc_hold_exit")
+NEEDLES, NEEDLE_MAX = 8, 32     # DC_NEEDLES, DC_NEEDLE_MAX
+HOLDS_RING_BYTES = 16 << 10
+HOLD_KNOWN = 8192               # DC_HOLD_KNOWN
+
+_HELD = struct.Struct("<QII")               # struct dc_held
+_MSG = struct.Struct("<QIIQQII32s")         # struct dc_hold_msg
+_WORDS = NEEDLE_MAX // 8
+_NEEDLES = struct.Struct(f"<I4x{2 * NEEDLES * _WORDS}Q")   # struct dc_needles
+_FILE_KEY = struct.Struct("<QQ")            # struct dc_file_key
+ARMING, HELD, USER_STOPPED, CONTINUED = 1, 2, 3, 4     # enum dc_hold_state
+
+
+def kernel_dev(major: int, minor: int) -> int:
+    """A superblock's dev_t as the kernel keeps it (what /proc/<pid>/maps prints)."""
+    return (major << 20) | minor
+
+
+def interpreter(exe: str = "/proc/self/exe") -> str | None:
+    """The dynamic linker an executable names (PT_INTERP), or None."""
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(exe, "rb") as f:
+            for seg in ELFFile(f).iter_segments():
+                if seg["p_type"] == "PT_INTERP":
+                    return seg.get_interp_name()
+    except Exception:  # noqa: BLE001 - any unreadable file: no interpreter known
+        return None
+    return None
+
+
+def debugger_hook(path: str) -> tuple[int, int]:
+    """(file offset of ``_dl_debug_state``, address of ``_r_debug`` minus its address)
+    in dynamic linker ``path``; ValueError saying why not."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        table = elf.get_section_by_name(".gnu.hash") or elf.get_section_by_name(".hash")
+        if table is None or not hasattr(table, "get_symbol"):
+            raise ValueError(f"{path} has no dynamic symbol hash table")
+        hook, rdebug = table.get_symbol("_dl_debug_state"), table.get_symbol("_r_debug")
+        if hook is None or rdebug is None or not hook["st_value"] or not rdebug["st_value"]:
+            raise ValueError(f"{path} exports no _dl_debug_state and _r_debug (not glibc's "
+                             "dynamic linker)")
+        value = hook["st_value"]
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= value < \
+                    seg["p_vaddr"] + seg["p_filesz"]:
+                return value - seg["p_vaddr"] + seg["p_offset"], rdebug["st_value"] - value
+    raise ValueError(f"_dl_debug_state of {path} is in no loaded segment")
+
+
+def needles(families) -> list[bytes]:
+    """What the BPF side compares file names with: each family's literal prefix (cut
+    to what it compares; a shorter prefix only holds more often)."""
+    from .families import literal_prefix
+
+    out = sorted({os.fsencode(literal_prefix(f))[:NEEDLE_MAX - 1] for f in families})
+    return [n for n in out if n]
+
+
+def pack_needles(found: list[bytes]) -> bytes:
+    """struct dc_needles: each prefix as little-endian words and the mask of its bytes."""
+    words, masks = [], []
+    for k in range(NEEDLES):
+        n = found[k] if k < len(found) else b""
+        words += struct.unpack(f"<{_WORDS}Q", n.ljust(NEEDLE_MAX, b"\0"))
+        masks += struct.unpack(f"<{_WORDS}Q", (b"\xff" * len(n)).ljust(NEEDLE_MAX, b"\0"))
+    return _NEEDLES.pack(min(len(found), NEEDLES), *words, *masks)
+
+
+def release(held_fd: int, pid: int) -> str:
+    """Resume ``pid`` if the tracer holds it and nobody else stopped it meanwhile;
+    what happened, in words. The pidfd is opened before the entry is taken: the exit
+    of a held process removes its entry, so an entry still there names that process."""
+    key = struct.pack("<I", pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        libbpf.map_delete(held_fd, key)
+        return "exited"
+    try:
+        raw = libbpf.map_lookup_and_delete(held_fd, key, _HELD.size)
+        if raw is None:
+            return "not held"
+        state = _HELD.unpack(raw)[2]
+        if state == USER_STOPPED:
+            return "left stopped (someone else stopped it meanwhile)"
+        if state == CONTINUED:
+            return "already continued by someone else"
+        signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+        return "resumed"
+    except ProcessLookupError:
+        return "exited"
+    finally:
+        os.close(pidfd)
+
+
+def held_pids(held_fd: int) -> list[tuple[int, int]]:
+    """(pid, ts ns CLOCK_MONOTONIC) of every held process."""
+    out = []
+    for key in list(libbpf.map_keys(held_fd, 4, limit=1 << 16)):
+        raw = libbpf.map_lookup(held_fd, key, _HELD.size)
+        if raw is not None:
+            out.append((struct.unpack("<I", key)[0], _HELD.unpack(raw)[0]))
+    return out
+
+
+class DlopenHold:
+    """The holds of one engine: the hook on the dynamic linker, the holds ring, the
+    files already judged, the watchdog. ``service()`` handles what the ring says."""
+
+    def __init__(self, engine, ldso: str):
+        from .engine import _Ring
+
+        self.engine = engine
+        obj = engine._obj
+        self.held_fd = obj.map_fd("held")
+        self._known_fd = obj.map_fd("hold_known")
+        self._known: set[tuple[int, int]] = set()
+        self._known_full = False
+        self.links: list = []
+        self.watchdog: subprocess.Popen | None = None
+        self._watch_w: int | None = None
+        self.holds = 0
+        found = needles(engine._families)
+        if len(found) > NEEDLES:
+            log.warning("dlopen holds cover the first %d of %d library families; the others "
+                        "are found by the periodic scan only", NEEDLES, len(found))
+            found = found[:NEEDLES]
+        libbpf.map_update(obj.map_fd("hold_needles"), struct.pack("<I", 0),
+                          pack_needles(found))
+        self.learn()
+        offset, delta = debugger_hook(ldso)
+        try:
+            # the watchers first: a hold never happens without them
+            self.links.append(obj.attach("dc_hold_exit"))
+            self.links.append(obj.attach("dc_hold_signal"))
+            self._start_watchdog()
+            self.links.append(obj.attach_uprobe("dc_dl_hook", ldso, offset,
+                                                delta & 0xFFFFFFFFFFFFFFFF))
+        except BaseException:
+            self.close()
+            raise
+        self.ring = _Ring(obj.map_fd("holds"), HOLDS_RING_BYTES)
+        self.ring_fd = obj.map_fd("holds")
+        log.info("dlopen holds on %s: a process mapping a new library of %s waits until its "
+                 "probes are attached", ldso, ", ".join(sorted(engine._families)))
+
+    def _start_watchdog(self) -> None:
+        r, w = os.pipe()
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(self.held_fd), str(r), str(HOLD_TIMEOUT_S)],
+                pass_fds=(self.held_fd, r), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        os.set_inheritable(w, False)
+        self._watch_w = w
+
+    def learn(self) -> None:
+        """Tell the kernel side which family files are judged (the scanner's)."""
+        scanner = self.engine._scanner
+        if scanner is None:
+            return
+        for major, minor, ino in list(scanner.seen):
+            self._know(kernel_dev(major, minor), ino)
+
+    def _know(self, dev: int, ino: int) -> None:
+        if (dev, ino) in self._known or self._known_full:
+            return
+        try:
+            libbpf.map_update(self._known_fd, _FILE_KEY.pack(dev, ino), b"\1")
+        except libbpf.LibbpfError:
+            self._known_full = True
+            log.info("more than %d library files judged: later mappings of judged files "
+                     "are held again (briefly)", HOLD_KNOWN)
+            return
+        self._known.add((dev, ino))
+
+    def service(self) -> None:
+        """Attach for every process the kernel held (or could not hold) since the last
+        call, then resume those it holds."""
+        if not self.ring.pending():
+            return
+        msgs = [_MSG.unpack_from(rec) for rec in self.ring.drain_variable()
+                if len(rec) >= _MSG.size]
+        pids: dict[int, list] = {}
+        for m in msgs:
+            pids.setdefault(m[1], []).append(m)
+        for pid, group in pids.items():
+            start = time.monotonic()
+            self.engine._discover_pid(pid, force=True)
+            self.learn()
+            for _ts, _pid, _tid, dev, ino, _held, matches, _name in group:
+                if matches:     # a file matching a family prefix but not its pattern
+                    self._know(dev, ino)
+            held = any(m[5] for m in group)
+            outcome = release(self.held_fd, pid) if held else "not held (could not stop it)"
+            self.holds += held
+            name = group[0][7].split(b"\0", 1)[0].decode(errors="replace") or "?"
+            log.info("process %d mapped %s (dlopen): probes attached in %.1f ms, %s", pid,
+                     name, (time.monotonic() - start) * 1000, outcome)
+
+    def close(self) -> None:
+        """No new holds, every held process resumed, the watchdog gone."""
+        from .engine import _destroy_all
+
+        if self.links:
+            hook, rest = self.links[-1:], self.links[:-1]
+            _destroy_all(hook)          # the hook first: nothing is held from here on
+            for pid, _ts in held_pids(self.held_fd):
+                log.info("process %d resumed at the tracer's end: %s", pid,
+                         release(self.held_fd, pid))
+            _destroy_all(rest)
+            self.links = []
+        if self._watch_w is not None:
+            os.close(self._watch_w)     # the watchdog sees EOF, finds nothing held, exits
+            self._watch_w = None
+        if self.watchdog is not None:
+            try:
+                self.watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.watchdog.kill()
+                self.watchdog.wait()
+            self.watchdog = None
+        ring = getattr(self, "ring", None)
+        if ring is not None:
+            ring.close()
+            self.ring = None
+
+
+def start(engine) -> DlopenHold | None:
+    """Holds for ``engine``'s families on the system's dynamic linker, or None (logged)
+    where they cannot be: the periodic scan alone then finds dlopen()ed libraries."""
+    from .engine import pid_namespace
+
+    if pid_namespace() is not None:
+        log.info("in a pid namespace: no dlopen holds (the kernel names other pids than "
+                 "this /proc); dlopen()ed libraries are found by the periodic scan")
+        return None
+    ldso = interpreter()
+    if ldso is None:
+        log.info("no dynamic linker found for dlopen holds; dlopen()ed libraries are found "
+                 "by the periodic scan")
+        return None
+    ldso = os.path.realpath(ldso)
+    try:
+        return DlopenHold(engine, ldso)
+    except (OSError, ValueError, libbpf.LibbpfError, libbpf.AttachFailed) as exc:
+        log.warning("no dlopen holds (%s): calls made right after a dlopen() of a library "
+                    "of %s may be missed", exc, ", ".join(sorted(engine._families)))
+        return None
+
+
+def watch(held_fd: int, pipe_fd: int, timeout_s: float) -> None:
+    """The watchdog: resume processes held longer than ``timeout_s``, and all of them
+    once the tracer's end of ``pipe_fd`` closes (it exited, however)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)      # a unit's stop: outlive the tracer
+    limit = int(timeout_s * 1e9)
+    while True:
+        ready, _, _ = select.select([pipe_fd], [], [], WATCH_PERIOD_S)
+        if ready and not os.read(pipe_fd, 64):
+            break
+        now = time.monotonic_ns()
+        for pid, ts in held_pids(held_fd):
+            if now - ts > limit:
+                print(f"datacrumbs: process {pid} held at a dlopen() for more than "
+                      f"{timeout_s:g} s: {release(held_fd, pid)} without its probes",
+                      file=sys.stderr, flush=True)
+    for pid, _ts in held_pids(held_fd):
+        print(f"datacrumbs: process {pid} held at a dlopen() when the tracer exited: "
+              f"{release(held_fd, pid)}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))

@@ -35,7 +35,7 @@ from datacrumbs.probes.schema import schema_problem
 from datacrumbs.signing.policy import parse_policy
 from datacrumbs.signing.resolve import RequestRefused, library_file, resolve
 
-from fixtures.tracing import Bpftrace
+from fixtures.tracing import Bpftrace, trace_command
 from workloads import daemon_readback as rb
 
 BIN = Path(sys.executable).parent
@@ -704,3 +704,216 @@ def test_the_scanner_sees_code_mapped_after_a_read_only_mapping_of_the_same_size
     finally:
         child.kill()
         child.wait()
+
+
+# -- dlopen holds: no call missed right after a dlopen() ------------------------------------
+
+DLOPEN_RUNS = 5             # the race was lost most of the time before holds; 5 tries each
+CTOR_WRITES = 3             # DCFAM_CTOR_WRITES in workloads/family_ctor_lib.c
+
+
+@pytest.fixture(scope="module")
+def dlopen_build(family_build, shared_dir):
+    """family_dlopen_now, and per run a fresh copy of the family's library (a file the
+    tracer has not judged yet), plain and with a constructor calling the library."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    prog = shared_dir / "family_dlopen_now"
+    subprocess.run([cc, "-O2", "-o", str(prog), str(WORKLOADS / "family_dlopen_now.c"), "-ldl"],
+                   check=True, capture_output=True)
+    ctor = shared_dir / "ctor.so"
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", str(WORKLOADS), "-o", str(ctor),
+                    str(WORKLOADS / "family_ctor_lib.c")], check=True, capture_output=True)
+    out = {"prog": prog, "plain": [], "ctor": []}
+    copies = family_build["copy"].parent
+    for k in range(DLOPEN_RUNS + 2):
+        for kind, src in (("plain", family_build["lib"]), ("ctor", ctor)):
+            dst = copies / f"libdcfam-{kind}{k:02d}.so.1"
+            shutil.copy(src, dst)
+            out[kind].append(dst)
+    return out
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (/proc/<pid>/stat): "T" while stopped; "" once gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return ""
+    return raw[raw.rindex(b")") + 2:].split()[0].decode()
+
+
+def _wait_state(pid: int, want, timeout: float = 10) -> float:
+    """Wait until the process's state is (``want`` True: is "T", False: is not "T");
+    the monotonic time it was seen so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (_state(pid) == "T") == want:
+            return time.monotonic()
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} is {_state(pid)!r}, wanted {'' if want else 'not '}"
+                         "stopped")
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("ctor", [False, True], ids=["calls", "constructor"])
+def test_no_call_is_missed_right_after_dlopen(site, bpf_object, family_build, dlopen_build,
+                                              tmp_path, ctor):
+    """A program dlopen()s an unjudged copy of the family and calls it N times at once
+    (and, with ``ctor``, the library's constructor calls it during dlopen()): the process
+    is held at the dynamic linker's debugger hook until the family's probes are on the
+    copy, so the trace has every call, as bpftrace's uprobes on the copy count them in
+    the same runs. Five runs, each a fresh file: the race is run five times."""
+    _site_set(site, family_build["lib"])
+    libs = dlopen_build["ctor" if ctor else "plain"][:DLOPEN_RUNS]
+    n = 40
+    extra = CTOR_WRITES if ctor else 0
+    probes = ", ".join(f"uprobe:{lib}:dcfam_write" for lib in libs)
+    runs = []
+    with Bpftrace(f"{probes} {{ @[probe] = count(); }}") as bt:
+        for k, lib in enumerate(libs):
+            work = tmp_path / f"run{k}"
+            work.mkdir()
+            data = work / "data.bin"
+            proc, trace, summary = trace_command(work, [dlopen_build["prog"], lib, data, n],
+                                                 sets=("dcfam", "posix"))
+            runs.append((lib, data, proc, trace, summary))
+        counted = bt.maps()
+    for lib, data, proc, trace, summary in runs:
+        assert proc.stdout == f"ok {16 * n}\n"
+        assert re.search(rf"process \d+ mapped {re.escape(lib.name)} \(dlopen\): probes "
+                         r"attached in [\d.]+ ms, resumed", proc.stderr), proc.stderr
+        fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace)
+              if r.get("name") == "FH"}
+        writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
+        assert all(e["args"]["library"] == str(lib) for e in writes)
+        per_file = {}
+        for e in writes:
+            name = fh.get(e["args"].get("fhash"))
+            per_file[name] = per_file.get(name, 0) + 1
+        assert per_file == ({str(data): n, "/dev/null": extra} if ctor else {str(data): n})
+        m = re.search(rf"@\[uprobe:{re.escape(str(lib))}:dcfam_write\]: (\d+)", counted)
+        assert m and int(m.group(1)) == n + extra == len(writes), counted
+        op = summary["operations"]["DCFAM/dcfam_write"]
+        assert (op["count"], op["bytes"]) == (n + extra, 16 * (n + extra))
+        assert summary["operations"]["DCFAM/dcfam_open"]["count"] == 1 + (1 if ctor else 0)
+
+
+def _dcfam_probes(site, library: Path) -> list[dict]:
+    _site_set(site, library)
+    return select_probes(load_catalog(site), ["dcfam"])
+
+
+def _writes(engine, events) -> int:
+    return sum(engine.probes[int(p)]["target"] == "dcfam_write" for p in events["probe"])
+
+
+@pytest.mark.ebpf
+def test_a_held_process_stopped_by_someone_else_stays_stopped(site, bpf_object, family_build,
+                                                              dlopen_build, workloads,
+                                                              tmp_path, monkeypatch):
+    """The tracer sends SIGCONT only to a process it stopped itself and nobody else stopped
+    meanwhile: a SIGSTOP from the job's user during the hold is kept. A second process
+    mapping the same (now judged) file is not held at all; a held process that is killed
+    leaves nothing held behind."""
+    from datacrumbs.tracer import dlhold
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+    from fixtures.tracing import collect
+
+    monkeypatch.setattr(dlhold, "HOLD_TIMEOUT_S", 60.0)    # the watchdog stays out of it
+    b, lib = dlopen_build, dlopen_build["plain"][DLOPEN_RUNS]
+    n = 25
+    first = workloads([b["prog"], lib, tmp_path / "a.bin", n, "wait"])
+    second = workloads([b["prog"], lib, tmp_path / "b.bin", n, "wait"])
+    doomed = workloads([b["prog"], b["plain"][DLOPEN_RUNS + 1], tmp_path / "c.bin", n, "wait"])
+    scope = Scope.for_pids([first.pid, second.pid, doomed.pid])
+    with Engine(_dcfam_probes(site, family_build["lib"]), scope, bpf_object=bpf_object) as eng:
+        eng.attach()
+        held_fd = eng._hold.held_fd
+        first.go()
+        _wait_state(first.pid, True)            # held at its dlopen()
+        assert [pid for pid, _ts in dlhold.held_pids(held_fd)] == [first.pid]
+        os.kill(first.pid, signal.SIGSTOP)       # its user stops it too
+        assert eng.poll(0) is None               # attaches, and leaves it stopped
+        assert dlhold.held_pids(held_fd) == []
+        time.sleep(0.3)
+        assert _state(first.pid) == "T"
+        assert [r["status"] for r in eng.libraries if r["path"] == str(lib)] == ["attached"]
+        os.kill(first.pid, signal.SIGCONT)       # the user's own continue
+        events, _paths = collect(eng, [first])
+        assert _writes(eng, events) == n
+
+        second.go()                              # the same file: judged, never held
+        events, _paths = collect(eng, [second])
+        assert _writes(eng, events) == n and eng._hold.holds == 1
+
+        doomed.go()
+        _wait_state(doomed.pid, True)
+        doomed.kill()                            # exits while held
+        assert dlhold.held_pids(held_fd) == []
+        eng.poll(0)                              # the hold's message: nothing to resume
+        assert eng._hold.holds == 2
+
+
+HUNG_TRACER = """
+import json, sys, time
+from datacrumbs.tracer.engine import Engine
+from datacrumbs.tracer.scope import Scope
+probes = json.loads(sys.argv[1])
+with Engine(probes, Scope.for_pids([int(sys.argv[2])]), bpf_object=sys.argv[3]) as eng:
+    eng.attach()
+    print("ready", eng._hold.watchdog.pid, flush=True)
+    time.sleep(600)          # never polls: a tracer that hangs
+"""
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("how", ["hung", "killed"])
+def test_a_held_process_never_waits_for_a_tracer_that_cannot_answer(site, bpf_object,
+                                                                    family_build,
+                                                                    dlopen_build, workloads,
+                                                                    tmp_path, how):
+    """A tracer that holds a process and then hangs: the watchdog resumes it after
+    HOLD_TIMEOUT_S. One killed with SIGKILL: the watchdog resumes it at once and exits.
+    Either way the program completes."""
+    from datacrumbs.tracer import dlhold
+
+    b = dlopen_build
+    k = 0 if how == "hung" else 1
+    lib = b["plain"][DLOPEN_RUNS + k]
+    w = workloads([b["prog"], lib, tmp_path / "d.bin", 10, "wait"])
+    tracer = subprocess.Popen([sys.executable, "-c", HUNG_TRACER,
+                               json.dumps(_dcfam_probes(site, family_build["lib"])),
+                               str(w.pid), str(bpf_object)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = tracer.stdout.readline()
+        assert line.startswith("ready "), tracer.stderr.read()
+        watchdog = int(line.split()[1])
+        w.go()
+        stopped = _wait_state(w.pid, True)
+        if how == "killed":
+            time.sleep(0.2)
+            assert _state(w.pid) == "T"
+            killed = time.monotonic()
+            tracer.kill()
+            resumed = _wait_state(w.pid, False)
+            assert resumed - killed < 1.0
+        else:
+            resumed = _wait_state(w.pid, False)
+            assert dlhold.HOLD_TIMEOUT_S - 0.2 < resumed - stopped < dlhold.HOLD_TIMEOUT_S + 2
+        w.wait()
+        tracer.kill()
+        tracer.wait(timeout=30)
+        err = tracer.stderr.read()
+        assert f"datacrumbs: process {w.pid} held at a dlopen() " in err
+        assert "Traceback" not in err
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{watchdog}") and _state(watchdog) != "Z" \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(f"/proc/{watchdog}") or _state(watchdog) == "Z"
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()

@@ -714,8 +714,9 @@ CTOR_WRITES = 3             # DCFAM_CTOR_WRITES in workloads/family_ctor_lib.c
 
 @pytest.fixture(scope="module")
 def dlopen_build(family_build, shared_dir):
-    """family_dlopen_now, and per run a fresh copy of the family's library (a file the
-    tracer has not judged yet), plain and with a constructor calling the library."""
+    """family_dlopen_now (also built for a copy of the dynamic linker, as in a container),
+    and per run a fresh copy of the family's library (a file the tracer has not judged
+    yet), plain and with a constructor calling the library."""
     cc = shutil.which("cc") or shutil.which("gcc")
     prog = shared_dir / "family_dlopen_now"
     subprocess.run([cc, "-O2", "-o", str(prog), str(WORKLOADS / "family_dlopen_now.c"), "-ldl"],
@@ -723,10 +724,19 @@ def dlopen_build(family_build, shared_dir):
     ctor = shared_dir / "ctor.so"
     subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", str(WORKLOADS), "-o", str(ctor),
                     str(WORKLOADS / "family_ctor_lib.c")], check=True, capture_output=True)
-    out = {"prog": prog, "plain": [], "ctor": []}
+    ldso = shared_dir / "ldx" / "ld-linux-x86-64.so.2"
+    ldso.parent.mkdir()
+    shutil.copy(os.path.realpath("/lib64/ld-linux-x86-64.so.2"), ldso)
+    for path in (ldso.parent, ldso):
+        path.chmod(0o755)
+    prog_ldx = shared_dir / "family_dlopen_ldx"
+    subprocess.run([cc, "-O2", "-o", str(prog_ldx), str(WORKLOADS / "family_dlopen_now.c"), "-ldl",
+                    f"-Wl,--dynamic-linker={ldso}"], check=True, capture_output=True)
+    out = {"prog": prog, "prog_ldx": prog_ldx, "ldso": ldso, "plain": [], "ctor": [], "ldx": []}
     copies = family_build["copy"].parent
     for k in range(DLOPEN_RUNS + 2):
-        for kind, src in (("plain", family_build["lib"]), ("ctor", ctor)):
+        for kind, src in (("plain", family_build["lib"]), ("ctor", ctor),
+                          ("ldx", family_build["lib"])):
             dst = copies / f"libdcfam-{kind}{k:02d}.so.1"
             shutil.copy(src, dst)
             out[kind].append(dst)
@@ -796,6 +806,39 @@ def test_no_call_is_missed_right_after_dlopen(site, bpf_object, family_build, dl
         op = summary["operations"]["DCFAM/dcfam_write"]
         assert (op["count"], op["bytes"]) == (n + extra, 16 * (n + extra))
         assert summary["operations"]["DCFAM/dcfam_open"]["count"] == 1 + (1 if ctor else 0)
+
+
+@pytest.mark.ebpf
+def test_a_program_with_its_own_dynamic_linker_is_hooked_at_exec(site, bpf_object,
+                                                                  family_build, dlopen_build,
+                                                                  tmp_path):
+    """A program whose dynamic linker is another file than the system's (a container's
+    glibc) is held once at exec until the hook is on that linker, then at its dlopen()
+    like any other: every call right after the dlopen() is traced, in each of five runs,
+    as bpftrace counts them."""
+    _site_set(site, family_build["lib"])
+    b = dlopen_build
+    libs = b["ldx"][:DLOPEN_RUNS]
+    n = 30
+    runs = []
+    probes = ", ".join(f"uprobe:{lib}:dcfam_write" for lib in libs)
+    with Bpftrace(f"{probes} {{ @[probe] = count(); }}") as bt:
+        for k, lib in enumerate(libs):
+            work = tmp_path / f"run{k}"
+            work.mkdir()
+            proc, trace, _summary = trace_command(work, [b["prog_ldx"], lib, work / "d.bin", n],
+                                                  sets=("dcfam",))
+            runs.append((lib, proc, trace))
+        counted = bt.maps()
+    for lib, proc, trace in runs:
+        assert proc.stdout == f"ok {16 * n}\n"
+        assert re.search(rf"process \d+ started with dynamic linker ld-linux-x86-64.so.2: hooked "
+                         rf"{re.escape(str(b['ldso']))} in [\d.]+ ms, resumed", proc.stderr), \
+            proc.stderr
+        assert re.search(rf"process \d+ mapped {re.escape(lib.name)} \(dlopen\)", proc.stderr)
+        writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
+        m = re.search(rf"@\[uprobe:{re.escape(str(lib))}:dcfam_write\]: (\d+)", counted)
+        assert m and int(m.group(1)) == n == len(writes), counted
 
 
 def _dcfam_probes(site, library: Path) -> list[dict]:

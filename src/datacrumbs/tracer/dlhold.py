@@ -27,12 +27,17 @@ with WUNTRACED (an interactive shell's job control) does see the stop and the
 continue; batch parents (Flux's job shell, mpiexec, Python's subprocess) do not
 ask. A debugger attached to the process sees a SIGSTOP.
 
+A job process that starts with another dynamic linker (a container's glibc) is
+held once at its exec (``dc_hold_exec``: the file at its AT_BASE is not a hooked
+linker) until the hook is on that linker too, before it maps anything.
+
 Nothing is held forever: a watchdog process (this module run with ``-m``)
 holds the map of held processes and resumes any held longer than
 ``HOLD_TIMEOUT_S`` (a tracer stuck or stopped itself), and all of them when the
 tracer exits however it exits (even SIGKILL: its end of a pipe closes). The
 periodic scan stays as a safety net (a full holds ring, dlmopen() namespaces,
-a dynamic linker other than the system's).
+a dynamic linker run as a program, or other than glibc's, processes already
+running at start with a linker other than the tracer's).
 """
 
 from __future__ import annotations
@@ -52,13 +57,15 @@ log = logging.getLogger("datacrumbs.engine")
 
 HOLD_TIMEOUT_S = 2.0            # the watchdog resumes a process held this long
 WATCH_PERIOD_S = 0.1
-HOLD_PROGS = ("dc_dl_hook", "dc_hold_signal", "dc_hold_exit")
+HOLD_PROGS = ("dc_dl_hook", "dc_hold_signal", "dc_hold_exit", "dc_hold_exec")
 NEEDLES, NEEDLE_MAX = 8, 32     # DC_NEEDLES, DC_NEEDLE_MAX
 HOLDS_RING_BYTES = 16 << 10
 HOLD_KNOWN = 8192               # DC_HOLD_KNOWN
 
 _HELD = struct.Struct("<QII")               # struct dc_held
-_MSG = struct.Struct("<QIIQQII32s")         # struct dc_hold_msg
+_MSG = struct.Struct("<QIIQQIII4x32s")      # struct dc_hold_msg
+HOLD_DLOPEN, HOLD_INTERP = 0, 1             # enum dc_hold_kind
+MAX_INTERPS = 64                            # hold_interps entries
 _WORDS = NEEDLE_MAX // 8
 _NEEDLES = struct.Struct(f"<I4x{2 * NEEDLES * _WORDS}Q")   # struct dc_needles
 _FILE_KEY = struct.Struct("<QQ")            # struct dc_file_key
@@ -173,9 +180,12 @@ class DlopenHold:
         obj = engine._obj
         self.held_fd = obj.map_fd("held")
         self._known_fd = obj.map_fd("hold_known")
+        self._interps_fd = obj.map_fd("hold_interps")
+        self.interps: dict[tuple[int, int], str | None] = {}   # dynamic linker -> hooked path
         self._known: set[tuple[int, int]] = set()
         self._known_full = False
         self.links: list = []
+        self.hooks: list = []           # the dynamic linkers' hooks, and dc_hold_exec
         self.watchdog: subprocess.Popen | None = None
         self._watch_w: int | None = None
         self.holds = 0
@@ -187,14 +197,17 @@ class DlopenHold:
         libbpf.map_update(obj.map_fd("hold_needles"), struct.pack("<I", 0),
                           pack_needles(found))
         self.learn()
+        st = os.stat(ldso)
         offset, delta = debugger_hook(ldso)
         try:
             # the watchers first: a hold never happens without them
             self.links.append(obj.attach("dc_hold_exit"))
             self.links.append(obj.attach("dc_hold_signal"))
             self._start_watchdog()
-            self.links.append(obj.attach_uprobe("dc_dl_hook", ldso, offset,
+            self.hooks.append(obj.attach_uprobe("dc_dl_hook", ldso, offset,
                                                 delta & 0xFFFFFFFFFFFFFFFF))
+            self._hooked(kernel_dev(os.major(st.st_dev), os.minor(st.st_dev)), st.st_ino, ldso)
+            self.hooks.append(obj.attach("dc_hold_exec"))
         except BaseException:
             self.close()
             raise
@@ -217,6 +230,58 @@ class DlopenHold:
             os.close(r)
         os.set_inheritable(w, False)
         self._watch_w = w
+
+    def _hooked(self, dev: int, ino: int, path: str | None) -> None:
+        """Dynamic linker (dev, ino) has the hook (``path``), or cannot (None): a process
+        exec'ing with it is not held for it again."""
+        self.interps[(dev, ino)] = path
+        try:
+            libbpf.map_update(self._interps_fd, _FILE_KEY.pack(dev, ino), b"\1")
+        except libbpf.LibbpfError:
+            log.info("more than %d dynamic linkers: processes starting with another one are "
+                     "held at each exec", MAX_INTERPS)
+
+    def hook_interpreter(self, pid: int, dev: int, ino: int) -> str:
+        """Put the hook on the dynamic linker (dev, ino) that process ``pid`` has mapped
+        (a container's glibc); what happened, in words."""
+        if (dev, ino) in self.interps:
+            return "already hooked"
+        from .families import open_mapped, read_maps, Mapping
+
+        found = None
+        for line in read_maps(pid).splitlines():
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[4] == str(ino).encode():
+                try:
+                    major, minor = (int(x, 16) for x in parts[3].split(b":"))
+                except ValueError:
+                    continue
+                if kernel_dev(major, minor) == dev:
+                    start, _, end = os.fsdecode(parts[0]).partition("-")
+                    found = Mapping(pid, start, end, (major, minor, ino),
+                                    os.fsdecode(parts[5]), "")
+                    break
+        if found is None:
+            return "its mapping is gone"
+        if len(self.interps) >= MAX_INTERPS:
+            return f"more than {MAX_INTERPS} dynamic linkers"
+        try:
+            fd = open_mapped(found)
+        except OSError as exc:
+            self._hooked(dev, ino, None)
+            return f"cannot open it ({exc.strerror or exc})"
+        try:
+            path = f"/proc/self/fd/{fd}"
+            offset, delta = debugger_hook(path)
+            self.hooks.append(self.engine._obj.attach_uprobe(
+                "dc_dl_hook", path, offset, delta & 0xFFFFFFFFFFFFFFFF))
+        except (OSError, ValueError, libbpf.AttachFailed) as exc:
+            self._hooked(dev, ino, None)
+            return f"no hook on {found.path}: {exc}"
+        finally:
+            os.close(fd)
+        self._hooked(dev, ino, found.path)
+        return f"hooked {found.path}"
 
     def learn(self) -> None:
         """Tell the kernel side which family files are judged (the scanner's)."""
@@ -250,29 +315,38 @@ class DlopenHold:
             pids.setdefault(m[1], []).append(m)
         for pid, group in pids.items():
             start = time.monotonic()
-            self.engine._discover_pid(pid, force=True)
-            self.learn()
-            for _ts, _pid, _tid, dev, ino, _held, matches, _name in group:
-                if matches:     # a file matching a family prefix but not its pattern
-                    self._know(dev, ino)
+            done = []
+            for _ts, _pid, _tid, dev, ino, _held, matches, kind, _name in group:
+                if kind == HOLD_INTERP:
+                    done.append(self.hook_interpreter(pid, dev, ino))
+            if len(done) < len(group):
+                self.engine._discover_pid(pid, force=True)
+                self.learn()
+            for _ts, _pid, _tid, dev, ino, _held, matches, kind, _name in group:
+                if matches and kind == HOLD_DLOPEN:
+                    self._know(dev, ino)    # a file matching a prefix but not its family
             held = any(m[5] for m in group)
             outcome = release(self.held_fd, pid) if held else "not held (could not stop it)"
             self.holds += held
-            name = group[0][7].split(b"\0", 1)[0].decode(errors="replace") or "?"
-            log.info("process %d mapped %s (dlopen): probes attached in %.1f ms, %s", pid,
-                     name, (time.monotonic() - start) * 1000, outcome)
+            name = group[-1][8].split(b"\0", 1)[0].decode(errors="replace") or "?"
+            if done:
+                log.info("process %d started with dynamic linker %s: %s in %.1f ms, %s", pid,
+                         name, "; ".join(done), (time.monotonic() - start) * 1000, outcome)
+            else:
+                log.info("process %d mapped %s (dlopen): probes attached in %.1f ms, %s", pid,
+                         name, (time.monotonic() - start) * 1000, outcome)
 
     def close(self) -> None:
         """No new holds, every held process resumed, the watchdog gone."""
         from .engine import _destroy_all
 
-        if self.links:
-            hook, rest = self.links[-1:], self.links[:-1]
-            _destroy_all(hook)          # the hook first: nothing is held from here on
+        if self.hooks or self.links:
+            _destroy_all(self.hooks)    # the hooks first: nothing is held from here on
+            self.hooks = []
             for pid, _ts in held_pids(self.held_fd):
                 log.info("process %d resumed at the tracer's end: %s", pid,
                          release(self.held_fd, pid))
-            _destroy_all(rest)
+            _destroy_all(self.links)
             self.links = []
         if self._watch_w is not None:
             os.close(self._watch_w)     # the watchdog sees EOF, finds nothing held, exits

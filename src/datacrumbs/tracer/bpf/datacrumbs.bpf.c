@@ -1957,6 +1957,15 @@ struct {
 	__type(value, struct dc_needles);
 } hold_needles SEC(".maps");
 
+/* Dynamic linkers dc_dl_hook is on (or that cannot have it): a job process
+ * exec'ing with another one (a container's glibc) is held until it is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct dc_file_key);
+	__type(value, __u8);
+} hold_interps SEC(".maps");
+
 struct dc_rdebug {
 	__s32 r_version;
 	__u32 pad;
@@ -2079,7 +2088,7 @@ static long dl_check_step(__u32 i, void *arg)
 
 /* Stop the current process and tell the tracer. Ring space is taken first: a
  * process is never stopped without the tracer being told. */
-static __always_inline void dl_hold(__u64 tid_tgid, struct dl_check *k)
+static __always_inline void dl_hold(__u64 tid_tgid, struct dl_check *k, __u32 kind)
 {
 	__u32 tgid = tid_tgid >> 32;
 	struct dc_held h = { .ts = bpf_ktime_get_ns(), .tid = (__u32)tid_tgid,
@@ -2096,6 +2105,8 @@ static __always_inline void dl_hold(__u64 tid_tgid, struct dl_check *k)
 	m->ino = k->first.ino;
 	m->matches = k->matches;
 	m->held = 0;
+	m->kind = kind;
+	m->pad = 0;
 	__builtin_memcpy(m->name, k->name, sizeof(m->name));
 	if (bpf_map_update_elem(&held, &tgid, &h, BPF_ANY) == 0) {
 		/* generated right here (task context): dc_hold_signal sees ARMING */
@@ -2157,7 +2168,59 @@ int dc_dl_hook(struct pt_regs *ctx)
 		return 0;
 	bpf_loop(DC_DL_NEW, dl_check_step, &k, 0);
 	if (k.matches || k.unsure)
-		dl_hold(tid_tgid, &k);
+		dl_hold(tid_tgid, &k, DC_HOLD_DLOPEN);
+	return 0;
+}
+
+#define DC_AT_NULL 0
+#define DC_AT_BASE 7
+
+/* The dynamic linker's load address (AT_BASE in the auxiliary vector the kernel
+ * gave the program; 0 for a static program). */
+static __always_inline __u64 dl_at_base(struct mm_struct *mm)
+{
+	__u64 off = bpf_core_field_offset(mm->saved_auxv);
+	__u32 n = bpf_core_field_size(mm->saved_auxv) / 16;
+	__u64 pair[2];
+
+	for (__u32 i = 0; i < 64; i++) {
+		if (i >= n || bpf_probe_read_kernel(pair, sizeof(pair), (void *)mm + off + i * 16))
+			return 0;
+		if (pair[0] == DC_AT_NULL)
+			return 0;
+		if (pair[0] == DC_AT_BASE)
+			return pair[1];
+	}
+	return 0;
+}
+
+/* A job process starts with a dynamic linker dc_dl_hook is not on (a
+ * container's glibc): hold it before its first instruction, so the tracer
+ * hooks that linker before it maps anything. Once per linker file. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(dc_hold_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct dc_config *c = get_config();
+	__u64 tid_tgid = bpf_get_current_pid_tgid(), base;
+	__u32 tgid = tid_tgid >> 32;
+	__u8 *state = bpf_map_lookup_elem(&scope_pids, &tgid);
+	struct dl_check k = {};
+	struct dc_file_key key;
+
+	/* a member from this exec on (DC_PID_AT_EXEC): dc_exec may run after this */
+	if (!c || !((state && *state == DC_PID_AT_EXEC) || is_member(c, tgid)) || !creds_ok(c, p))
+		return 0;
+	base = dl_at_base(BPF_CORE_READ(p, mm));
+	if (!base || bpf_find_vma(p, base, dl_vma_file, &k.f, 0) || !k.f.file)
+		return 0;
+	key.dev = k.f.dev;
+	key.ino = k.f.ino;
+	if (bpf_map_lookup_elem(&hold_interps, &key))
+		return 0;
+	k.first = key;
+	__builtin_memcpy(k.name, k.f.name, sizeof(k.name));
+	k.matches = 1;
+	dl_hold(tid_tgid, &k, DC_HOLD_INTERP);
 	return 0;
 }
 

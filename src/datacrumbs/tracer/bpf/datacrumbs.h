@@ -352,7 +352,15 @@ struct dc_hold_msg {
 	__u64 ino;
 	__u32 held;		/* 1: the process was stopped and waits for SIGCONT */
 	__u32 matches;		/* 1: a new matching file (0: a file that could not be looked at) */
+	__u32 kind;		/* enum dc_hold_kind */
+	__u32 pad;
 	char name[DC_NEEDLE_MAX];	/* its file name (cut) */
+};
+
+enum dc_hold_kind {
+	DC_HOLD_DLOPEN = 0,	/* the dynamic linker mapped a family file (dc_dl_hook) */
+	DC_HOLD_INTERP = 1,	/* an exec with a dynamic linker not hooked yet (dc_hold_exec):
+				 * dev/ino/name are the dynamic linker's */
 };
 
 #endif

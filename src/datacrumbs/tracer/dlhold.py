@@ -23,9 +23,12 @@ ranks dlopen()ing the same libmpi: the first one), the tracer sends SIGCONT
 only to a process it stopped itself and that nobody else stopped meanwhile
 (``dc_hold_signal`` watches SIGSTOP and SIGCONT sent to a held process), and
 through a pidfd, so never to another process reusing the pid. A parent waiting
-with WUNTRACED (an interactive shell's job control) does see the stop and the
-continue; batch parents (Flux's job shell, mpiexec, Python's subprocess) do not
-ask. A debugger attached to the process sees a SIGSTOP.
+with WUNTRACED does see the stop and the continue (an interactive shell's job
+control; Flux's libsubprocess reports them to the job shell as
+FLUX_SUBPROCESS_STOPPED); ``datacrumbs trace`` and Python's subprocess do not
+ask. A debugger attached to the process sees a SIGSTOP. Other threads' system
+calls are restarted across the stop, except the few Linux ends with EINTR after
+a stop (signal(7): epoll_wait, semop, socket timeouts ...).
 
 A job process that starts with another dynamic linker (a container's glibc) is
 held once at its exec (``dc_hold_exec``: the file at its AT_BASE is not a hooked

@@ -764,6 +764,36 @@ def _wait_state(pid: int, want, timeout: float = 10) -> float:
                          "stopped")
 
 
+def test_the_debugger_hook_is_found_in_glibcs_dynamic_linker_only(tmp_path):
+    """The hook's file offset and the distance to _r_debug, as binutils reads them; any
+    other file a job could name as its dynamic linker is refused with one line."""
+    from datacrumbs.tracer.dlhold import debugger_hook
+
+    ldso = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+    syms = {}
+    for line in subprocess.run(["nm", "-D", ldso], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            syms[parts[2].split("@")[0]] = int(parts[0], 16)
+    loads = [(int(m.group(2), 16), int(m.group(1), 16), int(m.group(3), 16))
+             for m in re.finditer(r"LOAD\s+0x([0-9a-f]+) 0x([0-9a-f]+) 0x[0-9a-f]+ 0x([0-9a-f]+)",
+                                  subprocess.run(["readelf", "-lW", ldso], capture_output=True,
+                                                 text=True, check=True).stdout)]
+    hook = syms["_dl_debug_state"]
+    offset = next(hook - vaddr + off for vaddr, off, size in loads if vaddr <= hook < vaddr + size)
+    assert debugger_hook(ldso) == (offset, syms["_r_debug"] - hook)
+    cut = tmp_path / "ld-cut.so"
+    cut.write_bytes(Path(ldso).read_bytes()[:5000])
+    libc = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+    for path, words in ((libc, "exports no _dl_debug_state and _r_debug"),
+                        ("/etc/passwd", "is not an ELF dynamic linker"),
+                        (str(cut), "")):
+        with pytest.raises(ValueError) as info:
+            debugger_hook(path)
+        assert words in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.ebpf
 @pytest.mark.parametrize("ctor", [False, True], ids=["calls", "constructor"])
 def test_no_call_is_missed_right_after_dlopen(site, bpf_object, family_build, dlopen_build,

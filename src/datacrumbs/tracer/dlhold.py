@@ -97,10 +97,27 @@ def interpreter(exe: str = "/proc/self/exe") -> str | None:
 def debugger_hook(path: str) -> tuple[int, int]:
     """(file offset of ``_dl_debug_state``, address of ``_r_debug`` minus its address)
     in dynamic linker ``path``; ValueError saying why not."""
+    try:
+        return _debugger_hook(path)
+    except (OSError, ValueError):
+        raise
+    except Exception:  # noqa: BLE001 - a job may name any file its dynamic linker
+        raise ValueError(f"{path} is not an ELF dynamic linker") from None
+
+
+def _debugger_hook(path: str) -> tuple[int, int]:
     from elftools.elf.elffile import ELFFile
 
+    from .families import MAX_LIBRARY_BYTES
+
     with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size > MAX_LIBRARY_BYTES:
+            raise ValueError(f"{path} is larger than {MAX_LIBRARY_BYTES} bytes")
         elf = ELFFile(f)
+        if elf.elfclass != 64 or (os.uname().machine == "x86_64"
+                                  and elf["e_machine"] != "EM_X86_64"):
+            raise ValueError(f"{path} is not a 64-bit dynamic linker of this machine (the hook "
+                             "reads 64-bit link maps)")
         table = elf.get_section_by_name(".gnu.hash") or elf.get_section_by_name(".hash")
         if table is None or not hasattr(table, "get_symbol"):
             raise ValueError(f"{path} has no dynamic symbol hash table")

@@ -2249,7 +2249,8 @@ int BPF_PROG(dc_hold_exit, struct task_struct *p)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid);
 
-	if (BPF_CORE_READ(p, signal, live.counter) == 0)
+	/* every exit of the node passes here: a lookup (no lock) before a delete */
+	if (BPF_CORE_READ(p, signal, live.counter) == 0 && bpf_map_lookup_elem(&held, &tgid))
 		bpf_map_delete_elem(&held, &tgid);
 	return 0;
 }

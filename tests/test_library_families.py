@@ -820,8 +820,9 @@ def test_no_call_is_missed_right_after_dlopen(site, bpf_object, family_build, dl
         counted = bt.maps()
     for lib, data, proc, trace, summary in runs:
         assert proc.stdout == f"ok {16 * n}\n"
-        assert re.search(rf"process \d+ mapped {re.escape(lib.name)} \(dlopen\): probes "
-                         r"attached in [\d.]+ ms, resumed", proc.stderr), proc.stderr
+        assert re.search(rf"process \d+ held as it mapped {re.escape(lib.name)} \(dlopen or "
+                         r"start\): probes attached in [\d.]+ ms, resumed", proc.stderr), \
+            proc.stderr
         fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace)
               if r.get("name") == "FH"}
         writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
@@ -865,10 +866,40 @@ def test_a_program_with_its_own_dynamic_linker_is_hooked_at_exec(site, bpf_objec
         assert re.search(rf"process \d+ started with dynamic linker ld-linux-x86-64.so.2: hooked "
                          rf"{re.escape(str(b['ldso']))} in [\d.]+ ms, resumed", proc.stderr), \
             proc.stderr
-        assert re.search(rf"process \d+ mapped {re.escape(lib.name)} \(dlopen\)", proc.stderr)
+        assert re.search(rf"process \d+ held as it mapped {re.escape(lib.name)} ", proc.stderr)
         writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
         m = re.search(rf"@\[uprobe:{re.escape(str(lib))}:dcfam_write\]: (\d+)", counted)
         assert m and int(m.group(1)) == n == len(writes), counted
+
+
+@pytest.mark.ebpf
+def test_a_program_linked_with_a_new_member_is_held_at_its_start(site, bpf_object,
+                                                                 family_build, dlopen_build,
+                                                                 tmp_path):
+    """A program linked (DT_NEEDED) against a member the tracer has not judged, calling it
+    first thing in main(): held when the dynamic linker has mapped its libraries, before
+    their constructors and main() run; every call is traced, as bpftrace counts them."""
+    _site_set(site, family_build["lib"])
+    cc = shutil.which("cc") or shutil.which("gcc")
+    libdir = tmp_path / "needed"
+    libdir.mkdir()
+    lib = libdir / "libdcfam.so.1"
+    shutil.copy(family_build["lib"], lib)
+    prog = tmp_path / "linked"
+    subprocess.run([cc, "-O2", "-o", str(prog), str(WORKLOADS / "family_linked.c"),
+                    f"-L{libdir}", "-l:libdcfam.so.1", f"-Wl,-rpath,{libdir}"], check=True,
+                   capture_output=True)
+    n = 30
+    with Bpftrace(f"uprobe:{lib}:dcfam_write {{ @w = count(); }}") as bt:
+        proc, trace, _summary = trace_command(tmp_path, [prog, tmp_path / "d.bin", n],
+                                              sets=("dcfam",))
+        counted = bt.maps()
+    assert proc.stdout == f"ok {16 * n}\n"
+    assert re.search(rf"process \d+ held as it mapped libdcfam.so.1 \(dlopen or start\): "
+                     r"probes attached in [\d.]+ ms, resumed", proc.stderr), proc.stderr
+    writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
+    assert {e["args"]["library"] for e in writes} == {str(lib)}
+    assert f"@w: {n}" in counted and len(writes) == n, counted
 
 
 def _dcfam_probes(site, library: Path) -> list[dict]:

@@ -353,8 +353,8 @@ class DlopenHold:
                 log.info("process %d started with dynamic linker %s: %s in %.1f ms, %s", pid,
                          name, "; ".join(done), (time.monotonic() - start) * 1000, outcome)
             else:
-                log.info("process %d mapped %s (dlopen): probes attached in %.1f ms, %s", pid,
-                         name, (time.monotonic() - start) * 1000, outcome)
+                log.info("process %d held as it mapped %s (dlopen or start): probes attached "
+                         "in %.1f ms, %s", pid, name, (time.monotonic() - start) * 1000, outcome)
 
     def close(self) -> None:
         """No new holds, every held process resumed, the watchdog gone."""

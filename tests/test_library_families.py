@@ -959,6 +959,41 @@ def test_a_held_process_stopped_by_someone_else_stays_stopped(site, bpf_object, 
         assert eng._hold.holds == 2
 
 
+@pytest.mark.ebpf
+def test_without_holds_the_scan_still_attaches_and_says_what_may_be_missed(
+        site, bpf_object, family_build, dlopen_build, workloads, tmp_path, monkeypatch, caplog):
+    """A kernel without the helpers the hold programs call: they are not loaded, the run
+    warns that calls right after a dlopen() may be missed, and the periodic scan still
+    attaches the family to a copy the process maps (and keeps it mapped)."""
+    import logging
+
+    from datacrumbs.tracer import dlhold
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+
+    monkeypatch.setattr(dlhold, "kernel_lacks", lambda: "the kernel lacks bpf_find_vma() "
+                        "for uprobe programs (no dlopen holds)")
+    b = family_build
+    loaded, go = tmp_path / "loaded", tmp_path / "go"
+    w = workloads([b["prog"], dlopen_build["plain"][DLOPEN_RUNS], tmp_path / "e.bin", 3,
+                   loaded, go])
+    with caplog.at_level(logging.INFO, logger="datacrumbs.engine"):
+        with Engine(_dcfam_probes(site, b["lib"]), Scope.for_pids([w.pid]),
+                    bpf_object=bpf_object) as eng:
+            eng.attach()
+            assert eng._hold is None
+            deadline = time.monotonic() + 30
+            while not loaded.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            found = eng.discover_libraries()
+            go.touch()
+            w.wait()
+    assert [r["status"] for r in found] == ["attached"]
+    assert "the kernel lacks bpf_find_vma() for uprobe programs (no dlopen holds): calls made " \
+        f"right after a dlopen() of a library of {FAMILY} may be missed" in caplog.text
+    assert "dlopen holds on" not in caplog.text
+
+
 HUNG_TRACER = """
 import json, sys, time
 from datacrumbs.tracer.engine import Engine

@@ -75,6 +75,25 @@ _FILE_KEY = struct.Struct("<QQ")            # struct dc_file_key
 ARMING, HELD, USER_STOPPED, CONTINUED = 1, 2, 3, 4     # enum dc_hold_state
 
 
+_BPF_PROG_TYPE_KPROBE = 2
+_HELPERS = {"bpf_send_signal": 109, "bpf_find_vma": 180}   # enum bpf_func_id
+
+
+def kernel_lacks() -> str | None:
+    """Why this kernel cannot run the hold programs (a helper they call), or None."""
+    import ctypes
+
+    try:
+        probe = libbpf.lib().libbpf_probe_bpf_helper
+    except (AttributeError, libbpf.LibbpfError):
+        return None             # cannot ask: loading will tell
+    probe.restype, probe.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    for name, number in _HELPERS.items():
+        if probe(_BPF_PROG_TYPE_KPROBE, number, None) == 0:
+            return f"the kernel lacks {name}() for uprobe programs (no dlopen holds)"
+    return None
+
+
 def kernel_dev(major: int, minor: int) -> int:
     """A superblock's dev_t as the kernel keeps it (what /proc/<pid>/maps prints)."""
     return (major << 20) | minor

@@ -818,6 +818,9 @@ class Engine:
             self._hold = dlhold.start(self)
             if self._hold is not None:
                 self._epoll.register(self._hold.ring_fd, select.EPOLLIN)
+        elif self._families:
+            log.warning("%s: calls made right after a dlopen() of a library of %s may be "
+                        "missed", self._holds_refused, ", ".join(sorted(self._families)))
         return report
 
     def _load(self, multi: bool) -> BpfObject:
@@ -849,16 +852,15 @@ class Engine:
             obj.load()
         except libbpf.LibbpfError as exc:
             obj.close()
-            if dlhold.HOLD_PROGS[0] in needed:
-                # an older kernel (bpf_find_vma: 5.17): the periodic scan alone finds libraries
-                self._holds_refused = f"the kernel refused the dlopen hold programs ({exc})"
-                log.info("%s", self._holds_refused)
-                return self._load(multi)
             if "dc_raw_tracepoint" in needed:
                 # kernels before 6.10 give raw tracepoints no cookie: perf events then
                 log.info("raw tracepoints with cookies refused (%s); tracepoints attach as "
                          "perf events", exc)
                 self._raw_tp = False
+                return self._load(multi)
+            if not multi and dlhold.HOLD_PROGS[0] in needed:
+                # the last thing to leave out: the periodic scan alone finds libraries
+                self._holds_refused = f"the kernel refused the dlopen hold programs ({exc})"
                 return self._load(multi)
             if not multi:
                 raise
@@ -884,7 +886,9 @@ class Engine:
             needed |= {"dc_uprobe", "dc_uretprobe"} | (set(_MULTI_PROGS) if multi else set())
             if self._holds_refused is None and any(
                     isinstance(p, dict) and isinstance(p.get("family"), str) for p in self.probes):
-                needed |= set(dlhold.HOLD_PROGS)
+                self._holds_refused = dlhold.kernel_lacks()
+                if self._holds_refused is None:
+                    needed |= set(dlhold.HOLD_PROGS)
         if "kprobe" in kinds:
             needed |= {"dc_kprobe", "dc_kretprobe"}
         if "tracepoint" in kinds:

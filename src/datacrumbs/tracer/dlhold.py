@@ -178,9 +178,11 @@ def release(held_fd: int, pid: int) -> str:
     key = struct.pack("<I", pid)
     try:
         pidfd = os.pidfd_open(pid)
-    except OSError:
+    except ProcessLookupError:
         libbpf.map_delete(held_fd, key)
         return "exited"
+    except OSError:
+        pidfd = None            # out of descriptors: by pid (a held process keeps its pid)
     try:
         raw = libbpf.map_lookup_and_delete(held_fd, key, _HELD.size)
         if raw is None:
@@ -190,12 +192,16 @@ def release(held_fd: int, pid: int) -> str:
             return "left stopped (someone else stopped it meanwhile)"
         if state == CONTINUED:
             return "already continued by someone else"
-        signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+        if pidfd is None:
+            os.kill(pid, signal.SIGCONT)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGCONT)
         return "resumed"
     except ProcessLookupError:
         return "exited"
     finally:
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def held_pids(held_fd: int) -> list[tuple[int, int]]:
@@ -439,12 +445,19 @@ def watch(held_fd: int, pipe_fd: int, timeout_s: float) -> None:
         now = time.monotonic_ns()
         for pid, ts in held_pids(held_fd):
             if now - ts > limit:
-                print(f"datacrumbs: process {pid} held at a dlopen() for more than "
-                      f"{timeout_s:g} s: {release(held_fd, pid)} without its probes",
-                      file=sys.stderr, flush=True)
+                _say(f"process {pid} held at a dlopen() for more than {timeout_s:g} s: "
+                     f"{release(held_fd, pid)} without its probes")
     for pid, _ts in held_pids(held_fd):
-        print(f"datacrumbs: process {pid} held at a dlopen() when the tracer exited: "
-              f"{release(held_fd, pid)}", file=sys.stderr, flush=True)
+        _say(f"process {pid} held at a dlopen() when the tracer exited: "
+             f"{release(held_fd, pid)}")
+
+
+def _say(text: str) -> None:
+    """One line to the tracer's stderr (its journal); a closed one stops nothing."""
+    try:
+        print(f"datacrumbs: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -224,6 +224,10 @@ class DlopenHold:
 
         self.engine = engine
         obj = engine._obj
+        for name, size in (("held", _HELD.size), ("hold_needles", _NEEDLES.size)):
+            if obj.map_value_size(name) != size:
+                raise ValueError(f"the BPF object's map {name} does not match this datacrumbs "
+                                 "(run `datacrumbs build-bpf`)")
         self.held_fd = obj.map_fd("held")
         self._known_fd = obj.map_fd("hold_known")
         self._interps_fd = obj.map_fd("hold_interps")

@@ -35,7 +35,7 @@ from datacrumbs.probes.schema import schema_problem
 from datacrumbs.signing.policy import parse_policy
 from datacrumbs.signing.resolve import RequestRefused, library_file, resolve
 
-from fixtures.tracing import Bpftrace
+from fixtures.tracing import Bpftrace, trace_command
 from workloads import daemon_readback as rb
 
 BIN = Path(sys.executable).parent
@@ -704,3 +704,355 @@ def test_the_scanner_sees_code_mapped_after_a_read_only_mapping_of_the_same_size
     finally:
         child.kill()
         child.wait()
+
+
+# -- dlopen holds: no call missed right after a dlopen() ------------------------------------
+
+DLOPEN_RUNS = 5             # the race was lost most of the time before holds; 5 tries each
+CTOR_WRITES = 3             # DCFAM_CTOR_WRITES in workloads/family_ctor_lib.c
+
+
+@pytest.fixture(scope="module")
+def dlopen_build(family_build, shared_dir):
+    """family_dlopen_now (also built for a copy of the dynamic linker, as in a container),
+    and per run a fresh copy of the family's library (a file the tracer has not judged
+    yet), plain and with a constructor calling the library."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    prog = shared_dir / "family_dlopen_now"
+    subprocess.run([cc, "-O2", "-o", str(prog), str(WORKLOADS / "family_dlopen_now.c"), "-ldl"],
+                   check=True, capture_output=True)
+    ctor = shared_dir / "ctor.so"
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", str(WORKLOADS), "-o", str(ctor),
+                    str(WORKLOADS / "family_ctor_lib.c")], check=True, capture_output=True)
+    ldso = shared_dir / "ldx" / "ld-linux-x86-64.so.2"
+    ldso.parent.mkdir()
+    shutil.copy(os.path.realpath("/lib64/ld-linux-x86-64.so.2"), ldso)
+    for path in (ldso.parent, ldso):
+        path.chmod(0o755)
+    prog_ldx = shared_dir / "family_dlopen_ldx"
+    subprocess.run([cc, "-O2", "-o", str(prog_ldx), str(WORKLOADS / "family_dlopen_now.c"), "-ldl",
+                    f"-Wl,--dynamic-linker={ldso}"], check=True, capture_output=True)
+    out = {"prog": prog, "prog_ldx": prog_ldx, "ldso": ldso, "plain": [], "ctor": [], "ldx": []}
+    copies = family_build["copy"].parent
+    for k in range(DLOPEN_RUNS + 2):
+        for kind, src in (("plain", family_build["lib"]), ("ctor", ctor),
+                          ("ldx", family_build["lib"])):
+            dst = copies / f"libdcfam-{kind}{k:02d}.so.1"
+            shutil.copy(src, dst)
+            out[kind].append(dst)
+    return out
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (/proc/<pid>/stat): "T" while stopped; "" once gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return ""
+    return raw[raw.rindex(b")") + 2:].split()[0].decode()
+
+
+def _wait_state(pid: int, want, timeout: float = 10) -> float:
+    """Wait until the process's state is (``want`` True: is "T", False: is not "T");
+    the monotonic time it was seen so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (_state(pid) == "T") == want:
+            return time.monotonic()
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} is {_state(pid)!r}, wanted {'' if want else 'not '}"
+                         "stopped")
+
+
+def test_the_debugger_hook_is_found_in_glibcs_dynamic_linker_only(tmp_path):
+    """The hook's file offset and the distance to _r_debug, as binutils reads them; any
+    other file a job could name as its dynamic linker is refused with one line."""
+    from datacrumbs.tracer.dlhold import debugger_hook
+
+    ldso = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+    syms = {}
+    for line in subprocess.run(["nm", "-D", ldso], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            syms[parts[2].split("@")[0]] = int(parts[0], 16)
+    loads = [(int(m.group(2), 16), int(m.group(1), 16), int(m.group(3), 16))
+             for m in re.finditer(r"LOAD\s+0x([0-9a-f]+) 0x([0-9a-f]+) 0x[0-9a-f]+ 0x([0-9a-f]+)",
+                                  subprocess.run(["readelf", "-lW", ldso], capture_output=True,
+                                                 text=True, check=True).stdout)]
+    hook = syms["_dl_debug_state"]
+    offset = next(hook - vaddr + off for vaddr, off, size in loads if vaddr <= hook < vaddr + size)
+    assert debugger_hook(ldso) == (offset, syms["_r_debug"] - hook)
+    cut = tmp_path / "ld-cut.so"
+    cut.write_bytes(Path(ldso).read_bytes()[:5000])
+    libc = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+    for path, words in ((libc, "exports no _dl_debug_state and _r_debug"),
+                        ("/etc/passwd", "is not an ELF dynamic linker"),
+                        (str(cut), "")):
+        with pytest.raises(ValueError) as info:
+            debugger_hook(path)
+        assert words in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("ctor", [False, True], ids=["calls", "constructor"])
+def test_no_call_is_missed_right_after_dlopen(site, bpf_object, family_build, dlopen_build,
+                                              tmp_path, ctor):
+    """A program dlopen()s an unjudged copy of the family and calls it N times at once
+    (and, with ``ctor``, the library's constructor calls it during dlopen()): the process
+    is held at the dynamic linker's debugger hook until the family's probes are on the
+    copy, so the trace has every call, as bpftrace's uprobes on the copy count them in
+    the same runs. Five runs, each a fresh file: the race is run five times."""
+    _site_set(site, family_build["lib"])
+    libs = dlopen_build["ctor" if ctor else "plain"][:DLOPEN_RUNS]
+    n = 40
+    extra = CTOR_WRITES if ctor else 0
+    probes = ", ".join(f"uprobe:{lib}:dcfam_write" for lib in libs)
+    runs = []
+    with Bpftrace(f"{probes} {{ @[probe] = count(); }}") as bt:
+        for k, lib in enumerate(libs):
+            work = tmp_path / f"run{k}"
+            work.mkdir()
+            data = work / "data.bin"
+            proc, trace, summary = trace_command(work, [dlopen_build["prog"], lib, data, n],
+                                                 sets=("dcfam", "posix"))
+            runs.append((lib, data, proc, trace, summary))
+        counted = bt.maps()
+    for lib, data, proc, trace, summary in runs:
+        assert proc.stdout == f"ok {16 * n}\n"
+        assert re.search(rf"process \d+ held as it mapped {re.escape(lib.name)} \(dlopen or "
+                         r"start\): probes attached in [\d.]+ ms, resumed", proc.stderr), \
+            proc.stderr
+        fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace)
+              if r.get("name") == "FH"}
+        writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
+        assert all(e["args"]["library"] == str(lib) for e in writes)
+        per_file = {}
+        for e in writes:
+            name = fh.get(e["args"].get("fhash"))
+            per_file[name] = per_file.get(name, 0) + 1
+        assert per_file == ({str(data): n, "/dev/null": extra} if ctor else {str(data): n})
+        m = re.search(rf"@\[uprobe:{re.escape(str(lib))}:dcfam_write\]: (\d+)", counted)
+        assert m and int(m.group(1)) == n + extra == len(writes), counted
+        op = summary["operations"]["DCFAM/dcfam_write"]
+        assert (op["count"], op["bytes"]) == (n + extra, 16 * (n + extra))
+        assert summary["operations"]["DCFAM/dcfam_open"]["count"] == 1 + (1 if ctor else 0)
+
+
+@pytest.mark.ebpf
+def test_a_program_with_its_own_dynamic_linker_is_hooked_at_exec(site, bpf_object,
+                                                                  family_build, dlopen_build,
+                                                                  tmp_path):
+    """A program whose dynamic linker is another file than the system's (a container's
+    glibc) is held once at exec until the hook is on that linker, then at its dlopen()
+    like any other: every call right after the dlopen() is traced, in each of five runs,
+    as bpftrace counts them."""
+    _site_set(site, family_build["lib"])
+    b = dlopen_build
+    libs = b["ldx"][:DLOPEN_RUNS]
+    n = 30
+    runs = []
+    probes = ", ".join(f"uprobe:{lib}:dcfam_write" for lib in libs)
+    with Bpftrace(f"{probes} {{ @[probe] = count(); }}") as bt:
+        for k, lib in enumerate(libs):
+            work = tmp_path / f"run{k}"
+            work.mkdir()
+            proc, trace, _summary = trace_command(work, [b["prog_ldx"], lib, work / "d.bin", n],
+                                                  sets=("dcfam",))
+            runs.append((lib, proc, trace))
+        counted = bt.maps()
+    for lib, proc, trace in runs:
+        assert proc.stdout == f"ok {16 * n}\n"
+        assert re.search(rf"process \d+ started with dynamic linker ld-linux-x86-64.so.2: hooked "
+                         rf"{re.escape(str(b['ldso']))} in [\d.]+ ms, resumed", proc.stderr), \
+            proc.stderr
+        assert re.search(rf"process \d+ held as it mapped {re.escape(lib.name)} ", proc.stderr)
+        writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
+        m = re.search(rf"@\[uprobe:{re.escape(str(lib))}:dcfam_write\]: (\d+)", counted)
+        assert m and int(m.group(1)) == n == len(writes), counted
+
+
+@pytest.mark.ebpf
+def test_a_program_linked_with_a_new_member_is_held_at_its_start(site, bpf_object,
+                                                                 family_build, dlopen_build,
+                                                                 tmp_path):
+    """A program linked (DT_NEEDED) against a member the tracer has not judged, calling it
+    first thing in main(): held when the dynamic linker has mapped its libraries, before
+    their constructors and main() run; every call is traced, as bpftrace counts them."""
+    _site_set(site, family_build["lib"])
+    cc = shutil.which("cc") or shutil.which("gcc")
+    libdir = tmp_path / "needed"
+    libdir.mkdir()
+    lib = libdir / "libdcfam.so.1"
+    shutil.copy(family_build["lib"], lib)
+    prog = tmp_path / "linked"
+    subprocess.run([cc, "-O2", "-o", str(prog), str(WORKLOADS / "family_linked.c"),
+                    f"-L{libdir}", "-l:libdcfam.so.1", f"-Wl,-rpath,{libdir}"], check=True,
+                   capture_output=True)
+    n = 30
+    with Bpftrace(f"uprobe:{lib}:dcfam_write {{ @w = count(); }}") as bt:
+        proc, trace, _summary = trace_command(tmp_path, [prog, tmp_path / "d.bin", n],
+                                              sets=("dcfam",))
+        counted = bt.maps()
+    assert proc.stdout == f"ok {16 * n}\n"
+    assert re.search(rf"process \d+ held as it mapped libdcfam.so.1 \(dlopen or start\): "
+                     r"probes attached in [\d.]+ ms, resumed", proc.stderr), proc.stderr
+    writes = [e for e in rb.events(trace) if e["name"] == "dcfam_write"]
+    assert {e["args"]["library"] for e in writes} == {str(lib)}
+    assert f"@w: {n}" in counted and len(writes) == n, counted
+
+
+def _dcfam_probes(site, library: Path) -> list[dict]:
+    _site_set(site, library)
+    return select_probes(load_catalog(site), ["dcfam"])
+
+
+def _writes(engine, events) -> int:
+    return sum(engine.probes[int(p)]["target"] == "dcfam_write" for p in events["probe"])
+
+
+@pytest.mark.ebpf
+def test_a_held_process_stopped_by_someone_else_stays_stopped(site, bpf_object, family_build,
+                                                              dlopen_build, workloads,
+                                                              tmp_path, monkeypatch):
+    """The tracer sends SIGCONT only to a process it stopped itself and nobody else stopped
+    meanwhile: a SIGSTOP from the job's user during the hold is kept. A second process
+    mapping the same (now judged) file is not held at all; a held process that is killed
+    leaves nothing held behind."""
+    from datacrumbs.tracer import dlhold
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+    from fixtures.tracing import collect
+
+    monkeypatch.setattr(dlhold, "HOLD_TIMEOUT_S", 60.0)    # the watchdog stays out of it
+    b, lib = dlopen_build, dlopen_build["plain"][DLOPEN_RUNS]
+    n = 25
+    first = workloads([b["prog"], lib, tmp_path / "a.bin", n, "wait"])
+    second = workloads([b["prog"], lib, tmp_path / "b.bin", n, "wait"])
+    doomed = workloads([b["prog"], b["plain"][DLOPEN_RUNS + 1], tmp_path / "c.bin", n, "wait"])
+    scope = Scope.for_pids([first.pid, second.pid, doomed.pid])
+    with Engine(_dcfam_probes(site, family_build["lib"]), scope, bpf_object=bpf_object) as eng:
+        eng.attach()
+        held_fd = eng._hold.held_fd
+        first.go()
+        _wait_state(first.pid, True)            # held at its dlopen()
+        assert [pid for pid, _ts in dlhold.held_pids(held_fd)] == [first.pid]
+        os.kill(first.pid, signal.SIGSTOP)       # its user stops it too
+        assert eng.poll(0) is None               # attaches, and leaves it stopped
+        assert dlhold.held_pids(held_fd) == []
+        time.sleep(0.3)
+        assert _state(first.pid) == "T"
+        assert [r["status"] for r in eng.libraries if r["path"] == str(lib)] == ["attached"]
+        os.kill(first.pid, signal.SIGCONT)       # the user's own continue
+        events, _paths = collect(eng, [first])
+        assert _writes(eng, events) == n
+
+        second.go()                              # the same file: judged, never held
+        events, _paths = collect(eng, [second])
+        assert _writes(eng, events) == n and eng._hold.holds == 1
+
+        doomed.go()
+        _wait_state(doomed.pid, True)
+        doomed.kill()                            # exits while held
+        assert dlhold.held_pids(held_fd) == []
+        eng.poll(0)                              # the hold's message: nothing to resume
+        assert eng._hold.holds == 2
+
+
+@pytest.mark.ebpf
+def test_without_holds_the_scan_still_attaches_and_says_what_may_be_missed(
+        site, bpf_object, family_build, dlopen_build, workloads, tmp_path, monkeypatch, caplog):
+    """A kernel without the helpers the hold programs call: they are not loaded, the run
+    warns that calls right after a dlopen() may be missed, and the periodic scan still
+    attaches the family to a copy the process maps (and keeps it mapped)."""
+    import logging
+
+    from datacrumbs.tracer import dlhold
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+
+    monkeypatch.setattr(dlhold, "kernel_lacks", lambda: "the kernel lacks bpf_find_vma() "
+                        "for uprobe programs (no dlopen holds)")
+    b = family_build
+    loaded, go = tmp_path / "loaded", tmp_path / "go"
+    w = workloads([b["prog"], dlopen_build["plain"][DLOPEN_RUNS], tmp_path / "e.bin", 3,
+                   loaded, go])
+    with caplog.at_level(logging.INFO, logger="datacrumbs.engine"):
+        with Engine(_dcfam_probes(site, b["lib"]), Scope.for_pids([w.pid]),
+                    bpf_object=bpf_object) as eng:
+            eng.attach()
+            assert eng._hold is None
+            deadline = time.monotonic() + 30
+            while not loaded.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            found = eng.discover_libraries()
+            go.touch()
+            w.wait()
+    assert [r["status"] for r in found] == ["attached"]
+    assert "the kernel lacks bpf_find_vma() for uprobe programs (no dlopen holds): calls made " \
+        f"right after a dlopen() of a library of {FAMILY} may be missed" in caplog.text
+    assert "dlopen holds on" not in caplog.text
+
+
+HUNG_TRACER = """
+import json, sys, time
+from datacrumbs.tracer.engine import Engine
+from datacrumbs.tracer.scope import Scope
+probes = json.loads(sys.argv[1])
+with Engine(probes, Scope.for_pids([int(sys.argv[2])]), bpf_object=sys.argv[3]) as eng:
+    eng.attach()
+    print("ready", eng._hold.watchdog.pid, flush=True)
+    time.sleep(600)          # never polls: a tracer that hangs
+"""
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("how", ["hung", "killed"])
+def test_a_held_process_never_waits_for_a_tracer_that_cannot_answer(site, bpf_object,
+                                                                    family_build,
+                                                                    dlopen_build, workloads,
+                                                                    tmp_path, how):
+    """A tracer that holds a process and then hangs: the watchdog resumes it after
+    HOLD_TIMEOUT_S. One killed with SIGKILL: the watchdog resumes it at once and exits.
+    Either way the program completes."""
+    from datacrumbs.tracer import dlhold
+
+    b = dlopen_build
+    k = 0 if how == "hung" else 1
+    lib = b["plain"][DLOPEN_RUNS + k]
+    w = workloads([b["prog"], lib, tmp_path / "d.bin", 10, "wait"])
+    tracer = subprocess.Popen([sys.executable, "-c", HUNG_TRACER,
+                               json.dumps(_dcfam_probes(site, family_build["lib"])),
+                               str(w.pid), str(bpf_object)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = tracer.stdout.readline()
+        assert line.startswith("ready "), tracer.stderr.read()
+        watchdog = int(line.split()[1])
+        w.go()
+        stopped = _wait_state(w.pid, True)
+        if how == "killed":
+            time.sleep(0.2)
+            assert _state(w.pid) == "T"
+            killed = time.monotonic()
+            tracer.kill()
+            resumed = _wait_state(w.pid, False)
+            assert resumed - killed < 1.0
+        else:
+            resumed = _wait_state(w.pid, False)
+            assert dlhold.HOLD_TIMEOUT_S - 0.2 < resumed - stopped < dlhold.HOLD_TIMEOUT_S + 2
+        w.wait()
+        tracer.kill()
+        tracer.wait(timeout=30)
+        err = tracer.stderr.read()
+        assert f"datacrumbs: process {w.pid} held at a dlopen() " in err
+        assert "Traceback" not in err
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{watchdog}") and _state(watchdog) != "Z" \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(f"/proc/{watchdog}") or _state(watchdog) == "Z"
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()

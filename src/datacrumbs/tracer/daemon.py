@@ -681,6 +681,11 @@ class TraceRun:
         discover()
         took = time.monotonic() - now
         self._next_library_scan = now + max(self.library_scan_s, LIBRARY_SCAN_DUTY * took)
+        self._sync_probes()
+
+    def _sync_probes(self) -> None:
+        """The engine attached a family to another library (a scan, or a process held at
+        a dlopen() during poll): grow the tables indexed by probe before converting."""
         if len(self.engine.probes) > len(self.probes):
             self.probes = list(self.engine.probes)
             self.writer.set_probes(self.probes)
@@ -704,6 +709,7 @@ class TraceRun:
     def _drain_once(self, timeout_ms: int) -> int:
         """Poll, convert and write one batch; the latest event time (ns) or 0 if none."""
         batch = self.engine.poll(timeout_ms)
+        self._sync_probes()
         if batch is None or len(batch.events) == 0:
             return 0
         ops, paths, paths2, args = self.converter.convert_rows(batch)

@@ -82,7 +82,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from ..errors import DatacrumbsError
-from . import elfsyms, libbpf
+from . import dlhold, elfsyms, libbpf
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -297,7 +297,7 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
-              *_MULTI_PROGS, *_URING_PROGS)
+              *_MULTI_PROGS, *_URING_PROGS, *dlhold.HOLD_PROGS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -668,6 +668,8 @@ class Engine:
         self._dead_pids: set[int] = set()
         self._scans = 0
         self._sys_attached = False      # dc_sys_enter/exit attached (syscall or libaio probes)
+        self._holds_refused: str | None = None  # why the dlopen hold programs did not load
+        self._hold = None               # dlhold.DlopenHold: families' libraries at dlopen()
 
     # -- setup --
 
@@ -812,6 +814,13 @@ class Engine:
         self._epoll = select.epoll()
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
         self._epoll.register(obj.map_fd("paths"), select.EPOLLIN)
+        if self._families and self._holds_refused is None:
+            self._hold = dlhold.start(self)
+            if self._hold is not None:
+                self._epoll.register(self._hold.ring_fd, select.EPOLLIN)
+        elif self._families:
+            log.warning("%s: calls made right after a dlopen() of a library of %s may be "
+                        "missed", self._holds_refused, ", ".join(sorted(self._families)))
         return report
 
     def _load(self, multi: bool) -> BpfObject:
@@ -849,6 +858,10 @@ class Engine:
                          "perf events", exc)
                 self._raw_tp = False
                 return self._load(multi)
+            if not multi and dlhold.HOLD_PROGS[0] in needed:
+                # the last thing to leave out: the periodic scan alone finds libraries
+                self._holds_refused = f"the kernel refused the dlopen hold programs ({exc})"
+                return self._load(multi)
             if not multi:
                 raise
             log.info("loading the uprobe_multi programs failed (%s); uprobes attach one by one",
@@ -871,6 +884,11 @@ class Engine:
             needed |= {"dc_sys_enter", "dc_sys_exit"}
         if "uprobe" in kinds:
             needed |= {"dc_uprobe", "dc_uretprobe"} | (set(_MULTI_PROGS) if multi else set())
+            if self._holds_refused is None and any(
+                    isinstance(p, dict) and isinstance(p.get("family"), str) for p in self.probes):
+                self._holds_refused = dlhold.kernel_lacks()
+                if self._holds_refused is None:
+                    needed |= set(dlhold.HOLD_PROGS)
         if "kprobe" in kinds:
             needed |= {"dc_kprobe", "dc_kretprobe"}
         if "tracepoint" in kinds:
@@ -1258,36 +1276,47 @@ class Engine:
     def discover_libraries(self) -> list[dict]:
         """Look for family members the job's processes map and attach the family's
         probes to each new one (new probe indexes: ``probes`` grows, and events of a
-        copy name it). Returns the records of the files judged now. Calls made between
-        a dlopen() and the next scan are not seen."""
-        from .families import MAX_LIBRARIES
-
+        copy name it). Returns the records of the files judged now. A process that maps
+        a new member with dlopen() is found at once, held until attached (dlhold.py);
+        this periodic scan is the safety net."""
         if self._scanner is None or self._obj is None:
             return []
         new = []
         self._scans += 1
         force = self._scans % 16 == 1           # now and then, read every process's maps
         for pid in sorted(self._scope_pids()):
-            if not os.path.isdir(f"/proc/{pid}"):
-                self._dead_pids.add(pid)
-                continue
-            if self.check_creds and not _runs_as(pid, self.job_uid):
-                continue
-            for mapping in self._scanner.scan(pid, force=force):
-                if len(self._libraries) >= MAX_LIBRARIES + len(self._signed_paths):
-                    from .families import LibraryRecord
-                    record = LibraryRecord(mapping.path, mapping.family, "not attached",
-                                           pid=pid, reason=f"more than {MAX_LIBRARIES} "
-                                           "libraries of the probed families were mapped")
-                else:
-                    record = self._attach_mapped(mapping)
-                if record is not None:
-                    self._libraries.append(record)
-                    new.append(record.as_dict())
-                    log.log(logging.WARNING if record.status == "not attached" else logging.INFO,
-                            "library %s (family %s, pid %d): %s%s", record.path, record.family,
-                            pid, record.status, f" ({record.reason})" if record.reason else
-                            f", {record.functions} functions")
+            new += self._discover_pid(pid, force=force)
+        if self._hold is not None:
+            self._hold.learn()
+        return new
+
+    def _discover_pid(self, pid: int, *, force: bool) -> list[dict]:
+        """discover_libraries() for one process (also for one held at a dlopen())."""
+        from .families import MAX_LIBRARIES
+
+        if self._scanner is None or self._obj is None:
+            return []
+        if not os.path.isdir(f"/proc/{pid}"):
+            self._dead_pids.add(pid)
+            return []
+        if self.check_creds and not _runs_as(pid, self.job_uid):
+            return []
+        new = []
+        for mapping in self._scanner.scan(pid, force=force):
+            if len(self._libraries) >= MAX_LIBRARIES + len(self._signed_paths):
+                from .families import LibraryRecord
+                record = LibraryRecord(mapping.path, mapping.family, "not attached",
+                                       pid=pid, reason=f"more than {MAX_LIBRARIES} "
+                                       "libraries of the probed families were mapped")
+            else:
+                record = self._attach_mapped(mapping)
+            if record is not None:
+                self._libraries.append(record)
+                new.append(record.as_dict())
+                log.log(logging.WARNING if record.status == "not attached" else logging.INFO,
+                        "library %s (family %s, pid %d): %s%s", record.path, record.family,
+                        pid, record.status, f" ({record.reason})" if record.reason else
+                        f", {record.functions} functions")
         return new
 
     def _attach_mapped(self, m):
@@ -1480,6 +1509,8 @@ class Engine:
                 self._epoll.poll(timeout_ms / 1000.0)
             except InterruptedError:
                 pass
+        if self._hold is not None:
+            self._hold.service()        # a process waits at a dlopen(): before anything
         events = self._events.drain()
         if self.capture_paths:
             self._stash_paths(self._paths.drain_variable())
@@ -1707,6 +1738,9 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        if self._hold is not None:
+            self._hold.close()          # held processes resumed before anything else
+            self._hold = None
         _destroy_all(list(reversed(self._links)))
         self._links.clear()
         if self._epoll is not None:

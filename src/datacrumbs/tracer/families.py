@@ -15,10 +15,11 @@ bounded size, and must export some of the family's probed functions; the
 probe definitions (argument roles, byte rules) stay the signed ones. The BPF
 scope keeps other processes mapping the same inode out of the trace.
 
-Limit: finding a new member is asynchronous (a scan every 0.25 s, then about
-10 ms to check and attach), so calls a process makes right after a dlopen() are
-missed. A minimal h5py script creates its file about 50 ms after libhdf5 is
-mapped: those first calls are missed more often than not; later ones are traced.
+A scan every 0.25 s alone would miss the calls a process makes right after a
+dlopen() (a minimal h5py script creates its file about 50 ms after libhdf5 is
+mapped): a process that maps an unjudged member through the dynamic linker is
+held at its debugger hook until the probes are on it (dlhold.py); the scan
+stays as the safety net for what the hook does not see.
 """
 
 from __future__ import annotations

@@ -97,6 +97,7 @@ def _declare(lib):
         "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
         "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+        "bpf_map_lookup_and_delete_elem": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
         "libbpf_num_possible_cpus": (c_int, []),
         "libbpf_set_print": (c_void_p, [_PRINT_FN]),
@@ -382,6 +383,15 @@ def map_delete(fd: int, key: bytes) -> bool:
     return lib().bpf_map_delete_elem(fd, key) == 0
 
 
+def map_lookup_and_delete(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value, removed in the same step (None when absent): of two callers racing
+    for one entry, only one gets it."""
+    buf = ctypes.create_string_buffer(value_size)
+    if lib().bpf_map_lookup_and_delete_elem(fd, key, buf) != 0:
+        return None
+    return buf.raw
+
+
 def map_keys(fd: int, key_size: int, limit: int = 1 << 20):
     """Yield every key of a hash map (bounded: maps are bounded too)."""
     cur = None
@@ -402,4 +412,4 @@ def num_possible_cpus() -> int:
 
 __all__ = ["BpfObject", "Link", "FdLink", "uprobe_multi_link", "raw_tracepoint_link", "LibbpfError", "AttachFailed",
            "lib", "version", "map_update",
-           "map_lookup", "map_delete", "map_keys", "num_possible_cpus"]
+           "map_lookup", "map_delete", "map_lookup_and_delete", "map_keys", "num_possible_cpus"]

@@ -1893,3 +1893,364 @@ static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 
 	}
 	return 0;
 }
+
+/* ---- dlopen holds: no call missed after a dlopen() (tracer/dlhold.py) ----
+ *
+ * Library families attach to the libraries a job maps, found by reading its
+ * processes' maps; a process calling into a library right after dlopen()
+ * would run ahead of that. dc_dl_hook, a uprobe on the dynamic linker's
+ * debugger hook _dl_debug_state (its cookie: the distance from there to
+ * _r_debug), looks at the objects each dlopen() (or the program's start) has
+ * just mapped, while they are not yet relocated and their constructors have
+ * not run. One whose file name begins like a probed family and that the
+ * tracer has not judged yet (hold_known) gets the process stopped
+ * (SIGSTOP) and the tracer told (holds, woken at once): it attaches, then
+ * sends SIGCONT. Only the debugger hook pays this, never a system call. */
+
+#define DC_SIGCONT 18
+#define DC_SIGSTOP 19
+#define DC_EBUSY 16
+#define DC_RT_CONSISTENT 0
+#define DC_RT_ADD 1
+/* the public heads of struct r_debug and struct link_map (<link.h>) are ABI */
+#define DC_LM_LD 16
+#define DC_LM_NEXT 24
+#define DC_LM_PREV 32
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 10);
+} holds SEC(".maps");
+
+/* Processes stopped by dc_dl_hook, by tgid, until the tracer resumes them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct dc_held);
+} held SEC(".maps");
+
+/* Per thread, between RT_ADD and RT_CONSISTENT: the link_map before the one
+ * the list ended at when RT_ADD was signalled (0: look at the whole list).
+ * glibc 2.36 adds the dlopen()ed object itself before RT_ADD, its
+ * dependencies after; older ones add all after: from there, both are seen. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} dl_tails SEC(".maps");
+
+/* Files the tracer has judged (attached, or found not attachable): mapping
+ * them again holds nothing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DC_HOLD_KNOWN);
+	__type(key, struct dc_file_key);
+	__type(value, __u8);
+} hold_known SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_needles);
+} hold_needles SEC(".maps");
+
+/* Dynamic linkers dc_dl_hook is on (or that cannot have it): a job process
+ * exec'ing with another one (a container's glibc) is held until it is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct dc_file_key);
+	__type(value, __u8);
+} hold_interps SEC(".maps");
+
+struct dc_rdebug {
+	__s32 r_version;
+	__u32 pad;
+	__u64 r_map;
+	__u64 r_brk;
+	__s32 r_state;
+	__u32 pad2;
+};
+
+/* The callbacks of bpf_loop keep no counters: the verifier follows a callback
+ * until its state repeats, and a counter never repeats. */
+static long dl_tail_step(__u32 i, void *arg)
+{
+	__u64 *cur = arg, next = 0;
+
+	if (bpf_probe_read_user(&next, sizeof(next), (void *)(*cur + DC_LM_NEXT)) || !next)
+		return 1;
+	*cur = next;
+	return 0;
+}
+
+static __always_inline __u64 dl_next(__u64 lm)
+{
+	__u64 next = 0;
+
+	if (lm)
+		bpf_probe_read_user(&next, sizeof(next), (void *)(lm + DC_LM_NEXT));
+	return next;
+}
+
+struct dl_file {
+	__u64 dev;
+	__u64 ino;
+	__u64 name[DC_NEEDLE_MAX / 8];	/* zero-padded */
+	__u32 seen;		/* the address is in a mapping */
+	__u32 file;		/* ... of a file */
+};
+
+static long dl_vma_file(struct task_struct *task, struct vm_area_struct *vma, void *arg)
+{
+	struct dl_file *f = arg;
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	struct inode *inode;
+
+	f->seen = 1;
+	if (!file)
+		return 0;
+	inode = BPF_CORE_READ(file, f_inode);
+	f->ino = BPF_CORE_READ(inode, i_ino);
+	f->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	bpf_probe_read_kernel_str(f->name, sizeof(f->name),
+				  BPF_CORE_READ(file, f_path.dentry, d_name.name));
+	f->file = 1;
+	return 0;
+}
+
+/* Does the file name (zero-padded) begin with one of the families' literal prefixes? */
+static __always_inline bool dl_needle_match(struct dc_needles *nd, const __u64 *name)
+{
+	for (__u32 k = 0; k < DC_NEEDLES; k++) {
+		if (k >= nd->n)
+			break;
+		if ((name[0] & nd->mask[k][0]) == nd->word[k][0] &&
+		    (name[1] & nd->mask[k][1]) == nd->word[k][1] &&
+		    (name[2] & nd->mask[k][2]) == nd->word[k][2] &&
+		    (name[3] & nd->mask[k][3]) == nd->word[k][3])
+			return true;
+	}
+	return false;
+}
+
+struct dl_check {
+	__u64 cur;			/* next link_map to look at */
+	struct dl_file f;
+	struct dc_file_key first;	/* the first new matching file */
+	__u64 name[DC_NEEDLE_MAX / 8];
+	__u32 matches;			/* 1: a new matching file */
+	__u32 unsure;			/* 1: an object whose file could not be looked up */
+};
+
+static long dl_check_step(__u32 i, void *arg)
+{
+	struct dl_check *k = arg;
+	struct dc_needles *nd;
+	struct dc_file_key key;
+	__u64 ld = 0, next = 0, cur = k->cur;
+	__u32 zero = 0;
+	long err;
+
+	if (!cur)
+		return 1;
+	if (bpf_probe_read_user(&ld, sizeof(ld), (void *)(cur + DC_LM_LD)) ||
+	    bpf_probe_read_user(&next, sizeof(next), (void *)(cur + DC_LM_NEXT)))
+		return 1;
+	k->cur = next;
+	if (!ld)
+		return 0;
+	__builtin_memset(&k->f, 0, sizeof(k->f));
+	/* the file mapped at the object's dynamic section: the kernel's word for
+	 * which file it is, whatever name the process gave it */
+	err = bpf_find_vma(bpf_get_current_task_btf(), ld, dl_vma_file, &k->f, 0);
+	if (err == -DC_EBUSY)
+		k->unsure = 1;		/* another thread holds the mm: hold to be sure */
+	if (err || !k->f.file)
+		return 0;
+	nd = bpf_map_lookup_elem(&hold_needles, &zero);
+	if (!nd || !dl_needle_match(nd, k->f.name))
+		return 0;
+	key.dev = k->f.dev;
+	key.ino = k->f.ino;
+	if (bpf_map_lookup_elem(&hold_known, &key))
+		return 0;
+	if (!k->matches) {
+		k->first = key;
+		__builtin_memcpy(k->name, k->f.name, sizeof(k->name));
+	}
+	k->matches = 1;
+	return 0;
+}
+
+/* Stop the current process and tell the tracer. Ring space is taken first: a
+ * process is never stopped without the tracer being told. */
+static __always_inline void dl_hold(__u64 tid_tgid, struct dl_check *k, __u32 kind)
+{
+	__u32 tgid = tid_tgid >> 32;
+	struct dc_held h = { .ts = bpf_ktime_get_ns(), .tid = (__u32)tid_tgid,
+			     .state = DC_HOLD_ARMING };
+	struct dc_hold_msg *m = bpf_ringbuf_reserve(&holds, sizeof(*m), 0);
+	struct dc_held *hp;
+
+	if (!m)
+		return;		/* not told, not held: the periodic scan finds the file */
+	m->ts = h.ts;
+	m->pid = tgid;
+	m->tid = h.tid;
+	m->dev = k->first.dev;
+	m->ino = k->first.ino;
+	m->matches = k->matches;
+	m->held = 0;
+	m->kind = kind;
+	m->pad = 0;
+	__builtin_memcpy(m->name, k->name, sizeof(m->name));
+	if (bpf_map_update_elem(&held, &tgid, &h, BPF_ANY) == 0) {
+		/* generated right here (task context): dc_hold_signal sees ARMING */
+		if (bpf_send_signal(DC_SIGSTOP) == 0) {
+			hp = bpf_map_lookup_elem(&held, &tgid);
+			if (hp)
+				hp->state = DC_HOLD_HELD;
+			m->held = 1;
+		} else {
+			bpf_map_delete_elem(&held, &tgid);
+		}
+	}
+	bpf_ringbuf_submit(m, BPF_RB_FORCE_WAKEUP);
+}
+
+SEC("uprobe")
+int dc_dl_hook(struct pt_regs *ctx)
+{
+	struct dc_config *c = get_config();
+	__u64 ip = PT_REGS_IP(ctx), tid_tgid, tail, *saved;
+	struct dl_check k = {};
+	struct dc_rdebug r;
+	__u32 tid;
+	bool in;
+
+	if (!c)
+		return 0;
+	task_state(c, &in);
+	if (!in)
+		return 0;
+	/* r_brk is the hook's own address: a check that the cookie found _r_debug */
+	if (bpf_probe_read_user(&r, sizeof(r), (void *)(ip + bpf_get_attach_cookie(ctx))) ||
+	    r.r_brk != ip)
+		return 0;
+	tid_tgid = bpf_get_current_pid_tgid();
+	tid = (__u32)tid_tgid;
+	if (r.r_state == DC_RT_ADD) {
+		/* At most the program, ld.so and the vdso: the program is starting, and
+		 * ld.so moves its own entry behind the libraries it loads: look at all. */
+		tail = dl_next(dl_next(dl_next(r.r_map))) ? r.r_map : 0;
+		if (tail) {
+			bpf_loop(DC_DL_WALK, dl_tail_step, &tail, 0);
+			if (bpf_probe_read_user(&tail, sizeof(tail), (void *)(tail + DC_LM_PREV)))
+				tail = 0;
+		}
+		bpf_map_update_elem(&dl_tails, &tid, &tail, BPF_ANY);
+		return 0;
+	}
+	if (r.r_state != DC_RT_CONSISTENT)
+		return 0;
+	saved = bpf_map_lookup_elem(&dl_tails, &tid);
+	if (!saved)
+		return 0;
+	tail = *saved;
+	bpf_map_delete_elem(&dl_tails, &tid);
+	if (!tail)
+		k.cur = r.r_map;
+	else if (bpf_probe_read_user(&k.cur, sizeof(k.cur), (void *)(tail + DC_LM_NEXT)))
+		return 0;
+	bpf_loop(DC_DL_NEW, dl_check_step, &k, 0);
+	if (k.matches || k.unsure)
+		dl_hold(tid_tgid, &k, DC_HOLD_DLOPEN);
+	return 0;
+}
+
+#define DC_AT_NULL 0
+#define DC_AT_BASE 7
+
+/* The dynamic linker's load address (AT_BASE in the auxiliary vector the kernel
+ * gave the program; 0 for a static program). */
+static __always_inline __u64 dl_at_base(struct mm_struct *mm)
+{
+	__u64 off = bpf_core_field_offset(mm->saved_auxv);
+	__u32 n = bpf_core_field_size(mm->saved_auxv) / 16;
+	__u64 pair[2];
+
+	for (__u32 i = 0; i < 64; i++) {
+		if (i >= n || bpf_probe_read_kernel(pair, sizeof(pair), (void *)mm + off + i * 16))
+			return 0;
+		if (pair[0] == DC_AT_NULL)
+			return 0;
+		if (pair[0] == DC_AT_BASE)
+			return pair[1];
+	}
+	return 0;
+}
+
+/* A job process starts with a dynamic linker dc_dl_hook is not on (a
+ * container's glibc): hold it before its first instruction, so the tracer
+ * hooks that linker before it maps anything. Once per linker file. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(dc_hold_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct dc_config *c = get_config();
+	__u64 tid_tgid = bpf_get_current_pid_tgid(), base;
+	__u32 tgid = tid_tgid >> 32;
+	__u8 *state = bpf_map_lookup_elem(&scope_pids, &tgid);
+	struct dl_check k = {};
+	struct dc_file_key key;
+
+	/* a member from this exec on (DC_PID_AT_EXEC): dc_exec may run after this */
+	if (!c || !((state && *state == DC_PID_AT_EXEC) || is_member(c, tgid)) || !creds_ok(c, p))
+		return 0;
+	base = dl_at_base(BPF_CORE_READ(p, mm));
+	if (!base || bpf_find_vma(p, base, dl_vma_file, &k.f, 0) || !k.f.file)
+		return 0;
+	key.dev = k.f.dev;
+	key.ino = k.f.ino;
+	if (bpf_map_lookup_elem(&hold_interps, &key))
+		return 0;
+	k.first = key;
+	__builtin_memcpy(k.name, k.f.name, sizeof(k.name));
+	k.matches = 1;
+	dl_hold(tid_tgid, &k, DC_HOLD_INTERP);
+	return 0;
+}
+
+/* A held process that someone else stops (SIGSTOP) stays stopped when the
+ * tracer is done; one someone else continues needs no SIGCONT from it. */
+SEC("tp_btf/signal_generate")
+int BPF_PROG(dc_hold_signal, int sig, struct kernel_siginfo *info, struct task_struct *task,
+	     int group, int result)
+{
+	struct dc_held *h;
+	__u32 tgid;
+
+	if (sig != DC_SIGSTOP && sig != DC_SIGCONT)
+		return 0;
+	tgid = BPF_CORE_READ(task, tgid);
+	h = bpf_map_lookup_elem(&held, &tgid);
+	if (!h || h->state == DC_HOLD_ARMING)
+		return 0;
+	h->state = sig == DC_SIGSTOP ? DC_HOLD_USER_STOPPED : DC_HOLD_CONTINUED;
+	return 0;
+}
+
+/* A held process that exits (SIGKILL) is no longer held: its pid may be reused. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(dc_hold_exit, struct task_struct *p)
+{
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+
+	/* every exit of the node passes here: a lookup (no lock) before a delete */
+	if (BPF_CORE_READ(p, signal, live.counter) == 0 && bpf_map_lookup_elem(&held, &tgid))
+		bpf_map_delete_elem(&held, &tgid);
+	return 0;
+}

@@ -300,4 +300,67 @@ struct dc_aio_key {
 	__u64 iocb;		/* user address of the iocb (io_event.obj) */
 };
 
+/* ---- dlopen holds (tracer/dlhold.py) ----
+ * A uprobe on the dynamic linker's debugger hook (_dl_debug_state, which
+ * glibc calls with _r_debug.r_state RT_ADD before it maps objects and
+ * RT_CONSISTENT once they are mapped, before relocating them and running
+ * their constructors) stops a job process that has just mapped a file whose
+ * name begins like a probed family and that the tracer has not judged yet,
+ * and tells the tracer through the holds ring; the tracer attaches and
+ * sends SIGCONT. */
+#define DC_NEEDLES 8		/* family name prefixes */
+#define DC_NEEDLE_MAX 32	/* bytes of a prefix compared (a longer one is cut) */
+#define DC_DL_WALK 8192		/* link_map entries walked to find the list's end */
+#define DC_DL_NEW 256		/* new link_map entries looked at per dlopen */
+#define DC_HOLD_KNOWN 8192	/* files already judged (dev, ino) */
+
+/* A name begins with needle k when (word i of the name & mask[k][i]) ==
+ * word[k][i] for every i: whole-word compares, no byte loop to verify. */
+struct dc_needles {
+	__u32 n;
+	__u32 pad;
+	__u64 word[DC_NEEDLES][DC_NEEDLE_MAX / 8];
+	__u64 mask[DC_NEEDLES][DC_NEEDLE_MAX / 8];
+};
+
+/* A file as the kernel names it: dev is the superblock's dev_t (major << 20
+ * | minor, as /proc/<pid>/maps shows it), ino its inode number. */
+struct dc_file_key {
+	__u64 dev;
+	__u64 ino;
+};
+
+enum dc_hold_state {
+	DC_HOLD_ARMING = 1,		/* the SIGSTOP is being sent (our own signal) */
+	DC_HOLD_HELD = 2,		/* stopped by the tracer only: it sends SIGCONT */
+	DC_HOLD_USER_STOPPED = 3,	/* someone else sent SIGSTOP meanwhile: left stopped */
+	DC_HOLD_CONTINUED = 4,		/* someone else sent SIGCONT meanwhile: running */
+};
+
+struct dc_held {
+	__u64 ts;		/* bpf_ktime_get_ns() when stopped (CLOCK_MONOTONIC) */
+	__u32 tid;
+	__u32 state;		/* enum dc_hold_state */
+};
+
+/* One message per hold (or per match that could not be held: held = 0). */
+struct dc_hold_msg {
+	__u64 ts;
+	__u32 pid;
+	__u32 tid;
+	__u64 dev;		/* the first unjudged matching file (struct dc_file_key) */
+	__u64 ino;
+	__u32 held;		/* 1: the process was stopped and waits for SIGCONT */
+	__u32 matches;		/* 1: a new matching file (0: a file that could not be looked at) */
+	__u32 kind;		/* enum dc_hold_kind */
+	__u32 pad;
+	char name[DC_NEEDLE_MAX];	/* its file name (cut) */
+};
+
+enum dc_hold_kind {
+	DC_HOLD_DLOPEN = 0,	/* the dynamic linker mapped a family file (dc_dl_hook) */
+	DC_HOLD_INTERP = 1,	/* an exec with a dynamic linker not hooked yet (dc_hold_exec):
+				 * dev/ino/name are the dynamic linker's */
+};
+
 #endif

@@ -105,7 +105,7 @@ HIST_BUCKETS = 32
 PROFILE_SLOTS = 16384                           # DC_PROFILE_SLOTS
 MAX_SYSCALLS = 512
 MAX_PROBES = 16384                              # DC_MAX_PROBES
-KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async")
+KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async", "usdt")
 # kind "async": requests of asynchronous I/O interfaces, one event per completed
 # request (enum dc_async_class); target -> class index
 ASYNC_CLASSES = {"io_uring_read": 0, "io_uring_write": 1, "io_uring_fsync": 2,
@@ -138,6 +138,7 @@ TRACEFS = Path("/sys/kernel/tracing")
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 INIT_PID_NS_INO = 0xEFFFFFFC     # PROC_PID_INIT_INO: the host's pid namespace
 SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.$@]{0,254}$")
+USDT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}:[A-Za-z_][A-Za-z0-9_]{0,63}$")
 TRACEPOINT_RE = re.compile(r"^([a-z0-9_]{1,64}):([a-z0-9_]{1,128})$")
 # uprobe targets declared to return C int: the upper half of rax is garbage for them.
 INT_RETURNING = frozenset({
@@ -297,7 +298,7 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
-              *_MULTI_PROGS, *_URING_PROGS)
+              *_MULTI_PROGS, *_URING_PROGS, "dc_usdt")
 
 
 @functools.lru_cache(maxsize=32)
@@ -738,6 +739,7 @@ class Engine:
         block_issue_needed = False
         async_found: list[tuple[int, int]] = []     # (probe index, dc_async_class)
         uprobes: dict[str, list[int]] = {}
+        usdt_found: list[int] = []      # usdt probes: tracer/usdt.py attaches their sites
         has_kprobes = kernel_has_kprobes()
         for i, probe in enumerate(self.probes):
             try:
@@ -758,6 +760,9 @@ class Engine:
                     async_found.append((i, cls))
                     continue
                 libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
+                if kind == "usdt":
+                    usdt_found.append(i)
+                    continue
                 if kind == "kprobe" and not has_kprobes:
                     raise _Refused(NO_KPROBES)
                 if kind == "uprobe" and isinstance(probe.get("family"), str):
@@ -786,6 +791,9 @@ class Engine:
         for library, indexes in uprobes.items():
             self._attach_library(library, indexes, report, code)
         self._note_signed_libraries(uprobes, report)
+        if usdt_found:
+            from . import usdt
+            usdt.attach(self, usdt_found, report, resolve_library)
         if syscalls:
             self._attach_syscalls(syscalls, report)
         if async_found:
@@ -873,6 +881,8 @@ class Engine:
             needed |= {"dc_uprobe", "dc_uretprobe"} | (set(_MULTI_PROGS) if multi else set())
         if "kprobe" in kinds:
             needed |= {"dc_kprobe", "dc_kretprobe"}
+        if "usdt" in kinds:
+            needed.add("dc_usdt")
         if "tracepoint" in kinds:
             needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
             if self._raw_tp:
@@ -1024,8 +1034,6 @@ class Engine:
         if not isinstance(probe, dict):
             raise _Refused("probe is not an object")
         kind, target = probe.get("kind"), probe.get("target")
-        if kind == "usdt":
-            raise _Refused("USDT probes are not supported by this datacrumbs engine yet")
         if kind not in KINDS:
             raise _Refused(f"unknown probe kind {kind!r}; known: {', '.join(KINDS)}")
         if not isinstance(target, str) or not target:
@@ -1072,6 +1080,11 @@ class Engine:
             elif bkind not in (BYTES_NONE, BYTES_FIELD):
                 raise _Refused(f"bytes rule {probe.get('bytes')!r} needs call arguments; "
                                "tracepoints take field:NAME")
+        elif kind == "usdt":
+            if not USDT_RE.match(target):
+                raise _Refused(f"USDT probe {target!r} is not of the form provider:name")
+            roles = {r: -1 for r in ROLES}     # its arguments come from the note's spec
+            handle, handle_kind, bkind, barg = -1, 0, BYTES_NONE, -1
         else:
             if not SYMBOL_RE.match(target):
                 raise _Refused(f"{target!r} is not a function name")

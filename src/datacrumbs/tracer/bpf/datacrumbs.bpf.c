@@ -1893,3 +1893,5 @@ static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 
 	}
 	return 0;
 }
+
+#include "usdt.bpf.h"

@@ -1,0 +1,26 @@
+/* USDT workload for tests/test_usdt.py: probes of provider myprov.
+ *   usdt_prog N   fires myprov:plain N times (no semaphore: an int, a long, a string
+ *                 pointer and the constant 42) and myprov:guarded each time its
+ *                 semaphore says a tracer is attached (guarded.c), then prints
+ *                 "plain=N guarded=G label=0xADDR" (G: how often it saw it enabled). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/sdt.h>
+
+int fire_guarded(int i);
+
+static const char label[] = "datacrumbs-usdt";
+
+int main(int argc, char **argv)
+{
+	int n = argc > 1 ? atoi(argv[1]) : 10, guarded = 0;
+
+	for (int i = 0; i < n; i++) {
+		long big = (long)i * 1000000007L - 5;
+
+		DTRACE_PROBE4(myprov, plain, i, big, label, 42);
+		guarded += fire_guarded(i);
+	}
+	printf("plain=%d guarded=%d label=%p\n", n, guarded, (void *)label);
+	return 0;
+}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from datacrumbs.signing.client import ServiceBusy, SigningRefused, request_signature
-from datacrumbs.signing.protocol import MAX_LIBRARIES, MAX_REQUEST_BYTES, encode
+from datacrumbs.signing.protocol import MAX_LIBRARIES, MAX_REQUEST_BYTES, MAX_USDT, encode
 from test_signing_service import (PROBES, RUNUSER, VENV_BIN, REPO, raw_exchange, site_sets,
                                   start_service, write_policy)  # noqa: F401 (fixtures)
 from test_signing_service import keystore, service  # noqa: F401 (fixtures)
@@ -399,6 +399,8 @@ def test_every_valid_request_fits_the_request_limit():
     biggest = {"op": "sign", "request": {
         "sets": [f"{i:02d}" + "s" * 62 for i in range(64)],
         "libraries": ["/" + "\U0001F600" * 4095 for _ in range(MAX_LIBRARIES)],
+        "usdt": [f"/{i:02d}" + "\U0001F600" * 4093 + ":" + "p" * 64 + ":" + "n" * 64
+                 for i in range(MAX_USDT)],
         "capture": {"mode": "profile", "interval_ms": 3600000, "paths": False},
         "validity_days": 3650}}
     assert len(encode(biggest)) <= MAX_REQUEST_BYTES

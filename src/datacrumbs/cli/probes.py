@@ -44,9 +44,16 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
                          epilog="examples:\n"
                          "  datacrumbs probes generate --set posix --set stdio --sign -o p.json.gz\n"
                          "  datacrumbs probes generate --set hdf5 --library "
-                         "/opt/hdf5/lib/libhdf5.so.310 --sign -o h5.json.gz")
-    gen.add_argument("--set", dest="sets", action="append", metavar="NAME", required=True,
+                         "/opt/hdf5/lib/libhdf5.so.310 --sign -o h5.json.gz\n"
+                         "  datacrumbs probes generate --usdt '/usr/bin/python3.11:python:"
+                         "function__*' --sign -o py.json.gz")
+    gen.add_argument("--set", dest="sets", action="append", metavar="NAME", default=[],
                      help="probe set to include (repeat; see `datacrumbs probes list-sets`)")
+    gen.add_argument("--usdt", dest="usdt", action="append", default=[],
+                     metavar="LIB:PROVIDER:NAME",
+                     help="USDT probes of a program or library: LIB a path, or a library "
+                          "soname or file pattern (libpython*.so*); PROVIDER and NAME may "
+                          "be globs, e.g. '/home/me/app:myprov:*' (repeat)")
     gen.add_argument("--library", dest="libraries", action="append", default=[], metavar="PATH",
                      help="use this library file for uprobes on the library of the same "
                           "soname or file name, or of the set's library family (e.g. "
@@ -120,7 +127,10 @@ def _generate(args) -> int:
         raise UsageError(f"--interval-ms {args.interval_ms} must be between 10 and 3600000")
     err = Console(stderr=True)
     sets = list(dict.fromkeys(args.sets))
-    _check_libraries(args.libraries, select_probes(load_catalog(config), sets), sets)
+    if not sets and not args.usdt:
+        raise UsageError("name at least one --set or --usdt pattern")
+    _check_libraries(args.libraries, select_probes(load_catalog(config), sets) if sets else [],
+                      sets)
     if args.sign:
         # The service builds the probes from its catalog; we only name what we want.
         from ..signing.client import request_signature
@@ -128,15 +138,18 @@ def _generate(args) -> int:
         signed = request_signature(sets, libraries=args.libraries, mode=args.mode,
                                    interval_ms=args.interval_ms, paths=args.paths,
                                    validity_days=args.validity_days,
-                                   socket_path=args.socket or config.socket_path)
+                                   socket_path=args.socket or config.socket_path,
+                                   usdt=args.usdt)
         doc = signed.document
         _print_dropped(err, [(d["id"], d["reason"]) for d in signed.dropped])
         kept = doc["probes"]
     else:
-        probes = select_probes(load_catalog(config), sets)
+        probes = select_probes(load_catalog(config), sets) if sets else []
         host = host_info()
         merged: list = []
         kept, dropped = check_probes(probes, libraries=args.libraries, host=host, merged=merged)
+        if args.usdt:
+            kept += _local_usdt(args.usdt, {p["id"] for p in kept})
         _print_dropped(err, [(d.probe["id"], d.reason) for d in dropped])
         for alias, into in merged:
             err.print(Text(f"note: {alias['id']} ({alias['target']}) is the same function as "
@@ -159,6 +172,30 @@ def _generate(args) -> int:
     print(f"wrote {output}: {len(kept)} probes for {user}, {state}, "
           f"valid until {_local(doc['expires_at'])}")
     return 0
+
+
+def _local_usdt(patterns: list[str], taken: set) -> list[dict]:
+    """The probes of --usdt patterns, read here as the signing service would."""
+    from ..signing.client import SigningError, open_usdt_pattern
+    from ..signing.resolve import RequestRefused, usdt_probes
+
+    sent, fds = [], []
+    try:
+        for pattern in dict.fromkeys(patterns):
+            try:
+                pattern, fd = open_usdt_pattern(pattern)
+            except SigningError as exc:
+                raise UsageError(str(exc)) from None
+            sent.append(pattern)
+            if fd is not None:
+                fds.append(fd)
+        try:
+            return usdt_probes(sent, fds, taken)[0]
+        except RequestRefused as exc:
+            raise UsageError(str(exc)) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _check_libraries(libraries, probes, sets) -> None:

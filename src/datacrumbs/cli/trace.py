@@ -43,6 +43,9 @@ def setup_parser(parser) -> None:
     src.add_argument("--probes", metavar="FILE", help="probes file (*.json.gz), signed or not")
     src.add_argument("--set", dest="sets", metavar="NAME", action="append",
                      help="probe set to use (repeatable; default: posix, stdio and async)")
+    parser.add_argument("--usdt", metavar="LIB:PROVIDER:NAME", action="append", default=[],
+                        help="USDT probes too (repeatable; LIB a path or library pattern, "
+                             "PROVIDER and NAME globs); alone, no default sets")
     parser.add_argument("-o", "--output", metavar="DIR", default=".",
                         help="directory for the trace and summary (default: current)")
     parser.add_argument("--mode", choices=("trace", "profile"), default=None,
@@ -159,8 +162,15 @@ def main(args) -> int:
         probes = doc["probes"]
         capture = doc.get("capture") or {}
     else:
-        probes, refused_early = _probes_from_sets(args.sets or list(DEFAULT_SETS), config, log)
+        names = args.sets or ([] if args.usdt else list(DEFAULT_SETS))
+        probes, refused_early = _probes_from_sets(names, config, log) if names else ([], [])
         capture = {}
+    if args.usdt:
+        if args.probes:
+            raise UsageError("--usdt adds to --set, not to a --probes file (generate the file "
+                             "with `datacrumbs probes generate --usdt`)")
+        from .probes import _local_usdt
+        probes += _local_usdt(args.usdt, {p["id"] for p in probes})
     mode = args.mode or capture.get("mode", "trace")
     interval_ms = args.interval_ms or int(capture.get("interval_ms", 1000))
     if interval_ms <= 0:

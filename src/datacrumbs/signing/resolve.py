@@ -208,3 +208,128 @@ def _code_address(lib: LibraryFile, probe: dict):
     if target in lib.ambiguous or target not in lib.addresses:
         return lib.dev, lib.ino, target     # address unknown: one name is one function
     return lib.dev, lib.ino, lib.addresses[target]
+
+
+# ---- USDT probes by pattern (--usdt LIB:PROVIDER:NAME) ------------------------------------
+
+MAX_USDT_PATTERNS = 16
+
+
+def usdt_file(fd: int, claimed: str) -> tuple[LibraryFile, list]:
+    """Judge an open file for its USDT notes: a regular x86-64 ELF file (a program or a
+    library) with at least one; (its LibraryFile, its notes)."""
+    from ..probes import usdt
+
+    shown = _shown(claimed)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise RequestRefused(f"--usdt {shown} is not a regular file")
+    if st.st_size > MAX_LIBRARY_BYTES:
+        raise RequestRefused(f"--usdt {shown} is larger than {MAX_LIBRARY_BYTES} bytes")
+    path = _path_of(fd, claimed, st)
+    if path is None:
+        raise RequestRefused(f"--usdt {shown}: the signing service cannot find the file you "
+                             "opened under that name (was it moved or replaced?); give a "
+                             "stable absolute path")
+    try:
+        info = elf_info_fd(fd)
+        notes = usdt.read_notes_fd(fd)
+    except (ELFError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+            AttributeError, AssertionError, UnicodeDecodeError):
+        raise RequestRefused(f"--usdt {shown} is not an ELF file") from None
+    if platform.machine() == "x86_64" and info.machine != "EM_X86_64":
+        raise RequestRefused(f"--usdt {shown} is built for {info.machine}, not x86-64")
+    if not notes:
+        raise RequestRefused(f"--usdt {shown} has no USDT probes (no .note.stapsdt notes)")
+    return (LibraryFile(path, st.st_dev, st.st_ino, info.soname, frozenset(),
+                        frozenset(n.target for n in notes)), notes)
+
+
+def _usdt_cache_files(pattern: str) -> list[tuple[int, str]]:
+    """Open the ld.so cache's libraries whose soname or file name matches ``pattern``
+    (only files every user may read: the service reads them as root); [(fd, path)]."""
+    import fnmatch
+
+    seen, out = set(), []
+    for soname, path in sorted(ldconfig_cache().items()):
+        if not (fnmatch.fnmatchcase(soname, pattern)
+                or fnmatch.fnmatchcase(os.path.basename(path), pattern)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) in seen or not st.st_mode & stat.S_IROTH:
+            os.close(fd)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        out.append((fd, path))
+    return out
+
+
+def usdt_probes(patterns: list[str], fds: list[int], taken: set[str]
+                ) -> tuple[list[dict], dict[str, LibraryFile]]:
+    """Probe definitions for ``--usdt LIB:PROVIDER:NAME`` patterns: one ``usdt`` probe per
+    matching ``provider:name`` of each file, with every site of it. A LIB that is a path
+    comes as the next of ``fds`` (opened by the user); any other LIB is a soname or file
+    name pattern over the ld.so cache. ``taken``: probe ids already used (joined).
+    Raises RequestRefused for a pattern that gives nothing, with the reason."""
+    from ..probes import usdt
+
+    if len(patterns) > MAX_USDT_PATTERNS:
+        raise RequestRefused(f"at most {MAX_USDT_PATTERNS} --usdt patterns in one request")
+    probes, files = [], {}
+    done: set = set()
+    given = iter(fds)
+    for pattern in patterns:
+        try:
+            lib, provider, name = usdt.split_pattern(pattern)
+        except usdt.UsdtError as exc:
+            raise RequestRefused(str(exc)) from None
+        opened_here = []
+        if lib.startswith("/"):
+            fd = next(given, None)
+            if fd is None:
+                raise RequestRefused(f"--usdt {_shown(pattern)}: the file was not passed "
+                                     "with the request; use `datacrumbs probes generate --usdt`")
+            candidates = [(fd, lib)]
+        else:
+            candidates = opened_here = _usdt_cache_files(lib)
+            if not candidates:
+                raise RequestRefused(f"--usdt {_shown(pattern)}: no library in the ld.so cache "
+                                     f"matches {_shown(lib)}; give the file's path")
+        try:
+            found = 0
+            problems = []
+            for fd, claimed in candidates:
+                try:
+                    libfile, notes = usdt_file(fd, claimed)
+                except RequestRefused as exc:
+                    if lib.startswith("/"):
+                        raise
+                    problems.append(str(exc))
+                    continue
+                for target, sites in usdt.matching(notes, provider, name).items():
+                    found += 1
+                    if (libfile.dev, libfile.ino, target) in done:
+                        continue
+                    done.add((libfile.dev, libfile.ino, target))
+                    files[libfile.path] = libfile
+                    probes.append({"id": usdt.probe_id(target, taken), "kind": "usdt",
+                                   "target": target, "library": libfile.path,
+                                   "category": "USDT", "args": {}, "bytes": None,
+                                   "sites": usdt.sites_of(sites)})
+        finally:
+            for fd, _path in opened_here:
+                os.close(fd)
+        if not found:
+            where = _shown(lib) if lib.startswith("/") else \
+                f"the libraries matching {_shown(lib)}"
+            raise RequestRefused(f"--usdt {_shown(pattern)}: {where} have no USDT probe "
+                                 f"matching {provider}:{name}" if not lib.startswith("/") else
+                                 f"--usdt {_shown(pattern)}: {where} has no USDT probe "
+                                 f"matching {provider}:{name}")
+    if next(given, None) is not None:
+        raise RequestRefused("the request passes more open files than its --usdt paths")
+    return probes, files

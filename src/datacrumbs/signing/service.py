@@ -339,7 +339,7 @@ class SigningService:
         nprobes = len(signed["probes"])
         return _Decision(ok_reply(signed, dropped), dict(
             uid=uid, user=user, pid=pid, decision=GRANTED,
-            reason=f"signed {nprobes} probes of {', '.join(body['sets'])} valid for "
+            reason=f"signed {nprobes} probes of {', '.join(body['sets'] + body.get('usdt', []))} valid for "
                    f"{grant_days} days" + (f" ({len(dropped)} not attachable here)"
                                            if dropped else ""),
             sha256=digest(canonical_bytes(signed)), key_id=signed.get("key_id"), probes=nprobes,
@@ -356,22 +356,33 @@ class SigningService:
         from ..probes.catalog import CatalogError, select_probes
         from ..probes.document import build_document, check_document
         from ..probes.host_check import host_info
-        from .resolve import RequestRefused, library_file, resolve
+        from .resolve import RequestRefused, library_file, resolve, usdt_probes
 
         policy = self._current_policy()
         sets, days = body["sets"], int(body["validity_days"])
         try:
-            chosen = select_probes(self._catalog(), sets)
+            chosen = select_probes(self._catalog(), sets) if sets else []
         except CatalogError as exc:
             raise RequestRefused(str(exc)) from None
         policy.check(caller, sets=sets, probes=chosen, validity_days=days)
         paths = body.get("libraries", [])
-        if len(paths) != len(fds):
+        usdt = body.get("usdt", [])
+        # --usdt patterns whose LIB is a path come as open files after the libraries
+        usdt_fds = fds[len(paths):]
+        if len(paths) > len(fds) or len(usdt_fds) != _usdt_paths(usdt):
             raise RequestRefused(f"the request names {len(paths)} libraries but passes "
                                  f"{len(fds)} open files; use `datacrumbs probes generate "
                                  "--library PATH`, which sends both")
+        if not sets and not usdt:
+            raise RequestRefused("the request asks for nothing: name probe sets or --usdt "
+                                 "patterns")
         libraries = [library_file(fd, path) for fd, path in zip(fds, paths)]
         resolved = resolve(chosen, libraries, host_info())
+        if usdt:
+            found, files = usdt_probes(usdt, usdt_fds, {p["id"] for p in resolved.probes})
+            policy.check(caller, sets=sets, probes=found, validity_days=days)
+            resolved.probes += found
+            resolved.libraries.update(files)
         if not resolved.probes:
             first = "; ".join(f"{d['id']}: {d['reason']}" for d in resolved.dropped[:3])
             raise RequestRefused(f"none of the {len(chosen)} probes of {', '.join(sets)} can "
@@ -399,6 +410,8 @@ class SigningService:
             "dropped": len(resolved.dropped)}
         if withheld:
             record["families_withheld"] = withheld
+        if usdt:
+            record["usdt"] = list(usdt)
         return signed, grant.validity_days, resolved.dropped, record
 
     def _catalog(self) -> dict:
@@ -561,6 +574,11 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     sys.exit(run())
+
+
+def _usdt_paths(patterns: list[str]) -> int:
+    """How many --usdt patterns name a file by path (each comes as an open file)."""
+    return sum(1 for p in patterns if p.rsplit(":", 2)[0].startswith("/"))
 
 
 def _withhold_families(policy, probes: list[dict]) -> set[str]:

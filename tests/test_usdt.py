@@ -1,0 +1,301 @@
+"""USDT probes (--usdt LIB:PROVIDER:NAME): notes read from real ELF files, probes attached
+under real eBPF with their semaphores, arguments decoded, checked against the program's own
+output, readelf and bpftrace; the signing service resolves patterns and refuses bad ones.
+
+tests/workloads/usdt/ is built here with <sys/sdt.h> (systemtap-sdt-dev): myprov:plain has
+no semaphore and passes an int, a long, a string pointer and the constant 42 (memory,
+register and constant operands at -O0); myprov:guarded fires only while its semaphore is
+set, and the program prints how often it saw it set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from datacrumbs.probes import usdt
+from datacrumbs.probes.document import check_document, write_document
+from datacrumbs.signing.audit import read_records
+from fixtures.tracing import DATACRUMBS, Bpftrace, trace_command
+from test_signing_service import (REPO, raw_exchange, sign_as, site_sets,  # noqa: F401
+                                  start_service, wire)
+from test_signing_service import keystore, service  # noqa: F401 (fixtures)
+from workloads import daemon_readback as rb
+
+SOURCES = REPO / "tests" / "workloads" / "usdt"
+PYTHON = Path("/usr/bin/python3.11")
+N = 37
+LABEL = re.compile(r"plain=(\d+) guarded=(\d+) label=0x([0-9a-f]+)")
+
+
+@pytest.fixture(scope="module")
+def prog(shared_dir) -> Path:
+    """The USDT workload, world-readable and executable (test users sign for it)."""
+    out = shared_dir / "usdt_prog"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-O0", "-o", str(out), str(SOURCES / "main.c"),
+                    str(SOURCES / "guarded.c")], check=True, capture_output=True, timeout=120)
+    out.chmod(0o755)
+    return out
+
+
+def ran(stdout: str) -> tuple[int, int, int]:
+    m = LABEL.search(stdout)
+    assert m, stdout
+    return int(m.group(1)), int(m.group(2)), int(m.group(3), 16)
+
+
+def readelf_notes(path: Path) -> list[dict]:
+    out = subprocess.run(["readelf", "-nW", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    notes = []
+    for m in re.finditer(r"Provider: (\S+)\s+Name: (\S+)\s+Location: (0x[0-9a-f]+), Base: "
+                         r"(0x[0-9a-f]+), Semaphore: (0x[0-9a-f]+)\s+Arguments: ?([^\n]*)", out):
+        notes.append({"provider": m.group(1), "name": m.group(2), "pc": int(m.group(3), 16),
+                      "sema": int(m.group(5), 16), "args": m.group(6).strip()})
+    return notes
+
+
+def section(path: Path, name: str) -> tuple[int, int]:
+    """(address, file offset) of a section, from readelf."""
+    out = subprocess.run(["readelf", "-SW", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    m = re.search(rf"\s{re.escape(name)}\s+\S+\s+([0-9a-f]+) ([0-9a-f]+)", out)
+    assert m, out
+    return int(m.group(1), 16), int(m.group(2), 16)
+
+
+# ---- notes and argument specs -----------------------------------------------------------
+
+
+def test_notes_match_readelf_and_point_at_the_probe_nops(prog):
+    notes = usdt.read_notes(open(prog, "rb"))
+    theirs = readelf_notes(prog)
+    assert sorted((n.provider, n.name, n.args) for n in notes) == \
+        sorted((t["provider"], t["name"], t["args"]) for t in theirs)
+    data = prog.read_bytes()
+    probes_addr, probes_off = section(prog, ".probes")
+    for note in notes:
+        # <sys/sdt.h> puts a one-byte nop at each probe: the file offset must land on it
+        assert data[note.pc] == 0x90, (note, hex(data[note.pc]))
+        sema = next(t["sema"] for t in theirs if t["name"] == note.name)
+        expected = sema - probes_addr + probes_off if sema else 0
+        assert note.semaphore == expected
+    assert {n.name: bool(n.semaphore) for n in notes} == {"plain": False, "guarded": True}
+
+
+@pytest.mark.parametrize("spec, kind, size, signed, reg, value", [
+    ("-4@-8(%rbp)", usdt.ARG_MEM, 4, True, 32, -8),
+    ("8@%rax", usdt.ARG_REG, 8, False, 80, 0),
+    ("-4@%eax", usdt.ARG_REG, 4, True, 80, 0),
+    ("1@%dl", usdt.ARG_REG, 1, False, 96, 0),
+    ("-4@$42", usdt.ARG_CONST, 4, True, 0, 42),
+    ("-4@112(%rsp)", usdt.ARG_MEM, 4, True, 152, 112),
+    ("8@%r12", usdt.ARG_REG, 8, False, 24, 0),
+    ("8@(%r15d)", usdt.ARG_MEM, 8, False, 0, 0),
+    # not decoded (reported so): rip-relative symbols, indexed memory, xmm, odd sizes
+    ("8@sym(%rip)", usdt.ARG_NONE, 8, False, 0, 0),
+    ("4@(%rax,%rbx,4)", usdt.ARG_NONE, 8, False, 0, 0),
+    ("8@%xmm0", usdt.ARG_NONE, 8, False, 0, 0),
+    ("3@%eax", usdt.ARG_NONE, 8, False, 0, 0),
+])
+def test_argument_specs_are_decoded_or_marked_not(spec, kind, size, signed, reg, value):
+    a = usdt.parse_arg(spec)
+    assert (a.kind, a.text) == (kind, spec)
+    if kind != usdt.ARG_NONE:
+        assert (a.size, a.signed, a.reg, a.value) == (size, signed, reg, value)
+
+
+def test_patterns_are_checked_without_a_traceback(site, tmp_path, prog):
+    out = tmp_path / "x.json.gz"
+    for bad, says in (("myprov:plain", "is not LIB:PROVIDER:NAME"),
+                      (f"{prog}:my-prov:*", "is not an identifier"),
+                      (f"{prog}::plain", "is not LIB:PROVIDER:NAME")):
+        r = subprocess.run([DATACRUMBS, "probes", "generate", "--usdt", bad, "-o", str(out)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and says in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not out.exists()
+
+
+# ---- tracing ------------------------------------------------------------------------------
+
+
+def test_usdt_probes_fire_with_their_arguments_and_the_semaphore(site, tmp_path, prog):
+    untraced = subprocess.run([str(prog), str(N)], capture_output=True, text=True, check=True)
+    assert ran(untraced.stdout)[:2] == (N, 0)       # nobody set the semaphore
+    # bpftrace counts the unguarded probe (it has no semaphore to set) on the same run
+    with Bpftrace(f"usdt:{prog}:myprov:plain {{ @plain = count(); }}") as bt:
+        proc, trace, summary = trace_command(tmp_path, [prog, N], sets=(),
+                                             options=("--usdt", f"{prog}:myprov:*"))
+    plain_n, guarded_n, label = ran(proc.stdout)
+    assert (plain_n, guarded_n) == (N, N)           # our attach set the semaphore
+    assert bt.counts == {"plain": N}
+    events = rb.events(trace)
+    plain = [e for e in events if e["name"] == "plain"]
+    guarded = [e for e in events if e["name"] == "guarded"]
+    assert len(plain) == N and len(guarded) == N and len(events) == 2 * N
+    assert {e["cat"] for e in events} == {"USDT"} and all(e["dur"] == 0 for e in events)
+    assert {e["args"]["provider"] for e in events} == {"myprov"}
+    # DTRACE_PROBE4(myprov, plain, i, (long)i * 1000000007L - 5, label, 42)
+    assert sorted(e["args"]["arg0"] for e in plain) == list(range(N))
+    for e in plain:
+        i = e["args"]["arg0"]
+        assert e["args"]["arg1"] == i * 1000000007 - 5
+        assert e["args"]["arg2"] == label
+        assert e["args"]["arg3"] == 42
+        assert (e["args"]["nargs"], e["args"]["args_read"]) == (4, 4)
+        assert "ret" not in e["args"] and "count" not in e["args"]
+    # DTRACE_PROBE2(myprov, guarded, -i, (unsigned char)(i & 0xff))
+    assert sorted(e["args"]["arg0"] for e in guarded) == [-i for i in reversed(range(N))]
+    assert all(e["args"]["arg1"] == -e["args"]["arg0"] & 0xFF for e in guarded)
+    # events are in program order, one thread
+    assert [e["name"] for e in sorted(events, key=lambda e: e["ts"])] == \
+        ["plain", "guarded"] * N
+    assert summary["events_lost"] == 0
+
+
+def test_profile_mode_counts_usdt_hits(site, tmp_path, prog):
+    proc, trace, _summary = trace_command(tmp_path, [prog, N], sets=(),
+                                          options=("--usdt", f"{prog}:myprov:plain",
+                                                   "--mode", "profile"))
+    assert ran(proc.stdout)[:2] == (N, 0)           # guarded was not asked for
+    counters = [r for r in rb.records(trace) if r.get("ph") == "C" and r["name"] == "plain"]
+    assert counters and max(r["args"]["count"] for r in counters) == N
+
+
+def test_a_changed_file_is_refused_at_attach(site, tmp_path, prog):
+    """A signed site must still be a note of the file: a rebuilt program is not probed at
+    old offsets."""
+    doc_path = tmp_path / "u.json.gz"
+    subprocess.run([DATACRUMBS, "probes", "generate", "--usdt", f"{prog}:myprov:plain", "-o",
+                    str(doc_path)], check=True, capture_output=True, timeout=60)
+    from datacrumbs.probes.document import read_document
+    doc = read_document(doc_path)
+    doc["probes"][0]["sites"][0]["pc"] += 1
+    write_document(tmp_path / "moved.json.gz", doc)
+    r = subprocess.run([DATACRUMBS, "trace", "--probes", str(tmp_path / "moved.json.gz"), "-o",
+                        str(tmp_path), "--", str(prog), "3"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0
+    assert "no longer has the USDT probe myprov:plain where it was signed" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_python_function_entry_matches_bpftrace(site, tmp_path):
+    """Debian's python3.11 is built with USDT notes (python:function__entry and others, with
+    semaphores). 3.11 fires function__entry only for frames entered from C (not for inlined
+    Python-to-Python calls), so the count is compared with bpftrace's on the same run."""
+    names = {n.target for n in usdt.read_notes(open(PYTHON, "rb"))}
+    assert {"python:function__entry", "python:function__return"} <= names
+    script = tmp_path / "calls.py"
+    script.write_text("def fdc():\n    pass\nfor i in range(200):\n    fdc()\n")
+    # other Python processes run on this machine: bpftrace counts only this one, by its
+    # name (a link to python3.11: the probes are the file's, the comm is the link's)
+    link = tmp_path / "dcpyusdt"
+    link.symlink_to(PYTHON)
+    only = '/comm == "dcpyusdt"/'
+    bpf = (f"usdt:{PYTHON}:python:function__entry {only} {{ @entry = count(); }} "
+           f"usdt:{PYTHON}:python:function__return {only} {{ @ret = count(); }}")
+    with Bpftrace(bpf) as bt:
+        _proc, trace, _summary = trace_command(
+            tmp_path, [link, "-S", script], sets=(),
+            options=("--usdt", f"{PYTHON}:python:function__*"))
+    events = rb.events(trace)
+    entry = [e for e in events if e["name"] == "function__entry"]
+    ret = [e for e in events if e["name"] == "function__return"]
+    assert bt.counts == {"entry": len(entry), "ret": len(ret)}, (bt.counts, len(entry), len(ret))
+    assert len(entry) >= 1 and len(ret) >= 200      # every fdc() returns
+    # (filename, funcname, lineno): the pointers and the line number are read
+    assert all(e["args"]["args_read"] == 3 and e["args"]["arg2"] > 0 for e in entry + ret)
+
+
+def test_library_patterns_resolve_through_the_ld_cache(site, tmp_path):
+    """'libpython*.so*' names Debian's libpython3.11.so.1.0 (which has the notes too)."""
+    out = tmp_path / "p.json.gz"
+    r = subprocess.run([DATACRUMBS, "probes", "generate", "--usdt",
+                        "libpython*.so*:python:function__entry", "-o", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    from datacrumbs.probes.document import read_document
+    probes = read_document(out)["probes"]
+    assert [p["target"] for p in probes] == ["python:function__entry"]
+    assert re.search(r"/libpython3\.\d+\.so[.0-9]*$", probes[0]["library"])
+    assert probes[0]["sites"] and probes[0]["sites"][0]["semaphore"] > 0
+
+
+# ---- the signing service ------------------------------------------------------------------
+
+
+USDT_POLICY_OK = "usdt"     # the shipped default policy allows usdt probes to everyone
+
+
+def test_signed_usdt_probes_for_a_user_trace(site, service, user1, tmp_path, prog):
+    result = sign_as(user1.pw_name, {"sets": [], "validity_days": 1,
+                                     "usdt": [f"{prog}:myprov:*"]}, site)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    check_document(doc, source="signed")
+    assert {p["target"]: p["library"] for p in doc["probes"]} == \
+        {"myprov:plain": str(prog), "myprov:guarded": str(prog)}
+    guarded = next(p for p in doc["probes"] if p["target"] == "myprov:guarded")
+    assert guarded["sites"][0]["semaphore"] == \
+        next(n.semaphore for n in usdt.read_notes(open(prog, "rb")) if n.name == "guarded")
+    audit = read_records(site.audit_log)[-1]
+    assert audit["decision"] == "granted" and audit["resolved"]["usdt"] == [f"{prog}:myprov:*"]
+    # the signed file traces like the unsigned one
+    signed = write_document(tmp_path / "signed.json.gz", doc)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run([DATACRUMBS, "trace", "--probes", str(signed), "-o", str(out), "--",
+                        str(prog), "5"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SUDO_USER": user1.pw_name})   # her trace
+    assert r.returncode == 0, r.stderr
+    trace = next(out.glob("*.pfw.gz"))
+    assert sorted(e["name"] for e in rb.events(trace)) == ["guarded"] * 5 + ["plain"] * 5
+
+
+def _refused(site, user, patterns, says):
+    before = len(read_records(site.audit_log)) if site.audit_log.exists() else 0
+    result = sign_as(user.pw_name, {"sets": [], "validity_days": 1, "usdt": patterns}, site)
+    assert result.returncode == 3, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    records = read_records(site.audit_log) if site.audit_log.exists() else []
+    assert all(r["decision"] != "granted" for r in records[before:])
+    return records[before:]
+
+
+def test_hostile_user_gets_one_line_and_nothing_signed(site, service, user1, tmp_path, prog):
+    secret = tmp_path / "secret_prog"
+    shutil.copy(prog, secret)
+    secret.chmod(0o700)                     # root's: dctest1 cannot read it
+    _refused(site, user1, [f"{secret}:myprov:*"], "Permission denied")
+    text = tmp_path / "notes.txt"
+    text.write_text("not an ELF file\n")
+    text.chmod(0o644)
+    recs = _refused(site, user1, [f"{text}:myprov:*"], "is not an ELF file")
+    assert recs and recs[-1]["decision"] == "refused"
+    recs = _refused(site, user1, [f"{prog}:myprov:nothing*"],
+                    "has no USDT probe matching myprov:nothing*")
+    assert recs and recs[-1]["decision"] == "refused"
+    _refused(site, user1, ["libnosuchlib*.so*:p:n"], "no library in the ld.so cache matches")
+    # a file without notes (a library with none)
+    _refused(site, user1, [f"{os.path.realpath('/lib/x86_64-linux-gnu/libz.so.1')}:p:*"],
+             "has no USDT probes")
+
+
+def test_a_usdt_path_without_its_file_is_refused(site, service, prog):
+    """The service reads only files the caller opened: a path without a descriptor is
+    refused, never opened by root."""
+    reply = raw_exchange(site.socket_path, wire({"sets": [], "validity_days": 1,
+                                                 "usdt": [f"{prog}:myprov:*"]}))
+    assert reply["ok"] is False and "passes 0 open files" in reply["error"]
+    reply = raw_exchange(site.socket_path, wire({"sets": [], "validity_days": 1}))
+    assert reply["ok"] is False and "asks for nothing" in reply["error"]

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from datacrumbs.signing.client import ServiceBusy, SigningRefused, request_signature
-from datacrumbs.signing.protocol import MAX_LIBRARIES, MAX_REQUEST_BYTES, MAX_USDT, encode
+from datacrumbs.signing.protocol import (MAX_FDS, MAX_LIBRARIES, MAX_REQUEST_BYTES,
+                                         MAX_USDT, encode)
 from test_signing_service import (PROBES, RUNUSER, VENV_BIN, REPO, raw_exchange, site_sets,
                                   start_service, write_policy)  # noqa: F401 (fixtures)
 from test_signing_service import keystore, service  # noqa: F401 (fixtures)
@@ -191,7 +192,7 @@ def req(**changes) -> bytes:
 
 # what a request with a field the protocol does not have is told (it is never echoed)
 ALLOWED = ("request: has a property that is not allowed here "
-           "(allowed: capture, libraries, sets, validity_days)")
+           "(allowed: capture, libraries, sets, usdt, validity_days)")
 
 QUADRATIC = b'{"op":"sign","request":{"sets":["' + b'\\"' * 30000 + b'\n'
 
@@ -211,7 +212,8 @@ CORPUS = [
     ("ping with extra", b'{"op":"ping","x":1}\n', "does not match the signing protocol"),
     ("no request", b'{"op":"sign"}\n', "(top level): is missing the required property 'request'"),
     ("no sets", req(sets=...), "request: is missing the required property 'sets'"),
-    ("empty sets", req(sets=[]), "request/sets: must have at least 1 item"),
+    # sets may be empty only with --usdt patterns
+    ("empty sets", req(sets=[]), "the request asks for nothing: name probe sets or --usdt"),
     ("set name with slash", req(sets=["../etc"]), "request/sets/0: does not match the pattern for names (a-z, 0-9, '_', '.', '-'; at most 64)"),
     ("set name too long", req(sets=["a" * 65]), "request/sets/0: does not match the pattern for names (a-z, 0-9, '_', '.', '-'; at most 64)"),
     ("too many sets", req(sets=[f"s{i}" for i in range(65)]),
@@ -289,14 +291,14 @@ def test_descriptor_passed_under_another_files_name_signs_the_real_file(site, se
 
 
 def test_more_descriptors_than_allowed_are_closed_and_refused(site, service):
-    fds = [os.open(LIBC, os.O_RDONLY) for _ in range(MAX_LIBRARIES + 4)]
+    fds = [os.open(LIBC, os.O_RDONLY) for _ in range(MAX_FDS + 4)]
     try:
         reply = raw_exchange(site.socket_path, req(), fds=fds)
     finally:
         for fd in fds:
             os.close(fd)
     assert reply["ok"] is False
-    assert f"names 0 libraries but passes {MAX_LIBRARIES} open files" in reply["error"]
+    assert f"names 0 libraries but passes {MAX_FDS} open files" in reply["error"]
 
 
 # ---- floods, backlogs and big requests -------------------------------------------------------

@@ -148,12 +148,15 @@ def test_usdt_probes_fire_with_their_arguments_and_the_semaphore(site, tmp_path,
         i = e["args"]["arg0"]
         assert e["args"]["arg1"] == i * 1000000007 - 5
         assert e["args"]["arg2"] == label
+        assert e["args"]["arg2_str"] == "datacrumbs-usdt"     # the text it points to
         assert e["args"]["arg3"] == 42
         assert (e["args"]["nargs"], e["args"]["args_read"]) == (4, 4)
         assert "ret" not in e["args"] and "count" not in e["args"]
     # DTRACE_PROBE2(myprov, guarded, -i, (unsigned char)(i & 0xff))
     assert sorted(e["args"]["arg0"] for e in guarded) == [-i for i in reversed(range(N))]
     assert all(e["args"]["arg1"] == -e["args"]["arg0"] & 0xFF for e in guarded)
+    # no string where the spec says int (signed) or a register byte
+    assert not any(k.endswith("_str") for e in guarded for k in e["args"])
     # events are in program order, one thread
     assert [e["name"] for e in sorted(events, key=lambda e: e["ts"])] == \
         ["plain", "guarded"] * N
@@ -210,9 +213,12 @@ def test_python_function_entry_matches_bpftrace(site, tmp_path):
     entry = [e for e in events if e["name"] == "function__entry"]
     ret = [e for e in events if e["name"] == "function__return"]
     assert bt.counts == {"entry": len(entry), "ret": len(ret)}, (bt.counts, len(entry), len(ret))
-    assert len(entry) >= 1 and len(ret) >= 200      # every fdc() returns
-    # (filename, funcname, lineno): the pointers and the line number are read
+    assert len(entry) >= 1
+    # (filename, funcname, lineno): the pointers, their text and the line number are read
     assert all(e["args"]["args_read"] == 3 and e["args"]["arg2"] > 0 for e in entry + ret)
+    fdc = [e for e in ret if e["args"].get("arg1_str") == "fdc"]
+    assert len(fdc) == 200                            # every fdc() returned, at line 2
+    assert {(e["args"]["arg0_str"], e["args"]["arg2"]) for e in fdc} == {(str(script), 2)}
 
 
 def test_library_patterns_resolve_through_the_ld_cache(site, tmp_path):

@@ -314,7 +314,7 @@ class EventConverter:
         ops["kind2"] = 0 if kinds2 is None else kinds2
         if self.handles.active:
             self.handles.set_bytes(ops, ev["flags"])
-        usdt_args = self._usdt_rows(ev, ops) if self._usdt.any() else None
+        usdt_args = self._usdt_rows(batch, ops) if self._usdt.any() else None
         if not self.capture_paths:
             return ops, None, None, usdt_args
         two = np.flatnonzero(ops["fd2"] >= 0)
@@ -337,16 +337,18 @@ class EventConverter:
             args = usdt_args if args is None else [u or a for u, a in zip(usdt_args, args)]
         return ops, paths, paths2, args
 
-    def _usdt_rows(self, ev, ops: np.ndarray) -> list | None:
+    def _usdt_rows(self, batch, ops: np.ndarray) -> list | None:
         """USDT events carry their arguments in ret/count/offset/handle (tracer/usdt.py):
         move them to the row's args and clear those columns. None: no USDT row here."""
+        ev = batch.events
         rows = np.flatnonzero(self._usdt[ev["probe"]])
         if not len(rows):
             return None
         from .usdt import event_args
         out = [None] * len(ops)
+        strings = getattr(batch, "strings", None) or {}
         for r in rows.tolist():
-            out[r] = event_args(self.probes[int(ev["probe"][r])], ev[r])
+            out[r] = event_args(self.probes[int(ev["probe"][r])], ev[r], strings.get(r))
         for key in ("fd", "count", "offset", "size", "fd2"):
             ops[key][rows] = -1
         ops["ret"][rows] = 0

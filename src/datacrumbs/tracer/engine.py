@@ -97,6 +97,7 @@ EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("t
 assert EVENT_DTYPE.itemsize == 80          # struct dc_event
 _PATH_HEAD = struct.Struct("<QIIIBBBBQiI")      # struct dc_path up to its path
 _NAME_ARG, _NAME_FD, _NAME_BASE = 0, 1, 2       # enum dc_name_role
+_NAME_USDT_STR = 3                              # DC_NAME_USDT_STR: not a file's name
 #: enum dc_fkind, as the trace writes it ("" = unknown)
 FD_KINDS = ("", "reg", "dir", "pipe", "socket", "tty", "chr", "blk", "link", "anon")
 _KIND_SHIFT, _KIND2_SHIFT = 23, 27              # DC_EV_KIND_SHIFT, DC_EV_KIND2_SHIFT
@@ -199,6 +200,8 @@ class EventBatch:
     names: dict[int, list] = field(default_factory=dict)
     kinds: np.ndarray | None = None         # FD_KINDS index of each row's fd (0: unknown)
     kinds2: np.ndarray | None = None        # ... and of its fd2
+    # row index -> {argument index: text}: a USDT event's string arguments (tracer/usdt.py)
+    strings: dict[int, dict] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -1503,14 +1506,15 @@ class Engine:
         kinds = ((probe >> np.uint32(_KIND_SHIFT)) & np.uint32(15)).astype(np.uint8)
         kinds2 = ((probe >> np.uint32(_KIND2_SHIFT)) & np.uint32(7)).astype(np.uint8)
         events["probe"] = probe & np.uint32(_PROBE_MASK)
-        matched, names = {}, {}
+        matched, names, strings = {}, {}, {}
         if sent.any():
-            matched, names = self._match_paths(events, np.flatnonzero(sent))
+            matched, names = self._match_paths(events, np.flatnonzero(sent), strings)
         pids = distinct(events["pid"])
         if len(pids) and len(self._seen) < 65536:
             self._seen.update(int(p) for p in pids if int(p) not in self._seen)
         events["ts_ns"] += np.uint64(self._offset_ns)
-        return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2)
+        return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2,
+                          strings=strings)
 
     def _returns_fd(self, index: int) -> bool:
         """Is probe ``index``'s return value a new descriptor (the kernel names its file)?
@@ -1538,7 +1542,8 @@ class Engine:
             for key in list(pending)[:len(pending) - 65536]:
                 del pending[key]
 
-    def _match_paths(self, events: np.ndarray, rows: np.ndarray) -> tuple[dict, dict]:
+    def _match_paths(self, events: np.ndarray, rows: np.ndarray,
+                     strings: dict | None = None) -> tuple[dict, dict]:
         """Name the events whose names the kernel sent (``rows``): ``paths[row]`` the
         file of an open-like row (its new descriptor, or its path argument made absolute
         from the directory it is relative to), ``names[row]`` [(fd, name)] for every
@@ -1560,7 +1565,10 @@ class Engine:
                     continue
                 arg = base = None
                 for role, fd, name in recs:
-                    if role == _NAME_ARG:
+                    if role == _NAME_USDT_STR:      # {row: {argument: text}}, no file
+                        if strings is not None:
+                            strings.setdefault(row, {})[fd] = name
+                    elif role == _NAME_ARG:
                         arg = name
                     elif role == _NAME_BASE:
                         base = name

@@ -33,8 +33,8 @@ log = logging.getLogger("datacrumbs.usdt")
 PROGRAM = "dc_usdt"
 ARGS = 4                                       # DC_USDT_ARGS
 MAX_SITES = 4096                               # DC_USDT_SITES
-_ARG = struct.Struct("<qHBBB3x")               # struct dc_usdt_arg
-SPEC = struct.Struct("<II" + "qHBBB3x" * ARGS)  # struct dc_usdt_spec
+_ARG = struct.Struct("<qHBBBB2x")              # struct dc_usdt_arg
+SPEC = struct.Struct("<II" + "qHBBBB2x" * ARGS)  # struct dc_usdt_spec
 # event fields carrying arguments 0..3
 EVENT_FIELDS = ("ret", "count", "offset", "handle")
 
@@ -48,8 +48,15 @@ def pack_spec(probe: int, args_text: str) -> bytes:
     args = notes_mod.parse_args(args_text)
     fields = []
     for a in (args + [notes_mod.Arg("")] * ARGS)[:ARGS]:
-        fields += [a.value, a.reg, a.kind, a.size, 1 if a.signed else 0]
+        fields += [a.value, a.reg, a.kind, a.size, 1 if a.signed else 0, 1 if maybe_pointer(a)
+                   else 0]
     return SPEC.pack(probe, min(len(args), notes_mod.MAX_ARGS), *fields)
+
+
+def maybe_pointer(a: notes_mod.Arg) -> bool:
+    """An argument whose text is worth reading: 8 bytes, unsigned, from a register or
+    memory (how <sys/sdt.h> passes a pointer; a long is signed, -8@)."""
+    return a.kind in (notes_mod.ARG_REG, notes_mod.ARG_MEM) and a.size == 8 and not a.signed
 
 
 def file_notes(path: str) -> list[notes_mod.Note]:
@@ -117,11 +124,13 @@ def attach(engine, indexes: list[int], report, library_of) -> None:
         log.info("usdt %s: %d site(s) in %s", probe.get("target"), len(found), path)
 
 
-def event_args(probe: dict, ev) -> dict:
+def event_args(probe: dict, ev, strings: dict | None = None) -> dict:
     """Trace args of one USDT event (an EVENT_DTYPE row): ``provider``, ``argN`` for
     every argument read (an integer of the spec's size and sign; a pointer is
     its address), ``args_read`` how many
-    of the note's ``nargs`` arguments were read (the event carries the first four)."""
+    of the note's ``nargs`` arguments were read (the event carries the first four), and
+    ``argN_str`` the text a pointer argument points to (``strings``: {N: text} the kernel
+    sent for the event; kept only when it is printable text)."""
     flags = int(ev["flags"])
     nargs = (flags >> 8) & 0xFF
     specs = notes_mod.parse_args(_first_args(probe))
@@ -138,6 +147,9 @@ def event_args(probe: dict, ev) -> dict:
         if signed and value >> (8 * size - 1):
             value -= 1 << (8 * size)
         out[f"arg{n}"] = value
+        text = (strings or {}).get(n)
+        if text is not None and text.isprintable():
+            out[f"arg{n}_str"] = text
     out["args_read"] = read
     return out
 

@@ -1,19 +1,21 @@
 /* USDT workload for tests/test_usdt.py: probes of provider myprov.
  *   usdt_prog N   fires myprov:plain N times (no semaphore: an int, a long, a string
- *                 pointer and the constant 42) and myprov:guarded each time its
+ *                 pointer (label) and the constant 42) and myprov:guarded each time its
  *                 semaphore says a tracer is attached (guarded.c), then prints
  *                 "plain=N guarded=G label=0xADDR" (G: how often it saw it enabled). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/sdt.h>
 
 int fire_guarded(int i);
 
-static const char label[] = "datacrumbs-usdt";
-
 int main(int argc, char **argv)
 {
 	int n = argc > 1 ? atoi(argv[1]) : 10, guarded = 0;
+	/* on the heap, written here: a tracer reads it without faulting a page in (a
+	 * uprobe cannot), as it would read a string the program works with */
+	char *label = strdup("datacrumbs-usdt");
 
 	for (int i = 0; i < n; i++) {
 		long big = (long)i * 1000000007L - 5;

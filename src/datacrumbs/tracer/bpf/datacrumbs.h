@@ -307,8 +307,14 @@ struct dc_aio_key {
  * same). An event of a USDT probe is an instant (dur 0) whose ret, count,
  * offset and handle carry arguments 0..3, bytes is -1 (not a data operation),
  * fd and fd2 are -1, and flags says which were read: bit i for argument i,
- * the note's argument count in bits 8..15. */
+ * the note's argument count in bits 8..15. With paths captured, an argument
+ * that may be a pointer (8 bytes, unsigned) whose memory holds a NUL-terminated
+ * string is also sent as text (DC_NAME_USDT_STR). */
 #define DC_USDT_ARGS 4
+/* A string argument's text: a dc_path record of the event, role DC_NAME_USDT_STR,
+ * fd = the argument's index (not a dc_name_role of files: readers keep it apart). */
+#define DC_NAME_USDT_STR 3
+#define DC_USDT_STR_MAX 256
 #define DC_USDT_SITES 4096
 enum dc_usdt_arg_kind {
 	DC_USDT_NONE = 0,	/* not decoded (a form other than these three) */
@@ -323,7 +329,8 @@ struct dc_usdt_arg {
 	__u8 kind;		/* enum dc_usdt_arg_kind */
 	__u8 size;		/* 1, 2, 4 or 8 bytes */
 	__u8 is_signed;
-	__u8 pad[3];
+	__u8 str;		/* 8-byte unsigned (a pointer?): its text is sent too */
+	__u8 pad[2];
 };
 
 struct dc_usdt_spec {

@@ -60,6 +60,27 @@ static __always_inline int usdt_arg(struct pt_regs *ctx, struct dc_usdt_arg *a, 
 	return 0;
 }
 
+/* Send argument i's text (a string the pointer v points to): 1 sent, 0 not a
+ * string here (unreadable or empty), -1 lost (ring full). */
+static __always_inline int usdt_str(__u64 v, __u32 i, __u32 tid, __u64 ts, __u32 probe)
+{
+	__u32 zero = 0;
+	struct dc_path *p;
+	long n;
+
+	if (!v)
+		return 0;
+	p = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!p)
+		return 0;
+	n = bpf_probe_read_user_str(p->path, DC_USDT_STR_MAX, (void *)v);
+	if (n <= 1)
+		return 0;
+	p->pseudo = 0;
+	return send_name(n & (DC_USDT_STR_MAX * 2 - 1), 0, DC_NAME_USDT_STR, 0,
+			 ((__u64)tid << 32) | i, ts, probe);
+}
+
 SEC("uprobe")
 int dc_usdt(struct pt_regs *ctx)
 {
@@ -72,6 +93,7 @@ int dc_usdt(struct pt_regs *ctx)
 	struct dc_task *t;
 	__u64 v[DC_USDT_ARGS] = {};
 	__u32 tgid = tid_tgid >> 32, probe, mask = 0;
+	int r, sent = 0, lost = 0;
 	bool in;
 
 	if (!c)
@@ -96,9 +118,20 @@ int dc_usdt(struct pt_regs *ctx)
 		if (i < us->nargs && usdt_arg(ctx, &us->args[i], &v[i]) == 0)
 			mask |= 1u << i;
 	}
+	if (c->capture_paths) {
+		for (int i = 0; i < DC_USDT_ARGS; i++) {
+			if (!(mask & (1u << i)) || !us->args[i].str)
+				continue;
+			r = usdt_str(v[i], i, (__u32)tid_tgid, ev.ts, probe);
+			if (r > 0)
+				sent = 1;
+			else if (r < 0)
+				lost = 1;
+		}
+	}
 	ev.pid = tgid;
 	ev.tid = (__u32)tid_tgid;
-	ev.probe = probe & DC_EV_PROBE_MASK;
+	ev.probe = (probe & DC_EV_PROBE_MASK) | (sent ? DC_EV_PATH_SENT : 0);
 	ev.fd = -1;
 	ev.fd2 = -1;
 	ev.ret = (__s64)v[0];
@@ -110,6 +143,8 @@ int dc_usdt(struct pt_regs *ctx)
 	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), event_wakeup_flag(c)) < 0) {
 		count_lost(0);
 		unsent_add(c, t, tgid, probe, 0, -1);
+	} else if (lost) {
+		count_lost(1);
 	}
 	return 0;
 }

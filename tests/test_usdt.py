@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ import pytest
 from datacrumbs.probes import usdt
 from datacrumbs.probes.document import check_document, write_document
 from datacrumbs.signing.audit import read_records
-from fixtures.tracing import DATACRUMBS, Bpftrace, trace_command
+from datacrumbs.tracer.engine import Engine
+from datacrumbs.tracer.scope import Scope
+from fixtures.tracing import DATACRUMBS, Bpftrace, collect, trace_command
 from test_signing_service import (REPO, raw_exchange, sign_as, site_sets,  # noqa: F401
                                   start_service, wire)
 from test_signing_service import keystore, service  # noqa: F401 (fixtures)
@@ -161,6 +164,28 @@ def test_usdt_probes_fire_with_their_arguments_and_the_semaphore(site, tmp_path,
     assert [e["name"] for e in sorted(events, key=lambda e: e["ts"])] == \
         ["plain", "guarded"] * N
     assert summary["events_lost"] == 0
+
+
+def test_semaphore_is_raised_in_a_process_already_running(bpf_object, tracefs, workloads,
+                                                           prog):
+    """The kernel counts the semaphore up in processes that mapped the file before the
+    probe was attached (uprobe ref_ctr_offset), not only in later ones."""
+    w = workloads([prog, N, "wait"])
+    deadline = time.monotonic() + 10
+    while str(prog) not in Path(f"/proc/{w.pid}/maps").read_text():
+        assert time.monotonic() < deadline, "the workload did not start"
+        time.sleep(0.01)
+    probe = {"id": "usdt.myprov.guarded", "kind": "usdt", "target": "myprov:guarded",
+             "library": str(prog), "category": "USDT", "args": {}, "bytes": None}
+    with Engine([probe], Scope.for_pids([w.pid]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        assert report.attached == [probe] and not report.refused
+        w.go()
+        events, _paths = collect(eng, [w])
+    assert len(events) == N and set(events["pid"].tolist()) == {w.pid}
+    # arg0 (-i, sign-extended from %eax) travels in the event's ret; flags: 2 of 2 read
+    assert sorted(events["ret"].tolist()) == [-i for i in reversed(range(N))]
+    assert set(events["flags"].tolist()) == {0x3 | (2 << 8)}
 
 
 def test_profile_mode_counts_usdt_hits(site, tmp_path, prog):

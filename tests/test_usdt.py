@@ -317,6 +317,9 @@ def test_hostile_user_gets_one_line_and_nothing_signed(site, service, user1, tmp
                     "has no USDT probe matching myprov:nothing*")
     assert recs and recs[-1]["decision"] == "refused"
     _refused(site, user1, ["libnosuchlib*.so*:p:n"], "no library in the ld.so cache matches")
+    _refused(site, user1, ["libpython3*.so*:python:nosuch*"],
+             "no library matching libpython3*.so* in the ld.so cache has a USDT probe matching "
+             "python:nosuch*")
     # a file without notes (a library with none)
     _refused(site, user1, [f"{os.path.realpath('/lib/x86_64-linux-gnu/libz.so.1')}:p:*"],
              "has no USDT probes")

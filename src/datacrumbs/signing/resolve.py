@@ -299,17 +299,15 @@ def usdt_probes(patterns: list[str], fds: list[int], taken: set[str]
             if not candidates:
                 raise RequestRefused(f"--usdt {_shown(pattern)}: no library in the ld.so cache "
                                      f"matches {_shown(lib)}; give the file's path")
+        found = 0
         try:
-            found = 0
-            problems = []
             for fd, claimed in candidates:
                 try:
                     libfile, notes = usdt_file(fd, claimed)
-                except RequestRefused as exc:
+                except RequestRefused:
                     if lib.startswith("/"):
                         raise
-                    problems.append(str(exc))
-                    continue
+                    continue        # a library of the pattern without notes
                 for target, sites in usdt.matching(notes, provider, name).items():
                     found += 1
                     if (libfile.dev, libfile.ino, target) in done:
@@ -323,13 +321,13 @@ def usdt_probes(patterns: list[str], fds: list[int], taken: set[str]
         finally:
             for fd, _path in opened_here:
                 os.close(fd)
-        if not found:
-            where = _shown(lib) if lib.startswith("/") else \
-                f"the libraries matching {_shown(lib)}"
-            raise RequestRefused(f"--usdt {_shown(pattern)}: {where} have no USDT probe "
-                                 f"matching {provider}:{name}" if not lib.startswith("/") else
-                                 f"--usdt {_shown(pattern)}: {where} has no USDT probe "
+        if not found and lib.startswith("/"):
+            raise RequestRefused(f"--usdt {_shown(pattern)}: {_shown(lib)} has no USDT probe "
                                  f"matching {provider}:{name}")
+        if not found:
+            raise RequestRefused(f"--usdt {_shown(pattern)}: no library matching {_shown(lib)} "
+                                 f"in the ld.so cache has a USDT probe matching "
+                                 f"{provider}:{name}")
     if next(given, None) is not None:
         raise RequestRefused("the request passes more open files than its --usdt paths")
     return probes, files

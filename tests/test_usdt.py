@@ -115,6 +115,31 @@ def test_argument_specs_are_decoded_or_marked_not(spec, kind, size, signed, reg,
         assert (a.size, a.signed, a.reg, a.value) == (size, signed, reg, value)
 
 
+def test_sites_are_checked_by_the_document_schema(site, tmp_path, prog):
+    import copy
+
+    from datacrumbs.probes import SchemaViolation
+    from datacrumbs.probes.document import read_document
+    out = tmp_path / "u.json.gz"
+    subprocess.run([DATACRUMBS, "probes", "generate", "--usdt", f"{prog}:myprov:*", "-o",
+                    str(out)], check=True, capture_output=True, timeout=60)
+    doc = read_document(out)
+    check_document(doc, source="generated")
+    for change, says in (
+            (lambda p: p.update(kind="uprobe", target="f"),
+             "probes/0/kind: must be 'usdt': only usdt probes have 'sites'"),
+            (lambda p: p["sites"][0].update(args="\x01"),
+             "probes/0/sites/0/args: does not match the pattern for USDT argument specs"),
+            (lambda p: p["sites"][0].update(pc=-1), "probes/0/sites/0/pc: must be at least 0"),
+            (lambda p: p["sites"][0].update(extra=1),
+             "probes/0/sites/0: has a property that is not allowed here"),
+            (lambda p: p.update(sites=[]), "probes/0/sites: must have at least 1 item")):
+        bad = copy.deepcopy(doc)
+        change(bad["probes"][0])
+        with pytest.raises(SchemaViolation, match=re.escape(says)):
+            check_document(bad, source="bad")
+
+
 def test_patterns_are_checked_without_a_traceback(site, tmp_path, prog):
     out = tmp_path / "x.json.gz"
     for bad, says in (("myprov:plain", "is not LIB:PROVIDER:NAME"),

@@ -213,6 +213,39 @@ def test_semaphore_is_raised_in_a_process_already_running(bpf_object, tracefs, w
     assert set(events["flags"].tolist()) == {0x3 | (2 << 8)}
 
 
+def test_without_paths_no_string_is_read(bpf_object, tracefs, workloads, prog):
+    """Strings travel with file names: a trace without paths reads none (the pointer
+    argument is still its address)."""
+    probe = {"id": "usdt.myprov.plain", "kind": "usdt", "target": "myprov:plain",
+             "library": str(prog), "category": "USDT", "args": {}, "bytes": None}
+    for capture in (True, False):
+        w = workloads([prog, 3, "wait"])
+        with Engine([probe], Scope.for_pids([w.pid]), bpf_object=bpf_object,
+                     capture_paths=capture) as eng:
+            eng.attach()
+            w.go()
+            batches = []
+            while w.running():
+                batches.append(eng.poll(50))
+            w.wait()
+            while (batch := eng.poll(0)) is not None:
+                batches.append(batch)
+        strings, n = {}, 0
+        for batch in filter(None, batches):
+            strings.update({n + r: v for r, v in batch.strings.items()})
+            n += len(batch.events)
+        assert n == 3
+        assert strings == ({r: {2: "datacrumbs-usdt"} for r in range(3)} if capture else {})
+
+
+def test_probe_ids_are_unique_and_in_the_id_alphabet():
+    taken = {"usdt.python.function__entry"}
+    assert usdt.probe_id("python:function__entry", taken) == "usdt.python.function__entry-2"
+    assert usdt.probe_id("Prov:Name", taken) == "usdt.prov.name"
+    long = usdt.probe_id("p" * 64 + ":" + "n" * 64, taken)
+    assert len(long) <= 64 and re.fullmatch(r"[a-z0-9_.-]+", long)
+
+
 def test_profile_mode_counts_usdt_hits(site, tmp_path, prog):
     proc, trace, _summary = trace_command(tmp_path, [prog, N], sets=(),
                                           options=("--usdt", f"{prog}:myprov:plain",

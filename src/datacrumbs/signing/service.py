@@ -339,7 +339,8 @@ class SigningService:
         nprobes = len(signed["probes"])
         return _Decision(ok_reply(signed, dropped), dict(
             uid=uid, user=user, pid=pid, decision=GRANTED,
-            reason=f"signed {nprobes} probes of {', '.join(body['sets'] + body.get('usdt', []))} valid for "
+            reason=f"signed {nprobes} probes of "
+                   f"{', '.join(body['sets'] + body.get('usdt', []))} valid for "
                    f"{grant_days} days" + (f" ({len(dropped)} not attachable here)"
                                            if dropped else ""),
             sha256=digest(canonical_bytes(signed)), key_id=signed.get("key_id"), probes=nprobes,

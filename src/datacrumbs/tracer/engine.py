@@ -34,6 +34,11 @@ at submission and ``dur`` to completion, ``bytes`` the completion's result, ``fl
 the opcode (``ASYNC_FIXED_FILE`` set when ``fd`` is an io_uring fixed-file index; such
 a file's path comes with the event, read from the kernel's file).
 
+Probes of kind ``usdt`` (tracer/usdt.py: one uprobe per note site, its semaphore
+counted by the kernel) report instants whose first four arguments travel in ``ret``,
+``count``, ``offset`` and ``handle`` (``flags``: which were read, and how many the note
+has); ``batch.strings`` maps a row to {argument: text} for pointer arguments.
+
 ``batch.paths`` maps a row of ``batch.events`` to the path an open-like call
 was given (probes with a ``path`` role; read in the kernel at return). A row
 that should have a path and has none is counted in ``names_lost()``.

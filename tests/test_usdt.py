@@ -349,6 +349,22 @@ def test_signed_usdt_probes_for_a_user_trace(site, service, user1, tmp_path, pro
     assert sorted(e["name"] for e in rb.events(trace)) == ["guarded"] * 5 + ["plain"] * 5
 
 
+def test_a_catalog_usdt_probe_is_signed_with_its_sites(site, service, user1):
+    """A site set's usdt probe (a library of the ld.so cache) is bound to the file and
+    signed with the sites read from it, like a --usdt pattern's."""
+    (site.probe_sets_dir / "py.json").write_text(json.dumps({
+        "name": "py", "description": "python entries", "probes": [
+            {"id": "py.entry", "kind": "usdt", "target": "python:function__entry",
+             "library": "libpython3.11.so.1.0", "category": "PYTHON", "args": {},
+             "bytes": None}]}))
+    result = sign_as(user1.pw_name, {"sets": ["py"], "validity_days": 1}, site)
+    assert result.returncode == 0, result.stderr
+    (probe,) = json.loads(result.stdout)["probes"]
+    notes = [n for n in usdt.read_notes(open(probe["library"], "rb"))
+             if n.target == "python:function__entry"]
+    assert notes and probe["sites"] == usdt.sites_of(notes)
+
+
 def _refused(site, user, patterns, says):
     before = len(read_records(site.audit_log)) if site.audit_log.exists() else 0
     result = sign_as(user.pw_name, {"sets": [], "validity_days": 1, "usdt": patterns}, site)

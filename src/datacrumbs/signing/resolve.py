@@ -42,6 +42,9 @@ class LibraryFile:
     usdt: frozenset = frozenset()
     addresses: dict = field(default_factory=dict, compare=False, hash=False)
     ambiguous: frozenset = field(default=frozenset(), compare=False, hash=False)
+    # its USDT notes (probes/usdt.py Note), read from the descriptor: a catalog usdt
+    # probe bound to this file is signed with its sites
+    notes: tuple = field(default=(), compare=False, hash=False)
 
 
 @dataclass
@@ -87,8 +90,16 @@ def library_file(fd: int, claimed: str) -> LibraryFile:
                              "it is not a shared library")
     if platform.machine() == "x86_64" and info.machine != "EM_X86_64":
         raise RequestRefused(f"library {shown} is built for {info.machine}, not x86-64")
+    notes = ()
+    if info.usdt:
+        from ..probes.usdt import read_notes_fd
+        try:
+            notes = tuple(read_notes_fd(fd))
+        except (ELFError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+                AttributeError, AssertionError, UnicodeDecodeError):
+            notes = ()
     return LibraryFile(path, st.st_dev, st.st_ino, info.soname, info.functions, info.usdt,
-                       info.addresses, info.ambiguous)
+                       info.addresses, info.ambiguous, notes)
 
 
 def _path_of(fd: int, claimed: str, st: os.stat_result) -> str | None:
@@ -178,6 +189,14 @@ def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
             continue
         bound = copy.deepcopy(probe)
         bound["library"] = lib.path
+        if kind == "usdt":
+            from ..probes.usdt import sites_of
+            sites = [n for n in lib.notes if n.target == target]
+            if not sites:
+                dropped.append({"id": probe["id"], "reason": f"{lib.path}: the USDT probe "
+                                f"{target} has no site a uprobe can reach"})
+                continue
+            bound["sites"] = sites_of(sites)
         files[lib.path] = lib
         probes.append(bound)
     probes, merged = merge_aliases(probes, lambda p: _code_address(files[p["library"]], p))

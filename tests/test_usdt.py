@@ -93,6 +93,32 @@ def test_notes_match_readelf_and_point_at_the_probe_nops(prog):
     assert {n.name: bool(n.semaphore) for n in notes} == {"plain": False, "guarded": True}
 
 
+def test_prelinked_notes_are_moved_by_the_base_difference(prog, tmp_path):
+    """A prelinked file's notes keep the addresses of before the move; the SystemTap note
+    spec says to move pc and semaphore by .stapsdt.base's address now minus the note's
+    base. A copy whose notes were written before such a move must give the same file
+    offsets as the original (here: the notes say everything was 0x10000 higher)."""
+    import struct
+    data = bytearray(prog.read_bytes())
+    _addr, off = section(prog, ".note.stapsdt")
+    size = int(re.search(r"\.note\.stapsdt\s+NOTE\s+\S+\s+\S+\s+([0-9a-f]+)",
+                         subprocess.run(["readelf", "-SW", str(prog)], capture_output=True,
+                                        text=True).stdout).group(1), 16)
+    delta, pos, moved = -0x10000, off, 0
+    while pos < off + size:
+        namesz, descsz, _type = struct.unpack_from("<III", data, pos)
+        desc = pos + 12 + (namesz + 3) // 4 * 4
+        pc, base, sema = struct.unpack_from("<QQQ", data, desc)
+        struct.pack_into("<QQQ", data, desc, pc - delta, base - delta,
+                         sema - delta if sema else 0)
+        moved += 1
+        pos = desc + (descsz + 3) // 4 * 4
+    assert moved == 2
+    copy = tmp_path / "prelinked"
+    copy.write_bytes(bytes(data))
+    assert usdt.read_notes(open(copy, "rb")) == usdt.read_notes(open(prog, "rb"))
+
+
 @pytest.mark.parametrize("spec, kind, size, signed, reg, value", [
     ("-4@-8(%rbp)", usdt.ARG_MEM, 4, True, 32, -8),
     ("8@%rax", usdt.ARG_REG, 8, False, 80, 0),

@@ -6,7 +6,8 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DC_USDT_SITES);	/* the engine sizes it to the sites */
+	__uint(max_entries, DC_USDT_SITES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);	/* memory only for the sites attached */
 	__type(key, __u32);
 	__type(value, struct dc_usdt_spec);
 } usdt_specs SEC(".maps");

@@ -272,6 +272,26 @@ def test_probe_ids_are_unique_and_in_the_id_alphabet():
     assert len(long) <= 64 and re.fullmatch(r"[a-z0-9_.-]+", long)
 
 
+def test_a_semaphore_in_a_shared_library(site, tmp_path, shared_dir):
+    """The guarded probe built into a shared library (PIC: its .probes semaphore sits in a
+    writable segment whose address differs from its file offset), the program linked to
+    it: the kernel finds the semaphore in the library's mapping."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    lib = shared_dir / "libusdtguard.so"
+    exe = shared_dir / "usdt_prog_shared"
+    subprocess.run([cc, "-O0", "-fPIC", "-shared", "-o", str(lib), str(SOURCES / "guarded.c")],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([cc, "-O0", "-o", str(exe), str(SOURCES / "main.c"), str(lib),
+                    f"-Wl,-rpath,{shared_dir}"], check=True, capture_output=True, timeout=120)
+    (note,) = [n for n in usdt.read_notes(open(lib, "rb")) if n.name == "guarded"]
+    probes_addr, probes_off = section(lib, ".probes")
+    assert probes_addr != probes_off and note.semaphore == probes_off
+    proc, trace, _summary = trace_command(tmp_path, [exe, N], sets=(),
+                                          options=("--usdt", f"{lib}:myprov:guarded"))
+    assert ran(proc.stdout)[:2] == (N, N)
+    assert [e["name"] for e in rb.events(trace)] == ["guarded"] * N
+
+
 def test_profile_mode_counts_usdt_hits(site, tmp_path, prog):
     proc, trace, _summary = trace_command(tmp_path, [prog, N], sets=(),
                                           options=("--usdt", f"{prog}:myprov:plain",

@@ -367,7 +367,6 @@ def test_library_patterns_resolve_through_the_ld_cache(site, tmp_path):
 # ---- the signing service ------------------------------------------------------------------
 
 
-USDT_POLICY_OK = "usdt"     # the shipped default policy allows usdt probes to everyone
 
 
 def test_signed_usdt_probes_for_a_user_trace(site, service, user1, tmp_path, prog):

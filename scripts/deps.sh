@@ -13,6 +13,7 @@ apt_packages=(
   libhdf5-dev mpich libmpich-dev   # real HDF5 and MPI-IO libraries for uprobe tests and the demo
   python3-h5py                     # h5py on Debian's libhdf5 (the PyPI wheel bundles its own): HDF5 naming tests
   gcc make                         # test workloads are small C programs
+  systemtap-sdt-dev                # <sys/sdt.h>: the USDT test workload's probes and semaphores
   strace busybox                   # copy tests: strace checks the bytes; busybox cat/cp use sendfile
   chromium                         # report tests open the HTML page headless (console errors, sorting, zoom)
   fio                              # async I/O tests: its io_uring and libaio engines move data without read/write

@@ -327,8 +327,9 @@ def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
     assert reasons["b1"] == "no system call named 'no_such_syscall' on this host"
     assert reasons["b2"] == "argument role 'fd' must be an argument index 0..5, not 9"
     assert reasons["b3"].startswith("bytes rule 'ret*x' is not one of")
-    assert reasons["b4"] == "unknown probe kind 'fentry'; known: syscall, uprobe, kprobe, tracepoint, async"
-    assert reasons["b6"] == "USDT probes are not supported by this datacrumbs engine yet"
+    assert reasons["b4"] == ("unknown probe kind 'fentry'; known: syscall, uprobe, kprobe, "
+                             "tracepoint, async, usdt")
+    assert reasons["b6"] == f"{LIBC} has no USDT probe p:n"
     assert reasons["b5"] == "'a;rm -rf /' is not a function name"
     assert reasons["dup"] == "syscall write is already traced by another probe in this file"
 

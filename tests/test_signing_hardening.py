@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from datacrumbs.signing.client import ServiceBusy, SigningRefused, request_signature
-from datacrumbs.signing.protocol import MAX_LIBRARIES, MAX_PATTERNS, MAX_REQUEST_BYTES, encode
+from datacrumbs.signing.protocol import (MAX_FDS, MAX_LIBRARIES, MAX_PATTERNS,
+                                         MAX_REQUEST_BYTES, MAX_USDT, encode)
 from test_signing_service import (PROBES, RUNUSER, VENV_BIN, REPO, raw_exchange, site_sets,
                                   start_service, write_policy)  # noqa: F401 (fixtures)
 from test_signing_service import keystore, service  # noqa: F401 (fixtures)
@@ -191,7 +192,7 @@ def req(**changes) -> bytes:
 
 # what a request with a field the protocol does not have is told (it is never echoed)
 ALLOWED = ("request: has a property that is not allowed here "
-           "(allowed: capture, libraries, patterns, sets, validity_days)")
+           "(allowed: capture, libraries, patterns, sets, usdt, validity_days)")
 
 QUADRATIC = b'{"op":"sign","request":{"sets":["' + b'\\"' * 30000 + b'\n'
 
@@ -289,14 +290,14 @@ def test_descriptor_passed_under_another_files_name_signs_the_real_file(site, se
 
 
 def test_more_descriptors_than_allowed_are_closed_and_refused(site, service):
-    fds = [os.open(LIBC, os.O_RDONLY) for _ in range(MAX_LIBRARIES + 4)]
+    fds = [os.open(LIBC, os.O_RDONLY) for _ in range(MAX_FDS + 4)]
     try:
         reply = raw_exchange(site.socket_path, req(), fds=fds)
     finally:
         for fd in fds:
             os.close(fd)
     assert reply["ok"] is False
-    assert f"names 0 libraries but passes {MAX_LIBRARIES} open files" in reply["error"]
+    assert f"names 0 libraries but passes {MAX_FDS} open files" in reply["error"]
 
 
 # ---- floods, backlogs and big requests -------------------------------------------------------
@@ -401,6 +402,8 @@ def test_every_valid_request_fits_the_request_limit():
         "libraries": ["/" + "\U0001F600" * 4095 for _ in range(MAX_LIBRARIES)],
         "patterns": [{"kind": "tracepoint", "pattern": "\U0001F600" * 1024}
                      for _ in range(MAX_PATTERNS)],
+        "usdt": [f"/{i:02d}" + "\U0001F600" * 4093 + ":" + "p" * 64 + ":" + "n" * 64
+                 for i in range(MAX_USDT)],
         "capture": {"mode": "profile", "interval_ms": 3600000, "paths": False},
         "validity_days": 3650}}
     assert len(encode(biggest)) <= MAX_REQUEST_BYTES

@@ -330,7 +330,7 @@ def test_probe_definitions_from_the_user_are_refused(site, service):
     reply = raw_exchange(site.socket_path, encode(request))
     assert reply == {"ok": False, "error": "the request does not match the signing protocol: "
                      "request: has a property that is not allowed here "
-                     "(allowed: capture, libraries, patterns, sets, validity_days)"}
+                     "(allowed: capture, libraries, patterns, sets, usdt, validity_days)"}
 
 
 # ---- the audit log --------------------------------------------------------------------------

@@ -69,7 +69,9 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
                          "--sign -o myio.json.gz\n"
                          "  datacrumbs probes generate --set posix --syscall 'read*' --tracepoint "
                          "'sched:sched_process_*' --sign -o k.json.gz\n"
-                         "  datacrumbs probes generate --kfunc 'vfs_*' --sign -o vfs.json.gz")
+                         "  datacrumbs probes generate --kfunc 'vfs_*' --sign -o vfs.json.gz\n"
+                         "  datacrumbs probes generate --usdt '/usr/bin/python3.11:python:"
+                         "function__*' --sign -o py.json.gz")
     gen.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME",
                      help="probe set to include (repeat; see `datacrumbs probes list-sets`)")
     gen.add_argument("--uprobe", dest="uprobe_patterns", action="append", default=[],
@@ -83,6 +85,11 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--kfunc", dest="kfunc_patterns", action="append", default=[],
                      metavar="GLOB", help="kernel functions by pattern, e.g. 'vfs_*' "
                      "(kprobes; repeat)")
+    gen.add_argument("--usdt", dest="usdt", action="append", default=[],
+                     metavar="LIB:PROVIDER:NAME",
+                     help="USDT probes of a program or library: LIB a path, or a library "
+                          "soname or file pattern (libpython*.so*); PROVIDER and NAME may "
+                          "be globs, e.g. '/home/me/app:myprov:*' (repeat)")
     gen.add_argument("--library", dest="libraries", action="append", default=[], metavar="PATH",
                      help="use this library file for uprobes on the library of the same "
                           "soname or file name, or of the set's library family (e.g. "
@@ -159,9 +166,10 @@ def _generate(args) -> int:
     patterns = [{"kind": kind, "pattern": text} for kind in ("uprobe", "syscall", "tracepoint",
                                                               "kfunc")
                 for text in dict.fromkeys(getattr(args, f"{kind}_patterns"))]
-    if not sets and not patterns:
+    if not sets and not patterns and not args.usdt:
         raise UsageError("choose probes with --set NAME or a pattern (--uprobe, --syscall, "
-                         "--tracepoint, --kfunc); see `datacrumbs probes generate --help`")
+                         "--tracepoint, --kfunc, --usdt); see `datacrumbs probes generate "
+                         "--help`")
     if args.libraries and not sets:
         raise UsageError("--library gives a file for the library probes of the chosen sets, "
                          "and no set is chosen; name your own library in --uprobe PATH:GLOB")
@@ -175,7 +183,7 @@ def _generate(args) -> int:
                                    interval_ms=args.interval_ms, paths=args.paths,
                                    validity_days=args.validity_days,
                                    socket_path=args.socket or config.socket_path,
-                                   patterns=patterns)
+                                   patterns=patterns, usdt=args.usdt)
         doc = signed.document
         _print_dropped(err, [(d["id"], d["reason"]) for d in signed.dropped])
         kept = doc["probes"]
@@ -194,6 +202,8 @@ def _generate(args) -> int:
             kept, more = merge_aliases(kept + [p for r in results for p in r.probes],
                                        _code_address)
             merged += more
+        if args.usdt:
+            kept += _local_usdt(args.usdt, {p["id"] for p in kept})
         _print_dropped(err, [(d.probe["id"], d.reason) for d in dropped])
         for alias, into in merged:
             err.print(Text(f"note: {alias['id']} ({alias['target']}) is the same function as "
@@ -218,6 +228,30 @@ def _generate(args) -> int:
     print(f"wrote {output}: {len(kept)} probes for {user}, {state}, "
           f"valid until {_local(doc['expires_at'])}")
     return 0
+
+
+def _local_usdt(patterns: list[str], taken: set) -> list[dict]:
+    """The probes of --usdt patterns, read here as the signing service would."""
+    from ..signing.client import SigningError, open_usdt_pattern
+    from ..signing.resolve import RequestRefused, usdt_probes
+
+    sent, fds = [], []
+    try:
+        for pattern in dict.fromkeys(patterns):
+            try:
+                pattern, fd = open_usdt_pattern(pattern)
+            except SigningError as exc:
+                raise UsageError(str(exc)) from None
+            sent.append(pattern)
+            if fd is not None:
+                fds.append(fd)
+        try:
+            return usdt_probes(sent, fds, taken)[0]
+        except RequestRefused as exc:
+            raise UsageError(str(exc)) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _check_libraries(libraries, probes, sets) -> None:

@@ -53,6 +53,9 @@ def setup_parser(parser) -> None:
         parser.add_argument(f"--{kind}", dest=f"{kind}_patterns", action="append", default=[],
                             metavar=meta, help=f"also trace {kind}s by pattern, e.g. {example} "
                             "(as `probes generate`; without --set only these)")
+    parser.add_argument("--usdt", metavar="LIB:PROVIDER:NAME", action="append", default=[],
+                        help="USDT probes too (repeatable; LIB a path or library pattern, "
+                             "PROVIDER and NAME globs); alone, no default sets")
     parser.add_argument("-o", "--output", metavar="DIR", default=".",
                         help="directory for the trace and summary (default: current)")
     parser.add_argument("--mode", choices=("trace", "profile"), default=None,
@@ -188,11 +191,17 @@ def main(args) -> int:
         probes = doc["probes"]
         capture = doc.get("capture") or {}
     else:
-        names = args.sets or ([] if patterns else list(DEFAULT_SETS))
+        names = args.sets or ([] if patterns or args.usdt else list(DEFAULT_SETS))
         probes, refused_early = _probes_from_sets(names, config, log) if names else ([], [])
         if patterns:
             probes = _with_patterns(probes, patterns, config)
         capture = {}
+    if args.usdt:
+        if args.probes:
+            raise UsageError("--usdt adds to --set, not to a --probes file (generate the file "
+                             "with `datacrumbs probes generate --usdt`)")
+        from .probes import _local_usdt
+        probes += _local_usdt(args.usdt, {p["id"] for p in probes})
     mode = args.mode or capture.get("mode", "trace")
     interval_ms = args.interval_ms or int(capture.get("interval_ms", 1000))
     if interval_ms <= 0:

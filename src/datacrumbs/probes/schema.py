@@ -54,6 +54,15 @@ FAMILY_PATTERN = r"^(?=.*\.so)[A-Za-z0-9_+-][A-Za-z0-9_.+-]{2,}[A-Za-z0-9_.+*?-]
 _FAMILY = {"type": "string", "maxLength": 255, "pattern": FAMILY_PATTERN}
 _ALIASES = {"type": "array", "minItems": 1, "maxItems": MAX_ALIASES, "uniqueItems": True,
             "items": {"type": "string", "pattern": _TARGETS["uprobe"]}}
+# A USDT probe's places in its file (probes/usdt.py): the pc and semaphore as file
+# offsets (0: no semaphore) and the note's argument spec, as the signing service read
+# them from the file; the tracer attaches only where the file still has that note.
+USDT_MAX_SITES = 256
+_SITES = {"type": "array", "minItems": 1, "maxItems": USDT_MAX_SITES, "items": {
+    "type": "object", "additionalProperties": False, "required": ["pc", "semaphore", "args"],
+    "properties": {"pc": {"type": "integer", "minimum": 0, "maximum": 1 << 48},
+                   "semaphore": {"type": "integer", "minimum": 0, "maximum": 1 << 48},
+                   "args": {"type": "string", "maxLength": 512, "pattern": r"^[ -~]*$"}}}}
 
 
 def probe_schema(*, resolved: bool = True) -> dict:
@@ -78,6 +87,9 @@ def probe_schema(*, resolved: bool = True) -> dict:
         extra["family"] = _FAMILY
         by_kind.append({"if": {"required": ["family"]},
                         "then": {"properties": {"kind": {"const": "uprobe"}}}})
+        extra["sites"] = _SITES
+        by_kind.append({"if": {"required": ["sites"]},
+                        "then": {"properties": {"kind": {"const": "usdt"}}}})
     return {
         "type": "object",
         "additionalProperties": False,
@@ -287,6 +299,7 @@ _PATTERNS = {
     _ABS_PATH["pattern"]: "absolute paths (no '.' or '..' components, no control characters)",
     _SONAME["pattern"]: "library sonames",
     FAMILY_PATTERN: "library families (a file-name pattern naming a .so, e.g. libhdf5*.so*)",
+    _SITES["items"]["properties"]["args"]["pattern"]: "USDT argument specs (printable ASCII)",
     BYTES_PATTERN: "bytes rules (ret, ret*argN, argN, field:NAME)",
     DOCUMENT_SCHEMA["properties"]["owner"]["properties"]["user"]["pattern"]: "user names",
     DOCUMENT_SCHEMA["properties"]["host"]["pattern"]: "host names",
@@ -352,6 +365,8 @@ def _expectation(error, patterns: dict) -> str:
         return "has a property that is not allowed here (allowed: " + ", ".join(allowed) + ")"
     if keyword == "const" and "then" in schema_path and schema_path[-2:] == ["kind", "const"]:
         rule = list(error.absolute_schema_path)
+        if len(_TARGETS) + 2 in rule[rule.index("allOf") + 1:][:1]:
+            return "must be 'usdt': only usdt probes have 'sites'"
         field = "family" if len(_TARGETS) + 1 in rule[rule.index("allOf") + 1:][:1] else "aliases"
         return f"must be 'uprobe': only uprobe probes have {field!r}"
     if keyword == "const":

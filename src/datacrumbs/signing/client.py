@@ -174,7 +174,7 @@ def pattern_libraries(patterns) -> tuple[list[dict], list[str]]:
 def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: int = 1000,
                       paths: bool = True, validity_days: int = DEFAULT_VALIDITY_DAYS,
                       socket_path: str | os.PathLike | None = None,
-                      timeout: float = 10.0, patterns=()) -> Signed:
+                      timeout: float = 10.0, patterns=(), usdt=()) -> Signed:
     """Have the service sign the probes of ``sets`` for the calling user.
 
     ``libraries`` are files to use for the sets' library probes (matched by soname or
@@ -182,6 +182,8 @@ def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: i
     ``patterns``: [{"kind", "pattern"}] selections by pattern (``--uprobe LIB:GLOB`` ...),
     resolved by the service; the library files of path-form uprobe patterns are opened
     here and passed like ``libraries``.
+    ``usdt``: ``LIB:PROVIDER:NAME`` patterns; a LIB that is a path is opened here too
+    and passed after the libraries (others name libraries of the ld.so cache).
     Returns the verified document and the probes the service left out (not attachable).
     """
     from ..probes.verify import ProbesFileError, verify_document
@@ -200,6 +202,12 @@ def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: i
                 fds.append(os.open(library, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
             except OSError as exc:
                 raise SigningError(f"cannot open library {library}: {exc.strerror}") from None
+        usdt_patterns = []
+        for pattern in dict.fromkeys(usdt):
+            pattern, fd = open_usdt_pattern(pattern)
+            usdt_patterns.append(pattern)
+            if fd is not None:
+                fds.append(fd)
         request = {"sets": list(dict.fromkeys(sets)),
                    "libraries": libraries,
                    "capture": {"mode": mode, "interval_ms": int(interval_ms),
@@ -207,6 +215,8 @@ def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: i
                    "validity_days": max(1, min(int(validity_days), MAX_VALIDITY_DAYS))}
         if patterns:
             request["patterns"] = patterns
+        if usdt_patterns:
+            request["usdt"] = usdt_patterns
         reply = _exchange({"op": "sign", "request": request}, path, timeout, fds)
     finally:
         for fd in fds:
@@ -224,3 +234,23 @@ def request_signature(sets, *, libraries=(), mode: str = "trace", interval_ms: i
                            f"here ({exc}); ask your admin to publish the service's public key "
                            f"(`datacrumbs keys export-public`)") from None
     return Signed(document, list(reply.get("dropped", [])))
+
+
+def open_usdt_pattern(pattern: str) -> tuple[str, int | None]:
+    """A --usdt pattern as the request sends it, and the file it names opened as the
+    user (None: LIB is a library name or pattern, looked up by the service). LIB is a
+    path when it holds a '/'; it is sent absolute."""
+    from ..probes.usdt import UsdtError, split_pattern
+
+    try:
+        lib, provider, name = split_pattern(pattern)
+    except UsdtError as exc:
+        raise SigningError(str(exc)) from None
+    if "/" not in lib:
+        return pattern, None
+    lib = os.path.abspath(lib)
+    try:
+        fd = os.open(lib, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SigningError(f"--usdt {pattern}: cannot open {lib}: {exc.strerror}") from None
+    return f"{lib}:{provider}:{name}", fd

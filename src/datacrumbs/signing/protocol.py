@@ -29,11 +29,12 @@ from ..probes.schema import ID_PATTERN, describe_error, schema_names
 
 MAX_SETS = 64
 MAX_LIBRARIES = 16
+MAX_USDT = 16
 MAX_PATH_BYTES = 4096
 # Every request the schema allows fits, even with 4-byte UTF-8 library paths (a test
 # builds the largest one): a request carries no probes, so its size never limits how
 # many probes are signed (max_probes does).
-MAX_REQUEST_BYTES = 448 * 1024
+MAX_REQUEST_BYTES = 1024 * 1024
 # A signed reply is a whole document: about 250 bytes a probe, for up to 65536 probes.
 MAX_REPLY_BYTES = 32 * 1024 * 1024
 MAX_VALIDITY_DAYS = 3650
@@ -65,13 +66,19 @@ REQUEST_SCHEMA = {
             "request": {
                 "type": "object",
                 "properties": {
-                    # no set is fine when patterns choose the probes (the service checks
-                    # that a request chooses something)
+                    # no set is fine when patterns or usdt choose the probes (the service
+                    # checks that a request chooses something)
                     "sets": {"type": "array", "items": _SET_NAME, "minItems": 0,
                              "maxItems": MAX_SETS, "uniqueItems": True},
                     # selections by pattern, resolved by the service (signing.patterns)
                     "patterns": {"type": "array", "maxItems": MAX_PATTERNS,
                                  "items": _PATTERN},
+                    # --usdt LIB:PROVIDER:NAME; a LIB that is a path comes as an open file
+                    # after the libraries' (probes/usdt.py, signing/resolve.py)
+                    "usdt": {"type": "array", "maxItems": MAX_USDT, "uniqueItems": True,
+                             "items": {"type": "string", "minLength": 5,
+                                       "maxLength": MAX_PATH_BYTES + 130,
+                                       "pattern": r"^[^\x00-\x1f\x7f]+$"}},
                     "libraries": {"type": "array", "items": _LIBRARY_PATH,
                                   "maxItems": MAX_LIBRARIES},
                     "capture": {
@@ -190,7 +197,9 @@ def read_line(sock: socket.socket, *, limit: int, timeout: float, fds: list | No
     raise RequestTooLarge(f"message is larger than {limit} bytes", b"".join(chunks))
 
 
-_FD_SPACE = socket.CMSG_SPACE(MAX_LIBRARIES * array.array("i").itemsize)
+# the libraries' files, then the files of --usdt patterns that name a path
+MAX_FDS = MAX_LIBRARIES + MAX_USDT
+_FD_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
 
 def _recv(sock: socket.socket, size: int, fds: list | None) -> bytes:
@@ -202,7 +211,7 @@ def _recv(sock: socket.socket, size: int, fds: list | None) -> bytes:
             got = array.array("i")
             got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
             for fd in got:
-                if len(fds) < MAX_LIBRARIES:
+                if len(fds) < MAX_FDS:
                     fds.append(fd)
                 else:
                     os.close(fd)

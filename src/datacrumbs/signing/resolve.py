@@ -42,6 +42,9 @@ class LibraryFile:
     usdt: frozenset = frozenset()
     addresses: dict = field(default_factory=dict, compare=False, hash=False)
     ambiguous: frozenset = field(default=frozenset(), compare=False, hash=False)
+    # its USDT notes (probes/usdt.py Note), read from the descriptor: a catalog usdt
+    # probe bound to this file is signed with its sites
+    notes: tuple = field(default=(), compare=False, hash=False)
 
 
 @dataclass
@@ -87,8 +90,16 @@ def library_file(fd: int, claimed: str) -> LibraryFile:
                              "it is not a shared library")
     if platform.machine() == "x86_64" and info.machine != "EM_X86_64":
         raise RequestRefused(f"library {shown} is built for {info.machine}, not x86-64")
+    notes = ()
+    if info.usdt:
+        from ..probes.usdt import read_notes_fd
+        try:
+            notes = tuple(read_notes_fd(fd))
+        except (ELFError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+                AttributeError, AssertionError, UnicodeDecodeError):
+            notes = ()
     return LibraryFile(path, st.st_dev, st.st_ino, info.soname, info.functions, info.usdt,
-                       info.addresses, info.ambiguous)
+                       info.addresses, info.ambiguous, notes)
 
 
 def _path_of(fd: int, claimed: str, st: os.stat_result) -> str | None:
@@ -178,6 +189,14 @@ def resolve(catalog_probes: list[dict], user_libraries: list[LibraryFile],
             continue
         bound = copy.deepcopy(probe)
         bound["library"] = lib.path
+        if kind == "usdt":
+            from ..probes.usdt import sites_of
+            sites = [n for n in lib.notes if n.target == target]
+            if not sites:
+                dropped.append({"id": probe["id"], "reason": f"{lib.path}: the USDT probe "
+                                f"{target} has no site a uprobe can reach"})
+                continue
+            bound["sites"] = sites_of(sites)
         files[lib.path] = lib
         probes.append(bound)
     probes, merged = merge_aliases(probes, lambda p: _code_address(files[p["library"]], p))
@@ -208,3 +227,126 @@ def _code_address(lib: LibraryFile, probe: dict):
     if target in lib.ambiguous or target not in lib.addresses:
         return lib.dev, lib.ino, target     # address unknown: one name is one function
     return lib.dev, lib.ino, lib.addresses[target]
+
+
+# ---- USDT probes by pattern (--usdt LIB:PROVIDER:NAME) ------------------------------------
+
+MAX_USDT_PATTERNS = 16
+
+
+def usdt_file(fd: int, claimed: str) -> tuple[LibraryFile, list]:
+    """Judge an open file for its USDT notes: a regular x86-64 ELF file (a program or a
+    library) with at least one; (its LibraryFile, its notes)."""
+    from ..probes import usdt
+
+    shown = _shown(claimed)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise RequestRefused(f"--usdt {shown} is not a regular file")
+    if st.st_size > MAX_LIBRARY_BYTES:
+        raise RequestRefused(f"--usdt {shown} is larger than {MAX_LIBRARY_BYTES} bytes")
+    path = _path_of(fd, claimed, st)
+    if path is None:
+        raise RequestRefused(f"--usdt {shown}: the signing service cannot find the file you "
+                             "opened under that name (was it moved or replaced?); give a "
+                             "stable absolute path")
+    try:
+        info = elf_info_fd(fd)
+        notes = usdt.read_notes_fd(fd)
+    except (ELFError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+            AttributeError, AssertionError, UnicodeDecodeError):
+        raise RequestRefused(f"--usdt {shown} is not an ELF file") from None
+    if platform.machine() == "x86_64" and info.machine != "EM_X86_64":
+        raise RequestRefused(f"--usdt {shown} is built for {info.machine}, not x86-64")
+    if not notes:
+        raise RequestRefused(f"--usdt {shown} has no USDT probes (no .note.stapsdt notes)")
+    return (LibraryFile(path, st.st_dev, st.st_ino, info.soname, frozenset(),
+                        frozenset(n.target for n in notes)), notes)
+
+
+def _usdt_cache_files(pattern: str) -> list[tuple[int, str]]:
+    """Open the ld.so cache's libraries whose soname or file name matches ``pattern``
+    (only files every user may read: the service reads them as root); [(fd, path)]."""
+    import fnmatch
+
+    seen, out = set(), []
+    for soname, path in sorted(ldconfig_cache().items()):
+        if not (fnmatch.fnmatchcase(soname, pattern)
+                or fnmatch.fnmatchcase(os.path.basename(path), pattern)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) in seen or not st.st_mode & stat.S_IROTH:
+            os.close(fd)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        out.append((fd, path))
+    return out
+
+
+def usdt_probes(patterns: list[str], fds: list[int], taken: set[str]
+                ) -> tuple[list[dict], dict[str, LibraryFile]]:
+    """Probe definitions for ``--usdt LIB:PROVIDER:NAME`` patterns: one ``usdt`` probe per
+    matching ``provider:name`` of each file, with every site of it. A LIB that is a path
+    comes as the next of ``fds`` (opened by the user); any other LIB is a soname or file
+    name pattern over the ld.so cache. ``taken``: probe ids already used (joined).
+    Raises RequestRefused for a pattern that gives nothing, with the reason."""
+    from ..probes import usdt
+
+    if len(patterns) > MAX_USDT_PATTERNS:
+        raise RequestRefused(f"at most {MAX_USDT_PATTERNS} --usdt patterns in one request")
+    probes, files = [], {}
+    done: set = set()
+    given = iter(fds)
+    for pattern in patterns:
+        try:
+            lib, provider, name = usdt.split_pattern(pattern)
+        except usdt.UsdtError as exc:
+            raise RequestRefused(str(exc)) from None
+        opened_here = []
+        if lib.startswith("/"):
+            fd = next(given, None)
+            if fd is None:
+                raise RequestRefused(f"--usdt {_shown(pattern)}: the file was not passed "
+                                     "with the request; use `datacrumbs probes generate --usdt`")
+            candidates = [(fd, lib)]
+        else:
+            candidates = opened_here = _usdt_cache_files(lib)
+            if not candidates:
+                raise RequestRefused(f"--usdt {_shown(pattern)}: no library in the ld.so cache "
+                                     f"matches {_shown(lib)}; give the file's path")
+        found = 0
+        try:
+            for fd, claimed in candidates:
+                try:
+                    libfile, notes = usdt_file(fd, claimed)
+                except RequestRefused:
+                    if lib.startswith("/"):
+                        raise
+                    continue        # a library of the pattern without notes
+                for target, sites in usdt.matching(notes, provider, name).items():
+                    found += 1
+                    if (libfile.dev, libfile.ino, target) in done:
+                        continue
+                    done.add((libfile.dev, libfile.ino, target))
+                    files[libfile.path] = libfile
+                    probes.append({"id": usdt.probe_id(target, taken), "kind": "usdt",
+                                   "target": target, "library": libfile.path,
+                                   "category": "USDT", "args": {}, "bytes": None,
+                                   "sites": usdt.sites_of(sites)})
+        finally:
+            for fd, _path in opened_here:
+                os.close(fd)
+        if not found and lib.startswith("/"):
+            raise RequestRefused(f"--usdt {_shown(pattern)}: {_shown(lib)} has no USDT probe "
+                                 f"matching {provider}:{name}")
+        if not found:
+            raise RequestRefused(f"--usdt {_shown(pattern)}: no library matching {_shown(lib)} "
+                                 f"in the ld.so cache has a USDT probe matching "
+                                 f"{provider}:{name}")
+    if next(given, None) is not None:
+        raise RequestRefused("the request passes more open files than its --usdt paths")
+    return probes, files

@@ -339,7 +339,8 @@ class SigningService:
         from ..probes.document import canonical_bytes
 
         nprobes = len(signed["probes"])
-        asked = ", ".join([*body["sets"], *(p["pattern"] for p in body.get("patterns", []))])
+        asked = ", ".join([*body["sets"], *(p["pattern"] for p in body.get("patterns", [])),
+                           *body.get("usdt", [])])
         return _Decision(ok_reply(signed, dropped), dict(
             uid=uid, user=user, pid=pid, decision=GRANTED,
             reason=f"signed {nprobes} probes of {asked} valid for {grant_days} days"
@@ -362,14 +363,15 @@ class SigningService:
         from ..probes.host_check import host_info, merge_aliases
         from .patterns import Resolver, library_names_passed, pattern_library
         from .policy import PolicyRefused, group_names
-        from .resolve import RequestRefused, Resolved, _code_address, library_file, resolve
+        from .resolve import (RequestRefused, Resolved, _code_address, library_file, resolve,
+                              usdt_probes)
 
         policy = self._current_policy()
         sets, days = body["sets"], int(body["validity_days"])
-        patterns = body.get("patterns", [])
-        if not sets and not patterns:
+        patterns, usdt = body.get("patterns", []), body.get("usdt", [])
+        if not sets and not patterns and not usdt:
             raise RequestRefused("the request chooses no probes; name probe sets (--set) or "
-                                 "patterns (--uprobe, --syscall, --tracepoint, --kfunc)")
+                                 "patterns (--uprobe, --syscall, --tracepoint, --kfunc, --usdt)")
         catalog = self._catalog()
         try:
             chosen = select_probes(catalog, sets) if sets else []
@@ -378,7 +380,9 @@ class SigningService:
         groups = group_names(caller)
         policy.check(caller, sets=sets, probes=chosen, validity_days=days, groups=groups)
         paths = body.get("libraries", [])
-        if len(paths) != len(fds):
+        # --usdt patterns whose LIB is a path come as open files after the libraries
+        usdt_fds = fds[len(paths):]
+        if len(paths) > len(fds) or len(usdt_fds) != _usdt_paths(usdt):
             raise RequestRefused(f"the request names {len(paths)} libraries but passes "
                                  f"{len(fds)} open files; use `datacrumbs probes generate "
                                  "--library PATH`, which sends both")
@@ -399,11 +403,17 @@ class SigningService:
                 raise RequestRefused(f"library {libraries[0].path} is not named by any "
                                      "--uprobe pattern and no set is chosen")
             resolved = Resolved([], [], {})
+        if usdt:
+            # judged with the rest below, by kind, target and file (device and inode)
+            found, files = usdt_probes(usdt, usdt_fds, {p["id"] for p in resolved.probes})
+            resolved.probes += found
+            resolved.libraries.update(files)
         results = []
         cap, why = policy.probe_limit(caller, self.config.max_probes, groups)
         if len(resolved.probes) > cap:
-            raise RequestRefused(f"the sets {', '.join(sets)} make {len(resolved.probes)} "
-                                 f"probes, more than {cap} ({why}); choose fewer sets")
+            raise RequestRefused(f"the sets {', '.join(sets + usdt)} make "
+                                 f"{len(resolved.probes)} probes, more than {cap} ({why}); "
+                                 "choose fewer sets")
         if patterns:
             resolver = Resolver(catalog=catalog, host=host, passed=passed, cap=cap,
                                 cap_reason=why)
@@ -451,6 +461,8 @@ class SigningService:
             record["patterns"] = [r.audit() for r in results]
         if withheld:
             record["families_withheld"] = withheld
+        if usdt:
+            record["usdt"] = list(usdt)
         return signed, grant.validity_days, resolved.dropped, record
 
     def _catalog(self) -> dict:
@@ -613,6 +625,11 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     sys.exit(run())
+
+
+def _usdt_paths(patterns: list[str]) -> int:
+    """How many --usdt patterns name a file by path (each comes as an open file)."""
+    return sum(1 for p in patterns if p.rsplit(":", 2)[0].startswith("/"))
 
 
 def _withhold_families(policy, probes: list[dict]) -> set[str]:

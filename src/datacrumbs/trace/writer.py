@@ -164,6 +164,13 @@ def _np_column(key: str, col: np.ndarray, skip_negative: bool):
     return _column(key, col.tolist(), skip_negative)
 
 
+def _arg_json(value) -> str:
+    """An extra arg: integers (a USDT probe's arguments) as numbers, the rest as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _json_str(str(value))
+
+
 def probe_name(probe: dict) -> str:
     """The operation name of an event: the syscall or symbol, or the tracepoint's event."""
     target = str(probe.get("target") or probe.get("id", "?"))
@@ -246,7 +253,7 @@ class TraceWriter:
             if probe.get("discovered"):   # a library of the probe's family found at run time
                 extra += f',"library":{_json_str(str(probe.get("library")))}'
             self._probe_args.append(extra)
-            self._probe_ret.append(probe.get("kind") != "tracepoint")
+            self._probe_ret.append(probe.get("kind") not in ("tracepoint", "usdt"))
 
     def _hash_line(self, kind: str, name: str, pid: int, tid: int) -> str:
         value = name_hash(name)
@@ -330,7 +337,7 @@ class TraceWriter:
         probe = ops["probe"].tolist()
         fd2s, flagss = self._second_columns(ops, paths2, set(probe))
         if args is not None:    # rare rows (HDF5 object calls): formatted one by one
-            flagss = [fl + "".join(f',{_json_str(str(k))}:{_json_str(str(v))}'
+            flagss = [fl + "".join(f',{_json_str(str(k))}:{_arg_json(v)}'
                                    for k, v in a.items()) if a else fl
                       for fl, a in zip(flagss, args)]
         start = self._next_id

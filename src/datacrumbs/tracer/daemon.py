@@ -269,6 +269,7 @@ class EventConverter:
         self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe", "async")
                                      for p in self.probes] or [False])
         self._async = np.array([p.get("kind") == "async" for p in self.probes] or [False])
+        self._usdt = np.array([p.get("kind") == "usdt" for p in self.probes] or [False])
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
         self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
@@ -313,8 +314,9 @@ class EventConverter:
         ops["kind2"] = 0 if kinds2 is None else kinds2
         if self.handles.active:
             self.handles.set_bytes(ops, ev["flags"])
+        usdt_args = self._usdt_rows(batch, ops) if self._usdt.any() else None
         if not self.capture_paths:
-            return ops, None, None, None
+            return ops, None, None, usdt_args
         two = np.flatnonzero(ops["fd2"] >= 0)
         paths2 = [None] * n if len(two) else None
         # an io_uring fixed file's fd is an index into the ring's file table, not a
@@ -331,7 +333,28 @@ class EventConverter:
         args = None
         if self.handles.active:
             args = self.handles.name_rows(ops, ev["handle"], paths, opened)
+        if usdt_args is not None:
+            args = usdt_args if args is None else [u or a for u, a in zip(usdt_args, args)]
         return ops, paths, paths2, args
+
+    def _usdt_rows(self, batch, ops: np.ndarray) -> list | None:
+        """USDT events carry their arguments in ret/count/offset/handle (tracer/usdt.py):
+        move them to the row's args and clear those columns. None: no USDT row here."""
+        ev = batch.events
+        rows = np.flatnonzero(self._usdt[ev["probe"]])
+        if not len(rows):
+            return None
+        from .usdt import event_args
+        out = [None] * len(ops)
+        strings = getattr(batch, "strings", None) or {}
+        for r in rows.tolist():
+            out[r] = event_args(self.probes[int(ev["probe"][r])], ev[r], strings.get(r))
+        for key in ("fd", "count", "offset", "size", "fd2"):
+            ops[key][rows] = -1
+        ops["ret"][rows] = 0
+        ops["errno"][rows] = 0
+        ops["flags"][rows] = 0
+        return out
 
     def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None,
                names: dict | None = None) -> list:

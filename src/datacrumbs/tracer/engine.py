@@ -34,6 +34,11 @@ at submission and ``dur`` to completion, ``bytes`` the completion's result, ``fl
 the opcode (``ASYNC_FIXED_FILE`` set when ``fd`` is an io_uring fixed-file index; such
 a file's path comes with the event, read from the kernel's file).
 
+Probes of kind ``usdt`` (tracer/usdt.py: one uprobe per note site, its semaphore
+counted by the kernel) report instants whose first four arguments travel in ``ret``,
+``count``, ``offset`` and ``handle`` (``flags``: which were read, and how many the note
+has); ``batch.strings`` maps a row to {argument: text} for pointer arguments.
+
 ``batch.paths`` maps a row of ``batch.events`` to the path an open-like call
 was given (probes with a ``path`` role; read in the kernel at return). A row
 that should have a path and has none is counted in ``names_lost()``.
@@ -97,6 +102,7 @@ EVENT_DTYPE = np.dtype([("ts_ns", "<u8"), ("dur_ns", "<u8"), ("pid", "<u4"), ("t
 assert EVENT_DTYPE.itemsize == 80          # struct dc_event
 _PATH_HEAD = struct.Struct("<QIIIBBBBQiI")      # struct dc_path up to its path
 _NAME_ARG, _NAME_FD, _NAME_BASE = 0, 1, 2       # enum dc_name_role
+_NAME_USDT_STR = 3                              # DC_NAME_USDT_STR: not a file's name
 #: enum dc_fkind, as the trace writes it ("" = unknown)
 FD_KINDS = ("", "reg", "dir", "pipe", "socket", "tty", "chr", "blk", "link", "anon")
 _KIND_SHIFT, _KIND2_SHIFT = 23, 27              # DC_EV_KIND_SHIFT, DC_EV_KIND2_SHIFT
@@ -105,7 +111,7 @@ HIST_BUCKETS = 32
 PROFILE_SLOTS = 16384                           # DC_PROFILE_SLOTS
 MAX_SYSCALLS = 512
 MAX_PROBES = 16384                              # DC_MAX_PROBES
-KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async")
+KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async", "usdt")
 # kind "async": requests of asynchronous I/O interfaces, one event per completed
 # request (enum dc_async_class); target -> class index
 ASYNC_CLASSES = {"io_uring_read": 0, "io_uring_write": 1, "io_uring_fsync": 2,
@@ -138,6 +144,7 @@ TRACEFS = Path("/sys/kernel/tracing")
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 INIT_PID_NS_INO = 0xEFFFFFFC     # PROC_PID_INIT_INO: the host's pid namespace
 SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.$@]{0,254}$")
+USDT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}:[A-Za-z_][A-Za-z0-9_]{0,63}$")
 TRACEPOINT_RE = re.compile(r"^([a-z0-9_]{1,64}):([a-z0-9_]{1,128})$")
 # uprobe targets declared to return C int: the upper half of rax is garbage for them.
 INT_RETURNING = frozenset({
@@ -198,6 +205,8 @@ class EventBatch:
     names: dict[int, list] = field(default_factory=dict)
     kinds: np.ndarray | None = None         # FD_KINDS index of each row's fd (0: unknown)
     kinds2: np.ndarray | None = None        # ... and of its fd2
+    # row index -> {argument index: text}: a USDT event's string arguments (tracer/usdt.py)
+    strings: dict[int, dict] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -297,7 +306,7 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
-              *_MULTI_PROGS, *_URING_PROGS, *dlhold.HOLD_PROGS)
+              *_MULTI_PROGS, *_URING_PROGS, *dlhold.HOLD_PROGS, "dc_usdt")
 
 
 @functools.lru_cache(maxsize=32)
@@ -740,6 +749,7 @@ class Engine:
         block_issue_needed = False
         async_found: list[tuple[int, int]] = []     # (probe index, dc_async_class)
         uprobes: dict[str, list[int]] = {}
+        usdt_found: list[int] = []      # usdt probes: tracer/usdt.py attaches their sites
         has_kprobes = kernel_has_kprobes()
         for i, probe in enumerate(self.probes):
             try:
@@ -760,6 +770,9 @@ class Engine:
                     async_found.append((i, cls))
                     continue
                 libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
+                if kind == "usdt":
+                    usdt_found.append(i)
+                    continue
                 if kind == "kprobe" and not has_kprobes:
                     raise _Refused(NO_KPROBES)
                 if kind == "uprobe" and isinstance(probe.get("family"), str):
@@ -788,6 +801,9 @@ class Engine:
         for library, indexes in uprobes.items():
             self._attach_library(library, indexes, report, code)
         self._note_signed_libraries(uprobes, report)
+        if usdt_found:
+            from . import usdt
+            usdt.attach(self, usdt_found, report, resolve_library)
         if syscalls:
             self._attach_syscalls(syscalls, report)
         if async_found:
@@ -891,6 +907,8 @@ class Engine:
                     needed |= set(dlhold.HOLD_PROGS)
         if "kprobe" in kinds:
             needed |= {"dc_kprobe", "dc_kretprobe"}
+        if "usdt" in kinds:
+            needed.add("dc_usdt")
         if "tracepoint" in kinds:
             needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
             if self._raw_tp:
@@ -1042,8 +1060,6 @@ class Engine:
         if not isinstance(probe, dict):
             raise _Refused("probe is not an object")
         kind, target = probe.get("kind"), probe.get("target")
-        if kind == "usdt":
-            raise _Refused("USDT probes are not supported by this datacrumbs engine yet")
         if kind not in KINDS:
             raise _Refused(f"unknown probe kind {kind!r}; known: {', '.join(KINDS)}")
         if not isinstance(target, str) or not target:
@@ -1090,6 +1106,11 @@ class Engine:
             elif bkind not in (BYTES_NONE, BYTES_FIELD):
                 raise _Refused(f"bytes rule {probe.get('bytes')!r} needs call arguments; "
                                "tracepoints take field:NAME")
+        elif kind == "usdt":
+            if not USDT_RE.match(target):
+                raise _Refused(f"USDT probe {target!r} is not of the form provider:name")
+            roles = {r: -1 for r in ROLES}     # its arguments come from the note's spec
+            handle, handle_kind, bkind, barg = -1, 0, BYTES_NONE, -1
         else:
             if not SYMBOL_RE.match(target):
                 raise _Refused(f"{target!r} is not a function name")
@@ -1521,14 +1542,15 @@ class Engine:
         kinds = ((probe >> np.uint32(_KIND_SHIFT)) & np.uint32(15)).astype(np.uint8)
         kinds2 = ((probe >> np.uint32(_KIND2_SHIFT)) & np.uint32(7)).astype(np.uint8)
         events["probe"] = probe & np.uint32(_PROBE_MASK)
-        matched, names = {}, {}
+        matched, names, strings = {}, {}, {}
         if sent.any():
-            matched, names = self._match_paths(events, np.flatnonzero(sent))
+            matched, names = self._match_paths(events, np.flatnonzero(sent), strings)
         pids = distinct(events["pid"])
         if len(pids) and len(self._seen) < 65536:
             self._seen.update(int(p) for p in pids if int(p) not in self._seen)
         events["ts_ns"] += np.uint64(self._offset_ns)
-        return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2)
+        return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2,
+                          strings=strings)
 
     def _returns_fd(self, index: int) -> bool:
         """Is probe ``index``'s return value a new descriptor (the kernel names its file)?
@@ -1556,7 +1578,8 @@ class Engine:
             for key in list(pending)[:len(pending) - 65536]:
                 del pending[key]
 
-    def _match_paths(self, events: np.ndarray, rows: np.ndarray) -> tuple[dict, dict]:
+    def _match_paths(self, events: np.ndarray, rows: np.ndarray,
+                     strings: dict | None = None) -> tuple[dict, dict]:
         """Name the events whose names the kernel sent (``rows``): ``paths[row]`` the
         file of an open-like row (its new descriptor, or its path argument made absolute
         from the directory it is relative to), ``names[row]`` [(fd, name)] for every
@@ -1578,7 +1601,10 @@ class Engine:
                     continue
                 arg = base = None
                 for role, fd, name in recs:
-                    if role == _NAME_ARG:
+                    if role == _NAME_USDT_STR:      # {row: {argument: text}}, no file
+                        if strings is not None:
+                            strings.setdefault(row, {})[fd] = name
+                    elif role == _NAME_ARG:
                         arg = name
                     elif role == _NAME_BASE:
                         base = name

@@ -327,9 +327,13 @@ class BpfObject:
         return Link(ptr)
 
     def attach_uprobe(self, prog: str, binary: str, offset: int, cookie: int, *,
-                      retprobe: bool = False, func_name: str | None = None, pid: int = -1) -> Link:
+                      retprobe: bool = False, func_name: str | None = None, pid: int = -1,
+                      ref_ctr_offset: int = 0) -> Link:
+        """``ref_ctr_offset``: file offset of a USDT semaphore the kernel counts up
+        while the uprobe is attached (0: none)."""
         opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), bpf_cookie=cookie, retprobe=retprobe,
-                           func_name=func_name.encode() if func_name else None)
+                           func_name=func_name.encode() if func_name else None,
+                           ref_ctr_offset=ref_ctr_offset)
         ctypes.set_errno(0)
         last_warning()
         ptr = lib().bpf_program__attach_uprobe_opts(self.program(prog), pid, os.fsencode(binary),

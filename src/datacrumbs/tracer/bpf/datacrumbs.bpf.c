@@ -2254,3 +2254,5 @@ int BPF_PROG(dc_hold_exit, struct task_struct *p)
 		bpf_map_delete_elem(&held, &tgid);
 	return 0;
 }
+
+#include "usdt.bpf.h"

@@ -361,6 +361,43 @@ enum dc_hold_kind {
 	DC_HOLD_DLOPEN = 0,	/* the dynamic linker mapped a family file (dc_dl_hook) */
 	DC_HOLD_INTERP = 1,	/* an exec with a dynamic linker not hooked yet (dc_hold_exec):
 				 * dev/ino/name are the dynamic linker's */
+/* ---- USDT probes (tracer/usdt.py, usdt.bpf.h) ----
+ * One uprobe per site (a note's pc), its BPF cookie the site's key in
+ * usdt_specs; the spec names the probe and how to read the first DC_USDT_ARGS
+ * arguments, as the note's argument spec says (libbpf's usdt.bpf.h does the
+ * same). An event of a USDT probe is an instant (dur 0) whose ret, count,
+ * offset and handle carry arguments 0..3, bytes is -1 (not a data operation),
+ * fd and fd2 are -1, and flags says which were read: bit i for argument i,
+ * the note's argument count in bits 8..15. With paths captured, an argument
+ * that may be a pointer (8 bytes, unsigned) whose memory holds a NUL-terminated
+ * string is also sent as text (DC_NAME_USDT_STR). */
+#define DC_USDT_ARGS 4
+/* A string argument's text: a dc_path record of the event, role DC_NAME_USDT_STR,
+ * fd = the argument's index (not a dc_name_role of files: readers keep it apart). */
+#define DC_NAME_USDT_STR 3
+#define DC_USDT_STR_MAX 256
+#define DC_USDT_SITES 4096
+enum dc_usdt_arg_kind {
+	DC_USDT_NONE = 0,	/* not decoded (a form other than these three) */
+	DC_USDT_CONST = 1,	/* val */
+	DC_USDT_REG = 2,	/* the register at pt_regs offset reg */
+	DC_USDT_MEM = 3,	/* memory at register reg + val */
+};
+
+struct dc_usdt_arg {
+	__s64 val;
+	__u16 reg;		/* offset in struct pt_regs */
+	__u8 kind;		/* enum dc_usdt_arg_kind */
+	__u8 size;		/* 1, 2, 4 or 8 bytes */
+	__u8 is_signed;
+	__u8 str;		/* 8-byte unsigned (a pointer?): its text is sent too */
+	__u8 pad[2];
+};
+
+struct dc_usdt_spec {
+	__u32 probe;		/* index into Engine.probes */
+	__u32 nargs;		/* arguments in the note (up to 12) */
+	struct dc_usdt_arg args[DC_USDT_ARGS];
 };
 
 #endif

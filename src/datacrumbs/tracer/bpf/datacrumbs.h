@@ -361,6 +361,8 @@ enum dc_hold_kind {
 	DC_HOLD_DLOPEN = 0,	/* the dynamic linker mapped a family file (dc_dl_hook) */
 	DC_HOLD_INTERP = 1,	/* an exec with a dynamic linker not hooked yet (dc_hold_exec):
 				 * dev/ino/name are the dynamic linker's */
+};
+
 /* ---- USDT probes (tracer/usdt.py, usdt.bpf.h) ----
  * One uprobe per site (a note's pc), its BPF cookie the site's key in
  * usdt_specs; the spec names the probe and how to read the first DC_USDT_ARGS

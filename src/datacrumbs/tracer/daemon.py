@@ -520,9 +520,12 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
     ready = ready_path(config, run_id)
     remove_ready(ready)   # a SIGKILLed predecessor's file must not make this start look ready
     access = trace_access(config)
+    from . import startclock
     from .engine import Engine
 
+    startclock.begin("imports")
     doc = load_probes(Path(probes_path), account.name, config=config, env=env)
+    startclock.mark("verify")
     capture = doc.get("capture") or {}
     mode = capture.get("mode", "trace")
     interval_ms = int(capture.get("interval_ms", 1000))
@@ -558,7 +561,13 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
             run = TraceRun(engine, report, run_id=run_id, user=account, host=host, mode=mode,
                            interval_ms=interval_ms, capture_paths=capture_paths, dir_fd=dir_fd,
                            start=start, access=access, max_bytes=config.max_trace_bytes)
-            return run.loop(stop, lambda: write_ready(ready, ready_text(run.trace_name)))
+
+            def on_ready():
+                write_ready(ready, ready_text(run.trace_name))
+                startclock.mark("rest")
+                log.info("%s", startclock.summary())
+
+            return run.loop(stop, on_ready)
     finally:
         remove_ready(ready)
         os.close(dir_fd)
@@ -638,7 +647,8 @@ class TraceRun:
         next_sample = time.monotonic() + self.interval_s
         while not stop.requested:
             self._scan_libraries()
-            self._drain_once(_POLL_MS)
+            # the first poll does not wait: the job waits for the ready file
+            self._drain_once(_POLL_MS if ready_sent else 0)
             if not ready_sent:
                 on_ready()  # after attach and a completed poll: events flow
                 ready_sent = True

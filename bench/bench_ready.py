@@ -7,8 +7,12 @@ job's prolog waits for), then from SIGINT to its exit. Probes are distinct funct
 probe per address) of libraries nothing here calls, so attaching is all that is measured:
 the posix syscall set, file system and block tracepoints, every exported function of
 Debian's serial HDF5 (2,592 addresses), MPICH and HDF5's high-level library, then LLVM's
-library to reach 10,000. The engine's own split (BPF object load and verify, attach) is
-printed for the largest file.
+library to reach 10,000. Beside the wall time, the daemon's own account of its start
+(its log line "started in ...", resource.getrusage of the daemon) gives CPU seconds per
+phase: imports (interpreter start, imports, configuration), verify (the signed probes
+file), bpf load (the kernel's verifier), attach, and the rest up to the ready file. CPU
+seconds hold on a loaded machine, where wall time does not. The engine's own split (BPF
+object load and verify, attach) is printed for the largest file.
 
 The original DataCrumbs publishes attach times of 0.45 ms / 24 ms / 33 ms / 79 ms, the last
 for its 8,723 functions; they are printed beside ours for reference (not the same machine).
@@ -20,6 +24,7 @@ usage: sudo .venv/bin/python bench/bench_ready.py [--repeat 3] [--counts 100,100
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -33,6 +38,30 @@ LIBRARIES = ("libhdf5_serial.so.103", "libmpich.so.12", "libhdf5_serial_hl.so.10
              "libLLVM-14.so.1")
 TRACEPOINT_GROUPS = ("ext4", "xfs", "writeback", "block", "iomap", "jbd2", "filemap")
 ORIGINAL = "0.45 ms / 24 ms / 33 ms / 79 ms (the last: 8,723 functions)"
+STARTED = re.compile(r"started in ([0-9.]+) s wall, ([0-9.]+) s CPU \(phase wall/CPU s: (.*)\)")
+
+
+def start_phases(daemon, timeout: float = 5.0) -> dict[str, tuple[float, float]]:
+    """The daemon's own account of its start: {phase: (wall s, CPU s)}, "total" too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = STARTED.search(daemon._log())
+        if m or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if not m:
+        raise SystemExit("bench_ready: the daemon logged no 'started in' line")
+    out = {"total": (float(m.group(1)), float(m.group(2)))}
+    for part in m.group(3).split(", "):
+        name, _, ws = part.rpartition(" ")
+        wall, cpu = ws.split("/")
+        out[name] = (float(wall), float(cpu))
+    return out
+
+
+def median_phases(runs: list[dict]) -> dict[str, tuple[float, float]]:
+    return {name: (statistics.median(r[name][0] for r in runs),
+                   statistics.median(r[name][1] for r in runs)) for name in runs[0]}
 
 
 def uprobes(limit: int) -> list[dict]:
@@ -115,14 +144,19 @@ def main() -> int:
             doc = build_document(probes, owner_uid=0, owner_user="root", sets=["bench"],
                                  mode="trace")
             path = write_document(root / f"probes-{n}.json.gz", store.sign(doc))
-            ready, stop = [], []
+            ready, stop, phases = [], [], []
             for i in range(args.repeat):
                 daemon = Daemon(path, f"{7000 + n + i}", env, cfg.run_dir)
                 ready.append(daemon.ready_s)
+                phases.append(start_phases(daemon))
                 stop.append(daemon.stop())
+            med = median_phases(phases)
             print(f"  {n:>6,} probes ({kinds['syscall']} syscalls, {kinds['tracepoint']} "
                   f"tracepoints, {kinds['uprobe']} uprobes): ready {statistics.median(ready):.3f}"
-                  f" s after start, exit {statistics.median(stop):.3f} s after SIGINT")
+                  f" s after start ({med['total'][1]:.3f} s CPU), exit "
+                  f"{statistics.median(stop):.3f} s after SIGINT")
+            print("           " + ", ".join(f"{name} {w:.3f} s / {c:.3f} s CPU"
+                                           for name, (w, c) in med.items() if name != "total"))
             if n == max(counts):
                 split(probes, cfg.bpf_object)
         print(f"  original DataCrumbs, published: {ORIGINAL}")

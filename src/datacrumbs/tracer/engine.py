@@ -82,7 +82,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from ..errors import DatacrumbsError
-from . import elfsyms, libbpf
+from . import elfsyms, libbpf, startclock
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -298,6 +298,23 @@ _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kp
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
               *_MULTI_PROGS, *_URING_PROGS)
+
+
+# Programs only a fallback attaches: loaded when first needed, in an object of their own
+# that shares the first object's maps (Engine._prog_obj), not verified at every start.
+_LATE_GROUPS = {"dc_uprobe": ("dc_uprobe", "dc_uretprobe"),
+                "dc_uretprobe": ("dc_uprobe", "dc_uretprobe"),
+                "dc_tracepoint": ("dc_tracepoint",)}
+BLOCK_COMPLETE = "block:block_rq_complete"
+
+
+def _perf_tracepoint(probe: dict) -> bool:
+    """Whether a tracepoint probe needs the perf-event program (dc_tracepoint) from the
+    start: it reads a field of the event's record, or its event is an ftrace event over
+    another tracepoint (syscalls:*), never a raw tracepoint."""
+    target = str(probe.get("target"))
+    return target != BLOCK_COMPLETE and (str(probe.get("bytes") or "").startswith("field:")
+                                         or target.startswith("syscalls:"))
 
 
 @functools.lru_cache(maxsize=32)
@@ -646,6 +663,9 @@ class Engine:
             raise EngineError(f"slots {slots!r} must be an integer from 1 to {PROFILE_SLOTS}")
         self._slots = slots
         self._obj: BpfObject | None = None
+        self._loaded: set[str] = set()      # the programs loaded in self._obj
+        self._late: dict[tuple, BpfObject] = {}     # _LATE_GROUPS loaded since
+        self._symbols: dict = {}    # library path -> Future of its function_offsets()
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
         self._paths: _Ring | None = None
@@ -684,7 +704,9 @@ class Engine:
 
     def _attach(self) -> AttachReport:
         _raise_fd_limit(256 + 4 * len(self.probes))
+        resolved = self._read_symbols_meanwhile()
         obj = self._obj = self._load(multi=self.uprobe_multi)
+        startclock.mark("bpf load")
         self._check_layout()
         mode = 1 if self.mode == "profile" else 0
         kind = {"pids": 0, "job_shell": 0, "user": 1, "cgroup": 2,
@@ -763,7 +785,14 @@ class Engine:
                 if kind == "uprobe" and isinstance(probe.get("family"), str):
                     self._families.setdefault(probe["family"], []).append(i)
                 if kind == "uprobe":
-                    library = resolve_library(probe.get("library"))
+                    # once per library named, not per probe (10,000 probes: 0.4 s)
+                    given = probe.get("library")
+                    if isinstance(given, str) and given in resolved:
+                        library = resolved[given]
+                    else:
+                        library = resolve_library(given)
+                        if isinstance(given, str):
+                            resolved[given] = library
                     if library is None:
                         family = probe.get("family")
                         raise _Refused(f"library {probe.get('library')} not found on this host"
@@ -812,7 +841,26 @@ class Engine:
         self._epoll = select.epoll()
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
         self._epoll.register(obj.map_fd("paths"), select.EPOLLIN)
+        startclock.mark("attach")
         return report
+
+    def _read_symbols_meanwhile(self) -> dict[str, str | None]:
+        """Resolve the uprobe libraries (returned: {library as given: path here}) and
+        start reading their symbols in a thread: the kernel verifies the programs
+        meanwhile, without the GIL (10,000 uprobes in 4 libraries: 0.3 s of a start).
+        _attach_library takes the result (self._symbols)."""
+        resolved: dict[str, str | None] = {}
+        for probe in self.probes:
+            if isinstance(probe, dict) and probe.get("kind") == "uprobe":
+                given = probe.get("library")
+                if isinstance(given, str) and given not in resolved:
+                    resolved[given] = resolve_library(given)
+        paths = sorted({p for p in resolved.values() if p is not None})
+        if paths:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datacrumbs-symbols")
+            self._symbols = {path: pool.submit(function_offsets, path) for path in paths}
+            pool.shutdown(wait=False)       # the thread ends once the last file is read
+        return resolved
 
     def _load(self, multi: bool) -> BpfObject:
         """Open, size and load the object. The uprobe_multi programs need the
@@ -841,6 +889,7 @@ class Engine:
             raise
         try:
             obj.load()
+            self._loaded = needed
         except libbpf.LibbpfError as exc:
             obj.close()
             if "dc_raw_tracepoint" in needed:
@@ -870,12 +919,19 @@ class Engine:
         if "syscall" in kinds:
             needed |= {"dc_sys_enter", "dc_sys_exit"}
         if "uprobe" in kinds:
-            needed |= {"dc_uprobe", "dc_uretprobe"} | (set(_MULTI_PROGS) if multi else set())
+            # the per-probe pair only where it is the way uprobes attach; as the fallback
+            # for some functions it is loaded when first needed (_prog_obj)
+            needed |= set(_MULTI_PROGS) if multi else {"dc_uprobe", "dc_uretprobe"}
         if "kprobe" in kinds:
             needed |= {"dc_kprobe", "dc_kretprobe"}
         if "tracepoint" in kinds:
-            needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
-            if self._raw_tp:
+            tps = [p for p in self.probes if isinstance(p, dict) and p.get("kind") == "tracepoint"]
+            if any(p.get("target") == BLOCK_COMPLETE for p in tps):
+                needed |= {"dc_block_issue", "dc_block_complete"}
+            if not self._raw_tp or any(_perf_tracepoint(p) for p in tps):
+                needed.add("dc_tracepoint")
+            if self._raw_tp and any(p.get("target") != BLOCK_COMPLETE and not _perf_tracepoint(p)
+                                    for p in tps):
                 needed.add("dc_raw_tracepoint")
         wanted = self._async_interfaces() if "async" in kinds else set()
         if "io_uring" in wanted:
@@ -883,6 +939,29 @@ class Engine:
         if "libaio" in wanted:          # its system calls come through the syscall programs
             needed |= {"dc_sys_enter", "dc_sys_exit"}
         return needed
+
+    def _prog_obj(self, prog: str) -> BpfObject:
+        """The object ``prog`` is loaded in: the first one, or else an object of its own
+        (its _LATE_GROUPS group) sharing the first one's maps, loaded now, once. Raises
+        AttachFailed when the kernel refuses it."""
+        if prog in self._loaded:
+            return self._obj
+        group = _LATE_GROUPS.get(prog, (prog,))
+        obj = self._late.get(group)
+        if obj is None:
+            obj = BpfObject(self.bpf_object)
+            try:
+                for other in _ALL_PROGS:
+                    if other not in group:
+                        obj.set_autoload(other, False)
+                obj.reuse_maps(self._obj)
+                obj.load()
+            except libbpf.LibbpfError as exc:
+                obj.close()
+                raise AttachFailed(f"cannot load {', '.join(group)}: {exc}") from None
+            log.info("loaded %s (a fallback) on first use", ", ".join(group))
+            self._late[group] = obj
+        return obj
 
     def _async_interfaces(self) -> set[str]:
         """The async I/O interfaces (io_uring, libaio) the probes ask for and this kernel
@@ -1099,7 +1178,8 @@ class Engine:
         why = self._multi_refused
         offsets: dict[str, int] = {}
         try:
-            offsets = function_offsets(library)
+            read = self._symbols.pop(library, None)
+            offsets = read.result() if read is not None else function_offsets(library)
         except (OSError, ELFError, ValueError) as exc:
             why = why or f"cannot read the symbols of {library}: {exc}"
         try:
@@ -1370,8 +1450,8 @@ class Engine:
                 links = []
                 try:
                     for prog, ret in (("dc_uprobe", False), ("dc_uretprobe", True)):
-                        links.append(self._obj.attach_uprobe(prog, fd_path, off, j,
-                                                             retprobe=ret))
+                        links.append(self._prog_obj(prog).attach_uprobe(prog, fd_path, off, j,
+                                                                        retprobe=ret))
                 except AttachFailed as exc:
                     for link in links:
                         link.destroy()
@@ -1413,8 +1493,8 @@ class Engine:
                 links = []
                 try:
                     for prog, ret in (("dc_uprobe", False), ("dc_uretprobe", True)):
-                        links.append(obj.attach_uprobe(prog, library, 0, i, retprobe=ret,
-                                                       func_name=target))
+                        links.append(self._prog_obj(prog).attach_uprobe(
+                            prog, library, 0, i, retprobe=ret, func_name=target))
                 except AttachFailed as exc:
                     for link in links:
                         link.destroy()
@@ -1432,8 +1512,7 @@ class Engine:
                 self._links.extend(links)
             else:
                 category, name = target.split(":")
-                if self._raw_tp and target != "block:block_rq_complete" \
-                        and not str(probe.get("bytes") or "").startswith("field:"):
+                if self._raw_tp and target != BLOCK_COMPLETE and not _perf_tracepoint(probe):
                     try:
                         self._links.append(libbpf.raw_tracepoint_link(
                             obj.program_fd("dc_raw_tracepoint"), name, i))
@@ -1445,8 +1524,9 @@ class Engine:
                             log.info("raw tracepoint %s refused (%s); perf events from here "
                                      "on", target, exc)
                             self._raw_tp = False
-                prog = "dc_block_complete" if target == "block:block_rq_complete" else "dc_tracepoint"
-                self._links.append(obj.attach_tracepoint(prog, category, name, i))
+                prog = "dc_block_complete" if target == BLOCK_COMPLETE else "dc_tracepoint"
+                self._links.append(self._prog_obj(prog).attach_tracepoint(prog, category, name,
+                                                                          i))
         except AttachFailed as exc:
             raise _Refused(f"cannot attach {kind} {target}: {exc}") from None
 
@@ -1720,6 +1800,9 @@ class Engine:
             if ring is not None:
                 ring.close()
         self._events = self._paths = None
+        for late in self._late.values():
+            late.close()
+        self._late.clear()
         if self._obj is not None:
             self._obj.close()
             self._obj = None

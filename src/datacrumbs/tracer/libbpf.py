@@ -84,6 +84,9 @@ def _declare(lib):
         "bpf_map__value_size": (c_uint32, [c_void_p]),
         "bpf_map__key_size": (c_uint32, [c_void_p]),
         "bpf_map__max_entries": (c_uint32, [c_void_p]),
+        "bpf_map__name": (c_char_p, [c_void_p]),
+        "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
+        "bpf_object__next_map": (c_void_p, [c_void_p, c_void_p]),
         "bpf_program__attach": (c_void_p, [c_void_p]),
         "bpf_program__fd": (c_int, [c_void_p]),
         "bpf_program__set_autoload": (c_int, [c_void_p, c_bool]),
@@ -292,6 +295,16 @@ class BpfObject:
         """Before load: the kernel checks some helpers (the attach cookie) against it."""
         if lib().bpf_program__set_expected_attach_type(self.program(prog), attach_type) != 0:
             raise _fail(f"cannot set the attach type of BPF program {prog}")
+
+    def reuse_maps(self, other: "BpfObject") -> None:
+        """Before load: each map of this object is ``other``'s map of that name (a loaded
+        object of the same file), so programs loaded here later share its maps."""
+        ptr = lib().bpf_object__next_map(self._obj, None)
+        while ptr:
+            name = lib().bpf_map__name(ptr).decode()
+            if lib().bpf_map__reuse_fd(ptr, other.map_fd(name)) != 0:
+                raise _fail(f"cannot share BPF map {name} with {other.path}")
+            ptr = lib().bpf_object__next_map(self._obj, ptr)
 
     def set_max_entries(self, name: str, n: int) -> None:
         if lib().bpf_map__set_max_entries(self._map(name), n) != 0:

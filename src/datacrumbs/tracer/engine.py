@@ -78,8 +78,6 @@ from pathlib import Path
 
 import numpy as np
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
 
 from ..errors import DatacrumbsError
 from . import elfsyms, libbpf, startclock
@@ -335,6 +333,10 @@ def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
 
 
 def _function_offsets_pyelftools(path: str) -> dict[str, int]:
+    # imported here: ELF64 files never need it, and the daemon's start is shorter without
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
     found: dict[str, tuple[int, bool]] = {}
     with open(path, "rb") as f:
         elf = ELFFile(f)
@@ -761,6 +763,7 @@ class Engine:
         async_found: list[tuple[int, int]] = []     # (probe index, dc_async_class)
         uprobes: dict[str, list[int]] = {}
         has_kprobes = kernel_has_kprobes()
+        specs_fd = obj.map_fd("probe_specs")
         for i, probe in enumerate(self.probes):
             try:
                 kind, spec = self._spec(i, probe)
@@ -779,7 +782,7 @@ class Engine:
                         raise _Refused(f"async probe {probe['target']} is already in this file")
                     async_found.append((i, cls))
                     continue
-                libbpf.map_update(obj.map_fd("probe_specs"), struct.pack("<I", i), spec[0])
+                libbpf.map_update(specs_fd, struct.pack("<I", i), spec[0])
                 if kind == "kprobe" and not has_kprobes:
                     raise _Refused(NO_KPROBES)
                 if kind == "uprobe" and isinstance(probe.get("family"), str):
@@ -879,6 +882,8 @@ class Engine:
                 for name in ("profile_slots", "slot_owner"):
                     obj.set_max_entries(name, self._slots)
             needed = self._programs_needed(multi)
+            for name in self._unused_maps(needed):
+                obj.set_max_entries(name, 1)
             for prog in _ALL_PROGS:
                 if prog not in needed:
                     obj.set_autoload(prog, False)
@@ -939,6 +944,22 @@ class Engine:
         if "libaio" in wanted:          # its system calls come through the syscall programs
             needed |= {"dc_sys_enter", "dc_sys_exit"}
         return needed
+
+    def _unused_maps(self, needed: set[str]) -> list[str]:
+        """Maps only programs left unloaded use: made with one entry, as the kernel
+        fills a preallocated hash map's 16,384 or 65,536 entries as it creates it."""
+        unused = []
+        if not needed & {"dc_uprobe", "dc_uretprobe", "dc_kprobe", "dc_kretprobe",
+                         *_MULTI_PROGS}:
+            unused.append("entries")
+        if "dc_block_complete" not in needed:
+            unused.append("block_starts")
+        if not needed & set(_URING_PROGS):
+            unused.append("uring_inflight")
+        kinds = {p.get("kind") for p in self.probes if isinstance(p, dict)}
+        if "async" not in kinds or "libaio" not in self._async_interfaces():
+            unused.append("aio_inflight")
+        return unused
 
     def _prog_obj(self, prog: str) -> BpfObject:
         """The object ``prog`` is loaded in: the first one, or else an object of its own
@@ -1249,10 +1270,10 @@ class Engine:
     def _note_signed_libraries(self, uprobes: dict[str, list[int]], report: AttachReport) -> None:
         """Record the signed files of the families: they are attached already, so a
         process mapping them is not a new member."""
-        from .families import LibraryRecord, MapScanner, build_id
-
         if not self._families:
             return
+        from .families import LibraryRecord, MapScanner, build_id
+
         self._scanner = MapScanner(sorted(self._families))
         attached = {id(p) for p in report.attached}
         for library, indexes in uprobes.items():

@@ -1084,3 +1084,37 @@ def test_bpftrace_measures_the_same_read_time(reads_three_ways):
     assert sum(1 for x in ns if x % 1000) > READS // 2
     print(f"reads: trace {sum(ns) / 1000:.3f} µs, bpftrace {bt_ns / 1000:.3f} µs")
     assert abs(sum(ns) / bt_ns - 1) < 0.10, (sum(ns), bt_ns)
+
+
+STARTED = re.compile(r"datacrumbs: started in ([0-9.]+) s wall, ([0-9.]+) s CPU "
+                     r"\(phase wall/CPU s: (.*)\)")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc (clock ticks)."""
+    stat_ = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = stat_[stat_.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_start_is_accounted_phase_by_phase(site, user1, daemons):
+    """The daemon logs where its start went, as CPU and wall seconds per phase (what a
+    job's prolog waits for): the phases in order, adding up to the totals, and the CPU
+    total agreeing with the kernel's count for the process at its ready file."""
+    d = daemons(site, sign_for(site, user1), "4251", user1.pw_name)
+    d.wait_ready()
+    at_ready = _cpu_seconds(d.proc.pid)
+    assert d.stop() == 0, d.stderr
+    m = STARTED.search(d.stderr)
+    assert m, d.stderr
+    wall, cpu = float(m.group(1)), float(m.group(2))
+    phases = [(name, float(w), float(c)) for name, w, c in
+              re.findall(r"([a-z ]+) ([0-9.]+)/([0-9.]+)(?:, |$)", m.group(3))]
+    assert [p[0] for p in phases] == ["imports", "verify", "bpf load", "attach", "rest"]
+    assert abs(sum(p[1] for p in phases) - wall) < 0.006
+    assert abs(sum(p[2] for p in phases) - cpu) < 0.006
+    assert all(w >= 0 and c >= 0 for _n, w, c in phases)
+    # the kernel verified programs in "bpf load": system CPU, never nothing
+    assert dict((n, c) for n, _w, c in phases)["bpf load"] > 0.005
+    # the log's CPU (getrusage) against /proc's count a moment later (10 ms ticks)
+    assert cpu - 0.02 <= at_ready <= cpu + 0.25, (cpu, at_ready)

@@ -668,6 +668,8 @@ class Engine:
         self._loaded: set[str] = set()      # the programs loaded in self._obj
         self._late: dict[tuple, BpfObject] = {}     # _LATE_GROUPS loaded since
         self._symbols: dict = {}    # library path -> Future of its function_offsets()
+        self._loading = None        # Future of _load() started by start_load()
+        self.load_stats: tuple[float, float] | None = None   # its (wall, CPU) seconds
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
         self._paths: _Ring | None = None
@@ -704,10 +706,35 @@ class Engine:
             self.close()
             raise
 
+    def start_load(self) -> None:
+        """Begin loading the BPF object in a thread (the kernel verifies the programs
+        without holding the GIL) while the caller goes on, e.g. importing and verifying
+        the probes file; attach() takes the loaded object. Nothing is attached here."""
+        if self._obj is not None or self._loading is not None or self._closed:
+            return
+        ensure_tracefs()        # which programs are needed depends on its events
+
+        def load():
+            t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_THREAD)
+            obj = self._load(multi=self.uprobe_multi)
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            self.load_stats = (time.monotonic() - t0, (r1.ru_utime - r0.ru_utime)
+                               + (r1.ru_stime - r0.ru_stime))
+            return obj
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datacrumbs-load")
+        self._loading = pool.submit(load)
+        pool.shutdown(wait=False)
+
+    def _loaded_object(self) -> BpfObject:
+        """The object start_load() began loading, or one loaded now."""
+        loading, self._loading = self._loading, None
+        return loading.result() if loading is not None else self._load(multi=self.uprobe_multi)
+
     def _attach(self) -> AttachReport:
         _raise_fd_limit(256 + 4 * len(self.probes))
         resolved = self._read_symbols_meanwhile()
-        obj = self._obj = self._load(multi=self.uprobe_multi)
+        obj = self._obj = self._loaded_object()
         startclock.mark("bpf load")
         self._check_layout()
         mode = 1 if self.mode == "profile" else 0
@@ -764,6 +791,7 @@ class Engine:
         uprobes: dict[str, list[int]] = {}
         has_kprobes = kernel_has_kprobes()
         specs_fd = obj.map_fd("probe_specs")
+        uprobe_specs: list[tuple[bytes, bytes]] = []
         for i, probe in enumerate(self.probes):
             try:
                 kind, spec = self._spec(i, probe)
@@ -782,7 +810,10 @@ class Engine:
                         raise _Refused(f"async probe {probe['target']} is already in this file")
                     async_found.append((i, cls))
                     continue
-                libbpf.map_update(specs_fd, struct.pack("<I", i), spec[0])
+                if kind == "uprobe":    # attached after this loop: written in one batch
+                    uprobe_specs.append((struct.pack("<I", i), spec[0]))
+                else:
+                    libbpf.map_update(specs_fd, struct.pack("<I", i), spec[0])
                 if kind == "kprobe" and not has_kprobes:
                     raise _Refused(NO_KPROBES)
                 if kind == "uprobe" and isinstance(probe.get("family"), str):
@@ -814,6 +845,7 @@ class Engine:
                 report.attached.append(probe)
             except _Refused as exc:
                 report.refused.append((probe, str(exc)))
+        libbpf.map_update_many(specs_fd, uprobe_specs)
         code: dict[tuple, int] = {}     # (dev, ino, offset or name) -> first probe index
         for library, indexes in uprobes.items():
             self._attach_library(library, indexes, report, code)
@@ -1808,6 +1840,11 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        if self._loading is not None:       # start_load() without attach()
+            try:
+                self._obj = self._loaded_object()
+            except Exception:  # noqa: BLE001 - a refused load left nothing to close
+                pass
         _destroy_all(list(reversed(self._links)))
         self._links.clear()
         if self._epoll is not None:

@@ -62,12 +62,16 @@ def phases() -> list[tuple[str, float, float]]:
             for i, (name, wall, cpu) in enumerate(_marks[1:])]
 
 
-def summary() -> str:
-    """One line for the log: the totals, then each phase as wall/CPU seconds."""
+def summary(early_load: tuple[float, float] | None = None) -> str:
+    """One line for the log: the totals, then each phase as wall/CPU seconds, and the
+    BPF load's own (wall, CPU) when a thread did it during the first phases (its CPU
+    is in theirs too: getrusage counts every thread)."""
     rows = phases()
     if not rows:
         return ""
     wall = sum(w for _n, w, _c in rows)
     cpu = sum(c for _n, _w, c in rows)
     parts = ", ".join(f"{name} {w:.3f}/{c:.3f}" for name, w, c in rows)
+    if early_load is not None:
+        parts += f"; in a thread meanwhile: bpf load {early_load[0]:.3f}/{early_load[1]:.3f}"
     return f"started in {wall:.3f} s wall, {cpu:.3f} s CPU (phase wall/CPU s: {parts})"

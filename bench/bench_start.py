@@ -26,6 +26,7 @@ import argparse
 import os
 import pwd
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -177,6 +178,7 @@ def main() -> int:
                   f"epilog {stop.elapsed:.3f} s")
     finally:
         manager.teardown()
+        shutil.rmtree(root, ignore_errors=True)
     med = statistics.median
     phases = [r[2] for r in rows if r[2]]
     print(f"median: prolog to ready {med(r[0] for r in rows):.3f} s (goal < {GOAL_S} s), "

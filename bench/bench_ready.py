@@ -7,8 +7,12 @@ job's prolog waits for), then from SIGINT to its exit. Probes are distinct funct
 probe per address) of libraries nothing here calls, so attaching is all that is measured:
 the posix syscall set, file system and block tracepoints, every exported function of
 Debian's serial HDF5 (2,592 addresses), MPICH and HDF5's high-level library, then LLVM's
-library to reach 10,000. The engine's own split (BPF object load and verify, attach) is
-printed for the largest file.
+library to reach 10,000. Beside the wall time, the daemon's own account of its start
+(its log line "started in ...", resource.getrusage of the daemon) gives CPU seconds per
+phase: imports (interpreter start, imports, configuration), verify (the signed probes
+file), bpf load (the kernel's verifier), attach, and the rest up to the ready file. CPU
+seconds hold on a loaded machine, where wall time does not. The engine's own split (BPF
+object load and verify, attach) is printed for the largest file.
 
 The original DataCrumbs publishes attach times of 0.45 ms / 24 ms / 33 ms / 79 ms, the last
 for its 8,723 functions; they are printed beside ours for reference (not the same machine).
@@ -20,6 +24,9 @@ usage: sudo .venv/bin/python bench/bench_ready.py [--repeat 3] [--counts 100,100
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -33,6 +40,41 @@ LIBRARIES = ("libhdf5_serial.so.103", "libmpich.so.12", "libhdf5_serial_hl.so.10
              "libLLVM-14.so.1")
 TRACEPOINT_GROUPS = ("ext4", "xfs", "writeback", "block", "iomap", "jbd2", "filemap")
 ORIGINAL = "0.45 ms / 24 ms / 33 ms / 79 ms (the last: 8,723 functions)"
+STARTED = re.compile(r"started in ([0-9.]+) s wall, ([0-9.]+) s CPU \(phase wall/CPU s: (.*)\)")
+
+
+def start_phases(daemon, timeout: float = 5.0) -> dict[str, tuple[float, float]]:
+    """The daemon's own account of its start: {phase: (wall s, CPU s)}, "total" too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = STARTED.search(daemon._log())
+        if m or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if not m:
+        raise SystemExit("bench_ready: the daemon logged no 'started in' line")
+    out = {"total": (float(m.group(1)), float(m.group(2)))}
+    parts, _, early = m.group(3).partition("; in a thread meanwhile: ")
+    if early:       # the BPF load began before the imports (a prolog's verified copy)
+        parts += ", " + early.replace("bpf load", "bpf load in a thread")
+    for part in parts.split(", "):
+        name, _, ws = part.rpartition(" ")
+        wall, cpu = ws.split("/")
+        out[name] = (float(wall), float(cpu))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process from /proc (10 ms ticks): the daemon's CPU at its
+    ready file, for a daemon that does not account for its start (--src of an older one)."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median_phases(runs: list[dict]) -> dict[str, tuple[float, float]]:
+    return {name: (statistics.median(r[name][0] for r in runs),
+                   statistics.median(r[name][1] for r in runs)) for name in runs[0]}
 
 
 def uprobes(limit: int) -> list[dict]:
@@ -92,6 +134,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--counts", default="100,1000,10000")
+    parser.add_argument("--no-early", action="store_true",
+                        help="do not give the daemon the probes file's digest (as the prolog "
+                             "does), so it loads its BPF object only after its imports")
+    parser.add_argument("--src", type=Path,
+                        help="run the daemon from this source tree (its src/ directory) "
+                             "instead of the installed one: before/after on one machine")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
 
@@ -107,6 +155,8 @@ def main() -> int:
         store = KeyStore.from_config(cfg)
         syscalls = select_probes(load_catalog(cfg), ["posix"])
         env = {"DATACRUMBS_CONFIG": str(conf), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+        if args.src:
+            env["PYTHONPATH"] = str(args.src.resolve())
         print(f"datacrumbs time to ready by probe count (medians of {args.repeat}; 2 cores)")
         for n in counts:
             probes = probe_list(n, syscalls)
@@ -115,15 +165,27 @@ def main() -> int:
             doc = build_document(probes, owner_uid=0, owner_user="root", sets=["bench"],
                                  mode="trace")
             path = write_document(root / f"probes-{n}.json.gz", store.sign(doc))
-            ready, stop = [], []
+            # as under the prolog: the digest of the verified copy
+            run_env = env if args.no_early else dict(
+                env, DATACRUMBS_PROBE_SHA256=hashlib.sha256(path.read_bytes()).hexdigest())
+            ready, stop, phases, cpu = [], [], [], []
             for i in range(args.repeat):
-                daemon = Daemon(path, f"{7000 + n + i}", env, cfg.run_dir)
+                daemon = Daemon(path, f"{7000 + n + i}", run_env, cfg.run_dir)
                 ready.append(daemon.ready_s)
+                cpu.append(cpu_seconds(daemon.proc.pid))
+                if not args.src:
+                    phases.append(start_phases(daemon))
                 stop.append(daemon.stop())
             print(f"  {n:>6,} probes ({kinds['syscall']} syscalls, {kinds['tracepoint']} "
                   f"tracepoints, {kinds['uprobe']} uprobes): ready {statistics.median(ready):.3f}"
-                  f" s after start, exit {statistics.median(stop):.3f} s after SIGINT")
-            if n == max(counts):
+                  f" s after start ({statistics.median(cpu):.2f} s CPU), exit "
+                  f"{statistics.median(stop):.3f} s after SIGINT")
+            if phases:
+                med = median_phases(phases)
+                print(f"           the daemon's account: {med['total'][1]:.3f} s CPU; " +
+                      ", ".join(f"{name} {w:.3f} s / {c:.3f} s CPU"
+                                for name, (w, c) in med.items() if name != "total"))
+            if n == max(counts) and not args.src:
                 split(probes, cfg.bpf_object)
         print(f"  original DataCrumbs, published: {ORIGINAL}")
     return 0

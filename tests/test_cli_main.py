@@ -47,3 +47,16 @@ def test_configurator_alias_is_generate_with_sign(site, tmp_path):
     assert "datacrumbs_probe_configurator: error:" in res.stderr
     assert "signing service is not running" in res.stderr and str(site.socket_path) in res.stderr
     assert not (tmp_path / "p.json.gz").exists()
+
+
+def test_the_daemon_start_imports_no_elf_parser():
+    """`datacrumbs run` imports the daemon and the engine, which read ELF symbols with
+    numpy (tracer/elfsyms.py): pyelftools' ELF and DWARF modules (some 30 ms of every
+    traced job's start) are imported only where a file needs them."""
+    code = ("import sys; import datacrumbs.cli.run, datacrumbs.tracer.daemon, "
+            "datacrumbs.tracer.engine, datacrumbs.tracer.families, datacrumbs.probes.verify; "
+            "print(sorted(m for m in sys.modules if m.startswith('elftools.elf')))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

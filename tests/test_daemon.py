@@ -1084,3 +1084,92 @@ def test_bpftrace_measures_the_same_read_time(reads_three_ways):
     assert sum(1 for x in ns if x % 1000) > READS // 2
     print(f"reads: trace {sum(ns) / 1000:.3f} µs, bpftrace {bt_ns / 1000:.3f} µs")
     assert abs(sum(ns) / bt_ns - 1) < 0.10, (sum(ns), bt_ns)
+
+
+STARTED = re.compile(r"datacrumbs: started in ([0-9.]+) s wall, ([0-9.]+) s CPU "
+                     r"\(phase wall/CPU s: (.*)\)")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc (clock ticks)."""
+    stat_ = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = stat_[stat_.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_start_is_accounted_phase_by_phase(site, user1, daemons):
+    """The daemon logs where its start went, as CPU and wall seconds per phase (what a
+    job's prolog waits for): the phases in order, adding up to the totals, and the CPU
+    total agreeing with the kernel's count for the process at its ready file."""
+    d = daemons(site, sign_for(site, user1), "4251", user1.pw_name)
+    d.wait_ready()
+    at_ready = _cpu_seconds(d.proc.pid)
+    assert d.stop() == 0, d.stderr
+    m = STARTED.search(d.stderr)
+    assert m, d.stderr
+    wall, cpu = float(m.group(1)), float(m.group(2))
+    sequential, _, early = m.group(3).partition("; ")
+    assert early == ""      # not the prolog's copy: nothing loaded before the imports
+    phases = [(name, float(w), float(c)) for name, w, c in
+              re.findall(r"([a-z ]+) ([0-9.]+)/([0-9.]+)(?:, |$)", sequential)]
+    assert [p[0] for p in phases] == ["imports", "verify", "bpf load", "attach", "rest"]
+    assert abs(sum(p[1] for p in phases) - wall) < 0.006
+    assert abs(sum(p[2] for p in phases) - cpu) < 0.006
+    assert all(w >= 0 and c >= 0 for _n, w, c in phases)
+    # the kernel verified programs in "bpf load": system CPU, never nothing
+    assert dict((n, c) for n, _w, c in phases)["bpf load"] > 0.005
+    # the log's CPU (getrusage) against /proc's count a moment later (10 ms ticks)
+    assert cpu - 0.02 <= at_ready <= cpu + 0.25, (cpu, at_ready)
+
+
+def test_the_prologs_copy_is_loaded_while_the_daemon_imports(site, user1, workdir, writes_bin,
+                                                              daemons):
+    """Under the prolog (the digest of its verified copy in the environment) the BPF
+    object is loaded in a thread from the daemon's first moment, and that engine, taken
+    once the daemon has verified the same document, traces the job."""
+    import hashlib
+
+    probes = sign_for(site, user1)
+    sha = hashlib.sha256(probes.read_bytes()).hexdigest()
+    d = daemons(site, probes, "4252", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+    d.wait_ready()
+    target = workdir / "early.dat"
+    work = run_as(user1, [str(writes_bin), str(target), "300", "512"])
+    _, err = work.communicate(timeout=60)
+    assert work.returncode == 0, err
+    time.sleep(0.3)
+    assert d.stop() == 0, d.stderr
+    m = STARTED.search(d.stderr)
+    assert m and "; in a thread meanwhile: bpf load " in m.group(3), d.stderr
+    writes = [e for e in rb.records(d.trace()) if e.get("ph") == "X" and e["name"] == "write"
+              and e["args"].get("fhash") == name_hash(str(target))]
+    assert len(writes) == 300 and {e["pid"] for e in writes} == {work.pid}
+
+
+def test_an_early_engine_serves_only_the_document_verified(site, user1, bpf_object, tracefs):
+    """preload.take() gives the engine begun early only for the very document, scope and
+    options the daemon verified; another document closes it, and a copy whose digest is
+    not the prolog's is not loaded early at all."""
+    import hashlib
+
+    from datacrumbs.probes.document import read_document
+    from datacrumbs.tracer import preload
+    from datacrumbs.tracer.scope import Scope
+
+    probes = sign_for(site, user1)
+    sha = hashlib.sha256(probes.read_bytes()).hexdigest()
+    preload.start(probes, "4253", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": "0" * 64})
+    assert preload._pending is None
+    preload.start(probes, "4253", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+    engine = preload._pending[3]
+    doc = read_document(probes)
+    scope = Scope.for_user(user1.pw_uid)
+    options = preload.engine_options(doc, site, user1.pw_uid)
+    fewer = dict(doc, probes=doc["probes"][:1])
+    assert preload.take(fewer, scope, options) is None and engine._closed
+    preload.start(probes, "4253", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+    engine = preload._pending[3]
+    assert preload.take(doc, scope, options) is engine
+    with engine:
+        report = engine.attach()
+    assert len(report.attached) == len(doc["probes"]) and engine.load_stats[1] > 0

@@ -4,6 +4,7 @@ state in task storage (nesting, threads that end mid-syscall)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -357,3 +358,67 @@ def test_profile_rows_of_probes_sharing_a_cache_way_stay_apart(bpf_object, trace
     got = {(r.pid, r.probe): (r.count, r.bytes) for r in rows}
     assert got == {(kids[0].pid, 0): (n, 3 * n), (kids[0].pid, 4): (n, 5 * n),
                    (kids[1].pid, 0): (n + 7, 3 * (n + 7)), (kids[1].pid, 4): (n + 7, 5 * (n + 7))}
+
+
+def _own_programs() -> set[str]:
+    """Names of the BPF programs this process holds (its fds), from the kernel."""
+    ids = set()
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if "prog_tag:" in text:
+            ids.update(int(line.split()[1]) for line in text.splitlines()
+                       if line.startswith("prog_id:"))
+    names = set()
+    for prog_id in ids:
+        out = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id), "-j"],
+                             capture_output=True, text=True, check=True).stdout
+        names.add(json.loads(out)["name"])
+    return names
+
+
+RAW_TP = {"id": "sched.wakeup", "kind": "tracepoint", "target": "sched:sched_wakeup",
+          "category": "SCHED", "args": {}, "bytes": None}
+
+
+def test_only_the_programs_that_attach_are_loaded(bpf_object, tracefs):
+    """Each program loaded is verified by the kernel as the tracer starts: uprobes on
+    uprobe_multi links and a raw tracepoint need neither the per-probe uprobe pair nor
+    the perf-event tracepoint program nor the block programs."""
+    with Engine([FWRITE, RAW_TP], Scope.for_pids([1]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        assert report.uprobe_links == {LIBC: "uprobe_multi"} and not report.refused
+        progs = _own_programs()
+    assert {"dc_uprobe_multi", "dc_uretprobe_multi", "dc_raw_tracepoint", "dc_fork",
+            "dc_exec", "dc_exit"} <= progs
+    assert not progs & {"dc_uprobe", "dc_uretprobe", "dc_tracepoint", "dc_block_issue",
+                        "dc_block_complete", "dc_sys_enter", "dc_sys_exit"}, progs
+
+
+def test_per_probe_fallback_loads_its_programs_on_first_use(bpf_object, tracefs, engine_io,
+                                                            workloads, tmp_path, monkeypatch):
+    """When the kernel refuses a uprobe_multi link (refusal injected here: this kernel
+    takes them), the per-probe pair is loaded then, in a second object sharing the first
+    one's maps: the events still come through the first object's ring buffer."""
+    from datacrumbs.tracer import libbpf
+
+    def refuse(*_args, **_kw):
+        raise libbpf.AttachFailed("Operation not supported (injected)", 95)
+
+    monkeypatch.setattr(libbpf, "uprobe_multi_link", refuse)
+    n = 25
+    target = tmp_path / "stdio.bin"
+    child = workloads([engine_io, "stdio", target, n])
+    with Engine(STDIO, Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        progs = _own_programs()
+        child.go()
+        events, paths = collect(eng, [child])
+    assert report.uprobe_links == {
+        LIBC: "per-probe: the kernel refused a uprobe_multi link (Operation not supported "
+              "(injected))"}
+    assert {"dc_uprobe", "dc_uretprobe", "dc_uprobe_multi", "dc_uretprobe_multi"} <= progs
+    _check_stdio_events(events, paths, target, n)

@@ -29,6 +29,10 @@ def setup_parser(parser) -> None:
 
 def main(args) -> int:
     from ..errors import DatacrumbsError
+    from ..tracer import preload
+
+    # the kernel verifies the BPF programs while the daemon's modules are imported
+    preload.start(args.probes, args.run_id, args.user)
     from ..tracer.daemon import run_daemon
 
     handler = logging.StreamHandler(sys.stderr)

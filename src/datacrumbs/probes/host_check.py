@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from .schema import MAX_ALIASES
 
@@ -237,6 +235,10 @@ def elf_info_fd(fd: int) -> ElfInfo:
 
 
 def _read_elf(f) -> ElfInfo:
+    # imported here: the tracer daemon imports this module and never reads ELF this way
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import NoteSection, SymbolTableSection
+
     elf = ELFFile(f)
     functions, usdt, soname, addresses, ambiguous = set(), set(), None, {}, set()
     for section in elf.iter_sections():

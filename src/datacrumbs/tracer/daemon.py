@@ -532,6 +532,8 @@ def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None
     try:
         return _run_daemon(probes_path, run_id, user, stop, config=config, env=env)
     finally:
+        from . import preload
+        preload.discard()       # begun early for a run that failed before taking it
         stop.restore(old)
 
 
@@ -543,13 +545,13 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
     ready = ready_path(config, run_id)
     remove_ready(ready)   # a SIGKILLed predecessor's file must not make this start look ready
     access = trace_access(config)
+    from . import preload, startclock
     from .engine import Engine
 
+    startclock.begin("imports")
     doc = load_probes(Path(probes_path), account.name, config=config, env=env)
-    capture = doc.get("capture") or {}
-    mode = capture.get("mode", "trace")
-    interval_ms = int(capture.get("interval_ms", 1000))
-    capture_paths = bool(capture.get("paths", True))
+    startclock.mark("verify")
+    mode, interval_ms, capture_paths = preload.capture_options(doc)
     scope = scope_from_env(account.uid, env, run_id)
     host = short_host()
     start = datetime.now(timezone.utc)
@@ -558,9 +560,9 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
     try:
         # the trace goes to the job's user: nothing that user could not ptrace (a set-uid
         # program, flux-imp) is traced, whatever the scope
-        engine = Engine(doc["probes"], scope, mode=mode, interval_ms=interval_ms,
-                        bpf_object=config.bpf_object, capture_paths=capture_paths,
-                        job_uid=account.uid)
+        options = preload.engine_options(doc, config, account.uid)
+        # the engine begun before the imports, if it is this very verified document's
+        engine = preload.take(doc, scope, options) or Engine(doc["probes"], scope, **options)
         with engine:
             report = engine.attach()
             for probe, reason in report.refused:
@@ -581,7 +583,13 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
             run = TraceRun(engine, report, run_id=run_id, user=account, host=host, mode=mode,
                            interval_ms=interval_ms, capture_paths=capture_paths, dir_fd=dir_fd,
                            start=start, access=access, max_bytes=config.max_trace_bytes)
-            return run.loop(stop, lambda: write_ready(ready, ready_text(run.trace_name)))
+
+            def on_ready():
+                write_ready(ready, ready_text(run.trace_name))
+                startclock.mark("rest")
+                log.info("%s", startclock.summary(engine.load_stats))
+
+            return run.loop(stop, on_ready)
     finally:
         remove_ready(ready)
         os.close(dir_fd)
@@ -661,7 +669,8 @@ class TraceRun:
         next_sample = time.monotonic() + self.interval_s
         while not stop.requested:
             self._scan_libraries()
-            self._drain_once(_POLL_MS)
+            # the first poll does not wait: the job waits for the ready file
+            self._drain_once(_POLL_MS if ready_sent else 0)
             if not ready_sent:
                 on_ready()  # after attach and a completed poll: events flow
                 ready_sent = True

@@ -31,9 +31,6 @@ import platform
 import stat
 from dataclasses import dataclass, field
 
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
-
 MAX_MAPS_BYTES = 8 << 20          # a process with 100,000 mappings: read no more
 MAX_LIBRARY_BYTES = 512 << 20     # as the signing service: no real library is larger
 MAX_LIBRARIES = 64                # files judged per run (each costs an ELF parse)
@@ -229,6 +226,8 @@ def exported_offsets(fd: int, names) -> tuple[dict[str, int] | None, str | None]
         return None, "not a regular file"
     if st.st_size > MAX_LIBRARY_BYTES:
         return None, f"larger than {MAX_LIBRARY_BYTES} bytes"
+    from elftools.elf.elffile import ELFFile    # here: a start without families needs none
+
     try:
         with os.fdopen(os.dup(fd), "rb") as f:
             elf = ELFFile(f)
@@ -265,6 +264,9 @@ def exported_offsets(fd: int, names) -> tuple[dict[str, int] | None, str | None]
 
 def build_id(fd: int) -> str | None:
     """The GNU build id (hex) of an ELF file, when it has one."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import NoteSection
+
     try:
         with os.fdopen(os.dup(fd), "rb") as f:
             elf = ELFFile(f)

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 # The MPI calls are in the probe sets under their MPI_ and PMPI_ names.
 MPI_OPEN_OPS = frozenset({"MPI_File_open", "PMPI_File_open"})
@@ -77,6 +76,8 @@ def mpi_abi(library: str | None) -> str | None:
     names in its dynamic string table (a byte search: decoding symbols costs 0.1 s)."""
     if not library:
         return None
+    from elftools.elf.elffile import ELFFile    # here: the daemon's start does not need it
+
     try:
         with open(library, "rb") as f:
             section = ELFFile(f).get_section_by_name(".dynstr")

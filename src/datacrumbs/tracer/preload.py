@@ -1,0 +1,93 @@
+"""Start the kernel's part of a daemon's start before the daemon's own imports.
+
+The kernel verifying the BPF programs is the largest part of a tracer's start, and
+it runs without the GIL: ``datacrumbs run`` calls ``start`` first, which loads the
+BPF object in a thread (Engine.start_load) while the daemon imports its modules
+and verifies the probes file. Nothing is attached before that verification: the
+daemon takes the engine (``take``) only for the very document, scope and options it
+verified and would have built, and otherwise loads its own.
+
+Only the prolog's verified copy is loaded early: its SHA-256 must be the one the
+prolog wrote into the unit's environment (DATACRUMBS_PROBE_SHA256). Early loading
+is best effort: whatever goes wrong here is left for the daemon to find and report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+log = logging.getLogger("datacrumbs.daemon")
+
+PROBE_SHA256_ENV = "DATACRUMBS_PROBE_SHA256"    # as tracer/daemon.py (not imported: heavy)
+_pending: tuple | None = None        # (doc, scope, options, engine)
+
+
+def capture_options(doc: dict) -> tuple[str, int, bool]:
+    """(mode, interval_ms, capture_paths) of a probes document, as the daemon runs it."""
+    capture = doc.get("capture") or {}
+    return (capture.get("mode", "trace"), int(capture.get("interval_ms", 1000)),
+            bool(capture.get("paths", True)))
+
+
+def engine_options(doc: dict, config, uid: int) -> dict:
+    """The Engine keyword arguments the daemon uses for ``doc``."""
+    mode, interval_ms, capture_paths = capture_options(doc)
+    return {"mode": mode, "interval_ms": interval_ms, "bpf_object": config.bpf_object,
+            "capture_paths": capture_paths, "job_uid": uid}
+
+
+def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
+    """Begin loading the BPF object for this run, if the probes file is the prolog's
+    verified copy. Never raises."""
+    global _pending
+    discard()
+    expected = env.get(PROBE_SHA256_ENV)
+    if not expected:
+        return      # not started by the prolog: the daemon does it all in order
+    try:
+        from ..config import load_config
+        from ..jobid import validate_run_id
+        from ..probes.document import decode_document, open_regular_file
+        from ..users import lookup_user
+        from .engine import Engine
+        from .scope import scope_from_env
+
+        run_id = validate_run_id(run_id)
+        config = load_config()
+        data = open_regular_file(probes_path, config.max_probes_file_bytes)
+        if hashlib.sha256(data).hexdigest() != expected:
+            return
+        doc = decode_document(data, source=probes_path,
+                              max_decompressed=config.max_probes_document_bytes)
+        account = lookup_user(user)
+        scope = scope_from_env(account.uid, env, run_id)
+        options = engine_options(doc, config, account.uid)
+        engine = Engine(doc["probes"], scope, **options)
+        engine.start_load()
+        _pending = (doc, scope, options, engine)
+    except Exception as exc:  # noqa: BLE001 - the daemon finds it again and says so
+        log.debug("BPF object not loaded early: %s", exc)
+
+
+def take(doc: dict, scope, options: dict):
+    """The engine begun by ``start`` if it was built from exactly this verified document,
+    scope and options (not attached yet), else None."""
+    global _pending
+    pending, _pending = _pending, None
+    if pending is None:
+        return None
+    pdoc, pscope, poptions, engine = pending
+    if pdoc == doc and pscope == scope and poptions == options:
+        return engine
+    engine.close()
+    return None
+
+
+def discard() -> None:
+    """Close an engine begun by ``start`` that nobody took."""
+    global _pending
+    pending, _pending = _pending, None
+    if pending is not None:
+        pending[3].close()

@@ -451,4 +451,4 @@ def test_a_usdt_path_without_its_file_is_refused(site, service, prog):
                                                  "usdt": [f"{prog}:myprov:*"]}))
     assert reply["ok"] is False and "passes 0 open files" in reply["error"]
     reply = raw_exchange(site.socket_path, wire({"sets": [], "validity_days": 1}))
-    assert reply["ok"] is False and "asks for nothing" in reply["error"]
+    assert reply["ok"] is False and "chooses no probes" in reply["error"]

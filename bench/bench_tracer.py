@@ -53,6 +53,48 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tp_btf/sys_enter") int floor_enter(void *ctx) { return 0; }
 SEC("tp_btf/sys_exit") int floor_exit(void *ctx) { return 0; }
 """
+# One program per building block of the hot path, each alone on sys_enter (--only helpers):
+# what each costs above the empty program on this CPU, so the hot path's figure can be
+# read as a sum of them. Every program runs for every system call of the node.
+HELPERS_BPF = r"""
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+struct st { __u64 a[40]; };
+struct { __uint(type, BPF_MAP_TYPE_TASK_STORAGE); __uint(map_flags, BPF_F_NO_PREALLOC);
+         __type(key, int); __type(value, struct st); } tasks SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 1);
+         __type(key, __u32); __type(value, __u64); } pc SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 256 << 20); } rb SEC(".maps");
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+volatile __u64 sink;
+#define FD_SLOT(t) ({ struct files_struct *f = (t)->files; struct fdtable *d = f ? f->fdt : 0; \
+                      d && d->max_fds > 1 ? (__u64)d->fd + 8 : 0; })
+SEC("tp_btf/sys_enter") int empty(void *ctx) { return 0; }
+SEC("tp_btf/sys_enter") int current_task_btf(void *ctx) {
+    sink = (__u64)bpf_get_current_task_btf(); return 0; }
+SEC("tp_btf/sys_enter") int current_pid_tgid(void *ctx) {
+    sink = bpf_get_current_pid_tgid(); return 0; }
+SEC("tp_btf/sys_enter") int ktime_get_ns(void *ctx) { sink = bpf_ktime_get_ns(); return 0; }
+SEC("tp_btf/sys_enter") int percpu_array_lookup(void *ctx) {
+    __u32 z = 0; __u64 *v = bpf_map_lookup_elem(&pc, &z); if (v) (*v)++; return 0; }
+SEC("tp_btf/sys_enter") int task_btf_and_storage(void *ctx) {
+    struct st *s = bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), 0,
+                                        BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (s) s->a[0]++; return 0; }
+SEC("tp_btf/sys_enter") int task_btf_and_fd_probe_read(void *ctx) {
+    __u64 a = FD_SLOT(bpf_get_current_task_btf()), v = 0;
+    if (a) bpf_probe_read_kernel(&v, 8, (void *)a); sink = v; return 0; }
+SEC("tp_btf/sys_enter") int task_btf_and_fd_direct_load(void *ctx) {
+    __u64 a = FD_SLOT(bpf_get_current_task_btf());
+    if (a) sink = *(__u64 *)bpf_rdonly_cast((void *)a, 0); return 0; }
+SEC("tp_btf/sys_enter") int ringbuf_output_80B(void *ctx) {
+    __u64 ev[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    bpf_ringbuf_output(&rb, ev, sizeof(ev), BPF_RB_NO_WAKEUP); return 0; }
+"""
+HELPER_PROGS = ("empty", "current_task_btf", "current_pid_tgid", "ktime_get_ns",
+                "percpu_array_lookup", "task_btf_and_storage", "task_btf_and_fd_probe_read",
+                "task_btf_and_fd_direct_load", "ringbuf_output_80B")
 
 
 def build_workload(dest: Path) -> Path:
@@ -73,6 +115,44 @@ def build_floor(dest: Path):
     floor = BpfObject(obj)
     floor.load()
     return floor
+
+
+def bench_helpers(binary: Path, cgroup: Path, dest: Path, path: Path, repeat: int) -> None:
+    """BPF time per run of each HELPERS_BPF program alone on sys_enter (bpf_stats), medians
+    of ``repeat`` runs of the write workload, and each one's cost above the empty one."""
+    from datacrumbs.tracer.build import BTF_PATH
+    from datacrumbs.tracer.libbpf import BpfObject
+    src, obj_path, vmlinux = dest / "helpers.bpf.c", dest / "helpers.bpf.o", dest / "vmlinux.h"
+    src.write_text(HELPERS_BPF)
+    with open(vmlinux, "wb") as f:
+        subprocess.run(["bpftool", "btf", "dump", "file", str(BTF_PATH), "format", "c"],
+                       stdout=f, check=True)
+    subprocess.run([shutil.which("clang") or "clang", "-O2", "-g", "-target", "bpf",
+                    "-D__TARGET_ARCH_x86", "-I", str(dest), "-c", str(src), "-o", str(obj_path)],
+                   check=True)
+    obj = BpfObject(obj_path)
+    obj.load()
+    per_run: dict[str, list[float]] = {}
+    try:
+        with bpf_stats():
+            for _ in range(repeat):
+                for name in HELPER_PROGS:
+                    link = obj.attach(name)
+                    before = prog_stats(obj, (name,))
+                    run_workload(binary, cgroup, path, DRAIN_EVENTS // 3, 16)
+                    after = prog_stats(obj, (name,))
+                    link.destroy()
+                    runs = after[name][0] - before[name][0]
+                    per_run.setdefault(name, []).append(
+                        (after[name][1] - before[name][1]) / max(runs, 1))
+    finally:
+        obj.close()
+    empty = statistics.median(per_run["empty"])
+    print(f"  BPF time per run on sys_enter, one building block alone (bpf_stats, medians of "
+          f"{repeat}; load {os.getloadavg()[0]:.1f}):")
+    for name in HELPER_PROGS:
+        t = statistics.median(per_run[name])
+        print(f"    {name:28s} {t:6.1f} ns" + (f"  (+{t - empty:.1f})" if name != "empty" else ""))
 
 
 def hdf5_library() -> str:
@@ -183,8 +263,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sustained-seconds", type=float, default=3.0)
-    parser.add_argument("--only", choices=("kernel", "sustained", "pipeline"),
-                        help="run only that part: kernel time per program run, the "
+    parser.add_argument("--only", choices=("kernel", "helpers", "sustained", "pipeline"),
+                        help="run only that part: kernel time per program run, the cost of "
+                             "each building block of the hot path (helpers), the "
                              "sustained rate and daemon CPU per event, or the daemon's "
                              "per-event CPU stage by stage (no eBPF)")
     parser.add_argument("--rates", default="300000,500000,750000,1000000",
@@ -205,6 +286,9 @@ def main() -> int:
         floor = build_floor(work)
         conf, probes = make_site(work / "site")
         env = dict(os.environ, DATACRUMBS_CONFIG=str(conf))
+        if args.only == "helpers":
+            bench_helpers(binary, cgroup, work, data_dir / "bench.dat", args.repeat)
+            return 0
         if args.only == "kernel":
             for _ in range(args.repeat):
                 bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
@@ -417,7 +501,26 @@ def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: 
     print(f"  sustained with 0 lost: {best:,.0f} events/s (over {seconds:.0f} s)")
 
 
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+BPF_STATS_RUN_TIME = 0
+
+
+class bpf_stats:
+    """Run-time statistics on while the block runs: BPF_ENABLE_STATS gives an fd that keeps
+    them on until it is closed, whatever anyone writes to kernel.bpf_stats_enabled meanwhile
+    (another benchmark on a shared machine turning the sysctl off emptied our figures)."""
+
+    def __enter__(self):
+        import ctypes
+        from datacrumbs.tracer import libbpf
+        libbpf.lib()
+        self.fd = ctypes.CDLL(libbpf.LIBBPF_SONAME, use_errno=True).bpf_enable_stats(
+            BPF_STATS_RUN_TIME)
+        if self.fd < 0:
+            raise OSError(-self.fd, f"BPF_ENABLE_STATS: {os.strerror(-self.fd)}")
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
 
 
 def prog_stats(obj, names) -> dict[str, tuple[int, int]]:
@@ -435,13 +538,15 @@ def per_run_ns(before, after) -> str:
     for name in after:
         runs = after[name][0] - before[name][0]
         parts.append(f"{name} {(after[name][1] - before[name][1]) / max(runs, 1):.0f} ns")
-    return ", ".join(parts)
+    # every system call of the node runs the programs: runs well above the workload's
+    # calls mean other processes' (cheap, untraced) runs were averaged in
+    return ", ".join(parts) + f" ({runs / 1000:.0f}k runs)"
 
 
 def bench_kernel_time(binary: Path, cgroup: Path, path: Path, conf: Path, floor) -> None:
-    """Kernel time per program run (kernel.bpf_stats_enabled, for this run only): empty
-    programs against ours, in trace and profile mode. Runs count every system call of
-    the node; the workload's writes are nearly all of them."""
+    """Kernel time per program run (bpf_stats, for this run only): empty programs against
+    ours, in trace and profile mode. Runs count every system call of the node; the second
+    line takes the other processes' runs out (per_traced_call_ns)."""
     from datacrumbs.config import load_config
     from datacrumbs.tracer.engine import Engine
     from datacrumbs.tracer.scope import Scope
@@ -449,26 +554,47 @@ def bench_kernel_time(binary: Path, cgroup: Path, path: Path, conf: Path, floor)
 
     cfg = load_config(conf)
     write = [p for p in select_probes(load_catalog(cfg), ["posix"]) if p["target"] == "write"]
-    previous = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1")
-    try:
+    with bpf_stats():
         links = [floor.attach("floor_enter"), floor.attach("floor_exit")]
         before = prog_stats(floor, ("floor_enter", "floor_exit"))
         run_workload(binary, cgroup, path, DRAIN_EVENTS, 16)
         line = per_run_ns(before, prog_stats(floor, ("floor_enter", "floor_exit")))
         for link in links:
             link.destroy()
+        traced = []
         for mode in ("trace", "profile"):
             with Engine(write, Scope.for_cgroup(cgroup), bpf_object=cfg.bpf_object, mode=mode,
                         ringbuf_bytes=32 << 20) as eng:
                 eng.attach()
                 names = ("dc_sys_enter", "dc_sys_exit")
+                idle = prog_stats(eng._obj, names)
+                time.sleep(OTHERS_WINDOW_S)
                 before = prog_stats(eng._obj, names)
                 run_workload(binary, cgroup, path, DRAIN_EVENTS, 16)
-                line += f"; {mode}: " + per_run_ns(before, prog_stats(eng._obj, names))
-    finally:
-        BPF_STATS.write_text(previous)
+                after = prog_stats(eng._obj, names)
+                line += f"; {mode}: " + per_run_ns(before, after)
+                sides = [per_traced_call_ns(idle[n], before[n], after[n], DRAIN_EVENTS)
+                         for n in names]
+                traced.append(f"{mode} {sides[0]:.0f} + {sides[1]:.0f} = {sum(sides):.0f} ns")
     print(f"  kernel time per run (bpf_stats; includes its own clock reads): {line}")
+    print(f"  per traced write, enter + exit, other processes' runs taken out (load "
+          f"{os.getloadavg()[0]:.1f}): {'; '.join(traced)}")
+
+
+# Other processes' system calls run the programs too (they leave early, or look up their
+# task state and leave when out of scope): their cost per run is taken from a window
+# without the workload just before it, and taken out of the workload's total.
+OTHERS_WINDOW_S = 0.5
+
+
+def per_traced_call_ns(idle, before, after, calls: int) -> float:
+    """BPF time per traced call of the workload: the run time of the workload window less
+    its runs beyond ``calls``, each at the per-run cost of the window before (others only).
+    Without it, a loaded machine's many cheap runs make the mean look cheaper."""
+    other_runs, other_ns = before[0] - idle[0], before[1] - idle[1]
+    per_other = other_ns / other_runs if other_runs else 0.0
+    runs, ns = after[0] - before[0], after[1] - before[1]
+    return (ns - max(runs - calls, 0) * per_other) / calls
 
 
 def bench_drain(binary: Path, cgroup: Path, path: Path, conf: Path) -> None:

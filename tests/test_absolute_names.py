@@ -198,3 +198,47 @@ def test_every_data_event_has_a_name_and_kind(site, tmp_path, tree):
             if fh.get(e["args"].get("fhash")) is None or not e["args"].get("ftype"):
                 missing[(e["name"], e["args"].get("fd"))] += 1
     assert not missing, dict(missing)
+
+
+
+
+REBIND_FROM_THREAD = """
+import ctypes, os, sys, threading
+a, rounds = sys.argv[1], int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(a, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"a" * 1000)
+os.write(fd, b"a" * 1001)                 # this thread has named fd: its cache holds a
+
+def swap(k):
+    # another thread gives the same number another file with calls no probe sees
+    # (close_range, memfd_create): only the kernel's fd table knows
+    assert libc.syscall(436, fd, fd, 0) == 0                    # close_range
+    assert os.memfd_create(f"dc-swap-{k}") == fd
+
+for k in range(rounds):                   # the freed struct file's memory is often reused
+    t = threading.Thread(target=swap, args=(k,))
+    t.start()
+    t.join()
+    os.write(fd, b"b" * (100 + k))
+"""
+
+
+def test_a_descriptor_rebound_by_another_thread_is_named_again(site, tmp_path):
+    """Threads share one fd table but each keeps its own cache of named descriptors. When
+    another thread gives a number this thread has cached another file, by calls no probe
+    records (close_range, memfd_create), this thread's next write must not stay under the
+    old file, even when the new struct file has the old one's address (often: it was
+    just freed): the kernel side reads the fd table on every event and names it again."""
+    a, rounds = tmp_path / "a.dat", 20
+    _, trace, _ = trace_command(tmp_path, [sys.executable, "-c", REBIND_FROM_THREAD, a, rounds])
+    fh = file_names(trace)
+    sizes = [1000, 1001] + [100 + k for k in range(rounds)]
+    writes = [e for e in rb.events(trace) if e["name"] == "write"
+              and e["args"].get("size") in sizes]
+    assert [e["args"]["size"] for e in writes] == sizes
+    assert len({e["tid"] for e in writes}) == 1                 # all in one thread
+    names = [fh.get(e["args"].get("fhash")) for e in writes]
+    assert names[:2] == [str(a), str(a)]
+    wrong = [(k, n) for k, n in enumerate(names[2:]) if not (n or "").endswith(f"memfd:dc-swap-{k}")]
+    assert not wrong, wrong

@@ -656,23 +656,71 @@ struct {
 	__type(value, struct dc_walk);
 } walk_scratch SEC(".maps");
 
+/* bpf_rdonly_cast (kernel >= 6.2): the verifier turns it into a register move,
+ * so what it casts is read with plain loads, no helper call. Weak: on a kernel
+ * without it the address is 0 and fd_file() takes a probe read. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* A kernel struct whose first member is 8 bytes of integer (rb_node's, since
+ * 2012): kernel memory read as one gives the verifier a number, not a typed
+ * pointer (the fd array is a struct file ** it gives no type, and a typed
+ * pointer could be neither passed on to the global functions nor mixed). */
+struct rb_node___dcfd {
+	unsigned long __rb_parent_color;
+} __attribute__((preserve_access_index));
+
+/* 8 bytes of kernel memory at ``addr`` as a number (0: unreadable): a plain
+ * load through bpf_rdonly_cast, or a probe read (~40 ns more here) without it. */
+static __always_inline __u64 kernel_u64(__u64 addr)
+{
+	__u64 v = 0;
+
+	if (bpf_rdonly_cast && bpf_core_field_offset(struct rb_node___dcfd, __rb_parent_color) == 0 &&
+	    bpf_core_field_size(struct rb_node___dcfd, __rb_parent_color) == 8) {
+		struct rb_node___dcfd *k = bpf_rdonly_cast((void *)addr,
+							   bpf_core_type_id_kernel(struct rb_node___dcfd));
+
+		return k->__rb_parent_color;
+	}
+	if (bpf_probe_read_kernel(&v, sizeof(v), (void *)addr) < 0)
+		return 0;
+	return v;
+}
+
 /* The struct file behind descriptor ``fd`` of ``task``, as a number (0: none).
- * One helper call: the fd array holds pointers, which only a probe read can
- * index with a variable. */
+ * Every event on a descriptor reads it (to compare with the per-thread cache),
+ * so no helper call where the kernel has bpf_rdonly_cast. */
 static __always_inline __u64 fd_file(struct task_struct *task, __s32 fd)
 {
 	struct files_struct *files = task->files;
 	struct fdtable *fdt;
-	__u64 slot = 0;
 
 	if (!files || fd < 0)
 		return 0;
 	fdt = files->fdt;
 	if (!fdt || (__u32)fd >= fdt->max_fds)
 		return 0;
-	if (bpf_probe_read_kernel(&slot, sizeof(slot), (void *)((__u64)fdt->fd + (__u64)fd * 8)) < 0)
-		return 0;
-	return slot;
+	return kernel_u64((__u64)fdt->fd + (__u64)fd * 8);
+}
+
+/* What the per-thread cache of named descriptors remembers of ``file``. Its
+ * address is not enough: a file closed and another opened at the same number
+ * by calls this thread does not see (another thread's, or ones no probe
+ * records: close_range, memfd_create, io_uring) is often given the freed
+ * struct file's memory again, and its dentry's too. So the address is mixed
+ * with its dentry's and its inode number (unique for memfds, pipes, sockets;
+ * per file system for files): three plain loads. Without bpf_rdonly_cast they
+ * would be three probe reads per event, so the key is the address alone there. */
+static __always_inline __u64 file_key(__u64 file)
+{
+	__u64 dentry, inode;
+
+	if (!bpf_rdonly_cast)
+		return file;
+	dentry = kernel_u64(file + bpf_core_field_offset(struct file, f_path.dentry));
+	inode = kernel_u64(file + bpf_core_field_offset(struct file, f_inode));
+	return file ^ (dentry * 0x9e3779b97f4a7c15ull) ^
+	       (kernel_u64(inode + bpf_core_field_offset(struct inode, i_ino)) * 0xc2b2ae3d27d4eb4full);
 }
 
 static __always_inline __u8 kind_of_file(__u64 file, __u64 *ino_nr)
@@ -855,14 +903,15 @@ static __always_inline __u8 fd_kind_named(struct dc_config *c, struct dc_task *t
 					  struct task_struct *task, __s32 fd, struct dc_entry *e,
 					  __u32 tid, bool force, __u32 *names)
 {
-	__u64 file = fd_file(task, fd), ino;
+	__u64 file = fd_file(task, fd), ino, key;
 	__u32 w = (__u32)fd & (DC_FCACHE - 1), r;
 
 	if (!file)
 		return DC_FK_UNKNOWN;
 	if (!t)
 		return kind_of_file(file, &ino);
-	if (!force && t->fc_fd[w] == fd && t->fc_file[w] == file)
+	key = file_key(file);
+	if (!force && t->fc_fd[w] == fd && t->fc_file[w] == key)
 		return t->fc_kind[w];
 	r = dc_name_fd(file, ((__u64)tid << 32) | (__u32)fd, e->ts, e->probe, c->capture_paths);
 	if (r & DC_NAMED_LOST) {
@@ -872,7 +921,7 @@ static __always_inline __u8 fd_kind_named(struct dc_config *c, struct dc_task *t
 		if (r & DC_NAMED_SENT)
 			*names |= DC_NAMES_SENT;
 		t->fc_fd[w] = fd;
-		t->fc_file[w] = file;
+		t->fc_file[w] = key;
 		t->fc_kind[w] = (__u8)r;
 	}
 	return (__u8)r;

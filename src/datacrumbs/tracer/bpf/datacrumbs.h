@@ -165,11 +165,12 @@ struct dc_task {
 	__u32 pc_probe[DC_PCACHE];
 	__u32 pc_slot[DC_PCACHE];
 	/* Descriptors whose file this thread has already named to user space,
-	 * direct-mapped by fd % DC_FCACHE: the struct file it named and its kind.
-	 * A different file behind the same number (dup2, an fd inherited or
-	 * opened before the trace, reuse after close: close and exec forget the
-	 * entry, as a freed struct file's memory may be reused) is named again,
-	 * so no event's file is guessed. */
+	 * direct-mapped by fd % DC_FCACHE: the struct file it named (file_key():
+	 * its address mixed with its dentry's and inode number) and its kind. A
+	 * different file behind the same number (dup2, an fd inherited or opened
+	 * before the trace, reuse after close: close and exec forget the entry,
+	 * and the key tells a freed struct file's memory given to another file,
+	 * even by another thread) is named again, so no event's file is guessed. */
 	__u64 fc_file[DC_FCACHE];
 	__s32 fc_fd[DC_FCACHE];
 	__u8 fc_kind[DC_FCACHE];

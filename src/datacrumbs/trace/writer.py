@@ -295,8 +295,8 @@ class TraceWriter:
                   paths2: list | None = None, args: list | None = None) -> None:
         """Append completed operations (``OPS_DTYPE`` rows); ``paths[i]`` names row i's file,
         ``paths2[i]`` the file of its ``fd2`` (the output of a copy), written as ``fhash2``;
-        ``args[i]`` (a dict of strings, or None) adds to row i's args, e.g. an HDF5 call's
-        ``{"dataset": "/grid/temperature"}``."""
+        ``args[i]`` (a dict of strings and ints, or None) adds to row i's args, e.g. an HDF5
+        call's ``{"dataset": "/grid/temperature"}``, a kernel event's ``{"ino": 12, "async": 1}``."""
         n = len(ops)
         if n == 0:
             return
@@ -330,7 +330,8 @@ class TraceWriter:
         probe = ops["probe"].tolist()
         fd2s, flagss = self._second_columns(ops, paths2, set(probe))
         if args is not None:    # rare rows (HDF5 object calls): formatted one by one
-            flagss = [fl + "".join(f',{_json_str(str(k))}:{_json_str(str(v))}'
+            flagss = [fl + "".join(f',{_json_str(str(k))}:'
+                                   f'{v if type(v) is int else _json_str(str(v))}'
                                    for k, v in a.items()) if a else fl
                       for fl, a in zip(flagss, args)]
         start = self._next_id

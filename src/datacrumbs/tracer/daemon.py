@@ -30,6 +30,7 @@ from ..jobid import validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .handles import HandleNames
+from .klayers import KernelArgs
 from .engine import ASYNC_FIXED_FILE
 from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
 from .scope import scope_from_env
@@ -269,6 +270,7 @@ class EventConverter:
         self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe", "async")
                                      for p in self.probes] or [False])
         self._async = np.array([p.get("kind") == "async" for p in self.probes] or [False])
+        self._kargs = KernelArgs(self.probes)      # kernel layers: inode, device, async
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
         self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
@@ -314,7 +316,7 @@ class EventConverter:
         if self.handles.active:
             self.handles.set_bytes(ops, ev["flags"])
         if not self.capture_paths:
-            return ops, None, None, None
+            return ops, None, None, (self._kargs.rows(ev, None) if self._kargs.active else None)
         two = np.flatnonzero(ops["fd2"] >= 0)
         paths2 = [None] * n if len(two) else None
         # an io_uring fixed file's fd is an index into the ring's file table, not a
@@ -331,6 +333,8 @@ class EventConverter:
         args = None
         if self.handles.active:
             args = self.handles.name_rows(ops, ev["handle"], paths, opened)
+        if self._kargs.active:
+            args = self._kargs.rows(ev, args)
         return ops, paths, paths2, args
 
     def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None,

@@ -82,7 +82,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from ..errors import DatacrumbsError
-from . import elfsyms, libbpf
+from . import elfsyms, klayers, libbpf
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -297,7 +297,7 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
-              *_MULTI_PROGS, *_URING_PROGS)
+              *_MULTI_PROGS, *_URING_PROGS, klayers.PROGRAM)
 
 
 @functools.lru_cache(maxsize=32)
@@ -875,6 +875,8 @@ class Engine:
             needed |= {"dc_kprobe", "dc_kretprobe"}
         if "tracepoint" in kinds:
             needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
+            if any(klayers.wants_ktp(p) for p in self.probes):
+                needed.add(klayers.PROGRAM)
             if self._raw_tp:
                 needed.add("dc_raw_tracepoint")
         wanted = self._async_interfaces() if "async" in kinds else set()
@@ -967,7 +969,8 @@ class Engine:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
                   "scope_cgname": _CGNAME.size, "scope_shell": _SHELL.size,
-                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE, "unsent": _TVAL_WORDS * 8}
+                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE, "unsent": _TVAL_WORDS * 8,
+                  "ktp_fields": klayers.KFIELDS_SIZE}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
             if got != size:
@@ -1430,6 +1433,11 @@ class Engine:
                     links[0].destroy()
                     raise
                 self._links.extend(links)
+            elif klayers.wants_ktp(probe):
+                try:
+                    self._links.append(klayers.attach(obj, libbpf, probe, i, _tracepoint_field))
+                except ValueError as exc:
+                    raise _Refused(str(exc)) from None
             else:
                 category, name = target.split(":")
                 if self._raw_tp and target != "block:block_rq_complete" \

@@ -1291,11 +1291,12 @@ int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
 	e.probe = probe;
 	e.args[0] = (__u64)BPF_CORE_READ(ctx, nr_sector) << 9;
 	e.args[1] = BPF_CORE_READ(ctx, sector) << 9;	/* byte offset on the device */
+	e.args[2] = k.dev;				/* the device, in the event's flags */
 	sp = &(struct dc_spec){ .probe = probe, .bytes_arg = 0,
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1,
-				.fd2 = -1, .flags = -1 };
+				.fd2 = -1, .flags = 2 };
 	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false, NULL, NULL);
 	return 0;
 }
@@ -1891,5 +1892,102 @@ static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 
 			break;
 		dc_aio_reap_one(events + i * sizeof(struct dc_io_event), tid_tgid >> 32, now);
 	}
+	return 0;
+}
+
+/* ---- kernel layers (see struct dc_kfields in datacrumbs.h) ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DC_MAX_PROBES);
+	__type(key, __u32);
+	__type(value, struct dc_kfields);
+} ktp_fields SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DC_JOB_INODES);
+	__type(key, __u64);		/* inode number */
+	__type(value, struct dc_job_inode);
+} job_inodes SEC(".maps");
+
+static __always_inline __u64 ktp_field(void *record, struct dc_kfield *f)
+{
+	__u32 size = f->size;
+	__u64 v = 0;
+
+	if (!size)
+		return 0;
+	if (size > 8)
+		size = 8;
+	bpf_probe_read_kernel(&v, size & 15, (char *)record + (f->off & 4095));
+	return v << (f->shift & 63);
+}
+
+/* A file system, page cache, writeback or journal tracepoint with fields: an
+ * instant event in a job task's context, or (ret 1) a kernel thread's work on an
+ * inode the job touched, sent for the job's process. Not on the system call path. */
+SEC("tp")
+int dc_ktp(void *ctx)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	struct dc_config *c = get_config();
+	struct dc_kfields *kf;
+	struct dc_spec *sp;
+	struct dc_entry e = {};
+	struct dc_task *t;
+	__u64 tid_tgid, ino;
+	__u32 dev;
+	__s64 ret = 0;
+	bool in;
+
+	if (!c)
+		return 0;
+	kf = bpf_map_lookup_elem(&ktp_fields, &probe);
+	sp = bpf_map_lookup_elem(&probe_specs, &probe);
+	if (!kf || !sp || !sp->active)
+		return 0;
+	ino = ktp_field(ctx, &kf->f[DC_KF_INO]);
+	dev = (__u32)ktp_field(ctx, &kf->f[DC_KF_DEV]);
+	t = task_state(c, &in);
+	if (in) {
+		tid_tgid = bpf_get_current_pid_tgid();
+		if (ino && kf->remember) {
+			struct dc_job_inode *j = bpf_map_lookup_elem(&job_inodes, &ino);
+
+			if (j) {
+				j->tid_tgid = tid_tgid;
+				if (dev)
+					j->dev = dev;
+			} else {
+				struct dc_job_inode n = { .tid_tgid = tid_tgid, .dev = dev };
+
+				bpf_map_update_elem(&job_inodes, &ino, &n, BPF_ANY);
+			}
+		}
+	} else {
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct dc_job_inode *j;
+
+		if (!ino || !(task->flags & DC_PF_KTHREAD))
+			return 0;
+		j = bpf_map_lookup_elem(&job_inodes, &ino);
+		if (!j || (j->dev && dev && j->dev != dev))
+			return 0;
+		tid_tgid = (j->tid_tgid & 0xffffffff00000000ull) | (__u32)bpf_get_current_pid_tgid();
+		ret = 1;
+	}
+	e.ts = bpf_ktime_get_ns();
+	e.probe = probe;
+	e.args[0] = ktp_field(ctx, &kf->f[DC_KF_BYTES]);
+	e.args[1] = kf->f[DC_KF_OFFSET].size ? ktp_field(ctx, &kf->f[DC_KF_OFFSET]) : (__u64)-1;
+	e.args[2] = ino;
+	e.args[3] = dev;
+	sp = &(struct dc_spec){ .probe = probe, .active = 1, .bytes_arg = 0,
+				.bytes_kind = kf->f[DC_KF_BYTES].size ? DC_BYTES_ARG : DC_BYTES_NONE,
+				.fd = -1, .count = kf->f[DC_KF_BYTES].size ? 0 : -1, .offset = 1,
+				.path = -1, .size = -1, .nmemb = -1, .stream = -1, .fd2 = -1,
+				.flags = 3, .handle = 2, .handle_kind = DC_HANDLE_ARG };
+	finish(c, sp, &e, tid_tgid, ret, e.ts, in, in ? t : NULL, NULL);	/* an instant */
 	return 0;
 }

@@ -300,4 +300,34 @@ struct dc_aio_key {
 	__u64 iocb;		/* user address of the iocb (io_event.obj) */
 };
 
+/* ---- kernel layers: file system, page cache, writeback, journal, block tracepoints ----
+ * dc_ktp reads up to four fields of a perf tracepoint's record (ktp_fields[probe]):
+ * bytes moved, byte offset, inode and device. An event in a job task's context is
+ * the job's, and when the event writes its inode (remember), the (inode, device)
+ * is remembered in job_inodes; an event of a
+ * kernel thread (writeback kworker, jbd2) on an inode the job touched is sent for
+ * the job's process that touched it last, with the kernel thread's tid and ret 1
+ * (the trace's args.async = 1). Other kernel threads' events are left out. */
+enum dc_kfield_role { DC_KF_BYTES = 0, DC_KF_OFFSET = 1, DC_KF_INO = 2, DC_KF_DEV = 3, DC_KF_N = 4 };
+#define DC_JOB_INODES 65536	/* inodes of the job remembered (LRU) */
+#define DC_PF_KTHREAD 0x00200000	/* task->flags: a kernel thread */
+
+struct dc_kfield {
+	__u16 off;		/* offset in the tracepoint's record */
+	__u8 size;		/* 0: the tracepoint has no such field */
+	__u8 shift;		/* value << shift: page index (12), sector (9) to bytes */
+};
+
+struct dc_kfields {
+	struct dc_kfield f[DC_KF_N];
+	__u8 remember;		/* the event writes its inode: remember it as the job's */
+	__u8 pad[3];
+};
+
+struct dc_job_inode {
+	__u64 tid_tgid;		/* the job's thread that last touched the inode */
+	__u32 dev;		/* kernel dev_t of its file system (0: not known yet) */
+	__u32 pad;
+};
+
 #endif

@@ -1433,6 +1433,10 @@ class Engine:
                     links[0].destroy()
                     raise
                 self._links.extend(links)
+            elif target == "block:block_rq_complete":   # a BTF tracepoint: no cookie
+                libbpf.map_update(obj.map_fd("block_probe"), struct.pack("<I", 0),
+                                  struct.pack("<I", i + 1))
+                self._links.append(obj.attach("dc_block_complete"))
             elif klayers.wants_ktp(probe):
                 try:
                     self._links.append(klayers.attach(obj, libbpf, probe, i, _tracepoint_field))

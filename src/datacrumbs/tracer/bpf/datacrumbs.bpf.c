@@ -1247,9 +1247,32 @@ int dc_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 /* Block requests: issue (in the submitting process) starts the clock,
  * complete (often in interrupt context) ends it and is attributed to the
  * issuer. Requests issued by kernel workers on the job's behalf (writeback)
- * are outside any job's scope and are not reported. */
-SEC("tp/block/block_rq_issue")
-int dc_block_issue(struct trace_event_raw_block_rq *ctx)
+ * are outside any job's scope and are not reported. BTF tracepoints, not perf
+ * ones: the kernel skips a perf tracepoint's program that interrupts another
+ * BPF program on its CPU (a completion in an interrupt during a file system
+ * tracepoint's program was lost that way), a BTF one only if it interrupts itself. */
+
+/* The block:block_rq_complete probe's index + 1 (0: not traced): BTF
+ * tracepoints take no cookie on older kernels. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} block_probe SEC(".maps");
+
+/* The request's device as the block tracepoints' records give it (disk_devt). */
+static __always_inline __u32 rq_dev(struct request *rq)
+{
+	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+
+	if (!disk)
+		return 0;
+	return ((__u32)BPF_CORE_READ(disk, major) << 20) | (__u32)BPF_CORE_READ(disk, first_minor);
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(dc_block_issue, struct request *rq)
 {
 	__u64 tid_tgid = bpf_get_current_pid_tgid();
 	struct dc_config *c = get_config();
@@ -1258,46 +1281,51 @@ int dc_block_issue(struct trace_event_raw_block_rq *ctx)
 
 	if (!c || !in_scope(c, tid_tgid >> 32))
 		return 0;
-	k.dev = BPF_CORE_READ(ctx, dev);
-	k.sector = BPF_CORE_READ(ctx, sector);
+	k.dev = rq_dev(rq);
+	k.sector = BPF_CORE_READ(rq, __sector);
 	s.ts = bpf_ktime_get_ns();
 	s.tid_tgid = tid_tgid;
 	bpf_map_update_elem(&block_starts, &k, &s, BPF_ANY);
 	return 0;
 }
 
-SEC("tp/block/block_rq_complete")
-int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(dc_block_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
-	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
 	struct dc_config *c = get_config();
 	struct dc_block_key k = {};
 	struct dc_block_start *s;
 	struct dc_spec *sp;
 	struct dc_entry e = {};
+	__u32 zero = 0, *slot, probe;
 	__u64 tid_tgid;
 
-	k.dev = BPF_CORE_READ(ctx, dev);
-	k.sector = BPF_CORE_READ(ctx, sector);
+	k.dev = rq_dev(rq);
+	k.sector = BPF_CORE_READ(rq, __sector);
 	s = bpf_map_lookup_elem(&block_starts, &k);
 	if (!s)
 		return 0;
 	e.ts = s->ts;
 	tid_tgid = s->tid_tgid;
 	bpf_map_delete_elem(&block_starts, &k);
+	slot = bpf_map_lookup_elem(&block_probe, &zero);
+	if (!c || !slot || !*slot)
+		return 0;
+	probe = *slot - 1;
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
-	if (!c || !sp || !sp->active)
+	if (!sp || !sp->active)
 		return 0;
 	e.probe = probe;
-	e.args[0] = (__u64)BPF_CORE_READ(ctx, nr_sector) << 9;
-	e.args[1] = BPF_CORE_READ(ctx, sector) << 9;	/* byte offset on the device */
+	e.args[0] = nr_bytes >> 9 << 9;			/* as the record's nr_sector << 9 */
+	e.args[1] = k.sector << 9;			/* byte offset on the device */
 	e.args[2] = k.dev;				/* the device, in the event's flags */
 	sp = &(struct dc_spec){ .probe = probe, .bytes_arg = 0,
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1,
 				.fd2 = -1, .flags = 2 };
-	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false, NULL, NULL);
+	/* blk_status_t: any failure is sent as EIO */
+	finish(c, sp, &e, tid_tgid, (error & 0xff) ? -5 : 0, bpf_ktime_get_ns(), false, NULL, NULL);
 	return 0;
 }
 

@@ -344,3 +344,47 @@ def test_missing_field_is_refused_not_fatal(site, tmp_path, bpf_object, tracefs)
     summary = json.loads(next(out.glob("*.summary.json")).read_text())
     assert len(summary["probes_refused"]) == 1
     assert "has no field no_such_field" in json.dumps(summary["probes_refused"])
+
+
+def test_raw_tracepoints_where_the_call_leads_to_the_inode(tracefs):
+    """Probes asking only for the inode and device take them from the trace call's own
+    arguments (vmlinux BTF) as raw tracepoints; those reading bytes or offsets keep their
+    perf record."""
+    ext4 = {p["target"]: p for p in builtin_sets()["kernel-ext4"].probes}
+    jbd2 = {p["target"]: p for p in builtin_sets()["kernel-jbd2"].probes}
+    wb = {p["target"]: p for p in builtin_sets()["kernel-writeback"].probes}
+    xfs = {p["target"]: p for p in builtin_sets()["kernel-xfs"].probes}
+    assert klayers.raw_way(ext4["ext4:ext4_sync_file_enter"]) == (0, klayers.RAW_HOW["file"])
+    assert klayers.raw_way(ext4["ext4:ext4_evict_inode"]) == (0, klayers.RAW_HOW["inode"])
+    assert klayers.raw_way(xfs["xfs:xfs_file_fsync"]) == (0, klayers.RAW_HOW["xfs_inode"])
+    assert klayers.raw_way(wb["writeback:writeback_single_inode"]) == (0, klayers.RAW_HOW["inode"])
+    assert klayers.raw_way(wb["writeback:writeback_dirty_folio"]) is None  # a page index
+    assert klayers.raw_way(jbd2["jbd2:jbd2_start_commit"]) == (0, klayers.RAW_DEV["journal_s"])
+    assert klayers.raw_way(ext4["ext4:ext4_da_write_begin"]) is None        # bytes, offset
+
+
+def test_most_kernel_probes_attach_as_raw_tracepoints(bpf_object, tracefs):
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+
+    probes = list(builtin_sets()["kernel-ext4"].probes)
+    raw = sum(1 for p in probes if klayers.wants_ktp(p) and klayers.raw_way(p) is not None)
+    with Engine(probes, Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
+        assert eng.attach().refused == []
+        progs = {p["id"]: p.get("name") for p in json.loads(subprocess.run(
+            ["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
+            check=True).stdout)}
+        links = json.loads(subprocess.run(["bpftool", "link", "list", "-j"],
+                                          capture_output=True, text=True, check=True).stdout)
+        by_prog: dict = {}
+        for link in links:
+            name = progs.get(link.get("prog_id"))
+            by_prog[(name, link.get("type"))] = by_prog.get((name, link.get("type")), 0) + 1
+        t0 = time.monotonic()
+    took = time.monotonic() - t0
+    assert raw >= 80
+    assert by_prog.get(("dc_raw_ktp", "raw_tracepoint"), 0) \
+        + by_prog.get(("dc_raw_ktp1", "raw_tracepoint"), 0) >= raw
+    perf = by_prog.get(("dc_ktp", "perf_event"), 0)
+    assert perf == sum(1 for p in probes if klayers.wants_ktp(p)) - raw
+    print(f"kernel-ext4: {raw} raw, {perf} perf tracepoints, detached in {took:.1f} s")

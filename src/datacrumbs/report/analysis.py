@@ -539,8 +539,10 @@ class Detail:
         """``ev`` claims the events it contains from the top of ``stack``; True when it
         emptied it (it may contain events of an earlier partial too)."""
         t0, t1, key, layer = ev[0], ev[1], ev[2], ev[3]
-        if t1 <= t0 and stack:
-            return False        # an instant (a tracepoint) contains nothing
+        if (t1 <= t0 or key[0] == "BLOCK") and stack:
+            # an instant (a tracepoint) contains nothing, nor does a block request: it spans
+            # issue to completion while the thread's other requests are in flight
+            return False
         while stack:
             c = stack[-1]
             if c.__class__ is Block:

@@ -297,7 +297,8 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
-              *_MULTI_PROGS, *_URING_PROGS, klayers.PROGRAM)
+              *_MULTI_PROGS, *_URING_PROGS, klayers.PROGRAM,
+              *klayers.RAW_PROGRAMS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -877,6 +878,8 @@ class Engine:
             needed |= {"dc_tracepoint", "dc_block_issue", "dc_block_complete"}
             if any(klayers.wants_ktp(p) for p in self.probes):
                 needed.add(klayers.PROGRAM)
+                if self._raw_tp:
+                    needed.update(klayers.RAW_PROGRAMS)
             if self._raw_tp:
                 needed.add("dc_raw_tracepoint")
         wanted = self._async_interfaces() if "async" in kinds else set()
@@ -970,7 +973,7 @@ class Engine:
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
                   "scope_cgname": _CGNAME.size, "scope_shell": _SHELL.size,
                   "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE, "unsent": _TVAL_WORDS * 8,
-                  "ktp_fields": klayers.KFIELDS_SIZE}
+                  "ktp_fields": klayers.KFIELDS_SIZE, "ktp_raw": klayers.KRAW_SIZE}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
             if got != size:
@@ -1439,7 +1442,8 @@ class Engine:
                 self._links.append(obj.attach("dc_block_complete"))
             elif klayers.wants_ktp(probe):
                 try:
-                    self._links.append(klayers.attach(obj, libbpf, probe, i, _tracepoint_field))
+                    self._links.append(klayers.attach(obj, libbpf, probe, i, _tracepoint_field,
+                                                      raw=self._raw_tp))
                 except ValueError as exc:
                     raise _Refused(str(exc)) from None
             else:

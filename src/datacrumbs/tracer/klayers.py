@@ -75,11 +75,23 @@ def writes_inode(event: str) -> bool:
     return any(w in event for w in WRITES)
 
 
-def attach(obj, libbpf, probe: dict, index: int, field_of):
-    """Fill ``ktp_fields[index]`` and attach dc_ktp to the probe's tracepoint."""
+def attach(obj, libbpf, probe: dict, index: int, field_of, *, raw: bool):
+    """Attach the probe: as a raw tracepoint (dc_raw_ktp) when ``raw`` (the kernel takes
+    raw tracepoints with cookies) and its arguments give what it asks for, else fill
+    ``ktp_fields[index]`` and attach dc_ktp to its perf tracepoint."""
+    system, event = probe["target"].split(":")
+    for name in probe["fields"].values():      # the fields named must be the kernel's
+        field_of(system, event, name)
+    way = raw_way(probe) if raw else None
+    if way is not None:
+        libbpf.map_update(obj.map_fd("ktp_raw"), struct.pack("<I", index), pack_raw(probe, way))
+        try:
+            return libbpf.raw_tracepoint_link(obj.program_fd(RAW_PROGRAMS[way[0]]), event,
+                                              index)
+        except libbpf.AttachFailed:
+            pass                # e.g. an event that is not a raw tracepoint: its perf event
     packed = pack_fields(probe, field_of)      # ValueError: fields that cannot go together
     libbpf.map_update(obj.map_fd("ktp_fields"), struct.pack("<I", index), packed)
-    system, event = probe["target"].split(":")
     return obj.attach_tracepoint(PROGRAM, system, event, index)
 
 
@@ -119,3 +131,127 @@ class KernelArgs:
             if a:
                 args[r] = a
         return args
+
+
+# -- raw tracepoints: the inode from the tracepoint's own arguments ---------------------
+#
+# A perf tracepoint costs an RCU grace period (about 40 ms) to detach, one at a time: 631
+# XFS tracepoints took 25 s to stop. A raw tracepoint detaches at once but has no record,
+# only the arguments of the kernel's trace call, whose types vmlinux's BTF gives
+# (``btf_trace_<event>``). A probe whose fields are only its inode and device, and whose
+# call takes (as its first or second argument) an object that leads to an inode, attaches
+# ``dc_raw_ktp``/``dc_raw_ktp1`` that way; one whose record has only a device takes it from
+# a super_block, xfs_mount or journal argument, or goes without it.
+
+RAW_PROGRAMS = ("dc_raw_ktp", "dc_raw_ktp1")     # the inode from argument 0, 1
+# enum dc_kraw_how: how dc_raw_ktp reaches the inode from the argument (struct name -> how)
+RAW_HOW = {"inode": 1, "file": 2, "kiocb": 3, "folio": 4, "page": 5, "xfs_inode": 6,
+           "dentry": 7, "address_space": 8}
+RAW_DEV = {"super_block": 9, "xfs_mount": 10, "journal_s": 11}   # the device only
+_KRAW = struct.Struct("<BBBB")                  # struct dc_kraw: arg, how, remember, pad
+KRAW_SIZE = _KRAW.size
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+MAX_RAW_ARG = len(RAW_PROGRAMS) - 1
+
+
+def _btf_trace_protos(path: str = VMLINUX_BTF) -> dict[str, list]:
+    """``btf_trace_<event>`` typedefs of a BTF file: event -> each argument's struct name
+    when it is a pointer to a struct (else None), the leading ``void *`` left out."""
+    with open(path, "rb") as f:            # sysfs: read, not mmap
+        data = f.read(64 << 20)
+    magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+        struct.unpack_from("<HBBIIIII", data, 0)
+    if magic != 0xEB9F:
+        return {}
+    types = hdr_len + type_off
+    strs = hdr_len + str_off
+    end = types + type_len
+
+    def name(off: int) -> str:
+        e = data.find(b"\0", strs + off)
+        return data[strs + off:e].decode()
+
+    # kind -> bytes after the 12-byte header: fixed, per member
+    fixed = {1: 4, 3: 12, 14: 4, 17: 4}
+    per = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+    kinds, refs, names, protos = [0], [0], [0], {}
+    typedefs = []
+    pos, tid = types, 1
+    unpack = struct.unpack_from
+    while pos < end:
+        name_off, info, size_type = unpack("<III", data, pos)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        kinds.append(kind)
+        refs.append(size_type)
+        names.append(name_off)
+        pos += 12
+        if kind == 13:
+            protos[tid] = [unpack("<II", data, pos + 8 * i)[1] for i in range(vlen)]
+        elif kind == 8 and name_off:
+            typedefs.append(tid)
+        pos += fixed.get(kind, 0) + per.get(kind, 0) * vlen
+        tid += 1
+
+    def struct_of(t: int):
+        # through const/volatile/restrict/typedef/type tags to a pointer, then to its struct
+        seen = 0
+        while kinds[t] in (8, 9, 10, 11, 18) and seen < 16:
+            t, seen = refs[t], seen + 1
+        if kinds[t] != 2:
+            return None
+        t = refs[t]
+        while kinds[t] in (8, 9, 10, 11, 18) and seen < 32:
+            t, seen = refs[t], seen + 1
+        return name(names[t]) if kinds[t] == 4 else None
+
+    out = {}
+    for t in typedefs:
+        n = name(names[t])
+        if not n.startswith("btf_trace_"):
+            continue
+        ptr = refs[t]
+        if kinds[ptr] != 2 or kinds[refs[ptr]] != 13:
+            continue
+        params = protos.get(refs[ptr], [])
+        out[n[len("btf_trace_"):]] = [struct_of(p) for p in params[1:]]
+    return out
+
+
+_PROTOS: dict | None = None
+
+
+def trace_protos() -> dict[str, list]:
+    """This kernel's tracepoint argument types (read once; {} where BTF is unreadable)."""
+    global _PROTOS
+    if _PROTOS is None:
+        try:
+            _PROTOS = _btf_trace_protos()
+        except (OSError, ValueError, struct.error):
+            _PROTOS = {}
+    return _PROTOS
+
+
+def raw_way(probe: dict) -> tuple[int, int] | None:
+    """(argument, how) for dc_raw_ktp, or None when the probe needs its record: it reads
+    bytes or an offset, or no argument of its call leads to the inode (or the device,
+    when that is all it asks for)."""
+    fields = probe["fields"]
+    if probe.get("bytes") or set(fields) - {"ino", "dev"}:
+        return None
+    args = trace_protos().get(probe["target"].split(":")[1])
+    if args is None:
+        return None
+    args = args[:MAX_RAW_ARG + 1]
+    for table in (RAW_HOW, RAW_DEV):
+        for wanted, how in table.items():
+            if wanted in args:
+                return args.index(wanted), how
+        if "ino" in fields:
+            return None         # its record names an inode no argument leads to
+    return 0, 0                 # only a device, which no argument leads to: left out
+
+
+def pack_raw(probe: dict, way: tuple[int, int]) -> bytes:
+    event = probe["target"].split(":")[1]
+    return _KRAW.pack(way[0], way[1], 1 if writes_inode(event) and "ino" in probe["fields"]
+                      else 0, 0)

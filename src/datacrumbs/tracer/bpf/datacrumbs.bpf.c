@@ -1952,35 +1952,25 @@ static __always_inline __u64 ktp_field(void *record, struct dc_kfield *f)
 	return v << (f->shift & 63);
 }
 
-/* A file system, page cache, writeback or journal tracepoint with fields: an
- * instant event in a job task's context, or (ret 1) a kernel thread's work on an
- * inode the job touched, sent for the job's process. Not on the system call path. */
-SEC("tp")
-int dc_ktp(void *ctx)
+/* One kernel-layer event: in a job task's context it is the job's (and, when it
+ * writes the inode, the inode becomes the job's); a kernel thread's work on an
+ * inode the job wrote is sent for the job's process with ret 1 (async). */
+static __always_inline int ktp_send(struct dc_config *c, __u32 probe, __u64 ino, __u32 dev,
+				    bool remember, __u64 bytes, bool has_bytes, __u64 offset)
 {
-	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
-	struct dc_config *c = get_config();
-	struct dc_kfields *kf;
-	struct dc_spec *sp;
+	struct dc_spec *sp = bpf_map_lookup_elem(&probe_specs, &probe);
 	struct dc_entry e = {};
 	struct dc_task *t;
-	__u64 tid_tgid, ino;
-	__u32 dev;
+	__u64 tid_tgid;
 	__s64 ret = 0;
 	bool in;
 
-	if (!c)
+	if (!sp || !sp->active)
 		return 0;
-	kf = bpf_map_lookup_elem(&ktp_fields, &probe);
-	sp = bpf_map_lookup_elem(&probe_specs, &probe);
-	if (!kf || !sp || !sp->active)
-		return 0;
-	ino = ktp_field(ctx, &kf->f[DC_KF_INO]);
-	dev = (__u32)ktp_field(ctx, &kf->f[DC_KF_DEV]);
 	t = task_state(c, &in);
 	if (in) {
 		tid_tgid = bpf_get_current_pid_tgid();
-		if (ino && kf->remember) {
+		if (ino && remember) {
 			struct dc_job_inode *j = bpf_map_lookup_elem(&job_inodes, &ino);
 
 			if (j) {
@@ -2007,15 +1997,135 @@ int dc_ktp(void *ctx)
 	}
 	e.ts = bpf_ktime_get_ns();
 	e.probe = probe;
-	e.args[0] = ktp_field(ctx, &kf->f[DC_KF_BYTES]);
-	e.args[1] = kf->f[DC_KF_OFFSET].size ? ktp_field(ctx, &kf->f[DC_KF_OFFSET]) : (__u64)-1;
+	e.args[0] = bytes;
+	e.args[1] = offset;
 	e.args[2] = ino;
 	e.args[3] = dev;
 	sp = &(struct dc_spec){ .probe = probe, .active = 1, .bytes_arg = 0,
-				.bytes_kind = kf->f[DC_KF_BYTES].size ? DC_BYTES_ARG : DC_BYTES_NONE,
-				.fd = -1, .count = kf->f[DC_KF_BYTES].size ? 0 : -1, .offset = 1,
+				.bytes_kind = has_bytes ? DC_BYTES_ARG : DC_BYTES_NONE,
+				.fd = -1, .count = has_bytes ? 0 : -1, .offset = 1,
 				.path = -1, .size = -1, .nmemb = -1, .stream = -1, .fd2 = -1,
 				.flags = 3, .handle = 2, .handle_kind = DC_HANDLE_ARG };
 	finish(c, sp, &e, tid_tgid, ret, e.ts, in, in ? t : NULL, NULL);	/* an instant */
 	return 0;
+}
+
+/* A file system, page cache, writeback, journal or block tracepoint whose record
+ * fields the event carries (ktp_fields[probe]). Not on the system call path. */
+SEC("tp")
+int dc_ktp(void *ctx)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	struct dc_config *c = get_config();
+	struct dc_kfields *kf;
+
+	if (!c)
+		return 0;
+	kf = bpf_map_lookup_elem(&ktp_fields, &probe);
+	if (!kf)
+		return 0;
+	return ktp_send(c, probe, ktp_field(ctx, &kf->f[DC_KF_INO]),
+			(__u32)ktp_field(ctx, &kf->f[DC_KF_DEV]), kf->remember,
+			ktp_field(ctx, &kf->f[DC_KF_BYTES]), kf->f[DC_KF_BYTES].size != 0,
+			kf->f[DC_KF_OFFSET].size ? ktp_field(ctx, &kf->f[DC_KF_OFFSET]) : (__u64)-1);
+}
+
+/* ---- the same through raw tracepoints: the inode from the call's arguments ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DC_MAX_PROBES);
+	__type(key, __u32);
+	__type(value, struct dc_kraw);
+} ktp_raw SEC(".maps");
+
+/* XFS may be a module: its types are matched by name in its BTF (CO-RE). */
+struct xfs_inode___dc {
+	struct inode i_vnode;
+} __attribute__((preserve_access_index));
+
+struct xfs_mount___dc {
+	struct super_block *m_super;
+} __attribute__((preserve_access_index));
+
+/* The inode an argument leads to (0: none), or through *dev only its device. */
+static __always_inline struct inode *raw_inode(__u64 p, __u8 how, __u32 *dev)
+{
+	struct address_space *m = 0;
+
+	if (!p)
+		return 0;
+	switch (how) {
+	case DC_KRAW_INODE:
+		return (struct inode *)p;
+	case DC_KRAW_FILE:
+		return BPF_CORE_READ((struct file *)p, f_inode);
+	case DC_KRAW_KIOCB:
+		return BPF_CORE_READ((struct kiocb *)p, ki_filp, f_inode);
+	case DC_KRAW_FOLIO:
+		m = BPF_CORE_READ((struct folio *)p, mapping);
+		break;
+	case DC_KRAW_PAGE:
+		m = BPF_CORE_READ((struct page *)p, mapping);
+		break;
+	case DC_KRAW_MAPPING:
+		m = (struct address_space *)p;
+		break;
+	case DC_KRAW_DENTRY:
+		return BPF_CORE_READ((struct dentry *)p, d_inode);
+	case DC_KRAW_XFS_INODE:
+		if (bpf_core_type_exists(struct xfs_inode___dc))
+			return (struct inode *)&((struct xfs_inode___dc *)p)->i_vnode;
+		return 0;
+	case DC_KRAW_SB:
+		*dev = BPF_CORE_READ((struct super_block *)p, s_dev);
+		return 0;
+	case DC_KRAW_XFS_MOUNT:
+		if (bpf_core_type_exists(struct xfs_mount___dc))
+			*dev = BPF_CORE_READ((struct xfs_mount___dc *)p, m_super, s_dev);
+		return 0;
+	case DC_KRAW_JOURNAL:
+		*dev = BPF_CORE_READ((struct journal_s *)p, j_fs_dev, bd_dev);
+		return 0;
+	}
+	/* a file's page cache, not an anonymous or movable page's (low bits set) */
+	if (!m || ((__u64)m & 3))
+		return 0;
+	return BPF_CORE_READ(m, host);
+}
+
+/* The kernel checks at attach that a raw tracepoint program reads no argument
+ * beyond the tracepoint's own: one program per argument the inode comes from. */
+static __always_inline int raw_ktp(struct bpf_raw_tracepoint_args *ctx, __u64 arg)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	struct dc_config *c = get_config();
+	struct dc_kraw *kr;
+	struct inode *ip;
+	__u64 ino = 0;
+	__u32 dev = 0;
+
+	if (!c)
+		return 0;
+	kr = bpf_map_lookup_elem(&ktp_raw, &probe);
+	if (!kr)
+		return 0;
+	ip = raw_inode(arg, kr->how, &dev);
+	if (ip) {
+		ino = BPF_CORE_READ(ip, i_ino);
+		dev = BPF_CORE_READ(ip, i_sb, s_dev);
+	}
+	return ktp_send(c, probe, ino, dev, kr->remember, 0, false, (__u64)-1);
+}
+
+SEC("raw_tp")
+int dc_raw_ktp(struct bpf_raw_tracepoint_args *ctx)
+{
+	return raw_ktp(ctx, ctx->args[0]);
+}
+
+SEC("raw_tp")
+int dc_raw_ktp1(struct bpf_raw_tracepoint_args *ctx)
+{
+	return raw_ktp(ctx, ctx->args[1]);
 }

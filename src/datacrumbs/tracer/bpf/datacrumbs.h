@@ -324,6 +324,21 @@ struct dc_kfields {
 	__u8 pad[3];
 };
 
+/* dc_raw_ktp: a raw tracepoint reaches the inode (or only the device) from
+ * argument ``arg`` of the kernel's trace call, by ``how`` (enum dc_kraw_how). */
+enum dc_kraw_how {
+	DC_KRAW_NONE = 0, DC_KRAW_INODE = 1, DC_KRAW_FILE = 2, DC_KRAW_KIOCB = 3,
+	DC_KRAW_FOLIO = 4, DC_KRAW_PAGE = 5, DC_KRAW_XFS_INODE = 6, DC_KRAW_DENTRY = 7,
+	DC_KRAW_MAPPING = 8, DC_KRAW_SB = 9, DC_KRAW_XFS_MOUNT = 10, DC_KRAW_JOURNAL = 11
+};
+
+struct dc_kraw {
+	__u8 arg;		/* 0 or 1: dc_raw_ktp or dc_raw_ktp1 */
+	__u8 how;
+	__u8 remember;
+	__u8 pad;
+};
+
 struct dc_job_inode {
 	__u64 tid_tgid;		/* the job's thread that last touched the inode */
 	__u32 dev;		/* kernel dev_t of its file system (0: not known yet) */

@@ -243,6 +243,12 @@ def check_report(trace: Path, tmp_path: Path, events: list[dict], cat: str, writ
     assert layers["kernel"]["exclusive_us"] == layers["kernel"]["inclusive_us"]
     chains = [[c["op"] for c in ch] for ch in s["layer_breakdown"]]
     assert any(ch[0] == "POSIX/write" and ch[1].split("/")[0] in KERNEL_CATS for ch in chains), chains
+    # the HTML page shows the same layers and chains
+    from datacrumbs.report.html import render
+    page = render(s)
+    layers_html = page[page.index('<h2 id="sec-layers">'):page.index('<h2 id="sec-files">')]
+    assert "<td>kernel</td>" in layers_html and "<td>POSIX</td>" in layers_html
+    assert f"POSIX/write " in layers_html and f"&rarr; {cat}/" in layers_html
     # kernel bytes are never job bytes: the same totals without the kernel events
     stripped = tmp_path / "posix-only.pfw.gz"
     with gzip.open(trace, "rt") as f, gzip.open(stripped, "wt") as out:

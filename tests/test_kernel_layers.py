@@ -172,6 +172,8 @@ def check_job(trace, summary, counts, other_pid, mnt, st_dev, cat, write_op, syn
         for e in mine:
             per_pid[e["pid"]] = per_pid.get(e["pid"], 0) + 1
         key = "w" if name == write_op else "s"
+        if key == "w":
+            per_write = per_pid
         assert per_pid == {p: counts[f"{key}[{p}]"] for p in per_pid}, (name, per_pid, counts)
         assert all(p in job_pids for p in per_pid)
     # 64 + 16 blocks of 64 KiB written through the page cache, 1 fsync
@@ -217,6 +219,10 @@ def check_job(trace, summary, counts, other_pid, mnt, st_dev, cat, write_op, syn
             c = inside(e, by_tid.get((e["pid"], e["tid"]), []))
             assert "async" not in e["args"] and c is not None and c["name"] == "write" \
                 and files[c["args"]["fhash"]] == "/proc/sys/vm/drop_caches", e
+    print(f"{cat}: {len(own)} events in the job's tasks, {len(late)} async for its files; "
+          f"{write_op} per pid {per_write}, bpftrace the same; block bytes issued {issued} "
+          f"(bpftrace the same), completed {done}; other writer's {write_op}: "
+          f"{counts.get(f'w[{other_pid}]', 0)} (none in the trace)")
     return events
 
 

@@ -26,7 +26,10 @@ argument: an MPI call's datatype; 0 if none), ``handle`` (the library object a c
 works on, by its ``handle``/``handle_ptr``/``handle_out`` role: an MPI_File, an HDF5
 hid_t; 0 if none). Tracepoint events are instants
 (``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
-and belong to the issuing process. pids are host pids.
+and belong to the issuing process (``flags``: the device). Kernel-layer tracepoints
+(probes with ``fields``, tracer/klayers.py) send the inode in ``handle``, the device in
+``flags``, and ``ret`` 1 for a kernel thread's work on an inode the job wrote (sent with
+the job's pid). pids are host pids.
 
 Probes of kind ``async`` (targets in ``ASYNC_CLASSES``) report io_uring requests and
 libaio iocbs: one event per completed request, for the task that submitted it, ``ts``

@@ -329,11 +329,17 @@ class TraceWriter:
             fh = repeat("")
         probe = ops["probe"].tolist()
         fd2s, flagss = self._second_columns(ops, paths2, set(probe))
-        if args is not None:    # rare rows (HDF5 object calls): formatted one by one
-            flagss = [fl + "".join(f',{_json_str(str(k))}:'
-                                   f'{v if type(v) is int else _json_str(str(v))}'
-                                   for k, v in a.items()) if a else fl
-                      for fl, a in zip(flagss, args)]
+        if args is not None:    # HDF5 object calls, kernel events: each dict formatted once
+            text: dict = {}
+
+            def fmt(a):
+                t = text.get(id(a))
+                if t is None:
+                    t = text[id(a)] = "".join(
+                        f',{_json_str(str(k))}:{v if type(v) is int else _json_str(str(v))}'
+                        for k, v in a.items())
+                return t
+            flagss = [fl + fmt(a) if a else fl for fl, a in zip(flagss, args)]
         start = self._next_id
         self._next_id += n
         has_ret = self._probe_ret

@@ -110,7 +110,8 @@ class KernelArgs:
         self.active = bool(self.ktp.any() or self.block.any())
 
     def rows(self, ev: np.ndarray, args: list | None) -> list | None:
-        """``args`` (one dict or None per row) with the kernel rows' args added."""
+        """``args`` (one dict or None per row) with the kernel rows' args added. Rows of
+        one (inode, device, async) share one dict: a batch names few inodes."""
         probe = ev["probe"]
         ktp, block = self.ktp[probe], self.block[probe]
         rows = np.flatnonzero(ktp | block)
@@ -118,18 +119,17 @@ class KernelArgs:
             return args
         if args is None:
             args = [None] * len(ev)
-        ino, dev, ret = ev["handle"][rows].tolist(), ev["flags"][rows].tolist(), \
-            ev["ret"][rows].tolist()
-        for r, i, d, rt, k in zip(rows.tolist(), ino, dev, ret, ktp[rows].tolist()):
-            a = dict(args[r]) if args[r] else {}
-            if i:
-                a["ino"] = i
-            if d:
-                a["dev"] = dev_text(d)
-            if k and rt == ASYNC_RET:
-                a["async"] = 1
+        late = (ktp[rows] & (ev["ret"][rows] == ASYNC_RET)).tolist()
+        made: dict = {}
+        for r, key in zip(rows.tolist(), zip(ev["handle"][rows].tolist(),
+                                             ev["flags"][rows].tolist(), late)):
+            a = made.get(key)
+            if a is None:
+                i, d, lt = key
+                a = made[key] = {**({"ino": i} if i else {}), **({"dev": dev_text(d)} if d else {}),
+                                 **({"async": 1} if lt else {})}
             if a:
-                args[r] = a
+                args[r] = {**args[r], **a} if args[r] else a
         return args
 
 

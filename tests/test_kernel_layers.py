@@ -134,9 +134,11 @@ def run_job(tmp_path, mnt: Path, st_dev: int, fs_set: str, write_op: str, sync_o
     program = (
         f"tracepoint:{fs}:{write_op} /args->dev == {dev}/ {{ @w[pid] = count(); }} "
         f"tracepoint:{fs}:{sync_op} /args->dev == {dev}/ {{ @s[pid] = count(); }} "
-        f"tracepoint:block:block_rq_issue /args->dev == {dev}/ {{ @b[pid] = sum(args->bytes); }}")
-    (mnt / "job").touch()
-    (mnt / "lazy").touch()
+        f"tracepoint:block:block_rq_issue /args->dev == {dev}/ {{ @b[pid] = sum(args->bytes); }} "
+        f'tracepoint:block:block_rq_issue /args->dev == {dev} && strncmp(comm, "kworker", 7) == 0/ '
+        f"{{ @kw = sum(args->bytes); }}")
+    (mnt / "job").touch()       # "lazy" is new: a file truncated and rewritten (ext4's
+                                # auto_da_alloc) would be flushed at close by dd itself
     with other_writer(mnt / "other") as other:
         time.sleep(0.2)
         with Bpftrace(program) as bt:
@@ -204,9 +206,18 @@ def check_job(trace, summary, counts, other_pid, mnt, st_dev, cat, write_op, syn
             issued[e["pid"]] = issued.get(e["pid"], 0) + e["args"]["size"]
     assert issued == {p: counts[f"b[{p}]"] for p in issued}, (issued, counts)
     assert set(issued) <= job_pids
-    done = sum(e["args"]["count"] for e in events
-               if e["name"] == "block_rq_complete" and e["args"].get("dev") == devtext)
+    done = sum(e["args"]["count"] for e in events if e["name"] == "block_rq_complete"
+               and e["args"].get("dev") == devtext and "async" not in e["args"])
     assert sum(issued.values()) >= 8 * MiB and done >= 8 * MiB   # 4 MiB synced, 4 MiB read
+    # requests a kworker issued to write the job's "lazy" file back (sync): the job's, async,
+    # with the file's inode, at most what bpftrace saw kworkers issue on the device
+    flushed = [e for e in events if e["name"] == "block_rq_complete"
+               and e["args"].get("dev") == devtext and e["args"].get("async") == 1]
+    for e in flushed:
+        assert e["pid"] in job_pids and (e["pid"], e["tid"]) not in by_tid, e
+        assert e["args"]["ino"] in (job_ino, lazy_ino), e
+    lazy_bytes = sum(e["args"]["count"] for e in flushed if e["args"]["ino"] == lazy_ino)
+    assert 1 * MiB <= lazy_bytes <= sum(e["args"]["count"] for e in flushed) <= counts["kw"]
 
     # the other process is not in the trace, nor its file's inode
     other_ino = os.stat(mnt / "other").st_ino
@@ -221,7 +232,8 @@ def check_job(trace, summary, counts, other_pid, mnt, st_dev, cat, write_op, syn
                 and files[c["args"]["fhash"]] == "/proc/sys/vm/drop_caches", e
     print(f"{cat}: {len(own)} events in the job's tasks, {len(late)} async for its files; "
           f"{write_op} per pid {per_write}, bpftrace the same; block bytes issued {issued} "
-          f"(bpftrace the same), completed {done}; other writer's {write_op}: "
+          f"(bpftrace the same), completed {done}; written back by kworkers for the job: "
+          f"{lazy_bytes} of the lazy file (kworkers issued {counts['kw']}); other writer's {write_op}: "
           f"{counts.get(f'w[{other_pid}]', 0)} (none in the trace)")
     return events
 

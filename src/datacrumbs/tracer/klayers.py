@@ -18,8 +18,11 @@ Attribution, precisely:
   inode the job touched, on the same device when both name one, is the job's: it is
   sent with the job's process id (the last of its processes that touched the inode),
   the kernel thread's tid, and ``args.async = 1``;
+* a block request a kernel thread issued for pages of such an inode (its first page's
+  page cache) is the job's too (dc_block_issue): its completion carries the inode in
+  ``handle`` and is marked async;
 * every other event (another process's, a kernel thread's work that names no inode the
-  job touched: journal commits, block requests issued by kworkers) is left out.
+  job wrote: journal commits, requests for metadata or other files) is left out.
 """
 
 from __future__ import annotations
@@ -119,7 +122,9 @@ class KernelArgs:
             return args
         if args is None:
             args = [None] * len(ev)
-        late = (ktp[rows] & (ev["ret"][rows] == ASYNC_RET)).tolist()
+        # a block request carries an inode only when a kernel thread issued it for the job
+        late = ((ktp[rows] & (ev["ret"][rows] == ASYNC_RET))
+                | (block[rows] & (ev["handle"][rows] != 0))).tolist()
         made: dict = {}
         for r, key in zip(rows.tolist(), zip(ev["handle"][rows].tolist(),
                                              ev["flags"][rows].tolist(), late)):

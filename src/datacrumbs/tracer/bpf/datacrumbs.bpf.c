@@ -1252,6 +1252,35 @@ int dc_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
  * BPF program on its CPU (a completion in an interrupt during a file system
  * tracepoint's program was lost that way), a BTF one only if it interrupts itself. */
 
+/* Inodes the job wrote (see struct dc_job_inode): a kernel thread's work on
+ * them is the job's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DC_JOB_INODES);
+	__type(key, __u64);		/* inode number */
+	__type(value, struct dc_job_inode);
+} job_inodes SEC(".maps");
+
+/* The inode whose page cache a request's first page is (0: none, e.g. metadata
+ * of the device itself or an anonymous page), and its file system's device. */
+static __always_inline __u64 rq_inode(struct request *rq, __u32 *dev)
+{
+	struct page *page = BPF_CORE_READ(rq, bio, bi_io_vec, bv_page);
+	struct address_space *m;
+	struct inode *ip;
+
+	if (!page)
+		return 0;
+	m = BPF_CORE_READ(page, mapping);
+	if (!m || ((__u64)m & 3))
+		return 0;
+	ip = BPF_CORE_READ(m, host);
+	if (!ip)
+		return 0;
+	*dev = BPF_CORE_READ(ip, i_sb, s_dev);
+	return BPF_CORE_READ(ip, i_ino);
+}
+
 /* The block:block_rq_complete probe's index + 1 (0: not traced): BTF
  * tracepoints take no cookie on older kernels. */
 struct {
@@ -1279,8 +1308,26 @@ int BPF_PROG(dc_block_issue, struct request *rq)
 	struct dc_block_key k = {};
 	struct dc_block_start s;
 
-	if (!c || !in_scope(c, tid_tgid >> 32))
+	if (!c)
 		return 0;
+	s.ino = 0;
+	if (!in_scope(c, tid_tgid >> 32)) {
+		/* a kernel thread writing back (or reading ahead) pages of a file the job
+		 * wrote: the request is the job's, for its process that last wrote it */
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct dc_job_inode *j;
+		__u32 fdev = 0;
+		__u64 ino;
+
+		if (!(task->flags & DC_PF_KTHREAD))
+			return 0;
+		ino = rq_inode(rq, &fdev);
+		j = ino ? bpf_map_lookup_elem(&job_inodes, &ino) : 0;
+		if (!j || (j->dev && fdev && j->dev != fdev))
+			return 0;
+		tid_tgid = (j->tid_tgid & 0xffffffff00000000ull) | (__u32)tid_tgid;
+		s.ino = ino;
+	}
 	k.dev = rq_dev(rq);
 	k.sector = BPF_CORE_READ(rq, __sector);
 	s.ts = bpf_ktime_get_ns();
@@ -1307,6 +1354,7 @@ int BPF_PROG(dc_block_complete, struct request *rq, blk_status_t error, unsigned
 		return 0;
 	e.ts = s->ts;
 	tid_tgid = s->tid_tgid;
+	e.args[3] = s->ino;				/* async: the job's inode, as the handle */
 	bpf_map_delete_elem(&block_starts, &k);
 	slot = bpf_map_lookup_elem(&block_probe, &zero);
 	if (!c || !slot || !*slot)
@@ -1323,7 +1371,7 @@ int BPF_PROG(dc_block_complete, struct request *rq, blk_status_t error, unsigned
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1,
-				.fd2 = -1, .flags = 2 };
+				.fd2 = -1, .flags = 2, .handle = 3, .handle_kind = DC_HANDLE_ARG };
 	/* blk_status_t: any failure is sent as EIO */
 	finish(c, sp, &e, tid_tgid, (error & 0xff) ? -5 : 0, bpf_ktime_get_ns(), false, NULL, NULL);
 	return 0;
@@ -1931,13 +1979,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dc_kfields);
 } ktp_fields SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, DC_JOB_INODES);
-	__type(key, __u64);		/* inode number */
-	__type(value, struct dc_job_inode);
-} job_inodes SEC(".maps");
 
 static __always_inline __u64 ktp_field(void *record, struct dc_kfield *f)
 {

@@ -266,6 +266,9 @@ struct dc_block_key {
 struct dc_block_start {
 	__u64 ts;
 	__u64 tid_tgid;
+	/* a kernel thread's request for pages of an inode the job wrote (writeback):
+	 * that inode (the completion is the job's, async); 0 for the job's own */
+	__u64 ino;
 };
 
 /* ---- asynchronous I/O: io_uring requests and libaio iocbs ----

@@ -1290,10 +1290,21 @@ struct {
 	__type(value, __u32);
 } block_probe SEC(".maps");
 
+/* request->rq_disk before 5.16 (the disk moved to request_queue->disk) */
+struct request___rq_disk {
+	struct gendisk *rq_disk;
+} __attribute__((preserve_access_index));
+
 /* The request's device as the block tracepoints' records give it (disk_devt). */
 static __always_inline __u32 rq_dev(struct request *rq)
 {
-	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+	struct request_queue *q = BPF_CORE_READ(rq, q);
+	struct gendisk *disk;
+
+	if (bpf_core_field_exists(q->disk))
+		disk = BPF_CORE_READ(q, disk);
+	else
+		disk = BPF_CORE_READ((struct request___rq_disk *)rq, rq_disk);
 
 	if (!disk)
 		return 0;
@@ -2089,6 +2100,15 @@ struct xfs_mount___dc {
 	struct super_block *m_super;
 } __attribute__((preserve_access_index));
 
+/* jbd2 is a module on many kernels, folios are new in 5.16: flavours matched by name */
+struct journal_s___dc {
+	struct block_device *j_fs_dev;
+} __attribute__((preserve_access_index));
+
+struct folio___dc {
+	struct address_space *mapping;
+} __attribute__((preserve_access_index));
+
 /* The inode an argument leads to (0: none), or through *dev only its device. */
 static __always_inline struct inode *raw_inode(__u64 p, __u8 how, __u32 *dev)
 {
@@ -2104,7 +2124,8 @@ static __always_inline struct inode *raw_inode(__u64 p, __u8 how, __u32 *dev)
 	case DC_KRAW_KIOCB:
 		return BPF_CORE_READ((struct kiocb *)p, ki_filp, f_inode);
 	case DC_KRAW_FOLIO:
-		m = BPF_CORE_READ((struct folio *)p, mapping);
+		if (bpf_core_type_exists(struct folio___dc))
+			m = BPF_CORE_READ((struct folio___dc *)p, mapping);
 		break;
 	case DC_KRAW_PAGE:
 		m = BPF_CORE_READ((struct page *)p, mapping);
@@ -2126,7 +2147,8 @@ static __always_inline struct inode *raw_inode(__u64 p, __u8 how, __u32 *dev)
 			*dev = BPF_CORE_READ((struct xfs_mount___dc *)p, m_super, s_dev);
 		return 0;
 	case DC_KRAW_JOURNAL:
-		*dev = BPF_CORE_READ((struct journal_s *)p, j_fs_dev, bd_dev);
+		if (bpf_core_type_exists(struct journal_s___dc))
+			*dev = BPF_CORE_READ((struct journal_s___dc *)p, j_fs_dev, bd_dev);
 		return 0;
 	}
 	/* a file's page cache, not an anonymous or movable page's (low bits set) */

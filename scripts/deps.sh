@@ -17,6 +17,7 @@ apt_packages=(
   strace busybox                   # copy tests: strace checks the bytes; busybox cat/cp use sendfile
   chromium                         # report tests open the HTML page headless (console errors, sorting, zoom)
   fio                              # async I/O tests: its io_uring and libaio engines move data without read/write
+  e2fsprogs xfsprogs               # kernel-layer tests make ext4 and xfs file systems in a file and loop-mount them
   python3 python3-venv python3-pip
   python3-cryptography             # signature checks inside Flux's own /usr/bin/python3 (CLI plugin)
   systemd util-linux procps passwd # a private systemd manager for tests; unshare, nsenter, useradd

@@ -374,6 +374,9 @@ def check_probe(probe: dict, host: HostInfo, libraries: LibraryResolver) -> tupl
             rule = probe.get("bytes") or ""
             if rule.startswith("field:") and rule[6:] not in fields:
                 return None, f"tracepoint {target} has no field {rule[6:]!r}"
+            for name in (probe.get("fields") or {}).values():
+                if name not in fields:
+                    return None, f"tracepoint {target} has no field {name!r}"
         return dict(probe), None
     if kind == "async":
         if host.tracefs:

@@ -41,6 +41,13 @@ _TARGETS = {
     "async": r"^(io_uring|libaio)_(read|write|fsync)$",
 }
 BYTES_PATTERN = r"^(ret|ret\*arg[0-5]|arg[0-5]|field:[a-z_][a-z0-9_]{0,63})$"
+# A kernel-layer tracepoint's record fields the event carries (tracer/klayers.py): the
+# inode, the device, and the byte offset (a byte field, a page index or a 512-byte sector).
+FIELD_ROLES = ("ino", "dev", "offset", "page", "sector")
+FIELD_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,63}$"
+_FIELDS = {"type": "object", "minProperties": 1, "maxProperties": len(FIELD_ROLES),
+           "propertyNames": {"enum": list(FIELD_ROLES)},
+           "additionalProperties": {"type": "string", "pattern": FIELD_NAME_PATTERN}}
 # Other names of a uprobe's function (fopen64 for fopen: one address in glibc). Only
 # documents carry them: the document builders merge the set's probes that reach one
 # function into the first, so each call is one event; the engine never attaches twice.
@@ -90,12 +97,16 @@ def probe_schema(*, resolved: bool = True) -> dict:
         extra["sites"] = _SITES
         by_kind.append({"if": {"required": ["sites"]},
                         "then": {"properties": {"kind": {"const": "usdt"}}}})
+    # only tracepoints have record fields (last: the rules before keep their indexes)
+    by_kind.append({"if": {"required": ["fields"]},
+                    "then": {"properties": {"kind": {"const": "tracepoint"}}}})
     return {
         "type": "object",
         "additionalProperties": False,
         "required": ["id", "kind", "target", "category", "args", "bytes"],
         "properties": {
             **extra,
+            "fields": _FIELDS,
             "id": _NAME,
             "kind": {"enum": list(KINDS)},
             "target": {"type": "string", "minLength": 1, "maxLength": 256},
@@ -293,7 +304,7 @@ def schema_names(schema, out: set | None = None) -> set:
     return out
 
 
-_KNOWN_NAMES = frozenset(schema_names([DOCUMENT_SCHEMA, PROBE_SET_SCHEMA], set(ROLES)))
+_KNOWN_NAMES = frozenset(schema_names([DOCUMENT_SCHEMA, PROBE_SET_SCHEMA], set(ROLES) | set(FIELD_ROLES)))
 _PATTERNS = {
     ID_PATTERN: "names (a-z, 0-9, '_', '.', '-'; at most 64)",
     _ABS_PATH["pattern"]: "absolute paths (no '.' or '..' components, no control characters)",
@@ -301,6 +312,7 @@ _PATTERNS = {
     FAMILY_PATTERN: "library families (a file-name pattern naming a .so, e.g. libhdf5*.so*)",
     _SITES["items"]["properties"]["args"]["pattern"]: "USDT argument specs (printable ASCII)",
     BYTES_PATTERN: "bytes rules (ret, ret*argN, argN, field:NAME)",
+    FIELD_NAME_PATTERN: "tracepoint field names",
     DOCUMENT_SCHEMA["properties"]["owner"]["properties"]["user"]["pattern"]: "user names",
     DOCUMENT_SCHEMA["properties"]["host"]["pattern"]: "host names",
     DOCUMENT_SCHEMA["properties"]["key_id"]["pattern"]: "key ids (16 hex digits)",
@@ -347,6 +359,8 @@ def _expectation(error, patterns: dict) -> str:
     schema_path = list(error.relative_schema_path)
     if "propertyNames" in schema_path and "families" in schema_path:
         return "has a key that is not a library soname or absolute path"
+    if "propertyNames" in schema_path and "fields" in error.absolute_path:
+        return "has a key that is not one of " + ", ".join(FIELD_ROLES)
     if "propertyNames" in schema_path:
         return "has a property name that is not one of " + ", ".join(map(str, expected))
     if keyword == "type":
@@ -363,6 +377,9 @@ def _expectation(error, patterns: dict) -> str:
     if keyword == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return "has a property that is not allowed here (allowed: " + ", ".join(allowed) + ")"
+    if keyword == "const" and "then" in schema_path and schema_path[-2:] == ["kind", "const"] \
+            and expected == "tracepoint":
+        return "must be 'tracepoint': only tracepoint probes have 'fields'"
     if keyword == "const" and "then" in schema_path and schema_path[-2:] == ["kind", "const"]:
         rule = list(error.absolute_schema_path)
         if len(_TARGETS) + 2 in rule[rule.index("allOf") + 1:][:1]:

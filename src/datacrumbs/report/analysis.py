@@ -33,7 +33,11 @@ from __future__ import annotations
 import numpy as np
 
 LAYERS = {"HDF5": 5, "MPIIO": 4, "MPI": 4, "STDIO": 3, "POSIX": 2, "SYSCALL": 2,
-          "VFS": 1, "BLOCK": 1}
+          "VFS": 1, "BLOCK": 1,
+          # the kernel-* sets' tracepoints (probes/kernel_sets.py): instants inside the
+          # job's calls, never data operations, so their bytes are never job bytes
+          "EXT4": 1, "XFS": 1, "IOMAP": 1, "FILEMAP": 1, "WRITEBACK": 1, "JBD2": 1,
+          "IO_URING": 1}
 LAYER_NAMES = {5: "HDF5", 4: "MPI-IO", 3: "STDIO", 2: "POSIX", 1: "kernel"}
 OTHER_LAYER = 2                 # an unknown category is taken as a system-call layer
 READ, WRITE, META, OTHER, WRITE2 = 0, 1, 2, 3, 4     # WRITE2: a copy's output file
@@ -535,6 +539,10 @@ class Detail:
         """``ev`` claims the events it contains from the top of ``stack``; True when it
         emptied it (it may contain events of an earlier partial too)."""
         t0, t1, key, layer = ev[0], ev[1], ev[2], ev[3]
+        if (t1 <= t0 or key[0] == "BLOCK") and stack:
+            # an instant (a tracepoint) contains nothing, nor does a block request: it spans
+            # issue to completion while the thread's other requests are in flight
+            return False
         while stack:
             c = stack[-1]
             if c.__class__ is Block:
@@ -543,7 +551,9 @@ class Detail:
                 stack.pop()
                 stack.extend(c.entries())
                 continue
-            if c[0] < t0 or c[1] > t1:
+            if c[0] < t0 or c[1] > t1 or c[3] > layer:
+                # a kernel event (a block request, from issue to completion) spans the
+                # issuer's later calls without containing them: no layer is under a lower one
                 return False
             stack.pop()
             ck = (source, c[6], c[4], c[3], c[7])

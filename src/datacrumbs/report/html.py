@@ -247,7 +247,7 @@ def _t(v: float | None) -> tuple:
 
 
 SECTIONS = (("sec-job", "Job"), ("sec-warnings", "Warnings"), ("sec-ops", "Operations"),
-            ("sec-files", "Files"), ("sec-nodes", "Nodes and processes"), ("sec-time", "Time views"),
+            ("sec-layers", "Layers"), ("sec-files", "Files"), ("sec-nodes", "Nodes and processes"), ("sec-time", "Time views"),
             ("heatmap", "Heatmap"), ("bandwidth", "Bandwidth"), ("imbalance", "Imbalance"),
             ("sec-errors", "Errors"), ("sec-plots", "Plots"))   # ids apart from the tables' ids
 
@@ -256,7 +256,8 @@ def render(summary: dict) -> str:
     job, tot = summary["job"], summary["totals"]
     title = f"datacrumbs report: job {', '.join(job['jobs']) or '-'}"
     warnings = _warnings(summary)
-    shown = {"sec-warnings": bool(warnings), "sec-errors": bool(summary["errors"])}
+    shown = {"sec-warnings": bool(warnings), "sec-errors": bool(summary["errors"]),
+             "sec-layers": bool(summary.get("layers"))}
     nav = " ".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name in SECTIONS
                    if shown.get(sid, True))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -288,6 +289,7 @@ def render(summary: dict) -> str:
     parts.append("<h2 id=\"sec-ops\">Operations</h2>" + _table(
         "Per operation", ["Category", "Operation", "Count", "Bytes", "Total time", "Mean",
                           "Bandwidth", "p50", "p90", "p99", "Max", "Errors"], rows, 2, "operations"))
+    parts.append(_layers(summary))
     parts.append("<h2 id=\"sec-files\">Files</h2>")
     for key, caption in (("top_files_by_bytes", "Top files by bytes"),
                          ("top_files_by_time", "Top files by time")):
@@ -320,6 +322,28 @@ def render(summary: dict) -> str:
     parts.append(f"<script>{_uplot_js()}</script><script>{JS}</script>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _layers(summary: dict) -> str:
+    """Per layer (HDF5 ... POSIX, kernel) inclusive and exclusive time, and the heaviest
+    call chains down the layers (``write -> ext4_da_write_begin``)."""
+    layers = summary.get("layers") or []
+    if not layers:
+        return ""
+    out = ['<h2 id="sec-layers">Layers</h2>', _table(
+        "Per layer (exclusive: time not spent in a traced call beneath)",
+        ["Layer", "Operations", "Bytes moved", "Bytes asked", "Inclusive", "Exclusive"],
+        [[lay["layer"], _n(lay["operations"]), _n(lay["bytes_moved"]), _n(lay["bytes_asked"]),
+          _t(lay["inclusive_us"]), _t(lay["exclusive_us"])] for lay in layers],
+        table_id="layers")]
+    chains = summary.get("layer_breakdown") or []
+    if chains:
+        out.append('<h3>Heaviest call chains</h3><ul class="chains">' + "".join(
+            "<li>" + " &rarr; ".join(
+                f"{escape(c['op'])} {escape(human_us(c['time_us']))} "
+                f"({escape(exact(c['calls']))} calls)" for c in chain) + "</li>"
+            for chain in chains) + "</ul>")
+    return "".join(out)
 
 
 def _json_for_script(obj) -> str:

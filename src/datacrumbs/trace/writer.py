@@ -307,8 +307,8 @@ class TraceWriter:
                   paths2: list | None = None, args: list | None = None) -> None:
         """Append completed operations (``OPS_DTYPE`` rows); ``paths[i]`` names row i's file,
         ``paths2[i]`` the file of its ``fd2`` (the output of a copy), written as ``fhash2``;
-        ``args[i]`` (a dict of strings, or None) adds to row i's args, e.g. an HDF5 call's
-        ``{"dataset": "/grid/temperature"}``."""
+        ``args[i]`` (a dict of strings and ints, or None) adds to row i's args, e.g. an HDF5
+        call's ``{"dataset": "/grid/temperature"}``, a kernel event's ``{"ino": 12, "async": 1}``."""
         n = len(ops)
         if n == 0:
             return
@@ -341,10 +341,17 @@ class TraceWriter:
             fh = repeat("")
         probe = ops["probe"].tolist()
         fd2s, flagss = self._second_columns(ops, paths2, set(probe))
-        if args is not None:    # rare rows (HDF5 object calls): formatted one by one
-            flagss = [fl + "".join(f',{_json_str(str(k))}:{_arg_json(v)}'
-                                   for k, v in a.items()) if a else fl
-                      for fl, a in zip(flagss, args)]
+        if args is not None:    # HDF5 object calls, kernel events: each dict formatted once
+            text: dict = {}
+
+            def fmt(a):
+                t = text.get(id(a))
+                if t is None:
+                    t = text[id(a)] = "".join(
+                        f',{_json_str(str(k))}:{_arg_json(v)}'
+                        for k, v in a.items())
+                return t
+            flagss = [fl + fmt(a) if a else fl for fl, a in zip(flagss, args)]
         start = self._next_id
         self._next_id += n
         has_ret = self._probe_ret

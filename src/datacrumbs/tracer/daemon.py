@@ -30,6 +30,7 @@ from ..jobid import validate_run_id
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .handles import HandleNames
+from .klayers import KernelArgs
 from .engine import ASYNC_FIXED_FILE
 from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
 from .scope import scope_from_env
@@ -270,6 +271,7 @@ class EventConverter:
                                      for p in self.probes] or [False])
         self._async = np.array([p.get("kind") == "async" for p in self.probes] or [False])
         self._usdt = np.array([p.get("kind") == "usdt" for p in self.probes] or [False])
+        self._kargs = KernelArgs(self.probes)      # kernel layers: inode, device, async
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
         self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
@@ -316,7 +318,10 @@ class EventConverter:
             self.handles.set_bytes(ops, ev["flags"])
         usdt_args = self._usdt_rows(batch, ops) if self._usdt.any() else None
         if not self.capture_paths:
-            return ops, None, None, usdt_args
+            args = usdt_args
+            if self._kargs.active:
+                args = self._kargs.rows(ev, args)
+            return ops, None, None, args
         two = np.flatnonzero(ops["fd2"] >= 0)
         paths2 = [None] * n if len(two) else None
         # an io_uring fixed file's fd is an index into the ring's file table, not a
@@ -335,6 +340,8 @@ class EventConverter:
             args = self.handles.name_rows(ops, ev["handle"], paths, opened)
         if usdt_args is not None:
             args = usdt_args if args is None else [u or a for u, a in zip(usdt_args, args)]
+        if self._kargs.active:
+            args = self._kargs.rows(ev, args)
         return ops, paths, paths2, args
 
     def _usdt_rows(self, batch, ops: np.ndarray) -> list | None:

@@ -26,7 +26,10 @@ argument: an MPI call's datatype; 0 if none), ``handle`` (the library object a c
 works on, by its ``handle``/``handle_ptr``/``handle_out`` role: an MPI_File, an HDF5
 hid_t; 0 if none). Tracepoint events are instants
 (``dur_ns`` 0); ``block:block_rq_complete`` events span issue to completion
-and belong to the issuing process. pids are host pids.
+and belong to the issuing process (``flags``: the device). Kernel-layer tracepoints
+(probes with ``fields``, tracer/klayers.py) send the inode in ``handle``, the device in
+``flags``, and ``ret`` 1 for a kernel thread's work on an inode the job wrote (sent with
+the job's pid). pids are host pids.
 
 Probes of kind ``async`` (targets in ``ASYNC_CLASSES``) report io_uring requests and
 libaio iocbs: one event per completed request, for the task that submitted it, ``ts``
@@ -85,7 +88,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
-from . import dlhold, elfsyms, libbpf, startclock
+from . import dlhold, elfsyms, klayers, libbpf, startclock
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -304,7 +307,8 @@ _MULTI_PROGS = ("dc_uprobe_multi", "dc_uretprobe_multi")
 _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kprobe",
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
-              *_MULTI_PROGS, *_URING_PROGS, *dlhold.HOLD_PROGS, "dc_usdt")
+              *_MULTI_PROGS, *_URING_PROGS, *dlhold.HOLD_PROGS, "dc_usdt",
+              klayers.PROGRAM, *klayers.RAW_PROGRAMS)
 
 
 # Programs only a fallback attaches: loaded when first needed, in an object of their own
@@ -1001,7 +1005,12 @@ class Engine:
             tps = [p for p in self.probes if isinstance(p, dict) and p.get("kind") == "tracepoint"]
             if any(p.get("target") == BLOCK_COMPLETE for p in tps):
                 needed |= {"dc_block_issue", "dc_block_complete"}
-            if not self._raw_tp or any(_perf_tracepoint(p) for p in tps):
+            if any(klayers.wants_ktp(p) for p in tps):      # kernel layers: record fields
+                needed.add(klayers.PROGRAM)
+                if self._raw_tp:
+                    needed.update(klayers.RAW_PROGRAMS)
+            tps = [p for p in tps if not klayers.wants_ktp(p)]
+            if tps and (not self._raw_tp or any(_perf_tracepoint(p) for p in tps)):
                 needed.add("dc_tracepoint")
             if self._raw_tp and any(p.get("target") != BLOCK_COMPLETE and not _perf_tracepoint(p)
                                     for p in tps):
@@ -1135,7 +1144,8 @@ class Engine:
         """The object must have been built from the same header as this module."""
         expect = {"probe_specs": _SPEC.size, "settings": _CONFIG.size,
                   "scope_cgname": _CGNAME.size, "scope_shell": _SHELL.size,
-                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE, "unsent": _TVAL_WORDS * 8}
+                  "profile": _PVAL_WORDS * 8, "tasks": _TASK_SIZE, "unsent": _TVAL_WORDS * 8,
+                  "ktp_fields": klayers.KFIELDS_SIZE, "ktp_raw": klayers.KRAW_SIZE}
         for name, size in expect.items():
             got = self._obj.map_value_size(name)
             if got != size:
@@ -1614,6 +1624,16 @@ class Engine:
                     links[0].destroy()
                     raise
                 self._links.extend(links)
+            elif target == "block:block_rq_complete":   # a BTF tracepoint: no cookie
+                libbpf.map_update(obj.map_fd("block_probe"), struct.pack("<I", 0),
+                                  struct.pack("<I", i + 1))
+                self._links.append(obj.attach("dc_block_complete"))
+            elif klayers.wants_ktp(probe):
+                try:
+                    self._links.append(klayers.attach(obj, libbpf, probe, i, _tracepoint_field,
+                                                      raw=self._raw_tp))
+                except ValueError as exc:
+                    raise _Refused(str(exc)) from None
             else:
                 category, name = target.split(":")
                 if self._raw_tp and target != BLOCK_COMPLETE and not _perf_tracepoint(probe):

@@ -1302,56 +1302,144 @@ int dc_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 /* Block requests: issue (in the submitting process) starts the clock,
  * complete (often in interrupt context) ends it and is attributed to the
  * issuer. Requests issued by kernel workers on the job's behalf (writeback)
- * are outside any job's scope and are not reported. */
-SEC("tp/block/block_rq_issue")
-int dc_block_issue(struct trace_event_raw_block_rq *ctx)
+ * are outside any job's scope and are not reported. BTF tracepoints, not perf
+ * ones: the kernel skips a perf tracepoint's program that interrupts another
+ * BPF program on its CPU (a completion in an interrupt during a file system
+ * tracepoint's program was lost that way), a BTF one only if it interrupts itself. */
+
+/* Inodes the job wrote (see struct dc_job_inode): a kernel thread's work on
+ * them is the job's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DC_JOB_INODES);
+	__type(key, __u64);		/* inode number */
+	__type(value, struct dc_job_inode);
+} job_inodes SEC(".maps");
+
+/* The inode whose page cache a request's first page is (0: none, e.g. metadata
+ * of the device itself or an anonymous page), and its file system's device. */
+static __always_inline __u64 rq_inode(struct request *rq, __u32 *dev)
+{
+	struct page *page = BPF_CORE_READ(rq, bio, bi_io_vec, bv_page);
+	struct address_space *m;
+	struct inode *ip;
+
+	if (!page)
+		return 0;
+	m = BPF_CORE_READ(page, mapping);
+	if (!m || ((__u64)m & 3))
+		return 0;
+	ip = BPF_CORE_READ(m, host);
+	if (!ip)
+		return 0;
+	*dev = BPF_CORE_READ(ip, i_sb, s_dev);
+	return BPF_CORE_READ(ip, i_ino);
+}
+
+/* The block:block_rq_complete probe's index + 1 (0: not traced): BTF
+ * tracepoints take no cookie on older kernels. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} block_probe SEC(".maps");
+
+/* request->rq_disk before 5.16 (the disk moved to request_queue->disk) */
+struct request___rq_disk {
+	struct gendisk *rq_disk;
+} __attribute__((preserve_access_index));
+
+/* The request's device as the block tracepoints' records give it (disk_devt). */
+static __always_inline __u32 rq_dev(struct request *rq)
+{
+	struct request_queue *q = BPF_CORE_READ(rq, q);
+	struct gendisk *disk;
+
+	if (bpf_core_field_exists(q->disk))
+		disk = BPF_CORE_READ(q, disk);
+	else
+		disk = BPF_CORE_READ((struct request___rq_disk *)rq, rq_disk);
+
+	if (!disk)
+		return 0;
+	return ((__u32)BPF_CORE_READ(disk, major) << 20) | (__u32)BPF_CORE_READ(disk, first_minor);
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(dc_block_issue, struct request *rq)
 {
 	__u64 tid_tgid = bpf_get_current_pid_tgid();
 	struct dc_config *c = get_config();
 	struct dc_block_key k = {};
 	struct dc_block_start s;
 
-	if (!c || !in_scope(c, tid_tgid >> 32))
+	if (!c)
 		return 0;
-	k.dev = BPF_CORE_READ(ctx, dev);
-	k.sector = BPF_CORE_READ(ctx, sector);
+	s.ino = 0;
+	if (!in_scope(c, tid_tgid >> 32)) {
+		/* a kernel thread writing back (or reading ahead) pages of a file the job
+		 * wrote: the request is the job's, for its process that last wrote it */
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct dc_job_inode *j;
+		__u32 fdev = 0;
+		__u64 ino;
+
+		if (!(task->flags & DC_PF_KTHREAD))
+			return 0;
+		ino = rq_inode(rq, &fdev);
+		j = ino ? bpf_map_lookup_elem(&job_inodes, &ino) : 0;
+		if (!j || (j->dev && fdev && j->dev != fdev))
+			return 0;
+		tid_tgid = (j->tid_tgid & 0xffffffff00000000ull) | (__u32)tid_tgid;
+		s.ino = ino;
+	}
+	k.dev = rq_dev(rq);
+	k.sector = BPF_CORE_READ(rq, __sector);
 	s.ts = bpf_ktime_get_ns();
 	s.tid_tgid = tid_tgid;
 	bpf_map_update_elem(&block_starts, &k, &s, BPF_ANY);
 	return 0;
 }
 
-SEC("tp/block/block_rq_complete")
-int dc_block_complete(struct trace_event_raw_block_rq_completion *ctx)
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(dc_block_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
-	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
 	struct dc_config *c = get_config();
 	struct dc_block_key k = {};
 	struct dc_block_start *s;
 	struct dc_spec *sp;
 	struct dc_entry e = {};
+	__u32 zero = 0, *slot, probe;
 	__u64 tid_tgid;
 
-	k.dev = BPF_CORE_READ(ctx, dev);
-	k.sector = BPF_CORE_READ(ctx, sector);
+	k.dev = rq_dev(rq);
+	k.sector = BPF_CORE_READ(rq, __sector);
 	s = bpf_map_lookup_elem(&block_starts, &k);
 	if (!s)
 		return 0;
 	e.ts = s->ts;
 	tid_tgid = s->tid_tgid;
+	e.args[3] = s->ino;				/* async: the job's inode, as the handle */
 	bpf_map_delete_elem(&block_starts, &k);
+	slot = bpf_map_lookup_elem(&block_probe, &zero);
+	if (!c || !slot || !*slot)
+		return 0;
+	probe = *slot - 1;
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
-	if (!c || !sp || !sp->active)
+	if (!sp || !sp->active)
 		return 0;
 	e.probe = probe;
-	e.args[0] = (__u64)BPF_CORE_READ(ctx, nr_sector) << 9;
-	e.args[1] = BPF_CORE_READ(ctx, sector) << 9;	/* byte offset on the device */
+	e.args[0] = nr_bytes >> 9 << 9;			/* as the record's nr_sector << 9 */
+	e.args[1] = k.sector << 9;			/* byte offset on the device */
+	e.args[2] = k.dev;				/* the device, in the event's flags */
 	sp = &(struct dc_spec){ .probe = probe, .bytes_arg = 0,
 				.bytes_kind = sp->bytes_kind == DC_BYTES_NONE ? DC_BYTES_NONE : DC_BYTES_ARG,
 				.fd = -1, .count = 0, .offset = 1, .path = -1,
 				.size = -1, .nmemb = -1, .stream = -1,
-				.fd2 = -1, .flags = -1 };
-	finish(c, sp, &e, tid_tgid, BPF_CORE_READ(ctx, error), bpf_ktime_get_ns(), false, NULL, NULL);
+				.fd2 = -1, .flags = 2, .handle = 3, .handle_kind = DC_HANDLE_ARG };
+	/* blk_status_t: any failure is sent as EIO */
+	finish(c, sp, &e, tid_tgid, (error & 0xff) ? -5 : 0, bpf_ktime_get_ns(), false, NULL, NULL);
 	return 0;
 }
 
@@ -2308,6 +2396,217 @@ int BPF_PROG(dc_hold_exit, struct task_struct *p)
 	if (BPF_CORE_READ(p, signal, live.counter) == 0 && bpf_map_lookup_elem(&held, &tgid))
 		bpf_map_delete_elem(&held, &tgid);
 	return 0;
+}
+
+/* ---- kernel layers (see struct dc_kfields in datacrumbs.h) ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DC_MAX_PROBES);
+	__type(key, __u32);
+	__type(value, struct dc_kfields);
+} ktp_fields SEC(".maps");
+
+static __always_inline __u64 ktp_field(void *record, struct dc_kfield *f)
+{
+	__u32 size = f->size;
+	__u64 v = 0;
+
+	if (!size)
+		return 0;
+	if (size > 8)
+		size = 8;
+	bpf_probe_read_kernel(&v, size & 15, (char *)record + (f->off & 4095));
+	return v << (f->shift & 63);
+}
+
+/* One kernel-layer event: in a job task's context it is the job's (and, when it
+ * writes the inode, the inode becomes the job's); a kernel thread's work on an
+ * inode the job wrote is sent for the job's process with ret 1 (async). */
+static __always_inline int ktp_send(struct dc_config *c, __u32 probe, __u64 ino, __u32 dev,
+				    bool remember, __u64 bytes, bool has_bytes, __u64 offset)
+{
+	struct dc_spec *sp = bpf_map_lookup_elem(&probe_specs, &probe);
+	struct dc_entry e = {};
+	struct dc_task *t;
+	__u64 tid_tgid;
+	__s64 ret = 0;
+	bool in;
+
+	if (!sp || !sp->active)
+		return 0;
+	t = task_state(c, &in);
+	if (in) {
+		tid_tgid = bpf_get_current_pid_tgid();
+		if (ino && remember) {
+			struct dc_job_inode *j = bpf_map_lookup_elem(&job_inodes, &ino);
+
+			if (j) {
+				j->tid_tgid = tid_tgid;
+				if (dev)
+					j->dev = dev;
+			} else {
+				struct dc_job_inode n = { .tid_tgid = tid_tgid, .dev = dev };
+
+				bpf_map_update_elem(&job_inodes, &ino, &n, BPF_ANY);
+			}
+		}
+	} else {
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct dc_job_inode *j;
+
+		if (!ino || !(task->flags & DC_PF_KTHREAD))
+			return 0;
+		j = bpf_map_lookup_elem(&job_inodes, &ino);
+		if (!j || (j->dev && dev && j->dev != dev))
+			return 0;
+		tid_tgid = (j->tid_tgid & 0xffffffff00000000ull) | (__u32)bpf_get_current_pid_tgid();
+		ret = 1;
+	}
+	e.ts = bpf_ktime_get_ns();
+	e.probe = probe;
+	e.args[0] = bytes;
+	e.args[1] = offset;
+	e.args[2] = ino;
+	e.args[3] = dev;
+	sp = &(struct dc_spec){ .probe = probe, .active = 1, .bytes_arg = 0,
+				.bytes_kind = has_bytes ? DC_BYTES_ARG : DC_BYTES_NONE,
+				.fd = -1, .count = has_bytes ? 0 : -1, .offset = 1,
+				.path = -1, .size = -1, .nmemb = -1, .stream = -1, .fd2 = -1,
+				.flags = 3, .handle = 2, .handle_kind = DC_HANDLE_ARG };
+	finish(c, sp, &e, tid_tgid, ret, e.ts, in, in ? t : NULL, NULL);	/* an instant */
+	return 0;
+}
+
+/* A file system, page cache, writeback, journal or block tracepoint whose record
+ * fields the event carries (ktp_fields[probe]). Not on the system call path. */
+SEC("tp")
+int dc_ktp(void *ctx)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	struct dc_config *c = get_config();
+	struct dc_kfields *kf;
+
+	if (!c)
+		return 0;
+	kf = bpf_map_lookup_elem(&ktp_fields, &probe);
+	if (!kf)
+		return 0;
+	return ktp_send(c, probe, ktp_field(ctx, &kf->f[DC_KF_INO]),
+			(__u32)ktp_field(ctx, &kf->f[DC_KF_DEV]), kf->remember,
+			ktp_field(ctx, &kf->f[DC_KF_BYTES]), kf->f[DC_KF_BYTES].size != 0,
+			kf->f[DC_KF_OFFSET].size ? ktp_field(ctx, &kf->f[DC_KF_OFFSET]) : (__u64)-1);
+}
+
+/* ---- the same through raw tracepoints: the inode from the call's arguments ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DC_MAX_PROBES);
+	__type(key, __u32);
+	__type(value, struct dc_kraw);
+} ktp_raw SEC(".maps");
+
+/* XFS may be a module: its types are matched by name in its BTF (CO-RE). */
+struct xfs_inode___dc {
+	struct inode i_vnode;
+} __attribute__((preserve_access_index));
+
+struct xfs_mount___dc {
+	struct super_block *m_super;
+} __attribute__((preserve_access_index));
+
+/* jbd2 is a module on many kernels, folios are new in 5.16: flavours matched by name */
+struct journal_s___dc {
+	struct block_device *j_fs_dev;
+} __attribute__((preserve_access_index));
+
+struct folio___dc {
+	struct address_space *mapping;
+} __attribute__((preserve_access_index));
+
+/* The inode an argument leads to (0: none), or through *dev only its device. */
+static __always_inline struct inode *raw_inode(__u64 p, __u8 how, __u32 *dev)
+{
+	struct address_space *m = 0;
+
+	if (!p)
+		return 0;
+	switch (how) {
+	case DC_KRAW_INODE:
+		return (struct inode *)p;
+	case DC_KRAW_FILE:
+		return BPF_CORE_READ((struct file *)p, f_inode);
+	case DC_KRAW_KIOCB:
+		return BPF_CORE_READ((struct kiocb *)p, ki_filp, f_inode);
+	case DC_KRAW_FOLIO:
+		if (bpf_core_type_exists(struct folio___dc))
+			m = BPF_CORE_READ((struct folio___dc *)p, mapping);
+		break;
+	case DC_KRAW_PAGE:
+		m = BPF_CORE_READ((struct page *)p, mapping);
+		break;
+	case DC_KRAW_MAPPING:
+		m = (struct address_space *)p;
+		break;
+	case DC_KRAW_DENTRY:
+		return BPF_CORE_READ((struct dentry *)p, d_inode);
+	case DC_KRAW_XFS_INODE:
+		if (bpf_core_type_exists(struct xfs_inode___dc))
+			return (struct inode *)&((struct xfs_inode___dc *)p)->i_vnode;
+		return 0;
+	case DC_KRAW_SB:
+		*dev = BPF_CORE_READ((struct super_block *)p, s_dev);
+		return 0;
+	case DC_KRAW_XFS_MOUNT:
+		if (bpf_core_type_exists(struct xfs_mount___dc))
+			*dev = BPF_CORE_READ((struct xfs_mount___dc *)p, m_super, s_dev);
+		return 0;
+	case DC_KRAW_JOURNAL:
+		if (bpf_core_type_exists(struct journal_s___dc))
+			*dev = BPF_CORE_READ((struct journal_s___dc *)p, j_fs_dev, bd_dev);
+		return 0;
+	}
+	/* a file's page cache, not an anonymous or movable page's (low bits set) */
+	if (!m || ((__u64)m & 3))
+		return 0;
+	return BPF_CORE_READ(m, host);
+}
+
+/* The kernel checks at attach that a raw tracepoint program reads no argument
+ * beyond the tracepoint's own: one program per argument the inode comes from. */
+static __always_inline int raw_ktp(struct bpf_raw_tracepoint_args *ctx, __u64 arg)
+{
+	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
+	struct dc_config *c = get_config();
+	struct dc_kraw *kr;
+	struct inode *ip;
+	__u64 ino = 0;
+	__u32 dev = 0;
+
+	if (!c)
+		return 0;
+	kr = bpf_map_lookup_elem(&ktp_raw, &probe);
+	if (!kr)
+		return 0;
+	ip = raw_inode(arg, kr->how, &dev);
+	if (ip) {
+		ino = BPF_CORE_READ(ip, i_ino);
+		dev = BPF_CORE_READ(ip, i_sb, s_dev);
+	}
+	return ktp_send(c, probe, ino, dev, kr->remember, 0, false, (__u64)-1);
+}
+
+SEC("raw_tp")
+int dc_raw_ktp(struct bpf_raw_tracepoint_args *ctx)
+{
+	return raw_ktp(ctx, ctx->args[0]);
+}
+
+SEC("raw_tp")
+int dc_raw_ktp1(struct bpf_raw_tracepoint_args *ctx)
+{
+	return raw_ktp(ctx, ctx->args[1]);
 }
 
 #include "usdt.bpf.h"

@@ -267,6 +267,9 @@ struct dc_block_key {
 struct dc_block_start {
 	__u64 ts;
 	__u64 tid_tgid;
+	/* a kernel thread's request for pages of an inode the job wrote (writeback):
+	 * that inode (the completion is the job's, async); 0 for the job's own */
+	__u64 ino;
 };
 
 /* ---- asynchronous I/O: io_uring requests and libaio iocbs ----
@@ -401,6 +404,51 @@ struct dc_usdt_spec {
 	__u32 probe;		/* index into Engine.probes */
 	__u32 nargs;		/* arguments in the note (up to 12) */
 	struct dc_usdt_arg args[DC_USDT_ARGS];
+};
+
+/* ---- kernel layers: file system, page cache, writeback, journal, block tracepoints ----
+ * dc_ktp reads up to four fields of a perf tracepoint's record (ktp_fields[probe]):
+ * bytes moved, byte offset, inode and device. An event in a job task's context is
+ * the job's, and when the event writes its inode (remember), the (inode, device)
+ * is remembered in job_inodes; an event of a
+ * kernel thread (writeback kworker, jbd2) on an inode the job touched is sent for
+ * the job's process that touched it last, with the kernel thread's tid and ret 1
+ * (the trace's args.async = 1). Other kernel threads' events are left out. */
+enum dc_kfield_role { DC_KF_BYTES = 0, DC_KF_OFFSET = 1, DC_KF_INO = 2, DC_KF_DEV = 3, DC_KF_N = 4 };
+#define DC_JOB_INODES 65536	/* inodes of the job remembered (LRU) */
+#define DC_PF_KTHREAD 0x00200000	/* task->flags: a kernel thread */
+
+struct dc_kfield {
+	__u16 off;		/* offset in the tracepoint's record */
+	__u8 size;		/* 0: the tracepoint has no such field */
+	__u8 shift;		/* value << shift: page index (12), sector (9) to bytes */
+};
+
+struct dc_kfields {
+	struct dc_kfield f[DC_KF_N];
+	__u8 remember;		/* the event writes its inode: remember it as the job's */
+	__u8 pad[3];
+};
+
+/* dc_raw_ktp: a raw tracepoint reaches the inode (or only the device) from
+ * argument ``arg`` of the kernel's trace call, by ``how`` (enum dc_kraw_how). */
+enum dc_kraw_how {
+	DC_KRAW_NONE = 0, DC_KRAW_INODE = 1, DC_KRAW_FILE = 2, DC_KRAW_KIOCB = 3,
+	DC_KRAW_FOLIO = 4, DC_KRAW_PAGE = 5, DC_KRAW_XFS_INODE = 6, DC_KRAW_DENTRY = 7,
+	DC_KRAW_MAPPING = 8, DC_KRAW_SB = 9, DC_KRAW_XFS_MOUNT = 10, DC_KRAW_JOURNAL = 11
+};
+
+struct dc_kraw {
+	__u8 arg;		/* 0 or 1: dc_raw_ktp or dc_raw_ktp1 */
+	__u8 how;
+	__u8 remember;
+	__u8 pad;
+};
+
+struct dc_job_inode {
+	__u64 tid_tgid;		/* the job's thread that last touched the inode */
+	__u32 dev;		/* kernel dev_t of its file system (0: not known yet) */
+	__u32 pad;
 };
 
 #endif

@@ -27,6 +27,7 @@ from ..atomicfile import atomic_write
 from ..config import SiteConfig, load_config
 from ..errors import ConfigError, DatacrumbsError
 from ..jobid import validate_run_id
+from ..trace import fastlines
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .handles import HandleNames
@@ -269,6 +270,7 @@ class EventConverter:
         self._errno_kind = np.array([p.get("kind") in ("syscall", "kprobe", "async")
                                      for p in self.probes] or [False])
         self._async = np.array([p.get("kind") == "async" for p in self.probes] or [False])
+        self._any_async = bool(self._async.any())
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
         self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
@@ -297,11 +299,15 @@ class EventConverter:
         ops["pid"] = ev["pid"]
         ops["tid"] = ev["tid"]
         ops["probe"] = ev["probe"]
-        ret = ev["ret"].astype(np.int64)
-        failed = ret < 0
-        kernel_errno = failed & self._errno_kind[ev["probe"]]
-        ops["errno"] = np.where(kernel_errno, np.minimum(-ret, 4095), 0)
-        ops["ret"] = np.where(failed, -1, ret)
+        failed = ev["ret"] < 0
+        if failed.any():
+            ret = ev["ret"].astype(np.int64)
+            kernel_errno = failed & self._errno_kind[ev["probe"]]
+            ops["errno"] = np.where(kernel_errno, np.minimum(-ret, 4095), 0)
+            ops["ret"] = np.where(failed, -1, ret)
+        else:       # the common batch: no call failed
+            ops["errno"] = 0
+            ops["ret"] = ev["ret"]
         ops["fd"] = ev["fd"]
         ops["count"] = np.where(ev["count"] > 0, ev["count"], -1)
         ops["offset"] = ev["offset"]
@@ -320,7 +326,8 @@ class EventConverter:
         # an io_uring fixed file's fd is an index into the ring's file table, not a
         # descriptor: the process's fd table must not name it
         fixed = np.flatnonzero(self._async[ev["probe"]]
-                               & ((ev["flags"] & np.uint32(ASYNC_FIXED_FILE)) != 0))
+                               & ((ev["flags"] & np.uint32(ASYNC_FIXED_FILE)) != 0)) \
+            if self._any_async else ()
         if len(fixed):
             index = ops["fd"][fixed].copy()
             ops["fd"][fixed] = -1
@@ -342,9 +349,18 @@ class EventConverter:
         (``names[i]``: [(fd, name)]), which set the table from there on."""
         n = len(ops)
         names = names or {}
-        closing = np.flatnonzero(np.isin(ops["probe"], self._close_ids)).tolist()
+        probe = ops["probe"]
+        p0 = int(probe[0]) if n else -1
+        if n and (probe == p0).all():   # one probe (a run of reads or writes): no isin
+            closing = list(range(n)) if p0 in self._close_ids else []
+        else:
+            closing = np.flatnonzero(np.isin(probe, self._close_ids)).tolist()
         special = sorted(set(opened).union(closing).union(np.asarray(two).tolist())
                          .union(names))
+        if not special and n:
+            run = self._one_file_run(ops)
+            if run is not None:
+                return run
         if len(special) * 32 > n:
             return self._paths_rows(ops, opened, 0, n, [None] * n, paths2, names)
         out = np.full(n, None, dtype=object)
@@ -369,6 +385,15 @@ class EventConverter:
                 self._paths_rows(ops, opened, row, row + 1, out, paths2, names)
             start = row + 1
         return out.tolist()
+
+    def _one_file_run(self, ops: np.ndarray) -> list | None:
+        """The paths of a batch of one (pid, fd) and no row that changes the fd table, the
+        common run of reads or writes, as one list repeat; None for any other batch."""
+        pid, fd = ops["pid"], ops["fd"]
+        pid0, fd0 = int(pid[0]), int(fd[0])
+        if fd0 < 0 or not ((fd == fd0).all() and (pid == pid0).all()):
+            return None
+        return [self.fdpaths.lookup(pid0, fd0)] * len(ops)
 
     def _paths_rows(self, ops: np.ndarray, opened: dict, begin: int, end: int, out,
                     paths2: list | None = None, names: dict | None = None):
@@ -598,10 +623,15 @@ class TraceRun:
         self._cap_logged = False
         self.stop_signal: str | None = None
 
+        # the compiled line formatter, built beside the BPF object (else Python f-strings)
+        bpf_object = getattr(engine, "bpf_object", None)
+        lines = fastlines.load(fastlines.library_path(bpf_object)) if bpf_object else None
+
         def make(name):
             return TraceWriter(name, header=header, owner_uid=user.uid,
                                owner_gid=access.group(user), mode=access.file_mode,
-                               dir_fd=dir_fd, flush_interval=flush_interval, max_bytes=max_bytes)
+                               dir_fd=dir_fd, flush_interval=flush_interval, max_bytes=max_bytes,
+                               lines=lines)
 
         self.writer, self.trace_name, self.summary_name = claim_trace_name(dir_fd, stem, make)
         self.writer.set_probes(probes)

@@ -1,0 +1,183 @@
+/* The trace's event lines, formatted in C: the daemon's per-event cost.
+ *
+ * trace/fastlines.py compiles this at install time (`datacrumbs build-bpf`, like the BPF
+ * object) and loads it with ctypes; without it, trace/writer.py formats the same bytes
+ * with Python f-strings (about ten times the CPU). The Python side decides the layout of
+ * a batch once (which columns, which values repeat) and hands over a short program of
+ * operations; this file only runs it row by row. Numbers are written exactly as Python's
+ * str(int) writes them, and nanoseconds as microseconds with three decimals by floor
+ * division, as writer.us_text does, so both paths give identical bytes.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define DC_LINES_ABI 1
+
+enum {
+    OP_CONST = 0,   /* str[len] */
+    OP_ID = 1,      /* first_id + row */
+    OP_INT = 2,     /* str[len] then vals[row] (skipped with its prefix when mask[row]==0,
+                       or when skip_neg and vals[row] < 0) */
+    OP_US = 3,      /* vals[row] ns as microseconds "q.rrr" (negative: 0 when skip_neg) */
+    OP_TABLE = 4,   /* entry idx[row] of the len entries of tbl (entry k: tbl[off[k]..
+                       off[k+1]]); nothing for an index out of range */
+    OP_RET = 5,     /* ,"ret":R  or  ,"ret":-1,"errno":E when idx[row] (errno) != 0;
+                       nothing when mask[row]==0 */
+};
+
+/* One operation; every field 8 bytes (ctypes mirrors it in trace/fastlines.py). */
+struct dc_op {
+    int64_t kind;
+    const char *str;
+    int64_t len;
+    const int64_t *vals;
+    const int32_t *idx;
+    const char *tbl;
+    const int64_t *off;
+    const uint8_t *mask;
+    int64_t skip_neg;
+};
+
+static const char DIGITS2[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* Exactly 8 digits of v (< 10^8), leading zeros kept: independent 32-bit steps. */
+static inline void put8(char *p, uint32_t v)
+{
+    uint32_t a = v / 10000, b = v % 10000;
+    memcpy(p, DIGITS2 + 2 * (a / 100), 2);
+    memcpy(p + 2, DIGITS2 + 2 * (a % 100), 2);
+    memcpy(p + 4, DIGITS2 + 2 * (b / 100), 2);
+    memcpy(p + 6, DIGITS2 + 2 * (b % 100), 2);
+}
+
+/* Decimal digits of v (< 10^8) at p, no leading zeros; returns the end. */
+static inline char *put_small(char *p, uint32_t v)
+{
+    int n = v < 10 ? 1 : v < 100 ? 2 : v < 1000 ? 3 : v < 10000 ? 4 : v < 100000 ? 5
+          : v < 1000000 ? 6 : v < 10000000 ? 7 : 8;
+    char *e = p + n, *s = e;
+    while (v >= 100) {
+        s -= 2;
+        memcpy(s, DIGITS2 + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10)
+        memcpy(s - 2, DIGITS2 + 2 * v, 2);
+    else
+        s[-1] = (char)('0' + v);
+    return e;
+}
+
+/* Decimal digits of v at p, as Python's str(int); returns the end. */
+static inline char *put_u64(char *p, uint64_t v)
+{
+    if (v < 100000000)
+        return put_small(p, (uint32_t)v);
+    uint64_t hi = v / 100000000;
+    uint32_t lo = (uint32_t)(v % 100000000);
+    if (hi < 100000000) {
+        p = put_small(p, (uint32_t)hi);
+    } else {
+        p = put_small(p, (uint32_t)(hi / 100000000));
+        put8(p, (uint32_t)(hi % 100000000));
+        p += 8;
+    }
+    put8(p, lo);
+    return p + 8;
+}
+
+static inline char *put_i64(char *p, int64_t v)
+{
+    if (v < 0) {
+        *p++ = '-';
+        return put_u64(p, (uint64_t)0 - (uint64_t)v);
+    }
+    return put_u64(p, (uint64_t)v);
+}
+
+/* ns as microseconds with three decimals, by floor division (Python's divmod). */
+static inline char *put_us(char *p, int64_t ns)
+{
+    int64_t q = ns / 1000, r = ns % 1000;
+    if (r < 0) {
+        r += 1000;
+        q -= 1;
+    }
+    p = put_i64(p, q);
+    p[0] = '.';
+    p[1] = (char)('0' + r / 100);
+    p[2] = (char)('0' + r / 10 % 10);
+    p[3] = (char)('0' + r % 10);
+    return p + 4;
+}
+
+int dc_lines_abi(void)
+{
+    return DC_LINES_ABI;
+}
+
+/* Run ``ops`` for rows 0..n-1 into out (cap bytes); the bytes written, or -1 if a
+ * row could overflow cap (the caller sized cap from each op's longest output, so this
+ * only guards against a wrong size). */
+int64_t dc_format(const struct dc_op *ops, int64_t nops, int64_t n, int64_t first_id,
+                  char *out, int64_t cap, int64_t row_max)
+{
+    char *p = out, *end = out + cap;
+    for (int64_t i = 0; i < n; i++) {
+        if (end - p < row_max)
+            return -1;
+        for (int64_t k = 0; k < nops; k++) {
+            const struct dc_op *op = &ops[k];
+            switch (op->kind) {
+            case OP_CONST:
+                memcpy(p, op->str, (size_t)op->len);
+                p += op->len;
+                break;
+            case OP_ID:
+                p = put_i64(p, first_id + i);
+                break;
+            case OP_INT: {
+                int64_t v = op->vals[i];
+                if ((op->mask && !op->mask[i]) || (op->skip_neg && v < 0))
+                    break;
+                memcpy(p, op->str, (size_t)op->len);
+                p = put_i64(p + op->len, v);
+                break;
+            }
+            case OP_US: {
+                int64_t v = op->vals[i];
+                p = put_us(p, (op->skip_neg && v < 0) ? 0 : v);
+                break;
+            }
+            case OP_TABLE: {
+                uint32_t e = (uint32_t)op->idx[i];
+                if (e >= (uint64_t)op->len)
+                    break;
+                int64_t a = op->off[e], b = op->off[e + 1];
+                memcpy(p, op->tbl + a, (size_t)(b - a));
+                p += b - a;
+                break;
+            }
+            case OP_RET: {
+                if (op->mask && !op->mask[i])
+                    break;
+                int32_t e = op->idx[i];
+                if (e == 0) {
+                    memcpy(p, ",\"ret\":", 7);
+                    p = put_i64(p + 7, op->vals[i]);
+                } else {
+                    memcpy(p, ",\"ret\":-1,\"errno\":", 18);
+                    p = put_i64(p + 18, e);
+                }
+                break;
+            }
+            default:
+                return -1;
+            }
+        }
+    }
+    return p - out;
+}

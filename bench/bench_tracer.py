@@ -189,6 +189,10 @@ def main() -> int:
                              "per-event CPU stage by stage (no eBPF)")
     parser.add_argument("--rates", default="300000,500000,750000,1000000",
                         help="writes per second the sustained test paces the workload to")
+    parser.add_argument("--sustained-target", choices=("file", "null"), default="file",
+                        help="what the sustained test's workload writes to: a file on tmpfs "
+                             "(default), or /dev/null, whose cheaper writes let one core make "
+                             "more than 1,000,000 traced calls a second")
     args = parser.parse_args()
     if args.only == "pipeline":
         bench_pipeline()
@@ -209,8 +213,9 @@ def main() -> int:
             for _ in range(args.repeat):
                 bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
             return 0
+        target = Path("/dev/null") if args.sustained_target == "null" else data_dir / "bench.dat"
         if args.only == "sustained":
-            bench_sustained(binary, data_dir / "bench.dat", probes["trace"], env,
+            bench_sustained(binary, target, probes["trace"], env,
                             work / "site" / "run", work / "site" / "traces" / "root",
                             args.sustained_seconds, [int(r) for r in args.rates.split(",")])
             return 0
@@ -281,7 +286,7 @@ def main() -> int:
             else:
                 line += f", trace {st['bytes_per_event'] * st['events']:.0f} bytes of counters"
             print(line)
-        bench_sustained(binary, data_dir / "bench.dat", probes["trace"], env, run_dir, traces,
+        bench_sustained(binary, target, probes["trace"], env, run_dir, traces,
                         args.sustained_seconds, [int(r) for r in args.rates.split(",")],
                         run_id=run_id)
         run_id += 100
@@ -325,17 +330,21 @@ def bench_pipeline(batch: int = 16384, reps: int = 10) -> None:
     """The daemon's per-event CPU after the ring buffer, stage by stage, on batches of
     write events as the engine delivers them (one process, one file, realistic times):
     conversion to trace rows (EventConverter), the summary, the JSON lines (TraceWriter)
-    and the gzip member with its write. Each stage's best of ``reps`` batches."""
+    and the gzip member with its write; each stage's best of ``reps`` batches, and the
+    whole chain timed at once (median of ``reps`` members). Lines by the compiled
+    formatter (built beside the BPF object) and, for comparison, by Python f-strings."""
     import numpy as np
     from datacrumbs.config import load_config
     from datacrumbs.probes.catalog import load_catalog, select_probes
+    from datacrumbs.trace import fastlines
     from datacrumbs.trace.writer import TraceWriter
     from datacrumbs.tracer.daemon import EventConverter
     from datacrumbs.tracer.engine import EVENT_DTYPE, EventBatch
     from datacrumbs.tracer.paths import FdPaths
     from datacrumbs.tracer.summary import SummaryBuilder
 
-    probes = select_probes(load_catalog(load_config()), ["posix"])
+    config = load_config()
+    probes = select_probes(load_catalog(config), ["posix"])
     rng = np.random.default_rng(1)
     ev = np.zeros(batch, EVENT_DTYPE)
     t0 = time.time_ns()
@@ -345,31 +354,60 @@ def bench_pipeline(batch: int = 16384, reps: int = 10) -> None:
     ev["probe"] = next(i for i, p in enumerate(probes) if p["target"] == "write")
     ev["fd"], ev["ret"], ev["count"], ev["bytes"] = 3, 16, 16, 16
     ev["offset"] = ev["fd2"] = -1
-    conv = EventConverter(probes, FdPaths(lambda pid, fd: "/dev/shm/bench.dat"))
-    summary = SummaryBuilder(probes)
-    best: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as d:
-        writer = TraceWriter(Path(d) / "t.pfw.gz", header={"host": "h", "ts": t0 // 1000},
-                             member_events=batch)
-        writer.set_probes(probes)
-        for _ in range(reps):
-            marks = [time.process_time()]
-            ops, paths, paths2 = conv.convert(EventBatch(events=ev.copy(), paths={}))
-            marks.append(time.process_time())
-            summary.add_ops(ops, paths, paths2)
-            marks.append(time.process_time())
-            writer.member_events = batch + 1        # format only; the flush is timed apart
-            writer.write_ops(ops, paths, paths2)
-            marks.append(time.process_time())
-            writer.flush()
-            marks.append(time.process_time())
-            for k, name in enumerate(("convert", "summary", "JSON lines", "gzip+write")):
-                took = (marks[k + 1] - marks[k]) / batch * 1e9
-                best[name] = min(best.get(name, took), took)
-        writer.close()
-    print("  daemon CPU per event after the ring (best of %d batches of %d): %s; total %.0f ns"
-          % (reps, batch, ", ".join(f"{k} {v:.0f} ns" for k, v in best.items()),
-             sum(best.values())))
+    kinds = np.ones(batch, np.uint8)        # a regular file, as the kernel reports it
+    kinds2 = np.zeros(batch, np.uint8)
+    library = os.environ.get("DATACRUMBS_BENCH_LINES") or fastlines.library_path(
+        os.environ.get("DATACRUMBS_BENCH_BPF_OBJECT", REPO / "build/bpf/datacrumbs.bpf.o"))
+    compiled = fastlines.load(library)
+    if compiled is None:
+        print(f"  (no compiled line formatter at {library}: `datacrumbs build-bpf` builds it)")
+    for label, lines in (("compiled", compiled), ("python", None)):
+        if label == "compiled" and compiled is None:
+            continue
+        conv = EventConverter(probes, FdPaths(lambda pid, fd: "/dev/shm/bench.dat"))
+        summary = SummaryBuilder(probes)
+        best: dict[str, float] = {}
+        whole = []
+        with tempfile.TemporaryDirectory() as d:
+            writer = TraceWriter(Path(d) / "t.pfw.gz", header={"host": "h", "ts": t0 // 1000},
+                                 member_events=batch, lines=lines)
+            writer.set_probes(probes)
+            for _ in range(reps):
+                marks = [time.process_time()]
+                ops, paths, paths2 = conv.convert(EventBatch(events=ev.copy(), paths={},
+                                                             kinds=kinds, kinds2=kinds2))
+                marks.append(time.process_time())
+                summary.add_ops(ops, paths, paths2)
+                marks.append(time.process_time())
+                writer.member_events = batch + 1        # format only; the flush is timed apart
+                writer.write_ops(ops, paths, paths2)
+                marks.append(time.process_time())
+                writer.flush()
+                marks.append(time.process_time())
+                # the compiled path compresses a member's lines as they are made: its
+                # "JSON lines" includes their gzip, "gzip+write" is the member's end
+                for k, name in enumerate(("convert", "summary", "JSON lines", "gzip+write")):
+                    took = (marks[k + 1] - marks[k]) / batch * 1e9
+                    best[name] = min(best.get(name, took), took)
+            writer.member_events = batch
+            for _ in range(reps):       # the whole chain at once, as the daemon runs it
+                events = [ev.copy() for _ in range(4)]
+                c0 = time.process_time()
+                for e in events:
+                    ops, paths, paths2 = conv.convert(EventBatch(events=e, paths={},
+                                                                 kinds=kinds, kinds2=kinds2))
+                    summary.add_ops(ops, paths, paths2)
+                    writer.write_ops(ops, paths, paths2)
+                whole.append((time.process_time() - c0) / (4 * batch) * 1e9)
+            writer.close()
+            size = (Path(d) / "t.pfw.gz").stat().st_size / max(writer.events_written, 1)
+        if label == "compiled":
+            best["JSON lines + gzip"] = best.pop("JSON lines")
+            best["end of member + write"] = best.pop("gzip+write")
+        print("  daemon CPU per event after the ring, %s lines (best of %d batches of %d): %s;"
+              " sum %.0f ns; whole chain %.0f ns (median), %.1f trace bytes/event"
+              % (label, reps, batch, ", ".join(f"{k} {v:.0f} ns" for k, v in best.items()),
+                 sum(best.values()), statistics.median(whole), size))
 
 
 def _cpu_s(pid: int) -> float:
@@ -409,7 +447,8 @@ def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: 
         achieved = count / took
         if not lost:
             best = max(best, achieved)
-        print(f"  sustained {seconds:.0f} s at {rate:,} writes/s: achieved {achieved:,.0f}/s, "
+        print(f"  sustained {seconds:.0f} s at {rate:,} writes/s to {path}: achieved "
+              f"{achieved:,.0f}/s, "
               f"{events:,} events written, {lost:,} lost"
               f"{' (totals exact)' if lost and summary.get('totals_exact') else ''}; daemon CPU "
               f"{(cpu1 - cpu0) / max(events, 1) * 1e9:.0f} ns/event written "

@@ -512,19 +512,24 @@ class _Ring:
         if n <= 0:
             return np.empty(0, self.dtype)
         start = self.page + (cons & self.mask)
-        hdr = np.ndarray((n,), "<u4", buffer=self._prod_map, offset=start, strides=(self.stride,))
+        # The headers are read first (a record is committed when the kernel clears its
+        # BUSY bit, after writing it), then the committed records are copied in one
+        # sequential memcpy, and every later pass works on the copies: strided passes
+        # over the shared pages each paid the cross-CPU cache misses again.
+        hdr = np.ndarray((n,), "<u4", buffer=self._prod_map, offset=start,
+                         strides=(self.stride,)).copy()
         busy = (hdr & _RB_BUSY) != 0
         if busy.any():
             n = int(np.argmax(busy))
             hdr = hdr[:n]
         if n == 0:
             return np.empty(0, self.dtype)
+        raw = np.frombuffer(self._prod_map, np.uint8, count=n * self.stride, offset=start).copy()
         lengths = hdr & ~np.uint32(_RB_BUSY | _RB_DISCARD)
         if (lengths != self.dtype.itemsize).any():
             raise EngineError("the BPF ring buffer holds records of an unexpected size: the BPF "
                               "object does not match this datacrumbs; run `datacrumbs build-bpf`")
-        recs = np.ndarray((n,), self.dtype, buffer=self._prod_map, offset=start + 8,
-                          strides=(self.stride,)).copy()
+        recs = np.ndarray((n,), self.dtype, buffer=raw, offset=8, strides=(self.stride,))
         keep = (hdr & _RB_DISCARD) == 0
         self._cons[0] = cons + n * self.stride
         return recs if keep.all() else recs[keep]

@@ -20,7 +20,7 @@ from datacrumbs.probes.catalog import load_catalog, select_probes
 from datacrumbs.trace import fastlines
 from datacrumbs.trace.writer import OPS_DTYPE, TraceWriter
 from datacrumbs.tracer.daemon import EventConverter
-from datacrumbs.tracer.engine import Engine
+from datacrumbs.tracer.engine import EVENT_DTYPE, Engine
 from datacrumbs.tracer.paths import FdPaths
 from datacrumbs.tracer.scope import Scope
 
@@ -118,6 +118,12 @@ ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
         seen = {"errno": 0, "fd2": 0, "pids": set(), "tids": set(), "submicro": 0,
                 "kinds": set(), "offsets": set(), "ret_none": 0}
         for batch in batches:
+            # the records' columns: one pass in C, and numpy's pass per column
+            in_c, in_numpy = (np.empty(len(batch.events), OPS_DTYPE) for _ in range(2))
+            assert formatter.convert(batch.events, in_c, batch.kinds, batch.kinds2,
+                                     conv._errno_kind)
+            conv._columns(batch.events, in_numpy, batch.kinds, batch.kinds2)
+            assert in_c.tobytes() == in_numpy.tobytes()
             ops, paths, paths2, args = conv.convert_rows(batch)
             for pid in sorted(set(ops["pid"].tolist())):
                 for wr in (py, c):
@@ -332,3 +338,29 @@ def test_the_daemons_run_formats_with_the_library_beside_its_bpf_object(bpf_obje
     assert run.summary_doc["files"][str(target)] == {"count": 30000, "bytes": 480000,
                                                      "time_us": pytest.approx(
         sum(e["dur"] for e in writes if e["args"].get("size") == 16), abs=0.01)}
+
+
+def test_records_to_rows_in_c_match_numpy_at_every_extreme(formatter):
+    """dc_convert against EventConverter's numpy columns on random records with every
+    field at its extremes (negative returns down to INT64_MIN, counts of 0 and 2**64-1,
+    times above 2**63), strided as the ring's copies are; a probe the tables do not know
+    sends the batch back to numpy, which judges it."""
+    rng = np.random.default_rng(11)
+    conv = EventConverter(_probes(), FdPaths(None))
+    n = 5000
+    raw = rng.integers(0, 256, n * 88, dtype=np.uint8)
+    ev = np.ndarray((n,), EVENT_DTYPE, buffer=raw, offset=8, strides=(88,))
+    ev["probe"] = rng.integers(0, len(_probes()), n)
+    ev["ret"][:6] = [-1, -4095, -4096, -2**63, 2**63 - 1, 0]
+    ev["probe"][:6] = 0             # a system call's: its negative returns are errnos
+    ev["count"][:3] = [0, 2**64 - 1, 1]
+    kinds = rng.integers(0, 10, n).astype(np.uint8)
+    for k, k2 in ((kinds, kinds[::-1].copy()), (None, None)):
+        in_c, in_numpy = (np.empty(n, OPS_DTYPE) for _ in range(2))
+        assert formatter.convert(ev, in_c, k, k2, conv._errno_kind)
+        conv._columns(ev, in_numpy, k, k2)
+        assert in_c.tobytes() == in_numpy.tobytes()
+    assert in_c["errno"][:6].tolist() == [1, 4095, 4095, 0, 0, 0]
+    assert in_c["ret"][:6].tolist() == [-1, -1, -1, -1, 2**63 - 1, 0]
+    ev["probe"][7] = 99
+    assert not formatter.convert(ev, np.empty(n, OPS_DTYPE), None, None, conv._errno_kind)

@@ -29,7 +29,7 @@ log = logging.getLogger("datacrumbs.trace")
 
 LIBRARY_NAME = "datacrumbs-lines.so"
 SOURCE_NAME = "lines.c"
-ABI = 1
+ABI = 2
 
 OP_CONST, OP_ID, OP_INT, OP_US, OP_TABLE, OP_RET = range(6)
 #: The longest text one number can add (a sign and 19 digits), and a microsecond value.
@@ -41,6 +41,26 @@ class _Op(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int64), ("str", ctypes.c_void_p), ("len", ctypes.c_int64),
                 ("vals", ctypes.c_void_p), ("idx", ctypes.c_void_p), ("tbl", ctypes.c_void_p),
                 ("off", ctypes.c_void_p), ("mask", ctypes.c_void_p), ("skip_neg", ctypes.c_int64)]
+
+
+#: dc_convert's fields: its name -> (the dtype's field, the type it must have)
+_EV_FIELDS = {"ev_ts": ("ts_ns", "<u8"), "ev_dur": ("dur_ns", "<u8"), "ev_pid": ("pid", "<u4"),
+              "ev_tid": ("tid", "<u4"), "ev_probe": ("probe", "<u4"), "ev_fd": ("fd", "<i4"),
+              "ev_ret": ("ret", "<i8"), "ev_count": ("count", "<u8"),
+              "ev_offset": ("offset", "<i8"), "ev_bytes": ("bytes", "<i8"),
+              "ev_fd2": ("fd2", "<i4"), "ev_flags": ("flags", "<u4")}
+_OPS_FIELDS = {"op_ts": ("ts_ns", "<i8"), "op_dur": ("dur_ns", "<i8"), "op_pid": ("pid", "<i8"),
+               "op_tid": ("tid", "<i8"), "op_probe": ("probe", "<i4"), "op_ret": ("ret", "<i8"),
+               "op_errno": ("errno", "<i4"), "op_fd": ("fd", "<i8"),
+               "op_count": ("count", "<i8"), "op_offset": ("offset", "<i8"),
+               "op_size": ("size", "<i8"), "op_fd2": ("fd2", "<i8"),
+               "op_flags": ("flags", "<i8"), "op_kind": ("kind", "i1"),
+               "op_kind2": ("kind2", "i1")}
+
+
+class _Layout(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("ev_stride", *_EV_FIELDS, "op_stride", *_OPS_FIELDS)]
 
 
 def source_path() -> Path:
@@ -100,6 +120,12 @@ class LineFormatter:
         self._fn.restype = ctypes.c_int64
         self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+        self._convert = lib.dc_convert
+        self._convert.restype = ctypes.c_int64
+        self._convert.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_void_p, ctypes.c_int64]
+        self._layouts: dict = {}
 
     def format_into(self, program: "Program", n: int, first_id: int, buf: bytearray,
                     pos: int) -> int:
@@ -113,6 +139,55 @@ class LineFormatter:
         if used < 0:
             raise RuntimeError("trace line formatter: output larger than its bound")
         return used
+
+    def convert(self, ev: np.ndarray, ops: np.ndarray, kinds, kinds2,
+                errno_kind: np.ndarray) -> bool:
+        """Fill the trace rows ``ops`` from the ring-buffer records ``ev`` in one pass
+        (EventConverter.convert_rows' columns); False when this cannot (another layout,
+        a probe outside ``errno_kind``): the caller's numpy code then does it."""
+        layout = self._layout(ev.dtype, ops.dtype)
+        n = len(ev)
+        if layout is None or len(ops) != n or ev.ndim != 1 or ops.strides != (ops.itemsize,):
+            return False
+        if n == 0:
+            return True
+        layout.ev_stride = ev.strides[0]
+        keep = []
+        ptrs = []
+        for col in (kinds, kinds2):
+            if col is None:
+                ptrs.append(None)
+                continue
+            col = np.ascontiguousarray(col, np.uint8)
+            keep.append(col)
+            ptrs.append(col.ctypes.data)
+        table = np.ascontiguousarray(errno_kind, np.uint8)
+        rc = self._convert(ev.ctypes.data, n, ops.ctypes.data, ctypes.byref(layout), ptrs[0],
+                           ptrs[1], table.ctypes.data, len(table))
+        return rc == 0
+
+    def _layout(self, ev_dtype: np.dtype, ops_dtype: np.dtype):
+        """The C layout of these dtypes, or None if a field is missing or of another type."""
+        key = (ev_dtype, ops_dtype)
+        if key in self._layouts:
+            return self._layouts[key]
+        layout = _Layout()
+        ok = True
+        for name, (field, want) in _EV_FIELDS.items():
+            got = ev_dtype.fields.get(field) if ev_dtype.fields else None
+            if got is None or got[0] != np.dtype(want):
+                ok = False
+                break
+            setattr(layout, name, got[1])
+        for name, (field, want) in _OPS_FIELDS.items():
+            got = ops_dtype.fields.get(field) if ops_dtype.fields else None
+            if not ok or got is None or got[0] != np.dtype(want):
+                ok = False
+                break
+            setattr(layout, name, got[1])
+        layout.op_stride = ops_dtype.itemsize
+        self._layouts[key] = layout if ok else None
+        return self._layouts[key]
 
     def format(self, program: "Program", n: int, first_id: int) -> bytes:
         """The n lines as bytes (tests; the writer formats into its own buffer)."""

@@ -1,4 +1,5 @@
-/* The trace's event lines, formatted in C: the daemon's per-event cost.
+/* The trace's event lines, formatted in C: the daemon's per-event cost (and the
+ * conversion of ring-buffer records to trace rows that comes before, dc_convert).
  *
  * trace/fastlines.py compiles this at install time (`datacrumbs build-bpf`, like the BPF
  * object) and loads it with ctypes; without it, trace/writer.py formats the same bytes
@@ -11,7 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define DC_LINES_ABI 1
+#define DC_LINES_ABI 2
 
 enum {
     OP_CONST = 0,   /* str[len] */
@@ -180,4 +181,58 @@ int64_t dc_format(const struct dc_op *ops, int64_t nops, int64_t n, int64_t firs
         }
     }
     return p - out;
+}
+
+/* Byte offsets of the fields dc_convert reads (a ring-buffer record, engine.EVENT_DTYPE)
+ * and writes (a trace row, writer.OPS_DTYPE); trace/fastlines.py fills them from the
+ * numpy dtypes and checks each field's type before using this. */
+struct dc_layout {
+    int64_t ev_stride, ev_ts, ev_dur, ev_pid, ev_tid, ev_probe, ev_fd, ev_ret, ev_count,
+            ev_offset, ev_bytes, ev_fd2, ev_flags;
+    int64_t op_stride, op_ts, op_dur, op_pid, op_tid, op_probe, op_ret, op_errno, op_fd,
+            op_count, op_offset, op_size, op_fd2, op_flags, op_kind, op_kind2;
+};
+
+#define LD(T, p, off) ({ T v_; memcpy(&v_, (p) + (off), sizeof v_); v_; })
+#define ST(T, p, off, v) do { T v_ = (T)(v); memcpy((p) + (off), &v_, sizeof v_); } while (0)
+
+/* Ring-buffer records to trace rows in one pass (EventConverter.convert_rows' columns,
+ * as its numpy code computes them): -1 (nothing written that matters) when a row's
+ * probe is outside errno_kind, for the caller's numpy path to judge. */
+int64_t dc_convert(const char *ev, int64_t n, char *ops, const struct dc_layout *L,
+                   const uint8_t *kinds, const uint8_t *kinds2, const uint8_t *errno_kind,
+                   int64_t nprobes)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const char *e = ev + i * L->ev_stride;
+        char *o = ops + i * L->op_stride;
+        uint32_t probe = LD(uint32_t, e, L->ev_probe);
+        int64_t ret = LD(int64_t, e, L->ev_ret);
+        uint64_t count = LD(uint64_t, e, L->ev_count);
+        if ((int64_t)probe >= nprobes)
+            return -1;
+        ST(int64_t, o, L->op_ts, LD(uint64_t, e, L->ev_ts));
+        ST(int64_t, o, L->op_dur, LD(uint64_t, e, L->ev_dur));
+        ST(int64_t, o, L->op_pid, LD(uint32_t, e, L->ev_pid));
+        ST(int64_t, o, L->op_tid, LD(uint32_t, e, L->ev_tid));
+        ST(int32_t, o, L->op_probe, probe);
+        if (ret < 0) {
+            int64_t neg = (int64_t)((uint64_t)0 - (uint64_t)ret);   /* numpy's -ret */
+            int64_t err = errno_kind[probe] ? (neg < 4095 ? neg : 4095) : 0;
+            ST(int32_t, o, L->op_errno, err);
+            ST(int64_t, o, L->op_ret, -1);
+        } else {
+            ST(int32_t, o, L->op_errno, 0);
+            ST(int64_t, o, L->op_ret, ret);
+        }
+        ST(int64_t, o, L->op_fd, LD(int32_t, e, L->ev_fd));
+        ST(int64_t, o, L->op_count, count > 0 ? (int64_t)count : -1);
+        ST(int64_t, o, L->op_offset, LD(int64_t, e, L->ev_offset));
+        ST(int64_t, o, L->op_size, LD(int64_t, e, L->ev_bytes));
+        ST(int64_t, o, L->op_fd2, LD(int32_t, e, L->ev_fd2));
+        ST(int64_t, o, L->op_flags, LD(uint32_t, e, L->ev_flags));
+        ST(int8_t, o, L->op_kind, kinds ? kinds[i] : 0);
+        ST(int8_t, o, L->op_kind2, kinds2 ? kinds2[i] : 0);
+    }
+    return 0;
 }

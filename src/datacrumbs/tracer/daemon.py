@@ -49,9 +49,11 @@ _POLL_MS = 100
 # A drain costs the daemon about 0.1-0.2 ms whatever its size (poll, numpy and Python
 # calls per batch): draining every event as soon as it is there would make batches of a
 # few hundred events at high rates and double the CPU per event. So a batch smaller than
-# BATCH_EVENTS is followed by a pause that spaces drains DRAIN_GAP_S apart: at 1,000,000
-# events/s a drain takes 20,000 of the 190,000 events the default 16 MiB ring holds.
-DRAIN_GAP_S = 0.02
+# BATCH_EVENTS is followed by a pause that spaces drains DRAIN_GAP_S apart (the poll
+# timeout is 100 ms anyway): a burst of 2,000,000 events/s during a pause fills half of
+# the 190,000 events the default 16 MiB ring holds; at a steady high rate batches reach
+# BATCH_EVENTS and drains follow each other without a pause.
+DRAIN_GAP_S = 0.05
 BATCH_EVENTS = 16384
 LOST_CHECK_S = 0.5
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
@@ -250,6 +252,8 @@ class EventConverter:
     # MPI-IO and HDF5: files by handle, MPI bytes by datatype (``library_of`` resolves a
     # probe's library for the MPI ABI; None: as the engine does)
     library_of: object = None
+    # the compiled library (trace/fastlines.py) for the columns in one pass; None: numpy
+    fast: object = None
     handles: HandleNames = field(init=False)
     _errno_kind: np.ndarray = field(init=False)
     _close: set = field(init=False)
@@ -302,29 +306,11 @@ class EventConverter:
         ev = batch.events
         n = len(ev)
         ops = np.empty(n, OPS_DTYPE)
-        ops["ts_ns"] = ev["ts_ns"]      # nanoseconds all the way to the trace's text
-        ops["dur_ns"] = ev["dur_ns"]
-        ops["pid"] = ev["pid"]
-        ops["tid"] = ev["tid"]
-        ops["probe"] = ev["probe"]
-        failed = ev["ret"] < 0
-        if failed.any():
-            ret = ev["ret"].astype(np.int64)
-            kernel_errno = failed & self._errno_kind[ev["probe"]]
-            ops["errno"] = np.where(kernel_errno, np.minimum(-ret, 4095), 0)
-            ops["ret"] = np.where(failed, -1, ret)
-        else:       # the common batch: no call failed
-            ops["errno"] = 0
-            ops["ret"] = ev["ret"]
-        ops["fd"] = ev["fd"]
-        ops["count"] = np.where(ev["count"] > 0, ev["count"], -1)
-        ops["offset"] = ev["offset"]
-        ops["size"] = ev["bytes"]
-        ops["fd2"] = ev["fd2"]
-        ops["flags"] = ev["flags"]
         kinds, kinds2 = getattr(batch, "kinds", None), getattr(batch, "kinds2", None)
-        ops["kind"] = 0 if kinds is None else kinds
-        ops["kind2"] = 0 if kinds2 is None else kinds2
+        # one pass in C when the compiled library is there (the same columns: the tests
+        # compare them), else a numpy pass per column
+        if self.fast is None or not self.fast.convert(ev, ops, kinds, kinds2, self._errno_kind):
+            self._columns(ev, ops, kinds, kinds2)
         if self.handles.active:
             self.handles.set_bytes(ops, ev["flags"])
         if not self.capture_paths:
@@ -347,6 +333,31 @@ class EventConverter:
         if self.handles.active:
             args = self.handles.name_rows(ops, ev["handle"], paths, opened)
         return ops, paths, paths2, args
+
+    def _columns(self, ev: np.ndarray, ops: np.ndarray, kinds, kinds2) -> None:
+        """The trace rows' columns from the records, a numpy pass per column."""
+        ops["ts_ns"] = ev["ts_ns"]      # nanoseconds all the way to the trace's text
+        ops["dur_ns"] = ev["dur_ns"]
+        ops["pid"] = ev["pid"]
+        ops["tid"] = ev["tid"]
+        ops["probe"] = ev["probe"]
+        failed = ev["ret"] < 0
+        if failed.any():
+            ret = ev["ret"].astype(np.int64)
+            kernel_errno = failed & self._errno_kind[ev["probe"]]
+            ops["errno"] = np.where(kernel_errno, np.minimum(-ret, 4095), 0)
+            ops["ret"] = np.where(failed, -1, ret)
+        else:       # the common batch: no call failed
+            ops["errno"] = 0
+            ops["ret"] = ev["ret"]
+        ops["fd"] = ev["fd"]
+        ops["count"] = np.where(ev["count"] > 0, ev["count"], -1)
+        ops["offset"] = ev["offset"]
+        ops["size"] = ev["bytes"]
+        ops["fd2"] = ev["fd2"]
+        ops["flags"] = ev["flags"]
+        ops["kind"] = 0 if kinds is None else kinds
+        ops["kind2"] = 0 if kinds2 is None else kinds2
 
     def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None,
                names: dict | None = None) -> list:
@@ -651,7 +662,7 @@ class TraceRun:
             raise
         self.summary = SummaryBuilder(probes)
         self.converter = EventConverter(probes, FdPaths(engine.resolve_fd),
-                                        capture_paths=capture_paths)
+                                        capture_paths=capture_paths, fast=lines)
         self.library_scan_s = library_scan_s
         self._next_library_scan = 0.0
         self._prev_profile: dict[tuple[int, int], tuple[int, int, int]] = {}

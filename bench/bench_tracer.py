@@ -169,13 +169,23 @@ class Daemon:
 
 
 def run_workload(binary: Path, cgroup: Path, path: Path, count: int, size: int,
-                 rate: int = 0) -> float:
+                 rate: int = 0, procs: int = 1) -> float:
+    """Seconds for ``count`` writes (``procs`` processes sharing count and rate: a file
+    target gets one file per process)."""
     def enter():
         (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
-    argv = [str(binary), str(path), str(count), str(size)] + ([str(rate)] if rate else [])
     t0 = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, preexec_fn=enter)
+    running = []
+    for k in range(procs):
+        target = path if procs == 1 or str(path) == "/dev/null" else f"{path}.{k}"
+        share = count // procs + (1 if k < count % procs else 0)
+        argv = [str(binary), str(target), str(share), str(size)] + \
+            ([str(max(rate // procs, 1))] if rate else [])
+        running.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, preexec_fn=enter))
+    for proc in running:
+        if proc.wait() != 0:
+            raise SystemExit(f"workload {proc.args} failed ({proc.returncode})")
     return time.monotonic() - t0
 
 
@@ -189,6 +199,8 @@ def main() -> int:
                              "per-event CPU stage by stage (no eBPF)")
     parser.add_argument("--rates", default="300000,500000,750000,1000000",
                         help="writes per second the sustained test paces the workload to")
+    parser.add_argument("--sustained-procs", type=int, default=1,
+                        help="workload processes the sustained test splits its rate over")
     parser.add_argument("--sustained-target", choices=("file", "null"), default="file",
                         help="what the sustained test's workload writes to: a file on tmpfs "
                              "(default), or /dev/null, whose cheaper writes let one core make "
@@ -217,7 +229,8 @@ def main() -> int:
         if args.only == "sustained":
             bench_sustained(binary, target, probes["trace"], env,
                             work / "site" / "run", work / "site" / "traces" / "root",
-                            args.sustained_seconds, [int(r) for r in args.rates.split(",")])
+                            args.sustained_seconds, [int(r) for r in args.rates.split(",")],
+                            procs=args.sustained_procs)
             return 0
         run_dir = work / "site" / "run"
         traces = work / "site" / "traces" / "root"
@@ -288,7 +301,7 @@ def main() -> int:
             print(line)
         bench_sustained(binary, target, probes["trace"], env, run_dir, traces,
                         args.sustained_seconds, [int(r) for r in args.rates.split(",")],
-                        run_id=run_id)
+                        run_id=run_id, procs=args.sustained_procs)
         run_id += 100
         # sustained: 300,000 writes/s, paced by the workload itself
         rate = 300_000
@@ -417,7 +430,8 @@ def _cpu_s(pid: int) -> float:
 
 
 def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: Path,
-                    traces: Path, seconds: float, rates: list[int], run_id: int = 5000) -> None:
+                    traces: Path, seconds: float, rates: list[int], run_id: int = 5000,
+                    procs: int = 1) -> None:
     """The real daemon in trace mode under a workload paced at each rate for ``seconds``:
     the rate it sustained, what it lost, and the daemon's whole per-event CPU (drain,
     decode, conversion, summary, JSON, gzip, write: its process CPU time over the
@@ -428,7 +442,7 @@ def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: 
         daemon = Daemon(probes, str(run_id), env, run_dir)
         count = int(rate * seconds)
         cpu0 = _cpu_s(daemon.proc.pid)
-        took = run_workload(binary, daemon.cgroup, path, count, 16, rate)
+        took = run_workload(binary, daemon.cgroup, path, count, 16, rate, procs)
         # until the daemon has caught up: its CPU for these events, not its idle polls
         deadline = time.monotonic() + 30
         prev = -1.0
@@ -447,7 +461,8 @@ def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: 
         achieved = count / took
         if not lost:
             best = max(best, achieved)
-        print(f"  sustained {seconds:.0f} s at {rate:,} writes/s to {path}: achieved "
+        print(f"  sustained {seconds:.0f} s at {rate:,} writes/s to {path}"
+              f"{f' from {procs} processes' if procs > 1 else ''}: achieved "
               f"{achieved:,.0f}/s, "
               f"{events:,} events written, {lost:,} lost"
               f"{' (totals exact)' if lost and summary.get('totals_exact') else ''}; daemon CPU "

@@ -364,3 +364,23 @@ def test_records_to_rows_in_c_match_numpy_at_every_extreme(formatter):
     assert in_c["ret"][:6].tolist() == [-1, -1, -1, -1, 2**63 - 1, 0]
     ev["probe"][7] = 99
     assert not formatter.convert(ev, np.empty(n, OPS_DTYPE), None, None, conv._errno_kind)
+
+
+@pytest.mark.parametrize("files", [1, 3, 8, 9, 40])
+def test_interleaved_processes_get_their_own_files(files):
+    """Rows of several processes and descriptors interleaved (ranks writing at once): each
+    row is named by its own (pid, fd), whether the converter compares a few keys or sorts
+    many, and rows without a descriptor stay unnamed."""
+    n = 4000
+    rng = np.random.default_rng(files)
+    pid = 1000 + rng.integers(0, files, n)
+    fd = 3 + (pid % 2)
+    fd[::97] = -1
+    table = FdPaths(lambda p, f: f"/scratch/rank{p}/fd{f}")
+    conv = EventConverter(_probes(), table)
+    ops = np.zeros(n, OPS_DTYPE)
+    ops["pid"], ops["tid"], ops["fd"], ops["fd2"] = pid, pid, fd, -1
+    got = conv._paths(ops, {})
+    want = [None if f < 0 else f"/scratch/rank{p}/fd{f}" for p, f in zip(pid.tolist(),
+                                                                         fd.tolist())]
+    assert got == want

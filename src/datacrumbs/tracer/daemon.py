@@ -390,11 +390,14 @@ class EventConverter:
                 seg_fd = fd[start:row]
                 valid = np.flatnonzero(seg_fd >= 0)
                 if len(valid):
-                    keys = (pid[start:row][valid] << 32) | seg_fd[valid]
+                    if len(valid) == row - start:     # every row has a descriptor
+                        keys = (pid[start:row] << 32) | seg_fd
+                    else:
+                        keys = (pid[start:row][valid] << 32) | seg_fd[valid]
                     k0 = int(keys[0])
                     if (keys == k0).all():     # one file (the common run): no sort
                         out[start + valid] = self.fdpaths.lookup(k0 >> 32, k0 & 0xFFFFFFFF)
-                    else:
+                    elif not self._few_files(keys, start + valid, out):
                         uniq, inverse = np.unique(keys, return_inverse=True)
                         found = np.array([None] + [self.fdpaths.lookup(int(k) >> 32,
                                                                        int(k) & 0xFFFFFFFF)
@@ -404,6 +407,22 @@ class EventConverter:
                 self._paths_rows(ops, opened, row, row + 1, out, paths2, names)
             start = row + 1
         return out.tolist()
+
+    def _few_files(self, keys: np.ndarray, rows: np.ndarray, out: np.ndarray,
+                   most: int = 8) -> bool:
+        """Name ``rows`` by their (pid << 32 | fd) ``keys`` when they hold at most ``most``
+        distinct ones (several ranks writing their files, interleaved): a comparison per
+        key, no sort. False (nothing named) for more."""
+        done = np.zeros(len(keys), bool)
+        for _ in range(most):
+            first = int(np.argmin(done))        # the first row not named yet
+            if done[first]:
+                return True
+            k = int(keys[first])
+            same = keys == k
+            out[rows[same]] = self.fdpaths.lookup(k >> 32, k & 0xFFFFFFFF)
+            done |= same
+        return bool(done.all())
 
     def _one_file_run(self, ops: np.ndarray) -> list | None:
         """The paths of a batch of one (pid, fd) and no row that changes the fd table, the

@@ -384,3 +384,20 @@ def test_interleaved_processes_get_their_own_files(files):
     want = [None if f < 0 else f"/scratch/rank{p}/fd{f}" for p, f in zip(pid.tolist(),
                                                                          fd.tolist())]
     assert got == want
+
+
+def test_uniform_columns_in_c_match_numpy(formatter):
+    """dc_uniform's one pass says which columns hold one value exactly as numpy does,
+    also when only the last row differs, for every column it covers."""
+    rng = np.random.default_rng(5)
+    base = _edge_ops(1, rng)
+    for name in fastlines.UNIFORM_COLUMNS:
+        for n in (1, 2, 1000):
+            ops = np.repeat(base, n)
+            if n > 1:
+                ops[name][-1] = ops[name][0] + 1     # only the last row differs
+            want = {k: int(ops[k][0]) for k in fastlines.UNIFORM_COLUMNS
+                    if (ops[k] == ops[k][0]).all()}
+            assert formatter.uniform(ops) == want, (name, n)
+            assert (name in want) == (n == 1)
+    assert formatter.uniform(np.zeros(0, OPS_DTYPE)) is None

@@ -29,7 +29,7 @@ log = logging.getLogger("datacrumbs.trace")
 
 LIBRARY_NAME = "datacrumbs-lines.so"
 SOURCE_NAME = "lines.c"
-ABI = 2
+ABI = 3
 
 OP_CONST, OP_ID, OP_INT, OP_US, OP_TABLE, OP_RET = range(6)
 #: The longest text one number can add (a sign and 19 digits), and a microsecond value.
@@ -56,6 +56,13 @@ _OPS_FIELDS = {"op_ts": ("ts_ns", "<i8"), "op_dur": ("dur_ns", "<i8"), "op_pid":
                "op_size": ("size", "<i8"), "op_fd2": ("fd2", "<i8"),
                "op_flags": ("flags", "<i8"), "op_kind": ("kind", "i1"),
                "op_kind2": ("kind2", "i1")}
+
+
+#: dc_uniform's columns, in the order of its bits
+UNIFORM_COLUMNS = ("pid", "tid", "ret", "fd", "count", "offset", "size", "fd2", "flags",
+                   "probe", "errno", "kind", "kind2")
+#: the record layout dc_convert expects (only its row half matters to dc_uniform)
+_EV_DTYPE_OF_LAYOUT = np.dtype([(field, want) for field, want in _EV_FIELDS.values()])
 
 
 class _Layout(ctypes.Structure):
@@ -126,6 +133,9 @@ class LineFormatter:
                                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                   ctypes.c_void_p, ctypes.c_int64]
         self._layouts: dict = {}
+        self._uniform = lib.dc_uniform
+        self._uniform.restype = ctypes.c_uint64
+        self._uniform.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
 
     def format_into(self, program: "Program", n: int, first_id: int, buf: bytearray,
                     pos: int) -> int:
@@ -165,6 +175,19 @@ class LineFormatter:
         rc = self._convert(ev.ctypes.data, n, ops.ctypes.data, ctypes.byref(layout), ptrs[0],
                            ptrs[1], table.ctypes.data, len(table))
         return rc == 0
+
+    def uniform(self, ops: np.ndarray) -> dict | None:
+        """{column: its one value} of the UNIFORM_COLUMNS that hold a single value in
+        ``ops`` (one pass in C); None when this cannot tell (another layout)."""
+        from .writer import OPS_DTYPE      # the rows' own layout, whatever the records'
+
+        layout = self._layout(_EV_DTYPE_OF_LAYOUT, ops.dtype) if ops.dtype == OPS_DTYPE \
+            else None
+        if layout is None or ops.ndim != 1 or ops.strides != (ops.itemsize,) or not len(ops):
+            return None
+        bits = self._uniform(ops.ctypes.data, len(ops), ctypes.byref(layout))
+        row = ops[0]
+        return {name: int(row[name]) for k, name in enumerate(UNIFORM_COLUMNS) if bits >> k & 1}
 
     def _layout(self, ev_dtype: np.dtype, ops_dtype: np.dtype):
         """The C layout of these dtypes, or None if a field is missing or of another type."""

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define DC_LINES_ABI 2
+#define DC_LINES_ABI 3
 
 enum {
     OP_CONST = 0,   /* str[len] */
@@ -235,4 +235,32 @@ int64_t dc_convert(const char *ev, int64_t n, char *ops, const struct dc_layout 
         ST(int8_t, o, L->op_kind2, kinds2 ? kinds2[i] : 0);
     }
     return 0;
+}
+
+/* Which columns of the trace rows ``ops`` hold one value (bit k: column k of
+ * fastlines.UNIFORM_COLUMNS equals row 0's in every row), in one pass: the writer
+ * turns those into constant text and formats only the others per row. */
+uint64_t dc_uniform(const char *ops, int64_t n, const struct dc_layout *L)
+{
+    const int64_t off8[] = {L->op_pid, L->op_tid, L->op_ret, L->op_fd, L->op_count,
+                            L->op_offset, L->op_size, L->op_fd2, L->op_flags};
+    enum { N8 = sizeof off8 / sizeof off8[0] };
+    int64_t first8[N8];
+    uint64_t diff = 0;      /* bit k: column k differs somewhere */
+    if (n <= 0)
+        return 0;
+    for (int k = 0; k < N8; k++)
+        first8[k] = LD(int64_t, ops, off8[k]);
+    int32_t probe0 = LD(int32_t, ops, L->op_probe), errno0 = LD(int32_t, ops, L->op_errno);
+    int8_t kind0 = LD(int8_t, ops, L->op_kind), kind20 = LD(int8_t, ops, L->op_kind2);
+    for (int64_t i = 1; i < n; i++) {
+        const char *o = ops + i * L->op_stride;
+        for (int k = 0; k < N8; k++)
+            diff |= (uint64_t)(LD(int64_t, o, off8[k]) != first8[k]) << k;
+        diff |= (uint64_t)(LD(int32_t, o, L->op_probe) != probe0) << N8;
+        diff |= (uint64_t)(LD(int32_t, o, L->op_errno) != errno0) << (N8 + 1);
+        diff |= (uint64_t)(LD(int8_t, o, L->op_kind) != kind0) << (N8 + 2);
+        diff |= (uint64_t)(LD(int8_t, o, L->op_kind2) != kind20) << (N8 + 3);
+    }
+    return ~diff & ((1u << (N8 + 4)) - 1);
 }

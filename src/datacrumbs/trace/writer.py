@@ -446,6 +446,17 @@ class TraceWriter:
         n = len(ops)
         prog = Program()
         probe = ops["probe"]
+        # the columns that hold one value, in one pass (C); else a numpy pass per column
+        uniform = self.formatter.uniform(ops)
+
+        def one(key: str):
+            """The column's one value, or None when its rows differ."""
+            if uniform is not None:
+                return uniform.get(key)
+            col = ops[key]
+            v0 = int(col[0])
+            return v0 if (col == v0).all() else None
+
         fh_entries = fh_index = None
         if paths is not None:
             first_pid = int(ops["pid"][0])
@@ -458,7 +469,7 @@ class TraceWriter:
             if len(ids) > 1:
                 fh_index = np.fromiter(map(ids.__getitem__, paths), np.int32, n)
         p0 = int(probe[0])
-        one_probe = bool((probe == p0).all())
+        one_probe = one("probe") is not None
         probes = {p0} if one_probe else set(probe.tolist())
         fd2s = _NOTHING
         if any(0 <= p < len(self._probe_fd2) and self._probe_fd2[p] for p in probes):
@@ -475,9 +486,9 @@ class TraceWriter:
             prog.text(pfx[p0])
         else:
             prog.table(pfx, probe)
-        for key, col in (('"pid":', pid), (',"tid":', tid)):
-            v0 = int(col[0])
-            if (col == v0).all():
+        for key, name, col in (('"pid":', "pid", pid), (',"tid":', "tid", tid)):
+            v0 = one(name)
+            if v0 is not None:
                 prog.text(f"{key}{v0}")
             else:
                 prog.number(key, col)
@@ -497,21 +508,20 @@ class TraceWriter:
                 if fd2s is not _NOTHING:
                     prog.strings(fd2s)
                 continue
-            col = ops[key]
-            v0 = int(col[0])
-            if (col == v0).all():
+            v0 = one(key)
+            if v0 is not None:
                 prog.text(f',"{key}":{v0}' if v0 >= 0 else "")
             else:
-                prog.number(f',"{key}":', col, skip_neg=True)
+                prog.number(f',"{key}":', ops[key], skip_neg=True)
         has_ret = self._probe_ret
         errs = ops["errno"]
-        if errs.any() or not all(has_ret[p] for p in probes):
+        if one("errno") != 0 or not all(has_ret[p] for p in probes):
             mask = None if all(has_ret[p] for p in probes) else \
                 np.array(has_ret, np.uint8)[probe]
             prog.ret(ops["ret"], errs, mask)
         else:
-            r0 = int(ops["ret"][0])
-            if (ops["ret"] == r0).all():
+            r0 = one("ret")
+            if r0 is not None:
                 prog.text(f',"ret":{r0}')
             else:
                 prog.number(',"ret":', ops["ret"])
@@ -522,12 +532,12 @@ class TraceWriter:
             else:
                 prog.number(',"flags":', ops["flags"], mask=np.array(has_flags, np.uint8)[probe])
         kinds, kinds2 = ops["kind"], ops["kind2"]
-        if kinds.any() or kinds2.any():
-            k, k2 = int(kinds[0]), int(kinds2[0])
-            if (kinds == k).all() and (kinds2 == k2).all():
+        k, k2 = one("kind"), one("kind2")
+        if k is not None and k2 is not None:    # a run on one kind: one string (or none)
+            if k or k2:
                 prog.text(_FTYPE_ARG[k] + _FTYPE2_ARG[k2])
-            else:
-                prog.table(_FTYPE_PAIRS, kinds.astype(np.int32) * len(FD_KINDS) + kinds2)
+        else:
+            prog.table(_FTYPE_PAIRS, kinds.astype(np.int32) * len(FD_KINDS) + kinds2)
         if args is not None:
             prog.strings(["".join(f',{_json_str(str(k))}:{_json_str(str(v))}'
                                   for k, v in a.items()) if a else "" for a in args])

@@ -56,6 +56,7 @@ _POLL_MS = 100
 DRAIN_GAP_S = 0.05
 BATCH_EVENTS = 16384
 LOST_CHECK_S = 0.5
+RING_FILL_WAKE = 0.125
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
 # Signals whose default action ends the process, that a process can catch: each one
 # stops the daemon like SIGINT (drain, flush, summary, no ready file left behind).
@@ -711,7 +712,7 @@ class TraceRun:
             began = time.monotonic()
             self._drain_once(_POLL_MS)
             if 0 < self._last_batch < BATCH_EVENTS and ready_sent:
-                time.sleep(max(0.0, DRAIN_GAP_S - (time.monotonic() - began)))
+                self._pause(began + DRAIN_GAP_S)
             if not ready_sent:
                 on_ready()  # after attach and a completed poll: events flow
                 ready_sent = True
@@ -744,6 +745,15 @@ class TraceRun:
             log.warning("stopped draining after %.0f s: the job is still producing events",
                         STOP_DRAIN_SECONDS)
         return self._finish()
+
+    def _pause(self, until: float) -> None:
+        """Sleep until ``until`` (monotonic) between drains, in steps, ending early when
+        the ring buffer fills past RING_FILL_WAKE (a burst must not be lost to a pause)."""
+        fill = getattr(self.engine, "ring_fill", None)
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(left, 0.01))
+            if fill is not None and fill() >= RING_FILL_WAKE:
+                return
 
     def _scan_libraries(self, force: bool = False) -> None:
         """Attach the probed families to the libraries the job maps by now (see

@@ -1504,6 +1504,14 @@ class Engine:
         events["ts_ns"] += np.uint64(self._offset_ns)
         return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2)
 
+    def ring_fill(self) -> float:
+        """How full the event ring buffer is (0.0 to 1.0; 0.0 before attach or after
+        close): the daemon ends a pause between drains early when it fills."""
+        ring = self._events
+        if ring is None:
+            return 0.0
+        return (int(ring._prod[0]) - int(ring._cons[0])) / ring.size
+
     def _returns_fd(self, index: int) -> bool:
         """Is probe ``index``'s return value a new descriptor (the kernel names its file)?
         Probes may be added while tracing (library families), so asked, not cached."""

@@ -193,7 +193,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sustained-seconds", type=float, default=3.0)
-    parser.add_argument("--only", choices=("kernel", "sustained", "pipeline"),
+    parser.add_argument("--only", choices=("kernel", "sustained", "pipeline", "capacity"),
                         help="run only that part: kernel time per program run, the "
                              "sustained rate and daemon CPU per event, or the daemon's "
                              "per-event CPU stage by stage (no eBPF)")
@@ -221,6 +221,10 @@ def main() -> int:
         floor = build_floor(work)
         conf, probes = make_site(work / "site")
         env = dict(os.environ, DATACRUMBS_CONFIG=str(conf))
+        if args.only == "capacity":
+            for _ in range(args.repeat):
+                bench_capacity(binary, cgroup, conf)
+            return 0
         if args.only == "kernel":
             for _ in range(args.repeat):
                 bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
@@ -318,6 +322,7 @@ def main() -> int:
               f"traced; {summary['events_written']} events written, "
               f"{summary['events_lost']} lost")
         bench_drain(binary, cgroup, data_dir / "bench.dat", conf)
+        bench_capacity(binary, cgroup, conf)
         bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
         # 1000 uprobes through the daemon: start to ready, SIGINT to exit
         ready, stop = [], []
@@ -523,6 +528,55 @@ def bench_kernel_time(binary: Path, cgroup: Path, path: Path, conf: Path, floor)
     finally:
         BPF_STATS.write_text(previous)
     print(f"  kernel time per run (bpf_stats; includes its own clock reads): {line}")
+
+
+CAPACITY_EVENTS = 600_000
+
+
+def bench_capacity(binary: Path, cgroup: Path, conf: Path) -> None:
+    """The daemon's whole loop (TraceRun: drain, rows, summary, lines, gzip, write) on a
+    ring buffer filled beforehand with no reader: its CPU per event and so the events a
+    second one core of it turns into trace, apart from a workload competing for the CPU."""
+    from datetime import datetime, timezone
+
+    from datacrumbs.config import load_config
+    from datacrumbs.probes.catalog import load_catalog, select_probes
+    from datacrumbs.tracer.daemon import TraceRun
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+    from datacrumbs.users import lookup_user
+
+    cfg = load_config(conf)
+    write = [p for p in select_probes(load_catalog(cfg), ["posix"]) if p["target"] == "write"]
+    out = Path(tempfile.mkdtemp(prefix="datacrumbs-capacity-"))
+    dir_fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with Engine(write, Scope.for_cgroup(cgroup), bpf_object=cfg.bpf_object,
+                    ringbuf_bytes=128 << 20) as eng:
+            report = eng.attach()
+            run = TraceRun(eng, report, run_id="1", user=lookup_user("root"), host="bench",
+                           mode="trace", interval_ms=1000, capture_paths=True, dir_fd=dir_fd,
+                           start=datetime.now(timezone.utc))
+            run_workload(binary, cgroup, Path("/dev/null"), CAPACITY_EVENTS, 16)
+
+            class Drained:      # stop once the ring is empty
+                signal = None
+
+                @property
+                def requested(self):
+                    return eng.ring_fill() == 0.0
+
+            c0, t0 = time.thread_time(), time.monotonic()
+            run.loop(Drained(), lambda: None)
+            cpu, wall = time.thread_time() - c0, time.monotonic() - t0
+            lost = eng.lost()
+        events = run.summary_doc["events_written"]
+    finally:
+        os.close(dir_fd)
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"  daemon loop on a full ring: {events:,} events in {cpu:.2f} s of CPU ({wall:.2f} s), "
+          f"{cpu / max(events, 1) * 1e9:.0f} ns/event: {events / max(cpu, 1e-9):,.0f} events/s "
+          f"on one core, {lost} lost")
 
 
 def bench_drain(binary: Path, cgroup: Path, path: Path, conf: Path) -> None:

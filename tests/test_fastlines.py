@@ -401,3 +401,31 @@ def test_uniform_columns_in_c_match_numpy(formatter):
             assert formatter.uniform(ops) == want, (name, n)
             assert (name in want) == (n == 1)
     assert formatter.uniform(np.zeros(0, OPS_DTYPE)) is None
+
+
+def test_a_huge_drain_is_written_in_parts_that_keep_every_rows_names():
+    """A drain of more than CHUNK_EVENTS events (a ring full after a stall) is converted in
+    parts; each part keeps its rows' paths, names and kinds at the right rows."""
+    from datacrumbs.tracer.daemon import CHUNK_EVENTS, _parts
+    from datacrumbs.tracer.engine import EventBatch
+
+    n = 2 * CHUNK_EVENTS + 123
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["ts_ns"] = np.arange(n)
+    rows = [0, CHUNK_EVENTS - 1, CHUNK_EVENTS, 2 * CHUNK_EVENTS + 5, n - 1]
+    batch = EventBatch(events=ev, paths={r: f"/p{r}" for r in rows},
+                       names={r: [(3, f"/n{r}")] for r in rows},
+                       kinds=(np.arange(n) % 7).astype(np.uint8), kinds2=None)
+    parts = list(_parts(batch, CHUNK_EVENTS))
+    assert [len(p.events) for p in parts] == [CHUNK_EVENTS, CHUNK_EVENTS, 123]
+    start = 0
+    for part in parts:
+        for k, path in part.paths.items():
+            assert path == f"/p{start + k}" and part.names[k] == [(3, f"/n{start + k}")]
+            assert part.events["ts_ns"][k] == start + k
+        assert (part.kinds == (np.arange(start, start + len(part.events)) % 7)).all()
+        assert part.kinds2 is None
+        start += len(part.events)
+    assert sum(len(p.paths) for p in parts) == len(rows)
+    small = EventBatch(events=ev[:10])
+    assert list(_parts(small, CHUNK_EVENTS)) == [small]

@@ -56,6 +56,7 @@ _POLL_MS = 100
 DRAIN_GAP_S = 0.05
 BATCH_EVENTS = 16384
 LOST_CHECK_S = 0.5
+CHUNK_EVENTS = 32768      # a drain's events are converted and written this many at a time
 RING_FILL_WAKE = 0.125
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
 # Signals whose default action ends the process, that a process can catch: each one
@@ -491,6 +492,27 @@ def library_warning(lib: dict) -> str:
 
 # -- the run -----------------------------------------------------------------------------
 
+def _parts(batch, size: int):
+    """``batch`` in consecutive EventBatch parts of at most ``size`` events, row indexes
+    of their paths and names made relative to each part: after a stall the ring can hold
+    a million events, and rows, lines and their buffers for all of them at once would be
+    fresh memory (page faults cost more than formatting here) and out of every cache."""
+    n = len(batch.events)
+    if n <= size:
+        yield batch
+        return
+    from .engine import EventBatch
+
+    for a in range(0, n, size):
+        b = min(a + size, n)
+        yield EventBatch(
+            events=batch.events[a:b],
+            paths={k - a: v for k, v in batch.paths.items() if a <= k < b},
+            names={k - a: v for k, v in (batch.names or {}).items() if a <= k < b},
+            kinds=None if batch.kinds is None else batch.kinds[a:b],
+            kinds2=None if batch.kinds2 is None else batch.kinds2[a:b])
+
+
 class StopFlag:
     """Signal handler that asks the drain loop to finish (the loop drains first)."""
 
@@ -791,6 +813,13 @@ class TraceRun:
         self._last_batch = 0 if batch is None else len(batch.events)
         if batch is None or len(batch.events) == 0:
             return 0
+        newest = 0
+        for part in _parts(batch, CHUNK_EVENTS):
+            newest = max(newest, self._write_batch(part))
+        return newest
+
+    def _write_batch(self, batch) -> int:
+        """Convert, write and count one batch (at most CHUNK_EVENTS); its newest time."""
         ops, paths, paths2, args = self.converter.convert_rows(batch)
         from .engine import distinct  # imported late, like Engine in run_daemon
         pids = distinct(ops["pid"]).tolist()

@@ -429,3 +429,17 @@ def test_a_huge_drain_is_written_in_parts_that_keep_every_rows_names():
     assert sum(len(p.paths) for p in parts) == len(rows)
     small = EventBatch(events=ev[:10])
     assert list(_parts(small, CHUNK_EVENTS)) == [small]
+
+
+def test_a_link_to_a_library_in_a_directory_others_may_write_is_not_loaded(tmp_path, caplog):
+    """The checks follow a link to the file it leads to: a root-owned link beside the BPF
+    object cannot lend its directory's safety to a file in a directory anyone may write."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    target = fastlines.build_library(shared / "real.so")
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    (safe / fastlines.LIBRARY_NAME).symlink_to(target)
+    assert fastlines.load(safe / fastlines.LIBRARY_NAME) is None
+    assert "writable by others" in caplog.text

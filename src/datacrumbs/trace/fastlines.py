@@ -107,6 +107,7 @@ def _safe_to_load(path: Path) -> str | None:
     daemon's rights, so it and its directory must be the daemon's user's (or root's)
     and writable by no one else."""
     me = os.geteuid()
+    path = Path(os.path.realpath(path))     # the file a link leads to, and its directory
     for item in (path, path.parent):
         st = os.stat(item)
         if st.st_uid not in (0, me):
@@ -235,7 +236,7 @@ def load(path) -> LineFormatter | None:
             log.warning("not loading the trace line formatter %s: %s; formatting in Python",
                         path, why)
         else:
-            lib = ctypes.CDLL(str(path))
+            lib = ctypes.CDLL(os.path.realpath(path))
             lib.dc_lines_abi.restype = ctypes.c_int
             abi = lib.dc_lines_abi()
             if abi != ABI:

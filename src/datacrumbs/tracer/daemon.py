@@ -503,14 +503,16 @@ def _parts(batch, size: int):
         return
     from .engine import EventBatch
 
+    paths, names = getattr(batch, "paths", None) or {}, getattr(batch, "names", None) or {}
+    kinds, kinds2 = getattr(batch, "kinds", None), getattr(batch, "kinds2", None)
     for a in range(0, n, size):
         b = min(a + size, n)
         yield EventBatch(
             events=batch.events[a:b],
-            paths={k - a: v for k, v in batch.paths.items() if a <= k < b},
-            names={k - a: v for k, v in (batch.names or {}).items() if a <= k < b},
-            kinds=None if batch.kinds is None else batch.kinds[a:b],
-            kinds2=None if batch.kinds2 is None else batch.kinds2[a:b])
+            paths={k - a: v for k, v in paths.items() if a <= k < b},
+            names={k - a: v for k, v in names.items() if a <= k < b},
+            kinds=None if kinds is None else kinds[a:b],
+            kinds2=None if kinds2 is None else kinds2[a:b])
 
 
 class StopFlag:

@@ -567,7 +567,8 @@ class TraceWriter:
         blocks that point into it until their member is written."""
         need = prog.row_max * n
         if len(self._text) - self._text_used < need:
-            self._text = bytearray(max(need, _TEXT_BYTES))
+            # grown as members need it (each new page is a page fault), up to _TEXT_BYTES
+            self._text = bytearray(max(need, min(2 * len(self._text) or 1 << 18, _TEXT_BYTES)))
             self._text_used = 0
         pos = self._text_used
         used = self.formatter.format_into(prog, n, start, self._text, pos)

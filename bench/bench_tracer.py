@@ -195,8 +195,9 @@ def main() -> int:
     parser.add_argument("--sustained-seconds", type=float, default=3.0)
     parser.add_argument("--only", choices=("kernel", "sustained", "pipeline", "capacity"),
                         help="run only that part: kernel time per program run, the "
-                             "sustained rate and daemon CPU per event, or the daemon's "
-                             "per-event CPU stage by stage (no eBPF)")
+                             "sustained rate and daemon CPU per event, the daemon's "
+                             "per-event CPU stage by stage (no eBPF), or the daemon loop's "
+                             "CPU per event on a ring filled beforehand (its capacity)")
     parser.add_argument("--rates", default="300000,500000,750000,1000000",
                         help="writes per second the sustained test paces the workload to")
     parser.add_argument("--sustained-procs", type=int, default=1,

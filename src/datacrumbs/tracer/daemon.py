@@ -414,7 +414,7 @@ class EventConverter:
                    most: int = 8) -> bool:
         """Name ``rows`` by their (pid << 32 | fd) ``keys`` when they hold at most ``most``
         distinct ones (several ranks writing their files, interleaved): a comparison per
-        key, no sort. False (nothing named) for more."""
+        key, no sort. False for more (the caller's sort then names every row)."""
         done = np.zeros(len(keys), bool)
         for _ in range(most):
             first = int(np.argmin(done))        # the first row not named yet

@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path

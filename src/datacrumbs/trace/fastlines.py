@@ -243,9 +243,9 @@ def load(path) -> LineFormatter | None:
                             "`datacrumbs build-bpf`; formatting in Python", path, abi, ABI)
             else:
                 formatter = LineFormatter(lib, path)
-    except FileNotFoundError:
-        log.info("no trace line formatter at %s (`datacrumbs build-bpf` builds it); "
-                 "formatting in Python", path)
+    except FileNotFoundError:     # not built: the same trace, more CPU; no noise for users
+        log.debug("no trace line formatter at %s (`datacrumbs build-bpf` builds it); "
+                  "formatting in Python", path)
     except (OSError, AttributeError) as exc:
         log.warning("cannot load the trace line formatter %s (%s); formatting in Python",
                     path, exc)

@@ -278,11 +278,20 @@ def test_an_unsafe_or_foreign_library_is_not_loaded(tmp_path, caplog):
     assert w.events_written == 10
 
 
-def test_the_daemons_run_formats_with_the_library_beside_its_bpf_object(bpf_object, tmp_path):
+@pytest.mark.parametrize("built", [True, False])
+def test_the_daemons_run_formats_with_the_library_beside_its_bpf_object(bpf_object, tmp_path,
+                                                                         built):
     """TraceRun (the daemon's and `datacrumbs trace`'s loop) loads the formatter built
     beside the engine's BPF object, and its trace of a real workload reads back whole:
-    every write of the workload, with its file."""
+    every write of the workload, with its file; with no formatter there, the same trace
+    in Python."""
     from datetime import datetime, timezone
+
+    if not built:       # a BPF object with no formatter beside it
+        alone = tmp_path / "alone"
+        alone.mkdir()
+        shutil.copy(bpf_object, alone / bpf_object.name)
+        bpf_object = alone / bpf_object.name
 
     from datacrumbs.tracer.daemon import TraceRun
     from datacrumbs.users import lookup_user
@@ -321,8 +330,11 @@ def test_the_daemons_run_formats_with_the_library_beside_its_bpf_object(bpf_obje
             run = TraceRun(eng, report, run_id="79", user=lookup_user("root"), host="h",
                            mode="trace", interval_ms=1000, capture_paths=True, dir_fd=dir_fd,
                            start=datetime.now(timezone.utc))
-            assert run.writer.formatter is not None
-            assert run.writer.formatter.path == fastlines.library_path(bpf_object)
+            if built:
+                assert run.writer.formatter.path == fastlines.library_path(bpf_object)
+                assert run.converter.fast is run.writer.formatter
+            else:
+                assert run.writer.formatter is None and run.converter.fast is None
             run.loop(UntilExit(), go)
     finally:
         os.close(dir_fd)

@@ -249,13 +249,23 @@ class Daemon:
 
 
 def run_workload(binary: Path, cgroup: Path, path: Path, count: int, size: int,
-                 rate: int = 0) -> float:
+                 rate: int = 0, procs: int = 1) -> float:
+    """Seconds for ``count`` writes (``procs`` processes sharing count and rate: a file
+    target gets one file per process)."""
     def enter():
         (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
-    argv = [str(binary), str(path), str(count), str(size)] + ([str(rate)] if rate else [])
     t0 = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, preexec_fn=enter)
+    running = []
+    for k in range(procs):
+        target = path if procs == 1 or str(path) == "/dev/null" else f"{path}.{k}"
+        share = count // procs + (1 if k < count % procs else 0)
+        argv = [str(binary), str(target), str(share), str(size)] + \
+            ([str(max(rate // procs, 1))] if rate else [])
+        running.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, preexec_fn=enter))
+    for proc in running:
+        if proc.wait() != 0:
+            raise SystemExit(f"workload {proc.args} failed ({proc.returncode})")
     return time.monotonic() - t0
 
 
@@ -263,13 +273,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sustained-seconds", type=float, default=3.0)
-    parser.add_argument("--only", choices=("kernel", "helpers", "sustained", "pipeline"),
+    parser.add_argument("--only", choices=("kernel", "helpers", "sustained", "pipeline",
+                                           "capacity"),
                         help="run only that part: kernel time per program run, the cost of "
                              "each building block of the hot path (helpers), the "
-                             "sustained rate and daemon CPU per event, or the daemon's "
-                             "per-event CPU stage by stage (no eBPF)")
+                             "sustained rate and daemon CPU per event, the daemon's "
+                             "per-event CPU stage by stage (no eBPF), or the daemon loop's "
+                             "CPU per event on a ring filled beforehand (its capacity)")
     parser.add_argument("--rates", default="300000,500000,750000,1000000",
                         help="writes per second the sustained test paces the workload to")
+    parser.add_argument("--sustained-procs", type=int, default=1,
+                        help="workload processes the sustained test splits its rate over")
+    parser.add_argument("--sustained-target", choices=("file", "null"), default="file",
+                        help="what the sustained test's workload writes to: a file on tmpfs "
+                             "(default), or /dev/null, whose cheaper writes let one core make "
+                             "more than 1,000,000 traced calls a second")
     args = parser.parse_args()
     if args.only == "pipeline":
         bench_pipeline()
@@ -288,15 +306,20 @@ def main() -> int:
         env = dict(os.environ, DATACRUMBS_CONFIG=str(conf))
         if args.only == "helpers":
             bench_helpers(binary, cgroup, work, data_dir / "bench.dat", args.repeat)
+        elif args.only == "capacity":
+            for _ in range(args.repeat):
+                bench_capacity(binary, cgroup, conf)
             return 0
         if args.only == "kernel":
             for _ in range(args.repeat):
                 bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
             return 0
+        target = Path("/dev/null") if args.sustained_target == "null" else data_dir / "bench.dat"
         if args.only == "sustained":
-            bench_sustained(binary, data_dir / "bench.dat", probes["trace"], env,
+            bench_sustained(binary, target, probes["trace"], env,
                             work / "site" / "run", work / "site" / "traces" / "root",
-                            args.sustained_seconds, [int(r) for r in args.rates.split(",")])
+                            args.sustained_seconds, [int(r) for r in args.rates.split(",")],
+                            procs=args.sustained_procs)
             return 0
         run_dir = work / "site" / "run"
         traces = work / "site" / "traces" / "root"
@@ -365,9 +388,9 @@ def main() -> int:
             else:
                 line += f", trace {st['bytes_per_event'] * st['events']:.0f} bytes of counters"
             print(line)
-        bench_sustained(binary, data_dir / "bench.dat", probes["trace"], env, run_dir, traces,
+        bench_sustained(binary, target, probes["trace"], env, run_dir, traces,
                         args.sustained_seconds, [int(r) for r in args.rates.split(",")],
-                        run_id=run_id)
+                        run_id=run_id, procs=args.sustained_procs)
         run_id += 100
         # sustained: 300,000 writes/s, paced by the workload itself
         rate = 300_000
@@ -384,6 +407,7 @@ def main() -> int:
               f"traced; {summary['events_written']} events written, "
               f"{summary['events_lost']} lost")
         bench_drain(binary, cgroup, data_dir / "bench.dat", conf)
+        bench_capacity(binary, cgroup, conf)
         bench_kernel_time(binary, cgroup, data_dir / "bench.dat", conf, floor)
         # 1000 uprobes through the daemon: start to ready, SIGINT to exit
         ready, stop = [], []
@@ -409,17 +433,21 @@ def bench_pipeline(batch: int = 16384, reps: int = 10) -> None:
     """The daemon's per-event CPU after the ring buffer, stage by stage, on batches of
     write events as the engine delivers them (one process, one file, realistic times):
     conversion to trace rows (EventConverter), the summary, the JSON lines (TraceWriter)
-    and the gzip member with its write. Each stage's best of ``reps`` batches."""
+    and the gzip member with its write; each stage's best of ``reps`` batches, and the
+    whole chain timed at once (median of ``reps`` members). Lines by the compiled
+    formatter (built beside the BPF object) and, for comparison, by Python f-strings."""
     import numpy as np
     from datacrumbs.config import load_config
     from datacrumbs.probes.catalog import load_catalog, select_probes
+    from datacrumbs.trace import fastlines
     from datacrumbs.trace.writer import TraceWriter
     from datacrumbs.tracer.daemon import EventConverter
     from datacrumbs.tracer.engine import EVENT_DTYPE, EventBatch
     from datacrumbs.tracer.paths import FdPaths
     from datacrumbs.tracer.summary import SummaryBuilder
 
-    probes = select_probes(load_catalog(load_config()), ["posix"])
+    config = load_config()
+    probes = select_probes(load_catalog(config), ["posix"])
     rng = np.random.default_rng(1)
     ev = np.zeros(batch, EVENT_DTYPE)
     t0 = time.time_ns()
@@ -429,31 +457,60 @@ def bench_pipeline(batch: int = 16384, reps: int = 10) -> None:
     ev["probe"] = next(i for i, p in enumerate(probes) if p["target"] == "write")
     ev["fd"], ev["ret"], ev["count"], ev["bytes"] = 3, 16, 16, 16
     ev["offset"] = ev["fd2"] = -1
-    conv = EventConverter(probes, FdPaths(lambda pid, fd: "/dev/shm/bench.dat"))
-    summary = SummaryBuilder(probes)
-    best: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as d:
-        writer = TraceWriter(Path(d) / "t.pfw.gz", header={"host": "h", "ts": t0 // 1000},
-                             member_events=batch)
-        writer.set_probes(probes)
-        for _ in range(reps):
-            marks = [time.process_time()]
-            ops, paths, paths2 = conv.convert(EventBatch(events=ev.copy(), paths={}))
-            marks.append(time.process_time())
-            summary.add_ops(ops, paths, paths2)
-            marks.append(time.process_time())
-            writer.member_events = batch + 1        # format only; the flush is timed apart
-            writer.write_ops(ops, paths, paths2)
-            marks.append(time.process_time())
-            writer.flush()
-            marks.append(time.process_time())
-            for k, name in enumerate(("convert", "summary", "JSON lines", "gzip+write")):
-                took = (marks[k + 1] - marks[k]) / batch * 1e9
-                best[name] = min(best.get(name, took), took)
-        writer.close()
-    print("  daemon CPU per event after the ring (best of %d batches of %d): %s; total %.0f ns"
-          % (reps, batch, ", ".join(f"{k} {v:.0f} ns" for k, v in best.items()),
-             sum(best.values())))
+    kinds = np.ones(batch, np.uint8)        # a regular file, as the kernel reports it
+    kinds2 = np.zeros(batch, np.uint8)
+    library = os.environ.get("DATACRUMBS_BENCH_LINES") or fastlines.library_path(
+        os.environ.get("DATACRUMBS_BENCH_BPF_OBJECT", REPO / "build/bpf/datacrumbs.bpf.o"))
+    compiled = fastlines.load(library)
+    if compiled is None:
+        print(f"  (no compiled line formatter at {library}: `datacrumbs build-bpf` builds it)")
+    for label, lines in (("compiled", compiled), ("python", None)):
+        if label == "compiled" and compiled is None:
+            continue
+        conv = EventConverter(probes, FdPaths(lambda pid, fd: "/dev/shm/bench.dat"), fast=lines)
+        summary = SummaryBuilder(probes)
+        best: dict[str, float] = {}
+        whole = []
+        with tempfile.TemporaryDirectory() as d:
+            writer = TraceWriter(Path(d) / "t.pfw.gz", header={"host": "h", "ts": t0 // 1000},
+                                 member_events=batch, lines=lines)
+            writer.set_probes(probes)
+            for _ in range(reps):
+                records = EventBatch(events=ev.copy(), paths={}, kinds=kinds, kinds2=kinds2)
+                marks = [time.process_time()]
+                ops, paths, paths2 = conv.convert(records)
+                marks.append(time.process_time())
+                summary.add_ops(ops, paths, paths2)
+                marks.append(time.process_time())
+                writer.member_events = batch + 1        # format only; the flush is timed apart
+                writer.write_ops(ops, paths, paths2)
+                marks.append(time.process_time())
+                writer.flush()
+                marks.append(time.process_time())
+                # the compiled path compresses a member's lines as they are made: its
+                # "JSON lines" includes their gzip, "gzip+write" is the member's end
+                for k, name in enumerate(("convert", "summary", "JSON lines", "gzip+write")):
+                    took = (marks[k + 1] - marks[k]) / batch * 1e9
+                    best[name] = min(best.get(name, took), took)
+            writer.member_events = batch
+            for _ in range(reps):       # the whole chain at once, as the daemon runs it
+                events = [ev.copy() for _ in range(4)]
+                c0 = time.process_time()
+                for e in events:
+                    ops, paths, paths2 = conv.convert(EventBatch(events=e, paths={},
+                                                                 kinds=kinds, kinds2=kinds2))
+                    summary.add_ops(ops, paths, paths2)
+                    writer.write_ops(ops, paths, paths2)
+                whole.append((time.process_time() - c0) / (4 * batch) * 1e9)
+            writer.close()
+            size = (Path(d) / "t.pfw.gz").stat().st_size / max(writer.events_written, 1)
+        if label == "compiled":
+            best["JSON lines + gzip"] = best.pop("JSON lines")
+            best["end of member + write"] = best.pop("gzip+write")
+        print("  daemon CPU per event after the ring, %s lines (best of %d batches of %d): %s;"
+              " sum %.0f ns; whole chain %.0f ns (median), %.1f trace bytes/event"
+              % (label, reps, batch, ", ".join(f"{k} {v:.0f} ns" for k, v in best.items()),
+                 sum(best.values()), statistics.median(whole), size))
 
 
 def _cpu_s(pid: int) -> float:
@@ -463,7 +520,8 @@ def _cpu_s(pid: int) -> float:
 
 
 def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: Path,
-                    traces: Path, seconds: float, rates: list[int], run_id: int = 5000) -> None:
+                    traces: Path, seconds: float, rates: list[int], run_id: int = 5000,
+                    procs: int = 1) -> None:
     """The real daemon in trace mode under a workload paced at each rate for ``seconds``:
     the rate it sustained, what it lost, and the daemon's whole per-event CPU (drain,
     decode, conversion, summary, JSON, gzip, write: its process CPU time over the
@@ -474,7 +532,7 @@ def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: 
         daemon = Daemon(probes, str(run_id), env, run_dir)
         count = int(rate * seconds)
         cpu0 = _cpu_s(daemon.proc.pid)
-        took = run_workload(binary, daemon.cgroup, path, count, 16, rate)
+        took = run_workload(binary, daemon.cgroup, path, count, 16, rate, procs)
         # until the daemon has caught up: its CPU for these events, not its idle polls
         deadline = time.monotonic() + 30
         prev = -1.0
@@ -493,7 +551,9 @@ def bench_sustained(binary: Path, path: Path, probes: Path, env: dict, run_dir: 
         achieved = count / took
         if not lost:
             best = max(best, achieved)
-        print(f"  sustained {seconds:.0f} s at {rate:,} writes/s: achieved {achieved:,.0f}/s, "
+        print(f"  sustained {seconds:.0f} s at {rate:,} writes/s to {path}"
+              f"{f' from {procs} processes' if procs > 1 else ''}: achieved "
+              f"{achieved:,.0f}/s, "
               f"{events:,} events written, {lost:,} lost"
               f"{' (totals exact)' if lost and summary.get('totals_exact') else ''}; daemon CPU "
               f"{(cpu1 - cpu0) / max(events, 1) * 1e9:.0f} ns/event written "
@@ -595,6 +655,55 @@ def per_traced_call_ns(idle, before, after, calls: int) -> float:
     per_other = other_ns / other_runs if other_runs else 0.0
     runs, ns = after[0] - before[0], after[1] - before[1]
     return (ns - max(runs - calls, 0) * per_other) / calls
+
+
+CAPACITY_EVENTS = 600_000
+
+
+def bench_capacity(binary: Path, cgroup: Path, conf: Path) -> None:
+    """The daemon's whole loop (TraceRun: drain, rows, summary, lines, gzip, write) on a
+    ring buffer filled beforehand with no reader: its CPU per event and so the events a
+    second one core of it turns into trace, apart from a workload competing for the CPU."""
+    from datetime import datetime, timezone
+
+    from datacrumbs.config import load_config
+    from datacrumbs.probes.catalog import load_catalog, select_probes
+    from datacrumbs.tracer.daemon import TraceRun
+    from datacrumbs.tracer.engine import Engine
+    from datacrumbs.tracer.scope import Scope
+    from datacrumbs.users import lookup_user
+
+    cfg = load_config(conf)
+    write = [p for p in select_probes(load_catalog(cfg), ["posix"]) if p["target"] == "write"]
+    out = Path(tempfile.mkdtemp(prefix="datacrumbs-capacity-"))
+    dir_fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with Engine(write, Scope.for_cgroup(cgroup), bpf_object=cfg.bpf_object,
+                    ringbuf_bytes=128 << 20) as eng:
+            report = eng.attach()
+            run = TraceRun(eng, report, run_id="1", user=lookup_user("root"), host="bench",
+                           mode="trace", interval_ms=1000, capture_paths=True, dir_fd=dir_fd,
+                           start=datetime.now(timezone.utc))
+            run_workload(binary, cgroup, Path("/dev/null"), CAPACITY_EVENTS, 16)
+
+            class Drained:      # stop once the ring is empty
+                signal = None
+
+                @property
+                def requested(self):
+                    return eng.ring_fill() == 0.0
+
+            c0, t0 = time.thread_time(), time.monotonic()
+            run.loop(Drained(), lambda: None)
+            cpu, wall = time.thread_time() - c0, time.monotonic() - t0
+            lost = eng.lost()
+        events = run.summary_doc["events_written"]
+    finally:
+        os.close(dir_fd)
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"  daemon loop on a full ring: {events:,} events in {cpu:.2f} s of CPU ({wall:.2f} s), "
+          f"{cpu / max(events, 1) * 1e9:.0f} ns/event: {events / max(cpu, 1e-9):,.0f} events/s "
+          f"on one core, {lost} lost")
 
 
 def bench_drain(binary: Path, cgroup: Path, path: Path, conf: Path) -> None:

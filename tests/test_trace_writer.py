@@ -32,6 +32,22 @@ HEADER = {"version": "0.1.0", "job": "1234", "user": "alice", "host": "node1", "
           "clock": "realtime-us", "ts": T0}
 
 
+@pytest.fixture(scope="module")
+def compiled_lines(tmp_path_factory):
+    from datacrumbs.trace import fastlines
+    out = tmp_path_factory.mktemp("lines") / fastlines.LIBRARY_NAME
+    return fastlines.load(fastlines.build_library(out))
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def formatting(request, monkeypatch, compiled_lines):
+    """Every writer test twice: lines by Python f-strings, and by the compiled formatter
+    the daemon uses (members of blocks, the cap, disk full, ... behave the same)."""
+    if request.param == "compiled":
+        monkeypatch.setitem(TraceWriter.__init__.__kwdefaults__, "lines", compiled_lines)
+    return request.param
+
+
 def make_ops(n, *, probe=0, fd=3, count=4096, size=4096, ret=4096, pid=4242, errno=0):
     ops = np.zeros(n, OPS_DTYPE)
     ops["ts_ns"] = (T0 + np.arange(n) * 10) * 1000

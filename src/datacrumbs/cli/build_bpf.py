@@ -1,7 +1,8 @@
 """Compile datacrumbs' BPF object for this kernel (run once by the installer).
 
 Generates vmlinux.h from /sys/kernel/btf/vmlinux with bpftool and compiles
-the generic CO-RE programs with clang into the site's bpf_object path.
+the generic CO-RE programs with clang into the site's bpf_object path, and
+beside it the daemon's compiled trace line formatter (datacrumbs-lines.so).
 
 examples:
   datacrumbs build-bpf
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import load_config
+from ..trace.fastlines import build_library, library_path
 from ..tracer.build import build_bpf_object
 
 HELP = "compile the BPF object for this kernel (installer step)"
@@ -27,4 +29,5 @@ def main(args) -> int:
     out = args.output or load_config().bpf_object
     path = build_bpf_object(out)
     print(f"built {path}")
+    print(f"built {build_library(library_path(path))}")
     return 0

@@ -235,6 +235,7 @@ def install(prefix: Path, *, build_bpf: bool = True, python: str | None = None) 
 
 
 def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
+    from ..trace.fastlines import build_library, library_path
     from ..tracer import build  # H3: compiles vmlinux.h + the CO-RE object
 
     dest = inst.prefix / "lib/datacrumbs/datacrumbs.bpf.o"
@@ -242,6 +243,9 @@ def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
     build.build_bpf_object(dest)
     inst.entries[dest] = ("f", _sha(dest.read_bytes()))
     inst.report.installed.append(dest)
+    lines = build_library(library_path(dest))   # the daemon's line formatter, beside it
+    inst.entries[lines] = ("f", _sha(lines.read_bytes()))
+    inst.report.installed.append(lines)
     if cfg.bpf_object != dest:
         inst.report.kept.append(f"note: bpf_object in the config is {cfg.bpf_object}, not {dest}")
 

@@ -27,6 +27,7 @@ from ..atomicfile import atomic_write
 from ..config import SiteConfig, load_config
 from ..errors import ConfigError, DatacrumbsError
 from ..jobid import validate_run_id
+from ..trace import fastlines
 from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .handles import HandleNames
@@ -46,6 +47,18 @@ STOP_DRAIN_SECONDS = 30.0
 LIBRARY_SCAN_S = 0.25
 LIBRARY_SCAN_DUTY = 20
 _POLL_MS = 100
+# A drain costs the daemon about 0.1-0.2 ms whatever its size (poll, numpy and Python
+# calls per batch): draining every event as soon as it is there would make batches of a
+# few hundred events at high rates and double the CPU per event. So a batch smaller than
+# BATCH_EVENTS is followed by a pause that spaces drains DRAIN_GAP_S apart (the poll
+# timeout is 100 ms anyway): a burst of 2,000,000 events/s during a pause fills half of
+# the 190,000 events the default 16 MiB ring holds; at a steady high rate batches reach
+# BATCH_EVENTS and drains follow each other without a pause.
+DRAIN_GAP_S = 0.05
+BATCH_EVENTS = 16384
+LOST_CHECK_S = 0.5
+CHUNK_EVENTS = 32768      # a drain's events are converted and written this many at a time
+RING_FILL_WAKE = 0.125
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9_-]")
 # Signals whose default action ends the process, that a process can catch: each one
 # stops the daemon like SIGINT (drain, flush, summary, no ready file left behind).
@@ -242,6 +255,8 @@ class EventConverter:
     # MPI-IO and HDF5: files by handle, MPI bytes by datatype (``library_of`` resolves a
     # probe's library for the MPI ABI; None: as the engine does)
     library_of: object = None
+    # the compiled library (trace/fastlines.py) for the columns in one pass; None: numpy
+    fast: object = None
     handles: HandleNames = field(init=False)
     _errno_kind: np.ndarray = field(init=False)
     _close: set = field(init=False)
@@ -272,6 +287,7 @@ class EventConverter:
         self._async = np.array([p.get("kind") == "async" for p in self.probes] or [False])
         self._usdt = np.array([p.get("kind") == "usdt" for p in self.probes] or [False])
         self._kargs = KernelArgs(self.probes)      # kernel layers: inode, device, async
+        self._any_async = bool(self._async.any())
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
         self._dup = {i for i, p in enumerate(self.probes) if probe_name(p) in DUP_OPS}
@@ -295,25 +311,11 @@ class EventConverter:
         ev = batch.events
         n = len(ev)
         ops = np.empty(n, OPS_DTYPE)
-        ops["ts_ns"] = ev["ts_ns"]      # nanoseconds all the way to the trace's text
-        ops["dur_ns"] = ev["dur_ns"]
-        ops["pid"] = ev["pid"]
-        ops["tid"] = ev["tid"]
-        ops["probe"] = ev["probe"]
-        ret = ev["ret"].astype(np.int64)
-        failed = ret < 0
-        kernel_errno = failed & self._errno_kind[ev["probe"]]
-        ops["errno"] = np.where(kernel_errno, np.minimum(-ret, 4095), 0)
-        ops["ret"] = np.where(failed, -1, ret)
-        ops["fd"] = ev["fd"]
-        ops["count"] = np.where(ev["count"] > 0, ev["count"], -1)
-        ops["offset"] = ev["offset"]
-        ops["size"] = ev["bytes"]
-        ops["fd2"] = ev["fd2"]
-        ops["flags"] = ev["flags"]
         kinds, kinds2 = getattr(batch, "kinds", None), getattr(batch, "kinds2", None)
-        ops["kind"] = 0 if kinds is None else kinds
-        ops["kind2"] = 0 if kinds2 is None else kinds2
+        # one pass in C when the compiled library is there (the same columns: the tests
+        # compare them), else a numpy pass per column
+        if self.fast is None or not self.fast.convert(ev, ops, kinds, kinds2, self._errno_kind):
+            self._columns(ev, ops, kinds, kinds2)
         if self.handles.active:
             self.handles.set_bytes(ops, ev["flags"])
         usdt_args = self._usdt_rows(batch, ops) if self._usdt.any() else None
@@ -327,7 +329,8 @@ class EventConverter:
         # an io_uring fixed file's fd is an index into the ring's file table, not a
         # descriptor: the process's fd table must not name it
         fixed = np.flatnonzero(self._async[ev["probe"]]
-                               & ((ev["flags"] & np.uint32(ASYNC_FIXED_FILE)) != 0))
+                               & ((ev["flags"] & np.uint32(ASYNC_FIXED_FILE)) != 0)) \
+            if self._any_async else ()
         if len(fixed):
             index = ops["fd"][fixed].copy()
             ops["fd"][fixed] = -1
@@ -363,6 +366,31 @@ class EventConverter:
         ops["flags"][rows] = 0
         return out
 
+    def _columns(self, ev: np.ndarray, ops: np.ndarray, kinds, kinds2) -> None:
+        """The trace rows' columns from the records, a numpy pass per column."""
+        ops["ts_ns"] = ev["ts_ns"]      # nanoseconds all the way to the trace's text
+        ops["dur_ns"] = ev["dur_ns"]
+        ops["pid"] = ev["pid"]
+        ops["tid"] = ev["tid"]
+        ops["probe"] = ev["probe"]
+        failed = ev["ret"] < 0
+        if failed.any():
+            ret = ev["ret"].astype(np.int64)
+            kernel_errno = failed & self._errno_kind[ev["probe"]]
+            ops["errno"] = np.where(kernel_errno, np.minimum(-ret, 4095), 0)
+            ops["ret"] = np.where(failed, -1, ret)
+        else:       # the common batch: no call failed
+            ops["errno"] = 0
+            ops["ret"] = ev["ret"]
+        ops["fd"] = ev["fd"]
+        ops["count"] = np.where(ev["count"] > 0, ev["count"], -1)
+        ops["offset"] = ev["offset"]
+        ops["size"] = ev["bytes"]
+        ops["fd2"] = ev["fd2"]
+        ops["flags"] = ev["flags"]
+        ops["kind"] = 0 if kinds is None else kinds
+        ops["kind2"] = 0 if kinds2 is None else kinds2
+
     def _paths(self, ops: np.ndarray, opened: dict, two=(), paths2: list | None = None,
                names: dict | None = None) -> list:
         """Path of each row. Between opens and closes the fd table cannot change, so long
@@ -372,9 +400,18 @@ class EventConverter:
         (``names[i]``: [(fd, name)]), which set the table from there on."""
         n = len(ops)
         names = names or {}
-        closing = np.flatnonzero(np.isin(ops["probe"], self._close_ids)).tolist()
+        probe = ops["probe"]
+        p0 = int(probe[0]) if n else -1
+        if n and (probe == p0).all():   # one probe (a run of reads or writes): no isin
+            closing = list(range(n)) if p0 in self._close_ids else []
+        else:
+            closing = np.flatnonzero(np.isin(probe, self._close_ids)).tolist()
         special = sorted(set(opened).union(closing).union(np.asarray(two).tolist())
                          .union(names))
+        if not special and n:
+            run = self._one_file_run(ops)
+            if run is not None:
+                return run
         if len(special) * 32 > n:
             return self._paths_rows(ops, opened, 0, n, [None] * n, paths2, names)
         out = np.full(n, None, dtype=object)
@@ -385,11 +422,14 @@ class EventConverter:
                 seg_fd = fd[start:row]
                 valid = np.flatnonzero(seg_fd >= 0)
                 if len(valid):
-                    keys = (pid[start:row][valid] << 32) | seg_fd[valid]
+                    if len(valid) == row - start:     # every row has a descriptor
+                        keys = (pid[start:row] << 32) | seg_fd
+                    else:
+                        keys = (pid[start:row][valid] << 32) | seg_fd[valid]
                     k0 = int(keys[0])
                     if (keys == k0).all():     # one file (the common run): no sort
                         out[start + valid] = self.fdpaths.lookup(k0 >> 32, k0 & 0xFFFFFFFF)
-                    else:
+                    elif not self._few_files(keys, start + valid, out):
                         uniq, inverse = np.unique(keys, return_inverse=True)
                         found = np.array([None] + [self.fdpaths.lookup(int(k) >> 32,
                                                                        int(k) & 0xFFFFFFFF)
@@ -399,6 +439,31 @@ class EventConverter:
                 self._paths_rows(ops, opened, row, row + 1, out, paths2, names)
             start = row + 1
         return out.tolist()
+
+    def _few_files(self, keys: np.ndarray, rows: np.ndarray, out: np.ndarray,
+                   most: int = 8) -> bool:
+        """Name ``rows`` by their (pid << 32 | fd) ``keys`` when they hold at most ``most``
+        distinct ones (several ranks writing their files, interleaved): a comparison per
+        key, no sort. False for more (the caller's sort then names every row)."""
+        done = np.zeros(len(keys), bool)
+        for _ in range(most):
+            first = int(np.argmin(done))        # the first row not named yet
+            if done[first]:
+                return True
+            k = int(keys[first])
+            same = keys == k
+            out[rows[same]] = self.fdpaths.lookup(k >> 32, k & 0xFFFFFFFF)
+            done |= same
+        return bool(done.all())
+
+    def _one_file_run(self, ops: np.ndarray) -> list | None:
+        """The paths of a batch of one (pid, fd) and no row that changes the fd table, the
+        common run of reads or writes, as one list repeat; None for any other batch."""
+        pid, fd = ops["pid"], ops["fd"]
+        pid0, fd0 = int(pid[0]), int(fd[0])
+        if fd0 < 0 or not ((fd == fd0).all() and (pid == pid0).all()):
+            return None
+        return [self.fdpaths.lookup(pid0, fd0)] * len(ops)
 
     def _paths_rows(self, ops: np.ndarray, opened: dict, begin: int, end: int, out,
                     paths2: list | None = None, names: dict | None = None):
@@ -456,6 +521,29 @@ def library_warning(lib: dict) -> str:
 
 
 # -- the run -----------------------------------------------------------------------------
+
+def _parts(batch, size: int):
+    """``batch`` in consecutive EventBatch parts of at most ``size`` events, row indexes
+    of their paths and names made relative to each part: after a stall the ring can hold
+    a million events, and rows, lines and their buffers for all of them at once would be
+    fresh memory (page faults cost more than formatting here) and out of every cache."""
+    n = len(batch.events)
+    if n <= size:
+        yield batch
+        return
+    from .engine import EventBatch
+
+    paths, names = getattr(batch, "paths", None) or {}, getattr(batch, "names", None) or {}
+    kinds, kinds2 = getattr(batch, "kinds", None), getattr(batch, "kinds2", None)
+    for a in range(0, n, size):
+        b = min(a + size, n)
+        yield EventBatch(
+            events=batch.events[a:b],
+            paths={k - a: v for k, v in paths.items() if a <= k < b},
+            names={k - a: v for k, v in names.items() if a <= k < b},
+            kinds=None if kinds is None else kinds[a:b],
+            kinds2=None if kinds2 is None else kinds2[a:b])
+
 
 class StopFlag:
     """Signal handler that asks the drain loop to finish (the loop drains first)."""
@@ -636,10 +724,15 @@ class TraceRun:
         self._cap_logged = False
         self.stop_signal: str | None = None
 
+        # the compiled line formatter, built beside the BPF object (else Python f-strings)
+        bpf_object = getattr(engine, "bpf_object", None)
+        lines = fastlines.load(fastlines.library_path(bpf_object)) if bpf_object else None
+
         def make(name):
             return TraceWriter(name, header=header, owner_uid=user.uid,
                                owner_gid=access.group(user), mode=access.file_mode,
-                               dir_fd=dir_fd, flush_interval=flush_interval, max_bytes=max_bytes)
+                               dir_fd=dir_fd, flush_interval=flush_interval, max_bytes=max_bytes,
+                               lines=lines)
 
         self.writer, self.trace_name, self.summary_name = claim_trace_name(dir_fd, stem, make)
         self.writer.set_probes(probes)
@@ -651,15 +744,17 @@ class TraceRun:
             raise
         self.summary = SummaryBuilder(probes)
         self.converter = EventConverter(probes, FdPaths(engine.resolve_fd),
-                                        capture_paths=capture_paths)
+                                        capture_paths=capture_paths, fast=lines)
         self.library_scan_s = library_scan_s
         self._next_library_scan = 0.0
         self._prev_profile: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._prev_unsent: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._drain_cut = False
+        self._last_batch = 0            # events of the last drain
         self._last_lost = 0
         self._last_names_lost = 0
         self._last_lost_log = 0.0
+        self._last_lost_check = 0.0
 
     def loop(self, stop, on_ready) -> int:
         try:
@@ -676,8 +771,11 @@ class TraceRun:
         next_sample = time.monotonic() + self.interval_s
         while not stop.requested:
             self._scan_libraries()
+            began = time.monotonic()
             # the first poll does not wait: the job waits for the ready file
             self._drain_once(_POLL_MS if ready_sent else 0)
+            if 0 < self._last_batch < BATCH_EVENTS and ready_sent:
+                self._pause(began + DRAIN_GAP_S)
             if not ready_sent:
                 on_ready()  # after attach and a completed poll: events flow
                 ready_sent = True
@@ -692,6 +790,7 @@ class TraceRun:
             self.writer.tick()
             self._check_cap()
             self._check_lost()
+        self._check_lost(force=True)
         if isinstance(stop.signal, int):  # the summary says which signal ended the run
             self.stop_signal = stop.name
         log.info("stop requested (%s): draining", getattr(stop, "name", None) or stop.signal)
@@ -709,6 +808,15 @@ class TraceRun:
             log.warning("stopped draining after %.0f s: the job is still producing events",
                         STOP_DRAIN_SECONDS)
         return self._finish()
+
+    def _pause(self, until: float) -> None:
+        """Sleep until ``until`` (monotonic) between drains, in steps, ending early when
+        the ring buffer fills past RING_FILL_WAKE (a burst must not be lost to a pause)."""
+        fill = getattr(self.engine, "ring_fill", None)
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(left, 0.01))
+            if fill is not None and fill() >= RING_FILL_WAKE:
+                return
 
     def _scan_libraries(self, force: bool = False) -> None:
         """Attach the probed families to the libraries the job maps by now (see
@@ -749,8 +857,16 @@ class TraceRun:
         """Poll, convert and write one batch; the latest event time (ns) or 0 if none."""
         batch = self.engine.poll(timeout_ms)
         self._sync_probes()
+        self._last_batch = 0 if batch is None else len(batch.events)
         if batch is None or len(batch.events) == 0:
             return 0
+        newest = 0
+        for part in _parts(batch, CHUNK_EVENTS):
+            newest = max(newest, self._write_batch(part))
+        return newest
+
+    def _write_batch(self, batch) -> int:
+        """Convert, write and count one batch (at most CHUNK_EVENTS); its newest time."""
         ops, paths, paths2, args = self.converter.convert_rows(batch)
         from .engine import distinct  # imported late, like Engine in run_daemon
         pids = distinct(ops["pid"]).tolist()
@@ -796,10 +912,15 @@ class TraceRun:
             self.writer.write_unsent(out)
             self.summary.add_unsent(out)
 
-    def _check_lost(self) -> None:
-        """Warn (at most every 10 s) while events or file names are being lost."""
-        lost, names_lost = self.engine.lost(), self.engine.names_lost()
+    def _check_lost(self, force: bool = False) -> None:
+        """Warn (at most every 10 s) while events or file names are being lost. The
+        kernel's counters are read every LOST_CHECK_S (or when ``force``): reading them
+        (per-CPU maps) costs as much as formatting a few hundred events."""
         now = time.monotonic()
+        if not force and now - self._last_lost_check < LOST_CHECK_S:
+            return
+        self._last_lost_check = now
+        lost, names_lost = self.engine.lost(), self.engine.names_lost()
         if (lost > self._last_lost or names_lost > self._last_names_lost) \
                 and now - self._last_lost_log >= 10:
             if lost > self._last_lost:

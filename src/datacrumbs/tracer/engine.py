@@ -544,19 +544,24 @@ class _Ring:
         if n <= 0:
             return np.empty(0, self.dtype)
         start = self.page + (cons & self.mask)
-        hdr = np.ndarray((n,), "<u4", buffer=self._prod_map, offset=start, strides=(self.stride,))
+        # The headers are read first (a record is committed when the kernel clears its
+        # BUSY bit, after writing it), then the committed records are copied in one
+        # sequential memcpy, and every later pass works on the copies: strided passes
+        # over the shared pages each paid the cross-CPU cache misses again.
+        hdr = np.ndarray((n,), "<u4", buffer=self._prod_map, offset=start,
+                         strides=(self.stride,)).copy()
         busy = (hdr & _RB_BUSY) != 0
         if busy.any():
             n = int(np.argmax(busy))
             hdr = hdr[:n]
         if n == 0:
             return np.empty(0, self.dtype)
+        raw = np.frombuffer(self._prod_map, np.uint8, count=n * self.stride, offset=start).copy()
         lengths = hdr & ~np.uint32(_RB_BUSY | _RB_DISCARD)
         if (lengths != self.dtype.itemsize).any():
             raise EngineError("the BPF ring buffer holds records of an unexpected size: the BPF "
                               "object does not match this datacrumbs; run `datacrumbs build-bpf`")
-        recs = np.ndarray((n,), self.dtype, buffer=self._prod_map, offset=start + 8,
-                          strides=(self.stride,)).copy()
+        recs = np.ndarray((n,), self.dtype, buffer=raw, offset=8, strides=(self.stride,))
         keep = (hdr & _RB_DISCARD) == 0
         self._cons[0] = cons + n * self.stride
         return recs if keep.all() else recs[keep]
@@ -1705,6 +1710,14 @@ class Engine:
         events["ts_ns"] += np.uint64(self._offset_ns)
         return EventBatch(events=events, paths=matched, names=names, kinds=kinds, kinds2=kinds2,
                           strings=strings)
+
+    def ring_fill(self) -> float:
+        """How full the event ring buffer is (0.0 to 1.0; 0.0 before attach or after
+        close): the daemon ends a pause between drains early when it fills."""
+        ring = self._events
+        if ring is None:
+            return 0.0
+        return (int(ring._prod[0]) - int(ring._cons[0])) / ring.size
 
     def _returns_fd(self, index: int) -> bool:
         """Is probe ``index``'s return value a new descriptor (the kernel names its file)?

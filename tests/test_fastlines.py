@@ -192,7 +192,7 @@ def _edge_ops(n: int, rng) -> np.ndarray:
 def test_every_column_edge_case_is_formatted_identically(tmp_path, formatter):
     """Negative, zero and 64-bit extreme values in every column, errors, rows without a
     return value (tracepoints), second descriptors with and without a name, flags, every
-    descriptor kind, HDF5 extra args, paths with quotes, newlines, non-UTF-8 bytes and
+    descriptor kind, extra args (HDF5 names, USDT and kernel numbers), paths with quotes, newlines, non-UTF-8 bytes and
     None, many processes and threads, batches split across members: identical bytes."""
     rng = np.random.default_rng(7)
     py, c = _writers(tmp_path, _probes(), formatter, member_events=500)
@@ -202,8 +202,12 @@ def test_every_column_edge_case_is_formatted_identically(tmp_path, formatter):
         paths = [names[i] for i in rng.integers(0, len(names), size)]
         paths2 = [names[i] if ops["fd2"][k] >= 0 else None
                   for k, i in enumerate(rng.integers(0, len(names), size))]
-        args = [{"dataset": f"/grid/t{k % 3}", "é": "x\"y"} if k % 4 == 0 else None
-                for k in range(size)]
+        # HDF5 object names (text), USDT arguments and kernel-layer inodes (numbers),
+        # one dict shared by several rows as the kernel layer's are
+        shared = {"ino": 1 << 40, "dev": "7:2", "async": 1}
+        args = [{"dataset": f"/grid/t{k % 3}", "é": "x\"y"} if k % 4 == 0 else
+                {"provider": "myprov", "arg0": -(1 << 63), "arg1": k, "arg2_str": "a\"b"}
+                if k % 4 == 1 else shared if k % 4 == 2 else None for k in range(size)]
         for wr in (py, c):
             wr.write_ops(ops, paths, paths2, args)
             wr.write_ops(ops, None, None, None)

@@ -257,16 +257,33 @@ class Detail:
             kidx = {}
             op = [kidx.setdefault(k, len(kidx)) for k in keys]
         op = np.array(op, np.int64)
-        names = keys                        # names[i][1]: the operation of row i
-        okeys = list(kidx)
+        fmap: dict = {None: 0}
+        fi = np.array([fmap.setdefault(k, len(fmap)) for k in fks], np.int64)
+        tid = np.nan_to_num(_arr([r.get("tid") for r in rows]), nan=-1).astype(np.int64)
+        cnt = _arr([a.get("count", -1) for a in args])
+        tmap: dict = {}
+        ft = np.array([tmap.setdefault(t, len(tmap)) if t.__class__ is str else -1
+                       for t in (a.get("ftype") for a in args)], np.int64)
+        self.add_columns(source, op, list(kidx), fi, list(fmap), ts, dur, size, pid, tid, cnt,
+                         ft, list(tmap), lambda i, k: args[i].get(k),
+                         lambda idx: _arr([args[i].get("offset", -1) for i in idx.tolist()]))
+
+    def add_columns(self, source: str, op: np.ndarray, okeys: list, fi: np.ndarray, flist: list,
+                    ts: np.ndarray, dur: np.ndarray, size: np.ndarray, pid: np.ndarray,
+                    tid: np.ndarray, cnt: np.ndarray, ft: np.ndarray, ftlist: list, arg,
+                    offsets) -> None:
+        """One chunk as columns (report/columnar.py builds them without a dict per event):
+        ``op`` indexes ``okeys`` ((cat, name) strings), ``fi`` indexes ``flist`` (its first
+        entry None: no file), ``ft`` indexes ``ftlist`` (-1: no ftype), ``tid``/``cnt`` as
+        _arr gives them; ``arg(i, key)`` is row i's arg as its dict holds it (only asked of
+        opens, seeks and copies) and ``offsets(rows)`` those rows' offsets as _arr gives."""
+        n = len(op)
+        if not n:
+            return
         ocls = np.array([op_class(nm) for _, nm in okeys], np.int64)
         olay = np.array([LAYERS.get(c.upper(), OTHER_LAYER) for c, _ in okeys], np.int64)
         cls, layer = ocls[op], olay[op]
-        fmap: dict = {None: 0}
-        fi = np.array([fmap.setdefault(k, len(fmap)) for k in fks], np.int64)
-        flist = list(fmap)
         pid = pid.astype(np.int64)
-        tid = np.nan_to_num(_arr([r.get("tid") for r in rows]), nan=-1).astype(np.int64)
         dur0 = np.where(dur >= 0, dur, 0)
         ts_ns = np.rint(np.where(ts >= 0, ts, 0) * 1000).astype(np.int64)
         dur_ns = np.rint(dur0 * 1000).astype(np.int64)
@@ -281,7 +298,6 @@ class Detail:
         g_count = np.bincount(ginv, minlength=ng)
         g_ns = _isum(ginv, dur_ns, ng)
         g_bytes = _isum(ginv, np.where(data, sz, 0), ng)
-        cnt = _arr([a.get("count", -1) for a in args])
         g_asked = _isum(ginv, np.where(data & (cnt >= 0), cnt, 0).astype(np.int64), ng)
         table = self.table
         for j, k in enumerate(ukeys.tolist()):
@@ -311,14 +327,14 @@ class Detail:
                 else:
                     sp[0], sp[1] = min(sp[0], a), max(sp[1], b)
         # kinds of descriptor seen
-        ftypes = [a.get("ftype") for a in args]
-        pairs: dict = {}
-        for f, t in zip(fi.tolist(), ftypes):
-            if t.__class__ is str and f:
-                pairs[(f, t)] = pairs.get((f, t), 0) + 1
-        for (f, t), c in pairs.items():
-            d = self.ftypes.setdefault(flist[f], {})
-            d[t] = d.get(t, 0) + c
+        tsel = (ft >= 0) & (fi > 0)
+        if tsel.any():
+            nt = len(ftlist)
+            pk, pc = np.unique(fi[tsel] * nt + ft[tsel], return_counts=True)
+            for k, c in zip(pk.tolist(), pc.tolist()):
+                d = self.ftypes.setdefault(flist[k // nt], {})
+                t = ftlist[k % nt]
+                d[t] = d.get(t, 0) + c
         # access sizes per (file, layer, class)
         dsel = named & data
         if dsel.any():
@@ -337,42 +353,44 @@ class Detail:
         resets = []                 # (row, new position) of opens and seeks
         if special_ops:
             for i in np.flatnonzero(np.isin(op, special_ops) & named).tolist():
-                nm, a = names[i][1], args[i]
-                r = a.get("ret")
+                nm = okeys[op[i]][1]
+                r = arg(i, "ret")
                 if nm in COPY_OPS:
-                    fk2 = a.get("fhash2")
+                    fk2 = arg(i, "fhash2")
                     if fk2.__class__ is str:
                         k2 = (source, int(pid[i]), fk2, WRITE2, int(layer[i]))
                         r2 = table.get(k2)
                         if r2 is None:
                             r2 = table[k2] = [0, 0, 0, 0]
                         r2[0] += 1; r2[1] += int(sz[i]); r2[2] += int(dur_ns[i])
-                        t2 = a.get("ftype2")
+                        t2 = arg(i, "ftype2")
                         if t2.__class__ is str:
                             d = self.ftypes.setdefault(fk2, {})
                             d[t2] = d.get(t2, 0) + 1
                     continue
                 if nm in OPEN_OPS:
-                    fl = a.get("flags")
+                    fl = arg(i, "flags")
                     ok = type(r) is not int or r >= 0
                     if type(fl) is int and fl & O_CREAT and ok:
-                        self.created.add(fks[i])
+                        self.created.add(flist[fi[i]])
                     if ok and not (type(fl) is int and fl & O_APPEND):
                         resets.append((i, 0))
                 elif type(r) is int and 0 <= r < 2 ** 62:
                     resets.append((i, r))
-        self._streams(source, pid, fi, flist, cls, layer, sz, data & named, names, args, resets)
+        self._streams(source, pid, fi, flist, cls, layer, sz, data & named, op, okeys, offsets,
+                      resets)
         self._nest(source, pid, tid, ts_ns, dur_ns, op, okeys, olay, ocls, fi, flist)
 
-    def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, names, args, resets) -> None:
+    def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, op, okeys, offsets,
+                 resets) -> None:
         """Access pattern and extents of each (pid, file, class, layer) stream, vectorised:
         an access without an offset starts where the stream's position is, i.e. the last
         open or seek plus the bytes of such accesses since."""
         ai = np.flatnonzero(acc)
         if not len(ai) and not resets:
             return
-        offset = _arr([args[i].get("offset", -1) for i in ai.tolist()])
-        implicit_op = np.array([names[i][1] in IMPLICIT_OPS for i in ai.tolist()], bool)
+        offset = offsets(ai)
+        implicit_op = np.array([nm in IMPLICIT_OPS for _, nm in okeys], bool)[op[ai]]
         explicit = (offset >= 0) & ~implicit_op
         # rows: accesses, then each reset once per class
         r_rows = np.array([i for i, _ in resets], np.int64)

@@ -249,6 +249,25 @@ class Aggregate:
                                    _numbers([size[i] for i in two], -1),
                                    _numbers([dur[i] for i in two], 0))
 
+    def add_columns(self, cols, source: str) -> None:
+        """One chunk of complete events as columns (report/columnar.py): the numbers
+        add_events gives for the same events, without a dict per event."""
+        n = cols.n
+        if not n:
+            return
+        if isinstance(cols.hhash, str):
+            src = self.source(source)
+            src.first_hhash = src.first_hhash or cols.hhash
+        self._add_arrays(source, cols.keys, list(cols.fkeys), cols.errno.astype(np.int64),
+                         cols.op, cols.ts, cols.dur, cols.size, np.ones(n, np.float64), cols.pid,
+                         cols.fil, np.ones(n, bool))
+        self.detail.add_columns(source, cols.op, cols.keys, cols.fil + 1, [None, *cols.fkeys],
+                                cols.ts, cols.dur, cols.size, cols.pid, cols.tid.astype(np.int64),
+                                cols.count, cols.ft, cols.ftlist, cols.arg, cols.offsets)
+        if len(cols.two):
+            self._add_second_files([_text(k) for k in cols.two_keys], cols.size[cols.two],
+                                   cols.dur[cols.two])
+
     def _add_second_files(self, fkeys: list, size: np.ndarray, dur: np.ndarray) -> None:
         """A copy (copy_file_range, sendfile, splice, tee) moves its bytes from the file of
         ``fhash`` to the file of ``fhash2``: the second file is credited with the call, its
@@ -742,16 +761,29 @@ def _size_bins(st: OpStats) -> list[list]:
             for b, c in enumerate(st.size_hist.tolist()) if c]
 
 
+#: Read traces through pyarrow's columns (report/columnar.py); False: one dict per event.
+COLUMNAR = True
+
+
 def summarize_reader(reader, agg: Aggregate | None = None) -> Aggregate:
     """Feed every chunk of a :class:`~datacrumbs.trace.reader.TraceReader` into an Aggregate."""
+    from . import columnar
+
     agg = agg or Aggregate()
     path = str(reader.path)
     # Millions of short-lived acyclic dicts: the cyclic GC would rescan them for nothing.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for chunk in reader.chunks():
-            agg.add_events(chunk, path)
+        if COLUMNAR and columnar.available():
+            for kind, chunk in columnar.chunks(reader):
+                if kind == "table":
+                    agg.add_columns(columnar.Columns(chunk), path)
+                else:
+                    agg.add_events(chunk, path)
+        else:
+            for chunk in reader.chunks():
+                agg.add_events(chunk, path)
     finally:
         if was_enabled:
             gc.enable()

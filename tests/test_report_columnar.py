@@ -91,6 +91,8 @@ def rich_trace(path: Path, n: int, seed: int, *, host: str = "node1", hostile: b
                 '{"name":"read","ph":"X","pid":100,"ts":1}{"name":"read","ph":"X","pid":100}',
                 '{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":8,"dur":1.5,"ph":"X",'
                 '"args":{"size":99999999999999999999}}',
+                '{"name":"openat","cat":"POSIX","pid":100,"tid":100,"ts":9,"dur":1,"ph":"X",'
+                '"args":{"fname":"/scratch/job/f1.dat","ret":99999999999999999999,"flags":65}}',
             ]), event=True)
             b.counter("write", pid=pid, ts=t, count=rng.randrange(1, 50), nbytes=4096,
                       time_us=12.5)

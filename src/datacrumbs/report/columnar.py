@@ -271,12 +271,24 @@ class Columns:
         if col is None:
             arr = self._field(key)
             if pa.types.is_integer(arr.type):     # exact ints, None where missing
-                vals = pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(object)
-                vals[~arr.is_valid().to_numpy(zero_copy_only=False)] = None
+                col = (pc.fill_null(arr, 0).to_numpy(zero_copy_only=False),
+                       arr.is_valid().to_numpy(zero_copy_only=False))
             else:
-                vals = arr.to_numpy(zero_copy_only=False)
-            col = self._cache[key] = vals
-        return col[i]
+                col = (arr.to_numpy(zero_copy_only=False), None)
+            self._cache[key] = col
+        vals, valid = col
+        if valid is None:
+            return vals[i]
+        return int(vals[i]) if valid[i] else None
+
+    def ints(self, idx: np.ndarray, key: str):
+        """(int64 values, present) of rows ``idx`` of an int column (the schema's ints)."""
+        col = self._cache.get(key)
+        if col is None:
+            self.arg(0, key)
+            col = self._cache[key]
+        vals, valid = col
+        return vals[idx], valid[idx]
 
     def offsets(self, idx: np.ndarray) -> np.ndarray:
         if self._offset is None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..trace.reader import ReadStats, TraceMeta
 from .timeviews import TimeViews
-from .analysis import Detail, json_float as _float
+from .analysis import Detail, json_float as _float, pair_counts, uniq
 
 LAT_SUB = 8                         # log-scale bins per power of two of ns
 LAT_BINS = 1 + LAT_SUB * 63         # bin 0 holds dur == 0, bin b [2**((b-1)/8), 2**(b/8)) ns
@@ -263,7 +263,8 @@ class Aggregate:
                          cols.fil, np.ones(n, bool))
         self.detail.add_columns(source, cols.op, cols.keys, cols.fil + 1, [None, *cols.fkeys],
                                 cols.ts, cols.dur, cols.size, cols.pid, cols.tid.astype(np.int64),
-                                cols.count, cols.ft, cols.ftlist, cols.arg, cols.offsets)
+                                cols.count, cols.ft, cols.ftlist, cols.arg, cols.offsets,
+                                cols.ints)
         if len(cols.two):
             self._add_second_files([_text(k) for k in cols.two_keys], cols.size[cols.two],
                                    cols.dur[cols.two])
@@ -320,15 +321,14 @@ class Aggregate:
         sizes = np.bincount(op[sel] * SIZE_BINS + sbin, minlength=n_ops * SIZE_BINS).reshape(n_ops, SIZE_BINS)
         # Per-op durations, grouped by one stable sort.
         t_op = op[timed]
-        order = np.argsort(t_op, kind="stable")
+        # a stable sort of small ints is numpy's radix sort (int64 keys take a merge sort)
+        order = np.argsort(t_op.astype(np.int16) if n_ops < 1 << 15 else t_op, kind="stable")
         sorted_dur = tdur[order]
         bounds = np.concatenate(([0], np.cumsum(timed_counts)))
         failed = errs > 0
         err_counts = np.bincount(op[failed], minlength=n_ops)
         if failed.any():
-            pairs, pair_counts = np.unique(np.stack([op[failed], errs[failed]]), axis=1,
-                                           return_counts=True)
-            for (oi, code), c in zip(pairs.T.tolist(), pair_counts.tolist()):
+            for oi, code, c in zip(*pair_counts(op[failed], errs[failed])):
                 key = (keys[oi][0], keys[oi][1], code)
                 self.errors[key] = self.errors.get(key, 0) + c
         for i, key in enumerate(keys):
@@ -371,7 +371,7 @@ class Aggregate:
         node[1] += int(weight_i.sum())
         node[2] += int(size_i.sum())
         node[3] += int(dur_i.sum())
-        upid, pinv = np.unique(pid.astype(np.int64), return_inverse=True)
+        upid, pinv = uniq(pid.astype(np.int64), inverse=True)
         pc = np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
         pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
         pt = _sums(pinv, dur_i, len(upid))
@@ -391,8 +391,7 @@ class Aggregate:
             self.ts_max = t1 if self.ts_max is None else max(self.ts_max, t1)
             tl = valid & (size_i > 0)
             if tl.any():
-                bins, binv = np.unique((ts[tl] // self.bin_us).astype(np.int64),
-                                       return_inverse=True)
+                bins, binv = uniq((ts[tl] // self.bin_us).astype(np.int64), inverse=True)
                 bb = np.bincount(binv, weights=size_i[tl]).astype(np.int64)
                 for b, v in zip(bins.tolist(), bb.tolist()):
                     cell = (source, b)

@@ -27,8 +27,9 @@ SUMMARY_SUFFIX = ".summary.json"
 SPLIT_BYTES = 16 << 20
 MAX_SUMMARY_BYTES = 16 << 20
 #: Events per chunk a worker aggregates at once: numpy's per-call costs and the per-stream
-#: merges are paid per chunk, so big chunks are cheaper (about 60 MB of columns each).
-CHUNK_EVENTS = 262144
+#: merges are paid per chunk, so big chunks are cheaper; 131,072 events keep a worker near
+#: 300 MB (262,144: 430 MB for 3% less CPU).
+CHUNK_EVENTS = 131072
 
 
 class NoTraces(TraceReadError):

@@ -481,6 +481,7 @@ class Detail:
         lay_g, c_g = (ug % 6).tolist(), ((ug // 6) % 5).tolist()
         f_g, p_g = ((ug // 30) % nf).tolist(), upid[ug // (30 * nf)].tolist()
         streams = self.streams
+        placed: dict = {}                   # fk -> read extents made absolute by this chunk
         for j in range(ng):
             st = Stream()
             st.consec, st.seq, st.rand = pat[j]
@@ -499,7 +500,9 @@ class Detail:
             else:
                 resolved = old.absorb(st)
                 if resolved:
-                    self._add_extents(fk, np.array(resolved, np.int64))
+                    placed.setdefault(fk, []).extend(resolved)
+        for fk, rows in placed.items():     # one union check per file, not per stream
+            self._add_extents(fk, np.array(rows, np.int64))
         # absolute read extents, per file (runs of back-to-back reads as one)
         sel = aabs & (asz > 0) & (((agk // 6) % 5) == READ)
         if sel.any():

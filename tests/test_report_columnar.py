@@ -230,3 +230,21 @@ os.read(r, 5)
     a = files[os.path.join(str(root), "a")]
     assert a["bytes"]["write"] == sum((i % 7 + 1) * 100 for i in range(300))
     assert files[os.path.join(str(root), "b")]["bytes"]["write"] == 5000
+
+
+def test_a_large_synthetic_trace_of_the_projects_writer_gives_the_dict_paths_numbers(
+        tmp_path, monkeypatch):
+    """bench_report.py's generator: 300,000 events of 32 processes over 128 files, written
+    by TraceWriter, read in the default chunks (two of them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_report", Path(__file__).resolve().parents[1] / "bench" / "bench_report.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trace = tmp_path / "trace-bench-4242-node0.pfw.gz"
+    bench.generate(trace, 300_000, "node0", seed=5)
+    fast, slow, kinds = both([trace], monkeypatch, chunk=merge.CHUNK_EVENTS)
+    assert_same(fast, slow)
+    assert kinds == {"table": 3, "dicts": 0}, kinds
+    assert fast["totals"]["events"] == 300_000 and len(fast["files"]) == 128

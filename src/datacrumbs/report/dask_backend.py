@@ -17,7 +17,7 @@ from ..errors import DatacrumbsError
 from .merge import add_run_summaries, default_jobs, find_traces, plan_units, summarize_unit
 from .model import Aggregate
 
-BATCH_PER_WORKER = 4
+BATCH_PER_WORKER = 2
 
 
 def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = None,

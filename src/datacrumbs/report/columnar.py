@@ -1,7 +1,7 @@
 """The report's fast path: trace lines parsed into columns by pyarrow, no dict per event.
 
 ``TraceReader.chunks`` makes a Python dict of every event and the aggregation then
-reads each field back with a list comprehension: about 15 µs an event on the project's
+reads each field back with a list comprehension: about 13 µs an event on the project's
 machine. Here each block of whole lines (the reader's own blocks) is parsed by
 pyarrow's compiled JSON reader against a fixed schema of the fields the report reads
 (others are ignored), and the columns go to :meth:`Aggregate.add_columns`, which feeds

@@ -94,10 +94,13 @@ def generate(path: Path, events: int, host: str, seed: int) -> None:
         f.write(gzip.compress(b"]\n"))
 
 
-def _tree_rss_kib(root: int) -> int:
-    """RSS of ``root`` and all its descendants (from /proc)."""
+def _tree(root: int) -> tuple[int, dict[int, float]]:
+    """RSS (KiB) of ``root`` and all its descendants, and the CPU seconds (user + system)
+    each of them has used so far (from /proc)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -106,30 +109,51 @@ def _tree_rss_kib(root: int) -> int:
                 fields = f.read().rsplit(")", 1)[1].split()
             children.setdefault(int(fields[1]), []).append(int(entry))
             rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+            cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [root]
+    total, todo, seen = 0, [root], {}
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0)
+        seen[pid] = cpu.get(pid, 0.0)
         todo.extend(children.get(pid, []))
-    return total
+    return total, seen
+
+
+def _tree_rss_kib(root: int) -> int:
+    return _tree(root)[0]
 
 
 class PeakSampler(threading.Thread):
+    """Peak RSS of the process tree, and the CPU its processes used while sampled (the
+    machine is shared: CPU seconds say what the report costs when wall time cannot)."""
+
     def __init__(self, interval=0.05):
         super().__init__(daemon=True)
         self.interval, self.peak, self._halt = interval, 0, threading.Event()
+        self.start_cpu = _tree(os.getpid())[1]
+        self.cpu: dict[int, float] = {}
 
     def run(self):
         while not self._halt.is_set():
-            self.peak = max(self.peak, _tree_rss_kib(os.getpid()))
+            self._sample()
             self._halt.wait(self.interval)
+
+    def _sample(self):
+        rss, cpu = _tree(os.getpid())
+        self.peak = max(self.peak, rss)
+        self.cpu.update(cpu)
 
     def stop(self):
         self._halt.set()
         self.join()
+        self._sample()
         return self.peak
+
+    def cpu_seconds(self) -> float:
+        """CPU of the tree since the start (a worker's last 50 ms before it exits are missed)."""
+        return sum(c - self.start_cpu.get(p, 0.0) for p, c in self.cpu.items())
 
 
 def dftracer_stats(paths: list[Path], index_dir: Path, events: int) -> None:
@@ -204,10 +228,13 @@ def main() -> int:
             summary = agg.finalize()
             secs = time.perf_counter() - t0
             peak = sampler.stop()
+            cpu = sampler.cpu_seconds()
             n = summary["totals"]["events"]
             results[name] = summary
             print(f"{name:5s}: {n:,} events in {secs:.2f} s = {n / secs:,.0f} events/s with {jobs} "
-                  f"worker(s); peak RSS of the process tree {peak / 1024:.0f} MiB")
+                  f"worker(s); peak RSS of the process tree {peak / 1024:.0f} MiB; CPU {cpu:.2f} s "
+                  f"= {n / max(cpu, 1e-9) * jobs:,.0f} events/s on {jobs} cores' worth "
+                  f"({cpu / max(n, 1) * 1e9:,.0f} ns/event); load {os.getloadavg()[0]:.1f}")
             if n != events:
                 print(f"  MISMATCH: summary counted {n:,} events, expected {events:,}")
         if args.dftracer:

@@ -261,31 +261,49 @@ class Detail:
             kidx = {}
             op = [kidx.setdefault(k, len(kidx)) for k in keys]
         op = np.array(op, np.int64)
-        names = keys                        # names[i][1]: the operation of row i
-        okeys = list(kidx)
+        fmap: dict = {None: 0}
+        fi = np.array([fmap.setdefault(k, len(fmap)) for k in fks], np.int64)
+        tid = np.nan_to_num(_arr([r.get("tid") for r in rows]), nan=-1).astype(np.int64)
+        cnt = _arr([a.get("count", -1) for a in args])
+        tmap: dict = {}
+        ft = np.array([tmap.setdefault(t, len(tmap)) if t.__class__ is str else -1
+                       for t in (a.get("ftype") for a in args)], np.int64)
+        self.add_columns(source, op, list(kidx), fi, list(fmap), ts, dur, size, pid, tid, cnt,
+                         ft, list(tmap), lambda i, k: args[i].get(k),
+                         lambda idx: _arr([args[i].get("offset", -1) for i in idx.tolist()]),
+                         lambda idx, k: _ints([args[i].get(k) for i in idx.tolist()]))
+
+    def add_columns(self, source: str, op: np.ndarray, okeys: list, fi: np.ndarray, flist: list,
+                    ts: np.ndarray, dur: np.ndarray, size: np.ndarray, pid: np.ndarray,
+                    tid: np.ndarray, cnt: np.ndarray, ft: np.ndarray, ftlist: list, arg,
+                    offsets, ints) -> None:
+        """One chunk as columns (report/columnar.py builds them without a dict per event):
+        ``op`` indexes ``okeys`` ((cat, name) strings), ``fi`` indexes ``flist`` (its first
+        entry None: no file), ``ft`` indexes ``ftlist`` (-1: no ftype), ``tid``/``cnt`` as
+        _arr gives them; ``arg(i, key)`` is row i's arg as its dict holds it (asked of
+        copies), ``offsets(rows)`` those rows' offsets as _arr gives, ``ints(rows, key)``
+        (values, is an int) as int64 arrays, or None when an int does not fit one."""
+        n = len(op)
+        if not n:
+            return
         ocls = np.array([op_class(nm) for _, nm in okeys], np.int64)
         olay = np.array([LAYERS.get(c.upper(), OTHER_LAYER) for c, _ in okeys], np.int64)
         cls, layer = ocls[op], olay[op]
-        fmap: dict = {None: 0}
-        fi = np.array([fmap.setdefault(k, len(fmap)) for k in fks], np.int64)
-        flist = list(fmap)
         pid = pid.astype(np.int64)
-        tid = np.nan_to_num(_arr([r.get("tid") for r in rows]), nan=-1).astype(np.int64)
         dur0 = np.where(dur >= 0, dur, 0)
         ts_ns = np.rint(np.where(ts >= 0, ts, 0) * 1000).astype(np.int64)
         dur_ns = np.rint(dur0 * 1000).astype(np.int64)
         sz = np.where(size >= 0, size, 0).astype(np.int64)
         data = (cls == READ) | (cls == WRITE)
         # (pid, file, class, layer) sums
-        upid, pinv = np.unique(pid, return_inverse=True)
+        upid, pinv = uniq(pid, inverse=True)
         nf = len(flist)
         comp = ((pinv * nf + fi) * 5 + cls) * 6 + layer
-        ukeys, ginv = np.unique(comp, return_inverse=True)
+        ukeys, ginv = uniq(comp, inverse=True)
         ng = len(ukeys)
         g_count = np.bincount(ginv, minlength=ng)
         g_ns = _isum(ginv, dur_ns, ng)
         g_bytes = _isum(ginv, np.where(data, sz, 0), ng)
-        cnt = _arr([a.get("count", -1) for a in args])
         g_asked = _isum(ginv, np.where(data & (cnt >= 0), cnt, 0).astype(np.int64), ng)
         table = self.table
         for j, k in enumerate(ukeys.tolist()):
@@ -303,7 +321,7 @@ class Detail:
         # first and last access of each file (µs as read)
         sel = named & (ts >= 0)
         if sel.any():
-            uf, finv = np.unique(fi[sel], return_inverse=True)
+            uf, finv = uniq(fi[sel], inverse=True)
             lo = np.full(len(uf), np.inf)
             hi = np.full(len(uf), -np.inf)
             np.minimum.at(lo, finv, ts[sel])
@@ -315,78 +333,101 @@ class Detail:
                 else:
                     sp[0], sp[1] = min(sp[0], a), max(sp[1], b)
         # kinds of descriptor seen
-        ftypes = [a.get("ftype") for a in args]
-        pairs: dict = {}
-        for f, t in zip(fi.tolist(), ftypes):
-            if t.__class__ is str and f:
-                pairs[(f, t)] = pairs.get((f, t), 0) + 1
-        for (f, t), c in pairs.items():
-            d = self.ftypes.setdefault(flist[f], {})
-            d[t] = d.get(t, 0) + c
+        tsel = (ft >= 0) & (fi > 0)
+        if tsel.any():
+            nt = len(ftlist)
+            pk, pc = uniq(fi[tsel] * nt + ft[tsel], counts=True)
+            for k, c in zip(pk.tolist(), pc.tolist()):
+                d = self.ftypes.setdefault(flist[k // nt], {})
+                t = ftlist[k % nt]
+                d[t] = d.get(t, 0) + c
         # access sizes per (file, layer, class)
         dsel = named & data
         if dsel.any():
             k1 = (fi[dsel] * 6 + layer[dsel]) * 5 + cls[dsel]
-            both, counts = np.unique(np.stack([k1, sz[dsel]]), axis=1, return_counts=True)
-            for (k, s_), c in zip(both.T.tolist(), counts.tolist()):
+            for k, s_, c in zip(*pair_counts(k1, sz[dsel])):
                 key = (flist[k // 30], (k // 5) % 6, k % 5)
                 d = self.sizes.get(key)
                 if d is None:
                     d = self.sizes[key] = {}
                 if s_ in d or len(d) < SIZES_CAP:
                     d[s_] = d.get(s_, 0) + c
-        # opens, seeks and copies: few, one by one
-        special_ops = [i for i, (c, nm) in enumerate(okeys)
-                       if nm in OPEN_OPS or nm in SEEK_OPS or nm in COPY_OPS]
-        resets = []                 # (row, new position) of opens and seeks
-        if special_ops:
-            for i in np.flatnonzero(np.isin(op, special_ops) & named).tolist():
-                nm, a = names[i][1], args[i]
-                r = a.get("ret")
-                if nm in COPY_OPS:
-                    fk2 = a.get("fhash2")
-                    if fk2.__class__ is str:
-                        k2 = (source, int(pid[i]), fk2, WRITE2, int(layer[i]))
-                        r2 = table.get(k2)
-                        if r2 is None:
-                            r2 = table[k2] = [0, 0, 0, 0]
-                        r2[0] += 1; r2[1] += int(sz[i]); r2[2] += int(dur_ns[i])
-                        t2 = a.get("ftype2")
-                        if t2.__class__ is str:
-                            d = self.ftypes.setdefault(fk2, {})
-                            d[t2] = d.get(t2, 0) + 1
-                    continue
-                if nm in OPEN_OPS:
-                    fl = a.get("flags")
-                    ok = type(r) is not int or r >= 0
-                    if type(fl) is int and fl & O_CREAT and ok:
-                        self.created.add(fks[i])
-                    if ok and not (type(fl) is int and fl & O_APPEND):
-                        resets.append((i, 0))
-                elif type(r) is int and 0 <= r < 2 ** 62:
-                    resets.append((i, r))
-        self._streams(source, pid, fi, flist, cls, layer, sz, data & named, names, args, resets)
+        # opens, seeks and copies: opens and seeks as arrays, copies (few) one by one
+        kind_of = np.array([1 if nm in COPY_OPS else 2 if nm in OPEN_OPS else 3 if nm in SEEK_OPS
+                            else 0 for _, nm in okeys], np.int64)
+        r_rows = r_pos = np.zeros(0, np.int64)     # opens and seeks: row, new position
+        if kind_of.any():
+            rows = np.flatnonzero((kind_of[op] > 0) & named)
+            k = kind_of[op[rows]]
+            for i in rows[k == 1].tolist():
+                fk2 = arg(i, "fhash2")
+                if fk2.__class__ is str:
+                    k2 = (source, int(pid[i]), fk2, WRITE2, int(layer[i]))
+                    r2 = table.get(k2)
+                    if r2 is None:
+                        r2 = table[k2] = [0, 0, 0, 0]
+                    r2[0] += 1; r2[1] += int(sz[i]); r2[2] += int(dur_ns[i])
+                    t2 = arg(i, "ftype2")
+                    if t2.__class__ is str:
+                        d = self.ftypes.setdefault(fk2, {})
+                        d[t2] = d.get(t2, 0) + 1
+            o_rows, s_rows = rows[k == 2], rows[k == 3]
+            ret_o, flags, ret_s = ints(o_rows, "ret"), ints(o_rows, "flags"), ints(s_rows, "ret")
+            if ret_o is None or flags is None or ret_s is None:
+                r_rows, r_pos = self._resets_one_by_one(rows[k > 1], okeys, op, fi, flist, arg)
+            else:
+                (rv, rint), (fv, fint), (sv, sint) = ret_o, flags, ret_s
+                ok = ~rint | (rv >= 0)              # a failed open moves nothing
+                for f in uniq(fi[o_rows[fint & ((fv & O_CREAT) != 0) & ok]]).tolist():
+                    self.created.add(flist[f])
+                o_keep = o_rows[ok & ~(fint & ((fv & O_APPEND) != 0))]
+                good = sint & (sv >= 0) & (sv < 2 ** 62)
+                r_rows = np.concatenate([o_keep, s_rows[good]])
+                r_pos = np.concatenate([np.zeros(len(o_keep), np.int64), sv[good]])
+                o = np.argsort(r_rows, kind="stable")
+                r_rows, r_pos = r_rows[o], r_pos[o]
+        resets = (r_rows, r_pos)
+        self._streams(source, pid, fi, flist, cls, layer, sz, data & named, op, okeys, offsets,
+                      resets)
         self._nest(source, pid, tid, ts_ns, dur_ns, op, okeys, olay, ocls, fi, flist)
 
-    def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, names, args, resets) -> None:
+    def _resets_one_by_one(self, rows, okeys, op, fi, flist, arg) -> tuple:
+        """Opens and seeks whose ret or flags are not all int64 (a foreign trace's huge
+        numbers): the same decisions, one row at a time with Python ints."""
+        resets = []
+        for i in rows.tolist():
+            nm, r = okeys[op[i]][1], arg(i, "ret")
+            if nm in OPEN_OPS:
+                fl = arg(i, "flags")
+                ok = type(r) is not int or r >= 0
+                if type(fl) is int and fl & O_CREAT and ok:
+                    self.created.add(flist[fi[i]])
+                if ok and not (type(fl) is int and fl & O_APPEND):
+                    resets.append((i, 0))
+            elif type(r) is int and 0 <= r < 2 ** 62:
+                resets.append((i, r))
+        return (np.array([i for i, _ in resets], np.int64),
+                np.array([p for _, p in resets], np.int64))
+
+    def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, op, okeys, offsets,
+                 resets) -> None:
         """Access pattern and extents of each (pid, file, class, layer) stream, vectorised:
         an access without an offset starts where the stream's position is, i.e. the last
         open or seek plus the bytes of such accesses since."""
         ai = np.flatnonzero(acc)
-        if not len(ai) and not resets:
+        r_rows, r_pos = resets
+        if not len(ai) and not len(r_rows):
             return
-        offset = _arr([args[i].get("offset", -1) for i in ai.tolist()])
-        implicit_op = np.array([names[i][1] in IMPLICIT_OPS for i in ai.tolist()], bool)
+        offset = offsets(ai)
+        implicit_op = np.array([nm in IMPLICIT_OPS for _, nm in okeys], bool)[op[ai]]
         explicit = (offset >= 0) & ~implicit_op
         # rows: accesses, then each reset once per class
-        r_rows = np.array([i for i, _ in resets], np.int64)
-        r_pos = np.array([p for _, p in resets], np.int64)
         rows = np.concatenate([ai, r_rows, r_rows])
         kind = np.concatenate([np.where(explicit, 0, 1), np.full(2 * len(r_rows), 2)])
         val = np.concatenate([np.where(explicit, offset, 0).astype(np.int64), r_pos, r_pos])
         rcls = np.concatenate([cls[ai], np.full(len(r_rows), READ), np.full(len(r_rows), WRITE)])
         rsize = np.concatenate([sz[ai], np.zeros(2 * len(r_rows), np.int64)])
-        upid, pinv = np.unique(pid[rows], return_inverse=True)
+        upid, pinv = uniq(pid[rows], inverse=True)
         nf = len(flist)
         gk = ((pinv * nf + fi[rows]) * 5 + rcls) * 6 + layer[rows]
         order = np.lexsort((rows, gk))          # by stream, then in trace order
@@ -419,7 +460,7 @@ class Detail:
         cls_ = np.where(first, 3, np.where(d == 0, 0, np.where(d > 0, 1, 2)))
         large = aexp & (asz >= ALIGN)
         mis = large & (aoff % ALIGN != 0)
-        ug = np.unique(gk)
+        ug = uniq(gk)
         ng = len(ug)
         ai_g = np.searchsorted(ug, agk)
         pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3].tolist()
@@ -444,6 +485,7 @@ class Detail:
         lay_g, c_g = (ug % 6).tolist(), ((ug // 6) % 5).tolist()
         f_g, p_g = ((ug // 30) % nf).tolist(), upid[ug // (30 * nf)].tolist()
         streams = self.streams
+        placed: dict = {}                   # fk -> read extents made absolute by this chunk
         for j in range(ng):
             st = Stream()
             st.consec, st.seq, st.rand = pat[j]
@@ -462,7 +504,9 @@ class Detail:
             else:
                 resolved = old.absorb(st)
                 if resolved:
-                    self._add_extents(fk, np.array(resolved, np.int64))
+                    placed.setdefault(fk, []).extend(resolved)
+        for fk, rows in placed.items():     # one union check per file, not per stream
+            self._add_extents(fk, np.array(rows, np.int64))
         # absolute read extents, per file (runs of back-to-back reads as one)
         sel = aabs & (asz > 0) & (((agk // 6) % 5) == READ)
         if sel.any():
@@ -928,6 +972,17 @@ def json_float(v) -> float:
     return np.nan
 
 
+def _ints(values: list):
+    """(int64 values, is an int) of JSON values (bools and floats are not ints), or None
+    when an int does not fit an int64."""
+    is_int = [type(v) is int for v in values]
+    try:
+        vals = np.array([v if i else 0 for v, i in zip(values, is_int)], np.int64)
+    except OverflowError:
+        return None
+    return vals, np.array(is_int, bool)
+
+
 def _small_int(v) -> int:
     return v if type(v) is int and -1 <= v < 1 << 40 else -1
 
@@ -939,3 +994,38 @@ def _isum(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
         np.add.at(out, groups, values)
         return out
     return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)
+
+
+def uniq(keys: np.ndarray, *, inverse: bool = False, counts: bool = False):
+    """``np.unique`` of int64 ``keys`` (same results) in O(n) when their range is small, as
+    the report's keys (processes, files, streams of a chunk) usually are; else np.unique."""
+    n = len(keys)
+    if n:
+        lo, hi = int(keys.min()), int(keys.max())
+    if not n or hi - lo > 2 * n + 4096:
+        return np.unique(keys, return_inverse=inverse, return_counts=counts) \
+            if inverse or counts else np.unique(keys)
+    k = keys - lo if lo else keys
+    c = np.bincount(k, minlength=hi - lo + 1)
+    present = c > 0
+    u = np.flatnonzero(present)
+    out = [u + lo if lo else u]
+    if inverse:
+        out.append((np.cumsum(present) - 1)[k])
+    if counts:
+        out.append(c[u])
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[list, list, list]:
+    """Distinct (a, b) pairs in (a, b) order and how often each occurs: what
+    ``np.unique(np.stack([a, b]), axis=1, return_counts=True)`` gives, without its
+    structured-array sort."""
+    if not len(a):
+        return [], [], []
+    o = np.lexsort((b, a))
+    a, b = a[o], b[o]
+    new = np.ones(len(a), bool)
+    new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    idx = np.flatnonzero(new)
+    return a[idx].tolist(), b[idx].tolist(), np.diff(np.append(idx, len(a))).tolist()

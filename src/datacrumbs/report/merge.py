@@ -26,6 +26,10 @@ SUMMARY_SUFFIX = ".summary.json"
 #: Files larger than this (compressed) are split into member ranges.
 SPLIT_BYTES = 16 << 20
 MAX_SUMMARY_BYTES = 16 << 20
+#: Events per chunk a worker aggregates at once: numpy's per-call costs and the per-stream
+#: merges are paid per chunk, so big chunks are cheaper; 131,072 events keep a worker near
+#: 300 MB (262,144: 430 MB for 3% less CPU).
+CHUNK_EVENTS = 131072
 
 
 class NoTraces(TraceReadError):
@@ -154,7 +158,7 @@ def summarize_unit(unit: Unit) -> Aggregate:
     """One unit's partial summary (runs in a worker process; must not raise for bad data)."""
     agg = Aggregate()
     try:
-        reader = TraceReader(unit.path, start=unit.start, end=unit.end)
+        reader = TraceReader(unit.path, start=unit.start, end=unit.end, chunk_events=CHUNK_EVENTS)
         summarize_reader(reader, agg)
         if reader.stats.records == 0 and reader.stats.bad_lines:
             agg = Aggregate()

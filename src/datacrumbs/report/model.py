@@ -27,7 +27,7 @@ import numpy as np
 
 from ..trace.reader import ReadStats, TraceMeta
 from .timeviews import TimeViews
-from .analysis import Detail, json_float as _float
+from .analysis import Detail, json_float as _float, pair_counts, uniq
 
 LAT_SUB = 8                         # log-scale bins per power of two of ns
 LAT_BINS = 1 + LAT_SUB * 63         # bin 0 holds dur == 0, bin b [2**((b-1)/8), 2**(b/8)) ns
@@ -249,6 +249,26 @@ class Aggregate:
                                    _numbers([size[i] for i in two], -1),
                                    _numbers([dur[i] for i in two], 0))
 
+    def add_columns(self, cols, source: str) -> None:
+        """One chunk of complete events as columns (report/columnar.py): the numbers
+        add_events gives for the same events, without a dict per event."""
+        n = cols.n
+        if not n:
+            return
+        if isinstance(cols.hhash, str):
+            src = self.source(source)
+            src.first_hhash = src.first_hhash or cols.hhash
+        self._add_arrays(source, cols.keys, list(cols.fkeys), cols.errno.astype(np.int64),
+                         cols.op, cols.ts, cols.dur, cols.size, np.ones(n, np.float64), cols.pid,
+                         cols.fil, np.ones(n, bool))
+        self.detail.add_columns(source, cols.op, cols.keys, cols.fil + 1, [None, *cols.fkeys],
+                                cols.ts, cols.dur, cols.size, cols.pid, cols.tid.astype(np.int64),
+                                cols.count, cols.ft, cols.ftlist, cols.arg, cols.offsets,
+                                cols.ints)
+        if len(cols.two):
+            self._add_second_files([_text(k) for k in cols.two_keys], cols.size[cols.two],
+                                   cols.dur[cols.two])
+
     def _add_second_files(self, fkeys: list, size: np.ndarray, dur: np.ndarray) -> None:
         """A copy (copy_file_range, sendfile, splice, tee) moves its bytes from the file of
         ``fhash`` to the file of ``fhash2``: the second file is credited with the call, its
@@ -301,15 +321,14 @@ class Aggregate:
         sizes = np.bincount(op[sel] * SIZE_BINS + sbin, minlength=n_ops * SIZE_BINS).reshape(n_ops, SIZE_BINS)
         # Per-op durations, grouped by one stable sort.
         t_op = op[timed]
-        order = np.argsort(t_op, kind="stable")
+        # a stable sort of small ints is numpy's radix sort (int64 keys take a merge sort)
+        order = np.argsort(t_op.astype(np.int16) if n_ops < 1 << 15 else t_op, kind="stable")
         sorted_dur = tdur[order]
         bounds = np.concatenate(([0], np.cumsum(timed_counts)))
         failed = errs > 0
         err_counts = np.bincount(op[failed], minlength=n_ops)
         if failed.any():
-            pairs, pair_counts = np.unique(np.stack([op[failed], errs[failed]]), axis=1,
-                                           return_counts=True)
-            for (oi, code), c in zip(pairs.T.tolist(), pair_counts.tolist()):
+            for oi, code, c in zip(*pair_counts(op[failed], errs[failed])):
                 key = (keys[oi][0], keys[oi][1], code)
                 self.errors[key] = self.errors.get(key, 0) + c
         for i, key in enumerate(keys):
@@ -352,7 +371,7 @@ class Aggregate:
         node[1] += int(weight_i.sum())
         node[2] += int(size_i.sum())
         node[3] += int(dur_i.sum())
-        upid, pinv = np.unique(pid.astype(np.int64), return_inverse=True)
+        upid, pinv = uniq(pid.astype(np.int64), inverse=True)
         pc = np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
         pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
         pt = _sums(pinv, dur_i, len(upid))
@@ -372,8 +391,7 @@ class Aggregate:
             self.ts_max = t1 if self.ts_max is None else max(self.ts_max, t1)
             tl = valid & (size_i > 0)
             if tl.any():
-                bins, binv = np.unique((ts[tl] // self.bin_us).astype(np.int64),
-                                       return_inverse=True)
+                bins, binv = uniq((ts[tl] // self.bin_us).astype(np.int64), inverse=True)
                 bb = np.bincount(binv, weights=size_i[tl]).astype(np.int64)
                 for b, v in zip(bins.tolist(), bb.tolist()):
                     cell = (source, b)
@@ -742,16 +760,29 @@ def _size_bins(st: OpStats) -> list[list]:
             for b, c in enumerate(st.size_hist.tolist()) if c]
 
 
+#: Read traces through pyarrow's columns (report/columnar.py); False: one dict per event.
+COLUMNAR = True
+
+
 def summarize_reader(reader, agg: Aggregate | None = None) -> Aggregate:
     """Feed every chunk of a :class:`~datacrumbs.trace.reader.TraceReader` into an Aggregate."""
+    from . import columnar
+
     agg = agg or Aggregate()
     path = str(reader.path)
     # Millions of short-lived acyclic dicts: the cyclic GC would rescan them for nothing.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for chunk in reader.chunks():
-            agg.add_events(chunk, path)
+        if COLUMNAR and columnar.available():
+            for kind, chunk in columnar.chunks(reader):
+                if kind == "table":
+                    agg.add_columns(columnar.Columns(chunk), path)
+                else:
+                    agg.add_events(chunk, path)
+        else:
+            for chunk in reader.chunks():
+                agg.add_events(chunk, path)
     finally:
         if was_enabled:
             gc.enable()

@@ -3,7 +3,7 @@
 A trace is a series of gzip members (docs/design.md, "The trace"). A daemon
 killed mid-write leaves a torn last member; gzip.open would raise on it and
 lose everything, so members are inflated one by one with
-``zlib.decompressobj(wbits=31)``. Of a torn or corrupt last member the whole
+``decompressobj(wbits=31)`` (ISA-L's, with zlib's API). Of a torn or corrupt last member the whole
 lines inflated before the damage are kept (no CRC can vouch for them, but
 deflate output is sequential); the rest is dropped and reported in
 :class:`ReadStats`, never raised: a crashed job's trace is still readable.
@@ -25,6 +25,13 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import DatacrumbsError
+
+try:  # ISA-L's inflate: the same gzip, about 3x less CPU than zlib's
+    from isal import isal_zlib as _inflate
+    _INFLATE_ERRORS: tuple = (zlib.error, _inflate.error)
+except ImportError:  # pragma: no cover - isal is a dependency
+    _inflate = zlib
+    _INFLATE_ERRORS = (zlib.error,)
 
 try:  # optional: about 10% faster summaries than the standard json module
     from orjson import loads as _loads
@@ -125,7 +132,7 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
     f.seek(start)
     offset = start              # file offset of the first byte of `data`
     member_start = start
-    d = zlib.decompressobj(31)
+    d = _inflate.decompressobj(31)
     fed = False                 # current decompressor has consumed input
     parts: list[bytes] = []
     buffered = 0
@@ -140,7 +147,7 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
         try:
             out = d.decompress(data, INFLATE_STEP)
             pending_output = len(out) == INFLATE_STEP
-        except zlib.error as exc:
+        except _INFLATE_ERRORS as exc:
             what = "not a gzip file" if member_start == start and start == 0 else \
                 f"corrupt gzip data at byte {member_start}"
             tail.error = f"{what} ({exc})"
@@ -160,7 +167,7 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
             offset = member_end
             member_start = member_end
             data = d.unused_data
-            d = zlib.decompressobj(31)
+            d = _inflate.decompressobj(31)
             fed = False
             continue
         consumed = len(data) - len(d.unconsumed_tail)

@@ -1,0 +1,296 @@
+"""The report's fast path: trace lines parsed into columns by pyarrow, no dict per event.
+
+``TraceReader.chunks`` makes a Python dict of every event and the aggregation then
+reads each field back with a list comprehension: about 13 µs an event on the project's
+machine. Here each block of whole lines (the reader's own blocks) is parsed by
+pyarrow's compiled JSON reader against a fixed schema of the fields the report reads
+(others are ignored), and the columns go to :meth:`Aggregate.add_columns`, which feeds
+the same numpy code as the dict path.
+
+The numbers are the dict path's, by construction:
+
+* chunks end where ``TraceReader.chunks`` ends them (after the block that brings
+  ``chunk_events`` events), so every chunk-bounded state (a thread's stack, the
+  first host hash of a chunk) is the same;
+* a block goes to pyarrow only when pyarrow reads it exactly as the JSON module would:
+  one object per line, every field of the schema's type, only complete (``X``) events
+  and metadata (``M``) lines, no ``fhash2`` without a string. Anything else (a counter
+  row, a bad line, a foreign type, a number too big) sends the whole chunk through the
+  dict path, which decides as it always did;
+* values are sanitised as the dict path does (``_numbers``: missing, negative or past
+  2**53 become the default).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..trace.reader import PARSE_BLOCK, TraceReader, _blocks, _loads, parse_block
+
+try:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+except ImportError:             # pragma: no cover - pyarrow is a dependency
+    pa = None
+
+#: The fields the report reads, with the JSON type each must have for the fast path.
+_ARGS = [("fhash", "s"), ("fname", "s"), ("hhash", "s"), ("size", "i"), ("count", "i"),
+         ("errno", "i"), ("offset", "i"), ("ret", "i"), ("flags", "i"), ("ftype", "s"),
+         ("fhash2", "s"), ("ftype2", "s")]
+_TOP = [("name", "s"), ("cat", "s"), ("pid", "i"), ("tid", "i"), ("ts", "f"), ("dur", "f"),
+        ("ph", "s")]
+MAX_VALUE = 2.0 ** 53
+
+if pa is not None:
+    _T = {"s": pa.string(), "i": pa.int64(), "f": pa.float64()}
+    SCHEMA = pa.schema([(k, _T[t]) for k, t in _TOP] +
+                       [("args", pa.struct([(k, _T[t]) for k, t in _ARGS]))])
+    _PARSE = pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore",
+                             newlines_in_values=False)
+    _READ = pj.ReadOptions(use_threads=False, block_size=PARSE_BLOCK + (1 << 20))
+
+
+def available() -> bool:
+    return pa is not None
+
+
+def _body(block: bytes) -> tuple[bytes, bool]:
+    """A block without the array's ``[`` and ``]`` lines (as parse_block strips them)."""
+    body = block.strip()
+    closed = False
+    if body.startswith(b"[") and (len(body) == 1 or body[1:2] in b"\r\n"):
+        body = body[1:].lstrip()
+    if body.endswith(b"]") and (len(body) == 1 or body[-2:-1] in b"\r\n"):
+        body = body[:-1].rstrip()
+        closed = True
+    return body, closed
+
+
+def parse_block_columns(block: bytes):
+    """``(events table, metadata dicts, records, closed)`` of a block, or None when the
+    block is not one pyarrow reads exactly as the dict path would (see the module doc)."""
+    body, closed = _body(block)
+    if not body:
+        return None, [], 0, closed
+    if b",\n" in body or b"\n\n" in body:
+        return None
+    try:
+        tbl = pj.read_json(pa.py_buffer(body), read_options=_READ, parse_options=_PARSE)
+    except (pa.ArrowException, ValueError, UnicodeDecodeError):
+        return None
+    n = tbl.num_rows
+    if n != body.count(b"\n") + 1:         # two objects on a line, or a blank one
+        return None
+    ph = tbl.column("ph")
+    is_x = pc.fill_null(pc.equal(ph, "X"), False)
+    nx = pc.sum(is_x).as_py() or 0
+    meta: list = []
+    if nx != n:
+        is_m = pc.fill_null(pc.equal(ph, "M"), False)
+        if nx + (pc.sum(is_m).as_py() or 0) != n:
+            return None                     # counters and other phases: the dict path
+        lines = body.split(b"\n")
+        for i in np.flatnonzero(is_m.to_numpy(zero_copy_only=False)).tolist():
+            try:
+                rec = _loads(lines[i])
+            except ValueError:
+                rec = None
+            if type(rec) is not dict or rec.get("ph") != "M":
+                return None
+            meta.append(rec)
+        tbl = tbl.filter(is_x)
+    if b'"fhash2"' in body and body.count(b'"fhash2"') != \
+            len(tbl.column("args").combine_chunks().field("fhash2").drop_null()):
+        return None                         # a null fhash2 counts as a copy in the dict path
+    return tbl, meta, n, closed
+
+
+def chunks(reader: TraceReader):
+    """``("table", pa.Table)`` or ``("dicts", [event dicts])`` for each chunk, with the same
+    boundaries, metadata and statistics as ``reader.chunks()``."""
+    stats, meta = reader.stats, reader.meta
+    parts: list = []            # (block, table or None, events)
+    pending = 0
+    for data in reader._raw_pieces():
+        for block in _blocks(data, PARSE_BLOCK):
+            got = parse_block_columns(block) if reader.loads is None else None
+            if got is not None:
+                tbl, metas, nrec, closed = got
+                stats.closed |= closed
+                stats.records += nrec
+                for r in metas:
+                    meta.absorb(r)
+                if tbl is None or not tbl.num_rows:
+                    continue
+                parts.append((block, tbl, None))
+                pending += tbl.num_rows
+            else:
+                records, bad, closed = parse_block(block, reader.loads)
+                stats.closed |= closed
+                stats.bad_lines += bad
+                stats.records += len(records)
+                events = [r for r in records if r.get("ph") != "M"]
+                if len(events) != len(records):
+                    for r in records:
+                        if r.get("ph") == "M":
+                            meta.absorb(r)
+                if not events:
+                    continue
+                parts.append((block, None, events))
+                pending += len(events)
+            if pending >= reader.chunk_events:
+                stats.events += pending
+                yield _flush(parts, reader)
+                parts, pending = [], 0
+    if parts:
+        stats.events += pending
+        yield _flush(parts, reader)
+
+
+def _flush(parts: list, reader: TraceReader):
+    if all(t is not None for _, t, _ in parts):
+        tables = [t for _, t, _ in parts]
+        return "table", tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    events: list = []
+    for block, tbl, evs in parts:
+        if evs is None:             # read again as dicts (its metadata is absorbed already)
+            records, _, _ = parse_block(block, reader.loads)
+            evs = [r for r in records if r.get("ph") != "M"]
+        events.extend(evs)
+    return "dicts", events
+
+
+def _f64(arr, default: float) -> np.ndarray:
+    """A numeric column as _numbers gives it: null, NaN, negative or past 2**53 -> default."""
+    a = arr.to_numpy(zero_copy_only=False)
+    if a.dtype != np.float64:
+        a = a.astype(np.float64) if arr.null_count == 0 else \
+            pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    else:
+        a = np.array(a, np.float64)
+    bad = ~np.isfinite(a) | (a < 0) | (a > MAX_VALUE)
+    if bad.any():
+        a[bad] = default
+    return a
+
+
+def _codes(arr) -> tuple[np.ndarray, list]:
+    """Dictionary codes of a string column (-1: null) and its values in first-seen order."""
+    enc = pc.dictionary_encode(arr).combine_chunks() if isinstance(arr, pa.ChunkedArray) \
+        else pc.dictionary_encode(arr)
+    idx = enc.indices
+    codes = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) \
+        if idx.null_count else idx.to_numpy().astype(np.int64)
+    return codes, enc.dictionary.to_pylist()
+
+
+def _first_seen(codes: np.ndarray, n: int) -> np.ndarray:
+    """A renumbering of ``codes`` (0..n-1, -1 kept) by first appearance."""
+    valid = codes >= 0
+    u, first = np.unique(codes[valid], return_index=True)
+    order = u[np.argsort(first, kind="stable")]
+    remap = np.full(n + 1, -1, np.int64)
+    remap[order] = np.arange(len(order))
+    return remap[codes]
+
+
+class Columns:
+    """One chunk of complete events as the arrays Aggregate.add_columns reads."""
+
+    def __init__(self, tbl):
+        tbl = tbl.combine_chunks()
+        n = self.n = tbl.num_rows
+        args = tbl.column("args").chunk(0) if tbl.column("args").num_chunks else None
+        if args is None:
+            args = pa.array([None] * n, SCHEMA.field("args").type)
+        field = args.field
+        # A null args object is an empty one: its fields read as missing.
+        if args.null_count:
+            field = (lambda name, a=args: pc.if_else(a.is_valid(), a.field(name),
+                                                     pa.nulls(len(a), a.type.field(name).type)))
+        self._field = field
+        # (cat, name) keys in first-seen order; a missing name or category reads as "".
+        cc, cl = _codes(tbl.column("cat"))
+        nc, nl = _codes(tbl.column("name"))
+        cl.append("")
+        nl.append("")
+        cc = np.where(cc < 0, len(cl) - 1, cc)
+        nc = np.where(nc < 0, len(nl) - 1, nc)
+        raw = cc * len(nl) + nc
+        u, first, inv = np.unique(raw, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(len(u), np.int64)
+        rank[order] = np.arange(len(u))
+        self.op = rank[inv.reshape(-1)]
+        keys = [(cl[k // len(nl)], nl[k % len(nl)]) for k in u[order].tolist()]
+        # Two raw keys may read the same once null is "" (a null and an empty name).
+        kmap: dict = {}
+        remap = np.array([kmap.setdefault(k, len(kmap)) for k in keys], np.int64)
+        self.op, self.keys = remap[self.op], list(kmap)
+        # File keys: fhash, else "\0" + fname.
+        hc, hl = _codes(field("fhash"))
+        fc, fl = _codes(field("fname"))
+        code = np.where(hc >= 0, hc, np.where(fc >= 0, len(hl) + fc, -1))
+        allkeys = hl + ["\0" + s for s in fl]
+        fmap: dict = {}
+        kremap = np.array([fmap.setdefault(k, len(fmap)) for k in allkeys] + [-1], np.int64)
+        code = kremap[code]
+        self.fil = _first_seen(code, len(fmap))
+        inv_map = list(fmap)
+        nf = int(self.fil.max()) + 1 if n and self.fil.max() >= 0 else 0
+        self.fkeys = [None] * nf
+        sel = self.fil >= 0
+        self.fkeys_from(code[sel], self.fil[sel], inv_map)
+        self.ts = _f64(tbl.column("ts"), -1)
+        self.dur = _f64(tbl.column("dur"), 0)
+        self.pid = _f64(tbl.column("pid"), -1)
+        self.tid = _f64(tbl.column("tid"), -1)
+        self.size = _f64(field("size"), -1)
+        self.count = _f64(field("count"), -1)
+        self.errno = _f64(field("errno"), 0)
+        self._offset = None
+        self.ft, self.ftlist = _codes(field("ftype"))
+        h0 = field("hhash")[0].as_py() if n else None
+        self.hhash = h0
+        f2 = field("fhash2")
+        self.two = np.flatnonzero(f2.is_valid().to_numpy(zero_copy_only=False)) \
+            if f2.null_count != n else np.zeros(0, np.int64)
+        self.two_keys = f2.take(pa.array(self.two)).to_pylist() if len(self.two) else []
+        self._cache: dict = {}
+
+    def fkeys_from(self, code, fil, names) -> None:
+        if len(code):
+            u, i = np.unique(fil, return_index=True)
+            for f, c in zip(u.tolist(), code[i].tolist()):
+                self.fkeys[f] = names[c]
+
+    def arg(self, i: int, key: str):
+        """Row i's arg as the dict path's ``args.get(key)`` (opens, seeks and copies)."""
+        col = self._cache.get(key)
+        if col is None:
+            arr = self._field(key)
+            if pa.types.is_integer(arr.type):     # exact ints, None where missing
+                col = (pc.fill_null(arr, 0).to_numpy(zero_copy_only=False),
+                       arr.is_valid().to_numpy(zero_copy_only=False))
+            else:
+                col = (arr.to_numpy(zero_copy_only=False), None)
+            self._cache[key] = col
+        vals, valid = col
+        if valid is None:
+            return vals[i]
+        return int(vals[i]) if valid[i] else None
+
+    def ints(self, idx: np.ndarray, key: str):
+        """(int64 values, present) of rows ``idx`` of an int column (the schema's ints)."""
+        col = self._cache.get(key)
+        if col is None:
+            self.arg(0, key)
+            col = self._cache[key]
+        vals, valid = col
+        return vals[idx], valid[idx]
+
+    def offsets(self, idx: np.ndarray) -> np.ndarray:
+        if self._offset is None:
+            self._offset = _f64(self._field("offset"), -1)
+        return self._offset[idx]

@@ -192,7 +192,7 @@ def test_torn_trace_keeps_the_same_lines_on_both_paths(tmp_path, monkeypatch):
 
 
 @ebpf
-def test_a_real_traced_program_gives_the_dict_paths_numbers(tmp_path, monkeypatch):
+def test_a_real_traced_program_gives_the_dict_paths_numbers(site, bpf_object, tmp_path, monkeypatch):
     """Opens, writes, seeks, positioned reads, a copy, stdio and a pipe of a real program."""
     root = tmp_path / "d"
     root.mkdir()

@@ -477,32 +477,11 @@ def test_patterns_resolve_in_the_hardened_unit_under_a_real_systemd(systemd_mana
     from datacrumbs.config import SiteConfig, load_config, render_config
     from datacrumbs.flux.install import render_template, template_values
     from datacrumbs.signing.keys import KeyStore
-    from test_signing_service import SERVICE_BIN, UNIT, sign_as
+    from test_signing_service import sign_as, signing_unit
 
     manager = systemd_manager
     name = "datacrumbs_sign_probes.service"
-    root = Path("/run/datacrumbs") / f"test-sign-patterns-{os.getpid()}-{time.monotonic_ns()}"
-    audit_log = root / "log" / "sign-audit.log"
-    unit = manager.unit_dir / name
-    try:
-        root.mkdir(mode=0o755, parents=True)
-        root.chmod(0o755)
-        prefix = root / "prefix"
-        (prefix / "bin").mkdir(parents=True)
-        (prefix / "etc/datacrumbs").mkdir(parents=True)
-        (prefix / "bin/datacrumbs_sign_probes").symlink_to(SERVICE_BIN)
-        config_path = prefix / "etc/datacrumbs/datacrumbs.toml"
-        config_path.write_text(render_config(SiteConfig(
-            prefix=prefix, run_dir=root, log_dir=audit_log.parent, public_key_dir=root / "keys",
-            private_key_dir=root / "private", socket_path=root / "sign.sock",
-            policy_file=root / "sign-policy.toml", audit_log=audit_log)))
-        config = load_config(config_path)
-        KeyStore(config.private_key_dir, config.public_key_dir).init()
-        unit.write_text(render_template(UNIT.read_text(), template_values(prefix, config),
-                                        "unit"))
-        manager.systemctl("daemon-reload", check=True)
-        started = manager.systemctl("start", name)
-        assert started.returncode == 0, started.stderr + manager.journal(name)
+    with signing_unit(manager, "test-sign-patterns") as (config, _audit_log):
         request = {"sets": [], "patterns": [
             {"kind": "uprobe", "pattern": "libhdf5_serial.so*:H5Dread"},
             {"kind": "syscall", "pattern": "read*"},
@@ -518,12 +497,6 @@ def test_patterns_resolve_in_the_hardened_unit_under_a_real_systemd(systemd_mana
         assert refused.returncode == 3
         assert "--kfunc 'vfs_*' refused: this kernel has no kprobes" in refused.stderr
         assert "Traceback" not in manager.journal(name)
-    finally:
-        manager.systemctl("stop", name)
-        manager.systemctl("reset-failed", name)
-        unit.unlink(missing_ok=True)
-        manager.systemctl("daemon-reload")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_generate_help_documents_the_patterns_with_examples():

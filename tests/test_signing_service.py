@@ -672,19 +672,13 @@ def test_unit_template_passes_systemd_analyze_verify(tmp_path):
     assert service["Restart"] == "on-failure"
 
 
-@pytest.mark.systemd
-def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
-    """Type=notify readiness, the hardening and RuntimeDirectory as systemd really applies them.
-
-    Everything the hardened service must see or write lives in /run/datacrumbs (shared with
-    the private manager and writable by the unit): PrivateTmp hides pytest's /tmp from it.
-    Starting the unit creates /var/log/datacrumbs (LogsDirectory=) as on a node; it is left
-    in place, since a concurrent run may be using it.
-    """
-    manager = systemd_manager
+@contextlib.contextmanager
+def signing_unit(manager, prefix_name: str):
+    """datacrumbs_sign_probes.service as installed, started in ``manager`` (a private
+    systemd) with everything it must see or write in /run/datacrumbs (PrivateTmp hides
+    pytest's /tmp from it); (config, audit log). Stopped and removed afterwards."""
     name = "datacrumbs_sign_probes.service"
-    unique = f"{os.getpid()}-{time.monotonic_ns()}"
-    root = Path("/run/datacrumbs") / f"test-sign-{unique}"
+    root = Path("/run/datacrumbs") / f"{prefix_name}-{os.getpid()}-{time.monotonic_ns()}"
     audit_log = root / "log" / "sign-audit.log"
     unit = manager.unit_dir / name
     try:
@@ -704,9 +698,29 @@ def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
         unit.write_text(render_template(UNIT.read_text(), template_values(prefix, config),
                                         "unit"))
         manager.systemctl("daemon-reload", check=True)
-
         started = manager.systemctl("start", name)
         assert started.returncode == 0, started.stderr + manager.journal(name)
+        yield config, audit_log
+    finally:
+        manager.systemctl("stop", name)
+        manager.systemctl("reset-failed", name)
+        unit.unlink(missing_ok=True)
+        manager.systemctl("daemon-reload")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.systemd
+def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
+    """Type=notify readiness, the hardening and RuntimeDirectory as systemd really applies them.
+
+    Everything the hardened service must see or write lives in /run/datacrumbs (shared with
+    the private manager and writable by the unit): PrivateTmp hides pytest's /tmp from it.
+    Starting the unit creates /var/log/datacrumbs (LogsDirectory=) as on a node; it is left
+    in place, since a concurrent run may be using it.
+    """
+    manager = systemd_manager
+    name = "datacrumbs_sign_probes.service"
+    with signing_unit(manager, "test-sign") as (config, audit_log):
         assert manager.is_active(name) == "active"  # only after READY=1: the socket listens
         assert stat.S_IMODE(config.socket_path.stat().st_mode) == 0o666
         result = sign_as(user1.pw_name, ask("posix"), config)
@@ -724,12 +738,6 @@ def test_unit_runs_the_service_under_a_real_systemd(systemd_manager, user1):
         assert "Traceback" not in journal
         records = read_records(audit_log)
         assert [(r["user"], r["decision"]) for r in records] == [(user1.pw_name, "granted")]
-    finally:
-        manager.systemctl("stop", name)
-        manager.systemctl("reset-failed", name)
-        unit.unlink(missing_ok=True)
-        manager.systemctl("daemon-reload")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_async_set_is_signed_from_the_catalog_and_judged_by_kind(site, service, user1):

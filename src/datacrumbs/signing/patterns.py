@@ -32,7 +32,7 @@ from ..probes.host_check import (SYSCALLS_X86_64, HostInfo,
                                  syscall_tracepoint)
 from ..probes.schema import _TARGETS, FAMILY_PATTERN
 from ..tracer.elfsyms import NotElf64, exported_functions_fd
-from .resolve import MAX_LIBRARY_BYTES, LibraryFile, RequestRefused, _path_of, _shown
+from .resolve import MAX_LIBRARY_BYTES, LibraryFile, RequestRefused, _shown, opened_library
 
 # The kinds a request may select by pattern, and the option that says so.
 FLAGS = {"uprobe": "--uprobe", "syscall": "--syscall", "tracepoint": "--tracepoint",
@@ -110,18 +110,7 @@ def library_names_passed(patterns: list[dict], paths: list[str]) -> set[str]:
 def pattern_library(fd: int, claimed: str) -> LibraryFile:
     """A descriptor the user passed, judged as a library (as resolve.library_file, but
     its exported functions read by the fast reader: a file may hold 100,000 symbols)."""
-    shown = _shown(claimed)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise RequestRefused(f"library {shown} is not a regular file; pass the library's file")
-    if st.st_size > MAX_LIBRARY_BYTES:
-        raise RequestRefused(f"library {shown} is larger than {MAX_LIBRARY_BYTES} bytes; "
-                             "that is not a shared library")
-    path = _path_of(fd, claimed, st)
-    if path is None:
-        raise RequestRefused(f"library {shown}: the signing service cannot find the file you "
-                             "opened under that name (was it moved or replaced?); give a "
-                             "stable absolute path")
+    st, path, shown = opened_library(fd, claimed)
     return _judge(fd, st, path, shown)
 
 

@@ -60,14 +60,9 @@ def _shown(path: str) -> str:
     return path if path.isprintable() else repr(path)
 
 
-def library_file(fd: int, claimed: str) -> LibraryFile:
-    """Judge an open file as a library: a regular x86-64 ELF with dynamic symbols.
-
-    The path recorded is one under which the service itself finds this very
-    file (same device and inode): the claimed path, else the kernel's name for
-    the descriptor. Where the service may not look (a directory only the user
-    can enter), the kernel's name is taken as it is.
-    """
+def opened_library(fd: int, claimed: str) -> tuple[os.stat_result, str, str]:
+    """(stat, path, name to show) of a descriptor a user passed as a library: a regular
+    file of a library's size that the service finds under a stable path; else refused."""
     shown = _shown(claimed)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
@@ -80,6 +75,18 @@ def library_file(fd: int, claimed: str) -> LibraryFile:
         raise RequestRefused(f"library {shown}: the signing service cannot find the file you "
                              "opened under that name (was it moved or replaced?); give a "
                              "stable absolute path")
+    return st, path, shown
+
+
+def library_file(fd: int, claimed: str) -> LibraryFile:
+    """Judge an open file as a library: a regular x86-64 ELF with dynamic symbols.
+
+    The path recorded is one under which the service itself finds this very
+    file (same device and inode): the claimed path, else the kernel's name for
+    the descriptor. Where the service may not look (a directory only the user
+    can enter), the kernel's name is taken as it is.
+    """
+    st, path, shown = opened_library(fd, claimed)
     try:
         info = elf_info_fd(fd)
     except (ELFError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..trace.reader import PARSE_BLOCK, TraceReader, _blocks, _loads, parse_block
+from ..trace.reader import PARSE_BLOCK, TraceReader, _blocks, _loads, block_events, parse_block
 
 try:
     import pyarrow as pa
@@ -126,15 +126,7 @@ def chunks(reader: TraceReader):
                 parts.append((block, tbl, None))
                 pending += tbl.num_rows
             else:
-                records, bad, closed = parse_block(block, reader.loads)
-                stats.closed |= closed
-                stats.bad_lines += bad
-                stats.records += len(records)
-                events = [r for r in records if r.get("ph") != "M"]
-                if len(events) != len(records):
-                    for r in records:
-                        if r.get("ph") == "M":
-                            meta.absorb(r)
+                events = block_events(block, reader.loads, stats, meta)
                 if not events:
                     continue
                 parts.append((block, None, events))

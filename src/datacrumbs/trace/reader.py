@@ -267,6 +267,21 @@ def parse_lines(lines: list[bytes], loads=None) -> tuple[list[dict], int]:
     return records, bad
 
 
+def block_events(block: bytes, loads, stats, meta) -> list[dict]:
+    """The events of one block of trace lines: metadata lines go to ``meta``, the counts
+    (records, bad lines, a closing line) to ``stats``."""
+    records, bad, closed = parse_block(block, loads)
+    stats.closed |= closed
+    stats.bad_lines += bad
+    stats.records += len(records)
+    events = [r for r in records if r.get("ph") != "M"]
+    if len(events) != len(records):
+        for r in records:
+            if r.get("ph") == "M":
+                meta.absorb(r)
+    return events
+
+
 def parse_block(block: bytes, loads=None) -> tuple[list[dict], int, bool]:
     """Records of a block of whole lines, bad lines, and whether it held the closing ``]``.
 
@@ -441,16 +456,7 @@ class TraceReader:
         stats, meta = self.stats, self.meta
         for data in self._raw_pieces():
             for block in _blocks(data, PARSE_BLOCK):
-                records, bad, closed = parse_block(block, self.loads)
-                stats.closed |= closed
-                stats.bad_lines += bad
-                stats.records += len(records)
-                events = [r for r in records if r.get("ph") != "M"]
-                if len(events) != len(records):
-                    for r in records:
-                        if r.get("ph") == "M":
-                            meta.absorb(r)
-                pending.extend(events)
+                pending.extend(block_events(block, self.loads, stats, meta))
                 if len(pending) >= self.chunk_events:
                     stats.events += len(pending)
                     yield pending

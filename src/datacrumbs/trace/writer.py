@@ -438,7 +438,7 @@ class TraceWriter:
             rets = _np_column("ret", ops["ret"], False)
         else:
             rets = [f',"ret":{r}' if has_ret[p] else "" for r, p in zip(ops["ret"].tolist(), probe)]
-        pfx, ext, fr = self._probe_prefix, self._probe_args, _FRAC
+        ext, fr = self._probe_args, _FRAC
         ts_q, ts_r = np.divmod(ops["ts_ns"], 1000)
         dur_q, dur_r = np.divmod(np.maximum(ops["dur_ns"], 0), 1000)
         # Each line is {"id":…,HEAD"ts":…,"dur":…,"ph":"X","args":{TAIL}}: HEAD (name, cat,
@@ -643,16 +643,7 @@ class TraceWriter:
         has_fd2, has_flags = self._probe_fd2, self._probe_flags
         fd2s = flagss = _NOTHING
         if any(0 <= p < len(has_fd2) and has_fd2[p] for p in probes):
-            first_pid = int(ops["pid"][0])
-            out = []
-            for i, (p, fd2) in enumerate(zip(ops["probe"].tolist(), ops["fd2"].tolist())):
-                if fd2 < 0 or not has_fd2[p]:
-                    out.append("")
-                    continue
-                path = paths2[i] if paths2 is not None else None
-                out.append(f',"fd2":{fd2}' if path is None else
-                           f',"fd2":{fd2},"fhash2":"{self.file_hash(path, first_pid)}"')
-            fd2s = out
+            fd2s = self._fd2_strings(ops, paths2)
         if any(0 <= p < len(has_flags) and has_flags[p] for p in probes):
             flagss = [f',"flags":{f}' if has_flags[p] else ""
                       for p, f in zip(ops["probe"].tolist(), ops["flags"].tolist())]

@@ -53,6 +53,11 @@ def start_phases(daemon, timeout: float = 5.0) -> dict[str, tuple[float, float]]
         time.sleep(0.01)
     if not m:
         raise SystemExit("bench_ready: the daemon logged no 'started in' line")
+    return phases(m)
+
+
+def phases(m: re.Match) -> dict[str, tuple[float, float]]:
+    """{phase: (wall s, CPU s)} of a STARTED match, "total" too."""
     out = {"total": (float(m.group(1)), float(m.group(2)))}
     parts, _, early = m.group(3).partition("; in a thread meanwhile: ")
     if early:       # the BPF load began before the imports (a prolog's verified copy)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import re
 import shutil
 import statistics
 import sys
@@ -35,8 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
-STARTED = re.compile(r"started in ([0-9.]+) s wall, ([0-9.]+) s CPU \(phase wall/CPU s: (.*)\)")
+from bench_ready import STARTED, phases  # noqa: E402
+
 JOB_USER = "dctest1"        # the tests' unprivileged user (created if missing)
 GOAL_S = 1.5
 
@@ -95,15 +96,7 @@ def daemon_start(manager, jobid: int) -> dict[str, tuple[float, float]]:
     m = STARTED.search(manager.journal(f"datacrumbs@{jobid}.service"))
     if not m:
         return {}
-    out = {"total": (float(m.group(1)), float(m.group(2)))}
-    parts, _, early = m.group(3).partition("; in a thread meanwhile: ")
-    if early:       # the BPF load began before the imports, in a thread
-        parts += ", " + early.replace("bpf load", "bpf load in a thread")
-    for part in parts.split(", "):
-        name, _, ws = part.rpartition(" ")
-        wall, cpu = ws.split("/")
-        out[name] = (float(wall), float(cpu))
-    return out
+    return phases(m)
 
 
 def unit_cpu(manager, jobid: int) -> float | None:

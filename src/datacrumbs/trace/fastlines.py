@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -80,7 +79,7 @@ def library_path(bpf_object) -> Path:
 
 def build_library(out: Path, cc: str | None = None) -> Path:
     """Compile lines.c into ``out`` atomically (``cc``, else clang or gcc from PATH)."""
-    from ..tracer.build import BuildError, _run
+    from ..tracer.build import BuildError, compile_into
 
     cc = cc or shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
     if not cc:
@@ -88,16 +87,8 @@ def build_library(out: Path, cc: str | None = None) -> Path:
                          "formatter; install clang, which the BPF object needs too")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        _run([cc, "-O2", "-shared", "-fPIC", "-o", partial, str(source_path())],
-             f"{Path(cc).name} compiling {source_path()}")
-        os.chmod(partial, 0o644)
-        os.replace(partial, out)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+    compile_into(out, [cc, "-O2", "-shared", "-fPIC", str(source_path())],
+                 f"{Path(cc).name} compiling {source_path()}")
     return out
 
 

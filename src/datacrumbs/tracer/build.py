@@ -75,15 +75,21 @@ def build_bpf_object(out: Path, *, btf: Path = BTF_PATH, clang: str | None = Non
         with open(vmlinux_h, "wb") as f:
             _run([bpftool, "btf", "dump", "file", str(btf), "format", "c"],
                  f"bpftool btf dump of {btf}", stdout=f)
-        fd, partial = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        try:
-            _run([clang, "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86",
-                  "-I", tmp, "-I", str(src), "-c", str(src / SOURCE_NAME), "-o", partial],
-                 f"clang compiling {src / SOURCE_NAME}")
-            os.chmod(partial, 0o644)
-            os.replace(partial, out)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        compile_into(out, [clang, "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86",
+                           "-I", tmp, "-I", str(src), "-c", str(src / SOURCE_NAME)],
+                     f"clang compiling {src / SOURCE_NAME}")
     return out
+
+
+def compile_into(out: Path, argv: list[str], what: str) -> None:
+    """Run the compiler ``argv`` with ``-o`` a temporary file beside ``out``, then put it
+    in place: a failed or interrupted build never leaves a half-written file to load."""
+    fd, partial = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        _run([*argv, "-o", partial], what)
+        os.chmod(partial, 0o644)
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)

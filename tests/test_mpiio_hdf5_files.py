@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,15 @@ def _trace(tmp_path, sets, *command, cwd=None):
     return proc, events, summary
 
 
+def _report_json(trace: Path, tmp_path: Path) -> str:
+    """`datacrumbs report --json` of one trace, as a user runs it."""
+    out = tmp_path / "report.json"
+    proc = subprocess.run([DATACRUMBS, "report", "-q", "--json", str(out), str(trace)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out.read_text()
+
+
 def _below(call: dict, events: list[dict], names: tuple[str, ...]) -> list[dict]:
     """POSIX events among ``names`` made by call's thread while call ran (1 µs of rounding)."""
     end = call["ts"] + call["dur"] + 1
@@ -123,6 +133,19 @@ def test_mpiio_events_name_their_file_and_bytes_of_predefined_datatypes(site, bp
     assert a.stat().st_size == a_rank * RANKS and b.stat().st_size == b_rank * RANKS
     mpi = [e for e in events if e["cat"] == "MPIIO"]
     assert len({e["pid"] for e in mpi}) == RANKS
+    # each rank's process is labelled with its rank (from its launcher's PMI_RANK), as the
+    # MPI library itself says: in the trace's metadata and in the report's process rows
+    said = {int(pid): int(rank) for rank, pid in re.findall(r"^rank (\d+) pid (\d+)$",
+                                                            proc.stderr, re.M)}
+    assert sorted(said.values()) == list(range(RANKS)) and set(said) == {e["pid"] for e in mpi}
+    (trace,) = (tmp_path / "out").glob("*.pfw.gz")
+    labelled = {r["pid"]: r["args"].get("rank") for r in rb.records(trace)
+                if r.get("name") == "process_name" and r["pid"] in said}
+    assert labelled == said
+    report = json.loads(_report_json(trace, tmp_path))
+    rows = {p["pid"]: p for p in report["processes"] if p["pid"] in said}
+    assert {pid: p["rank"] for pid, p in rows.items()} == said
+    assert all(p["name"].endswith(f", rank {said[pid]}") for pid, p in rows.items())
     # every call names its file, by the absolute path the program opened
     assert Counter((e["name"], e["file"]) for e in mpi) == {
         ("MPI_File_open", str(a)): RANKS, ("MPI_File_open", str(b)): RANKS,

@@ -1,7 +1,10 @@
 /* MPI-IO workload for the file and byte tests: two files open at once, each rank writing
  * its own region of each, with predefined datatypes of several sizes and one derived one.
  * Usage: mpiio_files FILE_A FILE_B N   (run under mpiexec; rank 0 prints
- * "ok A_BYTES B_BYTES" with the bytes all ranks wrote to each file)
+ * "ok A_BYTES B_BYTES" with the bytes all ranks wrote to each file; every rank prints
+ * "rank R pid P" on stderr, the MPI library's own word on which process is which rank, and
+ * stays 0.3 s more, as ranks of real jobs live: the tracer reads a rank when it first
+ * writes a process's events, every 50 ms or so)
  *
  * Per rank and file A: N MPI_File_write_at of BYTE_COUNT MPI_BYTE, N of DOUBLE_COUNT
  * MPI_DOUBLE, one of DERIVED_COUNT elements of contiguous(4, MPI_INT) (16 bytes each), then
@@ -11,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BYTE_COUNT 1000
 #define DOUBLE_COUNT 125
@@ -28,6 +32,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s FILE_A FILE_B N\n", argv[0]);
 		MPI_Abort(MPI_COMM_WORLD, 2);
 	}
+	fprintf(stderr, "rank %d pid %d\n", rank, (int)getpid());
 	int n = atoi(argv[3]);
 	long a_rank = (long)n * (BYTE_COUNT + DOUBLE_COUNT * 8) + DERIVED_COUNT * 16;
 	long b_rank = (long)n * INT_COUNT * 4;
@@ -84,5 +89,6 @@ int main(int argc, char **argv)
 	if (rank == 0)
 		printf("ok %ld %ld\n", a_rank * nranks, b_rank * nranks);
 	MPI_Finalize();
+	usleep(300000);
 	return 0;
 }

@@ -539,10 +539,17 @@ class Aggregate:
         by_bytes = sorted(files, key=lambda f: (-f["bytes"], -f["time_us"], f["path"]))[:top]
         by_time = sorted(files, key=lambda f: (-f["time_us"], -f["bytes"], f["path"]))[:top]
 
+        # a process's display name: its command, and its rank in the job when its
+        # launcher set one (Flux, MPI), as rows of a rank-ordered heatmap are read
         names: dict[tuple[str, int], str] = {}
+        ranks: dict[tuple[str, int], int] = {}
         for path, src in self.sources.items():
+            host = hosts.get(path, path)
+            for pid, rank in src.meta.process_ranks.items():
+                ranks.setdefault((host, pid), rank)
             for pid, comm in src.meta.process_names.items():
-                names.setdefault((hosts.get(path, path), pid), comm)
+                rank = ranks.get((host, pid))
+                names.setdefault((host, pid), comm if rank is None else f"{comm}, rank {rank}")
         nodes: dict[str, dict] = {}
         for path, (ev, c, b, t) in self.nodes.items():
             host = hosts[path]
@@ -554,6 +561,7 @@ class Aggregate:
             host = hosts[path]
             p = procs.setdefault((host, pid), {"host": host, "pid": pid,
                                                "name": names.get((host, pid), ""),
+                                               "rank": ranks.get((host, pid)),
                                                "count": 0, "bytes": 0, "time_us": 0})
             p["count"] += c; p["bytes"] += b; p["time_us"] += t
         for path, src in self.sources.items():      # a node that traced but did no I/O
@@ -682,6 +690,7 @@ class Aggregate:
         }
         for row in detail["process_io"]:
             row["name"] = names.get((row["host"], row["pid"]), "")
+            row["rank"] = ranks.get((row["host"], row["pid"]))
         for k in ("files", "file_counts", "data_per_mount", "layers", "layer_breakdown",
                   "not_file_io", "process_io"):
             summary[k] = detail[k]

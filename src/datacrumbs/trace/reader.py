@@ -332,6 +332,7 @@ class TraceMeta:
     files: dict[str, str] = field(default_factory=dict)
     strings: dict[str, str] = field(default_factory=dict)
     process_names: dict[int, str] = field(default_factory=dict)
+    process_ranks: dict[int, int] = field(default_factory=dict)     # pid -> rank in the job
 
     def absorb(self, rec: dict) -> bool:
         """Take a metadata record; True when it was one (and is not an event)."""
@@ -346,9 +347,11 @@ class TraceMeta:
             if isinstance(value, str) and isinstance(text, str):
                 getattr(self, HASH_KINDS[name])[value] = text
         elif name == "process_name":
-            pid, text = rec.get("pid"), args.get("name")
+            pid, text, rank = rec.get("pid"), args.get("name"), args.get("rank")
             if isinstance(pid, int) and isinstance(text, str):
                 self.process_names[pid] = text
+                if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0:
+                    self.process_ranks[pid] = rank
         elif name == "datacrumbs" and rec.get("cat") == "datacrumbs" and self.header is None:
             self.header = dict(args, ts=rec.get("ts"))
         return True
@@ -361,6 +364,8 @@ class TraceMeta:
         self.strings.update(other.strings)
         for pid, name in other.process_names.items():
             self.process_names.setdefault(pid, name)
+        for pid, rank in other.process_ranks.items():
+            self.process_ranks.setdefault(pid, rank)
 
     def resolve(self, args: dict) -> dict:
         """Args with hashes resolved into ``fname``/``hostname`` (DFTracer's names)."""

@@ -365,15 +365,18 @@ class TraceWriter:
         """``SH`` table entry (e.g. a command line), written before first use."""
         return self._hash_line("SH", text, pid, pid)
 
-    def process_name(self, pid: int, name: str) -> None:
-        if pid in self._named_pids:
+    def process_name(self, pid: int, name: str, rank: int | None = None) -> None:
+        """A process's command name, and its rank in the job when its launcher set one
+        (tracer/ranks.py): the report labels its rows with both."""
+        if pid in self._named_pids and rank is None:
             return
         if len(self._named_pids) > 1_000_000:
             self._named_pids.clear()
         self._named_pids.add(pid)
         self._lines.append(
             f'{{"id":{self._take_id()},"name":"process_name","cat":"dftracer","pid":{pid},'
-            f'"tid":{pid},"ph":"M","args":{{"name":{_json_str(name)}}}}}')
+            f'"tid":{pid},"ph":"M","args":{{"name":{_json_str(name)}'
+            + (f',"rank":{int(rank)}' if rank is not None else "") + "}}")
 
     def named(self, pid: int) -> bool:
         return pid in self._named_pids

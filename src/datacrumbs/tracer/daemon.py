@@ -708,6 +708,7 @@ class TraceRun:
                  library_scan_s: float = LIBRARY_SCAN_S):
         self.engine = engine
         self.report = report
+        self._rank_looks: dict[int, int] = {}     # pid -> looks for its rank (3: done)
         self.run_id, self.user, self.host, self.mode = run_id, user, host, mode
         self.interval_s = max(interval_ms, 10) / 1000.0
         self.dir_fd = dir_fd
@@ -871,11 +872,22 @@ class TraceRun:
         from .engine import distinct  # imported late, like Engine in run_daemon
         pids = distinct(ops["pid"]).tolist()
         new = [p for p in pids if not self.writer.named(p)]
-        if new:
+        # a process first seen before its exec, or a moment before its launcher's variables
+        # were read, gets two more looks for its rank (then it keeps its name alone)
+        if len(self._rank_looks) > 1_000_000:
+            self._rank_looks.clear()
+        later = [p for p in pids if 0 < self._rank_looks.get(p, 3) < 3]
+        if new or later:
+            from .ranks import process_rank
+
             names = self.engine.process_names()
-            for pid in new:
+            for pid in new + later:
                 if pid in names:
-                    self.writer.process_name(pid, names[pid])
+                    rank = process_rank(pid)
+                    self._rank_looks[pid] = 3 if rank is not None else \
+                        self._rank_looks.get(pid, 0) + 1
+                    if pid in new or rank is not None:
+                        self.writer.process_name(pid, names[pid], rank)
         self.writer.write_ops(ops, paths, paths2, args)
         if self.mode != "profile":
             self.summary.add_ops(ops, paths, paths2)

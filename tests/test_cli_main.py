@@ -1,6 +1,7 @@
 """The `datacrumbs` entry point: subcommand discovery, the daemon form, one-line errors."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,18 @@ def test_the_daemon_start_imports_no_elf_parser():
                          timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_trace_usage_line_names_every_option():
+    """`datacrumbs trace`'s usage line is written by hand (argparse's own cannot show the
+    `-- CMD` form): every option the parser takes must be in it."""
+    from datacrumbs.cli import _subparser, build_parser
+
+    trace = _subparser(build_parser("trace"), "trace")
+
+    def shown(option: str) -> bool:
+        return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", trace.usage) is not None
+
+    missing = [a.option_strings for a in trace._actions
+               if a.option_strings and not any(shown(o) for o in a.option_strings)]
+    assert not missing, missing

@@ -9,8 +9,8 @@ the trace, and the tracer itself never is. The trace and its summary go to
 DIR (default: the current directory); the exit status is the command's.
 
 Probes come from named sets (default: posix, stdio and async, checked against this
-host), patterns (--uprobe, --syscall, --tracepoint, --kfunc, as `probes generate`)
-or from a probes file. A probes file may be unsigned here: signatures
+host), patterns (--uprobe, --syscall, --tracepoint, --kfunc, --usdt, as `probes
+generate`) or from a probes file. A probes file may be unsigned here: signatures
 protect the root daemon from other users' choices, and here root runs only
 its own command. A signed file is still verified (for $SUDO_USER when run
 through sudo, else for root) so an expired or tampered file is noticed.
@@ -40,7 +40,8 @@ DEFAULT_SETS = ("posix", "stdio", "async")
 
 def setup_parser(parser) -> None:
     parser.usage = ("datacrumbs trace [-h] [--probes FILE | --set NAME ... --uprobe LIB:GLOB "
-                    "...] [-o DIR] "
+                    "... --syscall GLOB ... --tracepoint CAT:GLOB ... --kfunc GLOB ... "
+                    "--usdt LIB:PROVIDER:NAME ...] [-o DIR] "
                     "[--mode trace|profile] [--interval-ms MS] [-q] -- CMD [ARGS ...]")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--probes", metavar="FILE", help="probes file (*.json.gz), signed or not")

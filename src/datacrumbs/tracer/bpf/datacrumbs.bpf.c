@@ -475,24 +475,40 @@ static __always_inline int cached_slot(struct dc_config *c, struct dc_task *t, _
 	return 0;
 }
 
-static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
-					__u32 probe, __u64 dur, __s64 bytes)
+/* The (process, probe) row of ``map`` (profile or unsent: both indexed by the
+ * cached slot) for one operation, or NULL (no slot left, counted as lost). */
+static __always_inline void *slot_row(struct dc_config *c, struct dc_task *t, __u32 tgid,
+				      __u32 probe, void *map)
 {
-	struct dc_pval *v;
+	void *v;
 	__u32 slot;
 
 	if (cached_slot(c, t, tgid, probe, &slot) < 0)
-		return;
-	v = bpf_map_lookup_elem(&profile, &slot);
-	if (!v) {
+		return NULL;
+	v = bpf_map_lookup_elem(map, &slot);
+	if (!v)
 		count_lost(2);
-		return;
-	}
+	return v;
+}
+
+/* One operation in a row's totals: a profile row starts with them. */
+static __always_inline void totals_add(struct dc_tval *v, __u64 dur, __s64 bytes)
+{
 	v->count += 1;
 	if (bytes > 0)
 		v->bytes += bytes;
 	v->time_ns += dur;
-	if (v->count == 1 || dur < v->min_ns)
+}
+
+static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
+					__u32 probe, __u64 dur, __s64 bytes)
+{
+	struct dc_pval *v = slot_row(c, t, tgid, probe, &profile);
+
+	if (!v)
+		return;
+	totals_add(&v->total, dur, bytes);
+	if (v->total.count == 1 || dur < v->min_ns)
 		v->min_ns = dur;
 	if (dur > v->max_ns)
 		v->max_ns = dur;
@@ -505,20 +521,10 @@ static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, 
 static __always_inline void unsent_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
 				       __u32 probe, __u64 dur, __s64 bytes)
 {
-	struct dc_tval *v;
-	__u32 slot;
+	struct dc_tval *v = slot_row(c, t, tgid, probe, &unsent);
 
-	if (cached_slot(c, t, tgid, probe, &slot) < 0)
-		return;
-	v = bpf_map_lookup_elem(&unsent, &slot);
-	if (!v) {
-		count_lost(2);
-		return;
-	}
-	v->count += 1;
-	if (bytes > 0)
-		v->bytes += bytes;
-	v->time_ns += dur;
+	if (v)
+		totals_add(v, dur, bytes);
 }
 
 static __always_inline __s64 bytes_of(struct dc_spec *sp, struct dc_entry *e, __s64 ret)

@@ -238,15 +238,6 @@ struct dc_pkey {
 	__u32 probe;
 };
 
-struct dc_pval {
-	__u64 count;
-	__u64 bytes;
-	__u64 time_ns;
-	__u64 min_ns;
-	__u64 max_ns;
-	__u64 hist[DC_HIST_BUCKETS];	/* [0] < 1 us, [i] in [2^(i-1), 2^i) us */
-};
-
 /* Trace mode: what the kernel could not send (ring buffer full), per (process,
  * probe). The totals of a run are the events received plus these rows: exact
  * however many events are lost, and the hot path pays nothing for them (only a
@@ -256,6 +247,13 @@ struct dc_tval {
 	__u64 count;
 	__u64 bytes;
 	__u64 time_ns;
+};
+
+struct dc_pval {
+	struct dc_tval total;	/* count, bytes, time_ns: as an unsent row */
+	__u64 min_ns;
+	__u64 max_ns;
+	__u64 hist[DC_HIST_BUCKETS];	/* [0] < 1 us, [i] in [2^(i-1), 2^i) us */
 };
 
 struct dc_block_key {

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..trace.reader import PARSE_BLOCK, TraceReader, _blocks, _loads, block_events, parse_block
+from ..trace.reader import (PARSE_BLOCK, TraceReader, _blocks, _loads, block_body,
+                             block_events, parse_block)
 
 try:
     import pyarrow as pa
@@ -55,22 +56,10 @@ def available() -> bool:
     return pa is not None
 
 
-def _body(block: bytes) -> tuple[bytes, bool]:
-    """A block without the array's ``[`` and ``]`` lines (as parse_block strips them)."""
-    body = block.strip()
-    closed = False
-    if body.startswith(b"[") and (len(body) == 1 or body[1:2] in b"\r\n"):
-        body = body[1:].lstrip()
-    if body.endswith(b"]") and (len(body) == 1 or body[-2:-1] in b"\r\n"):
-        body = body[:-1].rstrip()
-        closed = True
-    return body, closed
-
-
 def parse_block_columns(block: bytes):
     """``(events table, metadata dicts, records, closed)`` of a block, or None when the
     block is not one pyarrow reads exactly as the dict path would (see the module doc)."""
-    body, closed = _body(block)
+    body, closed = block_body(block)
     if not body:
         return None, [], 0, closed
     if b",\n" in body or b"\n\n" in body:

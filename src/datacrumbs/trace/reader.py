@@ -282,13 +282,9 @@ def block_events(block: bytes, loads, stats, meta) -> list[dict]:
     return events
 
 
-def parse_block(block: bytes, loads=None) -> tuple[list[dict], int, bool]:
-    """Records of a block of whole lines, bad lines, and whether it held the closing ``]``.
-
-    The writer's layout (no commas, no blank lines) becomes one JSON array by
-    turning newlines into commas: one decode call per block. Anything else
-    takes the line-by-line path.
-    """
+def block_body(block: bytes) -> tuple[bytes, bool]:
+    """A block without the JSON array's ``[`` and ``]`` lines, and whether it held the
+    closing ``]`` (a trace that was closed)."""
     body = block.strip()
     closed = False
     if body.startswith(b"[") and (len(body) == 1 or body[1:2] in b"\r\n"):
@@ -296,6 +292,17 @@ def parse_block(block: bytes, loads=None) -> tuple[list[dict], int, bool]:
     if body.endswith(b"]") and (len(body) == 1 or body[-2:-1] in b"\r\n"):
         body = body[:-1].rstrip()
         closed = True
+    return body, closed
+
+
+def parse_block(block: bytes, loads=None) -> tuple[list[dict], int, bool]:
+    """Records of a block of whole lines, bad lines, and whether it held the closing ``]``.
+
+    The writer's layout (no commas, no blank lines) becomes one JSON array by
+    turning newlines into commas: one decode call per block. Anything else
+    takes the line-by-line path.
+    """
+    body, closed = block_body(block)
     if not body:
         return [], 0, closed
     if b",\n" not in body and b"\n\n" not in body:

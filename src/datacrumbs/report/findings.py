@@ -63,6 +63,12 @@ def _procs(files) -> list:
     return seen
 
 
+def _worst(files, count) -> tuple[list[str], list]:
+    """(paths, processes) of the files with a nonzero ``count``, most first."""
+    hit = sorted((f for f in files if count(f)), key=lambda f: (-count(f), f["path"]))
+    return [f["path"] for f in hit], _procs(hit)
+
+
 def findings(s: dict) -> list[dict]:
     """The findings of a finished summary (``Aggregate.finalize``), worst first."""
     out = []
@@ -78,14 +84,12 @@ def findings(s: dict) -> list[dict]:
     reqs = sum(f["requests"] for f in files)
     small = sum(f["small_requests"] for f in files)
     if reqs and small > SMALL_SHARE * reqs and small >= SMALL_MIN:
-        hit = sorted((f for f in files if f["small_requests"]),
-                     key=lambda f: (-f["small_requests"], f["path"]))
         out.append(_finding("small_io", "warning",
                             f"{small:,} of {reqs:,} requests ({small / reqs:.0%}) are smaller "
                             f"than {SMALL // 1024} KiB: aggregate them (buffering, larger "
                             "records, collective I/O)",
                             {"small_requests": small, "requests": reqs, "threshold_bytes": SMALL},
-                            [f["path"] for f in hit], _procs(hit)))
+                            *_worst(files, lambda f: f["small_requests"])))
     pats = {k: 0 for k in ("consecutive", "sequential", "random")}
     for f in files:
         for d in ("read", "write"):
@@ -93,13 +97,11 @@ def findings(s: dict) -> list[dict]:
                 pats[k] += f["access"][d][k]
     total = sum(pats.values())
     if total and pats["random"] > RANDOM_SHARE * total and pats["random"] >= RANDOM_MIN:
-        hit = sorted((f for f in files if f["access"]["read"]["random"] + f["access"]["write"]["random"]),
-                     key=lambda f: (-(f["access"]["read"]["random"] + f["access"]["write"]["random"]),
-                                    f["path"]))
         out.append(_finding("random_access", "warning",
                             f"{pats['random']:,} of {total:,} accesses ({pats['random'] / total:.0%}) "
                             "are random (behind the previous one's end)", dict(pats),
-                            [f["path"] for f in hit], _procs(hit)))
+                            *_worst(files, lambda f: f["access"]["read"]["random"]
+                                    + f["access"]["write"]["random"])))
     meta = sum(f["time_us"]["metadata"] for f in files)
     data = sum(f["time_us"]["read"] + f["time_us"]["write"] for f in files)
     if meta > data and meta >= META_MIN_US:
@@ -112,12 +114,10 @@ def findings(s: dict) -> list[dict]:
     large = sum(f["large_requests"] for f in files)
     mis = sum(f["misaligned_requests"] for f in files)
     if large and mis > MISALIGNED_SHARE * large and mis >= MISALIGNED_MIN:
-        hit = sorted((f for f in files if f["misaligned_requests"]),
-                     key=lambda f: (-f["misaligned_requests"], f["path"]))
         out.append(_finding("misaligned", "info",
                             f"{mis:,} of {large:,} requests of 4 KiB or more start off a 4 KiB "
                             "boundary", {"misaligned_requests": mis, "large_requests": large},
-                            [f["path"] for f in hit], _procs(hit)))
+                            *_worst(files, lambda f: f["misaligned_requests"])))
     red = [f for f in files if f["bytes"]["read"] >= REDUNDANT_MIN and f["read_extent_bytes"]
            and f["bytes"]["read"] > REDUNDANT_FACTOR * f["read_extent_bytes"]]
     if red:

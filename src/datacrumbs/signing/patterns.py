@@ -321,11 +321,7 @@ class Resolver:
         self._count("syscall", pattern, len(names), "system call(s) of this kernel")
         probes = []
         for name in sorted(names, key=SYSCALLS_X86_64.get):
-            known = self._first(("syscall", name))
-            probe = copy.deepcopy(known) if known else {
-                "kind": "syscall", "target": name, "category": "SYSCALL", "args": {},
-                "bytes": None}
-            self._finish(probes, probe, f"syscall.{name}")
+            self._add(probes, "syscall", name, "SYSCALL", f"syscall.{name}")
         return PatternResult("syscall", pattern, probes)
 
     def tracepoint(self, pattern: str) -> PatternResult:
@@ -350,11 +346,8 @@ class Resolver:
         self._count("tracepoint", pattern, len(found), "tracepoint(s) of this kernel")
         probes = []
         for cat, name in found:
-            known = self._first(("tracepoint", f"{cat}:{name}"))
-            probe = copy.deepcopy(known) if known else {
-                "kind": "tracepoint", "target": f"{cat}:{name}",
-                "category": _category(cat, "TP"), "args": {}, "bytes": None}
-            self._finish(probes, probe, f"{cat}.{name}")
+            self._add(probes, "tracepoint", f"{cat}:{name}", _category(cat, "TP"),
+                      f"{cat}.{name}")
         return PatternResult("tracepoint", pattern, probes)
 
     def kfunc(self, pattern: str) -> PatternResult:
@@ -368,20 +361,21 @@ class Resolver:
         self._count("kfunc", pattern, len(names), "traceable kernel function(s)")
         probes = []
         for name in names:
-            known = self._first(("kprobe", name))
-            probe = copy.deepcopy(known) if known else {
-                "kind": "kprobe", "target": name, "category": "KERNEL", "args": {},
-                "bytes": None}
-            self._finish(probes, probe, f"kernel.{name}")
+            self._add(probes, "kprobe", name, "KERNEL", f"kernel.{name}")
         return PatternResult("kfunc", pattern, probes)
 
     def _kernel_functions(self) -> frozenset[str]:
         functions = _traceable_functions(str(self.host.tracefs or "/sys/kernel/tracing"))
         return functions - _kprobe_blacklist()
 
-    def _first(self, key) -> dict | None:
-        probes = self._known.get(key)
-        return probes[0] if probes else None
+    def _add(self, probes: list[dict], kind: str, target: str, category: str,
+             default_id: str) -> None:
+        """The catalog's definition of (kind, target) when it has one (its argument
+        roles), else one traced with time and return value only; kept by _finish."""
+        known = self._known.get((kind, target))
+        probe = copy.deepcopy(known[0]) if known else {
+            "kind": kind, "target": target, "category": category, "args": {}, "bytes": None}
+        self._finish(probes, probe, default_id)
 
 
 RESOLVERS = {"uprobe": Resolver.uprobe, "syscall": Resolver.syscall,

@@ -71,6 +71,28 @@ _SITES = {"type": "array", "minItems": 1, "maxItems": USDT_MAX_SITES, "items": {
                    "semaphore": {"type": "integer", "minimum": 0, "maximum": 1 << 48},
                    "args": {"type": "string", "maxLength": 512, "pattern": r"^[ -~]*$"}}}}
 
+# A function the catalog does not know: its integer-class arguments as the signing
+# service read them from the library's debug info (signing/signatures.py): the
+# parameter's position and name, the register it arrives in, its size and sign. The
+# tracer records the registers (no memory); the trace names them arg<pos>_<name>.
+MAX_SCALARS = 4
+SCALAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+_SCALARS = {"type": "array", "minItems": 1, "maxItems": MAX_SCALARS, "items": {
+    "type": "object", "additionalProperties": False,
+    "required": ["pos", "reg", "name", "size", "signed", "pointer"],
+    "properties": {"pos": {"type": "integer", "minimum": 0, "maximum": 255},
+                   "reg": {"type": "integer", "minimum": 0, "maximum": MAX_ARG_INDEX},
+                   "name": {"type": "string", "pattern": SCALAR_NAME_PATTERN},
+                   "size": {"enum": [1, 2, 4, 8]},
+                   "signed": {"type": "boolean"}, "pointer": {"type": "boolean"}}}}
+
+# Its integer result's size and sign (null: void, or a result that is not an integer in
+# rax): the trace keeps the true value, and a negative one is not counted as an error
+# (the function's error convention is unknown).
+_RETURNS = {"anyOf": [{"type": "null"}, {
+    "type": "object", "additionalProperties": False, "required": ["size", "signed"],
+    "properties": {"size": {"enum": [1, 2, 4, 8]}, "signed": {"type": "boolean"}}}]}
+
 
 def probe_schema(*, resolved: bool = True) -> dict:
     """One probe entry; ``resolved`` requires absolute library paths (documents)."""
@@ -97,6 +119,10 @@ def probe_schema(*, resolved: bool = True) -> dict:
         extra["sites"] = _SITES
         by_kind.append({"if": {"required": ["sites"]},
                         "then": {"properties": {"kind": {"const": "usdt"}}}})
+        extra["scalars"] = _SCALARS
+        extra["returns"] = _RETURNS
+        by_kind.append({"if": {"anyOf": [{"required": ["scalars"]}, {"required": ["returns"]}]},
+                        "then": {"properties": {"kind": {"const": "uprobe"}}}})
     # only tracepoints have record fields (last: the rules before keep their indexes)
     by_kind.append({"if": {"required": ["fields"]},
                     "then": {"properties": {"kind": {"const": "tracepoint"}}}})
@@ -313,6 +339,7 @@ _PATTERNS = {
     _SITES["items"]["properties"]["args"]["pattern"]: "USDT argument specs (printable ASCII)",
     BYTES_PATTERN: "bytes rules (ret, ret*argN, argN, field:NAME)",
     FIELD_NAME_PATTERN: "tracepoint field names",
+    SCALAR_NAME_PATTERN: "argument names (C identifiers)",
     DOCUMENT_SCHEMA["properties"]["owner"]["properties"]["user"]["pattern"]: "user names",
     DOCUMENT_SCHEMA["properties"]["host"]["pattern"]: "host names",
     DOCUMENT_SCHEMA["properties"]["key_id"]["pattern"]: "key ids (16 hex digits)",
@@ -384,6 +411,8 @@ def _expectation(error, patterns: dict) -> str:
         rule = list(error.absolute_schema_path)
         if len(_TARGETS) + 2 in rule[rule.index("allOf") + 1:][:1]:
             return "must be 'usdt': only usdt probes have 'sites'"
+        if len(_TARGETS) + 3 in rule[rule.index("allOf") + 1:][:1]:
+            return "must be 'uprobe': only uprobe probes have 'scalars' and 'returns'"
         field = "family" if len(_TARGETS) + 1 in rule[rule.index("allOf") + 1:][:1] else "aliases"
         return f"must be 'uprobe': only uprobe probes have {field!r}"
     if keyword == "const":

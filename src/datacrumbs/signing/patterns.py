@@ -18,12 +18,14 @@ in as one more entry of RESOLVERS.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import hashlib
 import os
 import platform
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 
 from ..probes.catalog import with_family
@@ -60,6 +62,8 @@ class PatternResult:
     pattern: str
     probes: list[dict]
     libraries: list[LibraryFile] = field(default_factory=list)
+    # per library: how many uncatalogued functions its debug info described, and why not
+    arguments: list[dict] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -69,6 +73,8 @@ class PatternResult:
         names = [p["target"] for p in self.probes]
         entry = {"kind": self.kind, "pattern": self.pattern, "probes": len(names),
                  "names": names[:MAX_AUDIT_NAMES]}
+        if self.arguments:      # functions the catalog does not know: typed from debug info
+            entry["arguments"] = self.arguments
         if len(names) > MAX_AUDIT_NAMES:
             entry["names_truncated"] = True
         if self.libraries:
@@ -111,7 +117,7 @@ def pattern_library(fd: int, claimed: str) -> LibraryFile:
     """A descriptor the user passed, judged as a library (as resolve.library_file, but
     its exported functions read by the fast reader: a file may hold 100,000 symbols)."""
     st, path, shown = opened_library(fd, claimed)
-    return _judge(fd, st, path, shown)
+    return dataclasses.replace(_judge(fd, st, path, shown), fd=fd)
 
 
 def _judge(fd: int, st: os.stat_result, path: str, shown: str) -> LibraryFile:
@@ -162,6 +168,7 @@ class Resolver:
         self.seen: dict[tuple, str] = {}
         self._known = _catalog_index(catalog)
         self._categories: dict[tuple[int, int], str] = {}
+        self._args_deadline: float | None = None
 
     def already(self, probes: list[dict]) -> None:
         """Probes the request's sets already hold: patterns reaching them add nothing."""
@@ -229,18 +236,61 @@ class Resolver:
         family = lib_pattern if "/" not in lib_pattern and re.match(FAMILY_PATTERN, lib_pattern) \
             and any(c in lib_pattern for c in "*?") else None
         probes = []
+        known_of = {(lib.path, name): self._known_uprobe(name, lib) for lib, name in chosen}
+        signatures, arguments = self._signatures([(lib, name) for lib, name in chosen
+                                                  if known_of[(lib.path, name)] is None])
         for lib, name in chosen:
-            known = self._known_uprobe(name, lib)
+            known = known_of[(lib.path, name)]
             category = known["category"] if known else self._library_category(lib)
             probe = copy.deepcopy(known) if known else {
                 "kind": "uprobe", "target": name, "category": category, "args": {},
                 "bytes": None}
+            sig = signatures.get((lib.path, name))
+            if sig is not None:
+                if sig.scalars:
+                    probe["scalars"] = sig.scalars
+                probe["returns"] = sig.returns
             probe["library"] = lib.path
             probe.pop("family", None)
             if family:
                 probe["family"] = family
             self._finish(probes, probe, f"{category}.{name}")
-        return PatternResult("uprobe", pattern, probes, libraries)
+        return PatternResult("uprobe", pattern, probes, libraries, arguments)
+
+    def _signatures(self, wanted: list[tuple[LibraryFile, str]]) -> tuple[dict, list[dict]]:
+        """({(library path, function): Signature}, one note per library for the audit
+        log) for functions the catalog does not know, from each library's debug info."""
+        from .signatures import TIME_BUDGET_S, read_signatures
+
+        if self._args_deadline is None:     # one budget for the whole request
+            self._args_deadline = time.monotonic() + TIME_BUDGET_S
+        by_lib: dict[str, tuple[LibraryFile, dict]] = {}
+        for lib, name in wanted:
+            by_lib.setdefault(lib.path, (lib, {}))[1][name] = lib.addresses.get(name, 0)
+        found: dict = {}
+        notes: list[dict] = []
+        for path, (lib, names) in by_lib.items():
+            fd, own = lib.fd, False
+            if fd < 0:              # a library of the ld.so cache: root's file, by its path
+                try:
+                    fd, own = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), True
+                except OSError as exc:
+                    notes.append({"library": path, "functions": len(names), "described": 0,
+                                  "why": exc.strerror})
+                    continue
+            try:
+                sigs = read_signatures(fd, names, budget_s=max(
+                    0.0, self._args_deadline - time.monotonic()))
+            finally:
+                if own:
+                    os.close(fd)
+            for name, sig in sigs.found.items():
+                found[(path, name)] = sig
+            note = {"library": path, "functions": len(names), "described": len(sigs.found)}
+            if sigs.missing:
+                note["why"] = sigs.missing
+            notes.append(note)
+        return found, notes
 
     def _libraries(self, pattern: str, lib_pattern: str) -> list[LibraryFile]:
         if lib_pattern.startswith("/"):
@@ -454,15 +504,16 @@ def resolve_here(patterns: list[dict], *, catalog: dict, host: HostInfo, existin
     from .client import pattern_libraries
 
     sent, files = pattern_libraries(patterns)
-    passed = []
-    for path in files:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            passed.append((path, pattern_library(fd, path)))
-        finally:
+    passed, fds = [], []
+    try:
+        for path in files:      # open until resolved: their debug info is read from them
+            fds.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            passed.append((path, pattern_library(fds[-1], path)))
+        resolver = Resolver(catalog=catalog, host=host, passed=passed, cap=cap,
+                            cap_reason="the site's max_probes")
+        resolver.count = len(existing)
+        resolver.already(existing)
+        return resolver.resolve(sent)
+    finally:
+        for fd in fds:
             os.close(fd)
-    resolver = Resolver(catalog=catalog, host=host, passed=passed, cap=cap,
-                        cap_reason="the site's max_probes")
-    resolver.count = len(existing)
-    resolver.already(existing)
-    return resolver.resolve(sent)

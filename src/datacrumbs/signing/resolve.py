@@ -45,6 +45,9 @@ class LibraryFile:
     # its USDT notes (probes/usdt.py Note), read from the descriptor: a catalog usdt
     # probe bound to this file is signed with its sites
     notes: tuple = field(default=(), compare=False, hash=False)
+    # the descriptor a user passed (open for the request), -1 for the admin's files: the
+    # service reads its debug info from it, never from a path (signing/signatures.py)
+    fd: int = field(default=-1, compare=False, hash=False)
 
 
 @dataclass

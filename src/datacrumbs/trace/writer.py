@@ -335,7 +335,9 @@ class TraceWriter:
             if probe.get("discovered"):   # a library of the probe's family found at run time
                 extra += f',"library":{_json_str(str(probe.get("library")))}'
             self._probe_args.append(extra)
-            self._probe_ret.append(probe.get("kind") not in ("tracepoint", "usdt"))
+            # a void function's rax is whatever it last held (returns: null)
+            self._probe_ret.append(probe.get("kind") not in ("tracepoint", "usdt")
+                                   and not ("returns" in probe and probe["returns"] is None))
 
     def _hash_line(self, kind: str, name: str, pid: int, tid: int) -> str:
         value = name_hash(name)

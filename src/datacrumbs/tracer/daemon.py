@@ -32,6 +32,7 @@ from ..trace.writer import OPS_DTYPE, TraceWriter, probe_name
 from ..users import User, lookup_user
 from .handles import HandleNames
 from .klayers import KernelArgs
+from .scalars import ScalarRows
 from .engine import ASYNC_FIXED_FILE
 from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
 from .scope import scope_from_env
@@ -287,6 +288,7 @@ class EventConverter:
         self._async = np.array([p.get("kind") == "async" for p in self.probes] or [False])
         self._usdt = np.array([p.get("kind") == "usdt" for p in self.probes] or [False])
         self._kargs = KernelArgs(self.probes)      # kernel layers: inode, device, async
+        self._scalars = ScalarRows(self.probes)     # uncatalogued functions' arguments
         self._any_async = bool(self._async.any())
         self._close = {i for i, p in enumerate(self.probes) if probe_name(p) in CLOSE_OPS}
         self._open = {i for i, p in enumerate(self.probes) if probe_name(p) in OPEN_OPS}
@@ -318,9 +320,14 @@ class EventConverter:
             self._columns(ev, ops, kinds, kinds2)
         if self.handles.active:
             self.handles.set_bytes(ops, ev["flags"])
-        usdt_args = self._usdt_rows(batch, ops) if self._usdt.any() else None
+        call_args = self._usdt_rows(batch, ops) if self._usdt.any() else None
+        if self._scalars.active:
+            more = self._scalars.rows(ev, ops)
+            if more is not None:
+                call_args = more if call_args is None else \
+                    [u or a for u, a in zip(call_args, more)]
         if not self.capture_paths:
-            args = usdt_args
+            args = call_args
             if self._kargs.active:
                 args = self._kargs.rows(ev, args)
             return ops, None, None, args
@@ -341,8 +348,8 @@ class EventConverter:
         args = None
         if self.handles.active:
             args = self.handles.name_rows(ops, ev["handle"], paths, opened)
-        if usdt_args is not None:
-            args = usdt_args if args is None else [u or a for u, a in zip(usdt_args, args)]
+        if call_args is not None:
+            args = call_args if args is None else [u or a for u, a in zip(call_args, args)]
         if self._kargs.active:
             args = self._kargs.rows(ev, args)
         return ops, paths, paths2, args

@@ -88,7 +88,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
-from . import dlhold, elfsyms, klayers, libbpf, startclock
+from . import dlhold, elfsyms, klayers, libbpf, scalars, startclock
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -162,7 +162,7 @@ INT_RETURNING = frozenset({
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
-_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH") # struct dc_spec
+_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH4B")  # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
@@ -1123,7 +1123,7 @@ class Engine:
         for nr, kind in numbers:
             libbpf.map_update(fd, struct.pack("<I", nr), _SPEC.pack(
                 0xFFFFFFFF, 1, kind, -1, 0, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, -1, -1, 0, 0,
-                -1, 0, 0))
+                -1, 0, 0, *scalars.NONE))
         if self._sys_attached:
             return []
         links = []
@@ -1265,13 +1265,20 @@ class Engine:
             if bkind == BYTES_FIELD:
                 raise _Refused("bytes rule field:NAME is only for tracepoints")
         ret32 = 1 if kind == "uprobe" and target.split("@")[0] in INT_RETURNING else 0
+        regs = scalars.NONE
+        if "scalars" in probe or "returns" in probe:
+            try:
+                regs, declared_ret32 = scalars.registers(probe, kind, roles, handle_kind)
+            except ValueError as exc:
+                raise _Refused(str(exc)) from None
+            ret32 = ret32 or declared_ret32
         packed = _SPEC.pack(index, 1, bkind, barg, 1 if kind == "kprobe" else 0,
                             roles["fd"], roles["count"], roles["offset"], roles["path"],
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
                             field_off, field_size, roles["fd2"], roles["flags"],
                             1 if target.split("@")[0] in OPEN_OPS else 0,
                             1 if kind == "syscall" and target == "close" else 0,
-                            handle, handle_kind, 0)
+                            handle, handle_kind, 0, *regs)
         return kind, (packed, nr, roles["path"] >= 0)
 
     def _attach_library(self, library: str, indexes: list[int], report: AttachReport,

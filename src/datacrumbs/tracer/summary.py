@@ -70,7 +70,10 @@ class SummaryBuilder:
     def _probe_tables(self) -> None:
         """Per-probe lookups, indexed by probe: rebuilt when probes are added."""
         probes = self.probes
-        self._has_ret = np.array([p.get("kind") != "tracepoint" for p in probes] or [True])
+        # a negative result is an error when the convention is known: not for tracepoints,
+        # nor for functions typed only by their debug info ("returns")
+        self._has_ret = np.array([p.get("kind") != "tracepoint" and "returns" not in p
+                                  for p in probes] or [True])
         self._mmap = np.array([probe_name(p) in ("mmap", "mmap2", "mmap64") for p in probes]
                               or [False])
         self._open_rw = np.array([probe_name(p) in OPEN_OPS and (p.get("args") or {}).get("flags")

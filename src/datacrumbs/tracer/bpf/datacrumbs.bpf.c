@@ -980,6 +980,21 @@ static __always_inline void remember_comm(struct dc_task *t, __u32 tgid)
 /* Common exit path: profile it, or emit one event (and its names). ``own``:
  * the current task is the one the operation belongs to (not an interrupt);
  * ``t`` and ``task`` are its state and task_struct when the caller has them. */
+/* A function without argument roles: its scalar arguments in the fields no role uses. */
+static __always_inline void put_scalars(struct dc_spec *sp, struct dc_entry *e,
+					struct dc_event *ev)
+{
+	__u64 v3;
+
+	/* arg_of(e, -1) is 0: a slot without an argument */
+	ev->count = arg_of(e, (__s8)sp->scalar[0] - 1);
+	ev->offset = (__s64)arg_of(e, (__s8)sp->scalar[1] - 1);
+	ev->handle = arg_of(e, (__s8)sp->scalar[2] - 1);
+	v3 = arg_of(e, (__s8)sp->scalar[3] - 1);
+	ev->fd = (__s32)(__u32)v3;
+	ev->fd2 = (__s32)(__u32)(v3 >> 32);
+}
+
 static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, struct dc_entry *e,
 				   __u64 tid_tgid, __s64 ret, __u64 now, bool own,
 				   struct dc_task *t, struct task_struct *task)
@@ -1060,6 +1075,8 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
 	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
 	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
+	if (sp->scalar[0])
+		put_scalars(sp, e, ev);
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0) {
 		count_lost(0);
 		unsent_add(c, own ? t : NULL, tgid, e->probe, ev->dur, bytes);

@@ -129,6 +129,10 @@ struct dc_spec {
 	__s8 handle;		/* argument the event's handle comes from (see handle_kind) */
 	__u8 handle_kind;	/* enum dc_handle_kind; 0: the event carries no handle */
 	__u16 pad;
+	/* a function the catalog does not know: the registers of its first integer-class
+	 * arguments plus one (0: none, so a zeroed spec has none), sent in count, offset,
+	 * handle and fd|fd2 (tracer/scalars.py) */
+	__u8 scalar[4];
 };
 
 struct dc_key {

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import groupstate as gs
+
 LAYERS = {"HDF5": 5, "MPIIO": 4, "MPI": 4, "STDIO": 3, "POSIX": 2, "SYSCALL": 2,
           "VFS": 1, "BLOCK": 1,
           # the kernel-* sets' tracepoints (probes/kernel_sets.py): instants inside the
@@ -223,7 +225,12 @@ class Thread:
 class Detail:
     """The mergeable partial (see the module docstring)."""
 
+    #: Fold each chunk's groups as arrays (groupstate.py); False: a table row and a Stream
+    #: object per group, the reference the arrays must match (tests/test_report_groupstate.py).
+    VECTOR = True
+
     def __init__(self):
+        self.groups = gs.Groups()   # table rows and streams as arrays, until _sync()
         self.table: dict = {}       # (src, pid, fkey, cls, layer) -> [count, bytes, ns, asked]
         self.streams: dict = {}     # same key (data classes) -> Stream
         self.span: dict = {}        # fkey -> [first ts µs, last end µs]
@@ -306,6 +313,14 @@ class Detail:
         g_bytes = _isum(ginv, np.where(data, sz, 0), ng)
         g_asked = _isum(ginv, np.where(data & (cnt >= 0), cnt, 0).astype(np.int64), ng)
         table = self.table
+        fids = None
+        if self._vector():
+            G = self.groups
+            fids = G.file_ids(flist)
+            G.add_table(G.rows(G.key(G.proc_ids(source, upid.tolist())[ukeys // (30 * nf)],
+                                     fids[(ukeys // 30) % nf], (ukeys // 6) % 5, ukeys % 6)),
+                        np.stack([g_count, g_bytes, g_ns, g_asked], axis=1))
+            ukeys = ukeys[:0]
         for j, k in enumerate(ukeys.tolist()):
             lay, k = k % 6, k // 6
             c, k = k % 5, k // 5
@@ -388,7 +403,7 @@ class Detail:
                 r_rows, r_pos = r_rows[o], r_pos[o]
         resets = (r_rows, r_pos)
         self._streams(source, pid, fi, flist, cls, layer, sz, data & named, op, okeys, offsets,
-                      resets)
+                      resets, fids)
         self._nest(source, pid, tid, ts_ns, dur_ns, op, okeys, olay, ocls, fi, flist)
 
     def _resets_one_by_one(self, rows, okeys, op, fi, flist, arg) -> tuple:
@@ -409,8 +424,33 @@ class Detail:
         return (np.array([i for i, _ in resets], np.int64),
                 np.array([p for _, p in resets], np.int64))
 
+    def _vector(self) -> bool:
+        """Fold groups as arrays, unless the dict state is in use (after _sync)."""
+        return self.VECTOR and not self.streams
+
+    def _sync(self) -> None:
+        """Move the array state into the table and stream dicts (once, for the summary)."""
+        G = self.groups
+        if not G.n:
+            return
+        table, streams = self.table, self.streams
+        for key, tab, st, ext in G.items():
+            if tab is not None:
+                row = table.get(key)
+                if row is None:
+                    table[key] = tab
+                else:
+                    for j, v in enumerate(tab):
+                        row[j] += v
+            if st is not None:
+                x = streams[key] = Stream()
+                (x.consec, x.seq, x.rand, x.misaligned, x.large, x.pos, x.pos_abs, x.head,
+                 x.last_end, x.last_abs) = st
+                x.ext_rel = list(ext)
+        self.groups = gs.Groups()
+
     def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, op, okeys, offsets,
-                 resets) -> None:
+                 resets, fids=None) -> None:
         """Access pattern and extents of each (pid, file, class, layer) stream, vectorised:
         an access without an offset starts where the stream's position is, i.e. the last
         open or seek plus the bytes of such accesses since."""
@@ -463,30 +503,76 @@ class Detail:
         ug = uniq(gk)
         ng = len(ug)
         ai_g = np.searchsorted(ug, agk)
-        pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3].tolist()
-        n_large = np.bincount(ai_g, weights=large, minlength=ng).astype(np.int64).tolist()
-        n_mis = np.bincount(ai_g, weights=mis, minlength=ng).astype(np.int64).tolist()
+        pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3]
+        n_large = np.bincount(ai_g, weights=large, minlength=ng).astype(np.int64)
+        n_mis = np.bincount(ai_g, weights=mis, minlength=ng).astype(np.int64)
         a_first = np.searchsorted(agk, ug, "left")
         a_last = np.searchsorted(agk, ug, "right") - 1
         has = a_first <= a_last
         af, al = np.where(has, a_first, 0), np.where(has, a_last, 0)
-        head_off, head_abs = aoff[af].tolist(), aabs[af].tolist()
-        last_end, last_abs = end[al].tolist(), aabs[al].tolist()
-        has = has.tolist()
+        head_off, head_abs = aoff[af], aabs[af]
+        last_end, last_abs = end[al], aabs[al]
         g_first = np.searchsorted(gk, ug, "left")
         g_last = np.searchsorted(gk, ug, "right") - 1
         seg_last = np.append(seg_first[1:] - 1, m - 1)
         s_last = seg[g_last]
         sf = seg_first[s_last]
-        pos = (seg_base[s_last] + cs[g_last] - (cs[sf] - imp[sf])).tolist()
-        pos_abs = seg_abs[s_last].tolist()
+        pos = seg_base[s_last] + cs[g_last] - (cs[sf] - imp[sf])
+        pos_abs = seg_abs[s_last]
         s0 = seg[g_first]                   # a stream's first segment: relative unless a reset
-        rel_read = np.where(seg_abs[s0], 0, cs[seg_last[s0]] - (cs - imp)[seg_first[s0]]).tolist()
+        rel_read = np.where(seg_abs[s0], 0, cs[seg_last[s0]] - (cs - imp)[seg_first[s0]])
+        if fids is not None and self._vector():
+            G = self.groups
+            f_a, c_a = (ug // 30) % nf, (ug // 6) % 5
+            ids = G.rows(G.key(G.proc_ids(source, upid.tolist())[ug // (30 * nf)], fids[f_a],
+                               c_a, ug % 6))
+            b = np.zeros((ng, gs.NCOL), np.int64)
+            b[:, gs.CONSEC:gs.RAND + 1] = pat
+            b[:, gs.MIS], b[:, gs.LARGE] = n_mis, n_large
+            b[:, gs.HAS] = has
+            b[:, gs.HEAD], b[:, gs.HEAD_ABS] = head_off, head_abs
+            b[:, gs.LAST], b[:, gs.LAST_ABS] = last_end, last_abs
+            b[:, gs.POS], b[:, gs.POS_ABS] = pos, pos_abs
+            b[:, gs.IS_STREAM] = 1
+            rr = rel_read
+            ext_j = np.flatnonzero((c_a == READ) & (rr > 0))
+            ext_se = np.stack([np.zeros(len(ext_j), np.int64), rr[ext_j]], axis=1)
+            placed = G.add_streams(ids, b, ext_j, ext_se, fids[f_a])
+            for fid, part in placed.items():
+                self._add_extents(G.file_list[fid], part)
+        else:
+            self._fold_streams_ref(source, flist, upid, ug, nf, pat, n_large, n_mis, has,
+                                   head_off, head_abs, last_end, last_abs, pos, pos_abs,
+                                   rel_read)
+        # absolute read extents, per file (runs of back-to-back reads as one)
+        sel = aabs & (asz > 0) & (((agk // 6) % 5) == READ)
+        if sel.any():
+            sg, so, se = agk[sel], aoff[sel], end[sel]
+            brk = np.ones(len(sg), bool)
+            brk[1:] = (sg[1:] != sg[:-1]) | (so[1:] != se[:-1])
+            starts = np.flatnonzero(brk)
+            ends = np.append(starts[1:] - 1, len(sg) - 1)
+            rf = (sg[starts] // 30) % nf
+            runs = np.stack([so[starts], se[ends]], axis=1)
+            o = np.argsort(rf, kind="stable")
+            rf, runs = rf[o], runs[o]
+            cut = np.flatnonzero(np.diff(rf)) + 1
+            for f, part in zip(rf[np.append(0, cut)].tolist(), np.split(runs, cut)):
+                self._add_extents(flist[f], part)
+
+    def _fold_streams_ref(self, source, flist, upid, ug, nf, pat, n_large, n_mis, has,
+                          head_off, head_abs, last_end, last_abs, pos, pos_abs, rel_read):
+        """A chunk's streams folded one Stream object at a time: the reference for
+        groupstate.Groups.add_streams."""
+        pat, n_large, n_mis = pat.tolist(), n_large.tolist(), n_mis.tolist()
+        head_off, head_abs, last_end, last_abs = (x.tolist() for x in (head_off, head_abs,
+                                                                        last_end, last_abs))
+        has, pos, pos_abs, rel_read = has.tolist(), pos.tolist(), pos_abs.tolist(), rel_read.tolist()
         lay_g, c_g = (ug % 6).tolist(), ((ug // 6) % 5).tolist()
         f_g, p_g = ((ug // 30) % nf).tolist(), upid[ug // (30 * nf)].tolist()
         streams = self.streams
         placed: dict = {}                   # fk -> read extents made absolute by this chunk
-        for j in range(ng):
+        for j in range(len(ug)):
             st = Stream()
             st.consec, st.seq, st.rand = pat[j]
             st.large, st.misaligned = n_large[j], n_mis[j]
@@ -507,21 +593,6 @@ class Detail:
                     placed.setdefault(fk, []).extend(resolved)
         for fk, rows in placed.items():     # one union check per file, not per stream
             self._add_extents(fk, np.array(rows, np.int64))
-        # absolute read extents, per file (runs of back-to-back reads as one)
-        sel = aabs & (asz > 0) & (((agk // 6) % 5) == READ)
-        if sel.any():
-            sg, so, se = agk[sel], aoff[sel], end[sel]
-            brk = np.ones(len(sg), bool)
-            brk[1:] = (sg[1:] != sg[:-1]) | (so[1:] != se[:-1])
-            starts = np.flatnonzero(brk)
-            ends = np.append(starts[1:] - 1, len(sg) - 1)
-            rf = (sg[starts] // 30) % nf
-            runs = np.stack([so[starts], se[ends]], axis=1)
-            o = np.argsort(rf, kind="stable")
-            rf, runs = rf[o], runs[o]
-            cut = np.flatnonzero(np.diff(rf)) + 1
-            for f, part in zip(rf[np.append(0, cut)].tolist(), np.split(runs, cut)):
-                self._add_extents(flist[f], part)
 
     def _add_extents(self, fk, rows: np.ndarray) -> None:
         """A file's read extents; unioned whenever they doubled since the last union."""
@@ -614,6 +685,14 @@ class Detail:
 
     def merge(self, o: "Detail") -> None:
         """Add ``o``, a partial of the events after this one's."""
+        if self._vector() and not o.streams:
+            G = self.groups
+            _, placed = G.merge(o.groups)
+            for fid, part in placed.items():
+                self._add_extents(G.file_list[fid], part)
+        else:
+            self._sync()
+            o._sync()
         for k, row in o.table.items():
             mine = self.table.get(k)
             if mine is None:
@@ -685,6 +764,7 @@ class Detail:
                 return None
             return fk[1:] if fk.startswith("\0") else file_names.get(fk, f"<unresolved {fk}>")
 
+        self._sync()
         kind_of: dict = {}
 
         def kind(fk):

@@ -1,0 +1,227 @@
+"""The per-(process, file, class, layer) state of analysis.Detail as arrays, one row a group.
+
+A chunk of 131,072 events holds some 10,000 (pid, file, class, layer) groups; folding
+each into a dict of Python objects (a table row, a :class:`~.analysis.Stream` and its
+``absorb``) cost more CPU than all the chunk's numpy work. Here a group is a row of one
+int64 matrix, found by a sorted array of its composite key, and a chunk's (or a later
+partial's) groups are folded in with a handful of numpy operations whatever their
+number. The fold is ``Stream.absorb`` written for many streams at once; the dict state
+(:meth:`items`) is rebuilt once, for the summary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# columns of the state matrix
+COUNT, BYTES, NS, ASKED = 0, 1, 2, 3           # the table row
+CONSEC, SEQ, RAND, MIS, LARGE = 4, 5, 6, 7, 8  # the stream's additive counts
+POS, POS_ABS = 9, 10                           # the stream's position (relative or absolute)
+HAS = 11                                       # an access seen: head and last end are set
+HEAD, HEAD_ABS, LAST, LAST_ABS = 12, 13, 14, 15
+IN_TABLE, IS_STREAM = 16, 17
+NCOL = 18
+STREAM_COLS = slice(CONSEC, IS_STREAM + 1)
+_FILE_BITS, _CL_BITS = 31, 5                   # composite key: proc | file | class*6+layer
+
+
+class Groups:
+    """Rows of (source, pid, file key, class, layer) groups (see the module docstring)."""
+
+    def __init__(self):
+        self.procs: dict = {}               # (source, pid) -> proc id
+        self.proc_list: list = []
+        self.files: dict = {None: 0}        # file key -> file id (0: no file)
+        self.file_list: list = [None]
+        self.sorted_keys = np.zeros(0, np.int64)
+        self.sorted_ids = np.zeros(0, np.int64)
+        self.comp = np.zeros(0, np.int64)   # composite key of each row
+        self.state = np.zeros((0, NCOL), np.int64)
+        self.n = 0
+        self.ext: dict = {}                 # row -> [(start, end)] read extents, relative
+
+    def __len__(self) -> int:
+        return self.n
+
+    # -- ids ------------------------------------------------------------------------
+
+    def proc_ids(self, source: str, pids) -> np.ndarray:
+        procs, plist = self.procs, self.proc_list
+        out = []
+        for p in pids:
+            k = (source, p)
+            i = procs.get(k)
+            if i is None:
+                i = procs[k] = len(plist)
+                plist.append(k)
+            out.append(i)
+        return np.array(out, np.int64)
+
+    def file_ids(self, fkeys) -> np.ndarray:
+        files, flist = self.files, self.file_list
+        out = []
+        for k in fkeys:
+            i = files.get(k)
+            if i is None:
+                i = files[k] = len(flist)
+                flist.append(k)
+            out.append(i)
+        return np.array(out, np.int64)
+
+    @staticmethod
+    def key(proc: np.ndarray, file: np.ndarray, cls: np.ndarray, layer: np.ndarray) -> np.ndarray:
+        return (((proc << _FILE_BITS) | file) << _CL_BITS) | (cls * 6 + layer)
+
+    def rows(self, comp: np.ndarray) -> np.ndarray:
+        """The rows of distinct composite keys ``comp``, new ones added (zeroed)."""
+        sk = self.sorted_keys
+        pos = np.searchsorted(sk, comp)
+        found = pos < len(sk)
+        found[found] = sk[pos[found]] == comp[found]
+        ids = np.empty(len(comp), np.int64)
+        ids[found] = self.sorted_ids[pos[found]]
+        new = ~found
+        k = int(new.sum())
+        if k:
+            nk = comp[new]
+            nid = np.arange(self.n, self.n + k, dtype=np.int64)
+            ids[new] = nid
+            if self.n + k > len(self.state):
+                grow = np.zeros((max(self.n + k, 2 * len(self.state), 1024), NCOL), np.int64)
+                grow[:self.n] = self.state[:self.n]
+                self.state = grow
+            self.comp = np.concatenate([self.comp, nk])
+            allk = np.concatenate([sk, nk])
+            o = np.argsort(allk, kind="stable")
+            self.sorted_keys = allk[o]
+            self.sorted_ids = np.concatenate([self.sorted_ids, nid])[o]
+            self.n += k
+        return ids
+
+    # -- folding --------------------------------------------------------------------
+
+    def add_table(self, ids: np.ndarray, vals: np.ndarray) -> None:
+        """Add (count, bytes, ns, asked) rows to distinct rows ``ids``."""
+        s = self.state
+        s[ids, COUNT:ASKED + 1] += vals
+        s[ids, IN_TABLE] = 1
+
+    def add_streams(self, ids: np.ndarray, b: np.ndarray, ext_j: np.ndarray,
+                    ext_se: np.ndarray, ext_file: np.ndarray) -> dict:
+        """Compose stream states ``b`` (rows of the state matrix's layout, of a later partial)
+        after those of distinct rows ``ids``: ``Stream.absorb`` for every row at once.
+        ``ext_j`` indexes ``b`` for each of ``ext_se``'s relative read extents [start, end);
+        returns {file id: [start, end) array} of the extents that became absolute."""
+        s = self.state
+        old = s[ids, IS_STREAM] == 1
+        fresh = ids[~old]
+        if len(fresh):
+            s[fresh, STREAM_COLS] = b[~old, STREAM_COLS]
+            s[fresh, IS_STREAM] = 1
+        placed: dict = {}
+        oi = ids[old]
+        if len(ext_j):
+            jo = old[ext_j]
+            for j, (st, en) in zip(ext_j[~jo].tolist(), ext_se[~jo].tolist()):
+                self.ext.setdefault(int(ids[j]), []).append((st, en))
+        if not len(oi):
+            return placed
+        bo = b[old]
+        a = s[oi]
+        shift, sabs = a[:, POS].copy(), a[:, POS_ABS].copy()
+        if len(ext_j):
+            loc = np.cumsum(old) - 1            # b row -> row of bo
+            jo = old[ext_j]
+            j2 = loc[ext_j[jo]]
+            moved = ext_se[jo] + shift[j2][:, None]
+            isabs = sabs[j2] == 1
+            if isabs.any():
+                f = ext_file[ext_j[jo]][isabs]
+                mv = moved[isabs]
+                o = np.argsort(f, kind="stable")
+                f, mv = f[o], mv[o]
+                cut = np.flatnonzero(np.diff(f)) + 1
+                for fid, part in zip(f[np.append(0, cut)].tolist(), np.split(mv, cut)):
+                    placed[fid] = part
+            if (~isabs).any():
+                from .analysis import _merge_runs
+                rel: dict = {}
+                for r, (st, en) in zip(oi[j2[~isabs]].tolist(), moved[~isabs].tolist()):
+                    rel.setdefault(r, []).append((st, en))
+                for r, add in rel.items():
+                    self.ext[r] = _merge_runs(self.ext.get(r, []) + add)
+        a[:, CONSEC:LARGE + 1] += bo[:, CONSEC:LARGE + 1]
+        bh = bo[:, HAS] == 1
+        hb_abs = bo[:, HEAD_ABS] == 1
+        h_off = np.where(hb_abs, bo[:, HEAD], bo[:, HEAD] + shift)
+        h_abs = np.where(hb_abs, 1, sabs)
+        ahas = a[:, HAS] == 1
+        sh = bh & ~ahas
+        a[sh, HEAD] = h_off[sh]
+        a[sh, HEAD_ABS] = h_abs[sh]
+        cl = bh & ahas
+        d = h_off - a[:, LAST]
+        a[:, CONSEC] += cl & (d == 0)
+        a[:, SEQ] += cl & (d > 0)
+        a[:, RAND] += cl & (d < 0)
+        lb_abs = bo[:, LAST_ABS] == 1
+        a[bh, LAST] = np.where(lb_abs, bo[:, LAST], bo[:, LAST] + shift)[bh]
+        a[bh, LAST_ABS] = np.where(lb_abs, 1, sabs)[bh]
+        a[bh, HAS] = 1
+        pb = bo[:, POS_ABS] == 1
+        a[:, POS] = np.where(pb, bo[:, POS], shift + bo[:, POS])
+        a[:, POS_ABS] = np.where(pb, 1, sabs)
+        s[oi] = a
+        return placed
+
+    def merge(self, o: "Groups") -> tuple[np.ndarray, dict]:
+        """Fold ``o``, the groups of a later partial, into these; returns the file ids of
+        ``o`` in this one (index: o's file id) and the extents that became absolute."""
+        if not o.n:
+            return self.file_ids(o.file_list), {}
+        pmap = np.array([self.proc_ids(s, [p])[0] for s, p in o.proc_list] or [0], np.int64)
+        fmap = self.file_ids(o.file_list)
+        comp = o.comp
+        cl = comp & ((1 << _CL_BITS) - 1)
+        f = (comp >> _CL_BITS) & ((1 << _FILE_BITS) - 1)
+        p = comp >> (_CL_BITS + _FILE_BITS)
+        ids = self.rows(((((pmap[p]) << _FILE_BITS) | fmap[f]) << _CL_BITS) | cl)
+        ob = o.state[:o.n]
+        t = ob[:, IN_TABLE] == 1
+        self.add_table(ids[t], ob[t, COUNT:ASKED + 1])
+        st = ob[:, IS_STREAM] == 1
+        sidx = np.flatnonzero(st)
+        loc = np.full(o.n, -1, np.int64)
+        loc[sidx] = np.arange(len(sidx))
+        ej, ese = [], []
+        for r, runs in o.ext.items():
+            for se in runs:
+                ej.append(loc[r]); ese.append(se)
+        ej = np.array(ej, np.int64)
+        ese = np.array(ese, np.int64).reshape(-1, 2)
+        efile = fmap[f[sidx]]
+        placed = self.add_streams(ids[sidx], ob[sidx], ej, ese, efile)
+        return fmap, placed
+
+    # -- the dict state -------------------------------------------------------------
+
+    def items(self):
+        """(key, table row or None, stream tuple or None, relative extents) per row, key
+        (source, pid, file key, class, layer); stream tuple: (consec, seq, rand,
+        misaligned, large, pos, pos_abs, head or None, last_end or None, last_abs)."""
+        s = self.state[:self.n].tolist()
+        comp = self.comp.tolist()
+        plist, flist = self.proc_list, self.file_list
+        fmask, cmask = (1 << _FILE_BITS) - 1, (1 << _CL_BITS) - 1
+        for r, (row, k) in enumerate(zip(s, comp)):
+            cl = k & cmask
+            src, pid = plist[k >> (_CL_BITS + _FILE_BITS)]
+            key = (src, pid, flist[(k >> _CL_BITS) & fmask], cl // 6, cl % 6)
+            tab = row[COUNT:ASKED + 1] if row[IN_TABLE] else None
+            st = None
+            if row[IS_STREAM]:
+                has = row[HAS]
+                st = (row[CONSEC], row[SEQ], row[RAND], row[MIS], row[LARGE], row[POS],
+                      bool(row[POS_ABS]), (row[HEAD], bool(row[HEAD_ABS])) if has else None,
+                      row[LAST] if has else None, bool(row[LAST_ABS]))
+            yield key, tab, st, self.ext.get(r, [])

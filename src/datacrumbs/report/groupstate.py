@@ -21,7 +21,7 @@ HAS = 11                                       # an access seen: head and last e
 HEAD, HEAD_ABS, LAST, LAST_ABS = 12, 13, 14, 15
 IN_TABLE, IS_STREAM = 16, 17
 NCOL = 18
-STREAM_COLS = slice(CONSEC, IS_STREAM + 1)
+STREAM_COLS = slice(CONSEC, LAST_ABS + 1)    # not IN_TABLE: a table fold sets it
 _FILE_BITS, _CL_BITS = 31, 5                   # composite key: proc | file | class*6+layer
 
 

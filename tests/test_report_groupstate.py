@@ -1,0 +1,142 @@
+"""The report's per-group state as arrays (report/groupstate.py) gives the numbers of the
+object fold it replaced (a table row and a Stream per group and chunk, kept as
+``Detail.VECTOR = False``), field by field of the --json summary: on a large synthetic
+trace of many chunks and many (process, file, class, layer) streams with opens (some
+O_APPEND), seeks, offsets, implicit-position reads and writes, re-read extents, copies
+and nesting, read whole, split into member ranges merged in order, and through the dict
+path (``TraceReader.chunks`` + ``Aggregate.add_events``) with the object fold."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from datacrumbs.report import analysis, merge, model
+from datacrumbs.report.merge import summarize
+from fixtures.traces import TraceBuilder
+
+O_WRONLY, O_RDWR, O_CREAT, O_APPEND = 0o1, 0o2, 0o100, 0o2000
+
+
+def streams_trace(path: Path, n: int, seed: int, *, host: str = "node1") -> Path:
+    """About ``n`` events of 24 processes (two threads each) over 160 files: several
+    hundred streams per chunk, each followed across chunks."""
+    rng = random.Random(seed)
+    b = TraceBuilder(path, host=host, member_lines=1999)
+    pids = list(range(1000, 1024))
+    for p in pids:
+        b.process(p, f"rank{p - 1000}")
+    clock = {(p, t): 10.0 * p for p in pids for t in (p, p + 1)}
+    sizes = [1, 100, 512, 4096, 4096, 65536, 1 << 20]
+    k = 0
+    while b.event_lines < n:
+        pid = rng.choice(pids)
+        tid = pid + rng.randrange(2)
+        t = clock[(pid, tid)] = clock[(pid, tid)] + rng.choice([0.5, 1.25, 3.0, 10.001])
+        f = f"/scratch/job/f{rng.randrange(160)}.dat"
+        r = rng.random()
+        k += 1
+        if r < 0.05:
+            flags = rng.choice([0, O_RDWR, O_WRONLY | O_CREAT, O_WRONLY | O_APPEND,
+                                O_WRONLY | O_CREAT | O_APPEND])
+            b.op("openat", pid=pid, tid=tid, ts=t, dur=2.5, path=f, ret=rng.choice([3, 3, -1]),
+                 flags=flags, ftype="reg")
+        elif r < 0.09:                          # back to the start (re-reads) or forward
+            b.op("lseek", pid=pid, tid=tid, ts=t, dur=0.3, path=f,
+                 ret=rng.choice([0, 0, 4096, 12345, 1 << 20]), ftype="reg")
+        elif r < 0.50:
+            sz = rng.choice(sizes)
+            b.op(rng.choice(["read", "read", "write"]), pid=pid, tid=tid, ts=t, dur=1.0 + sz / 1e4,
+                 path=f, size=sz, count=sz, ftype="reg")
+        elif r < 0.62:                          # positioned: repeated offsets re-read extents
+            sz = rng.choice(sizes)
+            b.op(rng.choice(["pread64", "pread64", "pwrite64"]), pid=pid, tid=tid, ts=t, dur=2.0,
+                 path=f, size=sz, count=sz, offset=rng.choice([0, 4096, 8192, 100, 1 << 30,
+                                                               4096 * rng.randrange(64)]),
+                 ftype="reg")
+        elif r < 0.65:
+            f2 = f"/scratch/job/copy{rng.randrange(5)}"
+            b.op("copy_file_range", pid=pid, tid=tid, ts=t, dur=5.0, path=f, size=4096, count=4096,
+                 fhash2=b._hash("FH", f2, pid), ftype="reg", ftype2="reg")
+        elif r < 0.72:                          # H5Dwrite > MPI_File_write_at > pwrite64
+            b.op("pwrite64", pid=pid, tid=tid, ts=t + 2, dur=3.0, path=f, size=4096, count=4096,
+                 offset=4096 * (k % 50), ftype="reg")
+            b.op("MPI_File_write_at", cat="MPIIO", pid=pid, tid=tid, ts=t + 1, dur=5.0, path=f,
+                 size=4096, count=4096)
+            b.op("H5Dwrite", cat="HDF5", pid=pid, tid=tid, ts=t, dur=7.0, size=4096)
+            clock[(pid, tid)] = t + 7
+        elif r < 0.80:                          # fread > read, at the file position
+            b.op("read", pid=pid, tid=tid, ts=t + 0.5, dur=1.0, path=f, size=8192, count=8192,
+                 ftype="reg")
+            b.op("fread", cat="STDIO", pid=pid, tid=tid, ts=t, dur=2.0, path=f, size=8192)
+            clock[(pid, tid)] = t + 2
+        elif r < 0.85:
+            b.op("read", pid=pid, tid=tid, ts=t, dur=900.0, path="pipe:[4242]", size=10,
+                 count=4096, ftype="pipe")
+        elif r < 0.90:
+            b.op("mmap", pid=pid, tid=tid, ts=t, dur=0.7, size=-1)
+        else:
+            b.op("close", pid=pid, tid=tid, ts=t, dur=0.2, path=f, ret=0, ftype="reg")
+    return b.write()
+
+
+def assert_same(new: dict, ref: dict) -> None:
+    """Field by field, so a difference names its place."""
+    assert new.keys() == ref.keys()
+    for key in ref:
+        assert json.dumps(new[key], sort_keys=True, default=str) == \
+            json.dumps(ref[key], sort_keys=True, default=str), key
+
+
+def split_summary(paths: list) -> dict:
+    """The units a two-worker run makes, summarised here and merged in order."""
+    agg = model.Aggregate()
+    for unit in merge.plan_units([Path(p) for p in paths], 2, agg):
+        agg.merge(merge.summarize_unit(unit))
+    return agg.finalize()
+
+
+def test_array_fold_gives_the_object_folds_numbers_over_many_chunks(tmp_path, monkeypatch):
+    trace = streams_trace(tmp_path / "trace-a-1-node1.pfw.gz", 150_000, seed=7)
+    monkeypatch.setattr(merge, "CHUNK_EVENTS", 12_000)          # 13 chunks
+    monkeypatch.setattr(analysis.Detail, "VECTOR", True)
+    new = summarize([trace], jobs=1)
+    monkeypatch.setattr(analysis.Detail, "VECTOR", False)
+    ref = summarize([trace], jobs=1)
+    monkeypatch.setattr(model, "COLUMNAR", False)               # the dict path, object fold
+    ref_dicts = summarize([trace], jobs=1)
+    assert_same(new, ref)
+    assert_same(new, ref_dicts)
+    # the trace exercises what the fold composes across chunks
+    files = [f for f in new["files"] if f["path"].startswith("/scratch/job/f")]
+    assert len(files) == 160
+    for c in ("read", "write"):
+        for k in ("consecutive", "sequential", "random"):
+            assert sum(f["access"][c][k] for f in files) > 100, (c, k)
+        # every access of the lowest layer is classified once, whichever chunk it fell in
+        assert all(sum(f["access"][c].values()) == f["ops"][c] for f in files), c
+    assert sum(f["misaligned_requests"] for f in files) > 0
+    # reads re-read extents: the distinct bytes read are fewer than the bytes read
+    assert all(0 < f["read_extent_bytes"] < f["bytes"]["read"] for f in files)
+    assert new["file_counts"]["created"] > 0
+    assert [c["op"] for c in new["layer_breakdown"][0]] == \
+        ["HDF5/H5Dwrite", "MPIIO/MPI_File_write_at", "POSIX/pwrite64"]
+
+
+def test_array_merge_of_member_ranges_gives_the_object_merges_numbers(tmp_path, monkeypatch):
+    paths = [streams_trace(tmp_path / f"trace-a-1-node{i}.pfw.gz", 40_000, seed=20 + i,
+                           host=f"node{i}") for i in (1, 2)]
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 100_000)          # several units a file
+    monkeypatch.setattr(merge, "CHUNK_EVENTS", 5_000)
+    monkeypatch.setattr(analysis.Detail, "VECTOR", False)
+    ref = split_summary(paths)
+    monkeypatch.setattr(analysis.Detail, "VECTOR", True)
+    units = merge.plan_units([Path(p) for p in paths], 2, model.Aggregate())
+    assert len(units) >= 6, units
+    new = split_summary(paths)
+    assert_same(new, ref)
+    # (whole and split differ here in both folds: a chunk classifies an access at the file
+    # position after a positioned one of the same stream as if both had one base, so the
+    # chunk boundaries move a few accesses between sequential and random; see analysis.py)
+    assert new["totals"]["events"] >= 80_000 and len(new["traces"]) == 2

@@ -140,3 +140,27 @@ def test_array_merge_of_member_ranges_gives_the_object_merges_numbers(tmp_path, 
     # position after a positioned one of the same stream as if both had one base, so the
     # chunk boundaries move a few accesses between sequential and random; see analysis.py)
     assert new["totals"]["events"] >= 80_000 and len(new["traces"]) == 2
+
+
+def test_sorts_without_lexsort_give_lexsorts_order():
+    """pair_counts (a hash of b and a rank of a), _by_group and the thread order of _nest
+    replace np.lexsort: the same pairs, counts and order on random keys of every range."""
+    import numpy as np
+
+    def ref_pairs(a, b):
+        o = np.lexsort((b, a))
+        a, b = a[o], b[o]
+        new = np.ones(len(a), bool)
+        new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        idx = np.flatnonzero(new)
+        return a[idx].tolist(), b[idx].tolist(), np.diff(np.append(idx, len(a))).tolist()
+
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 3000))
+        a = rng.integers(-5, int(rng.choice([3, 100, 10 ** 6, 2 ** 40])), n)
+        b = rng.integers(int(rng.choice([-2 ** 62, -3, 0])), int(rng.choice([5, 1000, 2 ** 62])), n)
+        assert analysis.pair_counts(a, b) == ref_pairs(a, b), trial
+        rows = np.concatenate([np.sort(rng.choice(10 ** 6, n, replace=False))] * 2)
+        keys = np.concatenate([a, a + 1])       # (key, row) pairs distinct, as _streams makes
+        assert (analysis._by_group(keys, rows) == np.lexsort((rows, keys))).all(), trial

@@ -470,11 +470,14 @@ class Detail:
         upid, pinv = uniq(pid[rows], inverse=True)
         nf = len(flist)
         gk = ((pinv * nf + fi[rows]) * 5 + rcls) * 6 + layer[rows]
-        order = np.lexsort((rows, gk))          # by stream, then in trace order
+        order = _by_group(gk, rows)             # by stream, then in trace order
         gk, kind, val, rsize = gk[order], kind[order], val[order], rsize[order]
         m = len(gk)
         gstart = np.ones(m, bool)
         gstart[1:] = gk[1:] != gk[:-1]
+        g_first = np.flatnonzero(gstart)
+        ng = len(g_first)
+        gidx = np.cumsum(gstart) - 1            # each row's stream, 0..ng-1
         is_reset = kind == 2
         segstart = gstart | is_reset
         seg = np.cumsum(segstart) - 1
@@ -500,20 +503,19 @@ class Detail:
         cls_ = np.where(first, 3, np.where(d == 0, 0, np.where(d > 0, 1, 2)))
         large = aexp & (asz >= ALIGN)
         mis = large & (aoff % ALIGN != 0)
-        ug = uniq(gk)
-        ng = len(ug)
-        ai_g = np.searchsorted(ug, agk)
+        ug = gk[g_first]
+        ai_g = gidx[a]
         pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3]
         n_large = np.bincount(ai_g, weights=large, minlength=ng).astype(np.int64)
         n_mis = np.bincount(ai_g, weights=mis, minlength=ng).astype(np.int64)
-        a_first = np.searchsorted(agk, ug, "left")
-        a_last = np.searchsorted(agk, ug, "right") - 1
-        has = a_first <= a_last
+        n_acc = np.bincount(ai_g, minlength=ng)
+        a_last = np.cumsum(n_acc) - 1
+        a_first = a_last - n_acc + 1
+        has = n_acc > 0
         af, al = np.where(has, a_first, 0), np.where(has, a_last, 0)
         head_off, head_abs = aoff[af], aabs[af]
         last_end, last_abs = end[al], aabs[al]
-        g_first = np.searchsorted(gk, ug, "left")
-        g_last = np.searchsorted(gk, ug, "right") - 1
+        g_last = np.append(g_first[1:] - 1, m - 1)
         seg_last = np.append(seg_first[1:] - 1, m - 1)
         s_last = seg[g_last]
         sf = seg_first[s_last]
@@ -611,7 +613,13 @@ class Detail:
         by earlier chunks), and its last STACK_CAP events stay as one array block, made
         into entries only if a later event reaches into them."""
         n = len(op)
-        order = np.lexsort((np.arange(n), tid, pid))
+        _, thr = uniq(pid * (int(tid.max()) - int(tid.min()) + 1) + (tid - int(tid.min()))
+                      if n and _fits(pid, tid) else np.unique(np.stack([pid, tid]), axis=1,
+                                                              return_inverse=True)[1].ravel(),
+                      inverse=True)
+        # np.lexsort((arange, tid, pid)): a stable sort of each event's thread rank
+        order = np.argsort(thr.astype(np.uint16) if n and int(thr.max()) < 1 << 16 else thr,
+                           kind="stable")
         p_s, t_s = pid[order], tid[order]
         start = np.ones(n, bool)
         start[1:] = (p_s[1:] != p_s[:-1]) | (t_s[1:] != t_s[:-1])
@@ -1097,12 +1105,42 @@ def uniq(keys: np.ndarray, *, inverse: bool = False, counts: bool = False):
     return out[0] if len(out) == 1 else tuple(out)
 
 
+def _by_group(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``np.lexsort((rows, keys))`` for distinct (key, row) pairs: rows put in order by a
+    stable sort (a few sorted runs), then a stable radix sort of the keys' ranks."""
+    if len(keys) < 2:
+        return np.arange(len(keys))
+    o1 = np.argsort(rows.astype(np.int32) if int(rows.max()) < 1 << 31 else rows, kind="stable")
+    _, rank = uniq(keys[o1], inverse=True)
+    if int(rank.max()) < 1 << 16:
+        rank = rank.astype(np.uint16)
+    return o1[np.argsort(rank, kind="stable")]
+
+
+def _fits(pid: np.ndarray, tid: np.ndarray) -> bool:
+    """pid * (tid range) + tid stays exact in an int64."""
+    span = int(tid.max()) - int(tid.min()) + 1
+    return int(np.abs(pid).max()) < (1 << 62) // span
+
+
 def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[list, list, list]:
     """Distinct (a, b) pairs in (a, b) order and how often each occurs: what
     ``np.unique(np.stack([a, b]), axis=1, return_counts=True)`` gives, without its
-    structured-array sort."""
+    structured-array sort: ``a`` ranked by uniq, ``b`` by a hash (pandas.factorize), and
+    the pairs' ranks counted as one key."""
     if not len(a):
         return [], [], []
+    import pandas as pd             # the report's dependency, already loaded by pyarrow
+
+    ua, ainv = uniq(a, inverse=True)
+    codes, ub = pd.factorize(b)
+    nb = len(ub)
+    if len(ua) * nb < 1 << 62:
+        o = np.argsort(ub, kind="stable")
+        rank = np.empty(nb, np.int64)
+        rank[o] = np.arange(nb)
+        k, c = uniq(ainv * nb + rank[codes], counts=True)
+        return ua[k // nb].tolist(), np.asarray(ub)[o][k % nb].tolist(), c.tolist()
     o = np.lexsort((b, a))
     a, b = a[o], b[o]
     new = np.ones(len(a), bool)

@@ -163,4 +163,21 @@ def test_sorts_without_lexsort_give_lexsorts_order():
         assert analysis.pair_counts(a, b) == ref_pairs(a, b), trial
         rows = np.concatenate([np.sort(rng.choice(10 ** 6, n, replace=False))] * 2)
         keys = np.concatenate([a, a + 1])       # (key, row) pairs distinct, as _streams makes
-        assert (analysis._by_group(keys, rows) == np.lexsort((rows, keys))).all(), trial
+        _, rank = analysis.uniq(keys, inverse=True)
+        order, ranks = analysis._group_order(rank, rows)
+        assert (order == np.lexsort((rows, keys))).all(), trial
+        assert (ranks == rank[order]).all(), trial
+
+
+def test_float_floor_division_without_fmod_is_numpys():
+    import numpy as np
+
+    from datacrumbs.report.model import _floor_div
+
+    rng = np.random.default_rng(3)
+    for w in (1, 10_000, 40_000, 10_000 << 20):
+        base = 1_764_079_200_000_000 + rng.integers(0, 10 ** 12, 100_000)
+        us = np.concatenate([base + rng.integers(0, 1000, len(base)) / 1000,   # µs.ns stamps
+                             (base // w) * w - rng.choice([0.001, 0.0, 0.25, 0.5], len(base)),
+                             [0.0, 0.5, 2.0 ** 52, 2.0 ** 53 - 1]])
+        assert (_floor_div(us, w) == (us // w).astype(np.int64)).all(), w

@@ -463,21 +463,21 @@ class Detail:
         explicit = (offset >= 0) & ~implicit_op
         # rows: accesses, then each reset once per class
         rows = np.concatenate([ai, r_rows, r_rows])
-        kind = np.concatenate([np.where(explicit, 0, 1), np.full(2 * len(r_rows), 2)])
+        kind = np.concatenate([np.where(explicit, 0, 1).astype(np.int8),
+                               np.full(2 * len(r_rows), 2, np.int8)])
         val = np.concatenate([np.where(explicit, offset, 0).astype(np.int64), r_pos, r_pos])
         rcls = np.concatenate([cls[ai], np.full(len(r_rows), READ), np.full(len(r_rows), WRITE)])
         rsize = np.concatenate([sz[ai], np.zeros(2 * len(r_rows), np.int64)])
         upid, pinv = uniq(pid[rows], inverse=True)
         nf = len(flist)
         gk = ((pinv * nf + fi[rows]) * 5 + rcls) * 6 + layer[rows]
-        order = _by_group(gk, rows)             # by stream, then in trace order
-        gk, kind, val, rsize = gk[order], kind[order], val[order], rsize[order]
-        m = len(gk)
+        ug, ginv = uniq(gk, inverse=True)       # the streams, and each row's
+        order, gidx = _group_order(ginv, rows)  # by stream, then in trace order
+        kind, val, rsize = kind[order], val[order], rsize[order]
+        m, ng = len(gidx), len(ug)
         gstart = np.ones(m, bool)
-        gstart[1:] = gk[1:] != gk[:-1]
+        gstart[1:] = gidx[1:] != gidx[:-1]
         g_first = np.flatnonzero(gstart)
-        ng = len(g_first)
-        gidx = np.cumsum(gstart) - 1            # each row's stream, 0..ng-1
         is_reset = kind == 2
         segstart = gstart | is_reset
         seg = np.cumsum(segstart) - 1
@@ -491,10 +491,10 @@ class Detail:
         off_abs = np.where(kind == 0, True, seg_abs[seg])
         # accesses only, per stream
         a = ~is_reset
-        agk, aoff, aabs, asz, aexp = gk[a], off[a], off_abs[a], rsize[a], kind[a] == 0
-        na = len(agk)
+        ai_g, aoff, aabs, asz, aexp = gidx[a], off[a], off_abs[a], rsize[a], kind[a] == 0
+        na = len(ai_g)
         first = np.ones(na, bool)
-        first[1:] = agk[1:] != agk[:-1]
+        first[1:] = ai_g[1:] != ai_g[:-1]
         end = aoff + asz
         prev = np.empty(na, np.int64)
         prev[1:] = end[:-1]
@@ -503,8 +503,6 @@ class Detail:
         cls_ = np.where(first, 3, np.where(d == 0, 0, np.where(d > 0, 1, 2)))
         large = aexp & (asz >= ALIGN)
         mis = large & (aoff % ALIGN != 0)
-        ug = gk[g_first]
-        ai_g = gidx[a]
         pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3]
         n_large = np.bincount(ai_g, weights=large, minlength=ng).astype(np.int64)
         n_mis = np.bincount(ai_g, weights=mis, minlength=ng).astype(np.int64)
@@ -547,14 +545,14 @@ class Detail:
                                    head_off, head_abs, last_end, last_abs, pos, pos_abs,
                                    rel_read)
         # absolute read extents, per file (runs of back-to-back reads as one)
-        sel = aabs & (asz > 0) & (((agk // 6) % 5) == READ)
+        sel = aabs & (asz > 0) & (((ug // 6) % 5 == READ)[ai_g])
         if sel.any():
-            sg, so, se = agk[sel], aoff[sel], end[sel]
+            sg, so, se = ai_g[sel], aoff[sel], end[sel]
             brk = np.ones(len(sg), bool)
             brk[1:] = (sg[1:] != sg[:-1]) | (so[1:] != se[:-1])
             starts = np.flatnonzero(brk)
             ends = np.append(starts[1:] - 1, len(sg) - 1)
-            rf = (sg[starts] // 30) % nf
+            rf = ((ug // 30) % nf)[sg[starts]]
             runs = np.stack([so[starts], se[ends]], axis=1)
             o = np.argsort(rf, kind="stable")
             rf, runs = rf[o], runs[o]
@@ -1105,16 +1103,18 @@ def uniq(keys: np.ndarray, *, inverse: bool = False, counts: bool = False):
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def _by_group(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``np.lexsort((rows, keys))`` for distinct (key, row) pairs: rows put in order by a
-    stable sort (a few sorted runs), then a stable radix sort of the keys' ranks."""
-    if len(keys) < 2:
-        return np.arange(len(keys))
+def _group_order(rank: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``np.lexsort((rows, rank))``, ``rank`` in that order) for distinct (rank, row)
+    pairs, ``rank`` 0..k-1: rows put in order by a stable sort (a few sorted runs), then a
+    stable radix sort of the ranks (16 bits when they fit)."""
+    if len(rank) < 2:
+        return np.arange(len(rank)), rank
     o1 = np.argsort(rows.astype(np.int32) if int(rows.max()) < 1 << 31 else rows, kind="stable")
-    _, rank = uniq(keys[o1], inverse=True)
+    r1 = rank[o1]
     if int(rank.max()) < 1 << 16:
-        rank = rank.astype(np.uint16)
-    return o1[np.argsort(rank, kind="stable")]
+        r1 = r1.astype(np.uint16)
+    o2 = np.argsort(r1, kind="stable")
+    return o1[o2], r1[o2].astype(np.int64)
 
 
 def _fits(pid: np.ndarray, tid: np.ndarray) -> bool:

@@ -81,6 +81,16 @@ def _sums(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)
 
 
+def _floor_div(us: np.ndarray, width: int) -> np.ndarray:
+    """``(us // width).astype(int64)`` of non-negative µs below 2**53 (exact: numpy's float
+    ``//`` is the exact floor here), without its fmod: floor(us / width), then the rare
+    quotient the rounded division put one off is corrected (q * width is exact)."""
+    q = np.floor(us / width)
+    q -= q * width > us
+    q += (q + 1) * width <= us
+    return q.astype(np.int64)
+
+
 def _file_hash(key) -> int:
     """A stable 32-bit hash of a file key (the trace's own hash when it is one)."""
     if isinstance(key, str) and len(key) >= 8:
@@ -391,7 +401,7 @@ class Aggregate:
             self.ts_max = t1 if self.ts_max is None else max(self.ts_max, t1)
             tl = valid & (size_i > 0)
             if tl.any():
-                bins, binv = uniq((ts[tl] // self.bin_us).astype(np.int64), inverse=True)
+                bins, binv = uniq(_floor_div(ts[tl], self.bin_us), inverse=True)
                 bb = np.bincount(binv, weights=size_i[tl]).astype(np.int64)
                 for b, v in zip(bins.tolist(), bb.tolist()):
                     cell = (source, b)

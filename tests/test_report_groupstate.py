@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from datacrumbs.report import analysis, merge, model
 from datacrumbs.report.merge import summarize
 from fixtures.traces import TraceBuilder
@@ -124,7 +126,13 @@ def test_array_fold_gives_the_object_folds_numbers_over_many_chunks(tmp_path, mo
         ["HDF5/H5Dwrite", "MPIIO/MPI_File_write_at", "POSIX/pwrite64"]
 
 
-def test_array_merge_of_member_ranges_gives_the_object_merges_numbers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sizes_cap", [analysis.SIZES_CAP, 3])
+def test_array_merge_of_member_ranges_gives_the_object_merges_numbers(tmp_path, monkeypatch,
+                                                                      sizes_cap):
+    """Split in member ranges, each a partial of several chunks, merged in order; with a
+    cap of 3 distinct sizes a file keeps (of the trace's 7) too, which sizes each fold
+    admits and drops, within a chunk and across merges."""
+    monkeypatch.setattr(analysis, "SIZES_CAP", sizes_cap)
     paths = [streams_trace(tmp_path / f"trace-a-1-node{i}.pfw.gz", 40_000, seed=20 + i,
                            host=f"node{i}") for i in (1, 2)]
     monkeypatch.setattr(merge, "SPLIT_BYTES", 100_000)          # several units a file
@@ -140,6 +148,12 @@ def test_array_merge_of_member_ranges_gives_the_object_merges_numbers(tmp_path, 
     # position after a positioned one of the same stream as if both had one base, so the
     # chunk boundaries move a few accesses between sequential and random; see analysis.py)
     assert new["totals"]["events"] >= 80_000 and len(new["traces"]) == 2
+    agg = model.Aggregate()
+    for unit in units:
+        agg.merge(merge.summarize_unit(unit))
+    agg.detail._sync()
+    kept = [len(d) for d in agg.detail.sizes.values()]
+    assert max(kept) == min(sizes_cap, 7) and min(kept) >= 1
 
 
 def test_sorts_without_lexsort_give_lexsorts_order():

@@ -230,7 +230,7 @@ class Detail:
     VECTOR = True
 
     def __init__(self):
-        self.groups = gs.Groups()   # table rows and streams as arrays, until _sync()
+        self.groups = gs.Groups(SIZES_CAP)   # table rows and streams as arrays, until _sync()
         self.table: dict = {}       # (src, pid, fkey, cls, layer) -> [count, bytes, ns, asked]
         self.streams: dict = {}     # same key (data classes) -> Stream
         self.span: dict = {}        # fkey -> [first ts µs, last end µs]
@@ -360,7 +360,11 @@ class Detail:
         dsel = named & data
         if dsel.any():
             k1 = (fi[dsel] * 6 + layer[dsel]) * 5 + cls[dsel]
-            for k, s_, c in zip(*pair_counts(k1, sz[dsel])):
+            pairs = _pairs(k1, sz[dsel])
+            if fids is not None:
+                self.groups.sizes.add(fids[pairs[0] // 30] * 30 + pairs[0] % 30, *pairs[1:])
+                pairs = ((), (), ())
+            for k, s_, c in zip(*(x.tolist() if len(x) else [] for x in pairs)):
                 key = (flist[k // 30], (k // 5) % 6, k % 5)
                 d = self.sizes.get(key)
                 if d is None:
@@ -426,12 +430,19 @@ class Detail:
 
     def _vector(self) -> bool:
         """Fold groups as arrays, unless the dict state is in use (after _sync)."""
-        return self.VECTOR and not self.streams
+        return self.VECTOR and not self.streams and not self.sizes
 
     def _sync(self) -> None:
         """Move the array state into the table and stream dicts (once, for the summary)."""
         G = self.groups
+        k, size, cnt = G.sizes.keys_in_order()
+        for key, s_, c in zip(k.tolist(), size.tolist(), cnt.tolist()):
+            r = key % 30
+            d = self.sizes.setdefault((G.file_list[key // 30], r // 5, r % 5), {})
+            if s_ in d or len(d) < SIZES_CAP:
+                d[s_] = d.get(s_, 0) + c
         if not G.n:
+            self.groups = gs.Groups(SIZES_CAP)
             return
         table, streams = self.table, self.streams
         for key, tab, st, ext in G.items():
@@ -447,7 +458,7 @@ class Detail:
                 (x.consec, x.seq, x.rand, x.misaligned, x.large, x.pos, x.pos_abs, x.head,
                  x.last_end, x.last_abs) = st
                 x.ext_rel = list(ext)
-        self.groups = gs.Groups()
+        self.groups = gs.Groups(SIZES_CAP)
 
     def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, op, okeys, offsets,
                  resets, fids=None) -> None:
@@ -1130,6 +1141,11 @@ def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[list, list, list]:
     the pairs' ranks counted as one key."""
     if not len(a):
         return [], [], []
+    return tuple(x.tolist() for x in _pairs(a, b))
+
+
+def _pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pair_counts as arrays."""
     import pandas as pd             # the report's dependency, already loaded by pyarrow
 
     ua, ainv = uniq(a, inverse=True)
@@ -1140,10 +1156,10 @@ def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[list, list, list]:
         rank = np.empty(nb, np.int64)
         rank[o] = np.arange(nb)
         k, c = uniq(ainv * nb + rank[codes], counts=True)
-        return ua[k // nb].tolist(), np.asarray(ub)[o][k % nb].tolist(), c.tolist()
+        return ua[k // nb], np.asarray(ub)[o][k % nb], c
     o = np.lexsort((b, a))
     a, b = a[o], b[o]
     new = np.ones(len(a), bool)
     new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     idx = np.flatnonzero(new)
-    return a[idx].tolist(), b[idx].tolist(), np.diff(np.append(idx, len(a))).tolist()
+    return a[idx], b[idx], np.diff(np.append(idx, len(a)))

@@ -28,7 +28,8 @@ _FILE_BITS, _CL_BITS = 31, 5                   # composite key: proc | file | cl
 class Groups:
     """Rows of (source, pid, file key, class, layer) groups (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, sizes_cap: int):
+        self.sizes = Sizes(sizes_cap)       # key: file id * 30 + layer * 5 + class
         self.procs: dict = {}               # (source, pid) -> proc id
         self.proc_list: list = []
         self.files: dict = {None: 0}        # file key -> file id (0: no file)
@@ -177,10 +178,11 @@ class Groups:
     def merge(self, o: "Groups") -> tuple[np.ndarray, dict]:
         """Fold ``o``, the groups of a later partial, into these; returns the file ids of
         ``o`` in this one (index: o's file id) and the extents that became absolute."""
-        if not o.n:
-            return self.file_ids(o.file_list), {}
-        pmap = np.array([self.proc_ids(s, [p])[0] for s, p in o.proc_list] or [0], np.int64)
         fmap = self.file_ids(o.file_list)
+        self.sizes.merge(o.sizes, lambda k: fmap[k // 30] * 30 + k % 30)
+        if not o.n:
+            return fmap, {}
+        pmap = np.array([self.proc_ids(s, [p])[0] for s, p in o.proc_list] or [0], np.int64)
         comp = o.comp
         cl = comp & ((1 << _CL_BITS) - 1)
         f = (comp >> _CL_BITS) & ((1 << _FILE_BITS) - 1)
@@ -225,3 +227,75 @@ class Groups:
                       bool(row[POS_ABS]), (row[HEAD], bool(row[HEAD_ABS])) if has else None,
                       row[LAST] if has else None, bool(row[LAST_ABS]))
             yield key, tab, st, self.ext.get(r, [])
+
+
+class Sizes:
+    """Access sizes per (file, layer, class) key as arrays: the distinct sizes of a key and
+    how often each occurred, the first ``cap`` distinct sizes a key met kept, as the dict
+    of dicts it replaces admits them (a chunk's sizes in ascending order, a merged
+    partial's in the order it admitted them); found by a sorted array of (key, size id)."""
+
+    _SID_BITS = 27
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.size_ids: dict = {}            # size -> id
+        self.pk = np.zeros(0, np.int64)     # per pair: key << _SID_BITS | size id
+        self.size = np.zeros(0, np.int64)
+        self.count = np.zeros(0, np.int64)
+        self.order = np.zeros(0, np.int64)  # admission order
+        self.sorted_pk = np.zeros(0, np.int64)
+        self.sorted_idx = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.pk)
+
+    def add(self, key: np.ndarray, size: np.ndarray, count: np.ndarray) -> None:
+        """Distinct (key, size) pairs with their counts, in the order a dict would see them."""
+        if not len(key):
+            return
+        us, sinv = np.unique(size, return_inverse=True)
+        ids = self.size_ids
+        sid = np.array([ids.setdefault(s, len(ids)) for s in us.tolist()], np.int64)[sinv.ravel()]
+        pk = (key << self._SID_BITS) | sid
+        spk = self.sorted_pk
+        pos = np.searchsorted(spk, pk)
+        found = pos < len(spk)
+        found[found] = spk[pos[found]] == pk[found]
+        self.count[self.sorted_idx[pos[found]]] += count[found]
+        new = np.flatnonzero(~found)
+        if not len(new):
+            return
+        nk = key[new]
+        o = np.argsort(nk, kind="stable")       # cumcount of each new pair within its key
+        ks = nk[o]
+        start = np.ones(len(ks), bool)
+        start[1:] = ks[1:] != ks[:-1]
+        idx = np.arange(len(ks))
+        cum = np.empty(len(ks), np.int64)
+        cum[o] = idx - np.maximum.accumulate(np.where(start, idx, 0))
+        have = (np.searchsorted(spk, (nk + 1) << self._SID_BITS)
+                - np.searchsorted(spk, nk << self._SID_BITS))
+        take = new[have + cum < self.cap]
+        if not len(take):
+            return
+        base = int(self.order.max()) + 1 if len(self.order) else 0
+        at = len(self.pk)
+        self.pk = np.concatenate([self.pk, pk[take]])
+        self.size = np.concatenate([self.size, size[take]])
+        self.count = np.concatenate([self.count, count[take]])
+        self.order = np.concatenate([self.order, base + np.arange(len(take))])
+        allk = np.concatenate([spk, pk[take]])
+        o = np.argsort(allk, kind="stable")
+        self.sorted_pk = allk[o]
+        self.sorted_idx = np.concatenate([self.sorted_idx, at + np.arange(len(take))])[o]
+
+    def keys_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(key, size, count) of every pair, by key then admission order."""
+        o = np.lexsort((self.order, self.pk >> self._SID_BITS))
+        return (self.pk >> self._SID_BITS)[o], self.size[o], self.count[o]
+
+    def merge(self, o: "Sizes", key_map) -> None:
+        """Add ``o``'s pairs, a later partial's (``key_map``: its keys in this one's)."""
+        k, s, c = o.keys_in_order()
+        self.add(key_map(k), s, c)

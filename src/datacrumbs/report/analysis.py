@@ -511,12 +511,13 @@ class Detail:
         prev[1:] = end[:-1]
         prev[:1] = 0
         d = aoff - prev
-        cls_ = np.where(first, 3, np.where(d == 0, 0, np.where(d > 0, 1, 2)))
+        cls_ = (d != 0).astype(np.int64) + (d < 0)     # consecutive 0, sequential 1, random 2
+        cls_[first] = 3
         large = aexp & (asz >= ALIGN)
-        mis = large & (aoff % ALIGN != 0)
+        mis = large & ((aoff & (ALIGN - 1)) != 0)       # aoff % ALIGN (ALIGN a power of 2)
         pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3]
-        n_large = np.bincount(ai_g, weights=large, minlength=ng).astype(np.int64)
-        n_mis = np.bincount(ai_g, weights=mis, minlength=ng).astype(np.int64)
+        n_large = np.bincount(ai_g[large], minlength=ng)
+        n_mis = np.bincount(ai_g[mis], minlength=ng)
         n_acc = np.bincount(ai_g, minlength=ng)
         a_last = np.cumsum(n_acc) - 1
         a_first = a_last - n_acc + 1

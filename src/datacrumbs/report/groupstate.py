@@ -128,7 +128,7 @@ class Groups:
         if not len(oi):
             return placed
         bo = b[old]
-        a = s[oi]
+        a = s[oi, :IN_TABLE]                    # the table's columns ride along unchanged
         shift, sabs = a[:, POS].copy(), a[:, POS_ABS].copy()
         if len(ext_j):
             loc = np.cumsum(old) - 1            # b row -> row of bo
@@ -172,7 +172,7 @@ class Groups:
         pb = bo[:, POS_ABS] == 1
         a[:, POS] = np.where(pb, bo[:, POS], shift + bo[:, POS])
         a[:, POS_ABS] = np.where(pb, 1, sabs)
-        s[oi] = a
+        s[oi, :IN_TABLE] = a
         return placed
 
     def merge(self, o: "Groups") -> tuple[np.ndarray, dict]:

@@ -628,16 +628,20 @@ class Detail:
                                                               return_inverse=True)[1].ravel(),
                       inverse=True)
         # np.lexsort((arange, tid, pid)): a stable sort of each event's thread rank
-        order = np.argsort(thr.astype(np.uint16) if n and int(thr.max()) < 1 << 16 else thr,
-                           kind="stable")
-        p_s, t_s = pid[order], tid[order]
+        if n and int(thr.max()) < 1 << 16:
+            thr = thr.astype(np.uint16)
+        order = np.argsort(thr, kind="stable")
         start = np.ones(n, bool)
-        start[1:] = (p_s[1:] != p_s[:-1]) | (t_s[1:] != t_s[:-1])
+        thr_s = thr[order]
+        start[1:] = thr_s[1:] != thr_s[:-1]
         ts_s = ts_ns[order]
         cand = np.zeros(n, bool)
         cand[1:] = ~start[1:] & (ts_s[1:] <= ts_s[:-1])
         bounds = np.append(np.flatnonzero(start), n)
-        gcand = np.add.reduceat(cand.astype(np.int64), bounds[:-1]).tolist() if n else []
+        # a thread's candidates (an event starting before the previous one), by thread
+        gcand = np.bincount(thr_s[cand], minlength=len(bounds) - 1).tolist() if n else []
+        first_i = order[bounds[:-1]]
+        p_first, t_first = pid[first_i].tolist(), tid[first_i].tolist()
         end_ns = ts_ns + dur_ns
         threads = self.threads
 
@@ -648,7 +652,7 @@ class Detail:
 
         for g in range(len(bounds) - 1):
             lo, hi = int(bounds[g]), int(bounds[g + 1])
-            tk = (source, int(p_s[lo]), int(t_s[lo]))
+            tk = (source, p_first[g], t_first[g])
             th = threads.get(tk)
             if th is None:
                 th = threads[tk] = Thread()
@@ -664,7 +668,7 @@ class Detail:
             if not gcand[g] and hi - lo > 1:
                 idx = order[max(lo + 1, hi - STACK_CAP):hi]
                 th.stack.append(Block(ts_ns[idx], end_ns[idx], op[idx].astype(np.int32),
-                                      fi[idx].astype(np.int32), int(p_s[lo]), flist, okeys,
+                                      fi[idx].astype(np.int32), p_first[g], flist, okeys,
                                       olay, ocls))
             _trim(th.stack)
 

@@ -308,29 +308,34 @@ class Aggregate:
     def _add_arrays(self, source, keys, fkeys, errs, op, ts, dur, size, weight, pid, fil, timed):
         n_ops = len(keys)
         dur_i = _ns(dur)            # every time sum below is of integer nanoseconds
-        weight_i = weight.astype(np.int64)
+        # no counter rows (the columnar path's chunks, most others): every row timed, of
+        # weight 1, and the selections below are the whole arrays
+        plain = bool(timed.all())
         data = size >= 0
         size_i = np.where(data, size, 0).astype(np.int64)
-        counts = np.bincount(op, weights=weight, minlength=n_ops).astype(np.int64)
         times = _sums(op, dur_i, n_ops)
         byts = np.bincount(op, weights=size_i, minlength=n_ops).astype(np.int64)
-        timed_counts = np.bincount(op[timed], minlength=n_ops)
-        counter_rows = np.bincount(op[~timed], minlength=n_ops)
+        if plain:
+            counts = timed_counts = np.bincount(op, minlength=n_ops)
+            counter_rows = np.zeros(n_ops, np.int64)
+            t_op, tdur, sel = op, dur_i, data
+        else:
+            counts = np.bincount(op, weights=weight, minlength=n_ops).astype(np.int64)
+            timed_counts = np.bincount(op[timed], minlength=n_ops)
+            counter_rows = np.bincount(op[~timed], minlength=n_ops)
+            t_op, tdur, sel = op[timed], dur_i[timed], data & timed
         # Latency histogram over complete events only.
-        tdur = dur_i[timed]
         tbin = np.zeros(len(tdur), np.int64)
         pos = tdur > 0
         tbin[pos] = np.minimum(LAT_BINS - 1, 1 + np.floor(np.log2(tdur[pos]) * LAT_SUB)).astype(np.int64)
-        lat = np.bincount(op[timed] * LAT_BINS + tbin, minlength=n_ops * LAT_BINS).reshape(n_ops, LAT_BINS)
+        lat = np.bincount(t_op * LAT_BINS + tbin, minlength=n_ops * LAT_BINS).reshape(n_ops, LAT_BINS)
         # Access sizes over complete data events.
-        sel = data & timed
         ssz = size_i[sel]
         sbin = np.zeros(len(ssz), np.int64)
         spos = ssz > 0
         sbin[spos] = np.minimum(SIZE_BINS - 1, 1 + np.floor(np.log2(ssz[spos]))).astype(np.int64)
         sizes = np.bincount(op[sel] * SIZE_BINS + sbin, minlength=n_ops * SIZE_BINS).reshape(n_ops, SIZE_BINS)
         # Per-op durations, grouped by one stable sort.
-        t_op = op[timed]
         # a stable sort of small ints is numpy's radix sort (int64 keys take a merge sort)
         order = np.argsort(t_op.astype(np.int16) if n_ops < 1 << 15 else t_op, kind="stable")
         sorted_dur = tdur[order]
@@ -378,11 +383,12 @@ class Aggregate:
         # Node (= source file) and processes.
         node = self.nodes.setdefault(source, [0, 0, 0, 0])
         node[0] += len(op)
-        node[1] += int(weight_i.sum())
+        node[1] += len(op) if plain else int(weight.astype(np.int64).sum())
         node[2] += int(size_i.sum())
         node[3] += int(dur_i.sum())
         upid, pinv = uniq(pid.astype(np.int64), inverse=True)
-        pc = np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
+        pc = np.bincount(pinv, minlength=len(upid)) if plain else \
+            np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
         pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
         pt = _sums(pinv, dur_i, len(upid))
         for j, p in enumerate(upid.tolist()):

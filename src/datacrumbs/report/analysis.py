@@ -407,7 +407,7 @@ class Detail:
                 r_rows, r_pos = r_rows[o], r_pos[o]
         resets = (r_rows, r_pos)
         self._streams(source, pid, fi, flist, cls, layer, sz, data & named, op, okeys, offsets,
-                      resets, fids)
+                      resets, fids, (upid, comp))
         self._nest(source, pid, tid, ts_ns, dur_ns, op, okeys, olay, ocls, fi, flist)
 
     def _resets_one_by_one(self, rows, okeys, op, fi, flist, arg) -> tuple:
@@ -461,7 +461,7 @@ class Detail:
         self.groups = gs.Groups(SIZES_CAP)
 
     def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, op, okeys, offsets,
-                 resets, fids=None) -> None:
+                 resets, fids=None, keyed=None) -> None:
         """Access pattern and extents of each (pid, file, class, layer) stream, vectorised:
         an access without an offset starts where the stream's position is, i.e. the last
         open or seek plus the bytes of such accesses since."""
@@ -477,11 +477,17 @@ class Detail:
         kind = np.concatenate([np.where(explicit, 0, 1).astype(np.int8),
                                np.full(2 * len(r_rows), 2, np.int8)])
         val = np.concatenate([np.where(explicit, offset, 0).astype(np.int64), r_pos, r_pos])
-        rcls = np.concatenate([cls[ai], np.full(len(r_rows), READ), np.full(len(r_rows), WRITE)])
         rsize = np.concatenate([sz[ai], np.zeros(2 * len(r_rows), np.int64)])
-        upid, pinv = uniq(pid[rows], inverse=True)
         nf = len(flist)
-        gk = ((pinv * nf + fi[rows]) * 5 + rcls) * 6 + layer[rows]
+        if keyed is not None:           # the chunk's (pid, file, class, layer) keys, reused
+            upid, comp = keyed
+            cr = comp[r_rows] - cls[r_rows] * 6
+            gk = np.concatenate([comp[ai], cr + READ * 6, cr + WRITE * 6])
+        else:
+            rcls = np.concatenate([cls[ai], np.full(len(r_rows), READ),
+                                   np.full(len(r_rows), WRITE)])
+            upid, pinv = uniq(pid[rows], inverse=True)
+            gk = ((pinv * nf + fi[rows]) * 5 + rcls) * 6 + layer[rows]
         ug, ginv = uniq(gk, inverse=True)       # the streams, and each row's
         order, gidx = _group_order(ginv, rows)  # by stream, then in trace order
         kind, val, rsize = kind[order], val[order], rsize[order]

@@ -120,15 +120,16 @@ class Groups:
             s[fresh, STREAM_COLS] = b[~old, STREAM_COLS]
             s[fresh, IS_STREAM] = 1
         placed: dict = {}
-        oi = ids[old]
+        every = bool(old.all())             # the steady state: every stream seen before
+        oi = ids if every else ids[old]
         if len(ext_j):
             jo = old[ext_j]
             for j, (st, en) in zip(ext_j[~jo].tolist(), ext_se[~jo].tolist()):
                 self.ext.setdefault(int(ids[j]), []).append((st, en))
         if not len(oi):
             return placed
-        bo = b[old]
-        a = s[oi, :IN_TABLE]                    # the table's columns ride along unchanged
+        bo = b if every else b[old]
+        a = np.take(s, oi, axis=0)              # the table's columns ride along unchanged
         shift, sabs = a[:, POS].copy(), a[:, POS_ABS].copy()
         if len(ext_j):
             loc = np.cumsum(old) - 1            # b row -> row of bo
@@ -172,7 +173,7 @@ class Groups:
         pb = bo[:, POS_ABS] == 1
         a[:, POS] = np.where(pb, bo[:, POS], shift + bo[:, POS])
         a[:, POS_ABS] = np.where(pb, 1, sabs)
-        s[oi, :IN_TABLE] = a
+        s[oi] = a
         return placed
 
     def merge(self, o: "Groups") -> tuple[np.ndarray, dict]:

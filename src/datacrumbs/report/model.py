@@ -379,14 +379,15 @@ class Aggregate:
             fb = np.bincount(fi, weights=size_i[fmask], minlength=nf).astype(np.int64)
             ft = _sums(fi, dur_i[fmask], nf)
             self._add_file_rows(fkeys, fc, fb, ft)
-        self.timeviews.add(source, keys, op, ts, dur_i, size_i, weight, pid, timed)
+        upid, pinv = uniq(pid.astype(np.int64), inverse=True)
+        self.timeviews.add(source, keys, op, ts, dur_i, size_i, None if plain else weight, pid,
+                           timed, (upid, pinv))
         # Node (= source file) and processes.
         node = self.nodes.setdefault(source, [0, 0, 0, 0])
         node[0] += len(op)
         node[1] += len(op) if plain else int(weight.astype(np.int64).sum())
         node[2] += int(size_i.sum())
         node[3] += int(dur_i.sum())
-        upid, pinv = uniq(pid.astype(np.int64), inverse=True)
         pc = np.bincount(pinv, minlength=len(upid)) if plain else \
             np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
         pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)

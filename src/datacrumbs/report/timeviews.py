@@ -64,16 +64,19 @@ class TimeViews:
         return np.array(ids, np.int64)
 
     def add(self, source: str, keys: list, op: np.ndarray, ts: np.ndarray, dur_ns: np.ndarray,
-            size: np.ndarray, weight: np.ndarray, pid: np.ndarray, timed: np.ndarray) -> None:
+            size: np.ndarray, weight: np.ndarray | None, pid: np.ndarray, timed: np.ndarray,
+            ranks: tuple | None = None) -> None:
         """One chunk, as model.Aggregate._add_arrays holds it: ``ts`` in µs (-1: missing),
         ``dur_ns`` and ``size`` (0: none) as int64, ``timed`` for complete events (a
-        profile counter's time is a sum, not a span, so it stays in its sample's bin)."""
+        profile counter's time is a sum, not a span, so it stays in its sample's bin);
+        ``weight`` None: all 1; ``ranks``: ``uniq(pid, inverse=True)`` when known."""
         if not len(op):
             return
-        upid, pinv = uniq(pid.astype(np.int64), inverse=True)     # np.unique's, in O(n)
+        upid, pinv = ranks if ranks is not None else uniq(pid.astype(np.int64), inverse=True)
         rows = self._row_ids(source, upid.tolist())
         n = len(upid)
-        self.row_tot[rows, 0] += np.rint(np.bincount(pinv, weights=weight, minlength=n)).astype(np.int64)
+        self.row_tot[rows, 0] += np.bincount(pinv, minlength=n) if weight is None else \
+            np.rint(np.bincount(pinv, weights=weight, minlength=n)).astype(np.int64)
         self.row_tot[rows, 1] += np.rint(np.bincount(pinv, weights=size, minlength=n)).astype(np.int64)
         self.row_tot[rows, 2] += _sums(pinv, dur_ns, n)
         op_ns = _sums(op, dur_ns, len(keys))
@@ -81,20 +84,29 @@ class TimeViews:
             k = (source, cat, name)
             self.node_ops[k] = self.node_ops.get(k, 0) + t
         valid = ts >= 0
-        if not valid.any():
+        if valid.all():                     # (most chunks: no selection to copy)
+            pv, byts = pinv, size
+            start = _epoch_ns(ts)
+            span = dur_ns if timed.all() else np.where(timed, dur_ns, 0)
+        elif not valid.any():
             return
-        row = rows[pinv[valid]]
-        start = _epoch_ns(ts[valid])
-        span = np.where(timed[valid], dur_ns[valid], 0)
+        else:
+            pv, byts = pinv[valid], size[valid]
+            start = _epoch_ns(ts[valid])
+            span = np.where(timed[valid], dur_ns[valid], 0)
+        row = rows[pv]
         end = start + span
+        last = np.maximum(start, end - 1)
         w = self.bin_us * 1000
-        self._fit_cols(int(start.min()) // w, int(np.maximum(start, end - 1).max()) // w)
+        self._fit_cols(int(start.min()) // w, int(last.max()) // w)
         w = self.bin_us * 1000
         b0 = start // w
-        b1 = np.maximum(start, end - 1) // w
-        byts = size[valid]
+        b1 = last // w
         one = b0 == b1
-        self._pend(_presum(pinv[valid][one], rows, b0[one], byts[one], span[one]))
+        if one.all():
+            self._pend(_presum(pv, rows, b0, byts, span))
+        else:
+            self._pend(_presum(pv[one], rows, b0[one], byts[one], span[one]))
         many = np.flatnonzero(~one)
         while len(many):
             # Operations over several bins: bytes in the first, time split exactly. Expanded

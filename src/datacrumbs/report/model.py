@@ -380,8 +380,10 @@ class Aggregate:
             ft = _sums(fi, dur_i[fmask], nf)
             self._add_file_rows(fkeys, fc, fb, ft)
         upid, pinv = uniq(pid.astype(np.int64), inverse=True)
+        pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
+        pt = _sums(pinv, dur_i, len(upid))
         self.timeviews.add(source, keys, op, ts, dur_i, size_i, None if plain else weight, pid,
-                           timed, (upid, pinv))
+                           timed, (upid, pinv), (times, pb, pt))
         # Node (= source file) and processes.
         node = self.nodes.setdefault(source, [0, 0, 0, 0])
         node[0] += len(op)
@@ -390,8 +392,6 @@ class Aggregate:
         node[3] += int(dur_i.sum())
         pc = np.bincount(pinv, minlength=len(upid)) if plain else \
             np.bincount(pinv, weights=weight, minlength=len(upid)).astype(np.int64)
-        pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
-        pt = _sums(pinv, dur_i, len(upid))
         for j, p in enumerate(upid.tolist()):
             row = self.procs.get((source, p))
             if row is None:

@@ -65,11 +65,12 @@ class TimeViews:
 
     def add(self, source: str, keys: list, op: np.ndarray, ts: np.ndarray, dur_ns: np.ndarray,
             size: np.ndarray, weight: np.ndarray | None, pid: np.ndarray, timed: np.ndarray,
-            ranks: tuple | None = None) -> None:
+            ranks: tuple | None = None, sums: tuple | None = None) -> None:
         """One chunk, as model.Aggregate._add_arrays holds it: ``ts`` in µs (-1: missing),
         ``dur_ns`` and ``size`` (0: none) as int64, ``timed`` for complete events (a
         profile counter's time is a sum, not a span, so it stays in its sample's bin);
-        ``weight`` None: all 1; ``ranks``: ``uniq(pid, inverse=True)`` when known."""
+        ``weight`` None: all 1; ``ranks``: ``uniq(pid, inverse=True)`` when known, and
+        ``sums``: (ns per op, bytes per pid, ns per pid) of these arrays when known."""
         if not len(op):
             return
         upid, pinv = ranks if ranks is not None else uniq(pid.astype(np.int64), inverse=True)
@@ -77,9 +78,13 @@ class TimeViews:
         n = len(upid)
         self.row_tot[rows, 0] += np.bincount(pinv, minlength=n) if weight is None else \
             np.rint(np.bincount(pinv, weights=weight, minlength=n)).astype(np.int64)
-        self.row_tot[rows, 1] += np.rint(np.bincount(pinv, weights=size, minlength=n)).astype(np.int64)
-        self.row_tot[rows, 2] += _sums(pinv, dur_ns, n)
-        op_ns = _sums(op, dur_ns, len(keys))
+        if sums is None:
+            sums = (_sums(op, dur_ns, len(keys)),
+                    np.rint(np.bincount(pinv, weights=size, minlength=n)).astype(np.int64),
+                    _sums(pinv, dur_ns, n))
+        op_ns, p_bytes, p_ns = sums
+        self.row_tot[rows, 1] += p_bytes
+        self.row_tot[rows, 2] += p_ns
         for (cat, name), t in zip(keys, op_ns.tolist()):
             k = (source, cat, name)
             self.node_ops[k] = self.node_ops.get(k, 0) + t

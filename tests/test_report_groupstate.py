@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from datacrumbs.report import analysis, merge, model
+from datacrumbs.report import analysis, columnar, merge, model
 from datacrumbs.report.merge import summarize
 from fixtures.traces import TraceBuilder
 
@@ -195,3 +195,34 @@ def test_float_floor_division_without_fmod_is_numpys():
                              (base // w) * w - rng.choice([0.001, 0.0, 0.25, 0.5], len(base)),
                              [0.0, 0.5, 2.0 ** 52, 2.0 ** 53 - 1]])
         assert (_floor_div(us, w) == (us // w).astype(np.int64)).all(), w
+
+
+def test_chunks_of_opens_and_seeks_only_carry_the_position_to_later_reads(tmp_path, monkeypatch):
+    """A chunk whose file calls are only opens and seeks (no read or write yet) once raised
+    IndexError; its streams keep the position, so the later reads land where the seek left
+    them: at 4096, then back to back."""
+    from datacrumbs.trace import reader
+
+    b = TraceBuilder(tmp_path / "trace-a-1-node1.pfw.gz", member_lines=7)
+    t = 0.0
+    for i in range(30):
+        t += 10
+        b.op("openat", pid=100, ts=t, dur=2, path="/d/a", ret=3, flags=O_RDWR, ftype="reg")
+        b.op("lseek", pid=100, ts=t + 5, dur=1, path="/d/a", ret=4096 * (i % 3), ftype="reg")
+    b.op("lseek", pid=100, ts=t + 20, dur=1, path="/d/a", ret=4096, ftype="reg")
+    for i in range(10):
+        b.op("read", pid=100, ts=t + 30 + i, dur=0.5, path="/d/a", size=100, count=100,
+             ftype="reg")
+    trace = b.write()
+    monkeypatch.setattr(reader, "PARSE_BLOCK", 1500)          # blocks of a few lines
+    monkeypatch.setattr(columnar, "PARSE_BLOCK", 1500)
+    monkeypatch.setattr(merge, "CHUNK_EVENTS", 8)
+    out = []
+    for vector in (True, False):
+        monkeypatch.setattr(analysis.Detail, "VECTOR", vector)
+        out.append(summarize([trace], jobs=1))
+    assert_same(*out)
+    f = out[0]["files"][0]
+    assert f["ops"] == {"read": 10, "write": 0, "metadata": 61, "other": 0}
+    assert f["access"]["read"] == {"consecutive": 9, "sequential": 1, "random": 0}
+    assert f["read_extent_bytes"] == 1000

@@ -528,9 +528,13 @@ class Detail:
         a_last = np.cumsum(n_acc) - 1
         a_first = a_last - n_acc + 1
         has = n_acc > 0
-        af, al = np.where(has, a_first, 0), np.where(has, a_last, 0)
-        head_off, head_abs = aoff[af], aabs[af]
-        last_end, last_abs = end[al], aabs[al]
+        if na:
+            af, al = np.where(has, a_first, 0), np.where(has, a_last, 0)
+            head_off, head_abs = aoff[af], aabs[af]
+            last_end, last_abs = end[al], aabs[al]
+        else:                       # opens and seeks only: positions, no access yet
+            head_off = last_end = np.zeros(ng, np.int64)
+            head_abs = last_abs = np.zeros(ng, bool)
         g_last = np.append(g_first[1:] - 1, m - 1)
         seg_last = np.append(seg_first[1:] - 1, m - 1)
         s_last = seg[g_last]

@@ -283,13 +283,14 @@ class Detail:
     def add_columns(self, source: str, op: np.ndarray, okeys: list, fi: np.ndarray, flist: list,
                     ts: np.ndarray, dur: np.ndarray, size: np.ndarray, pid: np.ndarray,
                     tid: np.ndarray, cnt: np.ndarray, ft: np.ndarray, ftlist: list, arg,
-                    offsets, ints) -> None:
+                    offsets, ints, pre: tuple | None = None) -> None:
         """One chunk as columns (report/columnar.py builds them without a dict per event):
         ``op`` indexes ``okeys`` ((cat, name) strings), ``fi`` indexes ``flist`` (its first
         entry None: no file), ``ft`` indexes ``ftlist`` (-1: no ftype), ``tid``/``cnt`` as
         _arr gives them; ``arg(i, key)`` is row i's arg as its dict holds it (asked of
         copies), ``offsets(rows)`` those rows' offsets as _arr gives, ``ints(rows, key)``
-        (values, is an int) as int64 arrays, or None when an int does not fit one."""
+        (values, is an int) as int64 arrays, or None when an int does not fit one; ``pre``:
+        (pid ranks as uniq gives them, dur in ns, size >= 0) when the caller has them."""
         n = len(op)
         if not n:
             return
@@ -297,13 +298,17 @@ class Detail:
         olay = np.array([LAYERS.get(c.upper(), OTHER_LAYER) for c, _ in okeys], np.int64)
         cls, layer = ocls[op], olay[op]
         pid = pid.astype(np.int64)
-        dur0 = np.where(dur >= 0, dur, 0)
         ts_ns = np.rint(np.where(ts >= 0, ts, 0) * 1000).astype(np.int64)
-        dur_ns = np.rint(dur0 * 1000).astype(np.int64)
-        sz = np.where(size >= 0, size, 0).astype(np.int64)
+        if pre is None:
+            dur0 = np.where(dur >= 0, dur, 0)
+            dur_ns = np.rint(dur0 * 1000).astype(np.int64)
+            sz = np.where(size >= 0, size, 0).astype(np.int64)
+            upid, pinv = uniq(pid, inverse=True)
+        else:
+            (upid, pinv), dur_ns, sz = pre
+            dur0 = dur                  # the columnar path's dur is never negative
         data = (cls == READ) | (cls == WRITE)
         # (pid, file, class, layer) sums
-        upid, pinv = uniq(pid, inverse=True)
         nf = len(flist)
         comp = ((pinv * nf + fi) * 5 + cls) * 6 + layer
         ukeys, ginv = uniq(comp, inverse=True)

@@ -81,6 +81,17 @@ def _sums(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)
 
 
+def _log_bins(v: np.ndarray, sub: int, last: int) -> np.ndarray:
+    """min(last, 1 + floor(log2(v) * sub)) of each v > 0, 0 for v == 0 (int64 v >= 0);
+    without the masks when no v is 0 (most chunks' durations)."""
+    pos = v > 0
+    if pos.all():
+        return np.minimum(last, 1 + np.floor(np.log2(v) * sub)).astype(np.int64)
+    out = np.zeros(len(v), np.int64)
+    out[pos] = np.minimum(last, 1 + np.floor(np.log2(v[pos]) * sub)).astype(np.int64)
+    return out
+
+
 def _floor_div(us: np.ndarray, width: int) -> np.ndarray:
     """``(us // width).astype(int64)`` of non-negative µs below 2**53 (exact: numpy's float
     ``//`` is the exact floor here), without its fmod: floor(us / width), then the rare
@@ -268,13 +279,13 @@ class Aggregate:
         if isinstance(cols.hhash, str):
             src = self.source(source)
             src.first_hhash = src.first_hhash or cols.hhash
-        self._add_arrays(source, cols.keys, list(cols.fkeys), cols.errno.astype(np.int64),
-                         cols.op, cols.ts, cols.dur, cols.size, np.ones(n, np.float64), cols.pid,
-                         cols.fil, np.ones(n, bool))
+        pre = self._add_arrays(source, cols.keys, list(cols.fkeys), cols.errno.astype(np.int64),
+                               cols.op, cols.ts, cols.dur, cols.size, np.ones(n, np.float64),
+                               cols.pid, cols.fil, np.ones(n, bool))
         self.detail.add_columns(source, cols.op, cols.keys, cols.fil + 1, [None, *cols.fkeys],
                                 cols.ts, cols.dur, cols.size, cols.pid, cols.tid.astype(np.int64),
                                 cols.count, cols.ft, cols.ftlist, cols.arg, cols.offsets,
-                                cols.ints)
+                                cols.ints, pre)
         if len(cols.two):
             self._add_second_files([_text(k) for k in cols.two_keys], cols.size[cols.two],
                                    cols.dur[cols.two])
@@ -305,7 +316,10 @@ class Aggregate:
                 row[0] += int(fc[j]); row[1] += int(fb[j]); row[2] += int(ft[j])
         self._fit_files()
 
-    def _add_arrays(self, source, keys, fkeys, errs, op, ts, dur, size, weight, pid, fil, timed):
+    def _add_arrays(self, source, keys, fkeys, errs, op, ts, dur, size, weight, pid, fil,
+                    timed) -> tuple:
+        """Returns what Detail.add_columns would compute again: (pid ranks, dur in ns,
+        size >= 0)."""
         n_ops = len(keys)
         dur_i = _ns(dur)            # every time sum below is of integer nanoseconds
         # no counter rows (the columnar path's chunks, most others): every row timed, of
@@ -325,15 +339,11 @@ class Aggregate:
             counter_rows = np.bincount(op[~timed], minlength=n_ops)
             t_op, tdur, sel = op[timed], dur_i[timed], data & timed
         # Latency histogram over complete events only.
-        tbin = np.zeros(len(tdur), np.int64)
-        pos = tdur > 0
-        tbin[pos] = np.minimum(LAT_BINS - 1, 1 + np.floor(np.log2(tdur[pos]) * LAT_SUB)).astype(np.int64)
+        tbin = _log_bins(tdur, LAT_SUB, LAT_BINS - 1)
         lat = np.bincount(t_op * LAT_BINS + tbin, minlength=n_ops * LAT_BINS).reshape(n_ops, LAT_BINS)
         # Access sizes over complete data events.
         ssz = size_i[sel]
-        sbin = np.zeros(len(ssz), np.int64)
-        spos = ssz > 0
-        sbin[spos] = np.minimum(SIZE_BINS - 1, 1 + np.floor(np.log2(ssz[spos]))).astype(np.int64)
+        sbin = _log_bins(ssz, 1, SIZE_BINS - 1)
         sizes = np.bincount(op[sel] * SIZE_BINS + sbin, minlength=n_ops * SIZE_BINS).reshape(n_ops, SIZE_BINS)
         # Per-op durations, grouped by one stable sort.
         # a stable sort of small ints is numpy's radix sort (int64 keys take a merge sort)
@@ -414,6 +424,7 @@ class Aggregate:
                     cell = (source, b)
                     self.timeline[cell] = self.timeline.get(cell, 0) + v
                 self._fit_timeline()
+        return (upid, pinv), dur_i, size_i
 
     def _rebin(self, width: int) -> None:
         if width == self.bin_us:

@@ -249,9 +249,9 @@ class Detail:
             dur: np.ndarray, size: np.ndarray, pid: np.ndarray, keys: list | None = None) -> None:
         """The complete events of one chunk, in trace order; ``fks`` their file keys.
 
-        Sums go through numpy group by group; Python loops run over groups (streams,
-        files, sizes), over the opens and seeks, and over the events of threads whose
-        calls nest, never over every event."""
+        Sums go through numpy group by group, and the groups (table rows, streams,
+        sizes) fold into arrays (groupstate.py); Python loops run over files, threads,
+        copies and the events of threads whose calls nest, never over every event."""
         n = len(rows)
         if not n:
             return

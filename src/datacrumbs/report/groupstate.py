@@ -92,10 +92,12 @@ class Groups:
                 grow[:self.n] = self.state[:self.n]
                 self.state = grow
             self.comp = np.concatenate([self.comp, nk])
-            allk = np.concatenate([sk, nk])
-            o = np.argsort(allk, kind="stable")
-            self.sorted_keys = allk[o]
-            self.sorted_ids = np.concatenate([self.sorted_ids, nid])[o]
+            # merged into the sorted keys in O(rows) (a trace touching a new file every
+            # few events adds many keys every chunk: no re-sort of them all)
+            o = np.argsort(nk)
+            at = np.searchsorted(sk, nk[o])
+            self.sorted_keys = np.insert(sk, at, nk[o])
+            self.sorted_ids = np.insert(self.sorted_ids, at, nid[o])
             self.n += k
         return ids
 
@@ -286,10 +288,11 @@ class Sizes:
         self.size = np.concatenate([self.size, size[take]])
         self.count = np.concatenate([self.count, count[take]])
         self.order = np.concatenate([self.order, base + np.arange(len(take))])
-        allk = np.concatenate([spk, pk[take]])
-        o = np.argsort(allk, kind="stable")
-        self.sorted_pk = allk[o]
-        self.sorted_idx = np.concatenate([self.sorted_idx, at + np.arange(len(take))])[o]
+        nk = pk[take]
+        o = np.argsort(nk)
+        pos = np.searchsorted(spk, nk[o])
+        self.sorted_pk = np.insert(spk, pos, nk[o])
+        self.sorted_idx = np.insert(self.sorted_idx, pos, (at + np.arange(len(take)))[o])
 
     def keys_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(key, size, count) of every pair, by key then admission order."""

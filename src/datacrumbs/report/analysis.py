@@ -722,7 +722,7 @@ class Detail:
 
     def merge(self, o: "Detail") -> None:
         """Add ``o``, a partial of the events after this one's."""
-        if self._vector() and not o.streams:
+        if self._vector() and not o.streams and not o.sizes:
             G = self.groups
             _, placed = G.merge(o.groups)
             for fid, part in placed.items():

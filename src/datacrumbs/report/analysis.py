@@ -1165,13 +1165,14 @@ def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[list, list, list]:
 
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """pair_counts as arrays."""
+    """pair_counts as arrays (a lexsort for a few pairs: the hash's set-up costs more)."""
     import pandas as pd             # the report's dependency, already loaded by pyarrow
 
-    ua, ainv = uniq(a, inverse=True)
-    codes, ub = pd.factorize(b)
-    nb = len(ub)
-    if len(ua) * nb < 1 << 62:
+    if len(a) > 2048:
+        ua, ainv = uniq(a, inverse=True)
+        codes, ub = pd.factorize(b)
+        nb = len(ub)
+    if len(a) > 2048 and len(ua) * nb < 1 << 62:
         o = np.argsort(ub, kind="stable")
         rank = np.empty(nb, np.int64)
         rank[o] = np.arange(nb)

@@ -417,9 +417,13 @@ class Aggregate:
             self.ts_min = t0 if self.ts_min is None else min(self.ts_min, t0)
             self.ts_max = t1 if self.ts_max is None else max(self.ts_max, t1)
             tl = valid & (size_i > 0)
-            if tl.any():
+            if tl.all():
+                bins, binv = uniq(_floor_div(ts, self.bin_us), inverse=True)
+                bb = np.bincount(binv, weights=size_i).astype(np.int64)
+            elif tl.any():
                 bins, binv = uniq(_floor_div(ts[tl], self.bin_us), inverse=True)
                 bb = np.bincount(binv, weights=size_i[tl]).astype(np.int64)
+            if tl.any():
                 for b, v in zip(bins.tolist(), bb.tolist()):
                     cell = (source, b)
                     self.timeline[cell] = self.timeline.get(cell, 0) + v

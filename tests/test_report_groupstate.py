@@ -226,3 +226,23 @@ def test_chunks_of_opens_and_seeks_only_carry_the_position_to_later_reads(tmp_pa
     assert f["ops"] == {"read": 10, "write": 0, "metadata": 61, "other": 0}
     assert f["access"]["read"] == {"consecutive": 9, "sequential": 1, "random": 0}
     assert f["read_extent_bytes"] == 1000
+
+
+def test_sizes_keep_the_first_distinct_sizes_of_a_key_and_ids_for_those_only():
+    """groupstate.Sizes admits as the dict of dicts did (a key's first ``cap`` distinct sizes,
+    later counts of those added) and gives ids only to admitted sizes, so a stream of ever
+    new sizes does not grow its state."""
+    import numpy as np
+
+    from datacrumbs.report.groupstate import Sizes
+
+    s = Sizes(cap=2)
+    for first in range(0, 1000, 10):                    # 100 chunks, 10 new sizes each
+        sizes = np.arange(first, first + 10, dtype=np.int64) + 1
+        s.add(np.zeros(10, np.int64), sizes, np.ones(10, np.int64))
+        s.add(np.ones(1, np.int64), sizes[-1:], np.full(1, 5, np.int64))
+    s.add(np.zeros(2, np.int64), np.array([2, 1], np.int64), np.array([7, 3], np.int64))
+    keys, sizes, counts = s.keys_in_order()
+    assert keys.tolist() == [0, 0, 1, 1] and sizes.tolist() == [1, 2, 10, 20]
+    assert counts.tolist() == [4, 8, 5, 5]
+    assert len(s.size_ids) == 4 and len(s) == 4

@@ -258,12 +258,15 @@ class Sizes:
         if not len(key):
             return
         us, sinv = np.unique(size, return_inverse=True)
+        sinv = sinv.ravel()
         ids = self.size_ids
-        sid = np.array([ids.setdefault(s, len(ids)) for s in us.tolist()], np.int64)[sinv.ravel()]
+        # only admitted sizes get an id, so the ids stay as bounded as the pairs (a trace of
+        # ever new sizes does not grow them); a size without one is in no pair yet
+        sid = np.array([ids.get(s, -1) for s in us.tolist()], np.int64)[sinv]
         pk = (key << self._SID_BITS) | sid
         spk = self.sorted_pk
         pos = np.searchsorted(spk, pk)
-        found = pos < len(spk)
+        found = (pos < len(spk)) & (sid >= 0)
         found[found] = spk[pos[found]] == pk[found]
         self.count[self.sorted_idx[pos[found]]] += count[found]
         new = np.flatnonzero(~found)
@@ -284,6 +287,12 @@ class Sizes:
             return
         base = int(self.order.max()) + 1 if len(self.order) else 0
         at = len(self.pk)
+        for s_ in np.unique(size[take]).tolist():
+            ids.setdefault(s_, len(ids))
+        if len(ids) > 1 << self._SID_BITS:
+            raise OverflowError("more distinct access sizes than a size id holds")
+        pk[take] = (key[take] << self._SID_BITS) | np.array(
+            [ids[s_] for s_ in size[take].tolist()], np.int64)
         self.pk = np.concatenate([self.pk, pk[take]])
         self.size = np.concatenate([self.size, size[take]])
         self.count = np.concatenate([self.count, count[take]])

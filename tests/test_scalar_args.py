@@ -23,7 +23,7 @@ from datacrumbs.signing.signatures import read_signatures
 from datacrumbs.tracer import scalars
 from datacrumbs.tracer.elfsyms import exported_functions_fd
 
-from fixtures.tracing import Bpftrace, trace_command
+from fixtures.tracing import DATACRUMBS, Bpftrace, trace_command
 from test_patterns import grants, sign_patterns
 from test_signing_service import keystore, service, site_sets, start_service  # noqa: F401
 from workloads import daemon_readback as rb
@@ -255,6 +255,11 @@ def test_traced_arguments_are_what_the_program_passed_and_what_bpftrace_saw(
                                      "described": len(EXPECTED)}]
     probes = tmp_path / "sig.json.gz"
     write_document(probes, doc)
+    shown = subprocess.run([DATACRUMBS, "probes", "show", str(probes)], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "fd int32, buf pointer, n uint64 -> int32" in shown.stdout
+    assert "s int16, c uint8, l int64 -> int64" in shown.stdout
     lib = str(sig["lib"])
     program = (f'uprobe:{lib}:sig_write /comm == "sigprog"/ {{ @w[(int32)arg0, arg1, arg2] = count(); }} '
                f'uprobe:{lib}:sig_mixed /comm == "sigprog"/ {{ @m[(int16)arg0, (uint8)arg1, arg2] = count(); }} '

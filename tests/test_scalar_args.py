@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -298,3 +299,52 @@ def test_traced_arguments_are_what_the_program_passed_and_what_bpftrace_saw(
     # a negative result of unknown convention is a value, not an error
     mixed = summary["operations"]["SIG/sig_mixed"]
     assert mixed["count"] == CALLS and mixed["errors"] == 0
+
+
+FADVISE_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int n = atoi(argv[2]), bad = 0;
+    for (int i = 0; i < n; i++)
+        bad += posix_fadvise(fd, 4096L * i, 8192 + i, POSIX_FADV_DONTNEED) != 0;
+    bad += posix_fadvise(-1, 0, 0, POSIX_FADV_NORMAL) == 0;      /* EBADF, returned not set */
+    printf("ok %d\n", bad);
+    return 0;
+}
+"""
+
+
+@pytest.mark.ebpf
+def test_a_system_library_is_typed_by_the_distributions_debug_file_and_matches_strace(
+        tmp_path, bpf_object, tracefs):
+    """glibc has no DWARF of its own; libc6-dbg's /usr/lib/debug/.build-id file types
+    posix_fadvise (not in the catalog), and the traced arguments equal the fadvise64
+    system calls strace saw in the same run. Its result is an error number, not -1 and
+    errno: the trace keeps it (9, EBADF) and does not count it as an error."""
+    src, prog, log = tmp_path / "fadv.c", tmp_path / "fadv", tmp_path / "strace.log"
+    src.write_text(FADVISE_C)
+    subprocess.run([_cc(), "-O0", "-o", str(prog), str(src)], check=True, capture_output=True,
+                   timeout=60)
+    n = 6
+    proc, trace, summary = trace_command(
+        tmp_path, ["strace", "-f", "-e", "trace=fadvise64", "-o", log, prog, tmp_path / "f", n],
+        sets=(), options=["--uprobe", "libc.so.6:posix_fadvise"])
+    assert proc.stdout == "ok 0\n"
+    calls = [e["args"] for e in rb.events(trace) if e["name"] == "posix_fadvise"]
+    seen = [(a["arg0_fd"], a["arg1_offset"], a["arg2_len"], a["arg3_advise"], a["ret"])
+            for a in calls]
+    strace = []
+    for line in log.read_text().splitlines():
+        m = re.search(r"fadvise64\((-?\d+), (\d+), (\d+), POSIX_FADV_(\w+)\) += (-?\d+)", line)
+        if m:
+            advise = {"NORMAL": 0, "DONTNEED": 4}[m.group(4)]
+            ret = 0 if int(m.group(5)) == 0 else 9          # glibc returns the error number
+            strace.append((int(m.group(1)), int(m.group(2)), int(m.group(3)), advise, ret))
+    assert len(strace) == n + 1
+    assert seen == strace
+    assert seen[-1] == (-1, 0, 0, 0, 9)
+    (op,) = [v for k, v in summary["operations"].items() if k.endswith("/posix_fadvise")]
+    assert op["count"] == n + 1 and op["errors"] == 0

@@ -785,7 +785,9 @@ def summarize_reader(reader, agg: Aggregate | None = None) -> Aggregate:
     try:
         if COLUMNAR and columnar.available():
             for kind, chunk in columnar.chunks(reader):
-                if kind == "table":
+                if kind == "scan":
+                    agg.add_columns(columnar.ScanColumns(chunk), path)
+                elif kind == "table":
                     agg.add_columns(columnar.Columns(chunk), path)
                 else:
                     agg.add_events(chunk, path)

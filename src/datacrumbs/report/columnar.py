@@ -105,6 +105,7 @@ def parse_block_columns(block: bytes):
         return None
     try:
         tbl = pj.read_json(pa.py_buffer(body), read_options=_READ, parse_options=_PARSE)
+        tbl.validate(full=True)     # pyarrow's JSON reader passes bytes that are not UTF-8
     except (pa.ArrowException, ValueError, UnicodeDecodeError):
         return None
     n = tbl.num_rows

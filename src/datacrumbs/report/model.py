@@ -88,7 +88,11 @@ def _file_hash(key) -> int:
             return int(key[:8], 16)
         except ValueError:
             pass
-    return int.from_bytes(hashlib.sha256(str(key).encode("utf-8", "surrogateescape")).digest()[:4], "big")
+    try:
+        raw = str(key).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:      # json.loads keeps a UTF-8 encoded surrogate ("\ud800")
+        raw = str(key).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(raw).digest()[:4], "big")
 
 
 

@@ -260,6 +260,21 @@ static inline cp string(cp p, cp end, cp *s, int64_t *n)
 {
     cp q = ++p;
     for (;;) {
+        /* eight plain bytes at a time: none a quote, a backslash, < 0x20 or >= 0x80
+         * (a borrow can mark bytes after a real match, never before it) */
+        while (end - q >= 8) {
+            uint64_t x, ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+            memcpy(&x, q, 8);
+            uint64_t qt = x ^ (ones * '"'), bs = x ^ (ones * '\\');
+            uint64_t hit = ((qt - ones) & ~qt) | ((bs - ones) & ~bs) |
+                           ((x - ones * 0x20) & ~x) | x;
+            hit &= high;
+            if (hit) {
+                q += __builtin_ctzll(hit) >> 3;
+                break;
+            }
+            q += 8;
+        }
         if (q >= end)
             return NULL;
         unsigned c = *q;
@@ -717,6 +732,11 @@ int64_t dc_scan(const char *buf, int64_t len, struct dc_scan *out)
     }
     if (!table_init(&st.ops.t, 256) || !table_init(&st.files.t, 256))
         goto done;
+    if (len && end[-1] == '\n') {      /* a blank last line */
+        out->fail_at = len;
+        rc = -1;
+        goto done;
+    }
     st.ops.a = out->opcat;
     st.ops.b = out->opname;
     st.ops.last_code = -1;

@@ -93,6 +93,22 @@ static inline uint64_t hash_u64(uint64_t k)
     return k ^ (k >> 31);
 }
 
+/* Equal bytes (short strings: cheaper than a call to memcmp). */
+static inline int same(const unsigned char *a, const unsigned char *b, int64_t n)
+{
+    uint64_t x, y;
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y)
+            return 0;
+    }
+    while (n--)
+        if (*a++ != *b++)
+            return 0;
+    return 1;
+}
+
 /* Open addressing; a slot holds code + 1 (0: empty). */
 struct table {
     int32_t *slot;
@@ -136,13 +152,13 @@ static int strings_grow(struct strings *c)
 /* The code of string s in its column (new strings numbered by first appearance); -2: no memory. */
 static inline int32_t intern(struct strings *c, const unsigned char *s, int64_t n)
 {
-    if (n == c->last_len && memcmp(s, c->last, (size_t)n) == 0)
+    if (n == c->last_len && same(s, c->last, n))
         return c->last_code;
     uint64_t h = hash_bytes(s, n) & c->t.mask;
     int32_t got;
     while ((got = c->t.slot[h])) {
         int64_t k = got - 1;
-        if (c->len[k] == n && memcmp(c->buf + c->off[k], s, (size_t)n) == 0)
+        if (c->len[k] == n && same(c->buf + c->off[k], s, n))
             goto found;
         h = (h + 1) & c->t.mask;
     }
@@ -256,7 +272,7 @@ static cp utf8(cp p, cp end)
 
 /* A string without escapes at p (on its quote): its end after the closing quote, its
  * text in [*s, *s + *n); NULL when it has an escape, a control character or bad UTF-8. */
-static inline cp string(cp p, cp end, cp *s, int64_t *n)
+static inline __attribute__((always_inline)) cp string(cp p, cp end, cp *s, int64_t *n)
 {
     cp q = ++p;
     for (;;) {
@@ -377,8 +393,16 @@ static double div_pow10(uint64_t m, int k)
     if (s < 0)
         s = 0;
     unsigned __int128 n = (unsigned __int128)m << s;
-    uint64_t q = (uint64_t)(n / p);
-    int sticky = n - (unsigned __int128)q * p != 0;
+    uint64_t q, rem;
+#if defined(__x86_64__)
+    /* one divq: the quotient (< 2^56) fits its 64 bits */
+    uint64_t hi = (uint64_t)(n >> 64), lo = (uint64_t)n;
+    __asm__("divq %4" : "=a"(q), "=d"(rem) : "a"(lo), "d"(hi), "rm"(p));
+#else
+    q = (uint64_t)(n / p);
+    rem = (uint64_t)(n - (unsigned __int128)q * p);
+#endif
+    int sticky = rem != 0;
     int drop = 64 - __builtin_clzll(q) - 53;
     uint64_t mant = q >> drop, rest = q & (((uint64_t)1 << drop) - 1);
     uint64_t half = (uint64_t)1 << (drop - 1);
@@ -744,21 +768,26 @@ int64_t dc_scan(const char *buf, int64_t len, struct dc_scan *out)
     st.files.b = out->fcode;
     st.files.last_code = -1;
     while (p < end) {
-        cp nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl)
-            nl = end;
         struct line ln;
         for (int c = 0; c < NSTR; c++)
             ln.n[c] = -1;
         memset(ln.ok, 0, sizeof ln.ok);
         ln.f[F_TS] = ln.f[F_DUR] = NAN;
         ln.ph = 0;
-        cp q = ws(p, nl);
-        if (q < nl && *q == '{')
-            q = object(q, nl, &ln, 1);
+        /* nothing of JSON's crosses a newline (a string refuses control characters), so
+         * the object is read up to the block's end and must end its line */
+        cp q = ws(p, end), nl;
+        if (q < end && *q == '{')
+            q = object(q, end, &ln, 1);
         else
             q = NULL;
-        int strict = q && ws(q, nl) == nl;
+        if (q && (q = ws(q, end)) < end && *q != '\n')
+            q = NULL;
+        int strict = q != NULL;
+        if (strict)
+            nl = q;
+        else if (!(nl = memchr(p, '\n', (size_t)(end - p))))
+            nl = end;
         if (strict && ln.ph == 'X') {
             if (r == cap) {
                 rc = -2;

@@ -308,14 +308,20 @@ static inline __attribute__((always_inline)) cp string(cp p, cp end, cp *s, int6
     return q + 1;
 }
 
-/* A JSON number at p: its end, or NULL when the grammar is not JSON's. */
+/* A JSON number at p: its end, or NULL when the grammar is not JSON's. Its digits are
+ * gathered on the way (v: the integer of all its digits without the point, exact while
+ * sig, the digits from the first non-zero one, is at most 19; k: digits after the point). */
 struct num {
-    cp start, int_end, frac_end, end;   /* integer digits [start(+sign), int_end), fraction */
-    int neg, plain;                     /* plain: no fraction, no exponent */
+    cp start, end;
+    uint64_t v;
+    int neg, plain, sig, k;     /* plain: no fraction, no exponent */
+    int expo;                   /* an exponent was given */
 };
 
 static inline cp number(cp p, cp end, struct num *m)
 {
+    uint64_t v = 0;
+    int sig = 0;
     m->start = p;
     m->neg = p < end && *p == '-';
     p += m->neg;
@@ -324,19 +330,24 @@ static inline cp number(cp p, cp end, struct num *m)
     if (*p == '0')
         p++;
     else if (*p >= '1' && *p <= '9')
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            v = v * 10 + (uint64_t)(*p - '0');
+            sig++;
+        }
     else
         return NULL;
-    m->int_end = m->frac_end = p;
     m->plain = 1;
+    m->k = 0;
+    m->expo = 0;
     if (p < end && *p == '.') {
         cp f = ++p;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            v = v * 10 + (uint64_t)(*p - '0');
+            sig += sig || *p != '0';
+        }
         if (p == f)
             return NULL;
-        m->frac_end = p;
+        m->k = (int)(p - f);
         m->plain = 0;
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
@@ -344,12 +355,15 @@ static inline cp number(cp p, cp end, struct num *m)
         if (p < end && (*p == '+' || *p == '-'))
             p++;
         cp e = p;
-        while (p < end && *p >= '0' && *p <= '9')
+        while (p < end && (unsigned)(*p - '0') <= 9)
             p++;
         if (p == e)
             return NULL;
         m->plain = 0;
+        m->expo = 1;
     }
+    m->v = v;
+    m->sig = sig;
     m->end = p;
     return p;
 }
@@ -357,13 +371,9 @@ static inline cp number(cp p, cp end, struct num *m)
 /* An integer token as Python's int, when it fits an int64. */
 static inline int int64_of(const struct num *m, int64_t *out)
 {
-    cp d = m->start + m->neg;
-    int64_t nd = m->int_end - d;
-    if (!m->plain || nd > 19)
+    if (!m->plain || m->sig > 19)
         return 0;
-    uint64_t v = 0;
-    for (; d < m->int_end; d++)
-        v = v * 10 + (uint64_t)(*d - '0');      /* 19 digits cannot wrap a uint64 */
+    uint64_t v = m->v;                          /* 19 digits cannot wrap a uint64 */
     if (m->neg) {
         if (v > (uint64_t)1 << 63)
             return 0;
@@ -415,22 +425,10 @@ static double div_pow10(uint64_t m, int k)
  * exactly (out of range: the caller gives the block back). */
 static int double_of(const struct num *m, double *out)
 {
-    cp d = m->start + m->neg;
-    uint64_t v = 0;
-    int digits = 0, k = 0;
-    if (m->end == m->frac_end) {                /* no exponent: the exact paths */
-        for (; d < m->int_end; d++) {
-            v = v * 10 + (uint64_t)(*d - '0');
-            digits += digits || *d != '0';
-        }
-        if (m->frac_end > m->int_end)
-            for (d = m->int_end + 1; d < m->frac_end; d++, k++) {
-                v = v * 10 + (uint64_t)(*d - '0');
-                digits += digits || *d != '0';
-                if (digits > 19)
-                    break;
-            }
-        if (digits <= 19) {
+    if (!m->expo) {                             /* no exponent: the exact paths */
+        uint64_t v = m->v;
+        int k = m->k;
+        if (m->sig <= 19) {
             double x;
             if (v == 0) {                       /* an int -0 is 0; a float -0.0 keeps its sign */
                 *out = m->neg && !m->plain ? -0.0 : 0.0;

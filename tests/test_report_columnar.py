@@ -414,6 +414,23 @@ def test_awkward_lines_fall_back_and_the_three_paths_agree(tmp_path, monkeypatch
         assert fast["traces"][0]["bad_lines"] > 0 and fast["totals"]["events"] > 3000
 
 
+def test_a_chunk_of_scanned_and_pyarrow_blocks_is_read_by_pyarrow(tmp_path, monkeypatch):
+    """Lines only the scanner gives back (escapes, a nested value it does not read) among
+    clean blocks: their chunks are pyarrow's tables, the scanned blocks parsed again."""
+    clean = _clean_lines(2000)
+    escaped = [AWKWARD[k] for k in ("escape in a string", "escaped unknown value",
+                                    "nested value in args", "nested top-level value")]
+    lines = [b"["]
+    for k in range(0, len(clean), 300):
+        lines += clean[k:k + 300] + [escaped[(k // 300) % len(escaped)]]
+    path = tmp_path / "trace-mixed-1-node1.pfw.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines + [b"]"]) + b"\n"))
+    fast, slow, kinds = both([path], monkeypatch, chunk=900, block=20_000)
+    assert_same(fast, slow)
+    assert kinds["scan"]["table"] >= 2 and not kinds["scan"]["dicts"], kinds
+    assert fast["traces"][0]["bad_lines"] == 0 and fast["totals"]["events"] == 2000 + 7
+
+
 def _number_tokens(rng: random.Random, n: int) -> list[str]:
     """JSON numbers of the shapes traces hold, and of every other shape."""
     out = []

@@ -10,6 +10,10 @@ summaries).
 
 The library is compiled beside the BPF object (``datacrumbs build-bpf``, ``datacrumbs
 install``), never at run time: a report runs as an ordinary user who may have no compiler.
+Not at pip install either: the package has no build step (it installs as plain Python),
+while the site's install step already compiles the BPF object and lines.c with the same
+compiler; the report finds it through the site configuration (paths.bpf_object) that
+every node and login node has. A pip-installed copy without a site reads with pyarrow.
 """
 
 from __future__ import annotations

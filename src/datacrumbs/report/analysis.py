@@ -91,6 +91,15 @@ class Stream:
         self.ext_rel: list = []     # [(start, end)] relative to the partial's start position
         self.misaligned = self.large = 0
 
+    # A partial holds one per stream (tens of thousands) and goes back to the parent
+    # pickled: a tuple is about four times quicker to load than the slots' default state.
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, k) for k in Stream.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        (self.pos, self.pos_abs, self.head, self.last_end, self.last_abs, self.consec,
+         self.seq, self.rand, self.ext_rel, self.misaligned, self.large) = state
+
     def _classify(self, off, prev) -> None:
         d = off - prev              # mixed bases (rare): taken as one
         if d == 0:

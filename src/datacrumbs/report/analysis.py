@@ -78,10 +78,13 @@ class Stream:
     Positions are absolute (``abs`` True) or relative to the stream's position where
     this partial began; ``head`` is the first access, not yet classified. Read extents
     at absolute offsets go to the file (Detail.read_ext); ``ext_rel`` keeps the relative
-    ones until a merge places them."""
+    ones until a merge places them. ``pend`` holds the pairs (access, end of the one
+    before) on different bases, classed once a merge puts both on one: compared as they
+    are, an ftell (``lseek(fd, 0, SEEK_CUR)``) after reads a chunk began without an open
+    or a seek made the next consecutive read look sequential."""
 
     __slots__ = ("pos", "pos_abs", "head", "last_end", "last_abs", "consec", "seq", "rand",
-                 "ext_rel", "misaligned", "large")
+                 "ext_rel", "misaligned", "large", "pend")
 
     def __init__(self):
         self.pos, self.pos_abs = 0, False
@@ -90,6 +93,7 @@ class Stream:
         self.consec = self.seq = self.rand = 0
         self.ext_rel: list = []     # [(start, end)] relative to the partial's start position
         self.misaligned = self.large = 0
+        self.pend: list = []        # [(offset, is_abs, previous end, is_abs)]
 
     # A partial holds one per stream (tens of thousands) and goes back to the parent
     # pickled: a tuple is about four times quicker to load than the slots' default state.
@@ -98,16 +102,23 @@ class Stream:
 
     def __setstate__(self, state: tuple) -> None:
         (self.pos, self.pos_abs, self.head, self.last_end, self.last_abs, self.consec,
-         self.seq, self.rand, self.ext_rel, self.misaligned, self.large) = state
+         self.seq, self.rand, self.ext_rel, self.misaligned, self.large, self.pend) = state
 
     def _classify(self, off, prev) -> None:
-        d = off - prev              # mixed bases (rare): taken as one
+        d = off - prev
         if d == 0:
             self.consec += 1
         elif d > 0:
             self.seq += 1
         else:
             self.rand += 1
+
+    def _pair(self, off, off_abs, prev, prev_abs) -> None:
+        """Class an access against the end of the one before once both are on one base."""
+        if off_abs == prev_abs:
+            self._classify(off, prev)
+        else:
+            self.pend.append((off, off_abs, prev, prev_abs))
 
     def absorb(self, b: "Stream") -> list:
         """Compose ``b``, the same stream's state in a later partial, after this one, in
@@ -125,12 +136,15 @@ class Stream:
                 resolved = moved
             else:
                 self.ext_rel = _merge_runs(self.ext_rel + moved)
+        for off, oa, prev, pa in b.pend:    # b's relative positions, on this one's base
+            self._pair(off if oa else off + shift, oa or sabs,
+                       prev if pa else prev + shift, pa or sabs)
         if b.head is not None:
             h = b.head if b.head[1] else (b.head[0] + shift, sabs)
             if self.last_end is None:
                 self.head = h
             else:
-                self._classify(h[0], self.last_end)
+                self._pair(h[0], h[1], self.last_end, self.last_abs)
         if b.last_end is not None:
             if b.last_abs:
                 self.last_end, self.last_abs = b.last_end, True
@@ -148,6 +162,9 @@ class Stream:
         if self.head is not None:
             self._classify(self.head[0], 0)
             self.head = None
+        for off, _oa, prev, _pa in self.pend:   # the unknown base taken as 0, as the head
+            self._classify(off, prev)
+        self.pend = []
         rel, self.ext_rel = self.ext_rel, []
         return rel
 
@@ -465,14 +482,23 @@ class Detail:
         prev = np.empty(na, np.int64)
         prev[1:] = end[:-1]
         prev[:1] = 0
+        prev_abs = np.empty(na, bool)
+        prev_abs[1:] = aabs[:-1]
+        prev_abs[:1] = True
+        # an access and the one before on different bases: classed by Stream once known
+        mixed = ~first & (aabs != prev_abs)
         d = aoff - prev
-        cls_ = np.where(first, 3, np.where(d == 0, 0, np.where(d > 0, 1, 2)))
+        cls_ = np.where(first, 3, np.where(mixed, 4, np.where(d == 0, 0, np.where(d > 0, 1, 2))))
         large = aexp & (asz >= ALIGN)
         mis = large & (aoff % ALIGN != 0)
         ug = uniq(gk)
         ng = len(ug)
         ai_g = np.searchsorted(ug, agk)
-        pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3].tolist()
+        pend_of: dict = {}
+        for g, o, oa, p_, pa in zip(*(x[mixed].tolist() for x in (
+                ai_g, aoff, aabs, prev, prev_abs))):
+            pend_of.setdefault(g, []).append((o, oa, p_, pa))
+        pat = np.bincount(ai_g * 5 + cls_, minlength=ng * 5).reshape(ng, 5)[:, :3].tolist()
         n_large = np.bincount(ai_g, weights=large, minlength=ng).astype(np.int64).tolist()
         n_mis = np.bincount(ai_g, weights=mis, minlength=ng).astype(np.int64).tolist()
         a_first = np.searchsorted(agk, ug, "left")
@@ -503,6 +529,7 @@ class Detail:
                 st.head = (head_off[j], head_abs[j])
                 st.last_end, st.last_abs = last_end[j], last_abs[j]
             st.pos, st.pos_abs = pos[j], pos_abs[j]
+            st.pend = pend_of.get(j, [])
             fk = flist[f_g[j]]
             if c_g[j] == READ and rel_read[j] > 0:
                 st.ext_rel = [(0, rel_read[j])]

@@ -225,6 +225,51 @@ def test_the_time_budget_bounds_a_large_debug_section(tmp_path):
     assert [a["name"] for a in whole.found["big_2999"].scalars] == ["a", "b"]
 
 
+def test_the_daemons_columns_equal_the_one_row_reference():
+    """ScalarRows.rows (numpy, per probe) against event_args (Python ints, per row) on
+    random register values of every width and sign."""
+    import numpy as np
+
+    from datacrumbs.trace.writer import OPS_DTYPE
+    from datacrumbs.tracer.engine import EVENT_DTYPE
+
+    sc = [{"pos": 0, "reg": 0, "name": "fd", "size": 4, "signed": True, "pointer": False},
+          {"pos": 1, "reg": 1, "name": "buf", "size": 8, "signed": False, "pointer": True},
+          {"pos": 2, "reg": 2, "name": "n", "size": 2, "signed": True, "pointer": False},
+          {"pos": 4, "reg": 3, "name": "q", "size": 1, "signed": False, "pointer": False}]
+    probes = [{"kind": "uprobe", "scalars": sc, "returns": {"size": 4, "signed": True}},
+              {"kind": "syscall"}, {"kind": "uprobe", "returns": None},
+              {"kind": "uprobe", "scalars": sc[1:3], "returns": {"size": 2, "signed": False}}]
+    n = 20_000
+    rng = np.random.default_rng(7)
+    ev = np.zeros(n, EVENT_DTYPE)
+    for f in ("count", "handle"):
+        ev[f] = rng.integers(0, 2 ** 63, n).astype(np.uint64) * np.uint64(2) + \
+            rng.integers(0, 2, n).astype(np.uint64)
+    for f, bits in (("offset", 64), ("ret", 64), ("fd", 32), ("fd2", 32)):
+        ev[f] = rng.integers(-2 ** (bits - 1), 2 ** (bits - 1) - 1, n)
+    ev["probe"] = rng.integers(0, len(probes), n)
+    ops = np.zeros(n, OPS_DTYPE)
+    ops["fd"] = 3
+    out = scalars.ScalarRows(probes).rows(ev, ops)
+    for i in range(n):
+        p = probes[int(ev["probe"][i])]
+        ret = int(ev["ret"][i]) & 0xFFFFFFFFFFFFFFFF
+        if p.get("scalars"):
+            assert out[i] == scalars.event_args(p, ev[i])
+            assert ops["fd"][i] == -1
+        else:
+            assert out[i] is None
+        if p is probes[0]:
+            assert ops["ret"][i] == scalars._value(ret, 4, True)
+        elif p is probes[3]:
+            assert ops["ret"][i] == ret & 0xFFFF
+        elif p is probes[2]:
+            assert ops["ret"][i] == 0
+        else:
+            assert ops["fd"][i] == 3            # other probes' rows untouched
+
+
 @pytest.mark.parametrize("probe, why", [
     ({"kind": "syscall", "scalars": [{"reg": 0, "size": 4, "name": "fd"}]}, "only uprobes"),
     ({"kind": "uprobe", "scalars": [{"reg": 6, "size": 4, "name": "fd"}]}, "register 0-5"),

@@ -2,8 +2,7 @@
 
 Generates vmlinux.h from /sys/kernel/btf/vmlinux with bpftool and compiles
 the generic CO-RE programs with clang into the site's bpf_object path, and
-beside it the daemon's compiled trace line formatter (datacrumbs-lines.so) and
-libbpf's print function (datacrumbs-libbpf-print.so).
+beside it the daemon's compiled trace line formatter (datacrumbs-lines.so).
 
 examples:
   datacrumbs build-bpf
@@ -16,8 +15,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..trace.fastlines import build_library, library_path
-from ..tracer.build import build_bpf_object, build_print_library
-from ..tracer.libbpf import print_library_path
+from ..tracer.build import build_bpf_object
 
 HELP = "compile the BPF object for this kernel (installer step)"
 
@@ -32,5 +30,4 @@ def main(args) -> int:
     path = build_bpf_object(out)
     print(f"built {path}")
     print(f"built {build_library(library_path(path))}")
-    print(f"built {build_print_library(print_library_path(path))}")
     return 0

@@ -246,10 +246,6 @@ def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
     lines = build_library(library_path(dest))   # the daemon's line formatter, beside it
     inst.entries[lines] = ("f", _sha(lines.read_bytes()))
     inst.report.installed.append(lines)
-    from ..tracer.libbpf import print_library_path
-    printer = build.build_print_library(Path(print_library_path(dest)))   # libbpf's printing
-    inst.entries[printer] = ("f", _sha(printer.read_bytes()))
-    inst.report.installed.append(printer)
     if cfg.bpf_object != dest:
         inst.report.kept.append(f"note: bpf_object in the config is {cfg.bpf_object}, not {dest}")
 

@@ -81,18 +81,6 @@ def build_bpf_object(out: Path, *, btf: Path = BTF_PATH, clang: str | None = Non
     return out
 
 
-def build_print_library(out: Path, cc: str | None = None) -> Path:
-    """Compile bpf/libbpf_print.c (libbpf's print function without Python) into ``out``."""
-    cc = cc or shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
-    if not cc:
-        raise BuildError("no C compiler found (cc, clang or gcc); install clang, which the "
-                         "BPF object needs too")
-    src = source_dir() / "libbpf_print.c"
-    compile_into(Path(out), [cc, "-O2", "-shared", "-fPIC", str(src)],
-                 f"{Path(cc).name} compiling {src}")
-    return Path(out)
-
-
 def compile_into(out: Path, argv: list[str], what: str) -> None:
     """Run the compiler ``argv`` with ``-o`` a temporary file beside ``out``, then put it
     in place: a failed or interrupted build never leaves a half-written file to load."""

@@ -9,6 +9,8 @@ all cores and prints events/s and the peak RSS of the whole process tree
     .venv/bin/python bench/bench_report.py                 # 10 M events
     .venv/bin/python bench/bench_report.py --events 1e6 --files 2 --dask
     .venv/bin/python bench/bench_report.py --dftracer       # beside DFTracer's dftracer_stats
+    .venv/bin/python bench/bench_report.py --bpf-object build/bpf/datacrumbs.bpf.o
+                                            # with the line scanner built beside that object
 
 With --dftracer, DFTracer's own `dftracer_stats` (from dftracer-utils) reads the same files
 in the same run: once cold (it builds its gzip index, which decompresses everything) and
@@ -195,7 +197,14 @@ def main() -> int:
     ap.add_argument("--dir", help="keep the traces in this directory (reused if present)")
     ap.add_argument("--dftracer", action="store_true",
                     help="also time DFTracer's dftracer_stats on the same files")
+    ap.add_argument("--bpf-object", type=Path,
+                    help="a site config whose bpf_object is this (the report's compiled line "
+                         "scanner is looked up beside it; default: the site's own config)")
     args = ap.parse_args()
+    if args.bpf_object:     # the workers read it too (through the environment)
+        cfg = Path(tempfile.mkdtemp(prefix="bench-report-cfg-")) / "datacrumbs.toml"
+        cfg.write_text(f'[paths]\nbpf_object = "{args.bpf_object.resolve()}"\n')
+        os.environ["DATACRUMBS_CONFIG"] = str(cfg)
     events = int(args.events)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-report-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -212,8 +221,11 @@ def main() -> int:
         print(f"trace: {events:,} events in {args.files} file(s), {size / 2**20:.1f} MiB compressed "
               f"({size / max(events, 1):.1f} B/event), generated in {gen_s:.1f} s")
 
+        from datacrumbs.report import columnar
         from datacrumbs.report.merge import default_jobs, summarize_paths
 
+        scan = columnar.scanner()
+        print(f"parser: {f'compiled line scanner {scan.path}' if scan else 'pyarrow (no line scanner)'}")
         jobs = args.jobs or default_jobs()
         runs = [("local", lambda: summarize_paths(paths, jobs=jobs))]
         if args.dask:

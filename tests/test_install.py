@@ -162,11 +162,13 @@ def test_cli_install_with_bpf_then_uninstall(tmp_path, tracefs):
     res = cli("install", "--prefix", str(prefix))
     assert res.returncode == 0, res.stderr
     obj = prefix / "lib/datacrumbs/datacrumbs.bpf.o"
-    assert obj.read_bytes()[:4] == b"\x7fELF"
+    scan = obj.with_name("datacrumbs-scan.so")     # the report's line scanner, beside it
+    assert obj.read_bytes()[:4] == b"\x7fELF" and scan.read_bytes()[:4] == b"\x7fELF"
     assert f"installed {obj}" in res.stdout and "daemon-reload" in res.stdout
+    assert f"installed {scan}" in res.stdout
     res = cli("uninstall", "--prefix", str(prefix))
     assert res.returncode == 0, res.stderr
-    assert f"removed {obj}" in res.stdout
+    assert f"removed {obj}" in res.stdout and f"removed {scan}" in res.stdout
     assert not prefix.exists()
     res = cli("uninstall", "--prefix", str(prefix))
     assert res.returncode == 1

@@ -485,13 +485,17 @@ def test_patterns_resolve_in_the_hardened_unit_under_a_real_systemd(systemd_mana
         request = {"sets": [], "patterns": [
             {"kind": "uprobe", "pattern": "libhdf5_serial.so*:H5Dread"},
             {"kind": "syscall", "pattern": "read*"},
-            {"kind": "tracepoint", "pattern": "sched:sched_process_*"}]}
+            {"kind": "tracepoint", "pattern": "sched:sched_process_*"},
+            # typed by libc6-dbg's separate debug file, read inside the sandbox
+            {"kind": "uprobe", "pattern": "libc.so.6:posix_fadvise"}]}
         result = sign_as(user1.pw_name, request, config)
         assert result.returncode == 0, result.stderr + manager.journal(name)
         doc = json.loads(result.stdout)
         assert [p["probes"] for p in doc["patterns"]] == [
             1, 5, len([d for d in os.listdir("/sys/kernel/tracing/events/sched")
-                       if d.startswith("sched_process_")])]
+                       if d.startswith("sched_process_")]), 1]
+        (fadvise,) = [p for p in doc["probes"] if p["target"] == "posix_fadvise"]
+        assert [a["name"] for a in fadvise["scalars"]] == ["fd", "offset", "len", "advise"]
         refused = sign_as(user1.pw_name, {"sets": [], "patterns": [
             {"kind": "kfunc", "pattern": "vfs_*"}]}, config)
         assert refused.returncode == 3

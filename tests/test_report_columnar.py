@@ -1,22 +1,28 @@
-"""The report's columnar path (pyarrow columns, report/columnar.py) gives the dict path's
-numbers field by field of the summary (--json): on a hand-made trace with every kind of
-event the analysis treats apart (opens with flags, seeks, offsets, copies, nesting over
-three layers, errors, pipes, counters, hostile lines), split or whole, and on a real
-traced program. Each test also checks that the fast path did read most of the events,
-so it cannot pass by falling back everywhere."""
+"""The report's columnar paths (the compiled scanner, trace/scan.c, and pyarrow's columns,
+report/columnar.py) give the dict path's numbers field by field of the summary (--json):
+on a hand-made trace with every kind of event the analysis treats apart (opens with
+flags, seeks, offsets, copies, nesting over three layers, errors, pipes, counters,
+hostile lines), split or whole, on awkward lines the scanner must give back, and on a
+real traced program. Each test also checks that the fast paths did read most of the
+events, so it cannot pass by falling back everywhere (or by a missing scanner)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
+import struct
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from datacrumbs.report import columnar, merge, model
 from datacrumbs.report.merge import summarize
+from datacrumbs.trace import fastscan
+from datacrumbs.trace.reader import _loads
 from fixtures.traces import TraceBuilder
 from fixtures.tracing import trace_command
 
@@ -99,30 +105,58 @@ def rich_trace(path: Path, n: int, seed: int, *, host: str = "node1", hostile: b
     return b.write()
 
 
+@pytest.fixture(scope="module")
+def scan_library(tmp_path_factory) -> Path:
+    """The scanner built by the real build code, beside a site's BPF object path."""
+    lib = tmp_path_factory.mktemp("site-lib")
+    return fastscan.build_library(fastscan.library_path(lib / "datacrumbs.bpf.o"))
+
+
+@pytest.fixture(autouse=True)
+def site_scanner(scan_library, tmp_path, monkeypatch):
+    """A site configuration whose bpf_object has the scanner beside it (the report finds
+    it there, as on an installed node); the process looks it up afresh."""
+    cfg = tmp_path / "datacrumbs.toml"
+    cfg.write_text(f'[paths]\nbpf_object = "{scan_library.with_name("datacrumbs.bpf.o")}"\n')
+    monkeypatch.setenv("DATACRUMBS_CONFIG", str(cfg))
+    monkeypatch.setattr(columnar, "_SCANNER", [])
+
+
 def both(paths: list, monkeypatch, *, chunk: int = 1500, block: int | None = None
          ) -> tuple[dict, dict, dict]:
-    """(columnar summary, dict summary, chunks read by kind) of ``paths``, one process;
-    ``block``: bytes parsed at once by both paths (the reader's PARSE_BLOCK)."""
+    """(scanner's summary, dict path's summary, chunks read by kind on the scanner's run
+    and on pyarrow's) of ``paths``, one process; pyarrow's summary is held to the dict
+    path's here. ``block``: bytes parsed at once by every path (the reader's PARSE_BLOCK)."""
     from datacrumbs.trace import reader
 
     monkeypatch.setattr(merge, "CHUNK_EVENTS", chunk)
     if block:
         monkeypatch.setattr(reader, "PARSE_BLOCK", block)
         monkeypatch.setattr(columnar, "PARSE_BLOCK", block)
-    kinds = {"table": 0, "dicts": 0}
+    kinds = {"scan": Counter(), "arrow": Counter()}
+    run = ["scan"]
     real = columnar.chunks
 
     def counted(reader):
         for kind, chunk_ in real(reader):
-            kinds[kind] += 1
+            kinds[run[0]][kind] += 1
             yield kind, chunk_
 
     monkeypatch.setattr(columnar, "chunks", counted)
     monkeypatch.setattr(model, "COLUMNAR", True)
+    scanner = columnar.scanner()
+    assert scanner is not None, "the site's scanner was not loaded"
+    blocks = scanner.blocks
     fast = summarize(paths, jobs=1)
+    assert scanner.blocks > blocks, "the scanner read no block"
+    monkeypatch.setattr(columnar, "SCAN", False)
+    run[0] = "arrow"
+    arrow = summarize(paths, jobs=1)
+    monkeypatch.setattr(columnar, "SCAN", True)
     monkeypatch.setattr(model, "COLUMNAR", False)
     slow = summarize(paths, jobs=1)
     monkeypatch.setattr(model, "COLUMNAR", True)
+    assert_same(arrow, slow)
     return fast, slow, kinds
 
 
@@ -138,7 +172,8 @@ def test_every_kind_of_event_gives_the_dict_paths_numbers(tmp_path, monkeypatch)
     trace = rich_trace(tmp_path / "trace-a-1-node1.pfw.gz", 40_000, seed=1)
     fast, slow, kinds = both([trace], monkeypatch)
     assert_same(fast, slow)
-    assert kinds["table"] >= 3 and kinds["dicts"] >= 1, kinds
+    assert kinds["scan"]["scan"] >= 3 and kinds["scan"]["dicts"] >= 1, kinds
+    assert kinds["arrow"]["table"] >= 3 and kinds["arrow"]["dicts"] >= 1, kinds
     # the analysis saw what the trace holds: nesting, copies, creates, pipes, counters
     assert [c["op"] for c in fast["layer_breakdown"][0]] == \
         ["HDF5/H5Dwrite", "MPIIO/MPI_File_write_at", "POSIX/pwrite64"]
@@ -152,7 +187,8 @@ def test_clean_trace_is_read_by_the_fast_path_only_and_identically(tmp_path, mon
     trace = rich_trace(tmp_path / "trace-a-1-node1.pfw.gz", 30_000, seed=2, hostile=False)
     fast, slow, kinds = both([trace], monkeypatch)
     assert_same(fast, slow)
-    assert kinds == {"table": kinds["table"], "dicts": 0} and kinds["table"] >= 5, kinds
+    assert set(kinds["scan"]) == {"scan"} and kinds["scan"]["scan"] >= 5, kinds
+    assert set(kinds["arrow"]) == {"table"} and kinds["arrow"]["table"] >= 5, kinds
 
 
 def split_summary(paths: list) -> dict:
@@ -173,9 +209,14 @@ def test_split_over_workers_and_two_nodes_give_the_dict_paths_numbers(tmp_path, 
     monkeypatch.setattr(model, "COLUMNAR", False)
     slow = split_summary(paths)
     monkeypatch.setattr(model, "COLUMNAR", True)
+    blocks = columnar.scanner().blocks
     fast = split_summary(paths)
+    assert columnar.scanner().blocks > blocks
     assert len(fast["traces"]) == 2
     assert_same(fast, slow)
+    monkeypatch.setattr(columnar, "SCAN", False)
+    assert_same(split_summary(paths), slow)
+    monkeypatch.setattr(columnar, "SCAN", True)
     # the worker processes (columnar, their default chunks) merge the same units the same way
     assert_same(summarize(paths, jobs=2), fast)
 
@@ -188,7 +229,7 @@ def test_torn_trace_keeps_the_same_lines_on_both_paths(tmp_path, monkeypatch):
         torn.write_bytes(data[:cut])
         fast, slow, kinds = both([torn], monkeypatch)
         assert_same(fast, slow)
-        assert fast["traces"][0]["torn_tail"] and kinds["table"] >= 1
+        assert fast["traces"][0]["torn_tail"] and kinds["scan"]["scan"] >= 1
 
 
 @ebpf
@@ -225,7 +266,7 @@ os.read(r, 5)
                                 sets=("posix", "stdio"))
     fast, slow, kinds = both([trace], monkeypatch, chunk=200, block=20_000)
     assert_same(fast, slow)
-    assert kinds["table"] >= 2, kinds
+    assert kinds["scan"]["scan"] >= 2 and kinds["arrow"]["table"] >= 2, kinds
     files = {f["path"]: f for f in fast["files"]}
     a = files[os.path.join(str(root), "a")]
     assert a["bytes"]["write"] == sum((i % 7 + 1) * 100 for i in range(300))
@@ -246,5 +287,233 @@ def test_a_large_synthetic_trace_of_the_projects_writer_gives_the_dict_paths_num
     bench.generate(trace, 300_000, "node0", seed=5)
     fast, slow, kinds = both([trace], monkeypatch, chunk=merge.CHUNK_EVENTS)
     assert_same(fast, slow)
-    assert kinds == {"table": 3, "dicts": 0}, kinds
+    assert kinds == {"scan": {"scan": 3}, "arrow": {"table": 3}}, kinds
     assert fast["totals"]["events"] == 300_000 and len(fast["files"]) == 128
+
+
+#: Lines the scanner must give back (the block then goes to pyarrow or the dicts), by kind.
+AWKWARD = {
+    "escape in a string": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"fname":"/a\"b","size":3}}',
+    "escape in a key": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"p\u0068":"X","args":{"size":3}}',
+    "escaped unknown value": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"cmd":"a\nb","size":3}}',
+    "counter phase": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"ph":"C","args":{"count":2,"bytes":10,"time_us":1}}',
+    "unknown phase": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"B","args":{"size":3}}',
+    "no phase": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"args":{"size":3}}',
+    "nested value in args": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3,"extra":{"a":1}}}',
+    "array in args": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3,"list":[1,2]}}',
+    "nested top-level value": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","extra":[1],"args":{"size":3}}',
+    "duplicate key": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3,"size":7}}',
+    "duplicate top key": rb'{"name":"write","cat":"POSIX","pid":100,"pid":300,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3}}',
+    "int out of range": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":99999999999999999999}}',
+    "ret past int64": rb'{"name":"openat","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"fname":"/scratch/job/f1.dat","ret":9223372036854775808,"flags":65}}',
+    "float overflow": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1e400,"ph":"X","args":{"size":3}}',
+    "huge integer ts": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":176407920000000000000000,"dur":1,"ph":"X","args":{"size":3}}',
+    "float for an int": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3.0}}',
+    "string for an int": rb'{"name":"write","cat":"POSIX","pid":"100","tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3}}',
+    "bool for an int": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":true}}',
+    "number for a string": rb'{"name":7,"cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3}}',
+    "null fhash2": rb'{"name":"copy_file_range","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3,"fhash2":null}}',
+    "args not an object": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":3}',
+    "NaN": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":NaN,"dur":1,"ph":"X","args":{"size":3}}',
+    "leading zero": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":05,"dur":1,"ph":"X","args":{"size":3}}',
+    "plus sign": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":+5,"dur":1,"ph":"X","args":{"size":3}}',
+    "two objects on a line": rb'{"name":"read","ph":"X","pid":100,"ts":1}{"name":"read","ph":"X","pid":100}',
+    "trailing comma": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3}},',
+    "comma inside": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"size":3,}}',
+    "blank line": b"",
+    "not json": b"not json at all",
+    "truncated": rb'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"si',
+    "non-UTF-8": b'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"fname":"/a\xff\xfe","size":3}}',
+    "UTF-8 surrogate": b'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"fname":"/a\xed\xa0\x80","size":3}}',
+    "overlong UTF-8": b'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"fname":"/a\xc0\xaf","size":3}}',
+    "control character": b'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"fname":"/a\x01","size":3}}',
+    "a bad metadata line": rb'{"name":"FH","ph":"M","args":{"name":"/x","value":"abc"',
+    "an array line": b"[1, 2]",
+}
+
+#: Unusual lines the scanner reads itself, as json.loads would.
+UNUSUAL = [
+    rb' { "name" : "write" , "cat" : "POSIX" , "pid" : 100 , "tid" : 100 , "ts" : 1764079200000007.5 , "dur" : 1 , "ph" : "X" , "args" : { "size" : 3 } } ',
+    b'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":1764079200000008,"dur":2,"ph":"X","args":{"fname":"/scratch/\xc3\xa9t\xc3\xa9/\xe2\x82\xac\xf0\x9f\x92\xbe","size":4096,"count":4096}}\r',
+    rb'{"name":"write","cat":null,"pid":null,"tid":100,"ts":null,"dur":null,"ph":"X","args":null}',
+    rb'{"name":"","cat":"","pid":100,"tid":100,"ts":1764079200000009,"dur":1,"ph":"X","args":{}}',
+    rb'{"ph":"X"}',
+    rb'{"name":"write","cat":"POSIX","pid":-5,"tid":100,"ts":-1,"dur":-0.0,"ph":"X","args":{"size":-1,"count":9007199254740993,"offset":-0}}',
+    rb'{"name":"read","cat":"POSIX","pid":100,"tid":100,"ts":1.764079200000010123e15,"dur":12e-1,"ph":"X","args":{"size":3,"other":true,"more":false,"none":null,"num":-1.5e-300,"s":"x"}}',
+    rb'{"name":"openat","cat":"POSIX","pid":100,"tid":100,"ts":1764079200000011,"dur":1,"ph":"X","args":{"fname":"/scratch/job/new","ret":-9223372036854775808,"flags":65}}',
+    rb'{"name":"process_name","ph":"M","pid":100,"args":{"name":"a\"quoted\" \u00e9 name","nested":{"a":[1,{"b":"}"}]}}}',
+]
+
+
+def _clean_lines(n: int) -> list[bytes]:
+    b = TraceBuilder(Path("/nonexistent"), host="node1")
+    b.process(100, "rank0")
+    for k in range(n):
+        b.op(["write", "read", "lseek"][k % 3], pid=100, ts=1.5 * k, dur=0.25, size=4096,
+             path=f"/scratch/job/f{k % 3}.dat", ftype="reg")
+    return [line.encode() for line in b.lines[1:]]
+
+
+def test_the_scanner_gives_back_every_block_with_an_awkward_line():
+    scanner = columnar.scanner()
+    clean = _clean_lines(40)
+    got = scanner.scan(b"\n".join(clean))
+    assert got is not None and got.n == 40 and len(got.meta_lines) == len(clean) - 40
+    for kind, line in AWKWARD.items():
+        for at in (0, 17, len(clean)):
+            body = b"\n".join(clean[:at] + [line] + clean[at:])
+            assert scanner.scan(body) is None, (kind, at)
+
+
+def test_the_scanner_reads_unusual_lines_as_json_does():
+    scanner = columnar.scanner()
+    got = scanner.scan(b"\n".join(UNUSUAL))
+    assert got is not None
+    recs = [_loads(line) for line in UNUSUAL]
+    xs = [r for r in recs if r["ph"] == "X"]
+    assert got.n == len(xs) and got.nrec == len(recs)
+    assert [_loads(m) for m in got.meta_lines] == [r for r in recs if r["ph"] == "M"]
+    for i, r in enumerate(xs):
+        a = r.get("args") or {}
+        for k, name in enumerate(fastscan.FLOATS):
+            want = r.get(name)
+            assert struct.pack("<d", got.flt[k][i]) == struct.pack(
+                "<d", float("nan") if want is None else float(want)), (i, name)
+        for name in fastscan.INTS:
+            want = (r if name in ("pid", "tid") else a).get(name)
+            vals, ok = got.ints(name)
+            assert (int(vals[i]) if ok[i] else None) == want, (i, name)
+        for k, name in enumerate(fastscan.STRINGS):
+            want = (r if name in ("name", "cat") else a).get(name)
+            code = got.code[k][i]
+            assert (got.strings[k][code] if code >= 0 else None) == want, (i, name)
+
+
+def test_awkward_lines_fall_back_and_the_three_paths_agree(tmp_path, monkeypatch):
+    """Every awkward kind in its own block among clean ones, and the unusual lines the
+    scanner reads: the same summary from the scanner, pyarrow and the dicts."""
+    rng = random.Random(7)
+    clean = _clean_lines(3000)
+    lines = [b"["]
+    for k, line in enumerate([*AWKWARD.values(), *UNUSUAL]):
+        lines += clean[k * 60:(k + 1) * 60] + [line]
+    lines += clean[(k + 1) * 60:] + [b"]"]
+    path = tmp_path / "trace-awkward-1-node1.pfw.gz"
+    data = b"".join(gzip.compress(b"\n".join(lines[i:i + 97]) + b"\n")
+                    for i in range(0, len(lines), 97))
+    path.write_bytes(data)
+    rng.shuffle(lines[1:-1])            # and the same lines in another order, other blocks
+    shuffled = tmp_path / "trace-awkward-2-node1.pfw.gz"
+    shuffled.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    for trace in (path, shuffled):
+        declined = columnar.scanner().declined
+        fast, slow, kinds = both([trace], monkeypatch, chunk=400, block=6000)
+        assert_same(fast, slow)
+        assert columnar.scanner().declined - declined >= len(AWKWARD) // 3, kinds
+        assert kinds["scan"]["scan"] >= 1 and kinds["scan"]["dicts"] >= 1, kinds
+        assert fast["traces"][0]["bad_lines"] > 0 and fast["totals"]["events"] > 3000
+
+
+def test_a_chunk_of_scanned_and_pyarrow_blocks_is_read_by_pyarrow(tmp_path, monkeypatch):
+    """Lines only the scanner gives back (escapes, a nested value it does not read) among
+    clean blocks: their chunks are pyarrow's tables, the scanned blocks parsed again."""
+    clean = _clean_lines(2000)
+    escaped = [AWKWARD[k] for k in ("escape in a string", "escaped unknown value",
+                                    "nested value in args", "nested top-level value")]
+    lines = [b"["]
+    for k in range(0, len(clean), 300):
+        lines += clean[k:k + 300] + [escaped[(k // 300) % len(escaped)]]
+    path = tmp_path / "trace-mixed-1-node1.pfw.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines + [b"]"]) + b"\n"))
+    fast, slow, kinds = both([path], monkeypatch, chunk=900, block=20_000)
+    assert_same(fast, slow)
+    assert kinds["scan"]["table"] >= 2 and not kinds["scan"]["dicts"], kinds
+    assert fast["traces"][0]["bad_lines"] == 0 and fast["totals"]["events"] == 2000 + 7
+
+
+def _number_tokens(rng: random.Random, n: int) -> list[str]:
+    """JSON numbers of the shapes traces hold, and of every other shape."""
+    out = []
+    for _ in range(n):
+        kind = rng.randrange(8)
+        if kind == 0:       # an epoch ts in µs with three decimals (16 + 3 digits)
+            out.append(f"{rng.randrange(10**15, 10**16)}.{rng.randrange(1000):03d}")
+        elif kind == 1:     # a duration
+            out.append(f"{rng.randrange(10**rng.randrange(1, 10))}.{rng.randrange(1000):03d}")
+        elif kind == 2:     # Python's repr of a float (shortest round trip)
+            out.append(repr(rng.uniform(0, 2e16) * rng.choice([1, 1e-9, 1e-3])))
+        elif kind == 3:     # long digit strings, both sides of the exact paths' limits
+            a, b = rng.randrange(0, 21), rng.randrange(1, 25)
+            out.append(f"{rng.randrange(10**a) if a else 0}.{rng.randrange(10**b):0{b}d}")
+        elif kind == 4:     # integers
+            out.append(str(rng.randrange(-10**rng.randrange(1, 19), 10**rng.randrange(1, 20))))
+        elif kind == 5:     # exponents
+            out.append(f"{rng.randrange(1, 10**rng.randrange(1, 18))}e{rng.randrange(-30, 30)}")
+        elif kind == 6:     # halfway cases: 2^53 + odd, and ties below
+            m = (1 << 53) + rng.randrange(1, 1 << 20) * 2 + 1
+            out.append(f"{m // 2}.5" if rng.random() < 0.5 else f"{m}.{rng.choice(['5', '50', '500000001', '4999999'])}")
+        else:
+            out.append(rng.choice(["0", "-0", "0.0", "-0.0", "1", "-1.5", "0.1", "1e0",
+                                   "9007199254740993", "9007199254740993.0", "1e23",
+                                   "8.98846567431158e307", "2.2250738585072014e-308",
+                                   "0.000000000000000000000000001", "-12.75E+2"]))
+    return out
+
+
+def test_the_scanner_converts_numbers_exactly_as_json_does():
+    """Each float as json.loads makes it (correctly rounded), bit for bit; the tokens it
+    declines are only the huge or tiny ones it leaves to Python. ``_loads`` is the
+    reader's own (orjson when installed)."""
+    scanner = columnar.scanner()
+    rng = random.Random(11)
+    tokens = _number_tokens(rng, 200_000)
+    declined = 0
+    for tok in tokens:
+        got = scanner.number(tok.encode())
+        want = float(json.loads(tok))
+        if got is None:
+            declined += 1
+            assert abs(want) > 1e300 or abs(want) < 1e-300 or \
+                (tok.lstrip("-").isdigit() and len(tok.lstrip("-")) > 19), tok
+            continue
+        assert struct.pack("<d", got) == struct.pack("<d", want), (tok, got, want)
+        assert struct.pack("<d", got) == struct.pack("<d", float(_loads(tok))), tok
+    assert declined < len(tokens) // 100
+    # and through whole lines: the ts and dur columns
+    ts, dur = tokens[:5000], tokens[5000:10000]
+    body = b"\n".join(b'{"ph":"X","ts":%s,"dur":%s}' % (a.encode(), b.encode())
+                      for a, b in zip(ts, dur) if scanner.number(a.encode()) is not None
+                      and scanner.number(b.encode()) is not None)
+    got = scanner.scan(body)
+    recs = [_loads(line) for line in body.split(b"\n")]
+    assert got.n == len(recs) > 4000
+    assert got.flt[0].tobytes() == struct.pack(f"<{got.n}d", *(float(r["ts"]) for r in recs))
+    assert got.flt[1].tobytes() == struct.pack(f"<{got.n}d", *(float(r["dur"]) for r in recs))
+
+
+def test_without_a_usable_scanner_the_report_is_pyarrows(tmp_path, monkeypatch, caplog):
+    """A missing library, or one of another ABI, is passed over at debug level."""
+    import logging
+    import subprocess
+
+    trace = rich_trace(tmp_path / "trace-a-1-node1.pfw.gz", 3000, seed=4, hostile=False)
+    monkeypatch.setattr(model, "COLUMNAR", True)
+    want = summarize([trace], jobs=1)
+    foreign = tmp_path / "foreign" / fastscan.LIBRARY_NAME
+    foreign.parent.mkdir()
+    src = tmp_path / "foreign.c"
+    src.write_text("int dc_scan_abi(void) { return 999; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(foreign), str(src)], check=True)
+    caplog.set_level(logging.DEBUG, "datacrumbs.trace")
+    for obj in (tmp_path / "nothing-here" / "datacrumbs.bpf.o",
+                foreign.with_name("datacrumbs.bpf.o")):
+        cfg = tmp_path / "other.toml"
+        cfg.write_text(f'[paths]\nbpf_object = "{obj}"\n')
+        monkeypatch.setenv("DATACRUMBS_CONFIG", str(cfg))
+        monkeypatch.setattr(columnar, "_SCANNER", [])
+        kinds = Counter(kind for kind, _ in columnar.chunks(
+            __import__("datacrumbs.trace.reader", fromlist=["TraceReader"]).TraceReader(trace)))
+        assert columnar.scanner() is None and set(kinds) == {"table"}, kinds
+        assert_same(summarize([trace], jobs=1), want)
+    assert "ABI 999" in caplog.text and not [r for r in caplog.records
+                                             if r.levelno >= logging.WARNING]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +24,7 @@ from datacrumbs.signing.signatures import read_signatures
 from datacrumbs.tracer import scalars
 from datacrumbs.tracer.elfsyms import exported_functions_fd
 
-from fixtures.tracing import Bpftrace, trace_command
+from fixtures.tracing import DATACRUMBS, Bpftrace, trace_command
 from test_patterns import grants, sign_patterns
 from test_signing_service import keystore, service, site_sets, start_service  # noqa: F401
 from workloads import daemon_readback as rb
@@ -224,6 +225,51 @@ def test_the_time_budget_bounds_a_large_debug_section(tmp_path):
     assert [a["name"] for a in whole.found["big_2999"].scalars] == ["a", "b"]
 
 
+def test_the_daemons_columns_equal_the_one_row_reference():
+    """ScalarRows.rows (numpy, per probe) against event_args (Python ints, per row) on
+    random register values of every width and sign."""
+    import numpy as np
+
+    from datacrumbs.trace.writer import OPS_DTYPE
+    from datacrumbs.tracer.engine import EVENT_DTYPE
+
+    sc = [{"pos": 0, "reg": 0, "name": "fd", "size": 4, "signed": True, "pointer": False},
+          {"pos": 1, "reg": 1, "name": "buf", "size": 8, "signed": False, "pointer": True},
+          {"pos": 2, "reg": 2, "name": "n", "size": 2, "signed": True, "pointer": False},
+          {"pos": 4, "reg": 3, "name": "q", "size": 1, "signed": False, "pointer": False}]
+    probes = [{"kind": "uprobe", "scalars": sc, "returns": {"size": 4, "signed": True}},
+              {"kind": "syscall"}, {"kind": "uprobe", "returns": None},
+              {"kind": "uprobe", "scalars": sc[1:3], "returns": {"size": 2, "signed": False}}]
+    n = 20_000
+    rng = np.random.default_rng(7)
+    ev = np.zeros(n, EVENT_DTYPE)
+    for f in ("count", "handle"):
+        ev[f] = rng.integers(0, 2 ** 63, n).astype(np.uint64) * np.uint64(2) + \
+            rng.integers(0, 2, n).astype(np.uint64)
+    for f, bits in (("offset", 64), ("ret", 64), ("fd", 32), ("fd2", 32)):
+        ev[f] = rng.integers(-2 ** (bits - 1), 2 ** (bits - 1) - 1, n)
+    ev["probe"] = rng.integers(0, len(probes), n)
+    ops = np.zeros(n, OPS_DTYPE)
+    ops["fd"] = 3
+    out = scalars.ScalarRows(probes).rows(ev, ops)
+    for i in range(n):
+        p = probes[int(ev["probe"][i])]
+        ret = int(ev["ret"][i]) & 0xFFFFFFFFFFFFFFFF
+        if p.get("scalars"):
+            assert out[i] == scalars.event_args(p, ev[i])
+            assert ops["fd"][i] == -1
+        else:
+            assert out[i] is None
+        if p is probes[0]:
+            assert ops["ret"][i] == scalars._value(ret, 4, True)
+        elif p is probes[3]:
+            assert ops["ret"][i] == ret & 0xFFFF
+        elif p is probes[2]:
+            assert ops["ret"][i] == 0
+        else:
+            assert ops["fd"][i] == 3            # other probes' rows untouched
+
+
 @pytest.mark.parametrize("probe, why", [
     ({"kind": "syscall", "scalars": [{"reg": 0, "size": 4, "name": "fd"}]}, "only uprobes"),
     ({"kind": "uprobe", "scalars": [{"reg": 6, "size": 4, "name": "fd"}]}, "register 0-5"),
@@ -255,6 +301,11 @@ def test_traced_arguments_are_what_the_program_passed_and_what_bpftrace_saw(
                                      "described": len(EXPECTED)}]
     probes = tmp_path / "sig.json.gz"
     write_document(probes, doc)
+    shown = subprocess.run([DATACRUMBS, "probes", "show", str(probes)], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "fd int32, buf pointer, n uint64 -> int32" in shown.stdout
+    assert "s int16, c uint8, l int64 -> int64" in shown.stdout
     lib = str(sig["lib"])
     program = (f'uprobe:{lib}:sig_write /comm == "sigprog"/ {{ @w[(int32)arg0, arg1, arg2] = count(); }} '
                f'uprobe:{lib}:sig_mixed /comm == "sigprog"/ {{ @m[(int16)arg0, (uint8)arg1, arg2] = count(); }} '
@@ -293,3 +344,52 @@ def test_traced_arguments_are_what_the_program_passed_and_what_bpftrace_saw(
     # a negative result of unknown convention is a value, not an error
     mixed = summary["operations"]["SIG/sig_mixed"]
     assert mixed["count"] == CALLS and mixed["errors"] == 0
+
+
+FADVISE_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int n = atoi(argv[2]), bad = 0;
+    for (int i = 0; i < n; i++)
+        bad += posix_fadvise(fd, 4096L * i, 8192 + i, POSIX_FADV_DONTNEED) != 0;
+    bad += posix_fadvise(-1, 0, 0, POSIX_FADV_NORMAL) == 0;      /* EBADF, returned not set */
+    printf("ok %d\n", bad);
+    return 0;
+}
+"""
+
+
+@pytest.mark.ebpf
+def test_a_system_library_is_typed_by_the_distributions_debug_file_and_matches_strace(
+        tmp_path, bpf_object, tracefs):
+    """glibc has no DWARF of its own; libc6-dbg's /usr/lib/debug/.build-id file types
+    posix_fadvise (not in the catalog), and the traced arguments equal the fadvise64
+    system calls strace saw in the same run. Its result is an error number, not -1 and
+    errno: the trace keeps it (9, EBADF) and does not count it as an error."""
+    src, prog, log = tmp_path / "fadv.c", tmp_path / "fadv", tmp_path / "strace.log"
+    src.write_text(FADVISE_C)
+    subprocess.run([_cc(), "-O0", "-o", str(prog), str(src)], check=True, capture_output=True,
+                   timeout=60)
+    n = 6
+    proc, trace, summary = trace_command(
+        tmp_path, ["strace", "-f", "-e", "trace=fadvise64", "-o", log, prog, tmp_path / "f", n],
+        sets=(), options=["--uprobe", "libc.so.6:posix_fadvise"])
+    assert proc.stdout == "ok 0\n"
+    calls = [e["args"] for e in rb.events(trace) if e["name"] == "posix_fadvise"]
+    seen = [(a["arg0_fd"], a["arg1_offset"], a["arg2_len"], a["arg3_advise"], a["ret"])
+            for a in calls]
+    strace = []
+    for line in log.read_text().splitlines():
+        m = re.search(r"fadvise64\((-?\d+), (\d+), (\d+), POSIX_FADV_(\w+)\) += (-?\d+)", line)
+        if m:
+            advise = {"NORMAL": 0, "DONTNEED": 4}[m.group(4)]
+            ret = 0 if int(m.group(5)) == 0 else 9          # glibc returns the error number
+            strace.append((int(m.group(1)), int(m.group(2)), int(m.group(3)), advise, ret))
+    assert len(strace) == n + 1
+    assert seen == strace
+    assert seen[-1] == (-1, 0, 0, 0, 9)
+    (op,) = [v for k, v in summary["operations"].items() if k.endswith("/posix_fadvise")]
+    assert op["count"] == n + 1 and op["errors"] == 0

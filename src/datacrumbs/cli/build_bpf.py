@@ -2,7 +2,8 @@
 
 Generates vmlinux.h from /sys/kernel/btf/vmlinux with bpftool and compiles
 the generic CO-RE programs with clang into the site's bpf_object path, and
-beside it the daemon's compiled trace line formatter (datacrumbs-lines.so).
+beside it the daemon's compiled trace line formatter (datacrumbs-lines.so) and the
+report's trace line scanner (datacrumbs-scan.so).
 
 examples:
   datacrumbs build-bpf
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import load_config
+from ..trace import fastscan
 from ..trace.fastlines import build_library, library_path
 from ..tracer.build import build_bpf_object
 
@@ -30,4 +32,5 @@ def main(args) -> int:
     path = build_bpf_object(out)
     print(f"built {path}")
     print(f"built {build_library(library_path(path))}")
+    print(f"built {fastscan.build_library(fastscan.library_path(path))}")
     return 0

@@ -373,17 +373,34 @@ def _show(args) -> int:
     table = Table(title=f"{len(doc['probes'])} probes", title_justify="left")
     # aliases: other names of the same function, merged into this probe (fopen64 for fopen)
     aliases = any(p.get("aliases") for p in doc["probes"])
-    for column in ("id", "kind", "target", "aliases", "library", "category", "bytes"):
-        if column != "aliases" or aliases:
-            table.add_column(column, no_wrap=column in ("id", "target"))
+    # functions typed by their debug info: the arguments their events carry
+    typed = any("scalars" in p or "returns" in p for p in doc["probes"])
+    shown = [c for c in ("id", "kind", "target", "aliases", "library", "category", "bytes",
+                         "arguments") if (c != "aliases" or aliases) and (c != "arguments" or typed)]
+    for column in shown:
+        table.add_column(column, no_wrap=column in ("id", "target"))
     for p in doc["probes"]:
         # the family: the tracer also attaches this probe to matching libraries the job maps
         library = p.get("library", "") + (f" (family {p['family']})" if p.get("family") else "")
-        row = [p["id"], p["kind"], p["target"], ", ".join(p.get("aliases", ())) or "-",
-               library, p["category"], p["bytes"] or "-"]
-        table.add_row(*(Text(v) for v in (row if aliases else row[:3] + row[4:])))
+        values = {"id": p["id"], "kind": p["kind"], "target": p["target"],
+                  "aliases": ", ".join(p.get("aliases", ())) or "-", "library": library,
+                  "category": p["category"], "bytes": p["bytes"] or "-",
+                  "arguments": _arguments(p)}
+        table.add_row(*(Text(values[c]) for c in shown))
     out.print(table)
     return 0
+
+
+def _arguments(probe: dict) -> str:
+    """``fd int32, buf pointer -> int32``: a typed probe's recorded arguments and result."""
+    if "scalars" not in probe and "returns" not in probe:
+        return "-"
+    def kind(t: dict) -> str:
+        return "pointer" if t.get("pointer") else \
+            f"{'int' if t['signed'] else 'uint'}{8 * t['size']}"
+    args = ", ".join(f"{a['name']} {kind(a)}" for a in probe.get("scalars", ())) or "none"
+    returns = probe.get("returns")
+    return args + (f" -> {kind(returns)}" if returns else "")
 
 
 def _verify(args) -> int:

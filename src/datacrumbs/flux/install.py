@@ -235,6 +235,7 @@ def install(prefix: Path, *, build_bpf: bool = True, python: str | None = None) 
 
 
 def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
+    from ..trace import fastscan
     from ..trace.fastlines import build_library, library_path
     from ..tracer import build  # H3: compiles vmlinux.h + the CO-RE object
 
@@ -246,6 +247,9 @@ def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
     lines = build_library(library_path(dest))   # the daemon's line formatter, beside it
     inst.entries[lines] = ("f", _sha(lines.read_bytes()))
     inst.report.installed.append(lines)
+    scan = fastscan.build_library(fastscan.library_path(dest))  # the report's line scanner
+    inst.entries[scan] = ("f", _sha(scan.read_bytes()))
+    inst.report.installed.append(scan)
     if cfg.bpf_object != dest:
         inst.report.kept.append(f"note: bpf_object in the config is {cfg.bpf_object}, not {dest}")
 

@@ -80,10 +80,13 @@ class Stream:
     Positions are absolute (``abs`` True) or relative to the stream's position where
     this partial began; ``head`` is the first access, not yet classified. Read extents
     at absolute offsets go to the file (Detail.read_ext); ``ext_rel`` keeps the relative
-    ones until a merge places them."""
+    ones until a merge places them. ``pend`` holds the pairs (access, end of the one
+    before) on different bases, classed once a merge puts both on one: compared as they
+    are, an ftell (``lseek(fd, 0, SEEK_CUR)``) after reads a chunk began without an open
+    or a seek made the next consecutive read look sequential."""
 
     __slots__ = ("pos", "pos_abs", "head", "last_end", "last_abs", "consec", "seq", "rand",
-                 "ext_rel", "misaligned", "large")
+                 "ext_rel", "misaligned", "large", "pend")
 
     def __init__(self):
         self.pos, self.pos_abs = 0, False
@@ -92,15 +95,32 @@ class Stream:
         self.consec = self.seq = self.rand = 0
         self.ext_rel: list = []     # [(start, end)] relative to the partial's start position
         self.misaligned = self.large = 0
+        self.pend: list = []        # [(offset, is_abs, previous end, is_abs)]
+
+    # A partial holds one per stream (tens of thousands) and goes back to the parent
+    # pickled: a tuple is about four times quicker to load than the slots' default state.
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, k) for k in Stream.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        (self.pos, self.pos_abs, self.head, self.last_end, self.last_abs, self.consec,
+         self.seq, self.rand, self.ext_rel, self.misaligned, self.large, self.pend) = state
 
     def _classify(self, off, prev) -> None:
-        d = off - prev              # mixed bases (rare): taken as one
+        d = off - prev
         if d == 0:
             self.consec += 1
         elif d > 0:
             self.seq += 1
         else:
             self.rand += 1
+
+    def _pair(self, off, off_abs, prev, prev_abs) -> None:
+        """Class an access against the end of the one before once both are on one base."""
+        if off_abs == prev_abs:
+            self._classify(off, prev)
+        else:
+            self.pend.append((off, off_abs, prev, prev_abs))
 
     def absorb(self, b: "Stream") -> list:
         """Compose ``b``, the same stream's state in a later partial, after this one, in
@@ -118,12 +138,15 @@ class Stream:
                 resolved = moved
             else:
                 self.ext_rel = _merge_runs(self.ext_rel + moved)
+        for off, oa, prev, pa in b.pend:    # b's relative positions, on this one's base
+            self._pair(off if oa else off + shift, oa or sabs,
+                       prev if pa else prev + shift, pa or sabs)
         if b.head is not None:
             h = b.head if b.head[1] else (b.head[0] + shift, sabs)
             if self.last_end is None:
                 self.head = h
             else:
-                self._classify(h[0], self.last_end)
+                self._pair(h[0], h[1], self.last_end, self.last_abs)
         if b.last_end is not None:
             if b.last_abs:
                 self.last_end, self.last_abs = b.last_end, True
@@ -141,6 +164,9 @@ class Stream:
         if self.head is not None:
             self._classify(self.head[0], 0)
             self.head = None
+        for off, _oa, prev, _pa in self.pend:   # the unknown base taken as 0, as the head
+            self._classify(off, prev)
+        self.pend = []
         rel, self.ext_rel = self.ext_rel, []
         return rel
 
@@ -450,7 +476,7 @@ class Detail:
             self.groups = gs.Groups(SIZES_CAP)
             return
         table, streams = self.table, self.streams
-        for key, tab, st, ext in G.items():
+        for key, tab, st, ext, pend in G.items():
             if tab is not None:
                 row = table.get(key)
                 if row is None:
@@ -463,6 +489,7 @@ class Detail:
                 (x.consec, x.seq, x.rand, x.misaligned, x.large, x.pos, x.pos_abs, x.head,
                  x.last_end, x.last_abs) = st
                 x.ext_rel = list(ext)
+                x.pend = list(pend)
         self.groups = gs.Groups(SIZES_CAP)
 
     def _streams(self, source, pid, fi, flist, cls, layer, sz, acc, op, okeys, offsets,
@@ -521,9 +548,15 @@ class Detail:
         prev = np.empty(na, np.int64)
         prev[1:] = end[:-1]
         prev[:1] = 0
+        prev_abs = np.empty(na, bool)
+        prev_abs[1:] = aabs[:-1]
+        prev_abs[:1] = True
+        # an access and the one before on different bases: classed by Stream once known
+        mixed = ~first & (aabs != prev_abs)
         d = aoff - prev
         cls_ = (d != 0).astype(np.int64) + (d < 0)     # consecutive 0, sequential 1, random 2
         cls_[first] = 3
+        cls_[mixed] = 3                                 # classed once on one base (pend)
         large = aexp & (asz >= ALIGN)
         mis = large & ((aoff & (ALIGN - 1)) != 0)       # aoff % ALIGN (ALIGN a power of 2)
         pat = np.bincount(ai_g * 4 + cls_, minlength=ng * 4).reshape(ng, 4)[:, :3]
@@ -541,6 +574,9 @@ class Detail:
             head_off = last_end = np.zeros(ng, np.int64)
             head_abs = last_abs = np.zeros(ng, bool)
         g_last = np.append(g_first[1:] - 1, m - 1)
+        pend_j = ai_g[mixed]
+        pend_v = np.stack([aoff[mixed], aabs[mixed], prev[mixed], prev_abs[mixed]],
+                          axis=1).astype(np.int64)
         seg_last = np.append(seg_first[1:] - 1, m - 1)
         s_last = seg[g_last]
         sf = seg_first[s_last]
@@ -564,13 +600,13 @@ class Detail:
             rr = rel_read
             ext_j = np.flatnonzero((c_a == READ) & (rr > 0))
             ext_se = np.stack([np.zeros(len(ext_j), np.int64), rr[ext_j]], axis=1)
-            placed = G.add_streams(ids, b, ext_j, ext_se, fids[f_a])
+            placed = G.add_streams(ids, b, ext_j, ext_se, fids[f_a], pend_j, pend_v)
             for fid, part in placed.items():
                 self._add_extents(G.file_list[fid], part)
         else:
             self._fold_streams_ref(source, flist, upid, ug, nf, pat, n_large, n_mis, has,
                                    head_off, head_abs, last_end, last_abs, pos, pos_abs,
-                                   rel_read)
+                                   rel_read, pend_j, pend_v)
         # absolute read extents, per file (runs of back-to-back reads as one)
         sel = aabs & (asz > 0) & (((ug // 6) % 5 == READ)[ai_g])
         if sel.any():
@@ -588,9 +624,13 @@ class Detail:
                 self._add_extents(flist[f], part)
 
     def _fold_streams_ref(self, source, flist, upid, ug, nf, pat, n_large, n_mis, has,
-                          head_off, head_abs, last_end, last_abs, pos, pos_abs, rel_read):
+                          head_off, head_abs, last_end, last_abs, pos, pos_abs, rel_read,
+                          pend_j, pend_v):
         """A chunk's streams folded one Stream object at a time: the reference for
         groupstate.Groups.add_streams."""
+        pend_of: dict = {}
+        for g, (o, oa, p_, pa) in zip(pend_j.tolist(), pend_v.tolist()):
+            pend_of.setdefault(g, []).append((o, bool(oa), p_, bool(pa)))
         pat, n_large, n_mis = pat.tolist(), n_large.tolist(), n_mis.tolist()
         head_off, head_abs, last_end, last_abs = (x.tolist() for x in (head_off, head_abs,
                                                                         last_end, last_abs))
@@ -607,6 +647,7 @@ class Detail:
                 st.head = (head_off[j], head_abs[j])
                 st.last_end, st.last_abs = last_end[j], last_abs[j]
             st.pos, st.pos_abs = pos[j], pos_abs[j]
+            st.pend = pend_of.get(j, [])
             fk = flist[f_g[j]]
             if c_g[j] == READ and rel_read[j] > 0:
                 st.ext_rel = [(0, rel_read[j])]

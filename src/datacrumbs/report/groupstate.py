@@ -40,6 +40,9 @@ class Groups:
         self.state = np.zeros((0, NCOL), np.int64)
         self.n = 0
         self.ext: dict = {}                 # row -> [(start, end)] read extents, relative
+        # row -> [(offset, is_abs, previous end, is_abs)]: pairs on different bases
+        # (analysis.Stream.pend), classed once a fold puts both on one
+        self.pend: dict = {}
 
     def __len__(self) -> int:
         return self.n
@@ -110,10 +113,11 @@ class Groups:
         s[ids, IN_TABLE] = 1
 
     def add_streams(self, ids: np.ndarray, b: np.ndarray, ext_j: np.ndarray,
-                    ext_se: np.ndarray, ext_file: np.ndarray) -> dict:
+                    ext_se: np.ndarray, ext_file: np.ndarray, pend_j=None, pend_v=None) -> dict:
         """Compose stream states ``b`` (rows of the state matrix's layout, of a later partial)
         after those of distinct rows ``ids``: ``Stream.absorb`` for every row at once.
-        ``ext_j`` indexes ``b`` for each of ``ext_se``'s relative read extents [start, end);
+        ``ext_j`` indexes ``b`` for each of ``ext_se``'s relative read extents [start, end),
+        ``pend_j`` for each of ``pend_v``'s pairs (offset, is_abs, previous end, is_abs);
         returns {file id: [start, end) array} of the extents that became absolute."""
         s = self.state
         old = s[ids, IS_STREAM] == 1
@@ -128,11 +132,29 @@ class Groups:
             jo = old[ext_j]
             for j, (st, en) in zip(ext_j[~jo].tolist(), ext_se[~jo].tolist()):
                 self.ext.setdefault(int(ids[j]), []).append((st, en))
+        has_pend = pend_j is not None and len(pend_j)
+        if has_pend:
+            po = old[pend_j]
+            for j, v in zip(pend_j[~po].tolist(), pend_v[~po].tolist()):
+                self.pend.setdefault(int(ids[j]), []).append(tuple(v))
         if not len(oi):
             return placed
         bo = b if every else b[old]
         a = np.take(s, oi, axis=0)              # the table's columns ride along unchanged
         shift, sabs = a[:, POS].copy(), a[:, POS_ABS].copy()
+        if has_pend and po.any():               # b's relative positions on this base
+            j2 = (np.cumsum(old) - 1)[pend_j[po]]
+            v = pend_v[po]
+            off = np.where(v[:, 1] == 1, v[:, 0], v[:, 0] + shift[j2])
+            oab = np.where(v[:, 1] == 1, 1, sabs[j2])
+            prv = np.where(v[:, 3] == 1, v[:, 2], v[:, 2] + shift[j2])
+            pab = np.where(v[:, 3] == 1, 1, sabs[j2])
+            same = oab == pab
+            d = off - prv
+            for col, hit in ((CONSEC, d == 0), (SEQ, d > 0), (RAND, d < 0)):
+                np.add.at(a[:, col], j2[same & hit], 1)
+            for j, row in zip(j2[~same].tolist(), np.stack([off, oab, prv, pab], axis=1)[~same].tolist()):
+                self.pend.setdefault(int(oi[j]), []).append(tuple(row))
         if len(ext_j):
             loc = np.cumsum(old) - 1            # b row -> row of bo
             jo = old[ext_j]
@@ -164,6 +186,11 @@ class Groups:
         a[sh, HEAD] = h_off[sh]
         a[sh, HEAD_ABS] = h_abs[sh]
         cl = bh & ahas
+        mixed = cl & (h_abs != a[:, LAST_ABS])  # b's head and this one's last end
+        for j in np.flatnonzero(mixed).tolist():
+            self.pend.setdefault(int(oi[j]), []).append(
+                (int(h_off[j]), int(h_abs[j]), int(a[j, LAST]), int(a[j, LAST_ABS])))
+        cl &= ~mixed
         d = h_off - a[:, LAST]
         a[:, CONSEC] += cl & (d == 0)
         a[:, SEQ] += cl & (d > 0)
@@ -205,13 +232,19 @@ class Groups:
         ej = np.array(ej, np.int64)
         ese = np.array(ese, np.int64).reshape(-1, 2)
         efile = fmap[f[sidx]]
-        placed = self.add_streams(ids[sidx], ob[sidx], ej, ese, efile)
+        pj, pv = [], []
+        for r, pairs in o.pend.items():
+            for v in pairs:
+                pj.append(loc[r]); pv.append(v)
+        placed = self.add_streams(ids[sidx], ob[sidx], ej, ese, efile, np.array(pj, np.int64),
+                                  np.array(pv, np.int64).reshape(-1, 4))
         return fmap, placed
 
     # -- the dict state -------------------------------------------------------------
 
     def items(self):
-        """(key, table row or None, stream tuple or None, relative extents) per row, key
+        """(key, table row or None, stream tuple or None, relative extents, pairs on
+        different bases) per row, key
         (source, pid, file key, class, layer); stream tuple: (consec, seq, rand,
         misaligned, large, pos, pos_abs, head or None, last_end or None, last_abs)."""
         s = self.state[:self.n].tolist()
@@ -229,7 +262,7 @@ class Groups:
                 st = (row[CONSEC], row[SEQ], row[RAND], row[MIS], row[LARGE], row[POS],
                       bool(row[POS_ABS]), (row[HEAD], bool(row[HEAD_ABS])) if has else None,
                       row[LAST] if has else None, bool(row[LAST_ABS]))
-            yield key, tab, st, self.ext.get(r, [])
+            yield key, tab, st, self.ext.get(r, []), self.pend.get(r, [])
 
 
 class Sizes:

@@ -109,7 +109,11 @@ def _file_hash(key) -> int:
             return int(key[:8], 16)
         except ValueError:
             pass
-    return int.from_bytes(hashlib.sha256(str(key).encode("utf-8", "surrogateescape")).digest()[:4], "big")
+    try:
+        raw = str(key).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:      # json.loads keeps a UTF-8 encoded surrogate ("\ud800")
+        raw = str(key).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(raw).digest()[:4], "big")
 
 
 
@@ -817,7 +821,9 @@ def summarize_reader(reader, agg: Aggregate | None = None) -> Aggregate:
     try:
         if COLUMNAR and columnar.available():
             for kind, chunk in columnar.chunks(reader):
-                if kind == "table":
+                if kind == "scan":
+                    agg.add_columns(columnar.ScanColumns(chunk), path)
+                elif kind == "table":
                     agg.add_columns(columnar.Columns(chunk), path)
                 else:
                     agg.add_events(chunk, path)

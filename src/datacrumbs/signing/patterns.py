@@ -274,9 +274,15 @@ class Resolver:
             if fd < 0:              # a library of the ld.so cache: root's file, by its path
                 try:
                     fd, own = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), True
+                    st = os.fstat(fd)
                 except OSError as exc:
                     notes.append({"library": path, "functions": len(names), "described": 0,
                                   "why": exc.strerror})
+                    continue
+                if (st.st_dev, st.st_ino) != (lib.dev, lib.ino):
+                    os.close(fd)
+                    notes.append({"library": path, "functions": len(names), "described": 0,
+                                  "why": "the file was replaced while the request was read"})
                     continue
             try:
                 sigs = read_signatures(fd, names, budget_s=max(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import shutil
 import stat
 from importlib import resources
 from pathlib import Path
@@ -78,18 +77,10 @@ def library_path(bpf_object) -> Path:
 
 
 def build_library(out: Path, cc: str | None = None) -> Path:
-    """Compile lines.c into ``out`` atomically (``cc``, else clang or gcc from PATH)."""
-    from ..tracer.build import BuildError, compile_into
+    """Compile lines.c into ``out`` atomically (``cc``, else cc, clang or gcc from PATH)."""
+    from ..tracer.build import build_shared_library
 
-    cc = cc or shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
-    if not cc:
-        raise BuildError("no C compiler found (cc, clang or gcc) to build the trace line "
-                         "formatter; install clang, which the BPF object needs too")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compile_into(out, [cc, "-O2", "-shared", "-fPIC", str(source_path())],
-                 f"{Path(cc).name} compiling {source_path()}")
-    return out
+    return build_shared_library(source_path(), out, "trace line formatter", cc)
 
 
 def _safe_to_load(path: Path) -> str | None:

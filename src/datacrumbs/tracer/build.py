@@ -81,6 +81,20 @@ def build_bpf_object(out: Path, *, btf: Path = BTF_PATH, clang: str | None = Non
     return out
 
 
+def build_shared_library(source: Path, out: Path, what: str, cc: str | None = None) -> Path:
+    """Compile one C file of the package into the shared library ``out``, atomically
+    (``cc``, else cc, clang or gcc from PATH); ``what`` names it in errors."""
+    cc = cc or shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
+    if not cc:
+        raise BuildError(f"no C compiler found (cc, clang or gcc) to build the {what}; "
+                         "install clang, which the BPF object needs too")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compile_into(out, [cc, "-O2", "-shared", "-fPIC", str(source)],
+                 f"{Path(cc).name} compiling {source}")
+    return out
+
+
 def compile_into(out: Path, argv: list[str], what: str) -> None:
     """Run the compiler ``argv`` with ``-o`` a temporary file beside ``out``, then put it
     in place: a failed or interrupted build never leaves a half-written file to load."""

@@ -62,15 +62,37 @@ def _value(raw: int, size: int, signed: bool) -> int:
     return raw
 
 
+def _values(raw: np.ndarray, size: int, signed: bool) -> np.ndarray:
+    """``_value`` of a uint64 column: int64 when signed or narrower than 8 bytes, else
+    uint64 (an unsigned 64-bit argument past 2**63 stays positive)."""
+    if size == 8:
+        return raw.view(np.int64) if signed else raw
+    v = (raw & np.uint64((1 << (8 * size)) - 1)).astype(np.int64)
+    if signed:
+        sign = np.int64(1 << (8 * size - 1))
+        v = (v ^ sign) - sign
+    return v
+
+
+def _slot(ev: np.ndarray, slot: int) -> np.ndarray:
+    """Argument slot ``slot`` of records ``ev`` as uint64 (see SLOT_FIELDS)."""
+    field = SLOT_FIELDS[slot]
+    if field != "fd":
+        return ev[field].astype(np.uint64)
+    return ev["fd"].astype(np.uint32).astype(np.uint64) | \
+        (ev["fd2"].astype(np.uint32).astype(np.uint64) << np.uint64(32))
+
+
 def event_args(probe: dict, ev) -> dict:
-    """The trace args of one event (an EVENT_DTYPE row) of a probe with scalars."""
+    """The trace args of one event (an EVENT_DTYPE row) of a probe with scalars, one
+    Python int at a time: the reference ScalarRows.rows is tested against."""
     out = {}
     for slot, item in enumerate(probe.get("scalars", ())):
         field = SLOT_FIELDS[slot]
         if field == "fd":
             raw = (int(ev["fd"]) & 0xFFFFFFFF) | ((int(ev["fd2"]) & 0xFFFFFFFF) << 32)
         else:
-            raw = int(ev[field])
+            raw = int(ev[field]) & 0xFFFFFFFFFFFFFFFF
         out[f"arg{item['pos']}_{item['name']}"] = _value(raw, item["size"], item["signed"])
     return out
 
@@ -89,21 +111,32 @@ class ScalarRows:
         """Each row's scalar args (None for other rows), the borrowed columns cleared and
         the result as declared (the converter makes every negative one -1, the libc
         convention: a function of unknown convention keeps its value); None when no row
-        of the batch has any. The column is int64: an unsigned 64-bit result past 2**63
-        reads negative."""
-        rows = np.flatnonzero(self.mask[ev["probe"]])
+        of the batch has any. The ret column is int64: an unsigned 64-bit result past
+        2**63 reads negative. Column by column, per probe: a hot function's events cost
+        the daemon about as much as any other's."""
+        probe = ev["probe"]
+        rows = np.flatnonzero(self.mask[probe])
         if not len(rows):
             return None
         out: list = [None] * len(ops)
-        for r in rows.tolist():
-            probe = self.probes[int(ev["probe"][r])]
-            returns = probe.get("returns")
-            raw = int(ev["ret"][r])
-            ops["ret"][r] = 0 if returns is None else \
-                _value(raw, returns["size"], returns["signed"] or returns["size"] == 8)
+        sub = probe[rows]
+        for p in np.unique(sub).tolist():
+            r = rows[sub == p]
+            spec = self.probes[p]
+            returns = spec.get("returns")
+            ops["ret"][r] = 0 if returns is None else _values(
+                ev["ret"][r].astype(np.uint64), returns["size"],
+                returns["signed"] or returns["size"] == 8)
             ops["errno"][r] = 0
-            if probe.get("scalars"):
-                out[r] = event_args(probe, ev[r])
-                for key in ("fd", "count", "offset", "size", "fd2"):
-                    ops[key][r] = -1
+            items = spec.get("scalars") or ()
+            if not items:
+                continue
+            part = ev[r]
+            names = [f"arg{item['pos']}_{item['name']}" for item in items]
+            cols = [_values(_slot(part, k), item["size"], item["signed"]).tolist()
+                    for k, item in enumerate(items)]
+            for i, vals in zip(r.tolist(), zip(*cols)):
+                out[i] = dict(zip(names, vals))
+            for key in ("fd", "count", "offset", "size", "fd2"):
+                ops[key][r] = -1
         return out

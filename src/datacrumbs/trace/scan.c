@@ -1,0 +1,841 @@
+/* The report's trace-line scanner: a block of whole trace lines into columns, in one pass.
+ *
+ * trace/fastscan.py compiles this at install time (`datacrumbs build-bpf`, beside the BPF
+ * object, like lines.c) and loads it with ctypes; report/columnar.py turns its columns into
+ * the arrays Aggregate.add_columns reads. Without it, the report parses with pyarrow's
+ * JSON reader (about four times the CPU) and, for the blocks pyarrow cannot vouch for,
+ * with the json module: the same numbers, slower.
+ *
+ * The contract is all or nothing per block: dc_scan returns -1 ("not mine") as soon as
+ * one line is not one it reads exactly as json.loads would, and the Python paths decide
+ * the whole block. It reads a line only when it is one JSON object whose keys carry no
+ * escape, without duplicate known keys, with "ph" "X" (or "M": metadata lines are only
+ * located, Python loads them), whose known fields have the report's types (strings
+ * without escapes, integers that fit an int64, numbers, or null for "missing") and whose
+ * other values are scalars. Strings must be valid UTF-8 without control characters.
+ * Numbers are converted as Python does: integers exactly, fractions correctly rounded.
+ */
+#define _GNU_SOURCE
+#include <locale.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DC_SCAN_ABI 1
+
+/* The columns, in the order trace/fastscan.py names them. */
+enum { S_NAME, S_CAT, S_FHASH, S_FNAME, S_HHASH, S_FTYPE, S_FHASH2, S_FTYPE2, NSTR };
+enum { I_PID, I_TID, I_SIZE, I_COUNT, I_ERRNO, I_OFFSET, I_RET, I_FLAGS, NINT };
+enum { F_TS, F_DUR, NFLT };
+
+/* What a key is: a column, "ph", "args", or something else. */
+enum { K_OTHER = 0, K_STR = 0x100, K_INT = 0x200, K_FLT = 0x300, K_PH = 0x400, K_ARGS = 0x500 };
+
+/* Arrays of cap rows given by the caller; every field 8 bytes (ctypes mirrors it). */
+struct dc_scan {
+    int64_t cap;
+    double *flt;            /* [NFLT][cap] ts, dur; NaN where missing or null */
+    int64_t *ival;          /* [NINT][cap] */
+    uint8_t *iok;           /* [NINT][cap] 1 where an integer was given */
+    int32_t *code;          /* [NSTR][cap] the row's string: its code in the column, -1 none */
+    int64_t *soff;          /* [NSTR][cap] string k of a column: offset in the block */
+    int64_t *slen;          /* [NSTR][cap] and length */
+    int32_t *op;            /* [cap] (cat, name) of each row, numbered by first appearance */
+    int32_t *opcat;         /* [cap] each pair's cat code (-1 missing) */
+    int32_t *opname;        /* [cap] and name code */
+    int32_t *fil;           /* [cap] each row's file: fhash, else fname; -1 neither */
+    int32_t *fcol;          /* [cap] each file's column (S_FHASH or S_FNAME) */
+    int32_t *fcode;         /* [cap] and code in it */
+    int64_t *moff;          /* [cap] metadata lines: offset */
+    int64_t *mlen;          /* [cap] and length */
+    int64_t nstr[NSTR];     /* out: distinct strings of each column */
+    int64_t nop, nfil, nmeta, nrec;     /* out */
+    int64_t fail_at;        /* out: offset of the line not read (-1) */
+};
+
+static locale_t c_locale;
+
+__attribute__((constructor)) static void scan_init(void)
+{
+    c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+}
+
+int dc_scan_abi(void)
+{
+    return DC_SCAN_ABI;
+}
+
+/* ---- hashing and interning ------------------------------------------------------ */
+
+static inline uint64_t hash_bytes(const unsigned char *s, int64_t n)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n, w;
+    while (n >= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+        s += 8;
+        n -= 8;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+    }
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 29);
+}
+
+static inline uint64_t hash_u64(uint64_t k)
+{
+    k *= 0x9E3779B97F4A7C15ull;
+    return k ^ (k >> 31);
+}
+
+/* Equal bytes (short strings: cheaper than a call to memcmp). */
+static inline int same(const unsigned char *a, const unsigned char *b, int64_t n)
+{
+    uint64_t x, y;
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y)
+            return 0;
+    }
+    while (n--)
+        if (*a++ != *b++)
+            return 0;
+    return 1;
+}
+
+/* Open addressing; a slot holds code + 1 (0: empty). */
+struct table {
+    int32_t *slot;
+    uint64_t mask;
+    int64_t n;
+};
+
+static int table_init(struct table *t, uint64_t size)
+{
+    t->slot = calloc(size, sizeof(int32_t));
+    t->mask = size - 1;
+    t->n = 0;
+    return t->slot != NULL;
+}
+
+struct strings {            /* one string column of a block */
+    struct table t;
+    const unsigned char *buf;
+    int64_t *off, *len;
+    int64_t last_len;       /* the last string looked up, and its code */
+    const unsigned char *last;
+    int32_t last_code;
+};
+
+static int strings_grow(struct strings *c)
+{
+    struct table old = c->t;
+    if (!table_init(&c->t, (old.mask + 1) * 2))
+        return 0;
+    for (int64_t k = 0; k < old.n; k++) {
+        uint64_t h = hash_bytes(c->buf + c->off[k], c->len[k]) & c->t.mask;
+        while (c->t.slot[h])
+            h = (h + 1) & c->t.mask;
+        c->t.slot[h] = (int32_t)(k + 1);
+    }
+    c->t.n = old.n;
+    free(old.slot);
+    return 1;
+}
+
+/* The code of string s in its column (new strings numbered by first appearance); -2: no memory. */
+static inline int32_t intern(struct strings *c, const unsigned char *s, int64_t n)
+{
+    if (n == c->last_len && same(s, c->last, n))
+        return c->last_code;
+    uint64_t h = hash_bytes(s, n) & c->t.mask;
+    int32_t got;
+    while ((got = c->t.slot[h])) {
+        int64_t k = got - 1;
+        if (c->len[k] == n && same(c->buf + c->off[k], s, n))
+            goto found;
+        h = (h + 1) & c->t.mask;
+    }
+    got = (int32_t)(c->t.n + 1);
+    c->off[c->t.n] = s - c->buf;
+    c->len[c->t.n] = n;
+    c->t.slot[h] = got;
+    c->t.n++;
+    if ((uint64_t)c->t.n * 2 > c->t.mask && !strings_grow(c))
+        return -2;
+found:
+    c->last = s;
+    c->last_len = n;
+    c->last_code = got - 1;
+    return got - 1;
+}
+
+struct pairs {              /* (a, b) code pairs numbered by first appearance */
+    struct table t;
+    int32_t *a, *b;
+    uint64_t last;
+    int32_t last_code;
+};
+
+static inline uint64_t pair_key(int32_t a, int32_t b)
+{
+    return (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+}
+
+static int pairs_grow(struct pairs *p)
+{
+    struct table old = p->t;
+    if (!table_init(&p->t, (old.mask + 1) * 2))
+        return 0;
+    for (int64_t k = 0; k < old.n; k++) {
+        uint64_t h = hash_u64(pair_key(p->a[k], p->b[k])) & p->t.mask;
+        while (p->t.slot[h])
+            h = (h + 1) & p->t.mask;
+        p->t.slot[h] = (int32_t)(k + 1);
+    }
+    p->t.n = old.n;
+    free(old.slot);
+    return 1;
+}
+
+static inline int32_t pair(struct pairs *p, int32_t a, int32_t b)
+{
+    uint64_t key = pair_key(a, b);
+    if (key == p->last && p->last_code >= 0)
+        return p->last_code;
+    uint64_t h = hash_u64(key) & p->t.mask;
+    int32_t got;
+    while ((got = p->t.slot[h])) {
+        if (p->a[got - 1] == a && p->b[got - 1] == b)
+            goto found;
+        h = (h + 1) & p->t.mask;
+    }
+    got = (int32_t)(p->t.n + 1);
+    p->a[p->t.n] = a;
+    p->b[p->t.n] = b;
+    p->t.slot[h] = got;
+    p->t.n++;
+    if ((uint64_t)p->t.n * 2 > p->t.mask && !pairs_grow(p))
+        return -2;
+found:
+    p->last = key;
+    p->last_code = got - 1;
+    return got - 1;
+}
+
+/* ---- JSON pieces ---------------------------------------------------------------- */
+
+typedef const unsigned char *cp;
+
+static inline cp ws(cp p, cp end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* After the lead byte p[0] >= 0x80 of a UTF-8 sequence: its end, or NULL when it is not
+ * one Python's strict UTF-8 decoder accepts (overlong forms, surrogates, > U+10FFFF). */
+static cp utf8(cp p, cp end)
+{
+    unsigned c = p[0], lo = 0x80, hi = 0xBF;
+    int more;
+    if (c >= 0xC2 && c <= 0xDF)
+        more = 1;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        more = 2;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        more = 3;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return NULL;
+    if (end - p <= more || p[1] < lo || p[1] > hi)
+        return NULL;
+    for (int k = 2; k <= more; k++)
+        if (p[k] < 0x80 || p[k] > 0xBF)
+            return NULL;
+    return p + 1 + more;
+}
+
+/* A string without escapes at p (on its quote): its end after the closing quote, its
+ * text in [*s, *s + *n); NULL when it has an escape, a control character or bad UTF-8. */
+static inline __attribute__((always_inline)) cp string(cp p, cp end, cp *s, int64_t *n)
+{
+    cp q = ++p;
+    for (;;) {
+        /* eight plain bytes at a time: none a quote, a backslash, < 0x20 or >= 0x80
+         * (a borrow can mark bytes after a real match, never before it) */
+        while (end - q >= 8) {
+            uint64_t x, ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+            memcpy(&x, q, 8);
+            uint64_t qt = x ^ (ones * '"'), bs = x ^ (ones * '\\');
+            uint64_t hit = ((qt - ones) & ~qt) | ((bs - ones) & ~bs) |
+                           ((x - ones * 0x20) & ~x) | x;
+            hit &= high;
+            if (hit) {
+                q += __builtin_ctzll(hit) >> 3;
+                break;
+            }
+            q += 8;
+        }
+        if (q >= end)
+            return NULL;
+        unsigned c = *q;
+        if (c == '"')
+            break;
+        if (c < 0x20 || c == '\\')
+            return NULL;
+        if (c < 0x80)
+            q++;
+        else if (!(q = utf8(q, end)))
+            return NULL;
+    }
+    *s = p;
+    *n = q - p;
+    return q + 1;
+}
+
+/* A JSON number at p: its end, or NULL when the grammar is not JSON's. Its digits are
+ * gathered on the way (v: the integer of all its digits without the point, exact while
+ * sig, the digits from the first non-zero one, is at most 19; k: digits after the point). */
+struct num {
+    cp start, end;
+    uint64_t v;
+    int neg, plain, sig, k;     /* plain: no fraction, no exponent */
+    int expo;                   /* an exponent was given */
+};
+
+static inline cp number(cp p, cp end, struct num *m)
+{
+    uint64_t v = 0;
+    int sig = 0;
+    m->start = p;
+    m->neg = p < end && *p == '-';
+    p += m->neg;
+    if (p >= end)
+        return NULL;
+    if (*p == '0')
+        p++;
+    else if (*p >= '1' && *p <= '9')
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            v = v * 10 + (uint64_t)(*p - '0');
+            sig++;
+        }
+    else
+        return NULL;
+    m->plain = 1;
+    m->k = 0;
+    m->expo = 0;
+    if (p < end && *p == '.') {
+        cp f = ++p;
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            v = v * 10 + (uint64_t)(*p - '0');
+            sig += sig || *p != '0';
+        }
+        if (p == f)
+            return NULL;
+        m->k = (int)(p - f);
+        m->plain = 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        cp e = p;
+        while (p < end && (unsigned)(*p - '0') <= 9)
+            p++;
+        if (p == e)
+            return NULL;
+        m->plain = 0;
+        m->expo = 1;
+    }
+    m->v = v;
+    m->sig = sig;
+    m->end = p;
+    return p;
+}
+
+/* An integer token as Python's int, when it fits an int64. */
+static inline int int64_of(const struct num *m, int64_t *out)
+{
+    if (!m->plain || m->sig > 19)
+        return 0;
+    uint64_t v = m->v;                          /* 19 digits cannot wrap a uint64 */
+    if (m->neg) {
+        if (v > (uint64_t)1 << 63)
+            return 0;
+        *out = (int64_t)(0 - v);
+    } else {
+        if (v > (uint64_t)INT64_MAX)
+            return 0;
+        *out = (int64_t)v;
+    }
+    return 1;
+}
+
+static const double POW10[23] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* m / 10^k correctly rounded (to nearest, ties to even), for m < 2^64, 10^k < 2^64:
+ * a quotient of at least 55 bits from 128-bit integer division, then rounded to 53
+ * with the remainder as the sticky bit. */
+static double div_pow10(uint64_t m, int k)
+{
+    uint64_t p = 1;
+    for (int i = 0; i < k; i++)
+        p *= 10;
+    int bm = 64 - __builtin_clzll(m), bp = 64 - __builtin_clzll(p);
+    int s = 55 + bp - bm;
+    if (s < 0)
+        s = 0;
+    unsigned __int128 n = (unsigned __int128)m << s;
+    uint64_t q, rem;
+#if defined(__x86_64__)
+    /* one divq: the quotient (< 2^56) fits its 64 bits */
+    uint64_t hi = (uint64_t)(n >> 64), lo = (uint64_t)n;
+    __asm__("divq %4" : "=a"(q), "=d"(rem) : "a"(lo), "d"(hi), "rm"(p));
+#else
+    q = (uint64_t)(n / p);
+    rem = (uint64_t)(n - (unsigned __int128)q * p);
+#endif
+    int sticky = rem != 0;
+    int drop = 64 - __builtin_clzll(q) - 53;
+    uint64_t mant = q >> drop, rest = q & (((uint64_t)1 << drop) - 1);
+    uint64_t half = (uint64_t)1 << (drop - 1);
+    if (rest > half || (rest == half && (sticky || (mant & 1))))
+        mant++;
+    return ldexp((double)mant, drop - s);
+}
+
+/* A number token as Python's json gives it, as a float: 1 done; 0 not one this reads
+ * exactly (out of range: the caller gives the block back). */
+static int double_of(const struct num *m, double *out)
+{
+    if (!m->expo) {                             /* no exponent: the exact paths */
+        uint64_t v = m->v;
+        int k = m->k;
+        if (m->sig <= 19) {
+            double x;
+            if (v == 0) {                       /* an int -0 is 0; a float -0.0 keeps its sign */
+                *out = m->neg && !m->plain ? -0.0 : 0.0;
+                return 1;
+            }
+            if (k == 0)
+                x = (double)v;
+            else if (v < (uint64_t)1 << 53 && k <= 22)
+                x = (double)v / POW10[k];       /* both exact: one correctly rounded division */
+            else if (k <= 19)
+                x = div_pow10(v, k);
+            else
+                goto slow;
+            *out = m->neg ? -x : x;
+            return 1;
+        }
+        if (m->plain)
+            return 0;                           /* a huge integer: Python's int, not ours */
+    }
+slow:;
+    char tmp[128];
+    int64_t len = m->end - m->start;
+    if (len >= (int64_t)sizeof tmp || c_locale == (locale_t)0)
+        return 0;
+    memcpy(tmp, m->start, (size_t)len);
+    tmp[len] = 0;
+    double x = strtod_l(tmp, NULL, c_locale);   /* glibc's: correctly rounded */
+    if (isinf(x) || (x == 0 && !m->plain && strpbrk(tmp, "123456789") != NULL))
+        return 0;                               /* overflow or underflow: leave it to Python */
+    *out = x;
+    return 1;
+}
+
+/* Test hook: the float of one JSON number token (1), or 0 when dc_scan would decline it. */
+int dc_scan_double(const char *s, int64_t len, double *out)
+{
+    struct num m;
+    cp end = (cp)s + len;
+    if (number((cp)s, end, &m) != end)
+        return 0;
+    return double_of(&m, out);
+}
+
+/* ---- a line ----------------------------------------------------------------------- */
+
+static inline int key_top(cp s, int64_t n)
+{
+    switch (n) {
+    case 2:
+        if (!memcmp(s, "ts", 2)) return K_FLT | F_TS;
+        if (!memcmp(s, "ph", 2)) return K_PH;
+        break;
+    case 3:
+        if (!memcmp(s, "cat", 3)) return K_STR | S_CAT;
+        if (!memcmp(s, "pid", 3)) return K_INT | I_PID;
+        if (!memcmp(s, "tid", 3)) return K_INT | I_TID;
+        if (!memcmp(s, "dur", 3)) return K_FLT | F_DUR;
+        break;
+    case 4:
+        if (!memcmp(s, "name", 4)) return K_STR | S_NAME;
+        if (!memcmp(s, "args", 4)) return K_ARGS;
+        break;
+    }
+    return K_OTHER;
+}
+
+static inline int key_args(cp s, int64_t n)
+{
+    switch (n) {
+    case 3:
+        if (!memcmp(s, "ret", 3)) return K_INT | I_RET;
+        break;
+    case 4:
+        if (!memcmp(s, "size", 4)) return K_INT | I_SIZE;
+        break;
+    case 5:
+        if (!memcmp(s, "fhash", 5)) return K_STR | S_FHASH;
+        if (!memcmp(s, "hhash", 5)) return K_STR | S_HHASH;
+        if (!memcmp(s, "fname", 5)) return K_STR | S_FNAME;
+        if (!memcmp(s, "count", 5)) return K_INT | I_COUNT;
+        if (!memcmp(s, "errno", 5)) return K_INT | I_ERRNO;
+        if (!memcmp(s, "flags", 5)) return K_INT | I_FLAGS;
+        if (!memcmp(s, "ftype", 5)) return K_STR | S_FTYPE;
+        break;
+    case 6:
+        if (!memcmp(s, "offset", 6)) return K_INT | I_OFFSET;
+        if (!memcmp(s, "fhash2", 6)) return K_STR | S_FHASH2;
+        if (!memcmp(s, "ftype2", 6)) return K_STR | S_FTYPE2;
+        break;
+    }
+    return K_OTHER;
+}
+
+struct line {
+    cp s[NSTR];
+    int64_t n[NSTR];        /* -1: missing or null */
+    int64_t iv[NINT];
+    uint8_t ok[NINT];
+    double f[NFLT];
+    int ph;                 /* 'X', 'M', 0 missing, -1 another */
+};
+
+/* A scalar that is not one of ours (true, false, null, a string, a number): its end. */
+static inline cp other_scalar(cp p, cp end)
+{
+    cp s;
+    int64_t n;
+    struct num m;
+    switch (*p) {
+    case '"':
+        return string(p, end, &s, &n);
+    case 't':
+        return end - p >= 4 && !memcmp(p, "true", 4) ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && !memcmp(p, "false", 5) ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && !memcmp(p, "null", 4) ? p + 4 : NULL;
+    default:
+        return number(p, end, &m);
+    }
+}
+
+static inline int is_null(cp p, cp end)
+{
+    return end - p >= 4 && !memcmp(p, "null", 4);
+}
+
+/* The value at p of field `kind` (a K_ class | column) into ln: its end, or NULL. */
+static inline cp value(cp p, cp end, int kind, struct line *ln)
+{
+    int col = kind & 0xff;
+    struct num m;
+    switch (kind & 0xf00) {
+    case K_STR:
+        if (*p == '"')
+            return string(p, end, &ln->s[col], &ln->n[col]);
+        if (col != S_FHASH2 && is_null(p, end))  /* the dict path counts a null fhash2 */
+            return p + 4;
+        return NULL;
+    case K_INT:
+        if (is_null(p, end))
+            return p + 4;
+        if (!(p = number(p, end, &m)) || !int64_of(&m, &ln->iv[col]))
+            return NULL;
+        ln->ok[col] = 1;
+        return p;
+    case K_FLT:
+        if (is_null(p, end))
+            return p + 4;
+        if (!(p = number(p, end, &m)) || !double_of(&m, &ln->f[col]))
+            return NULL;
+        return p;
+    }
+    return other_scalar(p, end);
+}
+
+/* An object's members: key_of tells each key's field; `seen` catches duplicate fields. */
+static cp object(cp p, cp end, struct line *ln, int top)
+{
+    uint64_t seen = 0;
+    cp s;
+    int64_t n;
+    p = ws(p + 1, end);
+    if (p < end && *p == '}')
+        return p + 1;
+    for (;;) {
+        if (p >= end || *p != '"' || !(p = string(p, end, &s, &n)))
+            return NULL;
+        int kind = top ? key_top(s, n) : key_args(s, n);
+        p = ws(p, end);
+        if (p >= end || *p != ':')
+            return NULL;
+        p = ws(p + 1, end);
+        if (p >= end)
+            return NULL;
+        if (kind != K_OTHER) {
+            uint64_t bit = 1ull << ((kind >> 8) * 8 + (kind & 0xff));
+            if (seen & bit)
+                return NULL;
+            seen |= bit;
+        }
+        if (kind == K_PH) {
+            if (*p != '"' || !(p = string(p, end, &s, &n)))
+                return NULL;
+            ln->ph = n == 1 && (*s == 'X' || *s == 'M') ? *s : -1;
+        } else if (kind == K_ARGS) {
+            if (*p == '{')
+                p = object(p, end, ln, 0);
+            else if (is_null(p, end))
+                p += 4;
+            else
+                return NULL;
+        } else
+            p = value(p, end, kind, ln);
+        if (!p)
+            return NULL;
+        p = ws(p, end);
+        if (p >= end)
+            return NULL;
+        if (*p == '}')
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p = ws(p + 1, end);
+    }
+}
+
+/* Any JSON value, for a line Python will load anyway: its end (or NULL). */
+static cp skip_any(cp p, cp end)
+{
+    int depth = 0;
+    do {
+        if (p >= end)
+            return NULL;
+        switch (*p) {
+        case '"':
+            for (p++; p < end && *p != '"'; p++)
+                if (*p == '\\')
+                    p++;
+            if (p >= end)
+                return NULL;
+            p++;
+            break;
+        case '{':
+        case '[':
+            depth++;
+            p++;
+            break;
+        case '}':
+        case ']':
+            if (--depth < 0)
+                return NULL;
+            p++;
+            break;
+        default:
+            if (!depth) {
+                while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' &&
+                       *p != '\t' && *p != '\r')
+                    p++;
+                return p;
+            }
+            p++;
+        }
+    } while (depth);
+    return p;
+}
+
+/* Whether a line the strict reading declined is a metadata line ("ph":"M" at the top
+ * level, once): Python loads it, and checks it. */
+static int is_meta(cp p, cp end)
+{
+    int ph = 0;
+    cp s;
+    int64_t n;
+    p = ws(p, end);
+    if (p >= end || *p != '{')
+        return 0;
+    p = ws(p + 1, end);
+    if (p < end && *p == '}')
+        return 0;
+    for (;;) {
+        if (p >= end || *p != '"' || !(p = string(p, end, &s, &n)))
+            return 0;
+        int is_ph = n == 2 && !memcmp(s, "ph", 2);
+        p = ws(p, end);
+        if (p >= end || *p != ':')
+            return 0;
+        p = ws(p + 1, end);
+        if (is_ph) {
+            cp v;
+            if (ph || p >= end || *p != '"' || !(p = string(p, end, &v, &n)))
+                return 0;
+            ph = n == 1 && *v == 'M' ? 'M' : -1;
+        } else if (!(p = skip_any(p, end)))
+            return 0;
+        p = ws(p, end);
+        if (p >= end)
+            return 0;
+        if (*p == '}')
+            break;
+        if (*p != ',')
+            return 0;
+        p = ws(p + 1, end);
+    }
+    return ws(p + 1, end) == end && ph == 'M';
+}
+
+/* ---- a block ---------------------------------------------------------------------- */
+
+struct state {
+    struct strings str[NSTR];
+    struct pairs ops, files;
+};
+
+static void state_free(struct state *st)
+{
+    for (int c = 0; c < NSTR; c++)
+        free(st->str[c].t.slot);
+    free(st->ops.t.slot);
+    free(st->files.t.slot);
+}
+
+/* Rows of the complete events of buf[0..len) (whole lines, no [ or ] lines) into out:
+ * their count; -1 a line this does not read (out->fail_at: where); -2 more rows or
+ * metadata lines than out->cap; -3 no memory. */
+int64_t dc_scan(const char *buf, int64_t len, struct dc_scan *out)
+{
+    cp p = (cp)buf, end = p + len;
+    int64_t cap = out->cap, r = 0, rc = -3;
+    struct state st;
+    memset(&st, 0, sizeof st);
+    out->nmeta = out->nrec = out->nop = out->nfil = 0;
+    out->fail_at = -1;
+    for (int c = 0; c < NSTR; c++) {
+        struct strings *s = &st.str[c];
+        if (!table_init(&s->t, 256))
+            goto done;
+        s->buf = (cp)buf;
+        s->off = out->soff + c * cap;
+        s->len = out->slen + c * cap;
+        s->last_len = -1;
+        s->last = (cp)buf;
+    }
+    if (!table_init(&st.ops.t, 256) || !table_init(&st.files.t, 256))
+        goto done;
+    if (len && end[-1] == '\n') {      /* a blank last line */
+        out->fail_at = len;
+        rc = -1;
+        goto done;
+    }
+    st.ops.a = out->opcat;
+    st.ops.b = out->opname;
+    st.ops.last_code = -1;
+    st.files.a = out->fcol;
+    st.files.b = out->fcode;
+    st.files.last_code = -1;
+    while (p < end) {
+        struct line ln;
+        for (int c = 0; c < NSTR; c++)
+            ln.n[c] = -1;
+        memset(ln.ok, 0, sizeof ln.ok);
+        ln.f[F_TS] = ln.f[F_DUR] = NAN;
+        ln.ph = 0;
+        /* nothing of JSON's crosses a newline (a string refuses control characters), so
+         * the object is read up to the block's end and must end its line */
+        cp q = ws(p, end), nl;
+        if (q < end && *q == '{')
+            q = object(q, end, &ln, 1);
+        else
+            q = NULL;
+        if (q && (q = ws(q, end)) < end && *q != '\n')
+            q = NULL;
+        int strict = q != NULL;
+        if (strict)
+            nl = q;
+        else if (!(nl = memchr(p, '\n', (size_t)(end - p))))
+            nl = end;
+        if (strict && ln.ph == 'X') {
+            if (r == cap) {
+                rc = -2;
+                goto done;
+            }
+            int32_t code[NSTR];
+            for (int c = 0; c < NSTR; c++) {
+                code[c] = ln.n[c] < 0 ? -1 : intern(&st.str[c], ln.s[c], ln.n[c]);
+                if (code[c] == -2)
+                    goto done;
+                out->code[c * cap + r] = code[c];
+            }
+            for (int i = 0; i < NINT; i++) {
+                out->ival[i * cap + r] = ln.ok[i] ? ln.iv[i] : 0;
+                out->iok[i * cap + r] = ln.ok[i];
+            }
+            out->flt[F_TS * cap + r] = ln.f[F_TS];
+            out->flt[F_DUR * cap + r] = ln.f[F_DUR];
+            int32_t op = pair(&st.ops, code[S_CAT], code[S_NAME]), fil = -1;
+            if (code[S_FHASH] >= 0)
+                fil = pair(&st.files, S_FHASH, code[S_FHASH]);
+            else if (code[S_FNAME] >= 0)
+                fil = pair(&st.files, S_FNAME, code[S_FNAME]);
+            if (op == -2 || fil == -2)
+                goto done;
+            out->op[r] = op;
+            out->fil[r] = fil;
+            r++;
+        } else if (strict ? ln.ph == 'M' : is_meta(p, nl)) {
+            if (out->nmeta == cap) {
+                rc = -2;
+                goto done;
+            }
+            out->moff[out->nmeta] = p - (cp)buf;
+            out->mlen[out->nmeta] = nl - p;
+            out->nmeta++;
+        } else {
+            out->fail_at = p - (cp)buf;
+            rc = -1;
+            goto done;
+        }
+        p = nl + 1;
+    }
+    for (int c = 0; c < NSTR; c++)
+        out->nstr[c] = st.str[c].t.n;
+    out->nop = st.ops.t.n;
+    out->nfil = st.files.t.n;
+    out->nrec = r + out->nmeta;
+    rc = r;
+done:
+    state_free(&st);
+    return rc;
+}

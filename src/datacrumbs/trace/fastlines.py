@@ -203,36 +203,41 @@ class LineFormatter:
 _loaded: dict[str, LineFormatter | None] = {}
 
 
+def open_library(path: Path, abi_symbol: str, abi: int, what: str, instead: str,
+                 level: int) -> ctypes.CDLL | None:
+    """The compiled ``what`` at ``path``, or None when it is missing (said at debug level:
+    not built is normal), unsafe or of another ABI (said at ``level``); ``instead`` is
+    what the caller does then."""
+    try:
+        why = _safe_to_load(path)
+        if why:
+            log.log(level, "not loading the %s %s: %s; %s", what, path, why, instead)
+            return None
+        lib = ctypes.CDLL(os.path.realpath(path))
+        getattr(lib, abi_symbol).restype = ctypes.c_int
+        found = getattr(lib, abi_symbol)()
+        if found != abi:
+            log.log(level, "%s %s has ABI %d, not %d: rebuild it with `datacrumbs build-bpf`; "
+                    "%s", what, path, found, abi, instead)
+            return None
+        return lib
+    except FileNotFoundError:     # not built: the same result, more CPU; no noise for users
+        log.debug("no %s at %s (`datacrumbs build-bpf` builds it); %s", what, path, instead)
+    except (OSError, AttributeError) as exc:
+        log.log(level, "cannot load the %s %s (%s); %s", what, path, exc, instead)
+    return None
+
+
 def load(path) -> LineFormatter | None:
     """The formatter at ``path``, or None (logged once) when it is missing, unsafe or of
     another ABI: the writer then formats in Python, slower, with the same bytes."""
     path = Path(path)
     key = str(path)
-    if key in _loaded:
-        return _loaded[key]
-    formatter = None
-    try:
-        why = _safe_to_load(path)
-        if why:
-            log.warning("not loading the trace line formatter %s: %s; formatting in Python",
-                        path, why)
-        else:
-            lib = ctypes.CDLL(os.path.realpath(path))
-            lib.dc_lines_abi.restype = ctypes.c_int
-            abi = lib.dc_lines_abi()
-            if abi != ABI:
-                log.warning("trace line formatter %s has ABI %d, not %d: rebuild it with "
-                            "`datacrumbs build-bpf`; formatting in Python", path, abi, ABI)
-            else:
-                formatter = LineFormatter(lib, path)
-    except FileNotFoundError:     # not built: the same trace, more CPU; no noise for users
-        log.debug("no trace line formatter at %s (`datacrumbs build-bpf` builds it); "
-                  "formatting in Python", path)
-    except (OSError, AttributeError) as exc:
-        log.warning("cannot load the trace line formatter %s (%s); formatting in Python",
-                    path, exc)
-    _loaded[key] = formatter
-    return formatter
+    if key not in _loaded:
+        lib = open_library(path, "dc_lines_abi", ABI, "trace line formatter",
+                           "formatting in Python", logging.WARNING)
+        _loaded[key] = LineFormatter(lib, path) if lib is not None else None
+    return _loaded[key]
 
 
 def _bytes(text: str) -> bytes:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .fastlines import _safe_to_load
+from .fastlines import open_library
 
 log = logging.getLogger("datacrumbs.trace")
 
@@ -159,30 +158,11 @@ def load(path) -> Scanner | None:
     same without it) when it is missing, unsafe or of another ABI."""
     path = Path(path)
     key = str(path)
-    if key in _loaded:
-        return _loaded[key]
-    scanner = None
-    try:
-        why = _safe_to_load(path)
-        if why:
-            log.debug("not loading the trace line scanner %s: %s; parsing with pyarrow",
-                      path, why)
-        else:
-            lib = ctypes.CDLL(os.path.realpath(path))
-            lib.dc_scan_abi.restype = ctypes.c_int
-            abi = lib.dc_scan_abi()
-            if abi != ABI:
-                log.debug("trace line scanner %s has ABI %d, not %d (`datacrumbs build-bpf` "
-                          "rebuilds it); parsing with pyarrow", path, abi, ABI)
-            else:
-                scanner = Scanner(lib, path)
-    except FileNotFoundError:
-        log.debug("no trace line scanner at %s (`datacrumbs build-bpf` builds it); "
-                  "parsing with pyarrow", path)
-    except (OSError, AttributeError) as exc:
-        log.debug("cannot load the trace line scanner %s (%s); parsing with pyarrow", path, exc)
-    _loaded[key] = scanner
-    return scanner
+    if key not in _loaded:
+        lib = open_library(path, "dc_scan_abi", ABI, "trace line scanner",
+                           "parsing with pyarrow", logging.DEBUG)
+        _loaded[key] = Scanner(lib, path) if lib is not None else None
+    return _loaded[key]
 
 
 def for_site() -> Scanner | None:

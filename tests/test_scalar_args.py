@@ -220,7 +220,9 @@ def test_the_time_budget_bounds_a_large_debug_section(tmp_path):
         whole = read_signatures(fd, names, budget_s=60.0)
     finally:
         os.close(fd)
-    assert slow.found == {} and "time budget" in slow.missing
+    # out of time: what was read keeps its arguments, the rest is said
+    assert len(slow.found) < 3000 and "time budget" in slow.missing
+    assert all(whole.found[n] == sig for n, sig in slow.found.items())
     assert len(whole.found) == 3000
     assert [a["name"] for a in whole.found["big_2999"].scalars] == ["a", "b"]
 

@@ -119,16 +119,10 @@ def read_signatures(fd: int, names: dict[str, int], *, debug_root: str = DEBUG_R
             if source is None:
                 return Signatures(missing=why)
         return _read(source, names, deadline)
-    except _TooSlow as exc:
-        return Signatures(missing=str(exc))
     except RecursionError:
         return Signatures(missing="its debug info nests too deeply to read")
     except Exception as exc:    # noqa: BLE001 - hostile DWARF: any parser error means none
         return Signatures(missing=f"its debug info cannot be read ({type(exc).__name__})")
-
-
-class _TooSlow(Exception):
-    pass
 
 
 def _debug_file(elf, debug_root: str):
@@ -187,8 +181,7 @@ def _read(elf, names: dict[str, int], deadline: float) -> Signatures:
         for die in cu.get_top_DIE().iter_children():
             seen += 1
             if not seen % 256 and time.monotonic() > deadline:
-                raise _TooSlow("its debug info is too large to read in the service's time "
-                               "budget")
+                return _late(out)
             if die.tag != "DW_TAG_subprogram" or "DW_AT_declaration" in die.attributes:
                 continue
             origin = _origin(die)
@@ -214,9 +207,16 @@ def _read(elf, names: dict[str, int], deadline: float) -> Signatures:
             if len(out.found) == len(names):
                 return out
         if time.monotonic() > deadline:
-            raise _TooSlow("its debug info is too large to read in the service's time budget")
+            return _late(out)
     if not out.found:
         out.missing = "its debug info does not describe these functions"
+    return out
+
+
+def _late(out: Signatures) -> Signatures:
+    """What was read when the time budget ran out: those functions keep their arguments."""
+    out.missing = ("its debug info is too large to read in the service's time budget"
+                   + (f" (read for {len(out.found)} of the functions)" if out.found else ""))
     return out
 
 

@@ -32,6 +32,9 @@ MAX_SCALARS = 4
 GP_REGISTERS = 6
 #: A debug section larger than this is not read (the service answers in seconds).
 MAX_DEBUG_BYTES = 32 << 20
+#: Children of one function looked at (its parameters, blocks, labels...): a parameter's
+#: position is at most 255 anyway.
+MAX_CHILDREN = 1024
 #: Wall time spent reading one library's debug info.
 TIME_BUDGET_S = 5.0
 #: Where Debian's -dbgsym (and RHEL's -debuginfo) packages put separate debug files.
@@ -256,7 +259,7 @@ def _signature(die, cu) -> Signature | None:
     """None for an unprototyped C function without parameters (glibc's generated
     system call stubs): its arguments are unknown, not absent."""
     if "DW_AT_prototyped" not in die.attributes and not _always_prototyped(cu) and not any(
-            c.tag == "DW_TAG_formal_parameter" for c in die.iter_children()):
+            c.tag == "DW_TAG_formal_parameter" for c in _children(die)):
         return None
     ret = _classify(die.get_DIE_from_attribute("DW_AT_type")) \
         if "DW_AT_type" in die.attributes else None
@@ -266,7 +269,7 @@ def _signature(die, cu) -> Signature | None:
     scalars: list[dict] = []
     pos = 0
     try:
-        for child in die.iter_children():
+        for child in _children(die):
             if child.tag != "DW_TAG_formal_parameter":
                 continue
             p = _origin(child)
@@ -287,6 +290,14 @@ def _signature(die, cu) -> Signature | None:
     except _Stop:
         pass
     return Signature(scalars, returns)
+
+
+def _children(die):
+    """A function's first MAX_CHILDREN children: a crafted sibling chain may loop."""
+    for n, child in enumerate(die.iter_children()):
+        if n == MAX_CHILDREN:
+            return
+        yield child
 
 
 def _always_prototyped(cu) -> bool:

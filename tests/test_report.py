@@ -129,6 +129,7 @@ def test_parallel_split_and_merge_order_give_identical_numbers(tmp_path, monkeyp
     two = summarize([tmp_path / "job"], jobs=2)              # process pool, one file per worker
     assert two == one
     monkeypatch.setattr(merge, "SPLIT_BYTES", 2000)          # split each file into member ranges
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     units = merge.plan_units(merge.find_traces([tmp_path / "job"]), 2, model.Aggregate())
     assert len(units) > 4 and all(u.end is not None for u in units)
     split = summarize([tmp_path / "job"], jobs=2)
@@ -139,6 +140,35 @@ def test_parallel_split_and_merge_order_give_identical_numbers(tmp_path, monkeyp
         backwards.merge(part)
     merge.add_run_summaries(merge.find_traces([tmp_path / "job"]), backwards)
     assert _without_read_stats(backwards.finalize()) == _without_read_stats(one)
+
+
+def test_traces_that_share_out_evenly_are_not_cut(tmp_path, monkeypatch):
+    """One trace per node, about equal: each worker takes whole files and this process
+    inflates nothing to find member boundaries; cut or not, the same numbers."""
+    assert merge._balanced_whole([100, 100], 2) and merge._balanced_whole([10] * 999, 2)
+    assert not merge._balanced_whole([100], 2)              # fewer files than workers
+    assert not merge._balanced_whole([100, 100, 100], 2)    # 200 against an even 150
+    assert not merge._balanced_whole([300, 100, 100], 2)
+    builders = [TraceBuilder(tmp_path / f"trace-a-1-node{i}.pfw.gz", host=f"node{i}",
+                             member_lines=50) for i in (1, 2)]
+    for i, b in enumerate(builders):
+        for k in range(3000):
+            b.op("write" if k % 3 else "read", pid=100 + i, ts=k * 10, dur=3,
+                 path=f"/data/f{k % 7}", size=512 * (1 + k % 4), fd=3)
+        b.write()
+    files = [b.path for b in builders]
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 2000)
+    inflated = []
+    real = merge.iter_members
+    monkeypatch.setattr(merge, "iter_members", lambda *a, **k: inflated.append(1) or real(*a, **k))
+    units = merge.plan_units(files, 2, model.Aggregate())
+    assert [(u.path, u.start, u.end) for u in units] == [(str(f), 0, None) for f in files]
+    assert not inflated
+    whole = summarize(files, jobs=2)
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)
+    units = merge.plan_units(files, 2, model.Aggregate())
+    assert len(units) > 4 and inflated
+    assert summarize(files, jobs=2) == whole
 
 
 def test_percentiles_from_the_histogram_beyond_the_exact_cap(tmp_path, monkeypatch):
@@ -167,6 +197,7 @@ def test_timeline_coarsens_the_same_way_split_or_not(tmp_path, monkeypatch):
     assert whole["timeline"]["bin_us"] > model.TIMELINE_BASE_US
     assert sum(v for _, v in whole["timeline"]["series"]["node1"]) == sum(100 + i for i in range(200))
     monkeypatch.setattr(merge, "SPLIT_BYTES", 500)
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     units = merge.plan_units([b.path], 2, model.Aggregate())
     agg = model.Aggregate()
     for u in units:
@@ -220,6 +251,7 @@ def test_many_files_are_sampled_exactly_and_split_invariantly(tmp_path, monkeypa
         i = int(f["path"].rsplit("f", 1)[1])
         assert (f["count"], f["bytes"]) == (1 + i % 3, (1 + i % 3) * (100 + i))
     monkeypatch.setattr(merge, "SPLIT_BYTES", 1000)
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     parts = [merge.summarize_unit(u) for u in merge.plan_units([b.path], 2, model.Aggregate())]
     agg = model.Aggregate()
     for p in parts:
@@ -508,6 +540,7 @@ def test_sub_microsecond_durations_are_summed_in_nanoseconds(tmp_path, capsys, m
                                        "time_us": (1003 * 959 + 500 * 412) / 1000}]
     assert abs(s["job"]["start_us"] - (START_US + 0.123)) < 0.25     # a double's resolution
     monkeypatch.setattr(merge, "SPLIT_BYTES", 1500)                   # member ranges, 2 workers
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     assert _without_read_stats(summarize([d], jobs=2)) == _without_read_stats(s)
     rc, out, err = _run(["report", str(d), "--html", str(tmp_path / "r.html")], capsys, monkeypatch)
     assert rc == 0, err

@@ -205,6 +205,7 @@ def test_split_over_workers_and_two_nodes_give_the_dict_paths_numbers(tmp_path, 
     paths = [rich_trace(tmp_path / f"trace-a-1-node{i}.pfw.gz", 20_000, seed=10 + i,
                         host=f"node{i}") for i in (1, 2)]
     monkeypatch.setattr(merge, "SPLIT_BYTES", 20_000)     # member ranges of ~1,500 events
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     monkeypatch.setattr(merge, "CHUNK_EVENTS", 1000)
     monkeypatch.setattr(model, "COLUMNAR", False)
     slow = split_summary(paths)

@@ -21,6 +21,7 @@ def test_dask_and_local_summaries_are_identical(tmp_path, monkeypatch):
     assert dask_backend.summarize([tmp_path / "job"], jobs=2) == local
     assert dask_backend.summarize([tmp_path / "job"], scheduler="synchronous") == local
     monkeypatch.setattr(merge, "SPLIT_BYTES", 1500)        # member ranges as dask tasks
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     split = dask_backend.summarize([tmp_path / "job"], jobs=2)
     assert split == dask_backend.summarize([tmp_path / "job"], jobs=2, scheduler="threads")
     # Ranges end at the last complete member, so only compressed_bytes of the torn file differ.
@@ -48,6 +49,7 @@ def test_dask_sums_sub_microsecond_durations_like_local(tmp_path, monkeypatch):
     local = summarize([d], jobs=1)
     assert local["totals"]["time_us"] == sum(SUB_US_NS.values()) / 1000
     monkeypatch.setattr(merge, "SPLIT_BYTES", 1500)
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     split = dask_backend.summarize([d], jobs=2)
     assert {k: v for k, v in split.items() if k != "traces"} == \
         {k: v for k, v in local.items() if k != "traces"}

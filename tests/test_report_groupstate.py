@@ -139,6 +139,7 @@ def test_array_merge_of_member_ranges_gives_the_object_merges_numbers(tmp_path, 
     paths = [streams_trace(tmp_path / f"trace-a-1-node{i}.pfw.gz", 40_000, seed=20 + i,
                            host=f"node{i}") for i in (1, 2)]
     monkeypatch.setattr(merge, "SPLIT_BYTES", 100_000)          # several units a file
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     monkeypatch.setattr(merge, "CHUNK_EVENTS", 5_000)
     monkeypatch.setattr(analysis.Detail, "VECTOR", False)
     ref = split_summary(paths)

@@ -74,6 +74,7 @@ def test_time_views_are_the_same_split_merged_backwards_or_whole(tmp_path, monke
     whole = summarize([tmp_path / "t.pfw.gz"], jobs=1)["timeviews"]
     assert whole["bin_us"] > 2000 and len({c[0] for c in whole["heatmap"]["cells"]}) > 10
     monkeypatch.setattr(merge, "SPLIT_BYTES", 800)
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     units = merge.plan_units([tmp_path / "t.pfw.gz"], 2, model.Aggregate())
     assert len(units) > 3
     parts = [merge.summarize_unit(u) for u in units]
@@ -104,6 +105,7 @@ def test_long_calls_are_split_over_their_bins_in_bounded_steps(tmp_path, monkeyp
         assert [c[2] for c in mine] == [1 + i] + [0] * (len(mine) - 1)
         assert len(mine) > 3 and all(c[3] <= whole["bin_us"] for c in mine)
     monkeypatch.setattr(merge, "SPLIT_BYTES", 300)
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)  # cut even so
     units = merge.plan_units([b.path], 2, model.Aggregate())
     assert len(units) > 3
     agg = model.Aggregate()

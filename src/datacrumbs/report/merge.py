@@ -27,6 +27,9 @@ SUMMARY_SUFFIX = ".summary.json"
 #: Files larger than this (compressed) are split into member ranges.
 SPLIT_BYTES = 16 << 20
 MAX_SUMMARY_BYTES = 16 << 20
+#: Whole files when they share out evenly (see _balanced_whole); tests turn it off to cut.
+WHOLE_WHEN_BALANCED = True
+BALANCE = 1.1
 #: Events per chunk a worker aggregates at once: numpy's per-call costs and the per-stream
 #: merges are paid per chunk, so big chunks are cheaper; 131,072 events keep a worker near
 #: 300 MB (262,144: 430 MB for 3% less CPU).
@@ -109,21 +112,40 @@ def read_run_summary(path: Path) -> dict:
     return doc
 
 
+def _balanced_whole(sizes: list[int], jobs: int) -> bool:
+    """Whether whole files keep ``jobs`` workers as busy as cutting them would: the
+    largest-first assignment of the files ends within BALANCE of an even share. Then no
+    file is cut, and this process inflates nothing (a cut needs its member boundaries:
+    an inflate-only pass, a ninth of the report's CPU). A job's traces, one per node,
+    are usually that many and that even."""
+    if len(sizes) < jobs or not sum(sizes):
+        return False
+    loads = [0] * jobs
+    for size in sorted(sizes, reverse=True):
+        loads[loads.index(min(loads))] += size
+    return max(loads) <= BALANCE * sum(sizes) / jobs
+
+
 def iter_units(traces: list[Path], jobs: int, pre: Aggregate) -> Iterator[Unit]:
     """Cut the work, yielding units as soon as they are known.
 
     A big file is indexed by member in this process while workers already
     summarise the ranges yielded before (the inflate-only pass costs about a
-    tenth of the parsing).
+    tenth of the parsing); files that already share out evenly are not cut.
     """
+    sizes: dict[str, int] = {}
+    for trace in traces:
+        try:
+            sizes[str(trace)] = trace.stat().st_size
+        except OSError as exc:
+            pre.add_unreadable(str(trace), f"{trace}: cannot read: {exc.strerror}")
+    whole = WHOLE_WHEN_BALANCED and _balanced_whole(list(sizes.values()), jobs)
     for trace in traces:
         path = str(trace)
-        try:
-            size = trace.stat().st_size
-        except OSError as exc:
-            pre.add_unreadable(path, f"{path}: cannot read: {exc.strerror}")
+        size = sizes.get(path)
+        if size is None:
             continue
-        if jobs <= 1 or size <= SPLIT_BYTES:
+        if jobs <= 1 or size <= SPLIT_BYTES or whole:
             yield Unit(path, 0, None, size)
             continue
         target = max(SPLIT_BYTES // 4, size // (jobs * 8))

@@ -50,27 +50,10 @@ class Groups:
     # -- ids ------------------------------------------------------------------------
 
     def proc_ids(self, source: str, pids) -> np.ndarray:
-        procs, plist = self.procs, self.proc_list
-        out = []
-        for p in pids:
-            k = (source, p)
-            i = procs.get(k)
-            if i is None:
-                i = procs[k] = len(plist)
-                plist.append(k)
-            out.append(i)
-        return np.array(out, np.int64)
+        return _intern(self.procs, self.proc_list, ((source, p) for p in pids))
 
     def file_ids(self, fkeys) -> np.ndarray:
-        files, flist = self.files, self.file_list
-        out = []
-        for k in fkeys:
-            i = files.get(k)
-            if i is None:
-                i = files[k] = len(flist)
-                flist.append(k)
-            out.append(i)
-        return np.array(out, np.int64)
+        return _intern(self.files, self.file_list, fkeys)
 
     @staticmethod
     def key(proc: np.ndarray, file: np.ndarray, cls: np.ndarray, layer: np.ndarray) -> np.ndarray:
@@ -212,7 +195,7 @@ class Groups:
         self.sizes.merge(o.sizes, lambda k: fmap[k // 30] * 30 + k % 30)
         if not o.n:
             return fmap, {}
-        pmap = np.array([self.proc_ids(s, [p])[0] for s, p in o.proc_list] or [0], np.int64)
+        pmap = _intern(self.procs, self.proc_list, o.proc_list)
         comp = o.comp
         cl = comp & ((1 << _CL_BITS) - 1)
         f = (comp >> _CL_BITS) & ((1 << _FILE_BITS) - 1)
@@ -225,19 +208,9 @@ class Groups:
         sidx = np.flatnonzero(st)
         loc = np.full(o.n, -1, np.int64)
         loc[sidx] = np.arange(len(sidx))
-        ej, ese = [], []
-        for r, runs in o.ext.items():
-            for se in runs:
-                ej.append(loc[r]); ese.append(se)
-        ej = np.array(ej, np.int64)
-        ese = np.array(ese, np.int64).reshape(-1, 2)
-        efile = fmap[f[sidx]]
-        pj, pv = [], []
-        for r, pairs in o.pend.items():
-            for v in pairs:
-                pj.append(loc[r]); pv.append(v)
-        placed = self.add_streams(ids[sidx], ob[sidx], ej, ese, efile, np.array(pj, np.int64),
-                                  np.array(pv, np.int64).reshape(-1, 4))
+        ej, ese = _by_row(o.ext, loc, 2)
+        pj, pv = _by_row(o.pend, loc, 4)
+        placed = self.add_streams(ids[sidx], ob[sidx], ej, ese, fmap[f[sidx]], pj, pv)
         return fmap, placed
 
     # -- the dict state -------------------------------------------------------------
@@ -263,6 +236,29 @@ class Groups:
                       bool(row[POS_ABS]), (row[HEAD], bool(row[HEAD_ABS])) if has else None,
                       row[LAST] if has else None, bool(row[LAST_ABS]))
             yield key, tab, st, self.ext.get(r, []), self.pend.get(r, [])
+
+
+def _by_row(lists: dict, loc: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A {row: [tuple of ``width`` ints]} side table as (``loc[row]`` of each tuple, the
+    tuples as an n x ``width`` array): a partial's read extents or pending pairs."""
+    rows, vals = [], []
+    for r, items in lists.items():
+        for v in items:
+            rows.append(loc[r])
+            vals.append(v)
+    return np.array(rows, np.int64), np.array(vals, np.int64).reshape(-1, width)
+
+
+def _intern(index: dict, items: list, keys) -> np.ndarray:
+    """The ids of ``keys`` in ``index`` (key -> position in ``items``), new keys appended."""
+    out = []
+    for k in keys:
+        i = index.get(k)
+        if i is None:
+            i = index[k] = len(items)
+            items.append(k)
+        out.append(i)
+    return np.array(out, np.int64)
 
 
 class Sizes:

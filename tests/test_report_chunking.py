@@ -15,15 +15,14 @@ implies.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
 from datacrumbs.report import columnar as columnar_mod
 from datacrumbs.report import merge, model
 from datacrumbs.trace import reader
-from datacrumbs.report.model import Aggregate
 
+from fixtures.traces import split_summary
 from fixtures.tracing import trace_command
 
 N = 3000
@@ -46,13 +45,6 @@ os.close(fd)
 """
 
 
-def summary(path: Path) -> dict:
-    agg = Aggregate()
-    for unit in merge.plan_units([path], 2, agg):
-        agg.merge(merge.summarize_unit(unit))
-    return agg.finalize()
-
-
 @pytest.mark.ebpf
 def test_read_patterns_are_the_programs_whatever_the_chunking(site, tmp_path, bpf_object,
                                                              monkeypatch):
@@ -71,7 +63,7 @@ def test_read_patterns_are_the_programs_whatever_the_chunking(site, tmp_path, bp
         monkeypatch.setattr(columnar_mod, "PARSE_BLOCK", block)
         for columnar in (True, False):
             monkeypatch.setattr(model, "COLUMNAR", columnar)
-            files = {f["path"]: f for f in summary(trace)["files"]}
+            files = {f["path"]: f for f in split_summary([trace])["files"]}
             got = files[str(data)]["access"]["read"]
             seen.append(((chunk, columnar), got))
     assert all(got == want for _, got in seen), seen

@@ -23,7 +23,7 @@ from datacrumbs.report import columnar, merge, model
 from datacrumbs.report.merge import summarize
 from datacrumbs.trace import fastscan
 from datacrumbs.trace.reader import _loads
-from fixtures.traces import TraceBuilder
+from fixtures.traces import TraceBuilder, split_summary
 from fixtures.tracing import trace_command
 
 ebpf = pytest.mark.ebpf
@@ -189,16 +189,6 @@ def test_clean_trace_is_read_by_the_fast_path_only_and_identically(tmp_path, mon
     assert_same(fast, slow)
     assert set(kinds["scan"]) == {"scan"} and kinds["scan"]["scan"] >= 5, kinds
     assert set(kinds["arrow"]) == {"table"} and kinds["arrow"]["table"] >= 5, kinds
-
-
-def split_summary(paths: list) -> dict:
-    """The units a two-worker run makes, summarised in this process and merged in order."""
-    from datacrumbs.report.model import Aggregate
-
-    agg = Aggregate()
-    for unit in merge.plan_units([Path(p) for p in paths], 2, agg):
-        agg.merge(merge.summarize_unit(unit))
-    return agg.finalize()
 
 
 def test_split_over_workers_and_two_nodes_give_the_dict_paths_numbers(tmp_path, monkeypatch):

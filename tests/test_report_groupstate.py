@@ -16,7 +16,7 @@ import pytest
 
 from datacrumbs.report import analysis, columnar, merge, model
 from datacrumbs.report.merge import summarize
-from fixtures.traces import TraceBuilder
+from fixtures.traces import TraceBuilder, split_summary
 
 O_WRONLY, O_RDWR, O_CREAT, O_APPEND = 0o1, 0o2, 0o100, 0o2000
 
@@ -89,14 +89,6 @@ def assert_same(new: dict, ref: dict) -> None:
     for key in ref:
         assert json.dumps(new[key], sort_keys=True, default=str) == \
             json.dumps(ref[key], sort_keys=True, default=str), key
-
-
-def split_summary(paths: list) -> dict:
-    """The units a two-worker run makes, summarised here and merged in order."""
-    agg = model.Aggregate()
-    for unit in merge.plan_units([Path(p) for p in paths], 2, agg):
-        agg.merge(merge.summarize_unit(unit))
-    return agg.finalize()
 
 
 def test_array_fold_gives_the_object_folds_numbers_over_many_chunks(tmp_path, monkeypatch):

@@ -227,8 +227,23 @@ def test_the_time_budget_bounds_a_large_debug_section(tmp_path):
     assert [a["name"] for a in whole.found["big_2999"].scalars] == ["a", "b"]
 
 
+def one_row(probe: dict, ev) -> dict:
+    """The trace args of one event (an EVENT_DTYPE row), one Python int at a time: the
+    reference for ScalarRows.rows."""
+    out = {}
+    for slot, item in enumerate(probe.get("scalars", ())):
+        field = scalars.SLOT_FIELDS[slot]
+        if field == "fd":
+            raw = (int(ev["fd"]) & 0xFFFFFFFF) | ((int(ev["fd2"]) & 0xFFFFFFFF) << 32)
+        else:
+            raw = int(ev[field]) & 0xFFFFFFFFFFFFFFFF
+        out[f"arg{item['pos']}_{item['name']}"] = scalars.sized(raw, item["size"],
+                                                                item["signed"])
+    return out
+
+
 def test_the_daemons_columns_equal_the_one_row_reference():
-    """ScalarRows.rows (numpy, per probe) against event_args (Python ints, per row) on
+    """ScalarRows.rows (numpy, per probe) against one_row (Python ints, per row) on
     random register values of every width and sign."""
     import numpy as np
 
@@ -258,12 +273,12 @@ def test_the_daemons_columns_equal_the_one_row_reference():
         p = probes[int(ev["probe"][i])]
         ret = int(ev["ret"][i]) & 0xFFFFFFFFFFFFFFFF
         if p.get("scalars"):
-            assert out[i] == scalars.event_args(p, ev[i])
+            assert out[i] == one_row(p, ev[i])
             assert ops["fd"][i] == -1
         else:
             assert out[i] is None
         if p is probes[0]:
-            assert ops["ret"][i] == scalars._value(ret, 4, True)
+            assert ops["ret"][i] == scalars.sized(ret, 4, True)
         elif p is probes[3]:
             assert ops["ret"][i] == ret & 0xFFFF
         elif p is probes[2]:

@@ -55,7 +55,9 @@ def registers(probe: dict, kind: str, roles: dict, handle_kind: int) -> tuple[tu
     return tuple(regs + [0] * (MAX_SCALARS - len(regs))), ret32
 
 
-def _value(raw: int, size: int, signed: bool) -> int:
+def sized(raw: int, size: int, signed: bool) -> int:
+    """The low ``size`` bytes of a register value, sign-extended when ``signed`` (a
+    traced function's argument as declared; a USDT argument as its note says)."""
     raw &= (1 << (8 * size)) - 1
     if signed and raw >> (8 * size - 1):
         raw -= 1 << (8 * size)
@@ -63,7 +65,7 @@ def _value(raw: int, size: int, signed: bool) -> int:
 
 
 def _values(raw: np.ndarray, size: int, signed: bool) -> np.ndarray:
-    """``_value`` of a uint64 column: int64 when signed or narrower than 8 bytes, else
+    """``sized`` of a uint64 column: int64 when signed or narrower than 8 bytes, else
     uint64 (an unsigned 64-bit argument past 2**63 stays positive)."""
     if size == 8:
         return raw.view(np.int64) if signed else raw
@@ -81,20 +83,6 @@ def _slot(ev: np.ndarray, slot: int) -> np.ndarray:
         return ev[field].astype(np.uint64)
     return ev["fd"].astype(np.uint32).astype(np.uint64) | \
         (ev["fd2"].astype(np.uint32).astype(np.uint64) << np.uint64(32))
-
-
-def event_args(probe: dict, ev) -> dict:
-    """The trace args of one event (an EVENT_DTYPE row) of a probe with scalars, one
-    Python int at a time: the reference ScalarRows.rows is tested against."""
-    out = {}
-    for slot, item in enumerate(probe.get("scalars", ())):
-        field = SLOT_FIELDS[slot]
-        if field == "fd":
-            raw = (int(ev["fd"]) & 0xFFFFFFFF) | ((int(ev["fd2"]) & 0xFFFFFFFF) << 32)
-        else:
-            raw = int(ev[field]) & 0xFFFFFFFFFFFFFFFF
-        out[f"arg{item['pos']}_{item['name']}"] = _value(raw, item["size"], item["signed"])
-    return out
 
 
 class ScalarRows:

@@ -27,6 +27,7 @@ import struct
 from ..probes import usdt as notes_mod
 from . import libbpf
 from .libbpf import AttachFailed
+from .scalars import sized
 
 log = logging.getLogger("datacrumbs.usdt")
 
@@ -140,13 +141,9 @@ def event_args(probe: dict, ev, strings: dict | None = None) -> dict:
         if not flags & (1 << n):
             continue
         read += 1
-        value = int(ev[name])
         size = specs[n].size if n < len(specs) else 8
         signed = specs[n].signed if n < len(specs) else False
-        value &= (1 << (8 * size)) - 1
-        if signed and value >> (8 * size - 1):
-            value -= 1 << (8 * size)
-        out[f"arg{n}"] = value
+        out[f"arg{n}"] = sized(int(ev[name]), size, signed)
         text = (strings or {}).get(n)
         if text is not None and text.isprintable():
             out[f"arg{n}_str"] = text

@@ -15,6 +15,7 @@ apt_packages=(
   gcc make                         # test workloads are small C programs
   systemtap-sdt-dev                # <sys/sdt.h>: the USDT test workload's probes and semaphores
   strace busybox                   # copy tests: strace checks the bytes; busybox cat/cp use sendfile
+  git sqlite3                      # everyday programs whose bytes the tests hold to strace
   libc6-dbg                        # glibc's separate debug info: functions typed by /usr/lib/debug (scalar args)
   chromium                         # report tests open the HTML page headless (console errors, sorting, zoom)
   fio                              # async I/O tests: its io_uring and libaio engines move data without read/write

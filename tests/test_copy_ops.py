@@ -6,7 +6,6 @@ sizes the program guarantees."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -19,18 +18,11 @@ import pytest
 from workloads import daemon_readback as rb
 from workloads.daemon_build import build
 
+from fixtures.strace_bytes import per_file, strace_bytes, trace_bytes, with_strace
 from fixtures.tracing import DATACRUMBS, trace_command as traced
 
 pytestmark = pytest.mark.ebpf
 SIZE = 64 << 20
-# (input argument, output argument) of each call that moves data between two descriptors;
-# calls with one descriptor move it from/to argument 0.
-TWO_FDS = {"copy_file_range": (0, 2), "sendfile": (1, 0), "sendfile64": (1, 0),
-           "splice": (0, 2), "tee": (0, 1)}
-DATA_CALLS = ("read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev",
-              "preadv2", "pwritev2", *TWO_FDS, "vmsplice")
-_CALL = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(\w+)\((.*)\)\s+=\s+(-?\d+)")
-_FD = re.compile(r"(?:^|, )(-?\d+)<([^>]*)>")
 
 
 @pytest.fixture
@@ -44,66 +36,6 @@ def shm():
 @pytest.fixture(scope="module")
 def copies_bin(shared_dir):
     return build("copies", shared_dir)
-
-
-def trace_bytes(path: Path, under: Path) -> Counter:
-    """Bytes per (operation, input file, output file) of the trace, for files in ``under``."""
-    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(path) if r["name"] == "FH"}
-    total = Counter()
-    for e in rb.events(path):
-        a = e["args"]
-        if e["name"] not in DATA_CALLS or a.get("size", 0) <= 0:
-            continue
-        f1, f2 = fh.get(a.get("fhash")), fh.get(a.get("fhash2"))
-        if "fd2" in a and e["name"] not in TWO_FDS:
-            raise AssertionError(f"{e['name']} has fd2")
-        if f1 is not None and not f1.startswith(f"{under}/"):
-            f1 = None
-        if f2 is not None and not f2.startswith(f"{under}/"):
-            f2 = None
-        if f1 or f2:
-            total[(e["name"], f1, f2)] += a["size"]
-    return total
-
-
-def strace_bytes(log: Path, under: Path) -> Counter:
-    """The same from ``strace -f -yy``'s log: the independent count."""
-    total = Counter()
-    for line in log.read_text().splitlines():
-        m = _CALL.match(line)
-        if not m or m.group(2) not in DATA_CALLS or int(m.group(4)) <= 0:
-            continue
-        name = "sendfile" if m.group(2) == "sendfile64" else m.group(2)
-        fds = [p for _, p in _FD.findall(m.group(3))]
-        paths = [p if p.startswith(f"{under}/") else None for p in fds]
-        if name in TWO_FDS:
-            # strace names every descriptor argument in order: for sendfile out comes first
-            f1, f2 = (paths[1], paths[0]) if name == "sendfile" else (paths[0], paths[1])
-        else:
-            f1, f2 = paths[0], None
-        if f1 or f2:
-            total[(name, f1, f2)] += int(m.group(4))
-    return total
-
-
-def with_strace(log: Path, command: list[str]) -> list[str]:
-    return ["strace", "-f", "-yy", "-qq", "-o", str(log), "-e",
-            "trace=" + ",".join(c for c in DATA_CALLS if c != "sendfile64"), *command]
-
-
-def per_file(total: Counter) -> tuple[Counter, Counter]:
-    """(bytes read from each file, bytes written to each file) of a bytes table: a call
-    with two files reads its first and writes its second."""
-    reads, writes = Counter(), Counter()
-    for (name, f1, f2), n in total.items():
-        if name in TWO_FDS or name.startswith(("read", "pread", "preadv")):
-            if f1:
-                reads[f1] += n
-        if f2:
-            writes[f2] += n
-        if name.startswith(("write", "pwrite")) and f1:
-            writes[f1] += n
-    return reads, writes
 
 
 def report_files(tmp_path, trace: Path) -> dict:

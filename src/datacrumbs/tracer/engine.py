@@ -935,6 +935,7 @@ class Engine:
         """Open, size and load the object. The uprobe_multi programs need the
         BPF_TRACE_UPROBE_MULTI attach type, which kernels before 6.6 refuse: then
         load again without them (uprobes go one by one)."""
+        libbpf.use_c_print(self.bpf_object)     # libbpf's ~4,000 debug lines without the GIL
         obj = BpfObject(self.bpf_object)
         try:
             # A map or program missing here means an object from another version:

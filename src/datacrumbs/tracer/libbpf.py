@@ -49,6 +49,9 @@ _warnings: collections.deque[str] = collections.deque(maxlen=4)
 _lib = None
 _libc = None
 _print_cb = None  # kept referenced for as long as libbpf may call it
+_c_print = None     # the loaded libbpf_print.c (use_c_print), its warnings read from there
+_c_seen = 0         # its warning count at the last last_warning()
+PRINT_LIBRARY_NAME = "datacrumbs-libbpf-print.so"
 
 
 def _on_print(level, fmt, args):
@@ -67,9 +70,49 @@ def _on_print(level, fmt, args):
 
 def last_warning() -> str:
     """The last libbpf warning line since the previous call ("" if none)."""
+    global _c_seen
     text = _warnings[-1] if _warnings else ""
     _warnings.clear()
+    if _c_print is not None:
+        n = _c_print.dc_libbpf_warnings()
+        if n != _c_seen:
+            text = _c_print.dc_libbpf_warning(n - 1).decode(errors="replace").strip()
+            _c_seen = n
     return text
+
+
+def print_library_path(bpf_object) -> str:
+    """Where `datacrumbs build-bpf` puts libbpf_print.c's library: beside the object."""
+    return os.path.join(os.path.dirname(os.fspath(bpf_object)), PRINT_LIBRARY_NAME)
+
+
+def use_c_print(bpf_object) -> bool:
+    """Route libbpf's printing to libbpf_print.c (beside ``bpf_object``), which keeps the
+    warnings without taking the GIL for each of the ~4,000 debug lines of a load, unless
+    debug logging wants those lines. False (the Python callback stays) when that library
+    is missing or not safe to load; never raises."""
+    global _c_print, _c_seen
+    if _c_print is not None:
+        return True
+    if log.isEnabledFor(logging.DEBUG):
+        return False
+    path = print_library_path(bpf_object)
+    try:
+        from ..trace.fastlines import _safe_to_load
+        if not os.path.isfile(path) or _safe_to_load(path) is not None:
+            return False
+        handle = ctypes.CDLL(path)
+        handle.dc_libbpf_warnings.restype = ctypes.c_uint
+        handle.dc_libbpf_warning.restype = c_char_p
+        handle.dc_libbpf_warning.argtypes = [ctypes.c_uint]
+        fn = ctypes.cast(handle.dc_libbpf_print, _PRINT_FN)
+    except (OSError, AttributeError) as exc:
+        log.debug("libbpf printing stays in Python: %s", exc)
+        return False
+    _c_seen = handle.dc_libbpf_warnings()
+    _c_print = handle
+    lib().libbpf_set_print(fn)
+    return True
 
 
 def _declare(lib):

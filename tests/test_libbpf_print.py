@@ -25,7 +25,8 @@ try:
     message = None
 except libbpf.LibbpfError as exc:
     message = str(exc)
-print(json.dumps({"in_c": in_c, "message": message, "python_kept": len(libbpf._warnings)}))
+kept_in_c = libbpf._c_print.dc_libbpf_warnings() if libbpf._c_print else 0
+print(json.dumps({"in_c": in_c, "message": message, "kept_in_c": kept_in_c}))
 """
 
 
@@ -39,9 +40,9 @@ def refused_load(bpf_object, mode: str) -> dict:
 def test_libbpf_warnings_printed_in_c_still_explain_a_refused_load(bpf_object):
     in_c = refused_load(bpf_object, "info")
     in_python = refused_load(bpf_object, "debug")     # debug logging wants every line
-    assert in_c["in_c"] is True and in_python["in_c"] is False
-    # the warning came through the C function: the Python callback kept nothing
-    assert in_c["python_kept"] == 0
+    assert in_c["in_c"] is True
+    # the warnings came through the C function, and with debug logging not
+    assert in_c["kept_in_c"] > 0 and in_python["kept_in_c"] == 0
     assert "libbpf: failed to load object" in in_c["message"]
     assert in_c["message"] == in_python["message"]
 

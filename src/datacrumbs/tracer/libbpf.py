@@ -49,8 +49,8 @@ _warnings: collections.deque[str] = collections.deque(maxlen=4)
 _lib = None
 _libc = None
 _print_cb = None  # kept referenced for as long as libbpf may call it
-_c_print = None     # the loaded libbpf_print.c (use_c_print), its warnings read from there
-_c_seen = 0         # its warning count at the last last_warning()
+_c_print = None     # the loaded libbpf_print.c (use_c_print)
+_c_fn = None        # its print function, as libbpf_set_print takes it
 PRINT_LIBRARY_NAME = "datacrumbs-libbpf-print.so"
 
 
@@ -70,14 +70,8 @@ def _on_print(level, fmt, args):
 
 def last_warning() -> str:
     """The last libbpf warning line since the previous call ("" if none)."""
-    global _c_seen
     text = _warnings[-1] if _warnings else ""
     _warnings.clear()
-    if _c_print is not None:
-        n = _c_print.dc_libbpf_warnings()
-        if n != _c_seen:
-            text = _c_print.dc_libbpf_warning(n - 1).decode(errors="replace").strip()
-            _c_seen = n
     return text
 
 
@@ -87,15 +81,13 @@ def print_library_path(bpf_object) -> str:
 
 
 def use_c_print(bpf_object) -> bool:
-    """Route libbpf's printing to libbpf_print.c (beside ``bpf_object``), which keeps the
-    warnings without taking the GIL for each of the ~4,000 debug lines of a load, unless
-    debug logging wants those lines. False (the Python callback stays) when that library
-    is missing or not safe to load; never raises."""
-    global _c_print, _c_seen
+    """Have BpfObject.load() print through libbpf_print.c (beside ``bpf_object``), which
+    keeps the warnings without taking the GIL for each of the ~4,000 debug lines of a
+    load. False (the Python callback stays) when that library is missing or not safe to
+    load; never raises."""
+    global _c_print, _c_fn
     if _c_print is not None:
         return True
-    if log.isEnabledFor(logging.DEBUG):
-        return False
     path = print_library_path(bpf_object)
     try:
         from ..trace.fastlines import _safe_to_load
@@ -109,10 +101,27 @@ def use_c_print(bpf_object) -> bool:
     except (OSError, AttributeError) as exc:
         log.debug("libbpf printing stays in Python: %s", exc)
         return False
-    _c_seen = handle.dc_libbpf_warnings()
-    _c_print = handle
-    lib().libbpf_set_print(fn)
+    _c_print, _c_fn = handle, fn
     return True
+
+
+def _load_object(obj) -> int:
+    """bpf_object__load, its printing in C (use_c_print) unless debug logging wants
+    every line; the warnings then go on as the Python callback passes them on."""
+    if _c_print is None or log.isEnabledFor(logging.DEBUG):
+        return lib().bpf_object__load(obj)
+    first = _c_print.dc_libbpf_warnings()
+    lib().libbpf_set_print(_c_fn)
+    try:
+        return lib().bpf_object__load(obj)
+    finally:
+        lib().libbpf_set_print(_print_cb)
+        last = _c_print.dc_libbpf_warnings()
+        for n in range(max(first, last - 4), last):     # it keeps the last 4
+            text = _c_print.dc_libbpf_warning(n).decode(errors="replace").strip()
+            if text:
+                _warnings.append(text)
+                log.debug("%s", text)
 
 
 def _declare(lib):
@@ -359,7 +368,7 @@ class BpfObject:
     def load(self) -> None:
         ctypes.set_errno(0)
         last_warning()
-        if lib().bpf_object__load(self._obj) != 0:
+        if _load_object(self._obj) != 0:
             raise LibbpfError(f"the kernel refused to load BPF object {self.path}: "
                               f"{_errno_reason()} (run as root on a kernel with BTF; "
                               "details at debug level from the datacrumbs.libbpf logger)")

@@ -88,7 +88,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
-from . import dlhold, elfsyms, klayers, libbpf, scalars, startclock
+from . import dlhold, elfsyms, klayers, libbpf, parload, scalars, startclock
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -960,7 +960,9 @@ class Engine:
             obj.close()
             raise
         try:
-            obj.load()
+            # two halves verified at once when that pays (tracer/parload.py)
+            obj = parload.load(obj, needed, _ALL_PROGS,
+                               {p: libbpf.BPF_TRACE_UPROBE_MULTI for p in _MULTI_PROGS})
             self._loaded = needed
         except libbpf.LibbpfError as exc:
             obj.close()

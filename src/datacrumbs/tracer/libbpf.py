@@ -15,6 +15,7 @@ import errno as errno_mod
 import ctypes.util
 import logging
 import os
+import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t,
                     c_uint32, c_uint64, c_void_p)
 
@@ -105,17 +106,29 @@ def use_c_print(bpf_object) -> bool:
     return True
 
 
+_c_loads = 0                        # loads now printing in C (tracer/parload.py: several)
+_c_lock = threading.Lock()
+
+
 def _load_object(obj) -> int:
     """bpf_object__load, its printing in C (use_c_print) unless debug logging wants
-    every line; the warnings then go on as the Python callback passes them on."""
+    every line; the warnings then go on as the Python callback passes them on. Loads in
+    several threads at once keep the C printing until the last one ends."""
+    global _c_loads
     if _c_print is None or log.isEnabledFor(logging.DEBUG):
         return lib().bpf_object__load(obj)
     first = _c_print.dc_libbpf_warnings()
-    lib().libbpf_set_print(_c_fn)
+    with _c_lock:
+        _c_loads += 1
+        if _c_loads == 1:
+            lib().libbpf_set_print(_c_fn)
     try:
         return lib().bpf_object__load(obj)
     finally:
-        lib().libbpf_set_print(_print_cb)
+        with _c_lock:
+            _c_loads -= 1
+            if _c_loads == 0:
+                lib().libbpf_set_print(_print_cb)
         last = _c_print.dc_libbpf_warnings()
         for n in range(max(first, last - 4), last):     # it keeps the last 4
             text = _c_print.dc_libbpf_warning(n).decode(errors="replace").strip()

@@ -19,6 +19,7 @@ for its 8,723 functions; they are printed beside ours for reference (not the sam
 Runs as root; asserts nothing about time.
 
 usage: sudo .venv/bin/python bench/bench_ready.py [--repeat 3] [--counts 100,1000,10000]
+                                                  [--split auto|0|1] [--src DIR]
 """
 
 from __future__ import annotations
@@ -142,6 +143,10 @@ def main() -> int:
     parser.add_argument("--no-early", action="store_true",
                         help="do not give the daemon the probes file's digest (as the prolog "
                              "does), so it loads its BPF object only after its imports")
+    parser.add_argument("--split", choices=("auto", "0", "1"), default="auto",
+                        help="DATACRUMBS_SPLIT_LOAD for the daemon: verify the BPF programs "
+                             "in two halves at once never (0), always (1), or when the load "
+                             "average leaves a CPU to spare (auto, the default)")
     parser.add_argument("--src", type=Path,
                         help="run the daemon from this source tree (its src/ directory) "
                              "instead of the installed one: before/after on one machine")
@@ -162,6 +167,8 @@ def main() -> int:
         env = {"DATACRUMBS_CONFIG": str(conf), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
         if args.src:
             env["PYTHONPATH"] = str(args.src.resolve())
+        if args.split != "auto":
+            env["DATACRUMBS_SPLIT_LOAD"] = args.split
         print(f"datacrumbs time to ready by probe count (medians of {args.repeat}; 2 cores)")
         for n in counts:
             probes = probe_list(n, syscalls)

@@ -1173,3 +1173,41 @@ def test_an_early_engine_serves_only_the_document_verified(site, user1, bpf_obje
     with engine:
         report = engine.attach()
     assert len(report.attached) == len(doc["probes"]) and engine.load_stats[1] > 0
+
+
+def test_an_early_copy_that_fails_verification_leaves_nothing_loaded(site, user1, user2,
+                                                                       bpf_object, tracefs):
+    """The prolog's digest matches, so the BPF object is loaded (and its document decoded)
+    before verification; the document was signed for another user. The daemon still
+    verifies the decoded document and refuses it with the one-line reason, and once
+    run_daemon returns no BPF program or map of that early load is held, and there is no
+    ready file."""
+    import hashlib
+
+    from datacrumbs.errors import DatacrumbsError
+    from datacrumbs.tracer import preload
+    from datacrumbs.tracer.daemon import ready_path, run_daemon
+
+    def held() -> set[str]:
+        out = set()
+        for fd in os.listdir("/proc/self/fdinfo"):
+            try:
+                text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+            except OSError:
+                continue
+            out |= {line for line in text.splitlines() if line.startswith(("prog_id:", "map_id:"))}
+        return out
+
+    probes = sign_for(site, user1)
+    env = {"DATACRUMBS_PROBE_SHA256": hashlib.sha256(probes.read_bytes()).hexdigest()}
+    before = held()
+    preload.start(probes, "4254", user2.pw_name, env=env)
+    assert preload._pending is not None and preload._decoded is not None, "begun early"
+    with pytest.raises(DatacrumbsError) as refused:
+        run_daemon(probes, "4254", user2.pw_name, config=site, env=env)
+    message = str(refused.value)
+    assert f"signed for {user1.pw_name}" in message and f"not for {user2.pw_name}" in message
+    assert "\n" not in message.strip() and "Traceback" not in message
+    assert preload._pending is None and preload._decoded is None
+    assert held() == before, "the early load was closed"
+    assert not ready_path(site, "4254").exists()

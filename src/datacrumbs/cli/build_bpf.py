@@ -2,8 +2,9 @@
 
 Generates vmlinux.h from /sys/kernel/btf/vmlinux with bpftool and compiles
 the generic CO-RE programs with clang into the site's bpf_object path, and
-beside it the daemon's compiled trace line formatter (datacrumbs-lines.so) and the
-report's trace line scanner (datacrumbs-scan.so).
+beside it the daemon's compiled trace line formatter (datacrumbs-lines.so), the
+report's trace line scanner (datacrumbs-scan.so) and libbpf's print function
+(datacrumbs-libbpf-print.so).
 
 examples:
   datacrumbs build-bpf
@@ -17,7 +18,8 @@ from pathlib import Path
 from ..config import load_config
 from ..trace import fastscan
 from ..trace.fastlines import build_library, library_path
-from ..tracer.build import build_bpf_object
+from ..tracer.build import build_bpf_object, build_print_library
+from ..tracer.libbpf import print_library_path
 
 HELP = "compile the BPF object for this kernel (installer step)"
 
@@ -33,4 +35,5 @@ def main(args) -> int:
     print(f"built {path}")
     print(f"built {build_library(library_path(path))}")
     print(f"built {fastscan.build_library(fastscan.library_path(path))}")
+    print(f"built {build_print_library(print_library_path(path))}")
     return 0

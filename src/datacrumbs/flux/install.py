@@ -250,6 +250,10 @@ def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
     scan = fastscan.build_library(fastscan.library_path(dest))  # the report's line scanner
     inst.entries[scan] = ("f", _sha(scan.read_bytes()))
     inst.report.installed.append(scan)
+    from ..tracer.libbpf import print_library_path
+    printer = build.build_print_library(Path(print_library_path(dest)))   # libbpf's printing
+    inst.entries[printer] = ("f", _sha(printer.read_bytes()))
+    inst.report.installed.append(printer)
     if cfg.bpf_object != dest:
         inst.report.kept.append(f"note: bpf_object in the config is {cfg.bpf_object}, not {dest}")
 

@@ -95,6 +95,12 @@ def build_shared_library(source: Path, out: Path, what: str, cc: str | None = No
     return out
 
 
+def build_print_library(out: Path, cc: str | None = None) -> Path:
+    """Compile bpf/libbpf_print.c (libbpf's print function without Python) into ``out``."""
+    return build_shared_library(source_dir() / "libbpf_print.c", out, "libbpf print function",
+                                cc)
+
+
 def compile_into(out: Path, argv: list[str], what: str) -> None:
     """Run the compiler ``argv`` with ``-o`` a temporary file beside ``out``, then put it
     in place: a failed or interrupted build never leaves a half-written file to load."""

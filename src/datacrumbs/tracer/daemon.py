@@ -615,7 +615,11 @@ def load_probes(path: Path, user: str, *, config: SiteConfig, env) -> dict:
         if hashlib.sha256(data).hexdigest() != expected:
             raise ProbesFileError(path, "its SHA-256 is not the one the prolog verified "
                                   f"({PROBE_SHA256_ENV})", "rerun the job")
-    doc = decode_document(data, source=path, max_decompressed=config.max_probes_document_bytes)
+    from . import preload
+    doc = preload.decoded(expected) if expected is not None else None
+    if doc is None:
+        doc = decode_document(data, source=path,
+                              max_decompressed=config.max_probes_document_bytes)
     verify_document(doc, user, config=config, source=path)
     source = env.get(PROBE_SOURCE_ENV)
     if source:  # under the prolog: say whose file this copy is

@@ -88,7 +88,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
-from . import dlhold, elfsyms, klayers, libbpf, scalars, startclock
+from . import dlhold, elfsyms, klayers, libbpf, parload, rawtp, scalars, startclock
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -712,6 +712,7 @@ class Engine:
         self._sys_attached = False      # dc_sys_enter/exit attached (syscall or libaio probes)
         self._holds_refused: str | None = None  # why the dlopen hold programs did not load
         self._hold = None               # dlhold.DlopenHold: families' libraries at dlopen()
+        self._raw_batch = None          # rawtp.Batch: raw tracepoints attached in a thread
 
     # -- setup --
 
@@ -754,6 +755,8 @@ class Engine:
     def _attach(self) -> AttachReport:
         _raise_fd_limit(256 + 4 * len(self.probes))
         resolved = self._read_symbols_meanwhile()
+        # checked while the kernel may still verify the programs (start_load's thread)
+        specs = [self._spec_or_refusal(i, probe) for i, probe in enumerate(self.probes)]
         obj = self._obj = self._loaded_object()
         startclock.mark("bpf load")
         self._check_layout()
@@ -813,9 +816,14 @@ class Engine:
         has_kprobes = kernel_has_kprobes()
         specs_fd = obj.map_fd("probe_specs")
         uprobe_specs: list[tuple[bytes, bytes]] = []
+        batched = self._start_raw_tracepoints(specs, specs_fd)
         for i, probe in enumerate(self.probes):
             try:
-                kind, spec = self._spec(i, probe)
+                if isinstance(specs[i], _Refused):
+                    raise specs[i]
+                if i in batched:        # attached in a thread meanwhile
+                    continue
+                kind, spec = specs[i]
                 if kind == "syscall":
                     nr = spec[1]
                     if any(nr == s[1] for s in syscalls):
@@ -881,6 +889,7 @@ class Engine:
             self._attach_syscalls(syscalls, report)
         if async_found:
             self._attach_async(async_found, report)
+        self._take_raw_tracepoints(report)
         if block_issue_needed:
             try:
                 self._links.append(obj.attach("dc_block_issue"))
@@ -913,6 +922,47 @@ class Engine:
         startclock.mark("attach")
         return report
 
+    def _start_raw_tracepoints(self, specs: list, specs_fd: int) -> set[int]:
+        """Write the specs of the tracepoints that attach as raw tracepoints and begin
+        attaching them in a thread (tracer/rawtp.py); their probe indexes."""
+        if not self._raw_tp:
+            return set()
+        items = [(i, probe["target"].split(":")[1]) for i, probe in enumerate(self.probes)
+                 if not isinstance(specs[i], _Refused) and specs[i][0] == "tracepoint"
+                 and probe["target"] != BLOCK_COMPLETE and not klayers.wants_ktp(probe)
+                 and not _perf_tracepoint(probe)]
+        if not items:
+            return set()
+        libbpf.map_update_many(specs_fd, [(struct.pack("<I", i), specs[i][1][0])
+                                          for i, _name in items])
+        self._raw_batch = rawtp.Batch(self._obj.program_fd("dc_raw_tracepoint"), items)
+        return {i for i, _name in items}
+
+    def _take_raw_tracepoints(self, report: AttachReport) -> None:
+        """The links _start_raw_tracepoints began; a refused one goes the way _attach_one
+        takes (its perf event; after a refusal other than ENOENT, perf events only)."""
+        batch, self._raw_batch = self._raw_batch, None
+        if batch is None:
+            return
+        results = batch.results()
+        for i, got in results:
+            if isinstance(got, libbpf.FdLink):
+                self._links.append(got)
+                report.attached.append(self.probes[i])
+        for i, got in results:
+            if isinstance(got, libbpf.FdLink):
+                continue
+            probe = self.probes[i]
+            if got.errno != errno.ENOENT and self._raw_tp:
+                log.info("raw tracepoint %s refused (%s); perf events from here on",
+                         probe["target"], got)
+                self._raw_tp = False
+            try:
+                self._attach_one(i, probe, "tracepoint")
+                report.attached.append(probe)
+            except _Refused as exc:
+                report.refused.append((probe, str(exc)))
+
     def _read_symbols_meanwhile(self) -> dict[str, str | None]:
         """Resolve the uprobe libraries (returned: {library as given: path here}) and
         start reading their symbols in a thread: the kernel verifies the programs
@@ -935,6 +985,7 @@ class Engine:
         """Open, size and load the object. The uprobe_multi programs need the
         BPF_TRACE_UPROBE_MULTI attach type, which kernels before 6.6 refuse: then
         load again without them (uprobes go one by one)."""
+        libbpf.use_c_print(self.bpf_object)     # libbpf's ~4,000 debug lines without the GIL
         obj = BpfObject(self.bpf_object)
         try:
             # A map or program missing here means an object from another version:
@@ -959,7 +1010,9 @@ class Engine:
             obj.close()
             raise
         try:
-            obj.load()
+            # two halves verified at once when that pays (tracer/parload.py)
+            obj = parload.load(obj, needed, _ALL_PROGS,
+                               {p: libbpf.BPF_TRACE_UPROBE_MULTI for p in _MULTI_PROGS})
             self._loaded = needed
         except libbpf.LibbpfError as exc:
             obj.close()
@@ -1201,6 +1254,12 @@ class Engine:
                 libbpf.map_update(fd, struct.pack("<I", pid), state)
             except libbpf.LibbpfError as exc:
                 raise EngineError(f"cannot add process {pid} to the trace scope: {exc}") from None
+
+    def _spec_or_refusal(self, index: int, probe):
+        try:
+            return self._spec(index, probe)
+        except _Refused as exc:
+            return exc
 
     def _spec(self, index: int, probe) -> tuple[str, tuple]:
         """Validate one probe dict; return (kind, (packed spec, syscall nr, has path))."""
@@ -1946,6 +2005,9 @@ class Engine:
                 self._obj = self._loaded_object()
             except Exception:  # noqa: BLE001 - a refused load left nothing to close
                 pass
+        if self._raw_batch is not None:     # attach() failed before taking them
+            self._raw_batch.discard()
+            self._raw_batch = None
         _destroy_all(list(reversed(self._links)))
         self._links.clear()
         if self._epoll is not None:

@@ -15,6 +15,7 @@ import errno as errno_mod
 import ctypes.util
 import logging
 import os
+import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t,
                     c_uint32, c_uint64, c_void_p)
 
@@ -49,6 +50,9 @@ _warnings: collections.deque[str] = collections.deque(maxlen=4)
 _lib = None
 _libc = None
 _print_cb = None  # kept referenced for as long as libbpf may call it
+_c_print = None     # the loaded libbpf_print.c (use_c_print)
+_c_fn = None        # its print function, as libbpf_set_print takes it
+PRINT_LIBRARY_NAME = "datacrumbs-libbpf-print.so"
 
 
 def _on_print(level, fmt, args):
@@ -70,6 +74,67 @@ def last_warning() -> str:
     text = _warnings[-1] if _warnings else ""
     _warnings.clear()
     return text
+
+
+def print_library_path(bpf_object) -> str:
+    """Where `datacrumbs build-bpf` puts libbpf_print.c's library: beside the object."""
+    return os.path.join(os.path.dirname(os.fspath(bpf_object)), PRINT_LIBRARY_NAME)
+
+
+def use_c_print(bpf_object) -> bool:
+    """Have BpfObject.load() print through libbpf_print.c (beside ``bpf_object``), which
+    keeps the warnings without taking the GIL for each of the ~4,000 debug lines of a
+    load. False (the Python callback stays) when that library is missing or not safe to
+    load; never raises."""
+    global _c_print, _c_fn
+    if _c_print is not None:
+        return True
+    path = print_library_path(bpf_object)
+    try:
+        from ..trace.fastlines import _safe_to_load
+        if not os.path.isfile(path) or _safe_to_load(path) is not None:
+            return False
+        handle = ctypes.CDLL(path)
+        handle.dc_libbpf_warnings.restype = ctypes.c_uint
+        handle.dc_libbpf_warning.restype = c_char_p
+        handle.dc_libbpf_warning.argtypes = [ctypes.c_uint]
+        fn = ctypes.cast(handle.dc_libbpf_print, _PRINT_FN)
+    except (OSError, AttributeError) as exc:
+        log.debug("libbpf printing stays in Python: %s", exc)
+        return False
+    _c_print, _c_fn = handle, fn
+    return True
+
+
+_c_loads = 0                        # loads now printing in C (tracer/parload.py: several)
+_c_lock = threading.Lock()
+
+
+def _load_object(obj) -> int:
+    """bpf_object__load, its printing in C (use_c_print) unless debug logging wants
+    every line; the warnings then go on as the Python callback passes them on. Loads in
+    several threads at once keep the C printing until the last one ends."""
+    global _c_loads
+    if _c_print is None or log.isEnabledFor(logging.DEBUG):
+        return lib().bpf_object__load(obj)
+    first = _c_print.dc_libbpf_warnings()
+    with _c_lock:
+        _c_loads += 1
+        if _c_loads == 1:
+            lib().libbpf_set_print(_c_fn)
+    try:
+        return lib().bpf_object__load(obj)
+    finally:
+        with _c_lock:
+            _c_loads -= 1
+            if _c_loads == 0:
+                lib().libbpf_set_print(_print_cb)
+        last = _c_print.dc_libbpf_warnings()
+        for n in range(max(first, last - 4), last):     # it keeps the last 4
+            text = _c_print.dc_libbpf_warning(n).decode(errors="replace").strip()
+            if text:
+                _warnings.append(text)
+                log.debug("%s", text)
 
 
 def _declare(lib):
@@ -259,6 +324,29 @@ def raw_tracepoint_link(prog_fd: int, name: str, cookie: int) -> FdLink:
     return FdLink(fd)
 
 
+def raw_tracepoint_links(prog_fd: int, targets: list[tuple[str, int]]) -> list:
+    """``raw_tracepoint_link`` for each (name, cookie) of ``targets``: an FdLink or the
+    AttachFailed, in order. In one C call that holds no GIL (dc_raw_tp_open_many, beside
+    the print function) when that library is loaded, else one by one."""
+    fn = getattr(_c_print, "dc_raw_tp_open_many", None) if _c_print is not None else None
+    if fn is None or SYS_BPF is None:
+        out = []
+        for name, cookie in targets:
+            try:
+                out.append(raw_tracepoint_link(prog_fd, name, cookie))
+            except AttachFailed as exc:
+                out.append(exc)
+        return out
+    n = len(targets)
+    names = (c_char_p * n)(*[name.encode() for name, _cookie in targets])
+    cookies = (c_uint64 * n)(*[cookie for _name, cookie in targets])
+    fds = (c_int * n)()
+    fn.restype = c_int
+    fn.argtypes = [c_int, POINTER(c_char_p), POINTER(c_uint64), c_int, POINTER(c_int)]
+    fn(prog_fd, names, cookies, n, fds)
+    return [FdLink(fd) if fd >= 0 else AttachFailed(os.strerror(-fd), -fd) for fd in fds]
+
+
 class BpfObject:
     """An opened (then loaded) BPF object file and its maps and programs."""
 
@@ -316,7 +404,7 @@ class BpfObject:
     def load(self) -> None:
         ctypes.set_errno(0)
         last_warning()
-        if lib().bpf_object__load(self._obj) != 0:
+        if _load_object(self._obj) != 0:
             raise LibbpfError(f"the kernel refused to load BPF object {self.path}: "
                               f"{_errno_reason()} (run as root on a kernel with BTF; "
                               "details at debug level from the datacrumbs.libbpf logger)")

@@ -22,6 +22,7 @@ log = logging.getLogger("datacrumbs.daemon")
 
 PROBE_SHA256_ENV = "DATACRUMBS_PROBE_SHA256"    # as tracer/daemon.py (not imported: heavy)
 _pending: tuple | None = None        # (doc, scope, options, engine)
+_decoded: tuple | None = None        # (SHA-256 of the bytes, the document decoded from them)
 
 
 def capture_options(doc: dict) -> tuple[str, int, bool]:
@@ -41,7 +42,7 @@ def engine_options(doc: dict, config, uid: int) -> dict:
 def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
     """Begin loading the BPF object for this run, if the probes file is the prolog's
     verified copy. Never raises."""
-    global _pending
+    global _pending, _decoded
     discard()
     expected = env.get(PROBE_SHA256_ENV)
     if not expected:
@@ -61,6 +62,7 @@ def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
             return
         doc = decode_document(data, source=probes_path,
                               max_decompressed=config.max_probes_document_bytes)
+        _decoded = (expected, doc)
         account = lookup_user(user)
         scope = scope_from_env(account.uid, env, run_id)
         options = engine_options(doc, config, account.uid)
@@ -69,6 +71,15 @@ def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
         _pending = (doc, scope, options, engine)
     except Exception as exc:  # noqa: BLE001 - the daemon finds it again and says so
         log.debug("BPF object not loaded early: %s", exc)
+
+
+def decoded(digest: str) -> dict | None:
+    """The document ``start`` decoded from the bytes of this SHA-256, once, else None: the
+    daemon checks the same digest of the bytes it reads, and the same bytes decode to the
+    same document (10,000 probes: 65 ms not spent twice). It still verifies it."""
+    global _decoded
+    got, _decoded = _decoded, None
+    return got[1] if got is not None and got[0] == digest else None
 
 
 def take(doc: dict, scope, options: dict):
@@ -87,7 +98,8 @@ def take(doc: dict, scope, options: dict):
 
 def discard() -> None:
     """Close an engine begun by ``start`` that nobody took."""
-    global _pending
+    global _pending, _decoded
     pending, _pending = _pending, None
+    _decoded = None
     if pending is not None:
         pending[3].close()

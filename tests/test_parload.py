@@ -1,0 +1,152 @@
+"""Two halves of the BPF programs verified at once (tracer/parload.py): every program,
+whichever object loaded it, uses the first object's very maps; a half the kernel refuses
+leaves nothing loaded and the engine's usual error; a session with syscalls and uprobes
+loads that way and its events of both kinds arrive through the one ring."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from datacrumbs.tracer import libbpf, parload
+from datacrumbs.tracer.engine import _ALL_PROGS, _MULTI_PROGS, Engine
+from datacrumbs.tracer.scope import Scope
+
+from fixtures.tracing import collect, stdio_sizes
+from test_engine import FWRITE, WRITE
+
+pytestmark = pytest.mark.ebpf
+
+# what a file of syscalls, raw tracepoints (block completion among them) and uprobes loads
+NEEDED = ["dc_fork", "dc_exec", "dc_exit", "dc_sys_enter", "dc_sys_exit", "dc_raw_tracepoint",
+          "dc_uprobe_multi", "dc_uretprobe_multi", "dc_block_issue", "dc_block_complete"]
+MULTI = {p: libbpf.BPF_TRACE_UPROBE_MULTI for p in _MULTI_PROGS}
+
+
+def configured(bpf_object) -> libbpf.BpfObject:
+    obj = libbpf.BpfObject(bpf_object)
+    for prog in _ALL_PROGS:
+        if prog not in NEEDED:
+            obj.set_autoload(prog, False)
+        elif prog in MULTI:
+            obj.set_expected_attach_type(prog, MULTI[prog])
+    return obj
+
+
+def map_names(obj: libbpf.BpfObject) -> list[str]:
+    names, ptr = [], libbpf.lib().bpf_object__next_map(obj._obj, None)
+    while ptr:
+        names.append(libbpf.lib().bpf_map__name(ptr).decode())
+        ptr = libbpf.lib().bpf_object__next_map(obj._obj, ptr)
+    return names
+
+
+def map_ids(obj, names) -> set[int]:
+    out = set()
+    for name in names:
+        with open(f"/proc/self/fdinfo/{obj.map_fd(name)}") as f:
+            out |= {int(line.split()[1]) for line in f if line.startswith("map_id:")}
+    return out
+
+
+def held_bpf_fds() -> dict[str, set[int]]:
+    """{"prog_id"/"map_id": ids} of the BPF programs and maps this process holds open."""
+    held: dict[str, set[int]] = {"prog_id": set(), "map_id": set()}
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in held:
+                held[key].add(int(value))
+    return held
+
+
+def prog_info(fd: int) -> dict:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        prog_id = next(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
+    out = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.fixture(autouse=True)
+def split_whenever_it_pays(monkeypatch):
+    """Split even when other tests load the machine (the daemon asks for spare CPUs)."""
+    monkeypatch.setenv(parload.SPLIT_ENV, "1")
+
+
+def test_both_halves_use_the_first_objects_maps(bpf_object, tracefs):
+    first, *halves = parload.plan(NEEDED)
+    assert first == "dc_fork" and all(halves), "the plan splits this set in two"
+    assert "dc_sys_exit" in halves[0] and "dc_uretprobe_multi" in halves[1], \
+        "the two long verifications go to different halves"
+    before = held_bpf_fds()         # another test's engine may still be open
+    obj = parload.load(configured(bpf_object), NEEDED, _ALL_PROGS, MULTI)
+    try:
+        assert isinstance(obj, parload.SplitObject) and len(obj.others) == 2
+        assert len({id(obj._of(prog)) for prog in NEEDED}) == 3, "three objects loaded them"
+        # the maps this process holds are the first object's: the other two made none
+        names = map_names(obj.first)
+        made = map_ids(obj, names)
+        assert len(names) > 30 and len(made) == len(names)
+        assert held_bpf_fds()["map_id"] - before["map_id"] == made
+        events = next(iter(map_ids(obj, ["events"])))
+        for prog in NEEDED:
+            info = prog_info(obj.program_fd(prog))
+            assert info["name"] == prog      # bpftool names it from BTF
+            assert set(info.get("map_ids", [])) <= made, f"{prog} uses a map of its own"
+        for prog in ("dc_sys_exit", "dc_uretprobe_multi", "dc_raw_tracepoint"):
+            assert events in prog_info(obj.program_fd(prog))["map_ids"], \
+                f"{prog} sends through the first object's ring"
+    finally:
+        obj.close()
+    assert held_bpf_fds() == before, "close frees everything"
+
+
+@pytest.mark.parametrize("half", [0, 1], ids=["in-the-callers-thread", "in-the-second-thread"])
+def test_a_refused_half_leaves_nothing_loaded(bpf_object, tracefs, half):
+    """A program of one half made unloadable (a BTF tracepoint program given the uprobe_multi
+    attach type, which the kernel refuses): the load raises the usual refusal and once the
+    caller closes its object (as the engine does) no BPF program or map is held."""
+    before = held_bpf_fds()
+    _first, *halves = parload.plan(NEEDED)
+    bad = next(p for p in halves[half] if p in ("dc_sys_enter", "dc_block_issue",
+                                                "dc_block_complete"))
+    obj = configured(bpf_object)
+    with pytest.raises(libbpf.LibbpfError, match="the kernel refused to load BPF object"):
+        parload.load(obj, NEEDED, _ALL_PROGS, dict(MULTI, **{bad: libbpf.BPF_TRACE_UPROBE_MULTI}))
+    obj.close()
+    assert held_bpf_fds() == before
+
+
+def test_a_session_of_syscalls_and_uprobes_loads_in_halves(bpf_object, tracefs, engine_io,
+                                                           workloads, tmp_path):
+    """The engine's own load splits for syscalls + uprobes, and the events of programs of
+    both halves come through the first object's ring, exact."""
+    n = 40
+    child = workloads([engine_io, "stdio", tmp_path / "stdio.bin", n])
+    with Engine([WRITE, FWRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        assert len(report.attached) == 2, report.refused
+        assert isinstance(eng._obj, parload.SplitObject)
+        assert eng._obj._of("dc_sys_exit") is not eng._obj._of("dc_uretprobe_multi")
+        child.go()
+        events, _paths = collect(eng, [child])
+    fwrites = events[events["probe"] == 1]
+    assert fwrites["bytes"].tolist() == stdio_sizes(n)
+    writes = events[events["probe"] == 0]
+    assert writes["bytes"].sum() == sum(stdio_sizes(n)), "stdio's buffered writes, every byte"
+
+
+def test_one_load_when_splitting_does_not_pay(monkeypatch):
+    # a syscall-only file: dc_sys_exit against 35 ms of small programs
+    assert parload.plan(["dc_fork", "dc_exec", "dc_exit", "dc_sys_enter", "dc_sys_exit"]) is None
+    monkeypatch.setenv(parload.SPLIT_ENV, "0")
+    assert parload.plan(NEEDED) is None

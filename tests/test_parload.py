@@ -36,14 +36,6 @@ def configured(bpf_object) -> libbpf.BpfObject:
     return obj
 
 
-def map_names(obj: libbpf.BpfObject) -> list[str]:
-    names, ptr = [], libbpf.lib().bpf_object__next_map(obj._obj, None)
-    while ptr:
-        names.append(libbpf.lib().bpf_map__name(ptr).decode())
-        ptr = libbpf.lib().bpf_object__next_map(obj._obj, ptr)
-    return names
-
-
 def map_ids(obj, names) -> set[int]:
     out = set()
     for name in names:
@@ -93,7 +85,7 @@ def test_both_halves_use_the_first_objects_maps(bpf_object, tracefs):
         assert isinstance(obj, parload.SplitObject) and len(obj.others) == 2
         assert len({id(obj._of(prog)) for prog in NEEDED}) == 3, "three objects loaded them"
         # the maps this process holds are the first object's: the other two made none
-        names = map_names(obj.first)
+        names = obj.first.map_names()
         made = map_ids(obj, names)
         assert len(names) > 30 and len(made) == len(names)
         assert held_bpf_fds()["map_id"] - before["map_id"] == made
@@ -150,3 +142,37 @@ def test_one_load_when_splitting_does_not_pay(monkeypatch):
     assert parload.plan(["dc_fork", "dc_exec", "dc_exit", "dc_sys_enter", "dc_sys_exit"]) is None
     monkeypatch.setenv(parload.SPLIT_ENV, "0")
     assert parload.plan(NEEDED) is None
+
+
+GLOBALS_SRC = r"""
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+const volatile __u32 wanted = 7;    /* .rodata: libbpf fills and freezes it in its creator */
+__u64 seen;                          /* .bss */
+SEC("raw_tracepoint/sys_enter") int a(void *ctx) { if (wanted == 7) seen++; return 0; }
+SEC("raw_tracepoint/sys_exit") int b(void *ctx) { seen += wanted; return 0; }
+SEC("raw_tracepoint/sched_process_fork") int c(void *ctx) { seen--; return 0; }
+"""
+
+
+def test_an_object_with_global_variables_is_never_split(tmp_path, monkeypatch):
+    """Internal maps (.rodata, .bss) are filled by libbpf only in the object that creates
+    them: an object that has any loads whole, however the plan would split it."""
+    src = tmp_path / "globals.bpf.c"
+    src.write_text(GLOBALS_SRC)
+    out = tmp_path / "globals.bpf.o"
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf",
+                    "-I/usr/include/x86_64-linux-gnu", "-c", str(src),
+                    "-o", str(out)], check=True, capture_output=True)
+    monkeypatch.setattr(parload, "VERIFY_MS", {"a": 100, "b": 100, "c": 1})
+    monkeypatch.setattr(parload, "MIN_HALF_MS", 1)
+    assert parload.plan(["a", "b", "c"]) is not None, "the plan alone would split"
+    obj = libbpf.BpfObject(str(out))
+    try:
+        assert any("." in name for name in obj.map_names()), obj.map_names()
+        loaded = parload.load(obj, ["a", "b", "c"], ["a", "b", "c"], {})
+        assert loaded is obj, "split although the object has internal maps"
+        assert obj.program_fd("a") >= 0 and obj.program_fd("b") >= 0
+    finally:
+        obj.close()

@@ -387,6 +387,15 @@ class BpfObject:
         if lib().bpf_program__set_expected_attach_type(self.program(prog), attach_type) != 0:
             raise _fail(f"cannot set the attach type of BPF program {prog}")
 
+    def map_names(self) -> list[str]:
+        """Every map of the object, libbpf's internal ones (``<obj>.rodata``, ``.bss``,
+        ``.data``, ``.kconfig``: names with a dot) included."""
+        names, ptr = [], lib().bpf_object__next_map(self._obj, None)
+        while ptr:
+            names.append(lib().bpf_map__name(ptr).decode())
+            ptr = lib().bpf_object__next_map(self._obj, ptr)
+        return names
+
     def reuse_maps(self, other: "BpfObject") -> None:
         """Before load: each map of this object is ``other``'s map of that name (a loaded
         object of the same file), so programs loaded here later share its maps."""

@@ -119,7 +119,10 @@ def load(obj: BpfObject, needed, all_progs, attach_types: dict[str, int]):
     program of its file, ``attach_types``: the expected attach type of some) and return it,
     or, when two verifications at once pay, a SplitObject of it and two more objects.
     Raises the refusing load's LibbpfError; ``obj`` is then the caller's to close."""
-    split = plan(needed)
+    # libbpf fills and freezes an internal map (global variables, .rodata) only in the
+    # object that creates it; a reused one would leave the other objects' programs
+    # verified against contents nobody checked: such an object is never split
+    split = None if any("." in name for name in obj.map_names()) else plan(needed)
     if split is None:
         obj.load()
         return obj

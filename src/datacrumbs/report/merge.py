@@ -192,6 +192,8 @@ def iter_units(traces: list[Path], jobs: int, pre: Aggregate,
         try:
             with open_trace(trace) as f:
                 for info, _ in iter_members(f, tail=tail, max_member_bytes=1 << 62):
+                    if info is None:    # lines of a damaged last member: its worker keeps them
+                        continue
                     found += 1
                     start = info.offset if start is None else start
                     end = info.offset + info.length
@@ -201,13 +203,16 @@ def iter_units(traces: list[Path], jobs: int, pre: Aggregate,
         except TraceReadError as exc:
             pre.add_unreadable(path, str(exc))
             continue
-        if start is not None:
-            yield Unit(path, start, end, end - start)
         if not found:
             yield Unit(path, 0, None, size)    # the worker reports what is wrong with it
             continue
-        pre.source(path).stats = ReadStats(path, torn_tail=tail.torn, tail_error=tail.error,
-                                           dropped_bytes=tail.dropped_bytes)
+        if tail.error:      # the last unit reads the damage too, as one reader of the file would
+            start = end if start is None else start
+            yield Unit(path, start, None, size - start)
+            continue
+        if start is not None:
+            yield Unit(path, start, end, end - start)
+        pre.source(path).stats = ReadStats(path)
 
 
 def plan_units(traces: list[Path], jobs: int, pre: Aggregate) -> list[Unit]:

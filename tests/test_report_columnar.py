@@ -508,3 +508,13 @@ def test_without_a_usable_scanner_the_report_is_pyarrows(tmp_path, monkeypatch, 
         assert_same(summarize([trace], jobs=1), want)
     assert "ABI 999" in caplog.text and not [r for r in caplog.records
                                              if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("block", [
+    b"", b"\n", b"[", b"[\n", b"]", b"]\n", b"[\n]\n", b"[\n{\"a\":1}\n", b"{\"a\":1}\n]\n",
+    b"  \t[\r\n{\"a\":1}\n{\"b\":2}\r\n]\n\n", b"[{\"a\":1}]", b"{\"a\":[1]}\n", b"\x0b{}\x0c",
+    b"[\n]", b"x]\n", b"[x\n", b"\n\n{\"id\":1}\n\n"])
+def test_body_bounds_is_block_body_without_the_copy(block):
+    from datacrumbs.trace.reader import block_body
+    start, end, closed = columnar.body_bounds(block)
+    assert (block[start:end], closed) == block_body(block)

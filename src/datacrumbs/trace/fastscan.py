@@ -88,25 +88,30 @@ class Scanner:
         self.path = path
         self._fn = lib.dc_scan
         self._fn.restype = ctypes.c_int64
-        self._fn.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(_Out)]
+        self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(_Out)]
         self._double = lib.dc_scan_double
         self._double.restype = ctypes.c_int
         self._double.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_double)]
         self.blocks = 0             # blocks read here (tests: the scanner did run)
         self.declined = 0
+        self._scratch: dict = {}    # the arrays only _block reads, reused block after block
 
     def number(self, token: bytes) -> float | None:
         """The float scan.c makes of one JSON number (None: it would decline it)."""
         out = ctypes.c_double()
         return out.value if self._double(token, len(token), ctypes.byref(out)) else None
 
-    def scan(self, body: bytes) -> Block | None:
-        """Rows of a block of whole lines (no ``[``/``]`` lines, no trailing newline)."""
+    def scan(self, body: bytes, start: int = 0, end: int | None = None) -> Block | None:
+        """Rows of a block of whole lines (no ``[``/``]`` lines, no trailing newline):
+        ``body[start:end]``, read in place (a slice would copy megabytes a block)."""
+        end = len(body) if end is None else end
+        size = end - start
+        addr = ctypes.cast(ctypes.c_char_p(body), ctypes.c_void_p).value + start
         # our lines are 150 to 300 bytes; a block of shorter ones is scanned again
-        for cap in (len(body) // 96 + 64, len(body) // 10 + 2):
+        for cap in (size // 96 + 64, size // 10 + 2):
             arrays = self._arrays(cap)
             out = _Out(cap, *(a.ctypes.data for a in arrays))
-            n = self._fn(body, len(body), ctypes.byref(out))
+            n = self._fn(addr, size, ctypes.byref(out))
             if n != -2:
                 break
         if n < 0:
@@ -116,26 +121,39 @@ class Scanner:
                           "parsing the block with pyarrow", out.fail_at)
             return None
         self.blocks += 1
-        return _block(body, n, out, dict(zip(_ARRAYS, arrays)))
+        return _block(body, n, out, dict(zip(_ARRAYS, arrays)), start)
 
-    @staticmethod
-    def _arrays(cap: int) -> list:
+    def _arrays(self, cap: int) -> list:
         ns, ni = len(STRINGS), len(INTS)
         shapes = {"flt": ((len(FLOATS), cap), np.float64), "ival": ((ni, cap), np.int64),
                   "iok": ((ni, cap), np.uint8), "code": ((ns, cap), np.int32),
                   "soff": ((ns, cap), np.int64), "slen": ((ns, cap), np.int64)}
-        return [np.empty(*shapes.get(a, ((cap,), np.int64 if a in ("moff", "mlen")
-                                         else np.int32))) for a in _ARRAYS]
+        out = []
+        for a in _ARRAYS:
+            shape, dtype = shapes.get(a, ((cap,), np.int64 if a in ("moff", "mlen")
+                                          else np.int32))
+            if a in _SCRATCH:   # fresh megabytes each block would be fresh pages (faults)
+                have = self._scratch.get(a)
+                if have is None or have.size < np.prod(shape):
+                    have = self._scratch[a] = np.empty(int(np.prod(shape)), dtype)
+                out.append(have[:int(np.prod(shape))].reshape(shape))
+            else:
+                out.append(np.empty(shape, dtype))
+        return out
 
 
-def _block(body: bytes, n: int, out: _Out, a: dict) -> Block:
+#: Arrays _block reads and drops (the others are kept by the Block it returns).
+_SCRATCH = ("soff", "slen", "opcat", "opname", "fcol", "fcode", "moff", "mlen")
+
+
+def _block(body: bytes, n: int, out: _Out, a: dict, base: int = 0) -> Block:
     b = Block()
     b.n, b.nrec = n, out.nrec
     b.flt, b.ival = a["flt"][:, :n], a["ival"][:, :n]
     b.iok, b.code = a["iok"][:, :n].view(bool), a["code"][:, :n]
     soff, slen = a["soff"], a["slen"]
     b.strings = [[body[o:o + ln].decode("utf-8") for o, ln in
-                  zip(soff[c, :out.nstr[c]].tolist(), slen[c, :out.nstr[c]].tolist())]
+                  zip((soff[c, :out.nstr[c]] + base).tolist(), slen[c, :out.nstr[c]].tolist())]
                  for c in range(len(STRINGS))]
     names, cats = b.strings[_S["name"]], b.strings[_S["cat"]]
     b.op = a["op"][:n]
@@ -145,7 +163,7 @@ def _block(body: bytes, n: int, out: _Out, a: dict) -> Block:
     b.fil = a["fil"][:n]
     b.file_keys = [hashes[c] if col == _S["fhash"] else "\0" + fnames[c] for col, c in
                    zip(a["fcol"][:out.nfil].tolist(), a["fcode"][:out.nfil].tolist())]
-    b.meta_lines = [body[o:o + ln] for o, ln in zip(a["moff"][:out.nmeta].tolist(),
+    b.meta_lines = [body[o:o + ln] for o, ln in zip((a["moff"][:out.nmeta] + base).tolist(),
                                                     a["mlen"][:out.nmeta].tolist())]
     return b
 

@@ -254,7 +254,7 @@ def main() -> int:
                   f"= {n / max(cpu, 1e-9) * jobs:,.0f} events/s on {jobs} cores' worth "
                   f"({cpu / max(n, 1) * 1e9:,.0f} ns/event); load {os.getloadavg()[0]:.1f}")
             if name == "local":
-                print(f"  member index: {merge.INDEX_COUNTS}")
+                print(f"  member index: {getattr(merge, 'INDEX_COUNTS', '(none in this version)')}")
             if n != events:
                 print(f"  MISMATCH: summary counted {n:,} events, expected {events:,}")
         if args.dftracer:

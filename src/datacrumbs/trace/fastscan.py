@@ -94,7 +94,6 @@ class Scanner:
         self._double.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_double)]
         self.blocks = 0             # blocks read here (tests: the scanner did run)
         self.declined = 0
-        self._scratch: dict = {}    # the arrays only _block reads, reused block after block
 
     def number(self, token: bytes) -> float | None:
         """The float scan.c makes of one JSON number (None: it would decline it)."""
@@ -123,27 +122,14 @@ class Scanner:
         self.blocks += 1
         return _block(body, n, out, dict(zip(_ARRAYS, arrays)), start)
 
-    def _arrays(self, cap: int) -> list:
+    @staticmethod
+    def _arrays(cap: int) -> list:
         ns, ni = len(STRINGS), len(INTS)
         shapes = {"flt": ((len(FLOATS), cap), np.float64), "ival": ((ni, cap), np.int64),
                   "iok": ((ni, cap), np.uint8), "code": ((ns, cap), np.int32),
                   "soff": ((ns, cap), np.int64), "slen": ((ns, cap), np.int64)}
-        out = []
-        for a in _ARRAYS:
-            shape, dtype = shapes.get(a, ((cap,), np.int64 if a in ("moff", "mlen")
-                                          else np.int32))
-            if a in _SCRATCH:   # fresh megabytes each block would be fresh pages (faults)
-                have = self._scratch.get(a)
-                if have is None or have.size < np.prod(shape):
-                    have = self._scratch[a] = np.empty(int(np.prod(shape)), dtype)
-                out.append(have[:int(np.prod(shape))].reshape(shape))
-            else:
-                out.append(np.empty(shape, dtype))
-        return out
-
-
-#: Arrays _block reads and drops (the others are kept by the Block it returns).
-_SCRATCH = ("soff", "slen", "opcat", "opname", "fcol", "fcode", "moff", "mlen")
+        return [np.empty(*shapes.get(a, ((cap,), np.int64 if a in ("moff", "mlen")
+                                         else np.int32))) for a in _ARRAYS]
 
 
 def _block(body: bytes, n: int, out: _Out, a: dict, base: int = 0) -> Block:

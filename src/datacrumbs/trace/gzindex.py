@@ -50,13 +50,21 @@ class Entry:
     trailer: bytes      # its last 8 bytes: CRC32 and ISIZE
 
 
-def index_members(entries: list[Entry], at: int) -> bytes:
-    """The index members for ``entries``, to be written at file offset ``at``."""
+def pack(offset: int, events: int, trailer: bytes) -> bytes:
+    """One entry as the index stores it (a long-running writer keeps 20 bytes a member)."""
+    return _ENTRY.pack(offset, events, trailer)
+
+
+def index_members(entries: list[Entry] | bytes, at: int) -> bytes:
+    """The index members for ``entries`` (or the bytes of their :func:`pack`, in order), to be
+    written at file offset ``at``."""
+    if not isinstance(entries, (bytes, bytearray)):
+        entries = b"".join(pack(e.offset, e.events, e.trailer) for e in entries)
     out = bytearray()
     prev = NONE
-    for first in range(0, max(len(entries), 1), PER_MEMBER):
-        data = _HEAD.pack(VERSION, prev) + b"".join(
-            _ENTRY.pack(e.offset, e.events, e.trailer) for e in entries[first:first + PER_MEMBER])
+    step = PER_MEMBER * _ENTRY.size
+    for first in range(0, max(len(entries), 1), step):
+        data = _HEAD.pack(VERSION, prev) + bytes(entries[first:first + step])
         extra = SUBFIELD + struct.pack("<H", len(data)) + data
         prev = at + len(out)
         out += (b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff" + struct.pack("<H", len(extra)) +

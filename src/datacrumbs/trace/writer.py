@@ -282,7 +282,7 @@ class TraceWriter:
         self.capped_at: float | None = None
         self.max_bytes: int | None = None   # the header member is never held back
         self._spans: list[tuple[int, int]] = []  # event lines in _lines: [start, end)
-        self._members: list[gzindex.Entry] = []   # what the index at a clean close lists
+        self._members = bytearray()     # what the index at a clean close lists (gzindex.pack)
         self._complete = False
         self._next_id = 1
         self._lines: list[str] = []
@@ -735,7 +735,7 @@ class TraceWriter:
         at = self.bytes_written
         if self._write_all(data):
             self.events_written += pending
-            self._members.append(gzindex.Entry(at, pending, bytes(data[-8:])))
+            self._members += gzindex.pack(at, pending, bytes(data[-8:]))
         else:
             self.events_dropped += pending
 

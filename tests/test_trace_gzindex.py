@@ -21,6 +21,7 @@ from datacrumbs.trace.writer import OPS_DTYPE, TraceWriter
 BIN = Path(sys.executable).parent
 EVENTS = 60_000
 MEMBER = 2_000          # events per member: 30 members and more, several units per worker
+WRITERS: list = []      # the writers _write closed (their state after close)
 
 
 def _write(path: Path, events: int = EVENTS, seed: int = 0) -> Path:
@@ -44,6 +45,7 @@ def _write(path: Path, events: int = EVENTS, seed: int = 0) -> Path:
         ops["offset"] = -1
         w.write_ops(ops, [f"/data/f{i}" for i in rng.integers(0, 5, n)])
     w.close()
+    WRITERS.append(w)
     return path
 
 
@@ -246,3 +248,31 @@ def test_long_trace_index_spans_several_members(tmp_path, cut, monkeypatch):
     ref = _reference([trace])
     assert merge.summarize([trace], jobs=2) == ref
     assert merge.INDEX_COUNTS == {"used": 1, "refused": 0, "lied": 0}
+
+
+def test_an_index_that_does_not_fit_leaves_a_complete_trace(tmp_path):
+    """The index is a hint: a disk that fills up while writing it (here RLIMIT_FSIZE, in a
+    child) leaves the trace complete and ending at "]", read by inflating as before."""
+    whole = _write(tmp_path / "whole.pfw.gz", 5_000)
+    limit = _index_start(whole) + 10
+    code = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from pathlib import Path
+import test_trace_gzindex as t
+t._write(Path({str(tmp_path / "short.pfw.gz")!r}), 5_000)
+w = t.WRITERS[-1]
+print(w.complete, w.error, w.events_written)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                         capture_output=True, text=True).stdout
+    assert out.split() == ["True", "None", "5000"]
+    short = tmp_path / "short.pfw.gz"
+    assert short.stat().st_size == _index_start(whole)
+    assert short.read_bytes() == whole.read_bytes()[:_index_start(whole)]
+    with open(short, "rb") as f:
+        assert gzindex.read_index(f) is None
+    r = TraceReader(short)
+    assert len([e for e in r.events() if e.get("ph") == "X"]) == 5_000 and r.stats.closed

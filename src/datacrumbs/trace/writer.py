@@ -775,6 +775,24 @@ class TraceWriter:
         self.bytes_written += len(data)
         return True
 
+    def _write_index(self) -> None:
+        """The member index after "]" (trace/gzindex.py: the report cuts the trace there
+        without inflating it). A hint only: if it cannot be written (disk full) the file is
+        cut back to "]", still complete, and readers find the members by inflating."""
+        data = memoryview(gzindex.index_members(self._members, self.bytes_written))
+        try:
+            while data:
+                done = os.write(self._fd, data)
+                if done <= 0:
+                    raise OSError(errno_mod.EIO, "write returned 0")
+                data = data[done:]
+        except OSError as exc:
+            log.debug("trace %s: member index not written (%s)", self.path, exc)
+            try:
+                os.ftruncate(self._fd, self.bytes_written)
+            except OSError:
+                pass
+
     def _fail(self, exc: OSError) -> None:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         self.error = f"{self.path}: {reason}"
@@ -800,8 +818,8 @@ class TraceWriter:
             if self.capped_at is None:  # a capped trace got its "]" at the cap
                 self._lines.append("]")
                 self.flush()
-                if self.error is None:  # readers cut the trace at its members without inflating
-                    self._write_all(gzindex.index_members(self._members, self.bytes_written))
+                if self.error is None:
+                    self._write_index()
             self._complete = self.error is None
             try:
                 os.fsync(self._fd)

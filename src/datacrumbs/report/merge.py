@@ -250,6 +250,12 @@ def _summarize_indexed(unit: Unit) -> tuple[Aggregate, bool]:
     return agg, clean and not agg.unreadable
 
 
+def summarize_checked(unit: Unit) -> tuple[Aggregate, bool]:
+    """A unit's partial, and False when it was cut by an index the worker found false
+    (the caller starts again without the index): for schedulers that take one function."""
+    return _summarize_indexed(unit) if unit.indexed else (summarize_unit(unit), True)
+
+
 def add_run_summaries(traces: list[Path], agg: Aggregate) -> None:
     for trace in traces:
         sp = summary_path(trace)

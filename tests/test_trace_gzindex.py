@@ -102,6 +102,9 @@ def test_other_readers_read_the_same_text(trace, tmp_path):
     zcat = subprocess.run(["zcat", str(trace)], capture_output=True, check=True).stdout
     assert zcat == subprocess.run(["zcat", str(plain)], capture_output=True, check=True).stdout
     assert gzip.decompress(trace.read_bytes()) == zcat
+    import pyarrow as pa
+    with pa.input_stream(str(trace), compression="gzip") as f:
+        assert f.read() == zcat
     assert zcat.startswith(b"[\n") and zcat.endswith(b"]\n")
     ours, bare = TraceReader(trace), TraceReader(plain)
     assert ours.read_all() == bare.read_all()

@@ -11,6 +11,8 @@ all cores and prints events/s and the peak RSS of the whole process tree
     .venv/bin/python bench/bench_report.py --dftracer       # beside DFTracer's dftracer_stats
     .venv/bin/python bench/bench_report.py --bpf-object build/bpf/datacrumbs.bpf.o
                                             # with the line scanner built beside that object
+    .venv/bin/python bench/bench_report.py --files 1 --no-index
+                                            # one trace, cut by inflating it first
 
 With --dftracer, DFTracer's own `dftracer_stats` (from dftracer-utils) reads the same files
 in the same run: once cold (it builds its gzip index, which decompresses everything) and
@@ -200,6 +202,8 @@ def main() -> int:
     ap.add_argument("--bpf-object", type=Path,
                     help="a site config whose bpf_object is this (the report's compiled line "
                          "scanner is looked up beside it; default: the site's own config)")
+    ap.add_argument("--no-index", action="store_true",
+                    help="cut traces by inflating them first, as before the writer's member index")
     args = ap.parse_args()
     if args.bpf_object:     # the workers read it too (through the environment)
         cfg = Path(tempfile.mkdtemp(prefix="bench-report-cfg-")) / "datacrumbs.toml"
@@ -226,6 +230,8 @@ def main() -> int:
 
         scan = columnar.scanner()
         print(f"parser: {f'compiled line scanner {scan.path}' if scan else 'pyarrow (no line scanner)'}")
+        from datacrumbs.report import merge
+        merge.USE_INDEX = not args.no_index
         jobs = args.jobs or default_jobs()
         runs = [("local", lambda: summarize_paths(paths, jobs=jobs))]
         if args.dask:
@@ -247,6 +253,8 @@ def main() -> int:
                   f"worker(s); peak RSS of the process tree {peak / 1024:.0f} MiB; CPU {cpu:.2f} s "
                   f"= {n / max(cpu, 1e-9) * jobs:,.0f} events/s on {jobs} cores' worth "
                   f"({cpu / max(n, 1) * 1e9:,.0f} ns/event); load {os.getloadavg()[0]:.1f}")
+            if name == "local":
+                print(f"  member index: {getattr(merge, 'INDEX_COUNTS', '(none in this version)')}")
             if n != events:
                 print(f"  MISMATCH: summary counted {n:,} events, expected {events:,}")
         if args.dftracer:

@@ -320,6 +320,11 @@ AWKWARD = {
     "control character": b'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5,"dur":1,"ph":"X","args":{"fname":"/a\x01","size":3}}',
     "a bad metadata line": rb'{"name":"FH","ph":"M","args":{"name":"/x","value":"abc"',
     "an array line": b"[1, 2]",
+    # the writer's own key order (scan.c matches those keys as literals first)
+    "duplicate of a writer-order key": rb'{"id":1,"name":"write","name":"read","cat":"POSIX","pid":100,"tid":100,"ts":5.000,"dur":1.000,"ph":"X","args":{"hhash":"a05d58b42f09dc65","size":3}}',
+    "duplicate writer-order arg": rb'{"id":1,"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5.000,"dur":1.000,"ph":"X","args":{"hhash":"a05d58b42f09dc65","fhash":"6a8af0f9242f84a3","fd":3,"count":4,"size":4,"ret":4,"hhash":"b05d58b42f09dc65"}}',
+    "writer order, ph Y": rb'{"id":1,"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":5.000,"dur":1.000,"ph":"Y","args":{"size":3}}',
+    "writer order, escaped key": rb'{"id":1,"na\u006de":"write","cat":"POSIX","pid":100,"tid":100,"ts":5.000,"dur":1.000,"ph":"X","args":{"size":3}}',
 }
 
 #: Unusual lines the scanner reads itself, as json.loads would.
@@ -328,6 +333,11 @@ UNUSUAL = [
     b'{"name":"write","cat":"POSIX","pid":100,"tid":100,"ts":1764079200000008,"dur":2,"ph":"X","args":{"fname":"/scratch/\xc3\xa9t\xc3\xa9/\xe2\x82\xac\xf0\x9f\x92\xbe","size":4096,"count":4096}}\r',
     rb'{"name":"write","cat":null,"pid":null,"tid":100,"ts":null,"dur":null,"ph":"X","args":null}',
     rb'{"name":"","cat":"","pid":100,"tid":100,"ts":1764079200000009,"dur":1,"ph":"X","args":{}}',
+    # the writer's key order, then the same keys out of order, spaced, unknown in between
+    rb'{"id":7,"name":"pwrite64","cat":"POSIX","pid":1001,"tid":1002,"ts":1764079200000273.422,"dur":13.477,"ph":"X","args":{"hhash":"a05d58b42f09dc65","fhash":"6e5e4e1308d3f368","fd":6,"fd2":7,"fhash2":"6e5e4e1308d3f369","ftype2":"pipe","count":32768,"offset":4096,"size":32768,"ret":-1,"errno":5,"flags":65,"ftype":"reg"}}',
+    rb'{"id":8,"ph":"X","args":{"ftype":"reg","ret":1,"hhash":"a05d58b42f09dc65","size":2,"fd":3},"dur":0.001,"ts":1764079200000274.001,"tid":1,"pid":2,"cat":"STDIO","name":"fwrite"}',
+    rb'{"id":9,"name" :"read","cat": "POSIX","x":1,"pid":3,"tid":3,"ts":1764079200000275.999,"dur":2.5,"ph" : "X","args":{"fname":"/f","other":"y","size":1,"count":1}}',
+    rb'{"id":10,"name":"read","cat":"POSIX","pid":3,"tid":3,"ts":1764079200000276.000,"dur":2.500,"ph":"M","args":{"name":"m"}}',
     rb'{"ph":"X"}',
     rb'{"name":"write","cat":"POSIX","pid":-5,"tid":100,"ts":-1,"dur":-0.0,"ph":"X","args":{"size":-1,"count":9007199254740993,"offset":-0}}',
     rb'{"name":"read","cat":"POSIX","pid":100,"tid":100,"ts":1.764079200000010123e15,"dur":12e-1,"ph":"X","args":{"size":3,"other":true,"more":false,"none":null,"num":-1.5e-300,"s":"x"}}',
@@ -508,3 +518,13 @@ def test_without_a_usable_scanner_the_report_is_pyarrows(tmp_path, monkeypatch, 
         assert_same(summarize([trace], jobs=1), want)
     assert "ABI 999" in caplog.text and not [r for r in caplog.records
                                              if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("block", [
+    b"", b"\n", b"[", b"[\n", b"]", b"]\n", b"[\n]\n", b"[\n{\"a\":1}\n", b"{\"a\":1}\n]\n",
+    b"  \t[\r\n{\"a\":1}\n{\"b\":2}\r\n]\n\n", b"[{\"a\":1}]", b"{\"a\":[1]}\n", b"\x0b{}\x0c",
+    b"[\n]", b"x]\n", b"[x\n", b"\n\n{\"id\":1}\n\n"])
+def test_body_bounds_is_block_body_without_the_copy(block):
+    from datacrumbs.trace.reader import block_body
+    start, end, closed = columnar.body_bounds(block)
+    assert (block[start:end], closed) == block_body(block)

@@ -74,13 +74,37 @@ def scanner():
     return _SCANNER[0]
 
 
+_WS = frozenset(b" \t\n\r\x0b\x0c")     # what bytes.strip() strips
+
+
+def body_bounds(block: bytes) -> tuple[int, int, bool]:
+    """block_body's ``(body, closed)`` as ``block[start:end]``, without copying the block
+    (a strip copies megabytes a block; a block has only a few bytes to strip)."""
+    i, j = 0, len(block)
+    while i < j and block[i] in _WS:
+        i += 1
+    while j > i and block[j - 1] in _WS:
+        j -= 1
+    closed = False
+    if i < j and block[i] == 0x5B and (j - i == 1 or block[i + 1] in (0x0D, 0x0A)):    # [
+        i += 1
+        while i < j and block[i] in _WS:
+            i += 1
+    if i < j and block[j - 1] == 0x5D and (j - i == 1 or block[j - 2] in (0x0D, 0x0A)):  # ]
+        j -= 1
+        closed = True
+        while j > i and block[j - 1] in _WS:
+            j -= 1
+    return i, j, closed
+
+
 def scan_block(block: bytes, scan):
     """``(fastscan.Block, metadata dicts, records, closed)`` of a block, or None when the
     scanner declines it (parse_block_columns' contract)."""
-    body, closed = block_body(block)
-    if not body:
+    start, end, closed = body_bounds(block)
+    if start >= end:
         return None, [], 0, closed
-    got = scan.scan(body)
+    got = scan.scan(block, start, end)
     if got is None:
         return None
     meta = []

@@ -14,7 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable
 
 from ..errors import DatacrumbsError
-from .merge import add_run_summaries, default_jobs, find_traces, plan_units, summarize_unit
+from . import merge
+from .merge import add_run_summaries, default_jobs, find_traces, iter_units, summarize_checked
 from .model import Aggregate
 
 BATCH_PER_WORKER = 2
@@ -28,8 +29,18 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
         raise DatacrumbsError("--dask needs dask: install datacrumbs[dask] "
                               "(pip install 'dask[dataframe]')") from None
     traces = find_traces(paths)
+    try:    # cut at the traces' member indexes, checked as in merge.summarize_paths
+        agg = _summarize(db, traces, jobs, scheduler, merge.USE_INDEX)
+    except merge._IndexLied:
+        merge.INDEX_COUNTS["lied"] += 1
+        agg = _summarize(db, traces, jobs, scheduler, False)
+    add_run_summaries(traces, agg)
+    return agg
+
+
+def _summarize(db, traces, jobs, scheduler, use_index: bool) -> Aggregate:
     agg = Aggregate()
-    units = plan_units(traces, jobs or default_jobs(), agg)
+    units = list(iter_units(traces, jobs or default_jobs(), agg, use_index))
     kwargs = {"scheduler": scheduler} if scheduler else {}    # a name or a get function
     pool = None
     if scheduler == "processes" and units:
@@ -45,12 +56,13 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
         for first in range(0, len(units), batch):
             part_units = units[first:first + batch]
             bag = db.from_sequence(part_units, npartitions=len(part_units))
-            for part in bag.map(summarize_unit).compute(**kwargs):
+            for part, clean in bag.map(summarize_checked).compute(**kwargs):
+                if not clean:
+                    raise merge._IndexLied
                 agg.merge(part)
     finally:
         if pool is not None:
             pool.shutdown()
-    add_run_summaries(traces, agg)
     return agg
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from ..trace import gzindex
 from ..trace.reader import (ReadStats, TailInfo, TraceReadError, TraceReader, iter_members,
                             open_trace)
 from .model import Aggregate, summarize_reader
@@ -34,6 +35,15 @@ BALANCE = 1.1
 #: merges are paid per chunk, so big chunks are cheaper; 131,072 events keep a worker near
 #: 300 MB (262,144: 430 MB for 3% less CPU).
 CHUNK_EVENTS = 131072
+#: Cut traces at the members their own index lists (trace/gzindex.py) instead of inflating
+#: them first; tests turn it off to compare.
+USE_INDEX = True
+#: Files cut by their index, and summaries redone because a worker found the index false.
+INDEX_COUNTS = {"used": 0, "refused": 0, "lied": 0}
+
+
+class _IndexLied(Exception):
+    """A unit cut by an index did not read as whole, clean members: start again without."""
 
 
 class NoTraces(TraceReadError):
@@ -48,6 +58,7 @@ class Unit:
     start: int = 0
     end: int | None = None
     size: int = 0
+    indexed: bool = False       # cut at offsets the trace's index gave (checked by the worker)
 
 
 def find_traces(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -126,7 +137,28 @@ def _balanced_whole(sizes: list[int], jobs: int) -> bool:
     return max(loads) <= BALANCE * sum(sizes) / jobs
 
 
-def iter_units(traces: list[Path], jobs: int, pre: Aggregate) -> Iterator[Unit]:
+def _indexed_units(trace: Path, size: int, target: int) -> list[Unit] | None:
+    """The units of a trace cut at the members its index lists, or None without one."""
+    try:
+        with open_trace(trace) as f:
+            entries = gzindex.read_index(f)
+    except TraceReadError:
+        return None
+    if entries is None:
+        INDEX_COUNTS["refused"] += 1
+        return None
+    INDEX_COUNTS["used"] += 1
+    path, units, start = str(trace), [], 0
+    for e in entries[1:]:
+        if e.offset - start >= target:
+            units.append(Unit(path, start, e.offset, e.offset - start, True))
+            start = e.offset
+    units.append(Unit(path, start, size, size - start, True))     # and the index members
+    return units
+
+
+def iter_units(traces: list[Path], jobs: int, pre: Aggregate,
+               use_index: bool = False) -> Iterator[Unit]:
     """Cut the work, yielding units as soon as they are known.
 
     A big file is indexed by member in this process while workers already
@@ -149,12 +181,19 @@ def iter_units(traces: list[Path], jobs: int, pre: Aggregate) -> Iterator[Unit]:
             yield Unit(path, 0, None, size)
             continue
         target = max(SPLIT_BYTES // 4, size // (jobs * 8))
+        units = _indexed_units(trace, size, target) if use_index else None
+        if units is not None:   # whole, clean members if the workers agree (_summarize_indexed)
+            yield from units
+            pre.source(path).stats = ReadStats(path)
+            continue
         tail = TailInfo()
         start = None
         found = 0
         try:
             with open_trace(trace) as f:
                 for info, _ in iter_members(f, tail=tail, max_member_bytes=1 << 62):
+                    if info is None:    # lines of a damaged last member: its worker keeps them
+                        continue
                     found += 1
                     start = info.offset if start is None else start
                     end = info.offset + info.length
@@ -164,13 +203,16 @@ def iter_units(traces: list[Path], jobs: int, pre: Aggregate) -> Iterator[Unit]:
         except TraceReadError as exc:
             pre.add_unreadable(path, str(exc))
             continue
-        if start is not None:
-            yield Unit(path, start, end, end - start)
         if not found:
             yield Unit(path, 0, None, size)    # the worker reports what is wrong with it
             continue
-        pre.source(path).stats = ReadStats(path, torn_tail=tail.torn, tail_error=tail.error,
-                                           dropped_bytes=tail.dropped_bytes)
+        if tail.error:      # the last unit reads the damage too, as one reader of the file would
+            start = end if start is None else start
+            yield Unit(path, start, None, size - start)
+            continue
+        if start is not None:
+            yield Unit(path, start, end, end - start)
+        pre.source(path).stats = ReadStats(path)
 
 
 def plan_units(traces: list[Path], jobs: int, pre: Aggregate) -> list[Unit]:
@@ -194,6 +236,24 @@ def summarize_unit(unit: Unit) -> Aggregate:
         agg = Aggregate()
         agg.add_unreadable(unit.path, f"{unit.path}: cannot read: {exc.strerror or exc}")
     return agg
+
+
+def _summarize_indexed(unit: Unit) -> tuple[Aggregate, bool]:
+    """summarize_unit, and whether the unit read as whole members ending at its end with
+    nothing dropped: what cutting there without inflating first assumed (by induction from
+    offset 0, every cut of the file is then a member boundary, as inflating would find)."""
+    agg = summarize_unit(unit)
+    st = agg.sources.get(unit.path)
+    stats = st.stats if st is not None else None
+    clean = stats is not None and not (stats.torn_tail or stats.tail_error or
+                                       stats.dropped_bytes or stats.partial_member_kept)
+    return agg, clean and not agg.unreadable
+
+
+def summarize_checked(unit: Unit) -> tuple[Aggregate, bool]:
+    """A unit's partial, and False when it was cut by an index the worker found false
+    (the caller starts again without the index): for schedulers that take one function."""
+    return _summarize_indexed(unit) if unit.indexed else (summarize_unit(unit), True)
 
 
 def add_run_summaries(traces: list[Path], agg: Aggregate) -> None:
@@ -234,7 +294,14 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _merge_units(traces, jobs, total, agg, on_progress)
+        try:
+            _merge_units(traces, jobs, total, agg, on_progress, USE_INDEX)
+        except _IndexLied:      # rare (a damaged or forged trace): the inflating path decides
+            INDEX_COUNTS["lied"] += 1
+            agg = Aggregate()
+            if on_progress:
+                on_progress(0, total)
+            _merge_units(traces, jobs, total, agg, on_progress, False)
     finally:
         if was_enabled:
             gc.enable()
@@ -243,7 +310,7 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
 
 
 def _merge_units(traces: list[Path], jobs: int, total: int, agg: Aggregate,
-                 on_progress: Callable[[int, int], None] | None) -> None:
+                 on_progress: Callable[[int, int], None] | None, use_index: bool = False) -> None:
     done = 0
     # Each partial is merged as soon as it and those before it are done, so the parent
     # holds a few partials at a time, not all of them (a partial keeps per-file and
@@ -258,11 +325,19 @@ def _merge_units(traces: list[Path], jobs: int, total: int, agg: Aggregate,
         # forkserver: the parent may run threads (rich's progress refresh), which fork would copy.
         ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [(pool.submit(summarize_unit, u), u.size) for u in iter_units(traces, jobs, agg)]
+            futures = [(pool.submit(_summarize_indexed if u.indexed else summarize_unit, u),
+                        u.size, u.indexed) for u in iter_units(traces, jobs, agg, use_index)]
             futures.reverse()
             while futures:                  # submission order: deterministic
-                fut, size = futures.pop()
-                agg.merge(fut.result())
+                fut, size, indexed = futures.pop()
+                part = fut.result()
+                if indexed:
+                    part, clean = part
+                    if not clean:
+                        for other, _, _ in futures:
+                            other.cancel()
+                        raise _IndexLied
+                agg.merge(part)
                 del fut
                 done += size
                 if on_progress:

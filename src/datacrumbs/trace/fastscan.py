@@ -88,7 +88,7 @@ class Scanner:
         self.path = path
         self._fn = lib.dc_scan
         self._fn.restype = ctypes.c_int64
-        self._fn.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(_Out)]
+        self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(_Out)]
         self._double = lib.dc_scan_double
         self._double.restype = ctypes.c_int
         self._double.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_double)]
@@ -100,13 +100,17 @@ class Scanner:
         out = ctypes.c_double()
         return out.value if self._double(token, len(token), ctypes.byref(out)) else None
 
-    def scan(self, body: bytes) -> Block | None:
-        """Rows of a block of whole lines (no ``[``/``]`` lines, no trailing newline)."""
+    def scan(self, body: bytes, start: int = 0, end: int | None = None) -> Block | None:
+        """Rows of a block of whole lines (no ``[``/``]`` lines, no trailing newline):
+        ``body[start:end]``, read in place (a slice would copy megabytes a block)."""
+        end = len(body) if end is None else end
+        size = end - start
+        addr = ctypes.cast(ctypes.c_char_p(body), ctypes.c_void_p).value + start
         # our lines are 150 to 300 bytes; a block of shorter ones is scanned again
-        for cap in (len(body) // 96 + 64, len(body) // 10 + 2):
+        for cap in (size // 96 + 64, size // 10 + 2):
             arrays = self._arrays(cap)
             out = _Out(cap, *(a.ctypes.data for a in arrays))
-            n = self._fn(body, len(body), ctypes.byref(out))
+            n = self._fn(addr, size, ctypes.byref(out))
             if n != -2:
                 break
         if n < 0:
@@ -116,7 +120,7 @@ class Scanner:
                           "parsing the block with pyarrow", out.fail_at)
             return None
         self.blocks += 1
-        return _block(body, n, out, dict(zip(_ARRAYS, arrays)))
+        return _block(body, n, out, dict(zip(_ARRAYS, arrays)), start)
 
     @staticmethod
     def _arrays(cap: int) -> list:
@@ -128,14 +132,14 @@ class Scanner:
                                          else np.int32))) for a in _ARRAYS]
 
 
-def _block(body: bytes, n: int, out: _Out, a: dict) -> Block:
+def _block(body: bytes, n: int, out: _Out, a: dict, base: int = 0) -> Block:
     b = Block()
     b.n, b.nrec = n, out.nrec
     b.flt, b.ival = a["flt"][:, :n], a["ival"][:, :n]
     b.iok, b.code = a["iok"][:, :n].view(bool), a["code"][:, :n]
     soff, slen = a["soff"], a["slen"]
     b.strings = [[body[o:o + ln].decode("utf-8") for o, ln in
-                  zip(soff[c, :out.nstr[c]].tolist(), slen[c, :out.nstr[c]].tolist())]
+                  zip((soff[c, :out.nstr[c]] + base).tolist(), slen[c, :out.nstr[c]].tolist())]
                  for c in range(len(STRINGS))]
     names, cats = b.strings[_S["name"]], b.strings[_S["cat"]]
     b.op = a["op"][:n]
@@ -145,7 +149,7 @@ def _block(body: bytes, n: int, out: _Out, a: dict) -> Block:
     b.fil = a["fil"][:n]
     b.file_keys = [hashes[c] if col == _S["fhash"] else "\0" + fnames[c] for col, c in
                    zip(a["fcol"][:out.nfil].tolist(), a["fcode"][:out.nfil].tolist())]
-    b.meta_lines = [body[o:o + ln] for o, ln in zip(a["moff"][:out.nmeta].tolist(),
+    b.meta_lines = [body[o:o + ln] for o, ln in zip((a["moff"][:out.nmeta] + base).tolist(),
                                                     a["mlen"][:out.nmeta].tolist())]
     return b
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import DatacrumbsError
+from . import gzindex
 
 try:  # ISA-L's inflate: the same gzip, about 3x less CPU than zlib's
     from isal import isal_zlib as _inflate
@@ -430,8 +431,8 @@ class TraceReader:
             tail = TailInfo()
             for info, data in iter_members(f, start=self.start, end=end, tail=tail,
                                            max_member_bytes=self.max_member_bytes):
-                if info is not None:
-                    self.stats.members += 1
+                if info is not None and (data or not gzindex.is_index_member(f, info.offset)):
+                    self.stats.members += 1     # the writer's member index is not one
                 self.stats.uncompressed_bytes += len(data)
                 yield data
             if tail.error and self.stats.members == 0 and not tail.partial_kept \

@@ -585,23 +585,91 @@ static inline cp value(cp p, cp end, int kind, struct line *ln)
     return other_scalar(p, end);
 }
 
+/* The keys our writer emits, in its order (trace/writer.py): a key is first compared
+ * with the next ones expected, as `"key":` literals (8 bytes at a time), and read as a
+ * JSON string only when none matches (another producer, another order, whitespace).
+ * Either way the key and its field are the same: a literal holds no escape. */
+struct lit {
+    uint64_t w, mask;       /* the literal's first 8 bytes, and which of them count */
+    const char *text;
+    int len, kind;
+};
+
+static struct lit TOP_LIT[] = {
+    {0, 0, "\"id\":", 0, K_OTHER}, {0, 0, "\"name\":", 0, K_STR | S_NAME},
+    {0, 0, "\"cat\":", 0, K_STR | S_CAT}, {0, 0, "\"pid\":", 0, K_INT | I_PID},
+    {0, 0, "\"tid\":", 0, K_INT | I_TID}, {0, 0, "\"ts\":", 0, K_FLT | F_TS},
+    {0, 0, "\"dur\":", 0, K_FLT | F_DUR}, {0, 0, "\"ph\":", 0, K_PH},
+    {0, 0, "\"args\":", 0, K_ARGS}};
+static struct lit ARGS_LIT[] = {
+    {0, 0, "\"hhash\":", 0, K_STR | S_HHASH}, {0, 0, "\"fhash\":", 0, K_STR | S_FHASH},
+    {0, 0, "\"fname\":", 0, K_STR | S_FNAME}, {0, 0, "\"fd\":", 0, K_OTHER},
+    {0, 0, "\"fd2\":", 0, K_OTHER}, {0, 0, "\"fhash2\":", 0, K_STR | S_FHASH2},
+    {0, 0, "\"ftype2\":", 0, K_STR | S_FTYPE2}, {0, 0, "\"count\":", 0, K_INT | I_COUNT},
+    {0, 0, "\"offset\":", 0, K_INT | I_OFFSET}, {0, 0, "\"size\":", 0, K_INT | I_SIZE},
+    {0, 0, "\"ret\":", 0, K_INT | I_RET}, {0, 0, "\"errno\":", 0, K_INT | I_ERRNO},
+    {0, 0, "\"flags\":", 0, K_INT | I_FLAGS}, {0, 0, "\"ftype\":", 0, K_STR | S_FTYPE}};
+#define NTOP_LIT (int)(sizeof TOP_LIT / sizeof TOP_LIT[0])
+#define NARGS_LIT (int)(sizeof ARGS_LIT / sizeof ARGS_LIT[0])
+
+static void lit_init(struct lit *l, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int len = (int)strlen(l[i].text), k = len < 8 ? len : 8;
+        l[i].len = len;
+        l[i].w = 0;
+        memcpy(&l[i].w, l[i].text, (size_t)k);
+        l[i].mask = k == 8 ? ~0ull : ((1ull << (8 * k)) - 1);
+    }
+}
+
+__attribute__((constructor)) static void lits_init(void)
+{
+    lit_init(TOP_LIT, NTOP_LIT);
+    lit_init(ARGS_LIT, NARGS_LIT);
+}
+
+/* The field of the key at p when it is one of lits[*cur..] verbatim (p moved past its
+ * colon, *cur past it), else -1 (p unchanged). The caller leaves 16 bytes after p. */
+static inline int key_lit(cp *pp, const struct lit *lits, int n, int *cur)
+{
+    uint64_t w;
+    memcpy(&w, *pp, 8);
+    for (int k = *cur; k < n; k++) {
+        const struct lit *l = &lits[k];
+        if ((w & l->mask) == l->w &&
+            (l->len <= 8 || !memcmp(*pp + 8, l->text + 8, (size_t)(l->len - 8)))) {
+            *pp += l->len;
+            *cur = k + 1;
+            return l->kind;
+        }
+    }
+    return -1;
+}
+
 /* An object's members: key_of tells each key's field; `seen` catches duplicate fields. */
 static cp object(cp p, cp end, struct line *ln, int top)
 {
     uint64_t seen = 0;
     cp s;
     int64_t n;
+    const struct lit *lits = top ? TOP_LIT : ARGS_LIT;
+    int nlits = top ? NTOP_LIT : NARGS_LIT, cur = 0;
     p = ws(p + 1, end);
     if (p < end && *p == '}')
         return p + 1;
     for (;;) {
-        if (p >= end || *p != '"' || !(p = string(p, end, &s, &n)))
-            return NULL;
-        int kind = top ? key_top(s, n) : key_args(s, n);
+        int kind = end - p >= 16 ? key_lit(&p, lits, nlits, &cur) : -1;
+        if (kind < 0) {
+            if (p >= end || *p != '"' || !(p = string(p, end, &s, &n)))
+                return NULL;
+            kind = top ? key_top(s, n) : key_args(s, n);
+            p = ws(p, end);
+            if (p >= end || *p != ':')
+                return NULL;
+            p++;
+        }
         p = ws(p, end);
-        if (p >= end || *p != ':')
-            return NULL;
-        p = ws(p + 1, end);
         if (p >= end)
             return NULL;
         if (kind != K_OTHER) {
@@ -611,9 +679,14 @@ static cp object(cp p, cp end, struct line *ln, int top)
             seen |= bit;
         }
         if (kind == K_PH) {
-            if (*p != '"' || !(p = string(p, end, &s, &n)))
-                return NULL;
-            ln->ph = n == 1 && (*s == 'X' || *s == 'M') ? *s : -1;
+            if (end - p >= 3 && p[0] == '"' && (p[1] == 'X' || p[1] == 'M') && p[2] == '"') {
+                ln->ph = p[1];          /* the writer's own: "X" or "M" */
+                p += 3;
+            } else {
+                if (*p != '"' || !(p = string(p, end, &s, &n)))
+                    return NULL;
+                ln->ph = n == 1 && (*s == 'X' || *s == 'M') ? *s : -1;
+            }
         } else if (kind == K_ARGS) {
             if (*p == '{')
                 p = object(p, end, ln, 0);

@@ -10,6 +10,8 @@ readable, and the events not written are counted for the summary. A size cap
 (``max_bytes``) ends the trace the same way, but cleanly: the last member that
 fits is cut at a line so the file ends within a few hundred bytes of the cap,
 the closing ``]`` is written at once, and later events are only counted.
+A clean close ends the file with the member index (trace/gzindex.py): empty gzip
+members, invisible to other readers, that tell the report where to cut the trace.
 
 Lines are formatted column by column from numpy arrays (one list comprehension
 per field, per-probe prefixes precomputed) because a ``json.dumps`` per event
@@ -42,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import gzindex
 from .fastlines import Program
 
 log = logging.getLogger("datacrumbs.trace")
@@ -279,6 +282,7 @@ class TraceWriter:
         self.capped_at: float | None = None
         self.max_bytes: int | None = None   # the header member is never held back
         self._spans: list[tuple[int, int]] = []  # event lines in _lines: [start, end)
+        self._members = bytearray()     # what the index at a clean close lists (gzindex.pack)
         self._complete = False
         self._next_id = 1
         self._lines: list[str] = []
@@ -728,8 +732,10 @@ class TraceWriter:
                 and self.bytes_written + len(data) + len(_CLOSING) > self.max_bytes):
             self._cap(lines, spans, pending)
             return
+        at = self.bytes_written
         if self._write_all(data):
             self.events_written += pending
+            self._members += gzindex.pack(at, pending, bytes(data[-8:]))
         else:
             self.events_dropped += pending
 
@@ -769,6 +775,24 @@ class TraceWriter:
         self.bytes_written += len(data)
         return True
 
+    def _write_index(self) -> None:
+        """The member index after "]" (trace/gzindex.py: the report cuts the trace there
+        without inflating it). A hint only: if it cannot be written (disk full) the file is
+        cut back to "]", still complete, and readers find the members by inflating."""
+        data = memoryview(gzindex.index_members(self._members, self.bytes_written))
+        try:
+            while data:
+                done = os.write(self._fd, data)
+                if done <= 0:
+                    raise OSError(errno_mod.EIO, "write returned 0")
+                data = data[done:]
+        except OSError as exc:
+            log.debug("trace %s: member index not written (%s)", self.path, exc)
+            try:
+                os.ftruncate(self._fd, self.bytes_written)
+            except OSError:
+                pass
+
     def _fail(self, exc: OSError) -> None:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         self.error = f"{self.path}: {reason}"
@@ -794,6 +818,8 @@ class TraceWriter:
             if self.capped_at is None:  # a capped trace got its "]" at the cap
                 self._lines.append("]")
                 self.flush()
+                if self.error is None:
+                    self._write_index()
             self._complete = self.error is None
             try:
                 os.fsync(self._fd)

@@ -1933,7 +1933,8 @@ class Engine:
         if slots and cpu < ncpu and struct.unpack_from("<Q", slots, size * cpu)[0] == ts:
             return True
         key = struct.pack("<QQ", ts, struct.unpack_from("<Q", raw, _TASK_TID_TGID)[0])
-        return libbpf.map_lookup(self._obj.map_fd("sys_evicted"), key, 1) is not None
+        return libbpf.map_lookup(self._obj.map_fd("sys_evicted"), key,
+                                 self._obj.map_value_size("sys_evicted")) is not None
 
     @staticmethod
     def resolve_fd(pid: int, fd: int) -> str | None:

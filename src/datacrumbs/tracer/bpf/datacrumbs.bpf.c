@@ -187,7 +187,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct dc_evict_key);
-	__type(value, __u8);
+	__type(value, struct dc_entry);
 } sys_evicted SEC(".maps");
 
 static __always_inline struct dc_config *get_config(void)
@@ -1180,7 +1180,7 @@ static __always_inline bool sys_copyable(struct dc_config *c, struct dc_spec *sp
 
 static __always_inline void fd_copy(struct dc_task *t, struct dc_sys_slot *s, int i, __s8 role)
 {
-	__s32 fd = role >= 0 ? (__s32)arg_of(&t->sys, role) : -1;
+	__s32 fd = role >= 0 ? (__s32)arg_of(&s->sys, role) : -1;
 	__u32 w = (__u32)fd & (DC_FCACHE - 1);
 
 	s->fok[i] = fd >= 0 && t->fc_fd[w] == fd;
@@ -1188,30 +1188,29 @@ static __always_inline void fd_copy(struct dc_task *t, struct dc_sys_slot *s, in
 	s->fkind[i] = t->fc_kind[w];
 }
 
-/* At the entry: copy the call just recorded in t->sys, and what its exit will
- * read of t, into this CPU's slot; t->armed_cpu says so. Another task's
+/* At the entry: record the call (t->sys has its ts, nr and probe) with its
+ * arguments in this CPU's slot, with what its exit will read of t; true when
+ * done (t->armed_cpu says where), false when the slot is another task's: its
  * pending copy keeps the slot (its exit is likely here, soon) unless it has
- * been pending for DC_EVICT_NS: then it is listed in sys_evicted first. */
-static __always_inline void sys_arm(struct dc_config *c, struct dc_spec *sp, struct dc_task *t,
+ * been pending for DC_EVICT_NS; then it is listed in sys_evicted first. */
+static __always_inline bool sys_arm(struct dc_config *c, struct dc_spec *sp, struct dc_task *t,
 				    struct task_struct *task, struct pt_regs *regs)
 {
 	__u32 zero = 0, w = sp->probe & (DC_PCACHE - 1);
 	struct dc_sys_slot *s = bpf_map_lookup_elem(&sys_slots, &zero);
 	struct dc_evict_key key;
 	__u64 old, now = t->sys.ts;
-	__u8 one = 1;
 
-	t->armed_cpu = 0;
 	if (!s)
-		return;
+		return false;
 	old = *(volatile __u64 *)&s->state;
 	if (old && s->regs != (__u64)regs) {
 		if (now - old < DC_EVICT_NS)
-			return;
+			return false;
 		key.ts = old;
 		key.tid_tgid = s->tid_tgid;
-		if (bpf_map_update_elem(&sys_evicted, &key, &one, BPF_NOEXIST) != 0)
-			return;
+		if (bpf_map_update_elem(&sys_evicted, &key, &s->sys, BPF_NOEXIST) != 0)
+			return false;
 		/* listed before it leaves the slot, so its exit finds it in one place or the other */
 		if (__sync_lock_test_and_set(&s->state, 0) != old)
 			bpf_map_delete_elem(&sys_evicted, &key);	/* its exit elsewhere took it */
@@ -1219,7 +1218,16 @@ static __always_inline void sys_arm(struct dc_config *c, struct dc_spec *sp, str
 	s->regs = (__u64)regs;
 	s->task = (__u64)task;
 	s->tid_tgid = t->tid_tgid;
-	s->sys = t->sys;
+	s->sys.ts = now;
+	s->sys.nr = t->sys.nr;
+	s->sys.probe = t->sys.probe;
+	/* x86_64 syscall ABI: rdi rsi rdx r10 r8 r9 */
+	s->sys.args[0] = regs->di;
+	s->sys.args[1] = regs->si;
+	s->sys.args[2] = regs->dx;
+	s->sys.args[3] = regs->r10;
+	s->sys.args[4] = regs->r8;
+	s->sys.args[5] = regs->r9;
 	s->cred = t->cred;
 	s->gen = t->gen;
 	s->dumpable = t->dumpable;
@@ -1231,8 +1239,10 @@ static __always_inline void sys_arm(struct dc_config *c, struct dc_spec *sp, str
 		fd_copy(t, s, 0, sp->fd);
 		fd_copy(t, s, 1, sp->fd2);
 	}
+	asm volatile("" ::: "memory");	/* the fields before the state that publishes them */
 	*(volatile __u64 *)&s->state = now;
 	t->armed_cpu = bpf_get_smp_processor_id() + 1;
+	return true;
 }
 
 /* The kind of descriptor ``fd`` from the copy of the task's fd cache: 0 when
@@ -1254,9 +1264,9 @@ static __always_inline int fd_kind_copied(struct dc_sys_slot *s, int i, struct t
 	return 0;
 }
 
-/* finish() from this CPU's copy: 1 done; 2 the copy was this call's and is
- * consumed, but the exit needs the task's state (a file to name, the comm, a
- * profile row, or creds that changed); 0 no copy of this call here. */
+/* finish() from this CPU's copy: 1 done (the copy consumed); 0 not here, or
+ * the exit needs the task's state (a file to name, the comm, a profile row,
+ * creds that changed): then sys_claim() takes the copy. */
 static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *sp,
 					   struct pt_regs *regs, __u32 k, long ret)
 {
@@ -1269,21 +1279,19 @@ static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *
 	__s64 bytes;
 	__u64 now;
 
-	if (!s || !s->state || s->regs != (__u64)regs || s->sys.nr != k)
+	if (!s || !s->state || s->regs != (__u64)regs || s->sys.nr != k || !s->comm_done)
 		return 0;
-	*(volatile __u64 *)&s->state = 0;
-	if (!s->comm_done)
-		return 2;
 	e = &s->sys;
 	task = bpf_rdonly_cast((void *)s->task, bpf_core_type_id_kernel(struct task_struct));
 	/* still_in_scope(): what refresh() compares, against the entry's decision */
 	if (c->check_creds && (s->gen != *(volatile __u32 *)&c->scope_gen ||
 			       (__u64)task->cred != s->cred || dumpable_of(task) != s->dumpable))
-		return 2;
+		return 0;
 	tgid = s->tid_tgid >> 32;
 	if (c->mode == DC_MODE_PROFILE) {
 		if (!s->pok)
-			return 2;
+			return 0;
+		*(volatile __u64 *)&s->state = 0;
 		now = bpf_ktime_get_ns();
 		v = bpf_map_lookup_elem(&profile, &s->pslot);
 		if (!v) {
@@ -1297,7 +1305,8 @@ static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *
 	ev->fd2 = sp->fd2 >= 0 ? (__s32)arg_of(e, sp->fd2) : -1;
 	if (fd_kind_copied(s, 0, task, ev->fd, &kind) < 0 ||
 	    fd_kind_copied(s, 1, task, ev->fd2, &kind2) < 0)
-		return 2;
+		return 0;
+	*(volatile __u64 *)&s->state = 0;
 	now = bpf_ktime_get_ns();
 	bytes = bytes_of(sp, e, ret);
 	/* the event as finish() makes it, with no name to send */
@@ -1326,20 +1335,39 @@ static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *
 	return 1;
 }
 
-/* The exit of an armed call that found no copy on its CPU: is the copy still
- * pending (the task migrated, or another call took the slot: then the call is
- * this exit's and is consumed now), or was it consumed (this exit had no
- * entry: seccomp or a ptracer skipped the call)? */
+static __always_inline void args_from(struct dc_task *t, struct dc_entry *e)
+{
+	t->sys.args[0] = e->args[0];
+	t->sys.args[1] = e->args[1];
+	t->sys.args[2] = e->args[2];
+	t->sys.args[3] = e->args[3];
+	t->sys.args[4] = e->args[4];
+	t->sys.args[5] = e->args[5];
+}
+
+/* The exit of an armed call sys_exit_copied() did not finish: is its copy
+ * still pending (the exit needs the task state, the task migrated, or another
+ * call took the slot)? Then it is this exit's call: its arguments go to t->sys
+ * and the copy is consumed. Or was the copy consumed (this exit had no entry:
+ * seccomp or a ptracer skipped the call)? A slot's fields change only after
+ * its state has left the call's ts, which it never comes back to, so the
+ * arguments read before a successful cmpxchg are the call's. */
 static __always_inline bool sys_claim(struct dc_task *t)
 {
 	__u32 zero = 0;
 	struct dc_sys_slot *s = bpf_map_lookup_percpu_elem(&sys_slots, &zero, t->armed_cpu - 1);
 	struct dc_evict_key key = { .ts = t->sys.ts, .tid_tgid = t->tid_tgid };
+	struct dc_entry *e;
 
-	if (s && __sync_val_compare_and_swap(&s->state, key.ts, 0) == key.ts)
-		return true;
-	if (!bpf_map_lookup_elem(&sys_evicted, &key))
+	if (s) {
+		args_from(t, &s->sys);
+		if (__sync_val_compare_and_swap(&s->state, key.ts, 0) == key.ts)
+			return true;
+	}
+	e = bpf_map_lookup_elem(&sys_evicted, &key);
+	if (!e)
 		return false;
+	args_from(t, e);
 	bpf_map_delete_elem(&sys_evicted, &key);
 	return true;
 }
@@ -1380,6 +1408,10 @@ int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 	t->sys.ts = bpf_ktime_get_ns();
 	t->sys.nr = k;
 	t->sys.probe = sp->probe;
+	/* the arguments go to this CPU's slot, or here */
+	if (sys_copyable(c, sp, k) && sys_arm(c, sp, t, task, regs))
+		return 0;
+	t->armed_cpu = 0;
 	/* x86_64 syscall ABI: rdi rsi rdx r10 r8 r9 */
 	t->sys.args[0] = regs->di;
 	t->sys.args[1] = regs->si;
@@ -1387,10 +1419,6 @@ int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 	t->sys.args[3] = regs->r10;
 	t->sys.args[4] = regs->r8;
 	t->sys.args[5] = regs->r9;
-	if (sys_copyable(c, sp, k))
-		sys_arm(c, sp, t, task, regs);
-	else
-		t->armed_cpu = 0;
 	return 0;
 }
 
@@ -1399,7 +1427,6 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = regs->orig_ax;
 	__u32 k = (__u32)nr;
-	int copied = 0;
 	struct task_struct *task;
 	struct dc_spec *sp;
 	struct dc_config *c;
@@ -1411,16 +1438,13 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 	if (!sp || !sp->active)
 		return 0;
 	c = get_config();
-	if (c) {
-		copied = sys_exit_copied(c, sp, regs, k, ret);
-		if (copied == 1)
-			return 0;
-	}
+	if (c && sys_exit_copied(c, sp, regs, k, ret))
+		return 0;
 	task = bpf_get_current_task_btf();
 	t = bpf_task_storage_get(&tasks, task, 0, 0);
 	if (!t || !t->sys.ts)
 		return 0;
-	if (!copied && t->armed_cpu && !sys_claim(t)) {
+	if (t->armed_cpu && !sys_claim(t)) {
 		t->sys.ts = 0;
 		return 0;
 	}

@@ -185,10 +185,11 @@ struct dc_task {
  * spares the current task + task storage lookup (~50 ns). A copy is consumed
  * exactly once: ``state`` goes from the call's ts to 0, by that exit or by a
  * cmpxchg from the task's exit on another CPU (it migrated); a copy another
- * call took the slot from is listed in sys_evicted. The task's dc_task.sys is
- * left as it was: armed_cpu tells the slow path to ask the slot whether it is
- * still pending, so an exit without an entry (seccomp, a ptracer) never pairs
- * with a call already consumed. */
+ * call took the slot from is listed in sys_evicted. The call's arguments are
+ * only here (dc_task.sys has its ts, nr and probe), and the fast exit leaves
+ * dc_task.sys as it was: armed_cpu tells the slow path to ask the slot whether
+ * the call is still pending, so an exit without an entry (seccomp, a ptracer)
+ * never pairs with a call already consumed. */
 struct dc_sys_slot {
 	__u64 state;		/* ts of the pending call copied here; 0: none */
 	__u64 regs;		/* its task's pt_regs (one per live task) */
@@ -207,7 +208,8 @@ struct dc_sys_slot {
 	__u8 pad;
 };
 
-/* A pending copy another task's call took the CPU's slot from: (ts, tid_tgid). */
+/* A pending copy another task's call took the CPU's slot from: (ts, tid_tgid);
+ * the value is the call (struct dc_entry). */
 struct dc_evict_key {
 	__u64 ts;
 	__u64 tid_tgid;

@@ -524,23 +524,19 @@ static __always_inline void totals_add(struct dc_tval *v, __u64 dur, __s64 bytes
 	v->time_ns += dur;
 }
 
-static __always_inline void pval_add(struct dc_pval *v, __u64 dur, __s64 bytes)
+static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
+					__u32 probe, __u64 dur, __s64 bytes)
 {
+	struct dc_pval *v = slot_row(c, t, tgid, probe, &profile);
+
+	if (!v)
+		return;
 	totals_add(&v->total, dur, bytes);
 	if (v->total.count == 1 || dur < v->min_ns)
 		v->min_ns = dur;
 	if (dur > v->max_ns)
 		v->max_ns = dur;
 	v->hist[log2_bucket(dur) & (DC_HIST_BUCKETS - 1)] += 1;
-}
-
-static __always_inline void profile_add(struct dc_config *c, struct dc_task *t, __u32 tgid,
-					__u32 probe, __u64 dur, __s64 bytes)
-{
-	struct dc_pval *v = slot_row(c, t, tgid, probe, &profile);
-
-	if (v)
-		pval_add(v, dur, bytes);
 }
 
 /* Trace mode, the ring buffer was full: count the operation whose event is lost
@@ -1167,15 +1163,15 @@ static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 
 /* Can this call's exit be finished from the CPU's copy (struct dc_sys_slot)?
  * Calls that name files (paths, new descriptors, close) and the aio pairs need
  * the task's state at their exit; exit and exit_group never return (their
- * copy would hold the slot). Without bpf_rdonly_cast (before 6.2): never. */
+ * copy would hold the slot). Without bpf_rdonly_cast (before 6.2): never.
+ * Profile mode neither: measured (alternated, docs/benchmarks.md), the copy at
+ * the entry cost about what its exit saved. */
 static __always_inline bool sys_copyable(struct dc_config *c, struct dc_spec *sp, __u32 k)
 {
 	if (!bpf_rdonly_cast || k == DC_NR_EXIT || k == DC_NR_EXIT_GROUP ||
 	    sp->bytes_kind == DC_BYTES_AIO_SUBMIT || sp->bytes_kind == DC_BYTES_AIO_REAP)
 		return false;
-	if (c->mode == DC_MODE_PROFILE)
-		return true;
-	return !sp->ret_fd && !sp->closes && sp->stream < 0 && (sp->path < 0 || !c->capture_paths);
+	return c->mode == DC_MODE_TRACE && !sp->ret_fd && !sp->closes && sp->stream < 0 && (sp->path < 0 || !c->capture_paths);
 }
 
 static __always_inline void fd_copy(struct dc_task *t, struct dc_sys_slot *s, int i, __s8 role)
@@ -1196,7 +1192,7 @@ static __always_inline void fd_copy(struct dc_task *t, struct dc_sys_slot *s, in
 static __always_inline bool sys_arm(struct dc_config *c, struct dc_spec *sp, struct dc_task *t,
 				    struct task_struct *task, struct pt_regs *regs)
 {
-	__u32 zero = 0, w = sp->probe & (DC_PCACHE - 1);
+	__u32 zero = 0;
 	struct dc_sys_slot *s = bpf_map_lookup_elem(&sys_slots, &zero);
 	struct dc_evict_key key;
 	__u64 old, now = t->sys.ts;
@@ -1232,13 +1228,8 @@ static __always_inline bool sys_arm(struct dc_config *c, struct dc_spec *sp, str
 	s->gen = t->gen;
 	s->dumpable = t->dumpable;
 	s->comm_done = t->comm_done;
-	if (c->mode == DC_MODE_PROFILE) {
-		s->pok = t->pc_probe[w] == sp->probe + 1;
-		s->pslot = t->pc_slot[w];
-	} else {
-		fd_copy(t, s, 0, sp->fd);
-		fd_copy(t, s, 1, sp->fd2);
-	}
+	fd_copy(t, s, 0, sp->fd);
+	fd_copy(t, s, 1, sp->fd2);
 	asm volatile("" ::: "memory");	/* the fields before the state that publishes them */
 	*(volatile __u64 *)&s->state = now;
 	t->armed_cpu = bpf_get_smp_processor_id() + 1;
@@ -1264,8 +1255,8 @@ static __always_inline int fd_kind_copied(struct dc_sys_slot *s, int i, struct t
 	return 0;
 }
 
-/* finish() from this CPU's copy: 1 done (the copy consumed); 0 not here, or
- * the exit needs the task's state (a file to name, the comm, a profile row,
+/* finish() in trace mode from this CPU's copy: 1 done (the copy consumed); 0
+ * not here, or the exit needs the task's state (a file to name, the comm,
  * creds that changed): then sys_claim() takes the copy. */
 static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *sp,
 					   struct pt_regs *regs, __u32 k, long ret)
@@ -1274,7 +1265,6 @@ static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *
 	struct dc_sys_slot *s = bpf_map_lookup_elem(&sys_slots, &zero);
 	struct dc_event ev_buf, *ev = &ev_buf;
 	struct task_struct *task;
-	struct dc_pval *v;
 	struct dc_entry *e;
 	__s64 bytes;
 	__u64 now;
@@ -1288,19 +1278,6 @@ static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *
 			       (__u64)task->cred != s->cred || dumpable_of(task) != s->dumpable))
 		return 0;
 	tgid = s->tid_tgid >> 32;
-	if (c->mode == DC_MODE_PROFILE) {
-		if (!s->pok)
-			return 0;
-		*(volatile __u64 *)&s->state = 0;
-		now = bpf_ktime_get_ns();
-		v = bpf_map_lookup_elem(&profile, &s->pslot);
-		if (!v) {
-			count_lost(2);
-			return 1;
-		}
-		pval_add(v, now - e->ts, bytes_of(sp, e, ret));
-		return 1;
-	}
 	ev->fd = sp->fd >= 0 ? (__s32)arg_of(e, sp->fd) : -1;
 	ev->fd2 = sp->fd2 >= 0 ? (__s32)arg_of(e, sp->fd2) : -1;
 	if (fd_kind_copied(s, 0, task, ev->fd, &kind) < 0 ||

@@ -180,9 +180,9 @@ struct dc_task {
 	__u8 fc_kind[DC_FCACHE];
 };
 
-/* A CPU's copy of the system call its task began (sys_slots, per-CPU), with
- * what the exit needs of the task's state: an exit on the same CPU uses it and
- * spares the current task + task storage lookup (~50 ns). A copy is consumed
+/* Trace mode: a CPU's copy of the system call its task began (sys_slots,
+ * per-CPU), with what the exit needs of the task's state: an exit on the same
+ * CPU uses it and spares the current task + task storage lookup. A copy is consumed
  * exactly once: ``state`` goes from the call's ts to 0, by that exit or by a
  * cmpxchg from the task's exit on another CPU (it migrated); a copy another
  * call took the slot from is listed in sys_evicted. The call's arguments are
@@ -199,13 +199,11 @@ struct dc_sys_slot {
 	__u64 cred;		/* check_creds: the inputs of the scope decision */
 	__u64 fkey[2];		/* the task's fd cache entries for the fd and fd2 roles */
 	__u32 gen;
-	__u32 pslot;		/* profile mode: the (process, probe) row */
 	__u8 dumpable;
 	__u8 comm_done;
 	__u8 fok[2];		/* fkey/fkind hold the cache's entry for that descriptor */
 	__u8 fkind[2];
-	__u8 pok;		/* pslot is known */
-	__u8 pad;
+	__u8 pad[6];
 };
 
 /* A pending copy another task's call took the CPU's slot from: (ts, tid_tgid);

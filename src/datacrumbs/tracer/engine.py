@@ -64,7 +64,9 @@ gets its own pair of links. ``AttachReport.uprobe_links`` says which, per librar
 
 In the kernel, a thread's pending system call and its cached scope decision
 live in task storage (freed with the thread; ``pending_syscall(tid)`` reads
-it), so a traced system call costs no hash map operation.
+it), so a traced system call costs no hash map operation. In trace mode most
+calls are also copied to a per-CPU slot (sys_slots), so that their exit on the
+same CPU needs no task storage lookup; ``pending_syscall`` asks the slot too.
 """
 
 from __future__ import annotations

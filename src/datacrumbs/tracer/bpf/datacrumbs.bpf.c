@@ -1159,19 +1159,25 @@ static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 
 #define DC_EVICT_NS 1000000ull	/* a copy pending longer (a blocked call) may be taken out */
 #define DC_NR_EXIT 60		/* x86_64: exit and exit_group never return */
 #define DC_NR_EXIT_GROUP 231
+#define DC_NR_EXECVE 59		/* x86_64: execve and execveat return in a new image */
+#define DC_NR_EXECVEAT 322
 
 /* Can this call's exit be finished from the CPU's copy (struct dc_sys_slot)?
  * Calls that name files (paths, new descriptors, close) and the aio pairs need
  * the task's state at their exit; exit and exit_group never return (their
- * copy would hold the slot). Without bpf_rdonly_cast (before 6.2): never.
+ * copy would hold the slot); execve and execveat return after dc_exec renewed
+ * the task's state (its thread id, fd cache, scope). Without bpf_rdonly_cast
+ * (before 6.2): never.
  * Profile mode neither: measured (alternated, docs/benchmarks.md), the copy at
  * the entry cost about what its exit saved. */
 static __always_inline bool sys_copyable(struct dc_config *c, struct dc_spec *sp, __u32 k)
 {
-	if (!bpf_rdonly_cast || k == DC_NR_EXIT || k == DC_NR_EXIT_GROUP ||
+	if (!bpf_rdonly_cast || k == DC_NR_EXIT || k == DC_NR_EXIT_GROUP || k == DC_NR_EXECVE ||
+	    k == DC_NR_EXECVEAT ||
 	    sp->bytes_kind == DC_BYTES_AIO_SUBMIT || sp->bytes_kind == DC_BYTES_AIO_REAP)
 		return false;
-	return c->mode == DC_MODE_TRACE && !sp->ret_fd && !sp->closes && sp->stream < 0 && (sp->path < 0 || !c->capture_paths);
+	return c->mode == DC_MODE_TRACE && !sp->ret_fd && !sp->closes && sp->stream < 0 &&
+	       (sp->path < 0 || !c->capture_paths);
 }
 
 static __always_inline void fd_copy(struct dc_task *t, struct dc_sys_slot *s, int i, __s8 role)

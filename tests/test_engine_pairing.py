@@ -1,9 +1,9 @@
-"""Pairing of a system call's exit with its entry when the exit uses the CPU's copy of
-the call (struct dc_sys_slot) instead of the task's storage: a call blocked by seccomp
-fires sys_exit without sys_enter and must never meet a call already consumed, and a
-thread that blocks, is moved to another CPU or has its copy taken out of the slot by
-another task's call must still get exactly its own calls. Counts and durations are
-checked against bpftrace on the same run."""
+"""Pairing of a system call's exit with its entry: a call refused by seccomp fires
+sys_exit without sys_enter and must never meet a call already reported, and a thread
+that blocks, is moved to another CPU while blocked, or shares its CPU with other traced
+calls meanwhile must still get exactly its own calls. Any faster exit path (a per-CPU
+copy of the call was tried: docs/benchmarks.md, "The two levers") must pass these.
+Counts and durations are checked against bpftrace on the same run."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ READ = {"id": "posix.read", "kind": "syscall", "target": "read", "category": "PO
         "args": {"fd": 0, "count": 2}, "bytes": "ret"}
 
 # Writes to one descriptor pass, to its dup are refused by a seccomp filter (EPERM: the
-# kernel fires sys_exit, never sys_enter). Every refused write follows a traced write
-# whose exit consumed the CPU's copy, half of them after moving to the other CPU.
+# kernel fires sys_exit, never sys_enter). Every refused write follows a traced write of
+# the same number just reported, half of them after moving to the other CPU.
 SECCOMP_C = r"""
 #define _GNU_SOURCE
 #include <errno.h>
@@ -105,8 +105,8 @@ int main(int argc, char **argv)
 }
 """
 
-# Other traced calls on both CPUs while the reader waits: they find its copy pending
-# for longer than DC_EVICT_NS and take the slot (the copy goes to sys_evicted).
+# Other traced calls on both CPUs while the reader waits (with a per-CPU copy of the
+# pending call, they are what takes the reader's copy out of its CPU's slot).
 BUSY_C = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -231,7 +231,7 @@ def test_blocking_reads_moved_between_cpus_pair_exactly(bpf_object, tracefs, pro
                     assert time.monotonic() < deadline, "the reader never blocked"
                     time.sleep(0.0005)
                 # blocked in read: it wakes on the other CPU (odd i) or stays (even i);
-                # meanwhile the busy writers' calls take its copy out of the slot
+                # meanwhile the busy writers make traced calls on both CPUs
                 os.sched_setaffinity(reader.pid, {cpus[(i // 2) % 2]} if i % 2 else set(cpus))
                 time.sleep(pause)
                 reader.stdin.write(b"x")

@@ -64,9 +64,7 @@ gets its own pair of links. ``AttachReport.uprobe_links`` says which, per librar
 
 In the kernel, a thread's pending system call and its cached scope decision
 live in task storage (freed with the thread; ``pending_syscall(tid)`` reads
-it), so a traced system call costs no hash map operation. In trace mode most
-calls are also copied to a per-CPU slot (sys_slots), so that their exit on the
-same CPU needs no task storage lookup; ``pending_syscall`` asks the slot too.
+it), so a traced system call costs no hash map operation.
 """
 
 from __future__ import annotations
@@ -173,7 +171,6 @@ _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _TVAL_WORDS = 3                                 # struct dc_tval in u64 words
 _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 336                                # struct dc_task: dc_entry (64) + 64 + fd cache
-_TASK_ARMED_CPU, _TASK_TID_TGID = 68, 80        # offsets of dc_task.armed_cpu and .tid_tgid
 _EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
 _PID_MEMBER, _PID_AT_EXEC = 1, 2                # enum dc_pid_state: scope_pids values
 UID_MAX = (1 << 32) - 2
@@ -1917,26 +1914,7 @@ class Engine:
         if raw is None:
             return None
         ts, nr = struct.unpack_from("<Q", raw, 0)[0], struct.unpack_from("<I", raw, 56)[0]
-        if ts and struct.unpack_from("<I", raw, _TASK_ARMED_CPU)[0] and \
-                not self._copy_pending(raw):
-            return None
         return (nr, ts) if ts else None
-
-    def _copy_pending(self, raw: bytes) -> bool:
-        """A call the entry copied to a CPU's slot (struct dc_sys_slot) is pending while
-        that slot still holds it or sys_evicted lists it; once its exit used the copy, the
-        task storage's own record is left as it was and must not count."""
-        ts = struct.unpack_from("<Q", raw, 0)[0]
-        cpu = struct.unpack_from("<I", raw, _TASK_ARMED_CPU)[0] - 1
-        ncpu = libbpf.num_possible_cpus()
-        size = self._obj.map_value_size("sys_slots")
-        slots = libbpf.map_lookup(self._obj.map_fd("sys_slots"), struct.pack("<I", 0),
-                                  size * ncpu)
-        if slots and cpu < ncpu and struct.unpack_from("<Q", slots, size * cpu)[0] == ts:
-            return True
-        key = struct.pack("<QQ", ts, struct.unpack_from("<Q", raw, _TASK_TID_TGID)[0])
-        return libbpf.map_lookup(self._obj.map_fd("sys_evicted"), key,
-                                 self._obj.map_value_size("sys_evicted")) is not None
 
     @staticmethod
     def resolve_fd(pid: int, fd: int) -> str | None:

@@ -171,25 +171,6 @@ struct {
 	__type(value, struct dc_block_start);
 } block_starts SEC(".maps");
 
-/* The system call each CPU's current task began, for an exit on the same CPU
- * without task storage (struct dc_sys_slot); per-CPU array: an inlined lookup. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct dc_sys_slot);
-} sys_slots SEC(".maps");
-
-/* Copies taken out of a slot while pending (their call blocked for longer than
- * DC_EVICT_NS while another task on the CPU began one): the exit finds its
- * call here. A plain hash: when full, the slot is not taken (nothing is lost). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct dc_evict_key);
-	__type(value, struct dc_entry);
-} sys_evicted SEC(".maps");
-
 static __always_inline struct dc_config *get_config(void)
 {
 	__u32 zero = 0;
@@ -353,9 +334,9 @@ static __always_inline bool refresh(struct dc_config *c, struct dc_task *t,
  * when the kernel cannot give storage now (then *in is decided uncached).
  * Helper calls are what costs here (each return pays the CPU's return-stack
  * mitigation), so the cached path makes only the storage lookup. */
-static __always_inline struct dc_task *task_state_of(struct dc_config *c, bool *in,
-						     struct task_struct *task)
+static __always_inline struct dc_task *task_state(struct dc_config *c, bool *in)
 {
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct dc_task *t = bpf_task_storage_get(&tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 
 	if (!t) {
@@ -364,11 +345,6 @@ static __always_inline struct dc_task *task_state_of(struct dc_config *c, bool *
 	}
 	*in = refresh(c, t, task);
 	return t;
-}
-
-static __always_inline struct dc_task *task_state(struct dc_config *c, bool *in)
-{
-	return task_state_of(c, in, bpf_get_current_task_btf());
 }
 
 /* At the return of an operation begun in scope: is the task still one the
@@ -1154,207 +1130,6 @@ static __noinline int aio_submitted(struct dc_config *c, struct dc_entry *e, __u
 				    long n);
 static __noinline int aio_reaped(struct dc_config *c, struct dc_entry *e, __u64 tid_tgid, long n);
 
-/* ---- a system call's exit on the CPU of its entry, without task storage ---- */
-
-#define DC_EVICT_NS 1000000ull	/* a copy pending longer (a blocked call) may be taken out */
-#define DC_NR_EXIT 60		/* x86_64: exit and exit_group never return */
-#define DC_NR_EXIT_GROUP 231
-#define DC_NR_EXECVE 59		/* x86_64: execve and execveat return in a new image */
-#define DC_NR_EXECVEAT 322
-
-/* Can this call's exit be finished from the CPU's copy (struct dc_sys_slot)?
- * Calls that name files (paths, new descriptors, close) and the aio pairs need
- * the task's state at their exit; exit and exit_group never return (their
- * copy would hold the slot); execve and execveat return after dc_exec renewed
- * the task's state (its thread id, fd cache, scope). Without bpf_rdonly_cast
- * (before 6.2): never.
- * Profile mode neither: measured (alternated, docs/benchmarks.md), the copy at
- * the entry cost about what its exit saved. */
-static __always_inline bool sys_copyable(struct dc_config *c, struct dc_spec *sp, __u32 k)
-{
-	if (!bpf_rdonly_cast || k == DC_NR_EXIT || k == DC_NR_EXIT_GROUP || k == DC_NR_EXECVE ||
-	    k == DC_NR_EXECVEAT ||
-	    sp->bytes_kind == DC_BYTES_AIO_SUBMIT || sp->bytes_kind == DC_BYTES_AIO_REAP)
-		return false;
-	return c->mode == DC_MODE_TRACE && !sp->ret_fd && !sp->closes && sp->stream < 0 &&
-	       (sp->path < 0 || !c->capture_paths);
-}
-
-static __always_inline void fd_copy(struct dc_task *t, struct dc_sys_slot *s, int i, __s8 role)
-{
-	__s32 fd = role >= 0 ? (__s32)arg_of(&s->sys, role) : -1;
-	__u32 w = (__u32)fd & (DC_FCACHE - 1);
-
-	s->fok[i] = fd >= 0 && t->fc_fd[w] == fd;
-	s->fkey[i] = t->fc_file[w];
-	s->fkind[i] = t->fc_kind[w];
-}
-
-/* At the entry: record the call (t->sys has its ts, nr and probe) with its
- * arguments in this CPU's slot, with what its exit will read of t; true when
- * done (t->armed_cpu says where), false when the slot is another task's: its
- * pending copy keeps the slot (its exit is likely here, soon) unless it has
- * been pending for DC_EVICT_NS; then it is listed in sys_evicted first. */
-static __always_inline bool sys_arm(struct dc_config *c, struct dc_spec *sp, struct dc_task *t,
-				    struct task_struct *task, struct pt_regs *regs)
-{
-	__u32 zero = 0;
-	struct dc_sys_slot *s = bpf_map_lookup_elem(&sys_slots, &zero);
-	struct dc_evict_key key;
-	__u64 old, now = t->sys.ts;
-
-	if (!s)
-		return false;
-	old = *(volatile __u64 *)&s->state;
-	if (old && s->regs != (__u64)regs) {
-		if (now - old < DC_EVICT_NS)
-			return false;
-		key.ts = old;
-		key.tid_tgid = s->tid_tgid;
-		if (bpf_map_update_elem(&sys_evicted, &key, &s->sys, BPF_NOEXIST) != 0)
-			return false;
-		/* listed before it leaves the slot, so its exit finds it in one place or the other */
-		if (__sync_lock_test_and_set(&s->state, 0) != old)
-			bpf_map_delete_elem(&sys_evicted, &key);	/* its exit elsewhere took it */
-	}
-	s->regs = (__u64)regs;
-	s->task = (__u64)task;
-	s->tid_tgid = t->tid_tgid;
-	s->sys.ts = now;
-	s->sys.nr = t->sys.nr;
-	s->sys.probe = t->sys.probe;
-	/* x86_64 syscall ABI: rdi rsi rdx r10 r8 r9 */
-	s->sys.args[0] = regs->di;
-	s->sys.args[1] = regs->si;
-	s->sys.args[2] = regs->dx;
-	s->sys.args[3] = regs->r10;
-	s->sys.args[4] = regs->r8;
-	s->sys.args[5] = regs->r9;
-	s->cred = t->cred;
-	s->gen = t->gen;
-	s->dumpable = t->dumpable;
-	s->comm_done = t->comm_done;
-	fd_copy(t, s, 0, sp->fd);
-	fd_copy(t, s, 1, sp->fd2);
-	asm volatile("" ::: "memory");	/* the fields before the state that publishes them */
-	*(volatile __u64 *)&s->state = now;
-	t->armed_cpu = bpf_get_smp_processor_id() + 1;
-	return true;
-}
-
-/* The kind of descriptor ``fd`` from the copy of the task's fd cache: 0 when
- * known (or no file), -1 when the file must be named (the task state's path). */
-static __always_inline int fd_kind_copied(struct dc_sys_slot *s, int i, struct task_struct *task,
-					  __s32 fd, __u32 *kind)
-{
-	__u64 file;
-
-	*kind = 0;
-	if (fd < 0)
-		return 0;
-	file = fd_file(task, fd);
-	if (!file)
-		return 0;
-	if (!s->fok[i] || file_key(file) != s->fkey[i])
-		return -1;
-	*kind = s->fkind[i];
-	return 0;
-}
-
-/* finish() in trace mode from this CPU's copy: 1 done (the copy consumed); 0
- * not here, or the exit needs the task's state (a file to name, the comm,
- * creds that changed): then sys_claim() takes the copy. */
-static __always_inline int sys_exit_copied(struct dc_config *c, struct dc_spec *sp,
-					   struct pt_regs *regs, __u32 k, long ret)
-{
-	__u32 zero = 0, kind = 0, kind2 = 0, tgid;
-	struct dc_sys_slot *s = bpf_map_lookup_elem(&sys_slots, &zero);
-	struct dc_event ev_buf, *ev = &ev_buf;
-	struct task_struct *task;
-	struct dc_entry *e;
-	__s64 bytes;
-	__u64 now;
-
-	if (!s || !s->state || s->regs != (__u64)regs || s->sys.nr != k || !s->comm_done)
-		return 0;
-	e = &s->sys;
-	task = bpf_rdonly_cast((void *)s->task, bpf_core_type_id_kernel(struct task_struct));
-	/* still_in_scope(): what refresh() compares, against the entry's decision */
-	if (c->check_creds && (s->gen != *(volatile __u32 *)&c->scope_gen ||
-			       (__u64)task->cred != s->cred || dumpable_of(task) != s->dumpable))
-		return 0;
-	tgid = s->tid_tgid >> 32;
-	ev->fd = sp->fd >= 0 ? (__s32)arg_of(e, sp->fd) : -1;
-	ev->fd2 = sp->fd2 >= 0 ? (__s32)arg_of(e, sp->fd2) : -1;
-	if (fd_kind_copied(s, 0, task, ev->fd, &kind) < 0 ||
-	    fd_kind_copied(s, 1, task, ev->fd2, &kind2) < 0)
-		return 0;
-	*(volatile __u64 *)&s->state = 0;
-	now = bpf_ktime_get_ns();
-	bytes = bytes_of(sp, e, ret);
-	/* the event as finish() makes it, with no name to send */
-	ev->ts = e->ts;
-	ev->dur = now - e->ts;
-	ev->pid = tgid;
-	ev->tid = (__u32)s->tid_tgid;
-	ev->probe = (e->probe & DC_EV_PROBE_MASK) | (kind << DC_EV_KIND_SHIFT) |
-		    ((kind2 & 7) << DC_EV_KIND2_SHIFT);
-	ev->ret = ret;
-	ev->bytes = bytes;
-	ev->count = 0;
-	if (sp->count >= 0)
-		ev->count = arg_of(e, sp->count);
-	else if (sp->size >= 0 && sp->nmemb >= 0)
-		ev->count = arg_of(e, sp->size) * arg_of(e, sp->nmemb);
-	ev->offset = sp->offset >= 0 ? (__s64)arg_of(e, sp->offset) : -1;
-	ev->flags = sp->flags >= 0 ? (__u32)arg_of(e, sp->flags) : 0;
-	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
-	if (sp->scalar[0])
-		put_scalars(sp, e, ev);
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0) {
-		count_lost(0);
-		unsent_add(c, NULL, tgid, e->probe, ev->dur, bytes);
-	}
-	return 1;
-}
-
-static __always_inline void args_from(struct dc_task *t, struct dc_entry *e)
-{
-	t->sys.args[0] = e->args[0];
-	t->sys.args[1] = e->args[1];
-	t->sys.args[2] = e->args[2];
-	t->sys.args[3] = e->args[3];
-	t->sys.args[4] = e->args[4];
-	t->sys.args[5] = e->args[5];
-}
-
-/* The exit of an armed call sys_exit_copied() did not finish: is its copy
- * still pending (the exit needs the task state, the task migrated, or another
- * call took the slot)? Then it is this exit's call: its arguments go to t->sys
- * and the copy is consumed. Or was the copy consumed (this exit had no entry:
- * seccomp or a ptracer skipped the call)? A slot's fields change only after
- * its state has left the call's ts, which it never comes back to, so the
- * arguments read before a successful cmpxchg are the call's. */
-static __always_inline bool sys_claim(struct dc_task *t)
-{
-	__u32 zero = 0;
-	struct dc_sys_slot *s = bpf_map_lookup_percpu_elem(&sys_slots, &zero, t->armed_cpu - 1);
-	struct dc_evict_key key = { .ts = t->sys.ts, .tid_tgid = t->tid_tgid };
-	struct dc_entry *e;
-
-	if (s) {
-		args_from(t, &s->sys);
-		if (__sync_val_compare_and_swap(&s->state, key.ts, 0) == key.ts)
-			return true;
-	}
-	e = bpf_map_lookup_elem(&sys_evicted, &key);
-	if (!e)
-		return false;
-	args_from(t, e);
-	bpf_map_delete_elem(&sys_evicted, &key);
-	return true;
-}
-
 /* ---- system calls: one pair of programs, a table of wanted numbers ---- */
 
 /* BTF-enabled raw tracepoints: no copy of the arguments into a perf
@@ -1363,7 +1138,6 @@ SEC("tp_btf/sys_enter")
 int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 {
 	__u32 k = (__u32)nr;
-	struct task_struct *task;
 	struct dc_spec *sp;
 	struct dc_config *c;
 	struct dc_task *t;
@@ -1378,8 +1152,7 @@ int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 	c = get_config();
 	if (!c)
 		return 0;
-	task = bpf_get_current_task_btf();
-	t = task_state_of(c, &in, task);
+	t = task_state(c, &in);
 	if (!in)
 		return 0;
 	if (!t) {
@@ -1391,10 +1164,6 @@ int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 	t->sys.ts = bpf_ktime_get_ns();
 	t->sys.nr = k;
 	t->sys.probe = sp->probe;
-	/* the arguments go to this CPU's slot, or here */
-	if (sys_copyable(c, sp, k) && sys_arm(c, sp, t, task, regs))
-		return 0;
-	t->armed_cpu = 0;
 	/* x86_64 syscall ABI: rdi rsi rdx r10 r8 r9 */
 	t->sys.args[0] = regs->di;
 	t->sys.args[1] = regs->si;
@@ -1420,17 +1189,11 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 	sp = bpf_map_lookup_elem(&sys_specs, &k);
 	if (!sp || !sp->active)
 		return 0;
-	c = get_config();
-	if (c && sys_exit_copied(c, sp, regs, k, ret))
-		return 0;
 	task = bpf_get_current_task_btf();
 	t = bpf_task_storage_get(&tasks, task, 0, 0);
 	if (!t || !t->sys.ts)
 		return 0;
-	if (t->armed_cpu && !sys_claim(t)) {
-		t->sys.ts = 0;
-		return 0;
-	}
+	c = get_config();
 	/* a set-uid execve returns in another program with other creds */
 	if (c && t->sys.nr == k && still_in_scope(c, t, task)) {
 		if (sp->bytes_kind == DC_BYTES_AIO_SUBMIT)

@@ -154,7 +154,7 @@ struct dc_entry {
 struct dc_task {
 	struct dc_entry sys;	/* pending system call; sys.ts == 0: none */
 	__u32 gen;		/* scope generation of in_scope (0: not decided) */
-	__u32 armed_cpu;	/* CPU + 1 whose sys_slots copy sys was made on; 0: none */
+	__u32 pad0;
 	__u8 in_scope;
 	__u8 comm_done;		/* this task's process name is in comms */
 	__u8 dumpable;		/* mm dumpable bits in_scope was decided with */
@@ -178,39 +178,6 @@ struct dc_task {
 	__u64 fc_file[DC_FCACHE];
 	__s32 fc_fd[DC_FCACHE];
 	__u8 fc_kind[DC_FCACHE];
-};
-
-/* Trace mode: a CPU's copy of the system call its task began (sys_slots,
- * per-CPU), with what the exit needs of the task's state: an exit on the same
- * CPU uses it and spares the current task + task storage lookup. A copy is consumed
- * exactly once: ``state`` goes from the call's ts to 0, by that exit or by a
- * cmpxchg from the task's exit on another CPU (it migrated); a copy another
- * call took the slot from is listed in sys_evicted. The call's arguments are
- * only here (dc_task.sys has its ts, nr and probe), and the fast exit leaves
- * dc_task.sys as it was: armed_cpu tells the slow path to ask the slot whether
- * the call is still pending, so an exit without an entry (seccomp, a ptracer)
- * never pairs with a call already consumed. */
-struct dc_sys_slot {
-	__u64 state;		/* ts of the pending call copied here; 0: none */
-	__u64 regs;		/* its task's pt_regs (one per live task) */
-	__u64 task;		/* its task_struct, as a number */
-	__u64 tid_tgid;
-	struct dc_entry sys;
-	__u64 cred;		/* check_creds: the inputs of the scope decision */
-	__u64 fkey[2];		/* the task's fd cache entries for the fd and fd2 roles */
-	__u32 gen;
-	__u8 dumpable;
-	__u8 comm_done;
-	__u8 fok[2];		/* fkey/fkind hold the cache's entry for that descriptor */
-	__u8 fkind[2];
-	__u8 pad[6];
-};
-
-/* A pending copy another task's call took the CPU's slot from: (ts, tid_tgid);
- * the value is the call (struct dc_entry). */
-struct dc_evict_key {
-	__u64 ts;
-	__u64 tid_tgid;
 };
 
 /* Set in dc_event.probe when a dc_path record was sent for the event: the

@@ -29,7 +29,7 @@ from datacrumbs.tracer.daemon import short_host
 from workloads import daemon_readback as rb
 from workloads.daemon_build import build
 
-from fixtures.tracing import Bpftrace
+from fixtures.tracing import Bpftrace, held_bpf_ids
 
 pytestmark = pytest.mark.ebpf
 DATACRUMBS = [
@@ -1188,19 +1188,9 @@ def test_an_early_copy_that_fails_verification_leaves_nothing_loaded(site, user1
     from datacrumbs.tracer import preload
     from datacrumbs.tracer.daemon import ready_path, run_daemon
 
-    def held() -> set[str]:
-        out = set()
-        for fd in os.listdir("/proc/self/fdinfo"):
-            try:
-                text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-            except OSError:
-                continue
-            out |= {line for line in text.splitlines() if line.startswith(("prog_id:", "map_id:"))}
-        return out
-
     probes = sign_for(site, user1)
     env = {"DATACRUMBS_PROBE_SHA256": hashlib.sha256(probes.read_bytes()).hexdigest()}
-    before = held()
+    before = held_bpf_ids()
     preload.start(probes, "4254", user2.pw_name, env=env)
     assert preload._pending is not None and preload._decoded is not None, "begun early"
     with pytest.raises(DatacrumbsError) as refused:
@@ -1209,5 +1199,5 @@ def test_an_early_copy_that_fails_verification_leaves_nothing_loaded(site, user1
     assert f"signed for {user1.pw_name}" in message and f"not for {user2.pw_name}" in message
     assert "\n" not in message.strip() and "Traceback" not in message
     assert preload._pending is None and preload._decoded is None
-    assert held() == before, "the early load was closed"
+    assert held_bpf_ids() == before, "the early load was closed"
     assert not ready_path(site, "4254").exists()

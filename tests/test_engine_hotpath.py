@@ -15,7 +15,7 @@ import pytest
 from datacrumbs.tracer.engine import UPROBE_MULTI_ENV, Engine
 from datacrumbs.tracer.scope import Scope
 
-from fixtures.tracing import MOVER, run_before_move, collect, stdio_sizes, write_sizes
+from fixtures.tracing import MOVER, run_before_move, collect, held_bpf_ids, stdio_sizes, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
@@ -362,16 +362,7 @@ def test_profile_rows_of_probes_sharing_a_cache_way_stay_apart(bpf_object, trace
 
 def _own_programs() -> set[str]:
     """Names of the BPF programs this process holds (its fds), from the kernel."""
-    ids = set()
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if "prog_tag:" in text:
-            ids.update(int(line.split()[1]) for line in text.splitlines()
-                       if line.startswith("prog_id:"))
+    ids = held_bpf_ids()["prog_id"]
     names = set()
     for prog_id in ids:
         out = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id), "-j"],

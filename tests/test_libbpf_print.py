@@ -50,15 +50,10 @@ def test_libbpf_warnings_printed_in_c_still_explain_a_refused_load(bpf_object):
 def test_a_print_library_others_may_write_is_not_loaded(bpf_object, tmp_path):
     shutil.copy(libbpf.print_library_path(bpf_object), tmp_path)
     library = tmp_path / libbpf.PRINT_LIBRARY_NAME
-    os.chmod(library, 0o666)
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from datacrumbs.tracer import libbpf; "
-         "print(libbpf.use_c_print(sys.argv[1]))", str(tmp_path / "datacrumbs.bpf.o")],
-        capture_output=True, text=True, timeout=60)
-    assert proc.stdout.strip() == "False", proc.stderr
-    os.chmod(library, 0o644)
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from datacrumbs.tracer import libbpf; "
-         "print(libbpf.use_c_print(sys.argv[1]))", str(tmp_path / "datacrumbs.bpf.o")],
-        capture_output=True, text=True, timeout=60)
-    assert proc.stdout.strip() == "True", proc.stderr
+    for mode, used in ((0o666, "False"), (0o644, "True")):
+        os.chmod(library, mode)
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from datacrumbs.tracer import libbpf; "
+             "print(libbpf.use_c_print(sys.argv[1]))", str(tmp_path / "datacrumbs.bpf.o")],
+            capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip() == used, (oct(mode), proc.stderr)

@@ -6,7 +6,6 @@ loads that way and its events of both kinds arrive through the one ring."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -15,7 +14,7 @@ from datacrumbs.tracer import libbpf, parload
 from datacrumbs.tracer.engine import _ALL_PROGS, _MULTI_PROGS, Engine
 from datacrumbs.tracer.scope import Scope
 
-from fixtures.tracing import collect, stdio_sizes
+from fixtures.tracing import collect, held_bpf_ids, stdio_sizes
 from test_engine import FWRITE, WRITE
 
 pytestmark = pytest.mark.ebpf
@@ -44,22 +43,6 @@ def map_ids(obj, names) -> set[int]:
     return out
 
 
-def held_bpf_fds() -> dict[str, set[int]]:
-    """{"prog_id"/"map_id": ids} of the BPF programs and maps this process holds open."""
-    held: dict[str, set[int]] = {"prog_id": set(), "map_id": set()}
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                text = f.read()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key in held:
-                held[key].add(int(value))
-    return held
-
-
 def prog_info(fd: int) -> dict:
     with open(f"/proc/self/fdinfo/{fd}") as f:
         prog_id = next(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
@@ -79,7 +62,7 @@ def test_both_halves_use_the_first_objects_maps(bpf_object, tracefs):
     assert first == "dc_fork" and all(halves), "the plan splits this set in two"
     assert "dc_sys_exit" in halves[0] and "dc_uretprobe_multi" in halves[1], \
         "the two long verifications go to different halves"
-    before = held_bpf_fds()         # another test's engine may still be open
+    before = held_bpf_ids()         # another test's engine may still be open
     obj = parload.load(configured(bpf_object), NEEDED, _ALL_PROGS, MULTI)
     try:
         assert isinstance(obj, parload.SplitObject) and len(obj.others) == 2
@@ -88,7 +71,7 @@ def test_both_halves_use_the_first_objects_maps(bpf_object, tracefs):
         names = obj.first.map_names()
         made = map_ids(obj, names)
         assert len(names) > 30 and len(made) == len(names)
-        assert held_bpf_fds()["map_id"] - before["map_id"] == made
+        assert held_bpf_ids()["map_id"] - before["map_id"] == made
         events = next(iter(map_ids(obj, ["events"])))
         for prog in NEEDED:
             info = prog_info(obj.program_fd(prog))
@@ -99,7 +82,7 @@ def test_both_halves_use_the_first_objects_maps(bpf_object, tracefs):
                 f"{prog} sends through the first object's ring"
     finally:
         obj.close()
-    assert held_bpf_fds() == before, "close frees everything"
+    assert held_bpf_ids() == before, "close frees everything"
 
 
 @pytest.mark.parametrize("half", [0, 1], ids=["in-the-callers-thread", "in-the-second-thread"])
@@ -107,7 +90,7 @@ def test_a_refused_half_leaves_nothing_loaded(bpf_object, tracefs, half):
     """A program of one half made unloadable (a BTF tracepoint program given the uprobe_multi
     attach type, which the kernel refuses): the load raises the usual refusal and once the
     caller closes its object (as the engine does) no BPF program or map is held."""
-    before = held_bpf_fds()
+    before = held_bpf_ids()
     _first, *halves = parload.plan(NEEDED)
     bad = next(p for p in halves[half] if p in ("dc_sys_enter", "dc_block_issue",
                                                 "dc_block_complete"))
@@ -115,7 +98,7 @@ def test_a_refused_half_leaves_nothing_loaded(bpf_object, tracefs, half):
     with pytest.raises(libbpf.LibbpfError, match="the kernel refused to load BPF object"):
         parload.load(obj, NEEDED, _ALL_PROGS, dict(MULTI, **{bad: libbpf.BPF_TRACE_UPROBE_MULTI}))
     obj.close()
-    assert held_bpf_fds() == before
+    assert held_bpf_ids() == before
 
 
 def test_a_session_of_syscalls_and_uprobes_loads_in_halves(bpf_object, tracefs, engine_io,

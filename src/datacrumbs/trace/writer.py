@@ -761,14 +761,18 @@ class TraceWriter:
         self.events_dropped += pending - kept
         self._write_all(_CLOSING)
 
-    def _write_all(self, data: bytes) -> bool:
+    def _write_raw(self, data) -> None:
+        """All of ``data`` at the file's end, or OSError."""
         view = memoryview(data)
+        while view:
+            done = os.write(self._fd, view)
+            if done <= 0:
+                raise OSError(errno_mod.EIO, "write returned 0")
+            view = view[done:]
+
+    def _write_all(self, data: bytes) -> bool:
         try:
-            while view:
-                done = os.write(self._fd, view)
-                if done <= 0:
-                    raise OSError(errno_mod.EIO, "write returned 0")
-                view = view[done:]
+            self._write_raw(data)
         except OSError as exc:
             self._fail(exc)
             return False
@@ -779,13 +783,8 @@ class TraceWriter:
         """The member index after "]" (trace/gzindex.py: the report cuts the trace there
         without inflating it). A hint only: if it cannot be written (disk full) the file is
         cut back to "]", still complete, and readers find the members by inflating."""
-        data = memoryview(gzindex.index_members(self._members, self.bytes_written))
         try:
-            while data:
-                done = os.write(self._fd, data)
-                if done <= 0:
-                    raise OSError(errno_mod.EIO, "write returned 0")
-                data = data[done:]
+            self._write_raw(gzindex.index_members(self._members, self.bytes_written))
         except OSError as exc:
             log.debug("trace %s: member index not written (%s)", self.path, exc)
             try:

@@ -230,6 +230,9 @@ def main() -> int:
 
         scan = columnar.scanner()
         print(f"parser: {f'compiled line scanner {scan.path}' if scan else 'pyarrow (no line scanner)'}")
+        from datacrumbs.report import analysis
+        fold = analysis._folder()
+        print(f"fold: {f'compiled stream fold {fold.path}' if fold else 'numpy (no stream fold)'}")
         from datacrumbs.report import merge
         merge.USE_INDEX = not args.no_index
         jobs = args.jobs or default_jobs()

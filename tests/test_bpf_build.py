@@ -21,15 +21,19 @@ def test_cli_builds_an_object_the_engine_loads(tmp_path, tracefs, capsys):
     assert run_cli(["build-bpf", "-o", str(out)]) == 0
     lines = out.with_name("datacrumbs-lines.so")   # the daemon's line formatter, beside it
     scan = out.with_name("datacrumbs-scan.so")     # and the report's line scanner
+    fold = out.with_name("datacrumbs-fold.so")     # and the report's stream fold
     printer = out.with_name("datacrumbs-libbpf-print.so")  # libbpf's printing without Python
-    assert capsys.readouterr().out == f"built {out}\nbuilt {lines}\nbuilt {scan}\nbuilt {printer}\n"
-    for built in (out, lines, scan, printer):
+    assert capsys.readouterr().out == \
+        f"built {out}\nbuilt {lines}\nbuilt {scan}\nbuilt {fold}\nbuilt {printer}\n"
+    for built in (out, lines, scan, fold, printer):
         assert built.read_bytes()[:4] == b"\x7fELF"
         assert oct(built.stat().st_mode & 0o777) == "0o644"
     assert sorted(p.name for p in out.parent.iterdir()) == \
-        sorted([out.name, lines.name, scan.name, printer.name]), "no temporary files left"
-    from datacrumbs.trace import fastlines, fastscan
+        sorted([out.name, lines.name, scan.name, fold.name, printer.name]), \
+        "no temporary files left"
+    from datacrumbs.trace import fastfold, fastlines, fastscan
     assert fastlines.load(lines) is not None
+    assert fastfold.load(fold) is not None
     assert fastscan.load(scan).scan(b'{"ph":"X","pid":7}').ints("pid")[0].tolist() == [7]
     with Engine([WRITE], Scope.for_pids([os.getpid()]), bpf_object=out) as eng:
         assert [p["id"] for p in eng.attach().attached] == ["posix.write"]

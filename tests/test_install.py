@@ -166,9 +166,12 @@ def test_cli_install_with_bpf_then_uninstall(tmp_path, tracefs):
     assert obj.read_bytes()[:4] == b"\x7fELF" and scan.read_bytes()[:4] == b"\x7fELF"
     assert f"installed {obj}" in res.stdout and "daemon-reload" in res.stdout
     assert f"installed {scan}" in res.stdout
+    fold = obj.with_name("datacrumbs-fold.so")     # and the report's stream fold
+    assert fold.read_bytes()[:4] == b"\x7fELF" and f"installed {fold}" in res.stdout
     res = cli("uninstall", "--prefix", str(prefix))
     assert res.returncode == 0, res.stderr
     assert f"removed {obj}" in res.stdout and f"removed {scan}" in res.stdout
+    assert f"removed {fold}" in res.stdout
     assert not prefix.exists()
     res = cli("uninstall", "--prefix", str(prefix))
     assert res.returncode == 1

@@ -3,7 +3,8 @@
 Generates vmlinux.h from /sys/kernel/btf/vmlinux with bpftool and compiles
 the generic CO-RE programs with clang into the site's bpf_object path, and
 beside it the daemon's compiled trace line formatter (datacrumbs-lines.so), the
-report's trace line scanner (datacrumbs-scan.so) and libbpf's print function
+report's trace line scanner (datacrumbs-scan.so) and stream fold (datacrumbs-fold.so)
+and libbpf's print function
 (datacrumbs-libbpf-print.so).
 
 examples:
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import load_config
-from ..trace import fastscan
+from ..trace import fastfold, fastscan
 from ..trace.fastlines import build_library, library_path
 from ..tracer.build import build_bpf_object, build_print_library
 from ..tracer.libbpf import print_library_path
@@ -35,5 +36,6 @@ def main(args) -> int:
     print(f"built {path}")
     print(f"built {build_library(library_path(path))}")
     print(f"built {fastscan.build_library(fastscan.library_path(path))}")
+    print(f"built {fastfold.build_library(fastfold.library_path(path))}")
     print(f"built {build_print_library(print_library_path(path))}")
     return 0

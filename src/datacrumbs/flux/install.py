@@ -235,7 +235,7 @@ def install(prefix: Path, *, build_bpf: bool = True, python: str | None = None) 
 
 
 def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
-    from ..trace import fastscan
+    from ..trace import fastfold, fastscan
     from ..trace.fastlines import build_library, library_path
     from ..tracer import build  # H3: compiles vmlinux.h + the CO-RE object
 
@@ -250,6 +250,9 @@ def _build_bpf(inst: _Installer, cfg: SiteConfig) -> None:
     scan = fastscan.build_library(fastscan.library_path(dest))  # the report's line scanner
     inst.entries[scan] = ("f", _sha(scan.read_bytes()))
     inst.report.installed.append(scan)
+    fold = fastfold.build_library(fastfold.library_path(dest))  # the report's stream fold
+    inst.entries[fold] = ("f", _sha(fold.read_bytes()))
+    inst.report.installed.append(fold)
     from ..tracer.libbpf import print_library_path
     printer = build.build_print_library(Path(print_library_path(dest)))   # libbpf's printing
     inst.entries[printer] = ("f", _sha(printer.read_bytes()))

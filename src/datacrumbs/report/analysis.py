@@ -64,6 +64,23 @@ ALIGN = 4096
 FILE_KINDS = {"reg", "blk", "dir", "unknown"}      # what counts as file I/O
 
 
+#: Fold each chunk's streams with the compiled trace/fold.c when the site has it; False:
+#: numpy (the same numbers; tests run both).
+FOLD = True
+_FOLDER: list = []      # [the fold or None], looked up once per process
+
+
+def _folder():
+    """The site's compiled stream fold (trace/fastfold.py), or None."""
+    if not FOLD:
+        return None
+    if not _FOLDER:
+        from ..trace import fastfold
+
+        _FOLDER.append(fastfold.for_site())
+    return _FOLDER[0]
+
+
 def op_class(name: str) -> int:
     if name in READ_OPS or name.startswith(("MPI_File_read", "MPI_File_iread")):
         return READ
@@ -521,6 +538,15 @@ class Detail:
             upid, pinv = uniq(pid[rows], inverse=True)
             gk = ((pinv * nf + fi[rows]) * 5 + rcls) * 6 + layer[rows]
         ug, ginv = uniq(gk, inverse=True)       # the streams, and each row's
+        folder = _folder()
+        got = None if folder is None else folder.streams(
+            ai, ginv[:len(ai)], kind[:len(ai)], val[:len(ai)], rsize[:len(ai)], r_rows, r_pos,
+            ginv[len(ai):len(ai) + len(r_rows)], ginv[len(ai) + len(r_rows):],
+            (ug // 6) % 5 == READ)
+        if got is not None:
+            self._fold_streams(source, flist, nf, upid, ug, fids, got, rsize[:len(ai)],
+                               ginv[:len(ai)])
+            return
         order, gidx = _group_order(ginv, rows)  # by stream, then in trace order
         kind, val, rsize = kind[order], val[order], rsize[order]
         m, ng = len(gidx), len(ug)
@@ -584,6 +610,55 @@ class Detail:
         pos_abs = seg_abs[s_last]
         s0 = seg[g_first]                   # a stream's first segment: relative unless a reset
         rel_read = np.where(seg_abs[s0], 0, cs[seg_last[s0]] - (cs - imp)[seg_first[s0]])
+        self._place_streams(source, flist, nf, upid, ug, fids, pat, n_large, n_mis, has,
+                            head_off, head_abs, last_end, last_abs, pos, pos_abs, rel_read,
+                            pend_j, pend_v)
+        # absolute read extents, per file (runs of back-to-back reads as one)
+        sel = aabs & (asz > 0) & (((ug // 6) % 5 == READ)[ai_g])
+        if sel.any():
+            sg, so, se = ai_g[sel], aoff[sel], end[sel]
+            brk = np.ones(len(sg), bool)
+            brk[1:] = (sg[1:] != sg[:-1]) | (so[1:] != se[:-1])
+            starts = np.flatnonzero(brk)
+            ends = np.append(starts[1:] - 1, len(sg) - 1)
+            rf = ((ug // 30) % nf)[sg[starts]]
+            runs = np.stack([so[starts], se[ends]], axis=1)
+            o = np.argsort(rf, kind="stable")
+            self._add_runs(flist, rf[o], runs[o])
+
+    def _fold_streams(self, source, flist, nf, upid, ug, fids, got, a_sz, a_g) -> None:
+        """_streams' last part with fold.c's results (trace order: put in stream order)."""
+        (pat, n_large, n_mis, has, head_off, head_abs, last_end, last_abs, pos, pos_abs,
+         rel_read, pend_g, pend_v, run_g, run_s, run_e) = got
+        has_b = has == 1
+        if not has_b.all():         # what numpy's gathers leave there (HAS says to ignore it)
+            if has_b.any():
+                hf = int(np.argmax(has_b))
+                e0 = head_off[hf:hf + 1] + a_sz[np.argmax(a_g == hf):][:1]
+                head_off[~has_b], head_abs[~has_b] = head_off[hf], head_abs[hf]
+                last_end[~has_b], last_abs[~has_b] = e0[0], head_abs[hf]
+            else:
+                head_off[:] = head_abs[:] = last_end[:] = last_abs[:] = 0
+        o = np.argsort(pend_g, kind="stable")
+        self._place_streams(source, flist, nf, upid, ug, fids, pat, n_large, n_mis, has_b,
+                            head_off, head_abs.astype(bool), last_end, last_abs.astype(bool),
+                            pos, pos_abs.astype(bool), rel_read, pend_g[o], pend_v[o])
+        if len(run_g):
+            rf = ((ug // 30) % nf)[run_g]
+            o = np.lexsort((run_g, rf))
+            self._add_runs(flist, rf[o], np.stack([run_s[o], run_e[o]], axis=1))
+
+    def _add_runs(self, flist, rf, runs) -> None:
+        """Read runs ``runs`` of files ``rf`` (sorted) to each file's extents."""
+        cut = np.flatnonzero(np.diff(rf)) + 1
+        for f, part in zip(rf[np.append(0, cut)].tolist(), np.split(runs, cut)):
+            self._add_extents(flist[f], part)
+
+    def _place_streams(self, source, flist, nf, upid, ug, fids, pat, n_large, n_mis, has,
+                       head_off, head_abs, last_end, last_abs, pos, pos_abs, rel_read,
+                       pend_j, pend_v) -> None:
+        """A chunk's per-stream results into the group arrays (or the Stream dicts)."""
+        ng = len(ug)
         if fids is not None and self._vector():
             G = self.groups
             f_a, c_a = (ug // 30) % nf, (ug // 6) % 5
@@ -607,21 +682,6 @@ class Detail:
             self._fold_streams_ref(source, flist, upid, ug, nf, pat, n_large, n_mis, has,
                                    head_off, head_abs, last_end, last_abs, pos, pos_abs,
                                    rel_read, pend_j, pend_v)
-        # absolute read extents, per file (runs of back-to-back reads as one)
-        sel = aabs & (asz > 0) & (((ug // 6) % 5 == READ)[ai_g])
-        if sel.any():
-            sg, so, se = ai_g[sel], aoff[sel], end[sel]
-            brk = np.ones(len(sg), bool)
-            brk[1:] = (sg[1:] != sg[:-1]) | (so[1:] != se[:-1])
-            starts = np.flatnonzero(brk)
-            ends = np.append(starts[1:] - 1, len(sg) - 1)
-            rf = ((ug // 30) % nf)[sg[starts]]
-            runs = np.stack([so[starts], se[ends]], axis=1)
-            o = np.argsort(rf, kind="stable")
-            rf, runs = rf[o], runs[o]
-            cut = np.flatnonzero(np.diff(rf)) + 1
-            for f, part in zip(rf[np.append(0, cut)].tolist(), np.split(runs, cut)):
-                self._add_extents(flist[f], part)
 
     def _fold_streams_ref(self, source, flist, upid, ug, nf, pat, n_large, n_mis, has,
                           head_off, head_abs, last_end, last_abs, pos, pos_abs, rel_read,

@@ -1,0 +1,119 @@
+"""The compiled per-stream fold (trace/fold.c): built at install time, loaded with ctypes.
+
+analysis.Detail._streams (access pattern, positions, pending pairs and read extents of
+every (pid, file, class, layer) stream of a chunk) was the largest part of the report's
+numpy fold: a sort of the chunk by stream and some forty array passes. fold.c does it in
+one walk in trace order. It is built beside the BPF object like the line scanner
+(``datacrumbs build-bpf``, ``datacrumbs install``), never at run time; without it, or with
+one of another ABI, the numpy code runs with identical results
+(tests/test_report_fastfold.py holds both paths to the same summaries).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .fastlines import open_library
+
+log = logging.getLogger("datacrumbs.trace")
+
+LIBRARY_NAME = "datacrumbs-fold.so"
+SOURCE_NAME = "fold.c"
+ABI = 1
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+def source_path() -> Path:
+    return Path(str(resources.files("datacrumbs.trace") / SOURCE_NAME))
+
+
+def library_path(bpf_object) -> Path:
+    """Where the fold lives: beside the site's BPF object (and the line scanner)."""
+    return Path(bpf_object).with_name(LIBRARY_NAME)
+
+
+def build_library(out: Path, cc: str | None = None) -> Path:
+    """Compile fold.c into ``out`` atomically (``cc``, else cc, clang or gcc from PATH)."""
+    from ..tracer.build import build_shared_library
+
+    return build_shared_library(source_path(), out, "report stream fold", cc)
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+class Folder:
+    """The loaded library; ``streams(...)`` is one chunk's per-stream results, or None
+    (the numpy path then runs)."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path):
+        self.path = path
+        self._fn = lib.dc_fold_streams
+        self._fn.restype = _I
+        self._fn.argtypes = [_I, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _P] + [_P] * 17
+        self.calls = 0              # chunks folded here (tests: the C path did run)
+        self.declined = 0
+
+    def streams(self, a_row, a_g, a_kind, a_val, a_sz, r_row, r_pos, r_gr, r_gw, g_read):
+        """Per-stream arrays (pat (ng, 3), n_large, n_mis, has, head_off, head_abs,
+        last_end, last_abs, pos, pos_abs, rel_read), pending pairs (pend_g, pend_v (k, 4))
+        and absolute read runs (run_g, run_s, run_e) in trace order; None: declined."""
+        i64 = np.int64
+        a_row, a_g, a_val, a_sz, r_row, r_pos, r_gr, r_gw = (
+            np.ascontiguousarray(x, i64) for x in (a_row, a_g, a_val, a_sz, r_row, r_pos,
+                                                    r_gr, r_gw))
+        a_kind = np.ascontiguousarray(a_kind, np.int8)
+        g_read = np.ascontiguousarray(g_read, np.uint8)
+        na, nr, ng = len(a_row), len(r_row), len(g_read)
+        pat = np.empty((ng, 3), i64)
+        per = np.empty((10, ng), i64)
+        pend_g, run_g, run_s, run_e = (np.empty(na, i64) for _ in range(4))
+        pend_v = np.empty((na, 4), i64)
+        counts = np.zeros(2, i64)
+        rc = self._fn(na, _ptr(a_row), _ptr(a_g), _ptr(a_kind), _ptr(a_val), _ptr(a_sz),
+                      nr, _ptr(r_row), _ptr(r_pos), _ptr(r_gr), _ptr(r_gw), ng, _ptr(g_read),
+                      _ptr(pat), *(_ptr(per[j]) for j in range(10)), _ptr(pend_g),
+                      _ptr(pend_v), _ptr(run_g), _ptr(run_s), _ptr(run_e), _ptr(counts))
+        if rc != 0:
+            self.declined += 1
+            log.debug("stream fold declined a chunk (%d); folding it with numpy", rc)
+            return None
+        self.calls += 1
+        k, r = int(counts[0]), int(counts[1])
+        return (pat, *per, pend_g[:k], pend_v[:k], run_g[:r], run_s[:r], run_e[:r])
+
+
+_loaded: dict[str, Folder | None] = {}
+
+
+def load(path) -> Folder | None:
+    """The fold at ``path``, or None (logged once, at debug level: the report is the same
+    without it) when it is missing, unsafe or of another ABI."""
+    path = Path(path)
+    key = str(path)
+    if key not in _loaded:
+        lib = open_library(path, "dc_fold_abi", ABI, "report stream fold",
+                           "folding with numpy", logging.DEBUG)
+        _loaded[key] = Folder(lib, path) if lib is not None else None
+    return _loaded[key]
+
+
+def for_site() -> Folder | None:
+    """The fold beside the site configuration's BPF object (None: none usable)."""
+    from ..config import load_config
+    from ..errors import DatacrumbsError
+
+    try:
+        bpf_object = load_config().bpf_object
+    except (DatacrumbsError, OSError, ValueError) as exc:
+        log.debug("no site configuration for the report stream fold (%s)", exc)
+        return None
+    return load(library_path(bpf_object))

@@ -1,0 +1,144 @@
+/* The report's per-stream access pattern in one pass (report/fastfold.py loads it).
+ *
+ * analysis.Detail._streams sorted a chunk's accesses and resets (opens, seeks) by stream
+ * and ran some forty numpy passes over them; here one walk in trace order keeps each
+ * stream's state in arrays indexed by its stream number (the caller's uniq rank) and
+ * produces the same per-stream results. Arithmetic is modulo 2^64 (uint64_t), as numpy's
+ * int64 arithmetic wraps, so even hostile offsets give the numpy path's numbers.
+ *
+ * Built by `datacrumbs build-bpf` / `datacrumbs install` beside the BPF object; never at
+ * run time. Bump DC_FOLD_ABI whenever a signature or a layout below changes.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DC_FOLD_ABI 1
+#define ALIGN 4096
+
+int dc_fold_abi(void) { return DC_FOLD_ABI; }
+
+/* Inputs: na accesses (rows ascending: a_row; their stream a_g; kind 0 explicit offset,
+ * 1 at the stream's position; a_val the explicit offset; a_sz the size >= 0), nr resets
+ * (rows ascending: r_row; new position r_pos; the READ and WRITE streams r_gr, r_gw), ng
+ * streams, g_read[g] 1 for a read stream.
+ * Per stream out (ng each): pat (3 per stream), n_large, n_mis, has, head_off, head_abs,
+ * last_end, last_abs, pos, pos_abs, rel_read (implicit bytes of a relative first segment).
+ * pend_g/pend_v (4 per pair), run_g/run_s/run_e: up to na each, in trace order; counts in
+ * counts[0] (pairs) and counts[1] (runs).
+ * Returns 0, or -1 (unsorted rows or a stream out of range: the caller uses numpy), -2 (no
+ * memory). */
+int64_t dc_fold_streams(int64_t na, const int64_t *a_row, const int64_t *a_g,
+                        const int8_t *a_kind, const int64_t *a_val, const int64_t *a_sz,
+                        int64_t nr, const int64_t *r_row, const int64_t *r_pos,
+                        const int64_t *r_gr, const int64_t *r_gw,
+                        int64_t ng, const uint8_t *g_read,
+                        int64_t *pat, int64_t *n_large, int64_t *n_mis, int64_t *has,
+                        int64_t *head_off, int64_t *head_abs, int64_t *last_end,
+                        int64_t *last_abs, int64_t *pos, int64_t *pos_abs, int64_t *rel_read,
+                        int64_t *pend_g, int64_t *pend_v, int64_t *run_g, int64_t *run_s,
+                        int64_t *run_e, int64_t *counts)
+{
+    int64_t i, k;
+    if (na < 0 || nr < 0 || ng < 0)
+        return -1;
+    for (i = 1; i < na; i++)
+        if (a_row[i] <= a_row[i - 1])
+            return -1;
+    for (i = 1; i < nr; i++)
+        if (r_row[i] <= r_row[i - 1])
+            return -1;
+    for (i = 0; i < na; i++)
+        if (a_g[i] < 0 || a_g[i] >= ng)
+            return -1;
+    for (i = 0; i < nr; i++)
+        if (r_gr[i] < 0 || r_gr[i] >= ng || r_gw[i] < 0 || r_gw[i] >= ng)
+            return -1;
+    /* per stream scratch: segment base, implicit bytes in the segment, the current read
+     * run (-1 none), whether still in a relative first segment */
+    uint64_t *imp = calloc((size_t)ng + 1, sizeof(uint64_t));
+    int64_t *run = malloc(((size_t)ng + 1) * sizeof(int64_t));
+    uint8_t *first = malloc((size_t)ng + 1);
+    if (!imp || !run || !first) {
+        free(imp); free(run); free(first);
+        return -2;
+    }
+    memset(pat, 0, (size_t)ng * 3 * sizeof(int64_t));
+    memset(n_large, 0, (size_t)ng * sizeof(int64_t));
+    memset(n_mis, 0, (size_t)ng * sizeof(int64_t));
+    memset(has, 0, (size_t)ng * sizeof(int64_t));
+    memset(pos, 0, (size_t)ng * sizeof(int64_t));       /* the segment's base */
+    memset(pos_abs, 0, (size_t)ng * sizeof(int64_t));
+    memset(rel_read, 0, (size_t)ng * sizeof(int64_t));
+    memset(first, 1, (size_t)ng);
+    for (k = 0; k < ng; k++) {
+        run[k] = -1;
+        head_off[k] = head_abs[k] = last_end[k] = last_abs[k] = 0;
+    }
+    int64_t np_ = 0, nrun = 0, ia = 0, ir = 0;
+    while (ia < na || ir < nr) {
+        if (ir < nr && (ia >= na || r_row[ir] < a_row[ia])) {
+            /* a reset: a new absolute segment on both its streams */
+            int64_t gg[2] = {r_gr[ir], r_gw[ir]};
+            for (int s = 0; s < 2; s++) {
+                int64_t g = gg[s];
+                pos[g] = r_pos[ir];
+                pos_abs[g] = 1;
+                imp[g] = 0;
+                first[g] = 0;
+            }
+            ir++;
+            continue;
+        }
+        int64_t g = a_g[ia];
+        uint64_t sz = (uint64_t)a_sz[ia];
+        uint64_t off;
+        int64_t oabs;
+        if (a_kind[ia] == 0) {
+            off = (uint64_t)a_val[ia];
+            oabs = 1;
+            if (a_sz[ia] >= ALIGN) {
+                n_large[g]++;
+                if (off & (ALIGN - 1))
+                    n_mis[g]++;
+            }
+        } else {
+            off = (uint64_t)pos[g] + imp[g];
+            oabs = pos_abs[g];
+            imp[g] += sz;
+            if (first[g])
+                rel_read[g] = (int64_t)((uint64_t)rel_read[g] + sz);
+        }
+        uint64_t end = off + sz;
+        if (!has[g]) {
+            has[g] = 1;
+            head_off[g] = (int64_t)off;
+            head_abs[g] = oabs;
+        } else if (oabs != last_abs[g]) {
+            int64_t *v = pend_v + 4 * np_;
+            pend_g[np_++] = g;
+            v[0] = (int64_t)off; v[1] = oabs; v[2] = last_end[g]; v[3] = last_abs[g];
+        } else {
+            int64_t d = (int64_t)(off - (uint64_t)last_end[g]);
+            pat[3 * g + (d == 0 ? 0 : d > 0 ? 1 : 2)]++;
+        }
+        last_end[g] = (int64_t)end;
+        last_abs[g] = oabs;
+        if (oabs && a_sz[ia] > 0 && g_read[g]) {      /* an absolute read extent */
+            int64_t r = run[g];
+            if (r >= 0 && run_e[r] == (int64_t)off) {
+                run_e[r] = (int64_t)end;
+            } else {
+                run_g[nrun] = g; run_s[nrun] = (int64_t)off; run_e[nrun] = (int64_t)end;
+                run[g] = nrun++;
+            }
+        }
+        ia++;
+    }
+    for (k = 0; k < ng; k++)
+        pos[k] = (int64_t)((uint64_t)pos[k] + imp[k]);
+    counts[0] = np_;
+    counts[1] = nrun;
+    free(imp); free(run); free(first);
+    return 0;
+}

@@ -1,0 +1,265 @@
+"""The compiled stream fold (trace/fold.c via trace/fastfold.py) gives the numpy fold's
+summary (--json, whole) and the object fold's (Stream per stream, Detail.VECTOR False):
+on the hand-made traces of the columnar tests, the bench's generator, hostile numbers
+(offsets near 2^63 that wrap, negative sizes, NaN/inf durations, huge pids, chunks of
+opens only, an empty trace) and a real traced program, chunked several ways and cut as
+two workers cut a trace. Each comparison checks the fold's counter, so a missing library
+cannot pass by falling back; a missing or foreign-ABI library falls back cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datacrumbs.report import analysis, columnar, merge, model
+from datacrumbs.report.merge import summarize
+from datacrumbs.trace import fastfold, fastscan
+from datacrumbs.tracer.build import build_shared_library
+from fixtures.traces import TraceBuilder, split_summary
+from fixtures.tracing import trace_command
+from test_report_columnar import rich_trace
+
+ebpf = pytest.mark.ebpf
+
+
+@pytest.fixture(scope="module")
+def site_object(tmp_path_factory) -> Path:
+    """A site's BPF object path with the scanner and the fold built beside it by the real
+    build code."""
+    obj = tmp_path_factory.mktemp("site-lib") / "datacrumbs.bpf.o"
+    fastscan.build_library(fastscan.library_path(obj))
+    fastfold.build_library(fastfold.library_path(obj))
+    return obj
+
+
+def use_site(obj: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = tmp_path / "datacrumbs.toml"
+    cfg.write_text(f'[paths]\nbpf_object = "{obj}"\n')
+    monkeypatch.setenv("DATACRUMBS_CONFIG", str(cfg))
+    monkeypatch.setattr(columnar, "_SCANNER", [])
+    monkeypatch.setattr(analysis, "_FOLDER", [])
+
+
+@pytest.fixture(autouse=True)
+def site_fold(site_object, tmp_path, monkeypatch):
+    use_site(site_object, tmp_path, monkeypatch)
+
+
+def dumps(summary: dict) -> str:
+    return json.dumps(summary, sort_keys=True, default=str)
+
+
+def assert_same(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key in b:
+        assert dumps(a[key]) == dumps(b[key]), (what, key)
+
+
+def all_folds(paths: list, monkeypatch, *, chunk: int | None = None, split: bool = False) -> dict:
+    """The summary with fold.c, held to numpy's and to the object fold's (with and without
+    fold.c); fold.c must have folded at least one chunk."""
+    if chunk:
+        monkeypatch.setattr(merge, "CHUNK_EVENTS", chunk)
+
+    def run() -> dict:
+        return split_summary(paths) if split else summarize(paths, jobs=1)
+
+    folder = analysis._folder()
+    assert folder is not None, "the site's stream fold was not loaded"
+    calls, declined = folder.calls, folder.declined
+    fast = run()
+    assert folder.calls > calls, "fold.c folded no chunk"
+    assert folder.declined == declined
+    monkeypatch.setattr(analysis, "FOLD", False)
+    assert_same(fast, run(), "numpy")
+    monkeypatch.setattr(analysis.Detail, "VECTOR", False)
+    assert_same(fast, run(), "objects, numpy")
+    monkeypatch.setattr(analysis, "FOLD", True)
+    assert_same(fast, run(), "objects, fold.c")
+    monkeypatch.setattr(analysis.Detail, "VECTOR", True)
+    return fast
+
+
+@pytest.mark.parametrize("chunk", [97, 1500, 100_000])
+def test_rich_trace_gives_numpys_numbers_chunked_several_ways(tmp_path, monkeypatch, chunk):
+    trace = rich_trace(tmp_path / "trace-a-1-node1.pfw.gz", 30_000, seed=1)
+    fast = all_folds([trace], monkeypatch, chunk=chunk)
+    assert fast["totals"]["events"] >= 29_900
+    # what the fold computes is there: patterns, read extents, created files
+    acc = [a for f in fast["files"] for a in f["access"].values()]
+    for kind in ("consecutive", "sequential", "random"):
+        assert sum(a[kind] for a in acc) > 100, kind
+    assert sum(f["read_extent_bytes"] for f in fast["files"]) > 0
+    assert fast["file_counts"]["created"] > 0
+
+
+def test_rich_traces_cut_as_two_workers_cut_them(tmp_path, monkeypatch):
+    paths = [rich_trace(tmp_path / f"trace-a-1-node{i}.pfw.gz", 15_000, seed=20 + i,
+                        host=f"node{i}") for i in (1, 2)]
+    monkeypatch.setattr(merge, "SPLIT_BYTES", 20_000)
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", False)
+    fast = all_folds(paths, monkeypatch, chunk=700, split=True)
+    assert len(fast["traces"]) == 2
+    # the dict path (one dict per event) folds with fold.c too, to the same numbers
+    monkeypatch.setattr(model, "COLUMNAR", False)
+    assert_same(split_summary(paths), fast, "dicts")
+
+
+def test_the_bench_generators_trace(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "bench_report", Path(__file__).resolve().parents[1] / "bench" / "bench_report.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trace = tmp_path / "trace-bench-4242-node0.pfw.gz"
+    bench.generate(trace, 150_000, "node0", seed=7)
+    fast = all_folds([trace], monkeypatch, chunk=40_000)
+    assert fast["totals"]["events"] == 150_000
+
+
+def hostile_trace(path: Path, chunked_opens: bool = True) -> Path:
+    """Numbers at int64's edges and beyond, in every field the fold reads."""
+    b = TraceBuilder(path, member_lines=37)
+    big = 2 ** 63 - 1
+    t = 0.0
+    for i in range(600):
+        t += 1.0
+        pid = (100, 2 ** 62 + 3, 2 ** 31 + 5)[i % 3]
+        f = f"/scratch/h{i % 4}"
+        k = i % 12
+        if k == 0:
+            b.op("openat", pid=pid, ts=t, path=f, ret=3, flags=0o100)
+        elif k == 1:
+            b.op("pread64", pid=pid, ts=t, path=f, size=4096, count=4096, offset=big - 100)
+        elif k == 2:
+            b.op("pwrite64", pid=pid, ts=t, path=f, size=2 ** 62, count=2 ** 62,
+                 offset=2 ** 62 + 5)
+        elif k == 3:
+            b.op("read", pid=pid, ts=t, path=f, size=big, count=big)
+        elif k == 4:
+            b.op("read", pid=pid, ts=t, path=f, size=big, count=big)      # wraps the position
+        elif k == 5:
+            b.op("write", pid=pid, ts=t, path=f, size=-5, count=10)
+        elif k == 6:
+            b.op("lseek", pid=pid, ts=t, path=f, ret=2 ** 62 - 1)
+        elif k == 7:
+            b.op("lseek", pid=pid, ts=t, path=f, ret=big)                # not a position
+        elif k == 8:
+            b.op("read", pid=pid, ts=-t, dur=0, path=f, size=4096, count=4096)
+        elif k == 9:
+            b.raw('{"id":%d,"name":"read","cat":"POSIX","pid":%d,"tid":%d,"ts":%d,"dur":%s,'
+                  '"ph":"X","args":{"fhash":"%s","size":512,"ret":512}}'
+                  % (900000 + i, pid, pid, b.start_us + int(t), ("NaN", "Infinity", "-Infinity")[i % 3],
+                     b._hash("FH", f, pid)), event=True)
+        elif k == 10:
+            b.op("pread64", pid=pid, ts=t, path=f, size=4096, count=4096, offset=-3)
+        else:
+            b.op("write", pid=pid, ts=t, path=f, size=8192, count=8192)
+    if chunked_opens:       # a process that only opens and seeks: streams with no access
+        for i in range(50):
+            b.op("openat", pid=77, ts=1000.0 + i, path=f"/scratch/o{i % 3}", ret=4)
+            b.op("lseek", pid=77, ts=1000.5 + i, path=f"/scratch/o{i % 3}", ret=i * 4096)
+    return b.write()
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 10_000])
+def test_hostile_numbers_give_numpys_numbers(tmp_path, monkeypatch, chunk):
+    trace = hostile_trace(tmp_path / "trace-h-1-node1.pfw.gz")
+    fast = all_folds([trace], monkeypatch, chunk=chunk)
+    assert fast["totals"]["events"] >= 700
+
+
+def test_an_empty_trace_and_a_trace_of_opens_only(tmp_path, monkeypatch):
+    empty = TraceBuilder(tmp_path / "trace-e-1-node1.pfw.gz").write()
+    monkeypatch.setattr(analysis, "FOLD", False)
+    numpy_ = summarize([empty], jobs=1)
+    monkeypatch.setattr(analysis, "FOLD", True)
+    assert_same(summarize([empty], jobs=1), numpy_, "empty")
+    b = TraceBuilder(tmp_path / "trace-o-1-node1.pfw.gz")
+    for i in range(40):
+        b.op("openat", pid=5, ts=float(i), path=f"/scratch/o{i % 3}", ret=3)
+    all_folds([b.write()], monkeypatch, chunk=7)
+
+
+def test_bad_columns_are_declined_cleanly(site_object):
+    """Rows out of order or a stream number out of range: None (numpy folds), no crash;
+    empty inputs fold to empty results."""
+    folder = fastfold.load(fastfold.library_path(site_object))
+    z = np.zeros(0, np.int64)
+    one = np.ones(2, np.int64)
+    declined = folder.declined
+    assert folder.streams(np.array([5, 3]), one, np.zeros(2), one, one, z, z, z, z,
+                          np.ones(2, bool)) is None                         # rows unsorted
+    assert folder.streams(np.array([1, 2]), np.array([0, 9]), np.zeros(2), one, one, z, z, z,
+                          z, np.ones(2, bool)) is None                      # stream 9 of 2
+    assert folder.streams(np.array([1, 2]), np.array([0, -1]), np.zeros(2), one, one, z, z,
+                          z, z, np.ones(2, bool)) is None                   # stream -1
+    assert folder.streams(z, z, z, z, z, np.array([4, 2]), one, np.zeros(2),
+                          np.ones(2), np.ones(2, bool)) is None             # resets unsorted
+    assert folder.declined == declined + 4
+    got = folder.streams(z, z, z, z, z, z, z, z, z, np.zeros(0, bool))
+    assert got is not None and all(len(x) == 0 for x in got)
+
+
+def test_missing_or_foreign_library_falls_back_to_numpy(tmp_path, monkeypatch):
+    trace = rich_trace(tmp_path / "trace-a-1-node1.pfw.gz", 5_000, seed=4, hostile=False)
+    monkeypatch.setattr(analysis, "FOLD", False)
+    want = summarize([trace], jobs=1)
+    monkeypatch.setattr(analysis, "FOLD", True)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    use_site(bare / "datacrumbs.bpf.o", tmp_path, monkeypatch)
+    assert analysis._folder() is None
+    assert_same(summarize([trace], jobs=1), want, "no library")
+    src = tmp_path / "foreign.c"
+    src.write_text("int dc_fold_abi(void) { return 999; }\n")
+    foreign = tmp_path / "foreign" / "datacrumbs.bpf.o"
+    build_shared_library(src, fastfold.library_path(foreign), "foreign fold")
+    use_site(foreign, tmp_path, monkeypatch)
+    assert analysis._folder() is None
+    assert_same(summarize([trace], jobs=1), want, "foreign ABI")
+
+
+@ebpf
+def test_a_real_traced_program(site, bpf_object, tmp_path, monkeypatch):
+    """Opens, sequential and positioned reads and writes, seeks, a copy, appends, stdio."""
+    monkeypatch.setattr(analysis, "_FOLDER", [])
+    root = tmp_path / "d"
+    root.mkdir()
+    program = f"""
+import os
+root = {str(root)!r}
+fd = os.open(os.path.join(root, "a"), os.O_RDWR | os.O_CREAT, 0o644)
+for i in range(300):
+    os.write(fd, b"x" * (i % 7 + 1) * 100)
+os.lseek(fd, 0, 0)
+while os.read(fd, 333):
+    pass
+for off in (0, 4096, 100, 9000, 4096):
+    os.pread(fd, 50, off)
+os.lseek(fd, 1000, 0)
+os.read(fd, 100)
+out = os.open(os.path.join(root, "b"), os.O_WRONLY | os.O_CREAT, 0o644)
+os.copy_file_range(fd, out, 5000, 0)
+os.close(out)
+log = os.open(os.path.join(root, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.write(log, b"appended")
+os.close(log)
+os.close(fd)
+with open(os.path.join(root, "c"), "w") as f:
+    for i in range(200):
+        f.write("line %d\\n" % i)
+"""
+    _, trace, _ = trace_command(tmp_path, [sys.executable, "-I", "-S", "-c", program],
+                                sets=("posix", "stdio"))
+    for chunk in (13, 200, 100_000):
+        fast = all_folds([trace], monkeypatch, chunk=chunk)
+    files = {f["path"]: f for f in fast["files"]}
+    a = files[os.path.join(str(root), "a")]
+    assert a["bytes"]["write"] == sum((i % 7 + 1) * 100 for i in range(300))
+    assert files[os.path.join(str(root), "b")]["bytes"]["write"] == 5000

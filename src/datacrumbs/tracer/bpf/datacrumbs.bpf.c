@@ -607,6 +607,14 @@ static __always_inline __u64 event_wakeup_flag_n(struct dc_config *c, __u64 n)
 	return BPF_RB_FORCE_WAKEUP;
 }
 
+static __always_inline void uncount_lost(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&lost, &which);
+
+	if (n && *n)
+		*n -= 1;
+}
+
 /* The ring refused a batch: each of its first ``n`` events is lost, counted in the
  * unsent rows (exact totals) like an event refused alone. */
 static __always_inline void stage_lost(struct dc_config *c, struct dc_stage *st, __u32 n)
@@ -617,13 +625,8 @@ static __always_inline void stage_lost(struct dc_config *c, struct dc_stage *st,
 		if (i >= n)
 			break;
 		count_lost(0);
-		if (e->probe & DC_EV_NAMES_LOST) {
-			__u32 one = 1;
-			__u64 *m = bpf_map_lookup_elem(&lost, &one);
-
-			if (m && *m)
-				*m -= 1;
-		}
+		if (e->probe & DC_EV_NAMES_LOST)
+			uncount_lost(1);
 		unsent_add(c, NULL, e->pid, e->probe & DC_EV_PROBE_MASK, e->dur, e->bytes);
 	}
 }
@@ -1193,13 +1196,18 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
 	if (sp->scalar[0])
 		put_scalars(sp, e, ev);
-	if (names & DC_NAMES_LOST)
+	/* a lost name is counted before the event is staged (a flush that finds the ring
+	 * full takes it back), and taken back here if the event itself is lost */
+	if (names & DC_NAMES_LOST) {
 		ev->probe |= DC_EV_NAMES_LOST;
+		count_lost(1);
+	}
 	if (send_event(c, ev) < 0) {
 		count_lost(0);
 		unsent_add(c, own ? t : NULL, tgid, e->probe, ev->dur, bytes);
-	} else if (names & DC_NAMES_LOST)
-		count_lost(1);
+		if (names & DC_NAMES_LOST)
+			uncount_lost(1);
+	}
 }
 
 /* finish()'s profile mode, inlined where dc_finish_own is called: a count in
@@ -2025,13 +2033,16 @@ static __always_inline void async_done(struct dc_config *c, struct dc_async_req 
 	ev->fd2 = -1;
 	ev->flags = r->flags;
 	ev->handle = 0;
-	if (path < 0)
+	if (path < 0) {
 		ev->probe |= DC_EV_NAMES_LOST;
+		count_lost(1);
+	}
 	if (send_event(c, ev) < 0) {
 		count_lost(0);
 		unsent_add(c, NULL, r->tid_tgid >> 32, r->probe, dur, bytes);
-	} else if (path < 0)
-		count_lost(1);
+		if (path < 0)
+			uncount_lost(1);
+	}
 }
 
 /* IORING_OP_* -> class; -1: not traced (polls, timeouts, sockets, ...). */

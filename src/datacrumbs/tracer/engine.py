@@ -572,7 +572,9 @@ class _Ring:
         recs = np.ndarray((n, self.per_record), self.dtype, buffer=raw, offset=8,
                           strides=(self.stride, self.dtype.itemsize))
         keep = (recs["ts_ns"] != 0) & keep[:, None]
-        return recs[keep]
+        # selected as opaque 80-byte items: numpy copies structured items field by field
+        # (30 ns an event against 3)
+        return recs.view(f"V{self.dtype.itemsize}")[keep].view(self.dtype)
 
     def drain_variable(self) -> list[bytes]:
         """Committed records of any size, oldest first: all of them up to the first one

@@ -519,7 +519,8 @@ class _Ring:
     producer position, then the data area mapped twice in a row so a record
     that wraps is still contiguous. Each record has an 8-byte header
     (len | BUSY | DISCARD, page offset) and is padded to 8 bytes. Event
-    records have one size, so drain() decodes them all with numpy at once;
+    records have one size (``per_record`` events, unused slots with ts 0:
+    stage.py), so drain() decodes them all with numpy at once;
     drain_variable() walks records of any size (paths: rarer, one by one).
     """
 

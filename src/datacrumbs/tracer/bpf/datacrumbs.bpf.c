@@ -16,7 +16,8 @@
  * costs there is helper calls (with this CPU's return-stack mitigation each
  * one is tens of ns), so the hot path makes few: per-task state in task
  * storage (pending call, cached scope decision, comm flag, profile slots),
- * inlined array lookups, one ringbuf_output per event.
+ * inlined array lookups, one ringbuf_output per 8 events (trace mode stages
+ * them per CPU: send_event, dc_flush, tracer/stage.py).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>

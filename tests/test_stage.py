@@ -145,3 +145,42 @@ def test_a_refused_partial_batch_is_counted_event_by_event(bpf_object, tracefs, 
     assert int(events["bytes"].sum()) + row.bytes == sum(write_sizes(n))
     sizes = Counter(events["bytes"].tolist())
     assert sizes == Counter(write_sizes(n)[:len(events)]), "the first batches, in order"
+
+
+def test_block_completions_in_interrupt_context_beside_the_flushes(site, tmp_path, bpf_object,
+                                                                    tracefs):
+    """Direct writes to a loop-mounted file system: each write's block request completes
+    in interrupt context, on whatever CPU, while the same CPUs' system call programs stage
+    events and the daemon flushes every CPU before each drain. Every write is there in
+    order, and the block bytes the job's processes issued equal bpftrace's."""
+    from fixtures.tracing import Bpftrace
+    from test_kernel_layers import kernel_dev, loop_fs
+
+    n = 1500
+    with loop_fs(tmp_path, "ext4") as (mnt, st_dev):
+        dev = kernel_dev(st_dev)
+        program = (f"tracepoint:block:block_rq_issue /args->dev == {dev}/ "
+                   f"{{ @b[pid] = sum(args->bytes); }}")
+        target = mnt / "direct.bin"
+        job = ["dd", "if=/dev/zero", f"of={target}", "bs=4k", f"count={n}", "oflag=direct"]
+        with Bpftrace(program) as bt:
+            _, trace, summary = trace_command(tmp_path, job, sets=("posix", "block"),
+                                              options=("-q",), timeout=300)
+        assert target.stat().st_size == 4096 * n
+    devtext = f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    events = rb.events(trace)
+    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace) if r["name"] == "FH"}
+    writes = [e for e in events if e["name"] == "write"
+              and fh.get(e["args"].get("fhash")) == str(target)]
+    assert len(writes) == n and all(e["args"]["size"] == 4096 for e in writes)
+    ts = [e["ts"] for e in writes]
+    assert ts == sorted(ts), "dd's writes out of its order"
+    issued: dict = {}
+    for e in events:
+        if e["name"] == "block_rq_issue" and e["args"].get("dev") == devtext:
+            issued[e["pid"]] = issued.get(e["pid"], 0) + e["args"]["size"]
+    assert issued and issued == {p: bt.counts[f"b[{p}]"] for p in issued}, (issued, bt.counts)
+    done = sum(e["args"]["count"] for e in events if e["name"] == "block_rq_complete"
+               and e["args"].get("dev") == devtext and "async" not in e["args"])
+    assert done >= 4096 * n
+    assert summary["events_lost"] == 0

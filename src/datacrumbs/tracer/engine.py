@@ -1777,7 +1777,11 @@ class Engine:
         if self._hold is not None:
             self._hold.service()        # a process waits at a dlopen(): before anything
         if self._stager is not None:
-            cut = self._stager.flush()
+            # the last drain waits longer (up to seconds) for a batch a preempted program holds
+            cut = self._stager.flush(stage.BUSY_TRIES * (100 if final else 1))
+            if final and cut is None:
+                log.warning("a CPU's staged events could not be flushed at the stop: they are "
+                            "missing from the trace")
             events = self._stager.release(self._events.drain(), -1 if final else cut)
         else:
             events = self._events.drain()

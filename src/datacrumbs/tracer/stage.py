@@ -51,12 +51,12 @@ class Stager:
         self.retries = 0
         self.unflushed = 0
 
-    def flush(self) -> int | None:
+    def flush(self, tries: int = BUSY_TRIES) -> int | None:
         """Send every CPU's partial batch; the cut (ns), or None if a CPU stayed busy."""
         cut = time.monotonic_ns()
         complete = True
         for cpu in self.cpus:
-            for _ in range(BUSY_TRIES):
+            for _ in range(tries):
                 try:
                     busy = libbpf.prog_test_run_on_cpu(self.prog_fd, cpu)
                 except libbpf.LibbpfError as exc:

@@ -16,13 +16,15 @@ import pytest
 from datacrumbs.errors import DatacrumbsError
 from datacrumbs.tracer.engine import EVENT_DTYPE, NO_KPROBES, Engine, EngineError, kernel_has_kprobes
 from datacrumbs.tracer.scope import Scope, ScopeError
+from datacrumbs.tracer.stage import STAGE_N
 
 from fixtures.tracing import Bpftrace, collect, stdio_sizes, write_sizes
 
 pytestmark = pytest.mark.ebpf
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
-RECORD = EVENT_DTYPE.itemsize + 8                # a ring record: the event and its 8-byte header
+# a ring record: STAGE_N events (a per-CPU batch, stage.py) and its 8-byte header
+RECORD = STAGE_N * EVENT_DTYPE.itemsize + 8
 WRITE = {"id": "posix.write", "kind": "syscall", "target": "write", "category": "POSIX",
          "args": {"fd": 0, "count": 2}, "bytes": "ret"}
 OPEN = {"id": "posix.open", "kind": "syscall", "target": "open", "category": "POSIX",
@@ -528,14 +530,14 @@ def test_small_ring_wraps_and_accounts_for_every_event(bpf_object, tracefs, engi
         events, _ = collect(eng, [child])
         lost = eng.lost()
     assert len(events) + lost == n
-    assert len(events) > 2 * (32 << 10) // RECORD, "the ring wrapped"
+    assert len(events) > 2 * STAGE_N * ((32 << 10) // RECORD), "the ring wrapped"
     assert (events["bytes"] == 1).all() and (events["pid"] == child.pid).all()
     assert (np.diff(events["ts_ns"].astype(np.int64)) > 0).all()
 
 
 def test_full_ring_counts_exactly_the_lost_events(bpf_object, tracefs, engine_io, workloads):
-    """Nobody drains a one-page ring during the run: it keeps 4096 // RECORD records
-    (a 72-byte event and the ring's 8-byte header)."""
+    """Nobody drains a one-page ring during the run: it keeps 4096 // RECORD records of
+    STAGE_N events (1000 writes: 125 full batches, no partial one)."""
     n = 1000
     child = workloads([engine_io, "spin", n])
     with Engine([WRITE], Scope.for_pids([child.pid]), bpf_object=bpf_object,
@@ -543,9 +545,9 @@ def test_full_ring_counts_exactly_the_lost_events(bpf_object, tracefs, engine_io
         eng.attach()
         child.go().wait()
         events, _ = collect(eng, [])
-        assert eng.lost() == n - 4096 // RECORD
-    assert len(events) == 4096 // RECORD
-    assert eng.lost() == n - 4096 // RECORD, "lost() still answers after close()"
+        assert eng.lost() == n - STAGE_N * (4096 // RECORD)
+    assert len(events) == STAGE_N * (4096 // RECORD)
+    assert eng.lost() == n - STAGE_N * (4096 // RECORD), "lost() still answers after close()"
 
 
 def test_reused_path_slots_never_leak_older_paths(bpf_object, tracefs, workloads, tmp_path):

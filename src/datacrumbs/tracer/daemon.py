@@ -819,6 +819,7 @@ class TraceRun:
             self._drain_cut = True
             log.warning("stopped draining after %.0f s: the job is still producing events",
                         STOP_DRAIN_SECONDS)
+        self._drain_once(0, final=True)     # the events held for their threads' order
         return self._finish()
 
     def _pause(self, until: float) -> None:
@@ -865,9 +866,10 @@ class TraceRun:
                         "affected)", self.trace_name, reason)
         return reason
 
-    def _drain_once(self, timeout_ms: int) -> int:
+    def _drain_once(self, timeout_ms: int, final: bool = False) -> int:
         """Poll, convert and write one batch; the latest event time (ns) or 0 if none."""
-        batch = self.engine.poll(timeout_ms)
+        batch = (self.engine.poll(timeout_ms, final=True) if final
+                 else self.engine.poll(timeout_ms))
         self._sync_probes()
         self._last_batch = 0 if batch is None else len(batch.events)
         if batch is None or len(batch.events) == 0:

@@ -88,7 +88,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
-from . import dlhold, elfsyms, klayers, libbpf, parload, rawtp, scalars, startclock
+from . import dlhold, elfsyms, klayers, libbpf, parload, rawtp, scalars, stage, startclock
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
@@ -308,7 +308,7 @@ _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kp
               "dc_kretprobe", "dc_tracepoint", "dc_block_issue", "dc_block_complete", "dc_fork",
               "dc_exec", "dc_cgroup_moved", "dc_cgroup_made", "dc_exit", "dc_raw_tracepoint",
               *_MULTI_PROGS, *_URING_PROGS, *dlhold.HOLD_PROGS, "dc_usdt",
-              klayers.PROGRAM, *klayers.RAW_PROGRAMS)
+              klayers.PROGRAM, *klayers.RAW_PROGRAMS, stage.PROGRAM)
 
 
 # Programs only a fallback attaches: loaded when first needed, in an object of their own
@@ -519,15 +519,18 @@ class _Ring:
     producer position, then the data area mapped twice in a row so a record
     that wraps is still contiguous. Each record has an 8-byte header
     (len | BUSY | DISCARD, page offset) and is padded to 8 bytes. Event
-    records have one size, so drain() decodes them all with numpy at once;
+    records have one size (``per_record`` events, unused slots with ts 0:
+    stage.py), so drain() decodes them all with numpy at once;
     drain_variable() walks records of any size (paths: rarer, one by one).
     """
 
-    def __init__(self, fd: int, size: int, dtype: np.dtype | None = None):
+    def __init__(self, fd: int, size: int, dtype: np.dtype | None = None, per_record: int = 1):
         page = mmap.PAGESIZE
         self.size, self.mask, self.page = size, size - 1, page
         self.dtype = dtype
-        self.stride = (dtype.itemsize + 8 + 7) & ~7 if dtype is not None else 0
+        self.per_record = per_record        # events: a record holds stage.STAGE_N slots
+        self.record = dtype.itemsize * per_record if dtype is not None else 0
+        self.stride = (self.record + 8 + 7) & ~7 if dtype is not None else 0
         self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._prod_map = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=page)
@@ -558,13 +561,21 @@ class _Ring:
             return np.empty(0, self.dtype)
         raw = np.frombuffer(self._prod_map, np.uint8, count=n * self.stride, offset=start).copy()
         lengths = hdr & ~np.uint32(_RB_BUSY | _RB_DISCARD)
-        if (lengths != self.dtype.itemsize).any():
+        if (lengths != self.record).any():
             raise EngineError("the BPF ring buffer holds records of an unexpected size: the BPF "
                               "object does not match this datacrumbs; run `datacrumbs build-bpf`")
-        recs = np.ndarray((n,), self.dtype, buffer=raw, offset=8, strides=(self.stride,))
-        keep = (hdr & _RB_DISCARD) == 0
         self._cons[0] = cons + n * self.stride
-        return recs if keep.all() else recs[keep]
+        keep = (hdr & _RB_DISCARD) == 0
+        if self.per_record == 1:
+            recs = np.ndarray((n,), self.dtype, buffer=raw, offset=8, strides=(self.stride,))
+            return recs if keep.all() else recs[keep]
+        # slots after a partial batch (and a discarded record's) have ts 0: no event's
+        recs = np.ndarray((n, self.per_record), self.dtype, buffer=raw, offset=8,
+                          strides=(self.stride, self.dtype.itemsize))
+        keep = (recs["ts_ns"] != 0) & keep[:, None]
+        # selected as opaque 80-byte items: numpy copies structured items field by field
+        # (30 ns an event against 3)
+        return recs.view(f"V{self.dtype.itemsize}")[keep].view(self.dtype)
 
     def drain_variable(self) -> list[bytes]:
         """Committed records of any size, oldest first: all of them up to the first one
@@ -690,6 +701,7 @@ class Engine:
         self.load_stats: tuple[float, float] | None = None   # its (wall, CPU) seconds
         self._links: list[libbpf.Link] = []
         self._events: _Ring | None = None
+        self._stager: stage.Stager | None = None
         self._paths: _Ring | None = None
         self._epoll = None
         self._offset_ns = 0
@@ -907,7 +919,10 @@ class Engine:
         report.refused.sort(key=lambda pr: order[id(pr[0])])
         self._path_probes = np.array(sorted(path_probes), dtype=np.uint32)
         self._offset_ns = _realtime_offset_ns()
-        self._events = _Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE)
+        self._events = _Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE,
+                             stage.STAGE_N)
+        self._stager = (stage.Stager(obj.program_fd(stage.PROGRAM)) if self.mode == "trace"
+                        else None)
         self._paths = _Ring(obj.map_fd("paths"), self._paths_bytes)
         self._epoll = select.epoll()
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
@@ -1046,6 +1061,8 @@ class Engine:
             needed.add("dc_cgroup_made")
         if "syscall" in kinds:
             needed |= {"dc_sys_enter", "dc_sys_exit"}
+        if self.mode == "trace":
+            needed.add(stage.PROGRAM)       # sends the CPUs' partial batches before a drain
         if "uprobe" in kinds:
             # the per-probe pair only where it is the way uprobes attach; as the fallback
             # for some functions it is loaded when first needed (_prog_obj)
@@ -1741,13 +1758,15 @@ class Engine:
 
     # -- running --
 
-    def poll(self, timeout_ms: int) -> EventBatch | None:
+    def poll(self, timeout_ms: int, final: bool = False) -> EventBatch | None:
         """Everything available now; else wait up to timeout_ms and drain; None if nothing.
 
         The kernel wakes this only after each CPU has sent its share of 1/8 of
         the ring buffer (a wakeup per event would cost more than the event), so a
         quiet job's events arrive within timeout_ms: poll with the latency
-        you want (the daemon uses about 100 ms)."""
+        you want (the daemon uses about 100 ms). Events are released in each thread's
+        order (stage.Stager): those that ended while this drain began wait for the next;
+        ``final``: the last drain, everything held is released."""
         if self._events is None:
             raise EngineError("poll() before attach() or after close()")
         if not self._events.pending() and not self._paths.pending() and timeout_ms > 0:
@@ -1757,7 +1776,15 @@ class Engine:
                 pass
         if self._hold is not None:
             self._hold.service()        # a process waits at a dlopen(): before anything
-        events = self._events.drain()
+        if self._stager is not None:
+            # the last drain waits longer (up to seconds) for a batch a preempted program holds
+            cut = self._stager.flush(stage.BUSY_TRIES * (100 if final else 1))
+            if final and cut is None:
+                log.warning("a CPU's staged events could not be flushed at the stop: they are "
+                            "missing from the trace")
+            events = self._stager.release(self._events.drain(), -1 if final else cut)
+        else:
+            events = self._events.drain()
         if self.capture_paths:
             self._stash_paths(self._paths.drain_variable())
         if not len(events):

@@ -170,6 +170,7 @@ def _declare(lib):
         "bpf_map_lookup_and_delete_elem": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
         "libbpf_num_possible_cpus": (c_int, []),
+        "bpf_prog_test_run_opts": (c_int, [c_int, c_void_p]),
         "libbpf_set_print": (c_void_p, [_PRINT_FN]),
         "libbpf_major_version": (c_uint32, []),
         "libbpf_minor_version": (c_uint32, []),
@@ -544,3 +545,28 @@ def num_possible_cpus() -> int:
 __all__ = ["BpfObject", "Link", "FdLink", "uprobe_multi_link", "raw_tracepoint_link", "LibbpfError", "AttachFailed",
            "lib", "version", "map_update",
            "map_lookup", "map_delete", "map_lookup_and_delete", "map_keys", "num_possible_cpus"]
+
+
+class _TestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf 1.x)."""
+    _fields_ = [("sz", c_size_t), ("data_in", c_void_p), ("data_out", c_void_p),
+                ("data_size_in", c_uint32), ("data_size_out", c_uint32),
+                ("ctx_in", c_void_p), ("ctx_out", c_void_p),
+                ("ctx_size_in", c_uint32), ("ctx_size_out", c_uint32),
+                ("retval", c_uint32), ("repeat", c_int), ("duration", c_uint32),
+                ("flags", c_uint32), ("cpu", c_uint32), ("batch_size", c_uint32)]
+
+
+BPF_F_TEST_RUN_ON_CPU = 1
+
+
+def prog_test_run_on_cpu(prog_fd: int, cpu: int) -> int:
+    """Run a raw_tp program once on ``cpu`` (in an IPI when it is another CPU's; kernel
+    5.10+): its return value. Raises LibbpfError (errno ENXIO: an offline CPU)."""
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), flags=BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
+    r = lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    if r < 0:
+        exc = LibbpfError(f"BPF_PROG_TEST_RUN on CPU {cpu}: {os.strerror(-r)}")
+        exc.errno = -r
+        raise exc
+    return opts.retval

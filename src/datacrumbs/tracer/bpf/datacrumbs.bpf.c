@@ -16,7 +16,8 @@
  * costs there is helper calls (with this CPU's return-stack mitigation each
  * one is tens of ns), so the hot path makes few: per-task state in task
  * storage (pending call, cached scope decision, comm flag, profile slots),
- * inlined array lookups, one ringbuf_output per event.
+ * inlined array lookups, one ringbuf_output per 8 events (trace mode stages
+ * them per CPU: send_event, dc_flush, tracer/stage.py).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -553,6 +554,125 @@ static __always_inline __u64 event_wakeup_flag(struct dc_config *c)
 	return BPF_RB_FORCE_WAKEUP;
 }
 
+/* Events are staged per CPU and sent DC_STAGE_N to a ring record (one helper call
+ * for 8 events: the exit's largest cost). A record is always DC_STAGE_N events; the
+ * slots after a partial batch have ts 0 (no event has ts 0), so the reader keeps one
+ * stride. ``busy`` (cmpxchg) guards the staging against a program nested on the CPU
+ * (an interrupt, or a task preempting a syscall tracepoint program: they are only
+ * migration-disabled since 6.14's faultable syscall tracepoints) and against the
+ * daemon's flush (dc_flush, run on each CPU before each drain): a nested program
+ * sends its event alone, a flush that finds it busy says so and is retried. The lock
+ * is an add and a read (the object is built for BPF v1: no cmpxchg): a taker that
+ * reads more than its own 1 gives its add back. */
+#define DC_STAGE_N 8
+struct dc_stage {
+	__u32 n;
+	__u32 busy;
+	struct dc_event ev[DC_STAGE_N];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dc_stage);
+} stage SEC(".maps");
+
+static __always_inline bool stage_take(struct dc_stage *st)
+{
+	__sync_fetch_and_add(&st->busy, 1);
+	if (*(volatile __u32 *)&st->busy == 1)
+		return true;
+	__sync_fetch_and_add(&st->busy, -1);
+	return false;
+}
+
+static __always_inline void stage_give(struct dc_stage *st)
+{
+	__sync_fetch_and_add(&st->busy, -1);
+}
+
+/* dc_event.probe bit 30 (unused by kind2, bits 27..29): the event's name was lost and
+ * counted in lost[1] when it was staged; a batch the ring refuses takes it back. */
+#define DC_EV_NAMES_LOST (1u << 30)
+
+/* The wakeup as event_wakeup_flag, counting a record's ``n`` events. */
+static __always_inline __u64 event_wakeup_flag_n(struct dc_config *c, __u64 n)
+{
+	__u32 zero = 0;
+	__u64 *u = bpf_map_lookup_elem(&unwoken, &zero);
+
+	if (!u || (*u += n) < c->wakeup_events)
+		return BPF_RB_NO_WAKEUP;
+	*u = 0;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
+static __always_inline void uncount_lost(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&lost, &which);
+
+	if (n && *n)
+		*n -= 1;
+}
+
+/* The ring refused a batch: each of its first ``n`` events is lost, counted in the
+ * unsent rows (exact totals) like an event refused alone. */
+static __always_inline void stage_lost(struct dc_config *c, struct dc_stage *st, __u32 n)
+{
+	for (__u32 i = 0; i < DC_STAGE_N; i++) {
+		struct dc_event *e = &st->ev[i];
+
+		if (i >= n)
+			break;
+		count_lost(0);
+		if (e->probe & DC_EV_NAMES_LOST)
+			uncount_lost(1);
+		unsent_add(c, NULL, e->pid, e->probe & DC_EV_PROBE_MASK, e->dur, e->bytes);
+	}
+}
+
+/* One event as a record of its own (a nested program): slot 0, the others ts 0. */
+static __always_inline long send_alone(struct dc_event *ev, __u64 flags)
+{
+	struct dc_event *r = bpf_ringbuf_reserve(&events, sizeof(struct dc_event) * DC_STAGE_N, 0);
+
+	if (!r)
+		return -1;
+	r[0] = *ev;
+	for (int i = 1; i < DC_STAGE_N; i++)
+		r[i].ts = 0;
+	bpf_ringbuf_submit(r, flags);
+	return 0;
+}
+
+/* Send (stage) one event; < 0: this event is lost (the caller counts it; the other
+ * events of a refused batch are counted here). */
+static __always_inline long send_event(struct dc_config *c, struct dc_event *ev)
+{
+	__u32 zero = 0, i;
+	struct dc_stage *st = bpf_map_lookup_elem(&stage, &zero);
+	long r;
+
+	if (!st)
+		return -1;
+	if (!stage_take(st))
+		return send_alone(ev, event_wakeup_flag(c));
+	i = st->n & (DC_STAGE_N - 1);
+	st->ev[i] = *ev;
+	if (i < DC_STAGE_N - 1) {
+		st->n = i + 1;
+		stage_give(st);
+		return 0;
+	}
+	r = bpf_ringbuf_output(&events, st->ev, sizeof(st->ev), event_wakeup_flag_n(c, DC_STAGE_N));
+	if (r < 0)
+		stage_lost(c, st, DC_STAGE_N - 1);	/* the caller counts this event */
+	st->n = 0;
+	stage_give(st);
+	return r;
+}
+
 /* Paths (rarer): none until a backlog builds up, then on every record until
  * the reader has drained it. */
 static __always_inline __u64 wakeup_flag(void *ring, __u64 threshold)
@@ -1077,11 +1197,18 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	ev->handle = sp->handle_kind ? arg_of(e, sp->handle) : 0;
 	if (sp->scalar[0])
 		put_scalars(sp, e, ev);
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0) {
+	/* a lost name is counted before the event is staged (a flush that finds the ring
+	 * full takes it back), and taken back here if the event itself is lost */
+	if (names & DC_NAMES_LOST) {
+		ev->probe |= DC_EV_NAMES_LOST;
+		count_lost(1);
+	}
+	if (send_event(c, ev) < 0) {
 		count_lost(0);
 		unsent_add(c, own ? t : NULL, tgid, e->probe, ev->dur, bytes);
-	} else if (names & DC_NAMES_LOST)
-		count_lost(1);
+		if (names & DC_NAMES_LOST)
+			uncount_lost(1);
+	}
 }
 
 /* finish()'s profile mode, inlined where dc_finish_own is called: a count in
@@ -1907,11 +2034,16 @@ static __always_inline void async_done(struct dc_config *c, struct dc_async_req 
 	ev->fd2 = -1;
 	ev->flags = r->flags;
 	ev->handle = 0;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), event_wakeup_flag(c)) < 0) {
+	if (path < 0) {
+		ev->probe |= DC_EV_NAMES_LOST;
+		count_lost(1);
+	}
+	if (send_event(c, ev) < 0) {
 		count_lost(0);
 		unsent_add(c, NULL, r->tid_tgid >> 32, r->probe, dur, bytes);
-	} else if (path < 0)
-		count_lost(1);
+		if (path < 0)
+			uncount_lost(1);
+	}
 }
 
 /* IORING_OP_* -> class; -1: not traced (polls, timeouts, sockets, ...). */
@@ -2682,6 +2814,32 @@ SEC("raw_tp")
 int dc_raw_ktp1(struct bpf_raw_tracepoint_args *ctx)
 {
 	return raw_ktp(ctx, ctx->args[1]);
+}
+
+/* Run by the daemon on each CPU (BPF_PROG_TEST_RUN, BPF_F_TEST_RUN_ON_CPU) before
+ * each drain: send the CPU's partial batch. 1: the staging was busy, try again. */
+SEC("raw_tp")
+int dc_flush(void *ctx)
+{
+	__u32 zero = 0, n;
+	struct dc_stage *st = bpf_map_lookup_elem(&stage, &zero);
+	struct dc_config *c = get_config();
+
+	if (!st || !c)
+		return 0;
+	if (!stage_take(st))
+		return 1;
+	n = st->n & (DC_STAGE_N - 1);
+	if (n) {
+		for (__u32 i = 1; i < DC_STAGE_N; i++)
+			if (i >= n)
+				st->ev[i].ts = 0;
+		if (bpf_ringbuf_output(&events, st->ev, sizeof(st->ev), BPF_RB_NO_WAKEUP) < 0)
+			stage_lost(c, st, n);
+		st->n = 0;
+	}
+	stage_give(st);
+	return 0;
 }
 
 #include "usdt.bpf.h"

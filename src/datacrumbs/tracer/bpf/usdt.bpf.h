@@ -141,11 +141,15 @@ int dc_usdt(struct pt_regs *ctx)
 	ev.handle = v[3];
 	ev.bytes = -1;
 	ev.flags = mask | ((us->nargs & 0xff) << 8);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), event_wakeup_flag(c)) < 0) {
+	if (lost) {
+		ev.probe |= DC_EV_NAMES_LOST;
+		count_lost(1);
+	}
+	if (send_event(c, &ev) < 0) {
 		count_lost(0);
 		unsent_add(c, t, tgid, probe, 0, -1);
-	} else if (lost) {
-		count_lost(1);
+		if (lost)
+			uncount_lost(1);
 	}
 	return 0;
 }

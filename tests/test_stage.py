@@ -147,6 +147,28 @@ def test_a_refused_partial_batch_is_counted_event_by_event(bpf_object, tracefs, 
     assert sizes == Counter(write_sizes(n)[:len(events)]), "the first batches, in order"
 
 
+def test_a_flush_visits_only_cpus_with_staged_events(bpf_object, tracefs, engine_io,
+                                                      workloads, tmp_path):
+    """Each visit is an IPI to that CPU: drains with nothing staged visit none, and the
+    partial batch a short run leaves is still flushed (its 3 events, exact)."""
+    from fixtures.tracing import write_sizes
+    w = workloads([engine_io, "write", tmp_path / "w.bin", 3])
+    with Engine([WRITE], Scope.for_pids([w.pid]), bpf_object=bpf_object) as eng:
+        eng.attach()
+        stager = eng._stager
+        for _ in range(5):
+            assert eng.poll(0) is None
+        assert stager.visits == 0, "a CPU with nothing staged was sent a flush"
+        w.go().wait()
+        batch = eng.poll(0)
+        assert batch is not None and batch.events["bytes"].tolist() == write_sizes(3)
+        assert 1 <= stager.visits <= len(stager.cpus)
+        seen = stager.visits
+        for _ in range(5):
+            assert eng.poll(0) is None
+        assert stager.visits == seen
+
+
 def test_block_completions_in_interrupt_context_beside_the_flushes(site, tmp_path, bpf_object,
                                                                     tracefs):
     """Direct writes to a loop-mounted file system: each write's block request completes

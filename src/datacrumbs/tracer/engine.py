@@ -921,8 +921,8 @@ class Engine:
         self._offset_ns = _realtime_offset_ns()
         self._events = _Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE,
                              stage.STAGE_N)
-        self._stager = (stage.Stager(obj.program_fd(stage.PROGRAM)) if self.mode == "trace"
-                        else None)
+        self._stager = (stage.Stager(obj.program_fd(stage.PROGRAM), obj.map_fd("stage"))
+                        if self.mode == "trace" else None)
         self._paths = _Ring(obj.map_fd("paths"), self._paths_bytes)
         self._epoll = select.epoll()
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)

@@ -15,6 +15,8 @@ log = logging.getLogger("datacrumbs.stage")
 
 PROGRAM = "dc_flush"
 STAGE_N = 8                 # DC_STAGE_N: events per ring record
+STAGE_HEADER = 8            # struct dc_stage: __u32 n, __u32 busy, then the events
+EVENT_BYTES = 80            # struct dc_event
 BUSY_TRIES = 200            # a busy batch is a program mid-append: it ends in microseconds
 
 
@@ -44,18 +46,38 @@ class Stager:
     its order. A CPU whose batch stayed busy (a program preempted mid-append) is not
     flushed: then nothing is released until a drain whose flush reached every CPU."""
 
-    def __init__(self, prog_fd: int):
+    def __init__(self, prog_fd: int, stage_fd: int | None = None):
         self.prog_fd = prog_fd
+        self.stage_fd = stage_fd
         self.cpus = online_cpus()
         self.held: np.ndarray | None = None
         self.retries = 0
         self.unflushed = 0
+        self.visits = 0         # flush programs run (a CPU with nothing staged is not visited)
+
+    def _staged_cpus(self) -> list[int]:
+        """The CPUs whose batch holds events or is taken, read from the ``stage`` map in one
+        system call: a flush visits only those (each visit is an IPI to that CPU, and a node
+        of 128 CPUs would otherwise take 128 of them at every drain). Read after the cut, so
+        the order argument holds: an event staged on a CPU after it was read as empty had
+        its program running then, and its thread's later events end after the cut."""
+        if self.stage_fd is None:
+            return self.cpus
+        ncpu = libbpf.num_possible_cpus()
+        width = (STAGE_HEADER + STAGE_N * EVENT_BYTES + 7) & ~7
+        raw = libbpf.map_lookup(self.stage_fd, b"\0\0\0\0", width * ncpu)
+        if raw is None:
+            return self.cpus
+        head = np.frombuffer(raw, dtype=np.uint32).reshape(ncpu, width // 4)[:, :2]
+        staged = set(np.flatnonzero((head[:, 0] & (STAGE_N - 1)) | head[:, 1]).tolist())
+        return [cpu for cpu in self.cpus if cpu in staged]
 
     def flush(self, tries: int = BUSY_TRIES) -> int | None:
         """Send every CPU's partial batch; the cut (ns), or None if a CPU stayed busy."""
         cut = time.monotonic_ns()
         complete = True
-        for cpu in self.cpus:
+        for cpu in self._staged_cpus():
+            self.visits += 1
             for _ in range(tries):
                 try:
                     busy = libbpf.prog_test_run_on_cpu(self.prog_fd, cpu)

@@ -23,7 +23,7 @@ from datacrumbs.report import columnar, merge, model
 from datacrumbs.report.merge import summarize
 from datacrumbs.trace import fastscan
 from datacrumbs.trace.reader import _loads
-from fixtures.traces import TraceBuilder, split_summary
+from fixtures.traces import TraceBuilder, mixed_io_program, split_summary
 from fixtures.tracing import trace_command
 
 ebpf = pytest.mark.ebpf
@@ -228,31 +228,7 @@ def test_a_real_traced_program_gives_the_dict_paths_numbers(site, bpf_object, tm
     """Opens, writes, seeks, positioned reads, a copy, stdio and a pipe of a real program."""
     root = tmp_path / "d"
     root.mkdir()
-    program = f"""
-import os
-root = {str(root)!r}
-fd = os.open(os.path.join(root, "a"), os.O_RDWR | os.O_CREAT, 0o644)
-for i in range(300):
-    os.write(fd, b"x" * (i % 7 + 1) * 100)
-os.lseek(fd, 0, 0)
-while os.read(fd, 333):
-    pass
-for off in (0, 4096, 100, 9000):
-    os.pread(fd, 50, off)
-out = os.open(os.path.join(root, "b"), os.O_WRONLY | os.O_CREAT, 0o644)
-os.copy_file_range(fd, out, 5000, 0)
-os.close(out)
-log = os.open(os.path.join(root, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-os.write(log, b"appended")
-os.close(log)
-os.close(fd)
-with open(os.path.join(root, "c"), "w") as f:
-    for i in range(200):
-        f.write("line %d\\n" % i)
-r, w = os.pipe()
-os.write(w, b"hello")
-os.read(r, 5)
-"""
+    program = mixed_io_program(root)
     _, trace, _ = trace_command(tmp_path, [sys.executable, "-I", "-S", "-c", program],
                                 sets=("posix", "stdio"))
     fast, slow, kinds = both([trace], monkeypatch, chunk=200, block=20_000)

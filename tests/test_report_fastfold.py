@@ -21,7 +21,7 @@ from datacrumbs.report import analysis, columnar, merge, model
 from datacrumbs.report.merge import summarize
 from datacrumbs.trace import fastfold, fastscan
 from datacrumbs.tracer.build import build_shared_library
-from fixtures.traces import TraceBuilder, split_summary
+from fixtures.traces import TraceBuilder, mixed_io_program, split_summary
 from fixtures.tracing import trace_command
 from test_report_columnar import rich_trace
 
@@ -231,30 +231,7 @@ def test_a_real_traced_program(site, bpf_object, tmp_path, monkeypatch):
     monkeypatch.setattr(analysis, "_FOLDER", [])
     root = tmp_path / "d"
     root.mkdir()
-    program = f"""
-import os
-root = {str(root)!r}
-fd = os.open(os.path.join(root, "a"), os.O_RDWR | os.O_CREAT, 0o644)
-for i in range(300):
-    os.write(fd, b"x" * (i % 7 + 1) * 100)
-os.lseek(fd, 0, 0)
-while os.read(fd, 333):
-    pass
-for off in (0, 4096, 100, 9000, 4096):
-    os.pread(fd, 50, off)
-os.lseek(fd, 1000, 0)
-os.read(fd, 100)
-out = os.open(os.path.join(root, "b"), os.O_WRONLY | os.O_CREAT, 0o644)
-os.copy_file_range(fd, out, 5000, 0)
-os.close(out)
-log = os.open(os.path.join(root, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-os.write(log, b"appended")
-os.close(log)
-os.close(fd)
-with open(os.path.join(root, "c"), "w") as f:
-    for i in range(200):
-        f.write("line %d\\n" % i)
-"""
+    program = mixed_io_program(root)
     _, trace, _ = trace_command(tmp_path, [sys.executable, "-I", "-S", "-c", program],
                                 sets=("posix", "stdio"))
     for chunk in (13, 200, 100_000):

@@ -23,7 +23,7 @@ from datacrumbs.report import columnar, merge, model
 from datacrumbs.report.merge import summarize
 from datacrumbs.trace import fastscan
 from datacrumbs.trace.reader import _loads
-from fixtures.traces import TraceBuilder, mixed_io_program, split_summary
+from fixtures.traces import TraceBuilder, bench_trace, mixed_io_program, split_summary
 from fixtures.tracing import trace_command
 
 ebpf = pytest.mark.ebpf
@@ -244,14 +244,7 @@ def test_a_large_synthetic_trace_of_the_projects_writer_gives_the_dict_paths_num
         tmp_path, monkeypatch):
     """bench_report.py's generator: 300,000 events of 32 processes over 128 files, written
     by TraceWriter, read in the default chunks (two of them)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_report", Path(__file__).resolve().parents[1] / "bench" / "bench_report.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    trace = tmp_path / "trace-bench-4242-node0.pfw.gz"
-    bench.generate(trace, 300_000, "node0", seed=5)
+    trace = bench_trace(tmp_path / "trace-bench-4242-node0.pfw.gz", 300_000, seed=5)
     fast, slow, kinds = both([trace], monkeypatch, chunk=merge.CHUNK_EVENTS)
     assert_same(fast, slow)
     assert kinds == {"scan": {"scan": 3}, "arrow": {"table": 3}}, kinds

@@ -8,7 +8,6 @@ cannot pass by falling back; a missing or foreign-ABI library falls back cleanly
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ from datacrumbs.report import analysis, columnar, merge, model
 from datacrumbs.report.merge import summarize
 from datacrumbs.trace import fastfold, fastscan
 from datacrumbs.tracer.build import build_shared_library
-from fixtures.traces import TraceBuilder, mixed_io_program, split_summary
+from fixtures.traces import TraceBuilder, bench_trace, mixed_io_program, split_summary
 from fixtures.tracing import trace_command
 from test_report_columnar import rich_trace
 
@@ -112,12 +111,7 @@ def test_rich_traces_cut_as_two_workers_cut_them(tmp_path, monkeypatch):
 
 
 def test_the_bench_generators_trace(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "bench_report", Path(__file__).resolve().parents[1] / "bench" / "bench_report.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    trace = tmp_path / "trace-bench-4242-node0.pfw.gz"
-    bench.generate(trace, 150_000, "node0", seed=7)
+    trace = bench_trace(tmp_path / "trace-bench-4242-node0.pfw.gz", 150_000, seed=7)
     fast = all_folds([trace], monkeypatch, chunk=40_000)
     assert fast["totals"]["events"] == 150_000
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fastlines import open_library
+from .fastlines import load_once, site_bpf_object
 
 log = logging.getLogger("datacrumbs.trace")
 
@@ -97,23 +97,11 @@ _loaded: dict[str, Folder | None] = {}
 def load(path) -> Folder | None:
     """The fold at ``path``, or None (logged once, at debug level: the report is the same
     without it) when it is missing, unsafe or of another ABI."""
-    path = Path(path)
-    key = str(path)
-    if key not in _loaded:
-        lib = open_library(path, "dc_fold_abi", ABI, "report stream fold",
-                           "folding with numpy", logging.DEBUG)
-        _loaded[key] = Folder(lib, path) if lib is not None else None
-    return _loaded[key]
+    return load_once(_loaded, path, Folder, "dc_fold_abi", ABI, "report stream fold",
+                     "folding with numpy", logging.DEBUG)
 
 
 def for_site() -> Folder | None:
     """The fold beside the site configuration's BPF object (None: none usable)."""
-    from ..config import load_config
-    from ..errors import DatacrumbsError
-
-    try:
-        bpf_object = load_config().bpf_object
-    except (DatacrumbsError, OSError, ValueError) as exc:
-        log.debug("no site configuration for the report stream fold (%s)", exc)
-        return None
-    return load(library_path(bpf_object))
+    bpf_object = site_bpf_object("report stream fold")
+    return load(library_path(bpf_object)) if bpf_object is not None else None

@@ -228,16 +228,37 @@ def open_library(path: Path, abi_symbol: str, abi: int, what: str, instead: str,
     return None
 
 
+def load_once(cache: dict, path, wrap, abi_symbol: str, abi: int, what: str, instead: str,
+              level: int):
+    """``wrap(library, path)`` of the compiled library at ``path``, opened (and any refusal
+    logged) once per path and kept in ``cache``; None when open_library refuses it."""
+    path = Path(path)
+    key = str(path)
+    if key not in cache:
+        lib = open_library(path, abi_symbol, abi, what, instead, level)
+        cache[key] = wrap(lib, path) if lib is not None else None
+    return cache[key]
+
+
+def site_bpf_object(what: str) -> Path | None:
+    """The site configuration's BPF object, beside which the compiled ``what`` lives (None,
+    said at debug level, when there is no usable configuration: the caller's Python path
+    gives the same results)."""
+    from ..config import load_config
+    from ..errors import DatacrumbsError
+
+    try:
+        return Path(load_config().bpf_object)
+    except (DatacrumbsError, OSError, ValueError) as exc:
+        log.debug("no site configuration for the %s (%s)", what, exc)
+        return None
+
+
 def load(path) -> LineFormatter | None:
     """The formatter at ``path``, or None (logged once) when it is missing, unsafe or of
     another ABI: the writer then formats in Python, slower, with the same bytes."""
-    path = Path(path)
-    key = str(path)
-    if key not in _loaded:
-        lib = open_library(path, "dc_lines_abi", ABI, "trace line formatter",
-                           "formatting in Python", logging.WARNING)
-        _loaded[key] = LineFormatter(lib, path) if lib is not None else None
-    return _loaded[key]
+    return load_once(_loaded, path, LineFormatter, "dc_lines_abi", ABI, "trace line formatter",
+                     "formatting in Python", logging.WARNING)
 
 
 def _bytes(text: str) -> bytes:

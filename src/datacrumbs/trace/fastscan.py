@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fastlines import open_library
+from .fastlines import load_once, site_bpf_object
 
 log = logging.getLogger("datacrumbs.trace")
 
@@ -160,23 +160,11 @@ _loaded: dict[str, Scanner | None] = {}
 def load(path) -> Scanner | None:
     """The scanner at ``path``, or None (logged once, at debug level: the report is the
     same without it) when it is missing, unsafe or of another ABI."""
-    path = Path(path)
-    key = str(path)
-    if key not in _loaded:
-        lib = open_library(path, "dc_scan_abi", ABI, "trace line scanner",
-                           "parsing with pyarrow", logging.DEBUG)
-        _loaded[key] = Scanner(lib, path) if lib is not None else None
-    return _loaded[key]
+    return load_once(_loaded, path, Scanner, "dc_scan_abi", ABI, "trace line scanner",
+                     "parsing with pyarrow", logging.DEBUG)
 
 
 def for_site() -> Scanner | None:
     """The scanner beside the site configuration's BPF object (None: none usable)."""
-    from ..config import load_config
-    from ..errors import DatacrumbsError
-
-    try:
-        bpf_object = load_config().bpf_object
-    except (DatacrumbsError, OSError, ValueError) as exc:
-        log.debug("no site configuration for the trace line scanner (%s)", exc)
-        return None
-    return load(library_path(bpf_object))
+    bpf_object = site_bpf_object("trace line scanner")
+    return load(library_path(bpf_object)) if bpf_object is not None else None

@@ -868,8 +868,7 @@ class TraceRun:
 
     def _drain_once(self, timeout_ms: int, final: bool = False) -> int:
         """Poll, convert and write one batch; the latest event time (ns) or 0 if none."""
-        batch = (self.engine.poll(timeout_ms, final=True) if final
-                 else self.engine.poll(timeout_ms))
+        batch = self.engine.poll(timeout_ms, final=final)
         self._sync_probes()
         self._last_batch = 0 if batch is None else len(batch.events)
         if batch is None or len(batch.events) == 0:

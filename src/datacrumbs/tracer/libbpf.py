@@ -99,6 +99,11 @@ def use_c_print(bpf_object) -> bool:
         handle.dc_libbpf_warning.restype = c_char_p
         handle.dc_libbpf_warning.argtypes = [ctypes.c_uint]
         fn = ctypes.cast(handle.dc_libbpf_print, _PRINT_FN)
+        many = getattr(handle, "dc_raw_tp_open_many", None)   # raw_tracepoint_links
+        if many is not None:
+            many.restype = c_int
+            many.argtypes = [c_int, POINTER(c_char_p), POINTER(c_uint64), c_int,
+                             POINTER(c_int)]
     except (OSError, AttributeError) as exc:
         log.debug("libbpf printing stays in Python: %s", exc)
         return False
@@ -342,8 +347,6 @@ def raw_tracepoint_links(prog_fd: int, targets: list[tuple[str, int]]) -> list:
     names = (c_char_p * n)(*[name.encode() for name, _cookie in targets])
     cookies = (c_uint64 * n)(*[cookie for _name, cookie in targets])
     fds = (c_int * n)()
-    fn.restype = c_int
-    fn.argtypes = [c_int, POINTER(c_char_p), POINTER(c_uint64), c_int, POINTER(c_int)]
     fn(prog_fd, names, cookies, n, fds)
     return [FdLink(fd) if fd >= 0 else AttachFailed(os.strerror(-fd), -fd) for fd in fds]
 

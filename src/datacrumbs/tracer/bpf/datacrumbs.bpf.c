@@ -238,6 +238,25 @@ struct mm_struct___ulong {
 	unsigned long flags;
 } __attribute__((preserve_access_index));
 
+/* bpf_rdonly_cast (kernel >= 6.2): the verifier turns it into a register move,
+ * so what it casts is read with plain loads, no helper call. Weak: on a kernel
+ * without it the address is 0 (see fields_of and kernel_u64). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* The task for reading its fields (cred, mm, files): an untrusted alias of the
+ * trusted pointer the task storage needs. Each load of a pointer field through a
+ * trusted pointer makes the verifier search the kernel's BTF by name for its
+ * "__safe_trusted" and "__safe_rcu" variants, a linear scan of some 100,000 types
+ * (kernels before 6.19), repeated for every state it walks: a quarter of a
+ * tracer's start went to those scans. Loads through an untrusted pointer are
+ * fault-checked loads all the same, and skip the search. */
+static __always_inline struct task_struct *fields_of(struct task_struct *task)
+{
+	if (!bpf_rdonly_cast)
+		return task;
+	return bpf_rdonly_cast(task, bpf_core_type_id_kernel(struct task_struct));
+}
+
 #define DC_MMF_DUMPABLE_MASK 3	/* MMF_DUMPABLE_BITS = 2 */
 #define DC_SUID_DUMP_USER 1
 #define DC_NO_MM 0xff		/* kernel thread or exited mm: nothing to read */
@@ -304,7 +323,7 @@ static __always_inline bool creds_ok(struct dc_config *c, struct task_struct *ta
  * Decided here so that other processes' events never leave the kernel. */
 static __always_inline bool in_scope(struct dc_config *c, __u32 tgid)
 {
-	return is_member(c, tgid) && creds_ok(c, bpf_get_current_task_btf());
+	return is_member(c, tgid) && creds_ok(c, fields_of(bpf_get_current_task_btf()));
 }
 
 /* Bring t's cached scope decision up to date for the current task ``task``.
@@ -344,7 +363,7 @@ static __always_inline struct dc_task *task_state(struct dc_config *c, bool *in)
 		*in = in_scope(c, bpf_get_current_pid_tgid() >> 32);
 		return NULL;
 	}
-	*in = refresh(c, t, task);
+	*in = refresh(c, t, fields_of(task));
 	return t;
 }
 
@@ -617,9 +636,16 @@ static __always_inline void uncount_lost(__u32 which)
 }
 
 /* The ring refused a batch: each of its first ``n`` events is lost, counted in the
- * unsent rows (exact totals) like an event refused alone. */
-static __always_inline void stage_lost(struct dc_config *c, struct dc_stage *st, __u32 n)
+ * unsent rows (exact totals) like an event refused alone. A global subprogram: only
+ * a full ring runs it, yet inlined its eight unsent_add() made about 29,000 of the
+ * 70,000 instructions the verifier walks in dc_sys_exit (and as many in every
+ * program that sends events); here it is verified once per program. */
+__noinline int dc_stage_lost(struct dc_stage *st, __u32 n)
 {
+	struct dc_config *c = get_config();
+
+	if (!c || !st)
+		return 0;
 	for (__u32 i = 0; i < DC_STAGE_N; i++) {
 		struct dc_event *e = &st->ev[i];
 
@@ -630,6 +656,7 @@ static __always_inline void stage_lost(struct dc_config *c, struct dc_stage *st,
 			uncount_lost(1);
 		unsent_add(c, NULL, e->pid, e->probe & DC_EV_PROBE_MASK, e->dur, e->bytes);
 	}
+	return 0;
 }
 
 /* One event as a record of its own (a nested program): slot 0, the others ts 0. */
@@ -667,7 +694,7 @@ static __always_inline long send_event(struct dc_config *c, struct dc_event *ev)
 	}
 	r = bpf_ringbuf_output(&events, st->ev, sizeof(st->ev), event_wakeup_flag_n(c, DC_STAGE_N));
 	if (r < 0)
-		stage_lost(c, st, DC_STAGE_N - 1);	/* the caller counts this event */
+		dc_stage_lost(st, DC_STAGE_N - 1);	/* the caller counts this event */
 	st->n = 0;
 	stage_give(st);
 	return r;
@@ -782,10 +809,6 @@ struct {
 	__type(value, struct dc_walk);
 } walk_scratch SEC(".maps");
 
-/* bpf_rdonly_cast (kernel >= 6.2): the verifier turns it into a register move,
- * so what it casts is read with plain loads, no helper call. Weak: on a kernel
- * without it the address is 0 and fd_file() takes a probe read. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 /* A kernel struct whose first member is 8 bytes of integer (rb_node's, since
  * 2012): kernel memory read as one gives the verifier a number, not a typed
@@ -1320,6 +1343,7 @@ int BPF_PROG(dc_sys_exit, struct pt_regs *regs, long ret)
 	t = bpf_task_storage_get(&tasks, task, 0, 0);
 	if (!t || !t->sys.ts)
 		return 0;
+	task = fields_of(task);		/* from here on only read */
 	c = get_config();
 	/* a set-uid execve returns in another program with other creds */
 	if (c && t->sys.nr == k && still_in_scope(c, t, task)) {
@@ -1396,6 +1420,7 @@ static __always_inline int probe_return(struct pt_regs *ctx, bool global)
 	sp = bpf_map_lookup_elem(&probe_specs, &probe);
 	task = bpf_get_current_task_btf();
 	t = bpf_task_storage_get(&tasks, task, 0, 0);
+	task = fields_of(task);		/* from here on only read */
 	if (c && sp && still_in_scope(c, t, task)) {
 		ret = (__s64)PT_REGS_RC(ctx);
 		if (sp->ret32)
@@ -1773,7 +1798,7 @@ int dc_exec(void *ctx)
 	if (state && *state == DC_PID_AT_EXEC)
 		*state = DC_PID_MEMBER;
 	/* the job's shell starts: it and what it forks are the job */
-	if (!state && c && c->scope == DC_SCOPE_PIDS && is_job_shell(bpf_get_current_task_btf())) {
+	if (!state && c && c->scope == DC_SCOPE_PIDS && is_job_shell(fields_of(bpf_get_current_task_btf()))) {
 		__u8 member = DC_PID_MEMBER;
 
 		bpf_map_update_elem(&scope_pids, &tgid, &member, BPF_ANY);
@@ -2558,7 +2583,7 @@ int BPF_PROG(dc_hold_exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 	struct dc_file_key key;
 
 	/* a member from this exec on (DC_PID_AT_EXEC): dc_exec may run after this */
-	if (!c || !((state && *state == DC_PID_AT_EXEC) || is_member(c, tgid)) || !creds_ok(c, p))
+	if (!c || !((state && *state == DC_PID_AT_EXEC) || is_member(c, tgid)) || !creds_ok(c, fields_of(p)))
 		return 0;
 	base = dl_at_base(BPF_CORE_READ(p, mm));
 	if (!base || bpf_find_vma(p, base, dl_vma_file, &k.f, 0) || !k.f.file)
@@ -2835,7 +2860,7 @@ int dc_flush(void *ctx)
 			if (i >= n)
 				st->ev[i].ts = 0;
 		if (bpf_ringbuf_output(&events, st->ev, sizeof(st->ev), BPF_RB_NO_WAKEUP) < 0)
-			stage_lost(c, st, n);
+			dc_stage_lost(st, n);
 		st->n = 0;
 	}
 	stage_give(st);

@@ -82,9 +82,18 @@ def _rewrite_daemon_form(argv: list[str]) -> list[str]:
     return argv
 
 
+def single_threaded_blas(env=os.environ) -> None:
+    """No OpenBLAS thread pool for numpy (unless the caller asked for one): our commands
+    use numpy for element-wise work and bincounts, never BLAS, yet the pool numpy starts
+    at import spins a core for about 0.1 s, CPU a tracer's start and every report
+    worker competed for on a 2-CPU node. Must run before numpy is imported."""
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
     """Parse and run one command, turning every failure into one ``prog: error:`` line.
     ``adapt(parser)`` may change the parser first (an alias's name in its help)."""
+    single_threaded_blas()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DATACRUMBS_DEBUG") == "1"
     try:

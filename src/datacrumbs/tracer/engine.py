@@ -313,6 +313,10 @@ _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kp
 
 # Programs only a fallback attaches: loaded when first needed, in an object of their own
 # that shares the first object's maps (Engine._prog_obj), not verified at every start.
+# Hash maps written only when a process joins or leaves the scope or a (process, probe)
+# row is first claimed: made without preallocation, the kernel does not fill their
+# 16,384 to 65,536 entries when it creates them (about 10 ms of every tracer's start).
+LAZY_HASH_MAPS = ("scope_pids", "profile_slots", "slot_owner")
 _LATE_GROUPS = {"dc_uprobe": ("dc_uprobe", "dc_uretprobe"),
                 "dc_uretprobe": ("dc_uprobe", "dc_uretprobe"),
                 "dc_tracepoint": ("dc_tracepoint",)}
@@ -689,6 +693,7 @@ class Engine:
         self._paths_bytes = paths_ringbuf_bytes
         # tracepoints as raw tracepoints (fast to detach) until the kernel says no
         self._raw_tp = True
+        self._lazy_hash = True      # LAZY_HASH_MAPS without preallocation (kernel 6.1)
         if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
                                   or not 1 <= slots <= PROFILE_SLOTS):
             raise EngineError(f"slots {slots!r} must be an integer from 1 to {PROFILE_SLOTS}")
@@ -1016,6 +1021,9 @@ class Engine:
             needed = self._programs_needed(multi)
             for name in self._unused_maps(needed):
                 obj.set_max_entries(name, 1)
+            if self._lazy_hash:
+                for name in LAZY_HASH_MAPS:
+                    obj.add_map_flags(name, libbpf.BPF_F_NO_PREALLOC)
             for prog in _ALL_PROGS:
                 if prog not in needed:
                     obj.set_autoload(prog, False)
@@ -1031,6 +1039,12 @@ class Engine:
             self._loaded = needed
         except libbpf.LibbpfError as exc:
             obj.close()
+            if self._lazy_hash:
+                # before 6.1 tracing programs take only preallocated hash maps
+                log.info("hash maps without preallocation refused (%s); preallocating them",
+                         exc)
+                self._lazy_hash = False
+                return self._load(multi)
             if "dc_raw_tracepoint" in needed:
                 # kernels before 6.10 give raw tracepoints no cookie: perf events then
                 log.info("raw tracepoints with cookies refused (%s); tracepoints attach as "
@@ -1917,12 +1931,12 @@ class Engine:
 
     lost_paths = names_lost       # the older name
 
-    def _slot_rows(self, name: str, words: int):
-        """(tgid, probe, per-CPU u64 words) of every claimed (process, probe) slot of
-        per-CPU map ``name`` (profile or unsent)."""
+    def _slot_rows(self, name: str, words: int, per_cpu: bool = True):
+        """(tgid, probe, u64 words: one row per CPU, or one row) of every claimed
+        (process, probe) slot of map ``name`` (profile: per CPU; unsent: shared)."""
         fd = self._obj.map_fd(name)
         slots_fd = self._obj.map_fd("profile_slots")
-        ncpu = libbpf.num_possible_cpus()
+        ncpu = libbpf.num_possible_cpus() if per_cpu else 1
         for key in libbpf.map_keys(slots_fd, _PKEY.size,
                                    limit=self._obj.map_max_entries("profile_slots")):
             slot = libbpf.map_lookup(slots_fd, key, 4)
@@ -1956,8 +1970,8 @@ class Engine:
         if self.mode != "trace":
             return []
         rows = []
-        for tgid, probe, per_cpu in self._slot_rows("unsent", _TVAL_WORDS):
-            v = per_cpu.sum(axis=0)
+        for tgid, probe, row in self._slot_rows("unsent", _TVAL_WORDS, per_cpu=False):
+            v = row[0]
             if not v[0]:
                 continue
             rows.append(TotalsRow(pid=tgid, probe=probe, count=int(v[0]), bytes=int(v[1]),

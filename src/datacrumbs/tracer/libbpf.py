@@ -150,6 +150,8 @@ def _declare(lib):
         "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
         "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
         "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
+        "bpf_map__map_flags": (c_uint32, [c_void_p]),
+        "bpf_map__set_map_flags": (c_int, [c_void_p, c_uint32]),
         "bpf_map__fd": (c_int, [c_void_p]),
         "bpf_map__value_size": (c_uint32, [c_void_p]),
         "bpf_map__key_size": (c_uint32, [c_void_p]),
@@ -263,6 +265,7 @@ SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48
 BPF_F_UPROBE_MULTI_RETURN = 1
+BPF_F_NO_PREALLOC = 1
 _BPF_ATTR_SIZE = 144            # sizeof(union bpf_attr) on 6.x; the tail is zeros
 
 
@@ -413,6 +416,11 @@ class BpfObject:
     def set_max_entries(self, name: str, n: int) -> None:
         if lib().bpf_map__set_max_entries(self._map(name), n) != 0:
             raise _fail(f"cannot size BPF map {name} to {n}")
+
+    def add_map_flags(self, name: str, flags: int) -> None:
+        m = self._map(name)
+        if lib().bpf_map__set_map_flags(m, lib().bpf_map__map_flags(m) | flags) != 0:
+            raise _fail(f"cannot set flags {flags:#x} on BPF map {name}")
 
     def load(self) -> None:
         ctypes.set_errno(0)

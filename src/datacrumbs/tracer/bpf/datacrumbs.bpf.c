@@ -128,9 +128,11 @@ struct {
 
 /* Trace mode: operations whose event could not be sent, per (process, probe),
  * in the profile slots (dc_tval). The engine shrinks it to one entry in
- * profile mode. */
+ * profile mode. A plain array with atomic adds, not a per-CPU one: only a
+ * refused event writes it, and the kernel makes a per-CPU array's 16,384 rows
+ * with one per-CPU allocation each (a third of an object's load). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DC_PROFILE_SLOTS);
 	__type(key, __u32);
 	__type(value, struct dc_tval);
@@ -538,8 +540,12 @@ static __always_inline void unsent_add(struct dc_config *c, struct dc_task *t, _
 {
 	struct dc_tval *v = slot_row(c, t, tgid, probe, &unsent);
 
-	if (v)
-		totals_add(v, dur, bytes);
+	if (!v)
+		return;
+	__sync_fetch_and_add(&v->count, 1);	/* one row for all CPUs */
+	if (bytes > 0)
+		__sync_fetch_and_add(&v->bytes, bytes);
+	__sync_fetch_and_add(&v->time_ns, dur);
 }
 
 /* unsent_add() for the current task's row cache ``t`` (or none), as a global

@@ -290,11 +290,8 @@ class TraceWriter:
         self._last_flush = clock()
         self._hashes: OrderedDict[str, str] = OrderedDict()
         self._named_pids: set[int] = set()
-        self._probe_prefix: list[str] = []
-        self._probe_args: list[str] = []
-        self._probe_ret: list[bool] = []
-        self._probe_fd2: list[bool] = []
-        self._probe_flags: list[bool] = []
+        self._probes: list[dict] = []
+        self._tables: tuple | None = ([], [], [], [], [])
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         # dir_fd: the caller walked the directory without following links; stay inside it.
         self._fd = os.open(self.path, flags, mode, dir_fd=dir_fd)
@@ -322,26 +319,54 @@ class TraceWriter:
     # -- metadata -------------------------------------------------------------------------
 
     def set_probes(self, probes: list[dict]) -> None:
-        """Precompute each probe's line prefix; ``ops["probe"]`` indexes this list."""
-        self._probe_prefix, self._probe_args, self._probe_ret = [], [], []
-        self._probe_fd2, self._probe_flags = [], []
-        for probe in probes:
+        """The probes ``ops["probe"]`` indexes; each one's line prefix is made at the first
+        write (10,000 probes: 30 ms a tracer's ready file need not wait for)."""
+        self._probes, self._tables = list(probes), None
+
+    def _probe_tables(self) -> tuple:
+        """(prefix, args, ret, fd2, flags) of each probe, made once per set_probes."""
+        if self._tables is not None:
+            return self._tables
+        prefix, args, ret, fd2, flags = [], [], [], [], []
+        for probe in self._probes:
             roles = probe.get("args") if isinstance(probe.get("args"), dict) else {}
             tp = probe.get("kind") == "tracepoint"
-            self._probe_fd2.append("fd2" in roles and not tp)
+            fd2.append("fd2" in roles and not tp)
             # async requests: the opcode (and the fixed-file bit) is in flags
-            self._probe_flags.append(("flags" in roles and not tp) or probe.get("kind") == "async")
+            flags.append(("flags" in roles and not tp) or probe.get("kind") == "async")
             name = probe_name(probe)
             cat = str(probe.get("category") or "SYSCALL")
-            self._probe_prefix.append(f'"name":{_json_str(name)},"cat":{_json_str(cat)},')
+            prefix.append(f'"name":{_json_str(name)},"cat":{_json_str(cat)},')
             pid_ = str(probe.get("id", ""))
             extra = "" if pid_ == f"{cat.lower()}.{name}" else f',"probe":{_json_str(pid_)}'
             if probe.get("discovered"):   # a library of the probe's family found at run time
                 extra += f',"library":{_json_str(str(probe.get("library")))}'
-            self._probe_args.append(extra)
+            args.append(extra)
             # a void function's rax is whatever it last held (returns: null)
-            self._probe_ret.append(probe.get("kind") not in ("tracepoint", "usdt")
-                                   and not ("returns" in probe and probe["returns"] is None))
+            ret.append(probe.get("kind") not in ("tracepoint", "usdt")
+                       and not ("returns" in probe and probe["returns"] is None))
+        self._tables = (prefix, args, ret, fd2, flags)
+        return self._tables
+
+    @property
+    def _probe_prefix(self) -> list[str]:
+        return self._probe_tables()[0]
+
+    @property
+    def _probe_args(self) -> list[str]:
+        return self._probe_tables()[1]
+
+    @property
+    def _probe_ret(self) -> list[bool]:
+        return self._probe_tables()[2]
+
+    @property
+    def _probe_fd2(self) -> list[bool]:
+        return self._probe_tables()[3]
+
+    @property
+    def _probe_flags(self) -> list[bool]:
+        return self._probe_tables()[4]
 
     def _hash_line(self, kind: str, name: str, pid: int, tid: int) -> str:
         value = name_hash(name)
@@ -678,9 +703,10 @@ class TraceWriter:
             return
         first = len(self._lines)
         self._spans.append((first, first + len(rows)))
+        pfx = self._probe_prefix
         for ts, pid, probe, count, nbytes, time_ns in rows:
             self._lines.append(
-                f'{{"id":{self._take_id()},{self._probe_prefix[probe]}"pid":{pid},"tid":{pid},'
+                f'{{"id":{self._take_id()},{pfx[probe]}"pid":{pid},"tid":{pid},'
                 f'"ts":{us_text(ts)},"ph":"C","args":{{"count":{count},"bytes":{nbytes},'
                 f'"time_us":{us_text(max(time_ns, 0))}}}}}')
         self._pending_events += len(rows)
@@ -695,9 +721,10 @@ class TraceWriter:
         totals, which are then exact. They are not events, so events_written skips them."""
         if self.error is not None or self.closed or self.capped_at is not None or not rows:
             return
+        pfx = self._probe_prefix
         for ts, pid, probe, count, nbytes, time_ns in rows:
             self._lines.append(
-                f'{{"id":{self._take_id()},{self._probe_prefix[probe]}"pid":{pid},"tid":{pid},'
+                f'{{"id":{self._take_id()},{pfx[probe]}"pid":{pid},"tid":{pid},'
                 f'"ts":{us_text(ts)},"ph":"C","args":{{"count":{count},"bytes":{nbytes},'
                 f'"time_us":{us_text(max(time_ns, 0))},"events_lost":{count}}}}}')
 

@@ -29,13 +29,14 @@ SPLIT_ENV = "DATACRUMBS_SPLIT_LOAD"     # "0": never split, "1": whenever it pay
 # (2026-12-03, after the verifier's work was cut: untrusted task reads, global subprograms
 # for the full-ring path): only to balance the two halves; a program not listed counts as
 # UNKNOWN_MS.
-VERIFY_MS = {"dc_usdt": 48, "dc_kretprobe": 25, "dc_uretprobe_multi": 24, "dc_sys_exit": 19,
+VERIFY_MS = {"dc_kretprobe": 25, "dc_uretprobe_multi": 24, "dc_sys_exit": 19,
              "dc_uretprobe": 19, "dc_exec": 10, "dc_tracepoint": 9, "dc_cgroup_made": 7,
              "dc_raw_tracepoint": 7, "dc_uring_complete": 6, "dc_raw_ktp": 6, "dc_raw_ktp1": 5,
              "dc_uring_submit": 5, "dc_ktp": 5, "dc_dl_hook": 4, "dc_block_complete": 4,
              "dc_hold_exec": 2, "dc_sys_enter": 1.4, "dc_kprobe": 1.3, "dc_uprobe": 1.1,
              "dc_uprobe_multi": 1, "dc_flush": 1, "dc_block_issue": 0.9, "dc_exit": 0.7,
-             "dc_fork": 0.5, "dc_hold_signal": 0.3, "dc_hold_exit": 0.3, "dc_cgroup_moved": 0.3}
+             "dc_fork": 0.5, "dc_hold_signal": 0.3, "dc_hold_exit": 0.3, "dc_cgroup_moved": 0.3,
+             "dc_usdt": 21}
 UNKNOWN_MS = 10
 # An extra object costs about 20 ms (its BTF, relocations, the map fds): split only when
 # the lighter half verifies for longer than that

@@ -672,6 +672,11 @@ class Engine:
                 or paths_ringbuf_bytes > 1 << 30:
             raise EngineError(f"path ring buffer size {paths_ringbuf_bytes} must be a power of two "
                               f"between {page} and {1 << 30} bytes")
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
+                                  or not 1 <= slots <= PROFILE_SLOTS):
+            raise EngineError(f"slots {slots!r} must be an integer from 1 to {PROFILE_SLOTS}")
+        # the arguments first, then the site's object (a wrong argument is said as such
+        # even where the object is missing)
         if bpf_object is None:
             from ..config import load_config
             bpf_object = load_config().bpf_object
@@ -695,9 +700,6 @@ class Engine:
         self._raw_tp = True
         self._events_here: set[str] | None = None     # tracefs available_events, once
         self._lazy_hash = True      # LAZY_HASH_MAPS without preallocation (kernel 6.1)
-        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
-                                  or not 1 <= slots <= PROFILE_SLOTS):
-            raise EngineError(f"slots {slots!r} must be an integer from 1 to {PROFILE_SLOTS}")
         self._slots = slots
         self._obj: BpfObject | None = None
         self._loaded: set[str] = set()      # the programs loaded in self._obj

@@ -461,6 +461,48 @@ def test_the_scanner_converts_numbers_exactly_as_json_does():
     assert got.flt[1].tobytes() == struct.pack(f"<{got.n}d", *(float(r["dur"]) for r in recs))
 
 
+def _integer_tokens(rng: random.Random, n: int) -> list[str]:
+    """Integer-like tokens, valid JSON or not: signs, leading zeros, 17 to 20 digits
+    around the int64 limits, a point or an exponent after the digits."""
+    fixed = ["0", "-0", "00", "01", "-01", "-", "7", "-7", "1e3", "1E3", "1.0", "12.",
+             "1.", "0.5", "-0.0", "123456789012345678", "1234567890123456789",
+             "12345678901234567890", "9223372036854775807", "9223372036854775808",
+             "-9223372036854775808", "-9223372036854775809", "999999999999999999",
+             "1000000000000000000", "-1000000000000000000"]
+    out = list(fixed)
+    while len(out) < n:
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 21)))
+        tok = rng.choice(["", "", "-"]) + digits + rng.choice(["", "", "", ".", ".5", "e1"])
+        out.append(tok)
+    return out
+
+
+def test_the_scanner_reads_integers_as_json_does():
+    """Every integer column and an unread field (``id``) over integer-like tokens: a line
+    is read only when json.loads reads it, an integer column only takes an int of int64,
+    and its value is json's (the compiled fast path for small integers, and the general
+    one it falls back to, agree with the JSON module)."""
+    scanner = columnar.scanner()
+    rng = random.Random(5)
+    for tok in _integer_tokens(rng, 3000):
+        try:
+            want = json.loads(tok)
+        except ValueError:
+            want = ValueError
+        for name, template in (("pid", b'{"ph":"X","pid":%s}'),
+                               ("size", b'{"ph":"X","args":{"size":%s}}'),
+                               ("offset", b'{"ph":"X","args":{"offset":%s,"ret":1}}'),
+                               (None, b'{"id":%s,"ph":"X"}')):
+            got = scanner.scan(template % tok.encode())
+            takes = want is not ValueError and (name is None or (
+                type(want) is int and -(1 << 63) <= want < 1 << 63))
+            assert (got is not None) == takes, (tok, template)
+            if got is None or name is None:
+                continue
+            vals, ok = got.ints(name)
+            assert bool(ok[0]) and int(vals[0]) == want, (tok, name)
+
+
 def test_without_a_usable_scanner_the_report_is_pyarrows(tmp_path, monkeypatch, caplog):
     """A missing library, or one of another ABI, is passed over at debug level."""
     import logging

@@ -235,6 +235,10 @@ typedef const unsigned char *cp;
 
 static inline cp ws(cp p, cp end)
 {
+    /* our writer puts no whitespace between tokens: one compare decides that case (the
+     * three whitespace bytes are all <= ' ', every token's first byte is above it) */
+    if (p < end && *p > ' ')
+        return p;
     while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
         p++;
     return p;
@@ -531,6 +535,29 @@ struct line {
     int ph;                 /* 'X', 'M', 0 missing, -1 another */
 };
 
+/* The common integer (-?(0|[1-9][0-9]{0,17}) followed by neither a digit, a point nor an
+ * exponent) into *out: its end, or NULL for anything else, which number() then reads
+ * as before (so both accept and refuse exactly the same tokens). */
+static inline cp small_int(cp p, cp end, int64_t *out)
+{
+    cp q = p + (p < end && *p == '-');
+    uint64_t v;
+    int n;
+    if (q >= end || (unsigned)(*q - '0') > 9)
+        return NULL;
+    v = (uint64_t)(*q++ - '0');
+    if (v)
+        for (n = 1; q < end && (unsigned)(*q - '0') <= 9; q++, n++) {
+            if (n == 18)
+                return NULL;
+            v = v * 10 + (uint64_t)(*q - '0');
+        }
+    if (q < end && ((unsigned)(*q - '0') <= 9 || *q == '.' || *q == 'e' || *q == 'E'))
+        return NULL;
+    *out = *p == '-' ? -(int64_t)v : (int64_t)v;
+    return q;
+}
+
 /* A scalar that is not one of ours (true, false, null, a string, a number): its end. */
 static inline cp other_scalar(cp p, cp end)
 {
@@ -546,15 +573,18 @@ static inline cp other_scalar(cp p, cp end)
         return end - p >= 5 && !memcmp(p, "false", 5) ? p + 5 : NULL;
     case 'n':
         return end - p >= 4 && !memcmp(p, "null", 4) ? p + 4 : NULL;
-    default:
-        return number(p, end, &m);
+    default: {
+        cp q = small_int(p, end, &n);    /* "id", "fd": most often small integers */
+        return q ? q : number(p, end, &m);
+    }
     }
 }
 
 static inline int is_null(cp p, cp end)
 {
-    return end - p >= 4 && !memcmp(p, "null", 4);
+    return end - p >= 4 && *p == 'n' && !memcmp(p, "null", 4);
 }
+
 
 /* The value at p of field `kind` (a K_ class | column) into ln: its end, or NULL. */
 static inline cp value(cp p, cp end, int kind, struct line *ln)
@@ -568,13 +598,19 @@ static inline cp value(cp p, cp end, int kind, struct line *ln)
         if (col != S_FHASH2 && is_null(p, end))  /* the dict path counts a null fhash2 */
             return p + 4;
         return NULL;
-    case K_INT:
+    case K_INT: {
+        cp q = small_int(p, end, &ln->iv[col]);
+        if (q) {
+            ln->ok[col] = 1;
+            return q;
+        }
         if (is_null(p, end))
             return p + 4;
         if (!(p = number(p, end, &m)) || !int64_of(&m, &ln->iv[col]))
             return NULL;
         ln->ok[col] = 1;
         return p;
+    }
     case K_FLT:
         if (is_null(p, end))
             return p + 4;
@@ -591,35 +627,38 @@ static inline cp value(cp p, cp end, int kind, struct line *ln)
  * Either way the key and its field are the same: a literal holds no escape. */
 struct lit {
     uint64_t w, mask;       /* the literal's first 8 bytes, and which of them count */
+    uint64_t w2, mask2;     /* its bytes 8..15 (none: mask2 0) */
     const char *text;
     int len, kind;
 };
 
 static struct lit TOP_LIT[] = {
-    {0, 0, "\"id\":", 0, K_OTHER}, {0, 0, "\"name\":", 0, K_STR | S_NAME},
-    {0, 0, "\"cat\":", 0, K_STR | S_CAT}, {0, 0, "\"pid\":", 0, K_INT | I_PID},
-    {0, 0, "\"tid\":", 0, K_INT | I_TID}, {0, 0, "\"ts\":", 0, K_FLT | F_TS},
-    {0, 0, "\"dur\":", 0, K_FLT | F_DUR}, {0, 0, "\"ph\":", 0, K_PH},
-    {0, 0, "\"args\":", 0, K_ARGS}};
+    {0, 0, 0, 0, "\"id\":", 0, K_OTHER}, {0, 0, 0, 0, "\"name\":", 0, K_STR | S_NAME},
+    {0, 0, 0, 0, "\"cat\":", 0, K_STR | S_CAT}, {0, 0, 0, 0, "\"pid\":", 0, K_INT | I_PID},
+    {0, 0, 0, 0, "\"tid\":", 0, K_INT | I_TID}, {0, 0, 0, 0, "\"ts\":", 0, K_FLT | F_TS},
+    {0, 0, 0, 0, "\"dur\":", 0, K_FLT | F_DUR}, {0, 0, 0, 0, "\"ph\":", 0, K_PH},
+    {0, 0, 0, 0, "\"args\":", 0, K_ARGS}};
 static struct lit ARGS_LIT[] = {
-    {0, 0, "\"hhash\":", 0, K_STR | S_HHASH}, {0, 0, "\"fhash\":", 0, K_STR | S_FHASH},
-    {0, 0, "\"fname\":", 0, K_STR | S_FNAME}, {0, 0, "\"fd\":", 0, K_OTHER},
-    {0, 0, "\"fd2\":", 0, K_OTHER}, {0, 0, "\"fhash2\":", 0, K_STR | S_FHASH2},
-    {0, 0, "\"ftype2\":", 0, K_STR | S_FTYPE2}, {0, 0, "\"count\":", 0, K_INT | I_COUNT},
-    {0, 0, "\"offset\":", 0, K_INT | I_OFFSET}, {0, 0, "\"size\":", 0, K_INT | I_SIZE},
-    {0, 0, "\"ret\":", 0, K_INT | I_RET}, {0, 0, "\"errno\":", 0, K_INT | I_ERRNO},
-    {0, 0, "\"flags\":", 0, K_INT | I_FLAGS}, {0, 0, "\"ftype\":", 0, K_STR | S_FTYPE}};
+    {0, 0, 0, 0, "\"hhash\":", 0, K_STR | S_HHASH}, {0, 0, 0, 0, "\"fhash\":", 0, K_STR | S_FHASH},
+    {0, 0, 0, 0, "\"fname\":", 0, K_STR | S_FNAME}, {0, 0, 0, 0, "\"fd\":", 0, K_OTHER},
+    {0, 0, 0, 0, "\"fd2\":", 0, K_OTHER}, {0, 0, 0, 0, "\"fhash2\":", 0, K_STR | S_FHASH2},
+    {0, 0, 0, 0, "\"ftype2\":", 0, K_STR | S_FTYPE2}, {0, 0, 0, 0, "\"count\":", 0, K_INT | I_COUNT},
+    {0, 0, 0, 0, "\"offset\":", 0, K_INT | I_OFFSET}, {0, 0, 0, 0, "\"size\":", 0, K_INT | I_SIZE},
+    {0, 0, 0, 0, "\"ret\":", 0, K_INT | I_RET}, {0, 0, 0, 0, "\"errno\":", 0, K_INT | I_ERRNO},
+    {0, 0, 0, 0, "\"flags\":", 0, K_INT | I_FLAGS}, {0, 0, 0, 0, "\"ftype\":", 0, K_STR | S_FTYPE}};
 #define NTOP_LIT (int)(sizeof TOP_LIT / sizeof TOP_LIT[0])
 #define NARGS_LIT (int)(sizeof ARGS_LIT / sizeof ARGS_LIT[0])
 
 static void lit_init(struct lit *l, int n)
 {
     for (int i = 0; i < n; i++) {
-        int len = (int)strlen(l[i].text), k = len < 8 ? len : 8;
+        int len = (int)strlen(l[i].text), k = len < 8 ? len : 8, k2 = len - k;
         l[i].len = len;
-        l[i].w = 0;
+        l[i].w = l[i].w2 = 0;
         memcpy(&l[i].w, l[i].text, (size_t)k);
         l[i].mask = k == 8 ? ~0ull : ((1ull << (8 * k)) - 1);
+        memcpy(&l[i].w2, l[i].text + k, (size_t)k2);       /* literals are at most 16 */
+        l[i].mask2 = k2 == 8 ? ~0ull : ((1ull << (8 * k2)) - 1);
     }
 }
 
@@ -633,12 +672,12 @@ __attribute__((constructor)) static void lits_init(void)
  * colon, *cur past it), else -1 (p unchanged). The caller leaves 16 bytes after p. */
 static inline int key_lit(cp *pp, const struct lit *lits, int n, int *cur)
 {
-    uint64_t w;
+    uint64_t w, w2;
     memcpy(&w, *pp, 8);
+    memcpy(&w2, *pp + 8, 8);
     for (int k = *cur; k < n; k++) {
         const struct lit *l = &lits[k];
-        if ((w & l->mask) == l->w &&
-            (l->len <= 8 || !memcmp(*pp + 8, l->text + 8, (size_t)(l->len - 8)))) {
+        if ((w & l->mask) == l->w && (w2 & l->mask2) == l->w2) {
             *pp += l->len;
             *cur = k + 1;
             return l->kind;

@@ -33,7 +33,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+# as every datacrumbs command runs (cli.single_threaded_blas): no OpenBLAS thread pool
+# spinning in this process and in each worker it forks
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 START_US = 1_764_079_200_000_000
 OPS = [("write", "POSIX"), ("read", "POSIX"), ("pwrite64", "POSIX"), ("openat", "POSIX"),

@@ -252,6 +252,16 @@ def probe_name(probe: dict) -> str:
     return target.rsplit(":", 1)[-1]
 
 
+class _ProbeTable:
+    """One of a writer's per-probe tables (``_probe_tables``), all made at first use."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __get__(self, writer, owner=None) -> list:
+        return writer._probe_tables()[self.index]
+
+
 class TraceWriter:
     """Writes one trace file; create it with the job's header, then feed it batches."""
 
@@ -348,25 +358,8 @@ class TraceWriter:
         self._tables = (prefix, args, ret, fd2, flags)
         return self._tables
 
-    @property
-    def _probe_prefix(self) -> list[str]:
-        return self._probe_tables()[0]
-
-    @property
-    def _probe_args(self) -> list[str]:
-        return self._probe_tables()[1]
-
-    @property
-    def _probe_ret(self) -> list[bool]:
-        return self._probe_tables()[2]
-
-    @property
-    def _probe_fd2(self) -> list[bool]:
-        return self._probe_tables()[3]
-
-    @property
-    def _probe_flags(self) -> list[bool]:
-        return self._probe_tables()[4]
+    _probe_prefix, _probe_args, _probe_ret, _probe_fd2, _probe_flags = (
+        _ProbeTable(i) for i in range(5))
 
     def _hash_line(self, kind: str, name: str, pid: int, tid: int) -> str:
         value = name_hash(name)

@@ -311,12 +311,12 @@ _ALL_PROGS = ("dc_sys_enter", "dc_sys_exit", "dc_uprobe", "dc_uretprobe", "dc_kp
               klayers.PROGRAM, *klayers.RAW_PROGRAMS, stage.PROGRAM)
 
 
-# Programs only a fallback attaches: loaded when first needed, in an object of their own
-# that shares the first object's maps (Engine._prog_obj), not verified at every start.
 # Hash maps written only when a process joins or leaves the scope or a (process, probe)
 # row is first claimed: made without preallocation, the kernel does not fill their
 # 16,384 to 65,536 entries when it creates them (about 10 ms of every tracer's start).
 LAZY_HASH_MAPS = ("scope_pids", "profile_slots", "slot_owner")
+# Programs only a fallback attaches: loaded when first needed, in an object of their own
+# that shares the first object's maps (Engine._prog_obj), not verified at every start.
 _LATE_GROUPS = {"dc_uprobe": ("dc_uprobe", "dc_uretprobe"),
                 "dc_uretprobe": ("dc_uprobe", "dc_uretprobe"),
                 "dc_tracepoint": ("dc_tracepoint",)}
@@ -1043,9 +1043,10 @@ class Engine:
         except libbpf.LibbpfError as exc:
             obj.close()
             if self._lazy_hash:
-                # before 6.1 tracing programs take only preallocated hash maps
-                log.info("hash maps without preallocation refused (%s); preallocating them",
-                         exc)
+                # before 6.1 tracing programs take only preallocated hash maps: the first
+                # thing to try again without (a refusal for another reason comes back)
+                log.info("the kernel refused the object (%s); trying again with its hash "
+                         "maps preallocated", exc)
                 self._lazy_hash = False
                 return self._load(multi)
             if "dc_raw_tracepoint" in needed:

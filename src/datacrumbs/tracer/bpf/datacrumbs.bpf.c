@@ -824,7 +824,6 @@ struct {
 	__type(value, struct dc_walk);
 } walk_scratch SEC(".maps");
 
-
 /* A kernel struct whose first member is 8 bytes of integer (rb_node's, since
  * 2012): kernel memory read as one gives the verifier a number, not a typed
  * pointer (the fd array is a struct file ** it gives no type, and a typed

@@ -611,3 +611,28 @@ def test_unsent_events_are_counted_per_process_and_a_full_table_is_counted_too(
 def test_slots_are_checked():
     with pytest.raises(EngineError, match="slots 0 must be an integer from 1 to 16384"):
         Engine([WRITE], Scope.for_pids([1]), slots=0)
+
+
+def _map_flags(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("map_flags:"))
+
+
+def test_rarely_written_hash_maps_are_not_preallocated(bpf_object, tracefs, monkeypatch, caplog):
+    """The scope and slot hash maps are made without preallocation (BPF_F_NO_PREALLOC: the
+    kernel does not fill their entries at creation). Where the kernel refuses the flag (made
+    to here by asking it for an LRU map, which no kernel takes without preallocation) the
+    object is loaded again with them preallocated, and the session attaches all the same."""
+    from datacrumbs.tracer import engine as engine_mod
+
+    with Engine([WRITE], Scope.for_pids([1]), bpf_object=bpf_object) as eng:
+        eng.attach()
+        flags = {name: _map_flags(eng._obj.map_fd(name)) for name in engine_mod.LAZY_HASH_MAPS}
+    assert flags and all(f & 1 for f in flags.values()), flags
+    monkeypatch.setattr(engine_mod, "LAZY_HASH_MAPS", ("comms",))
+    caplog.set_level(logging.INFO, logger="datacrumbs.engine")
+    with Engine([WRITE], Scope.for_pids([1]), bpf_object=bpf_object) as eng:
+        report = eng.attach()
+        assert len(report.attached) == 1 and not eng._lazy_hash
+        assert not _map_flags(eng._obj.map_fd("comms")) & 1
+    assert "trying again with its hash maps preallocated" in caplog.text

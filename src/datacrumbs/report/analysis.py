@@ -1266,10 +1266,20 @@ def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[list, list, list]:
 
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """pair_counts as arrays (a lexsort for a few pairs: the hash's set-up costs more)."""
-    import pandas as pd             # the report's dependency, already loaded by pyarrow
-
+    """pair_counts as arrays (a lexsort for a few pairs: the hash's set-up costs more).
+    Non-negative integers whose pairs fit one int64 key ``a * (max(b) + 1) + b`` (the
+    report's: file and layer keys with access sizes, operations with errnos) are counted
+    as that key, in one uniq: a third of the time of ranking both sides, and no pandas
+    in the report's workers (0.2 s of CPU each to import)."""
+    if len(a) > 2048 and a.dtype.kind in "iu" and b.dtype.kind in "iu" and \
+            int(a.min()) >= 0 and int(b.min()) >= 0:
+        span = int(b.max()) + 1
+        if (int(a.max()) + 1) * span < 1 << 62:
+            k, c = uniq(a.astype(np.int64) * span + b.astype(np.int64), counts=True)
+            return k // span, k % span, c
     if len(a) > 2048:
+        import pandas as pd         # the report's dependency
+
         ua, ainv = uniq(a, inverse=True)
         codes, ub = pd.factorize(b)
         nb = len(ub)

@@ -94,7 +94,7 @@ class _Elf:
         """The version each .dynsym entry of ``indexes`` defines (GNU symbol versioning),
         None for none."""
         ndx, names = self._versions()
-        if not names:
+        if not names or not len(ndx):
             return [None] * len(indexes)
         inside = indexes < len(ndx)
         ids = np.where(inside, ndx[np.minimum(indexes, max(len(ndx) - 1, 0))], 0)

@@ -301,7 +301,7 @@ class TraceWriter:
         self._hashes: OrderedDict[str, str] = OrderedDict()
         self._named_pids: set[int] = set()
         self._probes: list[dict] = []
-        self._tables: tuple | None = ([], [], [], [], [])
+        self._tables: tuple | None = None          # made from _probes at first use
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         # dir_fd: the caller walked the directory without following links; stay inside it.
         self._fd = os.open(self.path, flags, mode, dir_fd=dir_fd)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import stat
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from ..safelib import unsafe_reason
 
 log = logging.getLogger("datacrumbs.trace")
 
@@ -81,22 +82,6 @@ def build_library(out: Path, cc: str | None = None) -> Path:
     from ..tracer.build import build_shared_library
 
     return build_shared_library(source_path(), out, "trace line formatter", cc)
-
-
-def _safe_to_load(path: Path) -> str | None:
-    """Why a root daemon must not load ``path`` (None: it may): the library runs with the
-    daemon's rights, so it and its directory must be the daemon's user's (or root's)
-    and writable by no one else."""
-    me = os.geteuid()
-    path = Path(os.path.realpath(path))     # the file a link leads to, and its directory
-    for item in (path, path.parent):
-        st = os.stat(item)
-        if st.st_uid not in (0, me):
-            return f"{item} is owned by uid {st.st_uid}"
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
-                item == path.parent and st.st_mode & stat.S_ISVTX):
-            return f"{item} is writable by others"
-    return None
 
 
 class LineFormatter:
@@ -209,7 +194,7 @@ def open_library(path: Path, abi_symbol: str, abi: int, what: str, instead: str,
     not built is normal), unsafe or of another ABI (said at ``level``); ``instead`` is
     what the caller does then."""
     try:
-        why = _safe_to_load(path)
+        why = unsafe_reason(path)
         if why:
             log.log(level, "not loading the %s %s: %s; %s", what, path, why, instead)
             return None

@@ -91,8 +91,8 @@ def use_c_print(bpf_object) -> bool:
         return True
     path = print_library_path(bpf_object)
     try:
-        from ..trace.fastlines import _safe_to_load
-        if not os.path.isfile(path) or _safe_to_load(path) is not None:
+        from ..safelib import unsafe_reason
+        if not os.path.isfile(path) or unsafe_reason(path) is not None:
             return False
         handle = ctypes.CDLL(path)
         handle.dc_libbpf_warnings.restype = ctypes.c_uint

@@ -54,12 +54,12 @@ def programs(path: Path) -> list[str]:
 
 def verify_one(path: Path, name: str, names: list[str]) -> dict | str:
     """{load_ms, verify_ms, insns, max_states, total_states, peak_states}, or why it failed."""
-    from datacrumbs.tracer import engine, libbpf
+    from datacrumbs.tracer import libbpf, objload
     lib, obj = _lib(), libbpf.BpfObject(path)
     try:
         for other in names:
             obj.set_autoload(other, other == name)
-        if name in engine._MULTI_PROGS:
+        if name in objload.MULTI_PROGS:
             obj.set_expected_attach_type(name, libbpf.BPF_TRACE_UPROBE_MULTI)
         buf = ctypes.create_string_buffer(1 << 20)
         prog = obj.program(name)

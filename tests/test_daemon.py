@@ -1146,33 +1146,70 @@ def test_the_prologs_copy_is_loaded_while_the_daemon_imports(site, user1, workdi
     assert len(writes) == 300 and {e["pid"] for e in writes} == {work.pid}
 
 
-def test_an_early_engine_serves_only_the_document_verified(site, user1, bpf_object, tracefs):
-    """preload.take() gives the engine begun early only for the very document, scope and
+def test_the_early_load_begins_before_numpy_is_imported(site, user1, bpf_object, tracefs):
+    """The point of tracer/objload.py: the prolog's copy starts loading before the daemon
+    imports numpy and the engine (0.1-0.2 s of a start), so that path must stay free of
+    them. Run in a fresh interpreter, as `datacrumbs run` is."""
+    import hashlib
+
+    probes = sign_for(site, user1)
+    sha = hashlib.sha256(probes.read_bytes()).hexdigest()
+    code = ("import sys\n"
+            "from datacrumbs.tracer import preload\n"
+            f"preload.start({str(probes)!r}, '4255', {user1.pw_name!r}, "
+            f"env={{'DATACRUMBS_PROBE_SHA256': {sha!r}}})\n"
+            "heavy = sorted(m for m in ('numpy', 'datacrumbs.tracer.engine', 'elftools')\n"
+            "               if m in sys.modules)\n"
+            "began = preload._pending is not None\n"
+            "preload.discard()\n"
+            "print(began, heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True []", out.stdout + out.stderr
+
+
+def test_an_early_load_serves_only_the_document_verified(site, user1, bpf_object, tracefs):
+    """preload.take() gives the BPF load begun early only for the very document, scope and
     options the daemon verified; another document closes it, and a copy whose digest is
-    not the prolog's is not loaded early at all."""
+    not the prolog's is not loaded early at all. An engine uses a loader only for its own
+    settings (another ring size: the early object is closed, the engine loads its own)."""
     import hashlib
 
     from datacrumbs.probes.document import read_document
     from datacrumbs.tracer import preload
+    from datacrumbs.tracer.engine import Engine
     from datacrumbs.tracer.scope import Scope
 
     probes = sign_for(site, user1)
     sha = hashlib.sha256(probes.read_bytes()).hexdigest()
+    before = held_bpf_ids()
     preload.start(probes, "4253", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": "0" * 64})
     assert preload._pending is None
     preload.start(probes, "4253", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
-    engine = preload._pending[3]
+    assert preload._pending is not None
     doc = read_document(probes)
     scope = Scope.for_user(user1.pw_uid)
     options = preload.engine_options(doc, site, user1.pw_uid)
     fewer = dict(doc, probes=doc["probes"][:1])
-    assert preload.take(fewer, scope, options) is None and engine._closed
+    assert preload.take(fewer, scope, options) is None
+    assert held_bpf_ids() == before, "the early load was closed"
+
     preload.start(probes, "4253", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
-    engine = preload._pending[3]
-    assert preload.take(doc, scope, options) is engine
-    with engine:
+    loader = preload._pending[3]
+    assert preload.take(doc, scope, options) is loader
+    with Engine(doc["probes"], scope, **options, ringbuf_bytes=1 << 20, loader=loader) as other:
+        assert other._loader is not loader
+        assert held_bpf_ids() == before, "a loader for other settings is closed"
+
+    preload.start(probes, "4253", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+    loader = preload._pending[3]
+    assert preload.take(doc, scope, options) is loader
+    with Engine(doc["probes"], scope, **options, loader=loader) as engine:
         report = engine.attach()
+        assert engine._loader is loader
     assert len(report.attached) == len(doc["probes"]) and engine.load_stats[1] > 0
+    assert held_bpf_ids() == before
 
 
 def test_an_early_copy_that_fails_verification_leaves_nothing_loaded(site, user1, user2,

@@ -261,7 +261,7 @@ def test_raw_tracepoints_count_the_jobs_hits_and_detach_at_once(bpf_object, trac
     child = workloads([sys.executable, "-c", FORKS])
     with Engine(probes, Scope.for_pids([child.pid]), bpf_object=bpf_object) as eng:
         assert eng.attach().refused == []
-        assert eng._raw_tp, "this kernel (6.18) takes raw tracepoints with cookies"
+        assert eng._loader.raw_tp, "this kernel (6.18) takes raw tracepoints with cookies"
         child.go()
         events, _ = collect(eng, [child])
         t0 = time.monotonic()
@@ -321,7 +321,12 @@ def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
            {"id": "b5", "kind": "uprobe", "target": "a;rm -rf /", "library": LIBC, "args": {}},
            {"id": "b6", "kind": "usdt", "target": "p:n", "library": LIBC, "args": {},
             "bytes": None},
-           dict(WRITE), dict(WRITE, id="dup")]
+           dict(WRITE), dict(WRITE, id="dup"),
+           # equal to WRITE's fd role and bytes rule (True == 1 == 1.0) but not valid:
+           # checked probes' shapes are reused only for values of the very same type
+           dict(WRITE, id="b7", target="pwrite64", args=dict(WRITE["args"], fd=True)),
+           dict(WRITE, id="b8", target="pwrite64", args=dict(WRITE["args"], fd=0.0)),
+           dict(WRITE, id="b9", target="pwrite64", args=dict(WRITE["args"], fd=[0]))]
     with Engine(bad, Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
         report = eng.attach()
     reasons = {p["id"]: r for p, r in report.refused}
@@ -334,6 +339,9 @@ def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
     assert reasons["b6"] == f"{LIBC} has no USDT probe p:n"
     assert reasons["b5"] == "'a;rm -rf /' is not a function name"
     assert reasons["dup"] == "syscall write is already traced by another probe in this file"
+    assert reasons["b7"] == "argument role 'fd' must be an argument index 0..5, not True"
+    assert reasons["b8"] == "argument role 'fd' must be an argument index 0..5, not 0.0"
+    assert reasons["b9"] == "argument role 'fd' must be an argument index 0..5, not [0]"
 
 
 def test_missing_bpf_object_names_the_fix(tmp_path):
@@ -623,16 +631,16 @@ def test_rarely_written_hash_maps_are_not_preallocated(bpf_object, tracefs, monk
     kernel does not fill their entries at creation). Where the kernel refuses the flag (made
     to here by asking it for an LRU map, which no kernel takes without preallocation) the
     object is loaded again with them preallocated, and the session attaches all the same."""
-    from datacrumbs.tracer import engine as engine_mod
+    from datacrumbs.tracer import objload
 
     with Engine([WRITE], Scope.for_pids([1]), bpf_object=bpf_object) as eng:
         eng.attach()
-        flags = {name: _map_flags(eng._obj.map_fd(name)) for name in engine_mod.LAZY_HASH_MAPS}
+        flags = {name: _map_flags(eng._obj.map_fd(name)) for name in objload.LAZY_HASH_MAPS}
     assert flags and all(f & 1 for f in flags.values()), flags
-    monkeypatch.setattr(engine_mod, "LAZY_HASH_MAPS", ("comms",))
+    monkeypatch.setattr(objload, "LAZY_HASH_MAPS", ("comms",))
     caplog.set_level(logging.INFO, logger="datacrumbs.engine")
     with Engine([WRITE], Scope.for_pids([1]), bpf_object=bpf_object) as eng:
         report = eng.attach()
-        assert len(report.attached) == 1 and not eng._lazy_hash
+        assert len(report.attached) == 1 and not eng._loader.lazy_hash
         assert not _map_flags(eng._obj.map_fd("comms")) & 1
     assert "trying again with its hash maps preallocated" in caplog.text

@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from datacrumbs.tracer import libbpf, parload
-from datacrumbs.tracer.engine import _ALL_PROGS, _MULTI_PROGS, Engine
+from datacrumbs.tracer.engine import Engine
+from datacrumbs.tracer.objload import ALL_PROGS as _ALL_PROGS, MULTI_PROGS as _MULTI_PROGS
 from datacrumbs.tracer.scope import Scope
 
 from fixtures.tracing import collect, held_bpf_ids, stdio_sizes

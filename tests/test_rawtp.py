@@ -36,7 +36,7 @@ def raw_program(bpf_object, tracefs):
     with Engine([{"id": "t.0", "kind": "tracepoint", "target": "sched:sched_switch",
                   "category": "K", "args": {}, "bytes": None}],
                 Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
-        eng._obj = eng._load(multi=False)       # loaded, nothing attached
+        eng._obj = eng._loader.load(multi=False)       # loaded, nothing attached
         assert libbpf._c_print is not None and hasattr(libbpf._c_print, "dc_raw_tp_open_many")
         yield eng._obj.program_fd("dc_raw_tracepoint")
 
@@ -77,7 +77,7 @@ def test_an_engine_closed_before_taking_them_leaves_no_link(bpf_object, tracefs)
               for i, name in enumerate(tracepoints("sched", 10))]
     eng = Engine(probes, Scope.for_pids([os.getpid()]), bpf_object=bpf_object)
     try:
-        eng._obj = eng._load(multi=False)
+        eng._obj = eng._loader.load(multi=False)
         specs = [eng._spec_or_refusal(i, p) for i, p in enumerate(probes)]
         started = eng._start_raw_tracepoints(specs, eng._obj.map_fd("probe_specs"))
         assert started == set(range(len(probes)))

@@ -675,8 +675,14 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
         # the trace goes to the job's user: nothing that user could not ptrace (a set-uid
         # program, flux-imp) is traced, whatever the scope
         options = preload.engine_options(doc, config, account.uid)
-        # the engine begun before the imports, if it is this very verified document's
-        engine = preload.take(doc, scope, options) or Engine(doc["probes"], scope, **options)
+        # the BPF load begun before the imports, if it is this very verified document's
+        loader = preload.take(doc, scope, options)
+        try:
+            engine = Engine(doc["probes"], scope, **options, loader=loader)
+        except BaseException:
+            if loader is not None:
+                loader.close()
+            raise
         with engine:
             report = engine.attach()
             for probe, reason in report.refused:

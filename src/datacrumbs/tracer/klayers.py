@@ -31,6 +31,8 @@ import struct
 
 import numpy as np
 
+from .objload import BLOCK_COMPLETE, KTP_PROGRAM, RAW_KTP_PROGRAMS, wants_ktp  # noqa: F401
+
 KFIELD_ROLES = ("bytes", "offset", "ino", "dev")        # enum dc_kfield_role
 _KFIELDS = struct.Struct("<" + "HBB" * len(KFIELD_ROLES) + "B3x")
 KFIELDS_SIZE = _KFIELDS.size                              # struct dc_kfields
@@ -41,14 +43,8 @@ ASYNC_RET = 1
 WRITES = ("write_begin", "write_end", "dirty_folio", "buffered_write", "direct_write",
           "dax_write", "sync_file_enter", "fallocate", "zero_range", "punch_hole",
           "writepages", "write_folios")
-BLOCK_COMPLETE = "block:block_rq_complete"
-PROGRAM = "dc_ktp"
-
-
-def wants_ktp(probe) -> bool:
-    """Is this a kernel-layer probe (a tracepoint with record fields)?"""
-    return isinstance(probe, dict) and probe.get("kind") == "tracepoint" \
-        and isinstance(probe.get("fields"), dict) and bool(probe["fields"])
+# the program names and what needs them are decided before numpy is imported (objload)
+PROGRAM, RAW_PROGRAMS = KTP_PROGRAM, RAW_KTP_PROGRAMS
 
 
 def pack_fields(probe: dict, field_of) -> bytes:
@@ -148,7 +144,6 @@ class KernelArgs:
 # ``dc_raw_ktp``/``dc_raw_ktp1`` that way; one whose record has only a device takes it from
 # a super_block, xfs_mount or journal argument, or goes without it.
 
-RAW_PROGRAMS = ("dc_raw_ktp", "dc_raw_ktp1")     # the inode from argument 0, 1
 # enum dc_kraw_how: how dc_raw_ktp reaches the inode from the argument (struct name -> how)
 RAW_HOW = {"inode": 1, "file": 2, "kiocb": 3, "folio": 4, "page": 5, "xfs_inode": 6,
            "dentry": 7, "address_space": 8}

@@ -2,10 +2,11 @@
 
 The kernel verifying the BPF programs is the largest part of a tracer's start, and
 it runs without the GIL: ``datacrumbs run`` calls ``start`` first, which loads the
-BPF object in a thread (Engine.start_load) while the daemon imports its modules
-and verifies the probes file. Nothing is attached before that verification: the
-daemon takes the engine (``take``) only for the very document, scope and options it
-verified and would have built, and otherwise loads its own.
+BPF object in a thread (tracer/objload.py, which imports neither numpy nor the engine)
+while the daemon imports its modules and verifies the probes file. Nothing is attached
+before that verification: the daemon takes the loader (``take``) only for the very
+document, scope and options it verified, and its engine uses it only when it would
+have loaded the same object (``Loader.settings``); otherwise it loads its own.
 
 Only the prolog's verified copy is loaded early: its SHA-256 must be the one the
 prolog wrote into the unit's environment (DATACRUMBS_PROBE_SHA256). Early loading
@@ -21,7 +22,7 @@ import os
 log = logging.getLogger("datacrumbs.daemon")
 
 PROBE_SHA256_ENV = "DATACRUMBS_PROBE_SHA256"    # as tracer/daemon.py (not imported: heavy)
-_pending: tuple | None = None        # (doc, scope, options, engine)
+_pending: tuple | None = None        # (doc, scope, options, objload.Loader)
 _decoded: tuple | None = None        # (SHA-256 of the bytes, the document decoded from them)
 
 
@@ -52,7 +53,7 @@ def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
         from ..jobid import validate_run_id
         from ..probes.document import decode_document, open_regular_file
         from ..users import lookup_user
-        from .engine import Engine
+        from .objload import TRACEFS, UPROBE_MULTI_ENV, Loader
         from .scope import scope_from_env
 
         run_id = validate_run_id(run_id)
@@ -66,9 +67,15 @@ def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
         account = lookup_user(user)
         scope = scope_from_env(account.uid, env, run_id)
         options = engine_options(doc, config, account.uid)
-        engine = Engine(doc["probes"], scope, **options)
-        engine.start_load()
-        _pending = (doc, scope, options, engine)
+        probes = doc.get("probes") if isinstance(doc, dict) else None
+        if not isinstance(probes, list) or not probes:
+            return
+        if not (TRACEFS / "events").is_dir():
+            return      # which programs are needed depends on its events: the engine mounts it
+        loader = Loader(probes, bpf_object=options["bpf_object"], mode=options["mode"],
+                        scope_kind=scope.kind, multi=os.environ.get(UPROBE_MULTI_ENV, "1") != "0")
+        loader.start()
+        _pending = (doc, scope, options, loader)
     except Exception as exc:  # noqa: BLE001 - the daemon finds it again and says so
         log.debug("BPF object not loaded early: %s", exc)
 
@@ -83,21 +90,22 @@ def decoded(digest: str) -> dict | None:
 
 
 def take(doc: dict, scope, options: dict):
-    """The engine begun by ``start`` if it was built from exactly this verified document,
-    scope and options (not attached yet), else None."""
+    """The objload.Loader begun by ``start`` if it was made from exactly this verified
+    document, scope and options (nothing is attached by it), else None: the caller
+    gives it to its Engine, or closes it."""
     global _pending
     pending, _pending = _pending, None
     if pending is None:
         return None
-    pdoc, pscope, poptions, engine = pending
+    pdoc, pscope, poptions, loader = pending
     if pdoc == doc and pscope == scope and poptions == options:
-        return engine
-    engine.close()
+        return loader
+    loader.close()
     return None
 
 
 def discard() -> None:
-    """Close an engine begun by ``start`` that nobody took."""
+    """Close a load begun by ``start`` that nobody took."""
     global _pending, _decoded
     pending, _pending = _pending, None
     _decoded = None

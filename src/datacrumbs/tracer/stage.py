@@ -10,10 +10,10 @@ import time
 import numpy as np
 
 from . import libbpf
+from .objload import FLUSH_PROGRAM as PROGRAM  # noqa: F401 - its name, for the engine
 
 log = logging.getLogger("datacrumbs.stage")
 
-PROGRAM = "dc_flush"
 STAGE_N = 8                 # DC_STAGE_N: events per ring record
 STAGE_HEADER = 8            # struct dc_stage: __u32 n, __u32 busy, then the events
 EVENT_BYTES = 80            # struct dc_event

@@ -29,6 +29,22 @@ def test_daemon_form_is_the_run_subcommand(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_the_units_command_builds_no_parser(tmp_path):
+    """The unit's command (`datacrumbs FILE RUNID USER`) reaches `run` without argparse or
+    subcommand discovery (some 25 ms of every traced job's start), with the same one-line
+    error; `run --help` still goes through the parser."""
+    code = ("import sys\n"
+            "from datacrumbs.cli import run_cli\n"
+            f"rc = run_cli([{str(tmp_path / 'p.json.gz')!r}, '1;reboot', 'root'])\n"
+            "print(rc, sorted(m for m in ('argparse', 'pkgutil') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.stdout.strip() == "1 []", res.stdout + res.stderr
+    assert res.stderr.count("\n") == 1 and "run id '1;reboot'" in res.stderr
+    out = run("datacrumbs", "run", "--help")
+    assert out.returncode == 0 and "RUN_ID" in out.stdout
+
+
 def test_bad_config_is_one_line(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text("[paths]\nrun_dir = 'relative'\n")

@@ -11,12 +11,13 @@ The daemon form used by ``datacrumbs@.service`` is kept as the seed wrote it:
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import pkgutil
 import sys
-import traceback
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # argparse is imported where a parser is built: the unit's command needs none
+    import argparse
 
 from .. import __version__
 from ..errors import DatacrumbsError
@@ -25,13 +26,24 @@ PROG = "datacrumbs"
 
 
 def _subcommand_names() -> list[str]:
-    return sorted(i.name for i in pkgutil.iter_modules(__path__) if not i.name.startswith("_"))
+    """The modules of this package (pkgutil.iter_modules' answer, without importing it)."""
+    names = []
+    for entry in os.scandir(__path__[0]):
+        name, ext = os.path.splitext(entry.name)
+        if name.isidentifier() and not name.startswith("_") and (
+                (ext == ".py" and entry.is_file())
+                or (not ext and os.path.isfile(os.path.join(entry.path, "__init__.py")))):
+            names.append(name)
+    return sorted(names)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command's parser; with ``only``, that subcommand's module alone is
     imported and set up (the others stay bare names): `datacrumbs run`, which a job's
     prolog waits for, does not pay for importing every other subcommand."""
+    import argparse
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Per-job eBPF I/O tracing for HPC clusters run by Flux.",
@@ -74,6 +86,15 @@ def _command_of(argv: list[str]) -> str | None:
     return None
 
 
+def _plain_run(argv: list[str]) -> SimpleNamespace | None:
+    """The arguments of ``run PROBES RUN_ID USER`` with no option: the unit's command, run
+    without argparse or subcommand discovery (25 ms of every traced job's start); ``run``
+    checks each value. Anything else goes through the parser."""
+    if len(argv) == 4 and argv[0] == "run" and not any(a.startswith("-") for a in argv[1:]):
+        return SimpleNamespace(probes=argv[1], run_id=argv[2], user=argv[3], debug=False)
+    return None
+
+
 def _rewrite_daemon_form(argv: list[str]) -> list[str]:
     """``datacrumbs FILE RUNID USER`` (the unit's form) means ``datacrumbs run FILE RUNID USER``."""
     positional = [a for a in argv if not a.startswith("-")]
@@ -98,6 +119,10 @@ def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
     debug = "--debug" in argv or os.environ.get("DATACRUMBS_DEBUG") == "1"
     try:
         argv = _rewrite_daemon_form(argv)
+        plain = _plain_run(argv) if adapt is None else None
+        if plain is not None:
+            from . import run
+            return int(run.main(plain) or 0)
         parser = build_parser(None if adapt is not None else _command_of(argv))
         if adapt is not None:
             adapt(parser)
@@ -126,6 +151,7 @@ def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the one place that catches everything
         if debug:
+            import traceback
             traceback.print_exc()
         print(f"{prog}: internal error: {type(exc).__name__}: {exc} "
               "(rerun with --debug for details and report it)", file=sys.stderr)
@@ -150,6 +176,8 @@ def configurator_main() -> None:
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    import argparse
+
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and name in action.choices:
             return action.choices[name]

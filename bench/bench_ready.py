@@ -86,7 +86,8 @@ def median_phases(runs: list[dict]) -> dict[str, tuple[float, float]]:
 def uprobes(limit: int) -> list[dict]:
     """Up to ``limit`` uprobes on distinct addresses of LIBRARIES, in that order."""
     from datacrumbs.probes.host_check import ldconfig_cache
-    from datacrumbs.tracer.engine import SYMBOL_RE, function_offsets
+    from datacrumbs.tracer.specs import SYMBOL_RE
+    from datacrumbs.tracer.symbols import function_offsets
 
     cache, out = ldconfig_cache(), []
     for soname in LIBRARIES:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from datacrumbs.probes.host_check import ldconfig_cache
-from datacrumbs.tracer import elfsyms, engine
+from datacrumbs.tracer import elfsyms, symbols
 
 SONAMES = ("libc.so.6", "libhdf5_serial.so.103", "libmpich.so.12", "libstdc++.so.6")
 
@@ -19,7 +19,7 @@ def test_same_offsets_as_pyelftools(soname):
     path = ldconfig_cache().get(soname)
     assert path, f"{soname} is installed by scripts/deps.sh"
     fast = elfsyms.function_offsets_elf64(path)
-    reference = engine._function_offsets_pyelftools(path)
+    reference = symbols._function_offsets_pyelftools(path)
     assert fast == reference and len(fast) > 100
     if soname == "libc.so.6":   # one address, two names; versioned spellings too
         assert fast["fopen"] == fast["fopen64"] and "fopen@GLIBC_2.2.5" in fast
@@ -38,7 +38,7 @@ def test_damaged_and_foreign_files_fall_back(tmp_path):
         elfsyms.function_offsets_elf64(str(cut))
     whole = tmp_path / "libwhole.so"
     shutil.copy(src, whole)
-    assert engine.function_offsets(str(whole)) == elfsyms.function_offsets_elf64(src)
+    assert symbols.function_offsets(str(whole)) == elfsyms.function_offsets_elf64(src)
 
 
 @pytest.mark.parametrize("soname", SONAMES)

@@ -220,7 +220,7 @@ class DlopenHold:
     files already judged, the watchdog. ``service()`` handles what the ring says."""
 
     def __init__(self, engine, ldso: str):
-        from .engine import _Ring
+        from .ring import Ring
 
         self.engine = engine
         obj = engine._obj
@@ -261,7 +261,7 @@ class DlopenHold:
         except BaseException:
             self.close()
             raise
-        self.ring = _Ring(obj.map_fd("holds"), HOLDS_RING_BYTES)
+        self.ring = Ring(obj.map_fd("holds"), HOLDS_RING_BYTES)
         self.ring_fd = obj.map_fd("holds")
         log.info("dlopen holds on %s: a process mapping a new library of %s waits until its "
                  "probes are attached", ldso, ", ".join(sorted(engine._families)))

@@ -123,7 +123,7 @@ class _Elf:
 
 
 def function_offsets_elf64(path: str) -> dict[str, int]:
-    """Function name -> file offset, with the same rules as engine._function_offsets:
+    """Function name -> file offset, with the same rules as symbols._function_offsets:
     .symtab and .dynsym, STT_FUNC defined symbols; a global symbol wins over a weak one;
     a name defined twice at different places maps to -1; versioned names are there too
     as ``name@VERSION``. Raises NotElf64 for files it does not decode (then the caller's
@@ -135,7 +135,7 @@ def function_offsets_elf64(path: str) -> dict[str, int]:
 
 
 def _function_offsets(path: str) -> dict[str, int]:
-    from .engine import versioned_name
+    from .symbols import versioned_name
 
     with open(path, "rb") as f:
         with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:

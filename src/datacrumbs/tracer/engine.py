@@ -12,8 +12,10 @@ Usage (what the daemon does)::
 
 ``Engine.probes[i]`` is the probe dict of every event whose ``probe`` field is
 ``i`` (the order of the probes given). Events are fixed-size records in a BPF
-ring buffer that this module maps into memory itself and decodes with numpy
+ring buffer that tracer/ring.py maps into memory itself and decodes with numpy
 in one go per poll, so draining costs far less than a per-event callback.
+Which programs are loaded is tracer/objload.py's decision; function offsets come
+from tracer/symbols.py.
 
 Event fields (``EVENT_DTYPE``): ``ts_ns`` CLOCK_REALTIME ns at entry,
 ``dur_ns``, ``pid`` (tgid), ``tid``, ``probe``, ``ret`` (raw: syscalls give
@@ -75,7 +77,6 @@ import logging
 import mmap
 import os
 import posixpath
-import re
 import resource
 import select
 import struct
@@ -88,13 +89,17 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 
 from ..errors import DatacrumbsError
-from . import dlhold, elfsyms, klayers, libbpf, rawtp, scalars, stage, startclock
+from . import dlhold, klayers, libbpf, rawtp, scalars, stage, startclock
 from .objload import (ALL_PROGS, ASYNC_CLASSES, BLOCK_COMPLETE, DEFAULT_RINGBUF_BYTES,
                       MULTI_PROGS, TRACEFS, UPROBE_MULTI_ENV, URING_PROGS, Loader,
-                      async_interface, async_missing, paths_ring_bytes, perf_tracepoint)
+                      async_interface, paths_ring_bytes, perf_tracepoint)
 from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
+from .ring import Ring
+from .specs import (MAX_SYSCALLS, SPEC as _SPEC, SpecChecker, Refused as _Refused,
+                    syscall_number, tracepoint_field as _tracepoint_field)
+from .symbols import function_offsets, versioned_name  # noqa: F401 - the engine's API too
 from .scope import Scope, find_cgroup
 
 log = logging.getLogger("datacrumbs.engine")
@@ -113,51 +118,20 @@ _KIND_SHIFT, _KIND2_SHIFT = 23, 27              # DC_EV_KIND_SHIFT, DC_EV_KIND2_
 _PROBE_MASK = (1 << _KIND_SHIFT) - 1            # DC_EV_PROBE_MASK
 HIST_BUCKETS = 32
 PROFILE_SLOTS = 16384                           # DC_PROFILE_SLOTS
-MAX_SYSCALLS = 512
 MAX_PROBES = 16384                              # DC_MAX_PROBES
-KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async", "usdt")
 ASYNC_FIXED_FILE = 1 << 31      # DC_ASYNC_FIXED_FILE: an async event's fd is a fixed-file index
 BYTES_AIO_SUBMIT, BYTES_AIO_REAP = 6, 7
 _AIO_SYSCALLS = (("io_submit", BYTES_AIO_SUBMIT), ("io_getevents", BYTES_AIO_REAP),
                  ("io_pgetevents", BYTES_AIO_REAP))
-ROLES = ("fd", "count", "offset", "path", "size", "nmemb", "stream", "fd2", "flags")
-# Roles naming a library call's object handle (sent as the event's ``handle``), as enum
-# dc_handle_kind: the argument itself, a pointer to it read at entry, a pointer the call
-# writes it to read at return. A probe has at most one.
-HANDLE_ROLES = {"handle": 1, "handle_ptr": 2, "handle_out": 3}
-# The MPI datatype argument travels in the event's 32-bit flags word (MPICH's
-# MPI_Datatype is an int): a probe has either a flags or a datatype role.
-DATATYPE_ROLE = "datatype"
-BYTES_NONE, BYTES_RET, BYTES_RET_ARG, BYTES_ARG, BYTES_FIELD = 0, 1, 2, 3, 4
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 INIT_PID_NS_INO = 0xEFFFFFFC     # PROC_PID_INIT_INO: the host's pid namespace
-SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.$@]{0,254}$")
-USDT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}:[A-Za-z_][A-Za-z0-9_]{0,63}$")
-TRACEPOINT_RE = re.compile(r"^([a-z0-9_]{1,64}):([a-z0-9_]{1,128})$")
-# uprobe targets declared to return C int: the upper half of rax is garbage for them.
-INT_RETURNING = frozenset({
-    "open", "open64", "openat", "openat64", "creat", "creat64", "close", "fsync", "fdatasync",
-    "fclose", "fflush", "fseek", "fseeko", "fseeko64", "ftruncate", "ftruncate64", "truncate",
-    "mkdir", "rmdir", "unlink", "rename", "access", "dup", "dup2", "fcntl", "ioctl", "stat",
-    "fstat", "lstat", "stat64", "fstat64", "lstat64", "posix_fadvise", "fileno", "feof",
-    "ferror", "fputc", "fgetc", "fputs", "putc", "getc", "setvbuf", "msync",
-    # HDF5 calls returning herr_t (an int; hid_t-returning ones are 64-bit and stay out)
-    "H5Fclose", "H5Fflush", "H5Dread", "H5Dwrite", "H5Dclose", "H5Gclose", "H5Aread",
-    "H5Awrite", "H5Aclose", "H5Oclose",
-    # every MPI-IO call returns an int error code
-    *(f"{prefix}MPI_File_{op}" for prefix in ("", "P") for op in (
-        "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
-        "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
-
-_SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH4B")  # struct dc_spec
 _CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
 _SHELL = struct.Struct("<IIII24s64s")           # struct dc_shell
 _PVAL_WORDS = 5 + HIST_BUCKETS                  # struct dc_pval in u64 words
 _TVAL_WORDS = 3                                 # struct dc_tval in u64 words
-_RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 _TASK_SIZE = 336                                # struct dc_task: dc_entry (64) + 64 + fd cache
 _EV_PATH_SENT = 1 << 31                         # DC_EV_PATH_SENT in an event's probe field
 _PID_MEMBER, _PID_AT_EXEC = 1, 2                # enum dc_pid_state: scope_pids values
@@ -230,10 +204,6 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return np.unique(values)
 
 
-class _Refused(Exception):
-    """A probe cannot be attached; str() is the reason the summary shows."""
-
-
 def _realtime_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns), from the tightest of a few reads."""
     best = None
@@ -251,13 +221,6 @@ def ensure_tracefs() -> None:
     if host_check.ensure_tracefs(TRACEFS) is None:
         raise EngineError(f"tracefs is not mounted on {TRACEFS} and could not be mounted: run "
                           f"`mount -t tracefs nodev {TRACEFS}` as root")
-
-
-def syscall_number(name: str) -> int | None:
-    try:
-        return host_check.syscall_number(name)
-    except KeyError:
-        return None
 
 
 def resolve_library(library) -> str | None:
@@ -296,92 +259,10 @@ _LATE_GROUPS = {"dc_uprobe": ("dc_uprobe", "dc_uretprobe"),
                 "dc_tracepoint": ("dc_tracepoint",)}
 
 
-@functools.lru_cache(maxsize=32)
-def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
-    """Function name -> file offset (what uprobes take), from .symtab and .dynsym.
-
-    As libbpf resolves a func_name: a global symbol wins over a weak one;
-    names defined twice at different places map to -1 (ambiguous: the per-probe
-    path reports it). Offset = st_value - p_vaddr + p_offset of its PT_LOAD.
-    Versioned names are there too, as ``name@VERSION`` (see versioned_name).
-    ELF64 little-endian files are decoded with numpy (elfsyms: 20-40 times faster);
-    this pyelftools path stays for anything else, and as the reference in the tests."""
-    try:
-        return elfsyms.function_offsets_elf64(path)
-    except elfsyms.NotElf64:
-        pass
-    return _function_offsets_pyelftools(path)
-
-
-def _function_offsets_pyelftools(path: str) -> dict[str, int]:
-    # imported here: ELF64 files never need it, and the daemon's start is shorter without
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
-
-    found: dict[str, tuple[int, bool]] = {}
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        loads = [(seg["p_vaddr"], seg["p_vaddr"] + seg["p_memsz"], seg["p_offset"])
-                 for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
-        versions = _symbol_versions(elf)
-        for name in (".symtab", ".dynsym"):
-            section = elf.get_section_by_name(name)
-            if not isinstance(section, SymbolTableSection):
-                continue
-            for index, sym in enumerate(section.iter_symbols()):
-                if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF" \
-                        or not sym["st_value"] or not sym.name:
-                    continue
-                value = sym["st_value"]
-                offset = next((value - lo + off for lo, hi, off in loads if lo <= value < hi), -1)
-                version = versions.get(index) if name == ".dynsym" else None
-                if version or "@" in sym.name:
-                    found.setdefault(versioned_name(f"{sym.name}@{version}" if version
-                                                    else sym.name), (offset, False))
-                    if "@" in sym.name:
-                        continue
-                weak = sym["st_info"]["bind"] == "STB_WEAK"
-                old = found.get(sym.name)
-                if old is None or (old[1] and not weak):
-                    found[sym.name] = (offset, weak)
-                elif old[0] != offset and not weak and not old[1]:
-                    found[sym.name] = (-1, False)
-    return {name: off for name, (off, _weak) in found.items()}
-
-
 def alias_warning(probe: dict, into: dict) -> str:
     return (f"probe {probe.get('id')} (uprobe {probe.get('target')}) not attached: probe "
             f"{into.get('id')} (uprobe {into.get('target')}) reaches the same function of "
             f"{into.get('library')}; each call is counted once, as {into.get('target')}")
-
-
-def versioned_name(name: str) -> str:
-    """``fopen@@GLIBC_2.2.5`` and ``fopen@GLIBC_2.2.5`` name one symbol: one spelling."""
-    base, _, version = name.partition("@")
-    return f"{base}@{version.lstrip('@')}" if version else name
-
-
-def _symbol_versions(elf) -> dict[int, str]:
-    """.dynsym index -> the version it defines (GNU symbol versioning), where it has one."""
-    versym = elf.get_section_by_name(".gnu.version")
-    verdef = elf.get_section_by_name(".gnu.version_d")
-    if versym is None or verdef is None:
-        return {}
-    try:
-        names = {ver["vd_ndx"]: next(aux).name for ver, aux in verdef.iter_versions()}
-        out = {}
-        for index in range(versym.num_symbols()):
-            ndx = versym.get_symbol(index)["ndx"]
-            if isinstance(ndx, int) and (ndx & 0x7FFF) in names and ndx & 0x7FFF > 1:
-                out[index] = names[ndx & 0x7FFF]
-        return out
-    except (ELFError, AttributeError, KeyError, StopIteration, ValueError):
-        return {}
-
-
-def function_offsets(path: str) -> dict[str, int]:
-    st = os.stat(path)
-    return _function_offsets(path, st.st_ino, st.st_mtime_ns)
 
 
 def _destroy_all(links: list) -> None:
@@ -406,23 +287,6 @@ def kernel_has_kprobes() -> bool:
     return KPROBE_PMU.exists() or (TRACEFS / "kprobe_events").exists()
 
 
-def _tracepoint_field(category: str, name: str, fname: str) -> tuple[int, int]:
-    """(offset, size) of a tracepoint field, from tracefs' format file."""
-    fmt = TRACEFS / "events" / category / name / "format"
-    try:
-        text = fmt.read_text()
-    except OSError:
-        raise _Refused(f"cannot read {fmt}") from None
-    for m in re.finditer(r"field:([^;]*);\s*offset:(\d+);\s*size:(\d+);", text):
-        decl = m.group(1).split()
-        if decl and decl[-1].split("[")[0] == fname:
-            off, size = int(m.group(2)), int(m.group(3))
-            if size not in (1, 2, 4, 8) or off > 4095:
-                raise _Refused(f"tracepoint field {fname} of {category}:{name} is not an integer")
-            return off, size
-    raise _Refused(f"tracepoint {category}:{name} has no field {fname}")
-
-
 def absolute_name(arg: str, base: str | None) -> str:
     """``arg`` as the kernel resolved it: relative names start at ``base`` (the cwd or
     directory fd the kernel named); ``.`` and ``..`` are folded as the kernel would
@@ -430,154 +294,6 @@ def absolute_name(arg: str, base: str | None) -> str:
     if arg.startswith("/") or base is None:
         return arg
     return posixpath.normpath(posixpath.join(base, arg))
-
-
-def _arg_index(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
-        raise _Refused(f"{what} must be an argument index 0..5, not {value!r}")
-    return value
-
-
-def _handle_role(args: dict, kind: str) -> tuple[int, int]:
-    """(argument index, enum dc_handle_kind) of a probe's handle role; (-1, 0) if none."""
-    given = [r for r in HANDLE_ROLES if r in args]
-    if not given:
-        return -1, 0
-    if len(given) > 1:
-        raise _Refused(f"a probe has one handle role, not {' and '.join(given)}")
-    role = given[0]
-    if role != "handle" and kind in ("syscall", "kprobe"):
-        raise _Refused(f"argument role {role!r} reads the caller's memory: uprobes only")
-    return _arg_index(args[role], f"argument role {role!r}"), HANDLE_ROLES[role]
-
-
-@functools.lru_cache(maxsize=256)
-def _call_shape(kind: str, args: tuple, _rule_type: type, rule) -> tuple:
-    """(roles, handle index, handle kind, bytes kind, bytes arg, bytes field) of a probe's
-    ``args`` ((role, type, index) triples) and ``bytes`` rule; raises _Refused."""
-    args = {role: idx for role, _type, idx in args}
-    roles = {r: -1 for r in ROLES}
-    for role, idx in args.items():
-        if role in roles:
-            roles[role] = _arg_index(idx, f"argument role {role!r}")
-    handle, handle_kind = _handle_role(args, kind)
-    if DATATYPE_ROLE in args:
-        if "flags" in args:
-            raise _Refused("a probe has a flags or a datatype role, not both (they share "
-                           "the event's flags field)")
-        roles["flags"] = _arg_index(args[DATATYPE_ROLE], "argument role 'datatype'")
-    return (tuple(roles.items()), handle, handle_kind, *_bytes_rule(rule))
-
-
-def _bytes_rule(rule) -> tuple[int, int, str | None]:
-    """(kind, arg index, field name) for a probe's ``bytes`` rule."""
-    if rule is None:
-        return BYTES_NONE, -1, None
-    if rule == "ret":
-        return BYTES_RET, -1, None
-    if isinstance(rule, str):
-        if m := re.fullmatch(r"ret\*arg(\d)", rule):
-            return BYTES_RET_ARG, _arg_index(int(m.group(1)), "bytes rule argument"), None
-        if m := re.fullmatch(r"arg(\d)", rule):
-            return BYTES_ARG, _arg_index(int(m.group(1)), "bytes rule argument"), None
-        if m := re.fullmatch(r"field:([A-Za-z_][A-Za-z0-9_]{0,63})", rule):
-            return BYTES_FIELD, -1, m.group(1)
-    raise _Refused(f"bytes rule {rule!r} is not one of ret, ret*argN, argN, field:NAME or null")
-
-
-class _Ring:
-    """A BPF ring buffer, mapped and decoded without libbpf.
-
-    Layout (kernel/bpf/ringbuf.c): page 0 = consumer position (rw), page 1 =
-    producer position, then the data area mapped twice in a row so a record
-    that wraps is still contiguous. Each record has an 8-byte header
-    (len | BUSY | DISCARD, page offset) and is padded to 8 bytes. Event
-    records have one size (``per_record`` events, unused slots with ts 0:
-    stage.py), so drain() decodes them all with numpy at once;
-    drain_variable() walks records of any size (paths: rarer, one by one).
-    """
-
-    def __init__(self, fd: int, size: int, dtype: np.dtype | None = None, per_record: int = 1):
-        page = mmap.PAGESIZE
-        self.size, self.mask, self.page = size, size - 1, page
-        self.dtype = dtype
-        self.per_record = per_record        # events: a record holds stage.STAGE_N slots
-        self.record = dtype.itemsize * per_record if dtype is not None else 0
-        self.stride = (self.record + 8 + 7) & ~7 if dtype is not None else 0
-        self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._prod_map = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
-                                   offset=page)
-        self._cons = np.frombuffer(self._cons_map, dtype="<u8", count=1)
-        self._prod = np.frombuffer(self._prod_map, dtype="<u8", count=1)
-
-    def pending(self) -> bool:
-        return int(self._prod[0]) > int(self._cons[0])
-
-    def drain(self) -> np.ndarray:
-        cons = int(self._cons[0])
-        prod = int(self._prod[0])
-        n = min((prod - cons) // self.stride, self.size // self.stride)
-        if n <= 0:
-            return np.empty(0, self.dtype)
-        start = self.page + (cons & self.mask)
-        # The headers are read first (a record is committed when the kernel clears its
-        # BUSY bit, after writing it), then the committed records are copied in one
-        # sequential memcpy, and every later pass works on the copies: strided passes
-        # over the shared pages each paid the cross-CPU cache misses again.
-        hdr = np.ndarray((n,), "<u4", buffer=self._prod_map, offset=start,
-                         strides=(self.stride,)).copy()
-        busy = (hdr & _RB_BUSY) != 0
-        if busy.any():
-            n = int(np.argmax(busy))
-            hdr = hdr[:n]
-        if n == 0:
-            return np.empty(0, self.dtype)
-        raw = np.frombuffer(self._prod_map, np.uint8, count=n * self.stride, offset=start).copy()
-        lengths = hdr & ~np.uint32(_RB_BUSY | _RB_DISCARD)
-        if (lengths != self.record).any():
-            raise EngineError("the BPF ring buffer holds records of an unexpected size: the BPF "
-                              "object does not match this datacrumbs; run `datacrumbs build-bpf`")
-        self._cons[0] = cons + n * self.stride
-        keep = (hdr & _RB_DISCARD) == 0
-        if self.per_record == 1:
-            recs = np.ndarray((n,), self.dtype, buffer=raw, offset=8, strides=(self.stride,))
-            return recs if keep.all() else recs[keep]
-        # slots after a partial batch (and a discarded record's) have ts 0: no event's
-        recs = np.ndarray((n, self.per_record), self.dtype, buffer=raw, offset=8,
-                          strides=(self.stride, self.dtype.itemsize))
-        keep = (recs["ts_ns"] != 0) & keep[:, None]
-        # selected as opaque 80-byte items: numpy copies structured items field by field
-        # (30 ns an event against 3)
-        return recs.view(f"V{self.dtype.itemsize}")[keep].view(self.dtype)
-
-    def drain_variable(self) -> list[bytes]:
-        """Committed records of any size, oldest first: all of them up to the first one
-        still being written (a record left for the next poll would miss its event)."""
-        cons = int(self._cons[0])
-        prod = int(self._prod[0])
-        out: list[bytes] = []
-        buf = self._prod_map
-        pos = cons
-        while pos < prod:
-            off = self.page + (pos & self.mask)
-            hdr = int.from_bytes(buf[off:off + 4], "little")
-            if hdr & _RB_BUSY:
-                break
-            length = hdr & ~(_RB_BUSY | _RB_DISCARD)
-            if not hdr & _RB_DISCARD:
-                out.append(buf[off + 8:off + 8 + length])
-            pos += (length + 8 + 7) & ~7
-        self._cons[0] = pos
-        return out
-
-    def close(self) -> None:
-        # numpy views pin the buffers: drop them before unmapping
-        self._cons = self._prod = None
-        for m in (self._cons_map, self._prod_map):
-            try:
-                m.close()
-            except BufferError:
-                pass
 
 
 class Engine:
@@ -673,14 +389,14 @@ class Engine:
             loader.close()
             loader = None
         self._loader = loader if loader is not None else own
-        self._events_here: set[str] | None = None     # tracefs available_events, once
+        self._specs = SpecChecker()     # each probe checked and packed (tracer/specs.py)
         self._obj: BpfObject | None = None
         self._late: dict[tuple, BpfObject] = {}     # _LATE_GROUPS loaded since
         self._symbols: dict = {}    # library path -> Future of its function_offsets()
         self._links: list[libbpf.Link] = []
-        self._events: _Ring | None = None
+        self._events: Ring | None = None
         self._stager: stage.Stager | None = None
-        self._paths: _Ring | None = None
+        self._paths: Ring | None = None
         self._epoll = None
         self._offset_ns = 0
         self._path_probes = np.empty(0, np.uint32)
@@ -890,11 +606,11 @@ class Engine:
         report.refused.sort(key=lambda pr: order[id(pr[0])])
         self._path_probes = np.array(sorted(path_probes), dtype=np.uint32)
         self._offset_ns = _realtime_offset_ns()
-        self._events = _Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE,
+        self._events = Ring(obj.map_fd("events"), self.ringbuf_bytes, EVENT_DTYPE,
                              stage.STAGE_N)
         self._stager = (stage.Stager(obj.program_fd(stage.PROGRAM), obj.map_fd("stage"))
                         if self.mode == "trace" else None)
-        self._paths = _Ring(obj.map_fd("paths"), self._paths_bytes)
+        self._paths = Ring(obj.map_fd("paths"), self._paths_bytes)
         self._epoll = select.epoll()
         self._epoll.register(obj.map_fd("events"), select.EPOLLIN)
         self._epoll.register(obj.map_fd("paths"), select.EPOLLIN)
@@ -1114,102 +830,8 @@ class Engine:
             except libbpf.LibbpfError as exc:
                 raise EngineError(f"cannot add process {pid} to the trace scope: {exc}") from None
 
-    def _tracepoint_exists(self, category: str, name: str) -> bool:
-        """Whether tracefs has this event: one read of available_events per engine (1 ms
-        for its 2,300 events), where a stat of each event's directory made tracefs build
-        it (844 tracepoints of a 10,000-probe file: 43 ms); the stat where it is absent."""
-        if self._events_here is None:
-            try:
-                with open(f"{TRACEFS}/available_events") as f:
-                    self._events_here = set(f.read().split())
-            except OSError:
-                self._events_here = set()
-        if f"{category}:{name}" in self._events_here:
-            return True
-        return os.path.isdir(f"{TRACEFS}/events/{category}/{name}")
-
     def _spec_or_refusal(self, index: int, probe):
-        try:
-            return self._spec(index, probe)
-        except _Refused as exc:
-            return exc
-
-    def _spec(self, index: int, probe) -> tuple[str, tuple]:
-        """Validate one probe dict; return (kind, (packed spec, syscall nr, has path))."""
-        if not isinstance(probe, dict):
-            raise _Refused("probe is not an object")
-        kind, target = probe.get("kind"), probe.get("target")
-        if kind not in KINDS:
-            raise _Refused(f"unknown probe kind {kind!r}; known: {', '.join(KINDS)}")
-        if not isinstance(target, str) or not target:
-            raise _Refused("probe has no target")
-        args = probe.get("args") or {}
-        if not isinstance(args, dict):
-            raise _Refused("probe args must map roles to argument indexes")
-        # probes share a few shapes: 10,000 probes checked in 25 ms, not 50. Each value's
-        # type is in the key: True == 1 and 1.0 == 1, but only 1 is an argument index
-        key = (kind, tuple((role, type(idx), idx) for role, idx in args.items()),
-               type(probe.get("bytes")), probe.get("bytes"))
-        try:
-            shape = _call_shape(*key)
-        except TypeError:       # an unhashable value: it is refused, and says why
-            shape = _call_shape.__wrapped__(*key)
-        roles, handle, handle_kind, bkind, barg, fname = shape
-        roles = dict(roles)
-        field_off = field_size = 0
-        nr = -1
-        if kind == "syscall":
-            nr = syscall_number(target) if SYMBOL_RE.match(target) else None
-            if nr is None or not 0 <= nr < MAX_SYSCALLS:
-                raise _Refused(f"no system call named {target!r} on this host")
-        elif kind == "async":
-            if target not in ASYNC_CLASSES:
-                raise _Refused(f"unknown async I/O probe {target!r}; known: "
-                               f"{', '.join(ASYNC_CLASSES)}")
-            missing = async_missing(async_interface(target))
-            if missing:
-                raise _Refused(missing)
-            roles = {r: -1 for r in ROLES}     # the kernel's request, not call arguments
-            bkind, barg = BYTES_NONE, -1
-        elif kind == "tracepoint":
-            m = TRACEPOINT_RE.match(target)
-            if not m:
-                raise _Refused(f"tracepoint {target!r} is not of the form category:name")
-            if not self._tracepoint_exists(m.group(1), m.group(2)):
-                raise _Refused(f"tracepoint {target} does not exist on this kernel")
-            roles = {r: -1 for r in ROLES}     # tracepoints have no call arguments
-            handle, handle_kind = -1, 0
-            if bkind == BYTES_FIELD and target != "block:block_rq_complete":
-                field_off, field_size = _tracepoint_field(m.group(1), m.group(2), fname)
-            elif bkind not in (BYTES_NONE, BYTES_FIELD):
-                raise _Refused(f"bytes rule {probe.get('bytes')!r} needs call arguments; "
-                               "tracepoints take field:NAME")
-        elif kind == "usdt":
-            if not USDT_RE.match(target):
-                raise _Refused(f"USDT probe {target!r} is not of the form provider:name")
-            roles = {r: -1 for r in ROLES}     # its arguments come from the note's spec
-            handle, handle_kind, bkind, barg = -1, 0, BYTES_NONE, -1
-        else:
-            if not SYMBOL_RE.match(target):
-                raise _Refused(f"{target!r} is not a function name")
-            if bkind == BYTES_FIELD:
-                raise _Refused("bytes rule field:NAME is only for tracepoints")
-        ret32 = 1 if kind == "uprobe" and target.split("@")[0] in INT_RETURNING else 0
-        regs = scalars.NONE
-        if "scalars" in probe or "returns" in probe:
-            try:
-                regs, declared_ret32 = scalars.registers(probe, kind, roles, handle_kind)
-            except ValueError as exc:
-                raise _Refused(str(exc)) from None
-            ret32 = ret32 or declared_ret32
-        packed = _SPEC.pack(index, 1, bkind, barg, 1 if kind == "kprobe" else 0,
-                            roles["fd"], roles["count"], roles["offset"], roles["path"],
-                            roles["size"], roles["nmemb"], roles["stream"], ret32,
-                            field_off, field_size, roles["fd2"], roles["flags"],
-                            1 if target.split("@")[0] in OPEN_OPS else 0,
-                            1 if kind == "syscall" and target == "close" else 0,
-                            handle, handle_kind, 0, *regs)
-        return kind, (packed, nr, roles["path"] >= 0)
+        return self._specs.spec_or_refusal(index, probe)
 
     def _attach_library(self, library: str, indexes: list[int], report: AttachReport,
                         code: dict) -> None:
@@ -1487,7 +1109,7 @@ class Engine:
             probe = {k: v for k, v in self.probes[i].items() if k != "aliases"}
             probe["library"] = record.path
             probe["discovered"] = True
-            kind, spec = self._spec(j, probe)
+            kind, spec = self._specs.spec(j, probe)
             libbpf.map_update(self._obj.map_fd("probe_specs"), struct.pack("<I", j), spec[0])
             added.append((j, offset, name))
             self.probes.append(probe)

@@ -104,28 +104,26 @@ def generate(path: Path, events: int, host: str, seed: int) -> None:
 
 def _tree(root: int) -> tuple[int, dict[int, float]]:
     """RSS (KiB) of ``root`` and all its descendants, and the CPU seconds (user + system)
-    each of them has used so far (from /proc)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+    each of them has used so far (from /proc). The tree is walked through each task's
+    ``children`` file: reading every process's stat (70 on an idle node) 20 times a second
+    took 3-6% of a CPU from the report it measures (the machine has two)."""
     tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-            cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            continue
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
     total, todo, seen = 0, [root], {}
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
-        seen[pid] = cpu.get(pid, 0.0)
-        todo.extend(children.get(pid, []))
+        if pid in seen:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            seen[pid] = (int(fields[11]) + int(fields[12])) / tick
+            total += int(fields[21]) * page_kib
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, IndexError, ValueError):
+            continue
     return total, seen
 
 

@@ -246,12 +246,21 @@ RUN_ID_ERROR = ("run id {!r} is not a decimal job id; pass the job id as digits 
 
 
 @pytest.mark.parametrize("bad", ["\u01922kP8", "f2kP8", "0x10", "0000.0000.0000.0001", "../x",
-                                 "1;reboot", "", "012a", " 12", "18446744073709551616",
+                                 "1;reboot", "", "012a", " 12", "123456789012345678901",
                                  "\u0663", 12])
 def test_run_id_must_already_be_decimal(bad):
     with pytest.raises(InvalidJobId) as err:
         validate_run_id(bad)
     assert str(err.value) == RUN_ID_ERROR.format(bad)
+
+
+@pytest.mark.parametrize("big", ["18446744073709551616", "99999999999999999999"])
+def test_a_run_id_past_the_largest_job_id_says_so(big):
+    """Digits, but more than 64 bits: said as such, not as "not a decimal job id"."""
+    with pytest.raises(InvalidJobId) as err:
+        validate_run_id(big)
+    assert str(err.value) == (f"run id {big!r} is larger than any Flux job id (at most "
+                              "18446744073709551615); pass the job's own id")
 
 
 @pytest.mark.parametrize("text,decimal", [("0042", "42"), ("0", "0"),

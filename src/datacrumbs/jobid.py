@@ -106,9 +106,12 @@ def normalize_jobid(text: str) -> str:
 
 def validate_run_id(text: str) -> str:
     """A run id names files as root: it must already be in decimal form."""
-    if not isinstance(text, str) or not _DECIMAL.fullmatch(text) or int(text) > _MAX_JOBID:
+    if not isinstance(text, str) or not _DECIMAL.fullmatch(text):
         raise InvalidJobId(
             f"run id {text!r} is not a decimal job id; pass the job id as digits only "
             "(normalise F58 ids such as \u01922kP8DU5B first)"
         )
+    if int(text) > _MAX_JOBID:
+        raise InvalidJobId(f"run id {text!r} is larger than any Flux job id (at most "
+                           f"{_MAX_JOBID}); pass the job's own id")
     return str(int(text))

@@ -93,6 +93,16 @@ def test_missing_command_is_127_with_one_clear_line(site, tmp_path):
     assert "cannot run /nonexistent/cmd" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("ms", ["0", "5", "-5", "3600001"])
+def test_an_interval_out_of_bounds_is_refused_before_tracing(site, tmp_path, ms):
+    """--interval-ms has a probes file's bounds; 0 was taken as "not given" (1000 ms)."""
+    proc, out = trace(site, tmp_path, "--mode", "profile", "--interval-ms", ms, "--", "true")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"datacrumbs: error: --interval-ms {ms} must be between "
+                                   "10 and 3600000")
+    assert not list(out.glob("*.pfw.gz"))
+
+
 def test_profile_mode(site, tmp_path, writes_bin):
     proc, out = trace(site, tmp_path, "--set", "posix", "--mode", "profile",
                       "--interval-ms", "100", "--", str(writes_bin), str(tmp_path / "p.bin"),

@@ -62,7 +62,7 @@ def setup_parser(parser) -> None:
     parser.add_argument("--mode", choices=("trace", "profile"), default=None,
                         help="trace every event, or profile (counters and histograms only)")
     parser.add_argument("--interval-ms", type=int, default=None, metavar="MS",
-                        help="profile counter interval in ms (default 1000)")
+                        help="profile counter interval in ms, 10 to 3600000 (default 1000)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the trace path")
     parser.add_argument("command", nargs="+", metavar="CMD",
                         help="the command and its arguments (after --)")
@@ -204,9 +204,10 @@ def main(args) -> int:
         from .probes import _local_usdt
         probes += _local_usdt(args.usdt, {p["id"] for p in probes})
     mode = args.mode or capture.get("mode", "trace")
-    interval_ms = args.interval_ms or int(capture.get("interval_ms", 1000))
-    if interval_ms <= 0:
-        raise UsageError(f"--interval-ms {interval_ms} must be positive")
+    interval_ms = args.interval_ms if args.interval_ms is not None else \
+        int(capture.get("interval_ms", 1000))
+    if not 10 <= interval_ms <= 3600000:     # a probes file's bounds (probes/schema.py)
+        raise UsageError(f"--interval-ms {interval_ms} must be between 10 and 3600000")
     out = Path(args.output)
     try:
         dir_fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -30,7 +30,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import load_config
-from ..errors import UsageError
+from ..atomicfile import cannot_write
+from ..errors import DatacrumbsError, UsageError
 
 HELP = "generate, show and verify signed probes files"
 
@@ -222,7 +223,10 @@ def _generate(args) -> int:
                              patterns=[{"kind": r.kind, "pattern": r.pattern,
                                         "probes": len(r.probes)} for r in results])
     user = doc["owner"]["user"]
-    write_document(output, doc)
+    try:
+        write_document(output, doc)
+    except OSError as exc:
+        raise DatacrumbsError(cannot_write(output, exc)) from None
     state = f"signed by key {doc['key_id']}" if "signature" in doc else \
         "NOT signed (Flux jobs need --sign)"
     print(f"wrote {output}: {len(kept)} probes for {user}, {state}, "

@@ -27,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..atomicfile import WRITE_ERRNOS, cannot_write
 from ..errors import DatacrumbsError, UsageError
 from ..trace.reader import TraceReadError, TraceReader, read_header
 from .merge import find_traces
@@ -137,8 +138,8 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     done = 0
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=parent)
-    except PermissionError:
-        raise DatacrumbsError(f"{out}: cannot write in {parent} (permission denied)") from None
+    except OSError as exc:
+        raise DatacrumbsError(cannot_write(out, exc)) from None
     os.close(fd)
     try:
         opener = (lambda p: gzip.open(p, "wt", encoding="utf-8", compresslevel=6)) \
@@ -158,11 +159,14 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
         result.nodes = sorted({h for _, h in readable})
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and (exc.filename == tmp or (
+                exc.filename is None and exc.errno in WRITE_ERRNOS)):
+            raise DatacrumbsError(cannot_write(out, exc)) from None   # a full disk, say
         raise
     return result
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..atomicfile import atomic_write
+from ..atomicfile import atomic_write, cannot_write
 from ..errors import DatacrumbsError
 
 
@@ -15,13 +15,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     out = Path(path)
     if out.is_dir():
         raise DatacrumbsError(f"{out}: is a directory; give a file name for the report")
-    parent = out.parent if str(out.parent) else Path(".")
     try:
         atomic_write(out, text, mode=0o644, fsync=False)
-    except FileNotFoundError:
-        raise DatacrumbsError(f"{out}: directory {parent} does not exist; create it first") from None
-    except PermissionError:
-        raise DatacrumbsError(f"{out}: cannot write in {parent} (permission denied)") from None
+    except OSError as exc:
+        raise DatacrumbsError(cannot_write(out, exc)) from None
     return out
 
 

@@ -103,6 +103,45 @@ def test_an_interval_out_of_bounds_is_refused_before_tracing(site, tmp_path, ms)
     assert not list(out.glob("*.pfw.gz"))
 
 
+def test_an_output_directory_that_takes_no_file_is_refused_before_the_command(site, tmp_path):
+    """-o /proc exists but takes no new file: one line before anything runs (it failed
+    after attaching, naming the bare trace file)."""
+    marker = tmp_path / "ran"
+    proc = subprocess.run([DATACRUMBS, "trace", "-o", "/proc", "--", "touch", str(marker)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == ("datacrumbs: error: output directory /proc: cannot write in "
+                                   "it (No such file or directory); pass another with -o")
+    assert not marker.exists()
+
+
+def test_a_summary_a_full_disk_refused_is_not_announced(site, tmp_path, writes_bin):
+    """On a full disk the trace says what it could not write, and the summary line says
+    the summary file was not written instead of naming a file that is not there."""
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        proc = subprocess.run([DATACRUMBS, "trace", "-o", str(full), "--set", "posix", "--",
+                               str(writes_bin), str(tmp_path / "w.bin"), "50", "512"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("summary: "))
+        assert line.endswith("not written (No space left on device)"), line
+        assert not list(full.glob("*.summary.json"))
+        assert "not written" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=True)
+
+
 def test_profile_mode(site, tmp_path, writes_bin):
     proc, out = trace(site, tmp_path, "--set", "posix", "--mode", "profile",
                       "--interval-ms", "100", "--", str(writes_bin), str(tmp_path / "p.bin"),

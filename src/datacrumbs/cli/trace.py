@@ -214,6 +214,7 @@ def main(args) -> int:
     except OSError as exc:
         raise DatacrumbsError(f"output directory {out}: {exc.strerror}; "
                               "create it or pass another with -o") from None
+    _check_writable(out, dir_fd)
     pid, go = _start_stopped(argv)
     child = _ChildExit(pid)
     pipe = {"open": True}
@@ -263,6 +264,20 @@ def main(args) -> int:
     return status if status >= 0 else 128 - status
 
 
+def _check_writable(out: Path, dir_fd: int) -> None:
+    """Refuse, before the command runs, an output directory that takes no new file
+    (/proc, a read-only mount, another user's): a file made and removed again."""
+    probe = f".datacrumbs-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd))
+        os.unlink(probe, dir_fd=dir_fd)
+    except OSError as exc:
+        os.close(dir_fd)
+        raise DatacrumbsError(f"output directory {out}: cannot write in it "
+                              f"({exc.strerror or exc}); pass another with -o") from None
+
+
 def _report(args, run, out: Path, argv: list[str], elapsed: float) -> None:
     trace_path = out / run.trace_name
     if args.quiet:
@@ -271,7 +286,10 @@ def _report(args, run, out: Path, argv: list[str], elapsed: float) -> None:
         if loss:  # quiet is never silent about an incomplete trace
             print(f"datacrumbs: {loss}", file=sys.stderr)
     else:
-        print_summary(run.summary_doc, trace_path=trace_path, summary_path=out / run.summary_name,
+        summary = out / run.summary_name
+        print_summary(run.summary_doc, trace_path=trace_path,
+                      summary_path=f"{summary} not written ({run.summary_error})"
+                      if run.summary_error else summary,
                       command=argv, elapsed=elapsed)
     sys.stderr.flush()
 

@@ -718,7 +718,8 @@ def _run_daemon(probes_path, run_id: str, user: str, stop: StopFlag, *,
 class TraceRun:
     """The drain loop of one attached engine and everything it writes (daemon and
     ``datacrumbs trace`` share it). ``loop`` returns once ``stop.requested`` is true and
-    the ring buffer is drained; ``summary_doc`` and ``summary_name`` tell what was written.
+    the ring buffer is drained; ``summary_doc`` and ``summary_name`` tell what was written
+    (``summary_error``: why the summary file could not be).
 
     ``max_bytes`` caps the trace file. At the cap the writer ends the trace (complete
     and readable) and the loop goes on draining: events are still converted and
@@ -761,6 +762,7 @@ class TraceRun:
                                lines=lines)
 
         self.writer, self.trace_name, self.summary_name = claim_trace_name(dir_fd, stem, make)
+        self.summary_error: str | None = None      # why the summary file was not written
         self.writer.set_probes(probes)
         try:
             self.summary_file = SummaryFile(dir_fd, self.summary_name, owner_uid=user.uid,
@@ -1050,7 +1052,8 @@ class TraceRun:
         try:
             self.summary_file.commit(doc)
         except OSError as exc:
-            log.error("cannot write summary %s: %s", self.summary_name, exc.strerror or exc)
+            self.summary_error = exc.strerror or str(exc)
+            log.error("cannot write summary %s: %s", self.summary_name, self.summary_error)
         if totals_lost:
             log.warning("%d lost events are missing from the totals too: the kernel's table of "
                         "(process, probe) rows was full", totals_lost)

@@ -1,38 +1,16 @@
 """Files a command writes for its user (report, export, probes file) on a full disk, or in
 a directory that holds no files: one line naming the file and what to do, exit code 1, no
-temp file left, and a file already there unchanged. A real tmpfs, filled up."""
+temp file left, and a file already there unchanged. A real tmpfs, filled up
+(fixtures.common.full_disk)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from datacrumbs.cli import run_cli
 from fixtures.traces import TraceBuilder
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs with no space left, and a file already on it (written before it
-    filled up)."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
-    try:
-        (mnt / "old.html").write_text("the report of yesterday\n")
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 @pytest.fixture

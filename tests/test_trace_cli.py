@@ -115,31 +115,17 @@ def test_an_output_directory_that_takes_no_file_is_refused_before_the_command(si
     assert not marker.exists()
 
 
-def test_a_summary_a_full_disk_refused_is_not_announced(site, tmp_path, writes_bin):
+def test_a_summary_a_full_disk_refused_is_not_announced(site, tmp_path, writes_bin, full_disk):
     """On a full disk the trace says what it could not write, and the summary line says
     the summary file was not written instead of naming a file that is not there."""
-    full = tmp_path / "full"
-    full.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
-    try:
-        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        proc = subprocess.run([DATACRUMBS, "trace", "-o", str(full), "--set", "posix", "--",
-                               str(writes_bin), str(tmp_path / "w.bin"), "50", "512"],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("summary: "))
-        assert line.endswith("not written (No space left on device)"), line
-        assert not list(full.glob("*.summary.json"))
-        assert "not written" in proc.stderr and "Traceback" not in proc.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(full)], check=True)
+    proc = subprocess.run([DATACRUMBS, "trace", "-o", str(full_disk), "--set", "posix", "--",
+                           str(writes_bin), str(tmp_path / "w.bin"), "50", "512"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("summary: "))
+    assert line.endswith("not written (No space left on device)"), line
+    assert not list(full_disk.glob("*.summary.json"))
+    assert "not written" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_profile_mode(site, tmp_path, writes_bin):

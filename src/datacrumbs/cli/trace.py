@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -267,11 +268,10 @@ def main(args) -> int:
 def _check_writable(out: Path, dir_fd: int) -> None:
     """Refuse, before the command runs, an output directory that takes no new file
     (/proc, a read-only mount, another user's): a file made and removed again."""
-    probe = f".datacrumbs-probe-{os.getpid()}"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                         dir_fd=dir_fd))
-        os.unlink(probe, dir_fd=dir_fd)
+    try:       # a random name (O_EXCL, retried): nobody can block it by making it first
+        fd, probe = tempfile.mkstemp(prefix=".datacrumbs-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         os.close(dir_fd)
         raise DatacrumbsError(f"output directory {out}: cannot write in it "

@@ -267,7 +267,7 @@ def main(args) -> int:
 
 def _check_writable(out: Path, dir_fd: int) -> None:
     """Refuse, before the command runs, an output directory that takes no new file
-    (/proc, a read-only mount, another user's): a file made and removed again."""
+    (/proc, a read-only or full-of-inodes mount): a file made and removed again."""
     try:       # a random name (O_EXCL, retried): nobody can block it by making it first
         fd, probe = tempfile.mkstemp(prefix=".datacrumbs-probe-", dir=out)
         os.close(fd)

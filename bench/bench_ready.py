@@ -2,7 +2,9 @@
 """Time to ready against the number of probes, measured in one run.
 
 The real daemon (`datacrumbs run`, as the unit starts it) is started with signed probes
-files of 100, 1,000 and 10,000 probes and timed from its start to its ready file (what a
+files of 100, 1,000 and 10,000 probes, each given as the prolog leaves it (its verified
+copy in the run directory and that copy's digest; `--no-early`: the signed file itself,
+which the daemon verifies whole), and timed from its start to its ready file (what a
 job's prolog waits for), then from SIGINT to its exit. Probes are distinct functions (one
 probe per address) of libraries nothing here calls, so attaching is all that is measured:
 the posix syscall set, file system and block tracepoints, every exported function of
@@ -142,8 +144,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--counts", default="100,1000,10000")
     parser.add_argument("--no-early", action="store_true",
-                        help="do not give the daemon the probes file's digest (as the prolog "
-                             "does), so it loads its BPF object only after its imports")
+                        help="give the daemon the signed file itself, not the prolog's "
+                             "verified copy and its digest: it loads its BPF object only "
+                             "after its imports and checks the signature itself")
     parser.add_argument("--split", choices=("auto", "0", "1"), default="auto",
                         help="DATACRUMBS_SPLIT_LOAD for the daemon: verify the BPF programs "
                              "in two halves at once never (0), always (1), or when the load "
@@ -155,6 +158,7 @@ def main() -> int:
     counts = [int(c) for c in args.counts.split(",")]
 
     from datacrumbs.config import load_config
+    from datacrumbs.flux.envfile import write_probes_copy
     from datacrumbs.probes.catalog import load_catalog, select_probes
     from datacrumbs.probes.document import build_document, write_document
     from datacrumbs.signing.keys import KeyStore
@@ -183,7 +187,11 @@ def main() -> int:
                 env, DATACRUMBS_PROBE_SHA256=hashlib.sha256(path.read_bytes()).hexdigest())
             ready, stop, phases, cpu = [], [], [], []
             for i in range(args.repeat):
-                daemon = Daemon(path, f"{7000 + n + i}", run_env, cfg.run_dir)
+                run_id = f"{7000 + n + i}"
+                # as under the prolog: its verified copy, root's, 0600, in the run directory
+                copy = path if args.no_early else write_probes_copy(cfg.run_dir, run_id,
+                                                                    path.read_bytes())
+                daemon = Daemon(copy, run_id, run_env, cfg.run_dir)
                 ready.append(daemon.ready_s)
                 cpu.append(cpu_seconds(daemon.proc.pid))
                 if not args.src:

@@ -261,6 +261,34 @@ def test_daemon_checks_schema_and_signature_again_except_in_the_prologs_copy(
     assert load_probes(copy, "dctest1", config=site, env=env, run_id="4301") == got
 
 
+def test_the_prologs_copy_decodes_to_the_same_document_and_only_for_a_trusting_daemon(
+        site, user1, make_probes_doc, tmp_path):
+    """The copy is decoded by the C decoder alone (the prolog decoded those bytes strictly):
+    the same value as the strict decoder's. What the early load decoded so is handed only
+    to a daemon that trusts the copy too; a strict decoding to anyone with the digest."""
+    from datacrumbs.probes.document import decode_document, decode_verified
+    from datacrumbs.tracer import preload
+
+    data = encode_document(make_probes_doc(user1))
+    assert decode_verified(data, source="x") == decode_document(data, source="x")
+    sha = hashlib.sha256(data).hexdigest()
+    copy = envfile.write_probes_copy(site.run_dir, "4305", data)
+    other = tmp_path / "other.json.gz"
+    other.write_bytes(data)
+    for path, trusted in ((copy, True), (other, False)):
+        preload.start(path, "4305", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+        assert preload._decoded[2] is trusted
+        preload.discard()
+    preload.start(copy, "4305", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+    assert preload.decoded(sha, False) is None
+    preload.discard()
+    preload.start(copy, "4305", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+    assert preload.decoded(sha, True) == decode_document(data, source="x")
+    preload.start(other, "4305", user1.pw_name, env={"DATACRUMBS_PROBE_SHA256": sha})
+    assert preload.decoded(sha, False) == decode_document(data, source="x")
+    preload.discard()
+
+
 def test_daemon_checks_expiry_and_owner_of_the_prologs_copy(site, user1, user2,
                                                             make_probes_doc):
     """What can change between the prolog's check and the daemon's start is checked again

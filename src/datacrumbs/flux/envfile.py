@@ -16,7 +16,9 @@ of the job's probes file (root, 0600): ``DATACRUMBS_PROBE_FILE`` names the copy,
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 from ..atomicfile import atomic_write
@@ -57,6 +59,23 @@ def write_probes_copy(run_dir: Path, jobid: str, data: bytes) -> Path:
     """
     Path(run_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
     return atomic_write(probes_copy_path(run_dir, jobid), data, mode=0o600)
+
+
+def is_probes_copy(path, run_dir: Path, jobid: str) -> bool:
+    """Whether ``path`` is the verified copy the prolog writes for ``jobid``: that name in
+    the run directory, a regular file of root's in a directory of root's, neither
+    writable by anyone else (the prolog makes them 0600 and 0755). The daemon takes the
+    prolog's word for the bytes of that file only (with their digest)."""
+    try:
+        if os.path.abspath(path) != os.path.abspath(probes_copy_path(run_dir, jobid)):
+            return False
+        st = os.stat(path, follow_symlinks=False)
+        parent = os.stat(run_dir, follow_symlinks=False)
+    except (OSError, ValueError, DatacrumbsError):
+        return False
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
+            and stat.S_ISDIR(parent.st_mode) and parent.st_uid == 0
+            and not parent.st_mode & 0o022)
 
 
 def failure_path(run_dir: Path, jobid: str) -> Path:

@@ -616,7 +616,7 @@ def load_probes(path: Path, user: str, *, config: SiteConfig, env,
     import hashlib
 
     from ..probes import ProbesFileError
-    from ..probes.document import decode_document, open_regular_file
+    from ..probes.document import decode_document, decode_verified, open_regular_file
     from ..probes.verify import verify_document
 
     data = open_regular_file(path, config.max_probes_file_bytes)
@@ -628,38 +628,20 @@ def load_probes(path: Path, user: str, *, config: SiteConfig, env,
         if hashlib.sha256(data).hexdigest() != expected:
             raise ProbesFileError(path, "its SHA-256 is not the one the prolog verified "
                                   f"({PROBE_SHA256_ENV})", "rerun the job")
+    from ..flux.envfile import is_probes_copy
     from . import preload
-    doc = preload.decoded(expected) if expected is not None else None
+    trusted = (expected is not None and run_id is not None
+               and is_probes_copy(path, config.run_dir, run_id))
+    doc = preload.decoded(expected, trusted) if expected is not None else None
     if doc is None:
-        doc = decode_document(data, source=path,
-                              max_decompressed=config.max_probes_document_bytes)
-    verify_document(doc, user, config=config, source=path,
-                    prolog_verified=expected is not None and run_id is not None
-                    and prolog_copy(path, config, run_id))
+        doc = (decode_verified if trusted else decode_document)(
+            data, source=path, max_decompressed=config.max_probes_document_bytes)
+    verify_document(doc, user, config=config, source=path, prolog_verified=trusted)
     source = env.get(PROBE_SOURCE_ENV)
     if source:  # under the prolog: say whose file this copy is
         log.info("probes file %s verified (the prolog's copy of %s)", path,
                  source if source.isprintable() else repr(source))
     return doc
-
-
-def prolog_copy(path: Path, config: SiteConfig, run_id: str) -> bool:
-    """Whether ``path`` is the verified copy the prolog writes for ``run_id``: that name in
-    the run directory, a regular file of root's in a directory of root's, neither
-    writable by anyone else (the prolog writes both 0600 and 0755)."""
-    from ..flux.envfile import probes_copy_path
-
-    try:
-        if Path(os.path.abspath(path)) != Path(os.path.abspath(
-                probes_copy_path(config.run_dir, run_id))):
-            return False
-        st = os.stat(path, follow_symlinks=False)
-        parent = os.stat(config.run_dir, follow_symlinks=False)
-    except (OSError, ValueError):
-        return False
-    return (stat.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
-            and stat.S_ISDIR(parent.st_mode) and parent.st_uid == 0
-            and not parent.st_mode & 0o022)
 
 
 def run_daemon(probes_path, run_id: str, user: str, *, config: SiteConfig | None = None,

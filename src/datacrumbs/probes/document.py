@@ -16,7 +16,6 @@ import errno
 import gzip
 import json
 import os
-import socket
 import stat
 import time
 import zlib
@@ -30,6 +29,12 @@ from .schema import PROBES_FORMAT, PROBES_VERSION, schema_problem
 MAX_JSON_DEPTH = 32
 _DEFAULTS = SiteConfig()
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _hostname() -> str:
+    import socket       # here: the tracer's start reads documents, it never builds one
+
+    return socket.gethostname()
 
 
 def build_document(probes, *, owner_uid: int, owner_user: str, sets, mode: str = "trace",
@@ -46,7 +51,7 @@ def build_document(probes, *, owner_uid: int, owner_user: str, sets, mode: str =
         "owner": {"uid": owner_uid, "user": owner_user},
         "issued_at": issued,
         "expires_at": expires,
-        "host": host or socket.gethostname(),
+        "host": host or _hostname(),
         "sets": list(sets),
         "capture": {"mode": mode, "interval_ms": interval_ms, "paths": paths},
         "probes": copy.deepcopy(list(probes)),

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import load_config
-from ..atomicfile import cannot_write
+from ..atomicfile import cannot_write, output_target
 from ..errors import DatacrumbsError, UsageError
 
 HELP = "generate, show and verify signed probes files"
@@ -155,7 +155,11 @@ def _generate(args) -> int:
     output = os.path.abspath(args.output)
     if not output.endswith(".json.gz"):
         raise UsageError(f"output file {args.output} must end in .json.gz")
-    if os.path.lexists(output) and not args.force:
+    try:
+        _target, into = output_target(output)       # a pipe or a terminal is written into
+    except OSError as exc:
+        raise DatacrumbsError(cannot_write(output, exc)) from None
+    if os.path.lexists(output) and not args.force and not into:
         raise UsageError(f"{args.output} already exists; use --force to replace it")
     if not 1 <= args.validity_days <= config.max_validity_days:
         raise UsageError(f"--validity-days {args.validity_days} must be between 1 and "

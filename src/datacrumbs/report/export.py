@@ -18,16 +18,16 @@ and the real pid and tid, and ``args.pid``/``args.tid`` keep the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..atomicfile import WRITE_ERRNOS, cannot_write
+from ..atomicfile import WRITE_ERRNOS, atomic_output, cannot_write, output_target
 from ..errors import DatacrumbsError, UsageError
 from ..trace.reader import TraceReadError, TraceReader, read_header
 from .merge import find_traces
@@ -89,10 +89,14 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     out = Path(out)
     if out.is_dir():
         raise DatacrumbsError(f"{out} is a directory; give a file name such as job.json or job.json.gz")
+    try:
+        _target, into = output_target(out)      # a pipe or a terminal is written into
+    except OSError as exc:
+        raise DatacrumbsError(cannot_write(out, exc)) from None
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise DatacrumbsError(f"{out}: directory {parent} does not exist; create it first")
-    if out.exists() and not force:
+    if out.exists() and not force and not into:
         raise DatacrumbsError(f"{out} already exists; choose another name or pass --force to replace it")
     traces = find_traces(paths)
     result = ExportResult(out)
@@ -136,15 +140,11 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
             "for Perfetto UI; slice it with --since/--until (seconds from the start), --node or "
             "--pid, or pass --force")
     done = 0
+    gz = out.name.endswith(".gz")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=parent)
-    except OSError as exc:
-        raise DatacrumbsError(cannot_write(out, exc)) from None
-    os.close(fd)
-    try:
-        opener = (lambda p: gzip.open(p, "wt", encoding="utf-8", compresslevel=6)) \
-            if out.name.endswith(".gz") else (lambda p: open(p, "w", encoding="utf-8"))
-        with opener(tmp) as f:
+        with atomic_output(out, mode=0o644, text=not gz, fsync=False) as raw, \
+                (gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) if gz
+                 else contextlib.nullcontext(raw)) as f:
             writer = _Writer(f, max_bytes if not force else None)
             writer.write_raw("[\n")
             ids = _Ids(writer, origin_ns=_origin_ns(result.start_us))
@@ -155,19 +155,12 @@ def export_perfetto(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
                 if on_progress:
                     on_progress(done, total)
             writer.write_raw("\n]\n")
-        result.events, result.bytes = writer.events, writer.bytes
-        result.nodes = sorted({h for _, h in readable})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError) and (exc.filename == tmp or (
-                exc.filename is None and exc.errno in WRITE_ERRNOS)):
+    except OSError as exc:
+        if exc.filename == str(out) or (exc.filename is None and exc.errno in WRITE_ERRNOS):
             raise DatacrumbsError(cannot_write(out, exc)) from None   # a full disk, say
         raise
+    result.events, result.bytes = writer.events, writer.bytes
+    result.nodes = sorted({h for _, h in readable})
     return result
 
 

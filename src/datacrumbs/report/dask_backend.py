@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ..errors import DatacrumbsError
 from . import merge
+from .heap import keep_freed_memory
 from .merge import add_run_summaries, default_jobs, find_traces, iter_units, summarize_checked
 from .model import Aggregate
 
@@ -47,7 +48,8 @@ def _summarize(db, traces, jobs, scheduler, use_index: bool) -> Aggregate:
         kwargs["num_workers"] = jobs or default_jobs()
         # one pool for every batch (dask would start one per compute: imports each time)
         pool = ProcessPoolExecutor(max_workers=kwargs["num_workers"],
-                                   mp_context=multiprocessing.get_context("forkserver"))
+                                   mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=keep_freed_memory)
         kwargs["pool"] = pool
     # A few units per worker at a time: compute() returns all its partials at once, and
     # 10 M events' 32 partials took 1.7 GB here; merged in unit order, batch after batch.

@@ -22,6 +22,7 @@ from ..trace import gzindex
 from ..trace.reader import (ReadStats, TailInfo, TraceReadError, TraceReader, iter_members,
                             open_trace)
 from .model import Aggregate, summarize_reader
+from .heap import keep_freed_memory
 
 TRACE_PATTERNS = ("*.pfw.gz", "*.pfw")
 SUMMARY_SUFFIX = ".summary.json"
@@ -279,6 +280,7 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
     """Everything the report shows for ``paths``: traces found, split, summarised, merged."""
     traces = find_traces(paths)
     jobs = default_jobs() if jobs is None else max(1, jobs)
+    keep_freed_memory()     # this process reads the traces itself with one job
     agg = Aggregate()
     total = 0
     for trace in traces:
@@ -324,7 +326,8 @@ def _merge_units(traces: list[Path], jobs: int, total: int, agg: Aggregate,
     else:
         # forkserver: the parent may run threads (rich's progress refresh), which fork would copy.
         ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                 initializer=keep_freed_memory) as pool:
             futures = [(pool.submit(_summarize_indexed if u.indexed else summarize_unit, u),
                         u.size, u.indexed) for u in iter_units(traces, jobs, agg, use_index)]
             futures.reverse()

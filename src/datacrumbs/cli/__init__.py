@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from types import SimpleNamespace
+
 TYPE_CHECKING = False     # typing's own import costs the tracer's start 5 ms
 if TYPE_CHECKING:   # argparse is imported where a parser is built: the unit's command needs none
     import argparse

@@ -189,3 +189,23 @@ def test_keys_cli(site):
     refused = run("rotate")
     assert refused.returncode == 1 and f"chmod 700 {site.private_key_dir}" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_reinstall_gets_the_current_public_key_back(site, key_store, make_probes_file, user1,
+                                                      tmp_path):
+    """`datacrumbs uninstall` keeps the private keys (in /etc) but a new install starts an
+    empty public key directory under its prefix: files the service signed then failed to
+    verify, and export-public had nothing to copy (seen on this machine: the demo failed).
+    export-public restores the current key's public half from its private one first."""
+    key_id = key_store.current_key_id()
+    path = make_probes_file(user1)
+    public = site.public_key_dir / f"{key_id}.pub"
+    want = public.read_bytes()
+    public.unlink()
+    with pytest.raises(UnknownKey):
+        verify_probes_file(path, user1.pw_name, config=site)
+    dest = tmp_path / "nodes"
+    assert dest / f"{key_id}.pub" in key_store.export_public(dest)
+    assert public.read_bytes() == want == (dest / f"{key_id}.pub").read_bytes()
+    assert verify_probes_file(path, user1.pw_name, config=site)["owner"]["user"] == user1.pw_name
+    assert key_store.publish_current() is None          # there already: nothing written

@@ -96,8 +96,12 @@ class Demo:
         self.step("1. Signing key (admin, once per site)")
         if (self.cfg.private_key_dir / "current").exists():
             from ..signing.keys import KeyStore
-            key_id = KeyStore.from_config(self.cfg).current_key_id()
+            store = KeyStore.from_config(self.cfg)
+            key_id = store.current_key_id()
             self.console.print(f"key {key_id} already in {self.cfg.private_key_dir}")
+            published = store.publish_current()     # an earlier install's key, a new prefix
+            if published is not None:
+                self.console.print(f"its public key was missing: written to {published}")
         else:
             self.run([self.tool("datacrumbs"), "keys", "init"])
 

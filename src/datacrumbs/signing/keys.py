@@ -250,9 +250,29 @@ class KeyStore:
     def sign(self, doc: dict) -> dict:
         return sign_document(doc, self.private_key())
 
+    def publish_current(self) -> Path | None:
+        """Write the current key's public half into the public key directory if it is not
+        there; the file written, or None. ``datacrumbs uninstall`` keeps the private keys
+        (in /etc) but a new install starts an empty key directory under its prefix: every
+        file the service signed then failed to verify, and export-public found nothing to
+        copy. Raises KeyStoreError when the private key cannot be read (not root)."""
+        key_id = self.current_key_id()
+        dest = self.public_dir / f"{key_id}.pub"
+        if dest.exists():
+            return None
+        key = self.private_key()
+        self.public_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(dest, public_key_line(key.public_key()).encode(), mode=0o644)
+        return dest
+
     def export_public(self, dest_dir: str | os.PathLike) -> list[Path]:
-        """Copy every trusted public key (old ones too) to another key directory."""
+        """Copy every trusted public key (old ones too) to another key directory, the
+        current key's first restored from its private half if it is missing here."""
         dest_dir = Path(dest_dir)
+        try:
+            self.publish_current()
+        except (KeyStoreError, OSError):
+            pass        # no private key here (or not root): copy what there is
         keys = load_public_keys(self.public_dir)
         if not keys:
             raise KeyStoreError(f"no public keys in {self.public_dir}; run `datacrumbs keys init`")

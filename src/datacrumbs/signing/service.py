@@ -88,6 +88,13 @@ class SigningService:
     def start(self) -> None:
         """Check key, policy and audit log, then bind the socket: fail before serving anyone."""
         key_id = self.keystore.current_key_id()
+        if not (self.keystore.public_dir / f"{key_id}.pub").exists():
+            # what it signs would verify nowhere, here included: say it where admins look
+            log.warning("the public key of signing key %s is not in %s: probes files signed "
+                        "now fail to verify; run `sudo datacrumbs keys export-public %s` "
+                        "(it restores it from the private key) and copy it to the compute "
+                        "nodes' public_key_dir", key_id, self.keystore.public_dir,
+                        self.keystore.public_dir)
         self._reload_policy_if_changed()
         if self._policy_error:
             raise ServiceError(self._policy_error)

@@ -544,6 +544,21 @@ def test_stale_socket_is_replaced(site, keystore, start_service):
     assert "stale socket" in svc.stderr()
 
 
+def test_a_missing_public_key_is_said_where_admins_look(site, keystore, start_service):
+    """After a reinstall the service's key may have no public half in public_key_dir:
+    everything it signs then fails to verify. It still serves (the admin may copy keys
+    in later) but its log says so and names the command that restores the key."""
+    key_id = keystore.current_key_id()
+    (site.public_key_dir / f"{key_id}.pub").unlink()
+    svc = start_service()
+    assert ping(socket_path=site.socket_path)
+    with pytest.raises(SigningError, match="keys export-public"):
+        sign(site, ask("write"))        # the client checks what it got, and says why not
+    assert (f"the public key of signing key {key_id} is not in {site.public_key_dir}"
+            in svc.stderr())
+    assert f"datacrumbs keys export-public {site.public_key_dir}" in svc.stderr()
+
+
 def test_regular_file_at_the_socket_path_is_not_touched(site, keystore):
     site.socket_path.write_text("precious\n")
     result = subprocess.run([str(SERVICE_BIN), "--config", str(site.source)],

@@ -55,7 +55,9 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
         "export-public", formatter_class=fmt, help="copy all public keys to a directory",
         description=textwrap.fill("Copy every <key_id>.pub to DEST (e.g. a directory shared with the compute "
         "nodes, or their public_key_dir): the prolog, the tracer and the Flux plugin verify "
-        "signatures with these files.", 78),
+        "signatures with these files. The current key's public half is first restored from "
+        "its private key if this host's public_key_dir lacks it (after a reinstall under a "
+        "new prefix: give that directory as DEST).", 78),
         epilog="example:\n  sudo datacrumbs keys export-public /shared/cluster/etc/datacrumbs/keys")
     export.add_argument("dest", metavar="DEST", help="directory to copy <key_id>.pub files to")
 

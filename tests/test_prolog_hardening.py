@@ -266,11 +266,12 @@ def test_the_prologs_copy_decodes_to_the_same_document_and_only_for_a_trusting_d
     """The copy is decoded by the C decoder alone (the prolog decoded those bytes strictly):
     the same value as the strict decoder's. What the early load decoded so is handed only
     to a daemon that trusts the copy too; a strict decoding to anyone with the digest."""
-    from datacrumbs.probes.document import decode_document, decode_verified
+    from datacrumbs.probes.document import decode_document
     from datacrumbs.tracer import preload
 
     data = encode_document(make_probes_doc(user1))
-    assert decode_verified(data, source="x") == decode_document(data, source="x")
+    assert decode_document(data, source="x", prolog_verified=True) == \
+        decode_document(data, source="x")
     sha = hashlib.sha256(data).hexdigest()
     copy = envfile.write_probes_copy(site.run_dir, "4305", data)
     other = tmp_path / "other.json.gz"

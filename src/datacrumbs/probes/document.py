@@ -233,22 +233,20 @@ def _json_problem(exc: ValueError) -> str:
     return "duplicate key" if "duplicate key" in str(exc) else "a value is not allowed"
 
 
-def decode_document(data: bytes, *, source, max_decompressed: int = _DEFAULTS.max_probes_document_bytes):
-    """Compressed file bytes to the parsed JSON value (not yet schema-checked)."""
-    return parse_json_bounded(gunzip_bounded(data, source=source, max_decompressed=max_decompressed),
-                              source=source)
+def decode_document(data: bytes, *, source, max_decompressed: int = _DEFAULTS.max_probes_document_bytes,
+                    prolog_verified: bool = False):
+    """Compressed file bytes to the parsed JSON value (not yet schema-checked).
 
-
-def decode_verified(data: bytes, *, source,
-                    max_decompressed: int = _DEFAULTS.max_probes_document_bytes):
-    """``decode_document`` for bytes the prolog has decoded strictly and verified (its
-    root-only copy, by digest): they hold no duplicate key, NaN or deep nesting, so the
-    C decoder alone gives the same value (10,000 probes: 16 ms, not 31)."""
+    ``prolog_verified``: bytes the prolog has decoded strictly and verified (its root-only
+    copy, by digest) hold no duplicate key, NaN or deep nesting, so the C decoder alone
+    gives the same value (10,000 probes: 16 ms, not 31)."""
     text = gunzip_bounded(data, source=source, max_decompressed=max_decompressed)
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return parse_json_bounded(text, source=source)     # says what is wrong
+    if prolog_verified:
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            pass            # the strict decoder says what is wrong
+    return parse_json_bounded(text, source=source)
 
 
 def read_document(path: str | os.PathLike, *,

@@ -280,7 +280,6 @@ def summarize_paths(paths: Iterable[str | os.PathLike], *, jobs: int | None = No
     """Everything the report shows for ``paths``: traces found, split, summarised, merged."""
     traces = find_traces(paths)
     jobs = default_jobs() if jobs is None else max(1, jobs)
-    keep_freed_memory()     # this process reads the traces itself with one job
     agg = Aggregate()
     total = 0
     for trace in traces:
@@ -318,6 +317,7 @@ def _merge_units(traces: list[Path], jobs: int, total: int, agg: Aggregate,
     # holds a few partials at a time, not all of them (a partial keeps per-file and
     # per-thread state: see analysis.py).
     if jobs <= 1 or (len(traces) <= 1 and total <= SPLIT_BYTES):
+        keep_freed_memory()     # this process reads the traces itself
         for unit in iter_units(traces, 1, agg):
             agg.merge(summarize_unit(unit))
             done += unit.size

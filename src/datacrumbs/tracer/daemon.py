@@ -616,7 +616,7 @@ def load_probes(path: Path, user: str, *, config: SiteConfig, env,
     import hashlib
 
     from ..probes import ProbesFileError
-    from ..probes.document import decode_document, decode_verified, open_regular_file
+    from ..probes.document import decode_document, open_regular_file
     from ..probes.verify import verify_document
 
     data = open_regular_file(path, config.max_probes_file_bytes)
@@ -634,8 +634,8 @@ def load_probes(path: Path, user: str, *, config: SiteConfig, env,
                and is_probes_copy(path, config.run_dir, run_id))
     doc = preload.decoded(expected, trusted) if expected is not None else None
     if doc is None:
-        doc = (decode_verified if trusted else decode_document)(
-            data, source=path, max_decompressed=config.max_probes_document_bytes)
+        doc = decode_document(data, source=path, prolog_verified=trusted,
+                              max_decompressed=config.max_probes_document_bytes)
     verify_document(doc, user, config=config, source=path, prolog_verified=trusted)
     source = env.get(PROBE_SOURCE_ENV)
     if source:  # under the prolog: say whose file this copy is

@@ -52,7 +52,7 @@ def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
         from ..config import load_config
         from ..jobid import validate_run_id
         from ..flux.envfile import is_probes_copy
-        from ..probes.document import decode_document, decode_verified, open_regular_file
+        from ..probes.document import decode_document, open_regular_file
         from ..users import lookup_user
         from .objload import TRACEFS, UPROBE_MULTI_ENV, Loader
         from .scope import scope_from_env
@@ -63,8 +63,8 @@ def start(probes_path, run_id: str, user: str, env=os.environ) -> None:
         if hashlib.sha256(data).hexdigest() != expected:
             return
         trusted = is_probes_copy(probes_path, config.run_dir, run_id)
-        doc = (decode_verified if trusted else decode_document)(
-            data, source=probes_path, max_decompressed=config.max_probes_document_bytes)
+        doc = decode_document(data, source=probes_path, prolog_verified=trusted,
+                              max_decompressed=config.max_probes_document_bytes)
         _decoded = (expected, doc, trusted)
         account = lookup_user(user)
         scope = scope_from_env(account.uid, env, run_id)
@@ -86,7 +86,7 @@ def decoded(digest: str, trusted: bool) -> dict | None:
     """The document ``start`` decoded from the bytes of this SHA-256, once, else None: the
     daemon checks the same digest of the bytes it reads, and the same bytes decode to the
     same document (10,000 probes: 65 ms not spent twice). It still verifies it. One
-    decoded as the prolog's verified copy (``decode_verified``) is given only to a
+    decoded as the prolog's verified copy (``prolog_verified``) is given only to a
     daemon that ``trusted`` that copy too."""
     global _decoded
     got, _decoded = _decoded, None

@@ -1149,7 +1149,8 @@ def test_the_prologs_copy_is_loaded_while_the_daemon_imports(site, user1, workdi
 def test_the_early_load_begins_before_numpy_is_imported(site, user1, bpf_object, tracefs):
     """The point of tracer/objload.py: the prolog's copy starts loading before the daemon
     imports numpy and the engine (0.1-0.2 s of a start), so that path must stay free of
-    them. Run in a fresh interpreter, as `datacrumbs run` is."""
+    them, and from OpenSSL's hashlib (4-14 ms to load and configure). Run in a fresh
+    interpreter, as `datacrumbs run` is."""
     import hashlib
 
     probes = sign_for(site, user1)
@@ -1158,7 +1159,8 @@ def test_the_early_load_begins_before_numpy_is_imported(site, user1, bpf_object,
             "from datacrumbs.tracer import preload\n"
             f"preload.start({str(probes)!r}, '4255', {user1.pw_name!r}, "
             f"env={{'DATACRUMBS_PROBE_SHA256': {sha!r}}})\n"
-            "heavy = sorted(m for m in ('numpy', 'datacrumbs.tracer.engine', 'elftools')\n"
+            "heavy = sorted(m for m in ('numpy', 'datacrumbs.tracer.engine', 'elftools',\n"
+            "                           '_hashlib')\n"
             "               if m in sys.modules)\n"
             "began = preload._pending is not None\n"
             "preload.discard()\n"
@@ -1167,6 +1169,17 @@ def test_the_early_load_begins_before_numpy_is_imported(site, user1, bpf_object,
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True []", out.stdout + out.stderr
+
+
+def test_the_prologs_digest_is_sha256_whichever_module_computes_it():
+    """preload.sha256_hex avoids hashlib's OpenSSL on the start path; it must give the
+    digest the prolog wrote (hashlib's), for empty, small and block-crossing inputs."""
+    import hashlib
+
+    from datacrumbs.tracer import preload
+
+    for data in (b"", b"abc", bytes(range(256)) * 1000, b"\x1f\x8b" + b"x" * 131_071):
+        assert preload.sha256_hex(data) == hashlib.sha256(data).hexdigest()
 
 
 def test_an_early_load_serves_only_the_document_verified(site, user1, bpf_object, tracefs):

@@ -613,11 +613,10 @@ def load_probes(path: Path, user: str, *, config: SiteConfig, env,
     0.08-0.14 s, so only what can have changed since (expiry, and the owner against
     the user this daemon runs for) is checked again. Any other file is verified whole.
     """
-    import hashlib
-
     from ..probes import ProbesFileError
     from ..probes.document import decode_document, open_regular_file
     from ..probes.verify import verify_document
+    from . import preload
 
     data = open_regular_file(path, config.max_probes_file_bytes)
     expected = env.get(PROBE_SHA256_ENV)
@@ -625,11 +624,10 @@ def load_probes(path: Path, user: str, *, config: SiteConfig, env,
         if not re.fullmatch(r"[0-9a-f]{64}", expected):
             raise ConfigError(f"{PROBE_SHA256_ENV}={expected!r} is not a SHA-256 in hex; "
                               "check the prolog's env file")
-        if hashlib.sha256(data).hexdigest() != expected:
+        if preload.sha256_hex(data) != expected:
             raise ProbesFileError(path, "its SHA-256 is not the one the prolog verified "
                                   f"({PROBE_SHA256_ENV})", "rerun the job")
     from ..flux.envfile import is_probes_copy
-    from . import preload
     trusted = (expected is not None and run_id is not None
                and is_probes_copy(path, config.run_dir, run_id))
     doc = preload.decoded(expected, trusted) if expected is not None else None

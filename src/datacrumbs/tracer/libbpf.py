@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno as errno_mod
-import ctypes.util
 import logging
 import os
 import threading
@@ -201,7 +200,8 @@ def lib():
             raise LibbpfError(f"cannot load {LIBBPF_SONAME} ({exc}): install libbpf "
                               "(Debian/Ubuntu package libbpf1, RHEL libbpf)") from None
         _declare(handle)
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the C library this process already has (find_library would run ldconfig)
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
         _libc.vsnprintf.restype = c_int
         _libc.syscall.restype = ctypes.c_long

@@ -237,6 +237,26 @@ def test_hostile_values_never_break_the_summary(tmp_path):
     assert "<table" in html.render(s)
 
 
+def test_a_numeric_fhash_and_a_wide_errno_are_reported_not_raised(tmp_path):
+    """Found by feeding the report hand-made lines: an fhash that is a JSON number (hashable,
+    so it slipped past the text conversion) and an errno beyond a C int (os.strerror
+    overflows) each ended the report in an internal error."""
+    b = TraceBuilder(tmp_path / "n.pfw.gz", member_lines=5)
+    b.op("write", size=100, path="/ok")
+    b.raw(json.dumps({"ph": "X", "name": "read", "cat": "POSIX", "pid": 4, "tid": 4, "ts": 7,
+                      "dur": 2, "args": {"fhash": 5, "size": 10, "ret": 10}}), event=True)
+    b.raw(json.dumps({"ph": "X", "name": "read", "cat": "POSIX", "pid": 4, "tid": 4, "ts": 9,
+                      "dur": 2, "args": {"fhash": "5", "size": 1, "ret": -1,
+                                         "errno": 1 << 40}}), event=True)
+    b.write()
+    s = summarize([b.path], jobs=1)
+    five = [f for f in s["files"] if f["path"] == "<unresolved 5>"]
+    assert len(five) == 1 and five[0]["bytes"]["read"] == 11    # 5 and "5": one file key
+    assert [(e["errno"], e["message"]) for e in s["errors"]] == [(1 << 40, "unknown error")]
+    from datacrumbs.report import html
+    assert "<table" in html.render(s)
+
+
 def test_many_files_are_sampled_exactly_and_split_invariantly(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "FILES_CAP", 50)
     b = TraceBuilder(tmp_path / "f.pfw.gz", member_lines=40)

@@ -48,6 +48,12 @@ def _text(value) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
+def _errno_message(code: int) -> str:
+    """strerror of a trace's errno; a value no C int holds (a hostile or damaged trace) is
+    an unknown error, not an OverflowError."""
+    return os.strerror(code) if 0 < code < 1 << 31 else "unknown error"
+
+
 def _numbers(values: list, default: float) -> np.ndarray:
     """Untrusted JSON values as float64; anything not a finite non-negative number -> default."""
     try:
@@ -229,6 +235,8 @@ class Aggregate:
         fidx: dict = {}
         try:
             fi = [fidx.setdefault(k, len(fidx)) for k in fks]
+            if any(type(k) is not str for k in fidx if k is not None):
+                raise TypeError     # a number or true as fhash: a file key is text
         except TypeError:
             fidx = {}
             fi = [fidx.setdefault(k if k is None else _text(k), len(fidx)) for k in fks]
@@ -615,7 +623,7 @@ class Aggregate:
         by_errno: dict[int, dict] = {}
         for (cat, name, code), c in sorted(self.errors.items(), key=lambda kv: kv[0]):
             e = by_errno.setdefault(code, {"errno": code, "name": errno_mod.errorcode.get(code, "unknown"),
-                                           "message": os.strerror(code) if code > 0 else "unknown error",
+                                           "message": _errno_message(code),
                                            "count": 0, "operations": {}})
             e["count"] += c
             e["operations"][f"{cat}/{name}"] = c

@@ -257,6 +257,31 @@ def test_a_numeric_fhash_and_a_wide_errno_are_reported_not_raised(tmp_path):
     assert "<table" in html.render(s)
 
 
+def test_lone_surrogates_and_odd_summary_fields_are_escaped_not_raised(tmp_path):
+    """Found by feeding the report hand-made files: a lone surrogate spelt in JSON
+    (\\udcff: json.loads keeps it) in a trace line or a run summary made the JSON, HTML
+    and Perfetto outputs fail to encode; a run summary whose probes_refused, libraries or
+    warnings was a number raised TypeError. The trace directory is the job user's."""
+    b = TraceBuilder(tmp_path / "trace-u-1-node0.pfw.gz", member_lines=5)
+    b.op("write", size=100, path="/ok")
+    b.raw('{"ph":"X","name":"re\\udcffad","cat":"POSIX","pid":4,"tid":4,"ts":7,"dur":2,'
+          '"args":{"fname":"/tmp/\\udcffx","size":10}}', event=True)
+    b.raw('{"ph":"M","name":"process_name","cat":"dftracer","pid":4,"tid":4,'
+          '"args":{"name":"app\\ud800"}}')
+    b.write()
+    write_summary_json(b.path, host="node\udcff0", probes_refused=5, libraries=True,
+                       warnings=["w\udcff", 7])
+    out = tmp_path / "o.json"
+    assert run_cli(["report", "-q", "--json", str(out), "--html", str(tmp_path / "o.html"),
+                    str(tmp_path)]) == 0
+    s = json.loads(out.read_text(encoding="utf-8"))
+    assert {f["path"] for f in s["files"]} >= {"/tmp/\\udcffx"}
+    assert any(o["name"] == "re\\udcffad" for o in s["operations"])
+    assert s["warnings"] == ["w\\udcff"] and s["probes_refused"] == [] and s["libraries"] == []
+    assert run_cli(["export", "--perfetto", str(tmp_path / "o.pftrace"), str(b.path)]) == 0
+    assert "app\\\\ud800" in (tmp_path / "o.pftrace").read_text(encoding="utf-8")
+
+
 def test_many_files_are_sampled_exactly_and_split_invariantly(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "FILES_CAP", 50)
     b = TraceBuilder(tmp_path / "f.pfw.gz", member_lines=40)

@@ -32,7 +32,8 @@ import numpy as np
 
 from ..trace import fastscan
 from ..trace.reader import (PARSE_BLOCK, TraceReader, _blocks, _loads, block_body,
-                             block_events, parse_block)
+                             block_events, has_surrogate_escape, parse_block,
+                             without_surrogates)
 
 try:
     import pyarrow as pa
@@ -115,7 +116,7 @@ def scan_block(block: bytes, scan):
             rec = None
         if type(rec) is not dict or rec.get("ph") != "M":
             return None
-        meta.append(rec)
+        meta.append(without_surrogates(rec) if has_surrogate_escape(line) else rec)
     return got, meta, got.nrec, closed
 
 
@@ -125,8 +126,8 @@ def parse_block_columns(block: bytes):
     body, closed = block_body(block)
     if not body:
         return None, [], 0, closed
-    if b",\n" in body or b"\n\n" in body:
-        return None
+    if b",\n" in body or b"\n\n" in body or has_surrogate_escape(body):
+        return None                 # (a lone surrogate: the dict path escapes it)
     try:
         tbl = pj.read_json(pa.py_buffer(body), read_options=_READ, parse_options=_PARSE)
         tbl.validate(full=True)     # pyarrow's JSON reader passes bytes that are not UTF-8

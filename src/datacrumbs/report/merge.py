@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..trace import gzindex
 from ..trace.reader import (ReadStats, TailInfo, TraceReadError, TraceReader, iter_members,
-                            open_trace)
+                            open_trace, without_surrogates)
 from .model import Aggregate, summarize_reader
 from .heap import keep_freed_memory
 
@@ -118,10 +118,13 @@ def read_run_summary(path: Path) -> dict:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TraceReadError(f"{path}: run summary is not valid JSON ({exc}); ignored") from None
+    except RecursionError:
+        raise TraceReadError(f"{path}: run summary nested deeper than any summary; "
+                             "ignored") from None
     if not isinstance(doc, dict) or doc.get("format") != "datacrumbs-summary":
         raise TraceReadError(f"{path}: not a datacrumbs run summary (format "
                              f"{doc.get('format') if isinstance(doc, dict) else None!r}); ignored")
-    return doc
+    return without_surrogates(doc)     # the job user's file: anything may be in it
 
 
 def _balanced_whole(sizes: list[int], jobs: int) -> bool:

@@ -654,8 +654,8 @@ class Aggregate:
         warnings: list = []
         for path, summ in sorted(self.run_summaries.items()):
             _add_libraries(libraries, summ)
-            for w in summ.get("warnings") or []:
-                if w not in warnings:
+            for w in _list(summ.get("warnings")):
+                if isinstance(w, str) and w not in warnings:
                     warnings.append(w)
             lost += _int(summ.get("events_lost"))
             if _int(summ.get("events_lost")) and summ.get("totals_exact") is not True:
@@ -663,7 +663,7 @@ class Aggregate:
             names_lost += _int(summ.get("names_lost"))
             if summ.get("complete") is False:
                 incomplete.append(path)
-            for pr in summ.get("probes_refused") or []:
+            for pr in _list(summ.get("probes_refused")):
                 if isinstance(pr, dict):
                     key = (_text(pr.get("id")), _text(pr.get("reason")))
                     r = refused.setdefault(key, {"id": key[0], "kind": _text(pr.get("kind")),
@@ -745,7 +745,7 @@ class Aggregate:
 def _add_libraries(out: dict, summ: dict) -> None:
     """A run summary's ``libraries`` rows, merged by (path, status) with the hosts."""
     host = _text(summ.get("host"))
-    for lib in summ.get("libraries") or []:
+    for lib in _list(summ.get("libraries")):
         if not isinstance(lib, dict) or lib.get("status") not in ("attached", "not attached"):
             continue
         key = (_text(lib.get("path")), _text(lib.get("status")))
@@ -765,6 +765,11 @@ def _in_us(rows) -> None:
 
 def _round3(t):
     return round(t, 3) if isinstance(t, float) else t
+
+
+def _list(v) -> list:
+    """A run summary's list field; anything else (the file is the job user's) is empty."""
+    return v if isinstance(v, list) else []
 
 
 def _int(v) -> int:

@@ -237,6 +237,47 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
     return lines, closed
 
 
+#: What a lone surrogate looks like in a JSON text (``\\udcff``); a block without it
+#: decodes to strings that are all UTF-8 encodable.
+_SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
+
+
+def has_surrogate_escape(data: bytes) -> bool:
+    return any(e in data for e in _SURROGATE_ESCAPES)
+
+
+def without_surrogates(doc):
+    """``doc`` (decoded JSON) with each lone surrogate escaped as text (``\\udcff``).
+
+    JSON may spell one (a trace line or run summary written by hand, not our writer:
+    it writes a name's undecodable bytes as they are), json.loads keeps it, and no
+    UTF-8 output (the report's JSON and HTML, a Perfetto export) can hold it. Changes
+    dicts and lists in place; iterative, as json.loads already bounded the depth."""
+    def clean(v):
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return v.encode("utf-8", "backslashreplace").decode("utf-8")
+        return v
+
+    if not isinstance(doc, (dict, list)):
+        return clean(doc)
+    todo = [doc]
+    while todo:
+        node = todo.pop()
+        for k, v in list(node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(v, (dict, list)):
+                todo.append(v)
+            else:
+                node[k] = clean(v)
+        if isinstance(node, dict) and any(clean(k) is not k for k in node):
+            cleaned = {clean(k): v for k, v in node.items()}
+            node.clear()
+            node.update(cleaned)
+    return doc
+
+
 def _exact_loads(data: bytes):
     """JSON with every fraction as a Decimal: an epoch ``ts`` in µs with ns decimals has
     more digits than a double holds (0.25 µs apart at today's epoch)."""
@@ -306,6 +347,13 @@ def parse_block(block: bytes, loads=None) -> tuple[list[dict], int, bool]:
     body, closed = block_body(block)
     if not body:
         return [], 0, closed
+    if has_surrogate_escape(body):
+        records, bad, closed = _parse_body(body, closed, loads)
+        return without_surrogates(records), bad, closed
+    return _parse_body(body, closed, loads)
+
+
+def _parse_body(body: bytes, closed: bool, loads) -> tuple[list[dict], int, bool]:
     if b",\n" not in body and b"\n\n" not in body:
         try:
             records = (loads or _loads)(b"[" + body.replace(b"\n", b",") + b"]")

@@ -237,7 +237,7 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
     return lines, closed
 
 
-#: What a lone surrogate looks like in a JSON text (``\\udcff``); a block without it
+#: What a lone surrogate looks like in a JSON text (a backslash, then udcff); a block without it
 #: decodes to strings that are all UTF-8 encodable.
 _SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
 

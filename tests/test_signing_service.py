@@ -517,6 +517,36 @@ def test_sigint_stops_cleanly_too(site, service):
     assert not site.socket_path.exists()
 
 
+
+def _blocked_signals(pid: int, tid: int) -> int:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    return int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+
+
+def test_a_stop_signal_reaches_accept_while_a_connection_is_open(site, service):
+    """A process-wide signal goes to any thread that does not block it; if a connection
+    thread took it, the main thread's accept() would never wake. Connection threads must
+    block the stop signals, and a stop with one connection open must still be prompt."""
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.connect(str(site.socket_path))  # says nothing: its thread waits for a request
+    try:
+        pid = service.proc.pid
+        deadline = time.monotonic() + 5
+        while len(os.listdir(f"/proc/{pid}/task")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        assert workers, "no connection thread appeared"
+        stops = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGHUP - 1))
+        for tid in workers:
+            assert _blocked_signals(pid, tid) & stops == stops, f"thread {tid} takes stop signals"
+        assert _blocked_signals(pid, pid) & stops == 0  # the main thread still takes them
+        started = time.monotonic()
+        assert service.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        held.close()
+    assert not site.socket_path.exists()
+
 def test_creates_missing_socket_directory_0755(site, keystore, tmp_path, start_service):
     sock = tmp_path / "fresh" / "dir" / "sign.sock"
     svc = start_service("--socket", str(sock))

@@ -42,8 +42,14 @@ class ServiceError(DatacrumbsError):
     """The service cannot start; the message says what to fix."""
 
 
-class _Stop(Exception):
-    """Raised in the main thread by SIGTERM/SIGINT to leave accept()."""
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT to leave accept(). A BaseException, so
+    no ``except Exception`` it lands in (logging's own, a library's) can swallow the stop."""
+
+
+# Connection threads block these, so the kernel hands a stop or reload signal to the main
+# thread: only its accept() returns EINTR and runs Python's handler at once.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass
@@ -188,7 +194,7 @@ class SigningService:
                 with self._threads_lock:
                     self._threads.add(thread)
                 try:
-                    thread.start()
+                    self._start_without_signals(thread)
                 except RuntimeError as exc:  # no more threads: refuse this one, keep serving
                     with self._threads_lock:
                         self._threads.discard(thread)
@@ -199,6 +205,15 @@ class SigningService:
             log.info("stopping on signal")
         finally:
             self.close()
+
+    @staticmethod
+    def _start_without_signals(thread: threading.Thread) -> None:
+        """Start ``thread`` with the stop signals blocked (a new thread inherits the mask)."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def close(self, grace: float = 5.0) -> None:
         if self._listener is not None:

@@ -16,7 +16,8 @@ from . import elfsyms
 
 
 @functools.lru_cache(maxsize=32)
-def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
+def _function_offsets(path: str, inode: int, mtime_ns: int,
+                      wanted: frozenset[str] | None = None) -> dict[str, int]:
     """Function name -> file offset (what uprobes take), from .symtab and .dynsym.
 
     As libbpf resolves a func_name: a global symbol wins over a weak one;
@@ -24,12 +25,16 @@ def _function_offsets(path: str, inode: int, mtime_ns: int) -> dict[str, int]:
     path reports it). Offset = st_value - p_vaddr + p_offset of its PT_LOAD.
     Versioned names are there too, as ``name@VERSION`` (see versioned_name).
     ELF64 little-endian files are decoded with numpy (elfsyms: 20-40 times faster);
-    this pyelftools path stays for anything else, and as the reference in the tests."""
+    this pyelftools path stays for anything else, and as the reference in the tests.
+    ``wanted``: see function_offsets."""
     try:
-        return elfsyms.function_offsets_elf64(path)
+        return elfsyms.function_offsets_elf64(path, wanted)
     except elfsyms.NotElf64:
         pass
-    return _function_offsets_pyelftools(path)
+    found = _function_offsets_pyelftools(path)
+    if wanted is not None:
+        found = {name: off for name, off in found.items() if name.split("@", 1)[0] in wanted}
+    return found
 
 
 def _function_offsets_pyelftools(path: str) -> dict[str, int]:
@@ -92,6 +97,9 @@ def _symbol_versions(elf) -> dict[int, str]:
         return {}
 
 
-def function_offsets(path: str) -> dict[str, int]:
+def function_offsets(path: str, wanted=None) -> dict[str, int]:
+    """``wanted`` (names, without any ``@VERSION``): only those names and their versioned
+    spellings, as the whole table gives them; None: every function."""
     st = os.stat(path)
-    return _function_offsets(path, st.st_ino, st.st_mtime_ns)
+    return _function_offsets(path, st.st_ino, st.st_mtime_ns,
+                             None if wanted is None else frozenset(wanted))

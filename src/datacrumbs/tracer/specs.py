@@ -48,6 +48,7 @@ INT_RETURNING = frozenset({
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
 SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH4B")  # struct dc_spec
+_INDEX = struct.Struct("<I")    # its first field, the probe's index
 
 
 class Refused(Exception):
@@ -134,8 +135,10 @@ def bytes_rule(rule) -> tuple[int, int, str | None]:
 class SpecChecker:
     """Checks probes for one engine; tracefs' list of events is read once."""
 
-    def __init__(self):
+    def __init__(self, fast: bool = True):
         self._events: set[str] | None = None
+        # uprobes without scalar rules: the spec's bytes after its probe index, by shape
+        self._uprobe_templates: dict | None = {} if fast else None
 
     def tracepoint_exists(self, category: str, name: str) -> bool:
         """Whether tracefs has this event: one read of available_events per engine (1 ms
@@ -159,6 +162,35 @@ class SpecChecker:
 
     def spec(self, index: int, probe) -> tuple[str, tuple]:
         """Validate one probe dict; return (kind, (packed spec, syscall nr, has path))."""
+        if self._uprobe_templates is not None and type(probe) is dict \
+                and probe.get("kind") == "uprobe" and "scalars" not in probe \
+                and "returns" not in probe:
+            fast = self._uprobe_spec(index, probe)
+            if fast is not None:
+                return fast
+        return self._spec(index, probe)
+
+    def _uprobe_spec(self, index: int, probe: dict):
+        """The common case of a big file (9,000 library functions): a uprobe whose spec is
+        its shape's, but for the index. Packed once per shape by _spec itself, so the
+        bytes are the same; None when _spec must look (and perhaps refuse)."""
+        target, args, rule = probe.get("target"), probe.get("args") or {}, probe.get("bytes")
+        if type(target) is not str or type(args) is not dict or not SYMBOL_RE.match(target):
+            return None
+        try:
+            key = (tuple(args.items()), tuple(map(type, args.values())), type(rule), rule)
+            hash(key)
+        except TypeError:
+            return None
+        base = target.split("@")[0]
+        shape = (key, base in INT_RETURNING, base in OPEN_OPS)
+        template = self._uprobe_templates.get(shape)
+        if template is None:
+            kind, (packed, nr, has_path) = self._spec(0, probe)     # raises Refused
+            template = self._uprobe_templates[shape] = (packed[_INDEX.size:], has_path)
+        return "uprobe", (_INDEX.pack(index) + template[0], -1, template[1])
+
+    def _spec(self, index: int, probe) -> tuple[str, tuple]:
         if not isinstance(probe, dict):
             raise Refused("probe is not an object")
         kind, target = probe.get("kind"), probe.get("target")

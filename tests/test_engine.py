@@ -326,7 +326,10 @@ def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
            # checked probes' shapes are reused only for values of the very same type
            dict(WRITE, id="b7", target="pwrite64", args=dict(WRITE["args"], fd=True)),
            dict(WRITE, id="b8", target="pwrite64", args=dict(WRITE["args"], fd=0.0)),
-           dict(WRITE, id="b9", target="pwrite64", args=dict(WRITE["args"], fd=[0]))]
+           dict(WRITE, id="b9", target="pwrite64", args=dict(WRITE["args"], fd=[0])),
+           # a library that is no path: never looked up (a list is not even hashable)
+           {"id": "b10", "kind": "uprobe", "target": "fwrite", "library": [LIBC], "args": {}},
+           {"id": "b11", "kind": "uprobe", "target": "fwrite", "library": 7, "args": {}}]
     with Engine(bad, Scope.for_pids([os.getpid()]), bpf_object=bpf_object) as eng:
         report = eng.attach()
     reasons = {p["id"]: r for p, r in report.refused}
@@ -342,6 +345,7 @@ def test_bad_probe_values_are_refused_not_crashing(bpf_object, tracefs):
     assert reasons["b7"] == "argument role 'fd' must be an argument index 0..5, not True"
     assert reasons["b8"] == "argument role 'fd' must be an argument index 0..5, not 0.0"
     assert reasons["b9"] == "argument role 'fd' must be an argument index 0..5, not [0]"
+    assert reasons["b10"].startswith("library [") and reasons["b11"].startswith("library 7")
 
 
 def test_missing_bpf_object_names_the_fix(tmp_path):

@@ -675,9 +675,11 @@ class Engine:
         for probe in self.probes:
             if isinstance(probe, dict) and probe.get("kind") == "uprobe":
                 given = probe.get("library")
-                if isinstance(given, str) and given not in resolved:
+                if not isinstance(given, str):
+                    continue        # refused with its reason when attached
+                if given not in resolved:
                     resolved[given] = resolve_library(given)
-                path, target = resolved.get(given), probe.get("target")
+                path, target = resolved[given], probe.get("target")
                 if path is not None and isinstance(target, str):
                     wanted.setdefault(path, set()).add(target.split("@", 1)[0])
         paths = sorted(wanted)

@@ -517,7 +517,6 @@ def test_sigint_stops_cleanly_too(site, service):
     assert not site.socket_path.exists()
 
 
-
 def _blocked_signals(pid: int, tid: int) -> int:
     status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
     return int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
@@ -539,7 +538,7 @@ def test_a_stop_signal_reaches_accept_while_a_connection_is_open(site, keystore,
             time.sleep(0.01)
         workers = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
         assert workers, "no connection thread appeared"
-        stops = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGHUP - 1))
+        stops = sum(1 << (sig - 1) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         for tid in workers:
             assert _blocked_signals(pid, tid) & stops == stops, f"thread {tid} takes stop signals"
         assert _blocked_signals(pid, pid) & stops == 0  # the main thread still takes them
@@ -549,6 +548,7 @@ def test_a_stop_signal_reaches_accept_while_a_connection_is_open(site, keystore,
     finally:
         held.close()
     assert not site.socket_path.exists()
+
 
 def test_creates_missing_socket_directory_0755(site, keystore, tmp_path, start_service):
     sock = tmp_path / "fresh" / "dir" / "sign.sock"

@@ -177,16 +177,15 @@ class SpecChecker:
         target, args, rule = probe.get("target"), probe.get("args") or {}, probe.get("bytes")
         if type(target) is not str or type(args) is not dict or not SYMBOL_RE.match(target):
             return None
-        try:
-            key = (tuple(args.items()), tuple(map(type, args.values())), type(rule), rule)
-            hash(key)
-        except TypeError:
-            return None
         base = target.split("@")[0]
-        shape = (key, base in INT_RETURNING, base in OPEN_OPS)
-        template = self._uprobe_templates.get(shape)
+        shape = (tuple(args.items()), tuple(map(type, args.values())), type(rule), rule,
+                 base in INT_RETURNING, base in OPEN_OPS)
+        try:
+            template = self._uprobe_templates.get(shape)
+        except TypeError:       # an unhashable value: _spec refuses it, and says why
+            return None
         if template is None:
-            kind, (packed, nr, has_path) = self._spec(0, probe)     # raises Refused
+            _kind, (packed, _nr, has_path) = self._spec(0, probe)   # raises Refused
             template = self._uprobe_templates[shape] = (packed[_INDEX.size:], has_path)
         return "uprobe", (_INDEX.pack(index) + template[0], -1, template[1])
 

@@ -209,3 +209,35 @@ def test_a_reinstall_gets_the_current_public_key_back(site, key_store, make_prob
     assert public.read_bytes() == want == (dest / f"{key_id}.pub").read_bytes()
     assert verify_probes_file(path, user1.pw_name, config=site)["owner"]["user"] == user1.pw_name
     assert key_store.publish_current() is None          # there already: nothing written
+
+
+@pytest.mark.parametrize("args", [("init",), ("rotate",)])
+def test_an_ordinary_user_is_sent_to_root_not_told_to_take_the_keys(site, key_store, user1,
+                                                                    args):
+    """As an ordinary user, the commands that write private keys say, in one line,
+    that root signs; never the fix "chown <your uid> <root's key directory>"."""
+    before = key_store.current_key_id()
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={user1.pw_uid}", f"--regid={user1.pw_gid}", "--clear-groups",
+         DATACRUMBS, "keys", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DATACRUMBS_CONFIG": str(site.source), "COLUMNS": "200"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("datacrumbs: error: ") and "Traceback" not in proc.stderr
+    assert "root" in lines[0] and "sudo" in lines[0] and "chown" not in lines[0], lines[0]
+    assert key_store.current_key_id() == before
+    assert os.stat(site.private_key_dir).st_uid == 0
+
+
+def test_a_store_read_by_an_ordinary_user_says_root_signs(site, key_store, user1):
+    """The key store's own check, reached by any caller that is not root: no chown advice."""
+    code = ("import sys; from datacrumbs.signing.keys import KeyStore, KeyStoreError\n"
+            "try: KeyStore(sys.argv[1], sys.argv[2]).current_key_id()\n"
+            "except KeyStoreError as e: print(e)")
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={user1.pw_uid}", f"--regid={user1.pw_gid}", "--clear-groups",
+         sys.executable, "-c", code, str(site.private_key_dir), str(site.public_key_dir)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "the signing keys are root's; run this as root (sudo)" in proc.stdout, proc.stdout
+    assert "chown" not in proc.stdout

@@ -108,3 +108,25 @@ def test_wrapper_outside_systemd_says_so_in_one_line(site, tmp_path):
     assert len(lines) == 1, res.stderr
     assert "systemd is not running on this machine" in lines[0]
     assert "sudo datacrumbs trace -- CMD" in lines[0] and "bus" not in lines[0]
+
+
+@pytest.mark.parametrize("action", ["start", "stop"])
+def test_wrapper_as_an_ordinary_user_says_to_use_sudo(site, tmp_path, user1, action):
+    """The wrapper runs the prolog/epilog path, which only root can: an ordinary user gets
+    one line saying so, not an "internal error PermissionError" from deep inside it, and
+    nothing is written to the run directory."""
+    import sys
+
+    wrapper_bin = Path(sys.executable).with_name("datacrumbs_service_wrapper")
+    probes = tmp_path / "p.json.gz"
+    probes.write_bytes(b"")
+    os.chmod(tmp_path, 0o755)
+    res = subprocess.run(["setpriv", f"--reuid={user1.pw_uid}", f"--regid={user1.pw_gid}",
+                          "--clear-groups", str(wrapper_bin), action, "7", user1.pw_name,
+                          str(probes), "--config", str(site.source)],
+                         capture_output=True, text=True, timeout=60)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("datacrumbs_service_wrapper: error: ")
+    assert "as root" in lines[0] and "sudo" in lines[0] and "internal error" not in lines[0]
+    assert list(site.run_dir.glob("datacrumbs-*")) == []

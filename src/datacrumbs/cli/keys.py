@@ -16,6 +16,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 
 from rich.console import Console
@@ -23,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import load_config
-from ..signing.keys import KeyStore
+from ..signing.keys import KeyStore, KeyStoreError
 
 HELP = "create, rotate, list and export the signing keys"
 
@@ -64,6 +65,10 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     store = KeyStore.from_config(load_config())
+    if args.keys_command in ("init", "rotate") and os.geteuid() != 0:
+        raise KeyStoreError(f"`datacrumbs keys {args.keys_command}` writes the signing keys, "
+                            f"which are root's ({store.private_dir}); run it as root: "
+                            f"sudo datacrumbs keys {args.keys_command}")
     if args.keys_command == "init":
         print(f"created signing key {store.init()} in {store.private_dir}; public key in "
               f"{store.public_dir}")

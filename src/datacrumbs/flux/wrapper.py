@@ -24,6 +24,7 @@ from .jobinfo import METADATA_ENV
 from .prolog import SCOPE_ENV, file_digest, run_prolog
 
 PROG = "datacrumbs_service_wrapper"
+PROLOG = {"start": "prolog", "stop": "epilog"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.config is not None:
         os.environ[CONFIG_ENV] = str(args.config.absolute())
+    if os.geteuid() != 0:
+        # the prolog writes root's run directory and starts a system unit: an ordinary
+        # user would get a PermissionError deep inside it
+        print(f"{PROG}: error: {args.action} runs the Flux {PROLOG[args.action]} as Flux "
+              f"would, as root (it {'starts' if args.action == 'start' else 'stops'} the system "
+              f"unit datacrumbs@<jobid>.service); run it with sudo", file=sys.stderr)
+        return 1
     try:
         env = fabricate_environ(args.action, args.jobid, args.user, args.probe_file,
                                 args.job_shell)

@@ -210,8 +210,12 @@ class KeyStore:
     @staticmethod
     def _check_owner_mode(path: Path, st: os.stat_result, fix: str) -> None:
         if st.st_uid != os.geteuid():
-            raise KeyStoreError(f"{path} is owned by uid {st.st_uid}, not by uid {os.geteuid()} "
-                                f"which signs; run `chown {os.geteuid()} {path}`")
+            if os.geteuid() != 0:
+                # an ordinary user is never told to take the keys over: root signs
+                raise KeyStoreError(f"{path} belongs to uid {st.st_uid}: the signing keys are "
+                                    "root's; run this as root (sudo)")
+            raise KeyStoreError(f"{path} is owned by uid {st.st_uid}, not by root which signs; "
+                                f"run `chown root {path}`")
         if st.st_mode & 0o077:
             raise KeyStoreError(f"{path} is accessible by group or others (mode "
                                 f"{stat.S_IMODE(st.st_mode):04o}); run `chmod {fix} {path}`")

@@ -661,3 +661,23 @@ def test_a_copy_counts_in_both_its_files_and_once_in_the_totals():
     assert files["b"]["bytes"] == 1031 and files["b"]["count"] == 4
     assert files["c"]["bytes"] == 7
     assert s["totals"]["bytes"] == 1031 and s["totals"]["operations"] == 4
+
+
+def test_a_cut_inside_a_member_says_its_lines_were_kept(tmp_path, capsys, monkeypatch):
+    """A trace cut inside a member of many lines keeps that member's whole lines: the
+    warning says how many events were kept, and does not call those bytes dropped."""
+    b = TraceBuilder(tmp_path / "trace-alice-1234-node1.pfw.gz", member_lines=1000)
+    for i in range(500):
+        b.op("write", pid=5, ts=i, dur=1, size=1, path="/t")
+    b.write(close=False)
+    data = b.path.read_bytes()
+    b.path.write_bytes(data[:len(data) * 2 // 3])
+    rc, out, err = _run(["report", str(b.path), "--json", str(tmp_path / "s.json")], capsys,
+                        monkeypatch)
+    assert rc == 0, err
+    t = json.loads((tmp_path / "s.json").read_text())["traces"][0]
+    assert t["partial_member_kept"] and 0 < t["events"] < 500
+    flat = " ".join(out.split())
+    assert (f"the file ends inside a gzip member (the writer was killed or the copy is short); "
+            f"kept {t['events']} events: 0 complete gzip members, then every whole line") in flat
+    assert "dropped" not in flat and "may be wrong" not in flat

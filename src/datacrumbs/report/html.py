@@ -20,7 +20,8 @@ from importlib import resources
 
 from . import plots
 from .findings import findings_html
-from .terminal import exact, files_note, lost_text, human_bytes, human_rate, human_us, when
+from .terminal import (exact, files_note, lost_text, human_bytes, human_rate, human_us,
+                       tail_text, when)
 
 UPLOT_VERSION = "1.6.32"
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -428,8 +429,7 @@ def _warnings(summary: dict) -> list[str]:
     out = []
     for tr in summary["traces"]:
         if tr["tail_error"]:
-            out.append(f"{tr['path']}: {tr['tail_error']}; read {tr['members']:,} complete gzip "
-                       f"members ({tr['events']:,} events)")
+            out.append(tail_text(tr))
         if tr["bad_lines"]:
             out.append(f"{tr['path']}: {tr['bad_lines']:,} lines skipped (not JSON objects)")
     out += [bad["error"] for bad in summary["unreadable"]]

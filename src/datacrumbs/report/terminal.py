@@ -30,6 +30,22 @@ def lost_text(summary: dict) -> str:
             "lower bounds")
 
 
+def tail_text(tr: dict) -> str:
+    """What was kept of a trace with a damaged end: when the damaged member's whole lines
+    were kept, its bytes are not "dropped" (a user would think its events were lost)."""
+    members = f"{tr['members']:,} complete gzip member{'' if tr['members'] == 1 else 's'}"
+    if tr.get("partial_member_kept"):
+        text = (f"{tr['path']}: {tr['tail_error']}; kept {tr['events']:,} events: {members}, "
+                f"then every whole line of the damaged last {tr['dropped_bytes']:,} bytes up "
+                "to the damage")
+        if not (tr.get("torn_tail") or "ends inside" in tr["tail_error"]):
+            # a cut is exact up to the cut; corrupt deflate data is only found some bytes on
+            text += " (as zcat gives them: the last ones before the damage may be wrong)"
+        return text
+    return (f"{tr['path']}: {tr['tail_error']}; read {members} ({tr['events']:,} events), "
+            f"dropped {tr['dropped_bytes']:,} bytes at the end")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -282,9 +298,7 @@ def notes(summary: dict, console: Console) -> None:
     """Everything that makes the numbers incomplete, said plainly."""
     for tr in summary["traces"]:
         if tr["tail_error"]:
-            console.print(Text(f"warning: {tr['path']}: {tr['tail_error']}; read {tr['members']:,} "
-                               f"complete gzip members ({tr['events']:,} events), dropped "
-                               f"{tr['dropped_bytes']:,} bytes at the end", style="yellow"))
+            console.print(Text(f"warning: {tail_text(tr)}", style="yellow"))
         if tr["bad_lines"]:
             console.print(Text(f"warning: {tr['path']}: {tr['bad_lines']:,} lines are not JSON "
                                "objects and were skipped", style="yellow"))

@@ -45,6 +45,8 @@ READ_CHUNK = 1 << 20
 #: on highly compressible input).
 INFLATE_STEP = 16 << 20
 DEFAULT_MAX_MEMBER = 64 << 20
+#: Compressed bytes a call when a damaged member is inflated again up to its damage.
+SALVAGE_STEP = 256
 DEFAULT_CHUNK_EVENTS = 32768
 #: Bytes of text decoded per call: bounds the dicts alive at once.
 PARSE_BLOCK = 4 << 20
@@ -137,6 +139,7 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
     fed = False                 # current decompressor has consumed input
     parts: list[bytes] = []
     buffered = 0
+    handed = 0                  # bytes of the current member already yielded (oversize)
     data = b""
     pending_output = False      # the last call stopped at INFLATE_STEP: zlib may hold more
     while True:
@@ -149,11 +152,18 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
             out = d.decompress(data, INFLATE_STEP)
             pending_output = len(out) == INFLATE_STEP
         except _INFLATE_ERRORS as exc:
-            what = "not a gzip file" if member_start == start and start == 0 else \
-                f"corrupt gzip data at byte {member_start}"
+            # the failing call returned nothing of its up to READ_CHUNK bytes: inflate the
+            # member again in small steps to keep the lines before the damage
+            pieces = _salvage(f, member_start, offset + len(data), handed, max_member_bytes,
+                              tail)
+            first = next(pieces, None)
+            what = "not a gzip file" if member_start == start == 0 and not handed and \
+                first is None else f"corrupt gzip data at byte {member_start}"
             tail.error = f"{what} ({exc})"
             tail.dropped_bytes = _remaining(f, member_start, end)
-            yield from _complete_lines(parts, tail)
+            if first is not None:
+                yield first
+                yield from pieces
             return
         fed = True
         if out:
@@ -163,7 +173,7 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
             used = len(data) - len(d.unused_data)
             member_end = offset + used
             payload = b"".join(parts)
-            parts, buffered = [], 0
+            parts, buffered, handed = [], 0, 0
             yield MemberInfo(member_start, member_end - member_start), payload
             offset = member_end
             member_start = member_end
@@ -179,6 +189,7 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
             cut = joined.rfind(b"\n") + 1
             if cut:
                 tail.partial_kept = True
+                handed += cut
                 yield None, joined[:cut]
                 joined = joined[cut:]
             parts, buffered = [joined], len(joined)
@@ -189,6 +200,42 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
         yield from _complete_lines(parts, tail)
     else:
         tail.partial_kept = False
+
+
+def _salvage(f: BinaryIO, member_start: int, stop: int, skip: int, limit: int,
+             tail: TailInfo) -> Iterator[tuple[None, bytes]]:
+    """A damaged member's whole lines up to the damage, less its first ``skip`` bytes
+    (already yielded): inflated again from its start, SALVAGE_STEP compressed bytes a call
+    (at most about 264 KB out), so at most one step's output before the damage is lost;
+    handed on in pieces of whole lines past ``limit`` bytes, as iter_members does."""
+    f.seek(member_start)
+    d = _inflate.decompressobj(31)
+    parts: list[bytes] = []
+    buffered, pos = 0, member_start
+    while pos < stop and not d.eof:
+        piece = f.read(min(SALVAGE_STEP, stop - pos))
+        if not piece:
+            break
+        pos += len(piece)
+        try:
+            out = d.decompress(piece)
+        except _INFLATE_ERRORS:
+            break
+        if skip:
+            dropped = min(skip, len(out))
+            out, skip = out[dropped:], skip - dropped
+        if out:
+            parts.append(out)
+            buffered += len(out)
+        if buffered > limit:
+            joined = b"".join(parts)
+            cut = joined.rfind(b"\n") + 1
+            if cut:
+                tail.partial_kept = True
+                yield None, joined[:cut]
+                joined = joined[cut:]
+            parts, buffered = [joined], len(joined)
+    yield from _complete_lines(parts, tail)
 
 
 def _complete_lines(parts: list[bytes], tail: TailInfo) -> Iterator[tuple[None, bytes]]:

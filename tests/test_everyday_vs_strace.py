@@ -121,3 +121,82 @@ def test_python_threads_write_one_file_each(site, tmp_path):
     for i in range(8):
         assert got[("write", str(work / f"t{i}"), None)] == 200 * (i + 1) * 100
         assert got[("pwrite64", str(work / f"t{i}"), None)] == 200 * 10
+
+
+def _files(work: Path) -> None:
+    """Inputs of the coreutils cases: random bytes, text, a sparse file, a small tree."""
+    _tree(work / "tree")
+    (work / "a").write_bytes(os.urandom(300_000))
+    (work / "b").write_bytes(b"hello world\n" * 5000)
+    with open(work / "sparse", "wb") as f:
+        f.write(b"x" * 5000)
+        f.seek(5_000_000)
+        f.write(b"y" * 5000)
+    (work / "sub").mkdir()
+
+
+# (shell command run in the work directory, file whose final size its writes must add up to)
+EVERYDAY = {
+    "cp": ("cp a a.copy", "a.copy"),
+    "cp -r": ("cp -r tree tree2", None),
+    "cp of a sparse file": ("cp --reflink=never sparse sparse.copy", None),
+    "cat with redirection": ("cat a b > c", "c"),
+    "append": ("cat b >> b.app; cat b >> b.app", "b.app"),
+    "dd skip, seek": ("dd if=a of=d.out bs=4k skip=2 seek=3 count=10 conv=notrunc status=none",
+                      None),
+    "dd O_DIRECT": ("dd if=a of=d.direct bs=64k count=4 iflag=direct oflag=direct status=none",
+                    "d.direct"),
+    "dd conv=fsync": ("dd if=b of=d.sync bs=1000 conv=fsync status=none", "d.sync"),
+    "install": ("install -m 644 a sub/a.inst", "sub/a.inst"),
+    "split": ("split -b 70000 a part_", None),
+    "sed -i": ("sed -i s/hello/HELLO/ b", None),
+    "xz": ("xz -k -T1 b && xz -dc b.xz > b.unxz", "b.unxz"),
+    "zstd": ("zstd -q -k b -o b.zst && zstd -q -dc b.zst > b.unzst", "b.unzst"),
+    "tee": ("cat a | tee t1 t2 > /dev/null", "t2"),
+    "relative paths after cd": ("cd sub && cat ../b > rel && cd .. && cat sub/rel > rel2",
+                                "rel2"),
+    "sendfile": ("python3 -c \"import os; i = os.open('a', os.O_RDONLY); "
+                 "o = os.open('sf', os.O_WRONLY | os.O_CREAT, 0o644); os.sendfile(o, i, None, 300000)\"",
+                 "sf"),
+    "openat with a directory fd": (
+        "python3 -c \"import os; d = os.open('sub', os.O_RDONLY); "
+        "f = os.open('x', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d); os.write(f, b'z' * 12345)\"",
+        "sub/x"),
+    "pwritev, preadv": (
+        "python3 -c \"import os; f = os.open('pv', os.O_RDWR | os.O_CREAT, 0o644); "
+        "os.pwritev(f, [b'a' * 100, b'b' * 200], 10); os.preadv(f, [bytearray(50), bytearray(70)], 0)\"",
+        None),
+    "dup2, dup": ("python3 -c \"import os; f = os.open('dupped', os.O_WRONLY | os.O_CREAT, 0o644); "
+                  "os.dup2(f, 9); os.write(9, b'd' * 777); os.write(os.dup(f), b'e' * 333)\"",
+                  "dupped"),
+    "unlinked while open": ("python3 -c \"import os; f = open('gone', 'w+'); os.unlink('gone'); "
+                            "f.write('s' * 4000); f.flush(); f.seek(0); f.read()\"", None),
+}
+
+
+@pytest.mark.parametrize("case", list(EVERYDAY))
+def test_everyday_command(site, tmp_path, case):
+    """Coreutils and small programs, each on its own: copies (copy_file_range, sendfile),
+    the shell's redirections and appends, O_DIRECT, relative names after a cd, a directory
+    fd, vector I/O, dup'd descriptors, a file unlinked while open."""
+    command, output = EVERYDAY[case]
+    work = tmp_path / "w"
+    work.mkdir()
+    _files(work)
+    got, _ = _compare(tmp_path, ["bash", "-c", command], work, cwd=work)
+    if output:
+        _, writes = per_file(got)
+        assert writes[str(work / output)] == (work / output).stat().st_size
+
+
+def test_stdout_opened_before_the_trace(site, tmp_path):
+    """The traced command's stdout is a file the caller opened before tracing began (an
+    inherited descriptor, no open in the trace): its writes are named after that file."""
+    work = tmp_path / "w"
+    work.mkdir()
+    _files(work)
+    with open(work / "outer.txt", "w") as out:
+        got, _ = _compare(tmp_path, ["bash", "-c", "echo hello; cat b"], work, cwd=work,
+                          stdout=out)
+    _, writes = per_file(got)
+    assert writes[str(work / "outer.txt")] == (work / "outer.txt").stat().st_size == 60006

@@ -92,3 +92,16 @@ def test_trace_usage_line_names_every_option():
     missing = [a.option_strings for a in trace._actions
                if a.option_strings and not any(shown(o) for o in a.option_strings)]
     assert not missing, missing
+
+
+def test_an_error_naming_a_hostile_path_prints_no_escape_sequence(tmp_path):
+    """Error messages name paths a user chose (a trace directory's files, read by an
+    admin): their control characters are written as escapes, in one line."""
+    d = tmp_path / "t\x1b]0;PWNED\x07\nforged: line"
+    d.mkdir()
+    bad = d / "trace-x.pfw.gz"
+    bad.write_bytes(b"not gzip")
+    res = run("datacrumbs", "report", str(bad))
+    assert res.returncode == 1, res.stdout
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr
+    assert res.stderr.count("\n") == 1 and "t\\x1b]0;PWNED\\x07\\nforged: line" in res.stderr

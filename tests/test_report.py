@@ -433,6 +433,26 @@ def test_html_escapes_names_from_the_trace(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+
+def test_terminal_shows_names_from_the_trace_as_text(tmp_path, capsys, monkeypatch):
+    """A trace's names are its user's: in the terminal report, escape sequences are written
+    as escapes, rich markup stays text (`[/]` crashed the report with MarkupError), emoji
+    codes stay text and a newline cannot start a forged line."""
+    b = TraceBuilder(tmp_path / "x.pfw.gz", host="h\x1b[2Jost")
+    b.process(100, "[/]crash\x1b]0;PWNED\x07")
+    b.op("write", pid=100, size=10,
+         path="/tmp/a\x1b[31mRED\x1b]52;c;ZWNobw==\x07[link=https://e.x]k[/link]:smile:")
+    b.op("write", pid=100, size=10, path="/tmp/nl\nforged line")
+    b.write()
+    rc, out, err = _run(["report", str(b.path)], capsys, monkeypatch)
+    assert rc == 0, err
+    for control in ("\x1b", "\x07"):
+        assert control not in out + err
+    flat = " ".join(out.split())
+    assert "[/]crash\\x1b]0;PWNED\\x07" in flat and "h\\x1b[2Jost" in flat
+    assert "/tmp/a\\x1b[31mRED\\x1b]52;c;ZWNobw==\\x07[link=https://e.x]k[/link]:smile:" in flat
+    assert "/tmp/nl\\nforged line" in flat
+
 AS_USER = """import contextlib, io, os, sys
 from datacrumbs.cli import run_cli
 uid, gid, warm = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

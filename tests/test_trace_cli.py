@@ -320,3 +320,21 @@ def test_quiet_still_reports_lost_events_and_exact_totals(site, tmp_path, writes
     op = summary["operations"]["POSIX/write"]
     done = len(f"done {writes} {writes * size}\n")
     assert (op["count"], op["bytes"]) == (writes + 1, writes * size + done), op
+
+
+def test_hostile_file_names_reach_the_terminal_as_text(site, tmp_path):
+    """A traced program names its files: escape sequences (window title, clipboard via OSC
+    52, a one-byte CSI), rich markup and emoji codes in them are printed as text, on the
+    terminal of whoever runs the trace."""
+    work = tmp_path / "w"
+    work.mkdir()
+    names = ["t\x1b]0;PWNED\x07x", "c\x1b]52;c;ZWNobw==\x07y", "[bold]z[red]k[link=https:e.x]",
+             "s:smile:\x9b31m"]
+    prog = "import sys\nfor n in sys.argv[1:]: open(n, 'w').write('x' * 100)"
+    proc, out = trace(site, tmp_path, "--set", "posix", "--", sys.executable, "-c", prog,
+                      *(str(work / n) for n in names))
+    assert proc.returncode == 0, proc.stderr
+    for control in ("\x1b", "\x07", "\x9b"):
+        assert control not in proc.stderr
+    assert "t\\x1b]0;PWNED\\x07x" in proc.stderr and "c\\x1b]52;c;ZWNobw==\\x07y" in proc.stderr
+    assert "[bold]z[red]k[link=https:e.x]" in proc.stderr and "s:smile:\\x9b31m" in proc.stderr

@@ -111,6 +111,14 @@ def single_threaded_blas(env=os.environ) -> None:
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+def _shown(value) -> str:
+    """An error message's value without control characters (imported only on an error:
+    safetext brings rich, which the daemon's start does not need)."""
+    from ..safetext import shown
+
+    return shown(value)
+
+
 def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
     """Parse and run one command, turning every failure into one ``prog: error:`` line.
     ``adapt(parser)`` may change the parser first (an alias's name in its help)."""
@@ -132,7 +140,8 @@ def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
             return 2
         return int(args._main(args) or 0)
     except DatacrumbsError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        # messages name paths and values a user chose: no escape sequence reaches the terminal
+        print(f"{prog}: error: {_shown(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -147,13 +156,13 @@ def run_cli(argv: list[str] | None, prog: str = PROG, *, adapt=None) -> int:
         return 141
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"{prog}: error: {_shown(where)}{_shown(exc.strerror or exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - the one place that catches everything
         if debug:
             import traceback
             traceback.print_exc()
-        print(f"{prog}: internal error: {type(exc).__name__}: {exc} "
+        print(f"{prog}: internal error: {type(exc).__name__}: {_shown(exc)} "
               "(rerun with --debug for details and report it)", file=sys.stderr)
         return 70
 

@@ -19,11 +19,11 @@ import argparse
 import os
 import textwrap
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..config import load_config
+from ..safetext import SafeConsole
 from ..signing.keys import KeyStore, KeyStoreError
 
 HELP = "create, rotate, list and export the signing keys"
@@ -85,5 +85,5 @@ def main(args) -> int:
             table.add_row(info.key_id, "yes" if info.current else "",
                           "present" if info.has_private else "-",
                           Text(str(info.public_path) if info.public_path else "MISSING"))
-        Console().print(table)
+        SafeConsole().print(table)
     return 0

@@ -25,9 +25,10 @@ import sys
 import time
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from ..safetext import SafeConsole, plain
 
 from ..config import load_config
 from ..atomicfile import cannot_write, output_target
@@ -166,7 +167,7 @@ def _generate(args) -> int:
                          f"{config.max_validity_days} (the site's max_validity_days)")
     if not 10 <= args.interval_ms <= 3600000:
         raise UsageError(f"--interval-ms {args.interval_ms} must be between 10 and 3600000")
-    err = Console(stderr=True)
+    err = SafeConsole(stderr=True)
     sets = list(dict.fromkeys(args.sets))
     patterns = [{"kind": kind, "pattern": text} for kind in ("uprobe", "syscall", "tracepoint",
                                                               "kfunc")
@@ -211,7 +212,7 @@ def _generate(args) -> int:
             kept += _local_usdt(args.usdt, {p["id"] for p in kept})
         _print_dropped(err, [(d.probe["id"], d.reason) for d in dropped])
         for alias, into in merged:
-            err.print(Text(f"note: {alias['id']} ({alias['target']}) is the same function as "
+            err.print(plain(f"note: {alias['id']} ({alias['target']}) is the same function as "
                            f"{into['id']} ({into['target']}) in {into['library']}: one probe "
                            "records both names"))
         if host.tracefs is None and any(p["kind"] in ("tracepoint", "async") for p in kept):
@@ -302,7 +303,7 @@ def _print_dropped(err: Console, dropped: list[tuple[str, str]]) -> None:
     table.add_column("probe", no_wrap=True)
     table.add_column("reason")
     for probe_id, reason in dropped:
-        table.add_row(Text(probe_id), Text(reason))
+        table.add_row(plain(probe_id), plain(reason))
     err.print(table)
 
 
@@ -315,10 +316,10 @@ def _list_sets(args) -> int:
     table.add_column("from")
     table.add_column("description")
     for name, probe_set in sorted(load_catalog(load_config()).items()):
-        table.add_row(Text(name), str(len(probe_set.probes)),
-                      Text("built-in" if probe_set.builtin else probe_set.source),
-                      Text(probe_set.description))
-    Console().print(table)
+        table.add_row(plain(name), str(len(probe_set.probes)),
+                      plain("built-in" if probe_set.builtin else probe_set.source),
+                      plain(probe_set.description))
+    SafeConsole().print(table)
     return 0
 
 
@@ -350,27 +351,27 @@ def _show(args) -> int:
     uid, user = _me()
     try:
         verify_document(doc, uid, config=config, source=args.file)
-        status = f"[green]valid for {user}[/green]"
+        status = plain(f"valid for {user}", "green")
     except ProbesFileError as exc:
-        status = f"[red]not valid for {user}: {escape(exc.problem)}[/red]"
+        status = plain(f"not valid for {user}: {exc.problem}", "red")
     now = time.time()
-    out = Console()
+    out = SafeConsole()
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("file", Text(os.path.abspath(args.file)))
+    head.add_row("file", plain(os.path.abspath(args.file)))
     head.add_row("owner", f"{doc['owner']['user']} (uid {doc['owner']['uid']})")
     head.add_row("issued", f"{_local(doc['issued_at'])} ({_relative(doc['issued_at'], now)})")
     head.add_row("expires", f"{_local(doc['expires_at'])} ({_relative(doc['expires_at'], now)})")
-    head.add_row("host", Text(doc["host"]))
+    head.add_row("host", plain(doc["host"]))
     head.add_row("sets", ", ".join(doc["sets"]) or "-")
     if doc.get("patterns"):
         # what the user asked for by pattern, and how many probes each became
         flags = {"uprobe": "--uprobe", "syscall": "--syscall", "tracepoint": "--tracepoint",
                  "kfunc": "--kfunc", "usdt": "--usdt"}
-        head.add_row("patterns", Text("\n".join(
-            f"{flags.get(p['kind'], p['kind'])} {p['pattern']!r}: {p['probes']} probes"
-            for p in doc["patterns"])))
+        head.add_row("patterns", Text("\n").join(
+            plain(f"{flags.get(p['kind'], p['kind'])} {p['pattern']!r}: {p['probes']} probes")
+            for p in doc["patterns"]))
     capture = doc["capture"]
     mode = capture["mode"] + (f", every {capture['interval_ms']} ms"
                               if capture["mode"] == "profile" else "")
@@ -394,7 +395,7 @@ def _show(args) -> int:
                   "aliases": ", ".join(p.get("aliases", ())) or "-", "library": library,
                   "category": p["category"], "bytes": p["bytes"] or "-",
                   "arguments": _arguments(p)}
-        table.add_row(*(Text(values[c]) for c in shown))
+        table.add_row(*(plain(values[c]) for c in shown))
     out.print(table)
     return 0
 

@@ -324,12 +324,15 @@ def _secs(us: float) -> str:
 def print_summary(doc: dict, *, trace_path, summary_path, command, elapsed: float,
                   file=None, top: int = 10) -> None:
     """The terminal view of a summary.json: operations, top files, refusals, losses."""
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(file=file or sys.stderr, highlight=False)
-    console.print(f"[bold]datacrumbs[/bold]: traced {' '.join(command)!r} "
-                  f"({doc['mode']} mode, {elapsed:.2f} s)", soft_wrap=True)
+    from ..safetext import SafeConsole, shown
+
+    # file names and library paths are the traced program's: no markup, no escapes
+    console = SafeConsole(file=file or sys.stderr, highlight=False)
+    console.print(Text.assemble(("datacrumbs", "bold"), shown(
+        f": traced {' '.join(command)!r} ({doc['mode']} mode, {elapsed:.2f} s)")), soft_wrap=True)
     ops = Table(title="I/O operations", title_justify="left")
     for col in ("operation", "count", "bytes", "time", "errors"):
         ops.add_column(col, justify="left" if col == "operation" else "right")

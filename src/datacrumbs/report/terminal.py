@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
+
+from ..safetext import SafeConsole, plain
 
 
 def lost_text(summary: dict) -> str:
@@ -231,17 +232,17 @@ def render_findings(summary: dict, console: Console) -> None:
     """The findings, first: what to look at, with its numbers and where."""
     items = summary.get("findings") or []
     if not items:
-        console.print(Text("Findings: nothing stands out", style="bold"))
+        console.print(plain("Findings: nothing stands out", style="bold"))
         console.print()
         return
-    console.print(Text("Findings", style="bold"))
+    console.print(plain("Findings", style="bold"))
     style = {"high": "bold red", "warning": "yellow", "info": "cyan"}
     for f in items:
-        console.print(Text(f"  [{f['severity']}] {f['title']}", style=style.get(f["severity"], "")))
+        console.print(plain(f"  [{f['severity']}] {f['title']}", style=style.get(f["severity"], "")))
         if f["files"]:
-            console.print(Text("      files: " + ", ".join(f["files"]), style="dim"))
+            console.print(plain("      files: " + ", ".join(f["files"]), style="dim"))
         if f["processes"]:
-            console.print(Text("      processes: " + ", ".join(
+            console.print(plain("      processes: " + ", ".join(
                 f"{p.get('host', '')}:{p['pid']}" if "pid" in p else p.get("host", "")
                 for p in f["processes"]), style="dim"))
     console.print()
@@ -298,28 +299,28 @@ def notes(summary: dict, console: Console) -> None:
     """Everything that makes the numbers incomplete, said plainly."""
     for tr in summary["traces"]:
         if tr["tail_error"]:
-            console.print(Text(f"warning: {tail_text(tr)}", style="yellow"))
+            console.print(plain(f"warning: {tail_text(tr)}", style="yellow"))
         if tr["bad_lines"]:
-            console.print(Text(f"warning: {tr['path']}: {tr['bad_lines']:,} lines are not JSON "
+            console.print(plain(f"warning: {tr['path']}: {tr['bad_lines']:,} lines are not JSON "
                                "objects and were skipped", style="yellow"))
     for bad in summary["unreadable"]:
-        console.print(Text(f"warning: {bad['error']}", style="yellow"))
+        console.print(plain(f"warning: {bad['error']}", style="yellow"))
     for path in summary["incomplete_runs"]:
-        console.print(Text(f"warning: {path}: the tracer did not finish cleanly", style="yellow"))
+        console.print(plain(f"warning: {path}: the tracer did not finish cleanly", style="yellow"))
     if summary["events_lost"]:
-        console.print(Text(lost_text(summary), style="yellow"))
+        console.print(plain(lost_text(summary), style="yellow"))
     if summary.get("names_lost"):
-        console.print(Text(f"warning: {summary['names_lost']:,} events lost their file name in "
+        console.print(plain(f"warning: {summary['names_lost']:,} events lost their file name in "
                            "the tracer; per-file figures are lower bounds", style="yellow"))
     for lib in summary.get("libraries", []):
         if lib["status"] == "not attached":
             hosts = f" on {', '.join(lib['hosts'])}" if lib["hosts"] else ""
-            console.print(Text(f"warning: library {lib['path']}{hosts} of the probed family "
+            console.print(plain(f"warning: library {lib['path']}{hosts} of the probed family "
                                f"{lib['family']} was mapped by the job but not traced: "
                                f"{lib['reason'] or 'not attached'}", style="yellow"))
     for pr in summary["probes_refused"]:
         hosts = f" on {', '.join(pr['hosts'])}" if pr["hosts"] else ""
-        console.print(Text(f"probe refused{hosts}: {pr['id']} ({pr['kind']} {pr['target']}): "
+        console.print(plain(f"probe refused{hosts}: {pr['id']} ({pr['kind']} {pr['target']}): "
                            f"{pr['reason']}", style="dim"))
 
 
@@ -332,7 +333,7 @@ def files_note(summary: dict) -> str:
             "numbers of listed files are exact)")
 
 
-class _Console(Console):
+class _Console(SafeConsole):
     def on_broken_pipe(self) -> None:
         """`| head` closed the pipe: stop writing quietly and let the CLI exit as a
         command killed by SIGPIPE would (141), not with rich's error status 1."""

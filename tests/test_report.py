@@ -452,6 +452,13 @@ def test_terminal_shows_names_from_the_trace_as_text(tmp_path, capsys, monkeypat
     assert "[/]crash\\x1b]0;PWNED\\x07" in flat and "h\\x1b[2Jost" in flat
     assert "/tmp/a\\x1b[31mRED\\x1b]52;c;ZWNobw==\\x07[link=https://e.x]k[/link]:smile:" in flat
     assert "/tmp/nl\\nforged line" in flat
+    # the JSON on stdout: the exact names, with no raw DEL or C1 control either
+    b2 = TraceBuilder(tmp_path / "y.pfw.gz")
+    b2.op("write", pid=1, size=1, path="/tmp/c1\x9b31m\x7f")
+    b2.write()
+    rc, out, err = _run(["report", str(b2.path), "--json", "-"], capsys, monkeypatch)
+    assert rc == 0 and "\x9b" not in out and "\x7f" not in out
+    assert "/tmp/c1\x9b31m\x7f" in [f["path"] for f in json.loads(out)["files"]]
 
 AS_USER = """import contextlib, io, os, sys
 from datacrumbs.cli import run_cli

@@ -22,8 +22,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return out
 
 
+# JSON escapes C0 controls itself; DEL and C1 (0x9b: a one-byte CSI on some terminals)
+# would reach a terminal that shows `report --json -` raw. Escaped, the values are the same.
+_DEL_C1 = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0))}
+
+
 def dumps(summary: dict) -> str:
-    return json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(summary, indent=2, ensure_ascii=False).translate(_DEL_C1) + "\n"
 
 
 def write_json(summary: dict, path: str | os.PathLike) -> Path:

@@ -105,3 +105,22 @@ def test_an_error_naming_a_hostile_path_prints_no_escape_sequence(tmp_path):
     assert res.returncode == 1, res.stdout
     assert "\x1b" not in res.stderr and "\x07" not in res.stderr
     assert res.stderr.count("\n") == 1 and "t\\x1b]0;PWNED\\x07\\nforged: line" in res.stderr
+
+
+def test_a_report_under_a_broken_site_config_says_so_once(tmp_path):
+    """The report needs the site configuration only to find its compiled scanner: a broken
+    one is said once (not silently, not once per worker), and the report is still made."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures.traces import TraceBuilder
+
+    b = TraceBuilder(tmp_path / "t.pfw.gz")
+    b.op("write", pid=1, size=10, path="/x")
+    b.write()
+    bad = tmp_path / "c.toml"
+    bad.write_text("[paths\n")
+    res = run("datacrumbs", "report", "--jobs", "2", str(b.path),
+              env={"DATACRUMBS_CONFIG": str(bad)})
+    assert res.returncode == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "not valid TOML" in warnings[0]
+    assert "POSIX" in res.stdout and "write" in res.stdout

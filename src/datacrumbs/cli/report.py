@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import DatacrumbsError, UsageError
+from ..safetext import shown
 
 HELP = "summarise traces (terminal tables, --html page with plots, --json)"
 
@@ -56,11 +57,25 @@ def compute(args) -> dict:
         return summarize(args.paths, jobs=args.jobs, top=args.top, on_progress=update)
 
 
+def _warn_about_the_site_config() -> None:
+    """The report finds its compiled readers through the site configuration; one it cannot
+    read (a typo in datacrumbs.toml, a wrong DATACRUMBS_CONFIG) leaves it on the slower
+    Python path with the same numbers. Said once here, not silently in every worker."""
+    from ..config import load_config
+
+    try:
+        load_config()
+    except DatacrumbsError as exc:
+        print(f"datacrumbs: warning: {shown(exc)}; reading without the compiled scanner "
+              "(the same numbers, slower)", file=sys.stderr)
+
+
 def main(args) -> int:
     if args.top < 1:
         raise UsageError(f"--top {args.top}: give a positive number of rows")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: give a positive number of worker processes")
+    _warn_about_the_site_config()
     summary = compute(args)
     if not summary["traces"]:
         bad = summary["unreadable"]

@@ -28,11 +28,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..safetext import SafeConsole, plain
-
 from ..config import load_config
 from ..atomicfile import cannot_write, output_target
 from ..errors import DatacrumbsError, UsageError
+from ..safetext import SafeConsole, plain
 
 HELP = "generate, show and verify signed probes files"
 
@@ -213,8 +212,8 @@ def _generate(args) -> int:
         _print_dropped(err, [(d.probe["id"], d.reason) for d in dropped])
         for alias, into in merged:
             err.print(plain(f"note: {alias['id']} ({alias['target']}) is the same function as "
-                           f"{into['id']} ({into['target']}) in {into['library']}: one probe "
-                           "records both names"))
+                            f"{into['id']} ({into['target']}) in {into['library']}: one probe "
+                            "records both names"))
         if host.tracefs is None and any(p["kind"] in ("tracepoint", "async") for p in kept):
             err.print("note: tracefs is readable only by root, so tracepoints were not checked "
                       "here; the tracer reports any that do not exist on the compute node")

@@ -39,7 +39,7 @@ def tail_text(tr: dict) -> str:
         text = (f"{tr['path']}: {tr['tail_error']}; kept {tr['events']:,} events: {members}, "
                 f"then every whole line of the damaged last {tr['dropped_bytes']:,} bytes up "
                 "to the damage")
-        if not (tr.get("torn_tail") or "ends inside" in tr["tail_error"]):
+        if not tr.get("torn_tail"):
             # a cut is exact up to the cut; corrupt deflate data is only found some bytes on
             text += " (as zcat gives them: the last ones before the damage may be wrong)"
         return text
@@ -302,7 +302,7 @@ def notes(summary: dict, console: Console) -> None:
             console.print(plain(f"warning: {tail_text(tr)}", style="yellow"))
         if tr["bad_lines"]:
             console.print(plain(f"warning: {tr['path']}: {tr['bad_lines']:,} lines are not JSON "
-                               "objects and were skipped", style="yellow"))
+                                "objects and were skipped", style="yellow"))
     for bad in summary["unreadable"]:
         console.print(plain(f"warning: {bad['error']}", style="yellow"))
     for path in summary["incomplete_runs"]:
@@ -311,17 +311,17 @@ def notes(summary: dict, console: Console) -> None:
         console.print(plain(lost_text(summary), style="yellow"))
     if summary.get("names_lost"):
         console.print(plain(f"warning: {summary['names_lost']:,} events lost their file name in "
-                           "the tracer; per-file figures are lower bounds", style="yellow"))
+                            "the tracer; per-file figures are lower bounds", style="yellow"))
     for lib in summary.get("libraries", []):
         if lib["status"] == "not attached":
             hosts = f" on {', '.join(lib['hosts'])}" if lib["hosts"] else ""
             console.print(plain(f"warning: library {lib['path']}{hosts} of the probed family "
-                               f"{lib['family']} was mapped by the job but not traced: "
-                               f"{lib['reason'] or 'not attached'}", style="yellow"))
+                                f"{lib['family']} was mapped by the job but not traced: "
+                                f"{lib['reason'] or 'not attached'}", style="yellow"))
     for pr in summary["probes_refused"]:
         hosts = f" on {', '.join(pr['hosts'])}" if pr["hosts"] else ""
         console.print(plain(f"probe refused{hosts}: {pr['id']} ({pr['kind']} {pr['target']}): "
-                           f"{pr['reason']}", style="dim"))
+                            f"{pr['reason']}", style="dim"))
 
 
 def files_note(summary: dict) -> str:

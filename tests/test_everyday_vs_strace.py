@@ -200,3 +200,31 @@ def test_stdout_opened_before_the_trace(site, tmp_path):
                           stdout=out)
     _, writes = per_file(got)
     assert writes[str(work / "outer.txt")] == (work / "outer.txt").stat().st_size == 60006
+
+
+def test_a_file_renamed_while_open_is_named_anew(site, tmp_path):
+    """A log rotated under a writer: two threads write the file, another process of the job
+    renames it (mv), both write again. Writes after the rename are the new name's, as
+    strace -yy sees them, also for the thread that named the file before."""
+    work = tmp_path / "w"
+    work.mkdir()
+    prog = (
+        "import os, subprocess, threading\n"
+        "f = os.open('app.log', os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        "wrote, go, done = threading.Event(), threading.Event(), threading.Event()\n"
+        "def other():\n"
+        "    os.write(f, b'a' * 100)\n"
+        "    wrote.set(); go.wait()\n"
+        "    os.write(f, b'b' * 300)\n"
+        "    done.set()\n"
+        "t = threading.Thread(target=other); t.start()\n"
+        "os.write(f, b'c' * 7000)\n"
+        "wrote.wait()\n"
+        "subprocess.run(['mv', 'app.log', 'app.log.1'], check=True)\n"
+        "go.set(); done.wait()\n"
+        "os.write(f, b'd' * 3000)\n"
+        "t.join()\n")
+    got, _ = _compare(tmp_path, [sys.executable, "-c", prog], work, cwd=work)
+    _, writes = per_file(got)
+    assert writes[str(work / "app.log")] == 7100
+    assert writes[str(work / "app.log.1")] == 3300

@@ -31,8 +31,9 @@ def _probes() -> list:
                 {"stream": 3, "size": 1, "nmemb": 2}, {"datatype": 4}, {"datatype": 4, "flags": 3},
                 {"fd": [0]}, {"fd": None}, {"nonsense": 1}, [], "fd", None]
     odd_rules = [None, "ret", "arg7", "field:count", "ret*arg9", 3, float("nan"), ["ret"], True]
-    odd_targets = ["fopen", "fopen@GLIBC_2.2.5", "open64", "close", "H5Dwrite", "write",
-                   "fread", "my_func", "", "bad name", "x" * 300, 7, None, "a@@V"]
+    odd_targets = ["fopen", "fopen@GLIBC_2.2.5", "open64", "close", "H5Dwrite", "write", "rename",
+                   "renameat@GLIBC_2.4", "fread", "my_func", "", "bad name", "x" * 300, 7, None,
+                   "a@@V"]
     for target, args, rule in itertools.product(odd_targets, odd_args, odd_rules):
         out.append({"id": "x", "kind": "uprobe", "target": target, "library": "libc.so.6",
                     "args": args, "bytes": rule})

@@ -126,7 +126,7 @@ _AIO_SYSCALLS = (("io_submit", BYTES_AIO_SUBMIT), ("io_getevents", BYTES_AIO_REA
 NO_KPROBES = "kernel has no kprobes (CONFIG_KPROBES not set)"
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 INIT_PID_NS_INO = 0xEFFFFFFC     # PROC_PID_INIT_INO: the host's pid namespace
-_CONFIG = struct.Struct("<IIIIIIIIQQQQII")      # struct dc_config
+_CONFIG = struct.Struct("<IIIIIIIIQQQQIIII")    # struct dc_config
 _PKEY = struct.Struct("<II")                    # struct dc_pkey
 _CGNAME = struct.Struct("<QII256s")             # struct dc_cgname
 _SHELL = struct.Struct("<IIII24s64s")           # struct dc_shell
@@ -469,7 +469,7 @@ class Engine:
         libbpf.map_update(obj.map_fd("settings"), struct.pack("<I", 0), _CONFIG.pack(
             kind, mode, self.scope.uid or 0, os.getpid(), int(self.scope.follow),
             int(self.capture_paths), 1, 0, *(ns or (0, 0)), self._wakeup_events(),
-            self._paths_bytes // 32, self.job_uid or 0, int(self.check_creds)))
+            self._paths_bytes // 32, self.job_uid or 0, int(self.check_creds), 0, 0))
         if self.scope.kind == "cgroup":
             fd = os.open(self.scope.cgroup, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -759,7 +759,7 @@ class Engine:
         for nr, kind in numbers:
             libbpf.map_update(fd, struct.pack("<I", nr), _SPEC.pack(
                 0xFFFFFFFF, 1, kind, -1, 0, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, -1, -1, 0, 0,
-                -1, 0, 0, *scalars.NONE))
+                -1, 0, 0, 0, *scalars.NONE))
         if self._sys_attached:
             return []
         links = []

@@ -17,6 +17,9 @@ from typing import Callable
 # Operations whose return value is the new descriptor for the path argument (fopen returns
 # a FILE*, but the open(2) inside it is traced and stdio events carry fileno).
 OPEN_OPS = frozenset({"open", "open64", "openat", "openat64", "openat2", "creat", "creat64"})
+#: Calls that rename a path (system calls and libc's functions of the same names): when
+#: one succeeds, the kernel side names every open descriptor again on its next use.
+RENAME_OPS = frozenset({"rename", "renameat", "renameat2"})
 # Operations that release a descriptor or stream.
 CLOSE_OPS = frozenset({"close", "fclose"})
 # Operations whose return value is a new descriptor for the file of descriptor ``fd``

@@ -15,7 +15,7 @@ import struct
 
 from . import scalars
 from .objload import ASYNC_CLASSES, TRACEFS, async_interface, async_missing
-from .paths import OPEN_OPS
+from .paths import OPEN_OPS, RENAME_OPS
 from ..probes import host_check
 
 KINDS = ("syscall", "uprobe", "kprobe", "tracepoint", "async", "usdt")
@@ -47,7 +47,7 @@ INT_RETURNING = frozenset({
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
-SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBH4B")  # struct dc_spec
+SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBBB4B")  # struct dc_spec
 _INDEX = struct.Struct("<I")    # its first field, the probe's index
 
 
@@ -179,7 +179,7 @@ class SpecChecker:
             return None
         base = target.split("@")[0]
         shape = (tuple(args.items()), tuple(map(type, args.values())), type(rule), rule,
-                 base in INT_RETURNING, base in OPEN_OPS)
+                 base in INT_RETURNING, base in OPEN_OPS, base in RENAME_OPS)
         try:
             template = self._uprobe_templates.get(shape)
         except TypeError:       # an unhashable value: _spec refuses it, and says why
@@ -262,5 +262,6 @@ class SpecChecker:
                             field_off, field_size, roles["fd2"], roles["flags"],
                             1 if target.split("@")[0] in OPEN_OPS else 0,
                             1 if kind == "syscall" and target == "close" else 0,
-                            handle, handle_kind, 0, *regs)
+                            handle, handle_kind,
+                            1 if target.split("@")[0] in RENAME_OPS else 0, 0, *regs)
         return kind, (packed, nr, roles["path"] >= 0)

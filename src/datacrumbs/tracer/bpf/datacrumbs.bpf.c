@@ -1073,7 +1073,8 @@ static __always_inline __u8 fd_kind_named(struct dc_config *c, struct dc_task *t
 		return DC_FK_UNKNOWN;
 	if (!t)
 		return kind_of_file(file, &ino);
-	key = file_key(file);
+	/* a rename since this thread named the file: name it again */
+	key = file_key(file) ^ ((__u64)*(volatile __u32 *)&c->name_gen * 0xff51afd7ed558ccdull);
 	if (!force && t->fc_fd[w] == fd && t->fc_file[w] == key)
 		return t->fc_kind[w];
 	r = dc_name_fd(file, ((__u64)tid << 32) | (__u32)fd, e->ts, e->probe, c->capture_paths);
@@ -1213,6 +1214,8 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	}
 	if (own && task && ev->fd2 >= 0)
 		kind2 = fd_kind_named(c, t, task, ev->fd2, e, tid, false, &names);
+	if (own && sp->renames && ret == 0)
+		__sync_fetch_and_add(&c->name_gen, 1);
 	/* built on the stack and sent with one helper call, not reserve + submit */
 	ev->ts = e->ts;
 	ev->dur = now - e->ts;

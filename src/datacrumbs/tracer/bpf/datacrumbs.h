@@ -103,6 +103,11 @@ struct dc_config {
 	 * even when it is a member of the scope. */
 	__u32 job_uid;
 	__u32 check_creds;
+	/* Bumped by every rename the job makes (dc_spec.renames): descriptors are named
+	 * once per thread and file, and a file renamed while open would keep its old name
+	 * for the threads that named it before. A newer generation names them again. */
+	__u32 name_gen;
+	__u32 pad;
 };
 
 /* How to read one probe's arguments: -1 = role absent, else argument index. */
@@ -128,7 +133,8 @@ struct dc_spec {
 	__u8 closes;		/* the call closes descriptor fd (close) */
 	__s8 handle;		/* argument the event's handle comes from (see handle_kind) */
 	__u8 handle_kind;	/* enum dc_handle_kind; 0: the event carries no handle */
-	__u16 pad;
+	__u8 renames;		/* the call renames a path: success bumps dc_config.name_gen */
+	__u8 pad;
 	/* a function the catalog does not know: the registers of its first integer-class
 	 * arguments plus one (0: none, so a zeroed spec has none), sent in count, offset,
 	 * handle and fd|fd2 (tracer/scalars.py) */

@@ -8,13 +8,16 @@ watch one run. Pipelines, forks (tar runs gzip, git runs its helpers), positiona
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from fixtures.strace_bytes import per_file, strace_bytes, trace_bytes, with_strace
+from fixtures.strace_bytes import per_file, strace_bytes, strace_logs, trace_bytes, with_strace
 from fixtures.tracing import trace_command
+from workloads import daemon_readback as rb
 
 pytestmark = pytest.mark.ebpf
 
@@ -228,3 +231,44 @@ def test_a_file_renamed_while_open_is_named_anew(site, tmp_path):
     _, writes = per_file(got)
     assert writes[str(work / "app.log")] == 7100
     assert writes[str(work / "app.log.1")] == 3300
+
+
+def test_fclose_names_the_file_it_closed(site, tmp_path):
+    """`sed -i` and `sort -o` open their files with fopen/fdopen and close them with fclose.
+    glibc's fclose sets the stream's descriptor to -1 and frees the FILE before it returns,
+    so a descriptor read at the return named no file: each fclose must name the file of the
+    close(2) strace saw it make (same process, same descriptor), once per stream opened."""
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in ("one", "two"):
+        (work / name).write_text("".join(f"{i % 97} hello {name}\n" for i in range(3000)))
+    log = tmp_path / "strace.log"
+    cmd = ["sh", "-c", "sed -i s/hello/HELLO/ one two && sort -o sorted one two"]
+    strace = [a + ",close" if a.startswith("trace=") else a for a in with_strace(log, cmd)]
+    _, trace, _ = trace_command(tmp_path, strace, sets=("posix", "stdio"), timeout=300, cwd=work)
+    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace) if r["name"] == "FH"}
+    under = lambda f: f if f and f.startswith(f"{work}/") else None   # noqa: E731
+    opened, closed = Counter(), Counter()
+    fclose_fds = set()
+    for e in rb.events(trace):
+        a = e["args"]
+        f = under(fh.get(a.get("fhash")))
+        if e["name"] in ("fopen", "fdopen") and f:
+            opened[f] += 1
+        elif e["name"] == "fclose" and f:
+            closed[f] += 1
+            fclose_fds.add((e["pid"], a["fd"], f))
+    # strace: close(fd</path>) per process (its -ff logs are named by pid)
+    strace_closes = set()
+    for one in strace_logs(log):
+        for line in one.read_text().splitlines():
+            m = re.match(r"close\((\d+)<([^>]*)>\)\s+=\s+0", line)
+            if m and under(m.group(2)):
+                strace_closes.add((int(one.name.rsplit(".", 1)[1]), int(m.group(1)), m.group(2)))
+    temps = [f for f in opened if Path(f).name.startswith("sed")]
+    assert len(temps) == 2, opened          # sed's two temporary outputs, renamed after
+    assert {str(work / "one"), str(work / "two")} <= set(opened), opened
+    # sort opens its -o file with open(2), moves it onto stdout and closes it as stdout
+    opened[str(work / "sorted")] += 1
+    assert closed == opened, f"fclose per file {dict(closed)}, streams opened {dict(opened)}"
+    assert fclose_fds <= strace_closes, fclose_fds - strace_closes

@@ -49,6 +49,27 @@ def test_dup2_replaces_what_newfd_held_before():
     assert paths.lookup(PID, 5) == "/new/file"
 
 
+def test_fclose_after_its_own_close_names_the_file_that_close_closed():
+    """fclose's event comes after the close(2) it made: that close's file names it, and only
+    until the descriptor's number is given to another file."""
+    paths = FdPaths()
+    paths.opened(PID, 3, "/data/in.txt")
+    assert paths.closed(PID, 3) == "/data/in.txt"          # close(3) inside fclose
+    assert paths.stream_closed(PID, 3) == "/data/in.txt"   # then the fclose
+    assert paths.stream_closed(PID, 3) is None             # once
+    paths.opened(PID, 3, "/data/a")
+    paths.closed(PID, 3)                                   # a plain close(3)
+    paths.opened(PID, 3, "/data/b")                        # the number reused
+    assert paths.stream_closed(PID, 3) is None             # fd 3 is open: not a's
+    assert paths.closed(PID, 3) == "/data/b"
+    paths.opened(PID, 4, "/data/c")
+    paths.duplicated(PID, 4, 5)
+    paths.closed(PID, 5)
+    paths.duplicated(PID, 4, 5)                            # dup2 onto the closed number
+    paths.closed(PID, 5)
+    assert paths.stream_closed(PID, 5) == "/data/c"
+
+
 def test_dup_of_a_non_file_forgets_newfd_without_reading_proc(tmp_path):
     """A pipe duplicated over a descriptor that /proc names as a file: the table must say
     "no file" rather than let a later /proc read name the file the fd held before."""

@@ -35,7 +35,8 @@ from .handles import HandleNames
 from .klayers import KernelArgs
 from .scalars import ScalarRows
 from .engine import ASYNC_FIXED_FILE
-from .paths import CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS, FdPaths
+from .paths import (CLOSE_OPS, DUP_OPS, FCNTL_DUP_CMDS, FCNTL_OPS, FORK_OPS, OPEN_OPS,
+                    STREAM_CLOSE_OPS, FdPaths)
 from .scope import scope_from_env
 from .summary import SummaryBuilder, SummaryFile
 
@@ -292,10 +293,13 @@ class EventConverter:
         self._scalars = ScalarRows(self.probes)     # uncatalogued functions' arguments
         self._any_async = bool(self._async.any())
         self._close, self._open, self._dup, self._fcntl, self._fork = (set() for _ in range(5))
+        self._stream_close = set()
         for i, p in enumerate(self.probes):     # one probe_name() each (10,000 probes)
             name = probe_name(p)
             if name in CLOSE_OPS:
                 self._close.add(i)
+            if name in STREAM_CLOSE_OPS:
+                self._stream_close.add(i)
             if name in OPEN_OPS:
                 self._open.add(i)
             if name in DUP_OPS:
@@ -488,7 +492,7 @@ class EventConverter:
                    ops["fd"][begin:end].tolist(), ops["probe"][begin:end].tolist(),
                    ops["ret"][begin:end].tolist(), ops["fd2"][begin:end].tolist(),
                    ops["flags"][begin:end].tolist())
-        fcntl, fork = self._fcntl, self._fork
+        fcntl, fork, stream_close = self._fcntl, self._fork, self._stream_close
         last_key = last_path = None
         names = names or {}
         for i, pid, fd, probe, ret, fd2, flags in rows:
@@ -513,7 +517,9 @@ class EventConverter:
             if fd < 0:
                 continue
             if probe in close:
-                out[i] = fdp.closed(pid, fd) or fdp.lookup(pid, fd)
+                # an fclose: its close(2), when traced, came first and named the file
+                out[i] = ((probe in stream_close and fdp.stream_closed(pid, fd))
+                          or fdp.closed(pid, fd) or fdp.lookup(pid, fd))
                 fdp.closed(pid, fd)
                 last_key = None
                 continue

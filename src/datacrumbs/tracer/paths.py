@@ -22,6 +22,8 @@ OPEN_OPS = frozenset({"open", "open64", "openat", "openat64", "openat2", "creat"
 RENAME_OPS = frozenset({"rename", "renameat", "renameat2"})
 # Operations that release a descriptor or stream.
 CLOSE_OPS = frozenset({"close", "fclose"})
+# Of those, the ones that close a stream: fclose's own close(2), traced, returns first.
+STREAM_CLOSE_OPS = frozenset({"fclose"})
 # Operations whose return value is a new descriptor for the file of descriptor ``fd``
 # (dup2/dup3 close whatever newfd held first).
 DUP_OPS = frozenset({"dup", "dup2", "dup3"})
@@ -57,6 +59,7 @@ class FdPaths:
 
     def opened(self, pid: int, fd: int, path: str) -> None:
         table = self._table(pid)
+        table.pop(_closed(fd), None)
         table[fd] = path
         table.move_to_end(fd)
         if len(table) > self._max_fds:
@@ -65,7 +68,22 @@ class FdPaths:
     def closed(self, pid: int, fd: int) -> str | None:
         table = self._tables.get(pid)
         path = table.pop(fd, None) if table is not None else None
-        return path if path is not None else None
+        if path is not None:
+            # remembered until the number is used again, for the fclose this close(2)
+            # may be inside of: its event comes after the close's (stream_closed)
+            table[_closed(fd)] = path
+            if len(table) > self._max_fds:
+                table.popitem(last=False)
+        return path
+
+    def stream_closed(self, pid: int, fd: int) -> str | None:
+        """The file of the stream an fclose on descriptor ``fd`` closed: the close(2) it made
+        came first and took ``fd`` out of the table, so the file that close named (None if
+        no close was seen since ``fd`` last got a file: the caller then does as for close)."""
+        table = self._tables.get(pid)
+        if table is None or fd in table:
+            return None
+        return table.pop(_closed(fd), None)
 
     def duplicated(self, pid: int, oldfd: int, newfd: int) -> str | None:
         """``newfd`` now refers to ``oldfd``'s file, as after dup/dup2/dup3; return that path.
@@ -79,6 +97,7 @@ class FdPaths:
             return path
         table = self._table(pid)
         table.pop(newfd, None)
+        table.pop(_closed(newfd), None)
         table[newfd] = path
         if len(table) > self._max_fds:
             table.popitem(last=False)
@@ -92,7 +111,8 @@ class FdPaths:
             return
         table = self._table(child)
         for fd, path in parent.items():
-            if table.get(fd) is None:
+            if isinstance(fd, int) and table.get(fd) is None:
+                table.pop(_closed(fd), None)
                 table[fd] = path
         while len(table) > self._max_fds:
             table.popitem(last=False)
@@ -104,6 +124,7 @@ class FdPaths:
         path = None
         if self._resolve is not None and 0 <= fd < _MAX_RESOLVABLE_FD:
             path = self._resolve(pid, fd)
+        table.pop(_closed(fd), None)
         table[fd] = path  # remember misses too: /proc is read once per descriptor
         if len(table) > self._max_fds:
             table.popitem(last=False)
@@ -114,3 +135,8 @@ class FdPaths:
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._tables.values())
+
+
+def _closed(fd: int) -> tuple:
+    """The key, beside the descriptors of a table, of the file ``fd`` named until its close."""
+    return ("closed", fd)

@@ -47,6 +47,10 @@ INT_RETURNING = frozenset({
         "open", "close", "read", "read_at", "read_all", "read_at_all", "write", "write_at",
         "write_all", "write_at_all", "sync", "set_view", "seek", "set_size", "delete"))})
 
+# (kind, target) of the calls that close the descriptor of their fd or stream role: the
+# kernel forgets the descriptor, and a stream's descriptor is read at the call's entry (fclose
+# sets it to -1 and frees the FILE before it returns).
+CLOSING = frozenset({("syscall", "close"), ("uprobe", "fclose")})
 SPEC = struct.Struct("<IBBbBbbbbbbbbHHbbBBbBBB4B")  # struct dc_spec
 _INDEX = struct.Struct("<I")    # its first field, the probe's index
 
@@ -179,7 +183,8 @@ class SpecChecker:
             return None
         base = target.split("@")[0]
         shape = (tuple(args.items()), tuple(map(type, args.values())), type(rule), rule,
-                 base in INT_RETURNING, base in OPEN_OPS, base in RENAME_OPS)
+                 base in INT_RETURNING, base in OPEN_OPS, base in RENAME_OPS,
+                 ("uprobe", base) in CLOSING)
         try:
             template = self._uprobe_templates.get(shape)
         except TypeError:       # an unhashable value: _spec refuses it, and says why
@@ -261,7 +266,7 @@ class SpecChecker:
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
                             field_off, field_size, roles["fd2"], roles["flags"],
                             1 if target.split("@")[0] in OPEN_OPS else 0,
-                            1 if kind == "syscall" and target == "close" else 0,
+                            1 if (kind, target.split("@")[0]) in CLOSING else 0,
                             handle, handle_kind,
                             1 if target.split("@")[0] in RENAME_OPS else 0, 0, *regs)
         return kind, (packed, nr, roles["path"] >= 0)

@@ -392,6 +392,17 @@ static __always_inline __u64 arg_of(struct dc_entry *e, __s8 idx)
 	return e->args[i];
 }
 
+/* The descriptor of a glibc FILE (its _fileno), -1 when it cannot be read. */
+static __always_inline __s32 stream_fd(__u64 stream)
+{
+	__s32 fd = -1;
+
+	if (stream && bpf_probe_read_user(&fd, sizeof(fd),
+					  (void *)(stream + DC_GLIBC_FILENO_OFF)) < 0)
+		fd = -1;
+	return fd;
+}
+
 static __always_inline void set_arg(struct dc_entry *e, __s8 idx, __u64 v)
 {
 	__u32 i = (__u8)idx;
@@ -1175,13 +1186,8 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 	if (sp->fd >= 0) {
 		ev->fd = (__s32)arg_of(e, sp->fd);
 	} else if (sp->stream >= 0 && !sp->kernel) {
-		__u64 stream = arg_of(e, sp->stream);
-		__s32 fd = -1;
-
-		if (stream && bpf_probe_read_user(&fd, sizeof(fd),
-						  (void *)(stream + DC_GLIBC_FILENO_OFF)) < 0)
-			fd = -1;
-		ev->fd = fd;
+		/* fclose: read at entry (its FILE is closed, even freed, by now) */
+		ev->fd = sp->closes ? (__s32)e->nr : stream_fd(arg_of(e, sp->stream));
 	}
 	if (own && task && sp->ret_fd && ret >= 0) {
 		/* a new descriptor: its file's name from the kernel, absolute */
@@ -1409,6 +1415,9 @@ static __always_inline int probe_entry(struct pt_regs *ctx)
 #endif
 	if (sp->handle_kind == DC_HANDLE_PTR && !sp->kernel)
 		deref_handle(sp, &e);	/* the call may free or clear it (MPI_File_close) */
+	if (sp->closes && sp->stream >= 0 && !sp->kernel)
+		/* fclose sets the FILE's descriptor to -1 and frees it before it returns */
+		e.nr = (__u32)stream_fd(arg_of(&e, sp->stream));
 	key.tid = (__u32)tid_tgid;
 	key.slot = probe;
 	bpf_map_update_elem(&entries, &key, &e, BPF_ANY);

@@ -130,7 +130,7 @@ struct dc_spec {
 	__s8 fd2;		/* second descriptor (copy_file_range, sendfile, splice: the output) */
 	__s8 flags;		/* open flags and the like: sent as the event's flags */
 	__u8 ret_fd;		/* the return value is a new descriptor (open-like) */
-	__u8 closes;		/* the call closes descriptor fd (close) */
+	__u8 closes;		/* the call closes descriptor fd (close) or stream (fclose) */
 	__s8 handle;		/* argument the event's handle comes from (see handle_kind) */
 	__u8 handle_kind;	/* enum dc_handle_kind; 0: the event carries no handle */
 	__u8 renames;		/* the call renames a path: success bumps dc_config.name_gen */
@@ -149,6 +149,8 @@ struct dc_key {
 struct dc_entry {
 	__u64 ts;
 	__u64 args[6];
+	/* system call number; a uprobe that closes a stream (fclose): the stream's
+	 * descriptor read at entry, as glibc sets it to -1 before returning */
 	__u32 nr;
 	__u32 probe;
 };

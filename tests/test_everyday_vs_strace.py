@@ -7,6 +7,7 @@ watch one run. Pipelines, forks (tar runs gzip, git runs its helpers), positiona
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sys
@@ -272,3 +273,48 @@ def test_fclose_names_the_file_it_closed(site, tmp_path):
     opened[str(work / "sorted")] += 1
     assert closed == opened, f"fclose per file {dict(closed)}, streams opened {dict(opened)}"
     assert fclose_fds <= strace_closes, fclose_fds - strace_closes
+
+
+CLOSE_INHERITED = """
+import os, sys, time
+n = int(sys.argv[2])
+os.close(n)                                  # inherited from before the trace, never used
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.dup2(fd, n)                               # its number now names another file
+os.write(n, b"n" * 1000)
+time.sleep(0.5)                              # alive while the tracer names what it saw
+os.close(n)
+os.close(fd)
+"""
+
+
+def test_close_of_an_inherited_descriptor_names_its_file(site, tmp_path):
+    """A descriptor opened before the trace and inherited (a job script's `exec 7>log`),
+    closed without being used: nothing named it before the close, and after it /proc shows
+    only what the number names later. Every close must name the file strace saw closed."""
+    work = tmp_path / "w"
+    work.mkdir()
+    log = tmp_path / "strace.log"
+    fd = os.open(work / "inherited", os.O_WRONLY | os.O_CREAT, 0o644)
+    number = fcntl.fcntl(fd, fcntl.F_DUPFD, 50)      # a number this process does not use
+    cmd = [sys.executable, "-c", CLOSE_INHERITED, str(work / "new"), str(number)]
+    strace = [a + ",close" if a.startswith("trace=") else a for a in with_strace(log, cmd)]
+    try:
+        _, trace, _ = trace_command(tmp_path, strace, timeout=300, cwd=work,
+                                    pass_fds=(number,))
+    finally:
+        os.close(number)
+        os.close(fd)
+    logs = {int(one.name.rsplit(".", 1)[1]): one for one in strace_logs(log)}
+    want = Counter()
+    for pid, one in logs.items():
+        for line in one.read_text().splitlines():
+            m = re.match(r"close\((\d+)<([^>]*)>\)\s+=\s+0", line)
+            if m and m.group(2).startswith(f"{work}/"):
+                want[(pid, int(m.group(1)), m.group(2))] += 1
+    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace) if r["name"] == "FH"}
+    got = Counter((e["pid"], e["args"]["fd"], fh.get(e["args"].get("fhash")))
+                  for e in rb.events(trace) if e["name"] == "close" and e["pid"] in logs
+                  and (fh.get(e["args"].get("fhash")) or "").startswith(f"{work}/"))
+    assert want[next(k for k in want if k[2] == str(work / "inherited"))] == 1, want
+    assert got == want, f"trace {dict(got)}, strace {dict(want)}"

@@ -1213,8 +1213,14 @@ static __always_inline void finish(struct dc_config *c, struct dc_spec *sp, stru
 				names |= DC_NAMES_LOST;
 		}
 	} else if (own && task && ev->fd >= 0) {
-		if (sp->closes)
+		if (sp->closes) {
 			forget_fd(t, ev->fd);
+			if (t && sp->stream < 0) {
+				/* close(2): named at its entry (dc_sys_enter) */
+				names |= t->close_names;
+				t->close_names = 0;
+			}
+		}
 		else
 			kind = fd_kind_named(c, t, task, ev->fd, e, tid, false, &names);
 	}
@@ -1344,6 +1350,16 @@ int BPF_PROG(dc_sys_enter, struct pt_regs *regs, long nr)
 	t->sys.args[3] = regs->r10;
 	t->sys.args[4] = regs->r8;
 	t->sys.args[5] = regs->r9;
+	t->close_names = 0;
+	if (sp->closes && c->mode == DC_MODE_TRACE) {
+		/* close: its file is named now or never (at the return the descriptor is gone,
+		 * and /proc can only show a file given its number later) */
+		__u32 names = 0;
+
+		fd_kind_named(c, t, fields_of(bpf_get_current_task_btf()), (__s32)regs->di,
+			      &t->sys, (__u32)t->tid_tgid, false, &names);
+		t->close_names = (__u8)names;
+	}
 	return 0;
 }
 

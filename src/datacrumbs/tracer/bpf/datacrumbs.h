@@ -166,7 +166,10 @@ struct dc_task {
 	__u8 in_scope;
 	__u8 comm_done;		/* this task's process name is in comms */
 	__u8 dumpable;		/* mm dumpable bits in_scope was decided with */
-	__u8 pad[5];
+	/* the pending close(2)'s DC_NAMES_* bits: its file is named at entry, while the
+	 * descriptor still has one (nothing named an inherited, unused descriptor) */
+	__u8 close_names;
+	__u8 pad[4];
 	__u64 tid_tgid;		/* as bpf_get_current_pid_tgid(): a helper call saved per use */
 	/* task->cred in_scope was decided with: creds are immutable and replaced
 	 * as a whole (commit_creds), so a different pointer means a uid, gid or

@@ -318,3 +318,34 @@ def test_close_of_an_inherited_descriptor_names_its_file(site, tmp_path):
                   and (fh.get(e["args"].get("fhash")) or "").startswith(f"{work}/"))
     assert want[next(k for k in want if k[2] == str(work / "inherited"))] == 1, want
     assert got == want, f"trace {dict(got)}, strace {dict(want)}"
+
+
+def test_unlocked_stdio_of_coreutils_is_counted(site, tmp_path):
+    """Debian's sed, sort and grep write (and sort reads) through fwrite_unlocked and
+    fread_unlocked (gnulib's unlocked-io), not fwrite/fread: with those in the stdio set, the
+    bytes each wrote through stdio to a file are the bytes strace saw written to it."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "in").write_text("".join(f"{(i * 7919) % 10007} hello\n" for i in range(5000)))
+    log = tmp_path / "strace.log"
+    cmd = ["sh", "-c", "sed -i s/hello/HELLO/ in && sort -o sorted in && grep HELLO in > found"]
+    _, trace, _ = trace_command(tmp_path, with_strace(log, cmd), sets=("posix", "stdio"),
+                                timeout=300, cwd=work)
+    fh = {r["args"]["value"]: r["args"]["name"] for r in rb.records(trace) if r["name"] == "FH"}
+    stdio_written, stdio_read = Counter(), Counter()
+    for e in rb.events(trace):
+        f = fh.get(e["args"].get("fhash"))
+        if e["cat"] == "STDIO" and f and f.startswith(f"{work}/"):
+            if e["name"].startswith("fwrite"):
+                stdio_written[f] += e["args"].get("size", 0)
+            elif e["name"].startswith("fread"):
+                stdio_read[f] += e["args"].get("size", 0)
+    reads, writes = per_file(strace_bytes(log, work))
+    size = (work / "in").stat().st_size
+    temps = [f for f in writes if Path(f).name.startswith("sed")]
+    assert len(temps) == 1, writes
+    for f in (temps[0], str(work / "sorted"), str(work / "found")):
+        assert stdio_written[f] == writes[f] == size, (f, stdio_written[f], writes[f])
+    # sort reads "in" through fread_unlocked; sed with getdelim (not traced), grep with read
+    assert stdio_read[str(work / "in")] == size, stdio_read
+    assert reads[str(work / "in")] == 3 * size, reads

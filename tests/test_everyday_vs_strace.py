@@ -7,6 +7,8 @@ watch one run. Pipelines, forks (tar runs gzip, git runs its helpers), positiona
 
 from __future__ import annotations
 
+import bisect
+import errno
 import fcntl
 import os
 import re
@@ -15,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from datacrumbs.probes.catalog import builtin_sets
 
 from fixtures.strace_bytes import per_file, strace_bytes, strace_logs, trace_bytes, with_strace
 from fixtures.tracing import trace_command
@@ -348,4 +352,66 @@ def test_unlocked_stdio_of_coreutils_is_counted(site, tmp_path):
         assert stdio_written[f] == writes[f] == size, (f, stdio_written[f], writes[f])
     # sort reads "in" through fread_unlocked; sed with getdelim (not traced), grep with read
     assert stdio_read[str(work / "in")] == size, stdio_read
+    # a system call a stdio call made lies inside it on the timeline: it starts after the
+    # stdio call started and ends before it returned (no child outlives its parent)
+    by_tid = {}
+    for e in rb.events(trace):
+        by_tid.setdefault(e["tid"], []).append(e)
+    inside = 0
+    for events in by_tid.values():
+        # one thread's system calls do not overlap: sorted by start, their ends are sorted too
+        posix = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                       if e["cat"] == "POSIX")
+        ends = [p1 for _, p1, _ in posix]
+        for s in (e for e in events if e["cat"] == "STDIO"):
+            s0, s1 = s["ts"], s["ts"] + s["dur"]
+            i = bisect.bisect_right(ends, s0)        # the first call ending after s0
+            while i < len(posix) and posix[i][0] < s1:
+                p0, p1, name = posix[i]
+                assert s0 <= p0 and p1 <= s1, (s["name"], s0, s1, name, p0, p1)
+                inside += 1
+                i += 1
+    assert inside >= 3, "no stdio call was seen making a system call"
     assert reads[str(work / "in")] == 3 * size, reads
+
+
+_STRACE_CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(0x[0-9a-f]+|-?\d+)(?: (E\w+))?")
+
+
+def test_every_posix_call_and_error_matches_strace(site, tmp_path):
+    """Not only bytes: for every call of the posix set, each process made as many in the
+    trace as strace counted, in the same order with the same results, and failed with the
+    same errno (a missing file, an existing directory, a bad descriptor)."""
+    work = tmp_path / "w"
+    _tree(work / "tree")
+    (work / "words").write_text("".join(f"{(i * 31) % 1009} w\n" for i in range(5000)))
+    calls = sorted({p["target"] for p in builtin_sets()["posix"].probes})
+    log = tmp_path / "strace.log"
+    cmd = ["sh", "-c", "cat missing 2>/dev/null; mkdir tree 2>/dev/null; cp -r tree tree2 && "
+           "sed -i s/w/W/ words && sort words | gzip -c > w.gz && mv w.gz w2.gz && "
+           "python3 -c 'import os\ntry: os.fstat(77)\nexcept OSError: pass' && rm -r tree2"]
+    strace = ["strace", "-ff", "-qq", "-o", str(log), "-e", "trace=" + ",".join(calls), *cmd]
+    _, trace, _ = trace_command(tmp_path, strace, timeout=300, cwd=work)
+    want, errors_want = {}, Counter()
+    for one in strace_logs(log):
+        tid = int(one.name.rsplit(".", 1)[1])
+        for line in one.read_text().splitlines():
+            m = _STRACE_CALL.match(line)
+            if m and m.group(1) in calls:  # not the unknown ones strace always shows (uretprobe)
+                want.setdefault(tid, []).append((m.group(1), int(m.group(3), 0)))
+                if m.group(4):
+                    errors_want[(tid, m.group(1), getattr(errno, m.group(4)))] += 1
+    got, errors_got = {}, Counter()
+    for e in sorted(rb.events(trace), key=lambda e: e["ts"]):
+        if e["tid"] in want and e["cat"] == "POSIX":
+            got.setdefault(e["tid"], []).append((e["name"], e["args"]["ret"]))
+            if "errno" in e["args"]:
+                errors_got[(e["tid"], e["name"], e["args"]["errno"])] += 1
+    assert len(want) >= 5, "strace saw fewer processes than the command runs"
+    assert {name for seq in want.values() for name, _ in seq} >= {
+        "openat", "read", "write", "close", "newfstatat", "renameat2", "unlinkat", "mkdir"}
+    for tid, seq in want.items():
+        assert got.get(tid) == seq, (tid, Counter(got.get(tid, [])) - Counter(seq),
+                                     Counter(seq) - Counter(got.get(tid, [])))
+    assert errors_got == errors_want, (errors_got, errors_want)
+    assert {e for _, _, e in errors_want} >= {errno.ENOENT, errno.EEXIST, errno.EBADF}

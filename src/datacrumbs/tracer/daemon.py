@@ -804,7 +804,9 @@ class TraceRun:
 
     @functools.cached_property
     def converter(self) -> EventConverter:
-        return EventConverter(self.probes, FdPaths(self.engine.resolve_fd),
+        # as root, after the event: only a process the job's user could ptrace is named
+        resolve = getattr(self.engine, "resolve_job_fd", None) or self.engine.resolve_fd
+        return EventConverter(self.probes, FdPaths(resolve),
                               capture_paths=self._capture_paths, fast=self._lines)
 
     def loop(self, stop, on_ready) -> int:

@@ -278,6 +278,29 @@ def _destroy_all(links: list) -> None:
         list(pool.map(lambda link: link.destroy(), links))
 
 
+def _proc_dir_runs_as(dfd: int, uid: int) -> bool:
+    """The process of the open /proc/<pid> directory ``dfd`` has all four uids ``uid``
+    and is dumpable (its ``fd`` directory, looked up anew, is then owned by ``uid``;
+    by root otherwise)."""
+    try:
+        if os.stat("fd", dir_fd=dfd, follow_symlinks=False).st_uid != uid:
+            return False
+        sfd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            text = os.read(sfd, 1 << 16).decode("ascii", "replace")
+        finally:
+            os.close(sfd)
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            try:
+                return all(int(x) == uid for x in line.split()[1:5])
+            except ValueError:
+                return False
+    return False
+
+
 def _runs_as(pid: int, uid: int) -> bool:
     from .families import runs_as
     return runs_as(pid, uid)
@@ -1487,21 +1510,50 @@ class Engine:
         return (nr, ts) if ts else None
 
     @staticmethod
-    def resolve_fd(pid: int, fd: int) -> str | None:
+    def resolve_fd(pid: int, fd: int, owner_uid: int | None = None) -> str | None:
         """Path of a file descriptor opened before attach (None if gone or not a file).
 
         Event pids are host pids: from inside a pid namespace /proc would name
-        another process, so nothing is resolved there."""
+        another process, so nothing is resolved there.
+
+        ``owner_uid``: name it only while the process at ``pid`` is still one that user
+        could ptrace (all four uids hers, dumpable). This runs as root, after the event:
+        by then the job's process may have exited and its pid gone to another user's
+        process (pids wrap), or it may have exec'd a set-uid program, and that
+        process's file must not be named in the job user's trace. The checks and the
+        readlink go through one open /proc/<pid> directory, which stays with the
+        process it was opened for (a reused pid is another directory)."""
         if pid_namespace() is not None:
             return None
         if isinstance(pid, bool) or isinstance(fd, bool) or not isinstance(pid, int) \
                 or not isinstance(fd, int) or pid <= 0 or fd < 0:
             return None
+        if owner_uid is None:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                return None
+            return target if target.startswith("/") else None
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            dfd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            if not _proc_dir_runs_as(dfd, owner_uid):
+                return None
+            target = os.readlink(f"fd/{fd}", dir_fd=dfd)
+            if not _proc_dir_runs_as(dfd, owner_uid):   # a set-uid exec meanwhile
+                return None
+        except OSError:
+            return None
+        finally:
+            os.close(dfd)
         return target if target.startswith("/") else None
+
+    def resolve_job_fd(self, pid: int, fd: int) -> str | None:
+        """:meth:`resolve_fd` for this engine's trace: only the job user's processes
+        (see ``job_uid``) are looked into."""
+        return self.resolve_fd(pid, fd, owner_uid=self.job_uid if self.check_creds else None)
 
     def close(self) -> None:
         """Detach everything and free the object; safe to call twice."""

@@ -34,3 +34,24 @@ def test_rank_from_the_environment(tmp_path, environ, rank):
 def test_a_process_gone_or_unreadable_has_no_rank(tmp_path):
     assert process_rank(42, str(tmp_path)) is None
     assert process_rank(1 << 30) is None        # no such pid
+
+
+def test_the_daemon_reads_only_the_job_users_rank(user1, user2):
+    """As root, after the events: a pid that now belongs to another user's process (pids
+    wrap) gives no rank to the job user's trace; the owner's own process does."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-S", "-c", "import time; print('ok', flush=True); "
+                             "time.sleep(5)"], user=user2.pw_uid, group=user2.pw_gid,
+                            extra_groups=[], env={"PMI_RANK": "7"}, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ok\n"
+        assert process_rank(proc.pid) == 7                          # root's own tools
+        assert process_rank(proc.pid, owner_uid=user2.pw_uid) == 7
+        assert process_rank(proc.pid, owner_uid=user1.pw_uid) is None
+        assert process_rank(os.getpid(), owner_uid=user1.pw_uid) is None
+    finally:
+        proc.kill()
+        proc.wait()

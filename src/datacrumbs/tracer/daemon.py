@@ -934,9 +934,11 @@ class TraceRun:
             from .ranks import process_rank
 
             names = self.engine.process_names()
+            # as root, after the events: only a process the job's user could ptrace is read
+            owner = self.engine.job_uid if getattr(self.engine, "check_creds", False) else None
             for pid in new + later:
                 if pid in names:
-                    rank = process_rank(pid)
+                    rank = process_rank(pid, owner_uid=owner)
                     self._rank_looks[pid] = 3 if rank is not None else \
                         self._rank_looks.get(pid, 0) + 1
                     if pid in new or rank is not None:

@@ -97,6 +97,7 @@ from ..probes import host_check
 from .libbpf import AttachFailed, BpfObject
 from .paths import OPEN_OPS
 from .ring import Ring
+from . import procdir
 from .specs import (MAX_SYSCALLS, SPEC as _SPEC, SpecChecker, Refused as _Refused,
                     syscall_number, tracepoint_field as _tracepoint_field)
 from .symbols import function_offsets, versioned_name  # noqa: F401 - the engine's API too
@@ -276,29 +277,6 @@ def _destroy_all(links: list) -> None:
     with ThreadPoolExecutor(max_workers=min(64, len(links)),
                             thread_name_prefix="datacrumbs-detach") as pool:
         list(pool.map(lambda link: link.destroy(), links))
-
-
-def _proc_dir_runs_as(dfd: int, uid: int) -> bool:
-    """The process of the open /proc/<pid> directory ``dfd`` has all four uids ``uid``
-    and is dumpable (its ``fd`` directory, looked up anew, is then owned by ``uid``;
-    by root otherwise)."""
-    try:
-        if os.stat("fd", dir_fd=dfd, follow_symlinks=False).st_uid != uid:
-            return False
-        sfd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-        try:
-            text = os.read(sfd, 1 << 16).decode("ascii", "replace")
-        finally:
-            os.close(sfd)
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            try:
-                return all(int(x) == uid for x in line.split()[1:5])
-            except ValueError:
-                return False
-    return False
 
 
 def _runs_as(pid: int, uid: int) -> bool:
@@ -1539,10 +1517,10 @@ class Engine:
         except OSError:
             return None
         try:
-            if not _proc_dir_runs_as(dfd, owner_uid):
+            if not procdir.runs_as(dfd, owner_uid):
                 return None
             target = os.readlink(f"fd/{fd}", dir_fd=dfd)
-            if not _proc_dir_runs_as(dfd, owner_uid):   # a set-uid exec meanwhile
+            if not procdir.runs_as(dfd, owner_uid):   # a set-uid exec meanwhile
                 return None
         except OSError:
             return None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from . import procdir
+
 # in order of precedence: the MPI world rank is what the analyst reads a heatmap by
 RANK_VARIABLES = (b"PMIX_RANK", b"PMI_RANK", b"OMPI_COMM_WORLD_RANK", b"MV2_COMM_WORLD_RANK",
                   b"FLUX_TASK_RANK", b"SLURM_PROCID")
@@ -18,19 +20,28 @@ MAX_ENVIRON = 1 << 20           # bytes read at most (an environment is rarely o
 MAX_RANK = 10_000_000
 
 
-def process_rank(pid: int, proc: str = "/proc") -> int | None:
+def process_rank(pid: int, proc: str = "/proc", owner_uid: int | None = None) -> int | None:
     """The rank in ``pid``'s environment at its exec, or None (no such variable, not a
-    small decimal, or the process gone)."""
+    small decimal, or the process gone). ``owner_uid``: read only while the process at
+    ``pid`` is still that user's own (tracer/procdir.py: the pid may have changed hands)."""
     try:
-        fd = os.open(f"{proc}/{int(pid)}/environ", os.O_RDONLY | os.O_CLOEXEC)
+        dfd = os.open(f"{proc}/{int(pid)}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
     try:
-        data = os.read(fd, MAX_ENVIRON)
+        if owner_uid is not None and not procdir.runs_as(dfd, owner_uid):
+            return None
+        fd = os.open("environ", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            data = os.read(fd, MAX_ENVIRON)
+        finally:
+            os.close(fd)
+        if owner_uid is not None and not procdir.runs_as(dfd, owner_uid):
+            return None
     except OSError:
         return None
     finally:
-        os.close(fd)
+        os.close(dfd)
     found: dict[bytes, bytes] = {}
     for entry in data.split(b"\0"):
         name, eq, value = entry.partition(b"=")

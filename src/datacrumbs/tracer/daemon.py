@@ -805,8 +805,7 @@ class TraceRun:
     @functools.cached_property
     def converter(self) -> EventConverter:
         # as root, after the event: only a process the job's user could ptrace is named
-        resolve = getattr(self.engine, "resolve_job_fd", None) or self.engine.resolve_fd
-        return EventConverter(self.probes, FdPaths(resolve),
+        return EventConverter(self.probes, FdPaths(self.engine.resolve_job_fd),
                               capture_paths=self._capture_paths, fast=self._lines)
 
     def loop(self, stop, on_ready) -> int:
@@ -934,11 +933,9 @@ class TraceRun:
             from .ranks import process_rank
 
             names = self.engine.process_names()
-            # as root, after the events: only a process the job's user could ptrace is read
-            owner = self.engine.job_uid if getattr(self.engine, "check_creds", False) else None
             for pid in new + later:
                 if pid in names:
-                    rank = process_rank(pid, owner_uid=owner)
+                    rank = process_rank(pid, owner_uid=self.engine.proc_owner)
                     self._rank_looks[pid] = 3 if rank is not None else \
                         self._rank_looks.get(pid, 0) + 1
                     if pid in new or rank is not None:

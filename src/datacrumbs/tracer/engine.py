@@ -1506,32 +1506,19 @@ class Engine:
         if isinstance(pid, bool) or isinstance(fd, bool) or not isinstance(pid, int) \
                 or not isinstance(fd, int) or pid <= 0 or fd < 0:
             return None
-        if owner_uid is None:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                return None
-            return target if target.startswith("/") else None
-        try:
-            dfd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            if not procdir.runs_as(dfd, owner_uid):
-                return None
-            target = os.readlink(f"fd/{fd}", dir_fd=dfd)
-            if not procdir.runs_as(dfd, owner_uid):   # a set-uid exec meanwhile
-                return None
-        except OSError:
-            return None
-        finally:
-            os.close(dfd)
-        return target if target.startswith("/") else None
+        target = procdir.read(pid, owner_uid, lambda d: os.readlink(f"fd/{fd}", dir_fd=d))
+        return target if target is not None and target.startswith("/") else None
+
+    @property
+    def proc_owner(self) -> int | None:
+        """The user whose processes alone the daemon reads /proc of, after the events (the
+        job's, see ``job_uid``); None when root traces for root."""
+        return self.job_uid if self.check_creds else None
 
     def resolve_job_fd(self, pid: int, fd: int) -> str | None:
-        """:meth:`resolve_fd` for this engine's trace: only the job user's processes
-        (see ``job_uid``) are looked into."""
-        return self.resolve_fd(pid, fd, owner_uid=self.job_uid if self.check_creds else None)
+        """:meth:`resolve_fd` for this engine's trace: only :attr:`proc_owner`'s processes
+        are looked into."""
+        return self.resolve_fd(pid, fd, owner_uid=self.proc_owner)
 
     def close(self) -> None:
         """Detach everything and free the object; safe to call twice."""

@@ -10,6 +10,9 @@ directory, and the check is made again after the read.
 from __future__ import annotations
 
 import os
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def runs_as(dfd: int, uid: int) -> bool:
@@ -33,3 +36,25 @@ def runs_as(dfd: int, uid: int) -> bool:
             except ValueError:
                 return False
     return False
+
+
+def read(pid: int, owner_uid: int | None, reader: Callable[[int], T],
+         proc: str = "/proc") -> T | None:
+    """``reader(dfd)`` on the open ``/proc/<pid>`` directory, or None when the process is
+    gone, ``reader`` raises OSError, or (``owner_uid`` given) the process is not that
+    user's own before and after the read."""
+    try:
+        dfd = os.open(f"{proc}/{int(pid)}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        if owner_uid is not None and not runs_as(dfd, owner_uid):
+            return None
+        value = reader(dfd)
+        if owner_uid is not None and not runs_as(dfd, owner_uid):   # a set-uid exec meanwhile
+            return None
+        return value
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)

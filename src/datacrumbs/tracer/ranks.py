@@ -24,24 +24,9 @@ def process_rank(pid: int, proc: str = "/proc", owner_uid: int | None = None) ->
     """The rank in ``pid``'s environment at its exec, or None (no such variable, not a
     small decimal, or the process gone). ``owner_uid``: read only while the process at
     ``pid`` is still that user's own (tracer/procdir.py: the pid may have changed hands)."""
-    try:
-        dfd = os.open(f"{proc}/{int(pid)}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (OSError, ValueError):
+    data = procdir.read(pid, owner_uid, _environ, proc)
+    if data is None:
         return None
-    try:
-        if owner_uid is not None and not procdir.runs_as(dfd, owner_uid):
-            return None
-        fd = os.open("environ", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-        try:
-            data = os.read(fd, MAX_ENVIRON)
-        finally:
-            os.close(fd)
-        if owner_uid is not None and not procdir.runs_as(dfd, owner_uid):
-            return None
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
     found: dict[bytes, bytes] = {}
     for entry in data.split(b"\0"):
         name, eq, value = entry.partition(b"=")
@@ -53,3 +38,11 @@ def process_rank(pid: int, proc: str = "/proc", owner_uid: int | None = None) ->
                 and int(value) <= MAX_RANK:
             return int(value)
     return None
+
+
+def _environ(dfd: int) -> bytes:
+    fd = os.open("environ", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        return os.read(fd, MAX_ENVIRON)
+    finally:
+        os.close(fd)

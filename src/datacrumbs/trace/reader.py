@@ -185,14 +185,11 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
         offset += consumed
         data = d.unconsumed_tail
         if buffered > max_member_bytes:
-            joined = b"".join(parts)
-            cut = joined.rfind(b"\n") + 1
-            if cut:
-                tail.partial_kept = True
-                handed += cut
-                yield None, joined[:cut]
-                joined = joined[cut:]
-            parts, buffered = [joined], len(joined)
+            lines, rest = _whole_lines(parts, tail)
+            if lines:
+                handed += len(lines)
+                yield None, lines
+            parts, buffered = [rest], len(rest)
     if fed:
         tail.torn = True
         tail.error = "the file ends inside a gzip member (the writer was killed or the copy is short)"
@@ -228,24 +225,29 @@ def _salvage(f: BinaryIO, member_start: int, stop: int, skip: int, limit: int,
             parts.append(out)
             buffered += len(out)
         if buffered > limit:
-            joined = b"".join(parts)
-            cut = joined.rfind(b"\n") + 1
-            if cut:
-                tail.partial_kept = True
-                yield None, joined[:cut]
-                joined = joined[cut:]
-            parts, buffered = [joined], len(joined)
+            lines, rest = _whole_lines(parts, tail)
+            if lines:
+                yield None, lines
+            parts, buffered = [rest], len(rest)
     yield from _complete_lines(parts, tail)
+
+
+def _whole_lines(parts: list[bytes], tail: TailInfo) -> tuple[bytes, bytes]:
+    """(the whole lines of a member's output so far, the partial line after them); handing
+    on lines before the member's end is noted in ``tail``."""
+    joined = b"".join(parts)
+    cut = joined.rfind(b"\n") + 1
+    if cut:
+        tail.partial_kept = True
+    return joined[:cut], joined[cut:]
 
 
 def _complete_lines(parts: list[bytes], tail: TailInfo) -> Iterator[tuple[None, bytes]]:
     """The whole lines a damaged member inflated to before the damage: deflate output is
     sequential, so they are the writer's own lines (a cut keeps all but the last one)."""
-    joined = b"".join(parts)
-    cut = joined.rfind(b"\n") + 1
-    if cut:
-        tail.partial_kept = True
-        yield None, joined[:cut]
+    lines, _ = _whole_lines(parts, tail)
+    if lines:
+        yield None, lines
 
 
 def _remaining(f: BinaryIO, member_start: int, end: int | None) -> int:

@@ -3,10 +3,10 @@
 A trace's file names, command names and host names are chosen by the job's user, and an
 admin or another user reads the report of that trace. Printed raw, an escape sequence in
 a file name sets the reader's window title, clears the screen or writes the clipboard
-(OSC 52), and rich markup in it (``[/]``, ``[link=...]``) crashes the report or forges
-links (and rich's emoji codes turn ``:smile:`` in a name into a picture). So every console that prints such values is a :class:`SafeConsole` (no markup, no
-control character reaches the terminal), and every :class:`rich.text.Text` built from them
-goes through :func:`shown`. JSON and HTML outputs escape by their own rules and keep the
+(OSC 52), rich markup in it (``[/]``, ``[link=...]``) crashes the report or forges links,
+and rich's emoji codes turn ``:smile:`` in a name into a picture. So every console that
+prints such values is a :class:`SafeConsole` (no markup, no control character reaches the
+terminal), and every :class:`rich.text.Text` built from them goes through :func:`shown`. JSON and HTML outputs escape by their own rules and keep the
 exact values.
 """
 

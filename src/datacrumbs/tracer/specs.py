@@ -253,7 +253,8 @@ class SpecChecker:
                 raise Refused(f"{target!r} is not a function name")
             if bkind == BYTES_FIELD:
                 raise Refused("bytes rule field:NAME is only for tracepoints")
-        ret32 = 1 if kind == "uprobe" and target.split("@")[0] in INT_RETURNING else 0
+        base = target.split("@")[0]     # a versioned symbol's plain name
+        ret32 = 1 if kind == "uprobe" and base in INT_RETURNING else 0
         regs = scalars.NONE
         if "scalars" in probe or "returns" in probe:
             try:
@@ -265,8 +266,7 @@ class SpecChecker:
                             roles["fd"], roles["count"], roles["offset"], roles["path"],
                             roles["size"], roles["nmemb"], roles["stream"], ret32,
                             field_off, field_size, roles["fd2"], roles["flags"],
-                            1 if target.split("@")[0] in OPEN_OPS else 0,
-                            1 if (kind, target.split("@")[0]) in CLOSING else 0,
+                            1 if base in OPEN_OPS else 0, 1 if (kind, base) in CLOSING else 0,
                             handle, handle_kind,
-                            1 if target.split("@")[0] in RENAME_OPS else 0, 0, *regs)
+                            1 if base in RENAME_OPS else 0, 0, *regs)
         return kind, (packed, nr, roles["path"] >= 0)

@@ -112,8 +112,37 @@ def test_rich_traces_cut_as_two_workers_cut_them(tmp_path, monkeypatch):
 
 def test_the_bench_generators_trace(tmp_path, monkeypatch):
     trace = bench_trace(tmp_path / "trace-bench-4242-node0.pfw.gz", 150_000, seed=7)
+    uniques = analysis._folder().uniques
     fast = all_folds([trace], monkeypatch, chunk=40_000)
     assert fast["totals"]["events"] == 150_000
+    # its (file, access size) pairs span too wide a range to count directly: hashed
+    assert analysis._folder().uniques > uniques
+
+
+def test_unique_is_numpys_unique(site_object):
+    """dc_unique against np.unique: keys over the whole int64 range and narrow ones, few and
+    many distinct, runs of one key, both ends of int64, with and without inverse and counts
+    (the same arrays, dtype and all)."""
+    folder = fastfold.load(fastfold.library_path(site_object))
+    rng = np.random.default_rng(11)
+    for trial in range(240):
+        n = int(rng.integers(0, 9000)) if trial else 0
+        hi = [2 ** 63 - 1, 2 ** 40, 300][trial % 3]
+        pool = rng.integers(-hi - 1 if trial % 2 else 0, hi, max(1, n // int(rng.integers(1, 60))),
+                            dtype=np.int64)
+        keys = rng.choice(pool, n) if n else np.zeros(0, np.int64)
+        if trial % 4 == 0:
+            keys = np.sort(keys)                    # runs
+        if n >= 5 and trial % 5 == 0:
+            keys[:5] = [0, -1, 2 ** 63 - 1, -2 ** 63, 0]
+        for inverse in (False, True):
+            for counts in (False, True):
+                got = folder.unique(keys, inverse, counts)
+                want = np.unique(keys, return_inverse=inverse, return_counts=counts)
+                got, want = (x if isinstance(x, tuple) else (x,) for x in (got, want))
+                assert len(got) == len(want)
+                for g, w in zip(got, want):
+                    assert g.dtype == w.dtype and np.array_equal(g, w), (trial, inverse, counts)
 
 
 def hostile_trace(path: Path, chunked_opens: bool = True) -> Path:

@@ -3,7 +3,8 @@
 analysis.Detail._streams (access pattern, positions, pending pairs and read extents of
 every (pid, file, class, layer) stream of a chunk) was the largest part of the report's
 numpy fold: a sort of the chunk by stream and some forty array passes. fold.c does it in
-one walk in trace order. It is built beside the BPF object like the line scanner
+one walk in trace order. ``unique`` is np.unique of int64 keys by hashing and a radix sort of the distinct ones, for the
+report's keys whose range is too wide to count directly. It is built beside the BPF object like the line scanner
 (``datacrumbs build-bpf``, ``datacrumbs install``), never at run time; without it, or with
 one of another ABI, the numpy code runs with identical results
 (tests/test_report_fastfold.py holds both paths to the same summaries).
@@ -24,7 +25,7 @@ log = logging.getLogger("datacrumbs.trace")
 
 LIBRARY_NAME = "datacrumbs-fold.so"
 SOURCE_NAME = "fold.c"
-ABI = 1
+ABI = 2
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -59,8 +60,30 @@ class Folder:
         self._fn = lib.dc_fold_streams
         self._fn.restype = _I
         self._fn.argtypes = [_I, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _P] + [_P] * 17
+        self._unique = lib.dc_unique
+        self._unique.restype = _I
+        self._unique.argtypes = [_I, _P, _P, _P, _P]
         self.calls = 0              # chunks folded here (tests: the C path did run)
         self.declined = 0
+        self.uniques = 0            # unique() calls answered here
+
+    def unique(self, keys: np.ndarray, inverse: bool = False, counts: bool = False):
+        """``np.unique(keys, return_inverse=inverse, return_counts=counts)`` of int64
+        ``keys``, the same arrays; None when the library has no memory for it."""
+        keys = np.ascontiguousarray(keys, np.int64)
+        n = len(keys)
+        uk, cnt = np.empty(n, np.int64), np.empty(n, np.int64)
+        inv = np.empty(n, np.int64) if inverse else None
+        k = self._unique(n, _ptr(keys), _ptr(uk), _ptr(cnt), _ptr(inv) if inverse else None)
+        if k < 0:
+            return None
+        self.uniques += 1
+        out = [uk[:k]]
+        if inverse:
+            out.append(inv)
+        if counts:
+            out.append(cnt[:k])
+        return out[0] if len(out) == 1 else tuple(out)
 
     def streams(self, a_row, a_g, a_kind, a_val, a_sz, r_row, r_pos, r_gr, r_gw, g_read):
         """Per-stream arrays (pat (ng, 3), n_large, n_mis, has, head_off, head_abs,

@@ -145,6 +145,47 @@ def test_unique_is_numpys_unique(site_object):
                     assert g.dtype == w.dtype and np.array_equal(g, w), (trial, inverse, counts)
 
 
+def test_sums_are_numpys_int64_sums(site_object):
+    """dc_sums against np.add.at in int64 (which wraps), groups sorted and not, values
+    near both ends of int64; a group out of range is declined (None), not written."""
+    folder = fastfold.load(fastfold.library_path(site_object))
+    rng = np.random.default_rng(5)
+    for trial in range(120):
+        n, ng = int(rng.integers(0, 5000)), int(rng.integers(1, 300))
+        groups = rng.integers(0, ng, n)
+        if trial % 3 == 0:
+            groups = np.sort(groups)
+        hi = [2 ** 63 - 1, 2 ** 53, 1000][trial % 3]
+        values = rng.integers(-hi if trial % 2 else 0, hi, n, dtype=np.int64)
+        want = np.zeros(ng, np.int64)
+        np.add.at(want, groups, values)
+        assert np.array_equal(folder.sums(groups, values, ng), want), trial
+    assert folder.sums(np.array([0, 3]), np.array([1, 2]), 3) is None
+    assert folder.sums(np.array([0, -1]), np.array([1, 2]), 3) is None
+
+
+def test_byte_sums_past_2_to_the_53_are_exact(tmp_path, monkeypatch):
+    """One read of 2**53 - 1 bytes and 1999 of one byte: float64 sums stop at 2**53 (each
+    +1 rounds back to even); the operation, file and process totals are exact, with fold.c
+    and with numpy."""
+    b = TraceBuilder(tmp_path / "trace-big-1-node1.pfw.gz", member_lines=500)
+    for i in range(2000):
+        b.op("read", ts=float(i), path="/scratch/big", size=2 ** 53 - 1 if i == 0 else 1,
+             count=1)
+    trace = b.write()
+    want = 2 ** 53 - 1 + 1999
+    folder = analysis._folder()
+    summed = folder.summed
+    for fold in (True, False):
+        monkeypatch.setattr(analysis, "FOLD", fold)
+        s = summarize([trace], jobs=1)
+        assert [o["bytes"] for o in s["operations"] if o["name"] == "read"] == [want]
+        assert [f["bytes"] for f in s["top_files_by_bytes"]] == [want]
+        assert [f["bytes"]["read"] for f in s["files"]] == [want]
+        assert [p["bytes"] for p in s["processes"]] == [want]
+    assert folder.summed > summed
+
+
 def hostile_trace(path: Path, chunked_opens: bool = True) -> Path:
     """Numbers at int64's edges and beyond, in every field the fold reads."""
     b = TraceBuilder(path, member_lines=37)

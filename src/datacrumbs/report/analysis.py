@@ -68,6 +68,7 @@ FILE_KINDS = {"reg", "blk", "dir", "unknown"}      # what counts as file I/O
 #: numpy (the same numbers; tests run both).
 FOLD = True
 UNIQUE_HASH_MIN = 2048  # fewer keys: np.unique's sort is as quick as the call
+SUMS_C_MIN = 1024       # fewer values: numpy's bincount is as quick as the call
 _FOLDER: list = []      # [the fold or None], looked up once per process
 
 
@@ -358,9 +359,9 @@ class Detail:
         ukeys, ginv = uniq(comp, inverse=True)
         ng = len(ukeys)
         g_count = np.bincount(ginv, minlength=ng)
-        g_ns = _isum(ginv, dur_ns, ng)
-        g_bytes = _isum(ginv, np.where(data, sz, 0), ng)
-        g_asked = _isum(ginv, np.where(data & (cnt >= 0), cnt, 0).astype(np.int64), ng)
+        g_ns = group_sums(ginv, dur_ns, ng)
+        g_bytes = group_sums(ginv, np.where(data, sz, 0), ng)
+        g_asked = group_sums(ginv, np.where(data & (cnt >= 0), cnt, 0).astype(np.int64), ng)
         table = self.table
         fids = None
         if self._vector():
@@ -1206,11 +1207,18 @@ def _small_int(v) -> int:
     return v if type(v) is int and -1 <= v < 1 << 40 else -1
 
 
-def _isum(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Exact int64 sums per group (float64 bincount is exact below 2**53)."""
+def group_sums(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Exact int64 sums of int ``values`` per group 0..n-1 (int64 adds wrap, as numpy's
+    do): in one pass in fold.c when the site has it, else float64 bincount, exact while
+    every sum stays below 2**53, or integer adds past that."""
+    if len(values) > SUMS_C_MIN and values.dtype.kind in "ib":
+        folder = _folder()
+        got = None if folder is None else folder.sums(groups, values, n)
+        if got is not None:
+            return got
     if len(values) and int(np.abs(values).max()) * len(values) >= 1 << 53:
         out = np.zeros(n, np.int64)
-        np.add.at(out, groups, values)
+        np.add.at(out, groups, values.astype(np.int64))
         return out
     return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..trace.reader import ReadStats, TraceMeta
 from .timeviews import TimeViews
-from .analysis import Detail, json_float as _float, pair_counts, uniq
+from .analysis import Detail, group_sums as _sums, json_float as _float, pair_counts, uniq
 
 LAT_SUB = 8                         # log-scale bins per power of two of ns
 LAT_BINS = 1 + LAT_SUB * 63         # bin 0 holds dur == 0, bin b [2**((b-1)/8), 2**(b/8)) ns
@@ -75,16 +75,6 @@ def _ns(us: np.ndarray) -> np.ndarray:
 def us(ns) -> float:
     """Integer nanoseconds as microseconds with three decimals."""
     return round(int(ns) / 1000, 3)
-
-
-def _sums(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Exact int64 sums of non-negative ``values`` per group: bincount adds in float64,
-    exact while every sum stays below 2**53 (104 days of ns); else integer adds."""
-    if len(values) and int(values.max()) * len(values) >= 1 << 53:
-        out = np.zeros(n, np.int64)
-        np.add.at(out, groups, values)
-        return out
-    return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)
 
 
 def _log_bins(v: np.ndarray, sub: int, last: int) -> np.ndarray:
@@ -311,7 +301,7 @@ class Aggregate:
         fi = np.array([idx.setdefault(k, len(idx)) for k in fkeys], np.int64)
         nf = len(idx)
         fc = np.bincount(fi, minlength=nf)
-        fb = np.bincount(fi, weights=np.where(size >= 0, size, 0), minlength=nf).astype(np.int64)
+        fb = _sums(fi, np.where(size >= 0, size, 0).astype(np.int64), nf)
         ft = _sums(fi, _ns(dur), nf)
         self._add_file_rows(idx, fc, fb, ft)
 
@@ -340,7 +330,7 @@ class Aggregate:
         data = size >= 0
         size_i = np.where(data, size, 0).astype(np.int64)
         times = _sums(op, dur_i, n_ops)
-        byts = np.bincount(op, weights=size_i, minlength=n_ops).astype(np.int64)
+        byts = _sums(op, size_i, n_ops)
         if plain:
             counts = timed_counts = np.bincount(op, minlength=n_ops)
             counter_rows = np.zeros(n_ops, np.int64)
@@ -398,11 +388,11 @@ class Aggregate:
             fi = fil[fmask]
             nf = len(fkeys)
             fc = np.bincount(fi, minlength=nf)
-            fb = np.bincount(fi, weights=size_i[fmask], minlength=nf).astype(np.int64)
+            fb = _sums(fi, size_i[fmask], nf)
             ft = _sums(fi, dur_i[fmask], nf)
             self._add_file_rows(fkeys, fc, fb, ft)
         upid, pinv = uniq(pid.astype(np.int64), inverse=True)
-        pb = np.bincount(pinv, weights=size_i, minlength=len(upid)).astype(np.int64)
+        pb = _sums(pinv, size_i, len(upid))
         pt = _sums(pinv, dur_i, len(upid))
         self.timeviews.add(source, keys, op, ts, dur_i, size_i, None if plain else weight, pid,
                            timed, (upid, pinv), (times, pb, pt))
@@ -431,10 +421,10 @@ class Aggregate:
             tl = valid & (size_i > 0)
             if tl.all():
                 bins, binv = uniq(_floor_div(ts, self.bin_us), inverse=True)
-                bb = np.bincount(binv, weights=size_i).astype(np.int64)
+                bb = _sums(binv, size_i, len(bins))
             elif tl.any():
                 bins, binv = uniq(_floor_div(ts[tl], self.bin_us), inverse=True)
-                bb = np.bincount(binv, weights=size_i[tl]).astype(np.int64)
+                bb = _sums(binv, size_i[tl], len(bins))
             if tl.any():
                 for b, v in zip(bins.tolist(), bb.tolist()):
                     cell = (source, b)

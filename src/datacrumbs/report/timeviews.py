@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .analysis import uniq
+from .analysis import group_sums as _sums, uniq
 
 BASE_US = 1000                  # finest bin: 1 ms
 COLS_CAP = 512                  # time bins at most
@@ -80,8 +80,7 @@ class TimeViews:
             np.rint(np.bincount(pinv, weights=weight, minlength=n)).astype(np.int64)
         if sums is None:
             sums = (_sums(op, dur_ns, len(keys)),
-                    np.rint(np.bincount(pinv, weights=size, minlength=n)).astype(np.int64),
-                    _sums(pinv, dur_ns, n))
+                    _sums(pinv, size, n), _sums(pinv, dur_ns, n))
         op_ns, p_bytes, p_ns = sums
         self.row_tot[rows, 1] += p_bytes
         self.row_tot[rows, 2] += p_ns
@@ -367,13 +366,3 @@ def _epoch_ns(ts_us: np.ndarray) -> np.ndarray:
 
 def _empty() -> np.ndarray:
     return np.zeros((4, 0), np.int64)
-
-
-def _sums(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Exact int64 sums per group (float64 bincount while sums stay below 2**53)."""
-    values = np.asarray(values)
-    if len(values) and int(np.abs(values).max()) * len(values) >= 1 << 53:
-        out = np.zeros(n, np.int64)
-        np.add.at(out, groups, values.astype(np.int64))
-        return out
-    return np.rint(np.bincount(groups, weights=values, minlength=n)[:n]).astype(np.int64)

@@ -3,10 +3,11 @@
 analysis.Detail._streams (access pattern, positions, pending pairs and read extents of
 every (pid, file, class, layer) stream of a chunk) was the largest part of the report's
 numpy fold: a sort of the chunk by stream and some forty array passes. fold.c does it in
-one walk in trace order. ``unique`` is np.unique of int64 keys by hashing and a radix sort of the distinct ones, for the
-report's keys whose range is too wide to count directly. It is built beside the BPF object like the line scanner
-(``datacrumbs build-bpf``, ``datacrumbs install``), never at run time; without it, or with
-one of another ABI, the numpy code runs with identical results
+one walk in trace order. ``unique`` is np.unique of int64 keys by hashing and a radix
+sort of the distinct ones, for keys whose range is too wide to count directly; ``sums``
+is an exact per-group sum in one pass. It is built beside the BPF object like the line
+scanner (``datacrumbs build-bpf``, ``datacrumbs install``), never at run time; without
+it, or with one of another ABI, the numpy code runs with identical results
 (tests/test_report_fastfold.py holds both paths to the same summaries).
 """
 
@@ -63,9 +64,26 @@ class Folder:
         self._unique = lib.dc_unique
         self._unique.restype = _I
         self._unique.argtypes = [_I, _P, _P, _P, _P]
+        self._sums = lib.dc_sums
+        self._sums.restype = _I
+        self._sums.argtypes = [_I, _P, _I, _P, _P]
         self.calls = 0              # chunks folded here (tests: the C path did run)
         self.declined = 0
         self.uniques = 0            # unique() calls answered here
+        self.summed = 0             # sums() calls answered here
+
+    def sums(self, groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray | None:
+        """Per-group int64 sums of int64 ``values`` over ``groups`` 0..n-1, wrapping as
+        numpy's int64 adds do; None (numpy decides) for a group outside that range."""
+        groups = np.ascontiguousarray(groups, np.int64)
+        values = np.ascontiguousarray(values, np.int64)
+        if len(groups) != len(values):
+            return None
+        out = np.empty(max(n, 1), np.int64)[:n]
+        if self._sums(len(groups), _ptr(groups), n, _ptr(values), _ptr(out)) != 0:
+            return None
+        self.summed += 1
+        return out
 
     def unique(self, keys: np.ndarray, inverse: bool = False, counts: bool = False):
         """``np.unique(keys, return_inverse=inverse, return_counts=counts)`` of int64

@@ -258,3 +258,21 @@ out:
     free(ids);
     return rc;
 }
+
+/* out[g] = the sum of values[i] over groups[i] == g, for g in [0, ng), modulo 2^64: what
+ * numpy's int64 adds give (report: analysis.group_sums; its float bincount is exact where
+ * it is used). One pass instead of bincount's and the checks around it. Returns 0, or -1
+ * (a group outside [0, ng): the caller uses numpy). */
+int64_t dc_sums(int64_t n, const int64_t *groups, int64_t ng, const int64_t *values,
+                int64_t *out)
+{
+    uint64_t *acc = (uint64_t *)out;
+    memset(out, 0, (size_t)ng * sizeof(int64_t));
+    for (int64_t i = 0; i < n; i++) {
+        int64_t g = groups[i];
+        if ((uint64_t)g >= (uint64_t)ng)
+            return -1;
+        acc[g] += (uint64_t)values[i];
+    }
+    return 0;
+}

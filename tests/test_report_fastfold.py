@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from datacrumbs.report import analysis, columnar, merge, model
+from datacrumbs.report import groupstate as gs
 from datacrumbs.report.merge import summarize
 from datacrumbs.trace import fastfold, fastscan
 from datacrumbs.tracer.build import build_shared_library
@@ -112,11 +113,14 @@ def test_rich_traces_cut_as_two_workers_cut_them(tmp_path, monkeypatch):
 
 def test_the_bench_generators_trace(tmp_path, monkeypatch):
     trace = bench_trace(tmp_path / "trace-bench-4242-node0.pfw.gz", 150_000, seed=7)
-    uniques = analysis._folder().uniques
+    folder = analysis._folder()
+    uniques, absorbed = folder.uniques, folder.absorbed
     fast = all_folds([trace], monkeypatch, chunk=40_000)
     assert fast["totals"]["events"] == 150_000
     # its (file, access size) pairs span too wide a range to count directly: hashed
-    assert analysis._folder().uniques > uniques
+    assert folder.uniques > uniques
+    # and each chunk after the first composes its streams with the earlier ones in C
+    assert folder.absorbed > absorbed
 
 
 def test_unique_is_numpys_unique(site_object):
@@ -184,6 +188,59 @@ def test_byte_sums_past_2_to_the_53_are_exact(tmp_path, monkeypatch):
         assert [f["bytes"]["read"] for f in s["files"]] == [want]
         assert [p["bytes"] for p in s["processes"]] == [want]
     assert folder.summed > summed
+
+
+def _random_groups(rng, n: int) -> gs.Groups:
+    """Groups of ``n`` rows in every state a fold can leave: streams and not, positions
+    absolute and relative (near int64's ends too), with and without an access, and side
+    tables of extents and pairs."""
+    g = gs.Groups(16)
+    big = 2 ** 63 - 1
+    st = rng.integers(-1000, 1000, (n, gs.NCOL))
+    st[:, gs.POS] = rng.choice([0, 4096, big - 10, -big, 123], n)
+    for col in (gs.POS_ABS, gs.HAS, gs.HEAD_ABS, gs.LAST_ABS, gs.IN_TABLE, gs.IS_STREAM):
+        st[:, col] = rng.integers(0, 2, n)
+    g.state, g.n = np.ascontiguousarray(st, np.int64), n
+    for r in rng.choice(n, n // 3, replace=False).tolist():
+        g.ext[r] = [(0, int(rng.integers(1, 9000)))]
+    for r in rng.choice(n, n // 3, replace=False).tolist():
+        g.pend[r] = [tuple(int(x) for x in rng.integers(0, 2, 4))]
+    return g
+
+
+def test_add_streams_in_c_is_numpys(monkeypatch):
+    """fold.c's dc_add_streams against groupstate's numpy code on random states and later
+    partials: the same matrix, the same extents and pairs in the same order (dict order
+    too), the same extents made absolute."""
+    import copy
+
+    folder = analysis._folder()
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        g = _random_groups(rng, n)
+        ng = int(rng.integers(0, n + 1))
+        ids = rng.choice(n, ng, replace=False).astype(np.int64)
+        b = _random_groups(rng, max(ng, 1)).state[:ng].copy()
+        ne, npend = int(rng.integers(0, 3 * ng + 1)), int(rng.integers(0, 3 * ng + 1))
+        ext_j = rng.integers(0, max(ng, 1), ne) if ng else np.zeros(0, np.int64)
+        ext_se = np.sort(rng.integers(-50, 5000, (ne, 2)), axis=1)
+        ext_file = rng.integers(0, 4, ng)
+        pend_j = rng.integers(0, max(ng, 1), npend) if ng else np.zeros(0, np.int64)
+        pend_v = rng.integers(-3000, 3000, (npend, 4))
+        pend_v[:, 1] = rng.integers(0, 2, npend)
+        pend_v[:, 3] = rng.integers(0, 2, npend)
+        want_g, got_g = copy.deepcopy(g), copy.deepcopy(g)
+        monkeypatch.setattr(analysis, "FOLD", False)
+        want = want_g.add_streams(ids, b, ext_j, ext_se, ext_file, pend_j, pend_v)
+        monkeypatch.setattr(analysis, "FOLD", True)
+        absorbed = folder.absorbed
+        got = got_g.add_streams(ids, b, ext_j, ext_se, ext_file, pend_j, pend_v)
+        assert folder.absorbed == absorbed + (ng > 0)
+        assert np.array_equal(got_g.state, want_g.state), trial
+        assert list(got_g.ext.items()) == list(want_g.ext.items()), trial
+        assert list(got_g.pend.items()) == list(want_g.pend.items()), trial
+        assert list(got) == list(want) and all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def hostile_trace(path: Path, chunked_opens: bool = True) -> Path:

@@ -102,6 +102,15 @@ class Groups:
         ``ext_j`` indexes ``b`` for each of ``ext_se``'s relative read extents [start, end),
         ``pend_j`` for each of ``pend_v``'s pairs (offset, is_abs, previous end, is_abs);
         returns {file id: [start, end) array} of the extents that became absolute."""
+        from .analysis import _folder
+
+        folder = _folder()
+        if folder is not None and len(ids):
+            got = folder.add_streams(self.state, ids, b, ext_j, ext_se,
+                                     np.zeros(0, np.int64) if pend_j is None else pend_j,
+                                     np.zeros((0, 4), np.int64) if pend_v is None else pend_v)
+            if got is not None:
+                return self._side_tables(ids, ext_j, ext_file, pend_j, *got)
         s = self.state
         old = s[ids, IS_STREAM] == 1
         fresh = ids[~old]
@@ -186,6 +195,41 @@ class Groups:
         a[:, POS] = np.where(pb, bo[:, POS], shift + bo[:, POS])
         a[:, POS_ABS] = np.where(pb, 1, sabs)
         s[oi] = a
+        return placed
+
+    def _side_tables(self, ids, ext_j, ext_file, pend_j, ext_kind, ext_out, pend_kind,
+                     pend_out, mixed_j, mixed_v) -> dict:
+        """add_streams' extents and pairs after fold.c composed the rows, filed as the numpy
+        code files them (same lists, same order); returns the extents made absolute."""
+        placed: dict = {}
+        if len(ext_j):
+            new = ext_kind == 0
+            for j, se in zip(ext_j[new].tolist(), ext_out[new].tolist()):
+                self.ext.setdefault(int(ids[j]), []).append(tuple(se))
+        if pend_j is not None and len(pend_j):
+            for kind in (0, 2):         # new rows' pairs, then those still on two bases
+                sel = pend_kind == kind
+                for j, v in zip(pend_j[sel].tolist(), pend_out[sel].tolist()):
+                    self.pend.setdefault(int(ids[j]), []).append(tuple(v))
+        if len(ext_j):
+            isabs = ext_kind == 1
+            if isabs.any():
+                f, mv = ext_file[ext_j[isabs]], ext_out[isabs]
+                o = np.argsort(f, kind="stable")
+                f, mv = f[o], mv[o]
+                cut = np.flatnonzero(np.diff(f)) + 1
+                for fid, part in zip(f[np.append(0, cut)].tolist(), np.split(mv, cut)):
+                    placed[fid] = part
+            rel_sel = ext_kind == 2
+            if rel_sel.any():
+                from .analysis import _merge_runs
+                rel: dict = {}
+                for r, (st, en) in zip(ids[ext_j[rel_sel]].tolist(), ext_out[rel_sel].tolist()):
+                    rel.setdefault(r, []).append((st, en))
+                for r, add in rel.items():
+                    self.ext[r] = _merge_runs(self.ext.get(r, []) + add)
+        for j, v in zip(mixed_j.tolist(), mixed_v.tolist()):
+            self.pend.setdefault(int(ids[j]), []).append(tuple(v))
         return placed
 
     def merge(self, o: "Groups") -> tuple[np.ndarray, dict]:

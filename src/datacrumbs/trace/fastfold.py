@@ -67,10 +67,41 @@ class Folder:
         self._sums = lib.dc_sums
         self._sums.restype = _I
         self._sums.argtypes = [_I, _P, _I, _P, _P]
+        self._add = lib.dc_add_streams
+        self._add.restype = _I
+        self._add.argtypes = [_I, _I, _P, _I, _P, _P, _I, _P, _P, _I, _P, _P] + [_P] * 6
         self.calls = 0              # chunks folded here (tests: the C path did run)
         self.declined = 0
         self.uniques = 0            # unique() calls answered here
         self.summed = 0             # sums() calls answered here
+        self.absorbed = 0           # add_streams() calls answered here
+
+    def add_streams(self, state: np.ndarray, ids, b, ext_j, ext_se, pend_j, pend_v):
+        """groupstate.Groups.add_streams' arithmetic on ``state`` (an int64 C-ordered
+        matrix, changed in place): (ext_kind, ext_out, pend_kind, pend_out, mixed_j,
+        mixed_v) as fold.c's dc_add_streams describes them; None (nothing changed) when
+        declined."""
+        if state.dtype != np.int64 or not state.flags.c_contiguous or state.ndim != 2:
+            return None
+        i64 = np.int64
+        ids, ext_j, pend_j = (np.ascontiguousarray(x, i64) for x in (ids, ext_j, pend_j))
+        b = np.ascontiguousarray(b, i64)
+        ext_se = np.ascontiguousarray(ext_se, i64).reshape(-1, 2)
+        pend_v = np.ascontiguousarray(pend_v, i64).reshape(-1, 4)
+        ng, ne, npend = len(ids), len(ext_j), len(pend_j)
+        if b.shape != (ng, state.shape[1]) or len(ext_se) != ne or len(pend_v) != npend:
+            return None
+        ext_kind, pend_kind = np.empty(ne, np.int8), np.empty(npend, np.int8)
+        ext_out, pend_out = np.empty((ne, 2), i64), np.empty((npend, 4), i64)
+        mixed_j, mixed_v = np.empty(ng, i64), np.empty((ng, 4), i64)
+        nm = self._add(state.shape[0], state.shape[1], _ptr(state), ng, _ptr(ids), _ptr(b),
+                       ne, _ptr(ext_j), _ptr(ext_se), npend, _ptr(pend_j), _ptr(pend_v),
+                       _ptr(ext_kind), _ptr(ext_out), _ptr(pend_kind), _ptr(pend_out),
+                       _ptr(mixed_j), _ptr(mixed_v))
+        if nm < 0:
+            return None
+        self.absorbed += 1
+        return ext_kind, ext_out, pend_kind, pend_out, mixed_j[:nm], mixed_v[:nm]
 
     def sums(self, groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray | None:
         """Per-group int64 sums of int64 ``values`` over ``groups`` 0..n-1, wrapping as

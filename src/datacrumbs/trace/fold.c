@@ -276,3 +276,127 @@ int64_t dc_sums(int64_t n, const int64_t *groups, int64_t ng, const int64_t *val
     }
     return 0;
 }
+
+/* groupstate.Groups.add_streams' arithmetic (Stream.absorb for many streams at once), in
+ * place on the state matrix s (rows of ncol int64; the column numbers below are
+ * groupstate's): b (ng rows, same layout) are later stream states of the distinct rows
+ * ids. A row not yet a stream takes b's stream columns. For one that is, b's relative
+ * positions are moved onto its base: pairs on different bases (pend_v: offset, is_abs,
+ * previous end, is_abs, of b row pend_j) are classed once on one base, read extents
+ * (ext_se of b row ext_j) moved, b's head classed against the row's last end, and the
+ * counts, last end and position composed.
+ * Out, for Python's side tables (in the order numpy's code appends to them):
+ *   ext_kind per extent: 0 the row was new (kept as is), 1 now absolute, 2 still relative;
+ *     ext_out the extent moved;
+ *   pend_kind per pair: 0 the row was new (kept as is), 1 classed here, 2 still on two
+ *     bases; pend_out the pair moved;
+ *   mixed_j / mixed_v: b rows whose head is on another base than the row's last end, in
+ *     row order, with (head, is_abs, last end, is_abs); their number is returned.
+ * Returns -1 (a row or b row out of range: the caller uses numpy), -2 (no memory). */
+enum { G_CONSEC = 4, G_SEQ, G_RAND, G_MIS, G_LARGE, G_POS, G_POS_ABS, G_HAS, G_HEAD,
+       G_HEAD_ABS, G_LAST, G_LAST_ABS, G_IN_TABLE, G_IS_STREAM, G_NCOL };
+
+int64_t dc_add_streams(int64_t nrows, int64_t ncol, int64_t *s, int64_t ng,
+                       const int64_t *ids, const int64_t *b,
+                       int64_t ne, const int64_t *ext_j, const int64_t *ext_se,
+                       int64_t np_, const int64_t *pend_j, const int64_t *pend_v,
+                       int8_t *ext_kind, int64_t *ext_out, int8_t *pend_kind,
+                       int64_t *pend_out, int64_t *mixed_j, int64_t *mixed_v)
+{
+    if (ncol != G_NCOL)
+        return -1;
+    for (int64_t j = 0; j < ng; j++)
+        if (ids[j] < 0 || ids[j] >= nrows)
+            return -1;
+    for (int64_t e = 0; e < ne; e++)
+        if (ext_j[e] < 0 || ext_j[e] >= ng)
+            return -1;
+    for (int64_t p = 0; p < np_; p++)
+        if (pend_j[p] < 0 || pend_j[p] >= ng)
+            return -1;
+    uint8_t *old = malloc((size_t)ng + 1);
+    if (!old)
+        return -2;
+    for (int64_t j = 0; j < ng; j++) {
+        int64_t *a = s + ids[j] * ncol;
+        const int64_t *bj = b + j * ncol;
+        old[j] = a[G_IS_STREAM] == 1;
+        if (!old[j]) {
+            memcpy(a + G_CONSEC, bj + G_CONSEC, (G_LAST_ABS - G_CONSEC + 1) * sizeof(int64_t));
+            a[G_IS_STREAM] = 1;
+        }
+    }
+    /* positions of b are relative to the row's position before this fold */
+    for (int64_t p = 0; p < np_; p++) {
+        int64_t j = pend_j[p];
+        const int64_t *v = pend_v + 4 * p;
+        int64_t *o = pend_out + 4 * p;
+        if (!old[j]) {
+            pend_kind[p] = 0;
+            memcpy(o, v, 4 * sizeof(int64_t));
+            continue;
+        }
+        int64_t *a = s + ids[j] * ncol;
+        uint64_t shift = (uint64_t)a[G_POS];
+        int64_t sabs = a[G_POS_ABS];
+        int64_t off = v[1] == 1 ? v[0] : (int64_t)((uint64_t)v[0] + shift);
+        int64_t oab = v[1] == 1 ? 1 : sabs;
+        int64_t prv = v[3] == 1 ? v[2] : (int64_t)((uint64_t)v[2] + shift);
+        int64_t pab = v[3] == 1 ? 1 : sabs;
+        o[0] = off; o[1] = oab; o[2] = prv; o[3] = pab;
+        if (oab == pab) {
+            int64_t d = (int64_t)((uint64_t)off - (uint64_t)prv);
+            a[d == 0 ? G_CONSEC : d > 0 ? G_SEQ : G_RAND]++;
+            pend_kind[p] = 1;
+        } else
+            pend_kind[p] = 2;
+    }
+    for (int64_t e = 0; e < ne; e++) {
+        int64_t j = ext_j[e];
+        const int64_t *v = ext_se + 2 * e;
+        int64_t *o = ext_out + 2 * e;
+        if (!old[j]) {
+            ext_kind[e] = 0;
+            o[0] = v[0]; o[1] = v[1];
+            continue;
+        }
+        const int64_t *a = s + ids[j] * ncol;
+        uint64_t shift = (uint64_t)a[G_POS];
+        o[0] = (int64_t)((uint64_t)v[0] + shift);
+        o[1] = (int64_t)((uint64_t)v[1] + shift);
+        ext_kind[e] = a[G_POS_ABS] == 1 ? 1 : 2;
+    }
+    int64_t nm = 0;
+    for (int64_t j = 0; j < ng; j++) {
+        if (!old[j])
+            continue;
+        int64_t *a = s + ids[j] * ncol;
+        const int64_t *bj = b + j * ncol;
+        uint64_t shift = (uint64_t)a[G_POS];
+        int64_t sabs = a[G_POS_ABS];
+        for (int c = G_CONSEC; c <= G_LARGE; c++)
+            a[c] = (int64_t)((uint64_t)a[c] + (uint64_t)bj[c]);
+        if (bj[G_HAS] == 1) {
+            int64_t h_off = bj[G_HEAD_ABS] == 1 ? bj[G_HEAD] : (int64_t)((uint64_t)bj[G_HEAD] + shift);
+            int64_t h_abs = bj[G_HEAD_ABS] == 1 ? 1 : sabs;
+            if (a[G_HAS] != 1) {
+                a[G_HEAD] = h_off;
+                a[G_HEAD_ABS] = h_abs;
+            } else if (h_abs != a[G_LAST_ABS]) {
+                int64_t *m = mixed_v + 4 * nm;
+                mixed_j[nm++] = j;
+                m[0] = h_off; m[1] = h_abs; m[2] = a[G_LAST]; m[3] = a[G_LAST_ABS];
+            } else {
+                int64_t d = (int64_t)((uint64_t)h_off - (uint64_t)a[G_LAST]);
+                a[d == 0 ? G_CONSEC : d > 0 ? G_SEQ : G_RAND]++;
+            }
+            a[G_LAST] = bj[G_LAST_ABS] == 1 ? bj[G_LAST] : (int64_t)((uint64_t)bj[G_LAST] + shift);
+            a[G_LAST_ABS] = bj[G_LAST_ABS] == 1 ? 1 : sabs;
+            a[G_HAS] = 1;
+        }
+        a[G_POS] = bj[G_POS_ABS] == 1 ? bj[G_POS] : (int64_t)(shift + (uint64_t)bj[G_POS]);
+        a[G_POS_ABS] = bj[G_POS_ABS] == 1 ? 1 : sabs;
+    }
+    free(old);
+    return nm;
+}

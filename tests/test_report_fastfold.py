@@ -190,6 +190,31 @@ def test_byte_sums_past_2_to_the_53_are_exact(tmp_path, monkeypatch):
     assert folder.summed > summed
 
 
+def test_floats_are_columnars_sanitised_columns(site_object):
+    """dc_ints_as_floats / dc_sane_floats against the numpy code they replace (astype, NaN
+    where not given, columnar._sane): ints around 2**53 (2**53 + 1 rounds down to it and
+    stays), negatives, int64's ends; floats NaN, inf, -0.0, just past 2**53."""
+    folder = fastfold.load(fastfold.library_path(site_object))
+    edges = [0, 1, -1, 2 ** 53, 2 ** 53 + 1, 2 ** 53 + 2, 2 ** 63 - 1, -2 ** 63, 12345]
+    rng = np.random.default_rng(8)
+    ints = np.array(edges + rng.integers(-2 ** 60, 2 ** 60, 500).tolist(), np.int64)
+    given = rng.integers(0, 2, len(ints)).astype(bool)
+    given[:len(edges)] = True
+    fl = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 2.0 ** 53, np.nextafter(2.0 ** 53, 4e16),
+                   -1e-300, 1.5] + rng.normal(0, 1e16, 500).tolist())
+    for default in (-1.0, 0.0):
+        want = ints.astype(np.float64)
+        want[~given] = np.nan
+        want = columnar._sane(want, default)
+        got = np.empty(len(ints))
+        folder.floats(ints, given, default, got)
+        assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+        want = columnar._sane(fl.copy(), default)
+        got = np.empty(len(fl))
+        folder.floats(fl, None, default, got)
+        assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+
+
 def _random_groups(rng, n: int) -> gs.Groups:
     """Groups of ``n`` rows in every state a fold can leave: streams and not, positions
     absolute and relative (near int64's ends too), with and without an access, and side

@@ -384,40 +384,81 @@ def _merge(blocks: list, codes, keys) -> tuple[np.ndarray, list]:
 
 class ScanColumns:
     """One chunk of complete events, from the scanner's blocks, as the arrays
-    Aggregate.add_columns reads (:class:`Columns`' attributes, the same values)."""
+    Aggregate.add_columns reads (:class:`Columns`' attributes, the same values).
+
+    The float columns are written block by block into the chunk's arrays (by fold.c's
+    kernels where the site has them: one pass instead of a concatenation and six numpy
+    passes); the int and string columns only a few rows need (ret, flags, ftype2) are put
+    together when first asked for."""
 
     def __init__(self, blocks: list):
+        self._blocks = blocks
         self.n = sum(b.n for b in blocks)
         self.op, self.keys = _merge(blocks, lambda b: b.op, lambda b: b.op_keys)
         self.fil, self.fkeys = _merge(blocks, lambda b: b.fil, lambda b: b.file_keys)
-        cat = (lambda arrays: arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1))
-        flt = cat([b.flt for b in blocks])
-        self._ival = cat([b.ival for b in blocks])
-        self._iok = cat([b.iok for b in blocks])
+        self._int: dict = {}
         self._str: dict = {}
-        for k, name in enumerate(fastscan.STRINGS[4:], 4):   # hhash, ftype, fhash2, ftype2
-            self._str[name] = _merge(blocks, lambda b, k=k: b.code[k], lambda b, k=k: b.strings[k])
-        self.ts = _sane(flt[0].copy(), -1)
-        self.dur = _sane(flt[1].copy(), 0)
+        self.ts = self._floats(0, None, -1)
+        self.dur = self._floats(1, None, 0)
         self.pid = self._f64("pid", -1)
         self.tid = self._f64("tid", -1)
         self.size = self._f64("size", -1)
         self.count = self._f64("count", -1)
         self.errno = self._f64("errno", 0)
         self._offset = None
-        self.ft, self.ftlist = self._str["ftype"]
-        hc, hl = self._str["hhash"]
-        self.hhash = hl[hc[0]] if self.n and hc[0] >= 0 else None
-        f2, f2l = self._str["fhash2"]
-        self.two = np.flatnonzero(f2 >= 0)
-        self.two_keys = [f2l[c] for c in f2[self.two].tolist()]
-        self._blocks = blocks
+        self.ft, self.ftlist = self._strings("ftype")
+        self.hhash = None               # the first row's (the chunk's first host hash)
+        if self.n:
+            b0, k = blocks[0], fastscan.STRINGS.index("hhash")
+            c = int(b0.code[k][0])
+            self.hhash = b0.strings[k][c] if c >= 0 else None
+        k = fastscan.STRINGS.index("fhash2")
+        two, self.two_keys, at = [], [], 0
+        for b in blocks:                # copies: few rows
+            c = b.code[k]
+            idx = np.flatnonzero(c >= 0)
+            if len(idx):
+                two.append(idx + at)
+                self.two_keys += [b.strings[k][x] for x in c[idx].tolist()]
+            at += b.n
+        self.two = np.concatenate(two) if two else np.zeros(0, np.int64)
+
+    def _floats(self, col: int, name: str | None, default: float) -> np.ndarray:
+        """Float column ``col`` (ts, dur) or int column ``name`` of the chunk as float64,
+        sanitised as _sane does (an int not given: missing)."""
+        blocks = self._blocks
+        i = None if name is None else fastscan.INTS.index(name)
+        from .analysis import _folder
+
+        folder = _folder()
+        if folder is not None:
+            out = np.empty(self.n, np.float64)
+            at = 0
+            for b in blocks:
+                if i is None:
+                    folder.floats(b.flt[col], None, default, out[at:at + b.n])
+                else:
+                    folder.floats(b.ival[i], b.iok[i], default, out[at:at + b.n])
+                at += b.n
+            return out
+        if i is None:
+            return _sane(np.concatenate([b.flt[col] for b in blocks]), default)
+        vals, given = self._ints_of(i)
+        a = vals.astype(np.float64)
+        a[~given] = np.nan
+        return _sane(a, default)
 
     def _f64(self, name: str, default: float) -> np.ndarray:
-        i = fastscan.INTS.index(name)
-        a = self._ival[i].astype(np.float64)
-        a[~self._iok[i]] = np.nan
-        return _sane(a, default)
+        return self._floats(0, name, default)
+
+    def _ints_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 values, given) of int column ``i`` over the chunk."""
+        got = self._int.get(i)
+        if got is None:
+            blocks = self._blocks
+            got = self._int[i] = (np.concatenate([b.ival[i] for b in blocks]),
+                                  np.concatenate([b.iok[i] for b in blocks]))
+        return got
 
     def _strings(self, key: str):
         got = self._str.get(key)
@@ -430,15 +471,15 @@ class ScanColumns:
     def arg(self, i: int, key: str):
         """Row i's arg as the dict path's ``args.get(key)`` (opens, seeks and copies)."""
         if key in fastscan.INTS:
-            k = fastscan.INTS.index(key)
-            return int(self._ival[k, i]) if self._iok[k, i] else None
+            vals, given = self._ints_of(fastscan.INTS.index(key))
+            return int(vals[i]) if given[i] else None
         codes, values = self._strings(key)
         return values[codes[i]] if codes[i] >= 0 else None
 
     def ints(self, idx: np.ndarray, key: str):
         """(int64 values, present) of rows ``idx`` of an int column."""
-        k = fastscan.INTS.index(key)
-        return self._ival[k][idx], self._iok[k][idx]
+        vals, given = self._ints_of(fastscan.INTS.index(key))
+        return vals[idx], given[idx]
 
     def offsets(self, idx: np.ndarray) -> np.ndarray:
         if self._offset is None:

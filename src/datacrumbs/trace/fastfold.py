@@ -70,11 +70,35 @@ class Folder:
         self._add = lib.dc_add_streams
         self._add.restype = _I
         self._add.argtypes = [_I, _I, _P, _I, _P, _P, _I, _P, _P, _I, _P, _P] + [_P] * 6
+        self._ints_f = lib.dc_ints_as_floats
+        self._ints_f.restype = None
+        self._ints_f.argtypes = [_I, _P, _P, ctypes.c_double, _P]
+        self._sane_f = lib.dc_sane_floats
+        self._sane_f.restype = None
+        self._sane_f.argtypes = [_I, _P, ctypes.c_double, _P]
         self.calls = 0              # chunks folded here (tests: the C path did run)
         self.declined = 0
         self.uniques = 0            # unique() calls answered here
         self.summed = 0             # sums() calls answered here
         self.absorbed = 0           # add_streams() calls answered here
+
+    def floats(self, values: np.ndarray, given: np.ndarray | None, default: float,
+               out: np.ndarray) -> None:
+        """``out`` (float64, contiguous, len(values)) = int64 ``values`` where ``given``
+        (or float64 ``values`` when ``given`` is None) that are finite numbers in [0,
+        2**53] as doubles, else ``default``: columnar._sane of them."""
+        n = len(values)
+        if len(out) != n or out.dtype != np.float64 or not out.flags.c_contiguous:
+            raise ValueError("out must be a contiguous float64 array as long as values")
+        if given is None:
+            v = np.ascontiguousarray(values, np.float64)
+            self._sane_f(n, _ptr(v), default, _ptr(out))
+        else:
+            v = np.ascontiguousarray(values, np.int64)
+            ok = np.ascontiguousarray(given).view(np.uint8)
+            if len(ok) != n:
+                raise ValueError("given must be as long as values")
+            self._ints_f(n, _ptr(v), _ptr(ok), default, _ptr(out))
 
     def add_streams(self, state: np.ndarray, ids, b, ext_j, ext_se, pend_j, pend_v):
         """groupstate.Groups.add_streams' arithmetic on ``state`` (an int64 C-ordered

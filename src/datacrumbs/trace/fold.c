@@ -1,4 +1,5 @@
-/* The report's per-stream access pattern in one pass (report/fastfold.py loads it).
+/* The report's compiled kernels (trace/fastfold.py loads them): first, the per-stream
+ * access pattern in one pass.
  *
  * analysis.Detail._streams sorted a chunk's accesses and resets (opens, seeks) by stream
  * and ran some forty numpy passes over them; here one walk in trace order keeps each
@@ -6,13 +7,17 @@
  * produces the same per-stream results. Arithmetic is modulo 2^64 (uint64_t), as numpy's
  * int64 arithmetic wraps, so even hostile offsets give the numpy path's numbers.
  *
- * dc_unique counts distinct int64 keys with a hash table: np.unique sorts all n keys (an
- * argsort too for the inverse), about 90 ns a key on a chunk's (file, size) pairs; here
- * only the k distinct keys are left for the caller to sort.
+ * Then the chunk's other passes that numpy made in several: dc_unique counts distinct
+ * int64 keys with a hash table (np.unique sorted all n keys, an argsort too for the
+ * inverse: about 90 ns a key on a chunk's (file, size) pairs) and radix-sorts the k
+ * distinct ones; dc_sums sums per group; dc_add_streams composes stream states with
+ * earlier ones (groupstate.py); dc_ints_as_floats and dc_sane_floats make a scanned
+ * block's columns the report's float columns. Each gives the numpy code's arrays exactly.
  *
  * Built by `datacrumbs build-bpf` / `datacrumbs install` beside the BPF object; never at
  * run time. Bump DC_FOLD_ABI whenever a signature or a layout below changes.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -399,4 +404,24 @@ int64_t dc_add_streams(int64_t nrows, int64_t ncol, int64_t *s, int64_t ng,
     }
     free(old);
     return nm;
+}
+
+/* A scanned block's columns as the report's float64 columns (report/columnar.py): an int
+ * column with its "given" flags, or a float column (NaN where missing), each value kept
+ * when it is a finite number in [0, 2^53] after the conversion to double, else dflt: what
+ * numpy's astype and the checks of columnar._sane give, in one pass into out. */
+void dc_ints_as_floats(int64_t n, const int64_t *v, const uint8_t *ok, double dflt, double *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)v[i];
+        out[i] = ok[i] && d >= 0 && d <= 0x1p53 ? d : dflt;
+    }
+}
+
+void dc_sane_floats(int64_t n, const double *v, double dflt, double *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double d = v[i];
+        out[i] = isfinite(d) && !(d < 0) && !(d > 0x1p53) ? d : dflt;
+    }
 }

@@ -35,13 +35,6 @@ from ..trace.reader import (PARSE_BLOCK, TraceReader, _blocks, _loads, block_bod
                              block_events, has_surrogate_escape, parse_block,
                              without_surrogates)
 
-try:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.json as pj
-except ImportError:             # pragma: no cover - pyarrow is a dependency
-    pa = None
-
 #: The fields the report reads, with the JSON type each must have for the fast path.
 _ARGS = [("fhash", "s"), ("fname", "s"), ("hhash", "s"), ("size", "i"), ("count", "i"),
          ("errno", "i"), ("offset", "i"), ("ret", "i"), ("flags", "i"), ("ftype", "s"),
@@ -50,13 +43,26 @@ _TOP = [("name", "s"), ("cat", "s"), ("pid", "i"), ("tid", "i"), ("ts", "f"), ("
         ("ph", "s")]
 MAX_VALUE = 2.0 ** 53
 
-if pa is not None:
-    _T = {"s": pa.string(), "i": pa.int64(), "f": pa.float64()}
-    SCHEMA = pa.schema([(k, _T[t]) for k, t in _TOP] +
-                       [("args", pa.struct([(k, _T[t]) for k, t in _ARGS]))])
-    _PARSE = pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore",
-                             newlines_in_values=False)
-    _READ = pj.ReadOptions(use_threads=False, block_size=PARSE_BLOCK + (1 << 20))
+# pyarrow, imported when a block first needs it: a site with the compiled scanner reads
+# most traces without it, and its import costs each worker about 0.05 s of CPU.
+pa = pc = pj = SCHEMA = _PARSE = _READ = None
+
+
+def _arrow() -> None:
+    global pa, pc, pj, SCHEMA, _PARSE, _READ
+    if pa is not None:
+        return
+    import pyarrow
+    import pyarrow.compute
+    import pyarrow.json
+
+    t = {"s": pyarrow.string(), "i": pyarrow.int64(), "f": pyarrow.float64()}
+    SCHEMA = pyarrow.schema([(k, t[x]) for k, x in _TOP] +
+                            [("args", pyarrow.struct([(k, t[x]) for k, x in _ARGS]))])
+    _PARSE = pyarrow.json.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore",
+                                       newlines_in_values=False)
+    _READ = pyarrow.json.ReadOptions(use_threads=False, block_size=PARSE_BLOCK + (1 << 20))
+    pa, pc, pj = pyarrow, pyarrow.compute, pyarrow.json
 
 
 #: Read blocks with the compiled scanner when the site has one; False: pyarrow first.
@@ -65,7 +71,11 @@ _SCANNER: list = []     # [the scanner or None], looked up once per process
 
 
 def available() -> bool:
-    return pa is not None
+    """Whether pyarrow (a dependency) is installed: the columnar path needs it for the
+    blocks the scanner declines."""
+    from importlib.util import find_spec
+
+    return find_spec("pyarrow") is not None
 
 
 def scanner():
@@ -126,6 +136,7 @@ def parse_block_columns(block: bytes):
     body, closed = block_body(block)
     if not body:
         return None, [], 0, closed
+    _arrow()
     if b",\n" in body or b"\n\n" in body or has_surrogate_escape(body):
         return None                 # (a lone surrogate: the dict path escapes it)
     try:
@@ -261,6 +272,7 @@ class Columns:
     """One chunk of complete events as the arrays Aggregate.add_columns reads."""
 
     def __init__(self, tbl):
+        _arrow()
         tbl = tbl.combine_chunks()
         n = self.n = tbl.num_rows
         args = tbl.column("args").chunk(0) if tbl.column("args").num_chunks else None

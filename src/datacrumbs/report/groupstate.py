@@ -11,6 +11,8 @@ number. The fold is ``Stream.absorb`` written for many streams at once; the dict
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 
 # columns of the state matrix
@@ -284,13 +286,14 @@ class Groups:
 
 def _by_row(lists: dict, loc: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """A {row: [tuple of ``width`` ints]} side table as (``loc[row]`` of each tuple, the
-    tuples as an n x ``width`` array): a partial's read extents or pending pairs."""
-    rows, vals = [], []
-    for r, items in lists.items():
-        for v in items:
-            rows.append(loc[r])
-            vals.append(v)
-    return np.array(rows, np.int64), np.array(vals, np.int64).reshape(-1, width)
+    tuples as an n x ``width`` array): a partial's read extents or pending pairs, in the
+    dict's order (no Python step per tuple: a partial holds thousands)."""
+    if not lists:
+        return np.zeros(0, np.int64), np.zeros((0, width), np.int64)
+    keys = np.fromiter(lists.keys(), np.int64, len(lists))
+    rows = np.repeat(loc[keys], [len(v) for v in lists.values()])
+    vals = np.array(list(chain.from_iterable(lists.values())), np.int64).reshape(-1, width)
+    return rows.astype(np.int64), vals
 
 
 def _intern(index: dict, items: list, keys) -> np.ndarray:

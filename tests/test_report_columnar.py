@@ -559,3 +559,117 @@ def test_body_bounds_is_block_body_without_the_copy(block):
     from datacrumbs.trace.reader import block_body
     start, end, closed = columnar.body_bounds(block)
     assert (block[start:end], closed) == block_body(block)
+
+
+_TOP_KEYS = ("id", "name", "cat", "pid", "tid", "ts", "dur", "ph", "args")
+_ARGS_KEYS = ("hhash", "fhash", "fname", "fd", "fd2", "fhash2", "ftype2", "count", "offset",
+              "size", "ret", "errno", "flags", "ftype")
+
+
+def _random_line(rng: random.Random, pools: dict) -> str:
+    """One line as our writer orders it (now and then another order, a null, a metadata
+    line), with strings and numbers drawn to hit the scanner's fast and slow paths."""
+    def num() -> str:
+        kind = rng.randrange(7)
+        if kind == 0:       # an epoch ts: 16 digits before the point, 17 to 19 digits in all
+            return f"{rng.randrange(10**15, 10**16)}.{rng.randrange(10**rng.randrange(1, 4))}"
+        if kind == 1:       # near a halfway point of the doubles about 2^53 and 2^60
+            m = (1 << rng.choice([52, 53, 54, 60])) + rng.randrange(-50, 50)
+            return f"{m}.{rng.choice(['5', '500', '499', '501', '25', '75', '125', '0'])}"
+        if kind == 2:
+            return rng.choice(["0", "-0", "0.0", "-0.0", "-1.5", "1e3", "-2.5E-3", "1E+2",
+                               "0.001", "123456789012345678.9", "-1764079200005866.141"])
+        if kind == 3:
+            return f"-{rng.randrange(10**rng.randrange(1, 17))}.{rng.randrange(1000):03d}"
+        if kind == 4:
+            return repr(rng.uniform(-1e6, 1e17))
+        if kind == 5:
+            return str(rng.randrange(-10**18, 10**18))
+        return f"{rng.randrange(1, 10**6)}.{rng.randrange(1000):03d}"
+
+    def integer() -> str:
+        return str(rng.choice([0, -1, 7, 8192, 1 << 20, rng.randrange(-(1 << 63), 1 << 63)]))
+
+    def string(pool: str) -> str:
+        return json.dumps(rng.choice(pools[pool]), ensure_ascii=False)
+
+    val = {"id": integer, "pid": integer, "tid": integer, "ts": num, "dur": num,
+           "fd": integer, "fd2": integer, "count": integer, "offset": integer,
+           "size": integer, "ret": integer, "errno": integer, "flags": integer,
+           "name": lambda: string("name"), "cat": lambda: string("cat"),
+           "hhash": lambda: string("hash"), "fhash": lambda: string("hash"),
+           "fhash2": lambda: string("hash"), "fname": lambda: string("path"),
+           "ftype": lambda: string("type"), "ftype2": lambda: string("type")}
+    args = [k for k in _ARGS_KEYS if rng.random() < 0.5]
+    top = [k for k in _TOP_KEYS if k in ("ph", "args") or rng.random() < 0.9]
+    if rng.random() < 0.05:
+        rng.shuffle(args)
+        rng.shuffle(top)
+
+    def field(k: str) -> str:
+        if k != "fhash2" and rng.random() < 0.02:
+            return f'"{k}":null'
+        return f'"{k}":{val[k]()}'
+
+    body = ",".join(field(k) for k in args)
+    parts = []
+    for k in top:
+        if k == "ph":
+            parts.append('"ph":"M"' if rng.random() < 0.02 else '"ph":"X"')
+        elif k == "args":
+            parts.append(f'"args":{{{body}}}')
+        else:
+            parts.append(field(k))
+    return "{" + ",".join(parts) + "}"
+
+
+def test_the_scanner_reads_random_writer_lines_as_json_does():
+    """Blocks of random lines in the writer's key order, with many distinct strings (the
+    string tables grow several times; long ones share their first 16 bytes or more),
+    non-ASCII text, and numbers of every shape near the exact paths' limits: every column,
+    string code (first appearance), operation and file pair is json.loads's."""
+    scanner = columnar.scanner()
+    rng = random.Random(23)
+    pools = {
+        "name": ["", "a", "write", "pwrite64", "MPI_File_write_at_all", "x" * 15, "x" * 16,
+                 "x" * 17, "x" * 16 + "y", "é", "h€llo wörld 💾"] +
+                [f"op_{i}" for i in range(300)],
+        "cat": ["POSIX", "STDIO", "MPIIO", "HDF5", "c" * 8, "c" * 9],
+        "hash": [f"{rng.getrandbits(64):016x}" for _ in range(1500)] + ["a05d58b42f09dc65"],
+        "path": [f"/scratch/job/rank{i}/data.{j}.h5" for i in range(40) for j in range(5)] +
+                ["/", "/a", "/scratch/job/rank1/data.1.h5x"],
+        "type": ["reg", "pipe", "sock", ""],
+    }
+    for trial in range(12):
+        lines = [_random_line(rng, pools) for _ in range(rng.randrange(1, 4000))]
+        got = scanner.scan("\n".join(lines).encode())
+        assert got is not None, trial
+        recs = [json.loads(line) for line in lines]
+        xs = [r for r in recs if r.get("ph") == "X"]
+        assert got.n == len(xs) and got.nrec == len(recs)
+        assert [json.loads(m) for m in got.meta_lines] == [r for r in recs if r["ph"] == "M"]
+        codes = []
+        for k, name in enumerate(fastscan.STRINGS):
+            want = [(r if name in ("name", "cat") else r.get("args") or {}).get(name)
+                    for r in xs]
+            firsts = list(dict.fromkeys(w for w in want if w is not None))
+            assert got.strings[k] == firsts, name
+            codes.append([firsts.index(w) if w is not None else -1 for w in want])
+            assert got.code[k].tolist() == codes[k], name
+        for k, name in enumerate(fastscan.FLOATS):
+            want = [float("nan") if r.get(name) is None else float(r[name]) for r in xs]
+            assert got.flt[k].tobytes() == struct.pack(f"<{len(xs)}d", *want), name
+        for name in fastscan.INTS:
+            want = [(r if name in ("pid", "tid") else r.get("args") or {}).get(name)
+                    for r in xs]
+            vals, ok = got.ints(name)
+            assert [int(v) if o else None for v, o in zip(vals.tolist(), ok.tolist())] == want
+        s = {n: k for k, n in enumerate(fastscan.STRINGS)}
+        ops = [(codes[s["cat"]][i], codes[s["name"]][i]) for i in range(len(xs))]
+        first_ops = list(dict.fromkeys(ops))
+        assert got.op.tolist() == [first_ops.index(o) for o in ops]
+        files = [(s["fhash"], codes[s["fhash"]][i]) if codes[s["fhash"]][i] >= 0 else
+                 (s["fname"], codes[s["fname"]][i]) if codes[s["fname"]][i] >= 0 else None
+                 for i in range(len(xs))]
+        first_files = list(dict.fromkeys(f for f in files if f is not None))
+        assert got.fil.tolist() == [first_files.index(f) if f else -1 for f in files]

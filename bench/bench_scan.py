@@ -23,16 +23,21 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gzip
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# as every datacrumbs command runs (cli.single_threaded_blas): no OpenBLAS thread pool
+# spinning beside the timed calls
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from datacrumbs.report.columnar import body_bounds
-from datacrumbs.trace import fastscan
-from datacrumbs.trace.reader import PARSE_BLOCK, _blocks
+import numpy as np  # noqa: E402
+
+from datacrumbs.report.columnar import body_bounds  # noqa: E402
+from datacrumbs.trace import fastscan  # noqa: E402
+from datacrumbs.trace.reader import PARSE_BLOCK, _blocks  # noqa: E402
 
 
 def load_text(path: Path, mb: float) -> bytes:

@@ -109,75 +109,126 @@ static inline int same(const unsigned char *a, const unsigned char *b, int64_t n
     return 1;
 }
 
-/* Open addressing; a slot holds code + 1 (0: empty). */
-struct table {
-    int32_t *slot;
-    uint64_t mask;
-    int64_t n;
+/* A string's first 16 bytes, zero-padded: a table slot keeps them, so that our strings
+ * (names, categories, 16-hex-digit hashes) are found without reading the block again.
+ * The padding is no text: a string here holds no NUL (control characters are refused). */
+struct head {
+    uint64_t a, b;
 };
 
-static int table_init(struct table *t, uint64_t size)
+static inline struct head head16(const unsigned char *s, int64_t n, const unsigned char *end)
 {
-    t->slot = calloc(size, sizeof(int32_t));
-    t->mask = size - 1;
-    t->n = 0;
-    return t->slot != NULL;
+    struct head h = {0, 0};
+    if (end - s >= 16) {
+        memcpy(&h.a, s, 8);
+        memcpy(&h.b, s + 8, 8);
+    } else
+        memcpy(&h, s, (size_t)(n < 16 ? n : 16));  /* the string is in the block */
+    if (n < 16) {
+        h.b &= n <= 8 ? 0 : ~0ull >> (128 - 8 * n);
+        h.a &= n >= 8 ? ~0ull : (1ull << (8 * n)) - 1;
+    }
+    return h;
 }
 
+/* Its hash: the table takes the top bits (both products mix all of a word into them). */
+static inline uint64_t hash_str(struct head h, const unsigned char *s, int64_t n)
+{
+    uint64_t tail = n > 16 ? hash_bytes(s + 16, n - 16) : 0;
+    return h.a * 0x9E3779B97F4A7C15ull ^ (h.b ^ tail) * 0xff51afd7ed558ccdull;
+}
+
+/* Open addressing; code + 1 (0: empty). */
+struct sslot {
+    uint64_t a, b;          /* head16 */
+    int64_t len;
+    int32_t code1, pad;
+};
+
 struct strings {            /* one string column of a block */
-    struct table t;
-    const unsigned char *buf;
+    struct sslot *slot;
+    uint64_t mask;
+    int shift;              /* 64 - log2(slots) */
+    int64_t n;
+    const unsigned char *buf, *end;
     int64_t *off, *len;
-    int64_t last_len;       /* the last string looked up, and its code */
-    const unsigned char *last;
+    struct head last;       /* the last string looked up, and its code */
+    const unsigned char *last_s;
+    int64_t last_len;
     int32_t last_code;
 };
 
+static int strings_table(struct strings *c, int bits)
+{
+    c->slot = calloc((size_t)1 << bits, sizeof *c->slot);
+    c->mask = ((uint64_t)1 << bits) - 1;
+    c->shift = 64 - bits;
+    return c->slot != NULL;
+}
+
 static int strings_grow(struct strings *c)
 {
-    struct table old = c->t;
-    if (!table_init(&c->t, (old.mask + 1) * 2))
+    struct sslot *old = c->slot;
+    uint64_t size = c->mask + 1;
+    if (!strings_table(c, 64 - c->shift + 1))
         return 0;
-    for (int64_t k = 0; k < old.n; k++) {
-        uint64_t h = hash_bytes(c->buf + c->off[k], c->len[k]) & c->t.mask;
-        while (c->t.slot[h])
-            h = (h + 1) & c->t.mask;
-        c->t.slot[h] = (int32_t)(k + 1);
+    for (uint64_t i = 0; i < size; i++) {
+        if (!old[i].code1)
+            continue;
+        struct head k = {old[i].a, old[i].b};
+        uint64_t h = hash_str(k, c->buf + c->off[old[i].code1 - 1], old[i].len) >> c->shift;
+        while (c->slot[h].code1)
+            h = (h + 1) & c->mask;
+        c->slot[h] = old[i];
     }
-    c->t.n = old.n;
-    free(old.slot);
+    free(old);
     return 1;
 }
 
 /* The code of string s in its column (new strings numbered by first appearance); -2: no memory. */
 static inline int32_t intern(struct strings *c, const unsigned char *s, int64_t n)
 {
-    if (n == c->last_len && same(s, c->last, n))
+    struct head k = head16(s, n, c->end);
+    if (k.a == c->last.a && k.b == c->last.b && n == c->last_len &&
+        (n <= 16 || same(s + 16, c->last_s + 16, n - 16)))
         return c->last_code;
-    uint64_t h = hash_bytes(s, n) & c->t.mask;
-    int32_t got;
-    while ((got = c->t.slot[h])) {
-        int64_t k = got - 1;
-        if (c->len[k] == n && same(c->buf + c->off[k], s, n))
+    uint64_t h = hash_str(k, s, n) >> c->shift;
+    struct sslot *e;
+    for (; (e = &c->slot[h])->code1; h = (h + 1) & c->mask)
+        if (e->a == k.a && e->b == k.b && e->len == n &&
+            (n <= 16 || same(c->buf + c->off[e->code1 - 1] + 16, s + 16, n - 16)))
             goto found;
-        h = (h + 1) & c->t.mask;
+    c->off[c->n] = s - c->buf;
+    c->len[c->n] = n;
+    e->a = k.a;
+    e->b = k.b;
+    e->len = n;
+    e->code1 = (int32_t)++c->n;
+    if ((uint64_t)c->n * 2 > c->mask) {
+        int32_t code = e->code1 - 1;
+        if (!strings_grow(c))
+            return -2;
+        c->last_len = -1;          /* e moved */
+        return code;
     }
-    got = (int32_t)(c->t.n + 1);
-    c->off[c->t.n] = s - c->buf;
-    c->len[c->t.n] = n;
-    c->t.slot[h] = got;
-    c->t.n++;
-    if ((uint64_t)c->t.n * 2 > c->t.mask && !strings_grow(c))
-        return -2;
 found:
-    c->last = s;
+    c->last = k;
+    c->last_s = s;
     c->last_len = n;
-    c->last_code = got - 1;
-    return got - 1;
+    c->last_code = e->code1 - 1;
+    return e->code1 - 1;
 }
 
-struct pairs {              /* (a, b) code pairs numbered by first appearance */
-    struct table t;
+/* (a, b) code pairs numbered by first appearance; a slot keeps its pair. */
+struct pslot {
+    uint64_t key;
+    int32_t code1, pad;     /* code + 1 (0: empty) */
+};
+
+struct pairs {
+    struct pslot *slot;
+    uint64_t mask;
+    int64_t n;
     int32_t *a, *b;
     uint64_t last;
     int32_t last_code;
@@ -188,19 +239,28 @@ static inline uint64_t pair_key(int32_t a, int32_t b)
     return (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
 }
 
+static int pairs_table(struct pairs *p, uint64_t size)
+{
+    p->slot = calloc(size, sizeof *p->slot);
+    p->mask = size - 1;
+    return p->slot != NULL;
+}
+
 static int pairs_grow(struct pairs *p)
 {
-    struct table old = p->t;
-    if (!table_init(&p->t, (old.mask + 1) * 2))
+    struct pslot *old = p->slot;
+    uint64_t size = p->mask + 1;
+    if (!pairs_table(p, size * 2))
         return 0;
-    for (int64_t k = 0; k < old.n; k++) {
-        uint64_t h = hash_u64(pair_key(p->a[k], p->b[k])) & p->t.mask;
-        while (p->t.slot[h])
-            h = (h + 1) & p->t.mask;
-        p->t.slot[h] = (int32_t)(k + 1);
+    for (uint64_t i = 0; i < size; i++) {
+        if (!old[i].code1)
+            continue;
+        uint64_t h = hash_u64(old[i].key) & p->mask;
+        while (p->slot[h].code1)
+            h = (h + 1) & p->mask;
+        p->slot[h] = old[i];
     }
-    p->t.n = old.n;
-    free(old.slot);
+    free(old);
     return 1;
 }
 
@@ -209,24 +269,26 @@ static inline int32_t pair(struct pairs *p, int32_t a, int32_t b)
     uint64_t key = pair_key(a, b);
     if (key == p->last && p->last_code >= 0)
         return p->last_code;
-    uint64_t h = hash_u64(key) & p->t.mask;
-    int32_t got;
-    while ((got = p->t.slot[h])) {
-        if (p->a[got - 1] == a && p->b[got - 1] == b)
+    uint64_t h = hash_u64(key) & p->mask;
+    struct pslot *e;
+    for (; (e = &p->slot[h])->code1; h = (h + 1) & p->mask)
+        if (e->key == key)
             goto found;
-        h = (h + 1) & p->t.mask;
+    p->a[p->n] = a;
+    p->b[p->n] = b;
+    e->key = key;
+    e->code1 = (int32_t)++p->n;
+    if ((uint64_t)p->n * 2 > p->mask) {
+        int32_t code = e->code1 - 1;
+        if (!pairs_grow(p))
+            return -2;
+        p->last_code = -1;          /* e moved */
+        return code;
     }
-    got = (int32_t)(p->t.n + 1);
-    p->a[p->t.n] = a;
-    p->b[p->t.n] = b;
-    p->t.slot[h] = got;
-    p->t.n++;
-    if ((uint64_t)p->t.n * 2 > p->t.mask && !pairs_grow(p))
-        return -2;
 found:
     p->last = key;
-    p->last_code = got - 1;
-    return got - 1;
+    p->last_code = e->code1 - 1;
+    return e->code1 - 1;
 }
 
 /* ---- JSON pieces ---------------------------------------------------------------- */
@@ -838,9 +900,9 @@ struct state {
 static void state_free(struct state *st)
 {
     for (int c = 0; c < NSTR; c++)
-        free(st->str[c].t.slot);
-    free(st->ops.t.slot);
-    free(st->files.t.slot);
+        free(st->str[c].slot);
+    free(st->ops.slot);
+    free(st->files.slot);
 }
 
 /* Rows of the complete events of buf[0..len) (whole lines, no [ or ] lines) into out:
@@ -856,15 +918,15 @@ int64_t dc_scan(const char *buf, int64_t len, struct dc_scan *out)
     out->fail_at = -1;
     for (int c = 0; c < NSTR; c++) {
         struct strings *s = &st.str[c];
-        if (!table_init(&s->t, 256))
+        if (!strings_table(s, 8))
             goto done;
         s->buf = (cp)buf;
+        s->end = end;
         s->off = out->soff + c * cap;
         s->len = out->slen + c * cap;
         s->last_len = -1;
-        s->last = (cp)buf;
     }
-    if (!table_init(&st.ops.t, 256) || !table_init(&st.files.t, 256))
+    if (!pairs_table(&st.ops, 256) || !pairs_table(&st.files, 256))
         goto done;
     if (len && end[-1] == '\n') {      /* a blank last line */
         out->fail_at = len;
@@ -942,9 +1004,9 @@ int64_t dc_scan(const char *buf, int64_t len, struct dc_scan *out)
         p = nl + 1;
     }
     for (int c = 0; c < NSTR; c++)
-        out->nstr[c] = st.str[c].t.n;
-    out->nop = st.ops.t.n;
-    out->nfil = st.files.t.n;
+        out->nstr[c] = st.str[c].n;
+    out->nop = st.ops.n;
+    out->nfil = st.files.n;
     out->nrec = r + out->nmeta;
     rc = r;
 done:

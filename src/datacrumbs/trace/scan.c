@@ -374,6 +374,21 @@ static inline __attribute__((always_inline)) cp string(cp p, cp end, cp *s, int6
     return q + 1;
 }
 
+/* Whether the 8 bytes at p are all digits, and their value (SWAR: little-endian, the
+ * first digit in the lowest byte). */
+static inline int eight_digits(cp p, uint64_t *out)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    if (((x & 0xF0F0F0F0F0F0F0F0ull) | (((x + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull) >> 4))
+        != 0x3333333333333333ull)
+        return 0;
+    x = (x & 0x0F0F0F0F0F0F0F0Full) * 2561 >> 8;
+    x = (x & 0x00FF00FF00FF00FFull) * 6553601 >> 16;
+    *out = (x & 0x0000FFFF0000FFFFull) * 42949672960001ull >> 32;
+    return 1;
+}
+
 /* A JSON number at p: its end, or NULL when the grammar is not JSON's. Its digits are
  * gathered on the way (v: the integer of all its digits without the point, exact while
  * sig, the digits from the first non-zero one, is at most 19; k: digits after the point). */
@@ -395,12 +410,17 @@ static inline cp number(cp p, cp end, struct num *m)
         return NULL;
     if (*p == '0')
         p++;
-    else if (*p >= '1' && *p <= '9')
+    else if (*p >= '1' && *p <= '9') {
+        uint64_t d;
+        /* a timestamp has 16 digits before its point: eight at a time (v wraps as the
+         * digit loop's does when there are more than 19) */
+        for (; end - p >= 8 && eight_digits(p, &d); p += 8, sig += 8)
+            v = v * 100000000 + d;
         for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
             v = v * 10 + (uint64_t)(*p - '0');
             sig++;
         }
-    else
+    } else
         return NULL;
     m->plain = 1;
     m->k = 0;
@@ -455,15 +475,18 @@ static inline int int64_of(const struct num *m, int64_t *out)
 static const double POW10[23] = {
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+static const uint64_t POW10U[20] = {
+    1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull, 100000000ull,
+    1000000000ull, 10000000000ull, 100000000000ull, 1000000000000ull, 10000000000000ull,
+    100000000000000ull, 1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
+    1000000000000000000ull, 10000000000000000000ull};
 
 /* m / 10^k correctly rounded (to nearest, ties to even), for m < 2^64, 10^k < 2^64:
  * a quotient of at least 55 bits from 128-bit integer division, then rounded to 53
  * with the remainder as the sticky bit. */
 static double div_pow10(uint64_t m, int k)
 {
-    uint64_t p = 1;
-    for (int i = 0; i < k; i++)
-        p *= 10;
+    uint64_t p = POW10U[k];
     int bm = 64 - __builtin_clzll(m), bp = 64 - __builtin_clzll(p);
     int s = 55 + bp - bm;
     if (s < 0)
@@ -484,7 +507,12 @@ static double div_pow10(uint64_t m, int k)
     uint64_t half = (uint64_t)1 << (drop - 1);
     if (rest > half || (rest == half && (sticky || (mant & 1))))
         mant++;
-    return ldexp((double)mant, drop - s);
+    /* mant * 2^(drop - s), a normal double: its bits directly (no call to ldexp); a mant
+     * rounded up to 2^53 carries into the exponent, as it should */
+    uint64_t bits = ((uint64_t)(drop - s + 1074) << 52) + mant;
+    double x;
+    memcpy(&x, &bits, 8);
+    return x;
 }
 
 /* A number token as Python's json gives it, as a float: 1 done; 0 not one this reads

@@ -568,7 +568,8 @@ _ARGS_KEYS = ("hhash", "fhash", "fname", "fd", "fd2", "fhash2", "ftype2", "count
 
 def _random_line(rng: random.Random, pools: dict) -> str:
     """One line as our writer orders it (now and then another order, a null, a metadata
-    line), with strings and numbers drawn to hit the scanner's fast and slow paths."""
+    line, whitespace), with strings and numbers drawn to hit the scanner's fast and slow
+    paths."""
     def num() -> str:
         kind = rng.randrange(7)
         if kind == 0:       # an epoch ts: 16 digits before the point, 17 to 19 digits in all
@@ -606,21 +607,26 @@ def _random_line(rng: random.Random, pools: dict) -> str:
         rng.shuffle(args)
         rng.shuffle(top)
 
+    spaced = rng.random() < 0.05         # whitespace (not the writer's) between tokens
+
+    def w() -> str:
+        return rng.choice(["", " ", "\t", "  ", "\r", " \t"]) if spaced else ""
+
     def field(k: str) -> str:
         if k != "fhash2" and rng.random() < 0.02:
-            return f'"{k}":null'
-        return f'"{k}":{val[k]()}'
+            return f'{w()}"{k}"{w()}:{w()}null{w()}'
+        return f'{w()}"{k}"{w()}:{w()}{val[k]()}{w()}'
 
     body = ",".join(field(k) for k in args)
     parts = []
     for k in top:
         if k == "ph":
-            parts.append('"ph":"M"' if rng.random() < 0.02 else '"ph":"X"')
+            parts.append(f'{w()}"ph":{w()}"{"M" if rng.random() < 0.02 else "X"}"{w()}')
         elif k == "args":
-            parts.append(f'"args":{{{body}}}')
+            parts.append(f'{w()}"args"{w()}:{w()}{{{body or w()}}}{w()}')
         else:
             parts.append(field(k))
-    return "{" + ",".join(parts) + "}"
+    return w() + "{" + ",".join(parts) + "}" + w()
 
 
 def test_the_scanner_reads_random_writer_lines_as_json_does():

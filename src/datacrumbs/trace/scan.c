@@ -720,6 +720,7 @@ struct lit {
     uint64_t w2, mask2;     /* its bytes 8..15 (none: mask2 0) */
     const char *text;
     int len, kind;
+    uint64_t bit;           /* its field's bit in object()'s `seen` (0: K_OTHER) */
 };
 
 static struct lit TOP_LIT[] = {
@@ -739,6 +740,12 @@ static struct lit ARGS_LIT[] = {
 #define NTOP_LIT (int)(sizeof TOP_LIT / sizeof TOP_LIT[0])
 #define NARGS_LIT (int)(sizeof ARGS_LIT / sizeof ARGS_LIT[0])
 
+/* A field's bit in object()'s `seen` (duplicates), 0 for K_OTHER: 8 bits a class. */
+static inline uint64_t field_bit(int kind)
+{
+    return kind == K_OTHER ? 0 : 1ull << ((kind >> 8) * 8 + (kind & 0xff));
+}
+
 static void lit_init(struct lit *l, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -749,6 +756,7 @@ static void lit_init(struct lit *l, int n)
         l[i].mask = k == 8 ? ~0ull : ((1ull << (8 * k)) - 1);
         memcpy(&l[i].w2, l[i].text + k, (size_t)k2);       /* literals are at most 16 */
         l[i].mask2 = k2 == 8 ? ~0ull : ((1ull << (8 * k2)) - 1);
+        l[i].bit = field_bit(l[i].kind);
     }
 }
 
@@ -758,51 +766,57 @@ __attribute__((constructor)) static void lits_init(void)
     lit_init(ARGS_LIT, NARGS_LIT);
 }
 
-/* The field of the key at p when it is one of lits[*cur..] verbatim (p moved past its
- * colon, *cur past it), else -1 (p unchanged). The caller leaves 16 bytes after p. */
-static inline int key_lit(cp *pp, const struct lit *lits, int n, int *cur)
+/* The literal of the key at p when it is one of lits[*cur..] verbatim (*cur moved past
+ * it), else NULL. The caller leaves 16 bytes after p. */
+static inline const struct lit *key_lit(cp p, const struct lit *lits, int n, int *cur)
 {
     uint64_t w, w2;
-    memcpy(&w, *pp, 8);
-    memcpy(&w2, *pp + 8, 8);
+    memcpy(&w, p, 8);
+    memcpy(&w2, p + 8, 8);
     for (int k = *cur; k < n; k++) {
         const struct lit *l = &lits[k];
         if ((w & l->mask) == l->w && (w2 & l->mask2) == l->w2) {
-            *pp += l->len;
             *cur = k + 1;
-            return l->kind;
+            return l;
         }
     }
-    return -1;
+    return NULL;
 }
 
-/* An object's members: key_of tells each key's field; `seen` catches duplicate fields. */
+/* An object's members: each key's field from its literal, else key_top/key_args (the
+ * same field either way); `seen` catches duplicate fields. Whitespace is looked for
+ * only where the writer's byte is not found (it writes none). */
 static cp object(cp p, cp end, struct line *ln, int top)
 {
-    uint64_t seen = 0;
+    uint64_t seen = 0, bit;
     cp s;
     int64_t n;
-    const struct lit *lits = top ? TOP_LIT : ARGS_LIT;
-    int nlits = top ? NTOP_LIT : NARGS_LIT, cur = 0;
+    const struct lit *lits = top ? TOP_LIT : ARGS_LIT, *l;
+    int nlits = top ? NTOP_LIT : NARGS_LIT, cur = 0, kind;
     p = ws(p + 1, end);
     if (p < end && *p == '}')
         return p + 1;
     for (;;) {
-        int kind = end - p >= 16 ? key_lit(&p, lits, nlits, &cur) : -1;
-        if (kind < 0) {
+        if (end - p >= 16 && (l = key_lit(p, lits, nlits, &cur))) {
+            p += l->len;                /* literals are at most 9 bytes: p < end */
+            kind = l->kind;
+            bit = l->bit;
+            if (*p <= ' ')
+                p = ws(p, end);
+        } else {
+            p = ws(p, end);
             if (p >= end || *p != '"' || !(p = string(p, end, &s, &n)))
                 return NULL;
             kind = top ? key_top(s, n) : key_args(s, n);
+            bit = field_bit(kind);
             p = ws(p, end);
             if (p >= end || *p != ':')
                 return NULL;
-            p++;
+            p = ws(p + 1, end);
         }
-        p = ws(p, end);
         if (p >= end)
             return NULL;
-        if (kind != K_OTHER) {
-            uint64_t bit = 1ull << ((kind >> 8) * 8 + (kind & 0xff));
+        if (bit) {
             if (seen & bit)
                 return NULL;
             seen |= bit;
@@ -825,8 +839,14 @@ static cp object(cp p, cp end, struct line *ln, int top)
                 return NULL;
         } else
             p = value(p, end, kind, ln);
-        if (!p)
+        if (!p || p >= end)
             return NULL;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p == '}')
+            return p + 1;
         p = ws(p, end);
         if (p >= end)
             return NULL;
@@ -834,7 +854,7 @@ static cp object(cp p, cp end, struct line *ln, int top)
             return p + 1;
         if (*p != ',')
             return NULL;
-        p = ws(p + 1, end);
+        p++;
     }
 }
 

@@ -219,19 +219,25 @@ found:
     return e->code1 - 1;
 }
 
-/* (a, b) code pairs numbered by first appearance; a slot keeps its pair. */
+/* (a, b) code pairs numbered by first appearance. Codes are small numbers of first
+ * appearance too: a pair of small ones (operations: a few categories and tens of names;
+ * a block's first files) is found in a direct map, any other in a hash table whose slot
+ * keeps its pair. */
+enum { PAIR_DIRECT = 4096 };
+
 struct pslot {
     uint64_t key;
     int32_t code1, pad;     /* code + 1 (0: empty) */
 };
 
 struct pairs {
+    int32_t *direct;        /* [a + 1][b + 1] code + 1, for a + 1 < PAIR_DIRECT >> bbits */
+    int bbits;              /* and b + 1 < 2^bbits */
     struct pslot *slot;
     uint64_t mask;
+    int64_t used;           /* slots in use */
     int64_t n;
     int32_t *a, *b;
-    uint64_t last;
-    int32_t last_code;
 };
 
 static inline uint64_t pair_key(int32_t a, int32_t b)
@@ -244,6 +250,15 @@ static int pairs_table(struct pairs *p, uint64_t size)
     p->slot = calloc(size, sizeof *p->slot);
     p->mask = size - 1;
     return p->slot != NULL;
+}
+
+static int pairs_init(struct pairs *p, int bbits, int32_t *a, int32_t *b)
+{
+    p->bbits = bbits;
+    p->a = a;
+    p->b = b;
+    p->direct = calloc(PAIR_DIRECT, sizeof *p->direct);
+    return p->direct && pairs_table(p, 256);
 }
 
 static int pairs_grow(struct pairs *p)
@@ -266,29 +281,29 @@ static int pairs_grow(struct pairs *p)
 
 static inline int32_t pair(struct pairs *p, int32_t a, int32_t b)
 {
-    uint64_t key = pair_key(a, b);
-    if (key == p->last && p->last_code >= 0)
-        return p->last_code;
-    uint64_t h = hash_u64(key) & p->mask;
-    struct pslot *e;
-    for (; (e = &p->slot[h])->code1; h = (h + 1) & p->mask)
-        if (e->key == key)
-            goto found;
-    p->a[p->n] = a;
-    p->b[p->n] = b;
-    e->key = key;
-    e->code1 = (int32_t)++p->n;
-    if ((uint64_t)p->n * 2 > p->mask) {
-        int32_t code = e->code1 - 1;
-        if (!pairs_grow(p))
+    uint32_t ia = (uint32_t)(a + 1), ib = (uint32_t)(b + 1);   /* -1 (none) is 0 */
+    int32_t code;
+    if (ia < (uint32_t)(PAIR_DIRECT >> p->bbits) && ib < (1u << p->bbits)) {
+        int32_t *d = &p->direct[ia << p->bbits | ib];
+        if (*d)
+            return *d - 1;
+        code = (int32_t)p->n++;
+        *d = code + 1;
+    } else {
+        uint64_t key = pair_key(a, b), h = hash_u64(key) & p->mask;
+        struct pslot *e;
+        for (; (e = &p->slot[h])->code1; h = (h + 1) & p->mask)
+            if (e->key == key)
+                return e->code1 - 1;
+        code = (int32_t)p->n++;
+        e->key = key;
+        e->code1 = code + 1;
+        if ((uint64_t)++p->used * 2 > p->mask && !pairs_grow(p))
             return -2;
-        p->last_code = -1;          /* e moved */
-        return code;
     }
-found:
-    p->last = key;
-    p->last_code = e->code1 - 1;
-    return e->code1 - 1;
+    p->a[code] = a;
+    p->b[code] = b;
+    return code;
 }
 
 /* ---- JSON pieces ---------------------------------------------------------------- */
@@ -951,6 +966,8 @@ static void state_free(struct state *st)
         free(st->str[c].slot);
     free(st->ops.slot);
     free(st->files.slot);
+    free(st->ops.direct);
+    free(st->files.direct);
 }
 
 /* Rows of the complete events of buf[0..len) (whole lines, no [ or ] lines) into out:
@@ -974,19 +991,16 @@ int64_t dc_scan(const char *buf, int64_t len, struct dc_scan *out)
         s->len = out->slen + c * cap;
         s->last_len = -1;
     }
-    if (!pairs_table(&st.ops, 256) || !pairs_table(&st.files, 256))
+    /* direct maps: operations 16 x 256 (category codes below 15, name codes below 255),
+     * files 8 x 512 (S_FHASH or S_FNAME, codes below 511) */
+    if (!pairs_init(&st.ops, 8, out->opcat, out->opname) ||
+        !pairs_init(&st.files, 9, out->fcol, out->fcode))
         goto done;
     if (len && end[-1] == '\n') {      /* a blank last line */
         out->fail_at = len;
         rc = -1;
         goto done;
     }
-    st.ops.a = out->opcat;
-    st.ops.b = out->opname;
-    st.ops.last_code = -1;
-    st.files.a = out->fcol;
-    st.files.b = out->fcode;
-    st.files.last_code = -1;
     while (p < end) {
         struct line ln;
         for (int c = 0; c < NSTR; c++)

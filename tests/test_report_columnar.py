@@ -568,8 +568,8 @@ _ARGS_KEYS = ("hhash", "fhash", "fname", "fd", "fd2", "fhash2", "ftype2", "count
 
 def _random_line(rng: random.Random, pools: dict) -> str:
     """One line as our writer orders it (now and then another order, a null, a metadata
-    line, whitespace), with strings and numbers drawn to hit the scanner's fast and slow
-    paths."""
+    line, whitespace, an unknown argument, any scalar where the scanner reads none), with
+    strings and numbers drawn to hit the scanner's fast and slow paths."""
     def num() -> str:
         kind = rng.randrange(7)
         if kind == 0:       # an epoch ts: 16 digits before the point, 17 to 19 digits in all
@@ -594,8 +594,14 @@ def _random_line(rng: random.Random, pools: dict) -> str:
     def string(pool: str) -> str:
         return json.dumps(rng.choice(pools[pool]), ensure_ascii=False)
 
-    val = {"id": integer, "pid": integer, "tid": integer, "ts": num, "dur": num,
-           "fd": integer, "fd2": integer, "count": integer, "offset": integer,
+    def scalar() -> str:        # a field the scanner does not read: any scalar
+        return rng.choice([integer(), num(), '"x"', '"é"', "true", "false", "null"])
+
+    def other() -> str:
+        return integer() if rng.random() < 0.9 else scalar()
+
+    val = {"id": other, "pid": integer, "tid": integer, "ts": num, "dur": num,
+           "fd": other, "fd2": other, "count": integer, "offset": integer,
            "size": integer, "ret": integer, "errno": integer, "flags": integer,
            "name": lambda: string("name"), "cat": lambda: string("cat"),
            "hhash": lambda: string("hash"), "fhash": lambda: string("hash"),
@@ -617,7 +623,11 @@ def _random_line(rng: random.Random, pools: dict) -> str:
             return f'{w()}"{k}"{w()}:{w()}null{w()}'
         return f'{w()}"{k}"{w()}:{w()}{val[k]()}{w()}'
 
-    body = ",".join(field(k) for k in args)
+    fields = [field(k) for k in args]
+    if rng.random() < 0.05:             # an argument the scanner does not know
+        key = rng.choice(["cmd", "x", "fdx"])
+        fields.insert(rng.randrange(len(fields) + 1), f'"{key}":{scalar()}')
+    body = ",".join(fields)
     parts = []
     for k in top:
         if k == "ph":

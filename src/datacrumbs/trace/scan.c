@@ -640,6 +640,15 @@ struct line {
     int ph;                 /* 'X', 'M', 0 missing, -1 another */
 };
 
+static inline void line_init(struct line *ln)
+{
+    for (int c = 0; c < NSTR; c++)
+        ln->n[c] = -1;
+    memset(ln->ok, 0, sizeof ln->ok);
+    ln->f[F_TS] = ln->f[F_DUR] = NAN;
+    ln->ph = 0;
+}
+
 /* The common integer (-?(0|[1-9][0-9]{0,17}) followed by neither a digit, a point nor an
  * exponent) into *out: its end, or NULL for anything else, which number() then reads
  * as before (so both accept and refuse exactly the same tokens). */
@@ -873,6 +882,99 @@ static cp object(cp p, cp end, struct line *ln, int top)
     }
 }
 
+/* Whether p begins with the literal s of n bytes (at most 16; a constant, so its words
+ * and masks fold into the code); never when fewer than 16 bytes are left. */
+static inline __attribute__((always_inline)) int has(cp p, cp end, const char *s, int n)
+{
+    uint64_t w, l = 0, mask = n >= 8 ? ~0ull : (1ull << (8 * n)) - 1;
+    if (end - p < 16)
+        return 0;
+    memcpy(&w, p, 8);
+    memcpy(&l, s, (size_t)(n < 8 ? n : 8));
+    if ((w & mask) != l)
+        return 0;
+    if (n <= 8)
+        return 1;
+    uint64_t w2, l2 = 0, mask2 = n >= 16 ? ~0ull : (1ull << (8 * (n - 8))) - 1;
+    memcpy(&w2, p + 8, 8);
+    memcpy(&l2, s + 8, (size_t)(n - 8));
+    return (w2 & mask2) == l2;
+}
+#define HAS(p, end, lit) has(p, end, lit, (int)sizeof(char[sizeof lit <= 17 ? 1 : -1]) * 0 + \
+                                 (int)sizeof lit - 1)      /* (a longer literal: no build) */
+
+/* Values as value() reads them, of the forms the writer gives (NULL for any other). */
+static inline cp str_field(cp p, cp end, struct line *ln, int col)
+{
+    return *p == '"' ? string(p, end, &ln->s[col], &ln->n[col]) : NULL;
+}
+
+static inline cp int_field(cp p, cp end, struct line *ln, int col)
+{
+    if ((p = small_int(p, end, &ln->iv[col])))
+        ln->ok[col] = 1;
+    return p;
+}
+
+static inline cp flt_field(cp p, cp end, struct line *ln, int col)
+{
+    struct num m;
+    return (p = number(p, end, &m)) && double_of(&m, &ln->f[col]) ? p : NULL;
+}
+
+static inline cp other_int(cp p, cp end, struct line *ln, int col)    /* id, fd, fd2 */
+{
+    int64_t v;
+    (void)ln, (void)col;
+    return small_int(p, end, &v);
+}
+
+/* Our writer's complete event, read straight through: its keys in its order (TOP_LIT's,
+ * then some of ARGS_LIT's in theirs), no whitespace, no null, each value of the common
+ * form. It fills ln as object() would (the same fields, read by the same functions);
+ * NULL for anything else, which object() then reads from the start. Straight code with
+ * constant keys: no key loop, no field dispatch, no duplicate bits (keys in a fixed
+ * order cannot repeat). */
+static cp writer_line(cp p, cp end, struct line *ln)
+{
+#define TOP(lit, read, col) (HAS(p, end, lit) && (p = read(p + sizeof lit - 1, end, ln, col)))
+    if (!TOP("{\"id\":", other_int, 0) || !TOP(",\"name\":", str_field, S_NAME) ||
+        !TOP(",\"cat\":", str_field, S_CAT) || !TOP(",\"pid\":", int_field, I_PID) ||
+        !TOP(",\"tid\":", int_field, I_TID) || !TOP(",\"ts\":", flt_field, F_TS) ||
+        !TOP(",\"dur\":", flt_field, F_DUR) || !HAS(p, end, ",\"ph\":\"X\"") ||
+        !HAS(p + 9, end, ",\"args\":{"))
+        return NULL;
+#undef TOP
+    ln->ph = 'X';
+    p += 17;                            /* at the '{' */
+    /* each argument the writer may give, in its order, after '{' (the first) or ',' */
+    char sep = '{';
+#define ARG(lit, read, col)                                                               \
+    if (end - p > 16 && *p == sep && HAS(p + 1, end, lit)) {                              \
+        if (!(p = read(p + sizeof lit, end, ln, col)))                                    \
+            return NULL;                                                                  \
+        sep = ',';                                                                        \
+    }
+    ARG("\"hhash\":", str_field, S_HHASH)
+    ARG("\"fhash\":", str_field, S_FHASH)
+    ARG("\"fname\":", str_field, S_FNAME)
+    ARG("\"fd\":", other_int, 0)
+    ARG("\"fd2\":", other_int, 0)
+    ARG("\"fhash2\":", str_field, S_FHASH2)
+    ARG("\"ftype2\":", str_field, S_FTYPE2)
+    ARG("\"count\":", int_field, I_COUNT)
+    ARG("\"offset\":", int_field, I_OFFSET)
+    ARG("\"size\":", int_field, I_SIZE)
+    ARG("\"ret\":", int_field, I_RET)
+    ARG("\"errno\":", int_field, I_ERRNO)
+    ARG("\"flags\":", int_field, I_FLAGS)
+    ARG("\"ftype\":", str_field, S_FTYPE)
+#undef ARG
+    if (end - p < 2 || p[0] != '}' || p[1] != '}')      /* (none read: p is on the '{') */
+        return NULL;
+    return p + 2;
+}
+
 /* Any JSON value, for a line Python will load anyway: its end (or NULL). */
 static cp skip_any(cp p, cp end)
 {
@@ -1003,18 +1105,18 @@ int64_t dc_scan(const char *buf, int64_t len, struct dc_scan *out)
     }
     while (p < end) {
         struct line ln;
-        for (int c = 0; c < NSTR; c++)
-            ln.n[c] = -1;
-        memset(ln.ok, 0, sizeof ln.ok);
-        ln.f[F_TS] = ln.f[F_DUR] = NAN;
-        ln.ph = 0;
+        line_init(&ln);
         /* nothing of JSON's crosses a newline (a string refuses control characters), so
          * the object is read up to the block's end and must end its line */
-        cp q = ws(p, end), nl;
-        if (q < end && *q == '{')
-            q = object(q, end, &ln, 1);
-        else
-            q = NULL;
+        cp q = writer_line(p, end, &ln), nl;
+        if (!q) {
+            line_init(&ln);             /* what the writer's path filled before it gave up */
+            q = ws(p, end);
+            if (q < end && *q == '{')
+                q = object(q, end, &ln, 1);
+            else
+                q = NULL;
+        }
         if (q && (q = ws(q, end)) < end && *q != '\n')
             q = NULL;
         int strict = q != NULL;

@@ -21,6 +21,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>          /* part of x86-64 itself: every node's CPU has it */
+#endif
 
 #define DC_SCAN_ABI 1
 
@@ -357,6 +360,23 @@ static inline __attribute__((always_inline)) cp string(cp p, cp end, cp *s, int6
 {
     cp q = ++p;
     for (;;) {
+#if defined(__SSE2__)
+        /* sixteen plain bytes at a time (a hash is 16): none a quote, a backslash, < 0x20
+         * or >= 0x80 (a signed compare with 0x20 finds both) */
+        while (end - q >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)q);
+            __m128i hit = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+                _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+            unsigned m = (unsigned)_mm_movemask_epi8(hit);
+            if (m) {
+                q += __builtin_ctz(m);
+                goto stop;
+            }
+            q += 16;
+        }
+#endif
         /* eight plain bytes at a time: none a quote, a backslash, < 0x20 or >= 0x80
          * (a borrow can mark bytes after a real match, never before it) */
         while (end - q >= 8) {
@@ -372,6 +392,9 @@ static inline __attribute__((always_inline)) cp string(cp p, cp end, cp *s, int6
             }
             q += 8;
         }
+#if defined(__SSE2__)
+    stop:
+#endif
         if (q >= end)
             return NULL;
         unsigned c = *q;
@@ -441,13 +464,18 @@ static inline cp number(cp p, cp end, struct num *m)
     m->k = 0;
     m->expo = 0;
     if (p < end && *p == '.') {
-        cp f = ++p;
-        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+        cp f = ++p, nz;
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++)
             v = v * 10 + (uint64_t)(*p - '0');
-            sig += sig || *p != '0';
-        }
         if (p == f)
             return NULL;
+        if (sig)                                /* every digit after the point counts */
+            sig += (int)(p - f);
+        else {                                  /* 0.00ddd: from the first non-zero one */
+            for (nz = f; nz < p && *nz == '0'; nz++)
+                ;
+            sig = (int)(p - nz);
+        }
         m->k = (int)(p - f);
         m->plain = 0;
     }
@@ -656,17 +684,18 @@ static inline cp small_int(cp p, cp end, int64_t *out)
 {
     cp q = p + (p < end && *p == '-');
     uint64_t v;
-    int n;
     if (q >= end || (unsigned)(*q - '0') > 9)
         return NULL;
     v = (uint64_t)(*q++ - '0');
-    if (v)
-        for (n = 1; q < end && (unsigned)(*q - '0') <= 9; q++, n++) {
-            if (n == 18)
-                return NULL;
-            v = v * 10 + (uint64_t)(*q - '0');
-        }
-    if (q < end && ((unsigned)(*q - '0') <= 9 || *q == '.' || *q == 'e' || *q == 'E'))
+    if (v) {
+        cp first = q - 1;
+        for (; q < end && (unsigned)(*q - '0') <= 9; q++)
+            v = v * 10 + (uint64_t)(*q - '0');  /* (wraps past 19 digits: refused below) */
+        if (q - first > 18)
+            return NULL;
+    } else if (q < end && (unsigned)(*q - '0') <= 9)
+        return NULL;                            /* a leading zero */
+    if (q < end && (*q == '.' || (*q | 0x20) == 'e'))      /* 'e' or 'E' */
         return NULL;
     *out = *p == '-' ? -(int64_t)v : (int64_t)v;
     return q;

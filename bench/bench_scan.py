@@ -112,7 +112,6 @@ def digest(n: int, out, arrays: list) -> dict:
             d[name] = arr[:out.nfil]
         else:
             d[name] = arr[:out.nmeta]
-    d["ival"] = np.where(d["iok"].astype(bool), d["ival"], 0)   # only given values count
     return d
 
 

@@ -442,8 +442,11 @@ static inline cp number(cp p, cp end, struct num *m)
     uint64_t v = 0;
     int sig = 0;
     m->start = p;
-    m->neg = p < end && *p == '-';
-    p += m->neg;
+    m->neg = 0;
+    if (__builtin_expect(p < end && *p == '-', 0)) {   /* a branch: see small_int */
+        m->neg = 1;
+        p++;
+    }
     if (p >= end)
         return NULL;
     if (*p == '0')
@@ -682,8 +685,12 @@ static inline void line_init(struct line *ln)
  * as before (so both accept and refuse exactly the same tokens). */
 static inline cp small_int(cp p, cp end, int64_t *out)
 {
-    cp q = p + (p < end && *p == '-');
+    cp q = p;
     uint64_t v;
+    /* a (predicted) branch: as a sum, p + (*p == '-'), the digits' loads would wait for
+     * the sign's, on the chain from one field to the next */
+    if (__builtin_expect(q < end && *q == '-', 0))
+        q++;
     if (q >= end || (unsigned)(*q - '0') > 9)
         return NULL;
     v = (uint64_t)(*q++ - '0');

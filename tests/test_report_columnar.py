@@ -650,7 +650,8 @@ def test_the_scanner_reads_random_writer_lines_as_json_does():
         "name": ["", "a", "write", "pwrite64", "MPI_File_write_at_all", "x" * 15, "x" * 16,
                  "x" * 17, "x" * 16 + "y", "é", "h€llo wörld 💾"] +
                 [f"op_{i}" for i in range(300)],
-        "cat": ["POSIX", "STDIO", "MPIIO", "HDF5", "c" * 8, "c" * 9],
+        "cat": ["POSIX", "STDIO", "MPIIO", "HDF5", "c" * 8, "c" * 9] +
+               [f"CAT{i}" for i in range(14)],       # codes past the operations' direct map
         "hash": [f"{rng.getrandbits(64):016x}" for _ in range(1500)] + ["a05d58b42f09dc65"],
         "path": [f"/scratch/job/rank{i}/data.{j}.h5" for i in range(40) for j in range(5)] +
                 ["/", "/a", "/scratch/job/rank1/data.1.h5x"],
@@ -689,3 +690,18 @@ def test_the_scanner_reads_random_writer_lines_as_json_does():
                  for i in range(len(xs))]
         first_files = list(dict.fromkeys(f for f in files if f is not None))
         assert got.fil.tolist() == [first_files.index(f) if f else -1 for f in files]
+
+
+def test_the_scanner_interns_a_string_the_same_at_the_blocks_end():
+    """A string read within 16 bytes of the block's end (its first bytes copied, not
+    loaded as words) has the code of the same string read earlier, and a string that
+    only extends it has another; so do strings longer than 16 bytes that share them."""
+    scanner = columnar.scanner()
+    long = "/scratch/job/rank1/data.h5"
+    for names in (["abc", "abc"], ["abc", "abcd", "abc"], ["abcd", "abc"], [long, long],
+                  [long, long + "x", long], ["x" * 16, "x" * 15, "x" * 16, "x" * 17]):
+        body = "\n".join(f'{{"ph":"X","name":"{n}"}}' for n in names).encode()
+        got = scanner.scan(body)
+        firsts = list(dict.fromkeys(names))
+        assert got.strings[0] == firsts, names
+        assert got.code[0].tolist() == [firsts.index(n) for n in names], names

@@ -1,14 +1,16 @@
-"""The compiled per-stream fold (trace/fold.c): built at install time, loaded with ctypes.
+"""The report's compiled kernels (trace/fold.c): built at install time, loaded with ctypes.
 
 analysis.Detail._streams (access pattern, positions, pending pairs and read extents of
 every (pid, file, class, layer) stream of a chunk) was the largest part of the report's
 numpy fold: a sort of the chunk by stream and some forty array passes. fold.c does it in
-one walk in trace order. ``unique`` is np.unique of int64 keys by hashing and a radix
-sort of the distinct ones, for keys whose range is too wide to count directly; ``sums``
-is an exact per-group sum in one pass. It is built beside the BPF object like the line
-scanner (``datacrumbs build-bpf``, ``datacrumbs install``), never at run time; without
-it, or with one of another ABI, the numpy code runs with identical results
-(tests/test_report_fastfold.py holds both paths to the same summaries).
+one walk in trace order. The other kernels replace several numpy passes each: ``unique``
+(np.unique of int64 keys by hashing and a radix sort of the distinct ones, for keys too
+wide to count directly), ``sums`` (exact per-group sums), ``add_streams`` (groupstate's
+composition of stream states) and ``floats`` (a scanned block's columns as the report's
+float columns). It is built beside the BPF object like the line scanner (``datacrumbs
+build-bpf``, ``datacrumbs install``), never at run time; without it, or with one of
+another ABI, the numpy code runs with identical results (tests/test_report_fastfold.py
+holds both paths to the same summaries and each kernel to the numpy code it replaces).
 """
 
 from __future__ import annotations

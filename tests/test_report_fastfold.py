@@ -124,9 +124,10 @@ def test_the_bench_generators_trace(tmp_path, monkeypatch):
 
 
 def test_unique_is_numpys_unique(site_object):
-    """dc_unique against np.unique: keys over the whole int64 range and narrow ones, few and
-    many distinct, runs of one key, both ends of int64, with and without inverse and counts
-    (the same arrays, dtype and all)."""
+    """dc_unique (hashed) and dc_dense_unique (counted, for a narrow range) against
+    np.unique: keys over the whole int64 range and narrow ones, few and many distinct, runs
+    of one key, both ends of int64, with and without inverse and counts (the same arrays,
+    dtype and all)."""
     folder = fastfold.load(fastfold.library_path(site_object))
     rng = np.random.default_rng(11)
     for trial in range(240):
@@ -139,14 +140,20 @@ def test_unique_is_numpys_unique(site_object):
             keys = np.sort(keys)                    # runs
         if n >= 5 and trial % 5 == 0:
             keys[:5] = [0, -1, 2 ** 63 - 1, -2 ** 63, 0]
+        lo = int(keys.min()) if n else 0
+        span = int(keys.max()) - lo + 1 if n else 0
         for inverse in (False, True):
             for counts in (False, True):
-                got = folder.unique(keys, inverse, counts)
                 want = np.unique(keys, return_inverse=inverse, return_counts=counts)
-                got, want = (x if isinstance(x, tuple) else (x,) for x in (got, want))
-                assert len(got) == len(want)
-                for g, w in zip(got, want):
-                    assert g.dtype == w.dtype and np.array_equal(g, w), (trial, inverse, counts)
+                want = want if isinstance(want, tuple) else (want,)
+                dense = [folder.unique(keys, inverse, counts, lo, span)] if span < 1e6 else []
+                for got in [folder.unique(keys, inverse, counts)] + dense:
+                    got = got if isinstance(got, tuple) else (got,)
+                    assert len(got) == len(want)
+                    for g, w in zip(got, want):
+                        assert g.dtype == w.dtype and np.array_equal(g, w), (trial, inverse, counts)
+    # a key outside the span given: declined, not miscounted
+    assert folder.unique(np.array([3, 9, 4]), True, True, 3, 5) is None
 
 
 def test_sums_are_numpys_int64_sums(site_object):

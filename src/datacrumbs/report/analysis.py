@@ -67,7 +67,7 @@ FILE_KINDS = {"reg", "blk", "dir", "unknown"}      # what counts as file I/O
 #: Fold each chunk's streams with the compiled trace/fold.c when the site has it; False:
 #: numpy (the same numbers; tests run both).
 FOLD = True
-UNIQUE_HASH_MIN = 2048  # fewer keys: np.unique's sort is as quick as the call
+UNIQUE_HASH_MIN = 2048  # fewer keys: numpy is as quick as the call into fold.c
 SUMS_C_MIN = 1024       # fewer values: numpy's bincount is as quick as the call
 _FOLDER: list = []      # [the fold or None], looked up once per process
 
@@ -1225,9 +1225,10 @@ def group_sums(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 
 def uniq(keys: np.ndarray, *, inverse: bool = False, counts: bool = False):
     """``np.unique`` of int64 ``keys`` (same results) in O(n) when their range is small, as
-    the report's keys (processes, files, streams of a chunk) usually are; else by hashing
-    in fold.c when the site has it (a chunk's (file, access size) pairs: a quarter of
-    np.unique's time), else np.unique."""
+    the report's keys (processes, files, streams of a chunk) usually are: counted in
+    fold.c when the site has it (two passes), else with bincount (five); a wider range by
+    hashing in fold.c (a chunk's (file, access size) pairs: a quarter of np.unique's
+    time), else np.unique."""
     n = len(keys)
     if n:
         lo, hi = int(keys.min()), int(keys.max())
@@ -1238,6 +1239,11 @@ def uniq(keys: np.ndarray, *, inverse: bool = False, counts: bool = False):
             return got
         return np.unique(keys, return_inverse=inverse, return_counts=counts) \
             if inverse or counts else np.unique(keys)
+    if n > UNIQUE_HASH_MIN and keys.dtype == np.int64:     # counted in fold.c: one pass
+        folder = _folder()
+        got = None if folder is None else folder.unique(keys, inverse, counts, lo, hi - lo + 1)
+        if got is not None:
+            return got
     k = keys - lo if lo else keys
     c = np.bincount(k, minlength=hi - lo + 1)
     present = c > 0

@@ -66,6 +66,9 @@ class Folder:
         self._unique = lib.dc_unique
         self._unique.restype = _I
         self._unique.argtypes = [_I, _P, _P, _P, _P]
+        self._dense = lib.dc_dense_unique
+        self._dense.restype = _I
+        self._dense.argtypes = [_I, _P, _I, _I, _P, _P, _P]
         self._sums = lib.dc_sums
         self._sums.restype = _I
         self._sums.argtypes = [_I, _P, _I, _P, _P]
@@ -142,14 +145,22 @@ class Folder:
         self.summed += 1
         return out
 
-    def unique(self, keys: np.ndarray, inverse: bool = False, counts: bool = False):
+    def unique(self, keys: np.ndarray, inverse: bool = False, counts: bool = False,
+               lo: int = 0, span: int | None = None):
         """``np.unique(keys, return_inverse=inverse, return_counts=counts)`` of int64
-        ``keys``, the same arrays; None when the library has no memory for it."""
+        ``keys``, the same arrays; with ``span``, keys known to lie in [lo, lo + span) are
+        counted in an array of that size. None when the library has no memory for it (or
+        a key lies outside the span)."""
         keys = np.ascontiguousarray(keys, np.int64)
         n = len(keys)
         uk, cnt = np.empty(n, np.int64), np.empty(n, np.int64)
         inv = np.empty(n, np.int64) if inverse else None
-        k = self._unique(n, _ptr(keys), _ptr(uk), _ptr(cnt), _ptr(inv) if inverse else None)
+        if span is not None:        # all keys in [lo, lo + span): counted, not hashed
+            uk, cnt = (np.empty(min(n, span), np.int64) for _ in range(2))
+            k = self._dense(n, _ptr(keys), lo, span, _ptr(uk), _ptr(cnt),
+                            _ptr(inv) if inverse else None)
+        else:
+            k = self._unique(n, _ptr(keys), _ptr(uk), _ptr(cnt), _ptr(inv) if inverse else None)
         if k < 0:
             return None
         self.uniques += 1

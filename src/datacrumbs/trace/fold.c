@@ -425,3 +425,39 @@ void dc_sane_floats(int64_t n, const double *v, double dflt, double *out)
         out[i] = isfinite(d) && !(d < 0) && !(d > 0x1p53) ? d : dflt;
     }
 }
+
+/* uniq's dense case (report/analysis.py): keys[0..n) all in [lo, lo + span), span small
+ * beside n: counted in an array instead of hashed. The same outputs as dc_unique (the k
+ * distinct keys in order, their counts, each key's index when inv is not NULL), as
+ * numpy's bincount, flatnonzero and cumsum give them. Returns k, -1 (a key outside the
+ * span: the caller uses numpy) or -2 (no memory). */
+int64_t dc_dense_unique(int64_t n, const int64_t *keys, int64_t lo, int64_t span,
+                        int64_t *uk, int64_t *cnt, int64_t *inv)
+{
+    if (span <= 0)
+        return n ? -1 : 0;
+    int64_t *c = calloc((size_t)span, sizeof(int64_t));
+    if (!c)
+        return -2;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t j = (uint64_t)keys[i] - (uint64_t)lo;
+        if (j >= (uint64_t)span) {
+            free(c);
+            return -1;
+        }
+        c[j]++;
+    }
+    int64_t k = 0;
+    for (int64_t j = 0; j < span; j++) {
+        if (!c[j])
+            continue;
+        uk[k] = lo + j;
+        cnt[k] = c[j];
+        c[j] = k++;                         /* now the key's rank */
+    }
+    if (inv)
+        for (int64_t i = 0; i < n; i++)
+            inv[i] = c[(uint64_t)keys[i] - (uint64_t)lo];
+    free(c);
+    return k;
+}

@@ -300,6 +300,49 @@ def test_bounded_inflate_steps_lose_no_output(monkeypatch, step, chunk):
     assert got == [payload] * 3 and not tail.torn and tail.error is None
 
 
+def test_member_bounds_only_change_the_reads(monkeypatch):
+    """Reads end at the bounds an index gives (one read, one piece per member), and only
+    the reads: true bounds, lying ones (inside members, far apart, past the end) and none
+    give the same members, bytes, damage report and kept lines, on clean members, a
+    corrupt one and a torn tail; with true bounds no member is inflated from two reads."""
+    import random
+
+    import datacrumbs.trace.reader as reader_mod
+
+    rng = random.Random(4)
+    members = [gzip.compress(b"".join(b'{"ph":"X","name":"w","ts":%d,"pad":"%s"}\n' % (
+        i * 100 + j, b"x" * rng.randrange(50)) for j in range(rng.randrange(1, 400))))
+        for i in range(40)]
+    starts = [sum(map(len, members[:i])) for i in range(len(members))]
+    clean = b"".join(members)
+    bad = bytearray(clean)
+    bad[starts[20] + 200] ^= 0xFF                           # corrupt inside member 20
+    torn = clean[:starts[30] + len(members[30]) // 2]      # cut inside member 30
+    monkeypatch.setattr(reader_mod, "READ_CHUNK", 3000)    # members span several reads
+    reads = []
+
+    class Counting(io.BytesIO):
+        def read(self, n=-1):
+            got = super().read(n)
+            reads.append(len(got))
+            return got
+
+    def run(blob, bounds):
+        tail = reader_mod.TailInfo()
+        got = [(i and (i.offset, i.length), d) for i, d in
+               iter_members(Counting(bytes(blob)), tail=tail, bounds=bounds)]
+        return got, (tail.torn, tail.error, tail.dropped_bytes, tail.partial_kept)
+
+    lies = sorted(rng.sample(range(len(clean) + 5000), 30))
+    for blob in (clean, bad, torn):
+        want = run(blob, ())
+        for bounds in (starts[1:], lies, [5, 10 ** 9], starts[1::7]):
+            assert run(blob, bounds) == want
+    reads.clear()
+    run(clean, starts[1:] + [len(clean)])
+    assert len(reads) == len(members) + 1                  # one read a member, then EOF
+
+
 def test_fractional_microseconds_are_read_as_written(tmp_path):
     """``ts``/``dur`` carry three decimals (ns): events and DataFrames give them back, and
     ``dur`` keeps every nanosecond (an epoch ``ts`` as a double keeps about 0.25 µs)."""

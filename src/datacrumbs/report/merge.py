@@ -60,6 +60,7 @@ class Unit:
     end: int | None = None
     size: int = 0
     indexed: bool = False       # cut at offsets the trace's index gave (checked by the worker)
+    bounds: tuple = ()          # where the index says its members start (reads end there)
 
 
 def find_traces(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -152,12 +153,13 @@ def _indexed_units(trace: Path, size: int, target: int) -> list[Unit] | None:
         INDEX_COUNTS["refused"] += 1
         return None
     INDEX_COUNTS["used"] += 1
-    path, units, start = str(trace), [], 0
+    path, units, start, bounds = str(trace), [], 0, []
     for e in entries[1:]:
+        bounds.append(e.offset)
         if e.offset - start >= target:
-            units.append(Unit(path, start, e.offset, e.offset - start, True))
-            start = e.offset
-    units.append(Unit(path, start, size, size - start, True))     # and the index members
+            units.append(Unit(path, start, e.offset, e.offset - start, True, tuple(bounds)))
+            start, bounds = e.offset, []
+    units.append(Unit(path, start, size, size - start, True, tuple(bounds)))  # and the index
     return units
 
 
@@ -227,7 +229,8 @@ def summarize_unit(unit: Unit) -> Aggregate:
     """One unit's partial summary (runs in a worker process; must not raise for bad data)."""
     agg = Aggregate()
     try:
-        reader = TraceReader(unit.path, start=unit.start, end=unit.end, chunk_events=CHUNK_EVENTS)
+        reader = TraceReader(unit.path, start=unit.start, end=unit.end, chunk_events=CHUNK_EVENTS,
+                             bounds=unit.bounds)
         summarize_reader(reader, agg)
         if reader.stats.records == 0 and reader.stats.bad_lines:
             agg = Aggregate()

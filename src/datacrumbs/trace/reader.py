@@ -19,10 +19,11 @@ import json
 import os
 import stat
 import zlib
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 from ..errors import DatacrumbsError
 from . import gzindex
@@ -124,12 +125,17 @@ def open_trace(path: str | os.PathLike) -> BinaryIO:
 
 def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
                  tail: TailInfo | None = None, max_member_bytes: int = DEFAULT_MAX_MEMBER,
-                 ) -> Iterator[tuple[MemberInfo | None, bytes]]:
+                 bounds: Sequence[int] = ()) -> Iterator[tuple[MemberInfo | None, bytes]]:
     """Yield ``(member, data)`` for each complete gzip member in ``[start, end)``.
 
     ``member`` is None for a piece of an oversize member handed on early
     (whole lines only); the member's last piece carries its MemberInfo.
     Problems after the last complete member are recorded in ``tail``.
+
+    ``bounds``: where members are said to start (the trace's index), ascending. Reads
+    then end there, so a member is inflated from one read into one piece: no join of its
+    pieces, no copy of the input after it (5 % of the inflating on the bench trace). Only
+    the reads' sizes depend on them: a wrong bound changes nothing else.
     """
     tail = tail if tail is not None else TailInfo()
     f.seek(start)
@@ -144,7 +150,12 @@ def iter_members(f: BinaryIO, *, start: int = 0, end: int | None = None,
     pending_output = False      # the last call stopped at INFLATE_STEP: zlib may hold more
     while True:
         if not data and not pending_output:
-            want = READ_CHUNK if end is None else min(READ_CHUNK, end - offset)
+            want = READ_CHUNK
+            if bounds:
+                at = bisect_right(bounds, offset)
+                if at < len(bounds) and bounds[at] - offset <= 4 * READ_CHUNK:
+                    want = bounds[at] - offset
+            want = want if end is None else min(want, end - offset)
             data = f.read(want) if want > 0 else b""
             if not data:
                 break
@@ -495,13 +506,16 @@ class TraceReader:
 
     def __init__(self, path: str | os.PathLike, *, start: int = 0, end: int | None = None,
                  chunk_events: int = DEFAULT_CHUNK_EVENTS,
-                 max_member_bytes: int = DEFAULT_MAX_MEMBER, exact: bool = False):
-        """``exact``: fractions as Decimal (ns-exact epoch times; slower)."""
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER, exact: bool = False,
+                 bounds: Sequence[int] = ()):
+        """``exact``: fractions as Decimal (ns-exact epoch times; slower); ``bounds``:
+        where members are said to start (iter_members)."""
         self.path = Path(path)
         self.loads = _exact_loads if exact else None
         self.start, self.end = start, end
         self.chunk_events = chunk_events
         self.max_member_bytes = max_member_bytes
+        self.bounds = bounds
         self.meta = TraceMeta()
         self.stats = ReadStats(str(self.path))
 
@@ -527,7 +541,8 @@ class TraceReader:
                     "check that this is a datacrumbs or DFTracer trace")
             tail = TailInfo()
             for info, data in iter_members(f, start=self.start, end=end, tail=tail,
-                                           max_member_bytes=self.max_member_bytes):
+                                           max_member_bytes=self.max_member_bytes,
+                                           bounds=self.bounds):
                 if info is not None and (data or not gzindex.is_index_member(f, info.offset)):
                     self.stats.members += 1     # the writer's member index is not one
                 self.stats.uncompressed_bytes += len(data)

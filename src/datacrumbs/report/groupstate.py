@@ -49,6 +49,13 @@ class Groups:
     def __len__(self) -> int:
         return self.n
 
+    def __getstate__(self) -> dict:
+        """The rows in use only (the matrix grows by doubling): a worker's partial goes to
+        the parent through a pipe, half as large."""
+        state = dict(self.__dict__)
+        state["state"] = self.state[:self.n]
+        return state
+
     # -- ids ------------------------------------------------------------------------
 
     def proc_ids(self, source: str, pids) -> np.ndarray:

@@ -127,7 +127,7 @@ def test_dftracer_tools_read_it(trace, tmp_path):
     assert int(res.stdout.strip().splitlines()[-1]) == EVENTS
 
 
-def test_report_cuts_at_the_index_with_the_same_numbers(trace, cut):
+def test_report_cuts_at_the_index_with_the_same_numbers(trace, cut, monkeypatch):
     ref = _reference([trace])
     assert merge.INDEX_COUNTS["used"] == 0
     got = merge.summarize([trace], jobs=2)
@@ -135,6 +135,17 @@ def test_report_cuts_at_the_index_with_the_same_numbers(trace, cut):
     assert got == ref and got["totals"]["events"] == EVENTS
     units = list(merge.iter_units([trace], 2, merge.Aggregate(), use_index=True))
     assert len(units) > 2 and all(u.indexed for u in units)
+    # each unit carries the member starts inside it, where its reads end (iter_members)
+    with open(trace, "rb") as f:
+        starts = [e.offset for e in gzindex.read_index(f)]
+    assert [b for u in units for b in u.bounds] == starts[1:]
+    assert all(u.start < b <= (u.end or 1 << 62) for u in units for b in u.bounds)
+    # a file read whole (two workers, two even files) carries them too
+    monkeypatch.setattr(merge, "WHOLE_WHEN_BALANCED", True)
+    twin = trace.with_name("trace-u-7-h1.pfw.gz")
+    twin.write_bytes(trace.read_bytes())
+    whole = list(merge.iter_units([trace, twin], 2, merge.Aggregate(), use_index=True))
+    assert [u.end for u in whole] == [None, None] and whole[0].bounds == tuple(starts[1:])
 
 
 def _rewrite_index(path: Path, change) -> None:

@@ -168,6 +168,17 @@ def _indexed_units(trace: Path, size: int, target: int) -> list[Unit] | None:
     return units
 
 
+def _member_starts(trace: Path) -> tuple:
+    """Where the index of a trace read whole says its members start (its reads end there,
+    see iter_members), or () without one."""
+    try:
+        with open_trace(trace) as f:
+            entries = gzindex.read_index(f)
+    except TraceReadError:
+        return ()
+    return tuple(e.offset for e in entries[1:]) if entries else ()
+
+
 def iter_units(traces: list[Path], jobs: int, pre: Aggregate,
                use_index: bool = False) -> Iterator[Unit]:
     """Cut the work, yielding units as soon as they are known.
@@ -189,7 +200,8 @@ def iter_units(traces: list[Path], jobs: int, pre: Aggregate,
         if size is None:
             continue
         if jobs <= 1 or size <= SPLIT_BYTES or whole:
-            yield Unit(path, 0, None, size)
+            yield Unit(path, 0, None, size, bounds=_member_starts(trace) if size > SPLIT_BYTES
+                       else ())
             continue
         target = max(SPLIT_BYTES // 4, size // (jobs * UNITS_PER_JOB))
         units = _indexed_units(trace, size, target) if use_index else None

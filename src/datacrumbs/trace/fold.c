@@ -301,6 +301,13 @@ int64_t dc_sums(int64_t n, const int64_t *groups, int64_t ng, const int64_t *val
 enum { G_CONSEC = 4, G_SEQ, G_RAND, G_MIS, G_LARGE, G_POS, G_POS_ABS, G_HAS, G_HEAD,
        G_HEAD_ABS, G_LAST, G_LAST_ABS, G_IN_TABLE, G_IS_STREAM, G_NCOL };
 
+/* A position of b on the row's base: as it is when absolute, else moved by the row's
+ * position (modulo 2^64, as numpy's adds). */
+static inline int64_t on_base(int64_t v, int64_t is_abs, uint64_t shift)
+{
+    return is_abs == 1 ? v : (int64_t)((uint64_t)v + shift);
+}
+
 int64_t dc_add_streams(int64_t nrows, int64_t ncol, int64_t *s, int64_t ng,
                        const int64_t *ids, const int64_t *b,
                        int64_t ne, const int64_t *ext_j, const int64_t *ext_se,
@@ -344,9 +351,9 @@ int64_t dc_add_streams(int64_t nrows, int64_t ncol, int64_t *s, int64_t ng,
         int64_t *a = s + ids[j] * ncol;
         uint64_t shift = (uint64_t)a[G_POS];
         int64_t sabs = a[G_POS_ABS];
-        int64_t off = v[1] == 1 ? v[0] : (int64_t)((uint64_t)v[0] + shift);
+        int64_t off = on_base(v[0], v[1], shift);
         int64_t oab = v[1] == 1 ? 1 : sabs;
-        int64_t prv = v[3] == 1 ? v[2] : (int64_t)((uint64_t)v[2] + shift);
+        int64_t prv = on_base(v[2], v[3], shift);
         int64_t pab = v[3] == 1 ? 1 : sabs;
         o[0] = off; o[1] = oab; o[2] = prv; o[3] = pab;
         if (oab == pab) {
@@ -382,7 +389,7 @@ int64_t dc_add_streams(int64_t nrows, int64_t ncol, int64_t *s, int64_t ng,
         for (int c = G_CONSEC; c <= G_LARGE; c++)
             a[c] = (int64_t)((uint64_t)a[c] + (uint64_t)bj[c]);
         if (bj[G_HAS] == 1) {
-            int64_t h_off = bj[G_HEAD_ABS] == 1 ? bj[G_HEAD] : (int64_t)((uint64_t)bj[G_HEAD] + shift);
+            int64_t h_off = on_base(bj[G_HEAD], bj[G_HEAD_ABS], shift);
             int64_t h_abs = bj[G_HEAD_ABS] == 1 ? 1 : sabs;
             if (a[G_HAS] != 1) {
                 a[G_HEAD] = h_off;
@@ -395,11 +402,11 @@ int64_t dc_add_streams(int64_t nrows, int64_t ncol, int64_t *s, int64_t ng,
                 int64_t d = (int64_t)((uint64_t)h_off - (uint64_t)a[G_LAST]);
                 a[d == 0 ? G_CONSEC : d > 0 ? G_SEQ : G_RAND]++;
             }
-            a[G_LAST] = bj[G_LAST_ABS] == 1 ? bj[G_LAST] : (int64_t)((uint64_t)bj[G_LAST] + shift);
+            a[G_LAST] = on_base(bj[G_LAST], bj[G_LAST_ABS], shift);
             a[G_LAST_ABS] = bj[G_LAST_ABS] == 1 ? 1 : sabs;
             a[G_HAS] = 1;
         }
-        a[G_POS] = bj[G_POS_ABS] == 1 ? bj[G_POS] : (int64_t)(shift + (uint64_t)bj[G_POS]);
+        a[G_POS] = on_base(bj[G_POS], bj[G_POS_ABS], shift);
         a[G_POS_ABS] = bj[G_POS_ABS] == 1 ? 1 : sabs;
     }
     free(old);

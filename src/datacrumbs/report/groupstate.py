@@ -163,20 +163,9 @@ class Groups:
             moved = ext_se[jo] + shift[j2][:, None]
             isabs = sabs[j2] == 1
             if isabs.any():
-                f = ext_file[ext_j[jo]][isabs]
-                mv = moved[isabs]
-                o = np.argsort(f, kind="stable")
-                f, mv = f[o], mv[o]
-                cut = np.flatnonzero(np.diff(f)) + 1
-                for fid, part in zip(f[np.append(0, cut)].tolist(), np.split(mv, cut)):
-                    placed[fid] = part
+                placed.update(_by_file(ext_file[ext_j[jo]][isabs], moved[isabs]))
             if (~isabs).any():
-                from .analysis import _merge_runs
-                rel: dict = {}
-                for r, (st, en) in zip(oi[j2[~isabs]].tolist(), moved[~isabs].tolist()):
-                    rel.setdefault(r, []).append((st, en))
-                for r, add in rel.items():
-                    self.ext[r] = _merge_runs(self.ext.get(r, []) + add)
+                self._add_relative(oi[j2[~isabs]], moved[~isabs])
         a[:, CONSEC:LARGE + 1] += bo[:, CONSEC:LARGE + 1]
         bh = bo[:, HAS] == 1
         hb_abs = bo[:, HEAD_ABS] == 1
@@ -223,23 +212,24 @@ class Groups:
         if len(ext_j):
             isabs = ext_kind == 1
             if isabs.any():
-                f, mv = ext_file[ext_j[isabs]], ext_out[isabs]
-                o = np.argsort(f, kind="stable")
-                f, mv = f[o], mv[o]
-                cut = np.flatnonzero(np.diff(f)) + 1
-                for fid, part in zip(f[np.append(0, cut)].tolist(), np.split(mv, cut)):
-                    placed[fid] = part
+                placed.update(_by_file(ext_file[ext_j[isabs]], ext_out[isabs]))
             rel_sel = ext_kind == 2
             if rel_sel.any():
-                from .analysis import _merge_runs
-                rel: dict = {}
-                for r, (st, en) in zip(ids[ext_j[rel_sel]].tolist(), ext_out[rel_sel].tolist()):
-                    rel.setdefault(r, []).append((st, en))
-                for r, add in rel.items():
-                    self.ext[r] = _merge_runs(self.ext.get(r, []) + add)
+                self._add_relative(ids[ext_j[rel_sel]], ext_out[rel_sel])
         for j, v in zip(mixed_j.tolist(), mixed_v.tolist()):
             self.pend.setdefault(int(ids[j]), []).append(tuple(v))
         return placed
+
+    def _add_relative(self, rows: np.ndarray, se: np.ndarray) -> None:
+        """Read extents ``se`` [start, end) still relative to state rows ``rows`` (whose
+        position is not absolute yet), merged into each row's."""
+        from .analysis import _merge_runs
+
+        rel: dict = {}
+        for r, (st, en) in zip(rows.tolist(), se.tolist()):
+            rel.setdefault(r, []).append((st, en))
+        for r, add in rel.items():
+            self.ext[r] = _merge_runs(self.ext.get(r, []) + add)
 
     def merge(self, o: "Groups") -> tuple[np.ndarray, dict]:
         """Fold ``o``, the groups of a later partial, into these; returns the file ids of
@@ -289,6 +279,14 @@ class Groups:
                       bool(row[POS_ABS]), (row[HEAD], bool(row[HEAD_ABS])) if has else None,
                       row[LAST] if has else None, bool(row[LAST_ABS]))
             yield key, tab, st, self.ext.get(r, []), self.pend.get(r, [])
+
+
+def _by_file(f: np.ndarray, rows: np.ndarray) -> dict:
+    """{file id: its rows of ``rows``, in their order}, ``f`` each row's file id."""
+    o = np.argsort(f, kind="stable")
+    f, rows = f[o], rows[o]
+    cut = np.flatnonzero(np.diff(f)) + 1
+    return dict(zip(f[np.append(0, cut)].tolist(), np.split(rows, cut)))
 
 
 def _by_row(lists: dict, loc: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -147,11 +147,17 @@ def _balanced_whole(sizes: list[int], jobs: int) -> bool:
     return max(loads) <= BALANCE * sum(sizes) / jobs
 
 
+def _index(trace: Path) -> list | None:
+    """The members a trace's own index lists (gzindex.read_index), None without one;
+    TraceReadError when it cannot be opened."""
+    with open_trace(trace) as f:
+        return gzindex.read_index(f)
+
+
 def _indexed_units(trace: Path, size: int, target: int) -> list[Unit] | None:
     """The units of a trace cut at the members its index lists, or None without one."""
     try:
-        with open_trace(trace) as f:
-            entries = gzindex.read_index(f)
+        entries = _index(trace)
     except TraceReadError:
         return None
     if entries is None:
@@ -172,8 +178,7 @@ def _member_starts(trace: Path) -> tuple:
     """Where the index of a trace read whole says its members start (its reads end there,
     see iter_members), or () without one."""
     try:
-        with open_trace(trace) as f:
-            entries = gzindex.read_index(f)
+        entries = _index(trace)
     except TraceReadError:
         return ()
     return tuple(e.offset for e in entries[1:]) if entries else ()

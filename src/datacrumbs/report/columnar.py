@@ -410,8 +410,8 @@ class ScanColumns:
         self.fil, self.fkeys = _merge(blocks, lambda b: b.fil, lambda b: b.file_keys)
         self._int: dict = {}
         self._str: dict = {}
-        self.ts = self._floats(0, None, -1)
-        self.dur = self._floats(1, None, 0)
+        self.ts = self._f64("ts", -1)
+        self.dur = self._f64("dur", 0)
         self.pid = self._f64("pid", -1)
         self.tid = self._f64("tid", -1)
         self.size = self._f64("size", -1)
@@ -435,11 +435,12 @@ class ScanColumns:
             at += b.n
         self.two = np.concatenate(two) if two else np.zeros(0, np.int64)
 
-    def _floats(self, col: int, name: str | None, default: float) -> np.ndarray:
-        """Float column ``col`` (ts, dur) or int column ``name`` of the chunk as float64,
+    def _f64(self, name: str, default: float) -> np.ndarray:
+        """Column ``name`` of the chunk (a float one: ts, dur; else an int one) as float64,
         sanitised as _sane does (an int not given: missing)."""
         blocks = self._blocks
-        i = None if name is None else fastscan.INTS.index(name)
+        is_float = name in fastscan.FLOATS
+        i = (fastscan.FLOATS if is_float else fastscan.INTS).index(name)
         from .analysis import _folder
 
         folder = _folder()
@@ -447,21 +448,18 @@ class ScanColumns:
             out = np.empty(self.n, np.float64)
             at = 0
             for b in blocks:
-                if i is None:
-                    folder.floats(b.flt[col], None, default, out[at:at + b.n])
+                if is_float:
+                    folder.floats(b.flt[i], None, default, out[at:at + b.n])
                 else:
                     folder.floats(b.ival[i], b.iok[i], default, out[at:at + b.n])
                 at += b.n
             return out
-        if i is None:
-            return _sane(np.concatenate([b.flt[col] for b in blocks]), default)
+        if is_float:
+            return _sane(np.concatenate([b.flt[i] for b in blocks]), default)
         vals, given = self._ints_of(i)
         a = vals.astype(np.float64)
         a[~given] = np.nan
         return _sane(a, default)
-
-    def _f64(self, name: str, default: float) -> np.ndarray:
-        return self._floats(0, name, default)
 
     def _ints_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(int64 values, given) of int column ``i`` over the chunk."""

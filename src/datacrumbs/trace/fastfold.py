@@ -153,10 +153,10 @@ class Folder:
         a key lies outside the span)."""
         keys = np.ascontiguousarray(keys, np.int64)
         n = len(keys)
-        uk, cnt = np.empty(n, np.int64), np.empty(n, np.int64)
         inv = np.empty(n, np.int64) if inverse else None
-        if span is not None:        # all keys in [lo, lo + span): counted, not hashed
-            uk, cnt = (np.empty(min(n, span), np.int64) for _ in range(2))
+        # at most n distinct keys, and at most span when they lie in [lo, lo + span)
+        uk, cnt = (np.empty(n if span is None else min(n, span), np.int64) for _ in range(2))
+        if span is not None:        # counted, not hashed
             k = self._dense(n, _ptr(keys), lo, span, _ptr(uk), _ptr(cnt),
                             _ptr(inv) if inverse else None)
         else:
